@@ -1,0 +1,112 @@
+"""Divergences between the full next-token distributions π(.|s) and π_T(.|s) (SPEC.md §3, "Divergences").
+
+Inputs are log-probabilities (log-softmax outputs) with the vocabulary on the last axis and any
+leading shape, float32 or float64: `logp_student_..._V`, `logp_teacher_..._V`. Outputs are float64
+arrays of the leading shape. A zero probability is a −inf log-probability: 0·log 0 = 0, so no NaN
+and no inf appear where the true value is finite; KL is +inf exactly when the true value is (mass
+where the other distribution has none). The functions run on chunks of rows, so each keeps only a
+few temporaries of the input's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+# Floor of a top-k tail bucket: a softmax never puts exactly zero mass off its top-k, but rounding
+# of Σ known >= 1 would, and a zero bucket facing a positive one would make KL +inf.
+_TAIL_FLOOR = 1e-12
+
+
+def _float64(logp_V: np.ndarray) -> np.ndarray:
+    return np.asarray(logp_V, dtype=np.float64)
+
+
+def _kl(logp_V: np.ndarray, logq_V: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v), with 0·log(0/q) = 0 and +inf iff p_v > 0 = q_v."""
+    with np.errstate(invalid="ignore"):  # −inf − (−inf) and 0·(−inf) are fixed just below
+        terms_V = logp_V - logq_V
+        terms_V *= np.exp(logp_V)
+    terms_V[np.isneginf(logp_V)] = 0.0
+    # Test the supports directly: exp(log p) can underflow to 0 and turn the inf term into 0·inf.
+    mass_where_q_is_zero = np.any(np.isneginf(logq_V) & np.isfinite(logp_V), axis=-1)
+    return np.where(mass_where_q_is_zero, np.inf, terms_V.sum(axis=-1))
+
+
+def forward_kl(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
+    """KL(π_T ‖ π) = Σ_v π_T,v log(π_T,v / π_v): the supervised-KD direction (SPEC.md §3)."""
+    return _kl(_float64(logp_teacher), _float64(logp_student))
+
+
+def reverse_kl(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
+    """KL(π ‖ π_T) = Σ_v π_v log(π_v / π_T,v): the on-policy distillation direction (SPEC.md §3)."""
+    return _kl(_float64(logp_student), _float64(logp_teacher))
+
+
+def js(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
+    """JS = ½ KL(π ‖ m) + ½ KL(π_T ‖ m), m = ½(π + π_T); natural log, in [0, log 2] (SPEC.md §3).
+
+    m > 0 wherever either distribution is, so JS is always finite.
+    """
+    logp_V, logq_V = _float64(logp_student), _float64(logp_teacher)
+    logm_V = np.logaddexp(logp_V, logq_V) - np.log(2.0)
+    return 0.5 * (_kl(logp_V, logm_V) + _kl(logq_V, logm_V))
+
+
+def tv(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
+    """TV = ½ Σ_v |π_v − π_T,v|, in [0, 1] (SPEC.md §3)."""
+    diff_V = np.exp(_float64(logp_student))
+    diff_V -= np.exp(_float64(logp_teacher))
+    return 0.5 * np.abs(diff_V, out=diff_V).sum(axis=-1)
+
+
+def prob_cosine(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
+    """cos(π, π_T) = <π, π_T> / (|π| |π_T|) of the probability vectors (SPEC.md §3)."""
+    p_V, q_V = np.exp(_float64(logp_student)), np.exp(_float64(logp_teacher))
+    dot = np.einsum("...v,...v->...", p_V, q_V)
+    return dot / np.sqrt(np.einsum("...v,...v->...", p_V, p_V) * np.einsum("...v,...v->...", q_V, q_V))
+
+
+DIVERGENCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "js": js,
+    "tv": tv,
+    "prob_cosine": prob_cosine,
+}
+"""Every divergence by its name in results.json (SPEC.md §6); all take (logp_student, logp_teacher)."""
+
+
+def all_divergences(logp_student: np.ndarray, logp_teacher: np.ndarray) -> dict[str, np.ndarray]:
+    """{name: divergence(π, π_T)} for every entry of `DIVERGENCES`."""
+    return {name: divergence(logp_student, logp_teacher) for name, divergence in DIVERGENCES.items()}
+
+
+def topk_tail_divergences(
+    ids_student_K: np.ndarray,
+    logp_student_K: np.ndarray,
+    ids_teacher_K: np.ndarray,
+    logp_teacher_K: np.ndarray,
+) -> dict[str, float | bool]:
+    """Approximate divergences from top-k log-probabilities plus one tail bucket (SPEC.md §3).
+
+    Convention: both distributions are coarse-grained onto the same partition of the vocabulary,
+    {each id in BOTH top-k lists} ∪ {tail}. An id in only one list goes into the tail for both sides,
+    since the other side's probability of it is unknown; each side's tail mass is then known exactly
+    as 1 − Σ of its probabilities on the common ids, floored at 1e-12. The result is `DIVERGENCES` of
+    the two coarse-grained distributions, marked {"approximate": True}. By the data-processing
+    inequality it is a lower bound on the full-vocabulary kl, reverse_kl, js and tv (up to the
+    floor); prob_cosine has no such bound. With k = the whole vocabulary it is exact. Each id list
+    must hold distinct ids.
+    """
+    _, student_idx, teacher_idx = np.intersect1d(
+        ids_student_K, ids_teacher_K, assume_unique=True, return_indices=True
+    )
+    coarse = []
+    for logp_K, idx in ((_float64(logp_student_K), student_idx), (_float64(logp_teacher_K), teacher_idx)):
+        logp_common = logp_K[idx]
+        tail = max(1.0 - np.exp(logp_common).sum(), _TAIL_FLOOR)
+        coarse.append(np.append(logp_common, np.log(tail)))
+    values = {name: float(value) for name, value in all_divergences(*coarse).items()}
+    return {**values, "approximate": True}

@@ -1,0 +1,410 @@
+"""Statistics for odiag: binomial intervals, confidence intervals, tests, aggregation (SPEC.md §5).
+
+Everything here is a pure function of numpy arrays. Randomness (the percentile bootstrap) comes only
+from an explicit seed; the seeds `aggregate` uses are derived from the run seed and the
+teacher/algorithm names with `zlib.crc32`, never Python's salted `hash()`, so results repeat
+across processes.
+
+`aggregate` turns the per-node records (one row per decision point x teacher x algorithm) into the
+per-teacher rows of `results.json` (SPEC.md §6). Grouping is done with `np.unique` /
+`np.bincount`, never a Python loop over nodes.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats as sps
+
+DIVERGENCES = ("kl", "reverse_kl", "js", "tv", "prob_cosine")
+NODE_COLUMNS = (
+    "question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
+    "alignment", "ideal_norm", "teacher_advantage", "n_actions", *DIVERGENCES,
+)
+
+
+class Interval(NamedTuple):
+    """A mean with a two-sided confidence interval over `n` finite observations."""
+
+    mean: float
+    """Sample mean (nan when n == 0)."""
+    lo: float
+    """Lower end (nan when n < 2)."""
+    hi: float
+    """Upper end (nan when n < 2)."""
+    n: int
+    """Number of finite observations used."""
+
+
+# --------------------------------------------------------------------------- binomial intervals
+
+
+def wilson_interval(w, n, confidence: float = 0.95):
+    """Wilson score interval for a success probability from `w` successes in `n` visits.
+
+    With `p = w/n` and `z` the normal quantile at `(1 + confidence)/2`:
+    `centre = (p + z²/2n) / (1 + z²/n)`,
+    `half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)`, interval `centre ± half` clipped to [0, 1]
+    (exactly 0 at w = 0, 1 at w = n). Vectorised over broadcastable `w`, `n`; `n = 0` gives (0, 1). Used for `Q(s,a) = w/n` (SPEC §2).
+    """
+    w, n = np.asarray(w, dtype=float), np.asarray(n, dtype=float)
+    if np.any(w < 0) or np.any(w > n):
+        raise ValueError("wilson_interval needs 0 <= w <= n")
+    z2 = sps.norm.ppf(0.5 + confidence / 2) ** 2
+    n_safe = np.where(n > 0, n, 1.0)  # n = 0 is answered by the np.where below
+    p = w / n_safe
+    denom = 1 + z2 / n_safe
+    centre = (p + z2 / (2 * n_safe)) / denom
+    half = np.sqrt(z2) / denom * np.sqrt(p * (1 - p) / n_safe + z2 / (4 * n_safe**2))
+    # At w = 0 (w = n) the lower (upper) end is exactly 0 (1); set it so rounding cannot move it.
+    lo = np.where(w > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
+    hi = np.where(w < n, np.clip(centre + half, 0.0, 1.0), 1.0)
+    return lo[()], hi[()]
+
+
+def jeffreys_interval(w, n, confidence: float = 0.95):
+    """Jeffreys interval: equal-tailed quantiles of the posterior `Beta(w + ½, n - w + ½)`.
+
+    `lo = B⁻¹(α/2)`, `hi = B⁻¹(1 - α/2)` with `α = 1 - confidence`, except the usual conventions
+    `lo = 0` when `w = 0` and `hi = 1` when `w = n` (so `n = 0` gives (0, 1)); Brown, Cai &
+    DasGupta 2001. Vectorised over broadcastable `w`, `n` (SPEC §2).
+    """
+    w, n = np.asarray(w, dtype=float), np.asarray(n, dtype=float)
+    if np.any(w < 0) or np.any(w > n):
+        raise ValueError("jeffreys_interval needs 0 <= w <= n")
+    alpha = 1 - confidence
+    a, b = w + 0.5, n - w + 0.5
+    lo = np.where(w > 0, sps.beta.ppf(alpha / 2, a, b), 0.0)
+    hi = np.where(w < n, sps.beta.ppf(1 - alpha / 2, a, b), 1.0)
+    return lo[()], hi[()]
+
+
+# --------------------------------------------------------------------------- intervals of a mean
+
+
+def _finite(x) -> np.ndarray:
+    x = np.asarray(x, dtype=float).ravel()
+    return x[np.isfinite(x)]
+
+
+def t_ci(x, confidence: float = 0.95) -> Interval:
+    """Student-t interval of the mean over the finite entries of `x` (SPEC §5).
+
+    `mean ± t_{n-1}((1 + confidence)/2) * s / sqrt(n)`, `s` the sample standard deviation
+    (ddof = 1). NaNs are dropped and not counted; n < 2 gives lo = hi = nan.
+    """
+    x = _finite(x)
+    mean = float(x.mean()) if x.size else float("nan")
+    if x.size < 2:
+        return Interval(mean, float("nan"), float("nan"), int(x.size))
+    half = sps.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return Interval(mean, float(mean - half), float(mean + half), int(x.size))
+
+
+def bootstrap_ci(x, seed, n_boot: int = 2000, confidence: float = 0.95) -> Interval:
+    """Seeded percentile bootstrap interval of the mean over the finite entries of `x` (SPEC §5).
+
+    Draw `n_boot` resamples of size n with replacement from `numpy.random.default_rng(seed)`
+    (`seed`: anything `default_rng` accepts, e.g. an int or a list of ints); the interval is the
+    `(1 ∓ confidence)/2` quantiles of the resampled means. NaNs are dropped; n < 2 gives nan ends.
+    """
+    x = _finite(x)
+    mean = float(x.mean()) if x.size else float("nan")
+    if x.size < 2:
+        return Interval(mean, float("nan"), float("nan"), int(x.size))
+    rng = np.random.default_rng(seed)
+    means_B = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means_B, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return Interval(mean, float(lo), float(hi), int(x.size))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def paired_test(a, b) -> float:
+    """Two-sided paired t-test p-value (`scipy.stats.ttest_rel`) over pairs where both are finite.
+
+    `t = mean(d) / (sd(d) / sqrt(n))`, `d = a - b`, n - 1 degrees of freedom (SPEC §5:
+    incorrect-minus-correct over questions having both). nan with fewer than 2 pairs.
+    """
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 2:
+        return float("nan")
+    # Identical pairs (common: alignment is ±1 when |A(s)| = 2) make scipy warn about precision.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(sps.ttest_rel(a[both], b[both]).pvalue)
+
+
+def welch_test(a, b) -> float:
+    """Two-sided Welch t-test p-value (`scipy.stats.ttest_ind`, `equal_var=False`), NaNs dropped.
+
+    `t = (mean(a) - mean(b)) / sqrt(s_a²/n_a + s_b²/n_b)` with Welch–Satterthwaite degrees of
+    freedom (SPEC §5: incorrect vs correct path means). nan unless each side has >= 2 values.
+    """
+    a, b = _finite(a), _finite(b)
+    if a.size < 2 or b.size < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant samples, as in paired_test
+        return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+# --------------------------------------------------------------------------- grouped helpers
+
+
+def _group_mean(group_N, values_N, n_groups: int, weights_N=None) -> np.ndarray:
+    """`Σ_i w_i v_i / Σ_i w_i` per group over finite values (and weights); nan for empty groups."""
+    values_N = np.asarray(values_N, dtype=float)
+    weights_N = np.ones_like(values_N) if weights_N is None else np.asarray(weights_N, float)
+    ok = np.isfinite(values_N) & np.isfinite(weights_N)
+    wsum_G = np.bincount(group_N[ok], weights_N[ok], minlength=n_groups)
+    num_G = np.bincount(group_N[ok], weights_N[ok] * values_N[ok], minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(wsum_G > 0, num_G / np.where(wsum_G > 0, wsum_G, 1.0), np.nan)
+
+
+def _group_ranks(group_N, v_N) -> np.ndarray:
+    """Average ranks (1-based, ties share their mean rank) of `v` within each group, vectorised.
+
+    Sort by (group, value); a run of equal values inside a group spanning sorted positions
+    [start, end) gets rank `(start + end - 1)/2 - first_of_group + 1`, as `scipy.stats.rankdata`.
+    """
+    if group_N.size == 0:
+        return np.empty(0)
+    order = np.lexsort((v_N, group_N))
+    g, v = group_N[order], v_N[order]
+    idx = np.arange(g.size)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_run = new_group | np.r_[True, v[1:] != v[:-1]]
+    group_first = np.maximum.accumulate(np.where(new_group, idx, 0))
+    run_start = np.flatnonzero(new_run)
+    run_end = np.r_[run_start[1:], g.size]
+    run_rank = (run_start + run_end - 1) / 2 - group_first[run_start] + 1
+    ranks = np.empty(g.size)
+    ranks[order] = run_rank[np.cumsum(new_run) - 1]
+    return ranks
+
+
+def _group_varies(group_N, v_N, n_groups: int) -> np.ndarray:
+    """Whether `max v > min v` within each group (exact, unlike a deviation from a float mean)."""
+    lo_G, hi_G = np.full(n_groups, np.inf), np.full(n_groups, -np.inf)
+    np.minimum.at(lo_G, group_N, v_N)
+    np.maximum.at(hi_G, group_N, v_N)
+    return hi_G > lo_G
+
+
+def _group_pearson(group_N, x_N, y_N, n_groups: int) -> np.ndarray:
+    """Pearson r per group: `Σ dx dy / sqrt(Σ dx² Σ dy²)` with deviations from the group means."""
+    dx = x_N - _group_mean(group_N, x_N, n_groups)[group_N]
+    dy = y_N - _group_mean(group_N, y_N, n_groups)[group_N]
+    sxy = np.bincount(group_N, dx * dy, minlength=n_groups)
+    sxx = np.bincount(group_N, dx * dx, minlength=n_groups)
+    syy = np.bincount(group_N, dy * dy, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+
+
+def _summary(x, seed, n_boot: int) -> dict:
+    """`{"mean", "ci95", "ci95_bootstrap", "n"}` of the finite entries of x (t and bootstrap)."""
+    t, boot = t_ci(x), bootstrap_ci(x, seed, n_boot)
+    return {"mean": t.mean, "ci95": [t.lo, t.hi], "ci95_bootstrap": [boot.lo, boot.hi], "n": t.n}
+
+
+def _renamed(summary: dict, count_key: str) -> dict:
+    return {(count_key if k == "n" else k): v for k, v in summary.items()}
+
+
+# --------------------------------------------------------------------------- correlations
+
+
+def within_path_correlation(
+    path_key, x, y, min_points: int = 5, seed=0, n_boot: int = 2000
+) -> dict:
+    """Within-path Spearman and Pearson correlation of x with y, averaged over paths (SPEC §5).
+
+    For each path (rows sharing `path_key`) with at least `min_points` rows where both x and y are
+    finite, and with neither x nor y constant there, compute Pearson `r` and Spearman `ρ` (Pearson
+    of within-path average ranks). Each is summarised as the mean over eligible paths with a 95%
+    Student-t CI over paths and a seeded percentile bootstrap CI:
+    `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths"}, "pearson": {...}}`.
+    Correlating within paths removes between-path differences (e.g. correct vs incorrect paths)
+    that would otherwise dominate a pooled correlation.
+    """
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    _, group = np.unique(np.asarray(path_key)[ok], return_inverse=True)
+    group, x, y = group.reshape(-1), x[ok], y[ok]
+    n_groups = int(group.max()) + 1 if group.size else 0
+    count_G = np.bincount(group, minlength=n_groups)
+    eligible_G = (count_G >= min_points) & _group_varies(group, x, n_groups) & _group_varies(
+        group, y, n_groups)
+    keep = eligible_G[group]
+    pearson_G = _group_pearson(group, x, y, n_groups)[eligible_G]
+    rx, ry = _group_ranks(group[keep], x[keep]), _group_ranks(group[keep], y[keep])
+    spearman_G = _group_pearson(group[keep], rx, ry, n_groups)[eligible_G]
+    # One seed for both: the two summaries resample the same paths (common random numbers).
+    return {
+        "spearman": _renamed(_summary(spearman_G, seed, n_boot), "n_paths"),
+        "pearson": _renamed(_summary(pearson_G, seed, n_boot), "n_paths"),
+    }
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank_with_ties(means, lo, hi):
+    """Rank entries by mean and list, for each, the others whose confidence intervals overlap.
+
+    Rule (pinned): `rank_i = 1 + #{j : mean_j > mean_i}` — standard competition ranking
+    ("1224"), highest mean first, equal means share a rank; nan means are ranked last, sharing
+    `1 + #finite`. Ranks are never merged by CI overlap; instead `tied_with[i]` is the sorted list
+    of indices `j != i` whose closed intervals intersect, `lo_i <= hi_j and lo_j <= hi_i`, so a
+    reader sees both the order and which differences are not resolved (SPEC §5). An entry with a
+    nan interval end overlaps nothing: without an interval nothing can be claimed.
+    """
+    means = np.asarray(means, dtype=float)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    finite = np.isfinite(means)
+    above = (means[None, :] > means[:, None]).sum(axis=1)  # comparisons with nan are False
+    rank = np.where(finite, 1 + above, 1 + finite.sum()).astype(int)
+    overlap = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
+    np.fill_diagonal(overlap, False)
+    return [int(r) for r in rank], [np.flatnonzero(row).tolist() for row in overlap]
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _derived_seed(seed: int, *names: str) -> list[int]:
+    """A stable `default_rng` seed from the run seed and names (crc32: same in every process)."""
+    return [int(seed), zlib.crc32("/".join(names).encode())]
+
+
+def _path_index(nodes: Mapping[str, np.ndarray]):
+    """Integer path id per row, with each path's question index and correctness.
+
+    A path is a (question_id, path_id) pair; its correctness must agree on all its rows.
+    """
+    _, question_N = np.unique(nodes["question_id"], return_inverse=True)
+    pairs = np.stack([question_N.reshape(-1), np.asarray(nodes["path_id"], dtype=np.int64)])
+    uniq, path_N = np.unique(pairs, axis=1, return_inverse=True)
+    path_N = path_N.reshape(-1)
+    n_paths = uniq.shape[1]
+    correct_N = np.asarray(nodes["path_correct"], dtype=bool)
+    n_correct_P = np.bincount(path_N, correct_N, minlength=n_paths)
+    n_rows_P = np.bincount(path_N, minlength=n_paths)
+    if np.any((n_correct_P > 0) & (n_correct_P < n_rows_P)):
+        raise ValueError("path_correct differs between rows of the same (question_id, path_id)")
+    return path_N, uniq[0], n_correct_P > 0
+
+
+def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) -> dict:
+    """Summaries of one teacher x algorithm over its node rows (SPEC §5, §6).
+
+    Per path: mean alignment, |g*|-weighted mean, fraction positive (alignment > 0), mean teacher
+    advantage, each over the path's rows where the value is finite. Per question: the mean over its
+    correct paths, over its incorrect paths, and — its overall value — the mean over all its paths
+    with a defined value (every path counts once, whatever its outcome). Per teacher: mean over
+    questions with Student-t and bootstrap 95% CIs.
+    """
+    teacher, algorithm = str(rows["teacher"][0]), str(rows["algorithm"][0])
+    n_paths, n_questions = correct_P.size, int(question_P.max()) + 1
+    align = np.asarray(rows["alignment"], dtype=float)
+
+    def per_path(values, weights=None):
+        return _group_mean(path_N, values, n_paths, weights)
+
+    def per_question(path_values, mask_P=None):
+        mask_P = np.ones(n_paths, bool) if mask_P is None else mask_P
+        return _group_mean(question_P[mask_P], path_values[mask_P], n_questions)
+
+    def summary(name, question_values):
+        return _renamed(_summary(question_values, _derived_seed(seed, teacher, algorithm, name),
+                                 n_boot), "n_questions")
+
+    mean_P = per_path(align)
+    positive_P = per_path(np.where(np.isnan(align), np.nan, align > 0))  # undefined stays out
+    correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
+    diff = _summary(incorrect_Q - correct_Q,
+                    _derived_seed(seed, teacher, algorithm, "incorrect_minus_correct"), n_boot)
+    n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
+    return {
+        "teacher": teacher,
+        "algorithm": algorithm,
+        "alignment": summary("alignment", per_question(mean_P)),
+        "weighted_alignment": summary(
+            "weighted_alignment", per_question(per_path(align, rows["ideal_norm"]))),
+        "alignment_correct": summary("alignment_correct", correct_Q),
+        "alignment_incorrect": summary("alignment_incorrect", incorrect_Q),
+        "incorrect_minus_correct": {
+            "mean": diff["mean"], "ci95": diff["ci95"], "ci95_bootstrap": diff["ci95_bootstrap"],
+            "p_paired": paired_test(incorrect_Q, correct_Q),
+            "p_welch": welch_test(mean_P[~correct_P], mean_P[correct_P]),
+            "n_questions": diff["n"],
+        },
+        "fraction_positive": summary("fraction_positive", per_question(positive_P)),
+        "teacher_advantage": summary(
+            "teacher_advantage", per_question(per_path(rows["teacher_advantage"]))),
+        "divergence_correlations": {
+            d: within_path_correlation(
+                path_N, rows[d], align, seed=_derived_seed(seed, teacher, algorithm, d),
+                n_boot=n_boot)
+            for d in DIVERGENCES
+        },
+        "n_decision_points": int(align.size),
+        "n_undefined": int(np.isnan(align).sum()),
+        "n_actions_hist": {str(k): int(c) for k, c in enumerate(n_actions) if c > 0},
+    }
+
+
+def aggregate(nodes: Mapping[str, Sequence], seed: int = 0, n_boot: int = 2000) -> list[dict]:
+    """Per-node records -> one results row per teacher x algorithm (SPEC §5, §6).
+
+    `nodes` maps each of `NODE_COLUMNS` to a 1-D array, one row per decision point x teacher x
+    algorithm. Every row carries `alignment`, `weighted_alignment` (weight |g*| = `ideal_norm`),
+    `alignment_correct`, `alignment_incorrect`, `fraction_positive`, `teacher_advantage` as
+    `{"mean", "ci95", "ci95_bootstrap", "n_questions"}` over questions; `incorrect_minus_correct`
+    (paired over questions with both outcomes, Welch over path means); within-path
+    `divergence_correlations`; counts and the |A(s)| histogram (SPEC §3). Within each algorithm,
+    teachers are ranked by mean alignment with `rank_with_ties` on the t CIs; `tied_with` names
+    CI-overlapping rows as "teacher/algorithm". Values are plain Python numbers (nan kept; the
+    writer converts), rows sorted by (algorithm, rank, teacher); deterministic given `seed`.
+    """
+    missing = [c for c in NODE_COLUMNS if c not in nodes]
+    if missing:
+        raise ValueError(f"node table lacks columns {missing}")
+    nodes = {c: np.asarray(nodes[c]) for c in NODE_COLUMNS}
+    if len({a.shape for a in nodes.values()}) != 1 or nodes["alignment"].ndim != 1:
+        raise ValueError("node columns must be 1-D arrays of one length")
+    if nodes["alignment"].size == 0:
+        return []
+    path_N, question_P, correct_P = _path_index(nodes)
+    # One sort splits the table into teacher x algorithm blocks (no boolean mask per block).
+    _, algorithm_N = np.unique(nodes["algorithm"].astype(str), return_inverse=True)
+    _, teacher_N = np.unique(nodes["teacher"].astype(str), return_inverse=True)
+    combo_N = algorithm_N.reshape(-1) * (teacher_N.max() + 1) + teacher_N.reshape(-1)
+    order = np.argsort(combo_N, kind="stable")
+    bounds = np.flatnonzero(np.diff(combo_N[order])) + 1
+    rows = [
+        _teacher_row({c: a[idx] for c, a in nodes.items()}, path_N[idx], question_P, correct_P,
+                     seed, n_boot)
+        for idx in np.split(order, bounds)
+    ]
+    ranked = []
+    for algorithm in sorted({r["algorithm"] for r in rows}):
+        group = [r for r in rows if r["algorithm"] == algorithm]
+        rank, tied = rank_with_ties([r["alignment"]["mean"] for r in group],
+                                    [r["alignment"]["ci95"][0] for r in group],
+                                    [r["alignment"]["ci95"][1] for r in group])
+        for r, k, t in zip(group, rank, tied, strict=True):
+            names = [f"{group[j]['teacher']}/{algorithm}" for j in t]
+            # Identity and rank lead each row so results.json reads top-down.
+            ranked.append({"teacher": r["teacher"], "algorithm": algorithm, "rank": k,
+                           "tied_with": names, **r})
+    return sorted(ranked, key=lambda r: (r["algorithm"], r["rank"], r["teacher"]))

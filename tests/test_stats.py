@@ -1,0 +1,346 @@
+"""Tests of harness.core.stats: intervals, tests, within-path correlation, ranking, aggregation."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from harness.core.stats import (
+    DIVERGENCES,
+    Interval,
+    aggregate,
+    bootstrap_ci,
+    jeffreys_interval,
+    paired_test,
+    rank_with_ties,
+    t_ci,
+    welch_test,
+    wilson_interval,
+    within_path_correlation,
+)
+
+nan = float("nan")
+
+
+# --------------------------------------------------------------------------- binomial intervals
+
+
+@pytest.mark.parametrize("interval", [wilson_interval, jeffreys_interval])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_binomial_interval_coverage_near_nominal(interval, p):
+    """Over 2000 seeded Binomial(100, p) draws the 95% interval covers p about 95% of the time."""
+    w = np.random.default_rng(1234).binomial(100, p, size=2000)
+    lo, hi = interval(w, np.full_like(w, 100))
+    coverage = np.mean((lo <= p) & (p <= hi))
+    assert 0.92 <= coverage <= 0.98
+
+
+def test_wilson_known_values():
+    """Wilson 95% intervals from the closed form (and Newcombe 1998's published 0/10, 3/10)."""
+    z = 1.959963984540054
+    for w, n in [(0, 10), (3, 10), (5, 10), (17, 40)]:
+        p = w / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        lo, hi = wilson_interval(w, n)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, centre + half), abs=1e-12)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(3, 10) == pytest.approx((0.1078, 0.6032), abs=1e-4)
+
+
+def test_jeffreys_known_values():
+    """Jeffreys interval: Beta(w+½, n−w+½) quantiles; 0/10 upper end 0.2172 (Brown et al. 2001)."""
+    lo, hi = jeffreys_interval(3, 10)
+    assert lo == pytest.approx(sps.beta.ppf(0.025, 3.5, 7.5), rel=1e-12)
+    assert hi == pytest.approx(sps.beta.ppf(0.975, 3.5, 7.5), rel=1e-12)
+    assert jeffreys_interval(0, 10) == pytest.approx((0.0, 0.2172), abs=1e-4)
+
+
+@pytest.mark.parametrize("interval", [wilson_interval, jeffreys_interval])
+def test_binomial_interval_edges(interval):
+    """n = 0 gives (0, 1); w = 0 starts at 0; w = n ends at 1; vectorised over arrays."""
+    assert interval(0, 0) == (0.0, 1.0)
+    lo, hi = interval(np.array([0, 10, 0, 4]), np.array([10, 10, 0, 8]))
+    assert lo[0] == 0.0 and hi[1] == 1.0 and (lo[2], hi[2]) == (0.0, 1.0)
+    assert 0 < lo[1] < 1 and 0 < hi[0] < 1 and lo[3] < 0.5 < hi[3]
+    assert lo[3] + hi[3] == pytest.approx(1.0)  # symmetric at p = 1/2
+    with pytest.raises(ValueError):
+        interval(5, 3)
+
+
+# --------------------------------------------------------------------------- intervals of a mean
+
+
+def test_t_ci_matches_scipy_and_drops_nan():
+    x = np.array([0.3, nan, -0.1, 0.8, 0.4, np.inf])
+    finite = np.array([0.3, -0.1, 0.8, 0.4])
+    lo, hi = sps.t.interval(0.95, df=3, loc=finite.mean(), scale=sps.sem(finite))
+    got = t_ci(x)
+    assert isinstance(got, Interval)
+    assert got.n == 4 and got.mean == pytest.approx(finite.mean())
+    assert (got.lo, got.hi) == pytest.approx((lo, hi), rel=1e-12)
+    lo90, hi90 = sps.t.interval(0.9, df=3, loc=finite.mean(), scale=sps.sem(finite))
+    assert t_ci(x, confidence=0.9)[1:3] == pytest.approx((lo90, hi90), rel=1e-12)
+
+
+@pytest.mark.parametrize("ci", [t_ci, lambda x: bootstrap_ci(x, seed=0)])
+def test_small_samples_give_nan_ends_not_errors(ci):
+    empty, one = ci([]), ci([nan, 2.5, nan])
+    assert empty.n == 0 and all(math.isnan(v) for v in empty[:3])
+    assert one.n == 1 and one.mean == 2.5 and math.isnan(one.lo) and math.isnan(one.hi)
+
+
+def test_bootstrap_seeded_and_sensible():
+    x = np.random.default_rng(0).normal(1.0, 2.0, size=50)
+    a, b, c = bootstrap_ci(x, seed=7), bootstrap_ci(x, seed=7), bootstrap_ci(x, seed=8)
+    assert a == b and a != c
+    assert a.lo < a.mean < a.hi and a.n == 50
+    # The percentile bootstrap of a mean is close to the t interval for n = 50.
+    t = t_ci(x)
+    assert a.lo == pytest.approx(t.lo, abs=0.25) and a.hi == pytest.approx(t.hi, abs=0.25)
+    assert bootstrap_ci(np.r_[x, nan], seed=7) == a  # nan dropped before resampling
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_paired_and_welch_match_scipy():
+    a = np.array([0.1, 0.5, nan, 0.3, 0.9, 0.2])
+    b = np.array([0.0, 0.6, 0.4, nan, 0.5, -0.1])
+    both = np.isfinite(a) & np.isfinite(b)
+    assert paired_test(a, b) == pytest.approx(sps.ttest_rel(a[both], b[both]).pvalue)
+    fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
+    assert welch_test(a, b) == pytest.approx(sps.ttest_ind(fa, fb, equal_var=False).pvalue)
+    assert math.isnan(paired_test([1.0, nan], [2.0, 3.0]))
+    assert math.isnan(welch_test([1.0], [2.0, 3.0]))
+
+
+# --------------------------------------------------------------------------- correlations
+
+
+def test_within_path_correlation_monotone_paths():
+    """Monotone within each path (but not across) → Spearman 1; short paths are excluded."""
+    key = np.repeat([10, 11, 12, 13], [6, 5, 4, 7])
+    x = np.r_[np.arange(6), np.arange(5) + 100, np.arange(4), np.arange(7) - 50].astype(float)
+    y = np.r_[np.exp(np.arange(6)), np.arange(5) ** 3, [1, 2, 3, 4], -np.arange(7)[::-1]]
+    x[0] = nan  # path 10 keeps 5 finite pairs: still eligible
+    got = within_path_correlation(key, x, y, min_points=5)
+    assert got["spearman"]["n_paths"] == 3 and got["pearson"]["n_paths"] == 3
+    assert got["spearman"]["mean"] == pytest.approx(1.0)
+    assert got["spearman"]["ci95"] == pytest.approx([1.0, 1.0])
+    assert 0 < got["pearson"]["mean"] < 1  # exp and cube are monotone but not linear
+    assert set(got["spearman"]) == {"mean", "ci95", "ci95_bootstrap", "n_paths"}
+
+
+def test_within_path_correlation_excludes_constant_paths():
+    key = np.repeat([0, 1, 2], 5)
+    x = np.r_[np.arange(5), np.ones(5), np.arange(5)].astype(float)
+    y = np.r_[np.arange(5), np.arange(5), np.full(5, 0.1)]
+    got = within_path_correlation(key, x, y)
+    assert got["pearson"]["n_paths"] == 1 and got["pearson"]["mean"] == pytest.approx(1.0)
+    none = within_path_correlation(key, x, y, min_points=6)
+    assert none["spearman"]["n_paths"] == 0 and math.isnan(none["spearman"]["mean"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(-3, 3), st.integers(-3, 3)),
+                min_size=0, max_size=40))
+def test_within_path_correlation_matches_scipy_per_path(rows):
+    """Vectorised within-path ranks (with ties) agree with scipy.stats.spearmanr/pearsonr."""
+    key, x, y = (np.array(c, dtype=float) for c in zip(*rows)) if rows else (np.zeros(0),) * 3
+    got = within_path_correlation(key.astype(int), x, y, min_points=3)
+    rho, r = [], []
+    for k in np.unique(key):
+        xs, ys = x[key == k], y[key == k]
+        if xs.size >= 3 and np.ptp(xs) > 0 and np.ptp(ys) > 0:
+            rho.append(sps.spearmanr(xs, ys).statistic)
+            r.append(sps.pearsonr(xs, ys).statistic)
+    assert got["spearman"]["n_paths"] == len(rho)
+    if rho:
+        assert got["spearman"]["mean"] == pytest.approx(np.mean(rho), abs=1e-9)
+        assert got["pearson"]["mean"] == pytest.approx(np.mean(r), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def test_rank_with_ties_rule():
+    """Pins the tie rule: competition ranking by mean, nan last; ties = overlapping CIs."""
+    means = [0.50, 0.10, 0.45, nan, 0.10, -0.5]
+    lo = [0.40, 0.00, 0.30, nan, 0.05, -0.6]
+    hi = [0.60, 0.20, 0.42, nan, 0.35, -0.4]
+    rank, tied = rank_with_ties(means, lo, hi)
+    assert rank == [1, 3, 2, 6, 3, 5]
+    # [0.30, 0.42] meets [0.40, 0.60] and [0.05, 0.35]; equal means 1 and 4 also overlap;
+    # entry 5 is resolved from all; the nan entry claims nothing.
+    assert tied == [[2], [4], [0, 4], [], [1, 2], []]
+    assert all(isinstance(r, int) for r in rank)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+# One hand-built path table for teacher A / algorithm gkd (question, path, correct, alignment,
+# ideal_norm, advantage, n_actions). Other teacher x algorithm blocks transform its alignment.
+PATHS = [
+    ("q1", 0, True, [0.2, 0.4, nan], [1, 3, 2], [0.1, 0.1, 0.1], [2, 3, 2]),
+    ("q1", 1, False, [-0.5, 0.1], [1, 1], [-0.2, 0.0], [2, 2]),
+    ("q2", 0, True, [0.6], [2], [0.3], [4]),
+    ("q2", 1, False, [0.0, -0.4], [1, 3], [0.0, 0.0], [2, 2]),
+    ("q2", 2, False, [-0.6, 0.2, 0.1], [1, 1, 2], [0.2, 0.2, 0.2], [3, 2, 2]),
+    ("q3", 0, True, [0.4, 0.5, 0.6, 0.7, 0.8], [1] * 5, [0.4] * 5, [2] * 5),
+]
+BLOCKS = {("A", "gkd"): 1.0, ("B", "gkd"): -1.0, ("A", "fkl"): 0.5, ("B", "fkl"): 0.5}
+
+
+NODE_FIELDS = ("question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
+               "alignment", "ideal_norm", "teacher_advantage", "n_actions")
+
+
+def node_table():
+    cols = {c: [] for c in (*NODE_FIELDS, *DIVERGENCES)}
+    for (teacher, algorithm), scale in BLOCKS.items():
+        for q, pid, correct, align, norm, adv, n_act in PATHS:
+            for pos, (a, g, v, k) in enumerate(zip(align, norm, adv, n_act, strict=True)):
+                values = (q, pid, correct, pos, teacher, algorithm, scale * a, g, scale * v, k)
+                for c, val in zip(NODE_FIELDS, values, strict=True):
+                    cols[c].append(val)
+                # Divergences: kl increasing, reverse_kl decreasing in alignment; js undefined.
+                cols["kl"].append(2 * a)
+                cols["reverse_kl"].append(-a)
+                cols["js"].append(nan)
+                cols["tv"].append(a ** 3)
+                cols["prob_cosine"].append(1.0)
+    return {c: np.array(v) for c, v in cols.items()}
+
+
+def nan_to_none(obj):
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+def assert_plain(obj):
+    """Only plain Python containers and scalars (no numpy types) reach the JSON writer."""
+    if isinstance(obj, dict):
+        assert all(type(k) is str for k in obj)
+        for v in obj.values():
+            assert_plain(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            assert_plain(v)
+    else:
+        assert type(obj) in (str, int, float, bool, type(None)), (obj, type(obj))
+
+
+def test_aggregate_hand_computed_values():
+    rows = aggregate(node_table(), seed=3, n_boot=500)
+    by = {(r["teacher"], r["algorithm"]): r for r in rows}
+    a = by["A", "gkd"]
+    # Path means: q1 0.3, -0.2 | q2 0.6, -0.2, -0.1 | q3 0.6. Question = mean of its paths.
+    q_align = [(0.3 - 0.2) / 2, (0.6 - 0.2 - 0.1) / 3, 0.6]
+    assert a["alignment"]["mean"] == pytest.approx(np.mean(q_align))
+    assert a["alignment"]["mean"] == pytest.approx(0.25)
+    assert a["alignment"]["n_questions"] == 3
+    lo, hi = sps.t.interval(0.95, 2, loc=np.mean(q_align), scale=sps.sem(q_align))
+    assert a["alignment"]["ci95"] == pytest.approx([lo, hi])
+    # Weighted by |g*|: q1 paths 0.35, -0.2; q2 0.6, -0.3, -0.05; q3 0.6.
+    q_weighted = [(0.35 - 0.2) / 2, (0.6 - 0.3 - 0.05) / 3, 0.6]
+    assert a["weighted_alignment"]["mean"] == pytest.approx(np.mean(q_weighted))
+    assert a["alignment_correct"]["mean"] == pytest.approx((0.3 + 0.6 + 0.6) / 3)
+    assert a["alignment_incorrect"]["mean"] == pytest.approx((-0.2 - 0.15) / 2)
+    assert a["alignment_incorrect"]["n_questions"] == 2
+    imc = a["incorrect_minus_correct"]
+    assert imc["mean"] == pytest.approx(((-0.2 - 0.3) + (-0.15 - 0.6)) / 2)
+    assert imc["n_questions"] == 2
+    assert imc["p_paired"] == pytest.approx(sps.ttest_rel([-0.2, -0.15], [0.3, 0.6]).pvalue)
+    assert imc["p_welch"] == pytest.approx(
+        sps.ttest_ind([-0.2, -0.2, -0.1], [0.3, 0.6, 0.6], equal_var=False).pvalue)
+    # Fraction positive (0 is not positive; the nan node is left out): q1 1, .5; q2 1, 0, 2/3.
+    assert a["fraction_positive"]["mean"] == pytest.approx(
+        np.mean([(1 + 0.5) / 2, (1 + 0 + 2 / 3) / 3, 1.0]))
+    assert a["teacher_advantage"]["mean"] == pytest.approx(np.mean([0.0, 0.5 / 3, 0.4]))
+    assert a["n_decision_points"] == 16 and a["n_undefined"] == 1
+    assert a["n_actions_hist"] == {"2": 13, "3": 2, "4": 1}
+    # Only q3's path has >= 5 points; kl rises and reverse_kl falls with alignment there.
+    corr = a["divergence_correlations"]
+    assert corr["kl"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert corr["reverse_kl"]["pearson"]["mean"] == pytest.approx(-1.0)
+    assert corr["kl"]["spearman"]["n_paths"] == 1 and corr["js"]["spearman"]["n_paths"] == 0
+    assert corr["prob_cosine"]["pearson"]["n_paths"] == 0  # constant divergence
+    # Teacher B / gkd is A with alignment negated; the fkl blocks are A halved (identical).
+    b = by["B", "gkd"]
+    assert b["alignment"]["mean"] == pytest.approx(-0.25)
+    assert b["incorrect_minus_correct"]["mean"] == pytest.approx(-imc["mean"])
+    assert by["A", "fkl"]["weighted_alignment"]["mean"] == pytest.approx(np.mean(q_weighted) / 2)
+
+
+def test_aggregate_ranking_and_order():
+    rows = aggregate(node_table(), n_boot=200)
+    assert [(r["algorithm"], r["rank"], r["teacher"]) for r in rows] == [
+        ("fkl", 1, "A"), ("fkl", 1, "B"), ("gkd", 1, "A"), ("gkd", 2, "B")]
+    assert rows[0]["tied_with"] == ["B/fkl"] and rows[1]["tied_with"] == ["A/fkl"]
+    # With 3 questions the gkd CIs are wide and overlap, so the ranks come with a tie mark.
+    assert rows[2]["tied_with"] == ["B/gkd"] and rows[3]["tied_with"] == ["A/gkd"]
+
+
+def test_aggregate_schema_json_and_determinism():
+    rows = aggregate(node_table(), seed=11, n_boot=300)
+    summary_keys = {"mean", "ci95", "ci95_bootstrap", "n_questions"}
+    for r in rows:
+        assert {"teacher", "algorithm", "rank", "tied_with", "alignment", "weighted_alignment",
+                "alignment_correct", "alignment_incorrect", "incorrect_minus_correct",
+                "fraction_positive", "teacher_advantage", "divergence_correlations",
+                "n_decision_points", "n_undefined", "n_actions_hist"} <= set(r)
+        for k in ("alignment", "weighted_alignment", "alignment_correct", "alignment_incorrect",
+                  "fraction_positive", "teacher_advantage"):
+            assert set(r[k]) == summary_keys
+        assert {"mean", "ci95", "p_paired", "p_welch", "n_questions"} <= set(
+            r["incorrect_minus_correct"])
+        assert set(r["divergence_correlations"]) == set(DIVERGENCES)
+        for d in r["divergence_correlations"].values():
+            assert set(d["spearman"]) == set(d["pearson"]) == {
+                "mean", "ci95", "ci95_bootstrap", "n_paths"}
+        assert_plain(r)
+    text = json.dumps(nan_to_none(rows), allow_nan=False)
+    assert text == json.dumps(nan_to_none(aggregate(node_table(), seed=11, n_boot=300)),
+                              allow_nan=False)
+    # Another seed moves bootstrap ends (3 questions allow few distinct resamples: look at all).
+    other = aggregate(node_table(), seed=12, n_boot=300)
+    assert other[0]["alignment"]["mean"] == rows[0]["alignment"]["mean"]
+    def boot_ends(rs):
+        return [[r[k]["ci95_bootstrap"] for k in ("alignment", "weighted_alignment",
+                                                  "fraction_positive", "teacher_advantage")]
+                for r in rs]
+
+    assert boot_ends(rows) != boot_ends(other)
+
+
+def test_aggregate_independent_of_row_order():
+    nodes = node_table()
+    perm = np.random.default_rng(5).permutation(len(nodes["alignment"]))
+    shuffled = aggregate({c: v[perm] for c, v in nodes.items()}, seed=2, n_boot=300)
+    plain = aggregate(nodes, seed=2, n_boot=300)
+    for r, s in zip(plain, shuffled, strict=True):
+        assert (r["teacher"], r["algorithm"], r["rank"]) == (s["teacher"], s["algorithm"],
+                                                             s["rank"])
+        assert r["alignment"]["ci95_bootstrap"] == pytest.approx(
+            s["alignment"]["ci95_bootstrap"])
+        assert r["weighted_alignment"]["mean"] == pytest.approx(s["weighted_alignment"]["mean"])
+
+
+def test_aggregate_rejects_bad_tables():
+    nodes = node_table()
+    with pytest.raises(ValueError, match="lacks columns"):
+        aggregate({c: v for c, v in nodes.items() if c != "ideal_norm"})
+    bad = dict(nodes, path_correct=nodes["path_correct"].copy())
+    bad["path_correct"][0] = not bad["path_correct"][0]
+    with pytest.raises(ValueError, match="path_correct"):
+        aggregate(bad)
+    assert aggregate({c: v[:0] for c, v in nodes.items()}) == []
