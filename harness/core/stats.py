@@ -49,7 +49,8 @@ def wilson_interval(w, n, confidence: float = 0.95):
     With `p = w/n` and `z` the normal quantile at `(1 + confidence)/2`:
     `centre = (p + z²/2n) / (1 + z²/n)`,
     `half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)`, interval `centre ± half` clipped to [0, 1]
-    (exactly 0 at w = 0, 1 at w = n). Vectorised over broadcastable `w`, `n`; `n = 0` gives (0, 1). Used for `Q(s,a) = w/n` (SPEC §2).
+    (exactly 0 at w = 0, 1 at w = n). Vectorised over broadcastable `w`, `n`; `n = 0` gives
+    (0, 1). Used for `Q(s,a) = w/n` (SPEC §2).
     """
     w, n = np.asarray(w, dtype=float), np.asarray(n, dtype=float)
     if np.any(w < 0) or np.any(w > n):
