@@ -1,0 +1,37 @@
+"""The synthetic task: questions of the exact synthetic model (SPEC §7, backend ``synthetic``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness.synthetic import EOS, SyntheticLM, derive_seed
+from harness.tasks import Question, Skip
+from harness.teachers import TeacherConfig
+
+
+class SyntheticTask:
+    """Question i is ``SyntheticLM(seed=derive_seed('synthetic-task', i))``; its prompt is that seed."""
+
+    name = "synthetic"
+    n_min = 20
+    stop_ids = (EOS,)
+
+    def __init__(self, **model_options):
+        self._options = model_options
+        self.max_new_tokens = SyntheticLM(**model_options).horizon
+
+    def questions(self, limit: int | None) -> list[Question]:
+        count = 32 if limit is None else limit
+        seeds = [derive_seed("synthetic-task", i) % (2**31) for i in range(count)]
+        return [Question(id=f"q{i:03d}", prompt_ids=np.array([s]), doc={"seed": s}) for i, s in enumerate(seeds)]
+
+    def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        lm = SyntheticLM(seed=question.doc["seed"], **self._options)
+        return np.array([0 if t else lm.reward(list(r)) for r, t in zip(responses, truncated, strict=True)])
+
+    def teacher_context(self, teacher: TeacherConfig, question: Question, correct, wrong) -> np.ndarray | Skip:
+        if teacher.correct_solutions or teacher.wrong_solutions:
+            return Skip("synthetic teachers take no solutions in context")
+        return question.prompt_ids
