@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
@@ -14,6 +15,71 @@ def _selfcheck(args: argparse.Namespace) -> int:
     summary = run_selfcheck(SelfcheckConfig(questions=args.questions, seed=args.seed))
     print(json.dumps(summary, indent=2) if args.json else format_report(summary))
     return 0 if summary["passed"] else 1
+
+
+class _Progress:
+    """Progress bars on a terminal (tqdm), plain log lines otherwise; nothing with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bars: dict = {}
+        self.t0 = time.monotonic()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            from tqdm import tqdm
+
+            bar = self.bars.get(stage) or self.bars.setdefault(stage, tqdm(total=total, desc=stage, leave=True))
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+        else:
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+
+def _summary_table(results: dict) -> str:
+    lines = [f"{'teacher':<22} {'algorithm':<18} {'rank':>4} {'alignment':>9} {'95% CI':>18} {'n_q':>4}"]
+    for row in results["teachers"]:
+        a = row.get("alignment") or {}
+        mean = a.get("mean")
+        ci = a.get("ci95") or [None, None]
+        fmt = lambda x: "   nan" if x is None or x != x else f"{x:+.3f}"
+        lines.append(
+            f"{row['teacher']:<22} {row['algorithm']:<18} {row.get('rank') or '-':>4} {fmt(mean):>9} "
+            f"{'[' + fmt(ci[0]) + ', ' + fmt(ci[1]) + ']':>18} {a.get('n_questions', 0):>4}"
+        )
+    c = results["counts"]
+    lines.append(
+        f"\n{c['questions']} questions, {c['paths']} paths, {c['decision_points']} decision points, "
+        f"{c['rollouts']} rollouts, {c['tokens_generated']} tokens generated, "
+        f"{c['teacher_forward_passes']} teacher forward passes"
+    )
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harness.config import resolve_run_config
+    from harness.pipeline import run
+
+    cfg = resolve_run_config(args.config, args.set)
+    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    if not args.quiet:
+        print(_summary_table(results))
+        print(f"results: {args.out}/results.json")
+    return 0
+
+
+def _add_teacher(args: argparse.Namespace) -> int:
+    from harness.pipeline import add_teacher
+
+    results = add_teacher(args.dir, args.teacher, on_progress=_Progress(args.quiet))
+    if not args.quiet:
+        print(_summary_table(results))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_selfcheck)
+
+    p = sub.add_parser("run", help="run (or resume) the diagnostic; writes DIR/results.json")
+    p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
+    p.add_argument("dir", help="run directory")
+    p.add_argument("teacher", help="teacher YAML file or name under teachers/")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_add_teacher)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.config import ConfigError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as exc:  # bad input: one line naming the file, the key and the fix
+        print(f"odiag: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -183,11 +183,17 @@ class TreeStats:
         token[idx[goes_on]] = batch.tokens[batch.offsets[idx[goes_on]] + rel[goes_on]]
         return Exits(lcp=lcp, token=token)
 
-    def ingest(self, batch: Rollouts) -> None:
-        """Add a batch of rollouts to the statistics of every tracked path."""
-        for j in range(len(self.paths)):
-            self.ingest_exits(j, self.exits(batch, j), batch.forced_len, batch.reward)
-        self.n_rollouts += len(batch)
+    def ingest(self, batch: Rollouts) -> list[Exits]:
+        """Add a batch of rollouts to the statistics of every tracked path; return their exits."""
+        exits = [self.exits(batch, j) for j in range(len(self.paths))]
+        self.ingest_all_exits(exits, batch.forced_len, batch.reward)
+        return exits
+
+    def ingest_all_exits(self, exits: Sequence[Exits], forced_len: np.ndarray, reward: np.ndarray) -> None:
+        """Add rollouts given their exits from every tracked path (as stored in a run directory)."""
+        for j, ex in enumerate(exits):
+            self.ingest_exits(j, ex, forced_len, reward)
+        self.n_rollouts += len(reward)
 
     def ingest_exits(self, j: int, exits: Exits, forced_len: np.ndarray, reward: np.ndarray) -> None:
         """Add rollouts given only their exits from path ``j`` (the stored form of targeted rollouts)."""

@@ -1,0 +1,198 @@
+"""The end-to-end run on the exact synthetic model (SPEC §4, §6): exact values, resume, add-teacher."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from harness.backends.synthetic import SyntheticBackend
+from harness.config import ConfigError, RunConfig, resolve_run_config
+from harness.core import aggregate, alignment_score, gkd_gradient, ideal_gradient
+from harness.pipeline import NODE_FIELDS, add_teacher, run
+from harness.synthetic import SyntheticLM
+
+CFG = RunConfig(limit=6)
+
+
+def _strip(results: dict) -> dict:
+    out = json.loads(json.dumps(results))
+    out.pop("created_at")
+    out["counts"].pop("rollouts_this_invocation")
+    out["counts"].pop("forward_passes_this_invocation")
+    return out
+
+
+def _results(out: Path) -> dict:
+    return _strip(json.loads((out / "results.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, run(CFG, out)
+
+
+def test_mean_alignment_ci_contains_the_exact_value(finished):
+    """Recompute every decision point's GKD alignment from the exact Q on the same support."""
+    out, results = finished
+    nodes = pq.read_table(out / "nodes.parquet").to_pylist()
+    children = pq.read_table(out / "children.parquet").to_pylist()
+    paths = {(p["question_id"], p["path_id"]): p["tokens"] for p in pq.read_table(out / "paths.parquet").to_pylist()}
+    seeds = {q["id"]: None for q in results["questions"]}
+    from harness.tasks.synthetic import SyntheticTask
+
+    for q in SyntheticTask().questions(CFG.limit):
+        seeds[q.id] = q.doc["seed"]
+    by_node = {}
+    for c in children:
+        by_node.setdefault((c["question_id"], c["path_id"], c["position"], c["teacher"]), []).append(c)
+    exact_rows = []
+    for r in nodes:
+        if r["algorithm"] != "gkd":
+            continue
+        kids = by_node[(r["question_id"], r["path_id"], r["position"], r["teacher"])]
+        lm = SyntheticLM(seed=seeds[r["question_id"]])
+        state = lm.states(paths[(r["question_id"], r["path_id"])])[r["position"]]
+        tok = np.array([c["token"] for c in kids])
+        pi, pit = np.array([c["pi"] for c in kids]), np.array([c["pi_teacher"] for c in kids])
+        q_exact = lm.exact_q[r["position"], state, tok]
+        exact = alignment_score(ideal_gradient(pi, q_exact), gkd_gradient(pi, pit))
+        estimated = alignment_score(ideal_gradient(pi, np.array([c["q"] for c in kids])), gkd_gradient(pi, pit))
+        assert np.isclose(estimated, r["alignment"], equal_nan=True)
+        exact_rows.append({**r, "alignment": exact})
+    table = {k: np.array([row[k] for row in exact_rows]) for k in NODE_FIELDS}
+    exact_means = {row["teacher"]: row["alignment"]["mean"] for row in aggregate(table)}
+    for row in results["teachers"]:
+        if row["algorithm"] == "gkd":
+            lo, hi = row["alignment"]["ci95"]
+            assert lo <= exact_means[row["teacher"]] <= hi, (row["teacher"], lo, hi, exact_means[row["teacher"]])
+    means = {r["teacher"]: r["alignment"]["mean"] for r in results["teachers"] if r["algorithm"] == "gkd"}
+    assert means["synthetic-helpful"] > 0.2 > -0.2 > means["synthetic-misleading"]
+
+
+def test_one_forward_pass_per_teacher_per_path(finished):
+    _, results = finished
+    c = results["counts"]
+    teachers = len(CFG.teachers)
+    assert c["teacher_forward_passes"] == teachers * c["paths"]
+    # counted at the backend: each synthetic teacher model scored each path exactly once
+    assert c["forward_passes_this_invocation"] == {"student": c["paths"], "helpful": c["paths"], "misleading": c["paths"]}
+    assert c["rollouts_this_invocation"] == c["rollouts"]
+    assert c["decision_points"] > 50
+
+
+def test_results_follow_the_contract(finished):
+    _, results = finished
+    assert results["schema_version"] == "odiag.results/1"
+    assert results["config"]["n_target"] == 100 and len(results["config_hash"]) == 16
+    for key in ("questions", "paths", "decision_points", "rollouts", "tokens_generated", "teacher_forward_passes"):
+        assert results["counts"][key] > 0
+    row = results["teachers"][0]
+    for key in ("alignment", "weighted_alignment", "alignment_correct", "alignment_incorrect",
+                "incorrect_minus_correct", "teacher_advantage", "divergence_correlations", "rank"):
+        assert key in row
+    assert set(row["divergence_correlations"]) == {"kl", "reverse_kl", "js", "tv", "prob_cosine"}
+    budget = results["questions"][0]["budget"]
+    assert budget and all({"window", "rollouts", "tokens_generated"} <= set(b) for b in budget)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingBackend(SyntheticBackend):
+    """Dies after a number of backend calls: a kill between two atomic writes."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.left = calls
+
+    def _tick(self):
+        self.left -= 1
+        if self.left < 0:
+            raise Crash
+
+    def sample(self, requests):
+        self._tick()
+        return super().sample(requests)
+
+    def score(self, requests):
+        self._tick()
+        return super().score(requests)
+
+
+@pytest.mark.parametrize("calls", [0, 1, 2])
+def test_interrupted_runs_resume_to_identical_results(finished, tmp_path, calls):
+    reference = _results(finished[0])
+    with pytest.raises(Crash):
+        run(CFG, tmp_path, backend=CrashingBackend(calls))
+    resumed = run(CFG, tmp_path)
+    assert _strip(resumed) == reference
+    assert resumed["counts"]["rollouts_this_invocation"] < reference["counts"]["rollouts"] or calls == 0
+
+
+def test_sigkill_mid_run_then_resume_is_identical(tmp_path):
+    """A real `kill -9` while shards are being written, then the same command again."""
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=24", "--set", "n_target=300", "--out", str(tmp_path / "a"), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    shards = tmp_path / "a" / "shards"
+    while time.monotonic() < deadline and len(list(shards.glob("*/window0.npz"))) < 3:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "a" / "results.json").exists()
+    subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
+    subprocess.run([*cmd[:-2], str(tmp_path / "b"), "--quiet"], check=True, cwd=Path(__file__).parent.parent)
+    assert _results(tmp_path / "a") == _results(tmp_path / "b")
+    assert not list((tmp_path / "a").rglob("*.tmp"))
+
+
+def test_same_config_same_results(finished, tmp_path):
+    assert _strip(run(CFG, tmp_path)) == _results(finished[0])
+
+
+def test_a_different_config_on_the_same_directory_is_refused(finished):
+    with pytest.raises(ConfigError, match="n_target: 100 there, 50 now"):
+        run(RunConfig(limit=6, n_target=50), finished[0])
+
+
+def test_add_teacher_scores_without_rollouts(tmp_path):
+    cfg = RunConfig(limit=4, teachers=("synthetic-helpful",))
+    before = run(cfg, tmp_path)
+    after = add_teacher(tmp_path, "synthetic-misleading")
+    assert after["counts"]["rollouts_this_invocation"] == 0
+    assert after["counts"]["forward_passes_this_invocation"] == {"misleading": before["counts"]["paths"]}
+    assert after["counts"]["rollouts"] == before["counts"]["rollouts"]
+    assert {r["teacher"] for r in after["teachers"]} == {"synthetic-helpful", "synthetic-misleading"}
+    # the original teacher's numbers do not move
+    old = {r["algorithm"]: r["alignment"] for r in before["teachers"]}
+    new = {r["algorithm"]: r["alignment"] for r in after["teachers"] if r["teacher"] == "synthetic-helpful"}
+    assert json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = resolve_run_config(None, ["n_target=7", "teachers=[synthetic-helpful]", "limit=null"])
+    assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None
+    with pytest.raises(ConfigError, match="unknown key 'n_targt'"):
+        resolve_run_config(None, ["n_targt=7"])
+    bad = tmp_path / "run.yaml"
+    bad.write_text("tau: fast\n")
+    with pytest.raises(ConfigError, match=r"run.yaml.*'tau' must be float"):
+        resolve_run_config(bad, [])
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--set", "n_targt=3", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown key 'n_targt'" in out.stderr
