@@ -518,7 +518,7 @@ def run(
         for k, v in sk.items():
             skipped[k] = skipped.get(k, 0) + v
     results = _results(cfg, teachers, states, nodes, skipped, backend, rundir)
-    _write_tables(rundir, nodes, children, states)
+    _write_tables(rundir, nodes, children, states, task)
     results = json_ready(results)
     write_json(rundir.root / "results.json", results)
     progress("done", 1, 1)
@@ -581,7 +581,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
     }
 
 
-def _write_tables(rundir: RunDir, nodes, children, states) -> None:
+def _write_tables(rundir: RunDir, nodes, children, states, task: Task) -> None:
     """nodes.parquet, children.parquet and paths.parquet beside results.json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -595,11 +595,12 @@ def _write_tables(rundir: RunDir, nodes, children, states) -> None:
     write("nodes.parquet", nodes, NODE_FIELDS)
     write("children.parquet", children, ["question_id", "path_id", "position", "teacher", "token"])
     paths = [
-        {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "tokens": p.tolist()}
+        {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "tokens": p.tolist(),
+         "text": task.token_texts(p)}
         for s in states.values()
         for j, p in enumerate(s.paths)
     ]
-    write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens"])
+    write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text"])
 
 
 def add_teacher(out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None) -> dict:

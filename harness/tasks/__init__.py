@@ -47,6 +47,10 @@ class Task(Protocol):
         """1 where a response's extracted answer is correct; truncated responses score 0."""
         ...
 
+    def token_texts(self, ids: np.ndarray) -> list[str]:
+        """The text of each token (for the per-token viewer); joining them gives the response."""
+        ...
+
     def teacher_context(
         self, teacher: TeacherConfig, question: Question, correct: Sequence[np.ndarray], wrong: Sequence[np.ndarray]
     ) -> np.ndarray | Skip:

@@ -31,6 +31,9 @@ class SyntheticTask:
         lm = SyntheticLM(seed=question.doc["seed"], **self._options)
         return np.array([0 if t else lm.reward(list(r)) for r, t in zip(responses, truncated, strict=True)])
 
+    def token_texts(self, ids: np.ndarray) -> list[str]:
+        return ["<eos>" if t == EOS else f" t{t}" for t in ids]
+
     def teacher_context(self, teacher: TeacherConfig, question: Question, correct, wrong) -> np.ndarray | Skip:
         if teacher.correct_solutions or teacher.wrong_solutions:
             return Skip("synthetic teachers take no solutions in context")
