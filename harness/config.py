@@ -58,8 +58,13 @@ class RunConfig:
     num_workers: int = 2  # Ray workers (one backend each)
 
     def hash(self) -> str:
-        """sha256 of the canonical JSON of every field."""
-        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """sha256 of the canonical JSON of every field that can move a number (not where it runs)."""
+        data = {k: v for k, v in to_dict(self).items() if k not in EXECUTION_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# where a run executes never changes its results, so these may differ when a run is resumed
+EXECUTION_FIELDS = ("executor", "ray_address", "num_workers")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -113,6 +113,17 @@ def _model_name(teacher: TeacherConfig) -> str:
     return STUDENT if teacher.is_self else teacher.model
 
 
+def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
+    """The configured backend, in this process or spread over Ray workers."""
+    if cfg.executor == "ray":
+        from harness.distributed import RayBackendPool
+
+        return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address)
+    if cfg.executor != "local":
+        raise ConfigError(f"executor must be 'local' or 'ray', got {cfg.executor!r}")
+    return load_backend(cfg.backend, model_specs(cfg, teachers))
+
+
 def model_specs(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict[str, ModelSpec]:
     """The models the backend loads: the student and every external teacher."""
     specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
@@ -488,7 +499,7 @@ def run(
     # candidates come from the config's teachers only, so adding a teacher never changes the tree
     planners = teachers[: len(cfg.teachers)]
     task = load_task(cfg.task) if cfg.task == "synthetic" else load_task(cfg.task, data_files=cfg.data_files, tokenizer=cfg.student)
-    backend = CountingBackend(backend or load_backend(cfg.backend, model_specs(cfg, teachers)))
+    backend = CountingBackend(backend or _backend(cfg, teachers))
     n_min = cfg.n_min or task.n_min
     max_new = cfg.max_new_tokens or task.max_new_tokens
     questions = task.questions(cfg.limit)

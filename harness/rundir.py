@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.config import ConfigError, RunConfig, to_dict
+from harness.config import EXECUTION_FIELDS, ConfigError, RunConfig, to_dict
 
 
 def atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
@@ -83,7 +83,7 @@ class RunDir:
                 diff = [
                     f"{k}: {theirs['config'].get(k)!r} there, {v!r} now"
                     for k, v in mine["config"].items()
-                    if theirs["config"].get(k) != v
+                    if theirs["config"].get(k) != v and k not in EXECUTION_FIELDS
                 ]
                 raise ConfigError(
                     f"{root} holds a run with a different config ({'; '.join(diff)}); "

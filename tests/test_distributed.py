@@ -1,0 +1,59 @@
+"""Ray executor: identical results to a local run, and a killed worker loses no finished work."""
+
+import json
+import os
+import signal
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'odiag[ray]')")
+
+from harness.config import RunConfig  # noqa: E402
+from harness.distributed import RayBackendPool  # noqa: E402
+from harness.pipeline import model_specs, run  # noqa: E402
+from harness.teachers import load_teacher  # noqa: E402
+
+CFG = RunConfig(limit=5)
+
+
+@pytest.fixture(scope="module")
+def local_results(tmp_path_factory):
+    return run(CFG, tmp_path_factory.mktemp("local"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _same(a: dict, b: dict) -> None:
+    assert json.dumps(a["teachers"], sort_keys=True) == json.dumps(b["teachers"], sort_keys=True)
+    for key in ("questions", "paths", "decision_points", "rollouts", "tokens_generated", "teacher_forward_passes"):
+        assert a["counts"][key] == b["counts"][key]
+
+
+def test_two_ray_workers_give_the_local_results(ray_cluster, local_results, tmp_path):
+    cfg = RunConfig(limit=5, executor="ray", num_workers=2)
+    assert cfg.hash() == CFG.hash()  # where a run executes is not part of its identity
+    _same(run(cfg, tmp_path), local_results)
+
+
+class KillingPool(RayBackendPool):
+    """Kills worker 0's process (SIGKILL) after the first backend call of the run."""
+
+    def _map(self, method, requests):
+        out = super()._map(method, requests)
+        if not getattr(self, "_killed", False):
+            self._killed = True
+            os.kill(self.worker_pids()[0], signal.SIGKILL)
+        return out
+
+
+def test_a_killed_worker_is_replaced_and_results_are_identical(ray_cluster, local_results, tmp_path):
+    teachers = [load_teacher(t) for t in CFG.teachers]
+    pool = KillingPool("synthetic", model_specs(CFG, teachers), num_workers=2, chunk_size=1)
+    results = run(CFG, tmp_path, backend=pool)
+    assert pool.restarted >= 1
+    _same(results, local_results)
