@@ -102,6 +102,21 @@ class SyntheticLM:
             return 0
         return int(self._tables["success"][self.states(response[:-1])[-1]])
 
+    def rewards(self, responses: Sequence[np.ndarray]) -> np.ndarray:
+        """``reward`` of many responses at once: states advanced depth by depth over a padded batch."""
+        lengths = np.array([len(r) for r in responses], dtype=np.int64)
+        width = int(lengths.max(initial=0))
+        padded = np.zeros((len(responses), width), dtype=np.int64)
+        for i, r in enumerate(responses):
+            padded[i, : len(r)] = r
+        state = np.zeros(len(responses), dtype=np.int64)
+        for t in range(max(width - 1, 0)):
+            live = t < lengths - 1  # every token but the final EOS moves the state
+            state = np.where(live, self._tables["transition"][state, padded[:, t]], state)
+        last = padded[np.arange(len(responses)), np.maximum(lengths - 1, 0)]
+        ended = (lengths > 0) & (last == EOS)
+        return (ended & self._tables["success"][state]).astype(np.int64)
+
     def sample(self, prefix: Sequence[int], n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """``n`` continuations of ``prefix``: (token arrays, rewards, truncated flags).
 

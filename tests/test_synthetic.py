@@ -61,3 +61,10 @@ def test_same_seed_same_samples_and_forced_eos():
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)) and np.array_equal(ra, rb)
     toks, rew, trunc = model.sample([1, EOS], 4, seed=0)
     assert all(len(t) == 0 for t in toks) and len(set(rew.tolist())) == 1 and not trunc.any()
+
+
+def test_batched_rewards_equal_one_by_one():
+    model = SyntheticLM(seed=7)
+    toks, rewards, _ = model.sample([], 500, seed=3)
+    toks += [np.zeros(0, np.int64), np.array([3, 1])]  # empty and EOS-less responses score 0
+    assert model.rewards(toks).tolist() == [model.reward(list(t)) for t in toks]

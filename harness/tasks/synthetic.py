@@ -20,6 +20,7 @@ class SyntheticTask:
 
     def __init__(self, **model_options):
         self._options = model_options
+        self._models: dict[int, SyntheticLM] = {}
         self.max_new_tokens = SyntheticLM(**model_options).horizon
 
     def questions(self, limit: int | None) -> list[Question]:
@@ -28,8 +29,9 @@ class SyntheticTask:
         return [Question(id=f"q{i:03d}", prompt_ids=np.array([s]), doc={"seed": s}) for i, s in enumerate(seeds)]
 
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
-        lm = SyntheticLM(seed=question.doc["seed"], **self._options)
-        return np.array([0 if t else lm.reward(list(r)) for r, t in zip(responses, truncated, strict=True)])
+        seed = question.doc["seed"]
+        lm = self._models.get(seed) or self._models.setdefault(seed, SyntheticLM(seed=seed, **self._options))
+        return np.where(np.asarray(truncated, dtype=bool), 0, lm.rewards(responses))
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
         return ["<eos>" if t == EOS else f" t{t}" for t in ids]
