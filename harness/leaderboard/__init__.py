@@ -1,0 +1,63 @@
+"""The leaderboard: merge run directories, draw the figures, write a static site (SPEC §6).
+
+``build(run_dirs, out)`` writes into ``out``::
+
+    out/leaderboard.json        schema_version, provenance of every run, one ranked entry per
+                                task x student x teacher x algorithm (x run)
+    out/index.html              the page: table, figures, per-token viewer; works from file://
+    out/figures/<name>.svg|png  the figures (matplotlib)
+
+Other files in ``out`` (a README, a screenshot) are left alone. ``main_leaderboard`` and
+``main_model_card`` are the command-line entry points (``odiag leaderboard``, ``odiag model-card``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict:
+    """Merge ``run_dirs`` and write the leaderboard site into ``out``; return the leaderboard JSON."""
+    from harness.leaderboard.figures import write_figures
+    from harness.leaderboard.merge import load_runs, merge
+    from harness.leaderboard.site import render
+    from harness.pipeline import json_ready
+    from harness.rundir import atomic_write, write_json
+
+    out = Path(out)
+    runs = load_runs(run_dirs)
+    board = json_ready(merge(runs))
+    figures = write_figures(board, runs, out / "figures")
+    html = render(board, runs, figures)
+    write_json(out / "leaderboard.json", board)
+    atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
+    for name in ("leaderboard.json", "index.html"):
+        (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
+    log.info("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
+    return board
+
+
+def main_leaderboard(run_dirs: list[str], out: str) -> int:
+    """``odiag leaderboard RUN_DIR... --out DIR``: print where the page is; 0 on success."""
+    board = build(run_dirs, out)
+    groups = ", ".join(f"{g['task']} / {g['student']}" for g in board["groups"])
+    print(f"{len(board['runs'])} run(s), {len(board['entries'])} entries ({groups})")
+    print(f"page: {Path(out) / 'index.html'}")
+    return 0
+
+
+def main_model_card(run_dir: str, out: str | None = None) -> int:
+    """``odiag model-card RUN_DIR [--out FILE]``: a run's headline numbers as model-index YAML."""
+    from harness.leaderboard.modelcard import model_card_yaml
+
+    text = model_card_yaml(run_dir)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        Path(out).write_text(text)
+    return 0

@@ -1,0 +1,325 @@
+"""The leaderboard's figures (matplotlib, object API, no global state), each saved as SVG and PNG.
+
+Per task x student group:
+- ``correct-vs-incorrect``: mean alignment on correct and on incorrect paths per teacher, one panel
+  per algorithm, with t CIs over questions and the paired p-value (the paper's Figure 3);
+- ``depth``: alignment by exponential depth window ``[0,w), [w,3w), ...`` (SPEC §4);
+- ``n-actions``: alignment against ``|A(s)|`` (with two actions it is ±1 by construction, SPEC §3);
+- ``divergence``: each divergence against the headline algorithm's alignment, node by node, with the
+  within-path Spearman correlation of SPEC §5 in each panel.
+Per task: ``ranking``, teachers by mean alignment with 95% CIs, one panel per student (Figure 4);
+the band is the leader's CI, so every interval that crosses it is tied with the leader.
+
+Depth and ``|A(s)|`` figures average per path first and give t CIs over paths, so a long path does
+not outvote a short one. Output is deterministic (fixed SVG hash salt, no dates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness.core.stats import DIVERGENCES, t_ci
+from harness.leaderboard.merge import Run, teacher_labels
+
+CORRECT, INCORRECT = "#1b9e77", "#d95f02"
+DIVERGENCE_NAMES = {"kl": "KL(π‖π_T)", "reverse_kl": "KL(π_T‖π)", "js": "Jensen–Shannon", "tv": "total variation",
+                    "prob_cosine": "cosine(π, π_T)"}
+MAX_SCATTER = 4000  # points per teacher in a scatter panel (a seeded sample beyond that)
+N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureFile:
+    """One saved figure: its stem under figures/, what it shows, and which group it belongs to."""
+
+    stem: str  # figures/<stem>.svg and figures/<stem>.png
+    title: str
+    caption: str
+    group: str | None  # a group id, or None for a per-task figure
+    task: str
+
+
+def _plain(text) -> str:
+    """Text matplotlib draws as written: ``$`` would otherwise start mathtext (names are user data)."""
+    return str(text).replace("$", r"\$")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def teacher_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A stable colour per teacher label (tab10, then tab20), shared by every figure and the table."""
+    from matplotlib import colormaps
+
+    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](i) for i in range(1, 20, 2)]
+    hexes = ["#%02x%02x%02x" % tuple(int(255 * c) for c in rgba[:3]) for rgba in palette]
+    return {label: hexes[i % len(hexes)] for i, label in enumerate(sorted(labels))}
+
+
+def _nodes(runs: Sequence[Run], labels: dict[tuple[str, str], str]) -> dict[str, np.ndarray]:
+    """The group's node tables stacked, with a ``label`` column and a ``path_key`` unique across runs."""
+    cols: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        n = run.nodes
+        extra = {
+            "label": np.array([labels[(run.id, t)] for t in n["teacher"]], dtype=object),
+            "path_key": np.array([f"{run.id}\x00{q}\x00{p}" for q, p in zip(n["question_id"], n["path_id"], strict=True)]),
+            "window_width": np.full(len(n["teacher"]), run.results["config"].get("window", 50)),
+        }
+        for k, v in {**n, **extra}.items():
+            cols.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
+def depth_window(position: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Index j of the window ``[(2^j - 1) w, (2^(j+1) - 1) w)`` that holds each position (SPEC §4)."""
+    return np.floor(np.log2(np.asarray(position, float) / np.asarray(width, float) + 1)).astype(int)
+
+
+def _window_label(j: int, w: int) -> str:
+    return f"[{(2**j - 1) * w}, {(2 ** (j + 1) - 1) * w})"
+
+
+def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[int]):
+    """Mean alignment per bin with a t CI over per-path means, and the node count, for each value."""
+    out = []
+    for b in values:
+        sel = mask & (bins == b) & np.isfinite(nodes["alignment"].astype(float))
+        keys, inv = np.unique(nodes["path_key"][sel], return_inverse=True)
+        per_path = np.bincount(inv, nodes["alignment"][sel].astype(float), len(keys)) / np.maximum(
+            np.bincount(inv, minlength=len(keys)), 1)
+        ci = t_ci(per_path)
+        out.append((ci.mean, ci.lo, ci.hi, int(sel.sum())))
+    return out
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.2, ncols: int = 3):
+    from matplotlib.figure import Figure
+
+    ncols = min(n, ncols)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _style(ax, ylabel: str | None = "alignment") -> None:
+    ax.axhline(0, color="#888888", lw=0.8, zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color="#e6e6e6", lw=0.6)
+    ax.set_axisbelow(True)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+
+
+def _legend(fig, ax) -> None:
+    """One legend for all panels, below them, where it covers no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
+
+
+def _err(mean, lo, hi):
+    """Error-bar half-widths from an interval; zero where the interval is undefined."""
+    mean, lo, hi = (np.asarray(x, float) for x in (mean, lo, hi))
+    return np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+
+
+def _v(stat: dict | None, key: str = "mean") -> float:
+    if not stat:
+        return float("nan")
+    if key == "mean":
+        return float("nan") if stat.get("mean") is None else float(stat["mean"])
+    ci = stat.get("ci95") or [None, None]
+    x = ci[0] if key == "lo" else ci[1]
+    return float("nan") if x is None else float(x)
+
+
+def _save(fig, out: Path, stem: str) -> None:
+    from matplotlib import rc_context
+
+    with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}):
+        fig.savefig(out / f"{stem}.svg", metadata={"Date": None})
+        fig.savefig(out / f"{stem}.png", dpi=110, metadata={"Software": None})
+
+
+def _fmt_p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "p n/a"
+    return f"p={p:.2g}" if p >= 1e-3 else "p<0.001"
+
+
+def correct_vs_incorrect(entries: list[dict], group: dict, colours: dict[str, str]):
+    """Figure 3: alignment on correct vs incorrect paths, per teacher, one panel per algorithm."""
+    fig, axes = _panels(len(group["algorithms"]))
+    teachers = group["teachers"]
+    x = np.arange(len(teachers))
+    for ax, algorithm in zip(axes, group["algorithms"], strict=True):
+        rows = {e["label"]: e for e in entries if e["algorithm"] == algorithm}
+        for offset, key, colour, name in ((-0.2, "alignment_correct", CORRECT, "correct paths"),
+                                          (0.2, "alignment_incorrect", INCORRECT, "incorrect paths")):
+            stats = [rows.get(t, {}).get(key) for t in teachers]
+            mean = [_v(s) for s in stats]
+            ax.bar(x + offset, np.nan_to_num(mean), 0.38, color=colour, label=name,
+                   yerr=_err(mean, [_v(s, "lo") for s in stats], [_v(s, "hi") for s in stats]),
+                   error_kw={"lw": 0.9, "capsize": 2})
+        for i, t in enumerate(teachers):
+            diff = rows.get(t, {}).get("incorrect_minus_correct") or {}
+            ax.annotate(_fmt_p(diff.get("p_paired")), (i, 1.02), ha="center", va="bottom", fontsize=7,
+                        xycoords=("data", "axes fraction"), color="#444444")
+        _style(ax)
+        ax.set_xticks(x, [_plain(t) for t in teachers], rotation=25 if len(teachers) > 3 else 0, ha="right" if len(teachers) > 3 else "center",
+                      fontsize=8)
+        ax.set_title(algorithm, fontsize=10, pad=14)
+        ax.set_ylim(-1.05, 1.05)
+    _legend(fig, axes[0])
+    fig.suptitle(f"Alignment on correct vs incorrect paths — {_plain(group['task'])}, student {_plain(group['student'])}\n"
+                 "(mean over questions, 95% t CI; p: paired t-test over questions with both)", fontsize=10)
+    return fig
+
+
+def ranking(entries: list[dict], groups: list[dict], colours: dict[str, str]):
+    """Figure 4: teachers ranked by mean alignment (headline algorithm), one panel per student."""
+    fig, axes = _panels(len(groups), width=6.0, height=0.45 * max(len(g["teachers"]) for g in groups) + 1.4, ncols=2)
+    for ax, group in zip(axes, groups, strict=True):
+        algorithm = group["headline_algorithm"]
+        rows = [e for e in entries if (e["task"], e["student"], e["algorithm"]) == (group["task"], group["student"], algorithm)
+                and e.get("alignment")]
+        rows.sort(key=lambda e: -_v(e["alignment"]) if np.isfinite(_v(e["alignment"])) else np.inf)
+        y = np.arange(len(rows))[::-1]
+        if rows and np.isfinite(_v(rows[0]["alignment"], "lo")):
+            ax.axvspan(_v(rows[0]["alignment"], "lo"), _v(rows[0]["alignment"], "hi"), color="#dde8f3", zorder=0,
+                       label="leader's 95% CI")
+        for yi, e in zip(y, rows, strict=True):
+            a = e["alignment"]
+            ax.errorbar(_v(a), yi, xerr=_err([_v(a)], [_v(a, "lo")], [_v(a, "hi")]), fmt="o",
+                        color=colours.get(e["label"], "#333333"), capsize=3, lw=1.2)
+            tie = " ≈" if rows[0]["key"] in e["tied_with"] else ""
+            ax.annotate(f"#{e['rank']}{tie}", (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(y, [_plain(e["label"]) for e in rows], fontsize=8)
+        ax.set_ylim(-0.6, max(len(rows), 1) - 0.4)
+        ax.axvline(0, color="#888888", lw=0.8, zorder=0)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_xlabel(f"mean alignment ({algorithm})")
+        ax.set_title(f"student {_plain(group['student'])}", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower right", frameon=False)
+    fig.suptitle(f"Teacher ranking — {_plain(groups[0]['task'])}\n(mean alignment over questions, 95% t CI; ≈: tied with the leader)",
+                 fontsize=10)
+    return fig
+
+
+def _binned(group: dict, nodes: dict, colours: dict[str, str], bins: np.ndarray, values: list[int],
+            tick_labels: list[str], xlabel: str, title: str):
+    """Mean alignment per bin, one line per teacher and one panel per algorithm; n: nodes, all teachers."""
+    fig, axes = _panels(len(group["algorithms"]))
+    x = np.arange(len(values))
+    teachers = group["teachers"]
+    for ax, algorithm in zip(axes, group["algorithms"], strict=True):
+        for i, t in enumerate(teachers):
+            mask = (nodes["algorithm"] == algorithm) & (nodes["label"] == t)
+            stats = _by_bin(nodes, mask, bins, values)
+            mean, lo, hi, count = (np.array(c, float) for c in zip(*stats, strict=True))
+            shift = (i - (len(teachers) - 1) / 2) * 0.08
+            ax.errorbar(x + shift, mean, yerr=_err(mean, lo, hi), fmt="-o", ms=4, lw=1.2, capsize=2,
+                        color=colours[t], label=_plain(t))
+            counts = count if i == 0 else counts + count
+        _style(ax)
+        ax.set_xticks(x, [f"{lab}\nn={int(c)}" for lab, c in zip(tick_labels, counts, strict=True)], fontsize=8)
+        ax.set_xlim(-0.5, len(values) - 0.5)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_title(algorithm, fontsize=10)
+        ax.set_ylim(-1.05, 1.05)
+    _legend(fig, axes[0])
+    fig.suptitle(f"{title} — {_plain(group['task'])}, student {_plain(group['student'])}", fontsize=10)
+    return fig
+
+
+def by_depth(group: dict, nodes: dict, colours: dict[str, str]):
+    """Alignment by depth window, per teacher, one panel per algorithm."""
+    bins = depth_window(nodes["position"], nodes["window_width"])
+    values = sorted(set(bins.tolist()))
+    width = int(nodes["window_width"][0])
+    return _binned(group, nodes, colours, bins, values, [_window_label(j, width) for j in values],
+                   "response positions", "Alignment by depth window (mean over paths, 95% t CI)")
+
+
+def by_n_actions(group: dict, nodes: dict, colours: dict[str, str]):
+    """Alignment against |A(s)|, per teacher, one panel per algorithm."""
+    bins = np.minimum(nodes["n_actions"].astype(int), N_ACTIONS_CAP)
+    values = sorted(set(bins.tolist()))
+    labels = [f"{v}+" if v == N_ACTIONS_CAP else str(v) for v in values]
+    return _binned(group, nodes, colours, bins, values, labels, "|A(s)| (children with enough visits)",
+                   "Alignment vs |A(s)| (|A(s)| = 2 gives ±1 by construction)")
+
+
+def divergence_scatter(group: dict, entries: list[dict], nodes: dict, colours: dict[str, str], seed: int = 0):
+    """Each divergence against alignment (headline algorithm), with the within-path correlation."""
+    algorithm = group["headline_algorithm"]
+    fig, axes = _panels(len(DIVERGENCES), width=4.4, height=3.4)
+    rows = {e["label"]: e for e in entries if e["algorithm"] == algorithm}
+    sel = nodes["algorithm"] == algorithm
+    rng = np.random.default_rng(seed)
+    for ax, d in zip(axes, DIVERGENCES, strict=True):
+        for t in group["teachers"]:
+            idx = np.flatnonzero(sel & (nodes["label"] == t))
+            if idx.size > MAX_SCATTER:
+                idx = np.sort(rng.choice(idx, MAX_SCATTER, replace=False))
+            rho = ((rows.get(t, {}).get("divergence_correlations") or {}).get(d) or {}).get("spearman") or {}
+            ci = rho.get("ci95") or [None, None]
+            note = "ρ n/a" if rho.get("mean") is None else f"ρ={rho['mean']:+.2f}" + (
+                f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if None not in ci else "") + f", {rho.get('n_paths', 0)} paths"
+            ax.scatter(nodes[d][idx].astype(float), nodes["alignment"][idx].astype(float), s=7, alpha=0.55,
+                       color=colours[t], label=_plain(f"{t}: {note}"), rasterized=idx.size > 500, linewidths=0)
+        _style(ax)
+        ax.set_xlabel(DIVERGENCE_NAMES.get(d, d), fontsize=9)
+        ax.set_ylim(-1.1, 1.1)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, markerscale=1.5)
+    fig.suptitle(f"Divergence vs alignment ({algorithm}) — {_plain(group['task'])}, student {_plain(group['student'])}; "
+                 "ρ: within-path Spearman, mean over paths with 95% t CI", fontsize=10)
+    return fig
+
+
+def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFile]:
+    """Draw every figure of the leaderboard into ``out`` (SVG and PNG); stale figures are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("*.svg")) + list(out.glob("*.png")):
+        old.unlink()
+    labels = teacher_labels(runs)
+    colours = teacher_colours({e["label"] for e in board["entries"]})
+    made: list[FigureFile] = []
+
+    def save(fig, stem, title, caption, group, task):
+        _save(fig, out, stem)
+        made.append(FigureFile(stem, title, caption, group, task))
+
+    for task in sorted({g["task"] for g in board["groups"]}):
+        groups = [g for g in board["groups"] if g["task"] == task]
+        save(ranking(board["entries"], groups, colours), f"{_slug(task)}--ranking", "Teacher ranking",
+             "Teachers by mean alignment of the headline algorithm, one panel per student; the band is the "
+             "leader's 95% CI, so any interval crossing it is tied with the leader.", None, task)
+        for g in groups:
+            entries = [e for e in board["entries"] if (e["task"], e["student"]) == (g["task"], g["student"])]
+            nodes = _nodes([r for r in runs if r.id in g["runs"]], labels)
+            stem = g["id"]
+            save(correct_vs_incorrect(entries, g, colours), f"{stem}--correct-vs-incorrect",
+                 "Correct vs incorrect paths",
+                 "Mean alignment on correct and on incorrect paths per teacher; p is the paired t-test over "
+                 "questions that have both.", g["id"], task)
+            save(by_depth(g, nodes, colours), f"{stem}--depth", "Alignment by depth",
+                 "Mean alignment in each exponential depth window, averaged per path first; n counts decision "
+                 "points x teachers.", g["id"], task)
+            save(by_n_actions(g, nodes, colours), f"{stem}--n-actions", "Alignment vs |A(s)|",
+                 "Mean alignment by the number of children with enough visits (with two it is ±1 by "
+                 "construction); n counts decision points x teachers.", g["id"], task)
+            save(divergence_scatter(g, entries, nodes, colours), f"{stem}--divergence", "Divergence vs alignment",
+                 "Every decision point of the headline algorithm; ρ is the within-path Spearman correlation "
+                 "(SPEC §5), mean over paths with at least 5 decision points.", g["id"], task)
+    return made

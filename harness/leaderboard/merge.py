@@ -1,0 +1,203 @@
+"""Read run directories and merge them into one leaderboard (SPEC §5, §6).
+
+A leaderboard entry is one task x student x teacher x algorithm of one run: the run's aggregates
+for that row of ``results.json``, plus what it cost (decision points, rollouts, tokens). Runs of the
+same task and student are compared with each other, so ranks are recomputed over all their entries
+within each algorithm (``rank_with_ties``: the order by mean alignment, and which CIs overlap).
+Every run's provenance (config and hash, versions, counts, creation time) is kept whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness import __version__
+from harness.config import ConfigError
+from harness.core.stats import rank_with_ties
+
+SCHEMA_VERSION = "odiag.leaderboard/1"
+RESULTS_SCHEMA = "odiag.results/1"  # the results.json contract this reader understands
+TABLES = ("nodes", "children", "paths")
+# The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
+# pipelines use (the paper's default); a run without it falls back to its first algorithm.
+HEADLINE_ALGORITHM = "gkd"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run directory, read whole: results.json and its three per-node tables."""
+
+    id: str  # short unique name within a leaderboard (the directory name, made unique)
+    path: str  # the directory as given
+    results: dict  # results.json
+    nodes: dict[str, np.ndarray]  # nodes.parquet, column -> values (one row per decision point x teacher x algorithm)
+    children: list[dict]  # children.parquet rows (one per decision point x teacher x child in A(s))
+    paths: list[dict]  # paths.parquet rows (question_id, path_id, correct, tokens, text)
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """The (task, student) pair: runs in one group are ranked together."""
+        return (str(self.results["task"]), str(self.results["student"]))
+
+
+def load_run(path: str | Path, run_id: str) -> Run:
+    """Read a finished run directory; refuse anything that is not one, saying what is missing."""
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    results_file = root / "results.json"
+    if not results_file.is_file():
+        raise ConfigError(f"{root}: not a finished odiag run (no results.json); run `odiag run --out {root}` first")
+    results = json.loads(results_file.read_text())
+    if results.get("schema_version") != RESULTS_SCHEMA:
+        raise ConfigError(
+            f"{results_file}: schema_version {results.get('schema_version')!r}, this odiag reads {RESULTS_SCHEMA!r}"
+        )
+    missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
+    if missing:
+        raise ConfigError(f"{root}: missing {', '.join(missing)}; rerun the same `odiag run` command to write them")
+    nodes = {k: np.asarray(v) for k, v in pq.read_table(root / "nodes.parquet").to_pydict().items()}
+    return Run(
+        id=run_id,
+        path=str(path),
+        results=results,
+        nodes=nodes,
+        children=pq.read_table(root / "children.parquet").to_pylist(),
+        paths=pq.read_table(root / "paths.parquet").to_pylist(),
+    )
+
+
+def run_ids(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique ids from directory names: ``runs/demo`` -> ``demo``; repeats get ``-2``, ``-3``."""
+    ids: list[str] = []
+    for p in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).resolve().name) or "run"
+        name, k = base, 2
+        while name in ids:
+            name, k = f"{base}-{k}", k + 1
+        ids.append(name)
+    return ids
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    if not paths:
+        raise ConfigError("leaderboard: give at least one run directory")
+    return [load_run(p, i) for p, i in zip(paths, run_ids(paths), strict=True)]
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def headline_algorithm(algorithms: Sequence[str]) -> str:
+    return HEADLINE_ALGORITHM if HEADLINE_ALGORITHM in algorithms else sorted(algorithms)[0]
+
+
+def _provenance(run: Run) -> dict:
+    r = run.results
+    return {
+        "id": run.id,
+        "path": run.path,
+        "schema_version": r["schema_version"],
+        "task": r["task"],
+        "student": r["student"],
+        "created_at": r.get("created_at"),
+        "config": r["config"],
+        "config_hash": r["config_hash"],
+        "versions": r["versions"],
+        "counts": r["counts"],
+        "teacher_info": r.get("teacher_info", {}),
+    }
+
+
+def teacher_labels(runs: Sequence[Run]) -> dict[tuple[str, str], str]:
+    """Display name of each (run, teacher): the teacher, or ``teacher @ run`` where a group repeats it."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for run in runs:
+        for t in {row["teacher"] for row in run.results["teachers"]}:
+            key = (*run.group, t)
+            seen[key] = seen.get(key, 0) + 1
+    return {
+        (run.id, row["teacher"]): row["teacher"] if seen[(*run.group, row["teacher"])] == 1 else f"{row['teacher']} @ {run.id}"
+        for run in runs
+        for row in run.results["teachers"]
+    }
+
+
+def _entry(run: Run, row: dict, label: str) -> dict:
+    counts = run.results["counts"]
+    fields = {k: v for k, v in row.items() if k not in ("teacher", "algorithm", "rank", "tied_with")}
+    return {
+        "key": f"{row['teacher']}/{row['algorithm']}@{run.id}",
+        "task": run.results["task"],
+        "student": run.results["student"],
+        "run": run.id,
+        "teacher": row["teacher"],
+        "label": label,
+        "algorithm": row["algorithm"],
+        "description": run.results.get("teacher_info", {}).get(row["teacher"], {}).get("description", ""),
+        "rank": None,
+        "tied_with": [],
+        **fields,
+        "n_decision_points": row.get("n_decision_points", 0),
+        # the rollout tree is shared by every teacher of a run: this is the run's whole budget
+        "rollouts": counts["rollouts"],
+        "tokens_generated": counts["tokens_generated"],
+    }
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def merge(runs: Sequence[Run]) -> dict:
+    """The leaderboard JSON: provenance of every run, groups, and one ranked entry per results row."""
+    labels = teacher_labels(runs)
+    entries = [_entry(run, row, labels[(run.id, row["teacher"])]) for run in runs for row in run.results["teachers"]]
+    groups = []
+    for task, student in sorted({run.group for run in runs}):
+        members = [e for e in entries if (e["task"], e["student"]) == (task, student)]
+        algorithms = sorted({e["algorithm"] for e in members})
+        for algorithm in algorithms:
+            block = [e for e in members if e["algorithm"] == algorithm]
+            stats = [e.get("alignment") or {} for e in block]
+            rank, tied = rank_with_ties(
+                [_nan(s.get("mean")) for s in stats],
+                [_nan((s.get("ci95") or [None, None])[0]) for s in stats],
+                [_nan((s.get("ci95") or [None, None])[1]) for s in stats],
+            )
+            for e, k, t in zip(block, rank, tied, strict=True):
+                # a row without decision points has no score to rank
+                e["rank"] = k if e.get("alignment") else None
+                e["tied_with"] = [block[j]["key"] for j in t]
+        groups.append({
+            "id": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task}--{student}"),
+            "task": task,
+            "student": student,
+            "runs": [run.id for run in runs if run.group == (task, student)],
+            "algorithms": algorithms,
+            "headline_algorithm": headline_algorithm(algorithms),
+            "teachers": sorted({e["label"] for e in members}),
+        })
+    entries.sort(key=lambda e: (e["task"], e["student"], e["algorithm"], e["rank"] or 1 << 30, e["label"]))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "generator": {"odiag": __version__, "git_commit": _git_commit(), "results_schema": RESULTS_SCHEMA},
+        "runs": [_provenance(run) for run in runs],
+        "groups": groups,
+        "entries": entries,
+    }

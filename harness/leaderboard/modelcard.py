@@ -1,0 +1,66 @@
+"""A run's headline numbers as Hugging Face ``model-index`` metadata, for a model card's YAML header.
+
+One result per run (task: the odiag diagnostic; dataset: the run's task), with four metrics per
+teacher x algorithm: mean alignment, |g*|-weighted alignment, incorrect-minus-correct and teacher
+advantage (SPEC §5). ``config`` names the teacher and algorithm; ``args`` carries the 95% CI, the
+number of questions, the rank and the run's config hash, so a reader can trace a number to its run.
+Rows without a defined mean are left out (model-index values must be numbers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from harness.config import ConfigError
+
+TASK_TYPE = "on-policy-distillation-diagnostic"
+METRICS = (
+    ("alignment", "odiag_alignment", "Alignment"),
+    ("weighted_alignment", "odiag_weighted_alignment", "Weighted alignment"),
+    ("incorrect_minus_correct", "odiag_incorrect_minus_correct", "Incorrect minus correct"),
+    ("teacher_advantage", "odiag_teacher_advantage", "Teacher advantage"),
+)
+
+
+def model_index(results: dict, model_name: str | None = None) -> list[dict]:
+    """The ``model-index`` list for one ``results.json`` (the student is the model by default)."""
+    metrics = []
+    for row in results["teachers"]:
+        for key, metric_type, title in METRICS:
+            stat = row.get(key) or {}
+            if stat.get("mean") is None:
+                continue
+            args = {
+                "teacher": row["teacher"], "algorithm": row["algorithm"], "ci95": stat.get("ci95"),
+                "n_questions": stat.get("n_questions"), "rank": row.get("rank"), "config_hash": results["config_hash"],
+            }
+            if key == "incorrect_minus_correct":
+                args |= {"p_paired": stat.get("p_paired"), "p_welch": stat.get("p_welch")}
+            metrics.append({
+                "type": metric_type,
+                "name": f"{title} ({row['teacher']}, {row['algorithm']})",
+                "value": round(float(stat["mean"]), 4),
+                "config": f"{row['teacher']}/{row['algorithm']}",
+                "args": args,
+                "verified": False,
+            })
+    return [{
+        "name": model_name or results["student"],
+        "results": [{
+            "task": {"type": TASK_TYPE, "name": "On-policy distillation gradient alignment (odiag)"},
+            "dataset": {"type": str(results["task"]), "name": str(results["task"])},
+            "metrics": metrics,
+        }],
+    }]
+
+
+def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
+    """``model-index:`` YAML for the run in ``run_dir``, ready to paste into a model card's header."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a finished odiag run (no results.json)")
+    results = json.loads(path.read_text())
+    return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)

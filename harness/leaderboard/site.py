@@ -1,0 +1,148 @@
+"""The static leaderboard site: one ``index.html`` that works from ``file://`` and any static host.
+
+Everything the page shows travels inside it as one JSON document in a
+``<script type="application/json">`` block, read with ``JSON.parse``; the page's own script and style
+are inlined; figures are files beside it. Nothing is fetched from a network.
+
+Model text is untrusted. The JSON is written with ``<``, ``>``, ``&`` and the two JavaScript line
+separators as ``\\uXXXX`` escapes, so no string in it can close the block or open a tag, and the
+script builds the page with ``textContent`` only. A Content-Security-Policy admits exactly the page's
+own script and style (by hash), images from the site itself, and no connections, so even markup
+that got into the document could neither run nor call out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from importlib import resources
+
+import yaml
+
+from harness.core.stats import DIVERGENCES
+from harness.leaderboard.figures import FigureFile, teacher_colours
+from harness.leaderboard.merge import Run, teacher_labels
+from harness.pipeline import json_ready
+
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(obj) -> str:
+    """JSON that is inert inside an HTML ``<script>`` element: no ``</script>``, ``<!--`` or tag can form."""
+    text = json.dumps(json_ready(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return "".join(_JSON_ESCAPES.get(c, c) for c in text)
+
+
+def _short(x, digits: int = 4):
+    """A float rounded to ``digits`` significant digits (the viewer needs no more); None stays None."""
+    if x is None:
+        return None
+    x = float(x)
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
+
+
+def viewer_data(run: Run, labels: dict[tuple[str, str], str]) -> dict:
+    """Per path of one run: its token texts and, per decision point x teacher, every score and child.
+
+    ``points[position]`` is a list with one item per teacher scored there:
+    ``{"t": teacher index, "align": [alignment per algorithm], "adv", "norm" (|g*|), "value" (V),
+    "visits", "n_actions", "div": [one per DIVERGENCES], "approx", "children": [[token id, text or
+    None, n, w, Q, π, π_T], ...]}``. A child's text is known where the run recorded it or where it is
+    the path's own token.
+    """
+    teachers = sorted({str(t) for t in run.nodes["teacher"]})
+    algorithms = list(run.results["config"].get("algorithms") or sorted({str(a) for a in run.nodes["algorithm"]}))
+    t_index, a_index = {t: i for i, t in enumerate(teachers)}, {a: i for i, a in enumerate(algorithms)}
+    paths = {(p["question_id"], int(p["path_id"])): p for p in run.paths}
+    points: dict[tuple, dict] = {}
+    n = run.nodes
+    for i in range(len(n["teacher"])):
+        key = (str(n["question_id"][i]), int(n["path_id"][i]), int(n["position"][i]), str(n["teacher"][i]))
+        point = points.get(key)
+        if point is None:
+            point = points[key] = {
+                "t": t_index[key[3]], "align": [None] * len(algorithms), "adv": _short(n["teacher_advantage"][i]),
+                "norm": _short(n["ideal_norm"][i]), "value": _short(n["value"][i]) if "value" in n else None,
+                "visits": int(n["visits"][i]) if "visits" in n else None, "n_actions": int(n["n_actions"][i]),
+                "div": [_short(n[d][i]) for d in DIVERGENCES], "approx": bool(n["approximate"][i]) if "approximate" in n else False,
+                "children": [],
+            }
+        if str(n["algorithm"][i]) in a_index:
+            point["align"][a_index[str(n["algorithm"][i])]] = _short(n["alignment"][i])
+    for c in run.children:
+        point = points.get((c["question_id"], int(c["path_id"]), int(c["position"]), c["teacher"]))
+        if point is None:
+            continue
+        path = paths.get((c["question_id"], int(c["path_id"])))
+        k = int(c["position"])
+        text = c.get("text")
+        if text is None and path is not None and k < len(path["tokens"]) and path["tokens"][k] == c["token"]:
+            text = path["text"][k]
+        point["children"].append([int(c["token"]), text, int(c["n"]), int(c["w"]), _short(c["q"]), _short(c["pi"]),
+                                  _short(c["pi_teacher"])])
+    per_path: dict[tuple[str, int], dict[str, list]] = {}
+    for (q, j, k, _t), point in sorted(points.items()):
+        point["children"].sort(key=lambda ch: -(ch[5] or 0))  # most likely under the student first
+        per_path.setdefault((q, j), {}).setdefault(str(k), []).append(point)
+    out_paths = [
+        {"question": q, "path": j, "correct": bool(p["correct"]), "tokens": [int(t) for t in p["tokens"]],
+         "text": [str(t) for t in p["text"]], "points": per_path.get((q, j), {})}
+        for (q, j), p in sorted(paths.items())
+    ]
+    return {
+        "run": run.id, "task": run.results["task"], "student": run.results["student"],
+        "teachers": [labels.get((run.id, t), t) for t in teachers], "algorithms": algorithms,
+        "divergences": list(DIVERGENCES), "paths": out_paths,
+    }
+
+
+def _asset(name: str) -> str:
+    return resources.files("harness.leaderboard").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile]) -> str:
+    """The whole ``index.html``."""
+    import jinja2
+
+    labels = teacher_labels(runs)
+    data = {
+        "board": board,
+        "colours": teacher_colours({e["label"] for e in board["entries"]}),
+        "viewer": [viewer_data(run, labels) for run in runs],
+        "divergences": list(DIVERGENCES),
+    }
+    script, style = _asset("app.js"), _asset("style.css")
+    if "</" in script or "</" in style:
+        raise ValueError("an inlined asset may not contain '</' (it would end its element)")
+    csp = "; ".join([
+        "default-src 'none'",
+        f"script-src {_csp_hash(script)}",
+        f"style-src {_csp_hash(style)}",
+        "img-src 'self' file: data:",  # figures beside the page; file: for a page opened from disk
+        "base-uri 'none'",
+        "form-action 'none'",
+    ])
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("harness.leaderboard", "assets"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("index.html.j2").render(
+        board=board,
+        groups=board["groups"],
+        runs=board["runs"],
+        figures=figures,
+        configs={r["id"]: yaml.safe_dump(r["config"], sort_keys=False) for r in board["runs"]},
+        data_json=script_json(data),
+        script=script,
+        style=style,
+        csp=csp,
+    )

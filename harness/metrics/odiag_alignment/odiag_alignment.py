@@ -1,0 +1,88 @@
+"""odiag alignment: per-node alignment records -> per teacher x algorithm aggregates (SPEC §5).
+
+A Hugging Face ``evaluate`` metric around ``harness.core.stats.aggregate``, so the numbers are those
+of ``results.json`` whatever computes them. Load it by path (it never comes from a hub)::
+
+    import evaluate
+    from harness.metrics import ODIAG_ALIGNMENT
+
+    metric = evaluate.load(ODIAG_ALIGNMENT)          # or evaluate.load("harness/metrics/odiag_alignment")
+    scores = metric.compute(**columns, seed=0)       # columns: one list per input, e.g. from nodes.parquet
+    scores["alignment"]["synthetic-helpful/gkd"]     # mean alignment over questions
+    scores["teachers"]                               # the full rows: CIs, tests, correlations, ranks
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+from harness.core.stats import aggregate
+
+_CITATION = """\
+@misc{odiag,
+  title  = {odiag: a training-free diagnostic harness for on-policy distillation},
+  note   = {Implements gradient alignment scoring of teacher configurations; see SPEC.md}
+}
+"""
+
+_DESCRIPTION = """\
+Per decision point of a student's rollouts, the alignment score is the cosine between the gradient a
+distillation algorithm applies under a teacher and the ideal gradient of the student's success
+probability. This metric aggregates per-node records (one per decision point x teacher x algorithm)
+as SPEC.md section 5 does: per path, per question, then over questions with Student-t and seeded
+bootstrap 95% intervals; incorrect-minus-correct with paired and Welch p-values; within-path
+correlations of each divergence with alignment; and a ranking of teachers with CI-overlap ties.
+"""
+
+_KWARGS_DESCRIPTION = """\
+Args (one value per node record; all lists of equal length):
+    question_id (str), path_id (int), path_correct (bool), position (int): where the node is.
+    teacher (str), algorithm (str): the configuration scored.
+    alignment (float, nan when undefined), ideal_norm (float, |g*|), teacher_advantage (float),
+    n_actions (int, |A(s)|), kl, reverse_kl, js, tv, prob_cosine (float): the node's values.
+Keyword arguments:
+    seed (int, default 0): seed of the bootstrap intervals.
+    n_boot (int, default 2000): bootstrap resamples.
+Returns:
+    alignment: {"teacher/algorithm": mean alignment over questions}.
+    weighted_alignment: {"teacher/algorithm": |g*|-weighted mean}.
+    teachers: the full results rows of SPEC.md section 6, ranked within each algorithm.
+Example:
+    >>> metric = evaluate.load("harness/metrics/odiag_alignment")
+    >>> out = metric.compute(question_id=["q0", "q0"], path_id=[0, 1], path_correct=[True, False],
+    ...     position=[0, 0], teacher=["t", "t"], algorithm=["gkd", "gkd"], alignment=[0.5, 0.9],
+    ...     ideal_norm=[1.0, 1.0], teacher_advantage=[0.1, 0.2], n_actions=[2, 3], kl=[0.1, 0.2],
+    ...     reverse_kl=[0.1, 0.2], js=[0.0, 0.1], tv=[0.1, 0.2], prob_cosine=[0.9, 0.8])
+    >>> round(out["alignment"]["t/gkd"], 2)
+    0.7
+"""
+
+FEATURES = {
+    "question_id": "string", "path_id": "int64", "path_correct": "bool", "position": "int64",
+    "teacher": "string", "algorithm": "string", "alignment": "float64", "ideal_norm": "float64",
+    "teacher_advantage": "float64", "n_actions": "int64", "kl": "float64", "reverse_kl": "float64",
+    "js": "float64", "tv": "float64", "prob_cosine": "float64",
+}
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class OdiagAlignment(evaluate.Metric):
+    """Gradient alignment aggregates of SPEC.md section 5 from per-node records."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({k: datasets.Value(v) for k, v in FEATURES.items()}),
+        )
+
+    def _compute(self, seed: int = 0, n_boot: int = 2000, **columns):
+        # Python lists from Arrow, float64 kept (the numpy format would cast floats to float32).
+        rows = aggregate({k: np.asarray(v) for k, v in columns.items()}, seed=seed, n_boot=n_boot)
+        key = lambda r: f"{r['teacher']}/{r['algorithm']}"  # noqa: E731
+        return {
+            "alignment": {key(r): r["alignment"]["mean"] for r in rows},
+            "weighted_alignment": {key(r): r["weighted_alignment"]["mean"] for r in rows},
+            "teachers": rows,
+        }

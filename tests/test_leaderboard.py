@@ -1,0 +1,257 @@
+"""The leaderboard without a browser: merging, the JSON, figures, the page's files, the evaluate
+metric and the model-index export, on a synthetic run (SPEC §5, §6)."""
+
+import base64
+import hashlib
+import html as html_lib
+import json
+import math
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from harness.config import ConfigError, RunConfig
+from harness.core.stats import NODE_COLUMNS, aggregate
+from harness.leaderboard import build, main_leaderboard, main_model_card
+from harness.leaderboard.figures import depth_window
+from harness.leaderboard.merge import SCHEMA_VERSION, load_runs, merge, run_ids
+from harness.leaderboard.modelcard import model_index
+from harness.leaderboard.site import script_json, viewer_data
+from harness.pipeline import run, windows
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lb") / "synth"
+    run(RunConfig(), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(run_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("site")
+    return out, build([run_dir], out)
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _copy(run_dir: Path, dest: Path, **results_changes) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("shards"))
+    if results_changes:
+        results = _results(dest) | results_changes
+        (dest / "results.json").write_text(json.dumps(results))
+    return dest
+
+
+def _same(a, b) -> bool:
+    """Equality that treats nan and None (JSON null) as the same missing number."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    missing = lambda x: x is None or (isinstance(x, float) and math.isnan(x))  # noqa: E731
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    return a == b
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+
+def test_entries_carry_each_results_row_and_its_cost(run_dir, site):
+    _, board = site
+    results = _results(run_dir)
+    assert board["schema_version"] == SCHEMA_VERSION
+    assert len(board["entries"]) == len(results["teachers"]) == 2 * 6
+    by_key = {(e["teacher"], e["algorithm"]): e for e in board["entries"]}
+    for row in results["teachers"]:
+        entry = by_key[(row["teacher"], row["algorithm"])]
+        for field in ("alignment", "weighted_alignment", "incorrect_minus_correct", "teacher_advantage",
+                      "divergence_correlations", "n_decision_points"):
+            assert _same(entry[field], row[field]), field
+        # one run: the merged ranking is the run's own
+        assert entry["rank"] == row["rank"]
+        assert sorted(entry["tied_with"]) == sorted(f"{t}@{entry['run']}" for t in row["tied_with"])
+        assert entry["rollouts"] == results["counts"]["rollouts"]
+        assert entry["tokens_generated"] == results["counts"]["tokens_generated"]
+
+
+def test_provenance_of_every_run_is_kept(run_dir, site):
+    _, board = site
+    results = _results(run_dir)
+    (prov,) = board["runs"]
+    for key in ("schema_version", "task", "student", "config", "config_hash", "versions", "counts", "created_at"):
+        assert prov[key] == results[key], key
+    assert board["generator"]["odiag"] == results["versions"]["odiag"]
+    assert board["groups"] == [{
+        "id": "synthetic--synthetic", "task": "synthetic", "student": "synthetic", "runs": [prov["id"]],
+        "algorithms": sorted(results["config"]["algorithms"]), "headline_algorithm": "gkd",
+        "teachers": ["synthetic-helpful", "synthetic-misleading"],
+    }]
+
+
+def test_runs_of_one_task_and_student_are_ranked_together(run_dir, tmp_path):
+    """Two copies of one run: same numbers, so equal ranks, each tied with its copy; names disambiguated."""
+    a, b = _copy(run_dir, tmp_path / "a" / "synth"), _copy(run_dir, tmp_path / "b" / "synth")
+    board = merge(load_runs([a, b]))
+    assert [r["id"] for r in board["runs"]] == ["synth", "synth-2"]
+    assert len(board["groups"]) == 1 and len(board["entries"]) == 24
+    for e in board["entries"]:
+        twin = f"{e['teacher']}/{e['algorithm']}@{'synth-2' if e['run'] == 'synth' else 'synth'}"
+        assert twin in e["tied_with"]
+        assert e["label"] == f"{e['teacher']} @ {e['run']}"
+    gkd = {e["key"]: e["rank"] for e in board["entries"] if e["algorithm"] == "gkd"}
+    assert gkd == {"synthetic-helpful/gkd@synth": 1, "synthetic-helpful/gkd@synth-2": 1,
+                   "synthetic-misleading/gkd@synth": 3, "synthetic-misleading/gkd@synth-2": 3}
+
+
+def test_students_are_separate_groups(run_dir, tmp_path):
+    other = _copy(run_dir, tmp_path / "other", student="tiny-student")
+    board = merge(load_runs([run_dir, other]))
+    assert [(g["task"], g["student"]) for g in board["groups"]] == [("synthetic", "synthetic"), ("synthetic", "tiny-student")]
+    # a teacher that appears once per group keeps its plain name
+    assert {e["label"] for e in board["entries"]} == {"synthetic-helpful", "synthetic-misleading"}
+
+
+def test_run_ids_are_short_and_unique():
+    assert run_ids(["runs/demo", "x/demo", "y/demo/", "a b"]) == ["demo", "demo-2", "demo-3", "a_b"]
+
+
+def test_refuses_what_is_not_a_finished_run(tmp_path, run_dir):
+    with pytest.raises(ConfigError, match="no results.json"):
+        load_runs([tmp_path])
+    bad = _copy(run_dir, tmp_path / "old", schema_version="odiag.results/0")
+    with pytest.raises(ConfigError, match="schema_version"):
+        load_runs([bad])
+    (_copy(run_dir, tmp_path / "partial") / "children.parquet").unlink()
+    with pytest.raises(ConfigError, match="children.parquet"):
+        load_runs([tmp_path / "partial"])
+    with pytest.raises(ConfigError):
+        load_runs([])
+
+
+# ------------------------------------------------------------------------------------------ site
+
+
+def _data(html: str) -> dict:
+    block = re.search(r'<script type="application/json" id="odiag-data">(.*?)</script>', html, re.S)
+    return json.loads(block.group(1))
+
+
+def test_site_files(site):
+    out, board = site
+    assert json.loads((out / "leaderboard.json").read_text()) == board
+    stems = {p.stem for p in (out / "figures").iterdir()}
+    assert stems == {"synthetic--ranking"} | {f"synthetic--synthetic--{k}" for k in
+                                              ("correct-vs-incorrect", "depth", "n-actions", "divergence")}
+    for stem in stems:
+        assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        root = ET.parse(out / "figures" / f"{stem}.svg").getroot()
+        assert root.tag.endswith("svg")
+    html = (out / "index.html").read_text()
+    for stem in stems:
+        assert f'src="figures/{stem}.svg"' in html
+
+
+def test_page_is_self_contained_and_its_data_is_the_board(site):
+    out, board = site
+    html = (out / "index.html").read_text()
+    data = _data(html)
+    assert data["board"] == board
+    assert not re.search(r'(src|href)="(https?:)?//', html), "the page must not load anything from a network"
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+    assert len(scripts) == 1
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in scripts[0], sink
+    csp = html_lib.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html).group(1))
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp and "default-src 'none'" in csp and "connect-src" not in csp
+
+
+def test_script_json_cannot_end_its_element():
+    evil = {"t": ["</script><script>alert(1)</script>", "<!--", "<img src=x onerror=alert(1)>", "a&b", "\u2028\u2029"],
+            "x": float("nan")}
+    text = script_json(evil)
+    assert not re.search(r"[<>&\u2028\u2029]", text)
+    assert json.loads(text) == {"t": evil["t"], "x": None}
+
+
+def test_viewer_data_matches_the_node_tables(run_dir):
+    (r,) = load_runs([run_dir])
+    labels = {(r.id, t): t for t in ("synthetic-helpful", "synthetic-misleading")}
+    v = viewer_data(r, labels)
+    nodes = pq.read_table(run_dir / "nodes.parquet").to_pylist()
+    children = pq.read_table(run_dir / "children.parquet").to_pylist()
+    paths = pq.read_table(run_dir / "paths.parquet").to_pylist()
+    assert [(p["question"], p["path"]) for p in v["paths"]] == sorted((p["question_id"], p["path_id"]) for p in paths)
+    assert sum(len(pts) for p in v["paths"] for pts in p["points"].values()) == len(nodes) // len(v["algorithms"])
+    assert sum(len(pt["children"]) for p in v["paths"] for pts in p["points"].values() for pt in pts) == len(children)
+    row = next(n for n in nodes if n["algorithm"] == "gkd" and np.isfinite(n["alignment"]))
+    path = next(p for p in v["paths"] if (p["question"], p["path"]) == (row["question_id"], row["path_id"]))
+    point = next(pt for pt in path["points"][str(row["position"])] if v["teachers"][pt["t"]] == row["teacher"])
+    assert point["align"][v["algorithms"].index("gkd")] == pytest.approx(row["alignment"], rel=1e-3)
+    assert point["n_actions"] == len(point["children"]) == row["n_actions"]
+    on_path = [c for c in point["children"] if c[0] == path["tokens"][row["position"]]]
+    assert all(c[1] == path["text"][row["position"]] for c in on_path)
+
+
+def test_depth_windows_match_the_pipeline():
+    width = 50
+    expected = np.concatenate([np.full(hi - lo, j) for j, (lo, hi) in enumerate(windows(2000, width))])
+    assert np.array_equal(depth_window(np.arange(2000), np.full(2000, width)), expected)
+
+
+def test_figures_are_reproducible(run_dir, site, tmp_path):
+    """Pinned: regenerating from the same runs gives byte-identical SVGs (the committed page diffs cleanly)."""
+    out, _ = site
+    build([run_dir], tmp_path)
+    for svg in (out / "figures").glob("*.svg"):
+        assert (tmp_path / "figures" / svg.name).read_bytes() == svg.read_bytes(), svg.name
+
+
+def test_main_leaderboard_reports_the_page(run_dir, tmp_path, capsys):
+    assert main_leaderboard([str(run_dir)], str(tmp_path / "out")) == 0
+    assert f"page: {tmp_path / 'out' / 'index.html'}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face
+
+
+def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
+    results = _results(run_dir)
+    assert main_model_card(str(run_dir)) == 0
+    meta = yaml.safe_load(capsys.readouterr().out)
+    assert meta["model-index"] == model_index(results)
+    (entry,) = meta["model-index"]
+    metrics = {(m["type"], m["config"]): m for m in entry["results"][0]["metrics"]}
+    for row in results["teachers"]:
+        m = metrics[("odiag_alignment", f"{row['teacher']}/{row['algorithm']}")]
+        assert m["value"] == round(row["alignment"]["mean"], 4)
+        assert m["args"]["ci95"] == row["alignment"]["ci95"] and m["args"]["config_hash"] == results["config_hash"]
+    repocard_data = pytest.importorskip("huggingface_hub.repocard_data")
+    name, evals = repocard_data.model_index_to_eval_results(meta["model-index"])
+    assert name == "synthetic" and len(evals) == 4 * len(results["teachers"])
+    assert {e.dataset_type for e in evals} == {"synthetic"}
+
+
+def test_evaluate_metric_gives_the_results_rows(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    evaluate = pytest.importorskip("evaluate")
+    from harness.metrics import ODIAG_ALIGNMENT
+
+    metric = evaluate.load(ODIAG_ALIGNMENT, cache_dir=str(tmp_path / "cache"))
+    columns = pq.read_table(run_dir / "nodes.parquet").to_pydict()
+    out = metric.compute(**{k: columns[k] for k in NODE_COLUMNS}, seed=0)
+    expected = aggregate({k: np.asarray(columns[k]) for k in NODE_COLUMNS}, seed=0)
+    assert _same(out["teachers"], expected)
+    results = _results(run_dir)
+    assert out["alignment"] == {f"{r['teacher']}/{r['algorithm']}": r["alignment"]["mean"] for r in results["teachers"]}
