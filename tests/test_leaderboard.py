@@ -22,7 +22,7 @@ from harness.leaderboard import build, main_leaderboard, main_model_card
 from harness.leaderboard.figures import depth_window
 from harness.leaderboard.merge import SCHEMA_VERSION, load_runs, merge, run_ids
 from harness.leaderboard.modelcard import model_index
-from harness.leaderboard.site import script_json, viewer_data
+from harness.leaderboard.site import fit_viewer, script_json, viewer_data
 from harness.pipeline import run, windows
 
 
@@ -255,3 +255,27 @@ def test_evaluate_metric_gives_the_results_rows(run_dir, tmp_path, monkeypatch):
     assert _same(out["teachers"], expected)
     results = _results(run_dir)
     assert out["alignment"] == {f"{r['teacher']}/{r['algorithm']}": r["alignment"]["mean"] for r in results["teachers"]}
+
+
+def test_viewer_keeps_a_spread_of_paths_within_its_budget(run_dir):
+    """Round-robin over questions: a budget for about one path per question keeps one of each."""
+    (r,) = load_runs([run_dir])
+    v = viewer_data(r, {})
+    first = [p for p in v["paths"] if p["path"] == min(q["path"] for q in v["paths"] if q["question"] == p["question"])]
+    budget = sum(len(script_json(p)) for p in first)
+    (fitted,) = fit_viewer([v], budget)
+    assert [(p["question"], p["path"]) for p in fitted["paths"]] == [(p["question"], p["path"]) for p in first]
+    assert fitted["omitted"] == len(v["paths"]) - len(first)
+    assert fit_viewer([v], 10**9)[0]["omitted"] == 0
+
+
+def test_divergence_labels_name_the_directions_the_core_computes():
+    """The figures' and the page's KL labels must match harness.core.divergences (forward is KL(π_T‖π))."""
+    from harness.core.divergences import DIVERGENCES as FUNCTIONS
+    from harness.leaderboard.figures import DIVERGENCE_NAMES
+
+    app = (Path(__file__).parents[1] / "harness" / "leaderboard" / "assets" / "app.js").read_text()
+    for name in ("kl", "reverse_kl"):
+        formula = FUNCTIONS[name].__doc__.split("=")[0].replace(" ", "")
+        assert DIVERGENCE_NAMES[name].startswith(formula)
+        assert re.search(rf'\b{name}: "{re.escape(formula)}"', app)

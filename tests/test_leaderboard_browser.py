@@ -67,7 +67,8 @@ def sites(tmp_path_factory):
     run(RunConfig(), root / "synth")
     build([root / "synth"], root / "site")
     build([_evil_copy(root / "synth", root / "evil")], root / "evil-site")
-    return root / "site" / "index.html", root / "evil-site" / "index.html"
+    build([root / "synth"], root / "no-paths-site", viewer_mb=0)
+    return root / "site" / "index.html", root / "evil-site" / "index.html", root / "no-paths-site" / "index.html"
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +201,14 @@ def test_model_text_with_markup_stays_inert(browser, sites):
         page.locator("#viewer").screenshot(path=str(ARTIFACTS / "leaderboard-inert.png"))
     finally:
         page.close()
+
+
+def test_a_page_whose_budget_holds_no_path_says_so(browser, sites):
+    opened = Opened(browser, sites[2])
+    try:
+        assert opened.errors == []
+        assert "path(s) are not in this page" in opened.page.locator("#viewer-omitted").inner_text()
+        assert opened.page.locator("#tokens").inner_text() == "No paths to show."
+        assert opened.page.locator("#board tbody tr").count() == 12
+    finally:
+        opened.page.close()

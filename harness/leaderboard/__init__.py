@@ -21,11 +21,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict:
-    """Merge ``run_dirs`` and write the leaderboard site into ``out``; return the leaderboard JSON."""
+def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | None = None) -> dict:
+    """Merge ``run_dirs`` and write the leaderboard site into ``out``; return the leaderboard JSON.
+
+    ``viewer_mb`` bounds the per-token viewer's data in the page (default ``VIEWER_BUDGET_MB``).
+    """
     from harness.leaderboard.figures import write_figures
     from harness.leaderboard.merge import load_runs, merge
-    from harness.leaderboard.site import render
+    from harness.leaderboard.site import VIEWER_BUDGET_MB, render
     from harness.pipeline import json_ready
     from harness.rundir import atomic_write, write_json
 
@@ -33,7 +36,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict:
     runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
     figures = write_figures(board, runs, out / "figures")
-    html = render(board, runs, figures)
+    html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb)
     write_json(out / "leaderboard.json", board)
     atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
     for name in ("leaderboard.json", "index.html"):
@@ -42,9 +45,9 @@ def build(run_dirs: Sequence[str | Path], out: str | Path) -> dict:
     return board
 
 
-def main_leaderboard(run_dirs: list[str], out: str) -> int:
-    """``odiag leaderboard RUN_DIR... --out DIR``: print where the page is; 0 on success."""
-    board = build(run_dirs, out)
+def main_leaderboard(run_dirs: list[str], out: str, viewer_mb: float | None = None) -> int:
+    """``odiag leaderboard RUN_DIR... --out DIR [--viewer-mb MB]``: print where the page is; 0 on success."""
+    board = build(run_dirs, out, viewer_mb)
     groups = ", ".join(f"{g['task']} / {g['student']}" for g in board["groups"])
     print(f"{len(board['runs'])} run(s), {len(board['entries'])} entries ({groups})")
     print(f"page: {Path(out) / 'index.html'}")

@@ -27,7 +27,7 @@ from harness.core.stats import DIVERGENCES, t_ci
 from harness.leaderboard.merge import Run, teacher_labels
 
 CORRECT, INCORRECT = "#1b9e77", "#d95f02"
-DIVERGENCE_NAMES = {"kl": "KL(π‖π_T)", "reverse_kl": "KL(π_T‖π)", "js": "Jensen–Shannon", "tv": "total variation",
+DIVERGENCE_NAMES = {"kl": "KL(π_T‖π) forward", "reverse_kl": "KL(π‖π_T) reverse", "js": "Jensen–Shannon", "tv": "total variation",
                     "prob_cosine": "cosine(π, π_T)"}
 MAX_SCATTER = 4000  # points per teacher in a scatter panel (a seeded sample beyond that)
 N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin

@@ -99,6 +99,40 @@ def viewer_data(run: Run, labels: dict[tuple[str, str], str]) -> dict:
     }
 
 
+def fit_viewer(viewers: list[dict], budget_bytes: int) -> list[dict]:
+    """Keep as many paths as fit in ``budget_bytes`` of page data, spread over runs and questions.
+
+    Paths are taken round-robin: every question's first path in every run, then every second path,
+    and so on, so a long-trace run shows each question before it shows a second path of any. Each
+    run records how many of its paths were ``omitted``.
+    """
+    order = sorted(
+        ((rank, i, j) for i, v in enumerate(viewers)
+         for j, rank in enumerate(_rank_within_question(v["paths"]))),
+    )
+    keep, used = set(), 0
+    for _rank, i, j in order:
+        size = len(script_json(viewers[i]["paths"][j]))
+        if used + size > budget_bytes:
+            continue  # a smaller path may still fit
+        keep.add((i, j))
+        used += size
+    return [
+        {**v, "paths": [p for j, p in enumerate(v["paths"]) if (i, j) in keep],
+         "omitted": sum((i, j) not in keep for j in range(len(v["paths"])))}
+        for i, v in enumerate(viewers)
+    ]
+
+
+def _rank_within_question(paths: list[dict]) -> list[int]:
+    seen: dict[str, int] = {}
+    ranks = []
+    for p in paths:
+        ranks.append(seen.get(p["question"], 0))
+        seen[p["question"]] = ranks[-1] + 1
+    return ranks
+
+
 def _asset(name: str) -> str:
     return resources.files("harness.leaderboard").joinpath("assets", name).read_text(encoding="utf-8")
 
@@ -107,15 +141,18 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
 
-def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile]) -> str:
-    """The whole ``index.html``."""
+VIEWER_BUDGET_MB = 25.0  # page data for the per-token viewer; long-trace runs keep a spread of paths
+
+
+def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile], viewer_mb: float = VIEWER_BUDGET_MB) -> str:
+    """The whole ``index.html``; the viewer's paths are cut to ``viewer_mb`` megabytes of data."""
     import jinja2
 
     labels = teacher_labels(runs)
     data = {
         "board": board,
         "colours": teacher_colours({e["label"] for e in board["entries"]}),
-        "viewer": [viewer_data(run, labels) for run in runs],
+        "viewer": fit_viewer([viewer_data(run, labels) for run in runs], int(viewer_mb * 1e6)),
         "divergences": list(DIVERGENCES),
     }
     script, style = _asset("app.js"), _asset("style.css")

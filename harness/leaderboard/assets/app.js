@@ -6,7 +6,7 @@
   const DATA = JSON.parse(document.getElementById("odiag-data").textContent);
   const BOARD = DATA.board;
   const byId = (id) => document.getElementById(id);
-  const DIVERGENCE_NAMES = {kl: "KL(π‖π_T)", reverse_kl: "KL(π_T‖π)", js: "JS", tv: "TV", prob_cosine: "cos(π, π_T)"};
+  const DIVERGENCE_NAMES = {kl: "KL(π_T‖π)", reverse_kl: "KL(π‖π_T)", js: "JS", tv: "TV", prob_cosine: "cos(π, π_T)"};
 
   function h(tag, props, ...kids) {
     const node = document.createElement(tag);
@@ -181,7 +181,7 @@
   }
 
   // ---------------------------------------------------------------- per-token viewer
-  const viewerRuns = () => DATA.viewer;
+  const viewerRuns = () => DATA.viewer.filter((r) => r.paths.length); // a run may have no path in the budget
   const V = {run: 0, path: 0, teacher: 0, algorithm: 0, pinned: null};
   const vRun = () => viewerRuns()[V.run];
   const vPath = () => vRun().paths[V.path];
@@ -294,8 +294,13 @@
   }
 
   function setupViewer() {
-    if (!viewerRuns().length || !viewerRuns().some((r) => r.paths.length)) {
-      byId("viewer").append(h("p", {className: "muted"}, "No paths to show."));
+    const omitted = DATA.viewer.reduce((acc, r) => acc + (r.omitted || 0), 0);
+    if (omitted) {
+      document.querySelector("#viewer .legend").before(h("p", {className: "note", id: "viewer-omitted"},
+        `${omitted} path(s) are not in this page (its size budget); the table and figures use every path.`));
+    }
+    if (!viewerRuns().length) {
+      byId("tokens").append(h("p", {className: "muted"}, "No paths to show."));
       return;
     }
     byId("v-run").replaceChildren(...viewerRuns().map((r, i) => option(i, `${r.run} (${r.task} \u00b7 ${r.student})`, i === 0)));
