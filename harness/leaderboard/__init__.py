@@ -41,7 +41,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
     for name in ("leaderboard.json", "index.html"):
         (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
-    log.info("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
+    log.debug("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
     return board
 
 

@@ -149,7 +149,8 @@
       h("div", {className: "card"}, h("div", {className: "card-title"}, `${g.task} \u00b7 student ${g.student}`),
         h("div", {className: "card-main"}, `${count(sum("questions"))} questions \u00b7 ${count(sum("decision_points"))} decision points`),
         h("div", {}, `${count(sum("rollouts"))} rollouts \u00b7 ${count(sum("tokens_generated"))} tokens`),
-        h("div", {className: "muted"}, `${g.teachers.length} teachers \u00d7 ${g.algorithms.length} algorithms \u00b7 ${runs.length} run(s)`)));
+        h("div", {className: "muted"}, `${g.teachers.length} teachers \u00d7 ${g.algorithms.length} algorithms \u00b7 ` +
+          (runs.length > 1 ? `${runs.length} runs (counts summed over runs)` : "1 run"))));
   }
 
   function renderFigures() {
