@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test selfcheck bench clean
+.PHONY: install demo test selfcheck bench leaderboard clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ selfcheck: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# regenerate the committed leaderboard/ from the demo run (resumes runs/demo if it exists)
+leaderboard: $(STAMP)
+	$(BIN)/odiag run --out runs/demo --quiet
+	$(BIN)/odiag leaderboard runs/demo --out leaderboard
+	$(BIN)/python -m harness.leaderboard.screenshot leaderboard/index.html leaderboard/screenshot.png || echo "screenshot skipped: no headless Chromium"
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

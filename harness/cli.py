@@ -82,6 +82,18 @@ def _add_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import main_leaderboard
+
+    return main_leaderboard(args.run_dirs, args.out, args.viewer_mb)
+
+
+def _model_card(args: argparse.Namespace) -> int:
+    from harness.leaderboard import main_model_card
+
+    return main_model_card(args.dir, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -104,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", help="teacher YAML file or name under teachers/")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_add_teacher)
+
+    p = sub.add_parser("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    p.add_argument("--out", required=True, help="site directory (index.html, leaderboard.json, figures/)")
+    p.add_argument("--viewer-mb", type=float, default=None, help="size budget of the per-token viewer's data in MB (default 25)")
+    p.set_defaults(func=_leaderboard)
+
+    p = sub.add_parser("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
+    p.add_argument("dir", help="run directory")
+    p.add_argument("--out", help="write the YAML to this file instead of stdout")
+    p.set_defaults(func=_model_card)
     return parser
 
 

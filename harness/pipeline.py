@@ -392,7 +392,7 @@ def _ingest_shard(s: QuestionState, shard: dict[str, np.ndarray]) -> None:
 # 5. per-node records -----------------------------------------------------------------------------
 
 
-def _node_records(cfg, teachers, s: QuestionState, n_min: int) -> tuple[list[dict], list[dict], dict]:
+def _node_records(cfg, teachers, s: QuestionState, n_min: int, token_texts: Callable[[np.ndarray], list[str]]) -> tuple[list[dict], list[dict], dict]:
     """One record per decision point x teacher x algorithm, and the children of every decision point."""
     nodes, children = [], []
     skipped = {"missing_student_logprob": 0, "missing_teacher_logprob": 0}
@@ -441,10 +441,10 @@ def _node_records(cfg, teachers, s: QuestionState, n_min: int) -> tuple[list[dic
                 }
                 for algo in cfg.algorithms:
                     nodes.append({**base, "algorithm": algo, "alignment": alignment_score(g_star, ALGORITHMS[algo](inputs))})
-                for a, na, wa, pa, pta in zip(tok, n, w, pi, pit, strict=True):
+                for a, text, na, wa, pa, pta in zip(tok, token_texts(tok), n, w, pi, pit, strict=True):
                     children.append({
                         "question_id": s.question.id, "path_id": j, "position": k, "teacher": t.name,
-                        "token": int(a), "n": int(na), "w": int(wa), "q": float(wa / na),
+                        "token": int(a), "text": text, "n": int(na), "w": int(wa), "q": float(wa / na),
                         "pi": float(pa), "pi_teacher": float(pta),
                     })
     return nodes, children, skipped
@@ -523,7 +523,7 @@ def run(
 
     nodes, children, skipped = [], [], {}
     for s in states.values():
-        n, c, sk = _node_records(cfg, teachers, s, n_min)
+        n, c, sk = _node_records(cfg, teachers, s, n_min, task.token_texts)
         nodes += n
         children += c
         for k, v in sk.items():
@@ -542,6 +542,15 @@ NODE_FIELDS = (
 )
 
 
+def _shown_path(path: str) -> str:
+    """A teacher file as results show it: relative to the repository when it lies inside it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return path
+
+
 def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
     table = _columns(nodes, NODE_FIELDS)
     rows = aggregate(table, seed=cfg.seed) if nodes else []
@@ -550,7 +559,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
         for a in cfg.algorithms:
             if (t.name, a) not in found:
                 rows.append({"teacher": t.name, "algorithm": a, "rank": None, "n_decision_points": 0})
-    descriptions = {t.name: {"description": t.description, "model": t.model, "file": t.file} for t in teachers}
+    descriptions = {t.name: {"description": t.description, "model": t.model, "file": _shown_path(t.file)} for t in teachers}
     rollouts = sum(len(s.responses) + sum(b["rollouts"] for b in s.budget) for s in states.values())
     tokens = sum(int(sum(len(r) for r in s.responses)) + sum(b["tokens_generated"] for b in s.budget) for s in states.values())
     scored = [v for s in states.values() for (j, k), v in s.scores.items() if k != STUDENT]
@@ -607,11 +616,11 @@ def _write_tables(rundir: RunDir, nodes, children, states, task: Task) -> None:
     write("children.parquet", children, ["question_id", "path_id", "position", "teacher", "token"])
     paths = [
         {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "tokens": p.tolist(),
-         "text": task.token_texts(p)}
+         "text": task.token_texts(p), "prompt": "".join(task.token_texts(s.question.prompt_ids))}
         for s in states.values()
         for j, p in enumerate(s.paths)
     ]
-    write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text"])
+    write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text", "prompt"])
 
 
 def add_teacher(out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None) -> dict:
