@@ -1,0 +1,380 @@
+"""The vLLM backend: sampling on a paged, prefix-caching engine; scoring exact (through transformers
+on the same GPU) or approximate (through vLLM's prompt log-probabilities).
+
+**Sampling.** Completion ``i`` of a request is its own vLLM request, ``n=1``, with the seed
+``derive_seed(request seed, "completion", i)``; prefix caching (``enable_prefix_caching=True``)
+computes a shared prefix once and shares its KV blocks among the completions. (vLLM's own ``n > 1``
+seeds child ``i`` with ``seed + i``, so requests with neighbouring seeds would share completions.)
+``SamplingParams`` switch every truncation off: ``top_p=1``, ``top_k`` at the version's "disabled"
+value (vLLM's own default: ``-1`` in older versions, ``0`` in newer ones, which reject or merely
+tolerate ``-1``), ``min_p=0``, no penalties; ``ignore_eos=True`` with ``stop_token_ids`` = the
+request's stop ids, so that only they end a completion; engines are built with
+``generation_config="vllm"`` so a checkpoint's recommended sampling settings (Qwen3: top-k 20,
+top-p 0.95) never become defaults. Every built ``SamplingParams`` is checked (`check_untruncated`)
+before it is used, as SPEC §1 requires. vLLM clamps temperatures below 0.01 and refuses ones
+above 2.
+
+Determinism: vLLM draws a seeded request's noise from that request's own generator, so the noise
+does not depend on batching; the logits do, in their last bits, unless the engine runs in
+batch-invariant mode (``VLLM_BATCH_INVARIANT=1`` in recent versions).
+
+**Scoring.** ``score_with="hf"`` (the default) scores with an `HFBackend` on the same GPU, loaded on
+the first ``score`` call: exact full-vocabulary log-probabilities and divergences. The vLLM engine
+must leave it room, so ``gpu_memory_utilization`` defaults to 0.5 then. ``score_with="vllm"`` reads
+``prompt_logprobs`` (``score_logprobs`` ids per position, the engine's ``max_logprobs`` raised to
+match) over ``context + response`` and marks results ``approximate=True``: divergences come from
+top-k plus a tail bucket (`harness.core.divergences.topk_tail_divergences`). vLLM's prompt
+log-probabilities are ``log_softmax`` of the *raw* logits, whatever ``logprobs_mode`` says (that
+option only affects sampled tokens' log-probabilities), while π is the distribution at ``T``;
+at ``T != 1`` they are rescaled by `temper`, which needs an assumption about the unlisted tail.
+
+``VLLMBackend.from_engine(llm, tokenizer)`` wraps an already-loaded ``vllm.LLM`` (lm-eval's, say) as
+the student's engine. ``import harness.backends.vllm`` never imports vllm or torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from harness.backends import ModelSpec
+from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
+from harness.core.divergences import DIVERGENCES, topk_tail_divergences
+from harness.synthetic import derive_seed
+
+log = logging.getLogger(__name__)
+
+# (attribute, value that leaves π untouched): the sampling options that would change the distribution
+_NEUTRAL = (
+    ("top_p", (1.0,)),
+    ("top_k", (0, -1)),
+    ("min_p", (0.0,)),
+    ("repetition_penalty", (1.0,)),
+    ("presence_penalty", (0.0,)),
+    ("frequency_penalty", (0.0,)),
+    ("logit_bias", (None, {})),
+    ("allowed_token_ids", (None, [])),
+    ("bad_words", (None, [])),
+)
+
+
+def sampling_kwargs(request: SampleRequest, index: int, top_k_disabled: int) -> dict:
+    """``SamplingParams`` keyword arguments for completion ``index`` of ``request``: π at T, untruncated."""
+    return {
+        "n": 1,
+        "seed": derive_seed(request.seed, "completion", index),
+        "temperature": float(request.temperature),
+        "top_p": 1.0,
+        "top_k": top_k_disabled,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_tokens": int(request.max_new_tokens),
+        "stop_token_ids": [int(t) for t in request.stop_ids],
+        "ignore_eos": True,  # only the request's stop ids end a completion
+        "detokenize": False,  # token ids cross the Protocol, never text
+    }
+
+
+def check_untruncated(params) -> None:
+    """Refuse sampling parameters that would draw from anything but π at T (SPEC §1)."""
+    for name, neutral in _NEUTRAL:
+        value = getattr(params, name, neutral[0])
+        if value not in neutral:
+            raise ValueError(f"vLLM sampling parameter {name}={value!r} truncates or reshapes pi; refusing")
+    if not getattr(params, "temperature", 1.0) > 0:
+        raise ValueError("vLLM sampling at temperature 0 is greedy decoding, not a draw from pi")
+
+
+def completion_tokens(completion, stop_ids: Sequence[int]) -> tuple[np.ndarray, bool]:
+    """(token ids, truncated) of one vLLM ``CompletionOutput``.
+
+    A completion ends on a stop id (kept as its last token) or at ``max_tokens`` (``finish_reason``
+    "length"). vLLM tests the length first, so a stop id in the last allowed place reads "length":
+    that completion is not truncated. Some versions leave the stop id out of ``token_ids`` and give
+    it as ``stop_reason``; it is put back.
+    """
+    tokens = [int(t) for t in completion.token_ids]
+    reason, stop_reason = completion.finish_reason, getattr(completion, "stop_reason", None)
+    if reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended a completion with finish_reason={reason!r}")
+    if reason == "stop" and isinstance(stop_reason, int) and (not tokens or tokens[-1] != stop_reason):
+        tokens.append(stop_reason)
+    stopped = reason == "stop" or (len(tokens) > 0 and tokens[-1] in stop_ids)
+    return np.array(tokens, dtype=np.int64), not stopped
+
+
+def sample_results(requests: Sequence[SampleRequest], outputs: Sequence) -> list[SampleResult]:
+    """SampleResults from vLLM ``RequestOutput``s, one per completion, in request then index order."""
+    outputs = iter(outputs)
+    results = []
+    for r in requests:
+        if r.max_new_tokens <= 0:  # nothing may be generated: cut off at once, never sent to vLLM
+            results.append(SampleResult([np.zeros(0, dtype=np.int64)] * r.n, np.ones(r.n, dtype=bool)))
+            continue
+        pairs = [completion_tokens(next(outputs).outputs[0], r.stop_ids) for _ in range(r.n)]
+        results.append(SampleResult([t for t, _ in pairs], np.array([f for _, f in pairs], dtype=bool)))
+    if next(outputs, None) is not None:
+        raise RuntimeError("vLLM returned more outputs than completions requested")
+    return results
+
+
+def prompt_logprob_rows(prompt_logprobs: Sequence, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start .. start+count-1`` of vLLM's ``prompt_logprobs`` (per prompt token: ``None`` or a
+    dict id -> ``Logprob``) as padded arrays (ids -1, log-probs -inf), each row in decreasing order."""
+    rows = [prompt_logprobs[start + k] or {} for k in range(count)]
+    width = max([len(row) for row in rows] + [1])
+    ids_PK = np.full((count, width), -1, dtype=np.int64)
+    logp_PK = np.full((count, width), -np.inf)
+    for k, row in enumerate(rows):
+        pairs = sorted(((getattr(v, "logprob", v), int(i)) for i, v in row.items()), reverse=True)
+        ids_PK[k, : len(pairs)] = [i for _, i in pairs]
+        logp_PK[k, : len(pairs)] = [lp for lp, _ in pairs]
+    return ids_PK, logp_PK
+
+
+def temper(logp_PK: np.ndarray, temperature: float, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities at temperature ``T`` of listed ids from raw (T = 1) ones; (tempered, unlisted).
+
+    With ``a = 1/T``: ``log π_T(v) = a log p_v - log Z``, ``Z = Σ_listed p^a + S``, where ``S`` is the
+    unlisted tail's ``Σ p^a``. Only its raw mass ``R = 1 - Σ_listed p`` is known, and each unlisted
+    id has ``p <= m``, the ``top``-th largest listed probability (rows in decreasing order; a scored
+    token outside the top-k is listed after them). The tail is taken flat at the cut-off,
+    ``S = R m^(a-1)``: exact when it is, an upper bound on ``S`` for ``T < 1`` and a lower bound for
+    ``T > 1`` (the other extreme, ``R`` spread evenly over the whole unlisted vocabulary, bounds it
+    from the other side). Exact at ``T = 1`` and when the list covers the vocabulary (``R = 0``).
+    ``unlisted`` is the tempered log-probability of an unlisted id at its largest possible raw
+    value, ``min(m, R)``; ``-inf`` when nothing is unlisted.
+    """
+    logp_PK = np.asarray(logp_PK, dtype=np.float64)
+    a = 1.0 / temperature
+    with np.errstate(divide="ignore"):
+        tail_P = np.log(np.clip(1.0 - np.exp(logp_PK).sum(axis=1), 0.0, None))
+    cutoff_P = logp_PK[:, : max(top, 1)].min(axis=1)  # padding is -inf: a short row's last listed id
+    unlisted_P = np.minimum(cutoff_P, tail_P)
+    if temperature == 1.0:
+        return logp_PK, unlisted_P
+    with np.errstate(invalid="ignore"):  # R = 0 gives -inf, whatever the cut-off
+        log_s_P = np.where(np.isneginf(tail_P), -np.inf, tail_P + (a - 1.0) * cutoff_P)  # log(R m^(a-1))
+    log_z_P = np.logaddexp(np.logaddexp.reduce(a * logp_PK, axis=1), log_s_P)
+    return a * logp_PK - log_z_P[:, None], a * unlisted_P - log_z_P
+
+
+def score_result(
+    request: ScoreRequest, prompt_logprobs, reference_prompt_logprobs, logprobs_listed: int
+) -> ScoreResult:
+    """A ScoreResult from vLLM ``prompt_logprobs`` over context + response (and the reference's).
+
+    Position ``k`` reads entry ``len(context) + k`` (vLLM's entry ``j`` is the distribution of prompt
+    token ``j`` after tokens ``0 .. j-1``). Ids: the union of each model's ``top_k`` listed ids and
+    ``response[k]``; an id one model did not list gets that model's ``unlisted`` value from `temper`
+    (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists.
+    """
+    response = np.asarray(request.response, dtype=np.int64)
+    count, top = len(response), max(min(request.top_k, logprobs_listed), 0)
+    lists = [_tempered(prompt_logprobs, len(request.context), count, request.temperature, logprobs_listed)]
+    if request.reference_model is not None:
+        lists.append(_tempered(reference_prompt_logprobs, len(request.reference_context), count,
+                               request.temperature, logprobs_listed))
+    ids, values, counts = [], [[] for _ in lists], []
+    divergences = {name: np.zeros(count) for name in DIVERGENCES}
+    for k in range(count):
+        listed = [ids_PK[k] >= 0 for ids_PK, _, _ in lists]  # drop the padding
+        union = {int(response[k])}
+        for (ids_PK, _, _), ok in zip(lists, listed, strict=True):
+            union.update(ids_PK[k, :top][ok[:top]].tolist())
+        union = np.array(sorted(union), dtype=np.int64)
+        ids.append(union)
+        counts.append(len(union))
+        for out, (ids_PK, logp_PK, unlisted_P), ok in zip(values, lists, listed, strict=True):
+            known = dict(zip(ids_PK[k][ok].tolist(), logp_PK[k][ok].tolist(), strict=True))
+            out.append(np.array([known.get(i, unlisted_P[k]) for i in union.tolist()]))
+        if len(lists) == 2:  # the reference plays π (the student), the scored model π_T (SPEC §3)
+            (ids_s, logp_s, _), (ids_r, logp_r, _) = lists
+            values_k = topk_tail_divergences(ids_r[k][listed[1]], logp_r[k][listed[1]],
+                                             ids_s[k][listed[0]], logp_s[k][listed[0]])
+            for name in DIVERGENCES:
+                divergences[name][k] = values_k[name]
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    flat = [np.concatenate(v) if v else np.zeros(0) for v in values]
+    return ScoreResult(
+        ids=np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64),
+        offsets=offsets,
+        logprobs=flat[0],
+        reference_logprobs=flat[1] if len(lists) == 2 else None,
+        divergences=divergences if len(lists) == 2 else None,
+        approximate=True,
+    )
+
+
+def _tempered(prompt_logprobs, context_length: int, count: int, temperature: float, top: int):
+    if context_length < 1:
+        raise ValueError("a score request needs a non-empty context (its last id predicts response[0])")
+    ids_PK, logp_PK = prompt_logprob_rows(prompt_logprobs, context_length, count)
+    tempered_PK, unlisted_P = temper(logp_PK, temperature, top)
+    return ids_PK, tempered_PK, unlisted_P
+
+
+class VLLMBackend:
+    """Samples with vLLM, scores with transformers or vLLM; see the module docstring.
+
+    Options: ``score_with`` ("hf" exact, "vllm" approximate), ``score_logprobs`` (ids per position
+    read from vLLM when it scores, default 128), ``gpu_memory_utilization`` (per engine; default 0.5
+    with hf scoring, else 0.85 shared among the engines), ``tensor_parallel_size``,
+    ``max_model_len``, ``engine_options`` (more ``vllm.LLM`` arguments), ``hf_options`` (arguments
+    of the scoring `HFBackend`, e.g. ``score_chunk``).
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelSpec],
+        *,
+        score_with: str = "hf",
+        score_logprobs: int = 128,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        engine_options: Mapping | None = None,
+        hf_options: Mapping | None = None,
+    ):
+        if score_with not in ("hf", "vllm"):
+            raise ValueError(f"score_with must be 'hf' or 'vllm', got {score_with!r}")
+        self._specs = dict(models)
+        self.score_with = score_with
+        self.score_logprobs = score_logprobs
+        if gpu_memory_utilization is None:
+            engines = 1 if score_with == "hf" else len(set(self._specs.values()))
+            gpu_memory_utilization = 0.5 if score_with == "hf" else 0.85 / engines
+        self._engine_args = {
+            "enable_prefix_caching": True,
+            "generation_config": "vllm",  # never the checkpoint's recommended top-k/top-p
+            "seed": 0,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size,
+            **({"max_model_len": max_model_len} if max_model_len else {}),
+            **({"max_logprobs": score_logprobs} if score_with == "vllm" else {}),
+            **(engine_options or {}),
+        }
+        self._hf_options = dict(hf_options or {})
+        self._engines: dict[ModelSpec, object] = {}
+        self._hf = None
+        self.tokenizer = None
+
+    @classmethod
+    def from_engine(cls, llm, tokenizer=None, *, model: str = STUDENT, spec: ModelSpec | None = None,
+                    models: Mapping[str, ModelSpec] | None = None, **options) -> VLLMBackend:
+        """Wrap an already-loaded ``vllm.LLM`` as the engine of ``model`` (the student by default).
+
+        ``spec`` names its checkpoint (default: the engine's model path); ``models`` are further
+        models, loaded when first used. ``options`` as for the constructor.
+        """
+        if spec is None:
+            spec = ModelSpec(id=str(_engine_config(llm, "model") or "unknown"))
+        backend = cls({**(models or {}), model: spec}, **options)
+        backend._engines[spec] = llm
+        backend.tokenizer = tokenizer
+        return backend
+
+    def _engine(self, name: str):
+        if name not in self._specs:
+            raise KeyError(f"model {name!r} is not loaded; loaded: {sorted(self._specs)}")
+        spec = self._specs[name]
+        if spec not in self._engines:
+            from vllm import LLM
+
+            log.info("starting a vLLM engine for %s", spec.id)
+            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=spec.dtype, **self._engine_args)
+        return self._engines[spec]
+
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        top_k_disabled = SamplingParams().top_k  # this version's "no top-k" value
+        by_model: dict[str, list] = {}
+        for r in requests:
+            if not r.temperature > 0:
+                raise ValueError(f"temperature must be positive, got {r.temperature}")
+            if r.max_new_tokens <= 0:
+                continue
+            prompt = TokensPrompt(prompt_token_ids=[int(t) for t in r.prefix])
+            for i in range(r.n):
+                params = SamplingParams(**sampling_kwargs(r, i, top_k_disabled))
+                check_untruncated(params)
+                by_model.setdefault(r.model, []).append((prompt, params))
+        outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=False))
+                   for name, todo in by_model.items()}
+        # back in request order: each model's outputs arrive in the order its prompts were given
+        ordered = [next(outputs[r.model]) for r in requests if r.max_new_tokens > 0 for _ in range(r.n)]
+        return sample_results(requests, ordered)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        if self.score_with == "hf":
+            return self._scorer().score(requests)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # one prompt per distinct (model, tokens): the student reference of every teacher runs once
+        keys, passes = [], {}
+        for r in requests:
+            if not r.temperature > 0:
+                raise ValueError(f"temperature must be positive, got {r.temperature}")
+            if (r.reference_model is None) != (r.reference_context is None):
+                raise ValueError("reference_model and reference_context are given together or not at all")
+            pair = [(r.model, r.context)] + ([(r.reference_model, r.reference_context)] if r.reference_model else [])
+            key = [(name, np.concatenate([np.asarray(c, np.int64), np.asarray(r.response, np.int64)]).tobytes())
+                   for name, c in pair]
+            keys.append(key)
+            passes.update((k, None) for k in key)
+        engines = {name: self._engine(name) for name, _ in passes}
+        # an engine built elsewhere (from_engine) may list fewer ids than asked
+        caps = [_engine_config(e, "max_logprobs") for e in engines.values()]
+        listed = min([self.score_logprobs] + [c for c in caps if isinstance(c, int) and c > 0])  # -1: vocabulary
+        params = SamplingParams(max_tokens=1, prompt_logprobs=listed, temperature=1.0, seed=0, detokenize=False)
+        for name, engine in engines.items():
+            todo = [k for k in passes if k[0] == name]
+            prompts = [TokensPrompt(prompt_token_ids=np.frombuffer(k[1], np.int64).tolist()) for k in todo]
+            for k, out in zip(todo, engine.generate(prompts, params, use_tqdm=False), strict=True):
+                passes[k] = out.prompt_logprobs
+        return [
+            score_result(r, passes[key[0]], passes[key[1]] if len(key) == 2 else None, listed)
+            for r, key in zip(requests, keys, strict=True)
+        ]
+
+    def _scorer(self):
+        if self._hf is None:
+            from harness.backends.hf import HFBackend
+
+            self._hf = HFBackend(self._specs, **{"device": "cuda", **self._hf_options})
+        return self._hf
+
+    def describe(self) -> dict:
+        try:
+            version = importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        return {
+            "backend": "vllm",
+            "vllm": version,
+            "score_with": self.score_with,
+            "score_logprobs": self.score_logprobs if self.score_with == "vllm" else None,
+            "engine_args": {k: v for k, v in self._engine_args.items() if isinstance(v, (int, float, str, bool))},
+            "models": {name: {"id": s.id, "revision": s.revision, "dtype": s.dtype} for name, s in self._specs.items()},
+            "scorer": None if self._hf is None else self._hf.describe(),
+        }
+
+
+def _engine_config(llm, field: str):
+    """A field of a ``vllm.LLM``'s model config, wherever this version keeps it."""
+    for path in (("llm_engine", "model_config"), ("model_config",), ("llm_engine", "vllm_config", "model_config")):
+        obj = llm
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if obj is not None and hasattr(obj, field):
+            return getattr(obj, field)
+    return None
