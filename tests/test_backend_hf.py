@@ -179,7 +179,8 @@ def test_stop_ids_and_truncation(backend):
     np.testing.assert_array_equal(res.truncated, ~ends_in_stop)
     assert np.all(lengths[res.truncated] == 5)
     assert res.truncated.any() and (~res.truncated).any() and np.any(ends_in_stop & (lengths == 5))
-    zero, none = backend.sample([SampleRequest(np.array([1]), 3, 0, max_new_tokens=0), SampleRequest(np.array([1]), 0, 0, 4)])
+    zero, none = backend.sample([SampleRequest(np.array([1]), 3, 0, max_new_tokens=0),
+                                 SampleRequest(np.array([1]), 0, 0, max_new_tokens=4)])
     assert [len(t) for t in zero.tokens] == [0, 0, 0] and zero.truncated.all()
     assert none.tokens == [] and none.truncated.shape == (0,)
 
@@ -196,7 +197,8 @@ def test_scores_match_a_full_forward_pass(backend, plain, temperature):
         ScoreRequest(teacher_context, response, "teacher", temperature, top_k, STUDENT, prompt),
     ])
     full_s = _full_logp(plain["student"], np.concatenate([prompt, response]), temperature)[len(prompt) - 1 : -1]
-    full_t = _full_logp(plain["teacher"], np.concatenate([teacher_context, response]), temperature)[len(teacher_context) - 1 : -1]
+    full_t = _full_logp(plain["teacher"], np.concatenate([teacher_context, response]), temperature)
+    full_t = full_t[len(teacher_context) - 1 : -1]
     assert own.reference_logprobs is None and own.divergences is None and not teacher.approximate
     for k in range(len(response)):
         top = lambda logp: np.argsort(-logp)[:top_k]  # noqa: E731

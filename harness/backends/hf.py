@@ -196,6 +196,10 @@ def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Cache:
     return Cache(layers=[_GrowingLayer(k, v) for k, v in kv])
 
 
+def _sha16(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _kv_of(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -380,7 +384,9 @@ class HFBackend:
                 raise ValueError(f"temperature must be positive, got {r.temperature}")
             if (r.reference_model is None) != (r.reference_context is None):
                 raise ValueError("reference_model and reference_context are given together or not at all")
-            ref = None if r.reference_model is None else self._pass_key(r.reference_model, r.reference_context, r.response)
+            ref = None
+            if r.reference_model is not None:
+                ref = self._pass_key(r.reference_model, r.reference_context, r.response)
             passes.append((self._pass_key(r.model, r.context, r.response), ref))
         uses = collections.Counter(key for pair in passes for key in pair if key is not None)
         # requests on one response together, so that a shared pass is held only while it is needed
@@ -472,7 +478,7 @@ class HFBackend:
                 "dtype": m.spec.dtype,
                 "torch_dtype": str(m.model.dtype).removeprefix("torch."),
                 "commit": getattr(m.model.config, "_commit_hash", None),
-                "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+                "config_sha256": _sha16(json.dumps(config, sort_keys=True, default=str)),
             }
         return {
             "backend": "hf",
