@@ -43,6 +43,7 @@ from harness.synthetic import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E
 TOLERANCE = 0.1  # an alignment within this of the exact value is accurate
 GOAL = 0.95  # share of decision points that must be accurate
 N_INITIAL = 64
+POSTERIOR_DRAWS = 400
 PATHS_PER_OUTCOME = 2
 
 
@@ -86,6 +87,8 @@ class Outcome:
     q_covered: int  # children of A(s) whose 95% Wilson interval holds the exact Q
     q_children: int
     q_error_sum: float  # sum of (estimated - exact) Q over those children
+    align_covered: int  # (decision point, teacher) pairs whose 95% posterior interval holds the exact alignment
+    align_pairs: int
     stake_accurate: float  # sum of |exact g*| over accurate decision points
     stake: float  # sum of |exact g*| over scored decision points (SPEC §5's weight: what is at stake)
     windows: int
@@ -198,7 +201,8 @@ def evaluate(model: SyntheticLM, tree: TreeStats, n_min: int) -> dict:
     prefix = path_common_prefixes(paths)
     teachers = [np.exp(model.teacher_logp(t)) for t in TEACHERS]
     out = {"accurate": 0, "scored": 0, "undefined": 0, "q_covered": 0, "q_children": 0, "q_error_sum": 0.0,
-           "stake_accurate": 0.0, "stake": 0.0}
+           "stake_accurate": 0.0, "stake": 0.0, "align_covered": 0, "align_pairs": 0}
+    rng = np.random.default_rng(derive_seed("allocation-bench", "posterior"))
     for j, path in enumerate(paths):
         states = model.states(path)
         ch = tree.children(j)
@@ -219,12 +223,22 @@ def evaluate(model: SyntheticLM, tree: TreeStats, n_min: int) -> dict:
             out["q_children"] += len(n)
             out["q_error_sum"] += float((q_hat - q_true).sum())
             g_hat, g_true = ideal_gradient(pi, q_hat), ideal_gradient(pi, q_true)
-            errors = [abs(alignment_score(g_hat, g) - alignment_score(g_true, g)) for g in (gkd_gradient(pi, t[k, states[k], tok]) for t in teachers)]
+            g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in teachers]
+            errors = [abs(alignment_score(g_hat, g) - alignment_score(g_true, g)) for g in g_T]
             if not np.isfinite(errors).all():
                 out["undefined"] += 1
                 continue
             out["scored"] += 1
             out["accurate"] += int(max(errors) <= TOLERANCE)
+            # the 95% interval of each alignment under Jeffreys posterior draws of Q, as odiag selfcheck reports it
+            q_D = rng.beta(w + 0.5, n - w + 0.5, size=(POSTERIOR_DRAWS, len(n)))
+            pi_n = pi / pi.sum()
+            g_D = pi_n * (q_D - (q_D @ pi_n)[:, None])
+            for g in g_T:
+                cos_D = (g_D @ g) / (np.linalg.norm(g_D, axis=1) * np.linalg.norm(g))
+                lo_a, hi_a = np.nanquantile(cos_D, [0.025, 0.975])
+                out["align_covered"] += int(lo_a - 1e-12 <= alignment_score(g_true, g) <= hi_a + 1e-12)
+                out["align_pairs"] += 1
             out["stake"] += float(np.linalg.norm(g_true))
             out["stake_accurate"] += float(np.linalg.norm(g_true)) * (max(errors) <= TOLERANCE)
     return out
@@ -247,6 +261,7 @@ def pooled(outcomes: list[Outcome]) -> dict:
     total["accuracy"] = total["accurate"] / max(total["scored"], 1)
     total["stake_accuracy"] = total["stake_accurate"] / max(total["stake"], 1e-300)
     total["q_coverage"] = total["q_covered"] / max(total["q_children"], 1)
+    total["align_coverage"] = total["align_covered"] / max(total["align_pairs"], 1)
     total["decision_points"] = total["scored"] + total["undefined"]
     return total
 
@@ -308,14 +323,14 @@ def main() -> None:
         print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, "
               f"sharpness {shape.sharpness}, first window {shape.window}")
         print(f"  {'strategy':<8} {'knob':<16} {'rollouts':>9} {'DPs':>5} {'accurate':>8} {'acc %':>6} "
-              f"{'|g*|-wtd %':>10} {'R/acc DP':>8} {'rounds/w':>8} {'Q cov':>6} {'Q bias':>7}")
+              f"{'|g*|-wtd %':>10} {'R/acc DP':>8} {'rounds/w':>8} {'Q cov':>6} {'Q bias':>7} {'align cov':>9}")
         points = {s: ladder(shape, s, questions) for s in LADDERS}
         for s, rows in points.items():
             for label, p in rows:
                 bias = p["q_error_sum"] / max(p["q_children"], 1)
                 print(f"  {s:<8} {label:<16} {p['rollouts']:>9,} {p['decision_points']:>5} {p['accurate']:>8} "
                       f"{100 * p['accuracy']:>6.1f} {100 * p['stake_accuracy']:>10.1f} {p['rollouts'] / max(p['accurate'], 1):>8.0f} "
-                      f"{p['rounds'] / max(p['windows'], 1):>8.1f} {p['q_coverage']:>6.3f} {bias:>+7.4f}")
+                      f"{p['rounds'] / max(p['windows'], 1):>8.1f} {p['q_coverage']:>6.3f} {bias:>+7.4f} {p['align_coverage']:>9.3f}")
         best = {s: max(rows, key=lambda r: r[1]["accuracy"]) for s, rows in points.items()}
         for s, rows in points.items():
             at = rollouts_at([(p["rollouts"], p["accuracy"]) for _, p in rows], GOAL)

@@ -228,7 +228,7 @@ def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
     """Each strategy's Q = w/n against exact Q on the synthetic model: 95% Wilson coverage stays near nominal.
 
     Adaptive stopping makes settle's visit counts depend on the rewards; this pins that the effect on
-    Q's intervals (and mean error) stays small.
+    Q's intervals, its mean error and the posterior intervals of the alignment scores stays small.
     """
     outs = [bench.run_one(bench.SHAPES[0], q, name, AllocationParams()) for q in range(8)]
     outs += [bench.run_one(bench.SHAPES[1], q, name, AllocationParams()) for q in range(3)]
@@ -236,6 +236,7 @@ def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
     assert p["q_children"] > 800
     assert 0.92 <= p["q_coverage"] <= 0.99
     assert abs(p["q_error_sum"] / p["q_children"]) < 0.01
+    assert 0.88 <= p["align_coverage"] <= 1.0  # posterior intervals of the alignment scores, as in odiag selfcheck
 
 
 def test_settle_matches_paper_with_far_fewer_rollouts_on_long_traces():
