@@ -8,16 +8,21 @@ A(s); a decision point is *accurate* when both teachers are within 0.1. Decision
 ideal gradient is 0 (every child of A(s) has the same exact Q) have no exact score and are counted
 apart.
 
-Printed per shape and strategy:
-* rollouts to 95%: targeted rollouts (all questions of the shape) at which 95% of decision points
-  are accurate, interpolated in log(rollouts) along the strategy's certainty knob (``paper``:
-  ``n_target``; ``settle``: ``n_max``), and the ratio ``paper / strategy``;
-* at a fixed budget (per question, what ``paper`` spends at its default ``n_target = 100``):
-  decision points found, accurate ones, and the ratio against ``paper``;
-* the 95% Wilson coverage of exact Q over the children of A(s) (adaptive stopping can bias Q).
+Printed per shape:
+* every point of each strategy's certainty ladder (``paper``: ``n_target``; ``settle``: ``price``):
+  targeted rollouts (all questions), decision points (DPs), accurate ones and their share, the share
+  weighted by |exact g*| (SPEC §5's weight), rollouts per accurate DP, strategy rounds per window,
+  the 95% Wilson coverage of exact Q over the children of A(s) and the mean error of Q (adaptive
+  stopping could bias both), and the coverage of the 95% posterior intervals of the alignments;
+* the rollouts at which 95% of DPs are accurate (interpolated in log(rollouts)), or that no point
+  of the ladder gets there;
+* for each paper point, the fewest rollouts at which an adaptive strategy has at least its accuracy
+  and its number of DPs, and the ratio;
+* fixed budgets per question, as shares of what ``paper`` spends at ``n_target = 100``: rollouts,
+  DPs and accurate DPs against that paper run.
 
-    python bench/allocation.py            # 12 questions per shape, about two minutes on one core
-    python bench/allocation.py --quick    # 4 questions per shape
+    python bench/allocation.py            # 12 questions per shape, about three minutes on one core
+    python bench/allocation.py --quick    # 4 questions per shape, about one minute
 """
 
 from __future__ import annotations
@@ -351,9 +356,10 @@ def main() -> None:
         default = AllocationParams()
         ref = {q: o for q in range(questions) if (o := run_one(shape, q, "paper", default)) is not None}
         base = pooled(list(ref.values()))
-        print("  fixed budget per question, as a share of paper's spend at n_target=100:")
+        print(f"  fixed budget per question, as a share of paper's spend at n_target=100 ({base['rollouts']:,} rollouts, "
+              f"{base['decision_points']} DPs, {base['accurate']} accurate, {100 * base['accuracy']:.1f}%):")
         for s in STRATEGIES:
-            for share in (BUDGET_SHARES if s != "paper" else (1.0,)):
+            for share in (BUDGET_SHARES if s != "paper" else ()):
                 runs = [run_one(shape, q, s, dataclasses.replace(default, budget=int(share * o.rollouts))) for q, o in ref.items()]
                 p = pooled(runs)
                 print(f"    {s:<8} x{share:<5.2f} rollouts {p['rollouts']:>9,} ({base['rollouts'] / max(p['rollouts'], 1):.2f}x fewer) "

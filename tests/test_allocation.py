@@ -137,6 +137,7 @@ def test_paper_under_a_budget_keeps_its_priority_order():
 def test_window_allowance_shares_what_earlier_windows_left():
     state = _one_path_state(np.full((1, 2), 0.5), np.full((1, 2, 1), 0.5), np.zeros((1, 1)), budget_state=(1, 4, 400, 50))
     assert window_allowance(state, AllocationParams(budget=1000)) == (1000 - 400) // 3 - 50
+    assert window_allowance(state, AllocationParams(budget=1000), share=False) == 1000 - 400 - 50
     assert window_allowance(state, AllocationParams()) == np.inf
     last = _one_path_state(np.full((1, 2), 0.5), np.full((1, 2, 1), 0.5), np.zeros((1, 1)), budget_state=(3, 4, 900, 0))
     assert window_allowance(last, AllocationParams(budget=1000)) == 100
@@ -192,7 +193,7 @@ def window_states(draw):
 def test_no_strategy_asks_for_more_than_its_allowance(case, name):
     state, params = case
     plan = STRATEGIES[name](state, params)
-    assert plan.total <= window_allowance(state, params)
+    assert plan.total <= window_allowance(state, params, share=name != "paper")
     assert (plan.count_R > 0).all()
     keys = set(zip(plan.path_R.tolist(), plan.position_R.tolist(), plan.token_R.tolist(), strict=True))
     assert len(keys) == len(plan)  # each child named once
@@ -204,6 +205,8 @@ def test_no_strategy_asks_for_more_than_its_allowance(case, name):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_a_question_never_exceeds_its_budget(name):
     shape = bench.SHAPES[1]
+    unlimited = bench.run_one(shape, 0, name, AllocationParams())
+    assert bench.run_one(shape, 0, name, AllocationParams(budget=unlimited.rollouts + 1)).rollouts <= unlimited.rollouts + 1
     for question in range(2):
         ref = bench.run_one(shape, question, "paper", AllocationParams())
         budget = ref.rollouts // 3

@@ -27,18 +27,18 @@ there. A child shared by several paths (their common prefix) is planned once, un
 index: the plan names each child once, so no child is enriched twice.
 
 Every strategy is a pure function of the state (no randomness beyond a fixed table of uniforms for
-posterior draws), so a rerun plans exactly what the first run planned. With ``params.budget`` (the
-most targeted rollouts per question) the allowance of a window is an equal share of what the earlier
-windows left, ``floor((budget - spent_question) / windows_left) - spent_window``; no plan ever asks
-for more, so no strategy exceeds the budget.
+posterior draws), so a rerun plans exactly what the first run planned. ``params.budget`` is the most
+targeted rollouts per question; `window_allowance` is what a window may still ask for and no plan
+ever asks for more, so no strategy exceeds the budget.
 
 Strategies (`STRATEGIES`):
 
 * ``paper`` — SPEC §4 exactly: per path and window, candidates are tokens with π > τ or |π_T − π| > τ
   for some teacher; the top ``k_window`` by GKD gradient magnitude (`gkd_magnitude`, max over
   teachers) and the top ``k_window`` by |π_T − π| (max over teachers) are each enriched to
-  ``n_target`` visits in one round. A budget truncates the list in priority order (rank in the
-  better of the two lists, then path, position, token).
+  ``n_target`` visits in one round. A budget truncates the list in priority order (window by
+  window; within a window, rank in the better of the two lists, then path, position, token), so a
+  budget at least the paper's spend changes nothing.
 * ``settle`` — the same targets, each enriched only as far as settling its node is worth: targets
   go to ``n_min`` visits, paired where their node would otherwise hold fewer than two children in
   A(s) (a lone child makes no decision point); then each decision point of the window is grown
@@ -47,7 +47,8 @@ Strategies (`STRATEGIES`):
   would buy less than ``price`` of that probability (near ties, whose sign thousands of rollouts
   cannot settle, are left alone). Under a budget, what settling leaves of a window's allowance
   goes to new decision points (the next candidates in the paper's priority order, paired at
-  ``n_min``), then to growth at a lower price.
+  ``n_min``), then to growth at a lower price; each window gets an equal share of what the
+  earlier windows left, so the last windows are not starved.
 
 Stopping on observed outcomes makes ``settle``'s visit counts depend on the rewards, so its
 ``Q = w/n`` is not exactly unbiased: by Wald's identity ``E[n (Q̂ − Q)] = 0``, so the bias of Q̂ is
@@ -206,17 +207,20 @@ def candidate_mask(pi_R: np.ndarray, pi_teacher_R_T: np.ndarray, tau: float) -> 
     return (np.nan_to_num(pi_R, nan=0.0) > tau) | gap.any(axis=1)
 
 
-def window_allowance(state: WindowState, params: AllocationParams) -> float:
-    """Rollouts this window may still ask for: an equal share of the budget the earlier windows left.
+def window_allowance(state: WindowState, params: AllocationParams, share: bool = True) -> float:
+    """Rollouts this window may still ask for under ``params.budget`` (inf without a budget).
 
-    ``floor((budget − spent_question) / (n_windows − window)) − spent_window``, at least 0; the last
-    window's share is all that is left, so the question never exceeds ``budget``. inf without a budget.
+    ``share``: an equal share of what the earlier windows left,
+    ``floor((budget − spent_question) / (n_windows − window)) − spent_window`` (the last window's share
+    is all that is left); otherwise all that is left, ``budget − spent_question − spent_window``.
+    Never negative; either way the question never exceeds ``budget``.
     """
     if params.budget is None:
         return np.inf
-    windows_left = max(state.n_windows - state.window, 1)
-    share = (params.budget - state.spent_question) // windows_left
-    return float(max(share - state.spent_window, 0))
+    left = params.budget - state.spent_question
+    if share:
+        left //= max(state.n_windows - state.window, 1)
+    return float(max(left - state.spent_window, 0))
 
 
 def window_state(
@@ -351,7 +355,7 @@ def paper(state: WindowState, params: AllocationParams) -> Plan:
     ranked, rank = _paper_priority(state, params, children)
     targets = ranked[rank < params.k_window]
     need = np.maximum(params.n_target - state.n_R[children.row_C[targets]], 0)
-    return _plan(state, children, targets, need, window_allowance(state, params))
+    return _plan(state, children, targets, need, window_allowance(state, params, share=False))
 
 
 # --------------------------------------------------------------------------- settle
