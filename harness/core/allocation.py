@@ -477,13 +477,18 @@ def _growth(state: WindowState, params: AllocationParams, children: _Children, n
 
 
 def _partner(state: WindowState, children: _Children, node: int, exclude: set) -> int | None:
-    """The likeliest child of ``node`` (known π) not in ``exclude`` (the student's own alternative); ties go to the lower token."""
+    """The likeliest child of ``node`` (known π) not in ``exclude``: the student's own alternative.
+
+    Ties go to the lower token.
+    """
     kids = [c for c in range(children.start_N[node], children.start_N[node + 1]) if c not in exclude]
     kids = [c for c in kids if not np.isnan(state.pi_R[children.row_C[c]])]
     return max(kids, key=lambda c: (state.pi_R[children.row_C[c]], -state.token_R[children.row_C[c]]), default=None)
 
 
-def _pairs(state: WindowState, params: AllocationParams, children: _Children, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pairs(
+    state: WindowState, params: AllocationParams, children: _Children, chosen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``chosen`` children to ``n_min`` visits, node by node, each node completed to two children in A(s).
 
     A chosen child is worth nothing alone: a node is a decision point only with two children in
@@ -506,7 +511,9 @@ def _pairs(state: WindowState, params: AllocationParams, children: _Children, ch
     return out, np.maximum(params.n_min - n_C[out], 0)
 
 
-def _new_pairs(state: WindowState, params: AllocationParams, children: _Children, ranked: np.ndarray, spend: float) -> tuple[np.ndarray, np.ndarray]:
+def _new_pairs(
+    state: WindowState, params: AllocationParams, children: _Children, ranked: np.ndarray, spend: float
+) -> tuple[np.ndarray, np.ndarray]:
     """New decision points within ``spend``: nodes in the paper's priority order (beyond its top-k),
     each with its best-ranked candidate and its likeliest other child at ``n_min`` visits."""
     n_C = state.n_R[children.row_C]
