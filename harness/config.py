@@ -48,7 +48,12 @@ class RunConfig:
     n_target: int = 100  # visits each targeted child is enriched to
     n_min: int | None = None  # visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)
     cascade: str = "unbiased"  # "unbiased" counting, or "paper" (biased, reproduces the paper)
-    strategy: str = "paper"  # targeted-rollout allocation strategy (SPEC §4)
+    strategy: str = "paper"  # targeted-rollout allocation: "paper" (SPEC §4) or "settle" (harness/core/allocation.py)
+    budget: int | None = None  # most targeted rollouts per question; None: no limit
+    confidence: float = 0.95  # settle: posterior probability that each alignment is within tolerance
+    tolerance: float = 0.1  # settle: half-width on the alignment score that counts as settled
+    n_max: int = 1280  # settle: no child is enriched beyond this many visits
+    price: float = 0.001  # settle: least gain in that probability one more rollout must buy
     gamma: float = 0.95  # MiniLLM reward-to-go discount
     jsd_beta: float = 0.5  # generalised JSD mixture weight
     score_top_k: int = 64  # ids per position kept from each scoring pass (besides the path token)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import logging
 import re
 import subprocess
@@ -38,8 +39,9 @@ from harness.core import (
     reward_to_go,
     teacher_advantage,
 )
+from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
 from harness.core.divergences import DIVERGENCES
-from harness.core.tree import Exits
+from harness.core.tree import Exits, path_common_prefixes
 from harness.rundir import RunDir, ragged, unragged, write_json
 from harness.synthetic import derive_seed
 from harness.tasks import Question, Skip, Task, load_task
@@ -286,107 +288,108 @@ def _tables(s: QuestionState, j: int, teachers) -> tuple[LogprobTable, dict[str,
 # 4. targeted rollouts ----------------------------------------------------------------------------
 
 
-def _paper_targets(s, j, lo, hi, cfg, teachers) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §4 candidates in positions [lo, hi) of path j: top k_window by GKD magnitude and by gap."""
-    rows_pos, rows_tok, rows_gkd, rows_gap = [], [], [], []
-    own = s.scores[(j, STUDENT)]
-    span = slice(own.offsets[lo], own.offsets[hi])
-    pos = np.repeat(np.arange(len(own.offsets) - 1), np.diff(own.offsets))[span]
-    pi = np.exp(own.logprobs[span])
-    rows_pos.append(pos), rows_tok.append(own.ids[span]), rows_gkd.append(np.where(pi > cfg.tau, 0.0, -1.0))
-    rows_gap.append(np.where(pi > cfg.tau, 0.0, -1.0))
-    for t in teachers:
-        r = s.scores.get((j, t.name))
-        if not isinstance(r, ScoreResult):
-            continue
-        span = slice(r.offsets[lo], r.offsets[hi])
-        pos = np.repeat(np.arange(len(r.offsets) - 1), np.diff(r.offsets))[span]
-        lp, lpt = r.reference_logprobs[span], r.logprobs[span]
-        pi, pit = np.exp(lp), np.exp(lpt)
-        gap = np.abs(pit - pi)
-        # full-vocabulary GKD component: pi_a (l_a - sum_b pi_b l_b) = pi_a (l_a + KL(pi || pi_T))
-        gkd = np.abs(pi * (lpt - lp + r.divergences["reverse_kl"][pos]))
-        keep = (pi > cfg.tau) | (gap > cfg.tau)
-        rows_pos.append(pos), rows_tok.append(r.ids[span])
-        rows_gkd.append(np.where(keep, gkd, -1.0)), rows_gap.append(np.where(keep, gap, -1.0))
-    pos, tok = np.concatenate(rows_pos), np.concatenate(rows_tok)
-    gkd, gap = np.concatenate(rows_gkd), np.concatenate(rows_gap)
-    keys = (pos.astype(np.int64) << _KEY_BITS) | tok.astype(np.int64)
-    uniq, inv = np.unique(keys, return_inverse=True)
-    best_gkd = np.full(len(uniq), -1.0)
-    best_gap = np.full(len(uniq), -1.0)
-    np.maximum.at(best_gkd, inv, gkd)
-    np.maximum.at(best_gap, inv, gap)
-    cand = np.flatnonzero(np.maximum(best_gkd, best_gap) >= 0)
-    # ties broken by key so the choice is reproducible
-    by_gkd = cand[np.lexsort((uniq[cand], -best_gkd[cand]))][: cfg.k_window]
-    by_gap = cand[np.lexsort((uniq[cand], -best_gap[cand]))][: cfg.k_window]
-    chosen = np.union1d(by_gkd, by_gap)
-    return uniq[chosen] >> _KEY_BITS, uniq[chosen] & ((1 << _KEY_BITS) - 1)
+def _scored_tokens(s: QuestionState, j: int, planners: Sequence[TeacherConfig]) -> ScoredTokens:
+    """What the forward passes say about every (position, token) read along path ``j``."""
+    student, tabs = _tables(s, j, planners)
+    names = [t.name for t in planners if t.name in tabs]
+    keys = np.unique(np.concatenate([student.keys, *(tabs[n].keys for n in names)]))
+    pos, tok = keys >> _KEY_BITS, keys & ((1 << _KEY_BITS) - 1)
+    shape = (len(keys), len(names))
+    pi_teacher, reverse_kl = np.full(shape, np.nan), np.full(shape, np.nan)
+    for i, name in enumerate(names):
+        pi_teacher[:, i] = np.exp(tabs[name].get(pos, tok))
+        reverse_kl[:, i] = s.scores[(j, name)].divergences["reverse_kl"][pos]
+    return ScoredTokens(pos, tok, np.exp(student.get(pos, tok)), pi_teacher, reverse_kl)
 
 
-def _enrich_window(cfg, task, teachers, states, backend, rundir, w, lo, hi, max_new) -> None:
-    """Enrich the selected children of window ``w`` to ``n_target`` visits, all questions batched."""
-    jobs, requests = [], []
-    for s in states.values():
-        name = f"window{w}"
-        if (shard := rundir.load(s.question.id, name)) is not None:
-            _ingest_shard(s, shard)
-            continue
-        plan = []
-        for j, path in enumerate(s.paths):
-            if lo >= len(path):
+def _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params) -> None:
+    """Targeted rollouts of window ``w`` in rounds planned by ``cfg.strategy``, all questions batched.
+
+    Round ``r`` of a question is the shard ``window{w}-round{r}``; on resume, stored rounds are
+    replayed (their exits, never tokens) and planning continues from the same state, so a strategy
+    plans exactly what it planned before.
+    """
+    lo, hi = spans[w]
+    active = {qid: s for qid, s in states.items() if any(lo < len(p) for p in s.paths)}
+    for s in active.values():
+        s.budget.append({"window": [lo, hi], "rollouts": 0, "tokens_generated": 0, "rounds": 0})
+    for r in itertools.count():
+        jobs, requests = [], []
+        for qid, s in list(active.items()):
+            name = f"window{w}-round{r}"
+            if (shard := rundir.load(qid, name)) is not None:
+                _ingest_shard(s, shard)
                 continue
-            pos, tok = _paper_targets(s, j, lo, min(hi, len(path)), cfg, teachers)
-            need = cfg.n_target - s.tree.visits(j, pos, tok)
-            plan += [(j, int(k), int(a), int(n)) for k, a, n in zip(pos, tok, need, strict=True) if n > 0]
-        jobs.append((s, name, plan))
-        for j, k, a, n in plan:
-            prefix = np.concatenate([s.question.prompt_ids, s.paths[j][:k], [a]]).astype(np.int64)
-            left = max_new - (k + 1)
-            if a in task.stop_ids or left <= 0:
-                continue  # the response is already complete (or at its limit): nothing to sample
-            seed = derive_seed(cfg.seed, s.question.id, "target", j, k, a)
-            requests.append(SampleRequest(prefix, n, seed, left, cfg.temperature, task.stop_ids))
-    results = iter(backend.sample(requests))
-    for s, name, plan in jobs:
-        conts, forced, target, forced_tok, truncated = [], [], [], [], []
-        for j, k, a, n in plan:
-            left = max_new - (k + 1)
-            if a in task.stop_ids or left <= 0:
-                toks, trunc = [np.zeros(0, np.int64)] * n, np.full(n, a not in task.stop_ids)
-                backend.count_complete(n)
-            else:
-                res = next(results)
-                toks, trunc = res.tokens, np.asarray(res.truncated)
-            conts += toks
-            truncated.append(trunc)
-            forced += [k + 1] * n
-            target += [j] * n
-            forced_tok += [a] * n
-        full = [np.concatenate([s.paths[j][: f - 1], [a], c]).astype(np.int64) for j, f, a, c in zip(target, forced, forced_tok, conts, strict=True)]
-        trunc = np.concatenate(truncated) if truncated else np.zeros(0, bool)
-        reward = np.asarray(task.rewards(s.question, full, trunc), dtype=np.int64) if full else np.zeros(0, np.int64)
-        batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
-        exits = s.tree.ingest(batch)
-        lengths = np.array([len(f) for f in full], dtype=np.int64)
-        rundir.save(
-            s.question.id, name, forced_len=batch.forced_len, target_path=batch.target_path,
-            forced_token=batch.forced_token, reward=reward, truncated=trunc, length=lengths,
-            exit_lcp=np.stack([e.lcp for e in exits]) if exits else np.zeros((0, 0), np.int64),
-            exit_token=np.stack([e.token for e in exits]) if exits else np.zeros((0, 0), np.int64),
-            window=np.array([w, lo, hi]),
-        )
-        s.budget.append({"window": [lo, hi], "rollouts": len(conts), "tokens_generated": int(sum(len(c) for c in conts))})
+            scored = [_scored_tokens(s, j, planners) for j in range(len(s.paths))]
+            children = [s.tree.children(j) for j in range(len(s.paths))]
+            spent_q = sum(b["rollouts"] for b in s.budget[:-1])
+            state = window_state(w, len(spans), lo, min(hi, max(map(len, s.paths))), scored, children,
+                                 path_common_prefixes(s.paths), spent_q, s.budget[-1]["rollouts"])
+            plan = STRATEGIES[cfg.strategy](state, params)
+            if plan.total == 0:
+                del active[qid]
+                continue
+            rows = list(zip(plan.path_R.tolist(), plan.position_R.tolist(), plan.token_R.tolist(), plan.count_R.tolist(), strict=True))
+            jobs.append((s, name, rows))
+            for j, k, a, n in rows:
+                left = max_new - (k + 1)
+                if a in task.stop_ids or left <= 0:
+                    continue  # the response is already complete (or at its limit): nothing to sample
+                prefix = np.concatenate([s.question.prompt_ids, s.paths[j][:k], [a]]).astype(np.int64)
+                seed = derive_seed(cfg.seed, qid, "target", j, k, a, w, r)
+                requests.append(SampleRequest(prefix, n, seed, left, cfg.temperature, task.stop_ids))
+        if not active:
+            return
+        results = iter(backend.sample(requests))
+        for s, name, rows in jobs:
+            _record_round(s, name, rows, results, task, backend, rundir, max_new, (w, lo, hi))
+
+
+def _record_round(s, name, rows, results, task, backend, rundir, max_new, window) -> None:
+    """Score one round's rollouts, ingest them, and store them compactly as one shard."""
+    conts, forced, target, forced_tok, truncated = [], [], [], [], []
+    for j, k, a, n in rows:
+        left = max_new - (k + 1)
+        if a in task.stop_ids or left <= 0:
+            toks, trunc = [np.zeros(0, np.int64)] * n, np.full(n, a not in task.stop_ids)
+            backend.count_complete(n)
+        else:
+            res = next(results)
+            toks, trunc = res.tokens, np.asarray(res.truncated)
+        conts += toks
+        truncated.append(trunc)
+        forced += [k + 1] * n
+        target += [j] * n
+        forced_tok += [a] * n
+    full = [
+        np.concatenate([s.paths[j][: f - 1], [a], c]).astype(np.int64)
+        for j, f, a, c in zip(target, forced, forced_tok, conts, strict=True)
+    ]
+    trunc = np.concatenate(truncated)
+    reward = np.asarray(task.rewards(s.question, full, trunc), dtype=np.int64)
+    batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
+    exits = s.tree.ingest(batch)
+    rundir.save(
+        s.question.id, name, forced_len=batch.forced_len, target_path=batch.target_path,
+        forced_token=batch.forced_token, reward=reward, truncated=trunc,
+        length=np.array([len(f) for f in full], dtype=np.int64),
+        exit_lcp=np.stack([e.lcp for e in exits]), exit_token=np.stack([e.token for e in exits]),
+        window=np.array(window),
+    )
+    _count(s, len(conts), int(sum(len(c) for c in conts)))
+
+
+def _count(s: QuestionState, rollouts: int, tokens: int) -> None:
+    s.budget[-1]["rollouts"] += rollouts
+    s.budget[-1]["tokens_generated"] += tokens
+    s.budget[-1]["rounds"] += 1
 
 
 def _ingest_shard(s: QuestionState, shard: dict[str, np.ndarray]) -> None:
     """Replay a stored window: the compact exits, never the tokens (SPEC §6)."""
     exits = [Exits(lcp=shard["exit_lcp"][j], token=shard["exit_token"][j]) for j in range(len(s.paths))]
     s.tree.ingest_all_exits(exits, shard["forced_len"], shard["reward"])
-    lo, hi = (int(x) for x in shard["window"][1:])
-    generated = int((shard["length"] - shard["forced_len"]).sum())
-    s.budget.append({"window": [lo, hi], "rollouts": len(shard["reward"]), "tokens_generated": generated})
+    _count(s, len(shard["reward"]), int((shard["length"] - shard["forced_len"]).sum()))
 
 
 # 5. per-node records -----------------------------------------------------------------------------
@@ -517,8 +520,14 @@ def run(
 
     longest = max((len(p) for s in states.values() for p in s.paths), default=0)
     spans = windows(longest, cfg.window)
-    for w, (lo, hi) in enumerate(spans):
-        _enrich_window(cfg, task, planners, states, backend, rundir, w, lo, hi, max_new)
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {sorted(STRATEGIES)}, got {cfg.strategy!r}")
+    params = AllocationParams(
+        n_target=cfg.n_target, n_min=n_min, tau=cfg.tau, k_window=cfg.k_window, budget=cfg.budget,
+        confidence=cfg.confidence, tolerance=cfg.tolerance, n_max=cfg.n_max, price=cfg.price,
+    )
+    for w in range(len(spans)):
+        _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params)
         progress("targeted rollouts", w + 1, len(spans))
 
     nodes, children, skipped = [], [], {}

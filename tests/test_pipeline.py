@@ -144,7 +144,7 @@ def test_sigkill_mid_run_then_resume_is_identical(tmp_path):
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent)
     deadline = time.monotonic() + 60
     shards = tmp_path / "a" / "shards"
-    while time.monotonic() < deadline and len(list(shards.glob("*/window0.npz"))) < 3:
+    while time.monotonic() < deadline and len(list(shards.glob("*/window0-round0.npz"))) < 3:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -196,3 +196,15 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "unknown key 'n_targt'" in out.stderr
+
+
+def test_adaptive_strategy_runs_in_rounds_and_resumes_identically(tmp_path):
+    cfg = RunConfig(limit=4, strategy="settle", budget=3000)
+    reference = _strip(run(cfg, tmp_path / "ref"))
+    rounds = [b["rounds"] for q in reference["questions"] for b in q["budget"]]
+    assert max(rounds) >= 2  # settle grows nodes over several rounds
+    targeted = [sum(b["rollouts"] for b in q["budget"]) for q in reference["questions"]]
+    assert max(targeted) <= 3000  # the budget is never exceeded
+    with pytest.raises(Crash):
+        run(cfg, tmp_path / "cut", backend=CrashingBackend(3))
+    assert _strip(run(cfg, tmp_path / "cut")) == reference
