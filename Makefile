@@ -34,6 +34,8 @@ leaderboard: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sampling.py --quick
+	$(BIN)/python bench/allocation.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
