@@ -48,7 +48,7 @@ from transformers import AutoModelForCausalLM
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from harness.backends import ModelSpec
-from harness.backends.base import SampleRequest, SampleResult, ScoreRequest, ScoreResult
+from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ class HFBackend:
         score_chunk: int = 256,
         threads: int | None = None,
         attn_implementation: str | None = None,
+        loaded: Mapping[ModelSpec, torch.nn.Module] | None = None,
     ):
         if batch_size < 1 or score_chunk < 1:
             raise ValueError(f"batch_size and score_chunk must be positive, got {batch_size} and {score_chunk}")
@@ -231,7 +232,7 @@ class HFBackend:
         self._models: dict[str, _Model] = {}
         for name, spec in models.items():
             if spec not in by_spec:  # a teacher that is the student's checkpoint is loaded once
-                by_spec[spec] = self._load(spec)
+                by_spec[spec] = self._wrap(spec, loaded[spec]) if spec in (loaded or {}) else self._load(spec)
             self._models[name] = by_spec[spec]
         self._by_spec = by_spec
         vocab = {name: m.head.weight.shape[0] for name, m in self._models.items()}
@@ -245,7 +246,21 @@ class HFBackend:
         kwargs = {"revision": spec.revision, "dtype": _DTYPES[spec.dtype]}
         if self._attn is not None:
             kwargs["attn_implementation"] = self._attn
-        model = AutoModelForCausalLM.from_pretrained(spec.id, **kwargs).to(self.device).eval()
+        return self._wrap(spec, AutoModelForCausalLM.from_pretrained(spec.id, **kwargs))
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, spec: ModelSpec, models: Mapping[str, ModelSpec] | None = None,
+                   *, name: str = STUDENT, **options) -> HFBackend:
+        """Wrap an already-loaded causal LM (lm-eval's, say) as ``name`` on its own device.
+
+        ``spec`` names its checkpoint; ``models`` are further models (teachers), loaded as the
+        constructor loads them. ``options`` as for the constructor.
+        """
+        options.setdefault("device", str(next(model.parameters()).device))
+        return cls({**(models or {}), name: spec}, loaded={spec: model}, **options)
+
+    def _wrap(self, spec: ModelSpec, model: torch.nn.Module) -> _Model:
+        model = model.to(self.device).eval()
         decoder, head = model.base_model, model.get_output_embeddings()
         params = inspect.signature(decoder.forward).parameters
         loaded = _Model(spec, model, decoder, head, "cache" if "cache" in params else "past_key_values")

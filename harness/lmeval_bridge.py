@@ -1,0 +1,348 @@
+"""odiag inside lm-evaluation-harness: ``lm_eval --include_path "$(odiag tasks-dir)" --tasks odiag_boolq``.
+
+Built against lm-eval 0.4.13, whose ``evaluate()`` makes one pass: each task emits its requests,
+the model answers them with one ``getattr(lm, request_type)(instances)`` call per request type, and
+each task turns its answers into metrics. Tasks never see the model. The diagnostic is adaptive
+(targeted rollouts are scored between rounds), so it cannot be cut into lm-eval's stock requests;
+instead each task YAML names `DiagnosticTask` (``class: !function odiag_utils.DiagnosticTask``),
+which emits one ``odiag_diagnose`` request per question (lm-eval does not validate request types),
+and this module gives lm-eval's own ``hf`` and ``vllm`` models an ``odiag_diagnose`` method: it
+wraps the model and tokenizer they already loaded in an odiag backend and runs
+`harness.pipeline.run` on exactly the questions lm-eval chose, in one call, with as many rounds
+as the run needs. Each request's answer is that question's record: per teacher x algorithm, its
+alignment (the mean over its paths of the path means), its incorrect-minus-correct difference and
+its teacher advantage, as SPEC §5 defines them, so lm-eval's mean over questions is odiag's
+per-teacher mean. The run directory is written as ``odiag run`` writes it.
+
+odiag settings come from ``--metadata`` (any `RunConfig` key lm-eval does not decide, plus
+``out`` and ``site``); lm-eval merges ``--model_args`` into the same dict, so a model argument is
+accepted there too, and anything else is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from lm_eval.api.instance import Instance
+from lm_eval.api.metrics import mean
+from lm_eval.api.task import ConfigurableTask
+
+from harness.config import ConfigError, RunConfig, build
+
+log = logging.getLogger(__name__)
+
+REQUEST_TYPE = "odiag_diagnose"
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+# what lm-eval itself decides (the task, the loaded model, the documents), or only `odiag run` does
+DECIDED = {
+    "task": "the --tasks argument",
+    "backend": "the --model argument",
+    "student": "--model_args pretrained=...",
+    "student_revision": "--model_args revision=...",
+    "limit": "lm-eval's --limit",
+    "data_files": "the task's dataset (use `odiag run` for a local copy)",
+    "executor": "a single process (use `odiag run --set executor=ray` to spread a run)",
+    "ray_address": "a single process (use `odiag run` on a Ray cluster)",
+    "num_workers": "a single process (use `odiag run` on a Ray cluster)",
+}
+EXTRA = {
+    "out": "run directory (default runs/lmeval/<task>-<config hash>)",
+    "site": "leaderboard site directory to (re)build from the run directory; none by default",
+}
+LM_EVAL_KEYS = {"version", "config_source", "odiag"}  # lm-eval's own and the YAML's metadata
+METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnoseRequest:
+    """What an ``odiag_diagnose`` request carries besides the prompt: the task that made it."""
+
+    task: DiagnosticTask
+
+    def __repr__(self) -> str:  # lm-eval writes request arguments into its samples with str()
+        return f"odiag_diagnose({self.task.config.task})"
+
+
+def metric_name(measure: str, teacher: str, algorithm: str) -> str:
+    """``alignment/self-1c/gkd``: one lm-eval metric per measure x teacher x algorithm."""
+    return f"{measure}/{teacher}/{algorithm}"
+
+
+def settings(metadata: Mapping, model_keys: Sequence[str] = (), where: str = "--metadata") -> dict:
+    """The odiag settings of a task's merged metadata; unknown keys are a one-line ConfigError."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    out = {}
+    for key, value in metadata.items():
+        if key in LM_EVAL_KEYS or (key in model_keys and key not in fields):
+            continue
+        if key in DECIDED and key not in model_keys:
+            raise ConfigError(f"{where}: key {key!r} is set by {DECIDED[key]} under lm-eval")
+        if key in fields or key in EXTRA:
+            out[key] = value
+        elif key not in DECIDED:
+            valid = sorted((fields - set(DECIDED)) | set(EXTRA))
+            raise ConfigError(f"{where}: unknown key {key!r}; odiag keys are {valid}")
+    return out
+
+
+class DiagnosticTask(ConfigurableTask):
+    """An odiag task YAML as lm-eval runs it: one ``odiag_diagnose`` request per question.
+
+    Everything else (data set, ``process_docs``, ``doc_to_text``, targets) is the YAML's, as an
+    ordinary ``ConfigurableTask`` reads it; odiag's own `LMEvalTask` loads the same YAML through
+    lm-eval and only uses those parts.
+    """
+
+    def __init__(self, config: dict | None = None, **kwargs):
+        config = {k: v for k, v in (config or {}).items() if k != "class"}
+        super().__init__(config=config, **kwargs)
+
+    @functools.cached_property
+    def _run_settings(self) -> RunConfig:
+        """The odiag keys of the metadata as a RunConfig (lm-eval's own keys filled in later)."""
+        where = f"task {self.config.task}: --metadata"
+        run = settings(self.config.metadata or {}, _model_argument_names(), where)
+        if "teachers" not in run:
+            raise ConfigError(f"{where}: odiag needs its teachers, e.g. --metadata '{{\"teachers\": [\"self-1c\"]}}'")
+        return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
+
+    def construct_requests(self, doc: dict, ctx, **kwargs) -> Instance:
+        kwargs.pop("apply_chat_template", None)  # odiag applies the student's chat template itself
+        kwargs.pop("chat_template", None)
+        return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, DiagnoseRequest(self)), idx=0, **kwargs)
+
+    def metric_names(self) -> list[str]:
+        cfg = self._run_settings
+        teachers = [_teacher_name(t) for t in cfg.teachers]
+        return [metric_name(m, t, a) for m in METRICS for t in teachers for a in cfg.algorithms]
+
+    def process_results(self, doc: dict, results: list) -> dict[str, float]:
+        """A question's record -> its metric values; a value the question does not define is left out."""
+        (record,) = results
+        return {k: v for k, v in record["metrics"].items() if v is not None}
+
+    def aggregation(self) -> dict:
+        return {name: mean for name in self.metric_names()}  # mean: lm-eval's closed-form stderr applies
+
+    def higher_is_better(self) -> dict:
+        return {name: not name.startswith("incorrect_minus_correct") for name in self.metric_names()}
+
+
+def _teacher_name(teacher: str) -> str:
+    from harness.teachers import load_teacher
+
+    return load_teacher(teacher).name
+
+
+def _model_argument_names(lm=None) -> set[str]:
+    """Keys lm-eval may have merged into the metadata from ``--model_args``: the model classes' parameters."""
+    names = set()
+    for module, cls in (("huggingface", "HFLM"), ("vllm_causallms", "VLLM")):
+        try:
+            model = getattr(importlib.import_module(f"lm_eval.models.{module}"), cls)
+        except ImportError:  # lm-eval's hf model needs accelerate; odiag's own runs do not
+            continue
+        for fn in (model.__init__, getattr(model, "_create_model", model.__init__)):
+            names |= {p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs")}
+    names |= set(getattr(lm, "model_args", None) or {})  # vLLM keeps every engine argument
+    return names
+
+
+# the model side ----------------------------------------------------------------------------------
+
+
+def _check_supported(lm) -> None:
+    if getattr(lm, "world_size", 1) > 1 or int(getattr(lm, "data_parallel_size", 1) or 1) > 1:
+        raise ConfigError(
+            f"{type(lm).__name__}: odiag's diagnostic under lm-eval runs on one process and one engine "
+            "(no data parallelism); use `odiag run --set executor=ray` to spread a run"
+        )
+
+
+def _student(lm) -> tuple[str, str | None]:
+    """The student's checkpoint and revision as lm-eval loaded it."""
+    if hasattr(lm, "model_args") and isinstance(lm.model_args, Mapping):  # vllm
+        return str(lm.model_args["model"]), lm.model_args.get("revision")
+    if not isinstance(getattr(lm, "pretrained", None), str):
+        raise ConfigError("odiag under lm-eval needs --model_args pretrained=<hub id or directory> (not a model object)")
+    revision = getattr(lm, "revision", None)
+    return lm.pretrained, None if revision in (None, "main") else revision
+
+
+def _backend(lm, cfg: RunConfig, teachers):
+    from harness.backends import STUDENT, ModelSpec
+    from harness.pipeline import model_specs
+
+    specs = model_specs(cfg, teachers)
+    spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
+    if type(lm).__name__ == "VLLM":
+        from harness.backends.vllm import VLLMBackend
+
+        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, score_with="vllm")
+    from harness.backends.hf import HFBackend
+
+    specs.pop(STUDENT)
+    return HFBackend.from_model(lm.model, spec, specs)
+
+
+def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, dict]:
+    """The `RunConfig` of ``task`` under ``lm`` (metadata merged), and the extra settings."""
+    where = f"task {task.config.task}: --metadata"
+    task._run_settings  # noqa: B018 - the same checks as the task's, before a model call
+    run = settings(task.config.metadata or {}, _model_argument_names(lm), where)
+    student, revision = _student(lm)
+    data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
+    data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
+             "student": student, "student_revision": revision, "limit": n_questions}
+    return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}
+
+
+def question_records(nodes: Mapping[str, np.ndarray], teachers: Sequence[str], algorithms: Sequence[str]) -> dict[str, dict]:
+    """Per question id, the metric values of SPEC §5 (path means, then the question's mean over paths).
+
+    ``alignment``: mean over its paths of each path's mean alignment; ``incorrect_minus_correct``:
+    mean over its incorrect paths minus mean over its correct ones (only with both);
+    ``teacher_advantage``: mean over paths of each path's mean. None where undefined, so lm-eval's
+    mean over questions is `harness.core.stats.aggregate`'s per-teacher mean.
+    """
+    out: dict[str, dict] = {}
+    groups: dict[tuple, dict[int, list]] = {}
+    for i in range(len(nodes["alignment"])):
+        key = (str(nodes["question_id"][i]), str(nodes["teacher"][i]), str(nodes["algorithm"][i]))
+        path = groups.setdefault(key, {}).setdefault(int(nodes["path_id"][i]), [bool(nodes["path_correct"][i]), [], []])
+        path[1].append(float(nodes["alignment"][i]))
+        path[2].append(float(nodes["teacher_advantage"][i]))
+
+    def finite_mean(values):
+        values = [v for v in values if v is not None and np.isfinite(v)]
+        return float(np.mean(values)) if values else None
+
+    for qid in {k[0] for k in groups}:
+        metrics = {}
+        for t in teachers:
+            for a in algorithms:
+                paths = groups.get((qid, t, a), {}).values()
+                align = [(c, finite_mean(al)) for c, al, _ in paths]
+                correct = finite_mean([m for c, m in align if c])
+                wrong = finite_mean([m for c, m in align if not c])
+                metrics[metric_name("alignment", t, a)] = finite_mean([m for _, m in align])
+                metrics[metric_name("incorrect_minus_correct", t, a)] = (
+                    None if correct is None or wrong is None else wrong - correct)
+                metrics[metric_name("teacher_advantage", t, a)] = finite_mean([finite_mean(ta) for _, _, ta in paths])
+        out[qid] = metrics
+    return out
+
+
+def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
+    """odiag's `LMEvalTask` for ``task``, whose questions are exactly lm-eval's documents ``doc_ids``."""
+    from harness.tasks import Question
+    from harness.tasks.lmeval import LMEvalTask
+
+    class ChosenDocs(LMEvalTask):
+        def questions(self, limit):
+            docs = self._task.eval_docs
+            return [  # ids as LMEvalTask numbers documents: their index in the evaluation split
+                Question(id=f"{i:05d}", prompt_ids=self.chat_ids(self._task.doc_to_text(docs[i])),
+                         doc={"prompt": self._task.doc_to_text(docs[i]), "target": self._target(docs[i]),
+                              "index": i, "record": docs[i]})
+                for i in doc_ids
+            ]
+
+    out = ChosenDocs(task.config.task, tokenizer=cfg.student, revision=cfg.student_revision,
+                     max_new_tokens=cfg.max_new_tokens)
+    out._task = task  # the documents and prompts lm-eval itself built the requests from
+    return out
+
+
+def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
+    """lm-eval model method: run odiag on each task's questions; one record per instance."""
+    from harness.pipeline import run
+    from harness.teachers import load_teacher
+
+    _check_supported(self)
+    by_task: dict[str, list[Instance]] = {}
+    for inst in instances:
+        by_task.setdefault(inst.task_name, []).append(inst)
+    records: dict[int, dict] = {}
+    for name, group in by_task.items():
+        task = group[0].args[1].task
+        doc_ids = sorted({inst.doc_id for inst in group})
+        cfg, extra = run_config(task, self, len(doc_ids))
+        out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}")
+        teachers = [load_teacher(t) for t in cfg.teachers]
+        log.info("odiag: %s, %d questions, teachers %s -> %s", name, len(doc_ids), list(cfg.teachers), out)
+        results = run(cfg, out, backend=_backend(self, cfg, teachers), task=_odiag_task(task, cfg, doc_ids))
+        if extra.get("site"):
+            from harness.leaderboard import build as build_site
+
+            build_site([str(out)], str(extra["site"]), None)
+        by_question = question_records(_read_nodes(out), [t.name for t in teachers], cfg.algorithms)
+        notes = {q["id"]: q for q in results["questions"]}
+        for inst in group:
+            qid = f"{inst.doc_id:05d}"
+            empty = dict.fromkeys(task.metric_names())
+            records[id(inst)] = {
+                "question_id": qid, "run_dir": str(out), "metrics": by_question.get(qid, empty),
+                "question": notes.get(qid, {}),
+            }
+    return [records[id(inst)] for inst in instances]
+
+
+def _read_nodes(out: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "nodes.parquet")
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+def attach() -> None:
+    """Give lm-eval's ``hf`` and ``vllm`` models the ``odiag_diagnose`` method (vLLM only when importable)."""
+    for module, cls in (("huggingface", "HFLM"), ("vllm_causallms", "VLLM")):
+        try:
+            model = getattr(importlib.import_module(f"lm_eval.models.{module}"), cls)
+        except ImportError:  # that model type is unusable here anyway (lm-eval's hf model needs accelerate)
+            continue
+        model.odiag_diagnose = odiag_diagnose
+
+
+attach()
+
+
+# the command line --------------------------------------------------------------------------------
+
+
+def main_tasks_dir() -> int:
+    """``odiag tasks-dir``: print the directory of odiag's task YAMLs (for ``lm_eval --include_path``)."""
+    print(TASKS_DIR)
+    return 0
+
+
+def main_eval(argv: list[str]) -> int:
+    """``odiag eval ...``: ``lm_eval`` with ``--include_path`` set to odiag's tasks; other flags unchanged."""
+    from lm_eval.__main__ import cli_evaluate
+
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
+        argv = ["--include_path", str(TASKS_DIR), *argv]
+    saved = sys.argv
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+__all__ = ["DiagnosticTask", "main_eval", "main_tasks_dir", "odiag_diagnose", "question_records", "settings"]

@@ -1,0 +1,79 @@
+"""odiag through lm-evaluation-harness (tier 2, CPU): ``lm_eval`` and ``odiag eval`` as subprocesses.
+
+Both run the toy task on the tiny toy student with lm-eval's ``hf`` model, and their alignment
+metrics must equal what ``odiag run`` gives for the same config and seed: lm-eval's mean over
+questions of each question's record is odiag's per-teacher mean (SPEC §5).
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("accelerate")  # lm-eval's hf model needs it
+
+from harness.config import ConfigError  # noqa: E402
+from harness.lmeval_bridge import TASKS_DIR, _check_supported, metric_name, settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENT = ROOT / "harness" / "toy_models" / "student"
+BIN = Path(sys.executable).parent
+SETTINGS = {"teachers": ["toy-teacher", "toy-self-1c"], "algorithms": ["gkd"], "n_initial": 16, "n_target": 20,
+            "k_window": 2, "seed": 3}
+needs_toy = pytest.mark.skipif(not (STUDENT / "config.json").exists(), reason="toy models not built (python -m harness.toy)")
+
+
+def test_settings_reject_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown key 'teacher'"):
+        settings({"teacher": ["self-1c"], "version": 1.0})
+    with pytest.raises(ConfigError, match="--limit"):
+        settings({"limit": 3})
+    assert settings({"teachers": ["a"], "pretrained": "x", "odiag": {}}, model_keys=["pretrained"]) == {"teachers": ["a"]}
+
+
+def test_data_parallel_is_refused_with_a_pointer_to_odiag_run():
+    class FakeVLLM:
+        world_size, data_parallel_size = 1, 2
+
+    with pytest.raises(ConfigError, match="odiag run"):
+        _check_supported(FakeVLLM())
+
+
+def _results(out: Path) -> dict:
+    (path,) = sorted(out.rglob("results_*.json"))
+    return json.loads(path.read_text())["results"]["odiag_toy"]
+
+
+@needs_toy
+@pytest.mark.slow
+def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
+    sets = [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
+    subprocess.run(
+        [BIN / "odiag", "run", "--set", "task=odiag_toy", "--set", "backend=hf", "--set", f"student={STUDENT}",
+         "--set", "limit=2", *[x for s in sets for x in ("--set", s)], "--out", tmp_path / "run", "--quiet"],
+        check=True, cwd=ROOT,
+    )
+    expected = json.loads((tmp_path / "run" / "results.json").read_text())
+    common = ["--tasks", "odiag_toy", "--model", "hf", "--model_args", f"pretrained={STUDENT},dtype=float32",
+              "--limit", "2", "--device", "cpu", "--log_samples"]
+    for name, cmd in (
+        ("lm_eval", [BIN / "lm_eval", "--include_path", TASKS_DIR]),
+        ("odiag_eval", [BIN / "odiag", "eval"]),
+    ):
+        meta = {**SETTINGS, "out": str(tmp_path / f"{name}-run")}
+        subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
+                       check=True, cwd=tmp_path)
+        got = _results(tmp_path / name)
+        assert json.loads((tmp_path / f"{name}-run" / "results.json").read_text())["config_hash"] == expected["config_hash"]
+        for row in expected["teachers"]:
+            key = metric_name("alignment", row["teacher"], row["algorithm"]) + ",none"
+            want = (row.get("alignment") or {}).get("mean")
+            if want is None or (isinstance(want, float) and math.isnan(want)):
+                assert key not in got or got[key] in (None, "N/A")
+            else:
+                assert got[key] == pytest.approx(want, abs=1e-9), (name, key)
+                assert f"{metric_name('alignment', row['teacher'], row['algorithm'])}_stderr,none" in got
