@@ -3,17 +3,60 @@
 A teacher file names everything that moves a log-probability: the model (``student`` for
 self-distillation), its revision and dtype, chat-template options, and the context the teacher
 sees before the student's response (a Jinja2 template rendered in a sandbox, undefined variables
-an error), including what that context needs (solutions, summaries).
+an error), including what that context needs: correct and wrong solutions, where they come from
+(the student's own rollouts, or a named model), and an optional summariser.
+
+Three layers of checks:
+
+- :func:`load_teacher`: the file alone (unknown keys, types, template syntax and variables, what
+  the context needs against what the template shows), one line naming the file and the key;
+- ``Task.check_teacher``: the file against a task and student (vocabulary of every model it names,
+  chat-template options of a self-teacher against the student's prompt, a context that cannot fit
+  the model whatever the question);
+- ``Task.teacher_context``: per question, a :class:`~harness.tasks.Skip` with the reason when a
+  needed solution or summary does not exist or the context would be truncated; never an invented one.
+
+Context artefacts (solutions written by another model, summaries) are generated once per question by
+:func:`build_artefacts`, cached as JSON files in the run directory and shared by every teacher with
+the same generation settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from harness.backends.base import STUDENT
 from harness.config import ConfigError, build, load_yaml
 
+if TYPE_CHECKING:
+    from harness.backends import Backend, ModelSpec
+    from harness.tasks import Question, Task
+
+log = logging.getLogger(__name__)
+
 TEACHER_DIR = Path(__file__).resolve().parent.parent / "teachers"
+
+# Summarisers that are deterministic text functions rather than models ("name": "module:function").
+TEXT_SUMMARIZERS: dict[str, str] = {
+    "toy-summary": "harness.toy:summarize",
+}
+
+# Jinja2 for prompt text only: no attribute access to Python internals, undefined names an error.
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+CONTEXT_VARIABLES = ("question", "correct", "wrong", "correct_summaries", "wrong_summaries")
+SUMMARY_VARIABLES = ("question", "solution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,21 +65,36 @@ class TeacherConfig:
 
     name: str  # the teacher's name in results (defaults to the file name without .yaml)
     description: str = ""  # one line for the leaderboard
-    model: str = "student"  # "student" (self-distillation) or a model id / local directory
+    model: str = STUDENT  # "student" (self-distillation) or a model id / local directory ("./x" is relative to this file)
     revision: str | None = None  # hub revision of an external model
-    dtype: str = "auto"  # auto, float32, bfloat16, float16
-    chat_template_options: dict = dataclasses.field(default_factory=dict)  # e.g. {enable_thinking: false}
-    context_template: str | None = None  # Jinja2 user message; None shows the student's own prompt
+    dtype: str = "auto"  # auto, float32, bfloat16, float16: of every model this file names
+    chat_template_options: dict = dataclasses.field(default_factory=dict)  # e.g. {enable_thinking: false}; unset keys take the task's
+    context_template: str | None = None  # Jinja2 user message (variables: question, correct, wrong, *_summaries); None: the student's prompt
     correct_solutions: int = 0  # correct solutions the context needs
     wrong_solutions: int = 0  # wrong solutions the context needs
-    solution_source: str = "student"  # "student" (its own rollouts, never the scored path) or a model id
-    summarizer: str | None = None  # a model that summarises each solution before it is shown
-    summary_prompt: str | None = None  # Jinja2 prompt for the summariser (variable: solution)
+    solution_source: str = STUDENT  # "student" (its own rollouts, never the scored path) or a model id / directory
+    solution_revision: str | None = None  # hub revision of the solution_source model
+    solution_attempts: int = 8  # solutions sampled from solution_source per question, to find correct and wrong ones
+    solution_temperature: float = 0.6  # their sampling temperature (seeded from the question; no top-p/top-k)
+    solution_max_new_tokens: int | None = None  # their length limit; None takes the task's
+    solution_chat_template_options: dict = dataclasses.field(default_factory=dict)  # their prompt's chat options; unset keys take the task's
+    summarizer: str | None = None  # a model id / directory, or a text function of TEXT_SUMMARIZERS (e.g. toy-summary)
+    summarizer_revision: str | None = None  # hub revision of the summariser model
+    summary_prompt: str | None = None  # Jinja2 user message for a model summariser (variables: question, solution)
+    summary_temperature: float = 0.6  # the summariser's sampling temperature (seeded from the solution)
+    summary_max_new_tokens: int = 1024  # a summary reaching this length is truncated and not used
+    summary_chat_template_options: dict = dataclasses.field(default_factory=lambda: {"enable_thinking": False})  # the summariser's chat options
     file: str = ""  # where it was loaded from (filled by the loader)
 
     @property
     def is_self(self) -> bool:
-        return self.model == "student"
+        """The student reads the response under a context of its own (self-distillation)."""
+        return self.model == STUDENT
+
+    @property
+    def needs_artefacts(self) -> bool:
+        """Solutions from another model or a model summary must be generated before scoring."""
+        return self.solution_source != STUDENT or (self.summarizer is not None and self.summarizer not in TEXT_SUMMARIZERS)
 
 
 def teacher_path(name_or_path: str) -> Path:
@@ -45,6 +103,13 @@ def teacher_path(name_or_path: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     return TEACHER_DIR / f"{name_or_path}.yaml"
+
+
+def _resolve_model(value: str | None, base: Path) -> str | None:
+    """``./dir`` and ``../dir`` are relative to the teacher file; anything else is a hub id or path."""
+    if value is None or not value.startswith(("./", "../")):
+        return value
+    return str((base / value).resolve())
 
 
 def load_teacher(name_or_path: str) -> TeacherConfig:
@@ -56,4 +121,367 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
     if "file" in data:
         raise ConfigError(f"{path}: unknown key 'file' (it is filled in by the loader)")
     data = {"name": path.stem, **data, "file": str(path)}
-    return build(TeacherConfig, data, str(path))
+    for key in ("model", "solution_source", "summarizer"):
+        if isinstance(data.get(key), str):
+            data[key] = _resolve_model(data[key], path.parent)
+    cfg = build(TeacherConfig, data, str(path))
+    validate(cfg)
+    return cfg
+
+
+# validation of the file alone ----------------------------------------------------------------------
+
+
+def _variables(template: str, where: str) -> set[str]:
+    try:
+        return meta.find_undeclared_variables(_ENV.parse(template))
+    except TemplateError as exc:
+        raise ConfigError(f"{where}: not a valid Jinja2 template ({exc})") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str):
+    return _ENV.from_string(template)
+
+
+def render(template: str, where: str, **variables) -> str:
+    """Render prompt text in the sandbox; a missing variable or index is a ConfigError naming ``where``."""
+    try:
+        return _compiled(template).render(**variables)
+    except TemplateError as exc:
+        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def context_variables(cfg: TeacherConfig) -> tuple[str, ...]:
+    """The variables this teacher's context template may use."""
+    names = ["question", "correct", "wrong"]
+    if cfg.summarizer is not None:
+        names += ["correct_summaries", "wrong_summaries"]
+    return tuple(names)
+
+
+def validate(cfg: TeacherConfig) -> None:
+    """Checks that need only the file; ConfigError naming the file and the key."""
+    where = cfg.file or cfg.name
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{where}: key {key!r}: {why}")
+
+    for key in ("correct_solutions", "wrong_solutions"):
+        if getattr(cfg, key) < 0:
+            fail(key, "must be >= 0")
+    for key in ("solution_attempts", "summary_max_new_tokens"):
+        if getattr(cfg, key) < 1:
+            fail(key, "must be >= 1")
+    if cfg.solution_max_new_tokens is not None and cfg.solution_max_new_tokens < 1:
+        fail("solution_max_new_tokens", "must be >= 1")
+    for key in ("solution_temperature", "summary_temperature"):
+        if not getattr(cfg, key) > 0:
+            fail(key, "must be > 0 (greedy decoding is not available; the temperature is sampled exactly)")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        fail("dtype", f"must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+    for key in ("chat_template_options", "solution_chat_template_options", "summary_chat_template_options"):
+        for k, v in getattr(cfg, key).items():
+            if not isinstance(k, str) or not isinstance(v, (str, int, float, bool, type(None))):
+                fail(key, f"options are name: scalar pairs, got {k!r}: {v!r}")
+    if cfg.is_self and cfg.revision is not None:
+        fail("revision", "applies to an external model; a self-teacher is the student at its own revision")
+    if cfg.model in TEXT_SUMMARIZERS:
+        fail("model", f"{cfg.model!r} is a text summariser, not a model")
+    needs = cfg.correct_solutions + cfg.wrong_solutions
+    if cfg.solution_source != STUDENT and not needs:
+        fail("solution_source", "is set but the context needs no solution (set correct_solutions or wrong_solutions)")
+    if cfg.solution_source == STUDENT and cfg.solution_revision is not None:
+        fail("solution_revision", "applies to a solution_source model, not to the student's own rollouts")
+    if cfg.summarizer is not None and not needs:
+        fail("summarizer", "is set but the context needs no solution to summarise")
+    if cfg.summarizer in TEXT_SUMMARIZERS:
+        if cfg.summary_prompt is not None:
+            fail("summary_prompt", f"the text summariser {cfg.summarizer!r} takes no prompt")
+        if cfg.summarizer_revision is not None:
+            fail("summarizer_revision", f"the text summariser {cfg.summarizer!r} has no revision")
+    elif cfg.summarizer is not None:
+        if not cfg.summary_prompt:
+            fail("summary_prompt", f"the summariser model {cfg.summarizer!r} needs a prompt (variables: question, solution)")
+        used = _variables(cfg.summary_prompt, f"{where}: key 'summary_prompt'")
+        if unknown := sorted(used - set(SUMMARY_VARIABLES)):
+            fail("summary_prompt", f"uses undefined variable {unknown[0]!r}; available: {', '.join(SUMMARY_VARIABLES)}")
+        if "solution" not in used:
+            fail("summary_prompt", "never shows the solution to summarise ({{ solution }})")
+    elif cfg.summary_prompt is not None:
+        fail("summary_prompt", "is set but there is no summarizer")
+
+    if cfg.context_template is None:
+        if needs:
+            fail("context_template", "is missing: the context needs solutions but no template shows them")
+        return
+    available = context_variables(cfg)
+    used = _variables(cfg.context_template, f"{where}: key 'context_template'")
+    if unknown := sorted(used - set(available)):
+        hint = " (set summarizer to use summaries)" if unknown[0].endswith("_summaries") else ""
+        fail("context_template", f"uses undefined variable {unknown[0]!r}{hint}; available: {', '.join(available)}")
+    if "question" not in used:
+        fail("context_template", "never shows the question ({{ question }})")
+    for kind, count in (("correct", cfg.correct_solutions), ("wrong", cfg.wrong_solutions)):
+        shown = {kind, f"{kind}_summaries"} & used
+        if count and not shown:
+            fail("context_template", f"needs {count} {kind} solution(s) but never shows {kind} or {kind}_summaries")
+        if shown and not count:
+            fail("context_template", f"shows {sorted(shown)[0]} but {kind}_solutions is 0")
+    # a dry render catches an index past what the context needs (correct[1] with one correct solution)
+    render(cfg.context_template, f"{where}: key 'context_template'", **_placeholders(cfg, "question"))
+
+
+def _placeholders(cfg: TeacherConfig, question: str, solution: str = "solution") -> dict:
+    out = {
+        "question": question,
+        "correct": [solution] * cfg.correct_solutions,
+        "wrong": [solution] * cfg.wrong_solutions,
+    }
+    if cfg.summarizer is not None:
+        out["correct_summaries"] = [solution] * cfg.correct_solutions
+        out["wrong_summaries"] = [solution] * cfg.wrong_solutions
+    return out
+
+
+def context_text(
+    cfg: TeacherConfig,
+    question: str,
+    correct: Sequence[str] = (),
+    wrong: Sequence[str] = (),
+    correct_summaries: Sequence[str] | None = None,
+    wrong_summaries: Sequence[str] | None = None,
+) -> str:
+    """The teacher's user message: its template rendered, or the student's own ``question`` text."""
+    if cfg.context_template is None:
+        return question
+    variables = {"question": question, "correct": list(correct), "wrong": list(wrong)}
+    if cfg.summarizer is not None:
+        variables["correct_summaries"] = list(correct_summaries or [])
+        variables["wrong_summaries"] = list(wrong_summaries or [])
+    return render(cfg.context_template, f"{cfg.file or cfg.name}: key 'context_template'", **variables)
+
+
+def placeholder_context(cfg: TeacherConfig, question: str, solution: str = "") -> str:
+    """The context with every needed solution (and summary) replaced by ``solution``: load-time checks."""
+    if cfg.context_template is None:
+        return question
+    return render(cfg.context_template, f"{cfg.file or cfg.name}: key 'context_template'", **_placeholders(cfg, question, solution))
+
+
+def text_summarizer(name: str) -> Callable[[str], str]:
+    """The registered text function ``name`` (imported lazily)."""
+    module, func = TEXT_SUMMARIZERS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def models_named(cfg: TeacherConfig) -> dict[str, str | None]:
+    """Every model other than the student this teacher needs loaded: {model id: revision}."""
+    out: dict[str, str | None] = {}
+    if not cfg.is_self:
+        out[cfg.model] = cfg.revision
+    if cfg.solution_source != STUDENT:
+        out[cfg.solution_source] = cfg.solution_revision
+    if cfg.summarizer is not None and cfg.summarizer not in TEXT_SUMMARIZERS:
+        out[cfg.summarizer] = cfg.summarizer_revision
+    return out
+
+
+def artefact_models(teachers: Sequence[TeacherConfig]) -> dict[str, ModelSpec]:
+    """The models :func:`build_artefacts` samples from (solution sources, summarisers), by name.
+
+    The backend must hold them besides the student and the teachers; a request names a model by its id.
+    """
+    from harness.backends import ModelSpec
+
+    out = {}
+    for t in teachers:
+        if t.solution_source != STUDENT:
+            out[t.solution_source] = ModelSpec(t.solution_source, t.solution_revision, t.dtype)
+        if t.summarizer is not None and t.summarizer not in TEXT_SUMMARIZERS:
+            out[t.summarizer] = ModelSpec(t.summarizer, t.summarizer_revision, t.dtype)
+    return out
+
+
+# context artefacts ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """One solution written by a named model for a question."""
+
+    ids: np.ndarray  # int [P]: its response ids (the stop id, when hit, is the last)
+    text: str  # the decoded response, as a context shows it
+    correct: bool  # the task's reward
+    truncated: bool  # hit the length limit (never shown)
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.rsplit("/", 1)[-1])[:40]
+
+
+def solution_key(cfg: TeacherConfig) -> str:
+    """Names one set of generated solutions: every teacher with the same settings shares it."""
+    settings = [cfg.solution_source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
+                cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
+    return f"{_slug(cfg.solution_source)}-{_digest(settings)}"
+
+
+def summary_key(cfg: TeacherConfig) -> str:
+    """Names one summariser setting: every teacher with the same settings shares its summaries."""
+    if cfg.summarizer in TEXT_SUMMARIZERS:
+        return cfg.summarizer
+    settings = [cfg.summarizer, cfg.summarizer_revision, cfg.dtype, cfg.summary_prompt, cfg.summary_temperature,
+                cfg.summary_max_new_tokens, cfg.summary_chat_template_options]
+    return f"{_slug(cfg.summarizer or '')}-{_digest(settings)}"
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Artefacts:
+    """Generated solutions and summaries, looked up by the teacher settings that produced them."""
+
+    solutions: dict[tuple[str, str], tuple[Solution, ...]] = dataclasses.field(default_factory=dict)  # (solution_key, question id)
+    summaries: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)  # (summary_key, text_digest); None: truncated
+
+    def solutions_for(self, cfg: TeacherConfig, question_id: str) -> tuple[list[Solution], list[Solution]]:
+        """The first ``correct_solutions`` correct and ``wrong_solutions`` wrong ones, in sampling order."""
+        sols = self.solutions.get((solution_key(cfg), question_id))
+        if sols is None:
+            raise KeyError(f"no solutions generated for teacher {cfg.name!r} on question {question_id!r}: run build_artefacts")
+        usable = [s for s in sols if not s.truncated]
+        correct = [s for s in usable if s.correct][: cfg.correct_solutions]
+        wrong = [s for s in usable if not s.correct][: cfg.wrong_solutions]
+        return correct, wrong
+
+    def summary(self, cfg: TeacherConfig, text: str) -> str | None:
+        """The summary of ``text`` under this teacher's summariser; None when none could be made."""
+        if cfg.summarizer in TEXT_SUMMARIZERS:
+            return text_summarizer(cfg.summarizer)(text)
+        return self.summaries.get((summary_key(cfg), text_digest(text)))
+
+
+def _save(path: Path, obj: dict) -> None:
+    from harness.rundir import write_json
+
+    write_json(path, obj)
+
+
+def build_artefacts(
+    task: Task,
+    teachers: Sequence[TeacherConfig],
+    questions: Sequence[Question],
+    backend: Backend,
+    cache_dir: str | Path,
+    student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> Artefacts:
+    """Generate (or load from ``cache_dir``) every solution and summary the teachers' contexts need.
+
+    Solutions from a named model: ``solution_attempts`` samples per question from the student's
+    prompt (under the source's chat options), scored by the task, in one backend call for every
+    source and question not cached. Summaries: of each solution a summarising teacher may show,
+    namely the named model's first correct/wrong ones, and ``student_solutions[question id]`` (the
+    student's own responses the pipeline will show to self-teachers). A model summary is one
+    seeded sample; a truncated one is recorded and never shown. Files are written atomically as
+    ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
+    so a resumed run reloads them and draws nothing again.
+    """
+    from harness.backends import SampleRequest
+    from harness.synthetic import derive_seed
+    from harness.tasks.scoring import final_part
+
+    root = Path(cache_dir)
+    art = Artefacts()
+
+    # 1. solutions written by named models
+    sources = {solution_key(t): t for t in teachers if t.solution_source != STUDENT}
+    todo = []
+    for key, t in sources.items():
+        for q in questions:
+            path = root / "solutions" / key / f"{q.id}.json"
+            if path.exists():
+                stored = json.loads(path.read_text())["solutions"]
+                art.solutions[(key, q.id)] = tuple(
+                    Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"]) for s in stored
+                )
+            else:
+                todo.append((key, t, q, path))
+    requests = [
+        SampleRequest(
+            prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
+            n=t.solution_attempts,
+            seed=derive_seed("solutions", key, q.id),
+            max_new_tokens=t.solution_max_new_tokens or task.max_new_tokens,
+            temperature=t.solution_temperature,
+            stop_ids=task.stop_ids,
+            model=t.solution_source,
+        )
+        for key, t, q, path in todo
+    ]
+    for (key, t, q, path), res in zip(todo, backend.sample(requests) if requests else [], strict=True):
+        rewards = task.rewards(q, res.tokens, res.truncated)
+        sols = tuple(
+            Solution(np.asarray(ids, np.int64), task.decode(ids), bool(r), bool(tr))
+            for ids, r, tr in zip(res.tokens, rewards, res.truncated, strict=True)
+        )
+        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id,
+                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "correct": s.correct,
+                                    "truncated": s.truncated} for s in sols]})
+        art.solutions[(key, q.id)] = sols
+        log.info("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
+
+    # 2. model summaries of every solution a summarising teacher may show
+    wanted: dict[tuple[str, str], tuple[TeacherConfig, Question, dict[str, str]]] = {}
+    for t in teachers:
+        if t.summarizer is None or t.summarizer in TEXT_SUMMARIZERS:
+            continue
+        key = summary_key(t)
+        for q in questions:
+            if t.solution_source == STUDENT:
+                texts = [task.decode(ids) for ids in (student_solutions or {}).get(q.id, [])]
+            else:
+                correct, wrong = art.solutions_for(t, q.id)
+                texts = [s.text for s in correct + wrong]
+            slot = wanted.setdefault((key, q.id), (t, q, {}))
+            slot[2].update({text_digest(x): x for x in texts})
+    todo = []
+    for (key, qid), (t, q, texts) in wanted.items():
+        path = root / "summaries" / key / f"{qid}.json"
+        stored = json.loads(path.read_text())["summaries"] if path.exists() else {}
+        for digest, summary in stored.items():
+            art.summaries[(key, digest)] = summary
+        missing = sorted(set(texts) - set(stored))
+        if missing:
+            todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
+    requests = [
+        SampleRequest(
+            prefix=task.chat_ids(
+                render(t.summary_prompt, f"{t.file}: key 'summary_prompt'", question=q.doc["prompt"], solution=text),
+                t.summary_chat_template_options,
+            ),
+            n=1,
+            seed=derive_seed("summary", key, digest),
+            max_new_tokens=t.summary_max_new_tokens,
+            temperature=t.summary_temperature,
+            stop_ids=task.stop_ids,
+            model=t.summarizer,
+        )
+        for key, t, q, path, stored, items in todo
+        for digest, text in items
+    ]
+    results = iter(backend.sample(requests) if requests else [])
+    for key, t, q, path, stored, items in todo:
+        for digest, _ in items:
+            res = next(results)
+            summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
+            stored[digest] = summary
+            art.summaries[(key, digest)] = summary
+        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "summaries": stored})
+    return art

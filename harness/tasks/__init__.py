@@ -1,18 +1,22 @@
 """Tasks as the pipeline sees them: questions as prompt token ids, and a reward for responses.
 
 Prompts, chat templates and answer extraction live here and in the task YAMLs (``tasks/``); only
-token ids reach a backend.
+token ids reach a backend. ``synthetic`` is the exact synthetic task (SPEC §7); every other name is
+a task YAML under ``tasks/`` read through lm-eval (:mod:`harness.tasks.lmeval`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from harness.teachers import TeacherConfig
+
+if TYPE_CHECKING:
+    from harness.teachers import Artefacts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +25,7 @@ class Question:
 
     id: str  # stable id (used in seeds, file names and results)
     prompt_ids: np.ndarray  # int [C]: the student's prompt, chat template applied
-    doc: dict  # the task's record (question text, gold answer, ...) for teacher contexts
+    doc: dict  # the task's record; YAML tasks: {"prompt": student's user message, "target", "index", "record"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +55,49 @@ class Task(Protocol):
         """The text of each token (for the per-token viewer); joining them gives the response."""
         ...
 
+    def chat_ids(self, user_text: str, chat_template_options: Mapping | None = None) -> np.ndarray:
+        """One user turn under the student's chat template (options over the task's), with the generation prompt."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """A response's text, as a teacher context shows it."""
+        ...
+
+    def check_teacher(self, teacher: TeacherConfig) -> None:
+        """Load-time checks of a teacher against this task and student; raises ConfigError (file and key named)."""
+        ...
+
     def teacher_context(
-        self, teacher: TeacherConfig, question: Question, correct: Sequence[np.ndarray], wrong: Sequence[np.ndarray]
+        self,
+        teacher: TeacherConfig,
+        question: Question,
+        correct: Sequence[np.ndarray],
+        wrong: Sequence[np.ndarray],
+        artefacts: Artefacts | None = None,
+        response_length: int | None = None,
     ) -> np.ndarray | Skip:
-        """The teacher's context ids, given the solutions it needs (already chosen by the pipeline)."""
+        """The teacher's context ids, given the student's own correct and wrong responses (never the
+        scored path; chosen by the pipeline), the artefacts of ``build_artefacts`` (solutions from
+        named models, summaries) and how many response tokens will follow (default ``max_new_tokens``)."""
         ...
 
 
 def load_task(name: str, **options) -> Task:
-    """The task ``name``: ``synthetic``, or a task YAML under ``tasks/``."""
+    """The task ``name``: ``synthetic``, or a task YAML under ``tasks/`` (``odiag_boolq``, ``odiag_toy``, ...).
+
+    Options of YAML tasks: ``tokenizer`` (the student model id or directory, required), ``revision``,
+    ``data_files`` (a local JSONL copy of the evaluation split), ``thinking`` (overrides the task's
+    ``enable_thinking``), ``max_new_tokens`` (overrides the YAML's ``max_gen_toks``).
+    """
     if name == "synthetic":
         from harness.tasks.synthetic import SyntheticTask
 
         return SyntheticTask(**options)
-    raise ValueError(f"unknown task {name!r}: available tasks are 'synthetic'")
+    from harness.tasks.lmeval import TASKS_DIR, LMEvalTask, task_names
+
+    if name not in task_names():
+        from harness.config import ConfigError
+
+        available = ", ".join(repr(n) for n in ["synthetic", *task_names()])
+        raise ConfigError(f"unknown task {name!r}: available tasks are {available} (YAMLs under {TASKS_DIR})")
+    return LMEvalTask(name, **options)

@@ -36,7 +36,18 @@ class SyntheticTask:
     def token_texts(self, ids: np.ndarray) -> list[str]:
         return ["<eos>" if t == EOS else f" t{t}" for t in ids]
 
-    def teacher_context(self, teacher: TeacherConfig, question: Question, correct, wrong) -> np.ndarray | Skip:
+    def chat_ids(self, user_text, chat_template_options=None) -> np.ndarray:
+        raise NotImplementedError("the synthetic task has no text prompts")
+
+    def decode(self, ids) -> str:
+        return "".join(self.token_texts(np.asarray(ids)))
+
+    def check_teacher(self, teacher: TeacherConfig) -> None:
+        """Synthetic teachers see the student's one-id prompt; anything else is skipped per question."""
+
+    def teacher_context(
+        self, teacher: TeacherConfig, question: Question, correct, wrong, artefacts=None, response_length=None
+    ) -> np.ndarray | Skip:
         if teacher.correct_solutions or teacher.wrong_solutions:
             return Skip("synthetic teachers take no solutions in context")
         return question.prompt_ids

@@ -1,0 +1,375 @@
+"""Tasks defined as lm-eval task YAMLs (``tasks/odiag_*.yaml``), loaded through lm-eval itself.
+
+The YAML is an ordinary lm-eval ``generate_until`` task: lm-eval's ``TaskManager`` reads it, loads
+the data set (from the Hugging Face hub by default, as lm-eval's own ``boolq``, ``mmlu`` and
+``aime25`` do) and renders ``doc_to_text`` / ``doc_to_target``. odiag then wraps the rendered text
+as one user turn of the student's chat template (``enable_thinking`` from the task, or the
+``thinking`` option) and scores responses with :mod:`harness.tasks.scoring`. The limit on response
+length is the YAML's ``generation_kwargs.max_gen_toks``; odiag's own options sit under
+``metadata.odiag``::
+
+    metadata:
+      odiag:
+        answer_type: boolean      # boolean, choice or integer (harness.tasks.scoring)
+        n_min: 20                 # visits a child needs to enter A(s) (10 for long traces)
+        thinking: false           # the chat template's enable_thinking
+        shuffle_seed: null        # questions in a seeded order instead of the data set's
+
+``data_files`` points a task at a local JSONL copy of its evaluation split instead of the hub
+(``../shared/data`` holds BoolQ, MMLU and AIME 2025 in that form); each YAML's ``process_docs``
+maps the local schema onto the hub's, so prompts, targets and question ids are the same.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness.config import ConfigError
+from harness.tasks import Question, Skip
+from harness.tasks.scoring import ANSWER_TYPES, score
+from harness.teachers import (
+    STUDENT,
+    Artefacts,
+    TeacherConfig,
+    context_text,
+    models_named,
+    placeholder_context,
+)
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # single-token stops besides the tokenizer's eos
+
+
+@functools.lru_cache(maxsize=16)
+def load_tokenizer(name: str, revision: str | None = None):
+    """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def max_positions(name: str, revision: str | None = None) -> int | None:
+    """The model's context length (``max_position_embeddings``); None when it cannot be read."""
+    local = Path(name) / "config.json"
+    try:
+        if local.exists():
+            config = json.loads(local.read_text())
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name, revision=revision).to_dict()
+    except (OSError, ValueError):
+        return None
+    return config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted (byte-level BPE tokens are strings of these)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def task_names() -> list[str]:
+    """The task YAMLs under ``tasks/``."""
+    return sorted(p.stem for p in TASKS_DIR.glob("odiag_*.yaml"))
+
+
+def build_lm_eval_task(name: str, data_files: str | None = None):
+    """lm-eval's own ``ConfigurableTask`` for ``tasks/<name>.yaml``, through its ``TaskManager``.
+
+    With ``data_files`` the YAML is loaded as lm-eval reads it and its data source is replaced by
+    the local JSONL file (as the evaluation split); nothing else changes.
+    """
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    if name not in manager.all_subtasks:
+        raise ConfigError(f"unknown task {name!r}: available tasks are 'synthetic', {', '.join(map(repr, task_names()))}")
+    if data_files is None:
+        return manager.load(name)["tasks"][name]
+    from lm_eval.tasks._yaml_loader import load_yaml  # the reader TaskManager itself uses (!function resolved)
+
+    cfg = load_yaml(manager.task_index[name].yaml_path, resolve_func=True)
+    if cfg.get("custom_dataset") is not None:
+        raise ConfigError(f"task {name!r} generates its questions: data_files does not apply")
+    path = Path(data_files).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data_files: no such file {str(path)!r}")
+    split = cfg.get("test_split") or cfg["validation_split"]
+    cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {split: str(path.resolve())}})
+    return manager.load(cfg)["tasks"][name]
+
+
+class LMEvalTask:
+    """A task YAML under ``tasks/``, its data, the student's chat template and the answer checker."""
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer: str | None = None,
+        revision: str | None = None,
+        data_files: str | None = None,
+        thinking: bool | None = None,
+        max_new_tokens: int | None = None,
+    ):
+        if tokenizer is None:
+            raise ConfigError(f"task {name!r} needs the student's tokenizer (the student model id or directory)")
+        self.name = name
+        self._task = build_lm_eval_task(name, data_files)
+        cfg = self._task.config
+        odiag = (cfg.metadata or {}).get("odiag") or {}
+        unknown = sorted(set(odiag) - {"answer_type", "n_min", "thinking", "shuffle_seed"})
+        if unknown:
+            raise ConfigError(f"{TASKS_DIR / name}.yaml: unknown key metadata.odiag.{unknown[0]}")
+        self.answer_type = odiag.get("answer_type")
+        if self.answer_type not in ANSWER_TYPES:
+            raise ConfigError(f"{TASKS_DIR / name}.yaml: metadata.odiag.answer_type must be one of {ANSWER_TYPES}")
+        self.n_min = int(odiag.get("n_min", 20))
+        self.max_new_tokens = int(max_new_tokens or cfg.generation_kwargs["max_gen_toks"])
+        self.thinking = bool(odiag.get("thinking", False) if thinking is None else thinking)
+        self.chat_template_options = {"enable_thinking": self.thinking}
+        self._shuffle_seed = odiag.get("shuffle_seed")
+        self.student, self.revision = tokenizer, revision
+        self.tokenizer = load_tokenizer(tokenizer, revision)
+        vocab = self.tokenizer.get_vocab()
+        stops = {self.tokenizer.eos_token_id} | {vocab[t] for t in STOP_TOKENS if t in vocab}
+        stops |= {vocab[t] for t in cfg.generation_kwargs.get("until", []) if t in vocab}
+        self.stop_ids = tuple(sorted(s for s in stops if s is not None))
+        self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}
+        self._checked: set[str] = set()
+        self._texts: dict[int, str] | None = None
+
+    # prompts and questions ---------------------------------------------------------------------
+
+    def chat_ids(self, user_text: str, chat_template_options: Mapping | None = None) -> np.ndarray:
+        """One user turn under the student's chat template with the generation prompt, as ids."""
+        options = {**self.chat_template_options, **(chat_template_options or {})}
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True, **options
+        )
+        return np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """A response's text (special tokens such as the stop id dropped; ``<think>`` tags kept)."""
+        return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=True)
+
+    def _target(self, doc: dict) -> str:
+        target = self._task.doc_to_target(doc)
+        if isinstance(target, int) and self._task.config.doc_to_choice is not None:
+            target = self._task.doc_to_choice(doc)[target]
+        return str(target)
+
+    def questions(self, limit: int | None) -> list[Question]:
+        docs = self._task.eval_docs
+        order = np.arange(len(docs))
+        if self._shuffle_seed is not None:
+            order = np.random.default_rng(self._shuffle_seed).permutation(len(docs))
+        out = []
+        for i in order[:limit]:
+            doc = docs[int(i)]
+            text = self._task.doc_to_text(doc)
+            out.append(
+                Question(
+                    id=f"{int(i):05d}",
+                    prompt_ids=self.chat_ids(text),
+                    doc={"prompt": text, "target": self._target(doc), "index": int(i), "record": doc},
+                )
+            )
+        return out
+
+    # rewards -----------------------------------------------------------------------------------
+
+    def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        n_choices = len(question.doc["record"].get("choices") or ()) or 4
+        out = np.zeros(len(responses), dtype=np.int64)
+        for i, (ids, cut) in enumerate(zip(responses, np.asarray(truncated, dtype=bool), strict=True)):
+            self.answer_counts["scored"] += 1
+            if cut:  # SPEC §1: a completion cut off at max_new_tokens scores 0 and is counted
+                self.answer_counts["truncated"] += 1
+                continue
+            verdict = score(self.decode(ids), question.doc["target"], self.answer_type, n_choices)
+            self.answer_counts["unparseable"] += verdict.answer is None
+            self.answer_counts["correct"] += verdict.correct
+            out[i] = verdict.correct
+        return out
+
+    def token_texts(self, ids: np.ndarray) -> list[str]:
+        """Each token's text; joined they give the decoded response (byte-level BPE decoded incrementally)."""
+        tokens = self.tokenizer.convert_ids_to_tokens([int(t) for t in ids])
+        special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.added_tokens_encoder)
+        table = _byte_decoder()
+        byte_level = "ByteLevel" in type(self.tokenizer.backend_tokenizer.decoder).__name__
+        if not byte_level:
+            return list(tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out = []
+        for tok in tokens:
+            if tok in special or any(c not in table for c in tok):
+                out.append(decoder.decode(b"", final=True) + tok)
+            else:
+                out.append(decoder.decode(bytes(table[c] for c in tok)))
+        if out:
+            out[-1] += decoder.decode(b"", final=True)
+        return out
+
+    # teachers ----------------------------------------------------------------------------------
+
+    def _teacher_options(self, teacher: TeacherConfig) -> dict:
+        return {**self.chat_template_options, **teacher.chat_template_options}
+
+    def _limit(self, teacher: TeacherConfig) -> int | None:
+        return max_positions(self.student, self.revision) if teacher.is_self else max_positions(teacher.model, teacher.revision)
+
+    def check_teacher(self, teacher: TeacherConfig) -> None:
+        """Load-time checks of a teacher against this task and student; ConfigError naming file and key."""
+        where = teacher.file or teacher.name
+        student_vocab = self.tokenizer.get_vocab()
+        for model, revision in models_named(teacher).items():
+            vocab = load_tokenizer(model, revision).get_vocab()
+            if vocab != student_vocab:
+                differ = len(set(vocab.items()) ^ set(student_vocab.items()))
+                raise ConfigError(
+                    f"{where}: model {model!r} has a different vocabulary from the student {self.student!r} "
+                    f"({len(vocab)} vs {len(student_vocab)} tokens, {differ} entries differ); token ids would not match"
+                )
+        if teacher.is_self:
+            for key, value in teacher.chat_template_options.items():
+                if self.chat_template_options.get(key, None) != value:
+                    raise ConfigError(
+                        f"{where}: key 'chat_template_options': {key}={value!r} but the student's prompt uses "
+                        f"{key}={self.chat_template_options.get(key)!r} (task {self.name}); a self-teacher must read the "
+                        "response under the student's own chat template, or its log-probs are silently biased"
+                    )
+        question = self._task.doc_to_text(self._task.eval_docs[0])
+        student_ids = self.chat_ids(question)
+        context_ids = self.chat_ids(placeholder_context(teacher, question, "x"), self._teacher_options(teacher))
+        suffix = self._generation_suffix(self.chat_template_options)
+        if teacher.is_self and not (
+            len(context_ids) >= len(suffix) and np.array_equal(context_ids[len(context_ids) - len(suffix) :], suffix)
+            and np.array_equal(student_ids[len(student_ids) - len(suffix) :], suffix)
+        ):
+            raise ConfigError(
+                f"{where}: key 'context_template': the teacher's context does not end with the student's generation "
+                f"prompt {self.tokenizer.decode(suffix)!r}; the response would follow a different template"
+            )
+        limit = self._limit(teacher)
+        shortest = len(self.chat_ids(placeholder_context(teacher, "", ""), self._teacher_options(teacher)))
+        if limit is not None and shortest + self.max_new_tokens > limit:
+            raise ConfigError(
+                f"{where}: key 'context_template': the context alone is {shortest} tokens, and with up to "
+                f"{self.max_new_tokens} response tokens it exceeds the model's {limit} positions (it would be truncated)"
+            )
+        self._checked.add(teacher.name)
+
+    def _generation_suffix(self, options: Mapping) -> np.ndarray:
+        """The ids the chat template puts between a user turn and the response."""
+        messages = [{"role": "user", "content": "x"}]
+        with_prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
+        without = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **options)
+        if not with_prompt.startswith(without):
+            raise ConfigError(f"the chat template of {self.student!r} does not extend a conversation with its generation prompt")
+        return np.asarray(self.tokenizer(with_prompt[len(without) :], add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+    def teacher_context(
+        self,
+        teacher: TeacherConfig,
+        question: Question,
+        correct: Sequence[np.ndarray],
+        wrong: Sequence[np.ndarray],
+        artefacts: Artefacts | None = None,
+        response_length: int | None = None,
+    ) -> np.ndarray | Skip:
+        """The teacher's context ids before the student's response, or why it is skipped here.
+
+        ``correct`` / ``wrong`` are the student's own responses (never the scored path), used when the
+        teacher's solution_source is the student; solutions from a named model and model summaries
+        come from ``artefacts`` (:func:`harness.teachers.build_artefacts`). ``response_length``
+        (default: the task's ``max_new_tokens``) is how many response tokens will follow the context.
+        """
+        if teacher.name not in self._checked:
+            self.check_teacher(teacher)
+        need_c, need_w = teacher.correct_solutions, teacher.wrong_solutions
+        source = "the student's rollouts" if teacher.solution_source == STUDENT else teacher.solution_source
+        if teacher.solution_source == STUDENT:
+            correct_texts = [self.decode(x) for x in correct[:need_c]]
+            wrong_texts = [self.decode(x) for x in wrong[:need_w]]
+        elif need_c or need_w:
+            if artefacts is None:
+                raise ValueError(f"teacher {teacher.name!r} shows solutions from {source}: pass build_artefacts(...)")
+            got_c, got_w = artefacts.solutions_for(teacher, question.id)
+            correct_texts, wrong_texts = [s.text for s in got_c], [s.text for s in got_w]
+        else:
+            correct_texts, wrong_texts = [], []
+        if len(correct_texts) < need_c:
+            return Skip(f"needs {need_c} correct solution(s); {source} gave {len(correct_texts)}")
+        if len(wrong_texts) < need_w:
+            return Skip(f"needs {need_w} wrong solution(s); {source} gave {len(wrong_texts)}")
+        summaries: dict[str, list[str]] = {}
+        if teacher.summarizer is not None:
+            if artefacts is None and teacher.needs_artefacts:
+                raise ValueError(f"teacher {teacher.name!r} shows model summaries: pass build_artefacts(...)")
+            art = artefacts or Artefacts()
+            for kind, texts in (("correct", correct_texts), ("wrong", wrong_texts)):
+                summaries[kind] = [art.summary(teacher, t) for t in texts]
+                if any(s is None for s in summaries[kind]):
+                    return Skip(f"no summary of a {kind} solution by {teacher.summarizer} (truncated or not generated)")
+        text = context_text(
+            teacher, question.doc["prompt"], correct_texts, wrong_texts,
+            summaries.get("correct"), summaries.get("wrong"),
+        )
+        ids = self.chat_ids(text, self._teacher_options(teacher))
+        follow = self.max_new_tokens if response_length is None else response_length
+        limit = self._limit(teacher)
+        if limit is not None and len(ids) + follow > limit:
+            return Skip(f"context of {len(ids)} tokens + {follow} response tokens exceeds the model's {limit} positions")
+        return ids
+
+
+# the YAMLs' !function helpers (tasks/odiag_utils.py re-exports these) -------------------------------
+
+
+def boolq_docs(dataset):
+    """SuperGLUE BoolQ as the hub has it: ``passage`` is "<title> -- <passage>", ``label`` 0/1."""
+    if "label" in dataset.column_names:
+        return dataset
+
+    def convert(doc):
+        return {"passage": f"{doc['title']} -- {doc['passage']}", "label": int(bool(doc["answer"]))}
+
+    return dataset.map(convert, remove_columns=["title", "answer"])
+
+
+def mmlu_docs(dataset):
+    """MMLU as ``cais/mmlu`` has it: ``answer`` is the index 0-3 of the right choice."""
+    if "answer_index" not in dataset.column_names:
+        return dataset
+    return dataset.map(lambda doc: {"answer": int(doc["answer_index"])}, remove_columns=["answer_index"])
+
+
+def aime_docs(dataset):
+    """AIME as ``math-ai/aime25`` has it: ``problem`` and ``answer`` as a string."""
+    return dataset.map(lambda doc: {"answer": str(doc["answer"]).strip()})
+
+
+def lm_eval_result(answer_type: str, doc: dict, target: str, results: Sequence[str]) -> dict[str, int]:
+    """lm-eval ``process_results``: exact match under odiag's answer extraction."""
+    return {"exact_match": int(score(results[0], target, answer_type, len(doc.get("choices") or ()) or 4).correct)}

