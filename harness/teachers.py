@@ -55,7 +55,6 @@ TEXT_SUMMARIZERS: dict[str, str] = {
 
 # Jinja2 for prompt text only: no attribute access to Python internals, undefined names an error.
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
-CONTEXT_VARIABLES = ("question", "correct", "wrong", "correct_summaries", "wrong_summaries")
 SUMMARY_VARIABLES = ("question", "solution")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import codecs
 import functools
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,8 +41,6 @@ from harness.teachers import (
     models_named,
     placeholder_context,
 )
-
-log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # single-token stops besides the tokenizer's eos
