@@ -17,8 +17,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# the offline default: toy task, tiny trained models, every toy teacher, a leaderboard (runs/demo-site)
 demo: $(STAMP)
-	$(BIN)/odiag selfcheck
+	$(BIN)/odiag demo --out runs/demo --site runs/demo-site
 
 selfcheck: $(STAMP)
 	$(BIN)/odiag selfcheck
@@ -28,8 +29,7 @@ test: $(STAMP)
 
 # regenerate the committed leaderboard/ from the demo run (resumes runs/demo if it exists)
 leaderboard: $(STAMP)
-	$(BIN)/odiag run --out runs/demo --quiet
-	$(BIN)/odiag leaderboard runs/demo --out leaderboard
+	$(BIN)/odiag demo --out runs/demo --site leaderboard --quiet
 	$(BIN)/python -m harness.leaderboard.screenshot leaderboard/index.html leaderboard/screenshot.png || echo "screenshot skipped: no headless Chromium"
 
 bench: $(STAMP)

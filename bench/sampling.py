@@ -12,6 +12,10 @@ on a small random Qwen3 (4 layers, hidden 256, vocabulary 4,096) on CPU, every r
 
     python bench/sampling.py              # prefixes of 32, 256 and 1,024 tokens
     python bench/sampling.py --quick      # 32 and 256
+
+Then the pipeline's own overhead: one ``odiag run`` on the synthetic backend and one on the toy task
+with the tiny Qwen3 student (``harness/toy_models``), timing every ``sample``/``score`` call; printed
+is the share of wall time spent outside them (task scoring, tree statistics, planning, I/O).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,6 +84,67 @@ def sampling_comparison(
     return rows
 
 
+class TimedBackend:
+    """Wraps a backend and adds up the wall time spent inside its ``sample`` and ``score`` calls."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seconds = {"sample": 0.0, "score": 0.0}
+        self.tokens = {"sample": 0, "score": 0}
+
+    def sample(self, requests):
+        start = time.perf_counter()
+        out = self.inner.sample(requests)
+        self.seconds["sample"] += time.perf_counter() - start
+        self.tokens["sample"] += sum(len(t) for r in out for t in r.tokens)
+        return out
+
+    def score(self, requests):
+        start = time.perf_counter()
+        out = self.inner.score(requests)
+        self.seconds["score"] += time.perf_counter() - start
+        self.tokens["score"] += sum(len(r.response) for r in requests)
+        return out
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def pipeline_overhead(overrides: list[str], **backend_options) -> dict:
+    """One ``odiag run`` in a fresh directory: wall time, time inside the backend, and the share outside it."""
+    from harness.backends import load_backend
+    from harness.config import resolve_run_config
+    from harness.pipeline import model_specs, run
+    from harness.teachers import load_teacher
+
+    cfg = resolve_run_config(None, overrides)
+    teachers = [load_teacher(t) for t in cfg.teachers]
+    backend = TimedBackend(load_backend(cfg.backend, model_specs(cfg, teachers), **backend_options))
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        results = run(cfg, out, backend=backend)
+        wall = time.perf_counter() - start
+    inside = sum(backend.seconds.values())
+    return {
+        "wall": wall, "inside": inside, "outside_share": 1 - inside / wall, "rollouts": results["counts"]["rollouts"],
+        "sampled_tokens": backend.tokens["sample"], "scored_tokens": backend.tokens["score"], **backend.seconds,
+    }
+
+
+TOY = [
+    "task=odiag_toy", "backend=hf", f"student={Path(__file__).resolve().parent.parent / 'harness/toy_models/student'}",
+    "dtype=float32", "teachers=[toy-teacher,toy-self-1c]",
+]
+
+
+def print_overhead(rows: dict[str, dict]) -> None:
+    print(f"\npipeline overhead (share of wall time outside the backend's sample/score calls):")
+    print(f"{'run':<34} {'wall s':>8} {'backend s':>10} {'outside':>8} {'rollouts':>9} {'rollouts/s':>11}")
+    for name, r in rows.items():
+        print(f"{name:<34} {r['wall']:>8.2f} {r['inside']:>10.2f} {r['outside_share']:>7.1%} {r['rollouts']:>9} "
+              f"{r['rollouts'] / r['wall']:>11.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="prefixes of 32 and 256 tokens only")
@@ -98,6 +164,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['prefix']:>7} {r['fan-out']:>9.1f} {r['naive']:>9.1f} {r['generate']:>9.1f} "
               f"{r['fan-out'] / r['naive']:>13.2f}x {r['fan-out'] / r['generate']:>16.2f}x")
+    limit = "limit=4" if args.quick else "limit=8"
+    print_overhead({
+        f"synthetic, {limit}": pipeline_overhead([limit]),
+        f"toy hf (tiny Qwen3), {limit}": pipeline_overhead([*TOY, limit], threads=args.threads),
+    })
 
 
 if __name__ == "__main__":

@@ -82,6 +82,35 @@ def _add_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.config import resolve_run_config
+    from harness.leaderboard import main_leaderboard
+    from harness.pipeline import run
+
+    root = Path(__file__).resolve().parent
+    cfg = resolve_run_config(root / "demo.yaml", [f"student={root / 'toy_models' / 'student'}", *args.set])
+    started = time.monotonic()
+    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    print(_summary_table(results))
+    code = main_leaderboard([args.out], args.site, None)
+    print(f"demo finished in {time.monotonic() - started:.0f} s: run {args.out}, leaderboard {args.site}/index.html")
+    return code
+
+
+def _tasks_dir(args: argparse.Namespace) -> int:
+    from harness.lmeval_bridge import main_tasks_dir
+
+    return main_tasks_dir()
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from harness.lmeval_bridge import main_eval
+
+    return main_eval(args.lm_eval_args)
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import main_leaderboard
 
@@ -117,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_add_teacher)
 
+    p = sub.add_parser("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
+    p.add_argument("--site", default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("tasks-dir", help="print the directory of odiag's task YAMLs (for lm_eval --include_path)")
+    p.set_defaults(func=_tasks_dir)
+
+    p = sub.add_parser("eval", help="lm_eval with odiag's tasks included; every other flag passes through", add_help=False)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_eval)
+
     p = sub.add_parser("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     p.add_argument("--out", required=True, help="site directory (index.html, leaderboard.json, figures/)")
@@ -133,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # everything after `eval` is lm_eval's, flags included (argparse would take them)
+        args = argparse.Namespace(func=_eval, lm_eval_args=argv[1:], verbose=False)
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

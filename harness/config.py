@@ -61,6 +61,7 @@ class RunConfig:
     executor: str = "local"  # "local" or "ray"
     ray_address: str | None = None  # an existing Ray cluster to join; None starts a local one
     num_workers: int = 2  # Ray workers (one backend each)
+    threads: int | None = None  # hf backend: torch CPU threads per process; None keeps torch's default
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that can move a number (not where it runs)."""
@@ -69,7 +70,7 @@ class RunConfig:
 
 
 # where a run executes never changes its results, so these may differ when a run is resumed
-EXECUTION_FIELDS = ("executor", "ray_address", "num_workers")
+EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads")
 
 
 def to_dict(cfg: Any) -> dict:

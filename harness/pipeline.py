@@ -45,7 +45,7 @@ from harness.core.tree import Exits, path_common_prefixes
 from harness.rundir import RunDir, ragged, unragged, write_json
 from harness.synthetic import derive_seed
 from harness.tasks import Question, Skip, Task, load_task
-from harness.teachers import TeacherConfig, load_teacher
+from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_artefacts, load_teacher
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -67,6 +67,14 @@ class QuestionState:
     scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
     note: str = ""  # why the question has no paths of one outcome, if so
+    unparseable: int = 0  # initial rollouts whose answer could not be read (scored 0)
+
+    def answers(self) -> dict[str, int]:
+        """What the task's scorer made of the initial rollouts."""
+        return {
+            "scored": len(self.rewards), "correct": int(np.sum(self.rewards)),
+            "unparseable": self.unparseable, "truncated": int(np.sum(self.truncated)),
+        }
 
 
 class CountingBackend:
@@ -117,22 +125,33 @@ def _model_name(teacher: TeacherConfig) -> str:
 
 def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
     """The configured backend, in this process or spread over Ray workers."""
+    # hf draws from counter-based randomness, so its thread count never moves a number
+    options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
     if cfg.executor == "ray":
         from harness.distributed import RayBackendPool
 
-        return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address)
+        return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address, **options)
     if cfg.executor != "local":
         raise ConfigError(f"executor must be 'local' or 'ray', got {cfg.executor!r}")
-    return load_backend(cfg.backend, model_specs(cfg, teachers))
+    return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
+
+
+def _task(cfg: RunConfig) -> Task:
+    if cfg.task == "synthetic":
+        return load_task(cfg.task)
+    return load_task(
+        cfg.task, tokenizer=cfg.student, revision=cfg.student_revision, data_files=cfg.data_files,
+        max_new_tokens=cfg.max_new_tokens,
+    )
 
 
 def model_specs(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict[str, ModelSpec]:
-    """The models the backend loads: the student and every external teacher."""
+    """The models the backend loads: the student, every external teacher, solution sources, summarisers."""
     specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
     for t in teachers:
         if not t.is_self:
             specs[t.model] = ModelSpec(t.model, t.revision, t.dtype)
-    return specs
+    return {**artefact_models(teachers), **specs}
 
 
 # 1. initial rollouts -----------------------------------------------------------------------------
@@ -145,16 +164,22 @@ def _initial_rollouts(cfg, task, questions, backend, rundir, max_new) -> dict[st
         if shard is None:
             todo.append(q)
             continue
-        states[q.id] = QuestionState(q, unragged(shard["tokens"], shard["offsets"]), shard["reward"], shard["truncated"])
+        responses = unragged(shard["tokens"], shard["offsets"])
+        states[q.id] = QuestionState(q, responses, shard["reward"], shard["truncated"], unparseable=int(shard["unparseable"]))
     requests = [
         SampleRequest(q.prompt_ids, cfg.n_initial, derive_seed(cfg.seed, q.id, "initial"), max_new, cfg.temperature, task.stop_ids)
         for q in todo
     ]
     for q, res in zip(todo, backend.sample(requests), strict=True):
+        before = getattr(task, "answer_counts", {}).get("unparseable", 0)
         rewards = np.asarray(task.rewards(q, res.tokens, res.truncated), dtype=np.int64)
+        unparseable = getattr(task, "answer_counts", {}).get("unparseable", 0) - before
         tokens, offsets = ragged(res.tokens)
-        rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, reward=rewards, truncated=res.truncated)
-        states[q.id] = QuestionState(q, res.tokens, rewards, np.asarray(res.truncated))
+        rundir.save(
+            q.id, "initial", tokens=tokens, offsets=offsets, reward=rewards, truncated=res.truncated,
+            unparseable=np.int64(unparseable),
+        )
+        states[q.id] = QuestionState(q, res.tokens, rewards, np.asarray(res.truncated), unparseable=unparseable)
     return {q.id: states[q.id] for q in questions}
 
 
@@ -197,7 +222,21 @@ def _solutions(state: QuestionState, j: int, cfg: RunConfig) -> tuple[list[np.nd
 # 3. teacher passes -------------------------------------------------------------------------------
 
 
-def _score_paths(cfg, task, teachers, states, backend, rundir) -> None:
+def _artefacts(cfg, task, teachers, states, backend, rundir) -> Artefacts:
+    """Solutions by named models and summaries, generated once per question and cached in the run."""
+    shown = {}
+    for s in states.values():
+        ids = []
+        for j in range(len(s.paths)):
+            correct, wrong = _solutions(s, j, cfg)
+            ids += correct[: max((t.correct_solutions for t in teachers), default=0)]
+            ids += wrong[: max((t.wrong_solutions for t in teachers), default=0)]
+        shown[s.question.id] = ids
+    questions = [s.question for s in states.values()]
+    return build_artefacts(task, teachers, questions, backend, rundir.root / "artefacts", student_solutions=shown)
+
+
+def _score_paths(cfg, task, teachers, states, backend, rundir, artefacts) -> None:
     """One student pass and one pass per teacher (with the student as reference) over each path."""
     pending, requests = [], []
     for s in states.values():
@@ -214,7 +253,7 @@ def _score_paths(cfg, task, teachers, states, backend, rundir) -> None:
                 if (shard := rundir.load(s.question.id, name)) is not None:
                     s.scores[(j, t.name)] = Skip(str(shard["skip"])) if "skip" in shard else _score_from_arrays(shard)
                     continue
-                context = task.teacher_context(t, s.question, correct, wrong)
+                context = task.teacher_context(t, s.question, correct, wrong, artefacts, response_length=len(path))
                 if isinstance(context, Skip):
                     s.scores[(j, t.name)] = context
                     rundir.save(s.question.id, name, skip=np.array(context.reason))
@@ -291,12 +330,14 @@ def _tables(s: QuestionState, j: int, teachers) -> tuple[LogprobTable, dict[str,
 def _scored_tokens(s: QuestionState, j: int, planners: Sequence[TeacherConfig]) -> ScoredTokens:
     """What the forward passes say about every (position, token) read along path ``j``."""
     student, tabs = _tables(s, j, planners)
-    names = [t.name for t in planners if t.name in tabs]
-    keys = np.unique(np.concatenate([student.keys, *(tabs[n].keys for n in names)]))
+    keys = np.unique(np.concatenate([student.keys, *(tab.keys for tab in tabs.values())]))
     pos, tok = keys >> _KEY_BITS, keys & ((1 << _KEY_BITS) - 1)
-    shape = (len(keys), len(names))
+    # one column per planning teacher on every path; a teacher skipped on this path stays nan
+    shape = (len(keys), len(planners))
     pi_teacher, reverse_kl = np.full(shape, np.nan), np.full(shape, np.nan)
-    for i, name in enumerate(names):
+    for i, name in enumerate(t.name for t in planners):
+        if name not in tabs:
+            continue
         pi_teacher[:, i] = np.exp(tabs[name].get(pos, tok))
         reverse_kl[:, i] = s.scores[(j, name)].divergences["reverse_kl"][pos]
     return ScoredTokens(pos, tok, np.exp(student.get(pos, tok)), pi_teacher, reverse_kl)
@@ -493,6 +534,7 @@ def run(
     out: str | Path,
     on_progress: Progress | None = None,
     backend: Backend | None = None,
+    task: Task | None = None,
 ) -> dict:
     """Run (or resume) the diagnostic of ``cfg`` in ``out``; return the results dict also written there."""
     progress = on_progress or (lambda stage, done, total: None)
@@ -501,7 +543,9 @@ def run(
     teachers = [load_teacher(t) for t in names]
     # candidates come from the config's teachers only, so adding a teacher never changes the tree
     planners = teachers[: len(cfg.teachers)]
-    task = load_task(cfg.task) if cfg.task == "synthetic" else load_task(cfg.task, data_files=cfg.data_files, tokenizer=cfg.student)
+    task = task or _task(cfg)
+    for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
+        task.check_teacher(t)
     backend = CountingBackend(backend or _backend(cfg, teachers))
     n_min = cfg.n_min or task.n_min
     max_new = cfg.max_new_tokens or task.max_new_tokens
@@ -515,7 +559,10 @@ def run(
         s.tree.ingest(Rollouts.from_lists(s.responses, s.rewards))
     progress("initial rollouts", len(questions), len(questions))
 
-    _score_paths(cfg, task, teachers, states, backend, rundir)
+    # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
+    artefact_backend = CountingBackend(backend.inner)
+    artefacts = _artefacts(cfg, task, teachers, states, artefact_backend, rundir)
+    _score_paths(cfg, task, teachers, states, backend, rundir, artefacts)
     progress("teacher passes", len(questions), len(questions))
 
     longest = max((len(p) for s in states.values() for p in s.paths), default=0)
@@ -538,6 +585,7 @@ def run(
         for k, v in sk.items():
             skipped[k] = skipped.get(k, 0) + v
     results = _results(cfg, teachers, states, nodes, skipped, backend, rundir)
+    results["counts"]["artefact_samples_this_invocation"] = artefact_backend.rollouts
     _write_tables(rundir, nodes, children, states, task)
     results = json_ready(results)
     write_json(rundir.root / "results.json", results)
@@ -573,6 +621,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
     tokens = sum(int(sum(len(r) for r in s.responses)) + sum(b["tokens_generated"] for b in s.budget) for s in states.values())
     scored = [v for s in states.values() for (j, k), v in s.scores.items() if k != STUDENT]
     decision_points = len({(r["question_id"], r["path_id"], r["position"]) for r in nodes})
+    answers = [s.answers() for s in states.values()]
     return {
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(cfg),
@@ -580,7 +629,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
         "versions": _versions(backend),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task,
-        "student": cfg.student,
+        "student": _shown_path(cfg.student),
         "counts": {
             "questions": len(states),
             "paths": sum(len(s.paths) for s in states.values()),
@@ -592,6 +641,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
             "rollouts_this_invocation": backend.rollouts,
             "forward_passes_this_invocation": backend.passes,
             "skipped_nodes": skipped,
+            "initial_answers": {k: sum(a[k] for a in answers) for k in answers[0]} if answers else {},
         },
         "teacher_info": descriptions,
         "teachers": rows,
@@ -599,6 +649,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
             {
                 "id": s.question.id,
                 "initial_accuracy": float(np.mean(s.rewards)) if len(s.rewards) else None,
+                "answers": s.answers(),
                 "paths": len(s.paths),
                 "correct_paths": int(sum(s.path_correct)),
                 "note": s.note,

@@ -54,7 +54,7 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
     sets = [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
     subprocess.run(
         [BIN / "odiag", "run", "--set", "task=odiag_toy", "--set", "backend=hf", "--set", f"student={STUDENT}",
-         "--set", "limit=2", *[x for s in sets for x in ("--set", s)], "--out", tmp_path / "run", "--quiet"],
+         "--set", "dtype=float32", "--set", "limit=2", *[x for s in sets for x in ("--set", s)], "--out", tmp_path / "run", "--quiet"],
         check=True, cwd=ROOT,
     )
     expected = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -68,7 +68,8 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
         subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
                        check=True, cwd=tmp_path)
         got = _results(tmp_path / name)
-        assert json.loads((tmp_path / f"{name}-run" / "results.json").read_text())["config_hash"] == expected["config_hash"]
+        ran = json.loads((tmp_path / f"{name}-run" / "results.json").read_text())
+        assert ran["config"] == expected["config"] and ran["config_hash"] == expected["config_hash"]
         for row in expected["teachers"]:
             key = metric_name("alignment", row["teacher"], row["algorithm"]) + ",none"
             want = (row.get("alignment") or {}).get("mean")

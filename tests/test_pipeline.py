@@ -26,6 +26,7 @@ def _strip(results: dict) -> dict:
     out.pop("created_at")
     out["counts"].pop("rollouts_this_invocation")
     out["counts"].pop("forward_passes_this_invocation")
+    out["counts"].pop("artefact_samples_this_invocation")
     return out
 
 

@@ -1,0 +1,86 @@
+"""GPU check of the hf backend on the tiny Qwen3 toy student that travels with the repository.
+
+For a few batch sizes: sampled tokens/s and rollouts/s with fan-out (requests of ``n`` completions
+of one prefix), scored tokens/s (a teacher pass with the student as reference, full-vocabulary
+divergences included), and the share of a whole ``odiag run``'s wall time spent outside the
+backend. One table; a few minutes. Runs on CPU too (``--device cpu``), which is how it is tested.
+
+    bash bench/gpu_check.sh            # on a CUDA machine
+    python bench/gpu_check.py --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampling import TOY, pipeline_overhead  # noqa: E402
+
+from harness.backends import STUDENT, ModelSpec, SampleRequest, ScoreRequest  # noqa: E402
+from harness.backends.hf import HFBackend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENT_DIR = ROOT / "harness" / "toy_models" / "student"
+TEACHER_DIR = ROOT / "harness" / "toy_models" / "teacher"
+
+
+def measure(device: str, batch_size: int, n: int, new: int, prefixes: int) -> dict:
+    backend = HFBackend(
+        {STUDENT: ModelSpec(str(STUDENT_DIR)), str(TEACHER_DIR): ModelSpec(str(TEACHER_DIR))},
+        device=device, batch_size=batch_size,
+    )
+    rng = np.random.default_rng(0)
+    vocab = 40  # the toy tokenizer's digits and symbols live in the first ids
+    requests = [SampleRequest(rng.integers(5, vocab, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+    backend.sample(requests[:1])  # warm-up (CUDA kernels, allocator)
+    start = time.perf_counter()
+    results = backend.sample(requests)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    sample_s = time.perf_counter() - start
+    sampled = sum(len(t) for r in results for t in r.tokens)
+    paths = [t for r in results[:4] for t in r.tokens[:8]]
+    scores = [
+        ScoreRequest(requests[0].prefix, p, str(TEACHER_DIR), reference_model=STUDENT, reference_context=requests[0].prefix)
+        for p in paths
+    ]
+    start = time.perf_counter()
+    backend.score(scores)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    score_s = time.perf_counter() - start
+    return {
+        "batch": batch_size, "sampled_tok_s": sampled / sample_s, "rollouts_s": n * prefixes / sample_s,
+        "scored_tok_s": sum(len(p) for p in paths) / score_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="two batch sizes, fewer prefixes")
+    args = parser.parse_args()
+    batches = [16, 64] if args.quick else [16, 64, 256, 1024]
+    prefixes = 4 if args.quick else 16
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device {args.device} ({name}), torch {torch.__version__}, toy student {STUDENT_DIR.name}")
+    rows = [measure(args.device, b, 100, 64, prefixes) for b in batches]
+    overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)
+    print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}")
+    for r in rows:
+        print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}")
+    print(
+        f"odiag run on odiag_toy: wall {overhead['wall']:.1f} s, backend {overhead['inside']:.1f} s, "
+        f"outside the backend {overhead['outside_share']:.1%}, {overhead['rollouts']} rollouts "
+        f"({overhead['rollouts'] / overhead['wall']:,.0f} rollouts/s end to end)"
+    )
+
+
+if __name__ == "__main__":
+    main()
