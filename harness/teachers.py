@@ -434,7 +434,11 @@ def build_artefacts(
                      "solutions": [{"ids": s.ids.tolist(), "text": s.text, "correct": s.correct,
                                     "truncated": s.truncated} for s in sols]})
         art.solutions[(key, q.id)] = sols
-        log.info("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
+        log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
+    if todo:
+        made = [art.solutions[(key, q.id)] for key, _, q, _ in todo]
+        log.info("sampled %d solutions for %d question(s) from %s: %d correct", sum(map(len, made)), len(todo),
+                 ", ".join(sorted({t.solution_source for _, t, _, _ in todo})), sum(s.correct for m in made for s in m))
 
     # 2. model summaries of every solution a summarising teacher may show
     wanted: dict[tuple[str, str], tuple[TeacherConfig, Question, dict[str, str]]] = {}

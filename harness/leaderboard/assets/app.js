@@ -165,12 +165,16 @@
     const groupSelect = byId("group");
     groupSelect.replaceChildren(...BOARD.groups.map((g, i) => option(i, `${g.task} \u00b7 ${g.student}`, i === state.group)));
     const algorithmSelect = byId("algorithm");
-    const fillAlgorithms = () => algorithmSelect.replaceChildren(option("", "all", true), ...group().algorithms.map((a) => option(a, a)));
+    // opens on the headline algorithm (GKD where run): the Dr. GRPO reference ignores the teacher, so "all" leads with it
+    const fillAlgorithms = () => {
+      state.algorithm = group().algorithms.includes(group().headline_algorithm) ? group().headline_algorithm : "";
+      algorithmSelect.replaceChildren(option("", "all", !state.algorithm),
+                                      ...group().algorithms.map((a) => option(a, a, a === state.algorithm)));
+    };
     fillAlgorithms();
     byId("divergence").replaceChildren(...DATA.divergences.map((d) => option(d, divName(d), d === state.divergence)));
     groupSelect.addEventListener("change", () => {
       state.group = Number(groupSelect.value);
-      state.algorithm = "";
       fillAlgorithms();
       renderAll();
       const run = viewerRuns().findIndex((r) => group().runs.includes(r.run));
