@@ -64,13 +64,32 @@ class RunConfig:
     threads: int | None = None  # hf backend: torch CPU threads per process; None keeps torch's default
 
     def hash(self) -> str:
-        """sha256 of the canonical JSON of every field that can move a number (not where it runs)."""
-        data = {k: v for k, v in to_dict(self).items() if k not in EXECUTION_FIELDS}
+        """sha256 of the canonical JSON of every field that can move a number (not where it runs).
+
+        Paths inside the odiag checkout count relative to it (:func:`portable`), so a run directory
+        keeps its hash when the checkout moves.
+        """
+        data = {k: v for k, v in portable(to_dict(self)).items() if k not in EXECUTION_FIELDS}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # where a run executes never changes its results, so these may differ when a run is resumed
 EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads")
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def portable(obj: Any) -> Any:
+    """``obj`` with every string (and dict key) naming a path inside the odiag checkout made relative
+    to it: what results and leaderboards publish, free of the machine they were made on."""
+    if isinstance(obj, dict):
+        return {portable(k): portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(f"{REPOSITORY}/"):
+        return obj[len(str(REPOSITORY)) + 1 :]
+    return obj
 
 
 def to_dict(cfg: Any) -> dict:

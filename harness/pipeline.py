@@ -26,7 +26,7 @@ import numpy as np
 
 from harness import __version__
 from harness.backends import STUDENT, Backend, ModelSpec, SampleRequest, ScoreRequest, ScoreResult, load_backend
-from harness.config import ConfigError, RunConfig, to_dict
+from harness.config import ConfigError, RunConfig, portable, to_dict
 from harness.core import (
     ALGORITHMS,
     NodeInputs,
@@ -136,7 +136,8 @@ def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
     return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
 
 
-def _task(cfg: RunConfig) -> Task:
+def run_task(cfg: RunConfig) -> Task:
+    """The task a run config names, with its tokenizer, data source and length limit."""
     if cfg.task == "synthetic":
         return load_task(cfg.task)
     return load_task(
@@ -543,7 +544,7 @@ def run(
     teachers = [load_teacher(t) for t in names]
     # candidates come from the config's teachers only, so adding a teacher never changes the tree
     planners = teachers[: len(cfg.teachers)]
-    task = task or _task(cfg)
+    task = task or run_task(cfg)
     for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(t)
     backend = CountingBackend(backend or _backend(cfg, teachers))
@@ -587,7 +588,7 @@ def run(
     results = _results(cfg, teachers, states, nodes, skipped, backend, rundir)
     results["counts"]["artefact_samples_this_invocation"] = artefact_backend.rollouts
     _write_tables(rundir, nodes, children, states, task)
-    results = json_ready(results)
+    results = portable(json_ready(results))
     write_json(rundir.root / "results.json", results)
     progress("done", 1, 1)
     return results

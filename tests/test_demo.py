@@ -40,6 +40,11 @@ def test_demo_runs_every_toy_teacher_and_publishes_a_leaderboard(tmp_path):
     scored = {r["teacher"] for r in results["teachers"] if r.get("n_decision_points")}
     assert scored, "no teacher reached a decision point"
 
+    # published files name models inside the checkout relative to it, never by this machine's paths
+    assert str(ROOT) not in (tmp_path / "run" / "results.json").read_text()
+    assert results["config"]["student"] == "harness/toy_models/student"
+    assert str(ROOT) not in (tmp_path / "site" / "leaderboard.json").read_text()
+
     board = json.loads((tmp_path / "site" / "leaderboard.json").read_text())
     assert {e["teacher"] for e in board["entries"]} == set(TOY_TEACHERS)
     assert (tmp_path / "site" / "index.html").stat().st_size > 0

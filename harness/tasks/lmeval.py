@@ -32,7 +32,7 @@ import numpy as np
 
 from harness.config import ConfigError
 from harness.tasks import Question, Skip
-from harness.tasks.scoring import ANSWER_TYPES, score
+from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
     STUDENT,
     Artefacts,
@@ -198,12 +198,15 @@ class LMEvalTask:
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         n_choices = len(question.doc["record"].get("choices") or ()) or 4
         out = np.zeros(len(responses), dtype=np.int64)
+        verdicts: dict[bytes, Verdict] = {}  # targeted rollouts from one prefix often repeat a continuation
         for i, (ids, cut) in enumerate(zip(responses, np.asarray(truncated, dtype=bool), strict=True)):
             self.answer_counts["scored"] += 1
             if cut:  # SPEC §1: a completion cut off at max_new_tokens scores 0 and is counted
                 self.answer_counts["truncated"] += 1
                 continue
-            verdict = score(self.decode(ids), question.doc["target"], self.answer_type, n_choices)
+            key = np.asarray(ids, dtype=np.int64).tobytes()
+            if (verdict := verdicts.get(key)) is None:
+                verdict = verdicts[key] = score(self.decode(ids), question.doc["target"], self.answer_type, n_choices)
             self.answer_counts["unparseable"] += verdict.answer is None
             self.answer_counts["correct"] += verdict.correct
             out[i] = verdict.correct
