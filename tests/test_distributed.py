@@ -1,8 +1,10 @@
 """Ray executor: identical results to a local run, and a killed worker loses no finished work."""
 
+import dataclasses
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,20 @@ def test_a_killed_worker_is_replaced_and_results_are_identical(ray_cluster, loca
     results = run(CFG, tmp_path, backend=pool)
     assert pool.restarted >= 1
     _same(results, local_results)
+
+
+TOY_STUDENT = Path(__file__).resolve().parent.parent / "harness" / "toy_models" / "student"
+
+
+@pytest.mark.slow
+def test_ray_workers_on_the_tiny_hf_model_give_the_local_results(ray_cluster, tmp_path):
+    pytest.importorskip("lm_eval")
+    toy = RunConfig(
+        task="odiag_toy", backend="hf", student=str(TOY_STUDENT), dtype="float32",
+        teachers=("toy-teacher", "toy-self-1c"), algorithms=("gkd",), limit=2, n_initial=16, n_target=20,
+        k_window=2, threads=1,
+    )
+    local = run(toy, tmp_path / "local")
+    distributed = run(dataclasses.replace(toy, executor="ray", num_workers=2), tmp_path / "ray")
+    assert local["counts"]["decision_points"] > 0
+    _same(distributed, local)
