@@ -172,9 +172,9 @@ def _initial_rollouts(cfg, task, questions, backend, rundir, max_new) -> dict[st
         for q in todo
     ]
     for q, res in zip(todo, backend.sample(requests), strict=True):
-        before = getattr(task, "answer_counts", {}).get("unparseable", 0)
+        before = task.answer_counts["unparseable"]
         rewards = np.asarray(task.rewards(q, res.tokens, res.truncated), dtype=np.int64)
-        unparseable = getattr(task, "answer_counts", {}).get("unparseable", 0) - before
+        unparseable = task.answer_counts["unparseable"] - before
         tokens, offsets = ragged(res.tokens)
         rundir.save(
             q.id, "initial", tokens=tokens, offsets=offsets, reward=rewards, truncated=res.truncated,

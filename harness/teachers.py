@@ -38,7 +38,7 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from harness.backends.base import STUDENT
-from harness.config import ConfigError, build, load_yaml
+from harness.config import ConfigError, build, load_yaml, portable
 
 if TYPE_CHECKING:
     from harness.backends import Backend, ModelSpec
@@ -325,18 +325,22 @@ def _slug(name: str) -> str:
 
 def solution_key(cfg: TeacherConfig) -> str:
     """Names one set of generated solutions: every teacher with the same settings shares it."""
-    settings = [cfg.solution_source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
+    # a model inside the checkout is named relative to it: the key seeds the draws, so it must not
+    # depend on where the checkout lies
+    source = portable(cfg.solution_source)
+    settings = [source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
                 cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
-    return f"{_slug(cfg.solution_source)}-{_digest(settings)}"
+    return f"{_slug(source)}-{_digest(settings)}"
 
 
 def summary_key(cfg: TeacherConfig) -> str:
     """Names one summariser setting: every teacher with the same settings shares its summaries."""
     if cfg.summarizer in TEXT_SUMMARIZERS:
         return cfg.summarizer
-    settings = [cfg.summarizer, cfg.summarizer_revision, cfg.dtype, cfg.summary_prompt, cfg.summary_temperature,
+    summarizer = portable(cfg.summarizer or "")
+    settings = [summarizer, cfg.summarizer_revision, cfg.dtype, cfg.summary_prompt, cfg.summary_temperature,
                 cfg.summary_max_new_tokens, cfg.summary_chat_template_options]
-    return f"{_slug(cfg.summarizer or '')}-{_digest(settings)}"
+    return f"{_slug(summarizer)}-{_digest(settings)}"
 
 
 def text_digest(text: str) -> str:

@@ -6,6 +6,7 @@ options of a self-teacher, a context that can never fit). Contexts use the toy t
 committed tokenizer, whose chat template is Qwen3's.
 """
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,11 @@ def test_no_correct_solution_from_the_source_skips_that_question(toy_task, tmp_p
     art.solutions[(solution_key(borrowed), q.id)] = ()
     skip = toy_task.teacher_context(borrowed, q, [], [], artefacts=art)
     assert isinstance(skip, Skip) and "needs 1 correct" in skip.reason and str(TOY_TEACHER) in skip.reason
+
+
+def test_artefact_keys_do_not_depend_on_where_the_checkout_lies():
+    """The keys seed the solution and summary draws: a moved checkout must draw the same ones."""
+    here = load_teacher("toy-self-1c-teacher")
+    elsewhere = dataclasses.replace(here, solution_source="harness/toy_models/teacher")
+    assert Path(here.solution_source).is_absolute()
+    assert solution_key(here) == solution_key(elsewhere)

@@ -42,6 +42,7 @@ class Task(Protocol):
     max_new_tokens: int  # response length limit
     n_min: int  # visits a child needs to enter A(s)
     stop_ids: tuple[int, ...]  # ids that end a response
+    answer_counts: dict[str, int]  # running totals of rewards(): scored, correct, unparseable, truncated
 
     def questions(self, limit: int | None) -> list[Question]:
         """The first ``limit`` questions (all when None), in a fixed order."""

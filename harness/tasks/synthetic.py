@@ -22,6 +22,7 @@ class SyntheticTask:
         self._options = model_options
         self._models: dict[int, SyntheticLM] = {}
         self.max_new_tokens = SyntheticLM(**model_options).horizon
+        self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}  # every answer parses
 
     def questions(self, limit: int | None) -> list[Question]:
         count = 32 if limit is None else limit
@@ -31,7 +32,12 @@ class SyntheticTask:
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         seed = question.doc["seed"]
         lm = self._models.get(seed) or self._models.setdefault(seed, SyntheticLM(seed=seed, **self._options))
-        return np.where(np.asarray(truncated, dtype=bool), 0, lm.rewards(responses))
+        cut = np.asarray(truncated, dtype=bool)
+        out = np.where(cut, 0, lm.rewards(responses))
+        self.answer_counts["scored"] += len(out)
+        self.answer_counts["truncated"] += int(cut.sum())
+        self.answer_counts["correct"] += int(out.sum())
+        return out
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
         return ["<eos>" if t == EOS else f" t{t}" for t in ids]
