@@ -23,8 +23,10 @@ maps the local schema onto the hub's, so prompts, targets and question ids are t
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -102,7 +104,8 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
     if name not in manager.all_subtasks:
         raise ConfigError(f"unknown task {name!r}: available tasks are 'synthetic', {', '.join(map(repr, task_names()))}")
     if data_files is None:
-        return manager.load(name)["tasks"][name]
+        with _quiet_custom_dataset_hint():
+            return manager.load(name)["tasks"][name]
     from lm_eval.tasks._yaml_loader import load_yaml  # the reader TaskManager itself uses (!function resolved)
 
     cfg = load_yaml(manager.task_index[name].yaml_path, resolve_func=True)
@@ -114,6 +117,20 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
     split = cfg.get("test_split") or cfg["validation_split"]
     cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {split: str(path.resolve())}})
     return manager.load(cfg)["tasks"][name]
+
+
+@contextlib.contextmanager
+def _quiet_custom_dataset_hint():
+    """lm-eval warns, for every generated data set (the toy task's), that ``--metadata`` can pass it
+    options; odiag passes them in the YAML, so under odiag the hint is noise."""
+    hint = logging.Filter()
+    hint.filter = lambda record: "Custom kwargs can be passed" not in record.getMessage()
+    logger = logging.getLogger("lm_eval.api.task")
+    logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
 
 
 class LMEvalTask:
