@@ -83,14 +83,17 @@ def _add_teacher(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
-    from harness.config import resolve_run_config
+    from harness.config import REPOSITORY, resolve_run_config
     from harness.leaderboard import main_leaderboard
     from harness.pipeline import run
 
-    root = Path(__file__).resolve().parent
-    cfg = resolve_run_config(root / "demo.yaml", [f"student={root / 'toy_models' / 'student'}", *args.set])
+    cfg = resolve_run_config(Path(__file__).resolve().parent / "demo.yaml", args.set)
+    # demo.yaml names the toy student relative to the checkout, so the demo runs from any directory
+    if (REPOSITORY / cfg.student).exists():
+        cfg = dataclasses.replace(cfg, student=str(REPOSITORY / cfg.student))
     started = time.monotonic()
     results = run(cfg, args.out, on_progress=_Progress(args.quiet))
     print(_summary_table(results))

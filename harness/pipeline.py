@@ -63,6 +63,7 @@ class QuestionState:
     truncated: np.ndarray  # bool [n_initial]
     paths: list[np.ndarray] = dataclasses.field(default_factory=list)  # representative paths
     path_correct: list[bool] = dataclasses.field(default_factory=list)
+    solutions: list[tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=list)  # per path: (correct, wrong) it may show
     tree: TreeStats | None = None
     scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
@@ -223,16 +224,14 @@ def _solutions(state: QuestionState, j: int, cfg: RunConfig) -> tuple[list[np.nd
 # 3. teacher passes -------------------------------------------------------------------------------
 
 
-def _artefacts(cfg, task, teachers, states, backend, rundir) -> Artefacts:
+def _artefacts(task, teachers, states, backend, rundir) -> Artefacts:
     """Solutions by named models and summaries, generated once per question and cached in the run."""
-    shown = {}
-    for s in states.values():
-        ids = []
-        for j in range(len(s.paths)):
-            correct, wrong = _solutions(s, j, cfg)
-            ids += correct[: max((t.correct_solutions for t in teachers), default=0)]
-            ids += wrong[: max((t.wrong_solutions for t in teachers), default=0)]
-        shown[s.question.id] = ids
+    n_correct = max((t.correct_solutions for t in teachers), default=0)
+    n_wrong = max((t.wrong_solutions for t in teachers), default=0)
+    shown = {
+        s.question.id: [x for correct, wrong in s.solutions for x in (*correct[:n_correct], *wrong[:n_wrong])]
+        for s in states.values()
+    }
     questions = [s.question for s in states.values()]
     return build_artefacts(task, teachers, questions, backend, rundir.root / "artefacts", student_solutions=shown)
 
@@ -248,7 +247,7 @@ def _score_paths(cfg, task, teachers, states, backend, rundir, artefacts) -> Non
             else:
                 pending.append((s, j, STUDENT, name))
                 requests.append(ScoreRequest(s.question.prompt_ids, path, STUDENT, cfg.temperature, cfg.score_top_k))
-            correct, wrong = _solutions(s, j, cfg)
+            correct, wrong = s.solutions[j]
             for t in teachers:
                 name = f"score-p{j}-{_slug(t.name)}"
                 if (shard := rundir.load(s.question.id, name)) is not None:
@@ -556,13 +555,14 @@ def run(
     states = _initial_rollouts(cfg, task, questions, backend, rundir, max_new)
     for s in states.values():
         _choose_paths(s, cfg)
+        s.solutions = [_solutions(s, j, cfg) for j in range(len(s.paths))]
         s.tree = TreeStats(s.paths, cascade=cfg.cascade)
         s.tree.ingest(Rollouts.from_lists(s.responses, s.rewards))
     progress("initial rollouts", len(questions), len(questions))
 
     # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
     artefact_backend = CountingBackend(backend.inner)
-    artefacts = _artefacts(cfg, task, teachers, states, artefact_backend, rundir)
+    artefacts = _artefacts(task, teachers, states, artefact_backend, rundir)
     _score_paths(cfg, task, teachers, states, backend, rundir, artefacts)
     progress("teacher passes", len(questions), len(questions))
 
@@ -600,15 +600,6 @@ NODE_FIELDS = (
 )
 
 
-def _shown_path(path: str) -> str:
-    """A teacher file as results show it: relative to the repository when it lies inside it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        return path
-
-
 def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
     table = _columns(nodes, NODE_FIELDS)
     rows = aggregate(table, seed=cfg.seed) if nodes else []
@@ -617,7 +608,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
         for a in cfg.algorithms:
             if (t.name, a) not in found:
                 rows.append({"teacher": t.name, "algorithm": a, "rank": None, "n_decision_points": 0})
-    descriptions = {t.name: {"description": t.description, "model": t.model, "file": _shown_path(t.file)} for t in teachers}
+    descriptions = {t.name: {"description": t.description, "model": t.model, "file": t.file} for t in teachers}
     rollouts = sum(len(s.responses) + sum(b["rollouts"] for b in s.budget) for s in states.values())
     tokens = sum(int(sum(len(r) for r in s.responses)) + sum(b["tokens_generated"] for b in s.budget) for s in states.values())
     scored = [v for s in states.values() for (j, k), v in s.scores.items() if k != STUDENT]
@@ -630,7 +621,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
         "versions": _versions(backend),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task,
-        "student": _shown_path(cfg.student),
+        "student": cfg.student,
         "counts": {
             "questions": len(states),
             "paths": sum(len(s.paths) for s in states.values()),
