@@ -17,68 +17,42 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 0 if summary["passed"] else 1
 
 
-class _Progress:
-    """Progress bars on a terminal (tqdm), plain log lines otherwise; nothing with --quiet."""
+def _reporter(args: argparse.Namespace):
+    from harness.progress import Reporter
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.bars: dict = {}
-        self.t0 = time.monotonic()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            from tqdm import tqdm
-
-            bar = self.bars.get(stage) or self.bars.setdefault(stage, tqdm(total=total, desc=stage, leave=True))
-            bar.n = done
-            bar.refresh()
-            if done >= total:
-                bar.close()
-        else:
-            print(f"[{time.monotonic() - self.t0:7.1f}s] {stage}: {done}/{total}", file=sys.stderr, flush=True)
-
-
-def _summary_table(results: dict) -> str:
-    lines = [f"{'teacher':<22} {'algorithm':<18} {'rank':>4} {'alignment':>9} {'95% CI':>18} {'n_q':>4}"]
-    for row in results["teachers"]:
-        a = row.get("alignment") or {}
-        mean = a.get("mean")
-        ci = a.get("ci95") or [None, None]
-        fmt = lambda x: "   nan" if x is None or x != x else f"{x:+.3f}"
-        lines.append(
-            f"{row['teacher']:<22} {row['algorithm']:<18} {row.get('rank') or '-':>4} {fmt(mean):>9} "
-            f"{'[' + fmt(ci[0]) + ', ' + fmt(ci[1]) + ']':>18} {a.get('n_questions', 0):>4}"
-        )
-    c = results["counts"]
-    lines.append(
-        f"\n{c['questions']} questions, {c['paths']} paths, {c['decision_points']} decision points, "
-        f"{c['rollouts']} rollouts, {c['tokens_generated']} tokens generated, "
-        f"{c['teacher_forward_passes']} teacher forward passes"
-    )
-    return "\n".join(lines)
+    return Reporter(quiet=args.quiet, interval=args.progress_interval)
 
 
 def _run(args: argparse.Namespace) -> int:
     from harness.config import resolve_run_config
     from harness.pipeline import run
 
+    from harness.report import summary_table
+
     cfg = resolve_run_config(args.config, args.set)
-    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    reporter = _reporter(args)
+    try:
+        results = run(cfg, args.out, on_progress=reporter)
+    finally:
+        reporter.close()
     if not args.quiet:
-        print(_summary_table(results))
-        print(f"results: {args.out}/results.json")
+        print(summary_table(results))
+        print("\n".join(reporter.closing_lines()))
     return 0
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
     from harness.pipeline import add_teacher
+    from harness.report import summary_table
 
-    results = add_teacher(args.dir, args.teacher, on_progress=_Progress(args.quiet))
+    reporter = _reporter(args)
+    try:
+        results = add_teacher(args.dir, args.teacher, on_progress=reporter)
+    finally:
+        reporter.close()
     if not args.quiet:
-        print(_summary_table(results))
+        print(summary_table(results))
+        print("\n".join(reporter.closing_lines()))
     return 0
 
 
@@ -89,15 +63,21 @@ def _demo(args: argparse.Namespace) -> int:
     from harness.config import REPOSITORY, resolve_run_config
     from harness.leaderboard import main_leaderboard
     from harness.pipeline import run
+    from harness.report import summary_table
 
     cfg = resolve_run_config(Path(__file__).resolve().parent / "demo.yaml", args.set)
     # demo.yaml names the toy student relative to the checkout, so the demo runs from any directory
     if (REPOSITORY / cfg.student).exists():
         cfg = dataclasses.replace(cfg, student=str(REPOSITORY / cfg.student))
     started = time.monotonic()
-    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
-    print(_summary_table(results))
+    reporter = _reporter(args)
+    try:
+        results = run(cfg, args.out, on_progress=reporter)
+    finally:
+        reporter.close()
+    print(summary_table(results))
     code = main_leaderboard([args.out], args.site, None)
+    print("\n".join(reporter.closing_lines()))
     print(f"demo finished in {time.monotonic() - started:.0f} s: run {args.out}, leaderboard {args.site}/index.html")
     return code
 
@@ -114,6 +94,12 @@ def _eval(args: argparse.Namespace) -> int:
     return main_eval(args.lm_eval_args)
 
 
+def _ls(args: argparse.Namespace) -> int:
+    from harness.discover import main_ls
+
+    return main_ls(args.what)
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import main_leaderboard
 
@@ -126,8 +112,18 @@ def _model_card(args: argparse.Namespace) -> int:
     return main_model_card(args.dir, args.out)
 
 
+def _progress_interval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="without a terminal, a progress line at least this often (default 30)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+    from harness.config import RunConfig
+    from harness.discover import config_help
+
     parser = argparse.ArgumentParser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
+    parser.add_argument("--version", action="version", version=f"odiag {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("selfcheck", help="check the estimators against exact ground truth (synthetic model)")
@@ -136,17 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_selfcheck)
 
-    p = sub.add_parser("run", help="run (or resume) the diagnostic; writes DIR/results.json")
+    p = sub.add_parser(
+        "run", help="run (or resume) the diagnostic; writes DIR/results.json",
+        description="Run (or resume) the diagnostic; writes DIR/results.json.",
+        epilog="config keys (in --config YAML, or --set KEY=VALUE; values are read as YAML):\n"
+               + config_help(RunConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    _progress_interval(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", help="run directory")
-    p.add_argument("teacher", help="teacher YAML file or name under teachers/")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("teacher", help="teacher YAML file or name under teachers/ (odiag ls teachers)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    _progress_interval(p)
     p.set_defaults(func=_add_teacher)
 
     p = sub.add_parser("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
@@ -154,12 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _progress_interval(p)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("ls", help="list odiag's tasks or teachers (name, description, what each needs)")
+    p.add_argument("what", choices=["tasks", "teachers"], help="what to list")
+    p.set_defaults(func=_ls)
 
     p = sub.add_parser("tasks-dir", help="print the directory of odiag's task YAMLs (for lm_eval --include_path)")
     p.set_defaults(func=_tasks_dir)
 
-    p = sub.add_parser("eval", help="lm_eval with odiag's tasks included; every other flag passes through", add_help=False)
+    p = sub.add_parser("eval", help="lm_eval (any subcommand and flag) with odiag's tasks included", add_help=False)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_eval)
 

@@ -35,6 +35,13 @@ class _Worker:
         return self.backend.describe()
 
 
+def _work(method: str, requests: list, results: list) -> tuple[int, int]:
+    """(completions or passes, generated tokens) of one finished chunk."""
+    if method == "score":
+        return len(results), 0
+    return sum(r.n for r in requests), sum(len(t) for res in results for t in res.tokens)
+
+
 class RayBackendPool:
     """A Backend spreading each call's requests over ``num_workers`` Ray actors."""
 
@@ -70,7 +77,7 @@ class RayBackendPool:
         size = self.chunk_size or max(1, -(-len(requests) // (4 * len(self.workers))))
         return [list(requests[i : i + size]) for i in range(0, len(requests), size)]
 
-    def _map(self, method: str, requests: Sequence) -> list:
+    def _map(self, method: str, requests: Sequence, on_done=None) -> list:
         ray = self._ray
         chunks = self._chunks(requests)
         results: list = [None] * len(chunks)
@@ -90,6 +97,8 @@ class RayBackendPool:
             try:
                 results[i] = ray.get(done[0])
                 self.completed_chunks += 1
+                if on_done is not None:  # progress: a chunk's completions, as it returns
+                    on_done(*_work(method, chunks[i], results[i]))
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 log.warning("worker %d died (%s); chunk %d runs again on a fresh worker", slot, type(exc).__name__, i)
                 self.workers[slot] = self._start()
@@ -98,11 +107,11 @@ class RayBackendPool:
             submit(slot)
         return [r for chunk in results for r in chunk]
 
-    def sample(self, requests: Sequence[SampleRequest]):
-        return self._map("sample", requests)
+    def sample(self, requests: Sequence[SampleRequest], on_done=None):
+        return self._map("sample", requests, on_done)
 
-    def score(self, requests: Sequence[ScoreRequest]):
-        return self._map("score", requests)
+    def score(self, requests: Sequence[ScoreRequest], on_done=None):
+        return self._map("score", requests, on_done)
 
     def describe(self) -> dict:
         inner = self._ray.get(self.workers[0].describe.remote())

@@ -42,13 +42,14 @@ from harness.core import (
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
 from harness.core.divergences import DIVERGENCES
 from harness.core.tree import Exits, path_common_prefixes
+from harness.progress import Callback, Phase, Phases
+from harness.progress import call as progress_call
 from harness.rundir import RunDir, ragged, unragged, write_json
 from harness.synthetic import derive_seed
 from harness.tasks import Question, Skip, Task, load_task
 from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_artefacts, load_teacher
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
 SCHEMA_VERSION = "odiag.results/1"
 _KEY_BITS = 32
 
@@ -79,16 +80,25 @@ class QuestionState:
 
 
 class CountingBackend:
-    """Counts what a run asks of its backend: rollouts, generated tokens, forward passes per model."""
+    """Counts what a run asks of its backend: rollouts, generated tokens, forward passes per model.
+
+    While a progress phase is bound to ``phase`` (`harness.progress.Phases.phase`), each call adds
+    its work to the phase's plan and reports completions from inside the backend call.
+    """
 
     def __init__(self, inner: Backend):
         self.inner = inner
         self.rollouts = 0
         self.tokens = 0
         self.passes: dict[str, int] = {}
+        self.phase: Phase | None = None
 
     def sample(self, requests):
-        results = self.inner.sample(requests) if requests else []
+        phase = self.phase
+        if phase is not None and requests:
+            phase.plan(sum(r.n for r in requests))
+        on_done = phase.sampled if phase is not None else None
+        results = progress_call(self.inner.sample, requests, on_done, lambda r: sum(map(len, r.tokens))) if requests else []
         self.rollouts += sum(r.n for r in requests)
         self.tokens += sum(len(t) for res in results for t in res.tokens)
         return results
@@ -96,11 +106,18 @@ class CountingBackend:
     def count_complete(self, n: int) -> None:
         """Rollouts whose forced prefix already ended them (a stop id, or the length limit): no sampling."""
         self.rollouts += n
+        if self.phase is not None and n:
+            self.phase.plan(n, new_call=False)
+            self.phase.sampled(n, 0)
 
     def score(self, requests):
         for r in requests:
             self.passes[r.model] = self.passes.get(r.model, 0) + 1
-        return self.inner.score(requests) if requests else []
+        phase = self.phase
+        if phase is not None and requests:
+            phase.plan(len(requests))
+        on_done = phase.scored if phase is not None else None
+        return progress_call(self.inner.score, requests, on_done, lambda r: 0) if requests else []
 
     def describe(self):
         return self.inner.describe()
@@ -439,7 +456,8 @@ def _ingest_shard(s: QuestionState, shard: dict[str, np.ndarray]) -> None:
 def _node_records(cfg, teachers, s: QuestionState, n_min: int, token_texts: Callable[[np.ndarray], list[str]]) -> tuple[list[dict], list[dict], dict]:
     """One record per decision point x teacher x algorithm, and the children of every decision point."""
     nodes, children = [], []
-    skipped = {"missing_student_logprob": 0, "missing_teacher_logprob": 0}
+    # why nodes with a second child are not decision points (reported when a run has none)
+    skipped = {"missing_student_logprob": 0, "missing_teacher_logprob": 0, "below_n_min": 0, "equal_q": 0}
     for j, path in enumerate(s.paths):
         student, teacher_tabs = _tables(s, j, teachers)
         ch = s.tree.children(j)
@@ -456,6 +474,8 @@ def _node_records(cfg, teachers, s: QuestionState, n_min: int, token_texts: Call
             q = w / np.maximum(n, 1)
             support = decision_support(n, q, n_min)
             if support is None:
+                if (n > 0).sum() >= 2:
+                    skipped["below_n_min" if (n >= n_min).sum() < 2 else "equal_q"] += 1
                 continue
             tok, n, w, q = ch.token[lo:hi][support], n[support], w[support], q[support]
             m, ms = ch.m[lo:hi][support], ch.m_success[lo:hi][support]
@@ -532,12 +552,15 @@ def json_ready(obj):
 def run(
     cfg: RunConfig,
     out: str | Path,
-    on_progress: Progress | None = None,
+    on_progress: Callback | None = None,
     backend: Backend | None = None,
     task: Task | None = None,
 ) -> dict:
-    """Run (or resume) the diagnostic of ``cfg`` in ``out``; return the results dict also written there."""
-    progress = on_progress or (lambda stage, done, total: None)
+    """Run (or resume) the diagnostic of ``cfg`` in ``out``; return the results dict also written there.
+
+    ``on_progress`` receives the events of `harness.progress` (the command line renders them).
+    """
+    phases = Phases(on_progress)
     rundir = RunDir.open(out, cfg)
     names = list(cfg.teachers) + [t for t in rundir.added_teachers() if t not in cfg.teachers]
     teachers = [load_teacher(t) for t in names]
@@ -550,21 +573,22 @@ def run(
     n_min = cfg.n_min or task.n_min
     max_new = cfg.max_new_tokens or task.max_new_tokens
     questions = task.questions(cfg.limit)
+    phases.run_started(cfg.task, len(questions), getattr(task, "n_available", None), len(teachers), rundir.root)
 
-    progress("initial rollouts", 0, len(questions))
-    states = _initial_rollouts(cfg, task, questions, backend, rundir, max_new)
+    with phases.phase("initial rollouts", backend):
+        states = _initial_rollouts(cfg, task, questions, backend, rundir, max_new)
     for s in states.values():
         _choose_paths(s, cfg)
         s.solutions = [_solutions(s, j, cfg) for j in range(len(s.paths))]
         s.tree = TreeStats(s.paths, cascade=cfg.cascade)
         s.tree.ingest(Rollouts.from_lists(s.responses, s.rewards))
-    progress("initial rollouts", len(questions), len(questions))
 
     # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
     artefact_backend = CountingBackend(backend.inner)
-    artefacts = _artefacts(task, teachers, states, artefact_backend, rundir)
-    _score_paths(cfg, task, teachers, states, backend, rundir, artefacts)
-    progress("teacher passes", len(questions), len(questions))
+    with phases.phase("artefacts", artefact_backend, unit="samples"):
+        artefacts = _artefacts(task, teachers, states, artefact_backend, rundir)
+    with phases.phase("teacher passes", backend, unit="passes"):
+        _score_paths(cfg, task, teachers, states, backend, rundir, artefacts)
 
     longest = max((len(p) for s in states.values() for p in s.paths), default=0)
     spans = windows(longest, cfg.window)
@@ -574,9 +598,15 @@ def run(
         n_target=cfg.n_target, n_min=n_min, tau=cfg.tau, k_window=cfg.k_window, budget=cfg.budget,
         confidence=cfg.confidence, tolerance=cfg.tolerance, n_max=cfg.n_max, price=cfg.price,
     )
-    for w in range(len(spans)):
-        _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params)
-        progress("targeted rollouts", w + 1, len(spans))
+    # progress: paths reaching each window weigh the estimate of windows not yet planned
+    reach = [sum(lo < len(p) for s in states.values() for p in s.paths) for lo, _ in spans]
+    with phases.phase(
+        "targeted rollouts", backend, budget=cfg.budget * len(states) if cfg.budget else None, steps=reach,
+        spent=lambda: sum(b["rollouts"] for s in states.values() for b in s.budget),
+    ) as phase:
+        for w in range(len(spans)):
+            phase.step(w, f"window {w + 1}/{len(spans)}")
+            _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params)
 
     nodes, children, skipped = [], [], {}
     for s in states.values():
@@ -590,7 +620,7 @@ def run(
     _write_tables(rundir, nodes, children, states, task)
     results = portable(json_ready(results))
     write_json(rundir.root / "results.json", results)
-    progress("done", 1, 1)
+    phases.run_finished(rundir.root)
     return results
 
 
@@ -675,7 +705,7 @@ def _write_tables(rundir: RunDir, nodes, children, states, task: Task) -> None:
     write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text", "prompt"])
 
 
-def add_teacher(out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None) -> dict:
+def add_teacher(out: str | Path, teacher: str, on_progress: Callback | None = None, backend: Backend | None = None) -> dict:
     """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
 
     The teacher is recorded in the run directory, so rerunning the original command keeps it.

@@ -114,6 +114,10 @@ def _resolve_model(value: str | None, base: Path) -> str | None:
 def load_teacher(name_or_path: str) -> TeacherConfig:
     """Load and validate one teacher file; errors name the file and the key."""
     path = teacher_path(name_or_path)
+    if not path.exists() and path.parent == TEACHER_DIR and path.name == f"{name_or_path}.yaml":
+        available = ", ".join(repr(p.stem) for p in sorted(TEACHER_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown teacher {name_or_path!r}: available teachers are {available} "
+                          f"(YAMLs under {TEACHER_DIR}; or give the path of a teacher YAML)")
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of teacher keys")

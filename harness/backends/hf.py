@@ -286,7 +286,9 @@ class HFBackend:
     # -- sampling -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+    def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
+        """Completions of every request; ``on_done(completions, tokens)``, if given, hears of each
+        decoding step's finished completions and generated tokens (progress, `harness.progress`)."""
         tokens: list[list] = [[None] * r.n for r in requests]
         truncated = [np.zeros(r.n, dtype=bool) for r in requests]
         by_model: dict[str, list[int]] = collections.defaultdict(list)
@@ -299,13 +301,15 @@ class HFBackend:
             if r.max_new_tokens <= 0:  # nothing may be generated: every completion is cut off at once
                 tokens[j] = [np.zeros(0, dtype=np.int64) for _ in range(r.n)]
                 truncated[j][:] = True
+                if on_done is not None and r.n:
+                    on_done(r.n, 0)
             elif r.n > 0:
                 by_model[r.model].append(j)
         for name, todo in by_model.items():
-            self._decode(self._model(name), requests, todo, tokens, truncated)
+            self._decode(self._model(name), requests, todo, tokens, truncated, on_done)
         return [SampleResult(tokens=t, truncated=f) for t, f in zip(tokens, truncated, strict=True)]
 
-    def _decode(self, m: _Model, requests, todo: list[int], tokens_out, truncated_out) -> None:
+    def _decode(self, m: _Model, requests, todo: list[int], tokens_out, truncated_out, on_done=None) -> None:
         """Continuous batching over the completions of requests ``todo`` (see the module docstring)."""
         dev = self.device
         # short prefixes together: less left padding
@@ -337,6 +341,8 @@ class HFBackend:
                 j, i = run.request_B[b], run.index_B[b]
                 tokens_out[j][i] = np.array(run.tokens[b], dtype=np.int64)
                 truncated_out[j][i] = not stopped_B[b]
+            if on_done is not None:
+                on_done(int(done_B.sum()), len(ids_B))
             if done_B.all():
                 run = None
                 continue
@@ -392,7 +398,7 @@ class HFBackend:
     # -- scoring --------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+    def score(self, requests: Sequence[ScoreRequest], on_done=None) -> list[ScoreResult]:
         passes = []  # per request: the (model, context, response) of its pass and of its reference's
         for r in requests:
             if not r.temperature > 0:
@@ -413,6 +419,8 @@ class HFBackend:
             key, ref = passes[j]
             hidden = self._pass(key, memo, uses)
             out[j] = self._positions(requests[j], hidden, None if ref is None else self._pass(ref, memo, uses))
+            if on_done is not None:
+                on_done(1, 0)
         return out
 
     def _pass_key(self, name: str, context, response) -> tuple[ModelSpec, bytes, bytes]:

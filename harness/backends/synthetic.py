@@ -36,7 +36,7 @@ class SyntheticBackend:
         lm = self.question(int(context[0]))
         return lm, (lm.logp if model == STUDENT else lm.teacher_logp(model))
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+    def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
         out = []
         for r in requests:
             if r.model != STUDENT or r.temperature != 1.0:
@@ -46,6 +46,8 @@ class SyntheticBackend:
             limit = r.max_new_tokens
             truncated = truncated | np.array([len(t) > limit for t in toks])
             out.append(SampleResult(tokens=[t[:limit] for t in toks], truncated=truncated))
+            if on_done is not None:
+                on_done(r.n, sum(min(len(t), limit) for t in toks))
         return out
 
     def reward(self, prompt: np.ndarray, response: np.ndarray) -> int:

@@ -125,6 +125,29 @@ def sample_results(requests: Sequence[SampleRequest], outputs: Sequence) -> list
     return results
 
 
+def completion_bar(on_done):
+    """A tqdm class for ``LLM.generate(use_tqdm=...)`` that draws nothing and reports each finished
+    request to ``on_done(1, 0)``: progress from inside a vLLM call, in the caller's own reporting."""
+    from tqdm import tqdm
+
+    class _Silent:
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            pass
+
+    class CompletionBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": _Silent(), "mininterval": 3600.0})
+
+        def update(self, n=1):
+            on_done(int(n or 0), 0)
+            return super().update(n)
+
+    return CompletionBar
+
+
 def prompt_logprob_rows(prompt_logprobs: Sequence, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. start+count-1`` of vLLM's ``prompt_logprobs`` (per prompt token: ``None`` or a
     dict id -> ``Logprob``) as padded arrays (ids -1, log-probs -inf), each row in decreasing order."""
@@ -293,7 +316,9 @@ class VLLMBackend:
             self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=spec.dtype, **self._engine_args)
         return self._engines[spec]
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+    def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
+        """Completions of every request; ``on_done(completions, tokens)``, if given, hears of each
+        finished vLLM request as it completes (tokens are reported when the call returns)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -309,11 +334,16 @@ class VLLMBackend:
                 params = SamplingParams(**sampling_kwargs(r, i, top_k_disabled))
                 check_untruncated(params)
                 by_model.setdefault(r.model, []).append((prompt, params))
-        outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=False))
+        bar = completion_bar(on_done) if on_done is not None else False
+        outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=bar))
                    for name, todo in by_model.items()}
         # back in request order: each model's outputs arrive in the order its prompts were given
         ordered = [next(outputs[r.model]) for r in requests if r.max_new_tokens > 0 for _ in range(r.n)]
-        return sample_results(requests, ordered)
+        results = sample_results(requests, ordered)
+        if on_done is not None:
+            skipped = sum(r.n for r in requests if r.max_new_tokens <= 0)
+            on_done(skipped, sum(len(t) for res in results for t in res.tokens))
+        return results
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         if self.score_with == "hf":

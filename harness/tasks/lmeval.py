@@ -151,7 +151,7 @@ class LMEvalTask:
         self._task = build_lm_eval_task(name, data_files)
         cfg = self._task.config
         odiag = (cfg.metadata or {}).get("odiag") or {}
-        unknown = sorted(set(odiag) - {"answer_type", "n_min", "thinking", "shuffle_seed"})
+        unknown = sorted(set(odiag) - {"answer_type", "n_min", "thinking", "shuffle_seed", "description"})
         if unknown:
             raise ConfigError(f"{TASKS_DIR / name}.yaml: unknown key metadata.odiag.{unknown[0]}")
         self.answer_type = odiag.get("answer_type")
@@ -191,6 +191,11 @@ class LMEvalTask:
         if isinstance(target, int) and self._task.config.doc_to_choice is not None:
             target = self._task.doc_to_choice(doc)[target]
         return str(target)
+
+    @property
+    def n_available(self) -> int:
+        """Questions the task has (its evaluation split); ``limit`` takes the first ones."""
+        return len(self._task.eval_docs)
 
     def questions(self, limit: int | None) -> list[Question]:
         docs = self._task.eval_docs

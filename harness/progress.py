@@ -1,0 +1,419 @@
+"""Progress of a run: typed events from the library, rendered by the command line.
+
+The library never prints progress. ``harness.pipeline.run`` takes one callback and calls it with
+three kinds of frozen event: `RunStarted` (what the run will diagnose), `PhaseProgress` (a phase's
+work at the level of rollouts and tokens, also from inside backend calls) and `RunFinished`.
+`Phases` is the library's side: it times phases, counts what the backend wrapper reports and
+estimates work not yet planned. `Reporter` is the command line's side (``odiag run``, ``demo``,
+``add-teacher``, ``eval``): one tqdm bar per phase on a terminal; elsewhere (a log file, a pipe) a
+plain line at least every ``interval`` seconds and at each phase's end; and closing lines with wall
+time, rollouts and tokens per phase.
+
+Backends report from inside a call through an optional ``on_done(completions, tokens)`` argument
+of ``sample`` and ``score``: completions (or forward passes) finished and tokens generated since the
+previous report. `call` passes it to backends that accept it and reports the whole call at its end
+for those that do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+OnDone = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStarted:
+    """What a run is about to diagnose."""
+
+    task: str  # task name
+    questions: int  # questions this run diagnoses
+    available: int | None  # questions the task has; None when it generates them on demand
+    teachers: int  # teachers scored
+    out: str  # the run directory
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseProgress:
+    """One phase's progress in this invocation (work loaded from the run directory is not counted)."""
+
+    phase: str  # "initial rollouts", "artefacts", "teacher passes", "targeted rollouts"
+    unit: str  # what done and planned count: "rollouts", "samples" or "passes"
+    done: int  # units finished
+    planned: int  # units planned so far (a targeted phase plans round by round)
+    expected: int | None  # estimated total of the phase (planned plus what later rounds will plan); None: unknown
+    rollouts: int  # completions sampled in the phase
+    tokens: int  # tokens those completions generated
+    elapsed: float  # seconds since the phase started
+    budget: int | None = None  # targeted-rollout budget of the run (per-question budget x questions); None: no cap
+    spent: int = 0  # rollouts counted against that budget, those of earlier invocations included
+    step: str = ""  # where within the phase, e.g. "window 2/3"
+    final: bool = False  # the phase has ended
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFinished:
+    """A run has written its results."""
+
+    out: str  # the run directory
+    phases: tuple[PhaseProgress, ...]  # each phase's final event, in order
+    elapsed: float  # seconds since the run started
+
+
+Event = RunStarted | PhaseProgress | RunFinished
+Callback = Callable[[Event], None]
+
+
+def call(method: Callable, requests: Sequence, on_done: OnDone | None, count: Callable[[Any], int]) -> list:
+    """``method(requests)``, with ``on_done`` passed when the backend accepts it; otherwise the whole
+    call is reported when it returns (``count(result)`` is the tokens of one result)."""
+    if on_done is None:
+        return method(requests)
+    if accepts_on_done(method):
+        return method(requests, on_done=on_done)
+    results = method(requests)
+    on_done(len(results), sum(count(r) for r in results))
+    return results
+
+
+def accepts_on_done(method: Callable) -> bool:
+    try:
+        return "on_done" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Phase:
+    """The counters of one running phase; the backend wrapper feeds them while the phase is bound."""
+
+    def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
+                 spent: Callable[[], int] | None, steps: Sequence[int] | None):
+        self.owner, self.name, self.unit = owner, name, unit
+        self.budget, self._spent_fn = budget, spent
+        self.steps = list(steps) if steps is not None else None  # weight (paths) of each step
+        self.step_index, self.step_label = 0, ""
+        self.planned_by_step: dict[int, int] = {}
+        self.done = self.planned = self.rollouts = self.tokens = 0
+        self._spent_base = spent() if spent else 0
+        self._since_base = 0
+        self.started = time.monotonic()
+        self._last_emit = -1.0
+        self.last: PhaseProgress | None = None
+
+    # fed by the backend wrapper ----------------------------------------------------------------------
+
+    def plan(self, units: int, new_call: bool = True) -> None:
+        """``units`` more work planned (a backend call starting, or rollouts that need no sampling)."""
+        if new_call and self._spent_fn is not None:
+            self._spent_base, self._since_base = self._spent_fn(), 0
+        self.planned += units
+        self.planned_by_step[self.step_index] = self.planned_by_step.get(self.step_index, 0) + units
+        self.emit(force=True)
+
+    def advance(self, units: int, rollouts: int = 0, tokens: int = 0) -> None:
+        self.done += units
+        self.rollouts += rollouts
+        self.tokens += tokens
+        self._since_base += rollouts
+        self.emit()
+
+    def sampled(self, completions: int, tokens: int) -> None:
+        """The ``on_done`` hook of a sampling call."""
+        self.advance(completions, completions, tokens)
+
+    def scored(self, passes: int, _tokens: int = 0) -> None:
+        """The ``on_done`` hook of a scoring call."""
+        self.advance(passes)
+
+    # called by the pipeline ------------------------------------------------------------------------
+
+    def step(self, index: int, label: str) -> None:
+        """Enter step ``index`` of ``steps`` (e.g. a depth window)."""
+        self.step_index, self.step_label = index, label
+        self.emit(force=True)
+
+    # -----------------------------------------------------------------------------------------------
+
+    def expected(self) -> int | None:
+        """Planned work, plus for steps not yet entered the work per unit of weight seen so far."""
+        if self.steps is None:
+            return self.planned
+        seen = [i for i, n in self.planned_by_step.items() if n > 0]
+        weight = sum(self.steps[i] for i in seen if i < len(self.steps))
+        if not seen or weight <= 0:
+            return None
+        later = sum(self.steps[self.step_index + 1 :])
+        total = self.planned + round(sum(self.planned_by_step[i] for i in seen) / weight * later)
+        if self.budget is not None:
+            total = min(total, self.done + max(self.budget - self.spent(), 0))
+        return max(total, self.planned)
+
+    def spent(self) -> int:
+        return self._spent_base + self._since_base
+
+    def event(self, final: bool = False) -> PhaseProgress:
+        step = self.step_label
+        return PhaseProgress(
+            phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
+            expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
+            elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
+            step="" if final else step, final=final,
+        )
+
+    def emit(self, force: bool = False, final: bool = False) -> None:
+        now = time.monotonic()
+        if not (force or final) and now - self._last_emit < self.owner.min_interval:
+            return
+        self._last_emit = now
+        self.last = self.event(final)
+        self.owner.callback(self.last)
+
+
+class Phases:
+    """The library's side of progress: phases of one run, reported to ``callback``.
+
+    ``min_interval`` throttles the events of backend hooks (a decoding step can take a millisecond);
+    starts, plans, steps and ends are always reported.
+    """
+
+    def __init__(self, callback: Callback | None = None, min_interval: float = 0.2):
+        self.callback = callback or (lambda event: None)
+        self.min_interval = min_interval
+        self.started = time.monotonic()
+        self.finals: list[PhaseProgress] = []
+
+    def run_started(self, task: str, questions: int, available: int | None, teachers: int, out) -> None:
+        self.callback(RunStarted(task, questions, available, teachers, str(out)))
+
+    @contextlib.contextmanager
+    def phase(self, name: str, backend=None, unit: str = "rollouts", budget: int | None = None,
+              spent: Callable[[], int] | None = None, steps: Sequence[int] | None = None) -> Iterator[Phase]:
+        """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it."""
+        ph = Phase(self, name, unit, budget, spent, steps)
+        previous = getattr(backend, "phase", None)
+        if backend is not None:
+            backend.phase = ph
+        ph.emit(force=True)
+        try:
+            yield ph
+        finally:
+            if backend is not None:
+                backend.phase = previous
+        ph.emit(final=True)
+        self.finals.append(ph.last)
+
+    def run_finished(self, out) -> None:
+        self.callback(RunFinished(str(out), tuple(self.finals), time.monotonic() - self.started))
+
+
+# the command line's side ---------------------------------------------------------------------------
+
+
+def _count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min"
+
+
+def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
+    """One line of a phase's progress: done/planned, rates, ETA and the share of the budget spent."""
+    elapsed = ev.elapsed if elapsed is None else elapsed
+    name = f"{ev.phase} ({ev.step})" if ev.step else ev.phase
+    if ev.final:
+        line = f"{ev.phase}: done, {_count(ev.done)} {ev.unit}"
+        if ev.unit == "passes" and ev.rollouts:
+            line += f", {_count(ev.rollouts)} rollouts"
+        if ev.tokens:
+            line += f", {_count(ev.tokens)} tokens"
+        line += f" in {_duration(elapsed)}"
+        if ev.done and elapsed > 0:
+            line += f" ({_count(ev.done / elapsed)} {ev.unit}/s)"
+        return line + _budget(ev)
+    total = ev.expected if ev.expected is not None else ev.planned
+    estimated = ev.expected is not None and ev.expected > ev.planned
+    of = f"{'~' if estimated else ''}{_count(total)}"
+    if not ev.done:
+        return f"{name}: {of} {ev.unit} planned" + (" so far" if estimated else "") + _budget(ev)
+    line = f"{name}: {_count(ev.done)}/{of} {ev.unit}"
+    if total:
+        line += f" ({100 * ev.done / total:.0f}%)"
+    if elapsed > 0 and ev.done:
+        rate = ev.done / elapsed
+        line += f", {_count(rate)} {ev.unit}/s"
+        if ev.tokens:
+            line += f", {_count(ev.tokens / elapsed)} tokens/s"
+        if total > ev.done:
+            line += f", ETA {'~' if estimated else ''}{_duration((total - ev.done) / rate)}"
+    return line + _budget(ev)
+
+
+def _budget(ev: PhaseProgress) -> str:
+    if not ev.budget:
+        return ""
+    return f", {100 * ev.spent / ev.budget:.0f}% of the budget spent ({_count(ev.spent)}/{_count(ev.budget)})"
+
+
+class Reporter:
+    """Renders progress events: tqdm bars on a terminal, plain lines otherwise, nothing when quiet.
+
+    Plain lines go out at each phase's start and end and at least every ``interval`` seconds while a
+    phase runs (a timer thread covers backend calls that report nothing for a while).
+    """
+
+    def __init__(self, quiet: bool = False, interval: float = 30.0, stream: TextIO | None = None,
+                 tty: bool | None = None):
+        self.quiet = quiet
+        self.interval = interval
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.t0 = time.monotonic()
+        self.bars: dict[str, Any] = {}
+        self.finished: RunFinished | None = None
+        self.runs: list[RunFinished] = []
+        self._lock = threading.Lock()
+        self._current: tuple[PhaseProgress, float] | None = None  # last event of the running phase, when received
+        self._printed = time.monotonic()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    # events ----------------------------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunFinished):
+            self.finished = event
+            self.runs.append(event)
+            return
+        if self.quiet:
+            return
+        with self._lock:
+            if isinstance(event, RunStarted):
+                self._line(run_started_line(event))
+            elif self.tty:
+                self._bar(event)
+            else:
+                self._plain(event)
+
+    def _line(self, text: str) -> None:
+        stamp = f"[{time.monotonic() - self.t0:7.1f}s] "
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(stamp + text, file=self.stream)
+        else:
+            print(stamp + text, file=self.stream, flush=True)
+        self._printed = time.monotonic()
+
+    def _plain(self, ev: PhaseProgress) -> None:
+        now = time.monotonic()
+        previous = self._current[0] if self._current else None
+        self._current = None if ev.final else (ev, now)
+        if ev.final:
+            if ev.done or ev.planned:
+                self._line(describe(ev))
+            return
+        first_work = ev.planned and (previous is None or previous.phase != ev.phase or not previous.planned)
+        new_step = previous is not None and previous.phase == ev.phase and previous.step != ev.step and ev.planned
+        if first_work or new_step or now - self._printed >= self.interval:
+            self._line(describe(ev))
+        self._start_timer()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._beat, name="odiag-progress", daemon=True)
+            self._timer.start()
+
+    def _beat(self) -> None:
+        """While a phase runs, a line at least every ``interval`` seconds, even if no event arrives."""
+        while not self._stop.wait(min(self.interval, 1.0) / 2):
+            with self._lock:
+                if self._current is None or time.monotonic() - self._printed < self.interval:
+                    continue
+                ev, received = self._current
+                if ev.planned:
+                    self._line(describe(ev, ev.elapsed + time.monotonic() - received))
+
+    def _bar(self, ev: PhaseProgress) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(ev.phase)
+        total = ev.expected if ev.expected is not None else ev.planned
+        if bar is None:
+            if not ev.planned:  # nothing to do yet (or at all): no empty or pre-filled bar
+                return
+            bar = self.bars[ev.phase] = tqdm(
+                total=total, desc=ev.phase, unit=f" {ev.unit}", file=self.stream, dynamic_ncols=True,
+                leave=True, smoothing=0.1,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+            )
+        if ev.final:
+            bar.total = ev.done
+        elif total != bar.total:
+            bar.total = total
+        bar.set_description(f"{ev.phase} ({ev.step})" if ev.step else ev.phase, refresh=False)
+        postfix = {}
+        if ev.tokens and ev.elapsed > 0:
+            postfix["tok/s"] = _count(ev.tokens / ev.elapsed)
+        if ev.budget:
+            postfix["budget"] = f"{100 * ev.spent / ev.budget:.0f}%"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(ev.done - bar.n)
+        if ev.final:
+            bar.close()
+            del self.bars[ev.phase]
+
+    # closing ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the timer and close any open bar (an interrupted run)."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(timeout=2)
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+    def closing_lines(self, results_at: str | None = None) -> list[str]:
+        """Wall time, rollouts and tokens per phase of the run(s) reported, and where the results are."""
+        return closing_lines(self.runs, results_at)
+
+
+def run_started_line(ev: RunStarted) -> str:
+    of = f" of {_count(ev.available)}" if ev.available is not None else ""
+    teachers = f"{ev.teachers} teacher{'s' if ev.teachers != 1 else ''}"
+    return f"odiag: diagnosing {_count(ev.questions)}{of} questions of {ev.task} with {teachers} -> {ev.out}"
+
+
+def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) -> list[str]:
+    if not runs:
+        return [f"results: {results_at}"] if results_at else []
+    lines = [f"{'phase':<20} {'wall':>10} {'rollouts':>12} {'tokens':>14}  other"]
+    for run in runs:
+        for ev in run.phases:
+            other = f"{_count(ev.done)} forward passes" if ev.unit == "passes" else ""
+            lines.append(f"{ev.phase:<20} {_duration(ev.elapsed):>10} {_count(ev.rollouts):>12} {_count(ev.tokens):>14}  {other}".rstrip())
+    wall = sum(r.elapsed for r in runs)
+    rollouts = sum(ev.rollouts for r in runs for ev in r.phases)
+    tokens = sum(ev.tokens for r in runs for ev in r.phases)
+    lines.append(f"{'total (this run)':<20} {_duration(wall):>10} {_count(rollouts):>12} {_count(tokens):>14}")
+    where = results_at or ", ".join(f"{r.out}/results.json" for r in runs)
+    lines.append(f"results: {where}")
+    return lines
+
+
+__all__ = ["Callback", "Event", "Phase", "PhaseProgress", "Phases", "Reporter", "RunFinished", "RunStarted", "call"]

@@ -1,0 +1,96 @@
+"""A run's results as the terminal shows them: the headline algorithm by teacher first, as the
+leaderboard does, then the other algorithms compactly; when a run has no decision point, one line
+saying why, with the counts, instead of rows of nan."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from harness.leaderboard.merge import HEADLINE_ALGORITHM
+
+
+def _num(x, signed: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _p(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def no_decision_reason(results: Mapping) -> str:
+    """Why a run (or a teacher) has no decision point, in one line with the counts."""
+    counts = results.get("counts", {})
+    questions = results.get("questions", [])
+    only_correct = sum(str(q.get("note", "")).startswith("only correct") for q in questions)
+    only_incorrect = sum(str(q.get("note", "")).startswith("only incorrect") for q in questions)
+    skipped = counts.get("skipped_nodes", {}) or {}
+    cfg = results.get("config", {})
+    n_min = cfg.get("n_min")
+    parts = [f"{len(questions)} question{'s' if len(questions) != 1 else ''}"]
+    if only_correct or only_incorrect:
+        parts.append(f"{only_correct} with only correct and {only_incorrect} with only incorrect initial rollouts")
+    below, equal = skipped.get("below_n_min", 0), skipped.get("equal_q", 0)
+    parts.append(f"{below} node{'s' if below != 1 else ''} with a second child below n_min"
+                 + (f"={n_min}" if n_min else "") + " visits")
+    if equal:
+        parts.append(f"{equal} with equal Q on every child")
+    missing = skipped.get("missing_student_logprob", 0) + skipped.get("missing_teacher_logprob", 0)
+    if missing:
+        parts.append(f"{missing} without a scored log-probability")
+    hint = "raise budget or n_target, or lower n_min" if below else "use questions the student sometimes gets right"
+    return f"no decision point: {', '.join(parts)} ({hint})"
+
+
+def summary_table(results: Mapping) -> str:
+    """The terminal summary of a run's results."""
+    c = results["counts"]
+    footer = (
+        f"{c['questions']} questions, {c['paths']} paths, {c['decision_points']} decision points, "
+        f"{c['rollouts']:,} rollouts, {c['tokens_generated']:,} tokens generated, "
+        f"{c['teacher_forward_passes']} teacher forward passes"
+    )
+    if not c.get("decision_points"):
+        return f"{no_decision_reason(results)}\n\n{footer}"
+    rows = results["teachers"]
+    configured = list(results.get("config", {}).get("algorithms") or [])
+    algorithms = [a for a in dict.fromkeys([*configured, *(r["algorithm"] for r in rows)]) if any(r["algorithm"] == a for r in rows)]
+    headline = HEADLINE_ALGORITHM if HEADLINE_ALGORITHM in algorithms else algorithms[0]
+    lines = [f"{headline}: teachers by mean gradient alignment (95% CI over questions)",
+             f"{'rank':>4}  {'teacher':<22} {'alignment':>9} {'95% CI':>18}  {'incorrect-correct (p)':>21}  "
+             f"{'teacher adv.':>12} {'n_q':>4}"]
+    head = sorted((r for r in rows if r["algorithm"] == headline),
+                  key=lambda r: (r.get("rank") is None, r.get("rank") or 0, r["teacher"]))
+    for r in head:
+        a = r.get("alignment") or {}
+        if not r.get("n_decision_points"):
+            lines.append(f"{'-':>4}  {r['teacher']:<22} no decision point (skipped: see results.json questions[].skipped_teachers)")
+            continue
+        ci = a.get("ci95") or [None, None]
+        imc = r.get("incorrect_minus_correct") or {}
+        ta = (r.get("teacher_advantage") or {}).get("mean")
+        lines.append(
+            f"{r.get('rank') or '-':>4}  {r['teacher']:<22} {_num(a.get('mean')):>9} "
+            f"{'[' + _num(ci[0]) + ', ' + _num(ci[1]) + ']':>18}  "
+            f"{_num(imc.get('mean')) + ' (' + _p(imc.get('p_paired')) + ')':>21}  {_num(ta):>12} {a.get('n_questions', 0):>4}"
+        )
+    others = [a for a in algorithms if a != headline]
+    if others:
+        by = {(r["teacher"], r["algorithm"]): (r.get("alignment") or {}).get("mean") for r in rows}
+        teachers = [r["teacher"] for r in head]
+        # an algorithm that never reads the teacher (Dr. GRPO) has one number: shown once
+        same = [a for a in others if len({_num(by.get((t, a))) for t in teachers}) == 1 and len(teachers) > 1]
+        varying = [a for a in others if a not in same]
+        if varying:
+            width = max(10, *(len(a) for a in varying))
+            lines += ["", "other algorithms, mean alignment:",
+                      f"{'':4}  {'teacher':<22} " + " ".join(f"{a:>{width}}" for a in varying)]
+            for t in teachers:
+                lines.append(f"{'':4}  {t:<22} " + " ".join(f"{_num(by.get((t, a))):>{width}}" for a in varying))
+        for a in same:
+            lines.append(f"{a}: {_num(by.get((teachers[0], a)))} for every teacher (it does not read the teacher)")
+    return "\n".join([*lines, "", footer])
