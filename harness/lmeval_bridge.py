@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,11 @@ EXTRA = {
 }
 LM_EVAL_KEYS = {"version", "config_source", "odiag"}  # lm-eval's own and the YAML's metadata
 METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
+NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision points has: why, in one line
+# lm-eval --gen_kwargs keys odiag maps onto its own settings; `temperature` is decided in run_config
+GEN_KWARGS = {"max_gen_toks": "max_new_tokens"}
+GEN_KWARGS_DECIDED_ELSEWHERE = ("temperature",)
+LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +110,36 @@ class DiagnosticTask(ConfigurableTask):
     def __init__(self, config: dict | None = None, **kwargs):
         config = {k: v for k, v in (config or {}).items() if k != "class"}
         super().__init__(config=config, **kwargs)
+        self.gen_settings: dict = {}  # RunConfig values from --gen_kwargs
+
+    # lm-eval options the diagnostic cannot honour are refused, not ignored -----------------------
+
+    def set_config(self, key: str, value, update: bool = False) -> None:
+        if key == "generation_kwargs" and update:  # lm-eval's --gen_kwargs
+            self.gen_settings |= _refusing(gen_kwargs_settings, value, f"task {self.config.task}")
+        if key == "num_fewshot" and value not in (None, 0):
+            refuse(f"task {self.config.task}: --num_fewshot {value}: odiag's prompts are zero-shot "
+                   "(a diagnostic of the student's own prompt)")
+        super().set_config(key, value, update)
+
+    def get_config(self, key: str):
+        # lm-eval skips --num_fewshot without a word for a task whose YAML says 0; reporting no
+        # default makes it call set_config, where a non-zero value is refused
+        if key == "num_fewshot" and getattr(self._config, key, None) == 0:
+            return None
+        return super().get_config(key)
+
+    def build_all_requests(self, *args, **kwargs):
+        where = f"task {self.config.task}"
+        if kwargs.get("apply_chat_template"):
+            refuse(f"{where}: --apply_chat_template: odiag renders every prompt with the student's own "
+                   "chat template already (tasks/*.yaml metadata.odiag.thinking sets its thinking mode)")
+        if kwargs.get("system_instruction"):
+            refuse(f"{where}: --system_instruction: odiag's prompts are the task's user turn only; "
+                   "put the instruction in the task YAML's doc_to_text")
+        if kwargs.get("fewshot_as_multiturn"):
+            refuse(f"{where}: --fewshot_as_multiturn: odiag's prompts are zero-shot")
+        return super().build_all_requests(*args, **kwargs)
 
     @functools.cached_property
     def _run_settings(self) -> RunConfig:
@@ -115,7 +151,7 @@ class DiagnosticTask(ConfigurableTask):
         return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
 
     def construct_requests(self, doc: dict, ctx, **kwargs) -> Instance:
-        kwargs.pop("apply_chat_template", None)  # odiag applies the student's chat template itself
+        kwargs.pop("apply_chat_template", None)  # refused in build_all_requests when set
         kwargs.pop("chat_template", None)
         return Instance(request_type=REQUEST_TYPE, doc=doc, arguments=(ctx, DiagnoseRequest(self)), idx=0, **kwargs)
 
@@ -124,16 +160,61 @@ class DiagnosticTask(ConfigurableTask):
         teachers = [_teacher_name(t) for t in cfg.teachers]
         return [metric_name(m, t, a) for m in METRICS for t in teachers for a in cfg.algorithms]
 
-    def process_results(self, doc: dict, results: list) -> dict[str, float]:
-        """A question's record -> its metric values; a value the question does not define is left out."""
+    def process_results(self, doc: dict, results: list) -> dict[str, float | str]:
+        """A question's record (JSON, as ``--log_samples`` writes it) -> its metric values; a value the
+        question does not define is left out. A run without decision points gives one value instead:
+        why, with the counts, so that lm-eval's table says it in one line."""
         (record,) = results
+        record = json.loads(record) if isinstance(record, str) else record
+        if record.get(NO_DECISION_POINT):
+            return {NO_DECISION_POINT: record[NO_DECISION_POINT]}
         return {k: v for k, v in record["metrics"].items() if v is not None}
 
     def aggregation(self) -> dict:
-        return {name: mean for name in self.metric_names()}  # mean: lm-eval's closed-form stderr applies
+        # mean: lm-eval's closed-form stderr applies; the reason is the run's, the same for every question
+        return {name: mean for name in self.metric_names()} | {NO_DECISION_POINT: _first}
 
     def higher_is_better(self) -> dict:
-        return {name: not name.startswith("incorrect_minus_correct") for name in self.metric_names()}
+        return {name: not name.startswith("incorrect_minus_correct") for name in self.metric_names()} | {NO_DECISION_POINT: None}
+
+
+def _first(items: list):
+    return items[0] if items else None
+
+
+def refuse(message: str) -> None:
+    """An lm-eval option odiag cannot honour: one ``odiag: error:`` line and exit code 2, also when
+    the task runs under plain ``lm_eval`` (whose own error path would print a traceback)."""
+    print(f"odiag: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _refusing(check, value, where: str):
+    try:
+        return check(value)
+    except ConfigError as exc:
+        refuse(f"{where}: {exc}")
+
+
+def gen_kwargs_settings(gen_kwargs: Mapping) -> dict:
+    """The `RunConfig` values of lm-eval's ``--gen_kwargs``; a key odiag cannot honour is a ConfigError.
+
+    The diagnostic samples the student's untruncated distribution at ``temperature`` (SPEC §1), so
+    sampling filters (``top_p``, ``top_k``, ...), greedy decoding and extra stop strings are refused.
+    """
+    out = {}
+    for key, value in (gen_kwargs or {}).items():
+        if key in GEN_KWARGS:
+            out[GEN_KWARGS[key]] = value
+        elif key in GEN_KWARGS_DECIDED_ELSEWHERE:
+            continue
+        elif key == "do_sample" and str(value).lower() in ("true", "1"):
+            continue  # the diagnostic always samples
+        else:
+            honoured = sorted([*GEN_KWARGS, *GEN_KWARGS_DECIDED_ELSEWHERE, "do_sample=true"])
+            raise ConfigError(f"--gen_kwargs {key}={value!r}: odiag cannot honour it (it samples the student's "
+                              f"untruncated distribution; keys it maps: {', '.join(honoured)})")
+    return out
 
 
 def _teacher_name(teacher: str) -> str:
@@ -200,6 +281,7 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
     run = settings(task.config.metadata or {}, _model_argument_names(lm), where)
     student, revision = _student(lm)
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
+    data |= getattr(task, "gen_settings", {})
     data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
              "student": student, "student_revision": revision, "limit": n_questions}
     return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}
@@ -264,7 +346,9 @@ def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
 
 def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
     """lm-eval model method: run odiag on each task's questions; one record per instance."""
-    from harness.pipeline import run
+    from harness.pipeline import json_ready, run
+    from harness.progress import Reporter
+    from harness.report import no_decision_reason
     from harness.teachers import load_teacher
 
     _check_supported(self)
@@ -279,7 +363,15 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
         out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}")
         teachers = [load_teacher(t) for t in cfg.teachers]
         log.info("odiag: %s, %d questions, teachers %s -> %s", name, len(doc_ids), list(cfg.teachers), out)
-        results = run(cfg, out, backend=_backend(self, cfg, teachers), task=_odiag_task(task, cfg, doc_ids))
+        reporter = Reporter()
+        try:
+            results = run(cfg, out, on_progress=reporter, backend=_backend(self, cfg, teachers),
+                          task=_odiag_task(task, cfg, doc_ids))
+        finally:
+            reporter.close()
+        for line in reporter.closing_lines():
+            print(line, file=sys.stderr, flush=True)
+        reason = None if results["counts"]["decision_points"] else no_decision_reason(results)
         if extra.get("site"):
             from harness.leaderboard import build as build_site
 
@@ -289,10 +381,14 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
         for inst in group:
             qid = f"{inst.doc_id:05d}"
             empty = dict.fromkeys(task.metric_names())
-            records[id(inst)] = {
+            record = {
                 "question_id": qid, "run_dir": str(out), "metrics": by_question.get(qid, empty),
                 "question": notes.get(qid, {}),
             }
+            if reason:
+                record[NO_DECISION_POINT] = reason
+            # a JSON string: lm-eval writes responses into --log_samples with str()
+            records[id(inst)] = json.dumps(json_ready(record), sort_keys=True)
     return [records[id(inst)] for inst in instances]
 
 
@@ -325,15 +421,54 @@ def main_tasks_dir() -> int:
     return 0
 
 
+def lm_eval_argv(argv: Sequence[str]) -> list[str]:
+    """``lm_eval``'s arguments for ``odiag eval ARGS``: the same, with odiag's task directory added as
+    ``--include_path`` after the subcommand (``run`` when none is given, as ``lm_eval`` itself does)."""
+    argv = list(argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv or argv[0] in ("-h", "--help") or argv == ["run"]:
+        return argv  # lm_eval's own help
+    if argv[0] not in LM_EVAL_SUBCOMMANDS:
+        argv = ["run", *argv]
+    if any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
+        return argv
+    return [argv[0], "--include_path", str(TASKS_DIR), *argv[1:]]
+
+
+def check_eval_options(argv: Sequence[str]) -> None:
+    """Refuse, before a model loads, the ``lm_eval run`` options odiag's tasks cannot honour (the
+    tasks refuse them too, under plain ``lm_eval``); other tasks keep every lm-eval option."""
+    if argv[:1] != ["run"] or any(a in ("-h", "--help") for a in argv):
+        return
+    from lm_eval._cli.harness import HarnessCLI
+
+    args, _ = HarnessCLI()._subparsers.choices["run"].parse_known_args(list(argv[1:]))
+    ours = {p.stem for p in TASKS_DIR.glob("*.yaml")}
+    tasks = [t for t in (args.tasks or []) if t in ours]
+    if not tasks:
+        return
+    where = f"task {tasks[0]}"
+    if args.num_fewshot not in (None, 0):
+        raise ConfigError(f"{where}: --num_fewshot {args.num_fewshot}: odiag's prompts are zero-shot "
+                          "(a diagnostic of the student's own prompt)")
+    if getattr(args, "apply_chat_template", None):
+        raise ConfigError(f"{where}: --apply_chat_template: odiag renders every prompt with the student's own "
+                          "chat template already (tasks/*.yaml metadata.odiag.thinking sets its thinking mode)")
+    if args.system_instruction:
+        raise ConfigError(f"{where}: --system_instruction: odiag's prompts are the task's user turn only; "
+                          "put the instruction in the task YAML's doc_to_text")
+    if getattr(args, "fewshot_as_multiturn", None):
+        raise ConfigError(f"{where}: --fewshot_as_multiturn: odiag's prompts are zero-shot")
+    gen_kwargs_settings(args.gen_kwargs or {})  # raises with the key it cannot honour
+
+
 def main_eval(argv: list[str]) -> int:
-    """``odiag eval ...``: ``lm_eval`` with ``--include_path`` set to odiag's tasks; other flags unchanged."""
+    """``odiag eval ...``: ``lm_eval`` (any subcommand and flag) with odiag's tasks on the include path."""
     from lm_eval.__main__ import cli_evaluate
 
-    argv = list(argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
-        argv = ["--include_path", str(TASKS_DIR), *argv]
+    argv = lm_eval_argv(argv)
+    check_eval_options(argv)
     saved = sys.argv
     sys.argv = ["lm_eval", *argv]
     try:
@@ -345,4 +480,5 @@ def main_eval(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["DiagnosticTask", "main_eval", "main_tasks_dir", "odiag_diagnose", "question_records", "settings"]
+__all__ = ["DiagnosticTask", "gen_kwargs_settings", "lm_eval_argv", "main_eval", "main_tasks_dir", "odiag_diagnose",
+           "question_records", "settings"]
