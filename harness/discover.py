@@ -16,6 +16,7 @@ import json
 import re
 import textwrap
 import tokenize
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,11 @@ def _yaml_value(value: Any) -> str:
 
 
 def _type_name(f: dataclasses.Field) -> str:
-    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    return hint.replace("typing.", "")
+    if isinstance(f.type, str):  # annotations as written (``from __future__ import annotations``)
+        return f.type
+    if typing.get_args(f.type) or not hasattr(f.type, "__name__"):
+        return str(f.type).replace("typing.", "")
+    return f.type.__name__
 
 
 def config_help(cls: type, width: int = 100) -> str:

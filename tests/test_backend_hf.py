@@ -259,3 +259,19 @@ def test_loading_registry_identity_and_errors(paths, tmp_path):
         backend.sample([SampleRequest(np.array([1]), 1, 0, 1, temperature=0.0)])
     with pytest.raises(ValueError, match="vocabulary"):
         HFBackend({STUDENT: ModelSpec(paths["student"]), "big": ModelSpec(_tiny(tmp_path / "big", 2, vocab=80))})
+
+
+def test_progress_hook_hears_every_completion_and_token_from_inside_the_call(backend):
+    """``on_done`` is called during decoding (several times in one call), and its counts add up to
+    the call's completions and generated tokens; passing it changes no sample."""
+    requests = [SampleRequest(np.array([3, 4]), 40, seed=1, max_new_tokens=8, stop_ids=(5,)),
+                SampleRequest(np.array([9]), 3, seed=2, max_new_tokens=0)]
+    heard = []
+    with_hook = backend.sample(requests, on_done=lambda n, tokens: heard.append((n, tokens)))
+    assert len(heard) > 2
+    assert sum(n for n, _ in heard) == 43
+    assert sum(t for _, t in heard) == sum(len(t) for res in with_hook for t in res.tokens)
+    assert _same(with_hook, backend.sample(requests))
+    passes = []
+    backend.score([ScoreRequest(np.array([1, 2]), np.array([3, 4, 5]))] * 3, on_done=lambda n, _: passes.append(n))
+    assert passes == [1, 1, 1]

@@ -1,0 +1,310 @@
+"""What the command line shows a user (tier 1, plus tier 2 subprocess runs marked slow): live
+progress, ``--version``, ``run --help`` generated from `RunConfig`, ``ls``, the terminal summary,
+and ``odiag eval`` as ``lm_eval`` with odiag's tasks (passthrough and the refusals)."""
+
+import dataclasses
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import __version__
+from harness.cli import build_parser, main
+from harness.config import ConfigError, RunConfig
+from harness.discover import config_help, field_docs, model_size, task_rows, teacher_rows
+from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe
+from harness.report import no_decision_reason, summary_table
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STUDENT = ROOT / "harness" / "toy_models" / "student"
+needs_toy = pytest.mark.skipif(not (STUDENT / "config.json").exists(), reason="toy models not built (python -m harness.toy)")
+
+
+# discoverability --------------------------------------------------------------------------------
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"odiag {__version__}"
+
+
+def test_run_help_lists_every_config_key_with_type_default_and_doc(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    docs = field_docs(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        assert docs[f.name], f"RunConfig.{f.name} has no doc"
+        entry = re.search(rf"^  {f.name} \((.+?), default (.+?)\)\n((?:      .*\n?)+)", text, re.M)
+        assert entry, f"{f.name} missing from odiag run --help"
+        assert entry.group(1) == f.type
+        assert " ".join(entry.group(3).split()) == docs[f.name]
+    assert "  limit (int | None, default 8)" in text
+
+
+def test_field_docs_read_metadata_docstrings_and_comments():
+    @dataclasses.dataclass(frozen=True)
+    class Example:
+        a: int = 1  # from the comment
+        b: str = dataclasses.field(default="x", metadata={"doc": "from metadata"})  # not this
+        c: float = 0.5
+        """from the attribute docstring"""
+        d: tuple[str, ...] = ("p", "q")
+
+    assert field_docs(Example) == {"a": "from the comment", "b": "from metadata",
+                                   "c": "from the attribute docstring", "d": ""}
+    assert "  d (tuple[str, ...], default [p, q])\n      (undocumented)" in config_help(Example)
+
+
+def test_ls_tasks_and_teachers(capsys):
+    assert main(["ls", "tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ["synthetic", *(p.stem for p in (ROOT / "tasks").glob("*.yaml"))]:
+        assert re.search(rf"^{name}\s", out, re.M), name
+    assert main(["ls", "teachers"]) == 0
+    out = capsys.readouterr().out
+    for path in (ROOT / "teachers").glob("*.yaml"):
+        assert re.search(rf"^{path.stem}\s", out, re.M), path.stem
+    rows = {r["teacher"]: r for r in teacher_rows()}
+    assert rows["qwen3-14b"]["model"] == "Qwen/Qwen3-14B (14B)"
+    assert rows["self-sum-1c"]["summariser"] == "Qwen/Qwen3-32B (32B)"
+    assert rows["self-1c1w"]["solutions"] == "1 correct + 1 wrong (the student's own)"
+    assert rows["self-1c-32b"]["solutions"].startswith("1 correct (by Qwen/Qwen3-32B (32B)")
+    assert rows["toy-self-sum-1c"]["summariser"] == "toy-summary (text function)"
+    assert rows["toy-teacher"]["model"] == "harness/toy_models/teacher (421k)"
+    assert {r["task"]: r for r in task_rows()}["odiag_aime25"]["max_new_tokens"] == "30,000"
+    assert model_size("Qwen/Qwen3-0.6B") == "0.6B" and model_size("gpt2") == ""
+
+
+def test_a_teacher_typo_lists_the_teachers():
+    from harness.teachers import load_teacher
+
+    with pytest.raises(ConfigError, match=r"unknown teacher 'self-1cc': available teachers are .*'self-1c'.*'toy-teacher'"):
+        load_teacher("self-1cc")
+
+
+# progress ---------------------------------------------------------------------------------------
+
+
+def _event(**kw) -> PhaseProgress:
+    base = dict(phase="targeted rollouts", unit="rollouts", done=500, planned=1000, expected=2000, rollouts=500,
+                tokens=25_000, elapsed=10.0, budget=4000, spent=1000, step="window 2/3")
+    return PhaseProgress(**{**base, **kw})
+
+
+def test_a_progress_line_has_rates_eta_and_budget_share():
+    line = describe(_event())
+    assert line == ("targeted rollouts (window 2/3): 500/~2,000 rollouts (25%), 50 rollouts/s, 2,500 tokens/s, "
+                    "ETA ~30 s, 25% of the budget spent (1,000/4,000)")
+    assert describe(_event(done=0)) == "targeted rollouts (window 2/3): ~2,000 rollouts planned so far, 25% of the budget spent (1,000/4,000)"
+    assert describe(_event(final=True, budget=None, elapsed=125)).startswith("targeted rollouts: done, 500 rollouts, 25,000 tokens in 2 min 05 s")
+
+
+def test_phases_count_plan_and_estimate_later_steps():
+    """Work per path seen in planned steps, times the paths of steps not yet entered; capped by the budget."""
+    events = []
+    phases = Phases(events.append, min_interval=0)
+
+    class Wrapper:
+        phase = None
+
+    w = Wrapper()
+    with phases.phase("targeted rollouts", w, steps=[10, 10, 5]) as ph:
+        assert w.phase is ph
+        ph.step(0, "window 1/3")
+        ph.plan(100)
+        ph.sampled(60, 600)
+        assert events[-1].expected == 100 + 10 * 15 and events[-1].done == 60
+        ph.sampled(40, 400)
+        ph.step(1, "window 2/3")
+        ph.plan(300)
+        assert events[-1].expected == 400 + round(400 / 20 * 5)
+    assert w.phase is None and events[-1].final and events[-1].tokens == 1000 and events[-1].expected == 100
+    spent = [0]
+    with phases.phase("targeted rollouts", w, budget=150, spent=lambda: spent[0], steps=[1, 1, 1]) as ph:
+        ph.plan(100)
+        ph.sampled(100, 0)
+        # uncapped, two more steps at 100 each would make 300; the budget leaves 50
+        assert events[-1].expected == 150 and events[-1].spent == 100
+    phases.run_finished("somewhere")
+    assert [e.phase for e in phases.finals] == ["targeted rollouts"] * 2
+
+
+def test_plain_lines_come_at_least_every_interval_even_without_events():
+    stream = io.StringIO()
+    reporter = Reporter(interval=0.3, stream=stream, tty=False)
+    reporter(RunStarted("odiag_toy", 8, 64, 6, "runs/x"))
+    reporter(_event(done=0, elapsed=0.0))
+    reporter(_event(done=10, elapsed=0.1))  # within the interval: no line
+    time.sleep(1.2)  # no event at all: the timer writes the running phase's state
+    reporter(_event(final=True))
+    reporter(RunFinished("runs/x", (_event(final=True),), 12.0))
+    reporter.close()
+    lines = stream.getvalue().splitlines()
+    assert "odiag: diagnosing 8 of 64 questions of odiag_toy with 6 teachers -> runs/x" in lines[0]
+    assert len([x for x in lines if "10/~2,000 rollouts" in x and "ETA" in x]) >= 2
+    assert "targeted rollouts: done" in lines[-1]
+    closing = reporter.closing_lines()
+    assert closing[-1] == "results: runs/x/results.json" and closing[1].startswith("targeted rollouts")
+
+
+def test_terminal_bars_have_units_and_no_empty_or_prefilled_bar():
+    stream = io.StringIO()
+    reporter = Reporter(stream=stream, tty=True)
+    reporter(_event(phase="artefacts", unit="samples", done=0, planned=0, expected=0, step=""))
+    reporter(_event(phase="artefacts", unit="samples", done=0, planned=0, expected=0, step="", final=True))
+    assert stream.getvalue() == ""  # a phase with nothing to do draws no bar
+    reporter(_event(done=0))
+    assert "0/2000" in stream.getvalue() and "100%" not in stream.getvalue()
+    reporter(_event(done=2000, final=True))
+    reporter.close()
+    text = stream.getvalue()
+    assert "rollouts/s" in text and "it/s" not in text and "done 1/1" not in text
+
+
+# the terminal summary ---------------------------------------------------------------------------
+
+
+def _row(teacher, algorithm, mean, rank):
+    return {"teacher": teacher, "algorithm": algorithm, "rank": rank, "n_decision_points": 5,
+            "alignment": {"mean": mean, "ci95": [mean - 0.1, mean + 0.1], "n_questions": 4},
+            "incorrect_minus_correct": {"mean": 0.01, "p_paired": 0.5}, "teacher_advantage": {"mean": 0.02}}
+
+
+def _results(rows, decision_points=10, questions=()):
+    return {"config": {"algorithms": ["gkd", "drgrpo", "jsd"], "n_min": 20}, "teachers": rows,
+            "questions": list(questions),
+            "counts": {"questions": 4, "paths": 16, "decision_points": decision_points, "rollouts": 1000,
+                       "tokens_generated": 9000, "teacher_forward_passes": 32,
+                       "skipped_nodes": {"below_n_min": 7, "equal_q": 2}}}
+
+
+def test_summary_leads_with_the_headline_algorithm_by_teacher():
+    rows = [_row("a", "gkd", 0.2, 2), _row("b", "gkd", 0.4, 1), _row("a", "drgrpo", 0.9, 1), _row("b", "drgrpo", 0.9, 1),
+            _row("a", "jsd", 0.1, 2), _row("b", "jsd", 0.3, 1)]
+    lines = summary_table(_results(rows)).splitlines()
+    assert lines[0].startswith("gkd: teachers by mean gradient alignment")
+    assert lines[2].split()[:3] == ["1", "b", "+0.400"] and lines[3].split()[:3] == ["2", "a", "+0.200"]
+    assert "drgrpo: +0.900 for every teacher (it does not read the teacher)" in lines
+    assert sum("drgrpo" in x for x in lines) == 1 and any(x.split()[-1:] == ["jsd"] for x in lines)
+
+
+def test_no_decision_point_is_explained_in_one_line_with_counts():
+    questions = [{"note": "only correct rollouts among 64"}, {"note": ""}, {"note": "only incorrect rollouts among 64"}, {"note": ""}]
+    text = summary_table(_results([{"teacher": "a", "algorithm": "gkd", "rank": None, "n_decision_points": 0}], 0, questions))
+    first = text.splitlines()[0]
+    assert first == no_decision_reason(_results([], 0, questions))
+    assert first.startswith("no decision point: 4 questions, 1 with only correct and 1 with only incorrect initial rollouts, "
+                            "7 nodes with a second child below n_min=20 visits, 2 with equal Q on every child")
+    assert "nan" not in text
+
+
+@needs_toy
+@pytest.mark.slow
+def test_a_piped_run_prints_periodic_progress_with_rate_and_eta(tmp_path):
+    """The toy task on the hf backend, output in a pipe: during the targeted phase, lines with
+    rollouts/s and an ETA at least every interval, from inside the backend calls (done moves within
+    one window's round); the first line says how many questions of how many; the last lines say
+    wall time per phase and where the results are."""
+    sets = ["task=odiag_toy", "backend=hf", f"student={STUDENT}", "dtype=float32", "limit=2", "threads=1",
+            "teachers=[toy-self-1c]", "algorithms=[gkd]", "n_initial=16", "budget=600"]
+    cmd = [BIN / "odiag", "run", "--out", tmp_path / "run", "--progress-interval", "0.5",
+           *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr.splitlines()
+    progress = [x for x in err if re.match(r"\[\s*[\d.]+s\] ", x)]
+    assert "odiag: diagnosing 2 of 64 questions of odiag_toy with 1 teacher" in progress[0]
+    targeted = [x for x in progress if x.split("] ", 1)[1].startswith("targeted rollouts (window")]
+    periodic = [x for x in targeted if "rollouts/s" in x and "ETA" in x and "tokens/s" in x and "% of the budget spent" in x]
+    assert len(periodic) >= 2, "\n".join(progress)
+    stamps = [float(re.match(r"\[\s*([\d.]+)s\]", x).group(1)) for x in targeted]
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 5  # never silent for long
+    done_counts = [int(re.search(r": ([\d,]+)/", x).group(1).replace(",", "")) for x in periodic]
+    assert len(set(done_counts)) >= 2  # done moves between lines: reports from inside backend calls
+    assert any(x.split("] ", 1)[1].startswith("targeted rollouts: done") for x in progress)
+    out = done.stdout.splitlines()
+    assert out[-1] == f"results: {tmp_path / 'run'}/results.json"
+    assert any(x.startswith("targeted rollouts") and " s " in x for x in out[-7:])
+    assert "it/s" not in done.stderr
+
+
+# odiag eval: lm-eval parity ---------------------------------------------------------------------
+
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from harness.lmeval_bridge import TASKS_DIR, DiagnosticTask, check_eval_options, gen_kwargs_settings, lm_eval_argv  # noqa: E402
+
+
+def test_eval_arguments_gain_the_include_path_after_the_subcommand():
+    inc = ["--include_path", str(TASKS_DIR)]
+    assert lm_eval_argv(["run", "--tasks", "odiag_toy"]) == ["run", *inc, "--tasks", "odiag_toy"]
+    assert lm_eval_argv(["--tasks", "odiag_toy"]) == ["run", *inc, "--tasks", "odiag_toy"]  # lm_eval's legacy form
+    assert lm_eval_argv(["ls", "tasks"]) == ["ls", *inc, "tasks"]
+    assert lm_eval_argv(["validate", "--tasks", "odiag_toy"]) == ["validate", *inc, "--tasks", "odiag_toy"]
+    assert lm_eval_argv(["--help"]) == ["--help"] and lm_eval_argv([]) == [] and lm_eval_argv(["run"]) == ["run"]
+    assert lm_eval_argv(["run", "--include_path", "x", "--tasks", "t"]) == ["run", "--include_path", "x", "--tasks", "t"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--num_fewshot", "3"], "--num_fewshot 3"),
+    (["--apply_chat_template"], "--apply_chat_template"),
+    (["--system_instruction", "be brief"], "--system_instruction"),
+    (["--gen_kwargs", "top_p=0.9"], "--gen_kwargs top_p=0.9"),
+    (["--gen_kwargs", "do_sample=False"], "--gen_kwargs do_sample=False"),
+])
+def test_options_odiag_cannot_honour_are_refused(flags, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "hf", *flags]))
+    check_eval_options(lm_eval_argv(["--tasks", "hellaswag", "--model", "hf", *flags]))  # other tasks keep them
+
+
+def test_gen_kwargs_odiag_maps_are_accepted():
+    assert gen_kwargs_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 1.0}) == {"max_new_tokens": 64}
+    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--num_fewshot", "0", "--gen_kwargs", "max_gen_toks=64"]))
+
+
+def test_responses_are_json_and_read_back():
+    record = {"metrics": {"alignment/t/gkd": 0.5, "teacher_advantage/t/gkd": None}, "question": {}}
+    assert DiagnosticTask.process_results(None, {}, [json.dumps(record)]) == {"alignment/t/gkd": 0.5}
+    why = {**record, "no_decision_point": "no decision point: 1 question, ..."}
+    assert DiagnosticTask.process_results(None, {}, [json.dumps(why)]) == {"no_decision_point": why["no_decision_point"]}
+
+
+def _odiag(*args, timeout=300):
+    return subprocess.run([BIN / "odiag", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_eval_passes_subcommands_and_help_through():
+    listed = _odiag("eval", "ls", "tasks")
+    assert listed.returncode == 0 and re.search(r"\|\s*odiag_toy\s*\|", listed.stdout)
+    helped = _odiag("eval", "--help")
+    assert helped.returncode == 0 and "lm-eval run --model hf" in helped.stdout
+    run_help = _odiag("eval", "run", "--help")
+    assert run_help.returncode == 0 and "--num_fewshot" in run_help.stdout
+    refused = _odiag("eval", "run", "--tasks", "odiag_toy", "--model", "hf", "--num_fewshot", "2")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "odiag: error: task odiag_toy: --num_fewshot 2: odiag's prompts are zero-shot (a diagnostic of the student's own prompt)"]
+
+
+@needs_toy
+@pytest.mark.slow
+def test_plain_lm_eval_refuses_from_inside_the_task(tmp_path):
+    done = subprocess.run(
+        [BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", "--model", "hf", "--model_args",
+         f"pretrained={STUDENT},dtype=float32", "--device", "cpu", "--limit", "1", "--gen_kwargs", "top_k=5",
+         "--metadata", json.dumps({"teachers": ["toy-self-1c"]})],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("odiag: error: task odiag_toy: --gen_kwargs top_k=5: odiag cannot honour it")
+    assert "Traceback" not in done.stderr
