@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from harness.backends import ModelSpec
@@ -246,7 +247,15 @@ class HFBackend:
         kwargs = {"revision": spec.revision, "dtype": _DTYPES[spec.dtype]}
         if self._attn is not None:
             kwargs["attn_implementation"] = self._attn
-        return self._wrap(spec, AutoModelForCausalLM.from_pretrained(spec.id, **kwargs))
+        # transformers' "Loading weights ... it/s" bar would sit among odiag's own progress lines
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec.id, **kwargs)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return self._wrap(spec, model)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: ModelSpec, models: Mapping[str, ModelSpec] | None = None,
