@@ -45,8 +45,8 @@ def test_two_ray_workers_give_the_local_results(ray_cluster, local_results, tmp_
 class KillingPool(RayBackendPool):
     """Kills worker 0's process (SIGKILL) after the first backend call of the run."""
 
-    def _map(self, method, requests):
-        out = super()._map(method, requests)
+    def _map(self, method, requests, on_done=None):
+        out = super()._map(method, requests, on_done)
         if not getattr(self, "_killed", False):
             self._killed = True
             os.kill(self.worker_pids()[0], signal.SIGKILL)

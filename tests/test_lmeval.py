@@ -68,6 +68,10 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
         subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
                        check=True, cwd=tmp_path)
         got = _results(tmp_path / name)
+        (samples,) = sorted((tmp_path / name).rglob("samples_odiag_toy_*.jsonl"))
+        for line in samples.read_text().splitlines():  # each response is the question's record, as JSON
+            record = json.loads(json.loads(line)["resps"][0][0])
+            assert record["run_dir"] == meta["out"] and "metrics" in record
         ran = json.loads((tmp_path / f"{name}-run" / "results.json").read_text())
         assert ran["config"] == expected["config"] and ran["config_hash"] == expected["config_hash"]
         for row in expected["teachers"]:
