@@ -42,7 +42,7 @@ from harness.core import (
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
 from harness.core.divergences import DIVERGENCES
 from harness.core.tree import Exits, path_common_prefixes
-from harness.progress import Callback, Phase, Phases
+from harness.progress import Callback, Phase, Phases, window_weights
 from harness.progress import call as progress_call
 from harness.rundir import RunDir, ragged, unragged, write_json
 from harness.synthetic import derive_seed
@@ -569,11 +569,11 @@ def run(
     task = task or run_task(cfg)
     for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(t)
+    questions = task.questions(cfg.limit)
+    phases.run_started(cfg.task, len(questions), getattr(task, "n_available", None), len(teachers), rundir.root)
     backend = CountingBackend(backend or _backend(cfg, teachers))
     n_min = cfg.n_min or task.n_min
     max_new = cfg.max_new_tokens or task.max_new_tokens
-    questions = task.questions(cfg.limit)
-    phases.run_started(cfg.task, len(questions), getattr(task, "n_available", None), len(teachers), rundir.root)
 
     with phases.phase("initial rollouts", backend):
         states = _initial_rollouts(cfg, task, questions, backend, rundir, max_new)
@@ -598,10 +598,9 @@ def run(
         n_target=cfg.n_target, n_min=n_min, tau=cfg.tau, k_window=cfg.k_window, budget=cfg.budget,
         confidence=cfg.confidence, tolerance=cfg.tolerance, n_max=cfg.n_max, price=cfg.price,
     )
-    # progress: paths reaching each window weigh the estimate of windows not yet planned
-    reach = [sum(lo < len(p) for s in states.values() for p in s.paths) for lo, _ in spans]
     with phases.phase(
-        "targeted rollouts", backend, budget=cfg.budget * len(states) if cfg.budget else None, steps=reach,
+        "targeted rollouts", backend, budget=cfg.budget * len(states) if cfg.budget else None,
+        steps=window_weights([len(p) for s in states.values() for p in s.paths], spans),
         spent=lambda: sum(b["rollouts"] for s in states.values() for b in s.budget),
     ) as phase:
         for w in range(len(spans)):

@@ -94,10 +94,10 @@ class Phase:
     """The counters of one running phase; the backend wrapper feeds them while the phase is bound."""
 
     def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
-                 spent: Callable[[], int] | None, steps: Sequence[int] | None):
+                 spent: Callable[[], int] | None, steps: Sequence[float] | None):
         self.owner, self.name, self.unit = owner, name, unit
         self.budget, self._spent_fn = budget, spent
-        self.steps = list(steps) if steps is not None else None  # weight (paths) of each step
+        self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
         self.done = self.planned = self.rollouts = self.tokens = 0
@@ -142,14 +142,14 @@ class Phase:
     # -----------------------------------------------------------------------------------------------
 
     def expected(self) -> int | None:
-        """Planned work, plus for steps not yet entered the work per unit of weight seen so far."""
+        """Planned work, plus for steps not yet planned the work per unit of weight seen so far."""
         if self.steps is None:
             return self.planned
-        seen = [i for i, n in self.planned_by_step.items() if n > 0]
-        weight = sum(self.steps[i] for i in seen if i < len(self.steps))
+        seen = [i for i, n in self.planned_by_step.items() if n > 0 and i < len(self.steps)]
+        weight = sum(self.steps[i] for i in seen)
         if not seen or weight <= 0:
             return None
-        later = sum(self.steps[self.step_index + 1 :])
+        later = sum(w for i, w in enumerate(self.steps) if i >= self.step_index and not self.planned_by_step.get(i))
         total = self.planned + round(sum(self.planned_by_step[i] for i in seen) / weight * later)
         if self.budget is not None:
             total = min(total, self.done + max(self.budget - self.spent(), 0))
@@ -176,6 +176,14 @@ class Phase:
         self.owner.callback(self.last)
 
 
+def window_weights(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[float]:
+    """How much targeted work each depth window should take, relative to the others, for the
+    estimate of windows not yet planned: per path reaching it, the share of a first-window width it
+    covers (a strategy picks a fixed number of targets per path and window, fewer on a short tail)."""
+    width = max(spans[0][1] - spans[0][0], 1) if spans else 1
+    return [sum(min(1.0, max(0, min(hi, n) - lo) / width) for n in path_lengths) for lo, hi in spans]
+
+
 class Phases:
     """The library's side of progress: phases of one run, reported to ``callback``.
 
@@ -194,7 +202,7 @@ class Phases:
 
     @contextlib.contextmanager
     def phase(self, name: str, backend=None, unit: str = "rollouts", budget: int | None = None,
-              spent: Callable[[], int] | None = None, steps: Sequence[int] | None = None) -> Iterator[Phase]:
+              spent: Callable[[], int] | None = None, steps: Sequence[float] | None = None) -> Iterator[Phase]:
         """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it."""
         ph = Phase(self, name, unit, budget, spent, steps)
         previous = getattr(backend, "phase", None)
@@ -416,4 +424,5 @@ def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) ->
     return lines
 
 
-__all__ = ["Callback", "Event", "Phase", "PhaseProgress", "Phases", "Reporter", "RunFinished", "RunStarted", "call"]
+__all__ = ["Callback", "Event", "Phase", "PhaseProgress", "Phases", "Reporter", "RunFinished", "RunStarted", "call",
+           "window_weights"]

@@ -17,7 +17,7 @@ from harness import __version__
 from harness.cli import build_parser, main
 from harness.config import ConfigError, RunConfig
 from harness.discover import config_help, field_docs, model_size, task_rows, teacher_rows
-from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe
+from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe, window_weights
 from harness.report import no_decision_reason, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +124,7 @@ def test_phases_count_plan_and_estimate_later_steps():
         assert events[-1].expected == 100 + 10 * 15 and events[-1].done == 60
         ph.sampled(40, 400)
         ph.step(1, "window 2/3")
+        assert events[-1].expected == 100 + 10 * 15  # entered, not yet planned: still estimated
         ph.plan(300)
         assert events[-1].expected == 400 + round(400 / 20 * 5)
     assert w.phase is None and events[-1].final and events[-1].tokens == 1000 and events[-1].expected == 100
@@ -135,6 +136,11 @@ def test_phases_count_plan_and_estimate_later_steps():
         assert events[-1].expected == 150 and events[-1].spent == 100
     phases.run_finished("somewhere")
     assert [e.phase for e in phases.finals] == ["targeted rollouts"] * 2
+
+
+def test_window_weights_count_paths_by_the_share_of_a_first_window_they_cover():
+    spans = [(0, 50), (50, 150), (150, 350)]
+    assert window_weights([66, 300, 20], spans) == [2 + 20 / 50, 16 / 50 + 1, 1]
 
 
 def test_plain_lines_come_at_least_every_interval_even_without_events():
