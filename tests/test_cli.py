@@ -138,6 +138,24 @@ def test_phases_count_plan_and_estimate_later_steps():
     assert [e.phase for e in phases.finals] == ["targeted rollouts"] * 2
 
 
+def test_vllm_completion_bar_reports_each_request_and_draws_nothing(capsys):
+    """Used the way ``vllm.LLM._run_engine`` uses its ``use_tqdm`` callable (vLLM itself is not needed)."""
+    from harness.backends.vllm import completion_bar
+
+    heard = []
+    bar = completion_bar(lambda n, tokens: heard.append((n, tokens)))(
+        total=3, desc="Processed prompts", dynamic_ncols=True, postfix="est. speed input: 0.00 toks/s")
+    for _ in range(3):
+        assert bar.format_dict["elapsed"] >= 0
+        bar.postfix = "est. speed input: 1.00 toks/s, output: 2.00 toks/s"
+        bar.update(1)
+    if bar.n == 3:
+        bar.refresh()
+    bar.close()
+    assert heard == [(1, 0)] * 3
+    assert capsys.readouterr() == ("", "")
+
+
 def test_window_weights_count_paths_by_the_share_of_a_first_window_they_cover():
     spans = [(0, 50), (50, 150), (150, 350)]
     assert window_weights([66, 300, 20], spans) == [2 + 20 / 50, 16 / 50 + 1, 1]
