@@ -367,7 +367,7 @@ class Reporter:
             bar = self.bars[ev.phase] = tqdm(
                 total=total, desc=ev.phase, unit=f" {ev.unit}", file=self.stream, dynamic_ncols=True,
                 leave=True, smoothing=0.1,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
             )
         if ev.final:
             bar.total = ev.done
