@@ -238,8 +238,8 @@ def test_a_piped_run_prints_periodic_progress_with_rate_and_eta(tmp_path):
     one window's round); the first line says how many questions of how many; the last lines say
     wall time per phase and where the results are."""
     sets = ["task=odiag_toy", "backend=hf", f"student={STUDENT}", "dtype=float32", "limit=2", "threads=1",
-            "teachers=[toy-self-1c]", "algorithms=[gkd]", "n_initial=16", "budget=600"]
-    cmd = [BIN / "odiag", "run", "--out", tmp_path / "run", "--progress-interval", "0.5",
+            "teachers=[toy-self-1c]", "algorithms=[gkd]", "n_initial=16", "budget=1000"]
+    cmd = [BIN / "odiag", "run", "--out", tmp_path / "run", "--progress-interval", "0.2",
            *[x for s in sets for x in ("--set", s)]]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,8 +65,12 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
         ("odiag_eval", [BIN / "odiag", "eval"]),
     ):
         meta = {**SETTINGS, "out": str(tmp_path / f"{name}-run")}
-        subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
-                       check=True, cwd=tmp_path)
+        done = subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # the run's progress and closing lines, as under odiag run
+        assert "odiag: diagnosing 2 of 64 questions of odiag_toy with 2 teachers" in done.stderr
+        assert "targeted rollouts: done" in done.stderr and f"results: {meta['out']}/results.json" in done.stderr
         got = _results(tmp_path / name)
         (samples,) = sorted((tmp_path / name).rglob("samples_odiag_toy_*.jsonl"))
         for line in samples.read_text().splitlines():  # each response is the question's record, as JSON
