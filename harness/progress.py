@@ -347,9 +347,14 @@ class Reporter:
             self._timer.start()
 
     def _beat(self) -> None:
-        """While a phase runs, a line at least every ``interval`` seconds, even if no event arrives."""
+        """While a phase runs, a line at least every ``interval`` seconds, even if no event arrives
+        (on a terminal: the bars' clocks keep moving)."""
         while not self._stop.wait(min(self.interval, 1.0) / 2):
             with self._lock:
+                if self.tty:
+                    for bar in self.bars.values():
+                        bar.refresh()
+                    continue
                 if self._current is None or time.monotonic() - self._printed < self.interval:
                     continue
                 ev, received = self._current
@@ -381,6 +386,7 @@ class Reporter:
             postfix["budget"] = f"{100 * ev.spent / ev.budget:.0f}%"
         bar.set_postfix(postfix, refresh=False)
         bar.update(ev.done - bar.n)
+        self._start_timer()
         if ev.final:
             bar.close()
             del self.bars[ev.phase]
