@@ -66,10 +66,20 @@ def _run(args: argparse.Namespace) -> int:
     from harness.pipeline import run
 
     cfg = resolve_run_config(args.config, args.set)
-    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    results = run(cfg, args.out, on_progress=_Progress(args.quiet), repair=args.repair)
     if not args.quiet:
         print(_summary_table(results))
         print(f"results: {args.out}/results.json")
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from harness.pipeline import rescore
+
+    results = rescore(args.dir, args.set, on_progress=_Progress(args.quiet))
+    if not args.quiet:
+        print(_summary_table(results))
+        print(f"results: {args.dir}/results.json")
     return 0
 
 
@@ -141,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
+    p.add_argument("dir", help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=_rescore)
 
     p = sub.add_parser("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", help="run directory")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import json
 import logging
-import re
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 
 from harness import __version__
 from harness.backends import STUDENT, Backend, ModelSpec, SampleRequest, ScoreRequest, ScoreResult, load_backend
-from harness.config import ConfigError, RunConfig, portable, to_dict
+from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, build, portable, to_dict
 from harness.core import (
     ALGORITHMS,
     NodeInputs,
@@ -42,10 +42,11 @@ from harness.core import (
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
 from harness.core.divergences import DIVERGENCES
 from harness.core.tree import Exits, path_common_prefixes
-from harness.rundir import RunDir, ragged, unragged, write_json
+from harness.plan import ADDED, make_plan, resolve_teacher, run_task, slug  # noqa: F401 - run_task re-exported
+from harness.rundir import RunDir, RunDirError, ragged, unragged, write_json
 from harness.synthetic import derive_seed
-from harness.tasks import Question, Skip, Task, load_task
-from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_artefacts, load_teacher
+from harness.tasks import Question, Skip, Task
+from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_artefacts
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -67,6 +68,7 @@ class QuestionState:
     tree: TreeStats | None = None
     scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
+    spans: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # its depth windows
     note: str = ""  # why the question has no paths of one outcome, if so
     unparseable: int = 0  # initial rollouts whose answer could not be read (scored 0)
 
@@ -116,10 +118,6 @@ def windows(length: int, width: int) -> list[tuple[int, int]]:
     return out
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def _model_name(teacher: TeacherConfig) -> str:
     return STUDENT if teacher.is_self else teacher.model
 
@@ -132,19 +130,46 @@ def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
         from harness.distributed import RayBackendPool
 
         return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address, **options)
-    if cfg.executor != "local":
-        raise ConfigError(f"executor must be 'local' or 'ray', got {cfg.executor!r}")
     return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
 
 
-def run_task(cfg: RunConfig) -> Task:
-    """The task a run config names, with its tokenizer, data source and length limit."""
-    if cfg.task == "synthetic":
-        return load_task(cfg.task)
-    return load_task(
-        cfg.task, tokenizer=cfg.student, revision=cfg.student_revision, data_files=cfg.data_files,
-        max_new_tokens=cfg.max_new_tokens,
-    )
+class LazyBackend:
+    """The configured backend, built on its first request: a rescore that needs no pass loads no model."""
+
+    def __init__(self, build: Callable[[], Backend], described: dict | None = None):
+        self.build, self.inner, self.described = build, None, described
+
+    def _get(self) -> Backend:
+        if self.inner is None:
+            self.inner = self.build()
+        return self.inner
+
+    def sample(self, requests):
+        return self._get().sample(requests) if requests else []
+
+    def score(self, requests):
+        return self._get().score(requests) if requests else []
+
+    def describe(self):
+        return self.described if self.inner is None and self.described is not None else self._get().describe()
+
+
+class NoRollouts:
+    """A backend that refuses targeted rollouts: rescoring must find the whole tree stored."""
+
+    def __init__(self, inner, where: str):
+        self.inner, self.where = inner, where
+
+    def sample(self, requests):
+        if requests:
+            raise RunDirError(f"{self.where}: the stored rollout tree is incomplete; resume the run with odiag run first")
+        return []
+
+    def score(self, requests):
+        return self.inner.score(requests)
+
+    def describe(self):
+        return self.inner.describe()
 
 
 def model_specs(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict[str, ModelSpec]:
@@ -249,7 +274,7 @@ def _score_paths(cfg, task, teachers, states, backend, rundir, artefacts) -> Non
                 requests.append(ScoreRequest(s.question.prompt_ids, path, STUDENT, cfg.temperature, cfg.score_top_k))
             correct, wrong = s.solutions[j]
             for t in teachers:
-                name = f"score-p{j}-{_slug(t.name)}"
+                name = f"score-p{j}-{slug(t.name)}"
                 if (shard := rundir.load(s.question.id, name)) is not None:
                     s.scores[(j, t.name)] = Skip(str(shard["skip"])) if "skip" in shard else _score_from_arrays(shard)
                     continue
@@ -343,30 +368,52 @@ def _scored_tokens(s: QuestionState, j: int, planners: Sequence[TeacherConfig]) 
     return ScoredTokens(pos, tok, np.exp(student.get(pos, tok)), pi_teacher, reverse_kl)
 
 
-def _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params) -> None:
+def _plan_key(cfg: RunConfig, s: QuestionState) -> np.ndarray:
+    """What a round's plan depends on besides the stored tree: the budget and the question's windows."""
+    return np.array([-1 if cfg.budget is None else cfg.budget, len(s.spans)], dtype=np.int64)
+
+
+def _same_plan(plan, shard: dict[str, np.ndarray]) -> bool:
+    """Whether a stored round is exactly what ``plan`` asks for (rollout by rollout)."""
+    want = (np.repeat(plan.path_R, plan.count_R), np.repeat(plan.position_R + 1, plan.count_R),
+            np.repeat(plan.token_R, plan.count_R))
+    have = (shard["target_path"], shard["forced_len"], shard["forced_token"])
+    return all(len(x) == len(y) and np.array_equal(x, y) for x, y in zip(want, have, strict=True))
+
+
+def _enrich_window(cfg, task, planners, states, backend, rundir, w, max_new, params) -> None:
     """Targeted rollouts of window ``w`` in rounds planned by ``cfg.strategy``, all questions batched.
 
     Round ``r`` of a question is the shard ``window{w}-round{r}``; on resume, stored rounds are
     replayed (their exits, never tokens) and planning continues from the same state, so a strategy
-    plans exactly what it planned before.
+    plans exactly what it planned before. A round stored under another budget is replayed only if
+    the plan under this budget is the same; otherwise it and every later round of the question are
+    dropped and planned afresh, so a grown budget gives what a fresh run with it would.
     """
-    lo, hi = spans[w]
-    active = {qid: s for qid, s in states.items() if any(lo < len(p) for p in s.paths)}
+    active = {qid: s for qid, s in states.items() if w < len(s.spans)}
     for s in active.values():
-        s.budget.append({"window": [lo, hi], "rollouts": 0, "tokens_generated": 0, "rounds": 0})
+        s.budget.append({"window": list(s.spans[w]), "rollouts": 0, "tokens_generated": 0, "rounds": 0})
     for r in itertools.count():
         jobs, requests = [], []
         for qid, s in list(active.items()):
             name = f"window{w}-round{r}"
-            if (shard := rundir.load(qid, name)) is not None:
+            shard = rundir.load(qid, name)
+            if shard is not None and np.array_equal(shard.get("plan_key", ()), _plan_key(cfg, s)):
                 _ingest_shard(s, shard)
                 continue
+            lo, hi = s.spans[w]
             scored = [_scored_tokens(s, j, planners) for j in range(len(s.paths))]
             children = [s.tree.children(j) for j in range(len(s.paths))]
             spent_q = sum(b["rollouts"] for b in s.budget[:-1])
-            state = window_state(w, len(spans), lo, min(hi, max(map(len, s.paths))), scored, children,
+            state = window_state(w, len(s.spans), lo, hi, scored, children,
                                  path_common_prefixes(s.paths), spent_q, s.budget[-1]["rollouts"])
             plan = STRATEGIES[cfg.strategy](state, params)
+            if shard is not None:
+                if _same_plan(plan, shard):
+                    _ingest_shard(s, shard)
+                    continue
+                dropped = rundir.drop_rounds_from(qid, w, r)
+                log.info("%s: %d stored round(s) from window %d round %d planned under another budget: redone", qid, dropped, w, r)
             if plan.total == 0:
                 del active[qid]
                 continue
@@ -383,10 +430,10 @@ def _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_n
             return
         results = iter(backend.sample(requests))
         for s, name, rows in jobs:
-            _record_round(s, name, rows, results, task, backend, rundir, max_new, (w, lo, hi))
+            _record_round(s, name, rows, results, task, backend, rundir, max_new, (w, *s.spans[w]), _plan_key(cfg, s))
 
 
-def _record_round(s, name, rows, results, task, backend, rundir, max_new, window) -> None:
+def _record_round(s, name, rows, results, task, backend, rundir, max_new, window, plan_key) -> None:
     """Score one round's rollouts, ingest them, and store them compactly as one shard."""
     conts, forced, target, forced_tok, truncated = [], [], [], [], []
     for j, k, a, n in rows:
@@ -415,7 +462,7 @@ def _record_round(s, name, rows, results, task, backend, rundir, max_new, window
         forced_token=batch.forced_token, reward=reward, truncated=trunc,
         length=np.array([len(f) for f in full], dtype=np.int64),
         exit_lcp=np.stack([e.lcp for e in exits]), exit_token=np.stack([e.token for e in exits]),
-        window=np.array(window),
+        window=np.array(window), plan_key=plan_key,
     )
     _count(s, len(conts), int(sum(len(c) for c in conts)))
 
@@ -535,20 +582,35 @@ def run(
     on_progress: Progress | None = None,
     backend: Backend | None = None,
     task: Task | None = None,
+    repair: bool = False,
 ) -> dict:
-    """Run (or resume) the diagnostic of ``cfg`` in ``out``; return the results dict also written there."""
+    """Run (or resume, or grow) the diagnostic of ``cfg`` in ``out``; return the results dict also written there.
+
+    The config is resolved into a checked :class:`~harness.plan.RunPlan` before the directory is
+    touched; ``repair`` drops corrupt shards and recomputes them instead of refusing them.
+    """
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    with RunDir.open(out, plan, repair=repair) as rundir:
+        return _execute(rundir, on_progress, backend)
+
+
+def _execute(rundir: RunDir, on_progress: Progress | None, backend: Backend | None, frozen: bool = False) -> dict:
+    """SPEC §4 on a held run directory; ``frozen``: the tree must be stored whole (no rollout drawn)."""
+    plan, cfg = rundir.plan, rundir.plan.config
     progress = on_progress or (lambda stage, done, total: None)
-    rundir = RunDir.open(out, cfg)
-    names = list(cfg.teachers) + [t for t in rundir.added_teachers() if t not in cfg.teachers]
-    teachers = [load_teacher(t) for t in names]
-    # candidates come from the config's teachers only, so adding a teacher never changes the tree
-    planners = teachers[: len(cfg.teachers)]
-    task = task or run_task(cfg)
-    for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
-        task.check_teacher(t)
-    backend = CountingBackend(backend or _backend(cfg, teachers))
-    n_min = cfg.n_min or task.n_min
-    max_new = cfg.max_new_tokens or task.max_new_tokens
+    teachers, planners, task = plan.specs, plan.planners, plan.task
+    if backend is None:
+        previous = rundir.root / "results.json"
+        described = None
+        if previous.exists():
+            try:
+                described = json.loads(previous.read_text())["versions"]["backend"]
+            except (OSError, ValueError, KeyError, TypeError):
+                described = None
+        backend = LazyBackend(lambda: _backend(cfg, teachers), described)
+    artefact_backend = CountingBackend(backend)
+    backend = CountingBackend(NoRollouts(backend, str(rundir.root)) if frozen else backend)
+    n_min, max_new = plan.n_min, plan.max_new_tokens
     questions = task.questions(cfg.limit)
 
     progress("initial rollouts", 0, len(questions))
@@ -558,25 +620,22 @@ def run(
         s.solutions = [_solutions(s, j, cfg) for j in range(len(s.paths))]
         s.tree = TreeStats(s.paths, cascade=cfg.cascade)
         s.tree.ingest(Rollouts.from_lists(s.responses, s.rewards))
+        s.spans = windows(max((len(p) for p in s.paths), default=0), cfg.window)
     progress("initial rollouts", len(questions), len(questions))
 
     # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
-    artefact_backend = CountingBackend(backend.inner)
     artefacts = _artefacts(task, teachers, states, artefact_backend, rundir)
     _score_paths(cfg, task, teachers, states, backend, rundir, artefacts)
     progress("teacher passes", len(questions), len(questions))
 
-    longest = max((len(p) for s in states.values() for p in s.paths), default=0)
-    spans = windows(longest, cfg.window)
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {sorted(STRATEGIES)}, got {cfg.strategy!r}")
     params = AllocationParams(
         n_target=cfg.n_target, n_min=n_min, tau=cfg.tau, k_window=cfg.k_window, budget=cfg.budget,
         confidence=cfg.confidence, tolerance=cfg.tolerance, n_max=cfg.n_max, price=cfg.price,
     )
-    for w in range(len(spans)):
-        _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_new, params)
-        progress("targeted rollouts", w + 1, len(spans))
+    n_windows = max((len(s.spans) for s in states.values()), default=0)
+    for w in range(n_windows):
+        _enrich_window(cfg, task, planners, states, backend, rundir, w, max_new, params)
+        progress("targeted rollouts", w + 1, n_windows)
 
     nodes, children, skipped = [], [], {}
     for s in states.values():
@@ -675,17 +734,64 @@ def _write_tables(rundir: RunDir, nodes, children, states, task: Task) -> None:
     write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text", "prompt"])
 
 
-def add_teacher(out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None) -> dict:
-    """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
-
-    The teacher is recorded in the run directory, so rerunning the original command keeps it.
-    """
+def _finished(out: str | Path) -> RunConfig:
     cfg = RunDir.load_config(out)
     if not (Path(out) / "results.json").exists():
-        raise ConfigError(f"{out}: the run has not finished (no results.json); resume it with odiag run first")
-    spec = load_teacher(teacher)
-    RunDir(Path(out), cfg).add_teacher(spec.file if Path(teacher).exists() else teacher)
-    results = run(cfg, out, on_progress=on_progress, backend=backend)
-    if results["counts"]["rollouts_this_invocation"] != 0:
-        raise RuntimeError("adding a teacher drew new rollouts: the stored tree was incomplete")
-    return results
+        raise RunDirError(f"{out}: the run has not finished (no results.json); resume it with odiag run first")
+    return cfg
+
+
+def add_teacher(
+    out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None,
+    task: Task | None = None,
+) -> dict:
+    """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
+
+    The teacher is loaded and checked against the task before it is recorded in the run directory
+    (by resolved file and identity), so rerunning the original command keeps it, from any directory.
+    """
+    cfg = _finished(out)
+    ref = resolve_teacher(teacher, ADDED)
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    plan.task.check_teacher(ref.config)
+    with RunDir.open(out, plan, add=ref) as rundir:
+        return _execute(rundir, on_progress, backend, frozen=True)
+
+
+def _overridden(cfg: RunConfig, overrides: Sequence[str], where: str) -> RunConfig:
+    """``cfg`` with ``key=value`` overrides applied (values parsed as YAML, as ``odiag run --set``)."""
+    import yaml
+
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item[:80]!r}: the value is not valid YAML") from None
+    return build(RunConfig, data, where)
+
+
+def rescore(
+    out: str | Path, overrides: Sequence[str] = (), on_progress: Progress | None = None,
+    backend: Backend | None = None, task: Task | None = None,
+) -> dict:
+    """Rescore a finished run's stored trees under new scoring settings, zero rollouts.
+
+    ``overrides`` (``key=value``) may change only scoring settings (``algorithms``, ``jsd_beta``,
+    ``gamma``); teachers added to the run whose file changed are scored again from the new file.
+    The results equal a fresh run's with the same settings.
+    """
+    stored = _finished(out)
+    cfg = _overridden(stored, overrides, f"{out}/config.json with --set")
+    moved = [k for k in to_dict(cfg) if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]
+    if moved:
+        raise ConfigError(
+            f"rescore: {moved[0]!r} shapes the rollout tree or its extent; rescore changes only {', '.join(SCORING_FIELDS)} "
+            "(grow a run with odiag run, or start another --out)"
+        )
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    with RunDir.open(out, plan, rescore=True) as rundir:
+        return _execute(rundir, on_progress, backend, frozen=True)
