@@ -18,13 +18,11 @@ import datetime
 import itertools
 import json
 import logging
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from harness import __version__
 from harness.backends import STUDENT, Backend, ModelSpec, SampleRequest, ScoreRequest, ScoreResult, load_backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, build, portable, to_dict
 from harness.core import (
@@ -43,6 +41,7 @@ from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, 
 from harness.core.divergences import DIVERGENCES
 from harness.core.tree import Exits, path_common_prefixes
 from harness.plan import ADDED, make_plan, resolve_teacher, run_task, slug  # noqa: F401 - run_task re-exported
+from harness.results import SCHEMA_VERSION, json_ready, versions  # noqa: F401 - json_ready re-exported
 from harness.rundir import RunDir, RunDirError, ragged, unragged, write_json
 from harness.synthetic import derive_seed
 from harness.tasks import Question, Skip, Task
@@ -50,7 +49,6 @@ from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_ar
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
-SCHEMA_VERSION = "odiag.results/1"
 _KEY_BITS = 32
 
 
@@ -548,34 +546,6 @@ def _columns(rows: list[dict], names: Sequence[str]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in names}
 
 
-def _versions(backend) -> dict:
-    import scipy
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"odiag": __version__, "git_commit": commit, "numpy": np.__version__, "scipy": scipy.__version__,
-            "backend": backend.describe()}
-
-
-def json_ready(obj):
-    """nan/inf to None, numpy scalars to Python: strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def run(
     cfg: RunConfig,
     out: str | Path,
@@ -677,7 +647,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(cfg),
         "config_hash": cfg.hash(),
-        "versions": _versions(backend),
+        "versions": versions(backend),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task,
         "student": cfg.student,

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from harness.config import ConfigError, RunConfig, build, to_dict
+from harness.config import ConfigError, RunConfig, build
 
 if TYPE_CHECKING:
     from harness.plan import RunPlan, TeacherRef

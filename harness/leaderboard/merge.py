@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -21,11 +20,15 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError
-from harness.core.stats import rank_with_ties
+from harness.core.stats import NODE_COLUMNS, rank_with_ties
+from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA_VERSION
+from harness.results import load_results, read_table
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
-RESULTS_SCHEMA = "odiag.results/1"  # the results.json contract this reader understands
+RESULTS_SCHEMA = RESULTS_SCHEMA_VERSION  # the results.json contract this reader understands
 TABLES = ("nodes", "children", "paths")
+CHILD_COLUMNS = ("question_id", "path_id", "position", "teacher", "token", "text", "n", "w", "q", "pi", "pi_teacher")
+PATH_COLUMNS = ("question_id", "path_id", "correct", "tokens", "text")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
 # pipelines use (the paper's default); a run without it falls back to its first algorithm.
 HEADLINE_ALGORITHM = "gkd"
@@ -50,28 +53,21 @@ class Run:
 
 def load_run(path: str | Path, run_id: str) -> Run:
     """Read a finished run directory; refuse anything that is not one, saying what is missing."""
-    import pyarrow.parquet as pq
-
     root = Path(path)
-    results_file = root / "results.json"
-    if not results_file.is_file():
-        raise ConfigError(f"{root}: not a finished odiag run (no results.json); run `odiag run --out {root}` first")
-    results = json.loads(results_file.read_text())
-    if results.get("schema_version") != RESULTS_SCHEMA:
-        raise ConfigError(
-            f"{results_file}: schema_version {results.get('schema_version')!r}, this odiag reads {RESULTS_SCHEMA!r}"
-        )
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a run directory")
+    results = load_results(root)
     missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
     if missing:
         raise ConfigError(f"{root}: missing {', '.join(missing)}; rerun the same `odiag run` command to write them")
-    nodes = {k: np.asarray(v) for k, v in pq.read_table(root / "nodes.parquet").to_pydict().items()}
+    nodes = {k: np.asarray(v) for k, v in read_table(root / "nodes.parquet", NODE_COLUMNS).to_pydict().items()}
     return Run(
         id=run_id,
         path=str(path),
         results=results,
         nodes=nodes,
-        children=pq.read_table(root / "children.parquet").to_pylist(),
-        paths=pq.read_table(root / "paths.parquet").to_pylist(),
+        children=read_table(root / "children.parquet", CHILD_COLUMNS).to_pylist(),
+        paths=read_table(root / "paths.parquet", PATH_COLUMNS).to_pylist(),
     )
 
 

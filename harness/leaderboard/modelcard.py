@@ -9,12 +9,10 @@ Rows without a defined mean are left out (model-index values must be numbers).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
-from harness.config import ConfigError
 
 TASK_TYPE = "on-policy-distillation-diagnostic"
 METRICS = (
@@ -59,8 +57,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
 
 def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     """``model-index:`` YAML for the run in ``run_dir``, ready to paste into a model card's header."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a finished odiag run (no results.json)")
-    results = json.loads(path.read_text())
+    from harness.results import load_results
+
+    results = load_results(run_dir)
     return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)
