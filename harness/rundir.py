@@ -158,7 +158,7 @@ def unragged(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 
 # every kind of shard and the arrays it must hold (a shard may hold more)
 SHARD_KINDS: dict[str, tuple[str, ...]] = {
-    "initial": ("tokens", "offsets", "reward", "truncated", "unparseable"),
+    "initial": ("tokens", "offsets", "outcome"),
     "score": ("ids", "offsets", "logprobs", "context", "approximate"),
     "skip": ("skip",),
     "round": ("forced_len", "target_path", "forced_token", "reward", "truncated", "length", "exit_lcp", "exit_token", "window"),

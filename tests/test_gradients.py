@@ -233,8 +233,11 @@ def test_alignment_nan_on_zero_vectors():
 
 
 def test_alignment_defined_for_tiny_vectors():
-    """Pins the rescaling: gradients of size 1e-200 still get their cosine, not nan from underflow."""
-    assert alignment_score(np.array([1e-200, -1e-200]), np.array([3e-210, -3e-210])) == pytest.approx(1.0)
+    """Pins the rescaling: gradients of size 1e-200 from inputs of that scale still get their cosine,
+    not nan from underflow; at the unit scale of probability gradients they are rounding residue."""
+    tiny_ref, tiny = np.array([1e-200, -1e-200]), np.array([3e-210, -3e-210])
+    assert alignment_score(tiny_ref, tiny, scale_ref=1e-200, scale=1e-210) == pytest.approx(1.0)
+    assert math.isnan(alignment_score(tiny_ref, tiny))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
