@@ -18,10 +18,10 @@ import json
 import re
 from pathlib import Path
 
-from harness.backends import BACKENDS
+from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
 from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, to_dict, tree_fields
 from harness.tasks import Task, load_task
-from harness.teachers import TeacherConfig, load_teacher, models_named, teacher_path
+from harness.teachers import TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 
 PLANNER, ADDED = "planner", "added"
 
@@ -129,6 +129,31 @@ class RunPlan:
             "scoring": self.scoring(),
             "teachers": [t.record() for t in self.teachers],
         }
+
+
+def model_name(teacher: TeacherConfig) -> str:
+    """The backend's name of the model a teacher reads with."""
+    return STUDENT if teacher.is_self else teacher.model
+
+
+def model_specs(cfg: RunConfig, teachers) -> dict[str, ModelSpec]:
+    """The models the backend loads: the student, every external teacher, solution sources, summarisers."""
+    specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
+    for t in teachers:
+        if not t.is_self:
+            specs[t.model] = ModelSpec(t.model, t.revision, t.dtype)
+    return {**artefact_models(teachers), **specs}
+
+
+def build_backend(cfg: RunConfig, teachers) -> Backend:
+    """The configured backend, in this process or spread over Ray workers."""
+    # hf draws from counter-based randomness, so its thread count never moves a number
+    options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
+    if cfg.executor == "ray":
+        from harness.distributed import RayBackendPool
+
+        return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address, **options)
+    return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
 
 
 def run_task(cfg: RunConfig) -> Task:

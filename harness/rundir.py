@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
+from harness.backends.base import ScoreResult
 from harness.config import ConfigError, RunConfig, build
 
 if TYPE_CHECKING:
@@ -175,6 +176,27 @@ def shard_kinds(name: str) -> tuple[str, ...]:
     if _ROUND.match(name):
         return ("round",)
     raise ValueError(f"unknown shard name {name!r}")
+
+
+def score_arrays(res: ScoreResult, context: np.ndarray) -> dict[str, np.ndarray]:
+    """A teacher's (or the student's) pass over a path as the arrays of a ``score`` shard."""
+    out = {"ids": res.ids, "offsets": res.offsets, "logprobs": res.logprobs, "context": np.asarray(context)}
+    out["approximate"] = np.array(res.approximate)
+    if res.reference_logprobs is not None:
+        out["reference_logprobs"] = res.reference_logprobs
+    for k, v in (res.divergences or {}).items():
+        out[f"div_{k}"] = v
+    return out
+
+
+def score_result(a: dict[str, np.ndarray]) -> ScoreResult:
+    """A ``score`` shard's arrays back as the pass they store."""
+    divs = {k[4:]: v for k, v in a.items() if k.startswith("div_")}
+    return ScoreResult(
+        ids=a["ids"], offsets=a["offsets"], logprobs=a["logprobs"],
+        reference_logprobs=a.get("reference_logprobs"), divergences=divs or None,
+        approximate=bool(a["approximate"]),
+    )
 
 
 def checksum(arrays: dict[str, np.ndarray]) -> str:

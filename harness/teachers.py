@@ -397,7 +397,7 @@ def build_artefacts(
     so a resumed run reloads them and draws nothing again.
     """
     from harness.backends import SampleRequest
-    from harness.synthetic import derive_seed
+    from harness.seeds import derive_seed
     from harness.tasks.scoring import final_part
 
     root = Path(cache_dir)

@@ -15,7 +15,8 @@ import pytest
 from harness.backends.synthetic import SyntheticBackend
 from harness.config import ConfigError, RunConfig, resolve_run_config
 from harness.core import aggregate, alignment_score, gkd_gradient, ideal_gradient
-from harness.pipeline import NODE_FIELDS, add_teacher, run
+from harness.core.records import NODE_FIELDS
+from harness.pipeline import add_teacher, run
 from harness.synthetic import SyntheticLM
 
 CFG = RunConfig(limit=6)
