@@ -23,9 +23,9 @@ from harness.pipeline import run
 from harness.questions import QuestionState
 from harness.questions import choose_paths as _choose_paths
 from harness.questions import initial_tree as _initial_tree
-from harness.synthetic import SyntheticLM, derive_seed
+from harness.exact_lm import SyntheticLM, derive_seed
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question
-from harness.tasks.synthetic import SyntheticTask
+from harness.tasks.exact import SyntheticTask
 
 # --- 1. a question's budget and numbers never depend on the other questions of the run ------------
 

@@ -25,7 +25,7 @@ from harness.cli import main
 from harness.config import ConfigError, RunConfig
 from harness.pipeline import add_teacher, rescore, run
 from harness.rundir import LOCK_NAME, RunDir, RunLock
-from harness.tasks.synthetic import SyntheticTask
+from harness.tasks.exact import SyntheticTask
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHERS = ROOT / "teachers"
