@@ -57,6 +57,9 @@ class NodeRecord:
 
 
 NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeRecord))
+# each field's column type in Arrow / datasets terms (the evaluate metric's features)
+NODE_DTYPES = {f.name: {"str": "string", "int": "int64", "bool": "bool", "float": "float64"}[f.type]
+               for f in dataclasses.fields(NodeRecord)}
 # what aggregate() reads; the rest of a record is for readers of nodes.parquet
 NODE_COLUMNS = (
     "question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
