@@ -3,7 +3,7 @@
 1. initial rollouts of every question (one batched backend call);
 2. representative correct and incorrect paths, chosen reproducibly from the seed (harness/questions.py);
 3. one student pass and one pass per teacher over each path (the tree never depends on a teacher);
-4. targeted rollouts window by window, every question's requests batched together;
+4. targeted rollouts window by window, every question's requests batched together (harness/targeted.py);
 5. a record per decision point x teacher x algorithm (harness/core/records.py);
 6. aggregates (SPEC §5) into results.json (harness/results.py).
 
@@ -11,38 +11,35 @@ The config is first resolved into a checked plan (harness/plan.py); only then is
 opened and locked (harness/rundir.py). Every step's output is a checked shard there, written
 atomically once the backend call that produced it returns; a rerun loads finished shards and redoes
 only the rest, and because every request carries a seed derived from ids, the redone work draws
-exactly what it would have drawn. ``add_teacher`` and ``rescore`` reuse the stored tree: zero rollouts.
+exactly what it would have drawn. ``add_teacher`` and ``rescore`` (harness/rescore.py) reuse the stored tree: zero rollouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, ScoreResult
+from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
-from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, build, to_dict
-from harness.core import Rollouts
-from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
-from harness.core.records import KEY_BITS, LogprobTable, RecordSettings, TeacherPass, path_records
-from harness.core.tree import Exits, path_common_prefixes
-from harness.plan import ADDED, RunPlan, build_backend, make_plan, model_name, model_specs, resolve_teacher, run_task, slug
+from harness.config import RunConfig
+from harness.core.allocation import AllocationParams
+from harness.core.records import RecordSettings, TeacherPass, path_records
+from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.questions import QuestionState, prepare, windows
+from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import RunDir, RunDirError, ragged, score_arrays, score_result, unragged
+from harness.rundir import RunDir, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
+from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
 from harness.teachers import build_artefacts
 
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
@@ -128,140 +125,6 @@ def _score_paths(ctx: RunContext) -> None:
         ctx.rundir.save(s.question.id, name, **score_arrays(res, req.context))
 
 
-def _tables(s: QuestionState, j: int, teachers) -> tuple[LogprobTable, dict[str, ScoreResult], dict[str, LogprobTable]]:
-    """The student's and each scored teacher's known log-probabilities along path ``j``."""
-    own = s.scores[(j, STUDENT)]
-    scored = {t.name: r for t in teachers if isinstance(r := s.scores.get((j, t.name)), ScoreResult)}
-    student = LogprobTable.build([(own.ids, own.offsets, own.logprobs)]
-                                 + [(r.ids, r.offsets, r.reference_logprobs) for r in scored.values()])
-    return student, scored, {name: LogprobTable.build([(r.ids, r.offsets, r.logprobs)]) for name, r in scored.items()}
-
-
-# 4. targeted rollouts ----------------------------------------------------------------------------
-
-
-def _scored_tokens(s: QuestionState, j: int, planners) -> ScoredTokens:
-    """What the forward passes say about every (position, token) read along path ``j``."""
-    student, scored, tabs = _tables(s, j, planners)
-    keys = np.unique(np.concatenate([student.keys, *(tab.keys for tab in tabs.values())]))
-    pos, tok = keys >> KEY_BITS, keys & ((1 << KEY_BITS) - 1)
-    # one column per planning teacher on every path; a teacher skipped on this path stays nan
-    pi_teacher, reverse_kl = np.full((len(keys), len(planners)), np.nan), np.full((len(keys), len(planners)), np.nan)
-    for i, t in enumerate(planners):
-        if t.name in tabs:
-            pi_teacher[:, i] = np.exp(tabs[t.name].get(pos, tok))
-            reverse_kl[:, i] = scored[t.name].divergences["reverse_kl"][pos]
-    return ScoredTokens(pos, tok, np.exp(student.get(pos, tok)), pi_teacher, reverse_kl)
-
-
-def _plan_key(cfg: RunConfig, s: QuestionState) -> np.ndarray:
-    """What a round's plan depends on besides the stored tree: the budget and the question's windows."""
-    return np.array([-1 if cfg.budget is None else cfg.budget, len(s.spans)], dtype=np.int64)
-
-
-def _same_plan(plan, shard: dict[str, np.ndarray]) -> bool:
-    """Whether a stored round is exactly what ``plan`` asks for, rollout by rollout."""
-    want = [np.repeat(x, plan.count_R) for x in (plan.path_R, plan.position_R + 1, plan.token_R)]
-    have = (shard["target_path"], shard["forced_len"], shard["forced_token"])
-    return all(len(x) == len(y) and np.array_equal(x, y) for x, y in zip(want, have, strict=True))
-
-
-def _enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
-    """Targeted rollouts of window ``w`` in rounds planned by ``cfg.strategy``, all questions batched.
-
-    Round ``r`` of a question is the shard ``window{w}-round{r}``; on resume, stored rounds are
-    replayed (their exits, never tokens) and planning continues from the same state, so a strategy
-    plans exactly what it planned before. A round stored under another budget is replayed only if
-    the plan under this budget is the same; otherwise it and every later round of the question are
-    dropped and planned afresh, so a grown budget gives what a fresh run with it would.
-    """
-    cfg, task, max_new = ctx.cfg, ctx.task, ctx.plan.max_new_tokens
-    active = {qid: s for qid, s in ctx.states.items() if w < len(s.spans)}
-    for s in active.values():
-        s.budget.append({"window": list(s.spans[w]), "rollouts": 0, "tokens_generated": 0, "rounds": 0})
-    for r in itertools.count():
-        jobs, requests = [], []
-        for qid, s in list(active.items()):
-            name, key = f"window{w}-round{r}", _plan_key(cfg, s)
-            shard = ctx.rundir.load(qid, name)
-            if shard is not None and np.array_equal(shard.get("plan_key", ()), key):
-                _ingest_shard(s, shard)
-                continue
-            lo, hi = s.spans[w]
-            scored = [_scored_tokens(s, j, ctx.plan.planners) for j in range(len(s.paths))]
-            children = [s.tree.children(j) for j in range(len(s.paths))]
-            state = window_state(w, len(s.spans), lo, hi, scored, children, path_common_prefixes(s.paths),
-                                 sum(b["rollouts"] for b in s.budget[:-1]), s.budget[-1]["rollouts"])
-            plan = STRATEGIES[cfg.strategy](state, params)
-            if shard is not None and _same_plan(plan, shard):
-                _ingest_shard(s, shard)
-                continue
-            if shard is not None:
-                dropped = ctx.rundir.drop_rounds_from(qid, w, r)
-                log.info("%s: %d stored round(s) from window %d round %d planned under another budget: redone", qid, dropped, w, r)
-            if plan.total == 0:
-                del active[qid]
-                continue
-            rows = list(zip(plan.path_R.tolist(), plan.position_R.tolist(), plan.token_R.tolist(), plan.count_R.tolist(), strict=True))
-            jobs.append((s, name, rows, key))
-            for j, k, a, n in rows:
-                if a in task.stop_ids or max_new - (k + 1) <= 0:
-                    continue  # the response is already complete (or at its limit): nothing to sample
-                prefix = np.concatenate([s.question.prompt_ids, s.paths[j][:k], [a]]).astype(np.int64)
-                seed = derive_seed(cfg.seed, qid, "target", j, k, a, w, r)
-                requests.append(SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids))
-        if not active:
-            return
-        results = iter(ctx.backend.sample(requests))
-        for s, name, rows, key in jobs:
-            _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)
-
-
-def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, window, plan_key) -> None:
-    """Score one round's rollouts, ingest them, and store them compactly as one shard."""
-    task, max_new = ctx.task, ctx.plan.max_new_tokens
-    conts, forced, target, forced_tok, truncated = [], [], [], [], []
-    for j, k, a, n in rows:
-        if a in task.stop_ids or max_new - (k + 1) <= 0:
-            toks, trunc = [np.zeros(0, np.int64)] * n, np.full(n, a not in task.stop_ids)
-            ctx.backend.count_complete(n)
-        else:
-            res = next(results)
-            toks, trunc = res.tokens, np.asarray(res.truncated)
-        conts += toks
-        truncated.append(trunc)
-        forced += [k + 1] * n
-        target += [j] * n
-        forced_tok += [a] * n
-    full = [np.concatenate([s.paths[j][: f - 1], [a], c]).astype(np.int64)
-            for j, f, a, c in zip(target, forced, forced_tok, conts, strict=True)]
-    trunc = np.concatenate(truncated)
-    reward = np.asarray(task.rewards(s.question, full, trunc), dtype=np.int64)
-    batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
-    exits = s.tree.ingest(batch)
-    ctx.rundir.save(
-        s.question.id, name, forced_len=batch.forced_len, target_path=batch.target_path,
-        forced_token=batch.forced_token, reward=reward, truncated=trunc,
-        length=np.array([len(f) for f in full], dtype=np.int64),
-        exit_lcp=np.stack([e.lcp for e in exits]), exit_token=np.stack([e.token for e in exits]),
-        window=np.array(window), plan_key=plan_key,
-    )
-    _count(s, len(conts), int(sum(len(c) for c in conts)))
-
-
-def _count(s: QuestionState, rollouts: int, tokens: int) -> None:
-    s.budget[-1]["rollouts"] += rollouts
-    s.budget[-1]["tokens_generated"] += tokens
-    s.budget[-1]["rounds"] += 1
-
-
-def _ingest_shard(s: QuestionState, shard: dict[str, np.ndarray]) -> None:
-    """Replay a stored round: the compact exits, never the tokens (SPEC §6)."""
-    exits = [Exits(lcp=shard["exit_lcp"][j], token=shard["exit_token"][j]) for j in range(len(s.paths))]
-    s.tree.ingest_all_exits(exits, shard["forced_len"], shard["reward"])
-    _count(s, len(shard["reward"]), int((shard["length"] - shard["forced_len"]).sum()))
-
-
 # 5. per-node records -----------------------------------------------------------------------------
 
 
@@ -272,7 +135,7 @@ def _records(ctx: RunContext) -> tuple[list[dict], list[dict], dict[str, int]]:
     nodes, children, skipped = [], [], {}
     for s in ctx.states.values():
         for j, path in enumerate(s.paths):
-            student, scored, tabs = _tables(s, j, teachers)
+            student, scored, tabs = logprob_tables(s, j, teachers)
             passes = [TeacherPass(t.name, tabs[t.name], scored[t.name].divergences, scored[t.name].approximate)
                       for t in teachers if t.name in scored]
             n, c, sk = path_records(s.question.id, j, path, OUTCOMES[s.path_outcome[j]], s.tree.children(j), student,
@@ -326,7 +189,7 @@ def _execute(rundir: RunDir, on_progress: Progress | None, backend: Backend | No
     )
     n_windows = max((len(s.spans) for s in ctx.states.values()), default=0)
     for w in range(n_windows):
-        _enrich_window(ctx, w, params)
+        enrich_window(ctx, w, params)
         progress("targeted rollouts", w + 1, n_windows)
 
     nodes, children, skipped = _records(ctx)
@@ -347,60 +210,3 @@ def _last_backend(root: Path) -> dict | None:
         return json.loads((root / "results.json").read_text())["versions"]["backend"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _finished(out: str | Path) -> RunConfig:
-    cfg = RunDir.load_config(out)
-    if not (Path(out) / "results.json").exists():
-        raise RunDirError(f"{out}: the run has not finished (no results.json); resume it with odiag run first")
-    return cfg
-
-
-def add_teacher(
-    out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None,
-    task: Task | None = None,
-) -> dict:
-    """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
-
-    The teacher is loaded and checked against the task before it is recorded in the run directory
-    (by resolved file and identity), so rerunning the original command keeps it, from any directory.
-    """
-    cfg = _finished(out)
-    ref = resolve_teacher(teacher, ADDED)
-    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
-    plan.task.check_teacher(ref.config)
-    with RunDir.open(out, plan, add=ref) as rundir:
-        return _execute(rundir, on_progress, backend, frozen=True)
-
-
-def rescore(
-    out: str | Path, overrides: Sequence[str] = (), on_progress: Progress | None = None,
-    backend: Backend | None = None, task: Task | None = None,
-) -> dict:
-    """Rescore a finished run's stored trees under new scoring settings, zero rollouts.
-
-    ``overrides`` (``key=value``) may change only scoring settings (``algorithms``, ``jsd_beta``,
-    ``gamma``); teachers added to the run whose file changed are scored again from the new file.
-    The results equal a fresh run's with the same settings.
-    """
-    import yaml
-
-    stored = _finished(out)
-    data = to_dict(stored)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item[:80]!r}: the value is not valid YAML") from None
-    cfg = build(RunConfig, data, f"{out}/config.json with --set")
-    if moved := [k for k in data if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]:
-        raise ConfigError(
-            f"rescore: {moved[0]!r} shapes the rollout tree or its extent; rescore changes only {', '.join(SCORING_FIELDS)} "
-            "(grow a run with odiag run, or start another --out)"
-        )
-    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
-    with RunDir.open(out, plan, rescore=True) as rundir:
-        return _execute(rundir, on_progress, backend, frozen=True)
