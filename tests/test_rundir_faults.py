@@ -481,6 +481,30 @@ def test_resume_from_another_directory(tmp_path, monkeypatch):
     assert json.dumps(mine) == json.dumps([r["alignment"] for r in first["teachers"]])
 
 
+def test_rescore_refuses_an_edited_planner(tmp_path, capsys):
+    """A teacher that planned the tree cannot be rescored from a new file: the tree would differ."""
+    t = _teacher(tmp_path, "mine")
+    out = tmp_path / "run"
+    run(RunConfig(**SETTINGS, teachers=(str(t),)), out)
+    t.write_text("description: a copy\nmodel: misleading\n")
+    _refused(capsys, ["rescore", str(out)], out, "teacher 'mine' changed", "plans the targeted rollouts")
+
+
+@pytest.mark.parametrize("key", ["algorithms=[bogus]", "jsd_beta=[1", "algorithms", "gamma=fast"])
+def test_rescore_with_a_bad_value_changes_nothing(copy, capsys, key):
+    _refused(capsys, ["rescore", str(copy), "--set", key], copy)
+
+
+def test_growing_a_run_with_an_added_teacher_scores_it_on_the_new_questions(copy, tmp_path):
+    late = _teacher(tmp_path, "late", model="misleading")
+    add_teacher(copy, str(late))
+    grown = run(RunConfig(**{**SETTINGS, "limit": 3}), copy)
+    fresh = tmp_path / "fresh"
+    run(RunConfig(**{**SETTINGS, "limit": 3}), fresh)
+    assert _strip(grown) == _strip(add_teacher(fresh, str(late)))
+    assert grown["counts"]["forward_passes_this_invocation"]["misleading"] == 2 * grown["questions"][2]["paths"]
+
+
 def test_added_teacher_file_removed_is_refused(copy, tmp_path, capsys):
     t = _teacher(tmp_path, "gone")
     add_teacher(copy, str(t))
