@@ -66,9 +66,10 @@ def _summary_table(results: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.config import resolve_run_config
+
+    cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
-    cfg = resolve_run_config(args.config, args.set)
     results = run(cfg, args.out, on_progress=_Progress(args.quiet))
     if not args.quiet:
         print(_summary_table(results))
@@ -151,6 +152,13 @@ def _count(minimum: int, kind: type = int) -> Callable[[str], Any]:
     return parse
 
 
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -172,19 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", help="run (or resume) the diagnostic; writes DIR/results.json")
     p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
     p.set_defaults(func=_run)
 
     p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
-    p.add_argument("dir", help="run directory")
+    p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("teacher", help="teacher YAML file or name under teachers/")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_add_teacher)
 
     p = command("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
-    p.add_argument("--site", default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
+    p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
+    p.add_argument("--site", type=_path, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
@@ -198,14 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument("--out", required=True, help="site directory (index.html, leaderboard.json, figures/)")
+    p.add_argument("--out", type=_path, required=True, help="site directory (index.html, leaderboard.json, figures/)")
     p.add_argument("--viewer-mb", type=_count(0, float), default=None,
                    help="size budget of the per-token viewer's data in MB (default 25)")
     p.set_defaults(func=_leaderboard)
 
     p = command("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
-    p.add_argument("dir", help="run directory")
-    p.add_argument("--out", help="write the YAML to this file instead of stdout")
+    p.add_argument("dir", type=_path, help="run directory")
+    p.add_argument("--out", type=_path, help="write the YAML to this file instead of stdout")
     p.set_defaults(func=_model_card)
     return parser
 
@@ -253,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
+        if isinstance(exc, OSError) and not exc.filename:  # a failed write (disk full) names no file
+            exc.filename = getattr(args, "out", None) or getattr(args, "dir", None)
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"odiag: error: {_one_line(_describe(exc))}", file=sys.stderr)

@@ -144,8 +144,11 @@ def _load(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML: {_one_line(str(exc), 120)}") from None
     except RecursionError:
         raise ConfigError(f"{where}: YAML nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"{where}: bad YAML value: {_one_line(str(exc), 120)}") from None
+    except ConfigError:
+        raise
+    except ValueError as exc:  # an integer of more than 4300 digits is the one known case
+        why = "an integer of more than 4300 digits" if "digits" in str(exc) else _one_line(str(exc), 120)
+        raise ConfigError(f"{where}: bad YAML value: {why}") from None
     finally:
         loader.dispose()
 
@@ -226,7 +229,8 @@ def read_parquet(path: str | Path, columns: Iterable[str] = ()):
     try:
         table = pq.read_table(p)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ConfigError(f"{p}: not a readable parquet file ({_one_line(str(exc), 120)})") from None
+        why = str(exc).split(f"'{p}': ", 1)[-1]  # pyarrow repeats the path
+        raise ConfigError(f"{p}: not a readable parquet file ({_one_line(why, 120)})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; not written by this odiag")
