@@ -231,7 +231,10 @@ def _describe(exc: BaseException) -> str:
     """The error line's text: an OSError names its file and the system's reason."""
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
-        return f"{where}: {exc.strerror}" if where else exc.strerror
+        why = exc.strerror
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why += " (a file where a directory is needed)"
+        return f"{where}: {why}" if where else why
     return str(exc)
 
 
