@@ -112,10 +112,24 @@ def _tasks_dir(args: argparse.Namespace) -> int:
     return main_tasks_dir()
 
 
+def _raised_by(exc: BaseException, package: str) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is code of ``package``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"/{package}/" in tb.tb_frame.f_code.co_filename
+
+
 def _eval(args: argparse.Namespace) -> int:
+    from harness.errors import OdiagError
     from harness.lmeval_bridge import main_eval
 
-    return main_eval(args.lm_eval_args)
+    try:
+        return main_eval(args.lm_eval_args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if _raised_by(exc, "lm_eval"):  # lm_eval refusing its arguments (an unknown task): input, not a bug
+            raise OdiagError(f"lm_eval: {exc}") from exc
+        raise
 
 
 def _leaderboard(args: argparse.Namespace) -> int:

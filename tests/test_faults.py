@@ -302,6 +302,15 @@ def test_teacher_file_of_10_mb(odiag, tmp_path):
     assert_one_line(odiag("add-teacher", run, teacher), str(teacher), "too large")
 
 
+def test_template_wall_time_limit(monkeypatch):
+    """Work that stays under every size limit still stops at the wall-time limit (here made tiny)."""
+    import harness.safeio as safeio
+
+    monkeypatch.setattr(safeio, "RENDER_SECONDS", 0.0)
+    with pytest.raises(ConfigError, match=r"^t.yaml: key 'context_template': template limit: rendering took longer"):
+        render_template("{% for i in range(100) %}{{ i }}{% endfor %}", "t.yaml: key 'context_template'")
+
+
 def test_templates_render_as_before():
     """The limits change nothing for a real template: output as Jinja's plain sandbox renders it."""
     from jinja2 import StrictUndefined
