@@ -333,7 +333,7 @@ def _estimate(name: str, value: Any, args: tuple, kwargs: dict, method: bool) ->
         return len(s) + (s.count("\n") + 1) * width
     if name == "wordwrap" and s is not None:
         wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring")
-        return len(s) * (1 + len(_text(wrap)) if wrap is not None else 2)
+        return len(s) * (1 + (len(_text(wrap)) if wrap is not None else 1))
     if name == "expandtabs" and s is not None:
         tab = args[0] if args else kwargs.get("tabsize", 8)
         return len(s) * max(1, tab if isinstance(tab, int) else 1)
