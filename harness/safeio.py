@@ -4,7 +4,8 @@ Every failure is a :class:`~harness.errors.ConfigError` of one line that names t
 ``--set``) and, where it matters, the key; a value is never shown whole, only an :func:`excerpt`.
 
 - **YAML** (:func:`load_yaml_file`, :func:`parse_yaml_value`): safe tags only; files of at most
-  ``MAX_YAML_BYTES``, text only (no NUL byte, UTF-8), a mapping at the top level; aliases may not
+  ``MAX_YAML_BYTES``, text only (no NUL byte, UTF-8), a mapping at the top level, brackets nested at
+  most ``MAX_YAML_DEPTH`` deep (PyYAML's scanner is quadratic in that depth); aliases may not
   expand the document beyond ``MAX_YAML_NODES`` nodes (a "billion laughs" is refused before it is
   built, in time linear in the file) and may not refer to themselves.
 - **JSON and parquet** results (:func:`read_json`, :func:`read_parquet`): a malformed, truncated or
@@ -41,6 +42,7 @@ EXCERPT_CHARS = 80  # the most of a value an error message shows
 MAX_YAML_BYTES = 1 << 20  # a config or teacher file; real ones are a few kB
 MAX_SET_BYTES = 1 << 16  # one --set value
 MAX_YAML_NODES = 100_000  # nodes of a YAML document with every alias expanded (a scalar weighs 1 per 100 chars)
+MAX_YAML_DEPTH = 100  # [ and { nesting: PyYAML's scanner slows quadratically with it, its composer recurses
 MAX_TEMPLATE_CHARS = 100_000  # template source
 MAX_RENDER_CHARS = 1_000_000  # rendered text, and any string or list a template builds (~250k tokens)
 MAX_INT_BITS = 4096  # integers a template computes
@@ -127,8 +129,21 @@ def _check_expansion(root: yaml.Node, where: str) -> None:
         stack.extend((c, False) for c in _children(node) if id(c) not in size)
 
 
+def _bracket_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest, counted on the raw text (brackets in strings count too: an
+    over-estimate that only a text with a hundred unclosed brackets could notice)."""
+    depth = deepest = 0
+    for m in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _load(text: str, where: str) -> Any:
-    """One YAML document (safe tags only), its alias expansion checked before it is constructed."""
+    """One YAML document (safe tags only), its nesting and alias expansion checked before it is
+    parsed and constructed."""
+    if _bracket_depth(text) > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: YAML nested deeper than {MAX_YAML_DEPTH} levels")
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -138,7 +138,7 @@ BAD_SETS = [
     ("teachers=!!python/object/apply:os.system [ls]", "not valid YAML"),
     ("seed=1" + "0" * 5000, "bad YAML value"),
     ("teachers=" + "a" * 70000, "longer than"),
-    ("teachers=[" + "[" * 2000 + "]" * 2000 + "]", "--set teachers"),
+    ("teachers=[" + "[" * 20000 + "]" * 20000 + "]", "nested deeper"),
 ]
 
 
@@ -183,8 +183,8 @@ def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
         p.write_text("teachers: &a [*a]\n")
         return p, "alias"
     if kind == "deep nesting":
-        p.write_text("teachers: " + "[" * 3000 + "]" * 3000 + "\n")
-        return p, str(p)
+        p.write_text("teachers: " + "[" * 300000 + "]" * 300000 + "\n")
+        return p, "nested deeper"
     if kind == "syntax":
         p.write_text("window: [3\ntau: 0.1\n")
         return p, "not valid YAML"
