@@ -12,6 +12,7 @@ values) when it is constructed, so a bad value is refused before anything runs o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -89,8 +90,12 @@ def distinct() -> Rule:
 
 
 def setting(default: Any, doc: str, *rules: Rule) -> Any:
-    """A config field: its default, its one-line doc and its rules (None always passes an optional field's rules)."""
-    return dataclasses.field(default=default, metadata={"doc": doc, "rules": rules})
+    """A config field: its default, its one-line doc and its rules (None always passes an optional
+    field's rules). A list or dict default is copied for each instance."""
+    metadata = {"doc": doc, "rules": rules}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _backends() -> list[str]:

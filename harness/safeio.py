@@ -273,7 +273,7 @@ _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("odiag_
 
 def _budget() -> _Budget:
     budget = _BUDGET.get()
-    if budget is None:  # filters folded at compile time: a fresh budget per call
+    if budget is None:  # PROMPTS used outside render_template: a fresh budget per call
         budget = _Budget()
     if time.monotonic() > budget.deadline:
         raise TemplateLimit(f"rendering took longer than {RENDER_SECONDS:g} s")
