@@ -298,9 +298,9 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
 
 def _read_nodes(out: Path) -> dict[str, np.ndarray]:
     from harness.core.records import NODE_COLUMNS
-    from harness.results import read_table
+    from harness.safeio import read_parquet
 
-    table = read_table(out / "nodes.parquet", NODE_COLUMNS)
+    table = read_parquet(out / "nodes.parquet", NODE_COLUMNS)
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 

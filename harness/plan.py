@@ -181,12 +181,6 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
         raise ConfigError(f"algorithms: unknown {unknown[0]!r}; choose from {sorted(ALGORITHMS)}")
     if len(set(cfg.algorithms)) != len(cfg.algorithms):
         raise ConfigError(f"algorithms: listed twice in {list(cfg.algorithms)}")
-    from harness.tasks import OUTCOMES
-
-    if not cfg.incorrect_outcomes or not set(cfg.incorrect_outcomes) <= set(OUTCOMES) - {"correct"}:
-        raise ConfigError(
-            f"incorrect_outcomes must be a non-empty list of 'wrong', 'truncated', 'unparseable', got {list(cfg.incorrect_outcomes)}"
-        )
     if not cfg.teachers:
         raise ConfigError("teachers: the run needs at least one teacher")
     if len(set(cfg.teachers)) != len(cfg.teachers):

@@ -28,8 +28,8 @@ def add_teacher(
     The teacher is loaded and checked against the task before it is recorded in the run directory
     (by resolved file and identity), so rerunning the original command keeps it, from any directory.
     """
+    ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
     cfg = _finished(out)
-    ref = resolve_teacher(teacher, ADDED)
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
     plan.task.check_teacher(ref.config)
     with RunDir.open(out, plan, add=ref) as rundir:
@@ -48,18 +48,16 @@ def rescore(
     ``gamma``); teachers added to the run whose file changed are scored again from the new file.
     The results equal a fresh run's with the same settings.
     """
-    import yaml
+    from harness.safeio import excerpt, parse_yaml_value
 
     stored = _finished(out)
     data = to_dict(stored)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item[:80]!r}: the value is not valid YAML") from None
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set jsd_beta=0.9")
+        data[key] = parse_yaml_value(raw, f"--set {key}") if raw.strip() else None
     cfg = build(RunConfig, data, f"{out}/config.json with --set")
     if moved := [k for k in data if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]:
         raise ConfigError(
