@@ -344,7 +344,10 @@ class RunDir:
         saved = read_json(path, "run config (config.json)")
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
-            raise RunDirError(f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r})")
+            raise RunDirError(
+                f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
+                "a run made by an older odiag cannot be resumed: use another --out"
+            )
         keys = ("config", "config_hash", "tree_hash", "teachers")
         if missing := [k for k in keys if k not in saved]:
             raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r})")
