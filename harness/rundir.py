@@ -395,11 +395,11 @@ class RunDir:
             kind = str(arrays.pop("_kind", ""))
             stored = str(arrays.pop("_sha256", ""))
             if kind not in shard_kinds(name):
-                raise ValueError(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
+                raise _Bad(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
             if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
-                raise ValueError(f"no array {missing[0]!r}")
+                raise _Bad(f"no array {missing[0]!r}")
             if checksum(arrays) != stored:
-                raise ValueError("checksum mismatch")
+                raise _Bad("checksum mismatch: its arrays changed after it was written")
         except Exception as exc:  # noqa: BLE001 - whatever np.load raises on bad bytes, the shard is named
             why = "empty file" if path.stat().st_size == 0 else _why(exc)
             if not self.repair:
@@ -445,7 +445,13 @@ class RunDir:
             p.unlink()
 
 
+class _Bad(Exception):
+    """A shard that reads but is not what was written."""
+
+
 def _why(exc: Exception) -> str:
+    if isinstance(exc, _Bad):
+        return str(exc)
     if isinstance(exc, ValueError) and "pickled" in str(exc):
         return "not an npz archive"
     text = str(exc).splitlines()[0][:100] if str(exc) else ""
