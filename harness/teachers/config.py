@@ -99,6 +99,37 @@ def _resolve_model(value: str | None, base: Path) -> str | None:
     return str((base / value).resolve())
 
 
+# The nested form of a teacher file: where its solutions come from, and how they are summarised.
+#   solutions: {source, revision, attempts, temperature, max_new_tokens, chat_template_options}
+#   summary:   {summarizer, revision, prompt, temperature, max_new_tokens, chat_template_options}
+NESTED: dict[str, dict[str, str]] = {
+    "solutions": {"source": "solution_source", "revision": "solution_revision", "attempts": "solution_attempts",
+                  "temperature": "solution_temperature", "max_new_tokens": "solution_max_new_tokens",
+                  "chat_template_options": "solution_chat_template_options"},
+    "summary": {"summarizer": "summarizer", "revision": "summarizer_revision", "prompt": "summary_prompt",
+                "temperature": "summary_temperature", "max_new_tokens": "summary_max_new_tokens",
+                "chat_template_options": "summary_chat_template_options"},
+}
+
+
+def _flatten(data: dict, where: str) -> dict:
+    """A teacher file's ``solutions:`` and ``summary:`` sections as the flat keys of TeacherConfig."""
+    out = {k: v for k, v in data.items() if k not in NESTED}
+    for section, keys in NESTED.items():
+        if section not in data:
+            continue
+        block = data[section]
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where}: key {section!r} must be a mapping of {', '.join(keys)}")
+        for key, value in block.items():
+            if key not in keys:
+                raise ConfigError(f"{where}: unknown key {section}.{key!s:.40}; valid keys are {sorted(keys)}")
+            if keys[key] in data:
+                raise ConfigError(f"{where}: {section}.{key} and {keys[key]} both given; keep one")
+            out[keys[key]] = value
+    return out
+
+
 def load_teacher(name_or_path: str) -> TeacherConfig:
     """Load and validate one teacher file; errors name the file and the key."""
     path = teacher_path(name_or_path)
@@ -107,7 +138,7 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
         raise ConfigError(f"{path}: expected a mapping of teacher keys")
     if "file" in data:
         raise ConfigError(f"{path}: unknown key 'file' (it is filled in by the loader)")
-    data = {"name": path.stem, **data, "file": str(path)}
+    data = {"name": path.stem, **_flatten(data, str(path)), "file": str(path)}
     for key in ("model", "solution_source", "summarizer"):
         if isinstance(data.get(key), str):
             data[key] = _resolve_model(data[key], path.parent)
