@@ -1,22 +1,16 @@
 """What the command line tells a user about odiag itself: config keys, tasks and teachers.
 
 Everything here is generated from the code and files it describes, so it cannot drift from them:
-``odiag run --help`` lists each `RunConfig` field with its type, default and doc (a field's
-``metadata["doc"]`` when it has one, else its attribute docstring or trailing ``# comment`` in the
-source); ``odiag ls tasks`` reads the task YAMLs; ``odiag ls teachers`` loads every teacher file.
+``odiag run --help`` lists each `RunConfig` field with its type, default, doc and allowed values
+(`harness.config.field_docs` and `field_rules`, from each field's ``setting(default, doc, *rules)``);
+``odiag ls tasks`` reads the task YAMLs; ``odiag ls teachers`` loads every teacher file.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import io
 import json
 import re
 import textwrap
-import tokenize
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +22,8 @@ MANIFEST = Path(__file__).resolve().parent / "toy_models" / "MANIFEST.json"
 # config keys ------------------------------------------------------------------------------------
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """One line of documentation per dataclass field: ``metadata["doc"]``, else the string literal
-    right after the field (an attribute docstring), else the field line's trailing comment."""
-    from_source: dict[str, str] = {}
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        source = ""
-    if source:
-        comments: dict[int, str] = {}
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        (node,) = ast.parse(source).body
-        body = node.body
-        for i, stmt in enumerate(body):
-            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
-                continue
-            nxt = body[i + 1] if i + 1 < len(body) else None
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                from_source[stmt.target.id] = " ".join(nxt.value.value.split())
-            else:
-                lines = range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
-                found = [comments[n] for n in lines if n in comments]
-                if found:
-                    from_source[stmt.target.id] = found[-1]
-    out = {}
-    for f in dataclasses.fields(cls):
-        doc = f.metadata.get("doc") if f.metadata else None
-        out[f.name] = " ".join(str(doc).split()) if doc else from_source.get(f.name, "")
-    return out
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
-
-
 def _yaml_value(value: Any) -> str:
     """A default as one would write it after ``--set key=``."""
-    if value is dataclasses.MISSING:
-        return "(required)"
     if value is None:
         return "null"
     if isinstance(value, tuple | list):
@@ -82,22 +33,18 @@ def _yaml_value(value: Any) -> str:
     return str(value)
 
 
-def _type_name(f: dataclasses.Field) -> str:
-    if isinstance(f.type, str):  # annotations as written (``from __future__ import annotations``)
-        return f.type
-    if typing.get_args(f.type) or not hasattr(f.type, "__name__"):
-        return str(f.type).replace("typing.", "")
-    return f.type.__name__
-
-
 def config_help(cls: type, width: int = 100) -> str:
-    """Every field of ``cls`` as ``name (type, default ...)`` and its doc, for an argparse epilog."""
-    docs = field_docs(cls)
+    """Every field of a config dataclass (`harness.config.setting`) as ``name (type, default ...)``,
+    its one-line doc and the values it allows, for an argparse epilog."""
+    from harness.config import field_docs, field_rules
+
+    rules = field_rules(cls)
     lines = []
-    for f in dataclasses.fields(cls):
-        lines.append(f"  {f.name} ({_type_name(f)}, default {_yaml_value(_default(f))})")
-        doc = docs.get(f.name) or "(undocumented)"
-        lines += textwrap.wrap(doc, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    for name, field in field_docs(cls).items():
+        lines.append(f"  {name} ({field.type}, default {_yaml_value(field.default)})")
+        lines += textwrap.wrap(field.doc or "(undocumented)", width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        if rules.get(name):
+            lines += textwrap.wrap(f"allowed: {rules[name]}", width=width, initial_indent=" " * 6, subsequent_indent=" " * 8)
     return "\n".join(lines)
 
 

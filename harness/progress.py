@@ -430,5 +430,5 @@ def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) ->
     return lines
 
 
-__all__ = ["Callback", "Event", "Phase", "PhaseProgress", "Phases", "Reporter", "RunFinished", "RunStarted", "call",
-           "window_weights"]
+__all__ = ["Callback", "Event", "OnDone", "Phase", "PhaseProgress", "Phases", "Reporter", "RunFinished", "RunStarted",
+           "call", "window_weights"]

@@ -15,8 +15,8 @@ import pytest
 
 from harness import __version__
 from harness.cli import build_parser, main
-from harness.config import ConfigError, RunConfig
-from harness.discover import config_help, field_docs, model_size, task_rows, teacher_rows
+from harness.config import ConfigError, RunConfig, field_docs, field_rules
+from harness.discover import model_size, task_rows, teacher_rows
 from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe, window_weights
 from harness.report import no_decision_reason, summary_table
 
@@ -30,37 +30,28 @@ needs_toy = pytest.mark.skipif(not (STUDENT / "config.json").exists(), reason="t
 
 
 def test_version(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--version"])
-    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"odiag {__version__}"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"odiag {__version__}"
 
 
-def test_run_help_lists_every_config_key_with_type_default_and_doc(capsys):
+def test_run_help_lists_every_config_key_with_type_default_doc_and_allowed_values(capsys):
+    """The epilog is `harness.config.field_docs` and `field_rules` of RunConfig, field by field."""
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     text = capsys.readouterr().out
-    docs = field_docs(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        assert docs[f.name], f"RunConfig.{f.name} has no doc"
-        entry = re.search(rf"^  {f.name} \((.+?), default (.+?)\)\n((?:      .*\n?)+)", text, re.M)
-        assert entry, f"{f.name} missing from odiag run --help"
-        assert entry.group(1) == f.type
-        assert " ".join(entry.group(3).split()) == docs[f.name]
+    docs, rules = field_docs(RunConfig), field_rules(RunConfig)
+    assert list(docs) == [f.name for f in dataclasses.fields(RunConfig)]
+    for name, field in docs.items():
+        assert field.doc, f"RunConfig.{name} has no doc"
+        entry = re.search(rf"^  {name} \((.+?), default (.+?)\)\n((?:      .*\n?)+)", text, re.M)
+        assert entry, f"{name} missing from odiag run --help"
+        assert entry.group(1) == field.type
+        body = " ".join(entry.group(3).split())
+        assert body.startswith(field.doc), name
+        if rules[name]:
+            assert body.endswith(f"allowed: {rules[name]}"), name
     assert "  limit (int | None, default 8)" in text
-
-
-def test_field_docs_read_metadata_docstrings_and_comments():
-    @dataclasses.dataclass(frozen=True)
-    class Example:
-        a: int = 1  # from the comment
-        b: str = dataclasses.field(default="x", metadata={"doc": "from metadata"})  # not this
-        c: float = 0.5
-        """from the attribute docstring"""
-        d: tuple[str, ...] = ("p", "q")
-
-    assert field_docs(Example) == {"a": "from the comment", "b": "from metadata",
-                                   "c": "from the attribute docstring", "d": ""}
-    assert "  d (tuple[str, ...], default [p, q])\n      (undocumented)" in config_help(Example)
+    assert re.search(r"^  teachers \(list\[str\], default \[synthetic-helpful, synthetic-misleading\]\)$", text, re.M)
 
 
 def test_ls_tasks_and_teachers(capsys):
@@ -228,6 +219,55 @@ def test_no_decision_point_is_explained_in_one_line_with_counts():
     assert first.startswith("no decision point: 4 questions, 1 with only correct and 1 with only incorrect initial rollouts, "
                             "7 nodes with a second child below n_min=20 visits, 2 with equal Q on every child")
     assert "nan" not in text
+
+
+def test_a_run_without_decision_points_counts_why_per_node(tmp_path):
+    """Nodes with a second visited child that are no decision point are counted by reason; with an
+    unreachable n_min every such node is below it and the summary says so instead of nan rows."""
+    from harness.config import resolve_run_config
+    from harness.pipeline import run
+
+    results = run(resolve_run_config(None, ["limit=2", "n_min=1000000", "algorithms=[gkd]"]), tmp_path / "run")
+    skipped = results["counts"]["skipped_nodes"]
+    assert results["counts"]["decision_points"] == 0
+    assert skipped["below_n_min"] > 0 and skipped["equal_q"] == 0
+    first = summary_table(results).splitlines()[0]
+    assert first.startswith("no decision point: 2 questions") and f"{skipped['below_n_min']} nodes with a second child" in first
+    reached = run(resolve_run_config(None, ["limit=2", "algorithms=[gkd]"]), tmp_path / "reached")
+    assert reached["counts"]["decision_points"] > 0 and reached["counts"]["skipped_nodes"]["below_n_min"] > 0
+
+
+def test_run_rescore_and_add_teacher_report_progress(tmp_path):
+    """One callback for every entry point: a run's phases with its rollouts, then a rescore and an
+    added teacher, which draw no rollout and report only the passes they make."""
+    from harness.config import resolve_run_config
+    from harness.pipeline import add_teacher, rescore, run
+
+    def events(call, *args, **kwargs):
+        heard = []
+        call(*args, on_progress=heard.append, **kwargs)
+        assert isinstance(heard[0], RunStarted) and isinstance(heard[-1], RunFinished)
+        return heard[0], [e for e in heard if isinstance(e, PhaseProgress)], heard[-1]
+
+    out = tmp_path / "run"
+    started, progress, finished = events(run, resolve_run_config(None, ["limit=2", "algorithms=[gkd]"]), out)
+    assert (started.questions, started.teachers) == (2, 2)
+    finals = {e.phase: e for e in finished.phases}
+    assert list(finals) == ["initial rollouts", "artefacts", "teacher passes", "targeted rollouts"]
+    assert finals["initial rollouts"].rollouts == 2 * RunConfig().n_initial
+    assert finals["teacher passes"].done == finals["teacher passes"].planned > 0
+    assert finals["targeted rollouts"].rollouts > 0
+    assert any(e.step.startswith("window 1/") for e in progress if e.phase == "targeted rollouts")
+
+    _, _, finished = events(rescore, out, ["jsd_beta=0.9"])
+    assert sum(e.rollouts + e.done for e in finished.phases) == 0  # everything read from the run directory
+
+    added = tmp_path / "helpful-copy.yaml"
+    added.write_text((ROOT / "teachers" / "synthetic-helpful.yaml").read_text().replace("description:", "description: a copy,", 1))
+    started, _, finished = events(add_teacher, out, str(added))
+    finals = {e.phase: e for e in finished.phases}
+    assert started.teachers == 3 and sum(e.rollouts for e in finished.phases) == 0
+    assert finals["teacher passes"].done == finals["teacher passes"].planned > 0
 
 
 @needs_toy

@@ -1,0 +1,104 @@
+"""What a run wraps around its backend: counting, building on first use, refusing rollouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from harness.backends.base import Backend
+from harness.config import ConfigError
+from harness.progress import OnDone, Phase
+from harness.progress import call as progress_call
+
+
+class CountingBackend:
+    """Counts what a run asks of its backend: rollouts, generated tokens, forward passes per model.
+
+    While a progress phase is bound to ``phase`` (`harness.progress.Phases.phase`), each call adds
+    its work to the phase's plan and reports completions from inside the backend call.
+    """
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.rollouts = 0
+        self.tokens = 0
+        self.passes: dict[str, int] = {}
+        self.phase: Phase | None = None
+
+    def sample(self, requests):
+        phase = self.phase
+        if phase is not None and requests:
+            phase.plan(sum(r.n for r in requests))
+        on_done = phase.sampled if phase is not None else None
+        results = progress_call(self.inner.sample, requests, on_done, _tokens) if requests else []
+        self.rollouts += sum(r.n for r in requests)
+        self.tokens += sum(len(t) for res in results for t in res.tokens)
+        return results
+
+    def count_complete(self, n: int) -> None:
+        """Rollouts whose forced prefix already ended them (a stop id, or the length limit): no sampling."""
+        self.rollouts += n
+        if self.phase is not None and n:
+            self.phase.plan(n, new_call=False)
+            self.phase.sampled(n, 0)
+
+    def score(self, requests):
+        for r in requests:
+            self.passes[r.model] = self.passes.get(r.model, 0) + 1
+        phase = self.phase
+        if phase is not None and requests:
+            phase.plan(len(requests))
+        on_done = phase.scored if phase is not None else None
+        return progress_call(self.inner.score, requests, on_done, _no_tokens) if requests else []
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def _tokens(result) -> int:
+    return sum(map(len, result.tokens))
+
+
+def _no_tokens(result) -> int:
+    return 0
+
+
+class LazyBackend:
+    """A backend built on its first request: a rescore that needs no forward pass loads no model.
+
+    ``described``: what to report as the backend's description if it is never built (the run's last).
+    """
+
+    def __init__(self, build: Callable[[], Backend], described: dict | None = None):
+        self.build, self.inner, self.described = build, None, described
+
+    def _get(self) -> Backend:
+        if self.inner is None:
+            self.inner = self.build()
+        return self.inner
+
+    def sample(self, requests, on_done: OnDone | None = None):
+        return progress_call(self._get().sample, requests, on_done, _tokens) if requests else []
+
+    def score(self, requests, on_done: OnDone | None = None):
+        return progress_call(self._get().score, requests, on_done, _no_tokens) if requests else []
+
+    def describe(self):
+        return self.described if self.inner is None and self.described is not None else self._get().describe()
+
+
+class NoRollouts:
+    """A backend that refuses to sample: rescoring and adding a teacher must find the whole tree stored."""
+
+    def __init__(self, inner, where: str):
+        self.inner, self.where = inner, where
+
+    def sample(self, requests, on_done: OnDone | None = None):
+        if requests:
+            raise ConfigError(f"{self.where}: the stored rollout tree is incomplete; resume the run with odiag run first")
+        return []
+
+    def score(self, requests, on_done: OnDone | None = None):
+        return progress_call(self.inner.score, requests, on_done, _no_tokens)
+
+    def describe(self):
+        return self.inner.describe()
