@@ -99,6 +99,10 @@ class AllocationParams:
     """``settle``: settled-probability a rollout must buy: 1/1000 grows a node by 100 rollouts only for +0.1."""
     draws: int = 256
     """``settle``: Beta posterior draws per node (a quasi-random table)."""
+    positions: int = 16
+    """``survey``: positions sampled per path (a systematic sample over the path's length)."""
+    visits: int | None = None
+    """``survey``: visits each child with π ≥ τ at a sampled position is enriched to; None: ``n_min``."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -572,8 +576,69 @@ def settle(state: WindowState, params: AllocationParams) -> Plan:
     return _plan(state, children, child, count, allowance)
 
 
+# --------------------------------------------------------------------------- survey
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fixed, well-mixed 64-bit hash of each integer (vectorised)."""
+    x = np.asarray(x, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(*keys: np.ndarray) -> np.ndarray:
+    """A fixed uniform in [0, 1) per key tuple: the same keys always give the same number."""
+    h = np.full(np.broadcast(*keys).shape, _DRAWS_SEED, np.uint64)
+    for k in keys:
+        h = _mix64(h ^ np.asarray(k, np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def survey_positions(length: int, count: int, path: int) -> np.ndarray:
+    """A systematic sample of ``count`` positions of a path of ``length``: ``floor((u + i) length / count)``.
+
+    One fixed uniform ``u`` per path: every position has inclusion probability ``count / length``
+    (all of them when ``count >= length``), so an unweighted mean over the sample estimates the mean
+    over the path without bias, and the sample is spread evenly over depth.
+    """
+    if count >= length:
+        return np.arange(length, dtype=np.int64)
+    u = float(_uniform(np.uint64(path))[()])
+    return np.unique(np.floor((u + np.arange(count)) * length / count).astype(np.int64))
+
+
+def survey(state: WindowState, params: AllocationParams) -> Plan:
+    """Every child with π ≥ τ at a systematic sample of each path's positions, to ``visits`` visits.
+
+    The alignment users read is a mean over a path's positions; a sample of positions estimates it,
+    and each sampled node needs only enough visits for every likely child to enter A(s).
+    """
+    children = _distinct_children(state)
+    length_P = np.diag(state.shared_prefix_P_P)
+    visits = params.visits or params.n_min
+    pi = np.nan_to_num(state.pi_R, nan=0.0)
+    chosen = np.zeros(len(state.path_R), bool)
+    for j in np.unique(state.path_R):
+        sample = survey_positions(int(length_P[j]), params.positions, int(j))
+        chosen |= (state.path_R == j) & np.isin(state.position_R, sample)
+    chosen &= pi >= params.tau
+    # a node with a single likely child makes no decision point
+    node_R = children.node_C[children.child_R]
+    per_node = np.bincount(node_R[chosen], minlength=len(children.start_N) - 1)
+    chosen &= per_node[node_R] >= 2
+    child = np.unique(children.child_R[chosen])
+    # under a budget, truncation keeps a random subset of nodes
+    order = np.argsort(_uniform(children.node_C[child], np.uint64(1)), kind="stable")
+    child = child[order]
+    need = np.maximum(visits - state.n_R[children.row_C[child]], 0)
+    return _plan(state, children, child, need, window_allowance(state, params))
+
+
 STRATEGIES: dict[str, Strategy] = {
     "paper": paper,
     "settle": settle,
+    "survey": survey,
 }
 """Allocation strategies by name (``RunConfig.strategy``); ``paper`` is the default and SPEC §4 exactly."""
