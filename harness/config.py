@@ -42,6 +42,7 @@ class RunConfig:
     max_new_tokens: int | None = None  # response length limit; None takes the task's
     n_initial: int = 64  # initial rollouts per question (SPEC §4 step 1)
     paths_per_outcome: int = 2  # representative correct and incorrect paths per question
+    incorrect_outcomes: tuple[str, ...] = ("wrong",)  # outcomes that may serve as incorrect paths: wrong, truncated, unparseable
     window: int = 50  # first depth window width w: windows [0,w), [w,3w), [3w,7w), ...
     k_window: int = 10  # top-k per window by GKD gradient magnitude and by |pi_T - pi|
     tau: float = 0.05  # candidate threshold on pi and |pi_T - pi|

@@ -44,7 +44,7 @@ from harness.core.divergences import DIVERGENCES
 from harness.core.tree import Exits, path_common_prefixes
 from harness.rundir import RunDir, ragged, unragged, write_json
 from harness.synthetic import derive_seed
-from harness.tasks import Question, Skip, Task, load_task
+from harness.tasks import CORRECT, OUTCOMES, WRONG, Question, Skip, Task, load_task
 from harness.teachers import Artefacts, TeacherConfig, artefact_models, build_artefacts, load_teacher
 
 log = logging.getLogger(__name__)
@@ -59,23 +59,29 @@ class QuestionState:
 
     question: Question
     responses: list[np.ndarray]  # initial rollouts' response ids
-    rewards: np.ndarray  # int [n_initial]
-    truncated: np.ndarray  # bool [n_initial]
+    outcomes: np.ndarray  # int8 [n_initial]: codes into tasks.OUTCOMES
     paths: list[np.ndarray] = dataclasses.field(default_factory=list)  # representative paths
-    path_correct: list[bool] = dataclasses.field(default_factory=list)
+    path_outcome: list[int] = dataclasses.field(default_factory=list)  # each path's outcome code
+    path_rollout: list[int] = dataclasses.field(default_factory=list)  # the initial rollout each path is
     solutions: list[tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=list)  # per path: (correct, wrong) it may show
     tree: TreeStats | None = None
     scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
     note: str = ""  # why the question has no paths of one outcome, if so
-    unparseable: int = 0  # initial rollouts whose answer could not be read (scored 0)
+    excluded_incorrect: int = 0  # rollouts scored 0 that may not serve as incorrect paths (truncated, ...)
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return (self.outcomes == CORRECT).astype(np.int64)
+
+    @property
+    def path_correct(self) -> list[bool]:
+        return [o == CORRECT for o in self.path_outcome]
 
     def answers(self) -> dict[str, int]:
         """What the task's scorer made of the initial rollouts."""
-        return {
-            "scored": len(self.rewards), "correct": int(np.sum(self.rewards)),
-            "unparseable": self.unparseable, "truncated": int(np.sum(self.truncated)),
-        }
+        counts = np.bincount(self.outcomes, minlength=len(OUTCOMES))
+        return {"scored": len(self.outcomes), **{name: int(counts[i]) for i, name in enumerate(OUTCOMES)}}
 
 
 class CountingBackend:
@@ -166,22 +172,16 @@ def _initial_rollouts(cfg, task, questions, backend, rundir, max_new) -> dict[st
         if shard is None:
             todo.append(q)
             continue
-        responses = unragged(shard["tokens"], shard["offsets"])
-        states[q.id] = QuestionState(q, responses, shard["reward"], shard["truncated"], unparseable=int(shard["unparseable"]))
+        states[q.id] = QuestionState(q, unragged(shard["tokens"], shard["offsets"]), shard["outcome"])
     requests = [
         SampleRequest(q.prompt_ids, cfg.n_initial, derive_seed(cfg.seed, q.id, "initial"), max_new, cfg.temperature, task.stop_ids)
         for q in todo
     ]
     for q, res in zip(todo, backend.sample(requests), strict=True):
-        before = task.answer_counts["unparseable"]
-        rewards = np.asarray(task.rewards(q, res.tokens, res.truncated), dtype=np.int64)
-        unparseable = task.answer_counts["unparseable"] - before
+        outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
         tokens, offsets = ragged(res.tokens)
-        rundir.save(
-            q.id, "initial", tokens=tokens, offsets=offsets, reward=rewards, truncated=res.truncated,
-            unparseable=np.int64(unparseable),
-        )
-        states[q.id] = QuestionState(q, res.tokens, rewards, np.asarray(res.truncated), unparseable=unparseable)
+        rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, outcome=outcomes)
+        states[q.id] = QuestionState(q, res.tokens, outcomes)
     return {q.id: states[q.id] for q in questions}
 
 
@@ -189,20 +189,44 @@ def _initial_rollouts(cfg, task, questions, backend, rundir, max_new) -> dict[st
 
 
 def _choose_paths(state: QuestionState, cfg: RunConfig) -> None:
-    """Up to ``paths_per_outcome`` distinct correct and incorrect responses, chosen from the seed."""
+    """Up to ``paths_per_outcome`` distinct correct and incorrect responses, chosen from the seed.
+
+    Incorrect representatives are drawn from the outcomes ``cfg.incorrect_outcomes`` allows (wrong
+    answers by default; truncated or unparseable ones only on request, SPEC §4 step 2).
+    """
+    incorrect = [OUTCOMES.index(name) for name in cfg.incorrect_outcomes]
     rng = np.random.default_rng(derive_seed(cfg.seed, state.question.id, "paths"))
     order = rng.permutation(len(state.responses))
-    for outcome in (1, 0):
+    for allowed in ([CORRECT], incorrect):
         seen = set()
         for i in order:
             key = state.responses[i].tobytes()
-            if state.rewards[i] == outcome and key not in seen and len(seen) < cfg.paths_per_outcome:
+            if state.outcomes[i] in allowed and key not in seen and len(seen) < cfg.paths_per_outcome:
                 seen.add(key)
                 state.paths.append(state.responses[i])
-                state.path_correct.append(bool(outcome))
+                state.path_outcome.append(int(state.outcomes[i]))
+                state.path_rollout.append(int(i))
+    state.excluded_incorrect = int(np.sum((state.outcomes != CORRECT) & ~np.isin(state.outcomes, incorrect)))
     kinds = set(state.path_correct)
     if kinds != {True, False}:
-        state.note = f"only {'correct' if True in kinds else 'incorrect' if kinds else 'no'} rollouts among {len(state.responses)}"
+        have = "correct" if True in kinds else "incorrect" if kinds else "no"
+        state.note = f"only {have} paths among {len(state.responses)} rollouts"
+        if state.excluded_incorrect and True in kinds and False not in kinds:
+            state.note += f" ({state.excluded_incorrect} truncated or unparseable, not used as incorrect paths)"
+
+
+def _initial_tree(state: QuestionState, cascade: str) -> TreeStats:
+    """The tree of the representative paths over the initial rollouts, each path's own rollout left out.
+
+    A path is chosen *because of* its reward, so its own rollout would pull the on-path ``Q`` toward
+    the path's outcome by about (r − Q)/n, in the direction of the correct-vs-incorrect contrast
+    (SPEC §2). The path stays tracked; only its rollout is not counted.
+    """
+    tree = TreeStats(state.paths, cascade=cascade)
+    own = set(state.path_rollout)
+    others = [i for i in range(len(state.responses)) if i not in own]
+    tree.ingest(Rollouts.from_lists([state.responses[i] for i in others], state.rewards[others]))
+    return tree
 
 
 def _solutions(state: QuestionState, j: int, cfg: RunConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -215,9 +239,10 @@ def _solutions(state: QuestionState, j: int, cfg: RunConfig) -> tuple[list[np.nd
     scored = state.paths[j].tobytes()
     correct, wrong = [], []
     for i in rng.permutation(len(state.responses)):
-        if state.responses[i].tobytes() == scored or state.truncated[i]:
+        # a wrong solution shown to a teacher is a wrong answer, never a cut-off or unreadable response
+        if state.responses[i].tobytes() == scored or state.outcomes[i] not in (CORRECT, WRONG):
             continue
-        (correct if state.rewards[i] else wrong).append(state.responses[i])
+        (correct if state.outcomes[i] == CORRECT else wrong).append(state.responses[i])
     return correct, wrong
 
 
@@ -364,7 +389,9 @@ def _enrich_window(cfg, task, planners, states, backend, rundir, w, spans, max_n
             scored = [_scored_tokens(s, j, planners) for j in range(len(s.paths))]
             children = [s.tree.children(j) for j in range(len(s.paths))]
             spent_q = sum(b["rollouts"] for b in s.budget[:-1])
-            state = window_state(w, len(spans), lo, min(hi, max(map(len, s.paths))), scored, children,
+            # the question's own windows: a budget's share per window never depends on other questions
+            longest = max(map(len, s.paths))
+            state = window_state(w, len(windows(longest, cfg.window)), lo, min(hi, longest), scored, children,
                                  path_common_prefixes(s.paths), spent_q, s.budget[-1]["rollouts"])
             plan = STRATEGIES[cfg.strategy](state, params)
             if plan.total == 0:
@@ -476,7 +503,8 @@ def _node_records(cfg, teachers, s: QuestionState, n_min: int, token_texts: Call
                     continue
                 inputs = NodeInputs(pi, pit, q, m, ms, path_action, float(rtg[t.name][k]), cfg.jsd_beta)
                 base = {
-                    "question_id": s.question.id, "path_id": j, "path_correct": s.path_correct[j], "position": k,
+                    "question_id": s.question.id, "path_id": j, "path_correct": s.path_correct[j],
+                    "path_outcome": OUTCOMES[s.path_outcome[j]], "position": k,
                     "teacher": t.name, "ideal_norm": float(np.linalg.norm(g_star)),
                     "teacher_advantage": teacher_advantage(pi, pit, q), "n_actions": len(tok),
                     "value": float(pi @ q / pi.sum()), "visits": int(n.sum()),
@@ -543,6 +571,10 @@ def run(
     teachers = [load_teacher(t) for t in names]
     # candidates come from the config's teachers only, so adding a teacher never changes the tree
     planners = teachers[: len(cfg.teachers)]
+    if not cfg.incorrect_outcomes or not set(cfg.incorrect_outcomes) <= set(OUTCOMES) - {"correct"}:
+        raise ConfigError(
+            f"incorrect_outcomes must be a non-empty list of 'wrong', 'truncated', 'unparseable', got {list(cfg.incorrect_outcomes)}"
+        )
     task = task or run_task(cfg)
     for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(t)
@@ -556,8 +588,7 @@ def run(
     for s in states.values():
         _choose_paths(s, cfg)
         s.solutions = [_solutions(s, j, cfg) for j in range(len(s.paths))]
-        s.tree = TreeStats(s.paths, cascade=cfg.cascade)
-        s.tree.ingest(Rollouts.from_lists(s.responses, s.rewards))
+        s.tree = _initial_tree(s, cfg.cascade)
     progress("initial rollouts", len(questions), len(questions))
 
     # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
@@ -595,7 +626,7 @@ def run(
 
 
 NODE_FIELDS = (
-    "question_id", "path_id", "path_correct", "position", "teacher", "algorithm", "alignment", "ideal_norm",
+    "question_id", "path_id", "path_correct", "path_outcome", "position", "teacher", "algorithm", "alignment", "ideal_norm",
     "teacher_advantage", "n_actions", "value", "visits", *DIVERGENCES, "approximate",
 )
 
@@ -614,6 +645,7 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
     scored = [v for s in states.values() for (j, k), v in s.scores.items() if k != STUDENT]
     decision_points = len({(r["question_id"], r["path_id"], r["position"]) for r in nodes})
     answers = [s.answers() for s in states.values()]
+    path_outcomes = [OUTCOMES[o] for s in states.values() for o in s.path_outcome]
     return {
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(cfg),
@@ -634,6 +666,9 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
             "forward_passes_this_invocation": backend.passes,
             "skipped_nodes": skipped,
             "initial_answers": {k: sum(a[k] for a in answers) for k in answers[0]} if answers else {},
+            "path_outcomes": {name: path_outcomes.count(name) for name in OUTCOMES},
+            # questions where truncated or unparseable rollouts were kept out of the incorrect paths
+            "questions_with_excluded_incorrect": sum(s.excluded_incorrect > 0 for s in states.values()),
         },
         "teacher_info": descriptions,
         "teachers": rows,
@@ -644,6 +679,8 @@ def _results(cfg, teachers, states, nodes, skipped, backend, rundir) -> dict:
                 "answers": s.answers(),
                 "paths": len(s.paths),
                 "correct_paths": int(sum(s.path_correct)),
+                "path_outcomes": [OUTCOMES[o] for o in s.path_outcome],
+                "excluded_incorrect": s.excluded_incorrect,
                 "note": s.note,
                 "budget": s.budget,
                 "skipped_teachers": {k: v.reason for (j, k), v in s.scores.items() if isinstance(v, Skip) and j == 0},
@@ -667,12 +704,13 @@ def _write_tables(rundir: RunDir, nodes, children, states, task: Task) -> None:
     write("nodes.parquet", nodes, NODE_FIELDS)
     write("children.parquet", children, ["question_id", "path_id", "position", "teacher", "token"])
     paths = [
-        {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "tokens": p.tolist(),
+        {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j],
+         "outcome": OUTCOMES[s.path_outcome[j]], "tokens": p.tolist(),
          "text": task.token_texts(p), "prompt": "".join(task.token_texts(s.question.prompt_ids))}
         for s in states.values()
         for j, p in enumerate(s.paths)
     ]
-    write("paths.parquet", paths, ["question_id", "path_id", "correct", "tokens", "text", "prompt"])
+    write("paths.parquet", paths, ["question_id", "path_id", "correct", "outcome", "tokens", "text", "prompt"])
 
 
 def add_teacher(out: str | Path, teacher: str, on_progress: Progress | None = None, backend: Backend | None = None) -> dict:

@@ -38,7 +38,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
                 "n_questions": stat.get("n_questions"), "rank": row.get("rank"), "config_hash": results["config_hash"],
             }
             if key == "incorrect_minus_correct":
-                args |= {"p_paired": stat.get("p_paired"), "p_welch": stat.get("p_welch")}
+                args |= {"p_paired": stat.get("p_paired"), "p_clustered": stat.get("p_clustered")}
             metrics.append({
                 "type": metric_type,
                 "name": f"{title} ({row['teacher']}, {row['algorithm']})",

@@ -213,8 +213,11 @@ class LMEvalTask:
     # rewards -----------------------------------------------------------------------------------
 
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        return (self.outcomes(question, responses, truncated) == CORRECT).astype(np.int64)
+
+    def outcomes(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         n_choices = len(question.doc["record"].get("choices") or ()) or 4
-        out = np.zeros(len(responses), dtype=np.int64)
+        out = np.full(len(responses), TRUNCATED, dtype=np.int8)
         verdicts: dict[bytes, Verdict] = {}  # targeted rollouts from one prefix often repeat a continuation
         for i, (ids, cut) in enumerate(zip(responses, np.asarray(truncated, dtype=bool), strict=True)):
             self.answer_counts["scored"] += 1
@@ -226,7 +229,7 @@ class LMEvalTask:
                 verdict = verdicts[key] = score(self.decode(ids), question.doc["target"], self.answer_type, n_choices)
             self.answer_counts["unparseable"] += verdict.answer is None
             self.answer_counts["correct"] += verdict.correct
-            out[i] = verdict.correct
+            out[i] = UNPARSEABLE if verdict.answer is None else CORRECT if verdict.correct else WRONG
         return out
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
