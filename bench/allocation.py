@@ -6,7 +6,7 @@ incorrect-minus-correct difference. This bench scores every strategy of
 synthetic models (``harness.synthetic.SyntheticLM``: exact Q by backward induction, two teachers).
 
 **Estimand** (the same for every strategy). On each question's representative paths, at every
-position k with at least two tokens of exact student probability π ≥ τ (``TAU``) and an exact ideal
+position k with at least two likely tokens (exact π ≥ τ or π_T ≥ τ for some teacher, ``TAU``) and an exact ideal
 gradient that is not 0: the exact GKD alignment cos(g*, g_T) on that support. Averaged as the
 leaderboard averages (SPEC §5): per path (unweighted, and weighted by exact |g*|), per question
 over its paths, per teacher over questions; incorrect-minus-correct per question over questions
@@ -36,7 +36,7 @@ per-teacher mean alignment is no worse than paper's and its coverage is at least
 the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when none is).
 
     python bench/allocation.py            # 24 seeds x 8 questions per shape
-    python bench/allocation.py --quick    # 8 seeds x 6 questions per shape
+    python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -96,8 +97,11 @@ SHAPES = (
 SETTINGS: dict[str, list[tuple[str, dict]]] = {
     "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200})],
     "settle": [("default", {})],
-    "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32})],
+    "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=64", {"positions": 64}),
+               ("visits=4n_min", {"visits": -4})],
 }
+# --quick leaves out the slowest rows (settle plans each node with posterior draws: ~10 s per AIME-like question)
+QUICK_SKIP = {("paper", "n_target=200"), ("settle", "default", "aime-like")}
 
 
 # --------------------------------------------------------------------------- one question
@@ -214,6 +218,7 @@ class Question:
     states: list[np.ndarray]
     initial: Rollouts
     initial_tokens: int
+    window: int  # first window width w
 
 
 def prepare(shape: Shape, seed: int, question: int) -> Question | None:
@@ -236,7 +241,7 @@ def prepare(shape: Shape, seed: int, question: int) -> Question | None:
     rest = [i for i in range(len(toks)) if i not in set(chosen)]  # a path's own rollout stays out of the tree
     initial = Rollouts.from_lists([toks[i] for i in rest], [int(rewards[i]) for i in rest])
     paths = [toks[i] for i in chosen]
-    return Question(world, paths, correct, [model.states(p) for p in paths], initial, int(sum(len(t) for t in toks)))
+    return Question(world, paths, correct, [model.states(p) for p in paths], initial, int(sum(len(t) for t in toks)), shape.window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +255,7 @@ def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams
     """Drive ``strategy`` window by window, in rounds, over the question's own windows (as the pipeline does)."""
     scored = [scored_tokens(q.world, p, s) for p, s in zip(q.paths, q.states, strict=True)]
     prefix = path_common_prefixes(q.paths)
-    spans = windows(max(len(p) for p in q.paths), SHAPE_WINDOW[0])
+    spans = windows(max(len(p) for p in q.paths), q.window)
     spent, tokens, rounds_W = 0, 0.0, []
     rng = np.random.default_rng(seed)
     for w, (lo, hi) in enumerate(spans):
@@ -271,9 +276,6 @@ def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams
     return Spend(spent, tokens, tuple(rounds_W))
 
 
-SHAPE_WINDOW = [8]  # the first window width of the shape being run (set by run_shape)
-
-
 # --------------------------------------------------------------------------- values per path
 
 
@@ -285,7 +287,7 @@ def exact_path_values(q: Question) -> np.ndarray:
         cos, norm = [], []
         for k in range(len(path)):
             pi = w.pi[k, states[k]]
-            support = pi >= TAU
+            support = (pi >= TAU) | np.any([t[k, states[k]] >= TAU for t in w.teachers], axis=0)
             if support.sum() < 2:
                 continue
             qv = w.exact_q[k, states[k], support]
@@ -301,14 +303,35 @@ def exact_path_values(q: Question) -> np.ndarray:
     return out
 
 
-def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> np.ndarray:
-    """``[P, T, 2]`` the pipeline's per-path means: decision points by SPEC §2, weight |ĝ*|."""
+ESTIMATORS = ("plain", "split-half")
+"""``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
+from the product of two independent halves of each child's visits, whose expectation is |g*|²
+(computed in closed form: |ĝ*|² minus the trace of ĝ*'s estimated covariance), clipped to [-1, 1]
+and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates."""
+
+
+def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
+    """An unbiased estimate of |g*|²: |ĝ*|² − Σ_a V̂ar(Q̂_a) |M e_a|², M = diag(π̃) − π̃ π̃ᵀ (ĝ* = M Q̂).
+
+    V̂ar(Q̂_a) = Q̂_a (1 − Q̂_a) / (n_a − 1) is unbiased for Q_a (1 − Q_a) / n_a, and the children's
+    Q̂ are independent, so the expectation is |g*|²; the same value as the mean over splits of the
+    visits into two halves of <ĝ*₁, ĝ*₂>.
+    """
+    p = pi_A / pi_A.sum()
+    m = np.diag(p) - np.outer(p, p)
+    q = w_A / n_A
+    g = m @ q
+    return float(g @ g - (q * (1 - q) / np.maximum(n_A - 1, 1)) @ (m * m).sum(axis=0))
+
+
+def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str, np.ndarray]:
+    """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted."""
     w = q.world
-    out = np.full((len(q.paths), len(TEACHERS), 2), np.nan)
+    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in ESTIMATORS}
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
         cuts = np.flatnonzero(np.diff(ch.position)) + 1
-        cos, norm = [], []
+        rows = []  # per decision point: plain cosines [T], |ĝ*|, projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|²
         for idx in np.split(np.arange(len(ch.position)), cuts):
             if not len(idx):
                 continue
@@ -319,16 +342,27 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> np.ndarra
             support = decision_support(n, wins / np.maximum(n, 1), n_min)
             if support is None:
                 continue
-            pi = w.pi[k, states[k], tok[support]]
-            g = ideal_gradient(pi, wins[support] / n[support])
-            cos.append([alignment_score(g, gkd_gradient(pi, t[k, states[k], tok[support]])) for t in w.teachers])
-            norm.append(np.linalg.norm(g))
-        if cos:
-            cos, norm = np.array(cos), np.array(norm)
-            ok = np.isfinite(cos).all(axis=1)
-            if ok.any():
-                out[j, :, 0] = cos[ok].mean(axis=0)
-                out[j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
+            n, wins, tok = n[support], wins[support], tok[support]
+            pi = w.pi[k, states[k], tok]
+            g = ideal_gradient(pi, wins / n)
+            g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
+            cos = [alignment_score(g, gt) for gt in g_T]
+            proj = [g @ gt / np.linalg.norm(gt) for gt in g_T]
+            rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins)))
+        if not rows:
+            continue
+        cos = np.array([r[0] for r in rows])
+        norm = np.array([r[1] for r in rows])
+        proj = np.array([r[2] for r in rows])
+        d2 = np.array([r[3] for r in rows])
+        ok = np.isfinite(cos).all(axis=1)
+        if ok.any():
+            out["plain"][j, :, 0] = cos[ok].mean(axis=0)
+            out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
+        pos = d2 > 0
+        if pos.any():
+            out["split-half"][j, :, 0] = np.clip(proj[pos] / np.sqrt(d2[pos])[:, None], -1, 1).mean(axis=0)
+            out["split-half"][j, :, 1] = proj.sum(axis=0) / np.sqrt(np.maximum(d2, 0)).sum()
     return out
 
 
@@ -357,18 +391,18 @@ def summarise(values: list[np.ndarray], correct: list[list[bool]]) -> dict:
 @dataclasses.dataclass
 class SeedResult:
     exact: dict
-    estimate: dict
+    estimates: dict[str, dict]  # per estimator
     rollouts: int
     tokens: float
     rounds: int
+    estimate: dict | None = None  # the one being scored
 
 
 def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
              cache: dict | None = None) -> SeedResult:
     """One strategy on ``questions`` fresh questions of ``shape``: its estimate against the exact values."""
-    SHAPE_WINDOW[0] = shape.window
     params = dataclasses.replace(params, n_min=shape.n_min)
-    exact, est, correct = [], [], []
+    exact, est, correct = [], {e: [] for e in ESTIMATORS}, []
     rollouts, tokens, rounds = 0, 0.0, []
     for question in range(questions):
         key = (shape.name, seed, question)
@@ -385,25 +419,27 @@ def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: All
         tree.ingest(q.initial)
         spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"))
         exact.append(ex)
-        est.append(estimated_path_values(q, tree, shape.n_min))
+        for e, v in estimated_path_values(q, tree, shape.n_min).items():
+            est[e].append(v)
         correct.append(q.correct)
         rollouts += spend.rollouts
         tokens += spend.tokens
         rounds.append(spend.rounds_W)
     width = max((len(r) for r in rounds), default=0)
     backend_calls = int(sum(max((r[w] for r in rounds if w < len(r)), default=0) for w in range(width)))
-    return SeedResult(summarise(exact, correct), summarise(est, correct), rollouts, tokens, backend_calls)
+    return SeedResult(summarise(exact, correct), {e: summarise(v, correct) for e, v in est.items()}, rollouts, tokens, backend_calls)
 
 
-def score(results: list[SeedResult]) -> dict:
+def score(results: list[SeedResult], estimator: str = "plain") -> dict:
     """Errors over seeds: RMSE (teachers pooled), ranking, CI coverage of the exact value; mean cost per seed."""
+    results = [dataclasses.replace(r, estimate=r.estimates[estimator]) for r in results]
     err = np.array([r.estimate["mean"] - r.exact["mean"] for r in results])  # [seeds, T, 2]
     diff = np.array([r.estimate["diff"] - r.exact["diff"] for r in results])
     covered = np.array([(r.estimate["lo"] <= r.exact["mean"]) & (r.exact["mean"] <= r.estimate["hi"]) for r in results])
     rank = [np.array_equal(np.argsort(-r.estimate["mean"][:, 0]), np.argsort(-r.exact["mean"][:, 0])) for r in results]
     return {
         "rmse": float(np.sqrt(np.nanmean(err[..., 0] ** 2))), "rmse_weighted": float(np.sqrt(np.nanmean(err[..., 1] ** 2))),
-        "bias": float(np.nanmean(err[..., 0])), "rmse_diff": float(np.sqrt(np.nanmean(diff**2))),
+        "bias_T": np.nanmean(err[..., 0], axis=0), "sd_T": np.nanstd(err[..., 0], axis=0), "rmse_diff": float(np.sqrt(np.nanmean(diff**2))),
         "coverage": float(covered[..., 0].mean()), "coverage_weighted": float(covered[..., 1].mean()),
         "ranking": float(np.mean(rank)), "rollouts": float(np.mean([r.rollouts for r in results])),
         "tokens": float(np.mean([r.tokens for r in results])), "rounds": float(np.mean([r.rounds for r in results])),
@@ -411,44 +447,64 @@ def score(results: list[SeedResult]) -> dict:
     }
 
 
-def run_shape(shape: Shape, seeds: int, questions: int, settings: dict) -> dict[tuple[str, str], dict]:
-    cache: dict = {}
-    out = {}
-    for strategy, rows in settings.items():
-        for label, knobs in rows:
-            params = AllocationParams(**knobs)
-            out[(strategy, label)] = score([run_seed(shape, s, questions, strategy, params, cache) for s in range(seeds)])
-    return out
+_CACHE: dict = {}  # prepared questions and their exact values, per worker process
+
+
+def _job(args) -> SeedResult:
+    shape, seed, questions, strategy, knobs = args
+    if knobs.get("visits", 0) < 0:  # a multiple of the shape's n_min
+        knobs = {**knobs, "visits": -knobs["visits"] * shape.n_min}
+    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE)
+
+
+def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1) -> dict[tuple[str, str], dict]:
+    """Every setting of every strategy on the same seeds (the same questions and initial rollouts)."""
+    keys = [(strategy, label, knobs) for strategy, rows in settings.items() for label, knobs in rows]
+    work = [(shape, seed, questions, strategy, knobs) for strategy, _, knobs in keys for seed in range(seeds)]
+    if jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_job, work, chunksize=max(1, seeds // 2)))
+    else:
+        results = [_job(w) for w in work]
+    return {(strategy, label, e): score(results[i * seeds : (i + 1) * seeds], e)
+            for i, (strategy, label, _) in enumerate(keys) for e in ESTIMATORS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 seeds x 6 questions per shape instead of 24 x 8")
+    parser.add_argument("--quick", action="store_true", help="6 seeds x 6 questions per shape instead of 24 x 8, fewer rows")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--questions", type=int, default=None)
     parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    parser.add_argument("--estimators", action="store_true", help="also score the split-half estimator")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
-    seeds = args.seeds or (8 if args.quick else 24)
+    seeds = args.seeds or (6 if args.quick else 24)
     questions = args.questions or (6 if args.quick else 8)
     shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]
     start = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{seeds} seeds x {questions} questions per shape; GKD alignment against exact values on the same paths "
-          f"(support: exact π >= {TAU}); load average at start {load:.1f}")
+          f"(support: exact π or some π_T >= {TAU}); load average at start {load:.1f}")
     ratios = {}
     for shape in shapes:
         t0 = time.perf_counter()
-        res = run_shape(shape, seeds, questions, SETTINGS)
+        settings = {k: [(label, knobs) for label, knobs in rows
+                        if not args.quick or ((k, label) not in QUICK_SKIP and (k, label, shape.name) not in QUICK_SKIP)]
+                    for k, rows in SETTINGS.items()}
+        res = run_shape(shape, seeds, questions, settings, args.jobs)
         print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, first window "
-              f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[('paper', 'n_target=100')]['exact']:+.3f}")
-        print(f"  {'strategy':<8} {'setting':<13} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias':>7} "
+              f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[('paper', 'n_target=100', 'plain')]['exact']:+.3f}")
+        print(f"  {'strategy':<8} {'setting':<13} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
               f"{'RMSE|g*|':>8} {'RMSE i-c':>8} {'cover':>6} {'cov|g*|':>7} {'rank ok':>7}")
-        for (s, label), r in res.items():
-            print(f"  {s:<8} {label:<13} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
-                  f"{r['bias']:>+7.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
+        for (s, label, e), r in res.items():
+            if e != "plain" and not args.estimators:
+                continue
+            print(f"  {s:<8} {label + ('' if e == 'plain' else ' ' + e):<13} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
+                  f"{r['bias_T'][0]:>+6.3f}/{r['bias_T'][1]:>+6.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
                   f"{r['coverage_weighted']:>7.2f} {r['ranking']:>7.2f}")
-        ref = res[("paper", "n_target=100")]
-        ok = {label: r for (s, label), r in res.items() if s == RECOMMENDED and r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
+        ref = res[("paper", "n_target=100", "plain")]
+        ok = {label: r for (s, label, e), r in res.items() if s == RECOMMENDED and e == "plain" and r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
         if "default" in ok:
             ratios[shape.name] = f"{ref['tokens'] / ok['default']['tokens']:.1f}x"
         elif ok:

@@ -99,10 +99,10 @@ class AllocationParams:
     """``settle``: settled-probability a rollout must buy: 1/1000 grows a node by 100 rollouts only for +0.1."""
     draws: int = 256
     """``settle``: Beta posterior draws per node (a quasi-random table)."""
-    positions: int = 16
+    positions: int = 32
     """``survey``: positions sampled per path (a systematic sample over the path's length)."""
     visits: int | None = None
-    """``survey``: visits each child with π ≥ τ at a sampled position is enriched to; None: ``n_min``."""
+    """``survey``: visits each likely child (π ≥ τ or π_T ≥ τ) of a sampled position gets; None: ``n_min``."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -610,10 +610,12 @@ def survey_positions(length: int, count: int, path: int) -> np.ndarray:
 
 
 def survey(state: WindowState, params: AllocationParams) -> Plan:
-    """Every child with π ≥ τ at a systematic sample of each path's positions, to ``visits`` visits.
+    """Every likely child (π ≥ τ or π_T ≥ τ for some teacher) at a systematic sample of each path's
+    positions, to ``visits`` visits.
 
-    The alignment users read is a mean over a path's positions; a sample of positions estimates it,
-    and each sampled node needs only enough visits for every likely child to enter A(s).
+    The alignment users read is a mean over a path's positions; a sample of positions estimates it
+    without bias, and each sampled node needs only enough visits for every likely child to enter
+    A(s). One round per window.
     """
     children = _distinct_children(state)
     length_P = np.diag(state.shared_prefix_P_P)
@@ -623,7 +625,9 @@ def survey(state: WindowState, params: AllocationParams) -> Plan:
     for j in np.unique(state.path_R):
         sample = survey_positions(int(length_P[j]), params.positions, int(j))
         chosen |= (state.path_R == j) & np.isin(state.position_R, sample)
-    chosen &= pi >= params.tau
+    with np.errstate(invalid="ignore"):
+        likely = (pi >= params.tau) | (state.pi_teacher_R_T >= params.tau).any(axis=1)
+    chosen &= likely
     # a node with a single likely child makes no decision point
     node_R = children.node_C[children.child_R]
     per_node = np.bincount(node_R[chosen], minlength=len(children.start_N) - 1)
