@@ -49,7 +49,7 @@ class RunConfig:
     n_target: int = 100  # visits each targeted child is enriched to
     n_min: int | None = None  # visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)
     cascade: str = "unbiased"  # "unbiased" counting, or "paper" (biased, reproduces the paper)
-    strategy: str = "paper"  # targeted-rollout allocation: "paper" (SPEC §4) or "settle" (harness/core/allocation.py)
+    strategy: str = "paper"  # targeted-rollout allocation: "paper" (SPEC §4), "settle" or "survey" (harness/core/allocation.py)
     budget: int | None = None  # most targeted rollouts per question; None: no limit
     confidence: float = 0.95  # settle: posterior probability that each alignment is within tolerance
     tolerance: float = 0.1  # settle: half-width on the alignment score that counts as settled
@@ -63,6 +63,8 @@ class RunConfig:
     ray_address: str | None = None  # an existing Ray cluster to join; None starts a local one
     num_workers: int = 2  # Ray workers (one backend each)
     threads: int | None = None  # hf backend: torch CPU threads per process; None keeps torch's default
+    survey_positions: int = 32  # survey: positions sampled per path (systematic sample over its length)
+    survey_visits: int | None = None  # survey: visits each likely child of a sampled position gets; None: n_min
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that can move a number (not where it runs).

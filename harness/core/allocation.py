@@ -26,8 +26,8 @@ teacher) probability was read at a position of the path, with KL(π ‖ π_T) of
 there. A child shared by several paths (their common prefix) is planned once, under the lowest path
 index: the plan names each child once, so no child is enriched twice.
 
-Every strategy is a pure function of the state (no randomness beyond a fixed table of uniforms for
-posterior draws), so a rerun plans exactly what the first run planned. ``params.budget`` is the most
+Every strategy is a pure function of the state (no randomness beyond fixed tables of uniforms for
+posterior draws and for survey's sample of positions), so a rerun plans exactly what the first run planned. ``params.budget`` is the most
 targeted rollouts per question; `window_allowance` is what a window may still ask for and no plan
 ever asks for more, so no strategy exceeds the budget.
 
@@ -49,6 +49,15 @@ Strategies (`STRATEGIES`):
   goes to new decision points (the next candidates in the paper's priority order, paired at
   ``n_min``), then to growth at a lower price; each window gets an equal share of what the
   earlier windows left, so the last windows are not starved.
+
+* ``survey`` — what users read is a mean over positions (SPEC §5), so estimate it from a sample of
+  positions: a systematic sample of ``positions`` positions per path (`survey_positions`: one fixed
+  uniform per path, inclusion probability ``positions / len(path)`` everywhere, so the pipeline's
+  unweighted mean over decision points stays an unbiased estimate of the mean over the path), and
+  at each sampled node every likely child (π ≥ τ or π_T ≥ τ for some teacher) to ``visits``
+  visits (``n_min`` by default), in one round per window. Its cost grows with the positions
+  sampled, not with windows × ``k_window`` × ``n_target``; few visits per node leave the cosine
+  attenuated toward 0, which ``bench/allocation.py`` measures.
 
 Stopping on observed outcomes makes ``settle``'s visit counts depend on the rewards, so its
 ``Q = w/n`` is not exactly unbiased: by Wald's identity ``E[n (Q̂ − Q)] = 0``, so the bias of Q̂ is
