@@ -31,9 +31,10 @@ remaining tokens are counted as their exact expectation. The AIME-like shape (tr
 up to ~2,000, windows 0-10) is affordable this way.
 
 The last line is the cost ratio at equal error: paper's generated tokens at ``n_target = 100``
-divided by the recommended strategy's at its default setting, when that setting's RMSE of the
-per-teacher mean alignment is no worse than paper's and its coverage is at least 0.93 (otherwise
-the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when none is).
+divided by ``survey``'s at its default setting, when that setting's RMSE of the per-teacher mean
+alignment is no worse than paper's and its coverage is at least 0.93 (otherwise the ratio at the
+cheapest measured setting that is, marked ``*``; ``-`` when none is). The line before it gives the
+same for ``settle``. ``--estimators`` also scores the split-half estimator on every tree.
 
     python bench/allocation.py            # 24 seeds x 8 questions per shape
     python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
@@ -47,6 +48,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import time  # noqa: E402
@@ -97,7 +99,7 @@ SHAPES = (
 SETTINGS: dict[str, list[tuple[str, dict]]] = {
     "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200})],
     "settle": [("default", {})],
-    "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=64", {"positions": 64}),
+    "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32}),
                ("visits=4n_min", {"visits": -4})],
 }
 # --quick leaves out the slowest rows (settle plans each node with posterior draws: ~10 s per AIME-like question)
@@ -470,6 +472,19 @@ def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: in
             for i, (strategy, label, _) in enumerate(keys) for e in ESTIMATORS}
 
 
+def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
+    """Paper's tokens over a strategy's at its default, when its RMSE is no worse and its coverage at least
+    COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``); ``-`` when none is (or none ran)."""
+    if not rows:
+        return "not run"
+    ok = {label: r for label, r in rows.items() if r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
+    if "default" in ok:
+        return f"{ref['tokens'] / ok['default']['tokens']:.1f}x"
+    if ok:
+        return f"{ref['tokens'] / min(r['tokens'] for r in ok.values()):.1f}x*"
+    return "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="6 seeds x 6 questions per shape instead of 24 x 8, fewer rows")
@@ -504,19 +519,18 @@ def main() -> None:
                   f"{r['bias_T'][0]:>+6.3f}/{r['bias_T'][1]:>+6.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
                   f"{r['coverage_weighted']:>7.2f} {r['ranking']:>7.2f}")
         ref = res[("paper", "n_target=100", "plain")]
-        ok = {label: r for (s, label, e), r in res.items() if s == RECOMMENDED and e == "plain" and r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
-        if "default" in ok:
-            ratios[shape.name] = f"{ref['tokens'] / ok['default']['tokens']:.1f}x"
-        elif ok:
-            label, r = min(ok.items(), key=lambda kv: kv[1]["tokens"])
-            ratios[shape.name] = f"{ref['tokens'] / r['tokens']:.1f}x*"
-        else:
-            ratios[shape.name] = "-"
+        for candidate in ("settle", RECOMMENDED):
+            ratios.setdefault(candidate, {})[shape.name] = ratio_at_equal_error(ref, {
+                label: r for (s, label, e), r in res.items() if s == candidate and e == "plain"})
         print(f"  {time.perf_counter() - t0:.0f} s")
-    print(f"\n{time.perf_counter() - start:.0f} s in all")
-    names = {"short": "short", "long": "long", "long-wide": "long-wide", "aime-like": "aime-like"}
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(f"\n{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU in all processes ({args.jobs} workers); "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    names = ("short", "long", "long-wide", "aime-like")
+    print("settle, the same measure: " + ", ".join(f"{s} {ratios['settle'].get(s, 'not run')}" for s in names))
     print("cost ratio at equal error (generated tokens, paper n_target=100 = 1): "
-          + ", ".join(f"{names[s]} {ratios.get(s, '-')}" for s in names))
+          + ", ".join(f"{s} {ratios[RECOMMENDED].get(s, 'not run')}" for s in names))
 
 
 if __name__ == "__main__":

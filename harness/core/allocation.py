@@ -108,7 +108,7 @@ class AllocationParams:
     """``settle``: settled-probability a rollout must buy: 1/1000 grows a node by 100 rollouts only for +0.1."""
     draws: int = 256
     """``settle``: Beta posterior draws per node (a quasi-random table)."""
-    positions: int = 32
+    positions: int = 64
     """``survey``: positions sampled per path (a systematic sample over the path's length)."""
     visits: int | None = None
     """``survey``: visits each likely child (π ≥ τ or π_T ≥ τ) of a sampled position gets; None: ``n_min``."""
