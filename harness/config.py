@@ -63,7 +63,7 @@ class RunConfig:
     ray_address: str | None = None  # an existing Ray cluster to join; None starts a local one
     num_workers: int = 2  # Ray workers (one backend each)
     threads: int | None = None  # hf backend: torch CPU threads per process; None keeps torch's default
-    survey_positions: int = 64  # survey: positions sampled per path (systematic sample over its length)
+    survey_positions: int = 64  # survey: positions sampled per path, on average (a systematic grid over depth)
     survey_visits: int | None = None  # survey: visits each likely child of a sampled position gets; None: n_min
 
     def hash(self) -> str:

@@ -17,7 +17,8 @@ from harness.core.allocation import (
     WindowState,
     gkd_magnitude,
     settle_visits,
-    survey_positions,
+    survey_rate,
+    survey_sample,
     window_allowance,
     window_state,
 )
@@ -228,16 +229,20 @@ def _tree(q):
 
 
 def test_survey_samples_every_position_with_the_same_probability():
-    """A systematic sample with one uniform per path: inclusion probability count / length at every position."""
-    length, count, paths = 37, 5, 4000
-    hits = np.zeros(length)
-    for j in range(paths):
-        sample = survey_positions(length, count, j)
-        assert len(sample) == count and len(set(sample.tolist())) == count and sample.max() < length
-        hits[sample] += 1
-    expected = paths * count / length
-    assert np.abs(hits - expected).max() < 5 * np.sqrt(expected)  # binomial noise, 5 sigma
-    np.testing.assert_array_equal(survey_positions(6, 10, 0), np.arange(6))
+    """A systematic grid with a uniform offset: inclusion probability = rate at every position, evenly spread."""
+    position = np.arange(37)
+    rate, draws = 5 / 37, 4000
+    hits = np.zeros(len(position))
+    for u in (np.arange(draws) + 0.5) / draws:
+        sample = survey_sample(position, rate, u)
+        assert sample.sum() in (4, 5) and (np.diff(np.flatnonzero(sample)) >= 7).all()
+        hits += sample
+    np.testing.assert_allclose(hits / draws, rate, atol=1 / draws)
+    assert survey_sample(position, 1.0, 0.3).all()
+    # one rate and offset per question, whatever the path: a shared prefix has one sample
+    rate, u = survey_rate(np.array([40, 120, 80]), 16)
+    assert rate == pytest.approx(16 / 80) and 0 <= u < 1 and survey_rate(np.array([40, 120, 80]), 16) == (rate, u)
+    assert survey_rate(np.array([10, 12]), 64)[0] == 1.0
 
 
 def test_survey_enriches_every_likely_child_of_sampled_positions_only():
@@ -255,6 +260,11 @@ def test_survey_enriches_every_likely_child_of_sampled_positions_only():
     assert _plan_set(STRATEGIES["survey"](state, AllocationParams(positions=100, visits=50)))[(0, 0, 1)] == 50
     few = _plan_set(STRATEGIES["survey"](state, AllocationParams(positions=1)))
     assert len({k for (_, k, _) in few}) <= 1  # one sampled position of the 5-position path (it may lie past the window)
+    shared = window_state(0, 1, 0, 4, [_scored(np.repeat(np.arange(4), 4), np.tile(np.arange(4), 4), pi.ravel(),
+                                                                pi_t.reshape(16, 1), np.zeros((16, 1)))] * 2,
+                          [_children([], [], [], [])] * 2, path_common_prefixes([np.zeros(5, np.int64), np.zeros(5, np.int64)]))
+    # two paths, one prefix: every child planned once (under path 0); no visits yet
+    assert _plan_set(STRATEGIES["survey"](shared, AllocationParams(positions=100))) == {**plan, (0, 0, 0): 20}
 
 
 def test_bench_is_deterministic():

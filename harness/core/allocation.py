@@ -51,9 +51,10 @@ Strategies (`STRATEGIES`):
   earlier windows left, so the last windows are not starved.
 
 * ``survey`` — what users read is a mean over positions (SPEC §5), so estimate it from a sample of
-  positions: a systematic sample of ``positions`` positions per path (`survey_positions`: one fixed
-  uniform per path, inclusion probability ``positions / len(path)`` everywhere, so the pipeline's
-  unweighted mean over decision points stays an unbiased estimate of the mean over the path), and
+  positions: a systematic grid over depth (`survey_sample`) with ``positions`` positions per path on
+  average, one rate and one fixed offset per question (`survey_rate`), so every position of every
+  path has the same inclusion probability and the pipeline's unweighted mean over decision points
+  stays an unbiased estimate of the mean over the path; and
   at each sampled node every likely child (π ≥ τ or π_T ≥ τ for some teacher) to ``visits``
   visits (``n_min`` by default), in one round per window. Its cost grows with the positions
   sampled, not with windows × ``k_window`` × ``n_target``; few visits per node leave the cosine
@@ -109,7 +110,7 @@ class AllocationParams:
     draws: int = 256
     """``settle``: Beta posterior draws per node (a quasi-random table)."""
     positions: int = 64
-    """``survey``: positions sampled per path (a systematic sample over the path's length)."""
+    """``survey``: positions sampled per path, on average over the question's paths (a systematic sample)."""
     visits: int | None = None
     """``survey``: visits each likely child (π ≥ τ or π_T ≥ τ) of a sampled position gets; None: ``n_min``."""
 
@@ -605,46 +606,48 @@ def _uniform(*keys: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def survey_positions(length: int, count: int, path: int) -> np.ndarray:
-    """A systematic sample of ``count`` positions of a path of ``length``: ``floor((u + i) length / count)``.
+def survey_sample(position: np.ndarray, rate: float, u: float) -> np.ndarray:
+    """Positions on a systematic grid of step ``1 / rate`` with offset ``u``: ``floor(u + (k+1) rate) > floor(u + k rate)``.
 
-    One fixed uniform ``u`` per path: every position has inclusion probability ``count / length``
-    (all of them when ``count >= length``), so an unweighted mean over the sample estimates the mean
-    over the path without bias, and the sample is spread evenly over depth.
+    With ``u`` uniform on [0, 1) every position has inclusion probability ``rate`` (all of them at
+    rate 1), so an unweighted mean over the sample estimates the mean over the path without bias,
+    and the sample is spread evenly over depth. The grid depends on the position only, so paths that
+    share a prefix share its sample.
     """
-    if count >= length:
-        return np.arange(length, dtype=np.int64)
-    u = float(_uniform(np.uint64(path))[()])
-    return np.unique(np.floor((u + np.arange(count)) * length / count).astype(np.int64))
+    k = np.asarray(position, np.float64)
+    return np.floor(u + (k + 1) * rate) > np.floor(u + k * rate)
+
+
+def survey_rate(length_P: np.ndarray, positions: int) -> tuple[float, float]:
+    """The question's sampling rate, ``positions`` per path on average, and its grid offset.
+
+    One rate for all the question's paths keeps each path's sample self-weighting on prefixes it
+    shares with others; the offset is a fixed uniform of the paths' lengths (a question-specific
+    draw that a rerun repeats).
+    """
+    rate = min(1.0, positions / max(float(np.mean(length_P)), 1.0))
+    return rate, float(_uniform(*(np.uint64(n) for n in length_P))[()]) if len(length_P) else 0.0
 
 
 def survey(state: WindowState, params: AllocationParams) -> Plan:
-    """Every likely child (π ≥ τ or π_T ≥ τ for some teacher) at a systematic sample of each path's
-    positions, to ``visits`` visits.
+    """Every likely child (π ≥ τ or π_T ≥ τ for some teacher) at a systematic sample of positions
+    (``positions`` per path on average), to ``visits`` visits.
 
     The alignment users read is a mean over a path's positions; a sample of positions estimates it
     without bias, and each sampled node needs only enough visits for every likely child to enter
     A(s). One round per window.
     """
     children = _distinct_children(state)
-    length_P = np.diag(state.shared_prefix_P_P)
     visits = params.visits or params.n_min
-    pi = np.nan_to_num(state.pi_R, nan=0.0)
-    chosen = np.zeros(len(state.path_R), bool)
-    for j in np.unique(state.path_R):
-        sample = survey_positions(int(length_P[j]), params.positions, int(j))
-        chosen |= (state.path_R == j) & np.isin(state.position_R, sample)
+    rate, u = survey_rate(np.diag(state.shared_prefix_P_P), params.positions)
     with np.errstate(invalid="ignore"):
-        likely = (pi >= params.tau) | (state.pi_teacher_R_T >= params.tau).any(axis=1)
-    chosen &= likely
+        likely = (np.nan_to_num(state.pi_R, nan=0.0) >= params.tau) | (state.pi_teacher_R_T >= params.tau).any(axis=1)
+    chosen = np.unique(children.child_R[survey_sample(state.position_R, rate, u) & likely])
     # a node with a single likely child makes no decision point
-    node_R = children.node_C[children.child_R]
-    per_node = np.bincount(node_R[chosen], minlength=len(children.start_N) - 1)
-    chosen &= per_node[node_R] >= 2
-    child = np.unique(children.child_R[chosen])
+    per_node = np.bincount(children.node_C[chosen], minlength=len(children.start_N) - 1)
+    child = chosen[per_node[children.node_C[chosen]] >= 2]
     # under a budget, truncation keeps a random subset of nodes
-    order = np.argsort(_uniform(children.node_C[child], np.uint64(1)), kind="stable")
-    child = child[order]
+    child = child[np.argsort(_uniform(children.node_C[child], np.uint64(1)), kind="stable")]
     need = np.maximum(visits - state.n_R[children.row_C[child]], 0)
     return _plan(state, children, child, need, window_allowance(state, params))
 
