@@ -571,10 +571,6 @@ def run(
     teachers = [load_teacher(t) for t in names]
     # candidates come from the config's teachers only, so adding a teacher never changes the tree
     planners = teachers[: len(cfg.teachers)]
-    if not cfg.incorrect_outcomes or not set(cfg.incorrect_outcomes) <= set(OUTCOMES) - {"correct"}:
-        raise ConfigError(
-            f"incorrect_outcomes must be a non-empty list of 'wrong', 'truncated', 'unparseable', got {list(cfg.incorrect_outcomes)}"
-        )
     task = task or run_task(cfg)
     for t in teachers:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(t)

@@ -24,7 +24,6 @@ the same generation settings.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib
 import json
@@ -34,11 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment
-
 from harness.backends.base import STUDENT
 from harness.config import ConfigError, build, load_yaml, portable
+from harness.safeio import render_template, template_variables
 
 if TYPE_CHECKING:
     from harness.backends import Backend, ModelSpec
@@ -53,8 +50,6 @@ TEXT_SUMMARIZERS: dict[str, str] = {
     "toy-summary": "harness.toy:summarize",
 }
 
-# Jinja2 for prompt text only: no attribute access to Python internals, undefined names an error.
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 SUMMARY_VARIABLES = ("question", "solution")
 
 
@@ -132,23 +127,13 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
 
 
 def _variables(template: str, where: str) -> set[str]:
-    try:
-        return meta.find_undeclared_variables(_ENV.parse(template))
-    except TemplateError as exc:
-        raise ConfigError(f"{where}: not a valid Jinja2 template ({exc})") from None
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template: str):
-    return _ENV.from_string(template)
+    return template_variables(template, where)
 
 
 def render(template: str, where: str, **variables) -> str:
-    """Render prompt text in the sandbox; a missing variable or index is a ConfigError naming ``where``."""
-    try:
-        return _compiled(template).render(**variables)
-    except TemplateError as exc:
-        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+    """Render prompt text in the sandbox, under the resource limits of :mod:`harness.safeio`; a
+    missing variable or index, or a limit, is a ConfigError naming ``where``."""
+    return render_template(template, where, **variables)
 
 
 def context_variables(cfg: TeacherConfig) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ Rows without a defined mean are left out (model-index values must be numbers).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -62,5 +61,7 @@ def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a finished odiag run (no results.json)")
-    results = json.loads(path.read_text())
+    from harness.leaderboard.merge import read_results
+
+    results = read_results(path)
     return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)

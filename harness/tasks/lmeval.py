@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import ConfigError
-from harness.tasks import Question, Skip
+from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
     STUDENT,
