@@ -3,7 +3,7 @@
 Users read each teacher's mean alignment with its 95% CI, the teacher ranking and the
 incorrect-minus-correct difference. This bench scores every strategy of
 ``harness.core.allocation.STRATEGIES`` on exactly those numbers, against exact values on the
-synthetic models (``harness.synthetic.SyntheticLM``: exact Q by backward induction, two teachers).
+synthetic models (``harness.exact_lm.SyntheticLM``: exact Q by backward induction, two teachers).
 
 **Estimand** (the same for every strategy). On each question's representative paths, at every
 position k with at least two likely tokens (exact π ≥ τ or π_T ≥ τ for some teacher, ``TAU``)
@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state  # noqa: E402
 from harness.core.tree import path_common_prefixes  # noqa: E402
-from harness.synthetic import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
+from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
 TAU = 0.05  # the estimand's support: tokens with exact π ≥ TAU or π_T ≥ TAU for some teacher
 N_INITIAL = 64

@@ -70,10 +70,20 @@ def _run(args: argparse.Namespace) -> int:
     cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
-    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    results = run(cfg, args.out, on_progress=_Progress(args.quiet), repair=args.repair)
     if not args.quiet:
         print(_summary_table(results))
         print(f"results: {args.out}/results.json")
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from harness.pipeline import rescore
+
+    results = rescore(args.dir, args.set, on_progress=_Progress(args.quiet))
+    if not args.quiet:
+        print(_summary_table(results))
+        print(f"results: {args.dir}/results.json")
     return 0
 
 
@@ -196,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     p.set_defaults(func=_run)
+
+    p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
+    p.add_argument("dir", type=_path, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=_rescore)
 
     p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", type=_path, help="run directory")

@@ -190,6 +190,20 @@ class RunConfig:
 # where a run executes never changes its results, so these may differ when a run is resumed
 EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads")
 
+# What a setting changes in a run directory (harness/rundir.py, harness/plan.py). Every other field
+# (not an execution field) shapes the rollout tree: task, student, seed, sampling, allocation, and the
+# config's teachers by content (they are the candidates' planners), so a new value needs a new run.
+# Scoring-only: a new value rescores the stored trees with zero rollouts (odiag rescore).
+SCORING_FIELDS = ("algorithms", "jsd_beta", "gamma")
+# How far a run goes: a larger value grows a stored run (more questions, more targeted rollouts).
+GROWTH_FIELDS = ("limit", "budget")
+
+
+def tree_fields(cfg: RunConfig) -> dict:
+    """The fields that shape the rollout tree, portable (teachers apart: they count by content)."""
+    skip = {*EXECUTION_FIELDS, *SCORING_FIELDS, *GROWTH_FIELDS, "teachers"}
+    return {k: v for k, v in portable(to_dict(cfg)).items() if k not in skip}
+
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,8 @@ from harness.core import (
     t_ci,
     wilson_interval,
 )
-from harness.synthetic import SyntheticLM, derive_seed
+from harness.exact_lm import SyntheticLM
+from harness.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 COVERAGE_FLOOR = 0.90
@@ -77,7 +78,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     """Compare one finished synthetic run directory with the exact model."""
     import pyarrow.parquet as pq
 
-    from harness.tasks.synthetic import SyntheticTask
+    from harness.tasks.exact import SyntheticTask
 
     models = {q.id: SyntheticLM(seed=q.doc["seed"]) for q in SyntheticTask().questions(cfg.questions)}
     paths = {(p["question_id"], p["path_id"]): (np.array(p["tokens"]), p["outcome"])

@@ -19,10 +19,13 @@ from harness.core import (
     within_path_correlation,
 )
 from harness.core.gradients import ALGORITHMS, NodeInputs
-from harness.pipeline import QuestionState, _choose_paths, _initial_tree, run
-from harness.synthetic import SyntheticLM, derive_seed
+from harness.pipeline import run
+from harness.questions import QuestionState
+from harness.questions import choose_paths as _choose_paths
+from harness.questions import initial_tree as _initial_tree
+from harness.exact_lm import SyntheticLM, derive_seed
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question
-from harness.tasks.synthetic import SyntheticTask
+from harness.tasks.exact import SyntheticTask
 
 # --- 1. a question's budget and numbers never depend on the other questions of the run ------------
 

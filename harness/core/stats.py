@@ -20,11 +20,10 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats as sps
 
+# the node-record columns aggregate() reads are defined with the record schema
+from harness.core.records import NODE_COLUMNS
+
 DIVERGENCES = ("kl", "reverse_kl", "js", "tv", "prob_cosine")
-NODE_COLUMNS = (
-    "question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
-    "alignment", "ideal_norm", "teacher_advantage", "n_actions", *DIVERGENCES,
-)
 
 
 class Interval(NamedTuple):

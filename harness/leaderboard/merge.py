@@ -20,12 +20,13 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError
-from harness.core.divergences import DIVERGENCES
+from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
+from harness.results import PATH_FIELDS
+from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
 from harness.safeio import excerpt, read_json, read_parquet
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
-RESULTS_SCHEMA = "odiag.results/1"  # the results.json contract this reader understands
 TABLES = ("nodes", "children", "paths")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
 # pipelines use (the paper's default); a run without it falls back to its first algorithm.
@@ -51,10 +52,9 @@ class Run:
 
 # what the readers below need of each table (an empty children table has only its key columns)
 COLUMNS = {
-    "nodes": ("question_id", "path_id", "position", "teacher", "algorithm", "alignment", "ideal_norm",
-              "teacher_advantage", "n_actions", *DIVERGENCES),
-    "children": ("question_id", "path_id", "position", "teacher", "token"),
-    "paths": ("question_id", "path_id", "correct", "tokens", "text"),
+    "nodes": NODE_COLUMNS,
+    "children": CHILD_FIELDS[:5],
+    "paths": tuple(c for c in PATH_FIELDS if c in ("question_id", "path_id", "correct", "tokens", "text")),
 }
 CHILD_VALUES = ("n", "w", "q", "pi", "pi_teacher")
 # results.json keys the leaderboard and the model card read, and their JSON types

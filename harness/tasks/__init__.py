@@ -102,7 +102,7 @@ def load_task(name: str, **options) -> Task:
     ``enable_thinking``), ``max_new_tokens`` (overrides the YAML's ``max_gen_toks``).
     """
     if name == "synthetic":
-        from harness.tasks.synthetic import SyntheticTask
+        from harness.tasks.exact import SyntheticTask
 
         return SyntheticTask(**options)
     from harness.tasks.lmeval import TASKS_DIR, LMEvalTask, task_names

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.synthetic import EOS, SyntheticLM, derive_seed
+from harness.exact_lm import EOS, SyntheticLM
+from harness.seeds import derive_seed
 from harness.tasks import CORRECT, TRUNCATED, WRONG, Question, Skip
 from harness.teachers import TeacherConfig
 
