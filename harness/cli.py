@@ -126,6 +126,12 @@ def _model_card(args: argparse.Namespace) -> int:
     return main_model_card(args.dir, args.out)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from harness.validate import main_validate
+
+    return main_validate(args.dir, args.quick, args.teachers, args.seeds, args.set, on_progress=_Progress(args.quiet))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -173,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="run directory")
     p.add_argument("--out", help="write the YAML to this file instead of stdout")
     p.set_defaults(func=_model_card)
+
+    p = sub.add_parser("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
+    p.add_argument("dir", help="finished run directory (writes DIR/validation.json and DIR/validation.svg)")
+    p.add_argument("--teachers", help="comma-separated teachers of the run (default: all)")
+    p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
+    p.add_argument("--seeds", type=int, help="training seeds per teacher x algorithm (default 3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=_validate)
     return parser
 
 

@@ -323,3 +323,49 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
                  "Every decision point of the headline algorithm; ρ is the within-path Spearman correlation "
                  "(SPEC §5), mean over paths with at least 5 decision points.", g["id"], task)
     return made
+
+
+ALGORITHM_MARKERS = {"gkd": "o", "forward_kl": "s", "jsd": "^"}
+
+
+def validation_figure(validation: dict):
+    """``odiag validate``: each teacher x algorithm's mean alignment (x, 95% t CI over questions) against
+    its training gain over the do-nothing control (y, 95% bootstrap CI over seeds and held-out
+    questions), with the Dr. GRPO baseline's gain as a band and Spearman's ρ of every predictor."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in validation["rows"] if r["kind"] == "distillation"]
+    colours = teacher_colours({r["teacher"] for r in rows})
+    fig = Figure(figsize=(7.2, 5.0), layout="constrained")
+    ax = fig.subplots()
+    for r in validation["rows"]:
+        if r["kind"] == "baseline":
+            g = r["gain"]
+            ax.axhspan(_v(g, "lo"), _v(g, "hi"), color="#eeeeee", zorder=0, label=f"{r['algorithm']} (no teacher), 95% CI")
+            ax.axhline(_v(g), color="#999999", lw=1.0, ls="--", zorder=0)
+    for r in rows:
+        a, g = r["alignment"], r["gain"]
+        ax.errorbar(_v(a), _v(g), xerr=_err([_v(a)], [_v(a, "lo")], [_v(a, "hi")]),
+                    yerr=_err([_v(g)], [_v(g, "lo")], [_v(g, "hi")]), fmt=ALGORITHM_MARKERS.get(r["algorithm"], "D"),
+                    color=colours[r["teacher"]], capsize=2, lw=1.0, ms=6, label=_plain(f"{r['teacher']} / {r['algorithm']}"))
+    ax.axhline(0, color="#444444", lw=0.8, zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(color="#e6e6e6", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("mean alignment (diagnostic, 95% t CI over questions)")
+    ax.set_ylabel("accuracy gain over the control (95% bootstrap CI)")
+    notes = []
+    for name, c in validation.get("correlation", {}).items():
+        lo, hi = c["ci95"]
+        rho = "n/a" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+        interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+        notes.append(f"ρ(gain, {name}) = {rho}{interval}")
+    ax.text(0.02, 0.98, "\n".join(notes) or "fewer than 3 pairs: no ρ", transform=ax.transAxes, va="top", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
+    ax.legend(fontsize=7, loc="lower right", frameon=False, ncols=1 if len(rows) < 8 else 2)
+    run = validation["run"]
+    s = validation["settings"]
+    fig.suptitle(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
+                 f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} seeds, "
+                 f"{len(validation['questions']['heldout'])} held-out questions; Spearman ρ with bootstrap 95% CI)", fontsize=9)
+    return fig
