@@ -369,3 +369,22 @@ def validation_figure(validation: dict):
                  f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} seeds, "
                  f"{len(validation['questions']['heldout'])} held-out questions; Spearman ρ with bootstrap 95% CI)", fontsize=9)
     return fig
+
+
+def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
+    """The ``odiag validate`` figure of every run that has a ``validation.json``, saved under ``out``;
+    returns, per such run, ``{"run": id, "stem": figure stem, "validation": the JSON}`` for the page."""
+    import json
+
+    made = []
+    for run in runs:
+        path = Path(run.path) / "validation.json"
+        if not path.is_file():
+            continue
+        validation = json.loads(path.read_text())
+        if validation.get("schema_version") != "odiag.validation/1":
+            continue
+        stem = f"{_slug(run.id)}--validation"
+        _save(validation_figure(validation), out, stem)
+        made.append({"run": run.id, "stem": stem, "validation": validation})
+    return made
