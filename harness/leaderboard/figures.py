@@ -336,7 +336,7 @@ def validation_figure(validation: dict):
 
     rows = [r for r in validation["rows"] if r["kind"] == "distillation"]
     colours = teacher_colours({r["teacher"] for r in rows})
-    fig = Figure(figsize=(7.2, 5.0), layout="constrained")
+    fig = Figure(figsize=(9.5, 5.0), layout="constrained")
     ax = fig.subplots()
     for r in validation["rows"]:
         if r["kind"] == "baseline":
@@ -362,7 +362,8 @@ def validation_figure(validation: dict):
         notes.append(f"ρ(gain, {name}) = {rho}{interval}")
     ax.text(0.02, 0.98, "\n".join(notes) or "fewer than 3 pairs: no ρ", transform=ax.transAxes, va="top", fontsize=8,
             bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
-    ax.legend(fontsize=7, loc="lower right", frameon=False, ncols=1 if len(rows) < 8 else 2)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
     run = validation["run"]
     s = validation["settings"]
     fig.suptitle(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
