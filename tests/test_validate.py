@@ -128,6 +128,26 @@ def test_rank_correlations_compare_predictors_on_shared_replicates():
     assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0] and same["verdict"] == "not resolved"
 
 
+@pytest.mark.parametrize("algorithm", ["gkd", "forward_kl", "jsd"])
+def test_training_losses_descend_along_the_gradients_the_diagnostic_scores(algorithm):
+    """Pinned: minus the autograd gradient of each training loss with respect to the student's logits
+    is the gradient the diagnostic scores for that algorithm (SPEC §3, on the full vocabulary), so
+    `odiag validate` trains with exactly the update whose alignment the run measured."""
+    torch = pytest.importorskip("torch")
+    from harness.core.gradients import ALGORITHMS, NodeInputs
+    from harness.validate import token_losses
+
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        z = torch.tensor(rng.normal(0, 2, 9), requires_grad=True)
+        zt = torch.tensor(rng.normal(0, 2, 9))
+        loss = token_losses(algorithm, torch.log_softmax(z, -1)[None, None], torch.log_softmax(zt, -1)[None, None], beta=0.3)
+        loss.sum().backward()
+        pi, pit = torch.softmax(z, -1).detach().numpy(), torch.softmax(zt, -1).numpy()
+        inputs = NodeInputs(pi, pit, np.zeros(9), np.zeros(9), np.zeros(9), -1, 0.0, 0.3)
+        assert -z.grad.numpy() == pytest.approx(ALGORITHMS[algorithm](inputs), abs=1e-10)
+
+
 # tier 2: the command on the toy models ------------------------------------------------------------
 
 SMALL_RUN = ["limit=3", "teachers=[toy-self-1c,toy-teacher]", "n_initial=24", "n_target=24", "k_window=2",
@@ -181,6 +201,11 @@ def test_validate_quick_on_the_toy_models(small_run):
     assert control["gain"]["mean"] == 0.0  # the reference itself
     assert set(v["correlation"]) == {"alignment", "alignment_incorrect", "teacher_advantage"}
     assert v["correlation"]["alignment"]["n_pairs"] == 4
+    # the predictors recomputed per question from nodes.parquet aggregate to results.json's means
+    distilled = [r for r in v["rows"] if r["kind"] == "distillation"]
+    for name in ("alignment", "alignment_incorrect", "teacher_advantage"):
+        nan = lambda xs: [float("nan") if x is None else x for x in xs]
+        assert nan(v["correlation"][name]["x"]) == pytest.approx(nan([r[name]["mean"] for r in distilled]), nan_ok=True)
     assert (run / "validation.svg").stat().st_size > 0 and (run / "validation.png").stat().st_size > 0
 
     # every (arm, seed) was stored: the same command resumes without training again, same numbers

@@ -383,7 +383,9 @@ def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
         if not path.is_file():
             continue
         validation = json.loads(path.read_text())
-        if validation.get("schema_version") != "odiag.validation/1":
+        # a validation of another run (the directory was rebuilt since) is not shown
+        if validation.get("schema_version") != "odiag.validation/1" or (validation.get("run") or {}).get(
+                "config_hash") != run.results.get("config_hash"):
             continue
         stem = f"{_slug(run.id)}--validation"
         _save(validation_figure(validation), out, stem)
