@@ -349,8 +349,6 @@ def _versions(device) -> dict:
 
 def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | None = None) -> dict:
     """Distil, evaluate, correlate; write ``validation.json`` and the figure into ``run_dir``; return the JSON."""
-    import torch
-
     from harness.core.validation import gain_interval, rank_correlations
     from harness.pipeline import json_ready, run_task
     from harness.teachers import load_teacher
@@ -378,6 +376,8 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | N
     if missing:
         raise ConfigError(f"{root}: the run has no {missing[0][1]} alignment for teacher {missing[0][0]!r} "
                           f"(its algorithms: {', '.join(run_cfg.algorithms)}); drop it with --set algorithms=[...]")
+
+    import torch  # after the checks: a wrong argument is answered before torch loads
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -462,6 +462,13 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | N
     diff_PSQ = np.stack([np.stack(acc[p]) - control_SQ for p in pairs])
     predictors = per_question_predictors(root, pairs, [q.id for q in train_q])
     correlation = rank_correlations(predictors, diff_PSQ, seed=[cfg.seed, 1], n_boot=cfg.n_boot) if len(pairs) >= 3 else {}
+    # within one loss: does alignment rank the teachers (the choice the diagnostic is meant to inform)?
+    by_algorithm = {}
+    for a in cfg.algorithms:
+        idx = [k for k, (_, algorithm) in enumerate(pairs) if algorithm == a]
+        if len(idx) >= 3:
+            by_algorithm[a] = rank_correlations({n: x[idx] for n, x in predictors.items()}, diff_PSQ[idx],
+                                                seed=[cfg.seed, 2], n_boot=cfg.n_boot)
     out = {
         "schema_version": SCHEMA_VERSION,
         "settings": to_dict(cfg),
@@ -476,6 +483,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | N
         "control_accuracy": {"mean": float(control_SQ.mean()), "per_seed": control_SQ.mean(axis=1).tolist()},
         "rows": rows,
         "correlation": correlation,
+        "correlation_by_algorithm": by_algorithm,
         # on a shared machine wall time measures the neighbours too: CPU seconds of this process beside it
         "timing": {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(time.process_time() - cpu_started, 1),
                    "threads": torch.get_num_threads(),
@@ -508,6 +516,9 @@ def format_report(v: dict) -> str:
         lines.append(line)
     if not v["correlation"]:
         lines.append("fewer than 3 (teacher, algorithm) pairs: no rank correlation")
+    for algorithm, corr in v.get("correlation_by_algorithm", {}).items():
+        lines.append(f"within {algorithm}: " + "; ".join(
+            f"Spearman(gain, {name}) = {fmt(c['spearman'])} {ci(c['ci95'])}" for name, c in corr.items()))
     t = v["timing"]
     lines.append(f"{t['seconds']:.0f} s ({t.get('cpu_seconds', 0):.0f} CPU s) on {t['threads']} thread(s), {t['device']}; load average {t['load_average_before'][0]:.1f} -> {t['load_average_after'][0]:.1f}")
     return "\n".join(lines)

@@ -336,8 +336,9 @@ def validation_figure(validation: dict):
 
     rows = [r for r in validation["rows"] if r["kind"] == "distillation"]
     colours = teacher_colours({r["teacher"] for r in rows})
-    fig = Figure(figsize=(9.5, 5.0), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(9.5, 6.0), layout="constrained")
+    ax, note_ax = fig.subplots(2, 1, height_ratios=[5, 1])  # the correlations below the data, never over it
+    note_ax.axis("off")
     for r in validation["rows"]:
         if r["kind"] == "baseline":
             g = r["gain"]
@@ -360,13 +361,17 @@ def validation_figure(validation: dict):
         rho = "n/a" if c["spearman"] is None else f"{c['spearman']:+.2f}"
         interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
         notes.append(f"ρ(gain, {name}) = {rho}{interval}")
-    ax.text(0.02, 0.98, "\n".join(notes) or "fewer than 3 pairs: no ρ", transform=ax.transAxes, va="top", fontsize=8,
-            bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
+    for algorithm, corr in validation.get("correlation_by_algorithm", {}).items():
+        c = corr["alignment"]
+        lo, hi = c["ci95"]
+        interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+        notes.append(f"within {algorithm}: ρ(gain, alignment) = " + ("n/a" if c["spearman"] is None else f"{c['spearman']:+.2f}") + interval)
+    note_ax.text(0.0, 1.0, "\n".join(notes) or "fewer than 3 pairs: no ρ", transform=note_ax.transAxes, va="top", fontsize=8)
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
     run = validation["run"]
     s = validation["settings"]
-    fig.suptitle(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
+    ax.set_title(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
                  f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} seeds, "
                  f"{len(validation['questions']['heldout'])} held-out questions; Spearman ρ with bootstrap 95% CI)", fontsize=9)
     return fig
