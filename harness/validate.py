@@ -486,6 +486,8 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | N
         "correlation_by_algorithm": by_algorithm,
         # on a shared machine wall time measures the neighbours too: CPU seconds of this process beside it
         "timing": {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(time.process_time() - cpu_started, 1),
+                   # wall seconds of every (arm, seed) when it ran, resumed ones included
+                   "arm_seconds": round(sum(t["seconds"] for arm in arms for t in train_info[arm]), 1),
                    "threads": torch.get_num_threads(),
                    "device": str(device), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
     }
