@@ -148,6 +148,36 @@ def test_training_losses_descend_along_the_gradients_the_diagnostic_scores(algor
         assert -z.grad.numpy() == pytest.approx(ALGORITHMS[algorithm](inputs), abs=1e-10)
 
 
+def test_settings_resolve_defaults_then_quick_then_flags_then_set():
+    from harness.config import ConfigError
+    from harness.validate import QUICK, ValidateConfig, resolve_validate_config
+
+    assert resolve_validate_config() == ValidateConfig()
+    cfg = resolve_validate_config(True, ["steps=5", "algorithms=[jsd]"], seeds=7, teachers=("a",))
+    assert (cfg.seeds, cfg.steps, cfg.eval_samples, cfg.teachers, cfg.algorithms) == (7, 5, QUICK["eval_samples"], ("a",), ("jsd",))
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        resolve_validate_config(False, ["stepz=3"])
+    with pytest.raises(ConfigError, match="'heldout' must be >= 1"):
+        resolve_validate_config(False, ["heldout=0"])
+
+
+def test_statistics_import_with_model_libraries_blocked():
+    """harness.core.validation is core (numpy, scipy); harness.validate loads torch only when it trains."""
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers', 'vllm', 'lm_eval'}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import harness.core.validation, harness.validate\n"
+        "harness.validate.resolve_validate_config(True, ['seeds=4'])\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 # tier 2: the command on the toy models ------------------------------------------------------------
 
 SMALL_RUN = ["limit=3", "teachers=[toy-self-1c,toy-teacher]", "n_initial=24", "n_target=24", "k_window=2",
