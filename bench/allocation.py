@@ -1,7 +1,7 @@
 """Targeted-rollout allocation strategies against exact ground truth (SPEC §4, §7).
 
 Every strategy of ``harness.core.allocation.STRATEGIES`` is driven window by window, in rounds, on
-synthetic questions (``harness.synthetic.SyntheticLM``, exact Q and two teachers) of several shapes,
+synthetic questions (``harness.exact_lm.SyntheticLM``, exact Q and two teachers) of several shapes,
 from the same initial rollouts and representative paths. At every decision point the GKD alignment
 of each teacher (estimated Q on A(s)) is compared with the alignment from the exact Q on the same
 A(s); a decision point is *accurate* when both teachers are within 0.1. Decision points whose exact
@@ -43,7 +43,7 @@ from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, 
 from harness.core.stats import wilson_interval  # noqa: E402
 from harness.core.tree import path_common_prefixes  # noqa: E402
 from harness.selfcheck import _representative_paths  # noqa: E402
-from harness.synthetic import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
+from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
 TOLERANCE = 0.1  # an alignment within this of the exact value is accurate
 GOAL = 0.95  # share of decision points that must be accurate

@@ -297,9 +297,10 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
 
 
 def _read_nodes(out: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
+    from harness.core.records import NODE_COLUMNS
+    from harness.safeio import read_parquet
 
-    table = pq.read_table(out / "nodes.parquet")
+    table = read_parquet(out / "nodes.parquet", NODE_COLUMNS)
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 

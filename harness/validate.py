@@ -189,11 +189,11 @@ def _load_model(model_id: str, revision: str | None, dtype: str, device):
 
 
 def _stored_contexts(rundir: RunDir, question: dict, teacher: str) -> list[np.ndarray]:
-    from harness.pipeline import _slug
+    from harness.plan import slug
 
     out = []
     for j in range(int(question["paths"])):
-        shard = rundir.load(question["id"], f"score-p{j}-{_slug(teacher)}")
+        shard = rundir.load(question["id"], f"score-p{j}-{slug(teacher)}")
         if shard is not None and "skip" not in shard:
             out.append(np.asarray(shard["context"], np.int64))
     return out
@@ -255,7 +255,7 @@ class _Trainer:
 
     def evaluate(self, model, key: tuple) -> np.ndarray:
         """Share of correct samples per held-out question; draws seeded by ``key`` and the question id."""
-        from harness.synthetic import derive_seed
+        from harness.seeds import derive_seed
 
         backend = self._backend(model)
         requests = [self._request(q.prompt_ids, self.cfg.eval_samples, derive_seed(self.cfg.seed, *key, q.id))
@@ -267,7 +267,7 @@ class _Trainer:
         """A fresh copy of the student after ``steps`` on-policy updates; the loss's mean per step."""
         import torch
 
-        from harness.synthetic import derive_seed
+        from harness.seeds import derive_seed
 
         cfg = self.cfg
         model = copy.deepcopy(self.student)
@@ -366,7 +366,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Progress | N
     if run_cfg.backend != "hf":
         raise ConfigError(f"{root}: odiag validate trains transformers models; this run used backend {run_cfg.backend!r}")
     run_cfg = dataclasses.replace(run_cfg, student=_local(run_cfg.student))
-    rundir = RunDir(root, run_cfg)
+    rundir = RunDir(root, plan=None)  # read only: the stored scoring shards (checksummed on load)
     available = list(results["teacher_info"])
     names = list(cfg.teachers) if cfg.teachers is not None else available
     if unknown := [t for t in names if t not in available]:

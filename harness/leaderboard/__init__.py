@@ -29,7 +29,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     from harness.leaderboard.figures import write_figures, write_validation_figures
     from harness.leaderboard.merge import load_runs, merge
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
-    from harness.pipeline import json_ready
+    from harness.results import json_ready
     from harness.rundir import atomic_write, write_json
 
     out = Path(out)

@@ -313,6 +313,8 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
                  "Correct vs incorrect paths",
                  "Mean alignment on correct and on incorrect paths per teacher; p is the paired t-test over "
                  "questions that have both.", g["id"], task)
+            if not len(nodes["position"]):  # no decision point in these runs: nothing to draw per node
+                continue
             save(by_depth(g, nodes, colours), f"{stem}--depth", "Alignment by depth",
                  "Mean alignment in each exponential depth window, averaged per path first; n counts decision "
                  "points x teachers.", g["id"], task)

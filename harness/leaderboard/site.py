@@ -25,7 +25,7 @@ import yaml
 from harness.core.stats import DIVERGENCES
 from harness.leaderboard.figures import FigureFile, teacher_colours
 from harness.leaderboard.merge import Run, teacher_labels
-from harness.pipeline import json_ready
+from harness.results import json_ready
 
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from harness.seeds import derive_seed
+
 EOS = 0
 TEACHERS = ("helpful", "misleading")
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from ids (``crc32`` chain, never Python's salted ``hash``)."""
-    h = 0
-    for p in parts:
-        h = zlib.crc32(repr(p).encode(), h)
-    return int(np.random.SeedSequence([h, len(parts)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
