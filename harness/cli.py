@@ -145,6 +145,16 @@ def _model_card(args: argparse.Namespace) -> int:
     return main_model_card(args.dir, args.out)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from harness.validate import main_validate
+
+    reporter = _reporter(args)
+    try:
+        return main_validate(args.dir, args.quick, args.teachers, args.seeds, args.set, on_progress=reporter)
+    finally:
+        reporter.close()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error of every other expected failure (exit code 2)."""
 
@@ -261,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("--out", type=_path, help="write the YAML to this file instead of stdout")
     p.set_defaults(func=_model_card)
+
+    p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
+    p.add_argument("dir", type=_path, help="finished run directory (writes DIR/validation.json and DIR/validation.svg)")
+    p.add_argument("--teachers", help="comma-separated teachers of the run (default: all)")
+    p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
+    p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    _progress_interval(p)
+    p.set_defaults(func=_validate)
     return parser
 
 

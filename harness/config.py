@@ -153,7 +153,7 @@ class RunConfig:
     cascade: str = setting(
         "unbiased", '"unbiased" counting, or "paper" (biased, reproduces the paper)', one_of(("unbiased", "paper")))
     strategy: str = setting(
-        "paper", 'targeted-rollout allocation: "paper" (SPEC §4) or "settle" (harness/core/allocation.py)',
+        "paper", 'targeted-rollout allocation: "paper" (SPEC §4), "settle" or "survey" (harness/core/allocation.py)',
         one_of(_strategies))
     budget: int | None = setting(None, "most targeted rollouts per question; None: no limit", at_least(1))
     confidence: float = setting(
@@ -170,6 +170,9 @@ class RunConfig:
     ray_address: str | None = setting(None, "an existing Ray cluster to join; None starts a local one", non_empty())
     num_workers: int = setting(2, "Ray workers (one backend each)", at_least(1))
     threads: int | None = setting(None, "hf backend: torch CPU threads per process; None keeps torch's default", at_least(1))
+    survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1))
+    survey_visits: int | None = setting(
+        None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1))
 
     def __post_init__(self) -> None:
         check_fields(self)

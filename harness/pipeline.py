@@ -196,6 +196,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     params = AllocationParams(
         n_target=cfg.n_target, n_min=plan.n_min, tau=cfg.tau, k_window=cfg.k_window, budget=cfg.budget,
         confidence=cfg.confidence, tolerance=cfg.tolerance, n_max=cfg.n_max, price=cfg.price,
+        positions=cfg.survey_positions, visits=cfg.survey_visits,
     )
     states = list(ctx.states.values())
     n_windows = max((len(s.spans) for s in states), default=0)

@@ -228,6 +228,11 @@ def _count(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _rate(per_second: float) -> str:
+    """A rate: whole numbers from 10 up, two significant digits below (a slow phase is not "0/s")."""
+    return _count(per_second) if per_second >= 10 else f"{per_second:.2g}"
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
@@ -251,7 +256,7 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
             line += f", {_count(ev.tokens)} tokens"
         line += f" in {_duration(elapsed)}"
         if ev.done and elapsed > 0:
-            line += f" ({_count(ev.done / elapsed)} {ev.unit}/s)"
+            line += f" ({_rate(ev.done / elapsed)} {ev.unit}/s)"
         return line + _budget(ev)
     total = ev.expected if ev.expected is not None else ev.planned
     estimated = ev.expected is not None and ev.expected > ev.planned
@@ -263,9 +268,9 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
         line += f" ({100 * ev.done / total:.0f}%)"
     if elapsed > 0 and ev.done:
         rate = ev.done / elapsed
-        line += f", {_count(rate)} {ev.unit}/s"
+        line += f", {_rate(rate)} {ev.unit}/s"
         if ev.tokens:
-            line += f", {_count(ev.tokens / elapsed)} tokens/s"
+            line += f", {_rate(ev.tokens / elapsed)} tokens/s"
         if total > ev.done:
             line += f", ETA {'~' if estimated else ''}{_duration((total - ev.done) / rate)}"
     return line + _budget(ev)
