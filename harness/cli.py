@@ -26,53 +26,40 @@ def _reporter(args: argparse.Namespace):
     return Reporter(quiet=args.quiet, interval=args.progress_interval)
 
 
+def _reported(args: argparse.Namespace, work: Callable[[Any], dict]) -> int:
+    """Run ``work(on_progress)`` under the progress display, then print its summary and closing lines."""
+    from harness.report import summary_table
+
+    reporter = _reporter(args)
+    try:
+        results = work(reporter)
+    finally:
+        reporter.close()
+    if not args.quiet:
+        print(summary_table(results))
+        print("\n".join(reporter.closing_lines()))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from harness.config import resolve_run_config
 
     cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
-    from harness.report import summary_table
-
-    reporter = _reporter(args)
-    try:
-        results = run(cfg, args.out, on_progress=reporter, repair=args.repair)
-    finally:
-        reporter.close()
-    if not args.quiet:
-        print(summary_table(results))
-        print("\n".join(reporter.closing_lines()))
-    return 0
+    return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair))
 
 
 def _rescore(args: argparse.Namespace) -> int:
     from harness.pipeline import rescore
-    from harness.report import summary_table
 
-    reporter = _reporter(args)
-    try:
-        results = rescore(args.dir, args.set, on_progress=reporter)
-    finally:
-        reporter.close()
-    if not args.quiet:
-        print(summary_table(results))
-        print("\n".join(reporter.closing_lines()))
-    return 0
+    return _reported(args, lambda on_progress: rescore(args.dir, args.set, on_progress=on_progress))
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
     from harness.pipeline import add_teacher
-    from harness.report import summary_table
 
-    reporter = _reporter(args)
-    try:
-        results = add_teacher(args.dir, args.teacher, on_progress=reporter)
-    finally:
-        reporter.close()
-    if not args.quiet:
-        print(summary_table(results))
-        print("\n".join(reporter.closing_lines()))
-    return 0
+    return _reported(args, lambda on_progress: add_teacher(args.dir, args.teacher, on_progress=on_progress))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -368,11 +368,20 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
     data = load_yaml(path) if path else {}
     where = str(path) if path else "defaults"
     sources = {key: where for key in data}
+    for key in apply_overrides(data, overrides):
+        sources[key] = "--set"
+    return build(RunConfig, data, where, sources)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:
+    """Set each ``key=value`` of ``overrides`` in ``data`` (values parsed as YAML, empty means None);
+    return the keys set. A malformed item is one line naming it."""
+    keys = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set n_target=200")
         data[key] = parse_yaml_value(raw, f"--set {key}") if raw.strip() else None
-        sources[key] = "--set"
-    return build(RunConfig, data, where, sources)
+        keys.append(key)
+    return keys

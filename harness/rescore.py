@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.backends import Backend
-from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, build, to_dict
+from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
 from harness.plan import ADDED, make_plan, resolve_teacher
 from harness.rundir import RunDir, RunDirError
 from harness.tasks import Task
@@ -48,16 +48,9 @@ def rescore(
     ``gamma``); teachers added to the run whose file changed are scored again from the new file.
     The results equal a fresh run's with the same settings.
     """
-    from harness.safeio import excerpt, parse_yaml_value
-
     stored = _finished(out)
     data = to_dict(stored)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set jsd_beta=0.9")
-        data[key] = parse_yaml_value(raw, f"--set {key}") if raw.strip() else None
+    apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")
     if moved := [k for k in data if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]:
         raise ConfigError(
