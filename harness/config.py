@@ -62,6 +62,7 @@ class RunConfig:
     ray_address: str | None = None  # an existing Ray cluster to join; None starts a local one
     num_workers: int = 2  # Ray workers (one backend each)
     threads: int | None = None  # hf backend: torch CPU threads per process; None keeps torch's default
+    student_args: dict = dataclasses.field(default_factory=dict)  # backend options, as lm-eval's model_args (e.g. {gpu_memory_utilization: 0.3})
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that can move a number (not where it runs).
@@ -70,11 +71,16 @@ class RunConfig:
         keeps its hash when the checkout moves.
         """
         data = {k: v for k, v in portable(to_dict(self)).items() if k not in EXECUTION_FIELDS}
+        from harness.backends import NUMERIC_OPTIONS  # backend options that move a number are hashed
+
+        numeric = {k: v for k, v in sorted(self.student_args.items()) if k in NUMERIC_OPTIONS}
+        if numeric:
+            data["student_args"] = numeric
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # where a run executes never changes its results, so these may differ when a run is resumed
-EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads")
+EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads", "student_args")
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent

@@ -128,6 +128,7 @@ def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
     """The configured backend, in this process or spread over Ray workers."""
     # hf draws from counter-based randomness, so its thread count never moves a number
     options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
+    options |= backend_options(cfg, teachers)
     if cfg.executor == "ray":
         from harness.distributed import RayBackendPool
 
@@ -135,6 +136,33 @@ def _backend(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> Backend:
     if cfg.executor != "local":
         raise ConfigError(f"executor must be 'local' or 'ray', got {cfg.executor!r}")
     return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
+
+
+def backend_options(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict:
+    """``student_args`` and the teachers' ``model_args``, checked against the backend (one-line errors)."""
+    from harness.backends import check_options
+
+    try:
+        options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
+        per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
+                     for t in teachers if t.model_args and not t.is_self}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(t.model_args and t.is_self for t in teachers):
+        raise ConfigError("a self-teacher reads with the student's model: set its options in student_args")
+    if per_model:
+        if cfg.backend != "vllm":
+            raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
+        from harness.backends import engine_argument_names
+
+        options["model_args"] = {m: {**o.pop("engine_options", {}), **o} for m, o in per_model.items()}
+        engine = engine_argument_names()
+        for t in teachers:
+            odd = sorted(set(options["model_args"].get(t.model, {})) - engine) if engine else []
+            if odd:
+                raise ConfigError(f"teacher {t.name}: model_args key {odd[0]!r} is not a vLLM engine argument "
+                                  "(backend-wide options go in student_args)")
+    return options
 
 
 def run_task(cfg: RunConfig) -> Task:
