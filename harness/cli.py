@@ -66,11 +66,31 @@ def _run(args: argparse.Namespace) -> int:
     from harness.pipeline import run
 
     cfg = resolve_run_config(args.config, args.set)
+    if not args.quiet:
+        _print_plan(cfg)
     results = run(cfg, args.out, on_progress=_Progress(args.quiet))
     if not args.quiet:
         print(_summary_table(results))
         print(f"results: {args.out}/results.json")
     return 0
+
+
+def _print_plan(cfg, lines: int = 12) -> None:
+    """The first lines of `odiag plan` before a run (a plan that cannot be made is only mentioned)."""
+    from harness.config import ConfigError
+    from harness.costplan import plan_for
+
+    try:
+        text = plan_for(cfg).lines
+    except (ConfigError, OSError, ValueError) as exc:
+        text = [f"plan: not available ({exc})"]
+    print("\n".join(text[:lines]), file=sys.stderr, flush=True)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from harness.costplan import main_plan
+
+    return main_plan(args)
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
@@ -142,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
+    p.add_argument("--config", help="run config YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
+    p.add_argument("--throughput", type=float, metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
+    p.add_argument("--measurements", metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", help="run directory")
