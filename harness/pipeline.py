@@ -142,6 +142,8 @@ def backend_options(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict:
     """``student_args`` and the teachers' ``model_args``, checked against the backend (one-line errors)."""
     from harness.backends import check_options
 
+    if cfg.backend != "vllm" and any(t.model_args and not t.is_self for t in teachers):
+        raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
     try:
         options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
         per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
@@ -151,8 +153,6 @@ def backend_options(cfg: RunConfig, teachers: Sequence[TeacherConfig]) -> dict:
     if any(t.model_args and t.is_self for t in teachers):
         raise ConfigError("a self-teacher reads with the student's model: set its options in student_args")
     if per_model:
-        if cfg.backend != "vllm":
-            raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
         from harness.backends import engine_argument_names
 
         options["model_args"] = {m: {**o.pop("engine_options", {}), **o} for m, o in per_model.items()}
