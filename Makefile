@@ -47,7 +47,7 @@ $(STAMP_VLLM): setup.cfg pyproject.toml .ci/vllm_dist_info.py
 
 # the vllm tier on CPU with the toy models (see README, "vLLM on CPU")
 test-vllm: $(STAMP_VLLM)
-	$(VENV_VLLM)/bin/python -m pytest -q -m vllm -p no:cacheprovider tests/vllm
+	$(VENV_VLLM)/bin/python -m pytest -q -m vllm -p no:cacheprovider tests/vllm_tier
 
 # regenerate the committed leaderboard/ from the demo run (resumes runs/demo if it exists)
 leaderboard: $(STAMP)

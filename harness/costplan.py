@@ -15,10 +15,10 @@ as they are:
 
 So nothing is freed before the run ends, and a phase holds everything the earlier phases loaded.
 A plan that does not fit ``--gpu-memory`` is refused, naming the first phase that does not fit.
-Targeted rollouts are an estimate: the paper's allocation enriches, per path and depth window, up
-to ``2 k_window`` decision points, each with its candidate children (taken as
-:data:`CHILDREN_PER_NODE`), to ``n_target`` visits; a targeted rollout generates at most the
-response length. These are upper bounds (a run enriches fewer nodes and children where fewer
+Targeted rollouts are bounded as README's "Sizing a run" bounds them: the paper's allocation
+enriches, per path and depth window, at most ``2 k_window`` targets to ``n_target`` visits each
+(existing visits count), over the windows of a response of the full length; a targeted rollout
+generates at most the response length. These are upper bounds (a run enriches fewer nodes and children where fewer
 qualify); ``budget`` caps the rollouts per question.
 """
 
@@ -43,7 +43,6 @@ KNOWN_MODELS = {
     "Qwen/Qwen3-32B": (32.76e9, 64, 8, 128, 151936),
 }
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-CHILDREN_PER_NODE = 2  # candidate children per decision point (tau = 0.05 admits at most 2/tau)
 ENGINE_OVERHEAD = 1.5 * GiB  # a vLLM engine's activations and CUDA context beyond weights and KV cache
 
 
@@ -218,8 +217,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
     # rollouts and tokens ------------------------------------------------------------------------
     paths = 2 * cfg.paths_per_outcome
-    nodes = paths * windows(length, cfg.window) * 2 * cfg.k_window
-    targeted = nodes * CHILDREN_PER_NODE * cfg.n_target
+    targets = paths * windows(length, cfg.window) * 2 * cfg.k_window
+    targeted = targets * cfg.n_target
     if cfg.budget is not None:
         targeted = min(targeted, cfg.budget)
     initial_tokens = cfg.n_initial * length
@@ -232,7 +231,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
             artefact_tokens += (t.correct_solutions + t.wrong_solutions) * t.summary_max_new_tokens
     per_q = initial_tokens + targeted_tokens + artefact_tokens
     lines.append(f"per question: {cfg.n_initial} initial rollouts (<= {initial_tokens:,.0f} tokens); targeted rollouts "
-                 f"<= {targeted:,.0f} ({nodes} decision points x {CHILDREN_PER_NODE} children x n_target {cfg.n_target}"
+                 f"<= {targeted:,.0f} ({targets} targets x n_target {cfg.n_target}"
                  f"{'' if cfg.budget is None else ', budget'}; <= {targeted_tokens:,.0f} tokens); {paths} paths x "
                  f"{len(teachers)} teachers scored; teacher contexts <= {artefact_tokens:,.0f} tokens")
     total_tokens = per_q * n_q if n_q is not None else None

@@ -3,7 +3,7 @@
 Always on (no vLLM needed): the pure parts (the untruncated sampling parameters, the conversion of
 vLLM-shaped outputs, the temperature correction of raw prompt log-probabilities) and the class's
 wiring, against small fakes shaped like vLLM's ``LLM``, ``RequestOutput``, ``CompletionOutput`` and
-``Logprob``. The real engine runs in the ``vllm`` tier (tests/vllm, ``make test-vllm``: vLLM's CPU
+``Logprob``. The real engine runs in the ``vllm`` tier (tests/vllm_tier, ``make test-vllm``: vLLM's CPU
 build, the toy models).
 """
 

@@ -16,5 +16,5 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "tests/vllm/" in str(item.fspath).replace(os.sep, "/"):
+        if "tests/vllm_tier/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.vllm)

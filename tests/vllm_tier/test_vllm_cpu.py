@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("vllm")
+vllm = pytest.importorskip("vllm")
+if not hasattr(vllm, "LLM"):  # a directory named vllm on the path, not vLLM
+    pytest.skip("vLLM is not installed", allow_module_level=True)
 torch = pytest.importorskip("torch")
 
 from harness.backends import STUDENT, ModelSpec, SampleRequest, ScoreRequest  # noqa: E402
