@@ -1,28 +1,44 @@
-"""Targeted-rollout allocation strategies against exact ground truth (SPEC §4, §7).
+"""Targeted-rollout allocation judged on what users read, in generated tokens (SPEC §4, §5, §7).
 
-Every strategy of ``harness.core.allocation.STRATEGIES`` is driven window by window, in rounds, on
-synthetic questions (``harness.synthetic.SyntheticLM``, exact Q and two teachers) of several shapes,
-from the same initial rollouts and representative paths. At every decision point the GKD alignment
-of each teacher (estimated Q on A(s)) is compared with the alignment from the exact Q on the same
-A(s); a decision point is *accurate* when both teachers are within 0.1. Decision points whose exact
-ideal gradient is 0 (every child of A(s) has the same exact Q) have no exact score and are counted
-apart.
+Users read each teacher's mean alignment with its 95% CI, the teacher ranking and the
+incorrect-minus-correct difference. This bench scores every strategy of
+``harness.core.allocation.STRATEGIES`` on exactly those numbers, against exact values on the
+synthetic models (``harness.exact_lm.SyntheticLM``: exact Q by backward induction, two teachers).
 
-Printed per shape:
-* every point of each strategy's certainty ladder (``paper``: ``n_target``; ``settle``: ``price``):
-  targeted rollouts (all questions), decision points (DPs), accurate ones and their share, the share
-  weighted by |exact g*| (SPEC §5's weight), rollouts per accurate DP, strategy rounds per window,
-  the 95% Wilson coverage of exact Q over the children of A(s) and the mean error of Q (adaptive
-  stopping could bias both), and the coverage of the 95% posterior intervals of the alignments;
-* the rollouts at which 95% of DPs are accurate (interpolated in log(rollouts)), or that no point
-  of the ladder gets there;
-* for each paper point, the fewest rollouts at which an adaptive strategy has at least its accuracy
-  and its number of DPs, and the ratio;
-* fixed budgets per question, as shares of what ``paper`` spends at ``n_target = 100``: rollouts,
-  DPs and accurate DPs against that paper run.
+**Estimand** (the same for every strategy). On each question's representative paths, at every
+position k with at least two likely tokens (exact π ≥ τ or π_T ≥ τ for some teacher, ``TAU``)
+and an exact ideal gradient that is not 0: the exact GKD alignment cos(g*, g_T) on that support. Averaged as the
+leaderboard averages (SPEC §5): per path (unweighted, and weighted by exact |g*|), per question
+over its paths, per teacher over questions; incorrect-minus-correct per question over questions
+with both kinds of path.
 
-    python bench/allocation.py            # 12 questions per shape, about three minutes on one core
-    python bench/allocation.py --quick    # 4 questions per shape, about one minute
+**Estimate**: what the pipeline reports from the strategy's tree (``harness/pipeline.py``,
+``harness/core/stats.py``): decision points with A(s) = {n ≥ n_min} and max Q̂ > min Q̂, the GKD
+alignment of Q̂ on A(s), per path means (weight |ĝ*|), per question, per teacher with a Student-t
+95% CI over questions. The initial rollouts enter the tree without the chosen paths' own rollouts,
+and a question's windows are its own paths' windows (as the pipeline does).
+
+**Error**, over repeated seeds (each seed: fresh questions, fresh rollouts, its own exact values):
+RMSE of each teacher's mean alignment (both teachers pooled), unweighted and |g*|-weighted, RMSE of
+incorrect-minus-correct, the share of seeds whose teacher ranking is right, and the share of
+(seed, teacher) CIs that hold the exact value (a strategy is admissible at coverage ≥ 0.93).
+
+**Cost**: targeted rollouts, rounds (backend calls: per window the most rounds any question
+needed, since the pipeline batches questions), and generated tokens. A rollout is simulated only
+while it stays on some tracked path (the tree needs nothing more: SPEC §6's compact record); after
+it leaves every path, its reward is drawn from the exact value of the state it reached and its
+remaining tokens are counted as their exact expectation. The AIME-like shape (traces of ~100 to
+~2,000 tokens, windows 0-10) is affordable this way. ``tests/test_allocation.py`` checks that this
+simulation gives exact Q and the expected lengths of full sampling.
+
+The last line is the cost ratio at equal error: paper's generated tokens at ``n_target = 100``
+divided by ``survey``'s at its default setting, when that setting's RMSE of the per-teacher mean
+alignment is no worse than paper's and its coverage is at least 0.93 (otherwise the ratio at the
+cheapest measured setting that is, marked ``*``; ``-`` when none is). The line before it gives the
+same for ``settle``. ``--estimators`` also scores the split-half estimator on every tree.
+
+    python bench/allocation.py            # 24 seeds x 8 questions per shape
+    python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
 """
 
 from __future__ import annotations
@@ -33,23 +49,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
+import resource  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient  # noqa: E402
+from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state  # noqa: E402
-from harness.core.stats import wilson_interval  # noqa: E402
 from harness.core.tree import path_common_prefixes  # noqa: E402
-from harness.selfcheck import _representative_paths  # noqa: E402
-from harness.synthetic import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
+from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
-TOLERANCE = 0.1  # an alignment within this of the exact value is accurate
-GOAL = 0.95  # share of decision points that must be accurate
+TAU = 0.05  # the estimand's support: tokens with exact π ≥ TAU or π_T ≥ TAU for some teacher
 N_INITIAL = 64
-POSTERIOR_DRAWS = 400
 PATHS_PER_OUTCOME = 2
+COVERAGE_FLOOR = 0.93
+RECOMMENDED = "survey"  # the strategy the last line measures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,42 +79,127 @@ class Shape:
     horizon: int
     sharpness: float
     window: int  # first window width w
+    n_min: int = 20
+    eos_offset: float = 0.0
 
-    def model(self, question: int) -> SyntheticLM:
-        seed = derive_seed("allocation-bench", self.name, question)
-        return SyntheticLM(seed=seed, vocab_size=self.vocab_size, n_states=self.n_states, horizon=self.horizon, sharpness=self.sharpness)
+    def model(self, seed: int, question: int) -> SyntheticLM:
+        return SyntheticLM(
+            seed=derive_seed("allocation-bench", self.name, seed, question), vocab_size=self.vocab_size,
+            n_states=self.n_states, horizon=self.horizon, sharpness=self.sharpness, eos_offset=self.eos_offset,
+        )
 
 
 SHAPES = (
     Shape("short", vocab_size=6, n_states=8, horizon=10, sharpness=1.5, window=2),
     Shape("long", vocab_size=6, n_states=8, horizon=200, sharpness=1.5, window=8),
     Shape("long-wide", vocab_size=12, n_states=16, horizon=256, sharpness=1.0, window=8),
+    # AIME-like: traces of hundreds to a few thousand tokens, windows 0-10, n_min 10 as for AIME
+    Shape("aime-like", vocab_size=6, n_states=8, horizon=4096, sharpness=1.5, window=2, n_min=10, eos_offset=-4.0),
 )
-BUDGET_SHARES = (0.25, 1 / 3, 1.0)  # fixed budgets for the adaptive strategies, as shares of paper's default spend
-# each strategy's certainty knob, from cheap to thorough
-LADDERS = {
-    "paper": ("n_target", (25, 50, 100, 200, 400, 800)),
-    "settle": ("price", (1 / 250, 1 / 500, 1 / 1000, 1 / 2000, 1 / 4000)),
+# every strategy's settings, the reference first; the recommended strategy's default is marked "default"
+SETTINGS: dict[str, list[tuple[str, dict]]] = {
+    "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200})],
+    "settle": [("default", {})],
+    "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32}),
+               ("visits=4n_min", {"visits": -4})],
 }
+# --quick leaves out the slowest rows (settle plans each node with posterior draws: ~10 s per AIME-like question)
+QUICK_SKIP = {("paper", "n_target=200"), ("settle", "default", "aime-like")}
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """One strategy on one question: what it spent and how good its decision points are."""
+# --------------------------------------------------------------------------- one question
 
-    rollouts: int  # targeted rollouts
-    accurate: int  # decision points within TOLERANCE of exact for every teacher
-    scored: int  # decision points with an exact score
-    undefined: int  # decision points whose exact ideal gradient is 0
-    q_covered: int  # children of A(s) whose 95% Wilson interval holds the exact Q
-    q_children: int
-    q_error_sum: float  # sum of (estimated - exact) Q over those children
-    align_covered: int  # (decision point, teacher) pairs whose 95% posterior interval holds the exact alignment
-    align_pairs: int
-    stake_accurate: float  # sum of |exact g*| over accurate decision points
-    stake: float  # sum of |exact g*| over scored decision points (SPEC §5's weight: what is at stake)
-    windows: int
-    rounds: int  # strategy calls that asked for rollouts, over all windows
+
+class World:
+    """One synthetic question: the exact tables the simulation and the ground truth read."""
+
+    def __init__(self, model: SyntheticLM):
+        self.model = model
+        tab = model._tables  # transition and reward tables: the vectorised sampler needs them directly
+        self.transition, self.success = tab["transition"], tab["success"]
+        self.pi = np.exp(model.logp)  # [H, S, V]
+        self.cdf = np.cumsum(self.pi, axis=-1)
+        self.teachers = [np.exp(model.teacher_logp(t)) for t in TEACHERS]
+        self.exact_q = model.exact_q
+        h, s = self.pi.shape[:2]
+        # value and expected generated tokens from depth t in state s (the horizon truncates: 0, 0)
+        self.value = np.zeros((h + 1, s))
+        self.remaining = np.zeros((h + 1, s))
+        for t in range(h - 1, -1, -1):
+            self.value[t] = (self.pi[t] * self.exact_q[t]).sum(axis=-1)
+            after = np.where(np.arange(self.pi.shape[2]) == EOS, 0.0, self.remaining[t + 1][self.transition])
+            self.remaining[t] = (self.pi[t] * (1.0 + after)).sum(axis=-1)
+
+
+def sample_targets(world: World, paths: Sequence[np.ndarray], states: Sequence[np.ndarray], path_R, position_R, token_R,
+                   count_R, rng: np.random.Generator) -> tuple[Rollouts, float]:
+    """Targeted rollouts of children ``paths[j][:k] + [a]``, simulated while on a tracked path; (batch, tokens).
+
+    Each continuation holds its tokens up to the first one that leaves every tracked path (all
+    that its exits depend on); the reward is then drawn from the exact value of the state reached,
+    and the remaining generated tokens are counted as their exact expectation.
+    """
+    h = world.pi.shape[0]
+    row = np.repeat(np.arange(len(count_R)), count_R)
+    j, k, a = path_R[row], position_R[row], token_R[row]
+    n = len(row)
+    lengths = np.array([len(p) for p in paths])
+    padded = np.full((len(paths), lengths.max() + 1), -2, np.int64)
+    for i, p in enumerate(paths):
+        padded[i, : len(p)] = p
+    prefix = path_common_prefixes(paths)
+    before = np.array([states[jj][kk] for jj, kk in zip(j, k, strict=True)], np.int64)
+    # tracked paths the rollout is on after its forced child: they share path j[:k] and take a at k
+    on = (prefix[j] >= k[:, None]).T & (padded[:, k] == a)  # [P, R]
+    reward = np.zeros(n, np.int64)
+    tokens = np.zeros(n)
+    eos = a == EOS
+    reward[eos] = world.success[before[eos]]
+    state = np.where(eos, before, world.transition[before, np.where(eos, 1, a)])
+    depth = k + 1
+    alive = ~eos & (depth < h)
+    steps_i, steps_t = [], []
+    for _ in range(h):
+        live = np.flatnonzero(alive & on.any(axis=0))
+        if not live.size:
+            break
+        u = rng.random(live.size)
+        tok = (u[:, None] > world.cdf[depth[live], state[live]]).sum(axis=1).clip(max=world.pi.shape[2] - 1)
+        steps_i.append(live)
+        steps_t.append(tok)
+        tokens[live] += 1
+        on[:, live] &= padded[:, np.minimum(depth[live], padded.shape[1] - 1)] == tok
+        ended = tok == EOS
+        reward[live[ended]] = world.success[state[live[ended]]]
+        state[live[~ended]] = world.transition[state[live[~ended]], tok[~ended]]
+        depth[live] += 1
+        alive[live] = ~ended & (depth[live] < h)
+    # off every path and still going: the exact value and expected length of the rest
+    rest = np.flatnonzero(alive)
+    reward[rest] = rng.random(rest.size) < world.value[depth[rest], state[rest]]
+    tokens[rest] += world.remaining[depth[rest], state[rest]]
+    idx = np.concatenate(steps_i) if steps_i else np.zeros(0, np.int64)
+    tok = np.concatenate(steps_t) if steps_t else np.zeros(0, np.int64)
+    order = np.argsort(idx, kind="stable")  # steps are in order, so each rollout's tokens stay in order
+    count = np.bincount(idx, minlength=n)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(count, out=offsets[1:])
+    batch = Rollouts(tokens=tok[order].astype(np.int64), offsets=offsets, reward=reward, forced_len=(k + 1).astype(np.int64),
+                     target_path=j.astype(np.int64), forced_token=a.astype(np.int64))
+    return batch, float(tokens.sum())
+
+
+def scored_tokens(world: World, path: np.ndarray, states: np.ndarray) -> ScoredTokens:
+    """Every token at every position of ``path``, as one student and one pass per teacher give them."""
+    depth = np.arange(len(path))
+    pi = world.pi[depth, states[: len(path)]]
+    pi_t = np.stack([t[depth, states[: len(path)]] for t in world.teachers], axis=-1)
+    reverse_kl = (pi[..., None] * (np.log(pi)[..., None] - np.log(pi_t))).sum(axis=1)
+    v = pi.shape[1]
+    return ScoredTokens(
+        position_S=np.repeat(depth, v), token_S=np.tile(np.arange(v), len(path)), pi_S=pi.ravel(),
+        pi_teacher_S_T=pi_t.reshape(-1, len(world.teachers)), reverse_kl_S_T=np.repeat(reverse_kl, v, axis=0),
+    )
 
 
 def windows(length: int, width: int) -> list[tuple[int, int]]:
@@ -109,263 +211,326 @@ def windows(length: int, width: int) -> list[tuple[int, int]]:
     return out
 
 
-def sample_targets(model: SyntheticLM, paths, path_R, position_R, token_R, count_R, seed: int) -> Rollouts:
-    """Targeted rollouts of many (path, position, token) children at once: forced prefix ``path[:k] + [a]``.
+@dataclasses.dataclass
+class Question:
+    """A question after SPEC §4 steps 1-2: its paths, their outcomes, and a tree of the other initial rollouts."""
 
-    The same process as ``SyntheticLM.sample`` (inverse-CDF draws from the student's π, EOS ends
-    with the state's reward, the horizon truncates with reward 0), advanced for all rollouts together
-    because the synthetic sampler takes one prefix per call.
-    """
-    tables = model._tables  # the transition and reward tables: the vectorised sampler needs them directly
+    world: World
+    paths: list[np.ndarray]
+    correct: list[bool]
+    states: list[np.ndarray]
+    initial: Rollouts
+    window: int  # first window width w
+
+
+def prepare(shape: Shape, seed: int, question: int) -> Question | None:
+    """Initial rollouts and representative paths (correct, and wrong ones that ended: never truncated)."""
+    model = shape.model(seed, question)
+    world = World(model)
+    toks, rewards, truncated = model.sample([], N_INITIAL, derive_seed("allocation-bench", shape.name, seed, question, "initial"))
+    rng = np.random.default_rng(derive_seed("allocation-bench", shape.name, seed, question, "paths"))
+    chosen, correct = [], []
+    for outcome in (1, 0):
+        seen = set()
+        for i in rng.permutation(len(toks)):
+            key = toks[i].tobytes()
+            if rewards[i] == outcome and not truncated[i] and key not in seen and len(seen) < PATHS_PER_OUTCOME:
+                seen.add(key)
+                chosen.append(int(i))
+                correct.append(bool(outcome))
+    if not chosen:
+        return None
+    rest = [i for i in range(len(toks)) if i not in set(chosen)]  # a path's own rollout stays out of the tree
+    initial = Rollouts.from_lists([toks[i] for i in rest], [int(rewards[i]) for i in rest])
+    paths = [toks[i] for i in chosen]
+    return Question(world, paths, correct, [model.states(p) for p in paths], initial, shape.window)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spend:
+    rollouts: int
+    tokens: float
+    rounds_W: tuple[int, ...]  # rounds per window
+
+
+def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams, seed: int) -> Spend:
+    """Drive ``strategy`` window by window, in rounds, over the question's own windows (as the pipeline does)."""
+    scored = [scored_tokens(q.world, p, s) for p, s in zip(q.paths, q.states, strict=True)]
+    prefix = path_common_prefixes(q.paths)
+    spans = windows(max(len(p) for p in q.paths), q.window)
+    spent, tokens, rounds_W = 0, 0.0, []
     rng = np.random.default_rng(seed)
-    cdf = np.cumsum(np.exp(model.logp), axis=-1)
-    row = np.repeat(np.arange(len(count_R)), count_R)
-    states = [model.states(p) for p in paths]
-    k = position_R[row]
-    a = token_R[row]
-    before = np.array([states[j][kk] for j, kk in zip(path_R[row], k, strict=True)], dtype=np.int64)
-    state = np.where(a == EOS, before, tables["transition"][before, a])
-    depth = k + 1
-    alive = (a != EOS) & (depth < model.horizon)
-    reward = np.where(a == EOS, tables["success"][before], False)
-    steps = max(model.horizon - int(depth.min(initial=model.horizon)), 0)
-    tokens = np.full((len(row), steps), -1, dtype=np.int8)
-    for s in range(steps):
-        live = np.flatnonzero(alive)
-        if not live.size:
-            break
-        u = rng.random(live.size)
-        tok = (u[:, None] > cdf[depth[live], state[live]]).sum(axis=1).clip(max=model.vocab_size - 1)
-        tokens[live, s] = tok
-        ended = tok == EOS
-        reward[live[ended]] = tables["success"][state[live[ended]]]
-        state[live[~ended]] = tables["transition"][state[live[~ended]], tok[~ended]]
-        depth[live] += 1
-        alive[live] = ~ended & (depth[live] < model.horizon)
-    lengths = (tokens >= 0).sum(axis=1)
-    offsets = np.zeros(len(row) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return Rollouts(
-        tokens=tokens[tokens >= 0].astype(np.int64), offsets=offsets, reward=reward.astype(np.int64),
-        forced_len=(k + 1).astype(np.int64), target_path=path_R[row].astype(np.int64), forced_token=a.astype(np.int64),
-    )
-
-
-def scored_tokens(model: SyntheticLM, path: np.ndarray, teacher_logp: list[np.ndarray]) -> ScoredTokens:
-    """Every token at every position of ``path``, as one student and one pass per teacher give them."""
-    states = model.states(path)[: len(path)]
-    depth = np.arange(len(path))
-    logp = model.logp[depth, states]  # [K, V]
-    logp_t = np.stack([t[depth, states] for t in teacher_logp], axis=-1)  # [K, V, T]
-    pi, pi_t = np.exp(logp), np.exp(logp_t)
-    reverse_kl = (pi[..., None] * (logp[..., None] - logp_t)).sum(axis=1)  # [K, T]
-    v = model.vocab_size
-    return ScoredTokens(
-        position_S=np.repeat(depth, v), token_S=np.tile(np.arange(v), len(path)), pi_S=pi.ravel(),
-        pi_teacher_S_T=pi_t.reshape(-1, len(teacher_logp)), reverse_kl_S_T=np.repeat(reverse_kl, v, axis=0),
-    )
-
-
-def initial_tree(model: SyntheticLM, question_seed: int) -> tuple[TreeStats, list[np.ndarray]]:
-    """Initial rollouts and representative paths (SPEC §4 steps 1-2), the same for every strategy."""
-    toks, rewards, _ = model.sample([], N_INITIAL, derive_seed(question_seed, "initial"))
-    paths = _representative_paths(toks, rewards, PATHS_PER_OUTCOME, np.random.default_rng(derive_seed(question_seed, "paths")))
-    tree = TreeStats(paths)
-    if paths:
-        tree.ingest(Rollouts.from_lists(toks, rewards))
-    return tree, paths
-
-
-def enrich(model: SyntheticLM, tree: TreeStats, strategy: str, params: AllocationParams, width: int, seed: int) -> tuple[int, int, int]:
-    """Drive ``strategy`` window by window, in rounds, as the pipeline does; return (rollouts, windows, rounds)."""
-    paths = tree.paths
-    teacher_logp = [model.teacher_logp(t) for t in TEACHERS]
-    scored = [scored_tokens(model, p, teacher_logp) for p in paths]
-    prefix = path_common_prefixes(paths)
-    spans = windows(max(len(p) for p in paths), width)
-    spent = rounds = 0
     for w, (lo, hi) in enumerate(spans):
         spent_window = 0
         for round_ in range(1000):
-            state = window_state(w, len(spans), lo, hi, scored, [tree.children(j) for j in range(len(paths))], prefix, spent, spent_window)
+            state = window_state(w, len(spans), lo, hi, scored, [tree.children(j) for j in range(len(q.paths))], prefix, spent, spent_window)
             plan = STRATEGIES[strategy](state, params)
             if plan.total == 0:
                 break
-            tree.ingest(sample_targets(model, paths, plan.path_R, plan.position_R, plan.token_R, plan.count_R, derive_seed(seed, w, round_)))
+            batch, t = sample_targets(q.world, q.paths, q.states, plan.path_R, plan.position_R, plan.token_R, plan.count_R, rng)
+            tree.ingest(batch)
+            tokens += t
             spent_window += plan.total
-            rounds += 1
         else:
             raise RuntimeError(f"{strategy} did not finish window {w} in 1000 rounds")
+        rounds_W.append(round_)
         spent += spent_window
-    return spent, len(spans), rounds
+    return Spend(spent, tokens, tuple(rounds_W))
 
 
-def evaluate(model: SyntheticLM, tree: TreeStats, n_min: int) -> dict:
-    """Every distinct decision point against exact values: accurate, scored, undefined, Q coverage."""
-    paths = tree.paths
-    prefix = path_common_prefixes(paths)
-    teachers = [np.exp(model.teacher_logp(t)) for t in TEACHERS]
-    out = {"accurate": 0, "scored": 0, "undefined": 0, "q_covered": 0, "q_children": 0, "q_error_sum": 0.0,
-           "stake_accurate": 0.0, "stake": 0.0, "align_covered": 0, "align_pairs": 0}
-    rng = np.random.default_rng(derive_seed("allocation-bench", "posterior"))
-    for j, path in enumerate(paths):
-        states = model.states(path)
-        ch = tree.children(j)
-        cuts = np.flatnonzero(np.diff(ch.position)) + 1
-        for idx in np.split(np.arange(len(ch.position)), cuts):
-            k = int(ch.position[idx[0]])
-            if k >= len(path) or (j > 0 and (prefix[:j, j] >= k).any()):
-                continue  # past the path's end, or the same node on a lower path: counted there
-            n, w, tok = ch.n[idx], ch.w[idx], ch.token[idx]
-            support = decision_support(n, w / np.maximum(n, 1), n_min)
-            if support is None:
+# --------------------------------------------------------------------------- values per path
+
+
+def exact_path_values(q: Question) -> np.ndarray:
+    """``[P, T, 2]`` exact mean alignment per path and teacher: unweighted, |g*|-weighted (nan: no position)."""
+    w = q.world
+    out = np.full((len(q.paths), len(TEACHERS), 2), np.nan)
+    for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
+        cos, norm = [], []
+        for k in range(len(path)):
+            pi = w.pi[k, states[k]]
+            support = (pi >= TAU) | np.any([t[k, states[k]] >= TAU for t in w.teachers], axis=0)
+            if support.sum() < 2:
                 continue
-            n, w, tok = n[support], w[support], tok[support]
-            q_hat, q_true = w / n, model.exact_q[k, states[k], tok]
-            pi = np.exp(model.logp[k, states[k], tok])
-            lo, hi = wilson_interval(w, n)
-            out["q_covered"] += int(((lo <= q_true) & (q_true <= hi)).sum())
-            out["q_children"] += len(n)
-            out["q_error_sum"] += float((q_hat - q_true).sum())
-            g_hat, g_true = ideal_gradient(pi, q_hat), ideal_gradient(pi, q_true)
-            g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in teachers]
-            errors = [abs(alignment_score(g_hat, g) - alignment_score(g_true, g)) for g in g_T]
-            if not np.isfinite(errors).all():
-                out["undefined"] += 1
+            qv = w.exact_q[k, states[k], support]
+            if qv.max() - qv.min() <= 1e-12:  # the exact ideal gradient is 0: no alignment
                 continue
-            out["scored"] += 1
-            out["accurate"] += int(max(errors) <= TOLERANCE)
-            # the 95% interval of each alignment under Jeffreys posterior draws of Q, as odiag selfcheck reports it
-            q_D = rng.beta(w + 0.5, n - w + 0.5, size=(POSTERIOR_DRAWS, len(n)))
-            pi_n = pi / pi.sum()
-            g_D = pi_n * (q_D - (q_D @ pi_n)[:, None])
-            for g in g_T:
-                cos_D = (g_D @ g) / (np.linalg.norm(g_D, axis=1) * np.linalg.norm(g))
-                lo_a, hi_a = np.nanquantile(cos_D, [0.025, 0.975])
-                out["align_covered"] += int(lo_a - 1e-12 <= alignment_score(g_true, g) <= hi_a + 1e-12)
-                out["align_pairs"] += 1
-            out["stake"] += float(np.linalg.norm(g_true))
-            out["stake_accurate"] += float(np.linalg.norm(g_true)) * (max(errors) <= TOLERANCE)
+            g = ideal_gradient(pi[support], qv)
+            cos.append([alignment_score(g, gkd_gradient(pi[support], t[k, states[k], support])) for t in w.teachers])
+            norm.append(np.linalg.norm(g))
+        if cos:
+            cos, norm = np.array(cos), np.array(norm)
+            out[j, :, 0] = cos.mean(axis=0)
+            out[j, :, 1] = norm @ cos / norm.sum()
     return out
 
 
-def run_one(shape: Shape, question: int, strategy: str, params: AllocationParams) -> Outcome | None:
-    """One strategy on one question of ``shape``, from that question's initial rollouts."""
-    model = shape.model(question)
-    question_seed = derive_seed("allocation-bench", shape.name, question)
-    tree, paths = initial_tree(model, question_seed)
-    if not paths:
-        return None
-    rollouts, n_windows, rounds = enrich(model, tree, strategy, params, shape.window, derive_seed(question_seed, strategy, "targets"))
-    return Outcome(rollouts=rollouts, windows=n_windows, rounds=rounds, **evaluate(model, tree, params.n_min))
+ESTIMATORS = ("plain", "split-half")
+"""``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
+from the product of two independent halves of each child's visits, whose expectation is |g*|²
+(computed in closed form: |ĝ*|² minus the trace of ĝ*'s estimated covariance), clipped to [-1, 1]
+and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates."""
 
 
-def pooled(outcomes: list[Outcome]) -> dict:
-    """Sums over questions, with the accurate share and Q coverage."""
-    total = {f.name: sum(getattr(o, f.name) for o in outcomes) for f in dataclasses.fields(Outcome)}
-    total["accuracy"] = total["accurate"] / max(total["scored"], 1)
-    total["stake_accuracy"] = total["stake_accurate"] / max(total["stake"], 1e-300)
-    total["q_coverage"] = total["q_covered"] / max(total["q_children"], 1)
-    total["align_coverage"] = total["align_covered"] / max(total["align_pairs"], 1)
-    total["decision_points"] = total["scored"] + total["undefined"]
-    return total
+def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
+    """An unbiased estimate of |g*|²: |ĝ*|² − Σ_a V̂ar(Q̂_a) |M e_a|², M = diag(π̃) − π̃ π̃ᵀ (ĝ* = M Q̂).
 
-
-def rollouts_at(points: list[tuple[int, float]], level: float) -> float:
-    """Rollouts at which accuracy first reaches ``level`` along a ladder, interpolated in log(rollouts); inf if never."""
-    points = sorted(points)
-    for i, (r1, a1) in enumerate(points):
-        if a1 >= level:
-            if i == 0:
-                return float(r1)
-            r0, a0 = points[i - 1]
-            t = (level - a0) / (a1 - a0) if a1 > a0 else 1.0
-            return float(np.exp(np.log(r0) + t * (np.log(r1) - np.log(r0))))
-    return float("inf")
-
-
-def rollouts_to_match(rows: list[dict], ref: dict) -> float:
-    """Fewest rollouts at which a ladder has at least ``ref``'s accuracy and decision points; inf if never.
-
-    The cheapest point with both; when the point below it has the decision points but not the
-    accuracy, interpolated between the two in log(rollouts).
+    V̂ar(Q̂_a) = Q̂_a (1 − Q̂_a) / (n_a − 1) is unbiased for Q_a (1 − Q_a) / n_a, and the children's
+    Q̂ are independent, so the expectation is |g*|²; the same value as the mean over splits of the
+    visits into two halves of <ĝ*₁, ĝ*₂>.
     """
-    rows = sorted(rows, key=lambda p: p["rollouts"])
-    for i, p in enumerate(rows):
-        if p["accuracy"] >= ref["accuracy"] and p["decision_points"] >= ref["decision_points"]:
-            prev = rows[i - 1] if i else None
-            if prev is None or prev["decision_points"] < ref["decision_points"]:
-                return float(p["rollouts"])
-            return rollouts_at([(prev["rollouts"], prev["accuracy"]), (p["rollouts"], p["accuracy"])], ref["accuracy"])
-    return float("inf")
+    p = pi_A / pi_A.sum()
+    m = np.diag(p) - np.outer(p, p)
+    q = w_A / n_A
+    g = m @ q
+    return float(g @ g - (q * (1 - q) / np.maximum(n_A - 1, 1)) @ (m * m).sum(axis=0))
 
 
-def ladder(shape: Shape, strategy: str, questions: int, budget_of: dict[int, int] | None = None) -> list[tuple[str, dict]]:
-    """Every point of ``strategy``'s certainty ladder on ``questions`` questions of ``shape``: (label, pooled)."""
-    knob, values = LADDERS[strategy]
-    rows = []
-    for v in values:
-        params = AllocationParams(**{knob: v})
-        outs = [o for q in range(questions) if (o := run_one(shape, q, strategy, params)) is not None]
-        rows.append((f"{knob}={_fmt(v)}", pooled(outs)))
-    return rows
+def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str, np.ndarray]:
+    """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted."""
+    w = q.world
+    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in ESTIMATORS}
+    for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
+        ch = tree.children(j)
+        cuts = np.flatnonzero(np.diff(ch.position)) + 1
+        rows = []  # per decision point: plain cosines [T], |ĝ*|, projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|²
+        for idx in np.split(np.arange(len(ch.position)), cuts):
+            if not len(idx):
+                continue
+            k = int(ch.position[idx[0]])
+            if k >= len(path):
+                continue
+            n, wins, tok = ch.n[idx], ch.w[idx], ch.token[idx]
+            support = decision_support(n, wins / np.maximum(n, 1), n_min)
+            if support is None:
+                continue
+            n, wins, tok = n[support], wins[support], tok[support]
+            pi = w.pi[k, states[k], tok]
+            g = ideal_gradient(pi, wins / n)
+            g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
+            cos = [alignment_score(g, gt) for gt in g_T]
+            proj = [g @ gt / np.linalg.norm(gt) for gt in g_T]
+            rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins)))
+        if not rows:
+            continue
+        cos = np.array([r[0] for r in rows])
+        norm = np.array([r[1] for r in rows])
+        proj = np.array([r[2] for r in rows])
+        d2 = np.array([r[3] for r in rows])
+        ok = np.isfinite(cos).all(axis=1)
+        if ok.any():
+            out["plain"][j, :, 0] = cos[ok].mean(axis=0)
+            out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
+        pos = d2 > 0
+        if pos.any():
+            out["split-half"][j, :, 0] = np.clip(proj[pos] / np.sqrt(d2[pos])[:, None], -1, 1).mean(axis=0)
+            out["split-half"][j, :, 1] = proj.sum(axis=0) / np.sqrt(np.maximum(d2, 0)).sum()
+    return out
 
 
-def _fmt(v: float) -> str:
-    return f"1/{round(1 / v)}" if 0 < v < 1 else str(v)
+# --------------------------------------------------------------------------- one seed
+
+
+def summarise(values: list[np.ndarray], correct: list[list[bool]]) -> dict:
+    """Per-teacher means over questions (SPEC §5) with t CIs, and incorrect-minus-correct."""
+    per_q = np.array([np.nanmean(v, axis=0) if np.isfinite(v).any() else np.full(v.shape[1:], np.nan) for v in values])  # [Q, T, 2]
+    diff = []
+    for v, c in zip(values, correct, strict=True):
+        c = np.asarray(c)
+        if c.any() and (~c).any():
+            with np.errstate(all="ignore"):
+                diff.append(np.nanmean(v[~c, :, 0], axis=0) - np.nanmean(v[c, :, 0], axis=0))
+    diff = np.array(diff) if diff else np.full((0, per_q.shape[1]), np.nan)
+    mean, lo, hi = (np.full(per_q.shape[1:], np.nan) for _ in range(3))
+    for t in range(per_q.shape[1]):
+        for m in range(2):
+            ci = t_ci(per_q[:, t, m])
+            mean[t, m], lo[t, m], hi[t, m] = ci.mean, ci.lo, ci.hi
+    with np.errstate(all="ignore"):
+        return {"mean": mean, "lo": lo, "hi": hi, "diff": np.nanmean(diff, axis=0) if len(diff) else np.full(per_q.shape[1], np.nan)}
+
+
+@dataclasses.dataclass
+class SeedResult:
+    exact: dict
+    estimates: dict[str, dict]  # per estimator
+    rollouts: int
+    tokens: float
+    rounds: int
+    estimate: dict | None = None  # the one being scored
+
+
+def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
+             cache: dict | None = None) -> SeedResult:
+    """One strategy on ``questions`` fresh questions of ``shape``: its estimate against the exact values."""
+    params = dataclasses.replace(params, n_min=shape.n_min)
+    exact, est, correct = [], {e: [] for e in ESTIMATORS}, []
+    rollouts, tokens, rounds = 0, 0.0, []
+    for question in range(questions):
+        key = (shape.name, seed, question)
+        if cache is not None and key in cache:
+            q, ex = cache[key]
+        else:
+            q = prepare(shape, seed, question)
+            ex = None if q is None else exact_path_values(q)
+            if cache is not None:
+                cache[key] = (q, ex)
+        if q is None:
+            continue
+        tree = TreeStats(q.paths)
+        tree.ingest(q.initial)
+        spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"))
+        exact.append(ex)
+        for e, v in estimated_path_values(q, tree, shape.n_min).items():
+            est[e].append(v)
+        correct.append(q.correct)
+        rollouts += spend.rollouts
+        tokens += spend.tokens
+        rounds.append(spend.rounds_W)
+    width = max((len(r) for r in rounds), default=0)
+    backend_calls = int(sum(max((r[w] for r in rounds if w < len(r)), default=0) for w in range(width)))
+    return SeedResult(summarise(exact, correct), {e: summarise(v, correct) for e, v in est.items()}, rollouts, tokens, backend_calls)
+
+
+def score(results: list[SeedResult], estimator: str = "plain") -> dict:
+    """Errors over seeds: RMSE (teachers pooled), ranking, CI coverage of the exact value; mean cost per seed."""
+    results = [dataclasses.replace(r, estimate=r.estimates[estimator]) for r in results]
+    err = np.array([r.estimate["mean"] - r.exact["mean"] for r in results])  # [seeds, T, 2]
+    diff = np.array([r.estimate["diff"] - r.exact["diff"] for r in results])
+    covered = np.array([(r.estimate["lo"] <= r.exact["mean"]) & (r.exact["mean"] <= r.estimate["hi"]) for r in results])
+    rank = [np.array_equal(np.argsort(-r.estimate["mean"][:, 0]), np.argsort(-r.exact["mean"][:, 0])) for r in results]
+    return {
+        "rmse": float(np.sqrt(np.nanmean(err[..., 0] ** 2))), "rmse_weighted": float(np.sqrt(np.nanmean(err[..., 1] ** 2))),
+        "bias_T": np.nanmean(err[..., 0], axis=0), "rmse_diff": float(np.sqrt(np.nanmean(diff**2))),
+        "coverage": float(covered[..., 0].mean()), "coverage_weighted": float(covered[..., 1].mean()),
+        "ranking": float(np.mean(rank)), "rollouts": float(np.mean([r.rollouts for r in results])),
+        "tokens": float(np.mean([r.tokens for r in results])), "rounds": float(np.mean([r.rounds for r in results])),
+        "exact": float(np.nanmean([r.exact["mean"][:, 0] for r in results])),
+    }
+
+
+_CACHE: dict = {}  # prepared questions and their exact values, per worker process
+
+
+def _job(args) -> SeedResult:
+    shape, seed, questions, strategy, knobs = args
+    if knobs.get("visits", 0) < 0:  # a multiple of the shape's n_min
+        knobs = {**knobs, "visits": -knobs["visits"] * shape.n_min}
+    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE)
+
+
+def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1) -> dict[tuple[str, str], dict]:
+    """Every setting of every strategy on the same seeds (the same questions and initial rollouts)."""
+    keys = [(strategy, label, knobs) for strategy, rows in settings.items() for label, knobs in rows]
+    work = [(shape, seed, questions, strategy, knobs) for strategy, _, knobs in keys for seed in range(seeds)]
+    if jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_job, work, chunksize=max(1, seeds // 2)))
+    else:
+        results = [_job(w) for w in work]
+    return {(strategy, label, e): score(results[i * seeds : (i + 1) * seeds], e)
+            for i, (strategy, label, _) in enumerate(keys) for e in ESTIMATORS}
+
+
+def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
+    """Paper's tokens over a strategy's at its default, when its RMSE is no worse and its coverage at least
+    COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``); ``-`` when none is (or none ran)."""
+    if not rows:
+        return "not run"
+    ok = {label: r for label, r in rows.items() if r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
+    if "default" in ok:
+        return f"{ref['tokens'] / ok['default']['tokens']:.1f}x"
+    if ok:
+        return f"{ref['tokens'] / min(r['tokens'] for r in ok.values()):.1f}x*"
+    return "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 questions per shape instead of 12")
-    parser.add_argument("--questions", type=int, default=None, help="questions per shape")
+    parser.add_argument("--quick", action="store_true", help="6 seeds x 6 questions per shape instead of 24 x 8, fewer rows")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--questions", type=int, default=None)
+    parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    parser.add_argument("--estimators", action="store_true", help="also score the split-half estimator")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args()
-    questions = args.questions or (4 if args.quick else 12)
+    seeds = args.seeds or (6 if args.quick else 24)
+    questions = args.questions or (6 if args.quick else 8)
+    shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]
     start = time.perf_counter()
-    print(f"{questions} questions per shape; a decision point is accurate when every teacher's GKD alignment "
-          f"is within {TOLERANCE} of exact")
-    for shape in SHAPES:
-        print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, "
-              f"sharpness {shape.sharpness}, first window {shape.window}")
-        print(f"  {'strategy':<8} {'knob':<16} {'rollouts':>9} {'DPs':>5} {'accurate':>8} {'acc %':>6} "
-              f"{'|g*|-wtd %':>10} {'R/acc DP':>8} {'rounds/w':>8} {'Q cov':>6} {'Q bias':>7} {'align cov':>9}")
-        points = {s: ladder(shape, s, questions) for s in LADDERS}
-        for s, rows in points.items():
-            for label, p in rows:
-                bias = p["q_error_sum"] / max(p["q_children"], 1)
-                print(f"  {s:<8} {label:<16} {p['rollouts']:>9,} {p['decision_points']:>5} {p['accurate']:>8} "
-                      f"{100 * p['accuracy']:>6.1f} {100 * p['stake_accuracy']:>10.1f} {p['rollouts'] / max(p['accurate'], 1):>8.0f} "
-                      f"{p['rounds'] / max(p['windows'], 1):>8.1f} {p['q_coverage']:>6.3f} {bias:>+7.4f} {p['align_coverage']:>9.3f}")
-        best = {s: max(rows, key=lambda r: r[1]["accuracy"]) for s, rows in points.items()}
-        for s, rows in points.items():
-            at = rollouts_at([(p["rollouts"], p["accuracy"]) for _, p in rows], GOAL)
-            print(f"  {s}: {GOAL:.0%} of decision points accurate " + (
-                f"at {at:,.0f} rollouts" if np.isfinite(at) else
-                f"never reached (best {100 * best[s][1]['accuracy']:.1f}% at {best[s][0]})"))
-        # equal accuracy with no fewer decision points, against each paper point
-        for s, rows in points.items():
-            if s == "paper":
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{seeds} seeds x {questions} questions per shape; GKD alignment against exact values on the same paths "
+          f"(support: exact π or some π_T >= {TAU}); load average at start {load:.1f}")
+    ratios = {}
+    for shape in shapes:
+        t0 = time.perf_counter()
+        settings = {k: [(label, knobs) for label, knobs in rows
+                        if not args.quick or ((k, label) not in QUICK_SKIP and (k, label, shape.name) not in QUICK_SKIP)]
+                    for k, rows in SETTINGS.items()}
+        res = run_shape(shape, seeds, questions, settings, args.jobs)
+        print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, first window "
+              f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[('paper', 'n_target=100', 'plain')]['exact']:+.3f}")
+        print(f"  {'strategy':<8} {'setting':<13} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
+              f"{'RMSE|g*|':>8} {'RMSE i-c':>8} {'cover':>6} {'cov|g*|':>7} {'rank ok':>7}")
+        for (s, label, e), r in res.items():
+            if e != "plain" and not args.estimators:
                 continue
-            for label, ref in points["paper"]:
-                at = rollouts_to_match([p for _, p in rows], ref)
-                print(f"  {s} vs paper {label:<14}: paper {ref['rollouts']:>9,} rollouts for {100 * ref['accuracy']:.1f}% "
-                      f"of {ref['decision_points']} DPs; {s} " + (
-                          f"{at:>9,.0f} -> {ref['rollouts'] / at:.2f}x fewer" if np.isfinite(at) else
-                          f"not matched on its ladder (at most {max(p['decision_points'] for _, p in rows)} DPs)"))
-        # fixed budgets: per question, a share of what paper spends at its defaults
-        default = AllocationParams()
-        ref = {q: o for q in range(questions) if (o := run_one(shape, q, "paper", default)) is not None}
-        base = pooled(list(ref.values()))
-        print(f"  fixed budget per question, as a share of paper's spend at n_target=100 ({base['rollouts']:,} rollouts, "
-              f"{base['decision_points']} DPs, {base['accurate']} accurate, {100 * base['accuracy']:.1f}%):")
-        for s in STRATEGIES:
-            for share in (BUDGET_SHARES if s != "paper" else ()):
-                runs = [run_one(shape, q, s, dataclasses.replace(default, budget=int(share * o.rollouts))) for q, o in ref.items()]
-                p = pooled(runs)
-                print(f"    {s:<8} x{share:<5.2f} rollouts {p['rollouts']:>9,} ({base['rollouts'] / max(p['rollouts'], 1):.2f}x fewer) "
-                      f"DPs {p['decision_points']:>5} ({p['decision_points'] / max(base['decision_points'], 1):.2f}x) "
-                      f"accurate {p['accurate']:>5} ({p['accurate'] / max(base['accurate'], 1):.2f}x, {100 * p['accuracy']:.1f}%)")
-    print(f"\n{time.perf_counter() - start:.0f} s")
+            print(f"  {s:<8} {label + ('' if e == 'plain' else ' ' + e):<13} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
+                  f"{r['bias_T'][0]:>+6.3f}/{r['bias_T'][1]:>+6.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
+                  f"{r['coverage_weighted']:>7.2f} {r['ranking']:>7.2f}")
+        ref = res[("paper", "n_target=100", "plain")]
+        for candidate in ("settle", RECOMMENDED):
+            ratios.setdefault(candidate, {})[shape.name] = ratio_at_equal_error(ref, {
+                label: r for (s, label, e), r in res.items() if s == candidate and e == "plain"})
+        print(f"  {time.perf_counter() - t0:.0f} s")
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(f"\n{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU in all processes ({args.jobs} workers); "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    names = ("short", "long", "long-wide", "aime-like")
+    print("settle, the same measure: " + ", ".join(f"{s} {ratios['settle'].get(s, 'not run')}" for s in names))
+    print("cost ratio at equal error (generated tokens, paper n_target=100 = 1): "
+          + ", ".join(f"{s} {ratios[RECOMMENDED].get(s, 'not run')}" for s in names))
 
 
 if __name__ == "__main__":

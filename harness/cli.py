@@ -7,6 +7,9 @@ import json
 import logging
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
@@ -20,8 +23,9 @@ def _selfcheck(args: argparse.Namespace) -> int:
 class _Progress:
     """Progress bars on a terminal (tqdm), plain log lines otherwise; nothing with --quiet."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, preamble: Callable[[], None] | None = None):
         self.quiet = quiet
+        self.preamble = preamble  # printed once, before the first progress line
         self.tty = sys.stderr.isatty()
         self.bars: dict = {}
         self.t0 = time.monotonic()
@@ -29,6 +33,9 @@ class _Progress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
             return
+        if self.preamble is not None:
+            preamble, self.preamble = self.preamble, None
+            preamble()
         if self.tty:
             from tqdm import tqdm
 
@@ -63,12 +70,13 @@ def _summary_table(results: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.config import resolve_run_config
+
+    cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
-    cfg = resolve_run_config(args.config, args.set)
-    if not args.quiet:
-        _print_plan(cfg)
-    results = run(cfg, args.out, on_progress=_Progress(args.quiet))
+    # the plan's first lines once the run is checked and its directory open (a refused run prints one line)
+    progress = _Progress(args.quiet, preamble=lambda: _print_plan(cfg))
+    results = run(cfg, args.out, on_progress=progress, repair=args.repair)
     if not args.quiet:
         print(_summary_table(results))
         print(f"results: {args.out}/results.json")
@@ -91,6 +99,16 @@ def _plan(args: argparse.Namespace) -> int:
     from harness.costplan import main_plan
 
     return main_plan(args)
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from harness.pipeline import rescore
+
+    results = rescore(args.dir, args.set, on_progress=_Progress(args.quiet))
+    if not args.quiet:
+        print(_summary_table(results))
+        print(f"results: {args.dir}/results.json")
+    return 0
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
@@ -128,10 +146,24 @@ def _tasks_dir(args: argparse.Namespace) -> int:
     return main_tasks_dir()
 
 
+def _raised_by(exc: BaseException, package: str) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is code of ``package``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"/{package}/" in tb.tb_frame.f_code.co_filename
+
+
 def _eval(args: argparse.Namespace) -> int:
+    from harness.errors import OdiagError
     from harness.lmeval_bridge import main_eval
 
-    return main_eval(args.lm_eval_args)
+    try:
+        return main_eval(args.lm_eval_args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if _raised_by(exc, "lm_eval"):  # lm_eval refusing its arguments (an unknown task): input, not a bug
+            raise OdiagError(f"lm_eval: {exc}") from exc
+        raise
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -146,78 +178,184 @@ def _model_card(args: argparse.Namespace) -> int:
     return main_model_card(args.dir, args.out)
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from harness.validate import main_validate
+
+    return main_validate(args.dir, args.quick, args.teachers, args.seeds, args.set, on_progress=_Progress(args.quiet))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other expected failure (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"odiag: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _count(minimum: int, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number of at least ``minimum`` (``kind`` int or float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
+        if not value >= minimum or value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
+    parser = _Parser(prog="odiag", description="Where on-policy distillation helps, hurts, and why.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("selfcheck", help="check the estimators against exact ground truth (synthetic model)")
-    p.add_argument("--questions", type=int, default=12, help="synthetic questions (default 12)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kwargs)
+        if kwargs.get("add_help", True):  # also after the command; SUPPRESS keeps a --debug given before it
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return p
+
+    p = command("selfcheck", help="check the estimators against exact ground truth (synthetic model)")
+    p.add_argument("--questions", type=_count(1), default=12, help="synthetic questions (default 12)")
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of every draw (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_selfcheck)
 
-    p = sub.add_parser("run", help="run (or resume) the diagnostic; writes DIR/results.json")
+    p = command("run", help="run (or resume) the diagnostic; writes DIR/results.json")
     p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
+    p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
     p.add_argument("--config", help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
-    p.add_argument("--throughput", type=float, metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
-    p.add_argument("--measurements", metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
+    p.add_argument("--gpu-memory", type=_count(0, float), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
+    p.add_argument("--throughput", type=_count(0, float), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
+    p.add_argument("--measurements", type=_path, metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
-    p.add_argument("dir", help="run directory")
+    p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
+    p.add_argument("dir", type=_path, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.set_defaults(func=_rescore)
+
+    p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
+    p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("teacher", help="teacher YAML file or name under teachers/")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_add_teacher)
 
-    p = sub.add_parser("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
-    p.add_argument("--site", default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
+    p = command("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
+    p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
+    p.add_argument("--site", type=_path, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("tasks-dir", help="print the directory of odiag's task YAMLs (for lm_eval --include_path)")
+    p = command("tasks-dir", help="print the directory of odiag's task YAMLs (for lm_eval --include_path)")
     p.set_defaults(func=_tasks_dir)
 
-    p = sub.add_parser("eval", help="lm_eval with odiag's tasks included; every other flag passes through", add_help=False)
+    p = command("eval", help="lm_eval with odiag's tasks included; every other flag passes through", add_help=False)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
+    p = command("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument("--out", required=True, help="site directory (index.html, leaderboard.json, figures/)")
-    p.add_argument("--viewer-mb", type=float, default=None, help="size budget of the per-token viewer's data in MB (default 25)")
+    p.add_argument("--out", type=_path, required=True, help="site directory (index.html, leaderboard.json, figures/)")
+    p.add_argument("--viewer-mb", type=_count(0, float), default=None,
+                   help="size budget of the per-token viewer's data in MB (default 25)")
     p.set_defaults(func=_leaderboard)
 
-    p = sub.add_parser("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
-    p.add_argument("dir", help="run directory")
-    p.add_argument("--out", help="write the YAML to this file instead of stdout")
+    p = command("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
+    p.add_argument("dir", type=_path, help="run directory")
+    p.add_argument("--out", type=_path, help="write the YAML to this file instead of stdout")
     p.set_defaults(func=_model_card)
+
+    p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
+    p.add_argument("dir", type=_path, help="finished run directory (writes DIR/validation.json and DIR/validation.svg)")
+    p.add_argument("--teachers", help="comma-separated teachers of the run (default: all)")
+    p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
+    p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=_validate)
     return parser
 
 
+GLOBAL_FLAGS = ("-v", "--verbose", "--debug")
+MAX_ERROR_CHARS = 600  # an error line stays a line, whatever it quotes
+
+
+def _one_line(message: object) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    """The error line's text: an OSError names its file and the system's reason."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+        why = exc.strerror
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why += " (a file where a directory is needed)"
+        return f"{where}: {why}" if where else why
+    return str(exc)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; ``eval`` hands everything after it to lm_eval (argparse would take its flags)."""
+    head = 0
+    while head < len(argv) and argv[head] in GLOBAL_FLAGS:
+        head += 1
+    if argv[head : head + 1] == ["eval"]:
+        flags = set(argv[:head])
+        return argparse.Namespace(func=_eval, lm_eval_args=argv[head + 1 :], verbose=bool(flags & {"-v", "--verbose"}),
+                                  debug="--debug" in flags)
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from harness.config import ConfigError
+    """``odiag``: 0 on success; 2 with one ``odiag: error: ...`` line on stderr for any expected
+    failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
+    from harness.errors import OdiagError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval"]:  # everything after `eval` is lm_eval's, flags included (argparse would take them)
-        args = argparse.Namespace(func=_eval, lm_eval_args=argv[1:], verbose=False)
-    else:
-        args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
+        return exc.code if isinstance(exc.code, int) else 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as exc:  # bad input: one line naming the file, the key and the fix
-        print(f"odiag: error: {exc}", file=sys.stderr)
+    except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
+        if isinstance(exc, OSError) and not exc.filename:  # a failed write (disk full) names no file
+            exc.filename = getattr(args, "out", None) or getattr(args, "dir", None)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"odiag: error: {_one_line(_describe(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("odiag: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback visible
+        traceback.print_exc()
+        print("odiag: internal error: the traceback above is a bug in odiag; please report it with the command "
+              "that caused it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -226,12 +226,10 @@ def _student(lm) -> tuple[str, str | None]:
 
 def _backend(lm, cfg: RunConfig, teachers):
     from harness.backends import STUDENT, ModelSpec
-    from harness.pipeline import model_specs
+    from harness.plan import backend_options, model_specs
 
     specs = model_specs(cfg, teachers)
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
-    from harness.pipeline import backend_options
-
     options = backend_options(cfg, teachers)  # student_args from --metadata, teachers' model_args
     if type(lm).__name__ == "VLLM":
         from harness.backends.vllm import VLLMBackend
@@ -353,9 +351,10 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
 
 
 def _read_nodes(out: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
+    from harness.core.records import NODE_COLUMNS
+    from harness.safeio import read_parquet
 
-    table = pq.read_table(out / "nodes.parquet")
+    table = read_parquet(out / "nodes.parquet", NODE_COLUMNS)
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 

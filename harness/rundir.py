@@ -1,13 +1,31 @@
-"""The run directory: resolved config, durable shards, per-node records and results (SPEC §6).
+"""The run directory: resolved config, teacher identities, durable shards, records and results (SPEC §6).
 
-Every file is written whole or not at all (a temporary file in the same folder, fsync, rename), so
-a run killed at any moment (``kill -9``) leaves only complete shards; started again with the same
-command it loads them and redoes only what is missing. Layout::
+What it guarantees (README "The run directory"):
 
+- **One writer.** :meth:`RunDir.open` takes an exclusive lock (``flock`` on ``DIR/.odiag.lock``)
+  held until the run ends; a second process is refused with one line naming the holder's pid, host
+  and start time. A killed holder releases it (the kernel drops the lock with the process).
+- **Whole files.** Every file is written whole or not at all (a temporary file in the same folder,
+  fsync, rename); temporary files a killed run left behind are removed when the directory is opened.
+  Files are created ``0o664`` and folders ``0o775`` whatever the umask, so a group can read a run.
+- **Checked shards.** Every shard carries its kind and a sha256 of its arrays; an empty, truncated,
+  garbage or altered shard is named in a one-line error, and ``odiag run --repair`` drops it and
+  recomputes it (every draw is seeded from ids, so the recomputed shard is the one that was lost).
+- **Identity by content.** ``config.json`` holds the config, the hash of what shapes the rollout
+  tree, and every teacher by name, resolved file and content identity (:mod:`harness.plan`). A config
+  whose tree differs, a teacher file edited under its name, or a different teacher under a taken
+  name is refused before anything is written.
+- **Growth.** ``limit`` and ``budget`` are outside the tree's hash: a run grows to more questions
+  (finished ones are reused) or a larger budget (allocation continues where it stopped); scoring
+  settings (``algorithms``, ``jsd_beta``, ``gamma``) change only through ``odiag rescore``.
+
+Layout::
+
+    DIR/.odiag.lock             present while a process holds the run (pid, host, start time)
     DIR/config.yaml             the resolved run config (human-readable)
-    DIR/config.json             the same, with its hash; a different config on the same DIR is refused
+    DIR/config.json             the same, with its hashes and the teachers' identities
     DIR/shards/<question>/...   initial rollouts, teacher passes, targeted-rollout rounds (.npz)
-    DIR/added_teachers.json     teachers added later with ``odiag add-teacher``
+    DIR/artefacts/...           solutions and summaries some teachers' contexts show
     DIR/nodes.parquet           one row per decision point x teacher x algorithm
     DIR/children.parquet        one row per decision point x teacher x child in A(s) (for the viewer)
     DIR/paths.parquet           one row per representative path (tokens, their text, outcome)
@@ -16,28 +34,90 @@ command it loads them and redoes only what is missing. Layout::
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
+import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
-from harness.config import EXECUTION_FIELDS, ConfigError, RunConfig, to_dict
+from harness.backends.base import ScoreResult
+from harness.config import ConfigError, RunConfig, build
+
+if TYPE_CHECKING:
+    from harness.plan import RunPlan, TeacherRef
+
+log = logging.getLogger(__name__)
+
+FORMAT = "odiag.rundir/2"
+FILE_MODE, DIR_MODE = 0o664, 0o775
+LOCK_NAME = ".odiag.lock"
+_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as asked: locked, unwritable, corrupt or of another run."""
+
+
+class ShardError(RunDirError):
+    """A shard that cannot be read back: named, with the way to recompute it."""
+
+
+class RunLocked(RunDirError):
+    """Another process holds the run directory."""
+
+
+# files -------------------------------------------------------------------------------------------
+
+
+def _oserror(path: Path, exc: OSError) -> RunDirError:
+    return RunDirError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` with every folder it creates made ``0o775`` (umask-independent)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(exist_ok=True)
+            os.chmod(d, DIR_MODE)
+        except OSError as exc:
+            raise _oserror(d, exc) from None
+    if not path.is_dir():
+        raise RunDirError(f"{path}: exists and is not a directory")
 
 
 def atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
-    """Write ``path`` through ``write(fileobj)`` so that it appears complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through ``write(fileobj)`` so that it appears complete or not at all (mode 0o664)."""
+    make_dirs(path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _oserror(path, exc) from None
+    try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _oserror(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,6 +133,16 @@ def write_json(path: Path, obj: object) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def read_json(path: Path, what: str) -> object:
+    """A JSON file, or a one-line RunDirError naming it (missing, unreadable, not JSON)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunDirError(f"{path}: not a valid {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+
+
 def ragged(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(flat, offsets) of a list of 1-D int arrays."""
     offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
@@ -65,65 +155,304 @@ def unragged(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-class RunDir:
-    """A run directory bound to one resolved config."""
+# shards ------------------------------------------------------------------------------------------
 
-    def __init__(self, root: Path, config: RunConfig):
-        self.root, self.config = root, config
+# every kind of shard and the arrays it must hold (a shard may hold more)
+SHARD_KINDS: dict[str, tuple[str, ...]] = {
+    "initial": ("tokens", "offsets", "outcome"),
+    "score": ("ids", "offsets", "logprobs", "context", "approximate"),
+    "skip": ("skip",),
+    "round": ("forced_len", "target_path", "forced_token", "reward", "truncated", "length", "exit_lcp", "exit_token", "window"),
+}
+_ROUND = re.compile(r"^window(\d+)-round(\d+)$")
+
+
+def shard_kinds(name: str) -> tuple[str, ...]:
+    """The kinds a shard called ``name`` may be: ``initial``, ``score``/``skip`` or ``round``."""
+    if name == "initial":
+        return ("initial",)
+    if name.startswith("score-"):
+        return ("score", "skip")
+    if _ROUND.match(name):
+        return ("round",)
+    raise ValueError(f"unknown shard name {name!r}")
+
+
+def score_arrays(res: ScoreResult, context: np.ndarray) -> dict[str, np.ndarray]:
+    """A teacher's (or the student's) pass over a path as the arrays of a ``score`` shard."""
+    out = {"ids": res.ids, "offsets": res.offsets, "logprobs": res.logprobs, "context": np.asarray(context)}
+    out["approximate"] = np.array(res.approximate)
+    if res.reference_logprobs is not None:
+        out["reference_logprobs"] = res.reference_logprobs
+    for k, v in (res.divergences or {}).items():
+        out[f"div_{k}"] = v
+    return out
+
+
+def score_result(a: dict[str, np.ndarray]) -> ScoreResult:
+    """A ``score`` shard's arrays back as the pass they store."""
+    divs = {k[4:]: v for k, v in a.items() if k.startswith("div_")}
+    return ScoreResult(
+        ids=a["ids"], offsets=a["offsets"], logprobs=a["logprobs"],
+        reference_logprobs=a.get("reference_logprobs"), divergences=divs or None,
+        approximate=bool(a["approximate"]),
+    )
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# the lock ----------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``DIR/.odiag.lock``, with who holds it written inside."""
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            except OSError as exc:
+                raise _oserror(self.path, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise _oserror(self.path, exc) from None
+                raise RunLocked(f"{self.path.parent}: in use by {self.holder()}; wait for it to finish") from None
+            try:  # the file may have been unlinked by the holder we waited on: lock the one at the path
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.fchmod(fd, FILE_MODE)
+            info = {"pid": os.getpid(), "host": socket.gethostname(),
+                    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+            self.fd = fd
+            return
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return f"odiag pid {info['pid']} on {info['host']} since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another odiag process (just starting)"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+# the directory -----------------------------------------------------------------------------------
+
+
+class RunDir:
+    """A run directory held by this process for one :class:`~harness.plan.RunPlan`."""
+
+    def __init__(self, root: Path, plan: RunPlan, lock: RunLock | None = None, repair: bool = False):
+        self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
+        self.repaired: list[str] = []
+
+    @property
+    def config(self) -> RunConfig:
+        return self.plan.config
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     @staticmethod
-    def open(root: str | Path, config: RunConfig) -> RunDir:
-        """Create ``root`` for ``config``, or reopen it; refuse it if it holds another config."""
+    def open(
+        root: str | Path, plan: RunPlan, *, repair: bool = False, rescore: bool = False, add: TeacherRef | None = None,
+    ) -> RunDir:
+        """Create ``root`` for a checked ``plan``, or reopen it; hold it until :meth:`close`.
+
+        Refused, with nothing written, when another process holds it, when it holds a run whose tree
+        differs, when a teacher's file changed under its name (``rescore`` rescores teachers that do
+        not plan the tree), or when ``add`` is a different teacher under a taken name. Teachers added
+        earlier are loaded from their stored files and checked against the task before anything is
+        written; the returned directory's ``plan`` includes them.
+        """
         root = Path(root)
-        saved = root / "config.json"
-        mine = {"config": to_dict(config), "config_hash": config.hash()}
-        if saved.exists():
-            theirs = json.loads(saved.read_text())
-            if theirs["config_hash"] != mine["config_hash"]:
-                diff = [
-                    f"{k}: {theirs['config'].get(k)!r} there, {v!r} now"
-                    for k, v in mine["config"].items()
-                    if theirs["config"].get(k) != v and k not in EXECUTION_FIELDS
-                ]
-                raise ConfigError(
-                    f"{root} holds a run with a different config ({'; '.join(diff)}); "
-                    "use another --out, or the same settings to resume"
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"--out {root}: exists and is not a directory")
+        if root.is_dir() and not (root / "config.json").exists():
+            foreign = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not _TMP.match(p.name)]
+            if foreign:
+                raise RunDirError(
+                    f"--out {root}: a directory that is not an odiag run (holds {sorted(foreign)[0]!r}); "
+                    "choose a new or empty directory"
                 )
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(mine["config"], f, sort_keys=False), "w")
-            write_json(saved, mine)
-        return RunDir(root, config)
+        make_dirs(root)
+        lock = RunLock(root)
+        lock.acquire()
+        try:
+            saved = RunDir.read_saved(root) if (root / "config.json").exists() else None
+            from harness.plan import check_against
+
+            plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root))
+            rundir = RunDir(root, plan, lock, repair)
+            rundir.clean()
+            for name in changed:  # rescore: a teacher's file changed, its passes are redone
+                rundir.drop_teacher(name)
+            record = plan.record()
+            if saved != record:
+                atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
+                write_json(root / "config.json", record)
+        except BaseException:
+            lock.release()
+            raise
+        return rundir
+
+    @staticmethod
+    def read_saved(root: str | Path) -> dict:
+        """``config.json`` of a run directory, checked for shape; a one-line error otherwise."""
+        path = Path(root) / "config.json"
+        if not path.exists():
+            raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
+        saved = read_json(path, "run config (config.json)")
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+            raise RunDirError(
+                f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
+                "a run made by an older odiag cannot be resumed: use another --out"
+            )
+        keys = ("config", "config_hash", "tree_hash", "teachers")
+        if missing := [k for k in keys if k not in saved]:
+            raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r})")
+        if not isinstance(saved["config"], dict) or not isinstance(saved["teachers"], list):
+            raise RunDirError(f"{path}: not a valid run config ('config' or 'teachers' has the wrong type)")
+        return saved
 
     @staticmethod
     def load_config(root: str | Path) -> RunConfig:
         """The config a run directory was made with."""
         path = Path(root) / "config.json"
-        if not path.exists():
-            raise ConfigError(f"{root}: not an odiag run directory (no config.json)")
-        from harness.config import build
+        return build(RunConfig, RunDir.read_saved(root)["config"], str(path))
 
-        return build(RunConfig, json.loads(path.read_text())["config"], str(path))
+    @staticmethod
+    def stored_teacher_files(root: str | Path) -> dict[str, str]:
+        """{entry as the config names it: resolved file} of an existing run (empty if none or unreadable)."""
+        try:
+            saved = RunDir.read_saved(root)
+        except ConfigError:
+            return {}
+        return {t.get("entry", ""): t.get("file", "") for t in saved["teachers"] if isinstance(t, dict)}
+
+    def clean(self) -> None:
+        """Remove temporary files a killed run left behind (only while holding the lock)."""
+        for p in self.root.rglob("*.tmp"):
+            if _TMP.match(p.name):
+                p.unlink(missing_ok=True)
+
+    # shards
 
     def shard(self, question: str, name: str) -> Path:
         return self.root / "shards" / question / f"{name}.npz"
 
     def load(self, question: str, name: str) -> dict[str, np.ndarray] | None:
-        """A shard's arrays, or None when it was never completed."""
+        """A shard's arrays, or None when it was never completed (or, with ``repair``, was corrupt).
+
+        A shard that cannot be read, is of the wrong kind, lacks an array or fails its checksum is a
+        :class:`ShardError` naming it.
+        """
         path = self.shard(question, name)
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            arrays = _read_npz(path)
+            kind = str(arrays.pop("_kind", ""))
+            stored = str(arrays.pop("_sha256", ""))
+            if kind not in shard_kinds(name):
+                raise _Bad(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
+            if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
+                raise _Bad(f"no array {missing[0]!r}")
+            if checksum(arrays) != stored:
+                raise _Bad("checksum mismatch: its arrays changed after it was written")
+        except Exception as exc:  # noqa: BLE001 - whatever np.load raises on bad bytes, the shard is named
+            why = "empty file" if path.stat().st_size == 0 else _why(exc)
+            if not self.repair:
+                raise ShardError(
+                    f"{path}: corrupt shard ({why}); rerun the same command with --repair to drop and recompute it"
+                ) from None
+            log.warning("%s: corrupt shard (%s): dropped, recomputing", path, why)
+            path.unlink()
+            self.repaired.append(str(path.relative_to(self.root)))
+            return None
+        return arrays
 
     def save(self, question: str, name: str, **arrays: np.ndarray) -> None:
-        atomic_write(self.shard(question, name), lambda f: np.savez(f, **arrays))
+        """Write a shard with its kind and checksum."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        kinds = shard_kinds(name)
+        kind = "skip" if "skip" in arrays else kinds[0]
+        if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
+            raise ValueError(f"shard {name!r} of kind {kind!r} lacks {missing}")
+        payload = {**arrays, "_kind": np.array(kind), "_sha256": np.array(checksum(arrays))}
+        atomic_write(self.shard(question, name), lambda f: np.savez(f, **payload))
 
-    def added_teachers(self) -> list[str]:
-        path = self.root / "added_teachers.json"
-        return json.loads(path.read_text()) if path.exists() else []
+    def rounds(self, question: str) -> list[tuple[int, int]]:
+        """(window, round) of every stored targeted-rollout shard of a question, in order."""
+        found = []
+        for p in (self.root / "shards" / question).glob("window*-round*.npz"):
+            if m := _ROUND.match(p.stem):
+                found.append((int(m[1]), int(m[2])))
+        return sorted(found)
 
-    def add_teacher(self, name: str) -> None:
-        names = self.added_teachers()
-        if name not in names:
-            write_json(self.root / "added_teachers.json", names + [name])
+    def drop_rounds_from(self, question: str, window: int, round_: int) -> int:
+        """Remove the question's round shards at or after (window, round): their plan no longer holds."""
+        dropped = [wr for wr in self.rounds(question) if wr >= (window, round_)]
+        for w, r in dropped:
+            self.shard(question, f"window{w}-round{r}").unlink(missing_ok=True)
+        return len(dropped)
+
+    def drop_teacher(self, name: str) -> None:
+        """Remove a teacher's passes on every path (its file changed; ``rescore`` redoes them)."""
+        from harness.plan import slug
+
+        for p in (self.root / "shards").glob(f"*/score-p*-{slug(name)}.npz"):
+            p.unlink()
+
+
+class _Bad(Exception):
+    """A shard that reads but is not what was written."""
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, _Bad):
+        return str(exc)
+    if isinstance(exc, ValueError) and "pickled" in str(exc):
+        return "not an npz archive"
+    text = str(exc).splitlines()[0][:100] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -9,7 +9,7 @@ import pytest
 
 from harness.backends import check_options
 from harness.config import ConfigError, resolve_run_config
-from harness.pipeline import backend_options
+from harness.plan import backend_options
 from harness.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,27 @@ def test_cli_error_is_one_line_and_leaves_no_directory(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("odiag: error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_plan_refuses_a_bad_option_before_the_directory_opens(tmp_path):
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+
+    cfg = resolve_run_config(None, ["limit=1", "student_args={nope: 1}"])
+    with pytest.raises(ConfigError, match="student_args: unknown key 'nope'"):  # a given backend skips no check
+        run(cfg, tmp_path / "run", backend=SyntheticBackend({}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_numeric_options_shape_the_tree_the_rest_does_not():
+    from harness.config import tree_fields
+
+    base = tree_fields(resolve_run_config(None, ["backend=vllm"]))
+    scorer = tree_fields(resolve_run_config(None, ["backend=vllm", "student_args={score_with: vllm, max_model_len: 512}"]))
+    memory = tree_fields(resolve_run_config(None, ["backend=vllm", "student_args={gpu_memory_utilization: 0.3}"]))
+    assert scorer == {**base, "student_args": {"score_with": "vllm"}}
+    assert memory == base
 
 
 def test_the_corrected_command_runs_after_a_bad_option(tmp_path):

@@ -10,7 +10,7 @@ class Block:
         if name.split('.')[0] in {'torch', 'transformers', 'vllm', 'lm_eval'}:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import harness, harness.core, harness.synthetic, harness.selfcheck, harness.cli
+import harness, harness.core, harness.exact_lm, harness.selfcheck, harness.cli
 harness.cli.build_parser()
 print('ok')
 """

@@ -67,3 +67,14 @@ def test_cli_refuses_in_one_line_with_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith("odiag: error: plan: phase")
     assert "Qwen/Qwen3-14B" in out.stdout  # the plan itself is still shown
+
+
+def test_run_prints_the_plan_once_its_directory_is_open(tmp_path, capsys):
+    from harness import cli
+
+    assert cli.main(["run", "--set", "limit=1", "--set", "n_target=20", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("plan: synthetic, student synthetic") and sum(line.startswith("plan: ") for line in err) == 1
+    assert any("initial rollouts" in line for line in err[1:])
+    assert cli.main(["run", "--set", "limit=1", "--set", "n_target=20", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -233,8 +233,11 @@ def test_alignment_nan_on_zero_vectors():
 
 
 def test_alignment_defined_for_tiny_vectors():
-    """Pins the rescaling: gradients of size 1e-200 still get their cosine, not nan from underflow."""
-    assert alignment_score(np.array([1e-200, -1e-200]), np.array([3e-210, -3e-210])) == pytest.approx(1.0)
+    """Pins the rescaling: gradients of size 1e-200 from inputs of that scale still get their cosine,
+    not nan from underflow; at the unit scale of probability gradients they are rounding residue."""
+    tiny_ref, tiny = np.array([1e-200, -1e-200]), np.array([3e-210, -3e-210])
+    assert alignment_score(tiny_ref, tiny, scale_ref=1e-200, scale=1e-210) == pytest.approx(1.0)
+    assert math.isnan(alignment_score(tiny_ref, tiny))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -368,3 +371,41 @@ def test_cosine_scale_and_sign(data, scale):
     assert alignment_score(-g_ref, g) == pytest.approx(-score, abs=1e-12)
     assert alignment_score(g_ref, -g) == pytest.approx(-score, abs=1e-12)
     assert alignment_score(g, g_ref) == pytest.approx(score, abs=1e-12)
+
+
+# --- the TRL GKDTrainer mapping (README table) ---------------------------------------------------
+
+
+def _trl_generalized_jsd(student_logits, teacher_logits, beta):
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` for one position, written as TRL writes it (F.kl_div)."""
+    import torch.nn.functional as F
+
+    s, t = F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1)
+    if beta == 0:
+        return F.kl_div(s, t, reduction="sum", log_target=True)
+    if beta == 1:
+        return F.kl_div(t, s, reduction="sum", log_target=True)
+    b = torch.tensor(beta, dtype=s.dtype)
+    mixture = torch.logsumexp(torch.stack([s + torch.log(1 - b), t + torch.log(b)]), dim=0)
+    return b * F.kl_div(mixture, t, reduction="sum", log_target=True) + (1 - b) * F.kl_div(
+        mixture, s, reduction="sum", log_target=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_odiag_algorithms_equal_minus_trl_generalized_jsd_gradient(beta, seed):
+    """odiag's jsd(β) is TRL's generalized_jsd_loss at the same β; gkd is TRL β=1, forward_kl TRL β=0."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=7)
+    z_teacher = rng.normal(size=7) * 2
+    z_t = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    _trl_generalized_jsd(z_t, torch.tensor(z_teacher, dtype=torch.float64), beta).backward()
+    expected = -z_t.grad.numpy()
+    pi, pi_teacher = np.exp(z - np.logaddexp.reduce(z)), np.exp(z_teacher - np.logaddexp.reduce(z_teacher))
+    if beta == 0.0:
+        got = forward_kl_gradient(pi, pi_teacher)
+    elif beta == 1.0:
+        got = gkd_gradient(pi, pi_teacher)
+    else:
+        got = jsd_gradient(pi, pi_teacher, beta)
+    np.testing.assert_allclose(got, expected, atol=1e-12)

@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from harness.backends.synthetic import SyntheticBackend
+from harness.backends.exact import SyntheticBackend
 from harness.config import ConfigError, RunConfig, resolve_run_config
 from harness.core import aggregate, alignment_score, gkd_gradient, ideal_gradient
-from harness.pipeline import NODE_FIELDS, add_teacher, run
-from harness.synthetic import SyntheticLM
+from harness.core.records import NODE_FIELDS
+from harness.pipeline import add_teacher, run
+from harness.exact_lm import SyntheticLM
 
 CFG = RunConfig(limit=6)
 
@@ -47,7 +48,7 @@ def test_mean_alignment_ci_contains_the_exact_value(finished):
     children = pq.read_table(out / "children.parquet").to_pylist()
     paths = {(p["question_id"], p["path_id"]): p["tokens"] for p in pq.read_table(out / "paths.parquet").to_pylist()}
     seeds = {q["id"]: None for q in results["questions"]}
-    from harness.tasks.synthetic import SyntheticTask
+    from harness.tasks.exact import SyntheticTask
 
     for q in SyntheticTask().questions(CFG.limit):
         seeds[q.id] = q.doc["seed"]

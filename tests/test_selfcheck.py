@@ -1,7 +1,8 @@
-"""`odiag selfcheck`: estimates converge to the exact synthetic values with near-nominal coverage."""
+"""`odiag selfcheck`: the pipeline's own strategies against exact synthetic values, near-nominal coverage."""
 
 import json
 
+import numpy as np
 import pytest
 
 from harness import cli
@@ -13,28 +14,40 @@ def summary():
     return run_selfcheck(SelfcheckConfig())
 
 
-def test_q_interval_coverage_is_near_nominal(summary):
-    unbiased = summary["modes"]["unbiased"]
-    assert unbiased["decision_points"] >= 200 and unbiased["q_children"] >= 800
-    assert 0.92 <= unbiased["q_coverage"] <= 0.985
-    assert abs(unbiased["q_mean_error"]) < 0.01
+@pytest.mark.parametrize("mode", ["paper", "settle"])
+def test_q_interval_coverage_is_near_nominal(summary, mode):
+    s = summary["modes"][mode]
+    assert s["decision_points"] >= 150 and s["q_children"] >= 500
+    assert 0.92 <= s["q_coverage"] <= 0.985
+    assert abs(s["q_mean_error"]) < 0.02
     assert summary["passed"]
 
 
-def test_alignment_tracks_exact_values_per_teacher(summary):
-    teachers = summary["modes"]["unbiased"]["teachers"]
+@pytest.mark.parametrize("mode", ["paper", "settle"])
+def test_alignment_tracks_exact_values_per_teacher(summary, mode):
+    teachers = summary["modes"][mode]["teachers"]
     assert teachers["helpful"]["mean_exact"] > 0.3 > -0.3 > teachers["misleading"]["mean_exact"]
     for row in teachers.values():
         assert row["ci_covers_exact"]
         assert 0.88 <= row["interval_coverage"] <= 1.0
+        # attenuation is measured and reported: estimated minus exact, toward 0 for both signs
+        assert np.isfinite(row["attenuation"]) and abs(row["attenuation"]) < 0.2
+    assert teachers["helpful"]["attenuation"] < 0 < teachers["misleading"]["attenuation"]
+
+
+def test_on_path_bias_does_not_separate_correct_from_incorrect(summary):
+    """Each path's own rollout is left out, so on-path Q bias does not follow the path's outcome (paper strategy)."""
+    bias = summary["modes"]["paper"]["on_path_q_bias"]
+    assert abs(bias["correct"]["mean"] - bias["incorrect"]["mean"]) < 0.02
 
 
 def test_paper_counting_loses_coverage(summary):
     """Pins the default: the paper's cascade counts forced visits and under-covers exact Q (SPEC §2)."""
-    assert summary["modes"]["paper"]["q_coverage"] < summary["modes"]["unbiased"]["q_coverage"] - 0.1
+    assert summary["modes"]["cascade=paper"]["q_coverage"] < summary["modes"]["paper"]["q_coverage"] - 0.1
 
 
 def test_cli_reports_and_exits_zero(capsys):
     assert cli.main(["selfcheck", "--questions", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["modes"]) == {"unbiased", "paper"}
+    assert set(out["modes"]) == {"paper", "settle", "cascade=paper"}
+    assert set(out["modes"]["settle"]["teachers"]["helpful"]) >= {"attenuation", "mean_exact", "mean_estimated"}

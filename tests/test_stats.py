@@ -18,7 +18,7 @@ from harness.core.stats import (
     paired_test,
     rank_with_ties,
     t_ci,
-    welch_test,
+    clustered_difference_test,
     wilson_interval,
     within_path_correlation,
 )
@@ -109,15 +109,33 @@ def test_bootstrap_seeded_and_sensible():
 # --------------------------------------------------------------------------- tests
 
 
-def test_paired_and_welch_match_scipy():
+def test_paired_matches_scipy():
     a = np.array([0.1, 0.5, nan, 0.3, 0.9, 0.2])
     b = np.array([0.0, 0.6, 0.4, nan, 0.5, -0.1])
     both = np.isfinite(a) & np.isfinite(b)
     assert paired_test(a, b) == pytest.approx(sps.ttest_rel(a[both], b[both]).pvalue)
-    fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
-    assert welch_test(a, b) == pytest.approx(sps.ttest_ind(fa, fb, equal_var=False).pvalue)
     assert math.isnan(paired_test([1.0, nan], [2.0, 3.0]))
-    assert math.isnan(welch_test([1.0], [2.0, 3.0]))
+
+
+def test_clustered_test_matches_a_cluster_loop():
+    """CR1 sandwich written out cluster by cluster (an independent computation of the same formula)."""
+    v = np.array([0.3, -0.2, 0.6, -0.2, -0.1, 0.6, 0.1, nan, 0.4, 0.2])
+    flag = np.array([0, 1, 0, 1, 1, 0, 1, 1, 0, 0], bool)
+    cluster = np.array(["a", "a", "b", "b", "b", "c", "d", "d", "e", "e"])
+    ok = np.isfinite(v)
+    vv, ff, cc = v[ok], flag[ok], cluster[ok]
+    beta = vv[ff].mean() - vv[~ff].mean()
+    fitted = np.where(ff, vv[ff].mean(), vv[~ff].mean())
+    x = np.stack([np.ones(ff.size), ff.astype(float)], 1)
+    bread = np.linalg.inv(x.T @ x)
+    meat = sum(np.outer(x[cc == g].T @ (vv - fitted)[cc == g], x[cc == g].T @ (vv - fitted)[cc == g])
+               for g in np.unique(cc))
+    n, g = vv.size, np.unique(cc).size
+    var = g / (g - 1) * (n - 1) / (n - 2) * (bread @ meat @ bread)[1, 1]
+    expected = 2 * sps.t.sf(abs(beta) / np.sqrt(var), g - 1)
+    assert clustered_difference_test(v, flag, cluster) == pytest.approx(expected, rel=1e-10)
+    assert math.isnan(clustered_difference_test(v[:2], flag[:2], cluster[:2]))  # one cluster
+    assert math.isnan(clustered_difference_test(v, np.zeros(10, bool), cluster))  # one side empty
 
 
 # --------------------------------------------------------------------------- correlations
@@ -129,21 +147,22 @@ def test_within_path_correlation_monotone_paths():
     x = np.r_[np.arange(6), np.arange(5) + 100, np.arange(4), np.arange(7) - 50].astype(float)
     y = np.r_[np.exp(np.arange(6)), np.arange(5) ** 3, [1, 2, 3, 4], -np.arange(7)[::-1]]
     x[0] = nan  # path 10 keeps 5 finite pairs: still eligible
-    got = within_path_correlation(key, x, y, min_points=5)
+    got = within_path_correlation(key, key, x, y, min_points=5)
     assert got["spearman"]["n_paths"] == 3 and got["pearson"]["n_paths"] == 3
     assert got["spearman"]["mean"] == pytest.approx(1.0)
     assert got["spearman"]["ci95"] == pytest.approx([1.0, 1.0])
     assert 0 < got["pearson"]["mean"] < 1  # exp and cube are monotone but not linear
-    assert set(got["spearman"]) == {"mean", "ci95", "ci95_bootstrap", "n_paths"}
+    assert got["spearman"]["n_questions"] == 3
+    assert set(got["spearman"]) == {"mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}
 
 
 def test_within_path_correlation_excludes_constant_paths():
     key = np.repeat([0, 1, 2], 5)
     x = np.r_[np.arange(5), np.ones(5), np.arange(5)].astype(float)
     y = np.r_[np.arange(5), np.arange(5), np.full(5, 0.1)]
-    got = within_path_correlation(key, x, y)
+    got = within_path_correlation(key, key, x, y)
     assert got["pearson"]["n_paths"] == 1 and got["pearson"]["mean"] == pytest.approx(1.0)
-    none = within_path_correlation(key, x, y, min_points=6)
+    none = within_path_correlation(key, key, x, y, min_points=6)
     assert none["spearman"]["n_paths"] == 0 and math.isnan(none["spearman"]["mean"])
 
 
@@ -153,7 +172,7 @@ def test_within_path_correlation_excludes_constant_paths():
 def test_within_path_correlation_matches_scipy_per_path(rows):
     """Vectorised within-path ranks (with ties) agree with scipy.stats.spearmanr/pearsonr."""
     key, x, y = (np.array(c, dtype=float) for c in zip(*rows)) if rows else (np.zeros(0),) * 3
-    got = within_path_correlation(key.astype(int), x, y, min_points=3)
+    got = within_path_correlation(key.astype(int), key.astype(int), x, y, min_points=3)
     rho, r = [], []
     for k in np.unique(key):
         xs, ys = x[key == k], y[key == k]
@@ -260,8 +279,8 @@ def test_aggregate_hand_computed_values():
     assert imc["mean"] == pytest.approx(((-0.2 - 0.3) + (-0.15 - 0.6)) / 2)
     assert imc["n_questions"] == 2
     assert imc["p_paired"] == pytest.approx(sps.ttest_rel([-0.2, -0.15], [0.3, 0.6]).pvalue)
-    assert imc["p_welch"] == pytest.approx(
-        sps.ttest_ind([-0.2, -0.2, -0.1], [0.3, 0.6, 0.6], equal_var=False).pvalue)
+    assert imc["p_clustered"] == pytest.approx(clustered_difference_test(
+        [0.3, -0.2, 0.6, -0.2, -0.1, 0.6], [0, 1, 0, 1, 1, 0], [1, 1, 2, 2, 2, 3]))
     # Fraction positive (0 is not positive; the nan node is left out): q1 1, .5; q2 1, 0, 2/3.
     assert a["fraction_positive"]["mean"] == pytest.approx(
         np.mean([(1 + 0.5) / 2, (1 + 0 + 2 / 3) / 3, 1.0]))
@@ -301,12 +320,12 @@ def test_aggregate_schema_json_and_determinism():
         for k in ("alignment", "weighted_alignment", "alignment_correct", "alignment_incorrect",
                   "fraction_positive", "teacher_advantage"):
             assert set(r[k]) == summary_keys
-        assert {"mean", "ci95", "p_paired", "p_welch", "n_questions"} <= set(
+        assert {"mean", "ci95", "p_paired", "p_clustered", "n_questions"} <= set(
             r["incorrect_minus_correct"])
         assert set(r["divergence_correlations"]) == set(DIVERGENCES)
         for d in r["divergence_correlations"].values():
             assert set(d["spearman"]) == set(d["pearson"]) == {
-                "mean", "ci95", "ci95_bootstrap", "n_paths"}
+                "mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}
         assert_plain(r)
     text = json.dumps(nan_to_none(rows), allow_nan=False)
     assert text == json.dumps(nan_to_none(aggregate(node_table(), seed=11, n_boot=300)),

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from harness.synthetic import EOS, TEACHERS, SyntheticLM
+from harness.exact_lm import EOS, TEACHERS, SyntheticLM
 
 
 def _enumerated_value(model, prefix=()):

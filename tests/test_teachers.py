@@ -286,3 +286,29 @@ def test_artefact_keys_do_not_depend_on_where_the_checkout_lies():
     elsewhere = dataclasses.replace(here, solution_source="harness/toy_models/teacher")
     assert Path(here.solution_source).is_absolute()
     assert solution_key(here) == solution_key(elsewhere)
+
+
+def test_nested_solution_and_summary_sections_equal_the_flat_keys(tmp_path):
+    flat = _write(tmp_path, (
+        "correct_solutions: 1\nsolution_source: some/model\nsolution_attempts: 4\nsolution_temperature: 0.7\n"
+        "summarizer: other/model\nsummary_prompt: 'Summarise {{ solution }}'\nsummary_max_new_tokens: 64\n"
+        "context_template: '{{ question }} {{ correct_summaries[0] }}'\n"
+    ), "t.yaml")
+    (tmp_path / "nested").mkdir()
+    nested = _write(tmp_path / "nested", (
+        "correct_solutions: 1\nsolutions: {source: some/model, attempts: 4, temperature: 0.7}\n"
+        "summary: {summarizer: other/model, prompt: 'Summarise {{ solution }}', max_new_tokens: 64}\n"
+        "context_template: '{{ question }} {{ correct_summaries[0] }}'\n"
+    ), "t.yaml")
+    a, b = load_teacher(flat), load_teacher(nested)
+    assert a == dataclasses.replace(b, file=a.file) and b.solution_source == "some/model" and b.summary_max_new_tokens == 64
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("solutions: {sorce: x}\n", "unknown key solutions.sorce"),
+    ("solutions: [x]\n", "'solutions' must be a mapping"),
+    ("solution_source: a\nsolutions: {source: b}\n", "both given"),
+])
+def test_nested_sections_are_checked(tmp_path, text, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_teacher(_write(tmp_path, text))

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.core import Rollouts, TreeStats, wilson_interval
-from harness.synthetic import SyntheticLM
+from harness.exact_lm import SyntheticLM
 
 
 def _random_case(rng, vocab=3, length=12):

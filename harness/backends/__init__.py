@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from harness.backends.base import STUDENT, Backend, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 
 BACKENDS: dict[str, str] = {
-    "synthetic": "harness.backends.synthetic:SyntheticBackend",
+    "synthetic": "harness.backends.exact:SyntheticBackend",
     "hf": "harness.backends.hf:HFBackend",
     "vllm": "harness.backends.vllm:VLLMBackend",
 }

@@ -51,7 +51,7 @@ import numpy as np
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, topk_tail_divergences
-from harness.synthetic import derive_seed
+from harness.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from harness.core.stats import (
     paired_test,
     rank_with_ties,
     t_ci,
-    welch_test,
+    clustered_difference_test,
     wilson_interval,
     within_path_correlation,
 )
@@ -60,7 +60,7 @@ __all__ = [
     "t_ci",
     "teacher_advantage",
     "topk_tail_divergences",
-    "welch_test",
+    "clustered_difference_test",
     "wilson_interval",
     "within_path_correlation",
 ]

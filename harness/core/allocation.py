@@ -26,8 +26,8 @@ teacher) probability was read at a position of the path, with KL(π ‖ π_T) of
 there. A child shared by several paths (their common prefix) is planned once, under the lowest path
 index: the plan names each child once, so no child is enriched twice.
 
-Every strategy is a pure function of the state (no randomness beyond a fixed table of uniforms for
-posterior draws), so a rerun plans exactly what the first run planned. ``params.budget`` is the most
+Every strategy is a pure function of the state (no randomness beyond fixed tables of uniforms for
+posterior draws and for survey's sample of positions), so a rerun plans exactly what the first run planned. ``params.budget`` is the most
 targeted rollouts per question; `window_allowance` is what a window may still ask for and no plan
 ever asks for more, so no strategy exceeds the budget.
 
@@ -49,6 +49,16 @@ Strategies (`STRATEGIES`):
   goes to new decision points (the next candidates in the paper's priority order, paired at
   ``n_min``), then to growth at a lower price; each window gets an equal share of what the
   earlier windows left, so the last windows are not starved.
+
+* ``survey`` — what users read is a mean over positions (SPEC §5), so estimate it from a sample of
+  positions: a systematic grid over depth (`survey_sample`) with ``positions`` positions per path on
+  average, one rate and one fixed offset per question (`survey_rate`), so every position of every
+  path has the same inclusion probability and the pipeline's unweighted mean over decision points
+  stays an unbiased estimate of the mean over the path; and
+  at each sampled node every likely child (π ≥ τ or π_T ≥ τ for some teacher) to ``visits``
+  visits (``n_min`` by default), in one round per window. Its cost grows with the positions
+  sampled, not with windows × ``k_window`` × ``n_target``; few visits per node leave the cosine
+  attenuated toward 0, which ``bench/allocation.py`` measures.
 
 Stopping on observed outcomes makes ``settle``'s visit counts depend on the rewards, so its
 ``Q = w/n`` is not exactly unbiased: by Wald's identity ``E[n (Q̂ − Q)] = 0``, so the bias of Q̂ is
@@ -99,6 +109,10 @@ class AllocationParams:
     """``settle``: settled-probability a rollout must buy: 1/1000 grows a node by 100 rollouts only for +0.1."""
     draws: int = 256
     """``settle``: Beta posterior draws per node (a quasi-random table)."""
+    positions: int = 64
+    """``survey``: positions sampled per path, on average over the question's paths (a systematic sample)."""
+    visits: int | None = None
+    """``survey``: visits each likely child (π ≥ τ or π_T ≥ τ) of a sampled position gets; None: ``n_min``."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -572,8 +586,75 @@ def settle(state: WindowState, params: AllocationParams) -> Plan:
     return _plan(state, children, child, count, allowance)
 
 
+# --------------------------------------------------------------------------- survey
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fixed, well-mixed 64-bit hash of each integer (vectorised)."""
+    x = np.asarray(x, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(*keys: np.ndarray) -> np.ndarray:
+    """A fixed uniform in [0, 1) per key tuple: the same keys always give the same number."""
+    h = np.full(np.broadcast(*keys).shape, _DRAWS_SEED, np.uint64)
+    for k in keys:
+        h = _mix64(h ^ np.asarray(k, np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def survey_sample(position: np.ndarray, rate: float, u: float) -> np.ndarray:
+    """Positions on a systematic grid of step ``1 / rate`` with offset ``u``: ``floor(u + (k+1) rate) > floor(u + k rate)``.
+
+    With ``u`` uniform on [0, 1) every position has inclusion probability ``rate`` (all of them at
+    rate 1), so an unweighted mean over the sample estimates the mean over the path without bias,
+    and the sample is spread evenly over depth. The grid depends on the position only, so paths that
+    share a prefix share its sample.
+    """
+    k = np.asarray(position, np.float64)
+    return np.floor(u + (k + 1) * rate) > np.floor(u + k * rate)
+
+
+def survey_rate(length_P: np.ndarray, positions: int) -> tuple[float, float]:
+    """The question's sampling rate, ``positions`` per path on average, and its grid offset.
+
+    One rate for all the question's paths keeps each path's sample self-weighting on prefixes it
+    shares with others; the offset is a fixed uniform of the paths' lengths (a question-specific
+    draw that a rerun repeats).
+    """
+    rate = min(1.0, positions / max(float(np.mean(length_P)), 1.0))
+    return rate, float(_uniform(*(np.uint64(n) for n in length_P))[()]) if len(length_P) else 0.0
+
+
+def survey(state: WindowState, params: AllocationParams) -> Plan:
+    """Every likely child (π ≥ τ or π_T ≥ τ for some teacher) at a systematic sample of positions
+    (``positions`` per path on average), to ``visits`` visits.
+
+    The alignment users read is a mean over a path's positions; a sample of positions estimates it
+    without bias, and each sampled node needs only enough visits for every likely child to enter
+    A(s). One round per window.
+    """
+    children = _distinct_children(state)
+    visits = params.visits or params.n_min
+    rate, u = survey_rate(np.diag(state.shared_prefix_P_P), params.positions)
+    with np.errstate(invalid="ignore"):
+        likely = (np.nan_to_num(state.pi_R, nan=0.0) >= params.tau) | (state.pi_teacher_R_T >= params.tau).any(axis=1)
+    chosen = np.unique(children.child_R[survey_sample(state.position_R, rate, u) & likely])
+    # a node with a single likely child makes no decision point
+    per_node = np.bincount(children.node_C[chosen], minlength=len(children.start_N) - 1)
+    child = chosen[per_node[children.node_C[chosen]] >= 2]
+    # under a budget, truncation keeps a random subset of nodes
+    child = child[np.argsort(_uniform(children.node_C[child], np.uint64(1)), kind="stable")]
+    need = np.maximum(visits - state.n_R[children.row_C[child]], 0)
+    return _plan(state, children, child, need, window_allowance(state, params))
+
+
 STRATEGIES: dict[str, Strategy] = {
     "paper": paper,
     "settle": settle,
+    "survey": survey,
 }
 """Allocation strategies by name (``RunConfig.strategy``); ``paper`` is the default and SPEC §4 exactly."""

@@ -77,20 +77,24 @@ def single_sample_gkd_gradient(pi: np.ndarray, pi_teacher: np.ndarray, m: np.nda
 
 
 def drgrpo_gradient(pi: np.ndarray, m: np.ndarray, m_success: np.ndarray) -> np.ndarray:
-    """ĝ = (1/M) Σ_i (r_i − r̄)(e_{a_i} − π̃) = (1/M) Σ_a (s_a − m_a r̄)(e_a − π̃), r̄ = Σ s / M (SPEC.md §3).
+    """ĝ = (1/M) Σ_i (r_i − r̄)(e_{a_i} − π̃) = (s ⊙ M − m ⊙ S) / M², S = Σ s, M = Σ m (SPEC.md §3).
 
-    Dr. GRPO on the M = Σ m on-policy draws at s, `m_success` = s the successes among them: no
-    std or length normalisation, so as M grows ĝ_a → π̃_a (Q_a − V) = g*_a. Zero vector when M = 0.
-    The mean baseline makes Σ_a (s_a − m_a r̄) = 0, so the −π̃ part vanishes up to rounding.
+    Dr. GRPO on the M on-policy draws at s that took an action in A(s) (`m`), `m_success` = s the
+    successes among them: no std or length normalisation, so as M grows ĝ_a → π̃_a (Q_a − V) = g*_a.
+    Draws of actions outside A(s) are left out of M, S and r̄ alike: the estimate is Dr. GRPO on the
+    draws whose action the comparison can see. The mean baseline makes Σ_a (s_a − m_a r̄) = 0, so the
+    −π̃ part of the score function vanishes exactly and ĝ = (s ⊙ M − m ⊙ S) / M². The numerator is
+    formed in integers: when every draw took one action, or every drawn action has the same success
+    rate, ĝ is exactly 0 (no rounding residue for a cosine to read a direction into). Zero when M = 0.
     """
-    pi_A = _renormalise(pi)
-    m_A = np.asarray(m, dtype=np.float64)
-    successes_A = np.asarray(m_success, dtype=np.float64)
-    n_draws = m_A.sum()
+    _renormalise(pi)  # π̃ does not enter ĝ (its term cancels), but the input must still be a distribution
+    m_A = np.asarray(m, dtype=np.int64)
+    successes_A = np.asarray(m_success, dtype=np.int64)
+    n_draws, n_success = int(m_A.sum()), int(successes_A.sum())
     if n_draws == 0:
-        return np.zeros_like(pi_A)
-    mean_reward = successes_A.sum() / n_draws
-    return _score_sum(pi_A, (successes_A - m_A * mean_reward) / n_draws)
+        return np.zeros(len(m_A))
+    numerator_A = successes_A * n_draws - m_A * n_success  # exact: |.| <= M² fits int64 for M < 3e9
+    return numerator_A / float(n_draws) ** 2
 
 
 def reward_to_go(log_ratio_K: np.ndarray, gamma: float = 0.95) -> np.ndarray:
@@ -150,17 +154,27 @@ def jsd_gradient(pi: np.ndarray, pi_teacher: np.ndarray, beta: float = 0.5) -> n
     return _through_softmax(q_A, (1.0 - beta) * (log_m_A - _log(q_A)))
 
 
-def alignment_score(g_ref: np.ndarray, g: np.ndarray) -> float:
+# Every gradient above is built from probabilities and success rates in [0, 1] (and log-ratios
+# of probabilities): unit scale. A vector whose largest component is this far below the scale of
+# its inputs is the rounding residue of an exact zero (e.g. s_a − m_a·(S/M) in floating point leaves
+# ~1e-18 where the exact value is 0), and a cosine would read a spurious ±1 direction into it.
+ZERO_RTOL = 2.0**-40  # ≈ 9.1e-13: 2^12 ulps of the unit scale, far above residue, far below 1/M² for M < 1e6
+
+
+def alignment_score(g_ref: np.ndarray, g: np.ndarray, scale_ref: float = 1.0, scale: float = 1.0) -> float:
     """cos(g*, g) = <g*, g> / (|g*| |g|); nan when either vector is 0 (SPEC.md §3, "Alignment score").
 
-    Both vectors are first divided by their largest |component| so that |g|² cannot underflow (or
-    overflow) for gradients at extreme scales; the cosine is unchanged by that positive scaling.
+    "Zero" is relative to the scale of the inputs a vector was computed from (`scale_ref`, `scale`;
+    1 for the probability-valued gradients of this module): a vector with max |component| at most
+    `ZERO_RTOL · scale` is treated as the exact zero it rounds. Both vectors are then divided by
+    their largest |component| so that |g|² cannot underflow or overflow; the cosine is unchanged by
+    that positive scaling.
     """
     g_ref, g = np.asarray(g_ref, dtype=np.float64), np.asarray(g, dtype=np.float64)
-    scale_ref, scale = np.max(np.abs(g_ref)), np.max(np.abs(g))
-    if scale_ref < 1e-300 or scale < 1e-300:
+    size_ref, size = np.max(np.abs(g_ref)), np.max(np.abs(g))
+    if not (size_ref > ZERO_RTOL * scale_ref and size > ZERO_RTOL * scale):
         return float("nan")
-    u, v = g_ref / scale_ref, g / scale
+    u, v = g_ref / size_ref, g / size
     return float(u @ v / np.sqrt((u @ u) * (v @ v)))
 
 

@@ -20,11 +20,10 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats as sps
 
+# the node-record columns aggregate() reads are defined with the record schema
+from harness.core.records import NODE_COLUMNS
+
 DIVERGENCES = ("kl", "reverse_kl", "js", "tv", "prob_cosine")
-NODE_COLUMNS = (
-    "question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
-    "alignment", "ideal_norm", "teacher_advantage", "n_actions", *DIVERGENCES,
-)
 
 
 class Interval(NamedTuple):
@@ -142,18 +141,35 @@ def paired_test(a, b) -> float:
         return float(sps.ttest_rel(a[both], b[both]).pvalue)
 
 
-def welch_test(a, b) -> float:
-    """Two-sided Welch t-test p-value (`scipy.stats.ttest_ind`, `equal_var=False`), NaNs dropped.
+def clustered_difference_test(values_P, flag_P, cluster_P) -> float:
+    """Two-sided p-value of mean(values | flag) − mean(values | ~flag) with cluster-robust errors.
 
-    `t = (mean(a) - mean(b)) / sqrt(s_a²/n_a + s_b²/n_b)` with Welch–Satterthwaite degrees of
-    freedom (SPEC §5: incorrect vs correct path means). nan unless each side has >= 2 values.
+    The OLS regression `v_p = α + β·flag_p + ε_p` over every path p with a finite value, β̂ the
+    difference of the two path means, and the CR1 sandwich variance clustered by `cluster_P`
+    (questions): `V = c (XᵀX)⁻¹ [Σ_g X_gᵀ e_g e_gᵀ X_g] (XᵀX)⁻¹`, `c = G/(G−1) · (N−1)/(N−2)`,
+    `t = β̂ / sqrt(V_ββ)` against Student t with G − 1 degrees of freedom (SPEC §5). Paths of one
+    question share it and often prefixes; clustering lets their errors correlate arbitrarily, and
+    questions with only one kind of path still count. nan with fewer than 3 clusters, or when a
+    side is empty.
     """
-    a, b = _finite(a), _finite(b)
-    if a.size < 2 or b.size < 2:
+    v = np.asarray(values_P, dtype=float).ravel()
+    ok = np.isfinite(v)
+    v, flag = v[ok], np.asarray(flag_P, dtype=bool).ravel()[ok]
+    _, cluster = np.unique(np.asarray(cluster_P).ravel()[ok], return_inverse=True)
+    cluster = cluster.reshape(-1)
+    n, n_clusters = v.size, int(cluster.max()) + 1 if v.size else 0
+    if n_clusters < 3 or flag.all() or not flag.any() or n < 3:
         return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # constant samples, as in paired_test
-        return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    x = np.stack([np.ones(n), flag.astype(float)], axis=1)
+    xtx_inv = np.linalg.inv(x.T @ x)
+    beta = xtx_inv @ (x.T @ v)
+    scores_G = np.stack([np.bincount(cluster, x[:, j] * (v - x @ beta), minlength=n_clusters)
+                         for j in range(2)], axis=1)
+    correction = n_clusters / (n_clusters - 1) * (n - 1) / (n - 2)
+    var = correction * (xtx_inv @ (scores_G.T @ scores_G) @ xtx_inv)[1, 1]
+    if not var > 0:
+        return float("nan")
+    return float(2 * sps.t.sf(abs(beta[1]) / np.sqrt(var), n_clusters - 1))
 
 
 # --------------------------------------------------------------------------- grouped helpers
@@ -225,21 +241,24 @@ def _renamed(summary: dict, count_key: str) -> dict:
 
 
 def within_path_correlation(
-    path_key, x, y, min_points: int = 5, seed=0, n_boot: int = 2000
+    path_key, question_key, x, y, min_points: int = 5, seed=0, n_boot: int = 2000
 ) -> dict:
-    """Within-path Spearman and Pearson correlation of x with y, averaged over paths (SPEC §5).
+    """Within-path Spearman and Pearson correlation of x with y, per question, then over questions (SPEC §5).
 
     For each path (rows sharing `path_key`) with at least `min_points` rows where both x and y are
     finite, and with neither x nor y constant there, compute Pearson `r` and Spearman `ρ` (Pearson
-    of within-path average ranks). Each is summarised as the mean over eligible paths with a 95%
-    Student-t CI over paths and a seeded percentile bootstrap CI:
-    `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths"}, "pearson": {...}}`.
-    Correlating within paths removes between-path differences (e.g. correct vs incorrect paths)
-    that would otherwise dominate a pooled correlation.
+    of within-path average ranks). A question's value is the mean over its eligible paths; each
+    correlation is summarised as the mean over questions with a 95% Student-t CI over questions and
+    a seeded percentile bootstrap CI:
+    `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}, "pearson": {...}}`.
+    Correlating within paths removes between-path differences (e.g. correct vs incorrect paths);
+    averaging per question first keeps the interval honest, because paths of one question share the
+    question (and often prefixes) and are not independent draws.
     """
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     ok = np.isfinite(x) & np.isfinite(y)
-    _, group = np.unique(np.asarray(path_key)[ok], return_inverse=True)
+    path_key, question_key = np.asarray(path_key).ravel()[ok], np.asarray(question_key).ravel()[ok]
+    _, group = np.unique(path_key, return_inverse=True)
     group, x, y = group.reshape(-1), x[ok], y[ok]
     n_groups = int(group.max()) + 1 if group.size else 0
     count_G = np.bincount(group, minlength=n_groups)
@@ -249,11 +268,21 @@ def within_path_correlation(
     pearson_G = _group_pearson(group, x, y, n_groups)[eligible_G]
     rx, ry = _group_ranks(group[keep], x[keep]), _group_ranks(group[keep], y[keep])
     spearman_G = _group_pearson(group[keep], rx, ry, n_groups)[eligible_G]
-    # One seed for both: the two summaries resample the same paths (common random numbers).
-    return {
-        "spearman": _renamed(_summary(spearman_G, seed, n_boot), "n_paths"),
-        "pearson": _renamed(_summary(pearson_G, seed, n_boot), "n_paths"),
-    }
+    # each path's question (a path lies in one question), then the mean per question
+    question_of_G = np.zeros(n_groups, dtype=np.int64)
+    _, question_N = np.unique(question_key, return_inverse=True)
+    question_of_G[group] = question_N.reshape(-1)
+    _, question_E = np.unique(question_of_G[eligible_G], return_inverse=True)
+    question_E = question_E.reshape(-1)
+    n_questions = int(question_E.max()) + 1 if question_E.size else 0
+
+    def summary(values_E):
+        per_question = _group_mean(question_E, values_E, n_questions)
+        # One seed for both: the two summaries resample the same questions (common random numbers).
+        out = _renamed(_summary(per_question, seed, n_boot), "n_questions")
+        return {**out, "n_paths": int(values_E.size)}
+
+    return {"spearman": summary(spearman_G), "pearson": summary(pearson_G)}
 
 
 # --------------------------------------------------------------------------- ranking
@@ -346,7 +375,7 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
         "incorrect_minus_correct": {
             "mean": diff["mean"], "ci95": diff["ci95"], "ci95_bootstrap": diff["ci95_bootstrap"],
             "p_paired": paired_test(incorrect_Q, correct_Q),
-            "p_welch": welch_test(mean_P[~correct_P], mean_P[correct_P]),
+            "p_clustered": clustered_difference_test(mean_P, ~correct_P, question_P),
             "n_questions": diff["n"],
         },
         "fraction_positive": summary("fraction_positive", per_question(positive_P)),
@@ -354,7 +383,7 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
             "teacher_advantage", per_question(per_path(rows["teacher_advantage"]))),
         "divergence_correlations": {
             d: within_path_correlation(
-                path_N, rows[d], align, seed=_derived_seed(seed, teacher, algorithm, d),
+                path_N, question_P[path_N], rows[d], align, seed=_derived_seed(seed, teacher, algorithm, d),
                 n_boot=n_boot)
             for d in DIVERGENCES
         },
@@ -371,7 +400,7 @@ def aggregate(nodes: Mapping[str, Sequence], seed: int = 0, n_boot: int = 2000) 
     algorithm. Every row carries `alignment`, `weighted_alignment` (weight |g*| = `ideal_norm`),
     `alignment_correct`, `alignment_incorrect`, `fraction_positive`, `teacher_advantage` as
     `{"mean", "ci95", "ci95_bootstrap", "n_questions"}` over questions; `incorrect_minus_correct`
-    (paired over questions with both outcomes, Welch over path means); within-path
+    (paired over questions with both outcomes; cluster-robust over path means, clustered by question); within-path
     `divergence_correlations`; counts and the |A(s)| histogram (SPEC §3). Within each algorithm,
     teachers are ranked by mean alignment with `rank_with_ties` on the t CIs; `tied_with` names
     CI-overlapping rows as "teacher/algorithm". Values are plain Python numbers (nan kept; the

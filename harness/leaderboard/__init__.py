@@ -26,17 +26,18 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
 
     ``viewer_mb`` bounds the per-token viewer's data in the page (default ``VIEWER_BUDGET_MB``).
     """
-    from harness.leaderboard.figures import write_figures
+    from harness.leaderboard.figures import write_figures, write_validation_figures
     from harness.leaderboard.merge import load_runs, merge
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
-    from harness.pipeline import json_ready
+    from harness.results import json_ready
     from harness.rundir import atomic_write, write_json
 
     out = Path(out)
     runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
     figures = write_figures(board, runs, out / "figures")
-    html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb)
+    validations = write_validation_figures(runs, out / "figures")  # `odiag validate` panels, where a run has one
+    html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb, validations)
     write_json(out / "leaderboard.json", board)
     atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
     for name in ("leaderboard.json", "index.html"):

@@ -313,6 +313,8 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
                  "Correct vs incorrect paths",
                  "Mean alignment on correct and on incorrect paths per teacher; p is the paired t-test over "
                  "questions that have both.", g["id"], task)
+            if not len(nodes["position"]):  # no decision point in these runs: nothing to draw per node
+                continue
             save(by_depth(g, nodes, colours), f"{stem}--depth", "Alignment by depth",
                  "Mean alignment in each exponential depth window, averaged per path first; n counts decision "
                  "points x teachers.", g["id"], task)
@@ -322,4 +324,77 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
             save(divergence_scatter(g, entries, nodes, colours), f"{stem}--divergence", "Divergence vs alignment",
                  "Every decision point of the headline algorithm; ρ is the within-path Spearman correlation "
                  "(SPEC §5), mean over paths with at least 5 decision points.", g["id"], task)
+    return made
+
+
+ALGORITHM_MARKERS = {"gkd": "o", "forward_kl": "s", "jsd": "^"}
+
+
+def validation_figure(validation: dict):
+    """``odiag validate``: each teacher x algorithm's mean alignment (x, 95% t CI over questions) against
+    its training gain over the do-nothing control (y, 95% bootstrap CI over seeds and held-out
+    questions), with the Dr. GRPO baseline's gain as a band and Spearman's ρ of every predictor."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in validation["rows"] if r["kind"] == "distillation"]
+    colours = teacher_colours({r["teacher"] for r in rows})
+    fig = Figure(figsize=(9.5, 6.0), layout="constrained")
+    ax, note_ax = fig.subplots(2, 1, height_ratios=[5, 1])  # the correlations below the data, never over it
+    note_ax.axis("off")
+    for r in validation["rows"]:
+        if r["kind"] == "baseline":
+            g = r["gain"]
+            ax.axhspan(_v(g, "lo"), _v(g, "hi"), color="#eeeeee", zorder=0, label=f"{r['algorithm']} (no teacher), 95% CI")
+            ax.axhline(_v(g), color="#999999", lw=1.0, ls="--", zorder=0)
+    for r in rows:
+        a, g = r["alignment"], r["gain"]
+        ax.errorbar(_v(a), _v(g), xerr=_err([_v(a)], [_v(a, "lo")], [_v(a, "hi")]),
+                    yerr=_err([_v(g)], [_v(g, "lo")], [_v(g, "hi")]), fmt=ALGORITHM_MARKERS.get(r["algorithm"], "D"),
+                    color=colours[r["teacher"]], capsize=2, lw=1.0, ms=6, label=_plain(f"{r['teacher']} / {r['algorithm']}"))
+    ax.axhline(0, color="#444444", lw=0.8, zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(color="#e6e6e6", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("mean alignment (diagnostic, 95% t CI over questions)")
+    ax.set_ylabel("accuracy gain over the control (95% bootstrap CI)")
+    notes = []
+    for name, c in validation.get("correlation", {}).items():
+        lo, hi = c["ci95"]
+        rho = "n/a" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+        interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+        notes.append(f"ρ(gain, {name}) = {rho}{interval}")
+    for algorithm, corr in validation.get("correlation_by_algorithm", {}).items():
+        c = corr["alignment"]
+        lo, hi = c["ci95"]
+        interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+        notes.append(f"within {algorithm}: ρ(gain, alignment) = " + ("n/a" if c["spearman"] is None else f"{c['spearman']:+.2f}") + interval)
+    note_ax.text(0.0, 1.0, "\n".join(notes) or "fewer than 3 pairs: no ρ", transform=note_ax.transAxes, va="top", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+    run = validation["run"]
+    s = validation["settings"]
+    ax.set_title(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
+                 f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} seeds, "
+                 f"{len(validation['questions']['heldout'])} held-out questions; Spearman ρ with bootstrap 95% CI)", fontsize=9)
+    return fig
+
+
+def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
+    """The ``odiag validate`` figure of every run that has a ``validation.json``, saved under ``out``;
+    returns, per such run, ``{"run": id, "stem": figure stem, "validation": the JSON}`` for the page."""
+    import json
+
+    made = []
+    for run in runs:
+        path = Path(run.path) / "validation.json"
+        if not path.is_file():
+            continue
+        validation = json.loads(path.read_text())
+        # a validation of another run (the directory was rebuilt since) is not shown
+        if validation.get("schema_version") != "odiag.validation/1" or (validation.get("run") or {}).get(
+                "config_hash") != run.results.get("config_hash"):
+            continue
+        stem = f"{_slug(run.id)}--validation"
+        _save(validation_figure(validation), out, stem)
+        made.append({"run": run.id, "stem": stem, "validation": validation})
     return made

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -21,10 +20,13 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError
+from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
+from harness.results import PATH_FIELDS
+from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
+from harness.safeio import excerpt, read_json, read_parquet
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
-RESULTS_SCHEMA = "odiag.results/1"  # the results.json contract this reader understands
 TABLES = ("nodes", "children", "paths")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
 # pipelines use (the paper's default); a run without it falls back to its first algorithm.
@@ -48,30 +50,66 @@ class Run:
         return (str(self.results["task"]), str(self.results["student"]))
 
 
-def load_run(path: str | Path, run_id: str) -> Run:
-    """Read a finished run directory; refuse anything that is not one, saying what is missing."""
-    import pyarrow.parquet as pq
+# what the readers below need of each table (an empty children table has only its key columns)
+COLUMNS = {
+    "nodes": NODE_COLUMNS,
+    "children": CHILD_FIELDS[:5],
+    "paths": tuple(c for c in PATH_FIELDS if c in ("question_id", "path_id", "correct", "tokens", "text")),
+}
+CHILD_VALUES = ("n", "w", "q", "pi", "pi_teacher")
+# results.json keys the leaderboard and the model card read, and their JSON types
+RESULTS_KEYS = {"task": str, "student": str, "config": dict, "config_hash": str, "versions": dict, "counts": dict,
+                "teachers": list}
+ROW_STATS = ("alignment", "weighted_alignment", "incorrect_minus_correct", "teacher_advantage")
 
+
+def read_results(path: str | Path) -> dict:
+    """``results.json``, checked against what its readers use; a malformed one is one line naming it."""
+    results = read_json(path)
+
+    def malformed(why: str) -> ConfigError:
+        return ConfigError(f"{path}: malformed odiag results ({why})")
+
+    if not isinstance(results, dict):
+        raise malformed(f"a JSON {type(results).__name__}, expected an object")
+    if results.get("schema_version") != RESULTS_SCHEMA:
+        raise ConfigError(f"{path}: schema_version {excerpt(results.get('schema_version'))}, this odiag reads {RESULTS_SCHEMA!r}")
+    for key, kind in RESULTS_KEYS.items():
+        if not isinstance(results.get(key), kind):
+            raise malformed(f"{key!r} is {excerpt(results.get(key), 40)}, expected a {kind.__name__}")
+    for key in ("questions", "paths", "decision_points", "rollouts", "tokens_generated"):
+        if not isinstance(results["counts"].get(key), int):
+            raise malformed(f"counts.{key} is {excerpt(results['counts'].get(key), 40)}, expected an integer")
+    for i, row in enumerate(results["teachers"]):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("teacher", "algorithm")):
+            raise malformed(f"teachers[{i}] is {excerpt(row, 60)}, expected an object with teacher and algorithm names")
+        for key in ROW_STATS:
+            stat = row.get(key)
+            if stat is not None and not (isinstance(stat, dict) and isinstance(stat.get("mean"), (int, float, type(None)))):
+                raise malformed(f"teachers[{i}].{key} is {excerpt(stat, 60)}, expected an object with a numeric mean")
+    return results
+
+
+def load_run(path: str | Path, run_id: str) -> Run:
+    """Read a finished run directory; refuse anything that is not one, saying what is missing or malformed."""
     root = Path(path)
     results_file = root / "results.json"
     if not results_file.is_file():
         raise ConfigError(f"{root}: not a finished odiag run (no results.json); run `odiag run --out {root}` first")
-    results = json.loads(results_file.read_text())
-    if results.get("schema_version") != RESULTS_SCHEMA:
-        raise ConfigError(
-            f"{results_file}: schema_version {results.get('schema_version')!r}, this odiag reads {RESULTS_SCHEMA!r}"
-        )
+    results = read_results(results_file)
     missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
     if missing:
         raise ConfigError(f"{root}: missing {', '.join(missing)}; rerun the same `odiag run` command to write them")
-    nodes = {k: np.asarray(v) for k, v in pq.read_table(root / "nodes.parquet").to_pydict().items()}
+    tables = {t: read_parquet(root / f"{t}.parquet", COLUMNS[t]) for t in TABLES}
+    if tables["children"].num_rows and (gone := [c for c in CHILD_VALUES if c not in tables["children"].column_names]):
+        raise ConfigError(f"{root / 'children.parquet'}: missing column(s) {', '.join(gone)}; not written by this odiag")
     return Run(
         id=run_id,
         path=str(path),
         results=results,
-        nodes=nodes,
-        children=pq.read_table(root / "children.parquet").to_pylist(),
-        paths=pq.read_table(root / "paths.parquet").to_pylist(),
+        nodes={k: np.asarray(v) for k, v in tables["nodes"].to_pydict().items()},
+        children=tables["children"].to_pylist(),
+        paths=tables["paths"].to_pylist(),
     )
 
 

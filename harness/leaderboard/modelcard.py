@@ -9,7 +9,6 @@ Rows without a defined mean are left out (model-index values must be numbers).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -38,7 +37,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
                 "n_questions": stat.get("n_questions"), "rank": row.get("rank"), "config_hash": results["config_hash"],
             }
             if key == "incorrect_minus_correct":
-                args |= {"p_paired": stat.get("p_paired"), "p_welch": stat.get("p_welch")}
+                args |= {"p_paired": stat.get("p_paired"), "p_clustered": stat.get("p_clustered")}
             metrics.append({
                 "type": metric_type,
                 "name": f"{title} ({row['teacher']}, {row['algorithm']})",
@@ -62,5 +61,7 @@ def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a finished odiag run (no results.json)")
-    results = json.loads(path.read_text())
+    from harness.leaderboard.merge import read_results
+
+    results = read_results(path)
     return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)

@@ -25,7 +25,7 @@ import yaml
 from harness.core.stats import DIVERGENCES
 from harness.leaderboard.figures import FigureFile, teacher_colours
 from harness.leaderboard.merge import Run, teacher_labels
-from harness.pipeline import json_ready
+from harness.results import json_ready
 
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -144,8 +144,12 @@ def _csp_hash(text: str) -> str:
 VIEWER_BUDGET_MB = 25.0  # page data for the per-token viewer; long-trace runs keep a spread of paths
 
 
-def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile], viewer_mb: float = VIEWER_BUDGET_MB) -> str:
-    """The whole ``index.html``; the viewer's paths are cut to ``viewer_mb`` megabytes of data."""
+def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile], viewer_mb: float = VIEWER_BUDGET_MB,
+           validations: Sequence[dict] = ()) -> str:
+    """The whole ``index.html``; the viewer's paths are cut to ``viewer_mb`` megabytes of data.
+
+    ``validations`` (``write_validation_figures``) add the "Does alignment predict training?" panel.
+    """
     import jinja2
 
     labels = teacher_labels(runs)
@@ -182,4 +186,5 @@ def render(board: dict, runs: Sequence[Run], figures: Sequence[FigureFile], view
         script=script,
         style=style,
         csp=csp,
+        validations=validations,
     )

@@ -28,6 +28,13 @@ class Question:
     doc: dict  # the task's record; YAML tasks: {"prompt": student's user message, "target", "index", "record"}
 
 
+# What became of a response, as an int8 code (the index): SPEC §4 step 2. Only "correct" scores 1;
+# the three others score 0 but mean different things (a wrong answer, running out of tokens, no
+# readable answer), so paths and outputs keep them apart.
+OUTCOMES = ("wrong", "correct", "truncated", "unparseable")
+WRONG, CORRECT, TRUNCATED, UNPARSEABLE = range(4)
+
+
 @dataclasses.dataclass(frozen=True)
 class Skip:
     """Why a teacher is skipped on a question (recorded, never papered over)."""
@@ -48,8 +55,12 @@ class Task(Protocol):
         """The first ``limit`` questions (all when None), in a fixed order."""
         ...
 
+    def outcomes(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        """int8 codes into ``OUTCOMES``: truncated responses are TRUNCATED whatever they say."""
+        ...
+
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
-        """1 where a response's extracted answer is correct; truncated responses score 0."""
+        """1 where a response's extracted answer is correct (``outcomes(...) == CORRECT``)."""
         ...
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
@@ -91,7 +102,7 @@ def load_task(name: str, **options) -> Task:
     ``enable_thinking``), ``max_new_tokens`` (overrides the YAML's ``max_gen_toks``).
     """
     if name == "synthetic":
-        from harness.tasks.synthetic import SyntheticTask
+        from harness.tasks.exact import SyntheticTask
 
         return SyntheticTask(**options)
     from harness.tasks.lmeval import TASKS_DIR, LMEvalTask, task_names

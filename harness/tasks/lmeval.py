@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import ConfigError
-from harness.tasks import Question, Skip
+from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
     STUDENT,
     Artefacts,
     TeacherConfig,
-    context_text,
+    context_or_skip,
     models_named,
     placeholder_context,
 )
@@ -213,8 +213,11 @@ class LMEvalTask:
     # rewards -----------------------------------------------------------------------------------
 
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        return (self.outcomes(question, responses, truncated) == CORRECT).astype(np.int64)
+
+    def outcomes(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         n_choices = len(question.doc["record"].get("choices") or ()) or 4
-        out = np.zeros(len(responses), dtype=np.int64)
+        out = np.full(len(responses), TRUNCATED, dtype=np.int8)
         verdicts: dict[bytes, Verdict] = {}  # targeted rollouts from one prefix often repeat a continuation
         for i, (ids, cut) in enumerate(zip(responses, np.asarray(truncated, dtype=bool), strict=True)):
             self.answer_counts["scored"] += 1
@@ -226,7 +229,7 @@ class LMEvalTask:
                 verdict = verdicts[key] = score(self.decode(ids), question.doc["target"], self.answer_type, n_choices)
             self.answer_counts["unparseable"] += verdict.answer is None
             self.answer_counts["correct"] += verdict.correct
-            out[i] = verdict.correct
+            out[i] = UNPARSEABLE if verdict.answer is None else CORRECT if verdict.correct else WRONG
         return out
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
@@ -324,35 +327,12 @@ class LMEvalTask:
         """
         if teacher.name not in self._checked:
             self.check_teacher(teacher)
-        need_c, need_w = teacher.correct_solutions, teacher.wrong_solutions
-        source = "the student's rollouts" if teacher.solution_source == STUDENT else teacher.solution_source
-        if teacher.solution_source == STUDENT:
-            correct_texts = [self.decode(x) for x in correct[:need_c]]
-            wrong_texts = [self.decode(x) for x in wrong[:need_w]]
-        elif need_c or need_w:
-            if artefacts is None:
-                raise ValueError(f"teacher {teacher.name!r} shows solutions from {source}: pass build_artefacts(...)")
-            got_c, got_w = artefacts.solutions_for(teacher, question.id)
-            correct_texts, wrong_texts = [s.text for s in got_c], [s.text for s in got_w]
-        else:
-            correct_texts, wrong_texts = [], []
-        if len(correct_texts) < need_c:
-            return Skip(f"needs {need_c} correct solution(s); {source} gave {len(correct_texts)}")
-        if len(wrong_texts) < need_w:
-            return Skip(f"needs {need_w} wrong solution(s); {source} gave {len(wrong_texts)}")
-        summaries: dict[str, list[str]] = {}
-        if teacher.summarizer is not None:
-            if artefacts is None and teacher.needs_artefacts:
-                raise ValueError(f"teacher {teacher.name!r} shows model summaries: pass build_artefacts(...)")
-            art = artefacts or Artefacts()
-            for kind, texts in (("correct", correct_texts), ("wrong", wrong_texts)):
-                summaries[kind] = [art.summary(teacher, t) for t in texts]
-                if any(s is None for s in summaries[kind]):
-                    return Skip(f"no summary of a {kind} solution by {teacher.summarizer} (truncated or not generated)")
-        text = context_text(
-            teacher, question.doc["prompt"], correct_texts, wrong_texts,
-            summaries.get("correct"), summaries.get("wrong"),
-        )
+        if teacher.solution_source == STUDENT:  # the student's own responses, as text
+            correct = [self.decode(x) for x in correct[: teacher.correct_solutions]]
+            wrong = [self.decode(x) for x in wrong[: teacher.wrong_solutions]]
+        text, why = context_or_skip(teacher, question.id, question.doc["prompt"], correct, wrong, artefacts)
+        if text is None:
+            return Skip(why)
         ids = self.chat_ids(text, self._teacher_options(teacher))
         follow = self.max_new_tokens if response_length is None else response_length
         limit = self._limit(teacher)

@@ -82,7 +82,7 @@
      cell: (e) => {
        const d = e.incorrect_minus_correct;
        if (!d) return h("td", {className: "num"}, "\u2013");
-       return h("td", {className: "num", title: `95% t CI ${interval(d)}; p paired ${pval(d.p_paired)}, Welch over paths ${pval(d.p_welch)}`},
+       return h("td", {className: "num", title: `95% t CI ${interval(d)}; p paired ${pval(d.p_paired)}, question-clustered ${pval(d.p_clustered)}`},
                 h("span", {className: "mean-text"}, signed(d.mean)), h("span", {className: "ci"}, `p=${pval(d.p_paired)}`));
      }},
     {key: "advantage", label: "Teacher advantage", title: "\u03a3 (\u03c0\u0303_T \u2212 \u03c0\u0303) Q over A(s): positive when the teacher knows better",

@@ -16,6 +16,7 @@ import datasets
 import evaluate
 import numpy as np
 
+from harness.core.records import NODE_COLUMNS, NODE_DTYPES
 from harness.core.stats import aggregate
 
 _CITATION = """\
@@ -30,7 +31,7 @@ Per decision point of a student's rollouts, the alignment score is the cosine be
 distillation algorithm applies under a teacher and the ideal gradient of the student's success
 probability. This metric aggregates per-node records (one per decision point x teacher x algorithm)
 as SPEC.md section 5 does: per path, per question, then over questions with Student-t and seeded
-bootstrap 95% intervals; incorrect-minus-correct with paired and Welch p-values; within-path
+bootstrap 95% intervals; incorrect-minus-correct with paired and question-clustered p-values; within-path
 correlations of each divergence with alignment; and a ranking of teachers with CI-overlap ties.
 """
 
@@ -57,12 +58,8 @@ Example:
     0.7
 """
 
-FEATURES = {
-    "question_id": "string", "path_id": "int64", "path_correct": "bool", "position": "int64",
-    "teacher": "string", "algorithm": "string", "alignment": "float64", "ideal_norm": "float64",
-    "teacher_advantage": "float64", "n_actions": "int64", "kl": "float64", "reverse_kl": "float64",
-    "js": "float64", "tv": "float64", "prob_cosine": "float64",
-}
+# one value per node record: the columns aggregate() reads, typed as the record schema types them
+FEATURES = {c: NODE_DTYPES[c] for c in NODE_COLUMNS}
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.synthetic import EOS, SyntheticLM, derive_seed
-from harness.tasks import Question, Skip
+from harness.exact_lm import EOS, SyntheticLM
+from harness.seeds import derive_seed
+from harness.tasks import CORRECT, TRUNCATED, WRONG, Question, Skip
 from harness.teachers import TeacherConfig
 
 
@@ -30,13 +31,16 @@ class SyntheticTask:
         return [Question(id=f"q{i:03d}", prompt_ids=np.array([s]), doc={"seed": s}) for i, s in enumerate(seeds)]
 
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
+        return (self.outcomes(question, responses, truncated) == CORRECT).astype(np.int64)
+
+    def outcomes(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         seed = question.doc["seed"]
         lm = self._models.get(seed) or self._models.setdefault(seed, SyntheticLM(seed=seed, **self._options))
         cut = np.asarray(truncated, dtype=bool)
-        out = np.where(cut, 0, lm.rewards(responses))
+        out = np.where(cut, TRUNCATED, np.where(lm.rewards(responses) > 0, CORRECT, WRONG)).astype(np.int8)
         self.answer_counts["scored"] += len(out)
         self.answer_counts["truncated"] += int(cut.sum())
-        self.answer_counts["correct"] += int(out.sum())
+        self.answer_counts["correct"] += int((out == CORRECT).sum())
         return out
 
     def token_texts(self, ids: np.ndarray) -> list[str]:

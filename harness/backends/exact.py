@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core import all_divergences
-from harness.synthetic import TEACHERS, SyntheticLM
+from harness.exact_lm import TEACHERS, SyntheticLM
 
 
 class SyntheticBackend:

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from harness.seeds import derive_seed
+
 EOS = 0
 TEACHERS = ("helpful", "misleading")
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from ids (``crc32`` chain, never Python's salted ``hash``)."""
-    h = 0
-    for p in parts:
-        h = zlib.crc32(repr(p).encode(), h)
-    return int(np.random.SeedSequence([h, len(parts)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -48,13 +41,14 @@ class SyntheticLM:
     horizon: int = 10  # responses longer than this are truncated (reward 0)
     sharpness: float = 1.5  # scale of the student's logits: larger means fewer branching points
     teacher_strength: float = 4.0  # how hard the teachers tilt toward (or away from) high-Q tokens
+    eos_offset: float = 0.0  # added to the EOS logit at every depth: negative values make traces longer
 
     @functools.cached_property
     def _tables(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(derive_seed("synthetic", self.seed, self.vocab_size, self.n_states))
         logits = self.sharpness * rng.standard_normal((self.horizon, self.n_states, self.vocab_size))
         # EOS grows likelier with depth so most responses end before the horizon, some do not
-        logits[:, :, EOS] += np.linspace(-2.5, 1.5, self.horizon)[:, None]
+        logits[:, :, EOS] += np.linspace(-2.5, 1.5, self.horizon)[:, None] + self.eos_offset
         transition = rng.integers(0, self.n_states, (self.n_states, self.vocab_size))
         success = rng.random(self.n_states) < 0.5
         success[0] = True  # at least one winning state, so every question is solvable

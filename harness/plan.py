@@ -1,0 +1,320 @@
+"""The run plan: a config resolved and checked as a whole before anything is written.
+
+:func:`make_plan` loads the task and every teacher of the config, checks each teacher against the
+task (``Task.check_teacher``), names the backend and strategy and checks the backend's options
+(``student_args``, the teachers' ``model_args``); only a plan opens a run directory
+(:meth:`harness.rundir.RunDir.open`), so a typo in any of them leaves nothing behind.
+
+A teacher is identified by content (:func:`teacher_identity`): the sha256 of its YAML file and of the
+models it names, not by its name. The config's teachers plan the targeted rollouts (SPEC §4: their
+probabilities pick the candidates), so their identities are part of the tree's hash; teachers added
+later with ``odiag add-teacher`` only score the stored tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
+from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, to_dict, tree_fields
+from harness.tasks import Task, load_task
+from harness.teachers import TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
+
+PLANNER, ADDED = "planner", "added"
+
+
+def slug(name: str) -> str:
+    """A teacher name as it appears in a shard's file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def teacher_identity(teacher: TeacherConfig) -> str:
+    """sha256 of the teacher's file content and of the models it names (with revisions), 16 hex digits."""
+    h = hashlib.sha256(Path(teacher.file).read_bytes())
+    h.update(json.dumps(portable(models_named(teacher)), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherRef:
+    """One teacher of a run: as the user named it, loaded from its resolved file, with its identity."""
+
+    entry: str  # as given in the config or to add-teacher
+    config: TeacherConfig  # loaded, ``file`` resolved
+    identity: str  # teacher_identity(config)
+    role: str  # PLANNER (a config teacher: plans the tree) or ADDED (scores only)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def record(self) -> dict:
+        return {"name": self.name, "entry": self.entry, "file": portable(self.config.file),
+                "identity": self.identity, "role": self.role}
+
+
+def resolve_teacher(entry: str, role: str, stored_file: str | None = None) -> TeacherRef:
+    """Load a teacher by name or path; ``stored_file`` (the run's resolved path) when the entry is a
+    path relative to another directory, so a run resumes from any working directory."""
+    path = teacher_path(entry)
+    if not path.exists() and stored_file:
+        path = Path(stored_file) if Path(stored_file).is_absolute() else REPOSITORY / stored_file
+    if path.is_dir():
+        raise ConfigError(f"teacher {entry!r}: {path} is a directory, not a teacher YAML file")
+    spec = load_teacher(str(path))
+    spec = dataclasses.replace(spec, file=str(Path(spec.file).resolve()))
+    return TeacherRef(entry, spec, teacher_identity(spec), role)
+
+
+def check_distinct(refs: list[TeacherRef] | tuple[TeacherRef, ...]) -> None:
+    """Refuse a teacher listed twice: the same entry, the same name, or the same content under two names."""
+    by_name: dict[str, TeacherRef] = {}
+    by_identity: dict[str, TeacherRef] = {}
+    for r in refs:
+        if (other := by_name.get(r.name)) is not None:
+            same = "listed twice" if other.identity == r.identity else "names two different files"
+            raise ConfigError(
+                f"teachers: {r.name!r} {same} ({other.entry!r} and {r.entry!r}); each teacher once, under its own name"
+            )
+        if (other := by_identity.get(r.identity)) is not None:
+            raise ConfigError(
+                f"teachers: {other.name!r} and {r.name!r} are the same teacher (identity {r.identity}); list it once"
+            )
+        by_name[r.name], by_identity[r.identity] = r, r
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A run config resolved into what it runs: its task, its teachers (checked), backend and strategy."""
+
+    config: RunConfig
+    task: Task
+    teachers: tuple[TeacherRef, ...]  # the config's (planners) first, then teachers added to the run
+    n_min: int  # visits a child needs to enter A(s)
+    max_new_tokens: int  # response length limit
+
+    @property
+    def planners(self) -> tuple[TeacherConfig, ...]:
+        """The teachers whose probabilities pick the targeted rollouts' candidates: the config's."""
+        return tuple(t.config for t in self.teachers if t.role == PLANNER)
+
+    @property
+    def specs(self) -> tuple[TeacherConfig, ...]:
+        """Every teacher scored in the run."""
+        return tuple(t.config for t in self.teachers)
+
+    @property
+    def tree_hash(self) -> str:
+        """sha256 of everything that shapes the rollout tree, planners by identity."""
+        data = {"fields": tree_fields(self.config),
+                "planners": [[t.name, t.identity] for t in self.teachers if t.role == PLANNER]}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def scoring(self) -> dict:
+        return {k: v for k, v in to_dict(self.config).items() if k in SCORING_FIELDS}
+
+    def record(self) -> dict:
+        """What ``config.json`` holds for this plan."""
+        from harness.rundir import FORMAT
+
+        return {
+            "format": FORMAT,
+            "config": to_dict(self.config),
+            "config_hash": self.config.hash(),
+            "tree_hash": self.tree_hash,
+            "tree": tree_fields(self.config),
+            "scoring": self.scoring(),
+            "teachers": [t.record() for t in self.teachers],
+        }
+
+
+def model_name(teacher: TeacherConfig) -> str:
+    """The backend's name of the model a teacher reads with."""
+    return STUDENT if teacher.is_self else teacher.model
+
+
+def model_specs(cfg: RunConfig, teachers) -> dict[str, ModelSpec]:
+    """The models the backend loads: the student, every external teacher, solution sources, summarisers."""
+    specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
+    for t in teachers:
+        if not t.is_self:
+            specs[t.model] = ModelSpec(t.model, t.revision, t.dtype)
+    return {**artefact_models(teachers), **specs}
+
+
+def backend_options(cfg: RunConfig, teachers) -> dict:
+    """``student_args`` and the teachers' ``model_args``, checked against the backend (one-line errors)."""
+    from harness.backends import check_options
+
+    if cfg.backend != "vllm" and any(t.model_args and not t.is_self for t in teachers):
+        raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
+    try:
+        options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
+        per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
+                     for t in teachers if t.model_args and not t.is_self}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(t.model_args and t.is_self for t in teachers):
+        raise ConfigError("a self-teacher reads with the student's model: set its options in student_args")
+    if per_model:
+        from harness.backends import engine_argument_names
+
+        options["model_args"] = {m: {**o.pop("engine_options", {}), **o} for m, o in per_model.items()}
+        engine = engine_argument_names()
+        for t in teachers:
+            odd = sorted(set(options["model_args"].get(t.model, {})) - engine) if engine else []
+            if odd:
+                raise ConfigError(f"teacher {t.name}: model_args key {odd[0]!r} is not a vLLM engine argument "
+                                  "(backend-wide options go in student_args)")
+    return options
+
+
+def build_backend(cfg: RunConfig, teachers) -> Backend:
+    """The configured backend, in this process or spread over Ray workers (options as :func:`make_plan`
+    checked them)."""
+    # hf draws from counter-based randomness, so its thread count never moves a number
+    options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
+    options |= backend_options(cfg, teachers)
+    if cfg.executor == "ray":
+        from harness.distributed import RayBackendPool
+
+        return RayBackendPool(cfg.backend, model_specs(cfg, teachers), cfg.num_workers, cfg.ray_address, **options)
+    return load_backend(cfg.backend, model_specs(cfg, teachers), **options)
+
+
+def run_task(cfg: RunConfig) -> Task:
+    """The task a run config names, with its tokenizer, data source and length limit."""
+    if cfg.task == "synthetic":
+        return load_task(cfg.task)
+    return load_task(
+        cfg.task, tokenizer=cfg.student, revision=cfg.student_revision, data_files=cfg.data_files,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+
+
+def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None) -> RunPlan:
+    """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails."""
+    from harness.core import ALGORITHMS
+    from harness.core.allocation import STRATEGIES
+
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {sorted(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {sorted(STRATEGIES)}, got {cfg.strategy!r}")
+    if cfg.executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {cfg.executor!r}")
+    if unknown := [a for a in cfg.algorithms if a not in ALGORITHMS]:
+        raise ConfigError(f"algorithms: unknown {unknown[0]!r}; choose from {sorted(ALGORITHMS)}")
+    if len(set(cfg.algorithms)) != len(cfg.algorithms):
+        raise ConfigError(f"algorithms: listed twice in {list(cfg.algorithms)}")
+    if not cfg.teachers:
+        raise ConfigError("teachers: the run needs at least one teacher")
+    if len(set(cfg.teachers)) != len(cfg.teachers):
+        twice = next(t for t in cfg.teachers if cfg.teachers.count(t) > 1)
+        raise ConfigError(f"teachers: {twice!r} listed twice; each teacher once")
+    stored_files = stored_files or {}
+    refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
+    check_distinct(refs)
+    backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
+    task = task or run_task(cfg)
+    for r in refs:  # load-time checks: vocabulary, chat template, variables, context length
+        task.check_teacher(r.config)
+    return RunPlan(
+        config=cfg, task=task, teachers=tuple(refs),
+        n_min=cfg.n_min or task.n_min, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+    )
+
+
+def _budget_grows(old: int | None, new: int | None) -> bool:
+    return new is None or (old is not None and new >= old)
+
+
+def check_against(
+    plan: RunPlan, saved: dict | None, *, rescore: bool = False, add: TeacherRef | None = None, root: str = "",
+) -> tuple[RunPlan, list[str]]:
+    """``plan`` checked against a run directory's ``config.json`` (None: a new run).
+
+    Returns the plan with the run's added teachers (and ``add``) appended, and the names of added
+    teachers whose file changed (only with ``rescore``: their passes are to be redone). Raises a
+    RunDirError saying what differs and how to proceed otherwise.
+    """
+    from harness.rundir import RunDirError
+
+    if saved is None:
+        return plan, []
+    where = root or "the run directory"
+    theirs = [t for t in saved["teachers"] if isinstance(t, dict) and {"name", "identity", "file", "role"} <= set(t)]
+    if len(theirs) != len(saved["teachers"]):
+        raise RunDirError(f"{where}/config.json: not a valid run config (a teacher entry lacks name, identity, file or role)")
+    if saved["tree_hash"] != plan.tree_hash:
+        mine, stored = tree_fields(plan.config), saved.get("tree", {})
+        keys = [*mine, *(k for k in stored if k not in mine)]
+        diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in keys if stored.get(k) != mine.get(k)]
+        old = [t for t in theirs if t["role"] == PLANNER]
+        new = [t for t in plan.teachers if t.role == PLANNER]
+        if [t["name"] for t in old] != [t.name for t in new]:
+            diffs.append(f"teachers: {[t['name'] for t in old]} there, {[t.name for t in new]} now "
+                         "(add a teacher to a finished run with odiag add-teacher)")
+        else:
+            diffs += [
+                f"teacher {n.name!r} changed since the run was made ({n.config.file}: identity {o['identity']} there, "
+                f"{n.identity} now; it plans the targeted rollouts, so restore the file or use another --out)"
+                for o, n in zip(old, new, strict=True) if o["identity"] != n.identity
+            ]
+        raise RunDirError(
+            f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
+            "use another --out, or the same settings to resume"
+        )
+    if saved.get("scoring") != plan.scoring() and not rescore:
+        stored = saved.get("scoring") or {}
+        diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
+        raise RunDirError(
+            f"{where}: scoring settings differ ({'; '.join(diffs)}); to rescore the stored trees with zero rollouts "
+            f"use odiag rescore {where} --set KEY=VALUE"
+        )
+    old_budget = saved["config"].get("budget")
+    if not _budget_grows(old_budget, plan.config.budget):
+        raise RunDirError(
+            f"{where}: budget {plan.config.budget!r} is below the run's {old_budget!r}; a run grows, it never "
+            "shrinks (use another --out for a smaller budget)"
+        )
+    refs, changed = list(plan.teachers), []
+    for t in theirs:
+        if t["role"] != ADDED:
+            continue
+        file = t["file"] if Path(t["file"]).is_absolute() else str(REPOSITORY / t["file"])
+        if not Path(file).is_file():
+            raise RunDirError(f"{where}: teacher {t['name']!r} (added) was loaded from {file}, which no longer exists; restore it")
+        ref = resolve_teacher(file, ADDED)
+        ref = dataclasses.replace(ref, entry=t.get("entry", file))
+        if ref.name != t["name"]:
+            raise RunDirError(f"{where}: teacher {t['name']!r} (added, {file}) is now named {ref.name!r}; restore its name")
+        if ref.identity != t["identity"]:
+            if not rescore:
+                raise RunDirError(
+                    f"{where}: teacher {ref.name!r} changed since it was scored ({file}: identity {t['identity']} there, "
+                    f"{ref.identity} now); restore the file, or rescore it with odiag rescore {where}"
+                )
+            changed.append(ref.name)
+        plan.task.check_teacher(ref.config)
+        refs.append(ref)
+    if add is not None:
+        same = [r for r in refs if r.name == add.name or r.identity == add.identity]
+        if any(r.name == add.name and r.identity == add.identity for r in same):
+            pass  # already in the run: nothing to add
+        elif same:
+            r = same[0]
+            why = (f"a different teacher named {r.name!r} is in this run ({r.config.file}, identity {r.identity}; "
+                   f"{add.config.file} has identity {add.identity}); give the new one another name (key 'name')")
+            if r.name != add.name:
+                why = f"{add.config.file} is the same teacher as {r.name!r} (identity {r.identity}), already in this run"
+            raise RunDirError(f"{where}: {why}")
+        else:
+            plan.task.check_teacher(add.config)
+            refs.append(add)
+    check_distinct(refs)
+    return dataclasses.replace(plan, teachers=tuple(refs)), changed

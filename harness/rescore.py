@@ -1,0 +1,72 @@
+"""Scoring a finished run's stored tree again: one more teacher, or new scoring settings; zero rollouts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.backends import Backend
+from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, build, to_dict
+from harness.plan import ADDED, backend_options, make_plan, resolve_teacher
+from harness.rundir import RunDir, RunDirError
+from harness.tasks import Task
+
+
+def _finished(out: str | Path) -> RunConfig:
+    cfg = RunDir.load_config(out)
+    if not (Path(out) / "results.json").exists():
+        raise RunDirError(f"{out}: the run has not finished (no results.json); resume it with odiag run first")
+    return cfg
+
+
+def add_teacher(
+    out: str | Path, teacher: str, on_progress=None, backend: Backend | None = None,
+    task: Task | None = None,
+) -> dict:
+    """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
+
+    The teacher is loaded and checked against the task before it is recorded in the run directory
+    (by resolved file and identity), so rerunning the original command keeps it, from any directory.
+    """
+    ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
+    cfg = _finished(out)
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    plan.task.check_teacher(ref.config)
+    backend_options(cfg, [*plan.specs, ref.config])  # its model_args against the backend
+    with RunDir.open(out, plan, add=ref) as rundir:
+        from harness.pipeline import _execute
+
+        return _execute(rundir, on_progress, backend, frozen=True)
+
+
+def rescore(
+    out: str | Path, overrides: Sequence[str] = (), on_progress=None,
+    backend: Backend | None = None, task: Task | None = None,
+) -> dict:
+    """Rescore a finished run's stored trees under new scoring settings, zero rollouts.
+
+    ``overrides`` (``key=value``) may change only scoring settings (``algorithms``, ``jsd_beta``,
+    ``gamma``); teachers added to the run whose file changed are scored again from the new file.
+    The results equal a fresh run's with the same settings.
+    """
+    from harness.safeio import excerpt, parse_yaml_value
+
+    stored = _finished(out)
+    data = to_dict(stored)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set jsd_beta=0.9")
+        data[key] = parse_yaml_value(raw, f"--set {key}") if raw.strip() else None
+    cfg = build(RunConfig, data, f"{out}/config.json with --set")
+    if moved := [k for k in data if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]:
+        raise ConfigError(
+            f"rescore: {moved[0]!r} shapes the rollout tree or its extent; rescore changes only {', '.join(SCORING_FIELDS)} "
+            "(grow a run with odiag run, or start another --out)"
+        )
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    with RunDir.open(out, plan, rescore=True) as rundir:
+        from harness.pipeline import _execute
+
+        return _execute(rundir, on_progress, backend, frozen=True)

@@ -1,0 +1,145 @@
+"""``results.json`` and the per-node tables: the schema version, what they hold, and writing them.
+
+The node records' schema is :class:`harness.core.records.NodeRecord`; readers (the leaderboard, the
+model card, the lm-eval bridge) check files against it and :data:`SCHEMA_VERSION` through
+:mod:`harness.safeio` and :func:`harness.leaderboard.merge.read_results`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = "odiag.results/1"  # the results.json contract this odiag writes and reads
+
+
+def json_ready(obj):
+    """nan/inf to None, numpy scalars to Python: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def versions(backend) -> dict:
+    """What produced a run: odiag and its git commit, numpy, scipy, the backend's own description."""
+    import scipy
+
+    from harness import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"odiag": __version__, "git_commit": commit, "numpy": np.__version__, "scipy": scipy.__version__,
+            "backend": backend.describe()}
+
+
+# writing -------------------------------------------------------------------------------------------
+
+PATH_FIELDS = ("question_id", "path_id", "correct", "outcome", "tokens", "text", "prompt")
+
+
+def teacher_rows(nodes: list[dict], teachers, algorithms, seed: int) -> list[dict]:
+    """The per-teacher rows of results.json (SPEC §5): ``aggregate`` of the node records, and a row
+    saying so for every teacher x algorithm without a decision point."""
+    from harness.core import aggregate
+    from harness.core.records import NODE_FIELDS
+
+    rows = aggregate({k: np.array([r[k] for r in nodes]) for k in NODE_FIELDS}, seed=seed) if nodes else []
+    found = {(r["teacher"], r["algorithm"]) for r in rows}
+    for t in teachers:
+        for a in algorithms:
+            if (t.name, a) not in found:
+                rows.append({"teacher": t.name, "algorithm": a, "rank": None, "n_decision_points": 0})
+    return rows
+
+
+def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backend, artefact_samples: int) -> dict:
+    """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
+    import datetime
+
+    from harness.backends import STUDENT, ScoreResult
+    from harness.config import portable, to_dict
+    from harness.tasks import OUTCOMES, Skip
+
+    states = list(states)
+    rollouts = sum(len(s.responses) + sum(b["rollouts"] for b in s.budget) for s in states)
+    tokens = sum(int(sum(len(r) for r in s.responses)) + sum(b["tokens_generated"] for b in s.budget) for s in states)
+    scored = [v for s in states for (j, k), v in s.scores.items() if k != STUDENT]
+    answers = [s.answers() for s in states]
+    path_outcomes = [OUTCOMES[o] for s in states for o in s.path_outcome]
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "config": to_dict(cfg),
+        "config_hash": cfg.hash(),
+        "versions": versions(backend),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "task": cfg.task,
+        "student": cfg.student,
+        "counts": {
+            "questions": len(states),
+            "paths": sum(len(s.paths) for s in states),
+            "decision_points": len({(r["question_id"], r["path_id"], r["position"]) for r in nodes}),
+            "rollouts": rollouts,
+            "tokens_generated": tokens,
+            "teacher_forward_passes": sum(isinstance(v, ScoreResult) for v in scored),
+            "student_forward_passes": sum(len(s.paths) for s in states),
+            "rollouts_this_invocation": backend.rollouts,
+            "forward_passes_this_invocation": backend.passes,
+            "skipped_nodes": skipped,
+            "initial_answers": {k: sum(a[k] for a in answers) for k in answers[0]} if answers else {},
+            "path_outcomes": {name: path_outcomes.count(name) for name in OUTCOMES},
+            # questions where truncated or unparseable rollouts were kept out of the incorrect paths
+            "questions_with_excluded_incorrect": sum(s.excluded_incorrect > 0 for s in states),
+            # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
+            "artefact_samples_this_invocation": artefact_samples,
+        },
+        "teacher_info": {t.name: {"description": t.description, "model": t.model, "file": t.file} for t in teachers},
+        "teachers": teacher_rows(nodes, teachers, cfg.algorithms, cfg.seed),
+        "questions": [
+            {
+                "id": s.question.id,
+                "initial_accuracy": float(np.mean(s.rewards)) if len(s.rewards) else None,
+                "answers": s.answers(),
+                "paths": len(s.paths),
+                "correct_paths": int(sum(s.path_correct)),
+                "path_outcomes": [OUTCOMES[o] for o in s.path_outcome],
+                "excluded_incorrect": s.excluded_incorrect,
+                "note": s.note,
+                "budget": s.budget,
+                "skipped_teachers": {k: v.reason for (j, k), v in s.scores.items() if isinstance(v, Skip) and j == 0},
+            }
+            for s in states
+        ],
+    }
+    return portable(json_ready(results))
+
+
+def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[dict], paths: list[dict]) -> None:
+    """nodes.parquet, children.parquet, paths.parquet, then results.json (last: a run is finished when it exists)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.core.records import CHILD_FIELDS, NODE_FIELDS
+    from harness.rundir import atomic_write, write_json
+
+    def write(name, rows, fields):
+        table = pa.Table.from_pylist(rows) if rows else pa.table({f: [] for f in fields})
+        atomic_write(root / name, lambda f: pq.write_table(table, f))
+
+    write("nodes.parquet", nodes, NODE_FIELDS)
+    write("children.parquet", children, CHILD_FIELDS)
+    write("paths.parquet", paths, PATH_FIELDS)
+    write_json(root / "results.json", results)

@@ -1,0 +1,216 @@
+"""Context artefacts: solutions written by a named model, and summaries, for teachers' contexts.
+
+They are generated once per question by :func:`build_artefacts`, cached as JSON files in the run
+directory and shared by every teacher with the same generation settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.backends.base import STUDENT
+from harness.config import portable
+from harness.teachers.config import TEXT_SUMMARIZERS, TeacherConfig, render, text_summarizer
+
+if TYPE_CHECKING:
+    from harness.backends import Backend
+    from harness.tasks import Question, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """One solution written by a named model for a question."""
+
+    ids: np.ndarray  # int [P]: its response ids (the stop id, when hit, is the last)
+    text: str  # the decoded response, as a context shows it
+    correct: bool  # the task's reward
+    truncated: bool  # hit the length limit (never shown)
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.rsplit("/", 1)[-1])[:40]
+
+
+def solution_key(cfg: TeacherConfig) -> str:
+    """Names one set of generated solutions: every teacher with the same settings shares it."""
+    # a model inside the checkout is named relative to it: the key seeds the draws, so it must not
+    # depend on where the checkout lies
+    source = portable(cfg.solution_source)
+    settings = [source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
+                cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
+    return f"{_slug(source)}-{_digest(settings)}"
+
+
+def summary_key(cfg: TeacherConfig) -> str:
+    """Names one summariser setting: every teacher with the same settings shares its summaries."""
+    if cfg.summarizer in TEXT_SUMMARIZERS:
+        return cfg.summarizer
+    summarizer = portable(cfg.summarizer or "")
+    settings = [summarizer, cfg.summarizer_revision, cfg.dtype, cfg.summary_prompt, cfg.summary_temperature,
+                cfg.summary_max_new_tokens, cfg.summary_chat_template_options]
+    return f"{_slug(summarizer)}-{_digest(settings)}"
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Artefacts:
+    """Generated solutions and summaries, looked up by the teacher settings that produced them."""
+
+    solutions: dict[tuple[str, str], tuple[Solution, ...]] = dataclasses.field(default_factory=dict)  # (solution_key, question id)
+    summaries: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)  # (summary_key, text_digest); None: truncated
+
+    def solutions_for(self, cfg: TeacherConfig, question_id: str) -> tuple[list[Solution], list[Solution]]:
+        """The first ``correct_solutions`` correct and ``wrong_solutions`` wrong ones, in sampling order."""
+        sols = self.solutions.get((solution_key(cfg), question_id))
+        if sols is None:
+            raise KeyError(f"no solutions generated for teacher {cfg.name!r} on question {question_id!r}: run build_artefacts")
+        usable = [s for s in sols if not s.truncated]
+        correct = [s for s in usable if s.correct][: cfg.correct_solutions]
+        wrong = [s for s in usable if not s.correct][: cfg.wrong_solutions]
+        return correct, wrong
+
+    def summary(self, cfg: TeacherConfig, text: str) -> str | None:
+        """The summary of ``text`` under this teacher's summariser; None when none could be made."""
+        if cfg.summarizer in TEXT_SUMMARIZERS:
+            return text_summarizer(cfg.summarizer)(text)
+        return self.summaries.get((summary_key(cfg), text_digest(text)))
+
+
+def _save(path: Path, obj: dict) -> None:
+    from harness.rundir import write_json
+
+    write_json(path, obj)
+
+
+def build_artefacts(
+    task: Task,
+    teachers: Sequence[TeacherConfig],
+    questions: Sequence[Question],
+    backend: Backend,
+    cache_dir: str | Path,
+    student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> Artefacts:
+    """Generate (or load from ``cache_dir``) every solution and summary the teachers' contexts need.
+
+    Solutions from a named model: ``solution_attempts`` samples per question from the student's
+    prompt (under the source's chat options), scored by the task, in one backend call for every
+    source and question not cached. Summaries: of each solution a summarising teacher may show,
+    namely the named model's first correct/wrong ones, and ``student_solutions[question id]`` (the
+    student's own responses the pipeline will show to self-teachers). A model summary is one
+    seeded sample; a truncated one is recorded and never shown. Files are written atomically as
+    ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
+    so a resumed run reloads them and draws nothing again.
+    """
+    from harness.backends import SampleRequest
+    from harness.seeds import derive_seed
+    from harness.tasks.scoring import final_part
+
+    root = Path(cache_dir)
+    art = Artefacts()
+
+    # 1. solutions written by named models
+    sources = {solution_key(t): t for t in teachers if t.solution_source != STUDENT}
+    todo = []
+    for key, t in sources.items():
+        for q in questions:
+            path = root / "solutions" / key / f"{q.id}.json"
+            if path.exists():
+                stored = json.loads(path.read_text())["solutions"]
+                art.solutions[(key, q.id)] = tuple(
+                    Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"]) for s in stored
+                )
+            else:
+                todo.append((key, t, q, path))
+    requests = [
+        SampleRequest(
+            prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
+            n=t.solution_attempts,
+            seed=derive_seed("solutions", key, q.id),
+            max_new_tokens=t.solution_max_new_tokens or task.max_new_tokens,
+            temperature=t.solution_temperature,
+            stop_ids=task.stop_ids,
+            model=t.solution_source,
+        )
+        for key, t, q, path in todo
+    ]
+    for (key, t, q, path), res in zip(todo, backend.sample(requests) if requests else [], strict=True):
+        rewards = task.rewards(q, res.tokens, res.truncated)
+        sols = tuple(
+            Solution(np.asarray(ids, np.int64), task.decode(ids), bool(r), bool(tr))
+            for ids, r, tr in zip(res.tokens, rewards, res.truncated, strict=True)
+        )
+        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id,
+                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "correct": s.correct,
+                                    "truncated": s.truncated} for s in sols]})
+        art.solutions[(key, q.id)] = sols
+        log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
+    if todo:
+        made = [art.solutions[(key, q.id)] for key, _, q, _ in todo]
+        log.info("sampled %d solutions for %d question(s) from %s: %d correct", sum(map(len, made)), len(todo),
+                 ", ".join(sorted({t.solution_source for _, t, _, _ in todo})), sum(s.correct for m in made for s in m))
+
+    # 2. model summaries of every solution a summarising teacher may show
+    wanted: dict[tuple[str, str], tuple[TeacherConfig, Question, dict[str, str]]] = {}
+    for t in teachers:
+        if t.summarizer is None or t.summarizer in TEXT_SUMMARIZERS:
+            continue
+        key = summary_key(t)
+        for q in questions:
+            if t.solution_source == STUDENT:
+                texts = [task.decode(ids) for ids in (student_solutions or {}).get(q.id, [])]
+            else:
+                correct, wrong = art.solutions_for(t, q.id)
+                texts = [s.text for s in correct + wrong]
+            slot = wanted.setdefault((key, q.id), (t, q, {}))
+            slot[2].update({text_digest(x): x for x in texts})
+    todo = []
+    for (key, qid), (t, q, texts) in wanted.items():
+        path = root / "summaries" / key / f"{qid}.json"
+        stored = json.loads(path.read_text())["summaries"] if path.exists() else {}
+        for digest, summary in stored.items():
+            art.summaries[(key, digest)] = summary
+        missing = sorted(set(texts) - set(stored))
+        if missing:
+            todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
+    requests = [
+        SampleRequest(
+            prefix=task.chat_ids(
+                render(t.summary_prompt, f"{t.file}: key 'summary_prompt'", question=q.doc["prompt"], solution=text),
+                t.summary_chat_template_options,
+            ),
+            n=1,
+            seed=derive_seed("summary", key, digest),
+            max_new_tokens=t.summary_max_new_tokens,
+            temperature=t.summary_temperature,
+            stop_ids=task.stop_ids,
+            model=t.summarizer,
+        )
+        for key, t, q, path, stored, items in todo
+        for digest, text in items
+    ]
+    results = iter(backend.sample(requests) if requests else [])
+    for key, t, q, path, stored, items in todo:
+        for digest, _ in items:
+            res = next(results)
+            summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
+            stored[digest] = summary
+            art.summaries[(key, digest)] = summary
+        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "summaries": stored})
+    return art

@@ -1,0 +1,538 @@
+"""Fault injection: bad values, bad files and abusive templates, thrown at ``odiag`` as a careless or
+hostile user would.
+
+Every case asserts the one error path (harness/cli.py): exactly one stderr line, starting
+``odiag: error:``, exit code 2, naming what was wrong, and nothing changed on disk (the test's
+directory is snapshotted before and after; ``odiag run`` must not even create its ``--out``).
+Almost every case calls ``harness.cli.main`` in this process; a few run the real entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness import cli
+from harness.config import ConfigError, RunConfig, field_docs, field_rules, resolve_run_config, to_dict
+from harness.leaderboard.merge import COLUMNS, RESULTS_SCHEMA
+from harness.safeio import EXCERPT_CHARS, MAX_YAML_BYTES, excerpt, render_template
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its kind, size, mode and modification time."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (p.is_dir(), st.st_size, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def odiag(tmp_path, capsys, monkeypatch):
+    """``odiag(*argv)`` runs the CLI in this process from ``tmp_path``; returns (exit code, stderr lines, unchanged)."""
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*argv: str) -> tuple[int, list[str], bool]:
+        capsys.readouterr()
+        before = snapshot(tmp_path)
+        code = cli.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        return code, err.splitlines(), snapshot(tmp_path) == before
+
+    return invoke
+
+
+def assert_one_line(result: tuple[int, list[str], bool], *needles: str) -> str:
+    code, lines, unchanged = result
+    assert code == 2, (code, lines)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("odiag: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert unchanged, "the failed command changed the directory"
+    return lines[0]
+
+
+# RunConfig: every range, enum and type rule, each bad value through --set ----------------------------
+
+BAD_VALUES = [
+    ("window", "0"), ("window", "-3"), ("k_window", "0"), ("n_initial", "1"), ("n_initial", "0"),
+    ("paths_per_outcome", "0"), ("n_target", "-5"), ("n_target", "0"), ("n_min", "0"), ("n_min", "-1"),
+    ("tau", "0"), ("tau", "1"), ("tau", "2"), ("tau", "-0.1"), ("gamma", "5"), ("gamma", "-0.1"),
+    ("jsd_beta", "1.5"), ("jsd_beta", "-1"), ("confidence", "0"), ("confidence", "1"), ("tolerance", "0"),
+    ("tolerance", "-1"), ("n_max", "0"), ("price", "-0.001"), ("seed", "-1"), ("seed", str(2**63)),
+    ("limit", "0"), ("limit", "-1"), ("temperature", "0"), ("temperature", "-1"), ("temperature", ".nan"),
+    ("temperature", ".inf"), ("max_new_tokens", "0"), ("budget", "0"), ("budget", "-1"), ("score_top_k", "0"),
+    ("num_workers", "0"), ("threads", "0"), ("teachers", "[]"), ("teachers", "[a, a]"),
+    ("backend", "foo"), ("dtype", "float8"), ("cascade", "biased"), ("strategy", "greedy"), ("executor", "slurm"),
+    ("algorithms", "[bogus]"), ("algorithms", "[]"), ("algorithms", "[gkd, gkd]"), ("algorithms", "[gkd, bogus]"),
+    ("task", "''"), ("student", "''"), ("student_revision", "''"),
+]
+BAD_TYPES = [
+    ("window", "1.5"), ("window", "true"), ("window", "abc"), ("tau", "fast"), ("tau", "[0.1]"),
+    ("teachers", "{a: 1}"), ("teachers", "[1, 2]"), ("algorithms", "5"), ("limit", "[1]"), ("seed", "'3'"),
+    ("n_min", "1.5"), ("student", "[a]"), ("backend", "1"), ("gamma", "2024-01-01"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES + BAD_TYPES, ids=[f"{k}={v}" for k, v in BAD_VALUES + BAD_TYPES])
+def test_bad_set_value_is_refused_before_the_run_directory_exists(odiag, tmp_path, key, value):
+    line = assert_one_line(odiag("run", "--set", f"{key}={value}", "--out", tmp_path / "out"), "--set", f"'{key}'", "must be")
+    assert not (tmp_path / "out").exists()
+    assert len(line) < 400
+
+
+def test_every_field_has_a_doc_and_every_bounded_field_a_rule():
+    """field_docs is what ``odiag run --help`` shows: a one-line doc per field, its type and default."""
+    docs, rules = field_docs(RunConfig), field_rules(RunConfig)
+    assert list(docs) == [f.name for f in dataclasses.fields(RunConfig)]
+    for name, (type_, default, doc) in docs.items():
+        assert doc and "\n" not in doc, name
+        assert type_ and default == getattr(RunConfig(), name)
+    assert rules["window"] == ">= 1" and rules["limit"] == "None or >= 1" and "vllm" in rules["backend"]
+    bounded = {k for k, _ in BAD_VALUES}
+    assert all(rules[k] for k in bounded)
+
+
+def test_direct_construction_and_replace_are_validated():
+    with pytest.raises(ConfigError, match="'window' must be >= 1, got 0"):
+        RunConfig(window=0)
+    with pytest.raises(ConfigError, match="'tau'"):
+        dataclasses.replace(RunConfig(), tau=2.0)
+    cfg = RunConfig(teachers=["synthetic-helpful"], gamma=1)  # lists become tuples, ints floats
+    assert cfg.teachers == ("synthetic-helpful",) and isinstance(cfg.gamma, float)
+    assert cfg.hash() == RunConfig(teachers=("synthetic-helpful",), gamma=1.0).hash()
+
+
+def test_config_file_values_name_the_file(odiag, tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("window: 0\n")
+    assert_one_line(odiag("run", "--config", bad, "--out", tmp_path / "out"), str(bad), "'window'", ">= 1")
+    # a --set fixes the file's value; a later --set names --set as the source of the bad one
+    assert resolve_run_config(bad, ["window=3"]).window == 3
+    with pytest.raises(ConfigError, match=r"^--set: key 'tau'"):
+        resolve_run_config(bad, ["window=3", "tau=7"])
+
+
+# --set syntax ---------------------------------------------------------------------------------------
+
+BAD_SETS = [
+    ("window", "expected KEY=VALUE"),
+    ("=3", "expected KEY=VALUE"),
+    ("teachers=[a,", "not valid YAML"),
+    ("window={", "not valid YAML"),
+    ("window=*a", "not valid YAML"),
+    ("window: 3=4", "unknown key"),
+    ("n_targt=3", "did you mean 'n_target'"),
+    ("teachers=!!python/object/apply:os.system [ls]", "not valid YAML"),
+    ("seed=1" + "0" * 5000, "bad YAML value"),
+    ("teachers=" + "a" * 70000, "longer than"),
+    ("teachers=[" + "[" * 20000 + "]" * 20000 + "]", "nested deeper"),
+]
+
+
+@pytest.mark.parametrize(("item", "needle"), BAD_SETS, ids=[s[:30] for s, _ in BAD_SETS])
+def test_bad_set_syntax(odiag, tmp_path, item, needle):
+    line = assert_one_line(odiag("run", "--set", item, "--out", tmp_path / "out"), "--set", needle)
+    assert not (tmp_path / "out").exists()
+    assert len(line) < 600  # the value is excerpted, never printed whole
+
+
+# config YAML files ----------------------------------------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+) + "window: *i\n"
+
+
+def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    p = tmp_path / "run.yaml"
+    if kind == "list":
+        p.write_text("- window: 3\n- tau: 0.1\n")
+        return p, "expected a mapping"
+    if kind == "scalar":
+        p.write_text("just text\n")
+        return p, "expected a mapping"
+    if kind == "directory":
+        p.mkdir()
+        return p, "is a directory"
+    if kind == "binary":
+        p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+        return p, "binary"
+    if kind == "latin-1":
+        p.write_bytes("window: 3 # caf\xe9\n".encode("latin-1"))
+        return p, "not UTF-8"
+    if kind == "too large":
+        p.write_text("# padding\n" * (MAX_YAML_BYTES // 10 + 1))
+        return p, "too large"
+    if kind == "bomb":
+        p.write_text(BOMB)
+        return p, "aliases expand"
+    if kind == "recursive alias":
+        p.write_text("teachers: &a [*a]\n")
+        return p, "alias"
+    if kind == "deep nesting":
+        p.write_text("teachers: " + "[" * 300000 + "]" * 300000 + "\n")
+        return p, "nested deeper"
+    if kind == "syntax":
+        p.write_text("window: [3\ntau: 0.1\n")
+        return p, "not valid YAML"
+    if kind == "tab":
+        p.write_text("window:\n\t3\n")
+        return p, "not valid YAML"
+    if kind == "two documents":
+        p.write_text("window: 3\n---\ntau: 0.1\n")
+        return p, "not valid YAML"
+    if kind == "integer key":
+        p.write_text("1: 2\n")
+        return p, "is not a name"
+    if kind == "unknown key":
+        p.write_text("windw: 3\n")
+        return p, "did you mean 'window'"
+    if kind == "python tag":
+        p.write_text("window: !!python/name:os.system\n")
+        return p, "not valid YAML"
+    if kind == "missing":
+        return p, "no such file"
+    if kind == "device":
+        return Path("/dev/zero"), "not a regular file"
+    raise AssertionError(kind)
+
+
+CONFIG_CASES = ["list", "scalar", "directory", "binary", "latin-1", "too large", "bomb", "recursive alias", "deep nesting",
+                "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "missing", "device"]
+
+
+@pytest.mark.parametrize("kind", CONFIG_CASES)
+def test_bad_config_file(odiag, tmp_path, kind):
+    path, needle = _config_case(tmp_path, kind)
+    started = time.monotonic()
+    assert_one_line(odiag("run", "--config", path, "--out", tmp_path / "out"), str(path), needle)
+    assert time.monotonic() - started < 10  # refused, not expanded (a bomb), read (/dev/zero) or recursed
+    assert not (tmp_path / "out").exists()
+
+
+def test_bomb_errors_show_excerpts_only():
+    """An expanded value is never formatted whole: excerpt() costs the same for any size."""
+    huge = [["x" * 1000] * 1000] * 1000
+    started = time.monotonic()
+    text = excerpt(huge)
+    assert len(text) <= EXCERPT_CHARS + 20 and time.monotonic() - started < 0.1
+    assert len(excerpt("y" * 10**7)) <= EXCERPT_CHARS + 20
+    assert "bits" in excerpt(7**20000)
+
+
+# templates: resource abuse in a teacher file --------------------------------------------------------
+
+TEMPLATES = {
+    "string repetition": "{{ question }}{{ 'a' * 10**9 }}",
+    "huge power": "{{ question }}{{ 7 ** 99999999 }}",
+    "nested loops": "{{ question }}{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "huge range": "{{ question }}{{ range(10**9) | list }}",
+    "10 MB context": "{{ question }}{% for i in range(10000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "doubling macro": "{% macro f(s, n) %}{{ f(s ~ s, n - 1) if n else s }}{% endmacro %}{{ question }}{{ f('ab', 64) }}",
+    "format width": "{{ question }}{{ '%0999999999d' % 1 }}",
+    "str.format width": "{{ question }}{{ '{:>999999999}'.format(1) }}",
+    "center": "{{ question }}{{ question.center(10**8) }}",
+    "replace": "{{ question }}{{ ('a' * 100000) | replace('a', 'b' * 100) }}",
+    "wordwrap": "{{ question }}{{ ('a ' * 100000) | wordwrap(1, wrapstring='x' * 1000) }}",
+    "indent": "{{ question }}{{ ('a\\n' * 300000) | indent('x' * 100) }}",
+    "join": "{{ question }}{{ ([question] * 1000) | join('x' * 10000) }}",
+    "expandtabs": "{{ question }}{{ ('\\t' * 1000).expandtabs(100000) }}",
+    "literal loop": "{{ question }}{% for i in range(10000) %}" + "x" * 500 + "{% endfor %}",
+    "recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ question }}{{ f() }}",
+    "attribute escape": "{{ question }}{{ question.__class__.__mro__ }}",
+    "mutation": "{{ question }}{% set l = [] %}{{ l.append(1) }}",
+    "division by zero": "{{ question }}{{ 1 / 0 }}",
+    "syntax": "{{ question }}{% for %}",
+}
+
+
+def _fake_run(root: Path, teachers: list[dict] | None = None) -> Path:
+    """A finished run directory as the readers see it: config, results and empty tables."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig()
+    (root / "config.json").write_text(json.dumps({"config": to_dict(cfg), "config_hash": cfg.hash()}))
+    rows = teachers if teachers is not None else [{"teacher": "t", "algorithm": "gkd", "rank": None, "n_decision_points": 0}]
+    results = {"schema_version": RESULTS_SCHEMA, "task": "synthetic", "student": "synthetic", "config": to_dict(cfg),
+               "config_hash": cfg.hash(), "versions": {}, "teachers": rows, "questions": [],
+               "counts": {"questions": 0, "paths": 0, "decision_points": 0, "rollouts": 0, "tokens_generated": 0}}
+    (root / "results.json").write_text(json.dumps(results))
+    for table, columns in COLUMNS.items():
+        pq.write_table(pa.table({c: pa.array([], pa.string()) for c in columns}), root / f"{table}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_abusive_teacher_template(odiag, tmp_path, name):
+    run = _fake_run(tmp_path / "run")
+    teacher = tmp_path / "abuse.yaml"
+    teacher.write_text(json.dumps({"context_template": TEMPLATES[name]}))  # JSON is YAML
+    started = time.monotonic()
+    assert_one_line(odiag("add-teacher", run, teacher, "--quiet"), str(teacher), "'context_template'")
+    assert time.monotonic() - started < 10
+
+
+def test_abusive_summary_prompt(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    teacher = tmp_path / "summary.yaml"
+    teacher.write_text(json.dumps({
+        "correct_solutions": 1, "summarizer": "some/model",
+        "context_template": "{{ question }} {{ correct_summaries[0] }}",
+        "summary_prompt": "{{ question }}{{ solution }}{{ 'a' * 10**9 }}",
+    }))
+    from harness.teachers import load_teacher
+
+    cfg = load_teacher(str(teacher))  # the file alone passes: the prompt is rendered per solution
+    with pytest.raises(ConfigError, match=r"summary.yaml: key 'summary_prompt': template limit"):
+        render_template(cfg.summary_prompt, f"{teacher}: key 'summary_prompt'", question="q", solution="s")
+
+
+def test_teacher_file_of_10_mb(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    teacher = tmp_path / "big.yaml"
+    teacher.write_text("context_template: '{{ question }}" + "x" * 10_000_000 + "'\n")
+    assert_one_line(odiag("add-teacher", run, teacher), str(teacher), "too large")
+
+
+def test_template_wall_time_limit(monkeypatch):
+    """Work that stays under every size limit still stops at the wall-time limit (here made tiny)."""
+    import harness.safeio as safeio
+
+    monkeypatch.setattr(safeio, "RENDER_SECONDS", 0.0)
+    with pytest.raises(ConfigError, match=r"^t.yaml: key 'context_template': template limit: rendering took longer"):
+        render_template("{% for i in range(100) %}{{ i }}{% endfor %}", "t.yaml: key 'context_template'")
+
+
+def test_templates_render_as_before():
+    """The limits change nothing for a real template: output as Jinja's plain sandbox renders it."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    plain = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    variables = {"question": "2+2?\n", "correct": ["4", "four"], "wrong": ["5"]}
+    for source in [
+        "Q: {{ question }}\n{% for c in correct %}{{ loop.index }}. {{ c }}\n{% endfor %}",
+        "{{ correct | join('\\n---\\n') }}{{ '%s/%d' % (wrong[0], 3) }}{{ '{}!'.format(question | trim) }}\n",
+        "{%- if wrong %} W {{ wrong[0] | upper }}{% endif -%}\n\n{% set x %}a{{ question }}{% endset %}{{ x ~ 'z' }}",
+        *(yaml_template for yaml_template in _repository_templates()),
+    ]:
+        assert render_template(source, "t", **variables, correct_summaries=["s"], wrong_summaries=["w"], solution="x") == \
+            plain.from_string(source).render(**variables, correct_summaries=["s"], wrong_summaries=["w"], solution="x")
+
+
+def _repository_templates() -> list[str]:
+    import yaml
+
+    out = []
+    for path in sorted((REPO / "teachers").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        out += [data[k] for k in ("context_template", "summary_prompt") if data.get(k)]
+    assert out
+    return out
+
+
+# malformed results for leaderboard and model-card ---------------------------------------------------
+
+
+def _break_results(run: Path, kind: str) -> str:
+    path = run / "results.json"
+    good = json.loads(path.read_text())
+    if kind == "garbage bytes":
+        path.write_bytes(os.urandom(64) + b"\x00")
+        return "binary"
+    if kind == "empty":
+        path.write_text("")
+        return "empty"
+    if kind == "truncated":
+        path.write_text(json.dumps(good)[:40])
+        return "not valid JSON"
+    if kind == "a list":
+        path.write_text("[1, 2]")
+        return "expected an object"
+    if kind == "old schema":
+        path.write_text(json.dumps({**good, "schema_version": "odiag.results/0"}))
+        return "schema_version"
+    if kind == "no teachers":
+        path.write_text(json.dumps({k: v for k, v in good.items() if k != "teachers"}))
+        return "'teachers'"
+    if kind == "row not an object":
+        path.write_text(json.dumps({**good, "teachers": ["gkd"]}))
+        return "teachers[0]"
+    if kind == "counts without rollouts":
+        path.write_text(json.dumps({**good, "counts": {"questions": 1}}))
+        return "counts."
+    if kind == "mean not a number":
+        path.write_text(json.dumps({**good, "teachers": [{"teacher": "t", "algorithm": "gkd", "alignment": {"mean": "high"}}]}))
+        return "numeric mean"
+    if kind == "deep nesting":
+        path.write_text("[" * 100000 + "]" * 100000)
+        return "nested too deeply"
+    raise AssertionError(kind)
+
+
+RESULTS_CASES = ["garbage bytes", "empty", "truncated", "a list", "old schema", "no teachers", "row not an object",
+                 "counts without rollouts", "mean not a number", "deep nesting"]
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "model-card"])
+@pytest.mark.parametrize("kind", RESULTS_CASES)
+def test_malformed_results(odiag, tmp_path, command, kind):
+    run = _fake_run(tmp_path / "run")
+    needle = _break_results(run, kind)
+    argv = [command, run] + (["--out", tmp_path / "site"] if command == "leaderboard" else [])
+    assert_one_line(odiag(*argv), str(run / "results.json"), needle)
+
+
+def _break_table(run: Path, kind: str) -> tuple[str, str]:
+    path = run / "nodes.parquet"
+    if kind == "garbage":
+        path.write_bytes(b"PAR1" + os.urandom(200))
+        return "nodes.parquet", "not a readable parquet"
+    if kind == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return "nodes.parquet", "not a readable parquet"
+    if kind == "empty file":
+        path.write_bytes(b"")
+        return "nodes.parquet", "not a readable parquet"
+    if kind == "missing column":
+        pq.write_table(pa.table({"teacher": pa.array([], pa.string())}), path)
+        return "nodes.parquet", "missing column"
+    if kind == "a directory":
+        path.unlink()
+        path.mkdir()
+        return "nodes.parquet", "nodes.parquet"
+    if kind == "children without values":
+        pq.write_table(pa.table({c: ["x"] for c in COLUMNS["children"]}), run / "children.parquet")
+        return "children.parquet", "missing column"
+    if kind == "json as parquet":
+        (run / "paths.parquet").write_text("{}")
+        return "paths.parquet", "not a readable parquet"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty file", "missing column", "a directory",
+                                  "children without values", "json as parquet"])
+def test_malformed_parquet_for_leaderboard(odiag, tmp_path, kind):
+    run = _fake_run(tmp_path / "run")
+    name, needle = _break_table(run, kind)
+    assert_one_line(odiag("leaderboard", run, "--out", tmp_path / "site"), name, needle)
+    assert not (tmp_path / "site").exists()
+
+
+# paths odiag cannot write ---------------------------------------------------------------------------
+
+
+def test_run_out_at_a_file(odiag, tmp_path):
+    (tmp_path / "taken").write_text("a file\n")
+    assert_one_line(odiag("run", "--set", "limit=1", "--out", tmp_path / "taken"), str(tmp_path / "taken"))
+
+
+def test_run_out_where_nothing_may_be_written(odiag, tmp_path):
+    assert_one_line(odiag("run", "--set", "limit=1", "--out", "/sys/odiag-fault/run"), "/sys/odiag-fault")
+
+
+def test_model_card_out_on_a_full_disk(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert_one_line(odiag("model-card", run, "--out", "/dev/full"), "/dev/full", "No space left")
+
+
+def test_model_card_out_at_a_directory(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert_one_line(odiag("model-card", run, "--out", tmp_path), str(tmp_path))
+
+
+def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"), "No such file")
+
+
+def test_leaderboard_out_at_a_file(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "site").write_text("a file\n")
+    assert_one_line(odiag("leaderboard", run, "--out", tmp_path / "site"), str(tmp_path / "site"))
+
+
+def test_not_a_run_directory(odiag, tmp_path):
+    assert_one_line(odiag("model-card", tmp_path), "not a finished odiag run")
+    assert_one_line(odiag("leaderboard", tmp_path / "nowhere", "--out", tmp_path / "site"), "not a finished odiag run")
+    assert_one_line(odiag("add-teacher", tmp_path, "synthetic-helpful"), "not an odiag run directory")
+
+
+# the command line itself ----------------------------------------------------------------------------
+
+USAGE = [
+    ([], "required: command"),
+    (["nope"], "invalid choice"),
+    (["run"], "--out"),
+    (["run", "--out", "x", "--bogus"], "unrecognized arguments"),
+    (["run", "--out", ""], "empty"),
+    (["selfcheck", "--questions", "0"], ">= 1"),
+    (["selfcheck", "--questions", "many"], "integer"),
+    (["selfcheck", "--seed", "-1"], ">= 0"),
+    (["leaderboard", "r", "--out", "s", "--viewer-mb", "-1"], ">= 0"),
+    (["leaderboard", "r", "--out", "s", "--viewer-mb", "nan"], ">= 0"),
+    (["leaderboard", "--out", "s"], "RUN_DIR"),
+    (["model-card"], "dir"),
+    (["tasks-dir", "extra"], "unrecognized arguments"),
+    (["add-teacher", "only-a-dir"], "teacher"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), USAGE, ids=[" ".join(a) or "(none)" for a, _ in USAGE])
+def test_usage_errors(odiag, argv, needle):
+    assert_one_line(odiag(*argv), needle, "--help")
+
+
+def test_debug_shows_the_traceback(odiag, tmp_path):
+    for argv in (["--debug", "run"], ["run", "--debug"]):
+        code, lines, unchanged = odiag(*argv, "--set", "window=0", "--out", tmp_path / "out")
+        assert code == 2 and lines[0].startswith("Traceback") and lines[-1].startswith("odiag: error: --set")
+        assert unchanged and not (tmp_path / "out").exists()
+
+
+def test_a_bug_keeps_its_traceback(odiag, monkeypatch):
+    def broken(args):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(cli, "_tasks_dir", broken)
+    code, lines, _ = odiag("tasks-dir")
+    assert code == 1 and lines[0].startswith("Traceback") and "KeyError" in "\n".join(lines)
+    assert lines[-1].startswith("odiag: internal error:")
+
+
+def test_help_exits_zero(odiag, capsys):
+    code, lines, _ = odiag("run", "--help")
+    assert code == 0 and not lines
+
+
+# the real entry point -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--set", "algorithms=[bogus]", "--out", "OUT"],
+    ["run", "--config", "BOMB", "--out", "OUT"],
+    ["run", "--set", "window", "--out", "OUT"],
+    ["nope"],
+], ids=["bad value", "yaml bomb", "bad --set", "usage"])
+def test_entry_point(tmp_path, argv):
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    argv = [str(tmp_path / "out") if a == "OUT" else str(tmp_path / "bomb.yaml") if a == "BOMB" else a for a in argv]
+    before = snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True, timeout=60, env=env)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("odiag: error: "), proc.stderr
+    assert snapshot(tmp_path) == before and not proc.stdout

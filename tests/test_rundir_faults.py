@@ -1,0 +1,606 @@
+"""Faults thrown at the run directory, as a careless or hostile user would (README "The run directory").
+
+Every case ends one of two ways: one ``odiag: error: ...`` line, exit code 2 and the directory
+byte-for-byte as it was (``_digest`` before and after), or results identical to a clean run's
+(``_strip``: results.json without its creation time, versions and this invocation's counters).
+Most cases call ``harness.cli.main`` in this process; a handful start the real command line.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from harness.config import ConfigError, RunConfig
+from harness.pipeline import add_teacher, rescore, run
+from harness.rundir import LOCK_NAME, RunDir, RunLock
+from harness.tasks.exact import SyntheticTask
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHERS = ROOT / "teachers"
+SETTINGS = {"limit": 2, "n_initial": 16, "n_target": 40, "window": 2}
+SETS = [arg for k, v in SETTINGS.items() for arg in ("--set", f"{k}={v}")]
+CFG = RunConfig(**SETTINGS)
+
+
+def _strip(results: dict) -> dict:
+    out = json.loads(json.dumps(results))
+    for key in ("created_at", "versions"):
+        out.pop(key)
+    for key in ("rollouts_this_invocation", "forward_passes_this_invocation", "artefact_samples_this_invocation"):
+        out["counts"].pop(key)
+    return out
+
+
+def _results(out: Path) -> dict:
+    return _strip(json.loads((out / "results.json").read_text()))
+
+
+def _digest(root: Path) -> str:
+    """Every path under ``root`` with its mode and bytes: equal digests, an unchanged directory."""
+    h = hashlib.sha256()
+    if not root.exists():
+        return "absent"
+    for p in sorted(root.rglob("*")):
+        h.update(f"{p.relative_to(root)}|{p.stat().st_mode:o}|".encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run the command line in-process; assert one ``odiag: error:`` line and exit code 2; return it."""
+    capsys.readouterr()
+    if argv[0] in ("run", "add-teacher", "rescore"):
+        argv = [*argv, "--quiet"]  # progress lines would come before the error
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("odiag: error: ") and "\n" not in err, err
+    return err
+
+
+def _refused(capsys, argv: list[str], root: Path, *expected: str) -> str:
+    before = _digest(root)
+    err = _error(capsys, argv)
+    for text in expected:
+        assert text in err, err
+    assert _digest(root) == before, "a refused command changed the run directory"
+    return err
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    """A finished run with the default teachers: the reference every repaired run must equal."""
+    out = tmp_path_factory.mktemp("clean") / "run"
+    run(CFG, out)
+    return out
+
+
+@pytest.fixture
+def copy(clean, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(clean, out)
+    return out
+
+
+def _teacher(tmp_path: Path, name: str, model: str = "helpful", sub: str = "t") -> Path:
+    path = tmp_path / sub / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"description: a copy\nmodel: {model}\n")
+    return path
+
+
+# 1. the five silent corruptions --------------------------------------------------------------------
+
+
+def test_edited_planner_teacher_is_refused_with_both_hashes(tmp_path, capsys):
+    """Silent corruption 1: an edited teacher YAML under its old name must not reuse the old scores."""
+    t = _teacher(tmp_path, "mine")
+    out = tmp_path / "run"
+    run(RunConfig(**SETTINGS, teachers=(str(t), "synthetic-misleading")), out)
+    old = json.loads((out / "config.json").read_text())["teachers"][0]["identity"]
+    t.write_text("description: a copy\nmodel: misleading\n")
+    err = _refused(capsys, ["run", *SETS, "--set", f"teachers=[{t},synthetic-misleading]", "--out", str(out)], out,
+                   "teacher 'mine' changed", old)
+    new = err.split(f"identity {old} there, ")[1][:16]
+    assert new != old and len(new) == 16
+
+
+def test_edited_added_teacher_is_refused_then_rescored_on_request(copy, tmp_path, capsys):
+    """The same for a teacher added later: refused with both hashes; ``odiag rescore`` scores the new file."""
+    t = _teacher(tmp_path, "extra")
+    add_teacher(copy, str(t))
+    t.write_text("description: now misleading\nmodel: misleading\n")
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "teacher 'extra' changed since it was scored", "odiag rescore")
+    after = rescore(copy)
+    assert after["counts"]["rollouts_this_invocation"] == 0
+    # a clean run that added the edited file gives the same numbers
+    fresh = tmp_path / "fresh"
+    run(CFG, fresh)
+    assert _strip(after) == _strip(add_teacher(fresh, str(t)))
+    rows = {(r["teacher"], r["algorithm"]): r for r in after["teachers"]}
+    assert rows[("extra", "gkd")]["alignment"] == rows[("synthetic-misleading", "gkd")]["alignment"]
+
+
+def test_add_teacher_with_a_different_file_under_a_taken_name_is_refused(copy, tmp_path, capsys):
+    """Silent corruption 2: a different file named like a teacher of the run must not reuse its shards."""
+    impostor = _teacher(tmp_path, "synthetic-helpful", model="misleading")
+    _refused(capsys, ["add-teacher", str(copy), str(impostor)], copy, "a different teacher named 'synthetic-helpful'")
+
+
+@pytest.mark.parametrize("teachers", [
+    "[synthetic-helpful,synthetic-helpful]",
+    f"[synthetic-helpful,{TEACHERS}/synthetic-helpful.yaml]",
+])
+def test_a_teacher_listed_twice_is_refused(tmp_path, capsys, teachers):
+    """Silent corruption 3: a teacher listed twice must not be counted twice (nothing is created)."""
+    out = tmp_path / "run"
+    _refused(capsys, ["run", *SETS, "--set", f"teachers={teachers}", "--out", str(out)], out, "synthetic-helpful")
+    assert not out.exists()
+
+
+def test_the_same_teacher_under_another_name_is_refused(tmp_path, capsys):
+    twin = tmp_path / "t" / "twin.yaml"
+    twin.parent.mkdir()
+    shutil.copy(TEACHERS / "synthetic-helpful.yaml", twin)
+    out = tmp_path / "run"
+    _refused(capsys, ["run", *SETS, "--set", f"teachers=[synthetic-helpful,{twin}]", "--out", str(out)], out, "the same teacher")
+
+
+def test_add_teacher_twice_or_of_a_config_teacher_adds_no_row(copy, capsys):
+    before = _results(copy)
+    assert main(["add-teacher", str(copy), "synthetic-helpful", "--quiet"]) == 0
+    assert _results(copy) == before
+    twin = copy.parent / "twin.yaml"
+    shutil.copy(TEACHERS / "synthetic-misleading.yaml", twin)
+    _refused(capsys, ["add-teacher", str(copy), str(twin)], copy, "is the same teacher as 'synthetic-misleading'")
+
+
+def test_two_concurrent_runs_with_different_configs(tmp_path):
+    """Silent corruption 4: two ``odiag run`` on one --out; one is refused, and what remains is consistent."""
+    out = tmp_path / "run"
+    cmds = [[sys.executable, "-m", "harness.cli", "run", "--set", "limit=4", "--set", f"n_target={n}", "--out", str(out), "--quiet"]
+            for n in (60, 70)]
+    procs = [subprocess.Popen(c, cwd=ROOT, stderr=subprocess.PIPE, text=True) for c in cmds]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], errs
+    refused = errs[[p.returncode for p in procs].index(2)].strip()
+    assert refused.startswith("odiag: error:") and "\n" not in refused
+    assert "in use by odiag pid" in refused or "different rollout tree" in refused
+    saved = json.loads((out / "config.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert saved["config"] == results["config"] and saved["config_hash"] == results["config_hash"]
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_a_held_directory_is_refused_naming_the_holder(copy, capsys):
+    lock = RunLock(copy)
+    lock.acquire()
+    try:
+        _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, f"in use by odiag pid {os.getpid()} on", "since")
+        _refused(capsys, ["add-teacher", str(copy), "self-1c"], copy, "in use by odiag pid")
+        _refused(capsys, ["rescore", str(copy), "--set", "jsd_beta=0.9"], copy, "in use by odiag pid")
+    finally:
+        lock.release()
+    assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
+
+
+def test_a_killed_holder_releases_the_lock(copy):
+    code = f"from harness.rundir import RunLock; from pathlib import Path; import time; RunLock(Path({str(copy)!r})).acquire(); print('held', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    proc.kill()
+    proc.wait()
+    assert (copy / LOCK_NAME).exists()  # left behind, but no longer held
+    assert _strip(run(CFG, copy)) == _results(copy)
+    assert not (copy / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("teachers", ["[self-1cc]", "[synthetic-helpful,nope]", "[]", "[synthetic-helpful,teachers]"])
+def test_a_typo_leaves_no_directory_and_the_corrected_command_runs(tmp_path, capsys, teachers):
+    """Silent corruption 5: a bad teacher must not leave a directory that refuses the corrected command."""
+    out = tmp_path / "run"
+    _error(capsys, ["run", *SETS, "--set", f"teachers={teachers}", "--out", str(out)])
+    assert not out.exists()
+    assert main(["run", *SETS, "--set", "limit=1", "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("key", ["strategy=setle", "backend=synthetc", "algorithms=[gkd,bogus]", "executor=slurm", "algorithms=[gkd,gkd]"])
+def test_a_bad_name_leaves_no_directory(tmp_path, capsys, key):
+    out = tmp_path / "run"
+    _error(capsys, ["run", *SETS, "--set", key, "--out", str(out)])
+    assert not out.exists()
+
+
+def test_a_typo_on_an_existing_run_changes_nothing(copy, capsys):
+    _refused(capsys, ["run", *SETS, "--set", "teachers=[synthetic-helpful,self-1cc]", "--out", str(copy)], copy, "self-1cc")
+    assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
+
+
+class _Picky(SyntheticTask):
+    """The synthetic task, refusing one teacher at load time (as a real task refuses a vocabulary)."""
+
+    def check_teacher(self, teacher):
+        if teacher.name == "picky":
+            raise ConfigError(f"{teacher.file}: model 'helpful': vocabulary differs from the student's")
+
+
+def test_add_teacher_checks_before_recording(copy, tmp_path):
+    picky = _teacher(tmp_path, "picky")
+    before = _digest(copy)
+    with pytest.raises(ConfigError, match="vocabulary differs"):
+        add_teacher(copy, str(picky), task=_Picky())
+    assert _digest(copy) == before
+    assert _strip(run(CFG, copy, task=_Picky())) == _results(copy)  # the original run still resumes
+
+
+@pytest.mark.parametrize("content", ["model: [unclosed\n", "modl: helpful\n", "- a list\n", "\x00\x01binary"])
+def test_add_teacher_with_a_bad_file_records_nothing(copy, tmp_path, capsys, content):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content.encode())
+    _refused(capsys, ["add-teacher", str(copy), str(bad)], copy, "bad.yaml")
+    assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
+
+
+def test_a_planner_check_failure_creates_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="vocabulary differs"):
+        run(RunConfig(**SETTINGS, teachers=(str(_teacher(tmp_path, "picky")),)), out, task=_Picky())
+    assert not out.exists()
+
+
+# 2. shards -----------------------------------------------------------------------------------------
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(os.urandom(len(data)))
+    elif how == "pickle":
+        path.write_bytes(b"\x80\x04\x95" + data[3:])
+    elif how == "altered":  # a valid archive whose arrays no longer match their checksum
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        key = next(k for k in arrays if not k.startswith("_") and arrays[k].dtype.kind in "if" and arrays[k].size)
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[0] += 1
+        np.savez(path, **arrays)
+    elif how == "wrong-kind":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["_kind"] = np.array("skip")
+        np.savez(path, **arrays)
+
+
+SHARDS = {"initial": "q000/initial.npz", "score": "q001/score-p0-synthetic-helpful.npz", "round": "q000/window1-round0.npz"}
+HOWS = ("empty", "truncated", "garbage", "pickle", "altered", "wrong-kind")
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind", list(SHARDS))
+def test_a_corrupt_shard_is_named(copy, capsys, kind, how):
+    shard = copy / "shards" / SHARDS[kind]
+    _corrupt(shard, how)
+    err = _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, str(shard), "corrupt shard", "--repair")
+    assert "pickled" not in err
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "altered"])
+@pytest.mark.parametrize("kind", list(SHARDS))
+def test_repair_drops_and_recomputes_a_corrupt_shard(copy, capsys, kind, how):
+    reference = _results(copy)
+    _corrupt(copy / "shards" / SHARDS[kind], how)
+    assert main(["run", *SETS, "--out", str(copy), "--repair", "--quiet"]) == 0
+    assert _results(copy) == reference
+
+
+def test_repair_after_many_corrupt_shards_equals_a_clean_run(copy):
+    reference = _results(copy)
+    for i, shard in enumerate(sorted((copy / "shards").rglob("*.npz"))):
+        if i % 3 == 0:
+            _corrupt(shard, HOWS[i % len(HOWS)])
+    assert _strip(run(CFG, copy, repair=True)) == reference
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"format": "odiag.rundir/1"}',
+                                     b'{"format": "odiag.rundir/2", "config": {}}', b"\xff\xfe\x00binary"])
+@pytest.mark.parametrize("command", ["run", "add-teacher", "rescore"])
+def test_garbage_config_json_is_one_line(copy, capsys, content, command):
+    (copy / "config.json").write_bytes(content)
+    argv = {"run": ["run", *SETS, "--out", str(copy)], "add-teacher": ["add-teacher", str(copy), "self-1c"],
+            "rescore": ["rescore", str(copy)]}[command]
+    _refused(capsys, argv, copy, "config.json")
+
+
+def test_stale_temporary_files_are_removed(copy):
+    reference = _results(copy)
+    stale = [copy / ".results.json.abc123.tmp", copy / "shards" / "q000" / ".initial.npz.x_y9z.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    assert _strip(run(CFG, copy)) == reference
+    assert not any(p.exists() for p in stale)
+
+
+def test_files_are_group_readable_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        run(RunConfig(**{**SETTINGS, "limit": 1}), tmp_path / "run")
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "run").rglob("*"):
+        assert p.stat().st_mode & 0o777 == (0o775 if p.is_dir() else 0o664), p
+
+
+# 3. --out ------------------------------------------------------------------------------------------
+
+
+def test_out_at_a_file(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("mine\n")
+    _refused(capsys, ["run", *SETS, "--out", str(target)], tmp_path, "exists and is not a directory")
+
+
+def test_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine\n")
+    _refused(capsys, ["run", *SETS, "--out", str(tmp_path / "file" / "run")], tmp_path, "file")
+
+
+def test_out_at_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    _refused(capsys, ["run", *SETS, "--out", str(tmp_path)], tmp_path, "not an odiag run")
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS, errno.ENOSPC])
+def test_out_unwritable(tmp_path, capsys, monkeypatch, code):
+    """A read-only directory, a read-only file system, a full disk: the first write fails, one line."""
+    import tempfile as tf
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tf, "mkstemp", fail)
+    err = _error(capsys, ["run", *SETS, "--out", str(tmp_path / "run")])
+    assert os.strerror(code) in err and "cannot write" in err
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    monkeypatch.undo()
+    assert main(["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_out_read_only_directory(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.open
+
+    def deny(path, *args, **kwargs):
+        if str(path).startswith(str(ro)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    _refused(capsys, ["run", *SETS, "--out", str(ro)], ro, "Permission denied")
+
+
+# 4. growth and rescoring -----------------------------------------------------------------------------
+
+
+def test_a_larger_limit_reuses_finished_questions(copy, tmp_path):
+    grown = run(RunConfig(**{**SETTINGS, "limit": 3}), copy)
+    fresh = run(RunConfig(**{**SETTINGS, "limit": 3}), tmp_path / "fresh")
+    assert _strip(grown) == _strip(fresh)
+    one = fresh["questions"][2]
+    assert grown["counts"]["rollouts_this_invocation"] == one["answers"]["scored"] + sum(b["rollouts"] for b in one["budget"])
+
+
+@pytest.mark.parametrize("strategy", ["paper", "settle"])
+def test_a_larger_budget_continues_allocation(tmp_path, strategy):
+    # unlimited, both questions spend 2600-2800 targeted rollouts: 2000 binds in a later window, 3000 never
+    small = RunConfig(**{**SETTINGS, "strategy": strategy, "budget": 2000})
+    large = RunConfig(**{**SETTINGS, "strategy": strategy, "budget": 3000})
+    first = run(small, tmp_path / "grown")
+    grown = run(large, tmp_path / "grown")
+    fresh = run(large, tmp_path / "fresh")
+    assert _strip(grown) == _strip(fresh)
+    assert first["counts"]["rollouts"] < fresh["counts"]["rollouts"]
+    if strategy == "paper":  # a budget only truncates the paper's plan: rounds before it bound are kept
+        targeted = fresh["counts"]["rollouts"] - sum(q["answers"]["scored"] for q in fresh["questions"])
+        assert grown["counts"]["rollouts_this_invocation"] < 0.6 * targeted
+
+
+def test_a_smaller_budget_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(RunConfig(**{**SETTINGS, "budget": 300}), out)
+    _refused(capsys, ["run", *SETS, "--set", "budget=200", "--out", str(out)], out, "never shrinks")
+
+
+def test_rescore_new_algorithms_and_beta_with_zero_rollouts(copy, tmp_path):
+    after = rescore(copy, ["algorithms=[gkd,jsd,minillm]", "jsd_beta=0.9", "gamma=0.5"])
+    assert after["counts"]["rollouts_this_invocation"] == 0 and after["counts"]["forward_passes_this_invocation"] == {}
+    fresh = run(RunConfig(**SETTINGS, algorithms=("gkd", "jsd", "minillm"), jsd_beta=0.9, gamma=0.5), tmp_path / "fresh")
+    assert _strip(after) == _strip(fresh)
+
+
+def test_rescore_cli_then_the_rescored_command_resumes(copy, capsys):
+    assert main(["rescore", str(copy), "--set", "jsd_beta=0.75", "--quiet"]) == 0
+    assert json.loads((copy / "results.json").read_text())["config"]["jsd_beta"] == 0.75
+    assert main(["run", *SETS, "--set", "jsd_beta=0.75", "--out", str(copy), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("key", ["n_target=50", "seed=1", "limit=3", "teachers=[synthetic-helpful]", "n_initial=8"])
+def test_rescore_refuses_what_shapes_the_tree(copy, capsys, key):
+    _refused(capsys, ["rescore", str(copy), "--set", key], copy, key.split("=")[0])
+
+
+def test_run_with_other_scoring_settings_points_to_rescore(copy, capsys):
+    _refused(capsys, ["run", *SETS, "--set", "jsd_beta=0.9", "--out", str(copy)], copy, "scoring settings differ", "odiag rescore")
+
+
+def test_run_with_another_tree_is_refused(copy, capsys):
+    _refused(capsys, ["run", *SETS, "--set", "n_target=50", "--out", str(copy)], copy, "n_target: 40 there, 50 now")
+
+
+def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(CFG, out)
+    (out / "results.json").unlink()
+    _refused(capsys, ["rescore", str(out)], out, "has not finished")
+    _refused(capsys, ["add-teacher", str(out), "self-1c"], out, "has not finished")
+    _refused(capsys, ["rescore", str(tmp_path / "none")], tmp_path, "no config.json")
+
+
+def test_resume_from_another_directory(tmp_path, monkeypatch):
+    """Teachers are stored resolved: a relative teacher path and an added teacher load from any cwd."""
+    home = tmp_path / "home"
+    _teacher(home, "mine")
+    _teacher(home, "late", model="misleading")
+    monkeypatch.chdir(home)
+    cfg = RunConfig(**SETTINGS, teachers=("t/mine.yaml",))
+    first = run(cfg, tmp_path / "run")
+    add_teacher(tmp_path / "run", "t/late.yaml")
+    monkeypatch.chdir(tmp_path)
+    again = run(cfg, tmp_path / "run")
+    assert again["counts"]["rollouts_this_invocation"] == 0
+    assert {r["teacher"] for r in again["teachers"]} == {"mine", "late"}
+    mine = [r["alignment"] for r in again["teachers"] if r["teacher"] == "mine"]
+    assert json.dumps(mine) == json.dumps([r["alignment"] for r in first["teachers"]])
+
+
+def test_rescore_refuses_an_edited_planner(tmp_path, capsys):
+    """A teacher that planned the tree cannot be rescored from a new file: the tree would differ."""
+    t = _teacher(tmp_path, "mine")
+    out = tmp_path / "run"
+    run(RunConfig(**SETTINGS, teachers=(str(t),)), out)
+    t.write_text("description: a copy\nmodel: misleading\n")
+    _refused(capsys, ["rescore", str(out)], out, "teacher 'mine' changed", "plans the targeted rollouts")
+
+
+@pytest.mark.parametrize("key", ["algorithms=[bogus]", "jsd_beta=[1", "algorithms", "gamma=fast"])
+def test_rescore_with_a_bad_value_changes_nothing(copy, capsys, key):
+    _refused(capsys, ["rescore", str(copy), "--set", key], copy)
+
+
+def test_growing_a_run_with_an_added_teacher_scores_it_on_the_new_questions(copy, tmp_path):
+    late = _teacher(tmp_path, "late", model="misleading")
+    add_teacher(copy, str(late))
+    grown = run(RunConfig(**{**SETTINGS, "limit": 3}), copy)
+    fresh = tmp_path / "fresh"
+    run(RunConfig(**{**SETTINGS, "limit": 3}), fresh)
+    assert _strip(grown) == _strip(add_teacher(fresh, str(late)))
+    assert grown["counts"]["forward_passes_this_invocation"]["misleading"] == 2 * grown["questions"][2]["paths"]
+
+
+def test_added_teacher_file_removed_is_refused(copy, tmp_path, capsys):
+    t = _teacher(tmp_path, "gone")
+    add_teacher(copy, str(t))
+    t.unlink()
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "no longer exists")
+
+
+# 5. malformed runs given to leaderboard and model-card --------------------------------------------------
+
+
+def _break(root: Path, how: str) -> None:
+    results = json.loads((root / "results.json").read_text())
+    if how == "results-not-json":
+        (root / "results.json").write_text("{truncated")
+    elif how == "results-list":
+        (root / "results.json").write_text("[]")
+    elif how == "results-binary":
+        (root / "results.json").write_bytes(b"\xff\xfe\x00\x01")
+    elif how == "results-schema":
+        (root / "results.json").write_text(json.dumps({**results, "schema_version": "odiag.results/0"}))
+    elif how == "teachers-not-list":
+        (root / "results.json").write_text(json.dumps({**results, "teachers": {"a": 1}}))
+    elif how == "row-without-teacher":
+        rows = [{k: v for k, v in r.items() if k != "teacher"} for r in results["teachers"]]
+        (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
+    elif how == "alignment-not-object":
+        rows = [{**r, "alignment": "high"} for r in results["teachers"]]
+        (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
+    elif how == "no-counts":
+        (root / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "counts"}))
+    elif how == "nodes-garbage":
+        (root / "nodes.parquet").write_bytes(os.urandom(300))
+    elif how == "nodes-truncated":
+        data = (root / "nodes.parquet").read_bytes()
+        (root / "nodes.parquet").write_bytes(data[: len(data) // 2])
+    elif how == "nodes-missing-column":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(root / "nodes.parquet")
+        pq.write_table(table.drop(["alignment"]), root / "nodes.parquet")
+    elif how == "children-empty":
+        (root / "children.parquet").write_bytes(b"")
+    elif how == "paths-garbage":
+        (root / "paths.parquet").write_text("question_id,path_id\n")
+
+
+RESULTS_BREAKS = ("results-not-json", "results-list", "results-binary", "results-schema", "teachers-not-list",
+                  "row-without-teacher", "alignment-not-object", "no-counts")
+TABLE_BREAKS = ("nodes-garbage", "nodes-truncated", "nodes-missing-column", "children-empty", "paths-garbage")
+
+
+@pytest.mark.parametrize("how", RESULTS_BREAKS + TABLE_BREAKS)
+def test_leaderboard_refuses_a_malformed_run(copy, tmp_path, capsys, how):
+    _break(copy, how)
+    site = tmp_path / "site"
+    _refused(capsys, ["leaderboard", str(copy), "--out", str(site)], copy, str(copy))
+    assert not site.exists()
+
+
+@pytest.mark.parametrize("how", RESULTS_BREAKS)
+def test_model_card_refuses_a_malformed_run(copy, capsys, how):
+    _break(copy, how)
+    _refused(capsys, ["model-card", str(copy)], copy, "results.json")
+
+
+def test_leaderboard_of_a_file_or_nothing(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    _error(capsys, ["leaderboard", str(tmp_path / "f"), "--out", str(tmp_path / "site")])
+    _error(capsys, ["model-card", str(tmp_path / "nothing")])
+    assert not (tmp_path / "site").exists()
+
+
+# 6. the real command line --------------------------------------------------------------------------
+
+
+def test_cli_corrupt_shard_then_repair(copy):
+    reference = _results(copy)
+    _corrupt(copy / "shards" / SHARDS["round"], "truncated")
+    cmd = [sys.executable, "-m", "harness.cli", "run", *SETS, "--out", str(copy), "--quiet"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "corrupt shard" in out.stderr
+    subprocess.run([*cmd, "--repair"], cwd=ROOT, check=True)
+    assert _results(copy) == reference
+
+
+def test_cli_rescore_and_typo(tmp_path, copy):
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", *SETS, "--set", "teachers=[self-1cc]",
+                          "--out", str(tmp_path / "new")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("odiag: error:") and out.stderr.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "harness.cli", "rescore", str(copy), "--set", "algorithms=[gkd]", "--quiet"],
+                   cwd=ROOT, check=True)
+    assert time.monotonic() - started < 60
+    assert {r["algorithm"] for r in json.loads((copy / "results.json").read_text())["teachers"]} == {"gkd"}
+
+
+def test_load_config_of_a_run(copy):
+    assert RunDir.load_config(copy) == CFG

@@ -1,0 +1,275 @@
+"""``odiag validate``: the statistics (tier 1) and the command on the toy models (tier 2).
+
+Tier 1 checks the two-way bootstrap of a gain and the Spearman bootstrap against constructions
+whose answer is known. Tier 2 builds a small demo run (3 questions, 2 teachers), validates it with
+``--quick`` shrunk further by ``--set``, and checks what the command promises: held-out questions
+disjoint from the diagnosed ones, the teacher contexts the diagnostic scored, every arm and seed,
+resume, the leaderboard panel only where a validation exists, and one-line errors.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from harness.core.validation import (
+    bootstrap_draws,
+    gain_interval,
+    gain_replicates,
+    question_means,
+    rank_correlations,
+    spearman_rows,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+# tier 1: statistics -------------------------------------------------------------------------------
+
+
+def test_gain_interval_mean_and_two_way_coverage():
+    """The point is the plain mean; the two-way bootstrap covers the true gain near 95% of the time
+    when both seeds and questions carry noise (pinned to 0.85-0.99: percentile bootstraps with few
+    seeds run a little narrow)."""
+    rng = np.random.default_rng(0)
+    covered, trials = 0, 200
+    for t in range(trials):
+        diff = 0.1 + rng.normal(0, 0.03, (8, 1)) + rng.normal(0, 0.1, (1, 40)) + rng.normal(0, 0.05, (8, 40))
+        ci = gain_interval(diff, seed=t, n_boot=400)
+        assert ci.mean == pytest.approx(diff.mean()) and ci.lo < ci.mean < ci.hi and ci.n == 320
+        covered += ci.lo <= 0.1 <= ci.hi
+    assert 0.85 <= covered / trials <= 0.99
+
+
+def test_gain_interval_carries_seed_noise():
+    """Seed-to-seed spread widens the interval: the CI is not over questions alone."""
+    rng = np.random.default_rng(1)
+    questions = rng.normal(0, 0.05, (1, 30))
+    flat = gain_interval(np.repeat(questions, 4, axis=0), seed=0)
+    noisy = gain_interval(np.repeat(questions, 4, axis=0) + np.array([[-0.2], [0.2], [-0.1], [0.1]]), seed=0)
+    assert (noisy.hi - noisy.lo) > 3 * (flat.hi - flat.lo)
+
+
+def test_gain_interval_edge_cases():
+    one_seed = gain_interval(np.linspace(-1, 1, 20)[None], seed=0)
+    assert one_seed.lo < 0 < one_seed.hi
+    assert np.isnan(gain_interval(np.array([[0.3]])).lo)
+    with pytest.raises(ValueError):
+        gain_interval(np.array([[0.1, np.nan]]))
+
+
+def test_gain_replicates_are_weighted_means_of_the_resampled_grid():
+    diff = np.random.default_rng(2).normal(size=(2, 3, 5))
+    draws = bootstrap_draws(3, 5, 0, 4, seed=3)
+    reps = gain_replicates(diff, draws)
+    for b in range(4):
+        s = np.repeat(np.arange(3), draws.seeds_BS[b])
+        q = np.repeat(np.arange(5), draws.heldout_BQ[b])
+        for p in range(2):
+            assert reps[b, p] == pytest.approx(diff[p][np.ix_(s, q)].mean())
+
+
+def test_spearman_rows_matches_scipy_with_ties_and_nan_when_constant():
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 4, (5, 9)).astype(float), rng.normal(size=(5, 9))
+    ours = spearman_rows(x, y)
+    for b in range(5):
+        assert ours[b] == pytest.approx(sps.spearmanr(x[b], y[b]).statistic)
+    assert np.isnan(spearman_rows(np.ones((1, 5)), np.arange(5.0)[None])[0])
+    assert np.isnan(spearman_rows(np.arange(2.0)[None], np.arange(2.0)[None])[0])
+
+
+def test_question_means_leave_undefined_values_out():
+    values = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan]])
+    out = question_means(values, np.array([[1, 1, 1], [0, 3, 0]]))
+    assert out[0, 0] == pytest.approx(2.0) and np.isnan(out[1, 0]) and np.isnan(out[0, 1])
+
+
+def _pairs(n_pairs=8, n_diag=20, seeds=3, heldout=30, slope=1.0, seed=5):
+    """Predictors per pair and question, and gains that rise with alignment by ``slope``."""
+    rng = np.random.default_rng(seed)
+    level = np.linspace(-0.5, 0.5, n_pairs)
+    align = level[:, None] + rng.normal(0, 0.05, (n_pairs, n_diag))
+    diff = slope * level[:, None, None] + rng.normal(0, 0.05, (n_pairs, seeds, heldout))
+    return align, diff
+
+
+def test_rank_correlations_find_a_known_monotone_relation_and_its_reverse():
+    align, diff = _pairs()
+    up = rank_correlations({"alignment": align}, diff, seed=0, n_boot=500)["alignment"]
+    assert up["spearman"] == pytest.approx(1.0) and up["ci95"][0] > 0.5 and up["n_pairs"] == 8
+    assert up["x"] == pytest.approx(align.mean(axis=1).tolist())
+    down = rank_correlations({"alignment": align}, -diff, seed=0, n_boot=500)["alignment"]
+    assert down["spearman"] == pytest.approx(-1.0) and down["ci95"][1] < -0.5
+
+
+def test_rank_correlations_null_relation_has_an_interval_holding_zero():
+    align, diff = _pairs(slope=0.0)
+    out = rank_correlations({"alignment": align}, diff, seed=1, n_boot=500)["alignment"]
+    assert out["ci95"][0] < 0 < out["ci95"][1]
+
+
+def test_rank_correlations_compare_predictors_on_shared_replicates():
+    """A predictor that ranks the gains exactly beats a noisy one; a predictor identical to the
+    reference differs by exactly 0 in every replicate (the replicates are shared)."""
+    align, diff = _pairs()
+    rng = np.random.default_rng(6)
+    noisy = align + rng.normal(0, 0.6, (8, 1))
+    out = rank_correlations({"alignment": noisy, "alignment_incorrect": align, "teacher_advantage": noisy.copy()},
+                            diff, seed=2, n_boot=500)
+    assert "minus_alignment" not in out["alignment"]
+    assert out["alignment_incorrect"]["minus_alignment"]["verdict"] == "better"
+    same = out["teacher_advantage"]["minus_alignment"]
+    assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0] and same["verdict"] == "not resolved"
+
+
+@pytest.mark.parametrize("algorithm", ["gkd", "forward_kl", "jsd"])
+def test_training_losses_descend_along_the_gradients_the_diagnostic_scores(algorithm):
+    """Pinned: minus the autograd gradient of each training loss with respect to the student's logits
+    is the gradient the diagnostic scores for that algorithm (SPEC §3, on the full vocabulary), so
+    `odiag validate` trains with exactly the update whose alignment the run measured."""
+    torch = pytest.importorskip("torch")
+    from harness.core.gradients import ALGORITHMS, NodeInputs
+    from harness.validate import token_losses
+
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        z = torch.tensor(rng.normal(0, 2, 9), requires_grad=True)
+        zt = torch.tensor(rng.normal(0, 2, 9))
+        loss = token_losses(algorithm, torch.log_softmax(z, -1)[None, None], torch.log_softmax(zt, -1)[None, None], beta=0.3)
+        loss.sum().backward()
+        pi, pit = torch.softmax(z, -1).detach().numpy(), torch.softmax(zt, -1).numpy()
+        inputs = NodeInputs(pi, pit, np.zeros(9), np.zeros(9), np.zeros(9), -1, 0.0, 0.3)
+        assert -z.grad.numpy() == pytest.approx(ALGORITHMS[algorithm](inputs), abs=1e-10)
+
+
+def test_settings_resolve_defaults_then_quick_then_flags_then_set():
+    from harness.config import ConfigError
+    from harness.validate import QUICK, ValidateConfig, resolve_validate_config
+
+    assert resolve_validate_config() == ValidateConfig()
+    cfg = resolve_validate_config(True, ["steps=5", "algorithms=[jsd]"], seeds=7, teachers=("a",))
+    assert (cfg.seeds, cfg.steps, cfg.eval_samples, cfg.teachers, cfg.algorithms) == (7, 5, QUICK["eval_samples"], ("a",), ("jsd",))
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        resolve_validate_config(False, ["stepz=3"])
+    with pytest.raises(ConfigError, match="'heldout' must be >= 1"):
+        resolve_validate_config(False, ["heldout=0"])
+
+
+def test_statistics_import_with_model_libraries_blocked():
+    """harness.core.validation is core (numpy, scipy); harness.validate loads torch only when it trains."""
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'transformers', 'vllm', 'lm_eval'}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import harness.core.validation, harness.validate\n"
+        "harness.validate.resolve_validate_config(True, ['seeds=4'])\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# tier 2: the command on the toy models ------------------------------------------------------------
+
+SMALL_RUN = ["limit=3", "teachers=[toy-self-1c,toy-teacher]", "n_initial=24", "n_target=24", "k_window=2",
+             "algorithms=[gkd,forward_kl]"]
+TINY = ["steps=3", "prompts_per_step=3", "samples_per_prompt=2", "heldout=8", "eval_samples=4", "n_boot=200"]
+
+
+def _odiag(*args, cwd):
+    return subprocess.run([BIN / "odiag", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("torch")
+    tmp = tmp_path_factory.mktemp("validate")
+    done = _odiag("demo", "--out", tmp / "run", "--site", tmp / "site", "--quiet",
+                  *[x for s in SMALL_RUN for x in ("--set", s)], cwd=tmp)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_validate_quick_on_the_toy_models(small_run):
+    from harness.leaderboard import build
+    from harness.leaderboard.merge import load_runs, merge
+    from harness.leaderboard.site import render
+    from harness.pipeline import json_ready
+
+    run = small_run
+    runs = load_runs([run])
+    assert 'id="validation"' not in render(json_ready(merge(runs)), runs, [])  # no validation, no panel
+
+    done = _odiag("validate", run, "--quick", "--seeds", "2", *[x for s in TINY for x in ("--set", s)], "--quiet", cwd=run.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Spearman(gain, alignment)" in done.stdout
+    v = json.loads((run / "validation.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert v["schema_version"] == "odiag.validation/1" and v["settings"]["steps"] == 3 and v["settings"]["seeds"] == 2
+    assert v["run"]["config_hash"] == results["config_hash"] and v["versions"]["torch"]
+    # trained on the diagnosed questions, evaluated on others of the same task
+    assert v["questions"]["training"] == [q["id"] for q in results["questions"]]
+    assert len(v["questions"]["heldout"]) == 8 and not set(v["questions"]["heldout"]) & set(v["questions"]["training"])
+    arms = {(r["teacher"], r["algorithm"]) for r in v["rows"]}
+    assert arms == {("toy-self-1c", "gkd"), ("toy-self-1c", "forward_kl"), ("toy-teacher", "gkd"),
+                    ("toy-teacher", "forward_kl"), (None, "drgrpo"), (None, "control"), (None, "control_fresh_draws")}
+    for r in v["rows"]:
+        assert len(r["accuracy"]["per_seed"]) == 2 and r["gain"]["ci95"][0] <= r["gain"]["mean"] <= r["gain"]["ci95"][1]
+        if r["kind"] == "distillation":
+            row = next(x for x in results["teachers"] if (x["teacher"], x["algorithm"]) == (r["teacher"], r["algorithm"]))
+            assert r["alignment"]["mean"] == row["alignment"]["mean"]
+            assert all(t["loss_first"] is not None and t["loss_last"] is not None for t in r["training"])
+    control = next(r for r in v["rows"] if r["algorithm"] == "control")
+    assert control["gain"]["mean"] == 0.0  # the reference itself
+    assert set(v["correlation"]) == {"alignment", "alignment_incorrect", "teacher_advantage"}
+    assert v["correlation"]["alignment"]["n_pairs"] == 4
+    # the predictors recomputed per question from nodes.parquet aggregate to results.json's means
+    distilled = [r for r in v["rows"] if r["kind"] == "distillation"]
+    for name in ("alignment", "alignment_incorrect", "teacher_advantage"):
+        nan = lambda xs: [float("nan") if x is None else x for x in xs]
+        assert nan(v["correlation"][name]["x"]) == pytest.approx(nan([r[name]["mean"] for r in distilled]), nan_ok=True)
+    assert (run / "validation.svg").stat().st_size > 0 and (run / "validation.png").stat().st_size > 0
+
+    # every (arm, seed) was stored: the same command resumes without training again, same numbers
+    stored = list((run / "validation").glob("*/*.json"))
+    assert len(stored) == 7 * 2
+    from harness.cli import main
+
+    assert main(["validate", str(run), "--quick", "--seeds", "2", *[x for s in TINY for x in ("--set", s)], "--quiet"]) == 0
+    v2 = json.loads((run / "validation.json").read_text())
+    assert [r["gain"] for r in v2["rows"]] == [r["gain"] for r in v["rows"]]
+
+    board = build([run], run.parent / "site-after")
+    html = (run.parent / "site-after" / "index.html").read_text()
+    assert 'id="validation"' in html and "Does alignment predict training?" in html and board["entries"]
+    assert (run.parent / "site-after" / "figures" / "run--validation.svg").is_file()
+
+
+@pytest.mark.slow
+def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
+    from harness.cli import main
+
+    for args, needle in (
+        ([small_run, "--teachers", "nope"], "no teacher 'nope'"),
+        ([small_run, "--set", "algorithms=[minillm]"], "unknown algorithm 'minillm'"),
+        ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
+        ([tmp_path], "not a finished odiag run"),
+    ):
+        assert main(["validate", *map(str, args), "--quick"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("odiag: error:") and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "validation.json").exists() and not (tmp_path / "validation").exists()
+    # the error arrives before torch is needed: through the console script as well
+    done = _odiag("validate", small_run, "--teachers", "nope", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("odiag: error:") and "Traceback" not in done.stderr
