@@ -91,3 +91,17 @@ def test_the_corrected_command_runs_after_a_bad_option(tmp_path):
     assert bad.returncode == 2
     subprocess.run(base, cwd=ROOT, check=True, capture_output=True)
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_run_directory_refuses_a_changed_scorer_and_resumes_with_new_engine_settings(tmp_path):
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+    from harness.rundir import RunDirError
+
+    base = ["backend=vllm", "limit=1", "n_target=20"]
+    first = run(resolve_run_config(None, [*base, "student_args={score_with: hf}"]), tmp_path / "run", backend=SyntheticBackend())
+    with pytest.raises(RunDirError, match="student_args"):
+        run(resolve_run_config(None, [*base, "student_args={score_with: vllm}"]), tmp_path / "run", backend=SyntheticBackend())
+    again = run(resolve_run_config(None, [*base, "student_args={score_with: hf, max_model_len: 512}"]), tmp_path / "run",
+                backend=SyntheticBackend())
+    assert again["teachers"] == first["teachers"]
