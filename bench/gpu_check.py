@@ -1,4 +1,4 @@
-"""GPU check of the hf backend on the tiny Qwen3 toy student that travels with the repository.
+"""GPU check of the hf or vllm backend on the tiny Qwen3 toy student that travels with the repository.
 
 For a few batch sizes: sampled tokens/s and rollouts/s with fan-out (requests of ``n`` completions
 of one prefix), scored tokens/s (a teacher pass with the student as reference, full-vocabulary
@@ -7,11 +7,17 @@ backend. One table; a few minutes. Runs on CPU too (``--device cpu``), which is 
 
     bash bench/gpu_check.sh            # on a CUDA machine
     python bench/gpu_check.py --device cpu --quick
+    PYTHON=.venv-vllm/bin/python bash bench/gpu_check.sh --backend vllm   # the vLLM engine (its own venv)
+
+``--backend vllm`` measures one engine (vLLM batches by itself) and scores through the exact scorer
+the backend uses by default; ``--json FILE`` writes the rows for ``odiag plan --measurements``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,20 +67,56 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int) -> di
     }
 
 
+def measure_vllm(n: int, new: int, prefixes: int) -> dict:
+    """Sampled tokens/s and rollouts/s of one vLLM engine on the toy student; scored tokens/s of its
+    exact scorer (transformers on the engine's device)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # read on CPU only
+    from harness.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend({STUDENT: ModelSpec(str(STUDENT_DIR), dtype="float32"),
+                           str(TEACHER_DIR): ModelSpec(str(TEACHER_DIR), dtype="float32")},
+                          max_model_len=512, gpu_memory_utilization=0.3)
+    rng = np.random.default_rng(0)
+    requests = [SampleRequest(rng.integers(5, 40, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+    backend.sample(requests[:1])  # warm-up: the engine starts here
+    start = time.perf_counter()
+    results = backend.sample(requests)
+    sample_s = time.perf_counter() - start
+    sampled = sum(len(t) for r in results for t in r.tokens)
+    paths = [t for r in results[:4] for t in r.tokens[:8]]
+    scores = [ScoreRequest(requests[0].prefix, p, str(TEACHER_DIR), reference_model=STUDENT,
+                           reference_context=requests[0].prefix) for p in paths]
+    backend.score(scores[:1])  # the scorer loads here
+    start = time.perf_counter()
+    backend.score(scores)
+    score_s = time.perf_counter() - start
+    return {"batch": "engine", "sampled_tok_s": sampled / sample_s, "rollouts_s": n * prefixes / sample_s,
+            "scored_tok_s": sum(len(p) for p in paths) / score_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="two batch sizes, fewer prefixes")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="backend to measure (default hf)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON (odiag plan --measurements)")
     args = parser.parse_args()
     batches = [16, 64] if args.quick else [16, 64, 256, 1024]
     prefixes = 4 if args.quick else 16
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {args.device} ({name}), torch {torch.__version__}, toy student {STUDENT_DIR.name}")
-    rows = [measure(args.device, b, 100, 64, prefixes) for b in batches]
-    overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)
+    print(f"device {args.device} ({name}), torch {torch.__version__}, toy student {STUDENT_DIR.name}, backend {args.backend}")
+    if args.backend == "vllm":
+        rows = [measure_vllm(100, 64, prefixes)]
+    else:
+        rows = [measure(args.device, b, 100, 64, prefixes) for b in batches]
     print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}")
     for r in rows:
         print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "backend": args.backend, "rows": rows}, indent=2) + "\n")
+    if args.backend == "vllm":
+        return
+    overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)
     print(
         f"odiag run on odiag_toy: wall {overhead['wall']:.1f} s, backend {overhead['inside']:.1f} s, "
         f"outside the backend {overhead['outside_share']:.1%}, {overhead['rollouts']} rollouts "

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: hf backend throughput on the toy student and pipeline overhead, one table, under 5 minutes.
+# GPU check: hf (default) or vllm (--backend vllm) throughput on the toy student, and the hf pipeline overhead,
+# one table, under 5 minutes. --json FILE writes the rows for `odiag plan --measurements FILE`.
 # Needs the project installed (make install) and a CUDA device; prints what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."

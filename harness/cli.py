@@ -20,17 +20,17 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 0 if summary["passed"] else 1
 
 
-def _reporter(args: argparse.Namespace):
+def _reporter(args: argparse.Namespace, preamble: Callable[[], list[str]] | None = None):
     from harness.progress import Reporter
 
-    return Reporter(quiet=args.quiet, interval=args.progress_interval)
+    return Reporter(quiet=args.quiet, interval=args.progress_interval, preamble=preamble)
 
 
-def _reported(args: argparse.Namespace, work: Callable[[Any], dict]) -> int:
+def _reported(args: argparse.Namespace, work: Callable[[Any], dict], preamble: Callable[[], list[str]] | None = None) -> int:
     """Run ``work(on_progress)`` under the progress display, then print its summary and closing lines."""
     from harness.report import summary_table
 
-    reporter = _reporter(args)
+    reporter = _reporter(args, preamble)
     try:
         results = work(reporter)
     finally:
@@ -47,7 +47,26 @@ def _run(args: argparse.Namespace) -> int:
     cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
-    return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair))
+    # the plan's first lines once the run is checked and its directory open (a refused run prints one line)
+    return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair),
+                     preamble=lambda: _plan_lines(cfg))
+
+
+def _plan_lines(cfg, lines: int = 12) -> list[str]:
+    """The first lines of `odiag plan` before a run (a plan that cannot be made is only mentioned)."""
+    from harness.config import ConfigError
+    from harness.costplan import plan_for
+
+    try:
+        return plan_for(cfg).lines[:lines]
+    except (ConfigError, OSError, ValueError) as exc:
+        return [f"plan: not available ({exc})"]
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from harness.costplan import main_plan
+
+    return main_plan(args)
 
 
 def _rescore(args: argparse.Namespace) -> int:
@@ -213,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     _progress_interval(p)
     p.set_defaults(func=_run)
+
+    p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
+    p.add_argument("--config", help="run config YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--gpu-memory", type=_count(0, float), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
+    p.add_argument("--throughput", type=_count(0, float), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
+    p.add_argument("--measurements", type=_path, metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
+    p.set_defaults(func=_plan)
 
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
     p.add_argument("dir", type=_path, help="run directory")

@@ -89,6 +89,11 @@ def distinct() -> Rule:
     return Rule(lambda v: len(set(v)) == len(v), lambda: "a list without repeats")
 
 
+def named_keys() -> Rule:
+    """A mapping whose keys are names (strings)."""
+    return Rule(lambda v: all(isinstance(k, str) and k for k in v), lambda: "a mapping of option names to values")
+
+
 def setting(default: Any, doc: str, *rules: Rule) -> Any:
     """A config field: its default, its one-line doc and its rules (None always passes an optional
     field's rules). A list or dict default is copied for each instance."""
@@ -173,6 +178,9 @@ class RunConfig:
     survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1))
     survey_visits: int | None = setting(
         None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1))
+    student_args: dict = setting(
+        {}, "backend options, as lm-eval's model_args (e.g. {gpu_memory_utilization: 0.3}); checked against the backend",
+        named_keys())
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -184,11 +192,22 @@ class RunConfig:
         keeps its hash when the checkout moves.
         """
         data = {k: v for k, v in portable(to_dict(self)).items() if k not in EXECUTION_FIELDS}
+        if numeric := numeric_options(self):
+            data["student_args"] = numeric
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # where a run executes never changes its results, so these may differ when a run is resumed
-EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads")
+# (student_args apart from its numeric options, see numeric_options)
+EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads", "student_args")
+
+
+def numeric_options(cfg: RunConfig) -> dict:
+    """The part of ``student_args`` that moves a number (an approximate scorer, its depth, a weight
+    format: ``harness.backends.NUMERIC_OPTIONS``): hashed with the run and part of its tree."""
+    from harness.backends import NUMERIC_OPTIONS
+
+    return {k: v for k, v in sorted(portable(cfg.student_args).items()) if k in NUMERIC_OPTIONS}
 
 # What a setting changes in a run directory (harness/rundir.py, harness/plan.py). Every other field
 # (not an execution field) shapes the rollout tree: task, student, seed, sampling, allocation, and the
@@ -202,7 +221,10 @@ GROWTH_FIELDS = ("limit", "budget")
 def tree_fields(cfg: RunConfig) -> dict:
     """The fields that shape the rollout tree, portable (teachers apart: they count by content)."""
     skip = {*EXECUTION_FIELDS, *SCORING_FIELDS, *GROWTH_FIELDS, "teachers"}
-    return {k: v for k, v in portable(to_dict(cfg)).items() if k not in skip}
+    fields = {k: v for k, v in portable(to_dict(cfg)).items() if k not in skip}
+    if numeric := numeric_options(cfg):  # a scorer's numbers pick the candidates: they shape the tree
+        fields["student_args"] = numeric
+    return fields
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent

@@ -16,7 +16,11 @@ per-teacher mean. The run directory is written as ``odiag run`` writes it.
 
 odiag settings come from ``--metadata`` (any `RunConfig` key lm-eval does not decide, plus
 ``out`` and ``site``); lm-eval merges ``--model_args`` into the same dict, so a model argument is
-accepted there too, and anything else is an error.
+accepted there too (for ``--model vllm``: vLLM's own engine arguments, which lm-eval passes to the
+engine), and anything else is an error. ``--gen_kwargs``: ``temperature`` is the sampling
+temperature T (unless ``--metadata`` sets ``temperature``) and ``max_gen_toks`` the response length
+limit (unless it sets ``max_new_tokens``); ``do_sample`` must stay true and ``until`` is the task's;
+any other key (``top_p``, ``top_k``, ...) would truncate π and is refused in one line.
 """
 
 from __future__ import annotations
@@ -59,11 +63,11 @@ EXTRA = {
     "site": "leaderboard site directory to (re)build from the run directory; none by default",
 }
 LM_EVAL_KEYS = {"version", "config_source", "odiag"}  # lm-eval's own and the YAML's metadata
+# --gen_kwargs keys odiag reads (as these RunConfig keys) or that leave π untouched; others are refused
+GEN_KWARGS = {"temperature": "temperature", "max_gen_toks": "max_new_tokens"}
+NEUTRAL_GEN_KWARGS = {"until": None, "do_sample": True, "top_p": 1.0, "top_k": (None, 0, -1), "min_p": 0.0}
 METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
 NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision points has: why, in one line
-# lm-eval --gen_kwargs keys odiag maps onto its own settings; `temperature` is decided in run_config
-GEN_KWARGS = {"max_gen_toks": "max_new_tokens"}
-GEN_KWARGS_DECIDED_ELSEWHERE = ("temperature",)
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
 
 
@@ -110,13 +114,16 @@ class DiagnosticTask(ConfigurableTask):
     def __init__(self, config: dict | None = None, **kwargs):
         config = {k: v for k, v in (config or {}).items() if k != "class"}
         super().__init__(config=config, **kwargs)
-        self.gen_settings: dict = {}  # RunConfig values from --gen_kwargs
 
     # lm-eval options the diagnostic cannot honour are refused, not ignored -----------------------
 
     def set_config(self, key: str, value, update: bool = False) -> None:
         if key == "generation_kwargs" and update:  # lm-eval's --gen_kwargs
-            self.gen_settings |= _refusing(gen_kwargs_settings, value, f"task {self.config.task}")
+            # checked here, before any request; the values are read from generation_kwargs in run_config
+            try:
+                generation_settings(value, {}, f"task {self.config.task}")
+            except ConfigError as exc:
+                refuse(str(exc))
         if key == "num_fewshot" and value not in (None, 0):
             refuse(f"task {self.config.task}: --num_fewshot {value}: odiag's prompts are zero-shot "
                    "(a diagnostic of the student's own prompt)")
@@ -189,34 +196,6 @@ def refuse(message: str) -> None:
     raise SystemExit(2)
 
 
-def _refusing(check, value, where: str):
-    try:
-        return check(value)
-    except ConfigError as exc:
-        refuse(f"{where}: {exc}")
-
-
-def gen_kwargs_settings(gen_kwargs: Mapping) -> dict:
-    """The `RunConfig` values of lm-eval's ``--gen_kwargs``; a key odiag cannot honour is a ConfigError.
-
-    The diagnostic samples the student's untruncated distribution at ``temperature`` (SPEC §1), so
-    sampling filters (``top_p``, ``top_k``, ...), greedy decoding and extra stop strings are refused.
-    """
-    out = {}
-    for key, value in (gen_kwargs or {}).items():
-        if key in GEN_KWARGS:
-            out[GEN_KWARGS[key]] = value
-        elif key in GEN_KWARGS_DECIDED_ELSEWHERE:
-            continue
-        elif key == "do_sample" and str(value).lower() in ("true", "1"):
-            continue  # the diagnostic always samples
-        else:
-            honoured = sorted([*GEN_KWARGS, *GEN_KWARGS_DECIDED_ELSEWHERE, "do_sample=true"])
-            raise ConfigError(f"--gen_kwargs {key}={value!r}: odiag cannot honour it (it samples the student's "
-                              f"untruncated distribution; keys it maps: {', '.join(honoured)})")
-    return out
-
-
 def _teacher_name(teacher: str) -> str:
     from harness.teachers import load_teacher
 
@@ -233,8 +212,48 @@ def _model_argument_names(lm=None) -> set[str]:
             continue
         for fn in (model.__init__, getattr(model, "_create_model", model.__init__)):
             names |= {p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs")}
+        if cls == "VLLM":  # lm-eval passes vLLM's own engine arguments through to the engine
+            from harness.backends import engine_argument_names
+
+            names |= engine_argument_names()
     names |= set(getattr(lm, "model_args", None) or {})  # vLLM keeps every engine argument
     return names
+
+
+def _yaml_generation_kwargs(task: str) -> dict:
+    """The ``generation_kwargs`` written in odiag's task YAML ``task`` ({} for another task)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    path = TASKS_DIR / f"{task}.yaml"
+    try:
+        return dict((yaml.load(path.read_text(), Loader=Loader) or {}).get("generation_kwargs") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+
+
+def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: str, written: Mapping = ()) -> dict:
+    """RunConfig keys from the task's ``generation_kwargs`` (the YAML's, updated by ``--gen_kwargs``):
+    ``temperature`` and ``max_gen_toks`` unless ``run`` (the metadata) sets them (a length equal to
+    the YAML's own, ``written``, is left to the task, as ``odiag run`` leaves it); anything that
+    would reshape π is a one-line ConfigError."""
+    out = {}
+    written = dict(written)
+    for key, value in (generation_kwargs or {}).items():
+        if key in GEN_KWARGS:
+            field = GEN_KWARGS[key]
+            if field not in run and not (field == "max_new_tokens" and value == written.get(key)):
+                out[field] = float(value) if field == "temperature" else int(value)
+            continue
+        neutral = NEUTRAL_GEN_KWARGS.get(key, ())
+        if key == "until" or value == neutral or (isinstance(neutral, tuple) and value in neutral):
+            continue
+        raise ConfigError(f"{where}: --gen_kwargs {key}={value!r} would not sample from the student's distribution; "
+                          "odiag reads only temperature and max_gen_toks")
+    return out
 
 
 # the model side ----------------------------------------------------------------------------------
@@ -260,18 +279,23 @@ def _student(lm) -> tuple[str, str | None]:
 
 def _backend(lm, cfg: RunConfig, teachers):
     from harness.backends import STUDENT, ModelSpec
-    from harness.pipeline import model_specs
+    from harness.plan import backend_options, model_specs
 
     specs = model_specs(cfg, teachers)
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
+    options = backend_options(cfg, teachers)  # student_args from --metadata, teachers' model_args
     if type(lm).__name__ == "VLLM":
         from harness.backends.vllm import VLLMBackend
 
-        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, score_with="vllm")
+        if options.get("engine_options"):
+            raise ConfigError(f"student_args {sorted(options['engine_options'])}: lm-eval builds the student's "
+                              "engine; give vLLM's engine arguments in --model_args")
+        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs,
+                                       **{"score_with": "vllm", **options})
     from harness.backends.hf import HFBackend
 
     specs.pop(STUDENT)
-    return HFBackend.from_model(lm.model, spec, specs)
+    return HFBackend.from_model(lm.model, spec, specs, **options)
 
 
 def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, dict]:
@@ -281,7 +305,8 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
     run = settings(task.config.metadata or {}, _model_argument_names(lm), where)
     student, revision = _student(lm)
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
-    data |= getattr(task, "gen_settings", {})
+    data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
+                                _yaml_generation_kwargs(task.config.task))
     data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
              "student": student, "student_revision": revision, "limit": n_questions}
     return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}
@@ -461,7 +486,7 @@ def check_eval_options(argv: Sequence[str]) -> None:
                           "put the instruction in the task YAML's doc_to_text")
     if getattr(args, "fewshot_as_multiturn", None):
         raise ConfigError(f"{where}: --fewshot_as_multiturn: odiag's prompts are zero-shot")
-    gen_kwargs_settings(args.gen_kwargs or {})  # raises with the key it cannot honour
+    generation_settings(args.gen_kwargs or {}, {}, where)  # raises with the key it cannot honour
 
 
 def main_eval(argv: list[str]) -> int:
@@ -481,5 +506,5 @@ def main_eval(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["DiagnosticTask", "gen_kwargs_settings", "lm_eval_argv", "main_eval", "main_tasks_dir", "odiag_diagnose",
+__all__ = ["DiagnosticTask", "generation_settings", "lm_eval_argv", "main_eval", "main_tasks_dir", "odiag_diagnose",
            "question_records", "settings"]

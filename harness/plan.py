@@ -1,7 +1,8 @@
 """The run plan: a config resolved and checked as a whole before anything is written.
 
 :func:`make_plan` loads the task and every teacher of the config, checks each teacher against the
-task (``Task.check_teacher``) and names the backend and strategy; only a plan opens a run directory
+task (``Task.check_teacher``), names the backend and strategy and checks the backend's options
+(``student_args``, the teachers' ``model_args``); only a plan opens a run directory
 (:meth:`harness.rundir.RunDir.open`), so a typo in any of them leaves nothing behind.
 
 A teacher is identified by content (:func:`teacher_identity`): the sha256 of its YAML file and of the
@@ -145,10 +146,39 @@ def model_specs(cfg: RunConfig, teachers) -> dict[str, ModelSpec]:
     return {**artefact_models(teachers), **specs}
 
 
+def backend_options(cfg: RunConfig, teachers) -> dict:
+    """``student_args`` and the teachers' ``model_args``, checked against the backend (one-line errors)."""
+    from harness.backends import check_options
+
+    if cfg.backend != "vllm" and any(t.model_args and not t.is_self for t in teachers):
+        raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
+    try:
+        options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
+        per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
+                     for t in teachers if t.model_args and not t.is_self}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(t.model_args and t.is_self for t in teachers):
+        raise ConfigError("a self-teacher reads with the student's model: set its options in student_args")
+    if per_model:
+        from harness.backends import engine_argument_names
+
+        options["model_args"] = {m: {**o.pop("engine_options", {}), **o} for m, o in per_model.items()}
+        engine = engine_argument_names()
+        for t in teachers:
+            odd = sorted(set(options["model_args"].get(t.model, {})) - engine) if engine else []
+            if odd:
+                raise ConfigError(f"teacher {t.name}: model_args key {odd[0]!r} is not a vLLM engine argument "
+                                  "(backend-wide options go in student_args)")
+    return options
+
+
 def build_backend(cfg: RunConfig, teachers) -> Backend:
-    """The configured backend, in this process or spread over Ray workers."""
+    """The configured backend, in this process or spread over Ray workers (options as :func:`make_plan`
+    checked them)."""
     # hf draws from counter-based randomness, so its thread count never moves a number
     options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
+    options |= backend_options(cfg, teachers)
     if cfg.executor == "ray":
         from harness.distributed import RayBackendPool
 
@@ -189,6 +219,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)
+    backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
     task = task or run_task(cfg)
     for r in refs:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(r.config)

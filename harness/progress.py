@@ -290,8 +290,9 @@ class Reporter:
     """
 
     def __init__(self, quiet: bool = False, interval: float = 30.0, stream: TextIO | None = None,
-                 tty: bool | None = None):
+                 tty: bool | None = None, preamble: Callable[[], list[str]] | None = None):
         self.quiet = quiet
+        self.preamble = preamble  # lines written once, as the run starts (after it was checked)
         self.interval = interval
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -316,6 +317,9 @@ class Reporter:
             return
         with self._lock:
             if isinstance(event, RunStarted):
+                if self.preamble is not None:
+                    preamble, self.preamble = self.preamble, None
+                    self.stream.write("".join(f"{line}\n" for line in preamble()))
                 self._line(run_started_line(event))
             elif self.tty:
                 self._bar(event)

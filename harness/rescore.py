@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
-from harness.plan import ADDED, make_plan, resolve_teacher
+from harness.plan import ADDED, backend_options, make_plan, resolve_teacher
 from harness.rundir import RunDir, RunDirError
 from harness.tasks import Task
 
@@ -32,6 +32,7 @@ def add_teacher(
     cfg = _finished(out)
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
     plan.task.check_teacher(ref.config)
+    backend_options(cfg, [*plan.specs, ref.config])  # its model_args against the backend
     with RunDir.open(out, plan, add=ref) as rundir:
         from harness.pipeline import _execute
 

@@ -26,11 +26,17 @@ deterministically (fixed seeds, steps and thread count):
   the student reading a solution is a much better teacher than the student alone;
 - **teacher** (hidden 96, 3 layers): trained on clean solutions only, above 90% accurate.
 
+Both are trained with narrow heads (16 and 24 dimensions) and stored with heads zero-padded to
+:data:`SERVED_HEAD_DIM` (32), the smallest head size vLLM's CPU attention runs (:func:`pad_heads`:
+an exact rewrite, the same function up to rounding, so every number the demo reports is kept).
+
 The summariser of the ``toy-self-sum-*`` teachers is :func:`summarize` (the running totals), a text
 function registered as ``toy-summary`` in :data:`harness.teachers.TEXT_SUMMARIZERS`.
 
-``python -m harness.toy`` retrains both into ``harness/toy_models/`` and writes ``MANIFEST.json``
-(sizes, accuracies, training time); the committed checkpoints were made by exactly that command.
+``python -m harness.toy`` retrains both into ``harness/toy_models/``, pads their heads and writes
+``MANIFEST.json`` (sizes, accuracies, training time); the committed checkpoints were made by exactly
+that command. ``python -m harness.toy --pad-only`` pads checkpoints trained before padding existed
+in place (what the committed ones went through: ``MANIFEST.json`` names the trained weights' hash).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ TRAIN_DIGITS = (2, 10)  # digits per training question, uniform over this inclus
 # Tiny models run on one torch thread: reproducible, and on a busy 2-core machine two OpenMP
 # threads spin-wait for each other (measured 60x slower sampling than one).
 THREADS = 1
+SERVED_HEAD_DIM = 32  # vLLM's CPU attention runs head sizes 32, 64, 80, 96, 112, 128, ... only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +92,7 @@ class ToyModel:
     hidden_size: int  # width
     num_hidden_layers: int  # depth
     intermediate_size: int  # MLP width
-    head_dim: int  # hidden_size / 4 heads
+    head_dim: int  # hidden_size / 4 heads, while training (stored padded to SERVED_HEAD_DIM)
     sloppy: bool  # trained on sloppy solutions (and hints) rather than clean ones
     steps: int  # optimizer steps
     seed: int  # initialisation and data seed
@@ -308,6 +315,94 @@ def train(spec: ToyModel, tokenizer, out_dir: Path) -> dict:
             "final_loss": round(float(loss.item()), 4), **dataclasses.asdict(spec)}
 
 
+# head padding --------------------------------------------------------------------------------------
+
+
+def _head_rows(heads: int, old: int, new: int):
+    """Where each of ``heads`` heads' ``old`` dimensions go among ``new``: each rotary half (RoPE
+    pairs dimension ``i`` with ``i + dim/2``) keeps its place at the start of the padded half."""
+    import torch
+
+    half = torch.arange(old // 2)
+    one = torch.cat([half, half + new // 2])
+    return torch.cat([h * new + one for h in range(heads)])
+
+
+def pad_heads(model, head_dim: int = SERVED_HEAD_DIM):
+    """A Qwen3 model whose attention heads are zero-padded from ``d`` to ``head_dim`` dimensions,
+    computing the same function (up to float rounding).
+
+    Per head, each rotary half of the query, key and value projections gets zero rows appended,
+    and the output projection zero columns, so the padded dimensions carry zeros everywhere. Three
+    things see the head size and are compensated: the rotary frequencies (``base^(-2i/dim)``: the
+    base becomes ``base^(head_dim/d)``, so the first ``d/2`` frequencies are the trained ones);
+    q_norm/k_norm, an RMSNorm over the head, whose mean of squares would shrink by ``d/head_dim``
+    (the query and key projections are scaled by ``c = sqrt(head_dim/d)``, which restores it
+    exactly, epsilon included, and scales the norm's output by ``c``); and the attention scale
+    ``head_dim^-1/2``, which the query's factor ``c`` cancels (the query norm's weight is kept, the
+    key norm's is divided by ``c``).
+    """
+    import copy
+
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    config = copy.deepcopy(model.config)
+    old = config.head_dim
+    if old == head_dim:
+        return model
+    if old > head_dim or old % 2 or getattr(config, "attention_bias", False):
+        raise ValueError(f"cannot pad heads of {old} dimensions (attention bias: {config.attention_bias}) to {head_dim}")
+    rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta})
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"padding supports the default rotary embedding, not {rope['rope_type']!r}")
+    rope["rope_theta"] = float(rope["rope_theta"]) ** (head_dim / old)
+    config.rope_parameters = rope
+    config.head_dim = head_dim
+    padded = Qwen3ForCausalLM(config).eval()
+    state = model.state_dict()
+    q_rows = _head_rows(config.num_attention_heads, old, head_dim)
+    kv_rows = _head_rows(config.num_key_value_heads, old, head_dim)
+    norm_rows = _head_rows(1, old, head_dim)
+    scale = (head_dim / old) ** 0.5
+    new = {}
+    for name, value in padded.state_dict().items():
+        value = torch.zeros_like(value)
+        src = state[name].detach()
+        if name.endswith("q_proj.weight"):
+            value[q_rows] = src * scale
+        elif name.endswith("k_proj.weight"):
+            value[kv_rows] = src * scale
+        elif name.endswith("v_proj.weight"):
+            value[kv_rows] = src
+        elif name.endswith("o_proj.weight"):
+            value[:, q_rows] = src
+        elif name.endswith("q_norm.weight"):
+            value[norm_rows] = src
+        elif name.endswith("k_norm.weight"):
+            value[norm_rows] = src / scale
+        else:
+            value = src.clone()
+        new[name] = value
+    padded.load_state_dict(new)
+    return padded
+
+
+def pad_checkpoint(path: Path, head_dim: int = SERVED_HEAD_DIM) -> dict:
+    """Pad the heads of the checkpoint at ``path`` in place; what changed, for the manifest."""
+    model, _ = load(path)
+    old = model.config.head_dim
+    trained_sha = _sha256(path / "model.safetensors")
+    if old == head_dim:
+        return {}
+    padded = pad_heads(model, head_dim)
+    padded.save_pretrained(path, safe_serialization=True)  # the tokenizer files stay as they are
+    return {"head_dim": head_dim, "trained_head_dim": old, "trained_sha256": trained_sha,
+            "trained_parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": sum(p.numel() for p in padded.parameters()),
+            "rope_theta": padded.config.rope_parameters["rope_theta"]}
+
+
 # sampling and accuracy ---------------------------------------------------------------------------
 
 
@@ -404,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.toy", description=main.__doc__)
     parser.add_argument("--out", default=str(TOY_DIR), help="directory for student/, teacher/ and MANIFEST.json")
     parser.add_argument("--only", choices=sorted(MODELS), help="train one model only")
+    parser.add_argument("--pad-only", action="store_true",
+                        help="pad the heads of the checkpoints already in --out (no training), remeasure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
@@ -414,7 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, spec in MODELS.items():
         if args.only and name != args.only:
             continue
-        info = train(spec, tokenizer, out / name)
+        if args.pad_only:
+            info = {**manifest.get(name, {}), **pad_checkpoint(out / name)}
+        else:
+            info = train(spec, tokenizer, out / name)
+            info.update(pad_checkpoint(out / name))
         model, tok = load(out / name)
         info["accuracy"] = {str(d): accuracy(model, tok, d, questions=500, seed=123) for d in (4, 6, 7, 8, 10)}
         if spec.sloppy:

@@ -69,7 +69,7 @@ def test_ls_tasks_and_teachers(capsys):
     assert rows["self-1c1w"]["solutions"] == "1 correct + 1 wrong (the student's own)"
     assert rows["self-1c-32b"]["solutions"].startswith("1 correct (by Qwen/Qwen3-32B (32B)")
     assert rows["toy-self-sum-1c"]["summariser"] == "toy-summary (text function)"
-    assert rows["toy-teacher"]["model"] == "harness/toy_models/teacher (421k)"
+    assert rows["toy-teacher"]["model"] == "harness/toy_models/teacher (448k)"
     assert {r["task"]: r for r in task_rows()}["odiag_aime25"]["max_new_tokens"] == "30,000"
     assert model_size("Qwen/Qwen3-0.6B") == "0.6B" and model_size("gpt2") == ""
 
@@ -307,7 +307,7 @@ def test_a_piped_run_prints_periodic_progress_with_rate_and_eta(tmp_path):
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from harness.lmeval_bridge import TASKS_DIR, DiagnosticTask, check_eval_options, gen_kwargs_settings, lm_eval_argv  # noqa: E402
+from harness.lmeval_bridge import TASKS_DIR, DiagnosticTask, check_eval_options, generation_settings, lm_eval_argv  # noqa: E402
 
 
 def test_eval_arguments_gain_the_include_path_after_the_subcommand():
@@ -334,7 +334,8 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
 
 
 def test_gen_kwargs_odiag_maps_are_accepted():
-    assert gen_kwargs_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 1.0}) == {"max_new_tokens": 64}
+    assert generation_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 0.5}, {}, "--gen_kwargs") == {
+        "max_new_tokens": 64, "temperature": 0.5}
     check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--num_fewshot", "0", "--gen_kwargs", "max_gen_toks=64"]))
 
 
@@ -372,5 +373,5 @@ def test_plain_lm_eval_refuses_from_inside_the_task(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("odiag: error: task odiag_toy: --gen_kwargs top_k=5: odiag cannot honour it")
+    assert done.stderr.strip().splitlines()[-1].startswith("odiag: error: task odiag_toy: --gen_kwargs top_k=5 would not sample from the student's distribution")
     assert "Traceback" not in done.stderr

@@ -100,3 +100,42 @@ def test_training_is_deterministic(tmp_path):
     for run in ("a", "b"):
         toy.train(spec, tokenizer, tmp_path / run)
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def test_committed_heads_run_on_vllms_cpu_attention():
+    manifest = json.loads((toy.TOY_DIR / "MANIFEST.json").read_text())
+    for name in ("student", "teacher"):
+        config = json.loads((toy.TOY_DIR / name / "config.json").read_text())
+        assert config["head_dim"] in VLLM_CPU_HEAD_SIZES
+        assert manifest[name]["head_dim"] == config["head_dim"] == toy.SERVED_HEAD_DIM
+        assert manifest[name]["trained_head_dim"] < config["head_dim"]
+
+
+@pytest.mark.parametrize("head_dim", [16, 24])
+def test_padding_heads_keeps_the_function(head_dim):
+    """A random Qwen3 (norm weights and activations far from 1, so a missed compensation shows) and
+    its padded copy give the same log-probabilities; the padding is zeros."""
+    config = transformers.Qwen3Config(vocab_size=40, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                                      max_position_embeddings=128, initializer_range=0.02)
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.3, 2.0)
+    padded = toy.pad_heads(model, 32)
+    assert padded.config.head_dim == 32
+    ids = torch.randint(0, 40, (2, 60), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = torch.log_softmax(model(ids).logits.double(), -1)
+        b = torch.log_softmax(padded(ids).logits.double(), -1)
+    assert float((a - b).abs().max()) < 1e-4
+    q = padded.model.layers[0].self_attn.q_proj.weight.reshape(4, 32, 48)
+    half = head_dim // 2
+    assert float(q[:, half:16].abs().max()) == 0.0 and float(q[:, 16 + half:].abs().max()) == 0.0
+    unpadded = toy.pad_heads(model, head_dim)
+    assert unpadded is model

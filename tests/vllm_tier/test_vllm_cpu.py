@@ -1,0 +1,226 @@
+"""The vLLM backend for real, on vLLM's CPU build, with the toy models (heads padded to 32).
+
+- the sampler draws from the exact softmax (chi-square against transformers' distribution);
+- vLLM's prompt log-probabilities equal transformers' in float32 (the full vocabulary listed);
+- ``odiag run --set backend=vllm`` end to end, statistically consistent with ``backend=hf`` on the
+  same questions and seeds (the draws differ: each backend has its own random stream);
+- ``lm_eval --model vllm`` end to end with vLLM's own engine arguments and ``--gen_kwargs``;
+- a real SIGKILL mid-run under vLLM, then the same command resumes to the uninterrupted results.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+vllm = pytest.importorskip("vllm")
+if not hasattr(vllm, "LLM"):  # a directory named vllm on the path, not vLLM
+    pytest.skip("vLLM is not installed", allow_module_level=True)
+torch = pytest.importorskip("torch")
+
+from harness.backends import STUDENT, ModelSpec, SampleRequest, ScoreRequest  # noqa: E402
+from harness.toy import TOY_DIR  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STUDENT_DIR = str(TOY_DIR / "student")
+VOCAB = 52
+# a small diagnostic: 4 toy questions, one self-teacher, GKD only
+RUN = ["task=odiag_toy", f"student={STUDENT_DIR}", "dtype=float32", "teachers=[toy-self-1c]", "algorithms=[gkd]",
+       "limit=4", "n_initial=32", "n_target=16", "n_min=10", "k_window=3", "seed=0"]
+Z_999 = 3.29  # two-sided 99.9%: consistency tests fail by chance once in a thousand runs
+
+
+def _sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def _odiag(*args, **kw):
+    return subprocess.run([str(BIN / "odiag"), *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """One vLLM engine (the toy student, float32) and the exact hf backend on the same model."""
+    from harness.backends.hf import HFBackend
+    from harness.backends.vllm import VLLMBackend
+
+    specs = {STUDENT: ModelSpec(STUDENT_DIR, dtype="float32")}
+    backend = VLLMBackend(specs, score_with="vllm", score_logprobs=128, engine_options={"max_model_len": 512})
+    return backend, HFBackend(specs, device="cpu", threads=1)
+
+
+def _prompt():
+    from harness.toy import chat_prompt, load
+
+    _, tokenizer = load("student")
+    # after the first digit, "+" and " " are both likely: the student writes half its lines spaced
+    return np.array(chat_prompt(tokenizer, "sum 4829177") + tokenizer("4")["input_ids"])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_draws_from_the_exact_softmax(engines, temperature):
+    """4000 one-token draws against transformers' softmax at T (bins under 5 expected pooled)."""
+    from scipy import stats
+
+    backend, exact = engines
+    prefix, n = _prompt(), 4000
+    (res,) = backend.sample([SampleRequest(prefix, n, seed=3, max_new_tokens=1, temperature=temperature)])
+    (score,) = exact.score([ScoreRequest(prefix, np.array([0]), STUDENT, temperature, VOCAB)])
+    ids, logp, _ = score.at(0)
+    probs = np.zeros(VOCAB)
+    probs[ids] = np.exp(logp)
+    counts = np.bincount(np.concatenate(res.tokens), minlength=VOCAB)
+    expected = probs * n
+    big = expected >= 5
+    assert big.sum() >= 2, "the test needs a distribution with at least two likely tokens"
+    observed = np.append(counts[big], counts[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    assert stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_seeded_draws_repeat_and_stop_ids_end_them(engines):
+    backend, _ = engines
+    prefix = _prompt()
+    requests = [SampleRequest(prefix, 6, 11, 40, 1.0, stop_ids=(2,)), SampleRequest(prefix[:-3], 4, 12, 5, 0.8)]
+    first, again = backend.sample(requests), backend.sample(requests)
+    for a, b in zip(first, again, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
+    for t, truncated in zip(first[0].tokens, first[0].truncated, strict=True):
+        assert 2 not in t[:-1] and truncated == (t[-1] != 2)
+    assert all(len(t) == 5 for t in first[1].tokens) and first[1].truncated.all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_scores_equal_transformers_in_float32(engines, temperature):
+    """score_logprobs=128 is capped at the 52-id vocabulary, so vLLM lists every id: its tempered
+    log-probabilities and divergences equal the exact ones up to float32 kernel differences."""
+    backend, exact = engines
+    prompt = _prompt()
+    req = ScoreRequest(prompt, np.array([43, 6, 15, 44, 6, 15]), STUDENT, temperature, 8, STUDENT, prompt[-12:])
+    (got,), (want,) = backend.score([req]), exact.score([req])
+    assert got.approximate and not want.approximate
+    for k in range(len(req.response)):
+        ids_g, lp_g, _ = got.at(k)
+        ids_w, lp_w, _ = want.at(k)
+        common, ig, iw = np.intersect1d(ids_g, ids_w, return_indices=True)
+        assert len(common) >= len(ids_w) - 1
+        np.testing.assert_allclose(lp_g[ig], lp_w[iw], atol=2e-3)
+    for name in ("kl", "tv"):
+        np.testing.assert_allclose(got.divergences[name], want.divergences[name], atol=2e-3)
+    info = backend.describe()
+    assert info["score_logprobs"] == VOCAB
+    (engine,) = info["engines"].values()
+    assert engine["max_logprobs"] == 128 and engine["vocab_size"] == VOCAB
+    assert engine["enable_chunked_prefill"] is False and info["vllm"] and "cpu" in info["vllm"]
+
+
+# -- odiag run end to end ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same small diagnostic under vllm (a subprocess, as a user runs it) and hf (in process)."""
+    from harness.config import resolve_run_config
+    from harness.pipeline import run
+
+    root = tmp_path_factory.mktemp("runs")
+    started = time.monotonic()
+    out = _odiag("run", *_sets([*RUN, "backend=vllm", "student_args={max_model_len: 512}"]),
+                 "--out", str(root / "vllm"), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    vllm_seconds = time.monotonic() - started
+    run(resolve_run_config(None, [*RUN, "backend=hf", "threads=1"]), root / "hf")
+    load = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
+    return load("vllm"), load("hf"), root, vllm_seconds
+
+
+def _accuracy(results):
+    n = results["config"]["n_initial"]
+    right = sum(round(q["initial_accuracy"] * n) for q in results["questions"])
+    return right, n * len(results["questions"])
+
+
+def test_odiag_run_under_vllm_is_consistent_with_hf(runs):
+    """Initial accuracy: a two-proportion z-test; GKD alignment: the difference of the two means
+    within 3.29 combined standard errors (from each run's 95% CI). Both at the 0.1% level."""
+    vllm, hf, _, _ = runs
+    assert vllm["versions"]["backend"]["backend"] == "vllm" and hf["versions"]["backend"]["backend"] == "hf"
+    assert [q["id"] for q in vllm["questions"]] == [q["id"] for q in hf["questions"]]
+    (rv, nv), (rh, nh) = _accuracy(vllm), _accuracy(hf)
+    pooled = (rv + rh) / (nv + nh)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / nv + 1 / nh))
+    assert abs(rv / nv - rh / nh) <= Z_999 * se + 1e-12, (rv, nv, rh, nh)
+    (av,), (ah,) = vllm["teachers"], hf["teachers"]
+    sv = (av["alignment"]["ci95"][1] - av["alignment"]["ci95"][0]) / (2 * 1.96)
+    sh = (ah["alignment"]["ci95"][1] - ah["alignment"]["ci95"][0]) / (2 * 1.96)
+    diff = av["alignment"]["mean"] - ah["alignment"]["mean"]
+    assert abs(diff) <= Z_999 * np.hypot(sv, sh), (av["alignment"], ah["alignment"])
+    print(json.dumps({"vllm": {"accuracy": [rv, nv], "gkd": av["alignment"]},
+                      "hf": {"accuracy": [rh, nh], "gkd": ah["alignment"]}}))
+
+
+def test_sigkill_under_vllm_then_resume_gives_the_same_results(runs, tmp_path):
+    """A real `kill -9` once the first shards are written, then the same command again."""
+    reference, _, root, _ = runs
+    out = tmp_path / "killed"
+    cmd = [str(BIN / "odiag"), "run", *_sets([*RUN, "backend=vllm", "student_args={max_model_len: 512}"]),
+           "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    shards = out / "shards"
+    while time.monotonic() < deadline and proc.poll() is None and not list(shards.glob("*/window0-round0.npz")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["counts"]["rollouts_this_invocation"] < resumed["counts"]["rollouts"]
+    assert resumed["counts"]["rollouts"] == reference["counts"]["rollouts"]
+    assert resumed["teachers"] == reference["teachers"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_unknown_backend_option_is_one_line(tmp_path):
+    out = _odiag("run", *_sets([*RUN, "backend=vllm", "student_args={gpu_memory_utilisation: 0.1}"]),
+                 "--out", str(tmp_path / "x"), timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("odiag: error: student_args: unknown key 'gpu_memory_utilisation'")
+
+
+# -- lm-eval -------------------------------------------------------------------------------------
+
+
+def test_lm_eval_with_vllm_end_to_end(tmp_path):
+    """vLLM's own engine arguments in --model_args, a temperature in --gen_kwargs, odiag's keys in
+    --metadata: the run directory and lm-eval's metrics agree."""
+    tasks = _odiag("tasks-dir").stdout.strip()
+    model_args = (f"pretrained={STUDENT_DIR},dtype=float32,gpu_memory_utilization=0.1,enable_chunked_prefill=False,"
+                  "enforce_eager=True,max_model_len=512,distributed_executor_backend=uni")
+    metadata = {"teachers": ["toy-self-1c"], "algorithms": ["gkd"], "n_initial": 16, "n_target": 8, "n_min": 6, "k_window": 2,
+                "out": str(tmp_path / "run")}
+    cmd = [str(BIN / "lm_eval"), "--include_path", tasks, "--tasks", "odiag_toy", "--model", "vllm",
+           "--model_args", model_args, "--limit", "2", "--gen_kwargs", "temperature=0.9",
+           "--metadata", json.dumps(metadata), "--output_path", str(tmp_path / "out")]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = list((tmp_path / "out").rglob("results_*.json"))
+    metrics = json.loads(path.read_text())["results"]["odiag_toy"]
+    assert "alignment/toy-self-1c/gkd,none" in metrics
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["temperature"] == 0.9 and config["backend"] == "vllm"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    backend = results["versions"]["backend"]
+    assert backend["score_logprobs"] == 20  # lm-eval's engine allows 20 log-probs: what odiag read
+    (engine,) = backend["engines"].values()
+    assert engine["gpu_memory_utilization"] == 0.1 and engine["enable_chunked_prefill"] is False
+    assert results["counts"]["questions"] == 2
