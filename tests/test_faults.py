@@ -156,53 +156,34 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 ) + "window: *i\n"
 
 
+# kind -> (file contents, text the one-line error must contain)
+CONFIG_TEXTS = {
+    "list": ("- window: 3\n- tau: 0.1\n", "expected a mapping"),
+    "scalar": ("just text\n", "expected a mapping"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary"),
+    "latin-1": ("window: 3 # caf\xe9\n".encode("latin-1"), "not UTF-8"),
+    "too large": ("# padding\n" * (MAX_YAML_BYTES // 10 + 1), "too large"),
+    "bomb": (BOMB, "aliases expand"),
+    "recursive alias": ("teachers: &a [*a]\n", "alias"),
+    "deep nesting": ("teachers: " + "[" * 300000 + "]" * 300000 + "\n", "nested deeper"),
+    "syntax": ("window: [3\ntau: 0.1\n", "not valid YAML"),
+    "tab": ("window:\n\t3\n", "not valid YAML"),
+    "two documents": ("window: 3\n---\ntau: 0.1\n", "not valid YAML"),
+    "integer key": ("1: 2\n", "is not a name"),
+    "unknown key": ("windw: 3\n", "did you mean 'window'"),
+    "python tag": ("window: !!python/name:os.system\n", "not valid YAML"),
+}
+
+
 def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
     p = tmp_path / "run.yaml"
-    if kind == "list":
-        p.write_text("- window: 3\n- tau: 0.1\n")
-        return p, "expected a mapping"
-    if kind == "scalar":
-        p.write_text("just text\n")
-        return p, "expected a mapping"
+    if kind in CONFIG_TEXTS:
+        text, expected = CONFIG_TEXTS[kind]
+        p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+        return p, expected
     if kind == "directory":
         p.mkdir()
         return p, "is a directory"
-    if kind == "binary":
-        p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
-        return p, "binary"
-    if kind == "latin-1":
-        p.write_bytes("window: 3 # caf\xe9\n".encode("latin-1"))
-        return p, "not UTF-8"
-    if kind == "too large":
-        p.write_text("# padding\n" * (MAX_YAML_BYTES // 10 + 1))
-        return p, "too large"
-    if kind == "bomb":
-        p.write_text(BOMB)
-        return p, "aliases expand"
-    if kind == "recursive alias":
-        p.write_text("teachers: &a [*a]\n")
-        return p, "alias"
-    if kind == "deep nesting":
-        p.write_text("teachers: " + "[" * 300000 + "]" * 300000 + "\n")
-        return p, "nested deeper"
-    if kind == "syntax":
-        p.write_text("window: [3\ntau: 0.1\n")
-        return p, "not valid YAML"
-    if kind == "tab":
-        p.write_text("window:\n\t3\n")
-        return p, "not valid YAML"
-    if kind == "two documents":
-        p.write_text("window: 3\n---\ntau: 0.1\n")
-        return p, "not valid YAML"
-    if kind == "integer key":
-        p.write_text("1: 2\n")
-        return p, "is not a name"
-    if kind == "unknown key":
-        p.write_text("windw: 3\n")
-        return p, "did you mean 'window'"
-    if kind == "python tag":
-        p.write_text("window: !!python/name:os.system\n")
-        return p, "not valid YAML"
     if kind == "missing":
         return p, "no such file"
     if kind == "device":
