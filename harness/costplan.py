@@ -173,7 +173,6 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     if cfg.backend == "vllm":
         score_with = options.get("score_with", "hf")
         util = options.get("gpu_memory_utilization", engine_options.get("gpu_memory_utilization"))
-        samplers = [m for m in [student, *artefact.values()] if m]
         if util is None:
             util = 0.5 if score_with == "hf" else 0.85 / max(len(everything), 1)
         engine = None if gpu is None else util * gpu

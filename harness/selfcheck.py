@@ -83,8 +83,9 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     models = {q.id: SyntheticLM(seed=q.doc["seed"]) for q in SyntheticTask().questions(cfg.questions)}
     paths = {(p["question_id"], p["path_id"]): (np.array(p["tokens"]), p["outcome"])
              for p in pq.read_table(out / "paths.parquet").to_pylist()}
+    children = pq.read_table(out / "children.parquet").to_pylist()
     nodes: dict[tuple, list[dict]] = {}
-    for c in pq.read_table(out / "children.parquet").to_pylist():
+    for c in children:
         nodes.setdefault((c["question_id"], c["path_id"], c["position"], c["teacher"]), []).append(c)
     rng = np.random.default_rng(derive_seed("selfcheck", cfg.seed))
     q_covered, q_error, ideal_cos = [], [], []
@@ -134,21 +135,19 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         "q_mean_abs_error": float(np.abs(q_err).mean()) if q_err.size else np.nan,
         "q_mean_error": float(q_err.mean()) if q_err.size else np.nan,
         "ideal_cosine_mean": float(np.nanmean(ideal_cos)) if ideal_cos else np.nan,
-        "on_path_q_bias": _on_path_bias(out, models, paths),
+        "on_path_q_bias": _on_path_bias(children, models, paths),
         "teachers": teachers,
     }
 
 
-def _on_path_bias(out: Path, models: dict, paths: dict) -> dict:
+def _on_path_bias(children: list[dict], models: dict, paths: dict) -> dict:
     """Mean (Q̂ − exact Q) of the on-path children at decision points, on correct and on incorrect paths.
 
     A path chosen for its reward must not pull its own on-path Q toward that reward (SPEC §2).
     """
-    import pyarrow.parquet as pq
-
     errors: dict[str, list[float]] = {"correct": [], "incorrect": []}
     seen = set()
-    for c in pq.read_table(out / "children.parquet").to_pylist():
+    for c in children:
         key = (c["question_id"], c["path_id"], c["position"])
         path, outcome = paths[key[:2]]
         if key in seen or c["token"] != path[c["position"]]:
@@ -201,6 +200,6 @@ def format_report(summary: dict) -> str:
             )
     verdict = "PASS" if summary["passed"] else "FAIL"
     coverage = ", ".join(f"{m} {s['q_coverage']:.3f}" for m, s in summary["modes"].items() if not m.startswith("cascade"))
-    lines.append(f"\nest-exact: estimated minus exact mean alignment (noise in Q pulls cosines toward 0)")
+    lines.append("\nest-exact: estimated minus exact mean alignment (noise in Q pulls cosines toward 0)")
     lines.append(f"{verdict}: Q coverage {coverage} (floor {COVERAGE_FLOOR:.2f}) with the default counting")
     return "\n".join(lines)

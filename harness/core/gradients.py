@@ -87,7 +87,7 @@ def drgrpo_gradient(pi: np.ndarray, m: np.ndarray, m_success: np.ndarray) -> np.
     formed in integers: when every draw took one action, or every drawn action has the same success
     rate, ĝ is exactly 0 (no rounding residue for a cosine to read a direction into). Zero when M = 0.
     """
-    _renormalise(pi)  # π̃ does not enter ĝ (its term cancels), but the input must still be a distribution
+    del pi  # π̃ does not enter ĝ: its term cancels exactly (kept for the common signature of ALGORITHMS)
     m_A = np.asarray(m, dtype=np.int64)
     successes_A = np.asarray(m_success, dtype=np.int64)
     n_draws, n_success = int(m_A.sum()), int(successes_A.sum())
