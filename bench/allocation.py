@@ -53,6 +53,7 @@ import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -98,7 +99,8 @@ SHAPES = (
 )
 # every strategy's settings, the reference first; the recommended strategy's default is marked "default"
 SETTINGS: dict[str, list[tuple[str, dict]]] = {
-    "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200})],
+    "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200}),
+              ("k_window=4", {"k_window": 4})],
     "settle": [("default", {})],
     "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32}),
                ("visits=4n_min", {"visits": -4})],
@@ -305,11 +307,15 @@ def exact_path_values(q: Question) -> np.ndarray:
     return out
 
 
-ESTIMATORS = ("plain", "split-half")
+ESTIMATORS = ("plain", "split-half", "halves")
 """``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
 from the product of two independent halves of each child's visits, whose expectation is |g*|²
 (computed in closed form: |ĝ*|² minus the trace of ĝ*'s estimated covariance), clipped to [-1, 1]
-and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates."""
+and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates.
+``halves``: Richardson extrapolation in the visits (a delete-half jackknife): if a node's expected
+cosine at n visits is its exact value plus c/n, then 2·cos(n) − E[cos(n/2)] removes that term; E[cos(n/2)]
+is the mean cosine over `HALF_DRAWS` random halves of each child's visits (hypergeometric wins; a half
+whose Q̂ tie counts 0, no direction), on the pipeline's decision points, weighted as ``plain``."""
 
 
 def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
@@ -326,14 +332,30 @@ def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     return float(g @ g - (q * (1 - q) / np.maximum(n_A - 1, 1)) @ (m * m).sum(axis=0))
 
 
+HALF_DRAWS = 64
+
+
+def half_cosines(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray, g_T_A: list[np.ndarray],
+                 rng: np.random.Generator) -> list[float]:
+    """Per teacher, the mean GKD cosine over `HALF_DRAWS` random halves of each child's visits (a tie: 0)."""
+    half_A = n_A // 2
+    q_D_A = rng.hypergeometric(w_A, n_A - w_A, half_A, size=(HALF_DRAWS, len(n_A))) / half_A
+    p_A = pi_A / pi_A.sum()
+    g_D_A = p_A * (q_D_A - (q_D_A @ p_A)[:, None])  # the ideal gradient of each half (SPEC §3)
+    norm_D = np.linalg.norm(g_D_A, axis=1)
+    tied_D = norm_D <= 1e-12
+    return [float(np.where(tied_D, 0.0, g_D_A @ (g / np.linalg.norm(g)) / np.where(tied_D, 1.0, norm_D)).mean()) for g in g_T_A]
+
+
 def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str, np.ndarray]:
     """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted."""
     w = q.world
     out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in ESTIMATORS}
+    rng = np.random.default_rng(derive_seed("allocation-bench", "halves", q.world.model.seed))
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
         cuts = np.flatnonzero(np.diff(ch.position)) + 1
-        rows = []  # per decision point: plain cosines [T], |ĝ*|, projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|²
+        rows = []  # per decision point: plain cosines [T], |ĝ*|, projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|², half cosines [T]
         for idx in np.split(np.arange(len(ch.position)), cuts):
             if not len(idx):
                 continue
@@ -350,7 +372,7 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str,
             g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
             cos = [alignment_score(g, gt) for gt in g_T]
             proj = [g @ gt / np.linalg.norm(gt) for gt in g_T]
-            rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins)))
+            rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
         if not rows:
             continue
         cos = np.array([r[0] for r in rows])
@@ -361,6 +383,11 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str,
         if ok.any():
             out["plain"][j, :, 0] = cos[ok].mean(axis=0)
             out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
+        half = np.array([r[4] for r in rows])
+        if ok.any():
+            extrapolated = 2 * cos[ok] - half[ok]
+            out["halves"][j, :, 0] = extrapolated.mean(axis=0)
+            out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
         pos = d2 > 0
         if pos.any():
             out["split-half"][j, :, 0] = np.clip(proj[pos] / np.sqrt(d2[pos])[:, None], -1, 1).mean(axis=0)
@@ -378,7 +405,8 @@ def summarise(values: list[np.ndarray], correct: list[list[bool]]) -> dict:
     for v, c in zip(values, correct, strict=True):
         c = np.asarray(c)
         if c.any() and (~c).any():
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # a path without decision points holds nan
+                warnings.simplefilter("ignore", RuntimeWarning)
                 diff.append(np.nanmean(v[~c, :, 0], axis=0) - np.nanmean(v[c, :, 0], axis=0))
     diff = np.array(diff) if diff else np.full((0, per_q.shape[1]), np.nan)
     mean, lo, hi = (np.full(per_q.shape[1:], np.nan) for _ in range(3))
