@@ -316,7 +316,8 @@ ESTIMATORS = ("plain", "split-half", "halves")
 """``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
 from the product of two independent halves of each child's visits, whose expectation is |g*|²
 (computed in closed form: |ĝ*|² minus the trace of ĝ*'s estimated covariance), clipped to [-1, 1]
-and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates.
+and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|ĝ_T| over Σ |g*| estimates
+(clipped to [-1, 1] too: the sum of estimates can be near 0).
 ``halves``: Richardson extrapolation in the visits (a delete-half jackknife): if a node's expected
 cosine at n visits is its exact value plus c/n, then 2·cos(n) − E[cos(n/2)] removes that term; E[cos(n/2)]
 is the mean cosine over `HALF_DRAWS` random halves of each child's visits (hypergeometric wins; a half
@@ -396,7 +397,7 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str,
         pos = d2 > 0
         if pos.any():
             out["split-half"][j, :, 0] = np.clip(proj[pos] / np.sqrt(d2[pos])[:, None], -1, 1).mean(axis=0)
-            out["split-half"][j, :, 1] = proj.sum(axis=0) / np.sqrt(np.maximum(d2, 0)).sum()
+            out["split-half"][j, :, 1] = np.clip(proj.sum(axis=0) / np.sqrt(np.maximum(d2, 0)).sum(), -1, 1)
     return out
 
 
