@@ -43,6 +43,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
 
     python bench/allocation.py            # 24 seeds x 8 questions per shape
     python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
+    python bench/allocation.py --shapes short,long --row settle:price=0.0000625   # one more setting
 """
 
 from __future__ import annotations
@@ -519,15 +520,42 @@ def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
     return "-"
 
 
+def parse_row(row: str) -> tuple[str, dict]:
+    """``STRATEGY:KEY=VALUE,...`` as a strategy name and `AllocationParams` overrides (``--row``)."""
+    strategy, _, spec = row.partition(":")
+    if strategy not in SETTINGS:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SETTINGS)}")
+    fields = {f.name: f for f in dataclasses.fields(AllocationParams)}
+    knobs = {}
+    for item in filter(None, spec.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in fields or key in ("n_min", "budget") or not eq:
+            raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(k for k in fields if k not in ('n_min', 'budget'))}")
+        kind = float if isinstance(fields[key].default, float) else int
+        try:
+            knobs[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"{key} takes a number ({kind.__name__}), not {value!r}") from None
+    return strategy, knobs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="6 seeds x 6 questions per shape instead of 24 x 8, fewer rows")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--questions", type=int, default=None)
     parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
-    parser.add_argument("--estimators", action="store_true", help="also score the split-half estimator")
+    parser.add_argument("--estimators", action="store_true", help="also score the split-half and halves estimators")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
+                        help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields; repeatable)")
     args = parser.parse_args()
+    for row in args.row:
+        try:
+            strategy, knobs = parse_row(row)
+        except ValueError as e:
+            parser.error(f"--row {row!r}: {e}")
+        SETTINGS[strategy] = [*SETTINGS[strategy], (row.partition(":")[2], knobs)]
     seeds = args.seeds or (6 if args.quick else 24)
     questions = args.questions or (6 if args.quick else 8)
     shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]

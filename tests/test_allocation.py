@@ -1,6 +1,7 @@
 """Targeted-rollout allocation (SPEC §4): the paper's selection exactly, budgets, and unbiasedness."""
 
 import importlib.util
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -351,3 +352,12 @@ def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
     assert total > 500
     assert 0.92 <= covered / total <= 0.99
     assert abs(error / total) < 0.01
+
+
+def test_bench_row_option_reads_allocation_params_and_names_what_is_wrong():
+    assert bench.parse_row("settle:price=0.00025,n_max=640") == ("settle", {"price": 0.00025, "n_max": 640})
+    assert bench.parse_row("survey:visits=-4") == ("survey", {"visits": -4})
+    for row, says in [("foo:price=1", "unknown strategy 'foo'"), ("settle:prize=1", "'prize=1' is not KEY=VALUE"),
+                      ("settle:budget=10", "'budget=10' is not KEY=VALUE"), ("paper:n_target=ten", "n_target takes a number (int)")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            bench.parse_row(row)
