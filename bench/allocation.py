@@ -64,7 +64,7 @@ from collections.abc import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
-from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state  # noqa: E402
+from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, _cosines, window_state  # noqa: E402
 from harness.core.tree import path_common_prefixes  # noqa: E402
 from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
@@ -343,15 +343,15 @@ HALF_DRAWS = 64
 
 
 def half_cosines(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray, g_T_A: list[np.ndarray],
-                 rng: np.random.Generator) -> list[float]:
-    """Per teacher, the mean GKD cosine over `HALF_DRAWS` random halves of each child's visits (a tie: 0)."""
+                 rng: np.random.Generator) -> np.ndarray:
+    """``[T]``: per teacher, the mean GKD cosine over `HALF_DRAWS` random halves of each child's visits.
+
+    A half whose Q̂ all tie (compared exactly, as `decision_support` does) has no direction: it counts 0.
+    """
     half_A = n_A // 2
     q_D_A = rng.hypergeometric(w_A, n_A - w_A, half_A, size=(HALF_DRAWS, len(n_A))) / half_A
-    p_A = pi_A / pi_A.sum()
-    g_D_A = p_A * (q_D_A - (q_D_A @ p_A)[:, None])  # the ideal gradient of each half (SPEC §3)
-    norm_D = np.linalg.norm(g_D_A, axis=1)
-    tied_D = norm_D <= 1e-12
-    return [float(np.where(tied_D, 0.0, g_D_A @ (g / np.linalg.norm(g)) / np.where(tied_D, 1.0, norm_D)).mean()) for g in g_T_A]
+    tied_D = (q_D_A == q_D_A[:, :1]).all(axis=1)
+    return np.where(tied_D[:, None], 0.0, _cosines(pi_A, q_D_A, np.stack(g_T_A))).mean(axis=0)
 
 
 def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str, np.ndarray]:
@@ -390,9 +390,7 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str,
         if ok.any():
             out["plain"][j, :, 0] = cos[ok].mean(axis=0)
             out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
-        half = np.array([r[4] for r in rows])
-        if ok.any():
-            extrapolated = 2 * cos[ok] - half[ok]
+            extrapolated = 2 * cos[ok] - np.array([r[4] for r in rows])[ok]
             out["halves"][j, :, 0] = extrapolated.mean(axis=0)
             out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
         pos = d2 > 0
@@ -520,23 +518,23 @@ def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
     return "-"
 
 
-def parse_row(row: str) -> tuple[str, dict]:
-    """``STRATEGY:KEY=VALUE,...`` as a strategy name and `AllocationParams` overrides (``--row``)."""
+def parse_row(row: str) -> tuple[str, str, dict]:
+    """``STRATEGY:KEY=VALUE,...`` as a strategy name, a row label and `AllocationParams` overrides (``--row``)."""
     strategy, _, spec = row.partition(":")
     if strategy not in SETTINGS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SETTINGS)}")
-    fields = {f.name: f for f in dataclasses.fields(AllocationParams)}
+    fields = {f.name: f for f in dataclasses.fields(AllocationParams) if f.name not in ("n_min", "budget")}  # the shape's, and none
     knobs = {}
     for item in filter(None, spec.split(",")):
         key, eq, value = item.partition("=")
-        if key not in fields or key in ("n_min", "budget") or not eq:
-            raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(k for k in fields if k not in ('n_min', 'budget'))}")
+        if key not in fields or not eq:
+            raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(fields)}")
         kind = float if isinstance(fields[key].default, float) else int
         try:
             knobs[key] = kind(value)
         except ValueError:
             raise ValueError(f"{key} takes a number ({kind.__name__}), not {value!r}") from None
-    return strategy, knobs
+    return strategy, spec, knobs
 
 
 def main() -> None:
@@ -552,10 +550,10 @@ def main() -> None:
     args = parser.parse_args()
     for row in args.row:
         try:
-            strategy, knobs = parse_row(row)
+            strategy, label, knobs = parse_row(row)
         except ValueError as e:
             parser.error(f"--row {row!r}: {e}")
-        SETTINGS[strategy] = [*SETTINGS[strategy], (row.partition(":")[2], knobs)]
+        SETTINGS[strategy] = [*SETTINGS[strategy], (label, knobs)]
     seeds = args.seeds or (6 if args.quick else 24)
     questions = args.questions or (6 if args.quick else 8)
     shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]

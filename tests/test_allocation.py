@@ -355,9 +355,20 @@ def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
 
 
 def test_bench_row_option_reads_allocation_params_and_names_what_is_wrong():
-    assert bench.parse_row("settle:price=0.00025,n_max=640") == ("settle", {"price": 0.00025, "n_max": 640})
-    assert bench.parse_row("survey:visits=-4") == ("survey", {"visits": -4})
+    assert bench.parse_row("settle:price=0.00025,n_max=640") == ("settle", "price=0.00025,n_max=640", {"price": 0.00025, "n_max": 640})
+    assert bench.parse_row("survey:visits=-4") == ("survey", "visits=-4", {"visits": -4})
     for row, says in [("foo:price=1", "unknown strategy 'foo'"), ("settle:prize=1", "'prize=1' is not KEY=VALUE"),
                       ("settle:budget=10", "'budget=10' is not KEY=VALUE"), ("paper:n_target=ten", "n_target takes a number (int)")]:
         with pytest.raises(ValueError, match=re.escape(says)):
             bench.parse_row(row)
+
+
+def test_half_cosines_match_the_cosine_without_noise_and_count_tied_halves_as_zero():
+    rng = np.random.default_rng(0)
+    pi, pi_t = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    g_T = [gkd_gradient(pi, pi_t), gkd_gradient(pi, pi_t[::-1])]
+    n = np.full(3, 2_000_000)
+    w = (n * np.array([0.2, 0.5, 0.7])).astype(np.int64)
+    exact = [float(bench._cosines(pi, (w / n)[None, :], g[None, :])[0, 0]) for g in g_T]
+    np.testing.assert_allclose(bench.half_cosines(pi, n, w, g_T, rng), exact, atol=1e-3)
+    assert np.all(bench.half_cosines(pi, np.full(3, 20), np.zeros(3, np.int64), g_T, rng) == 0.0)
