@@ -36,7 +36,8 @@ divided by ``settle``'s (the README's recommendation for cheaper runs) at its de
 that setting's RMSE of the per-teacher mean alignment is no worse than paper's and its coverage is at
 least 0.93 (otherwise the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when
 none is). The lines before it give the same for the other strategies, paper's own other settings
-included. ``--estimators`` also scores the split-half and halves estimators on every tree.
+included. ``--estimators`` also scores the split-half and halves estimators on every tree (computed
+only then: ``--quick`` takes 92 s without them, 98 s with them, on 2 cores).
 
 Read ratios from the full run: at ``--quick`` size (36 questions per row) RMSE differences under
 about a quarter are noise, and a ratio can flip between ``-`` and 5x.
@@ -354,10 +355,13 @@ def half_cosines(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray, g_T_A: list
     return np.where(tied_D[:, None], 0.0, _cosines(pi_A, q_D_A, np.stack(g_T_A))).mean(axis=0)
 
 
-def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str, np.ndarray]:
-    """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted."""
+def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool = True) -> dict[str, np.ndarray]:
+    """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted.
+
+    ``extra=False``: ``plain`` only, without the half draws.
+    """
     w = q.world
-    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in ESTIMATORS}
+    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in (ESTIMATORS if extra else ESTIMATORS[:1])}
     rng = np.random.default_rng(derive_seed("allocation-bench", "halves", q.world.model.seed))
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
@@ -379,17 +383,23 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int) -> dict[str,
             g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
             cos = [alignment_score(g, gt) for gt in g_T]
             proj = [g @ gt / np.linalg.norm(gt) for gt in g_T]
-            rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
+            if extra:
+                rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
+            else:
+                rows.append((cos, np.linalg.norm(g)))
         if not rows:
             continue
         cos = np.array([r[0] for r in rows])
         norm = np.array([r[1] for r in rows])
-        proj = np.array([r[2] for r in rows])
-        d2 = np.array([r[3] for r in rows])
         ok = np.isfinite(cos).all(axis=1)
         if ok.any():
             out["plain"][j, :, 0] = cos[ok].mean(axis=0)
             out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
+        if not extra:
+            continue
+        proj = np.array([r[2] for r in rows])
+        d2 = np.array([r[3] for r in rows])
+        if ok.any():
             extrapolated = 2 * cos[ok] - np.array([r[4] for r in rows])[ok]
             out["halves"][j, :, 0] = extrapolated.mean(axis=0)
             out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
@@ -434,10 +444,11 @@ class SeedResult:
 
 
 def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
-             cache: dict | None = None) -> SeedResult:
-    """One strategy on ``questions`` fresh questions of ``shape``: its estimate against the exact values."""
+             cache: dict | None = None, extra: bool = True) -> SeedResult:
+    """One strategy on ``questions`` fresh questions of ``shape``: its estimate against the exact values
+    (``extra``: every estimator of `ESTIMATORS`, else ``plain`` only)."""
     params = dataclasses.replace(params, n_min=shape.n_min)
-    exact, est, correct = [], {e: [] for e in ESTIMATORS}, []
+    exact, est, correct = [], {e: [] for e in (ESTIMATORS if extra else ESTIMATORS[:1])}, []
     rollouts, tokens, rounds = 0, 0.0, []
     for question in range(questions):
         key = (shape.name, seed, question)
@@ -454,7 +465,7 @@ def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: All
         tree.ingest(q.initial)
         spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"))
         exact.append(ex)
-        for e, v in estimated_path_values(q, tree, shape.n_min).items():
+        for e, v in estimated_path_values(q, tree, shape.n_min, extra).items():
             est[e].append(v)
         correct.append(q.correct)
         rollouts += spend.rollouts
@@ -486,23 +497,25 @@ _CACHE: dict = {}  # prepared questions and their exact values, per worker proce
 
 
 def _job(args) -> SeedResult:
-    shape, seed, questions, strategy, knobs = args
+    shape, seed, questions, strategy, knobs, extra = args
     if knobs.get("visits", 0) < 0:  # a multiple of the shape's n_min
         knobs = {**knobs, "visits": -knobs["visits"] * shape.n_min}
-    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE)
+    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE, extra)
 
 
-def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1) -> dict[tuple[str, str], dict]:
-    """Every setting of every strategy on the same seeds (the same questions and initial rollouts)."""
+def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1,
+              extra: bool = False) -> dict[tuple[str, str, str], dict]:
+    """Every setting of every strategy on the same seeds (the same questions and initial rollouts), scored
+    per (strategy, label, estimator): ``plain`` only, or every estimator with ``extra``."""
     keys = [(strategy, label, knobs) for strategy, rows in settings.items() for label, knobs in rows]
-    work = [(shape, seed, questions, strategy, knobs) for strategy, _, knobs in keys for seed in range(seeds)]
+    work = [(shape, seed, questions, strategy, knobs, extra) for strategy, _, knobs in keys for seed in range(seeds)]
     if jobs > 1:
         with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
             results = list(pool.map(_job, work, chunksize=max(1, seeds // 2)))
     else:
         results = [_job(w) for w in work]
     return {(strategy, label, e): score(results[i * seeds : (i + 1) * seeds], e)
-            for i, (strategy, label, _) in enumerate(keys) for e in ESTIMATORS}
+            for i, (strategy, label, _) in enumerate(keys) for e in (ESTIMATORS if extra else ESTIMATORS[:1])}
 
 
 def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
@@ -567,14 +580,12 @@ def main() -> None:
         settings = {k: [(label, knobs) for label, knobs in rows
                         if not args.quick or ((k, label) not in QUICK_SKIP and (k, label, shape.name) not in QUICK_SKIP)]
                     for k, rows in SETTINGS.items()}
-        res = run_shape(shape, seeds, questions, settings, args.jobs)
+        res = run_shape(shape, seeds, questions, settings, args.jobs, args.estimators)
         print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, first window "
               f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[REFERENCE + ('plain',)]['exact']:+.3f}")
         print(f"  {'strategy':<8} {'setting':<13} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
               f"{'RMSE|g*|':>8} {'RMSE i-c':>8} {'cover':>6} {'cov|g*|':>7} {'rank ok':>7}")
         for (s, label, e), r in res.items():
-            if e != "plain" and not args.estimators:
-                continue
             print(f"  {s:<8} {label + ('' if e == 'plain' else ' ' + e):<13} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
                   f"{r['bias_T'][0]:>+6.3f}/{r['bias_T'][1]:>+6.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
                   f"{r['coverage_weighted']:>7.2f} {r['ranking']:>7.2f}")

@@ -275,6 +275,14 @@ def test_bench_is_deterministic():
     np.testing.assert_array_equal(a.estimates["plain"]["mean"], b.estimates["plain"]["mean"])
 
 
+def test_bench_plain_estimate_does_not_depend_on_the_extra_estimators():
+    both = bench.run_seed(TINY, 1, 2, "settle", AllocationParams())
+    plain = bench.run_seed(TINY, 1, 2, "settle", AllocationParams(), extra=False)
+    assert set(plain.estimates) == {"plain"} and set(both.estimates) == set(bench.ESTIMATORS)
+    for key in ("mean", "lo", "hi", "diff"):
+        np.testing.assert_array_equal(plain.estimates["plain"][key], both.estimates["plain"][key])
+
+
 def test_survey_converges_to_the_exact_mean_alignment():
     """Exact ground truth on a tiny shape: with every position and many visits the per-teacher means match exact."""
     errors, crude = [], []
