@@ -37,7 +37,7 @@ that setting's RMSE of the per-teacher mean alignment is no worse than paper's a
 least 0.93 (otherwise the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when
 none is). The lines before it give the same for the other strategies, paper's own other settings
 included. ``--estimators`` also scores the split-half and halves estimators on every tree (computed
-only then: ``--quick`` takes 92 s without them, 98 s with them, on 2 cores).
+only then: they add 6-15% to a ``--quick`` run on 2 cores).
 
 Read ratios from the full run: at ``--quick`` size (36 questions per row) RMSE differences under
 about a quarter are noise, and a ratio can flip between ``-`` and 5x.
@@ -326,6 +326,11 @@ is the mean cosine over `HALF_DRAWS` random halves of each child's visits (hyper
 whose Q̂ tie counts 0, no direction), on the pipeline's decision points, weighted as ``plain``."""
 
 
+def scored_estimators(extra: bool) -> tuple[str, ...]:
+    """The estimators a run scores: every one of `ESTIMATORS` with ``extra`` (``--estimators``), else ``plain``."""
+    return ESTIMATORS if extra else ESTIMATORS[:1]
+
+
 def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     """An unbiased estimate of |g*|²: |ĝ*|² − Σ_a V̂ar(Q̂_a) |M e_a|², M = diag(π̃) − π̃ π̃ᵀ (ĝ* = M Q̂).
 
@@ -355,18 +360,17 @@ def half_cosines(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray, g_T_A: list
     return np.where(tied_D[:, None], 0.0, _cosines(pi_A, q_D_A, np.stack(g_T_A))).mean(axis=0)
 
 
-def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool = True) -> dict[str, np.ndarray]:
-    """Per estimator, ``[P, T, 2]`` per-path means over decision points (SPEC §2): unweighted, |g*|-weighted.
-
-    ``extra=False``: ``plain`` only, without the half draws.
-    """
+def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool = False) -> dict[str, np.ndarray]:
+    """Per estimator of `scored_estimators`, ``[P, T, 2]`` per-path means over decision points (SPEC §2):
+    unweighted, |g*|-weighted."""
     w = q.world
-    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in (ESTIMATORS if extra else ESTIMATORS[:1])}
+    out = {e: np.full((len(q.paths), len(TEACHERS), 2), np.nan) for e in scored_estimators(extra)}
     rng = np.random.default_rng(derive_seed("allocation-bench", "halves", q.world.model.seed))
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
         cuts = np.flatnonzero(np.diff(ch.position)) + 1
-        rows = []  # per decision point: plain cosines [T], |ĝ*|, projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|², half cosines [T]
+        rows = []  # per decision point: plain cosines [T], |ĝ*|
+        extras = []  # with extra: projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|², half cosines [T]
         for idx in np.split(np.arange(len(ch.position)), cuts):
             if not len(idx):
                 continue
@@ -381,12 +385,9 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             pi = w.pi[k, states[k], tok]
             g = ideal_gradient(pi, wins / n)
             g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
-            cos = [alignment_score(g, gt) for gt in g_T]
-            proj = [g @ gt / np.linalg.norm(gt) for gt in g_T]
+            rows.append(([alignment_score(g, gt) for gt in g_T], np.linalg.norm(g)))
             if extra:
-                rows.append((cos, np.linalg.norm(g), proj, debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
-            else:
-                rows.append((cos, np.linalg.norm(g)))
+                extras.append(([g @ gt / np.linalg.norm(gt) for gt in g_T], debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
         if not rows:
             continue
         cos = np.array([r[0] for r in rows])
@@ -397,10 +398,10 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             out["plain"][j, :, 1] = norm[ok] @ cos[ok] / norm[ok].sum()
         if not extra:
             continue
-        proj = np.array([r[2] for r in rows])
-        d2 = np.array([r[3] for r in rows])
+        proj = np.array([x[0] for x in extras])
+        d2 = np.array([x[1] for x in extras])
         if ok.any():
-            extrapolated = 2 * cos[ok] - np.array([r[4] for r in rows])[ok]
+            extrapolated = 2 * cos[ok] - np.array([x[2] for x in extras])[ok]
             out["halves"][j, :, 0] = extrapolated.mean(axis=0)
             out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
         pos = d2 > 0
@@ -444,11 +445,11 @@ class SeedResult:
 
 
 def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
-             cache: dict | None = None, extra: bool = True) -> SeedResult:
-    """One strategy on ``questions`` fresh questions of ``shape``: its estimate against the exact values
-    (``extra``: every estimator of `ESTIMATORS`, else ``plain`` only)."""
+             cache: dict | None = None, extra: bool = False) -> SeedResult:
+    """One strategy on ``questions`` fresh questions of ``shape``: its estimates (`scored_estimators`)
+    against the exact values."""
     params = dataclasses.replace(params, n_min=shape.n_min)
-    exact, est, correct = [], {e: [] for e in (ESTIMATORS if extra else ESTIMATORS[:1])}, []
+    exact, est, correct = [], {e: [] for e in scored_estimators(extra)}, []
     rollouts, tokens, rounds = 0, 0.0, []
     for question in range(questions):
         key = (shape.name, seed, question)
@@ -506,7 +507,7 @@ def _job(args) -> SeedResult:
 def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1,
               extra: bool = False) -> dict[tuple[str, str, str], dict]:
     """Every setting of every strategy on the same seeds (the same questions and initial rollouts), scored
-    per (strategy, label, estimator): ``plain`` only, or every estimator with ``extra``."""
+    per (strategy, label, estimator of `scored_estimators`)."""
     keys = [(strategy, label, knobs) for strategy, rows in settings.items() for label, knobs in rows]
     work = [(shape, seed, questions, strategy, knobs, extra) for strategy, _, knobs in keys for seed in range(seeds)]
     if jobs > 1:
@@ -515,7 +516,7 @@ def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: in
     else:
         results = [_job(w) for w in work]
     return {(strategy, label, e): score(results[i * seeds : (i + 1) * seeds], e)
-            for i, (strategy, label, _) in enumerate(keys) for e in (ESTIMATORS if extra else ESTIMATORS[:1])}
+            for i, (strategy, label, _) in enumerate(keys) for e in scored_estimators(extra)}
 
 
 def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:

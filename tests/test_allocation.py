@@ -276,8 +276,8 @@ def test_bench_is_deterministic():
 
 
 def test_bench_plain_estimate_does_not_depend_on_the_extra_estimators():
-    both = bench.run_seed(TINY, 1, 2, "settle", AllocationParams())
-    plain = bench.run_seed(TINY, 1, 2, "settle", AllocationParams(), extra=False)
+    both = bench.run_seed(TINY, 1, 2, "settle", AllocationParams(), extra=True)
+    plain = bench.run_seed(TINY, 1, 2, "settle", AllocationParams())
     assert set(plain.estimates) == {"plain"} and set(both.estimates) == set(bench.ESTIMATORS)
     for key in ("mean", "lo", "hi", "diff"):
         np.testing.assert_array_equal(plain.estimates["plain"][key], both.estimates["plain"][key])
