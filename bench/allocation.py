@@ -45,6 +45,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py            # 24 seeds x 8 questions per shape
     python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
     python bench/allocation.py --shapes short,long --row settle:price=0.0000625   # one more setting
+    python bench/allocation.py --shapes short,long --row survey:coupled=1         # coupled siblings
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from collections.abc import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
-from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, _cosines, window_state  # noqa: E402
+from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, _cosines, _uniform, window_state  # noqa: E402
 from harness.core.tree import path_common_prefixes  # noqa: E402
 from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
@@ -141,12 +142,17 @@ class World:
 
 
 def sample_targets(world: World, paths: Sequence[np.ndarray], states: Sequence[np.ndarray], path_R, position_R, token_R,
-                   count_R, rng: np.random.Generator) -> tuple[Rollouts, float]:
+                   count_R, rng: np.random.Generator, coupling: int | None = None) -> tuple[Rollouts, float]:
     """Targeted rollouts of children ``paths[j][:k] + [a]``, simulated while on a tracked path; (batch, tokens).
 
     Each continuation holds its tokens up to the first one that leaves every tracked path (all
     that its exits depend on); the reward is then drawn from the exact value of the state reached,
     and the remaining generated tokens are counted as their exact expectation.
+
+    ``coupling`` (a round's key) couples siblings: completion ``i`` of every child of node ``(j, k)``
+    draws the same uniform at each step after the forced child (inverse-CDF sampling, as the ``hf``
+    backend does with one seed per node), so siblings that reach the same state go on identically.
+    Each rollout is still an exact on-policy sample; coupled rollouts run to the end.
     """
     h = world.pi.shape[0]
     row = np.repeat(np.arange(len(count_R)), count_R)
@@ -168,14 +174,21 @@ def sample_targets(world: World, paths: Sequence[np.ndarray], states: Sequence[n
     depth = k + 1
     alive = ~eos & (depth < h)
     steps_i, steps_t = [], []
+    if coupling is not None:  # completion i of every child of a node draws the same uniforms, step by step
+        index = np.arange(n) - np.repeat(np.cumsum(count_R) - count_R, count_R)
     for _ in range(h):
-        live = np.flatnonzero(alive & on.any(axis=0))
+        tracked = alive & on.any(axis=0)
+        live = np.flatnonzero(alive if coupling is not None else tracked)
         if not live.size:
             break
-        u = rng.random(live.size)
+        if coupling is None:
+            u = rng.random(live.size)
+        else:  # coupled rollouts are simulated to the end: an exact-value draw would break the coupling
+            u = _uniform(np.uint64(coupling), j[live], k[live], index[live], depth[live] - k[live])
         tok = (u[:, None] > world.cdf[depth[live], state[live]]).sum(axis=1).clip(max=world.pi.shape[2] - 1)
-        steps_i.append(live)
-        steps_t.append(tok)
+        rec = tracked[live]
+        steps_i.append(live[rec])
+        steps_t.append(tok[rec])
         tokens[live] += 1
         on[:, live] &= padded[:, np.minimum(depth[live], padded.shape[1] - 1)] == tok
         ended = tok == EOS
@@ -262,7 +275,7 @@ class Spend:
     rounds_W: tuple[int, ...]  # rounds per window
 
 
-def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams, seed: int) -> Spend:
+def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams, seed: int, coupled: bool = False) -> Spend:
     """Drive ``strategy`` window by window, in rounds, over the question's own windows (as the pipeline does)."""
     scored = [scored_tokens(q.world, p, s) for p, s in zip(q.paths, q.states, strict=True)]
     prefix = path_common_prefixes(q.paths)
@@ -276,7 +289,8 @@ def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams
             plan = STRATEGIES[strategy](state, params)
             if plan.total == 0:
                 break
-            batch, t = sample_targets(q.world, q.paths, q.states, plan.path_R, plan.position_R, plan.token_R, plan.count_R, rng)
+            batch, t = sample_targets(q.world, q.paths, q.states, plan.path_R, plan.position_R, plan.token_R, plan.count_R, rng,
+                                      None if not coupled else int(rng.integers(2**40)))
             tree.ingest(batch)
             tokens += t
             spent_window += plan.total
@@ -445,7 +459,7 @@ class SeedResult:
 
 
 def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
-             cache: dict | None = None, extra: bool = False) -> SeedResult:
+             cache: dict | None = None, extra: bool = False, coupled: bool = False) -> SeedResult:
     """One strategy on ``questions`` fresh questions of ``shape``: its estimates (`scored_estimators`)
     against the exact values."""
     params = dataclasses.replace(params, n_min=shape.n_min)
@@ -464,7 +478,7 @@ def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: All
             continue
         tree = TreeStats(q.paths)
         tree.ingest(q.initial)
-        spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"))
+        spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"), coupled)
         exact.append(ex)
         for e, v in estimated_path_values(q, tree, shape.n_min, extra).items():
             est[e].append(v)
@@ -501,7 +515,9 @@ def _job(args) -> SeedResult:
     shape, seed, questions, strategy, knobs, extra = args
     if knobs.get("visits", 0) < 0:  # a multiple of the shape's n_min
         knobs = {**knobs, "visits": -knobs["visits"] * shape.n_min}
-    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE, extra)
+    coupled = bool(knobs.get("coupled", 0))  # a sampling knob of the bench, not of the strategy
+    knobs = {key: v for key, v in knobs.items() if key != "coupled"}
+    return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE, extra, coupled)
 
 
 def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: int = 1,
@@ -537,13 +553,14 @@ def parse_row(row: str) -> tuple[str, str, dict]:
     strategy, _, spec = row.partition(":")
     if strategy not in SETTINGS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SETTINGS)}")
-    fields = {f.name: f for f in dataclasses.fields(AllocationParams) if f.name not in ("n_min", "budget")}  # the shape's, and none
+    fields = {f.name: f.default for f in dataclasses.fields(AllocationParams) if f.name not in ("n_min", "budget")}  # the shape's, and none
+    fields["coupled"] = 0  # 1: siblings share their uniforms (`sample_targets`)
     knobs = {}
     for item in filter(None, spec.split(",")):
         key, eq, value = item.partition("=")
         if key not in fields or not eq:
             raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(fields)}")
-        kind = float if isinstance(fields[key].default, float) else int
+        kind = float if isinstance(fields[key], float) else int
         try:
             knobs[key] = kind(value)
         except ValueError:
@@ -560,7 +577,8 @@ def main() -> None:
     parser.add_argument("--estimators", action="store_true", help="also score the split-half and halves estimators")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
-                        help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields; repeatable)")
+                        help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields, and "
+                             "coupled=1 for siblings that share their uniforms; repeatable)")
     args = parser.parse_args()
     for row in args.row:
         try:

@@ -296,9 +296,11 @@ def test_survey_converges_to_the_exact_mean_alignment():
     assert np.abs(np.array(errors)[..., 0]).mean() < np.abs(np.array(crude)[..., 0]).mean()  # n_min visits attenuate
 
 
-def test_simulated_rollouts_are_unbiased_for_exact_q_and_length():
+@pytest.mark.parametrize("coupling", [None, 123])
+def test_simulated_rollouts_are_unbiased_for_exact_q_and_length(coupling):
     """The bench simulates a rollout only while it is on a tracked path: its Q and its generated tokens
-    must still be those of full sampling (exact values; SyntheticLM.sample for the lengths)."""
+    must still be those of full sampling (exact values; SyntheticLM.sample for the lengths). Coupled
+    siblings (one uniform per completion and step for all children of a node) must be too."""
     q = bench.prepare(bench.SHAPES[1], 0, 0)
     rng = np.random.default_rng(0)
     path, states = q.paths[0], q.states[0]
@@ -307,13 +309,38 @@ def test_simulated_rollouts_are_unbiased_for_exact_q_and_length():
     tokens = tokens[q.world.pi[k, states[k]] > 0.05]
     count = 4000
     batch, generated = bench.sample_targets(q.world, q.paths, q.states, np.zeros(len(tokens), np.int64), np.full(len(tokens), k),
-                                            tokens, np.full(len(tokens), count), rng)
+                                            tokens, np.full(len(tokens), count), rng, coupling)
     reward = batch.reward.reshape(len(tokens), count).mean(axis=1)
     exact = q.world.exact_q[k, states[k], tokens]
     assert (np.abs(reward - exact) < 4 * np.sqrt(exact * (1 - exact) / count) + 1e-9).all()
     full = [q.world.model.sample(list(path[:k]) + [int(a)], 2000, 7 + i)[0] for i, a in enumerate(tokens)]
     mean_len = np.mean([[len(t) for t in f] for f in full])
     assert abs(generated / (count * len(tokens)) - mean_len) < 0.05 * mean_len
+
+
+def test_coupled_siblings_go_on_identically_from_a_shared_state_and_their_q_differences_are_less_noisy():
+    """Completion i of every child of a node shares its uniforms: two children that enter the same state
+    give the same reward completion by completion, and over a path's nodes the noise of the centred
+    Q̂ vector (the ideal gradient's) is well below that of independent rollouts (long traces re-merge)."""
+    q = bench.prepare(bench.SHAPES[1], 0, 0)
+    w, path, states = q.world, q.paths[0], q.states[0]
+    count, same, var = 400, 0, {True: 0.0, False: 0.0}
+    for k in range(len(path)):
+        likely = np.flatnonzero(w.pi[k, states[k]] > 0.05)
+        likely = likely[likely != bench.EOS]
+        if len(likely) < 2:
+            continue
+        for coupled in (True, False):
+            batch, _ = bench.sample_targets(w, q.paths, q.states, np.zeros(len(likely), np.int64), np.full(len(likely), k), likely,
+                                            np.full(len(likely), count), np.random.default_rng(k), 77 if coupled else None)
+            r = batch.reward.reshape(len(likely), count).astype(float)
+            var[coupled] += (r - r.mean(axis=0)).var(axis=1).sum()  # noise of each child's Q̂ against the siblings' mean
+            nxt = w.transition[states[k], likely]
+            for a, b in zip(*np.triu_indices(len(likely), 1), strict=True):
+                if nxt[a] == nxt[b] and coupled:
+                    assert np.array_equal(r[a], r[b])
+                    same += 1
+    assert same > 0 and var[True] < 0.6 * var[False]
 
 
 def test_settle_visits_stops_when_settled_or_near_a_tie_and_grows_otherwise():
