@@ -290,7 +290,7 @@ def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams
             if plan.total == 0:
                 break
             batch, t = sample_targets(q.world, q.paths, q.states, plan.path_R, plan.position_R, plan.token_R, plan.count_R, rng,
-                                      None if not coupled else int(rng.integers(2**40)))
+                                      int(rng.integers(2**40)) if coupled else None)
             tree.ingest(batch)
             tokens += t
             spent_window += plan.total
