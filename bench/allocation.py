@@ -46,6 +46,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
     python bench/allocation.py --shapes short,long --row settle:price=0.0000625   # one more setting
     python bench/allocation.py --shapes short,long --row survey:coupled=1         # coupled siblings
+    python bench/allocation.py --coupling-noise   # what coupling does to the ideal gradient's noise, per shape
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def sample_targets(world: World, paths: Sequence[np.ndarray], states: Sequence[n
     and the remaining generated tokens are counted as their exact expectation.
 
     ``coupling`` (a round's key) couples siblings: completion ``i`` of every child of node ``(j, k)``
-    draws the same uniform at each step after the forced child (inverse-CDF sampling, as the ``hf``
-    backend does with one seed per node), so siblings that reach the same state go on identically.
+    draws the same uniform at each step after the forced child (inverse-CDF sampling from counter-based
+    uniforms, as the ``hf`` backend would if siblings shared one seed), so siblings that reach the same
+    state go on identically.
     Each rollout is still an exact on-policy sample; coupled rollouts run to the end.
     """
     h = world.pi.shape[0]
@@ -184,11 +186,11 @@ def sample_targets(world: World, paths: Sequence[np.ndarray], states: Sequence[n
         if coupling is None:
             u = rng.random(live.size)
         else:  # coupled rollouts are simulated to the end: an exact-value draw would break the coupling
-            u = _uniform(np.uint64(coupling), j[live], k[live], index[live], depth[live] - k[live])
+            u = _uniform(coupling, j[live], k[live], index[live], depth[live] - k[live])
         tok = (u[:, None] > world.cdf[depth[live], state[live]]).sum(axis=1).clip(max=world.pi.shape[2] - 1)
-        rec = tracked[live]
-        steps_i.append(live[rec])
-        steps_t.append(tok[rec])
+        keep = slice(None) if coupling is None else tracked[live]  # the batch holds tokens only while on a path
+        steps_i.append(live[keep])
+        steps_t.append(tok[keep])
         tokens[live] += 1
         on[:, live] &= padded[:, np.minimum(depth[live], padded.shape[1] - 1)] == tok
         ended = tok == EOS
@@ -299,6 +301,38 @@ def enrich(q: Question, tree: TreeStats, strategy: str, params: AllocationParams
         rounds_W.append(round_)
         spent += spent_window
     return Spend(spent, tokens, tuple(rounds_W))
+
+
+def sibling_rewards(q: Question, j: int, k: int, children: np.ndarray, count: int, coupling: int | None) -> np.ndarray:
+    """``[A, count]`` rewards of ``count`` targeted rollouts of each child ``paths[j][:k] + [a]`` (`sample_targets`)."""
+    n = len(children)
+    batch, _ = sample_targets(q.world, q.paths, q.states, np.full(n, j), np.full(n, k), children, np.full(n, count),
+                              np.random.default_rng(derive_seed("allocation-bench", "siblings", q.world.model.seed, j, k)), coupling)
+    return batch.reward.reshape(n, count).astype(float)
+
+
+def coupling_noise(shape: Shape, seeds: int = 4, questions: int = 6, count: int = 400, positions: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Per node (about ``positions`` per path): the noise of ĝ* = π̃ ⊙ (Q̂ − π̃·Q̂) over the likely
+    children (exact π ≥ `TAU`) with coupled siblings, over that with independent ones; and the node's
+    exact Q spread over those children (``--coupling-noise``)."""
+    ratio, spread = [], []
+    for seed in range(seeds):
+        for question in range(questions):
+            q = prepare(shape, seed, question)
+            if q is None:
+                continue
+            for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
+                for k in range(0, len(path), max(1, len(path) // positions)):
+                    likely = np.flatnonzero(q.world.pi[k, states[k]] >= TAU)
+                    if len(likely) < 2:
+                        continue
+                    p = q.world.pi[k, states[k], likely] / q.world.pi[k, states[k], likely].sum()
+                    noise = [(p[:, None] * (r - p @ r)).var(axis=1).sum()
+                             for r in (sibling_rewards(q, j, k, likely, count, c) for c in (derive_seed(seed, question, j, k), None))]
+                    if noise[1] > 0:
+                        ratio.append(noise[0] / noise[1])
+                        spread.append(np.ptp(q.world.exact_q[k, states[k], likely]))
+    return np.array(ratio), np.array(spread)
 
 
 # --------------------------------------------------------------------------- values per path
@@ -579,6 +613,8 @@ def main() -> None:
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
                         help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields, and "
                              "coupled=1 for siblings that share their uniforms; repeatable)")
+    parser.add_argument("--coupling-noise", action="store_true",
+                        help="only measure how much coupled siblings cut the noise of the ideal gradient (`coupling_noise`)")
     args = parser.parse_args()
     for row in args.row:
         try:
@@ -589,6 +625,13 @@ def main() -> None:
     seeds = args.seeds or (6 if args.quick else 24)
     questions = args.questions or (6 if args.quick else 8)
     shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]
+    if args.coupling_noise:
+        for shape in shapes:
+            ratio, spread = coupling_noise(shape)
+            print(f"[{shape.name}] noise of the centred Q̂ vector, coupled siblings over independent, at {len(ratio)} nodes: "
+                  f"mean {ratio.mean():.2f}, median {np.median(ratio):.2f}; exact Q spread < 0.02: {ratio[spread < 0.02].mean():.2f}, "
+                  f"> 0.3: {ratio[spread > 0.3].mean():.2f}")
+        return
     start = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{seeds} seeds x {questions} questions per shape; GKD alignment against exact values on the same paths "

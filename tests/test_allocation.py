@@ -330,17 +330,21 @@ def test_coupled_siblings_go_on_identically_from_a_shared_state_and_their_q_diff
         likely = likely[likely != bench.EOS]
         if len(likely) < 2:
             continue
-        for coupled in (True, False):
-            batch, _ = bench.sample_targets(w, q.paths, q.states, np.zeros(len(likely), np.int64), np.full(len(likely), k), likely,
-                                            np.full(len(likely), count), np.random.default_rng(k), 77 if coupled else None)
-            r = batch.reward.reshape(len(likely), count).astype(float)
-            var[coupled] += (r - r.mean(axis=0)).var(axis=1).sum()  # noise of each child's Q̂ against the siblings' mean
-            nxt = w.transition[states[k], likely]
-            for a, b in zip(*np.triu_indices(len(likely), 1), strict=True):
-                if nxt[a] == nxt[b] and coupled:
-                    assert np.array_equal(r[a], r[b])
-                    same += 1
+        r = {coupled: bench.sibling_rewards(q, 0, k, likely, count, 77 if coupled else None) for coupled in (True, False)}
+        for coupled, r_A in r.items():
+            var[coupled] += (r_A - r_A.mean(axis=0)).var(axis=1).sum()  # noise of each child's Q̂ against the siblings' mean
+        nxt = w.transition[states[k], likely]
+        for a, b in zip(*np.triu_indices(len(likely), 1), strict=True):
+            if nxt[a] == nxt[b]:
+                assert np.array_equal(r[True][a], r[True][b])
+                same += 1
     assert same > 0 and var[True] < 0.6 * var[False]
+
+
+def test_coupling_noise_compares_the_same_nodes_coupled_and_independent():
+    ratio, spread = bench.coupling_noise(TINY, seeds=1, questions=3, count=200)
+    assert len(ratio) == len(spread) > 20 and (ratio >= 0).all() and (spread >= 0).all()
+    assert ratio.mean() < 0.8  # 4 states: siblings re-merge often
 
 
 def test_settle_visits_stops_when_settled_or_near_a_tie_and_grows_otherwise():
