@@ -311,6 +311,13 @@ def sibling_rewards(q: Question, j: int, k: int, children: np.ndarray, count: in
     return batch.reward.reshape(n, count).astype(float)
 
 
+def gradient_noise(pi_A: np.ndarray, r_A_N: np.ndarray) -> float:
+    """The noise of ĝ* = π̃ ⊙ (r − π̃·r) over completions: Σ_a of its variance across the columns
+    of ``r_A_N`` (completion ``i`` of every child), π̃ the children's renormalised probabilities."""
+    p_A = pi_A / pi_A.sum()
+    return float((p_A[:, None] * (r_A_N - p_A @ r_A_N)).var(axis=1).sum())
+
+
 def coupling_noise(shape: Shape, seeds: int = 4, questions: int = 6, count: int = 400, positions: int = 12) -> tuple[np.ndarray, np.ndarray]:
     """Per node (about ``positions`` per path): the noise of ĝ* = π̃ ⊙ (Q̂ − π̃·Q̂) over the likely
     children (exact π ≥ `TAU`) with coupled siblings, over that with independent ones; and the node's
@@ -326,9 +333,8 @@ def coupling_noise(shape: Shape, seeds: int = 4, questions: int = 6, count: int 
                     likely = np.flatnonzero(q.world.pi[k, states[k]] >= TAU)
                     if len(likely) < 2:
                         continue
-                    p = q.world.pi[k, states[k], likely] / q.world.pi[k, states[k], likely].sum()
-                    noise = [(p[:, None] * (r - p @ r)).var(axis=1).sum()
-                             for r in (sibling_rewards(q, j, k, likely, count, c) for c in (derive_seed(seed, question, j, k), None))]
+                    noise = [gradient_noise(q.world.pi[k, states[k], likely], sibling_rewards(q, j, k, likely, count, c))
+                             for c in (derive_seed(seed, question, j, k), None)]
                     if noise[1] > 0:
                         ratio.append(noise[0] / noise[1])
                         spread.append(np.ptp(q.world.exact_q[k, states[k], likely]))

@@ -332,12 +332,13 @@ def test_coupled_siblings_go_on_identically_from_a_shared_state_and_their_q_diff
             continue
         r = {coupled: bench.sibling_rewards(q, 0, k, likely, count, 77 if coupled else None) for coupled in (True, False)}
         for coupled, r_A in r.items():
-            var[coupled] += (r_A - r_A.mean(axis=0)).var(axis=1).sum()  # noise of each child's Q̂ against the siblings' mean
+            var[coupled] += bench.gradient_noise(w.pi[k, states[k], likely], r_A)
         nxt = w.transition[states[k], likely]
         for a, b in zip(*np.triu_indices(len(likely), 1), strict=True):
             if nxt[a] == nxt[b]:
                 assert np.array_equal(r[True][a], r[True][b])
                 same += 1
+    print(f"{same} same-state sibling pairs; noise coupled / independent: {var[True] / var[False]:.2f}")
     assert same > 0 and var[True] < 0.6 * var[False]
 
 
