@@ -47,6 +47,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py --shapes short,long --row settle:price=0.0000625   # one more setting
     python bench/allocation.py --shapes short,long --row survey:coupled=1         # coupled siblings
     python bench/allocation.py --coupling-noise   # what coupling does to the ideal gradient's noise, per shape
+    python bench/allocation.py --resolvability    # how many visits each position's cosine needs, per shape
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ import dataclasses  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -108,8 +110,8 @@ SHAPES = (
 )
 # every strategy's settings, the reference first; the recommended strategy's default is marked "default"
 SETTINGS: dict[str, list[tuple[str, dict]]] = {
-    "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=200", {"n_target": 200}),
-              ("k_window=4", {"k_window": 4})],
+    "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=25", {"n_target": 25}),
+              ("n_target=200", {"n_target": 200}), ("k_window=4", {"k_window": 4})],
     "settle": [("default", {})],
     "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32}),
                ("positions=128", {"positions": 128}), ("visits=4n_min", {"visits": -4})],
@@ -323,25 +325,56 @@ def coupling_noise(shape: Shape, seeds: int = 4, questions: int = 6, count: int 
     children (exact π ≥ `TAU`) with coupled siblings, over that with independent ones; and the node's
     exact Q spread over those children (``--coupling-noise``)."""
     ratio, spread = [], []
+    for seed, question, q, j, k in path_positions(shape, seeds, questions, positions):
+        state = q.states[j][k]
+        likely = np.flatnonzero(q.world.pi[k, state] >= TAU)
+        if len(likely) < 2:
+            continue
+        noise = [gradient_noise(q.world.pi[k, state, likely], sibling_rewards(q, j, k, likely, count, c))
+                 for c in (derive_seed(seed, question, j, k), None)]
+        if noise[1] > 0:
+            ratio.append(noise[0] / noise[1])
+            spread.append(np.ptp(q.world.exact_q[k, state, likely]))
+    return np.array(ratio), np.array(spread)
+
+
+def path_positions(shape: Shape, seeds: int, questions: int, positions: int) -> Iterator[tuple[int, int, Question, int, int]]:
+    """``(seed, question, q, j, k)``: about ``positions`` evenly spaced depths ``k`` of every representative
+    path ``j`` of ``questions`` questions per seed (the tree-free measurements' sample)."""
     for seed in range(seeds):
         for question in range(questions):
             q = prepare(shape, seed, question)
             if q is None:
                 continue
-            for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
+            for j, path in enumerate(q.paths):
                 for k in range(0, len(path), max(1, len(path) // positions)):
-                    likely = np.flatnonzero(q.world.pi[k, states[k]] >= TAU)
-                    if len(likely) < 2:
-                        continue
-                    noise = [gradient_noise(q.world.pi[k, states[k], likely], sibling_rewards(q, j, k, likely, count, c))
-                             for c in (derive_seed(seed, question, j, k), None)]
-                    if noise[1] > 0:
-                        ratio.append(noise[0] / noise[1])
-                        spread.append(np.ptp(q.world.exact_q[k, states[k], likely]))
-    return np.array(ratio), np.array(spread)
+                    yield seed, question, q, j, k
 
 
 # --------------------------------------------------------------------------- values per path
+
+
+class ExactNode(NamedTuple):
+    """One position of a path on the estimand's support: exact π, Q and ideal gradient there, and
+    the exact GKD alignment per teacher."""
+
+    pi_A: np.ndarray
+    q_A: np.ndarray
+    g_A: np.ndarray
+    cos_T: list[float]
+
+
+def exact_node(w: World, k: int, state: int) -> ExactNode | None:
+    """The estimand at depth ``k`` in ``state``, on the tokens with exact π ≥ `TAU` or π_T ≥ `TAU` for some
+    teacher; None where those are fewer than two or the exact ideal gradient is 0 (no alignment)."""
+    support = (w.pi[k, state] >= TAU) | np.any([t[k, state] >= TAU for t in w.teachers], axis=0)
+    if support.sum() < 2:
+        return None
+    pi_A, q_A = w.pi[k, state, support], w.exact_q[k, state, support]
+    if q_A.max() - q_A.min() <= 1e-12:
+        return None
+    g_A = ideal_gradient(pi_A, q_A)
+    return ExactNode(pi_A, q_A, g_A, [alignment_score(g_A, gkd_gradient(pi_A, t[k, state, support])) for t in w.teachers])
 
 
 def exact_path_values(q: Question) -> np.ndarray:
@@ -351,21 +384,45 @@ def exact_path_values(q: Question) -> np.ndarray:
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         cos, norm = [], []
         for k in range(len(path)):
-            pi = w.pi[k, states[k]]
-            support = (pi >= TAU) | np.any([t[k, states[k]] >= TAU for t in w.teachers], axis=0)
-            if support.sum() < 2:
-                continue
-            qv = w.exact_q[k, states[k], support]
-            if qv.max() - qv.min() <= 1e-12:  # the exact ideal gradient is 0: no alignment
-                continue
-            g = ideal_gradient(pi[support], qv)
-            cos.append([alignment_score(g, gkd_gradient(pi[support], t[k, states[k], support])) for t in w.teachers])
-            norm.append(np.linalg.norm(g))
+            node = exact_node(w, k, states[k])
+            if node is not None:
+                cos.append(node.cos_T)
+                norm.append(np.linalg.norm(node.g_A))
         if cos:
             cos, norm = np.array(cos), np.array(norm)
             out[j, :, 0] = cos.mean(axis=0)
             out[j, :, 1] = norm @ cos / norm.sum()
     return out
+
+
+def softmax_jacobian(pi_A: np.ndarray) -> np.ndarray:
+    """M = diag(π̃) − π̃ π̃ᵀ, π̃ the renormalised probabilities: the ideal gradient is g* = M Q (SPEC §3)."""
+    p_A = pi_A / pi_A.sum()
+    return np.diag(p_A) - np.outer(p_A, p_A)
+
+
+def visits_to_resolve(pi_A: np.ndarray, q_A: np.ndarray) -> float:
+    """Visits per child at which the noise of ĝ* = M Q̂ equals |g*|²: tr(M D M) / |M Q|², with
+    M = diag(π̃) − π̃ π̃ᵀ (SPEC §3, ``ideal_gradient``) and D = diag(Q (1 − Q)), since n visits give Q̂_a
+    variance Q_a (1 − Q_a) / n. Below it the plug-in cosine is mostly noise."""
+    m = softmax_jacobian(pi_A)
+    g_A = m @ q_A
+    return float(np.trace(m @ np.diag(q_A * (1 - q_A)) @ m) / (g_A @ g_A))
+
+
+RESOLVE_EDGES = (100, 1000)  # visits per child: paper's n_target, and ten times it
+
+
+def resolvability(shape: Shape, seeds: int = 3, questions: int = 6, positions: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Per position of the estimand (about ``positions`` per path): `visits_to_resolve`, and the exact
+    GKD alignment per teacher ``[N, T]`` (``--resolvability``)."""
+    need, cos = [], []
+    for _, _, q, j, k in path_positions(shape, seeds, questions, positions):
+        node = exact_node(q.world, k, q.states[j][k])
+        if node is not None:
+            need.append(visits_to_resolve(node.pi_A, node.q_A))
+            cos.append(node.cos_T)
+    return np.array(need), np.array(cos)
 
 
 ESTIMATORS = ("plain", "split-half", "halves")
@@ -392,8 +449,7 @@ def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     Q̂ are independent, so the expectation is |g*|²; the same value as the mean over splits of the
     visits into two halves of <ĝ*₁, ĝ*₂>.
     """
-    p = pi_A / pi_A.sum()
-    m = np.diag(p) - np.outer(p, p)
+    m = softmax_jacobian(pi_A)
     q = w_A / n_A
     g = m @ q
     return float(g @ g - (q * (1 - q) / np.maximum(n_A - 1, 1)) @ (m * m).sum(axis=0))
@@ -551,10 +607,14 @@ def score(results: list[SeedResult], estimator: str = "plain") -> dict:
 _CACHE: dict = {}  # prepared questions and their exact values, per worker process
 
 
+def shape_knobs(shape: Shape, knobs: dict) -> dict:
+    """``knobs`` with a negative ``visits`` read as that multiple of the shape's ``n_min`` (``visits=-4``)."""
+    return {**knobs, "visits": -knobs["visits"] * shape.n_min} if knobs.get("visits", 0) < 0 else knobs
+
+
 def _job(args) -> SeedResult:
     shape, seed, questions, strategy, knobs, extra = args
-    if knobs.get("visits", 0) < 0:  # a multiple of the shape's n_min
-        knobs = {**knobs, "visits": -knobs["visits"] * shape.n_min}
+    knobs = shape_knobs(shape, knobs)
     coupled = bool(knobs.get("coupled", 0))  # a sampling knob of the bench, not of the strategy
     knobs = {key: v for key, v in knobs.items() if key != "coupled"}
     return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE, extra, coupled)
@@ -621,6 +681,8 @@ def main() -> None:
                              "coupled=1 for siblings that share their uniforms; repeatable)")
     parser.add_argument("--coupling-noise", action="store_true",
                         help="only measure how much coupled siblings cut the noise of the ideal gradient (`coupling_noise`)")
+    parser.add_argument("--resolvability", action="store_true",
+                        help="only measure how many visits per child each position of the estimand needs (`resolvability`)")
     args = parser.parse_args()
     for row in args.row:
         try:
@@ -637,6 +699,19 @@ def main() -> None:
             print(f"[{shape.name}] noise of the centred Q̂ vector, coupled siblings over independent, at {len(ratio)} nodes: "
                   f"mean {ratio.mean():.2f}, median {np.median(ratio):.2f}; exact Q spread < 0.02: {ratio[spread < 0.02].mean():.2f}, "
                   f"> 0.3: {ratio[spread > 0.3].mean():.2f}")
+        return
+    if args.resolvability:
+        for shape in shapes:
+            need, cos = resolvability(shape)
+            edges = (0, shape.n_min, *RESOLVE_EDGES, np.inf)
+            print(f"[{shape.name}] {len(need)} positions; visits per child at which the ideal gradient's noise equals "
+                  f"|g*|^2: median {np.median(need):,.0f}; share of positions above "
+                  + ", ".join(f"{edge:,}: {(need > edge).mean():.2f}" for edge in edges[1:-1]))
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                inside = (need >= lo) & (need < hi)
+                if inside.any():
+                    print(f"  {lo:>6,.0f} to {hi:>6,.0f}: {inside.mean():.2f} of positions, exact mean alignment "
+                          f"helpful {cos[inside, 0].mean():+.3f}, misleading {cos[inside, 1].mean():+.3f}")
         return
     start = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

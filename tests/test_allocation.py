@@ -412,3 +412,24 @@ def test_half_cosines_match_the_cosine_without_noise_and_count_tied_halves_as_ze
     exact = [float(bench._cosines(pi, (w / n)[None, :], g[None, :])[0, 0]) for g in g_T]
     np.testing.assert_allclose(bench.half_cosines(pi, n, w, g_T, rng), exact, atol=1e-3)
     assert np.all(bench.half_cosines(pi, np.full(3, 20), np.zeros(3, np.int64), g_T, rng) == 0.0)
+
+
+def test_visits_to_resolve_is_where_the_ideal_gradients_noise_equals_its_square_norm():
+    """At n = visits_to_resolve visits per child, binomial Q̂ give E|ĝ* − g*|² = |g*|² (simulated)."""
+    rng = np.random.default_rng(5)
+    pi_A, q_A = np.array([0.6, 0.25, 0.1, 0.05]), np.array([0.55, 0.4, 0.7, 0.2])
+    n = bench.visits_to_resolve(pi_A, q_A)
+    visits = round(n)
+    g_A = bench.ideal_gradient(pi_A, q_A)
+    q_D_A = rng.binomial(visits, q_A, size=(40_000, len(q_A))) / visits
+    noise = np.mean([np.sum((bench.ideal_gradient(pi_A, q) - g_A) ** 2) for q in q_D_A])
+    assert 10 < visits < 1000
+    assert abs(noise * visits / n - g_A @ g_A) < 0.03 * (g_A @ g_A)
+
+
+def test_resolvability_reads_every_estimand_position_of_the_paths():
+    need, cos = bench.resolvability(TINY, seeds=1, questions=2, positions=1000)
+    q = [bench.prepare(TINY, 0, i) for i in range(2)]
+    count = sum(bench.exact_node(x.world, k, s[k]) is not None for x in q if x for p, s in zip(x.paths, x.states) for k in range(len(p)))
+    assert len(need) == len(cos) == count > 0
+    assert cos.shape[1] == len(bench.TEACHERS) and (need >= 0).all()  # 0 where every child's outcome is certain
