@@ -1,5 +1,5 @@
 """Deconvolved alignment: can an empirical-Bayes estimate of each position's cosine undo the
-attenuation that makes few visits per child useless (SPEC §3, §5; issue: allocation at a tenth of the cost)?
+attenuation that makes few visits per child useless (SPEC §3, §5)?
 
 The plug-in cosine of Q̂ is pulled toward 0 wherever a position's Q spread is below the noise of its
 visits, and most positions are such (``python bench/allocation.py --resolvability``). A deconvolution
@@ -23,6 +23,11 @@ Student-t 95% CI over questions).
 
 The grid and smoothing are fixed, the same on every shape. The prior is fitted from the same run,
 so the CI over questions does not carry its uncertainty.
+
+What it finds (the README's strategy section has the tables): it helps on short traces, where most
+positions are resolved at ``n_min`` visits, and overshoots on longer ones. At an unresolved position
+the posterior follows the prior, which is extrapolated from the resolved positions, and those are
+the more aligned ones. It is not an estimator of the pipeline.
 
     python bench/deconvolution.py                      # short, long, long-wide; 24 seeds x 8 questions
     python bench/deconvolution.py --shapes short --seeds 6
