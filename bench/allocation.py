@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 
 from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, _cosines, _uniform, window_state  # noqa: E402
-from harness.core.tree import path_common_prefixes  # noqa: E402
+from harness.core.tree import ChildTable, path_common_prefixes  # noqa: E402
 from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
 TAU = 0.05  # the estimand's support: tokens with exact π ≥ TAU or π_T ≥ TAU for some teacher
@@ -401,13 +401,18 @@ def softmax_jacobian(pi_A: np.ndarray) -> np.ndarray:
     return np.diag(p_A) - np.outer(p_A, p_A)
 
 
+def noise_trace(m: np.ndarray, var_A: np.ndarray) -> float:
+    """E|ĝ* − g*|² = tr(M D M) = Σ_a Var(Q̂_a) |M e_a|² for independent Q̂ with variances ``var_A``
+    (D = diag(var_A), ĝ* = M Q̂, ``m`` = `softmax_jacobian`)."""
+    return float(var_A @ (m * m).sum(axis=0))
+
+
 def visits_to_resolve(pi_A: np.ndarray, q_A: np.ndarray) -> float:
-    """Visits per child at which the noise of ĝ* = M Q̂ equals |g*|²: tr(M D M) / |M Q|², with
-    M = diag(π̃) − π̃ π̃ᵀ (SPEC §3, ``ideal_gradient``) and D = diag(Q (1 − Q)), since n visits give Q̂_a
-    variance Q_a (1 − Q_a) / n. Below it the plug-in cosine is mostly noise."""
+    """Visits per child at which the noise of ĝ* equals |g*|²: `noise_trace` at one visit, Var Q̂_a =
+    Q_a (1 − Q_a), over |g*|² (n visits divide the noise by n). Below it the plug-in cosine is mostly noise."""
     m = softmax_jacobian(pi_A)
     g_A = m @ q_A
-    return float(np.trace(m @ np.diag(q_A * (1 - q_A)) @ m) / (g_A @ g_A))
+    return noise_trace(m, q_A * (1 - q_A)) / float(g_A @ g_A)
 
 
 RESOLVE_EDGES = (100, 1000)  # visits per child: paper's n_target, and ten times it
@@ -452,7 +457,7 @@ def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     m = softmax_jacobian(pi_A)
     q = w_A / n_A
     g = m @ q
-    return float(g @ g - (q * (1 - q) / np.maximum(n_A - 1, 1)) @ (m * m).sum(axis=0))
+    return float(g @ g) - noise_trace(m, q * (1 - q) / np.maximum(n_A - 1, 1))
 
 
 HALF_DRAWS = 64
@@ -470,6 +475,14 @@ def half_cosines(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray, g_T_A: list
     return np.where(tied_D[:, None], 0.0, _cosines(pi_A, q_D_A, np.stack(g_T_A))).mean(axis=0)
 
 
+def path_nodes(ch: ChildTable, length: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(k, idx)``: each depth ``k < length`` of a path's child table ``ch`` (`TreeStats.children`, sorted by
+    position) and the rows of its children there."""
+    for idx in np.split(np.arange(len(ch.position)), np.flatnonzero(np.diff(ch.position)) + 1):
+        if len(idx) and ch.position[idx[0]] < length:
+            yield int(ch.position[idx[0]]), idx
+
+
 def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool = False) -> dict[str, np.ndarray]:
     """Per estimator of `scored_estimators`, ``[P, T, 2]`` per-path means over decision points (SPEC §2):
     unweighted, |g*|-weighted."""
@@ -478,15 +491,9 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
     rng = np.random.default_rng(derive_seed("allocation-bench", "halves", q.world.model.seed))
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
-        cuts = np.flatnonzero(np.diff(ch.position)) + 1
         rows = []  # per decision point: plain cosines [T], |ĝ*|
         extras = []  # with extra: projections <ĝ*, ĝ_T>/|ĝ_T| [T], debiased |g*|², half cosines [T]
-        for idx in np.split(np.arange(len(ch.position)), cuts):
-            if not len(idx):
-                continue
-            k = int(ch.position[idx[0]])
-            if k >= len(path):
-                continue
+        for k, idx in path_nodes(ch, len(path)):
             n, wins, tok = ch.n[idx], ch.w[idx], ch.token[idx]
             support = decision_support(n, wins / np.maximum(n, 1), n_min)
             if support is None:
@@ -554,13 +561,11 @@ class SeedResult:
     estimate: dict | None = None  # the one being scored
 
 
-def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
-             cache: dict | None = None, extra: bool = False, coupled: bool = False) -> SeedResult:
-    """One strategy on ``questions`` fresh questions of ``shape``: its estimates (`scored_estimators`)
-    against the exact values."""
+def question_trees(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
+                   cache: dict | None = None, coupled: bool = False) -> Iterator[tuple[Question, np.ndarray, TreeStats, Spend]]:
+    """Per question of ``seed`` (those with a path): the question, its `exact_path_values`, and its tree after
+    the initial rollouts and ``strategy``'s targeted ones (at the shape's ``n_min``), with their cost."""
     params = dataclasses.replace(params, n_min=shape.n_min)
-    exact, est, correct = [], {e: [] for e in scored_estimators(extra)}, []
-    rollouts, tokens, rounds = 0, 0.0, []
     for question in range(questions):
         key = (shape.name, seed, question)
         if cache is not None and key in cache:
@@ -575,6 +580,16 @@ def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: All
         tree = TreeStats(q.paths)
         tree.ingest(q.initial)
         spend = enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"), coupled)
+        yield q, ex, tree, spend
+
+
+def run_seed(shape: Shape, seed: int, questions: int, strategy: str, params: AllocationParams,
+             cache: dict | None = None, extra: bool = False, coupled: bool = False) -> SeedResult:
+    """One strategy on ``questions`` fresh questions of ``shape``: its estimates (`scored_estimators`)
+    against the exact values."""
+    exact, est, correct = [], {e: [] for e in scored_estimators(extra)}, []
+    rollouts, tokens, rounds = 0, 0.0, []
+    for q, ex, tree, spend in question_trees(shape, seed, questions, strategy, params, cache, coupled):
         exact.append(ex)
         for e, v in estimated_path_values(q, tree, shape.n_min, extra).items():
             est[e].append(v)

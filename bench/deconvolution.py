@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import functools
 import importlib.util
 import sys
@@ -51,7 +50,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import logsumexp
 
-from harness.core import TreeStats
+from harness.core import TreeStats, gkd_gradient
 from harness.core.allocation import AllocationParams
 from harness.exact_lm import derive_seed
 
@@ -118,7 +117,7 @@ def position_terms(pos: Position, rng: np.random.Generator) -> list[Terms]:
         r = R_GRID[None, :, None]
         loglik = -0.5 * (y @ y - 2 * r * b_A_D[:, None, :] + r * r * f_A_D[:, None, :])
         g_A_D = (dir_A_D @ basis.T) @ mix
-        g_T = mix @ ell
+        g_T = gkd_gradient(pos.pi_A, pi_T)  # = M ℓ
         cos = g_A_D @ g_T / np.maximum(np.linalg.norm(g_A_D, axis=-1) * np.linalg.norm(g_T), 1e-300)
         out.append(Terms(loglik, cos))
     return out
@@ -149,10 +148,7 @@ def run_positions(q: bench.Question, tree: TreeStats, question: int, n_min: int)
     out = []
     for j, (path, states) in enumerate(zip(q.paths, q.states, strict=True)):
         ch = tree.children(j)
-        for idx in np.split(np.arange(len(ch.position)), np.flatnonzero(np.diff(ch.position)) + 1):
-            if not len(idx) or ch.position[idx[0]] >= len(path):
-                continue
-            k = int(ch.position[idx[0]])
+        for k, idx in bench.path_nodes(ch, len(path)):
             visited = idx[ch.n[idx] >= n_min]
             if len(visited) >= 2:
                 tok = ch.token[visited]
@@ -164,18 +160,12 @@ def run_positions(q: bench.Question, tree: TreeStats, question: int, n_min: int)
 def run_seed(shape: bench.Shape, seed: int, questions: int, strategy: str, knobs: dict) -> bench.SeedResult:
     """``strategy`` on ``questions`` questions of ``shape`` (the allocation bench's questions, trees and exact
     values), estimated ``plain`` and ``deconvolved``."""
-    params = dataclasses.replace(AllocationParams(**bench.shape_knobs(shape, knobs)), n_min=shape.n_min)
+    params = AllocationParams(**bench.shape_knobs(shape, knobs))
     exact, plain, correct, positions = [], [], [], []
     rollouts, tokens = 0, 0.0
-    for question in range(questions):
-        q = bench.prepare(shape, seed, question)
-        if q is None:
-            continue
-        tree = TreeStats(q.paths)
-        tree.ingest(q.initial)
-        spend = bench.enrich(q, tree, strategy, params, derive_seed("allocation-bench", shape.name, seed, question, "targets"))
+    for q, ex, tree, spend in bench.question_trees(shape, seed, questions, strategy, params):
         rollouts, tokens = rollouts + spend.rollouts, tokens + spend.tokens
-        exact.append(bench.exact_path_values(q))
+        exact.append(ex)
         plain.append(bench.estimated_path_values(q, tree, shape.n_min)["plain"])
         correct.append(q.correct)
         positions += run_positions(q, tree, len(exact) - 1, shape.n_min)
