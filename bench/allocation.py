@@ -36,8 +36,10 @@ divided by ``settle``'s (the README's recommendation for cheaper runs) at its de
 that setting's RMSE of the per-teacher mean alignment is no worse than paper's and its coverage is at
 least 0.93 (otherwise the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when
 none is). The lines before it give the same for the other strategies, paper's own other settings
-included. ``--estimators`` also scores the split-half and halves estimators on every tree (computed
-only then: they add 6-15% to a ``--quick`` run on 2 cores).
+included. ``--estimators`` also scores the split-half, halves, shrunk and shrunk-sqrt estimators on every
+tree (`ESTIMATORS`; computed only then: they add 6-15% to a ``--quick`` run on 2 cores), with one more line
+each: the same ratio for that estimate on any strategy's tree, against paper's plain estimate, naming the
+row.
 
 Read ratios from the full run: at ``--quick`` size (36 questions per row) RMSE differences under
 about a quarter are noise, and a ratio can flip between ``-`` and 5x.
@@ -111,7 +113,7 @@ SHAPES = (
 # every strategy's settings, the reference first; the recommended strategy's default is marked "default"
 SETTINGS: dict[str, list[tuple[str, dict]]] = {
     "paper": [("n_target=100", {}), ("n_target=50", {"n_target": 50}), ("n_target=25", {"n_target": 25}),
-              ("n_target=200", {"n_target": 200}), ("k_window=4", {"k_window": 4})],
+              ("n_target=20", {"n_target": 20}), ("n_target=200", {"n_target": 200}), ("k_window=4", {"k_window": 4})],
     "settle": [("default", {})],
     "survey": [("default", {}), ("positions=8", {"positions": 8}), ("positions=32", {"positions": 32}),
                ("positions=128", {"positions": 128}), ("visits=4n_min", {"visits": -4})],
@@ -430,7 +432,7 @@ def resolvability(shape: Shape, seeds: int = 3, questions: int = 6, positions: i
     return np.array(need), np.array(cos)
 
 
-ESTIMATORS = ("plain", "split-half", "halves")
+ESTIMATORS = ("plain", "split-half", "halves", "shrunk", "shrunk-sqrt")
 """``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
 from the product of two independent halves of each child's visits, whose expectation is |g*|²
 (computed in closed form: |ĝ*|² minus the trace of ĝ*'s estimated covariance), clipped to [-1, 1]
@@ -439,7 +441,11 @@ and undefined where that estimate is not positive; weighted as Σ <ĝ*, ĝ_T>/|�
 ``halves``: Richardson extrapolation in the visits (a delete-half jackknife): if a node's expected
 cosine at n visits is its exact value plus c/n, then 2·cos(n) − E[cos(n/2)] removes that term; E[cos(n/2)]
 is the mean cosine over `HALF_DRAWS` random halves of each child's visits (hypergeometric wins; a half
-whose Q̂ tie counts 0, no direction), on the pipeline's decision points, weighted as ``plain``."""
+whose Q̂ tie counts 0, no direction), on the pipeline's decision points, weighted as ``plain``.
+``shrunk``: the plain cosine times the node's `reliability` r̂ (the share of |ĝ*|² that is signal), and
+``shrunk-sqrt`` times √r̂: the other way from the two above, less noise for more attenuation. Where the Q̂
+spread is within its noise the cosine is mostly noise and goes to 0; where it is resolved, r̂ ≈ 1 and the
+cosine stays. Weighted as ``plain``."""
 
 
 def scored_estimators(extra: bool) -> tuple[str, ...]:
@@ -458,6 +464,15 @@ def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     q = w_A / n_A
     g = m @ q
     return float(g @ g) - noise_trace(m, q * (1 - q) / np.maximum(n_A - 1, 1))
+
+
+def reliability(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
+    """`debiased_norm2` over |ĝ*|², clipped to [0, 1]: an estimate of |g*|² / (|g*|² + noise), the share
+    of the plug-in ideal gradient's square norm that is not noise (0 where the Q̂ tie)."""
+    m = softmax_jacobian(pi_A)
+    g = m @ (w_A / n_A)
+    norm2 = float(g @ g)
+    return float(np.clip(debiased_norm2(pi_A, n_A, w_A) / norm2, 0.0, 1.0)) if norm2 > 0 else 0.0
 
 
 HALF_DRAWS = 64
@@ -504,7 +519,8 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
             rows.append(([alignment_score(g, gt) for gt in g_T], np.linalg.norm(g)))
             if extra:
-                extras.append(([g @ gt / np.linalg.norm(gt) for gt in g_T], debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
+                extras.append(([g @ gt / np.linalg.norm(gt) for gt in g_T], debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng),
+                               reliability(pi, n, wins)))
         if not rows:
             continue
         cos = np.array([r[0] for r in rows])
@@ -521,6 +537,10 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             extrapolated = 2 * cos[ok] - np.array([x[2] for x in extras])[ok]
             out["halves"][j, :, 0] = extrapolated.mean(axis=0)
             out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
+            r = np.array([x[3] for x in extras])[ok, None]
+            for name, shrunk in (("shrunk", r * cos[ok]), ("shrunk-sqrt", np.sqrt(r) * cos[ok])):
+                out[name][j, :, 0] = shrunk.mean(axis=0)
+                out[name][j, :, 1] = norm[ok] @ shrunk / norm[ok].sum()
         pos = d2 > 0
         if pos.any():
             out["split-half"][j, :, 0] = np.clip(proj[pos] / np.sqrt(d2[pos])[:, None], -1, 1).mean(axis=0)
@@ -650,16 +670,18 @@ def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: in
             for i, (strategy, label, _) in enumerate(keys) for e in scored_estimators(extra)}
 
 
-def ratio_at_equal_error(ref: dict, rows: dict[str, dict]) -> str:
+def ratio_at_equal_error(ref: dict, rows: dict[str, dict], named: bool = False) -> str:
     """Paper's tokens over a strategy's at its default, when its RMSE is no worse and its coverage at least
-    COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``); ``-`` when none is (or none ran)."""
+    COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``, and ``named``: followed by its label
+    in brackets); ``-`` when none is (or none ran)."""
     if not rows:
         return "not run"
     ok = {label: r for label, r in rows.items() if r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
     if "default" in ok:
         return f"{ref['tokens'] / ok['default']['tokens']:.1f}x"
     if ok:
-        return f"{ref['tokens'] / min(r['tokens'] for r in ok.values()):.1f}x*"
+        label = min(ok, key=lambda label: ok[label]["tokens"])
+        return f"{ref['tokens'] / ok[label]['tokens']:.1f}x*" + (f" ({label})" if named else "")
     return "-"
 
 
@@ -689,7 +711,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--questions", type=int, default=None)
     parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
-    parser.add_argument("--estimators", action="store_true", help="also score the split-half and halves estimators")
+    parser.add_argument("--estimators", action="store_true", help="also score the split-half, halves, shrunk and shrunk-sqrt estimators")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
                         help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields, and "
@@ -741,16 +763,19 @@ def main() -> None:
         res = run_shape(shape, seeds, questions, settings, args.jobs, args.estimators)
         print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, first window "
               f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[REFERENCE + ('plain',)]['exact']:+.3f}")
-        print(f"  {'strategy':<8} {'setting':<13} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
+        print(f"  {'strategy':<8} {'setting':<24} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
               f"{'RMSE|g*|':>8} {'RMSE i-c':>8} {'cover':>6} {'cov|g*|':>7} {'rank ok':>7}")
         for (s, label, e), r in res.items():
-            print(f"  {s:<8} {label + ('' if e == 'plain' else ' ' + e):<13} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
+            print(f"  {s:<8} {label + ('' if e == 'plain' else ' ' + e):<24} {r['tokens']:>12,.0f} {r['rollouts']:>10,.0f} {r['rounds']:>6.1f} {r['rmse']:>6.3f} "
                   f"{r['bias_T'][0]:>+6.3f}/{r['bias_T'][1]:>+6.3f} {r['rmse_weighted']:>8.3f} {r['rmse_diff']:>8.3f} {r['coverage']:>6.2f} "
                   f"{r['coverage_weighted']:>7.2f} {r['ranking']:>7.2f}")
         ref = res[REFERENCE + ("plain",)]
         for candidate in SETTINGS:  # paper's own cheaper settings count as a candidate too
             ratios.setdefault(candidate, {})[shape.name] = ratio_at_equal_error(ref, {
                 label: r for (s, label, e), r in res.items() if s == candidate and e == "plain" and (s, label) != REFERENCE})
+        for estimator in scored_estimators(args.estimators)[1:]:  # against paper's plain estimate, any strategy's rows
+            ratios.setdefault(estimator, {})[shape.name] = ratio_at_equal_error(ref, {
+                f"{s} {label}": r for (s, label, e), r in res.items() if e == estimator}, named=True)
         print(f"  {time.perf_counter() - t0:.0f} s")
     cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ("ru_utime", "ru_stime"))
@@ -760,6 +785,9 @@ def main() -> None:
     for candidate in (c for c in SETTINGS if c != RECOMMENDED):
         print(f"{candidate}{', other settings' if candidate == REFERENCE[0] else ''}, the same measure: "
               + ", ".join(f"{s} {ratios[candidate].get(s, 'not run')}" for s in names))
+    for estimator in scored_estimators(args.estimators)[1:]:
+        print(f"the {estimator} estimate on any strategy's tree, the same measure: "
+              + ", ".join(f"{s} {ratios[estimator].get(s, 'not run')}" for s in names))
     print("cost ratio at equal error (generated tokens, paper n_target=100 = 1): "
           + ", ".join(f"{s} {ratios[RECOMMENDED].get(s, 'not run')}" for s in names))
 

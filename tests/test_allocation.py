@@ -23,7 +23,7 @@ from harness.core.allocation import (
     window_allowance,
     window_state,
 )
-from harness.core.gradients import gkd_gradient
+from harness.core.gradients import alignment_score, gkd_gradient
 from harness.core.tree import ChildTable, path_common_prefixes
 
 _spec = importlib.util.spec_from_file_location("bench_allocation", Path(__file__).parents[1] / "bench" / "allocation.py")
@@ -412,6 +412,34 @@ def test_half_cosines_match_the_cosine_without_noise_and_count_tied_halves_as_ze
     exact = [float(bench._cosines(pi, (w / n)[None, :], g[None, :])[0, 0]) for g in g_T]
     np.testing.assert_allclose(bench.half_cosines(pi, n, w, g_T, rng), exact, atol=1e-3)
     assert np.all(bench.half_cosines(pi, np.full(3, 20), np.zeros(3, np.int64), g_T, rng) == 0.0)
+
+
+def test_shrunk_cosine_silences_noise_where_q_ties_and_keeps_resolved_cosines():
+    """`reliability` r̂: with equal exact Q (g* = 0) the plug-in cosine is pure noise and r̂·cos is far
+    smaller; with a spread resolved many times over, r̂ ≈ 1 and r̂·cos is the exact cosine."""
+    rng = np.random.default_rng(3)
+    pi, pi_t = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    g_T = gkd_gradient(pi, pi_t)
+    n = np.full(3, 20)
+    plain, shrunk = [], []
+    for w in rng.binomial(20, 0.5, size=(4000, 3)):
+        if w.min() < w.max():  # the pipeline's decision points
+            cos = alignment_score(bench.ideal_gradient(pi, w / n), g_T)
+            plain.append(cos)
+            shrunk.append(bench.reliability(pi, n, w) * cos)
+    assert len(plain) > 3000
+    assert np.sqrt(np.mean(np.square(shrunk))) < 0.5 * np.sqrt(np.mean(np.square(plain)))
+    assert np.sqrt(np.mean(np.square(plain))) > 0.5  # noise, not a spread the test forgot to tie
+    q = np.array([0.2, 0.5, 0.7])
+    n = np.full(3, 20_000)
+    exact = alignment_score(bench.ideal_gradient(pi, q), g_T)
+    estimates = []
+    for w in rng.binomial(n, q, size=(200, 3)):
+        r = bench.reliability(pi, n, w)
+        assert 0.99 < r <= 1.0
+        estimates.append(r * alignment_score(bench.ideal_gradient(pi, w / n), g_T))
+    assert abs(np.mean(estimates) - exact) < 0.01
+    assert bench.reliability(pi, np.full(3, 20), np.full(3, 7)) == 0.0  # tied Q̂: no signal
 
 
 def test_visits_to_resolve_is_where_the_ideal_gradients_noise_equals_its_square_norm():
