@@ -466,13 +466,12 @@ def debiased_norm2(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
     return float(g @ g) - noise_trace(m, q * (1 - q) / np.maximum(n_A - 1, 1))
 
 
-def reliability(pi_A: np.ndarray, n_A: np.ndarray, w_A: np.ndarray) -> float:
-    """`debiased_norm2` over |ĝ*|², clipped to [0, 1]: an estimate of |g*|² / (|g*|² + noise), the share
-    of the plug-in ideal gradient's square norm that is not noise (0 where the Q̂ tie)."""
-    m = softmax_jacobian(pi_A)
-    g = m @ (w_A / n_A)
-    norm2 = float(g @ g)
-    return float(np.clip(debiased_norm2(pi_A, n_A, w_A) / norm2, 0.0, 1.0)) if norm2 > 0 else 0.0
+def reliability(debiased: np.ndarray, norm2: np.ndarray) -> np.ndarray:
+    """`debiased_norm2` over |ĝ*|² (``norm2``), clipped to [0, 1]: an estimate of |g*|² / (|g*|² + noise),
+    the share of the plug-in ideal gradient's square norm that is not noise (0 where the Q̂ tie)."""
+    debiased, norm2 = np.asarray(debiased, float), np.asarray(norm2, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm2 > 0, np.clip(debiased / norm2, 0.0, 1.0), 0.0)
 
 
 HALF_DRAWS = 64
@@ -519,8 +518,7 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             g_T = [gkd_gradient(pi, t[k, states[k], tok]) for t in w.teachers]
             rows.append(([alignment_score(g, gt) for gt in g_T], np.linalg.norm(g)))
             if extra:
-                extras.append(([g @ gt / np.linalg.norm(gt) for gt in g_T], debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng),
-                               reliability(pi, n, wins)))
+                extras.append(([g @ gt / np.linalg.norm(gt) for gt in g_T], debiased_norm2(pi, n, wins), half_cosines(pi, n, wins, g_T, rng)))
         if not rows:
             continue
         cos = np.array([r[0] for r in rows])
@@ -537,7 +535,7 @@ def estimated_path_values(q: Question, tree: TreeStats, n_min: int, extra: bool 
             extrapolated = 2 * cos[ok] - np.array([x[2] for x in extras])[ok]
             out["halves"][j, :, 0] = extrapolated.mean(axis=0)
             out["halves"][j, :, 1] = norm[ok] @ extrapolated / norm[ok].sum()
-            r = np.array([x[3] for x in extras])[ok, None]
+            r = reliability(d2, norm**2)[ok, None]  # the debiased |g*|² and |ĝ*|² both estimators already have
             for name, shrunk in (("shrunk", r * cos[ok]), ("shrunk-sqrt", np.sqrt(r) * cos[ok])):
                 out[name][j, :, 0] = shrunk.mean(axis=0)
                 out[name][j, :, 1] = norm[ok] @ shrunk / norm[ok].sum()

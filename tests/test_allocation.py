@@ -426,7 +426,8 @@ def test_shrunk_cosine_silences_noise_where_q_ties_and_keeps_resolved_cosines():
         if w.min() < w.max():  # the pipeline's decision points
             cos = alignment_score(bench.ideal_gradient(pi, w / n), g_T)
             plain.append(cos)
-            shrunk.append(bench.reliability(pi, n, w) * cos)
+            g = bench.ideal_gradient(pi, w / n)
+            shrunk.append(bench.reliability(bench.debiased_norm2(pi, n, w), g @ g) * cos)
     assert len(plain) > 3000
     assert np.sqrt(np.mean(np.square(shrunk))) < 0.5 * np.sqrt(np.mean(np.square(plain)))
     assert np.sqrt(np.mean(np.square(plain))) > 0.5  # noise, not a spread the test forgot to tie
@@ -435,11 +436,13 @@ def test_shrunk_cosine_silences_noise_where_q_ties_and_keeps_resolved_cosines():
     exact = alignment_score(bench.ideal_gradient(pi, q), g_T)
     estimates = []
     for w in rng.binomial(n, q, size=(200, 3)):
-        r = bench.reliability(pi, n, w)
+        g = bench.ideal_gradient(pi, w / n)
+        r = bench.reliability(bench.debiased_norm2(pi, n, w), g @ g)
         assert 0.99 < r <= 1.0
         estimates.append(r * alignment_score(bench.ideal_gradient(pi, w / n), g_T))
     assert abs(np.mean(estimates) - exact) < 0.01
-    assert bench.reliability(pi, np.full(3, 20), np.full(3, 7)) == 0.0  # tied Q̂: no signal
+    tied = np.full(3, 7)
+    assert bench.reliability(bench.debiased_norm2(pi, np.full(3, 20), tied), 0.0) == 0.0  # tied Q̂: no signal
 
 
 def test_visits_to_resolve_is_where_the_ideal_gradients_noise_equals_its_square_norm():
