@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
-        if isinstance(exc, OSError) and not exc.filename:  # a failed write (disk full) names no file
+        if isinstance(exc, OSError) and exc.strerror and not exc.filename:  # a failed write (disk full) names no file
             exc.filename = getattr(args, "out", None) or getattr(args, "dir", None)
         if getattr(args, "debug", False):
             traceback.print_exc()

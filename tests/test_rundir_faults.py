@@ -383,6 +383,18 @@ def test_out_unwritable(tmp_path, capsys, monkeypatch, code):
     assert main(["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
 
 
+def test_an_os_error_without_errno_keeps_its_own_message(tmp_path, capsys, monkeypatch):
+    """A library's network error is an OSError with no errno: its message, not "[Errno None] None: DIR"."""
+    import harness.cli
+
+    def unreachable(args):
+        raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub")
+
+    monkeypatch.setattr(harness.cli, "_run", unreachable)
+    err = _error(capsys, ["run", *SETS, "--out", str(tmp_path / "run")])
+    assert err == "odiag: error: Couldn't reach 'cais/mmlu' on the Hub"
+
+
 def test_out_read_only_directory(tmp_path, capsys, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()

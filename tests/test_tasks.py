@@ -194,6 +194,26 @@ def test_unknown_task_and_bad_data_files(qwen3):
         load_task("odiag_boolq", tokenizer=qwen3, data_files="/nonexistent.jsonl")
     with pytest.raises(ConfigError, match="needs the student's tokenizer"):
         load_task("odiag_boolq")
+    with pytest.raises(ConfigError, match="tokenizer of '/nonexistent/model': no such directory"):
+        load_task("odiag_boolq", tokenizer="/nonexistent/model", data_files=str(FIXTURES / "boolq_validation.jsonl"))
+
+
+def test_unreadable_data_is_one_error_naming_the_source_and_the_fix(qwen3, tmp_path, monkeypatch):
+    """A malformed local copy and an unreachable hub are input errors (`ConfigError`), not tracebacks."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    from harness.config import ConfigError
+
+    bad = tmp_path / "boolq.jsonl"
+    bad.write_text('{"question": "is it", "passage"\n')
+    with pytest.raises(ConfigError, match=r"odiag_boolq.*data_files '.*boolq.jsonl' \(.*JSON.*\); check that it is JSONL"):
+        load_task("odiag_boolq", tokenizer=qwen3, data_files=str(bad))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"odiag_mmlu.*from the Hugging Face hub \(.*cais/mmlu.*\); .*--set data_files=PATH"):
+        load_task("odiag_mmlu", tokenizer=qwen3)
 
 
 def test_lm_eval_process_results_use_the_same_scorer():

@@ -53,6 +53,9 @@ def load_tokenizer(name: str, revision: str | None = None):
     """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
     from transformers import AutoTokenizer
 
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory (give a local model directory "
+                          "or a hub id such as Qwen/Qwen3-8B)")
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as exc:
@@ -105,7 +108,9 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
         raise ConfigError(f"unknown task {name!r}: available tasks are 'synthetic', {', '.join(map(repr, task_names()))}")
     if data_files is None:
         with _quiet_custom_dataset_hint():
-            return manager.load(name)["tasks"][name]
+            return _load(manager, name, name, "the Hugging Face hub",
+                         "offline, point it at a local JSONL copy with --set data_files=PATH "
+                         "(or set HF_DATASETS_OFFLINE=1 with the data set already in the Hugging Face cache)")
     from lm_eval.tasks._yaml_loader import load_yaml  # the reader TaskManager itself uses (!function resolved)
 
     cfg = load_yaml(manager.task_index[name].yaml_path, resolve_func=True)
@@ -116,7 +121,19 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
         raise ConfigError(f"data_files: no such file {str(path)!r}")
     split = cfg.get("test_split") or cfg["validation_split"]
     cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {split: str(path.resolve())}})
-    return manager.load(cfg)["tasks"][name]
+    return _load(manager, cfg, name, f"data_files {str(path)!r}", "check that it is JSONL with the hub's fields")
+
+
+def _load(manager, spec, name: str, source: str, fix: str):
+    """``manager.load(spec)``'s task ``name``; a data set that cannot be read is a `ConfigError` naming the source and the fix."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return manager.load(spec)["tasks"][name]
+    except (OSError, DatasetGenerationError) as exc:  # the hub unreachable; a file missing, unreadable or malformed
+        cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) and exc.__cause__ else exc
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        raise ConfigError(f"task {name!r}: cannot load its data from {source} ({reason}); {fix}") from None
 
 
 @contextlib.contextmanager
