@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
         return exc.code if isinstance(exc.code, int) else 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # matplotlib's first-use font cache note is not the user's business
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2

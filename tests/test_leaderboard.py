@@ -231,7 +231,11 @@ def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
     meta = yaml.safe_load(capsys.readouterr().out)
     assert meta["model-index"] == model_index(results)
     (entry,) = meta["model-index"]
-    metrics = {(m["type"], m["config"]): m for m in entry["results"][0]["metrics"]}
+    listed = entry["results"][0]["metrics"]
+    gkd = sorted((r for r in results["teachers"] if r["algorithm"] == "gkd"), key=lambda r: r["rank"])
+    assert [m["config"] for m in listed if m["type"] == "odiag_alignment"][: len(gkd)] == [
+        f"{r['teacher']}/gkd" for r in gkd]  # the headline algorithm first, by rank
+    metrics = {(m["type"], m["config"]): m for m in listed}
     for row in results["teachers"]:
         m = metrics[("odiag_alignment", f"{row['teacher']}/{row['algorithm']}")]
         assert m["value"] == round(row["alignment"]["mean"], 4)

@@ -194,8 +194,9 @@ def test_unknown_task_and_bad_data_files(qwen3):
         load_task("odiag_boolq", tokenizer=qwen3, data_files="/nonexistent.jsonl")
     with pytest.raises(ConfigError, match="needs the student's tokenizer"):
         load_task("odiag_boolq")
-    with pytest.raises(ConfigError, match="tokenizer of '/nonexistent/model': no such directory"):
-        load_task("odiag_boolq", tokenizer="/nonexistent/model", data_files=str(FIXTURES / "boolq_validation.jsonl"))
+    for missing in ("/nonexistent/model", "no/such/model"):
+        with pytest.raises(ConfigError, match=f"tokenizer of '{missing}': no such directory"):
+            load_task("odiag_boolq", tokenizer=missing, data_files=str(FIXTURES / "boolq_validation.jsonl"))
 
 
 def test_unreadable_data_is_one_error_naming_the_source_and_the_fix(qwen3, tmp_path, monkeypatch):

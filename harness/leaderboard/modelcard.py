@@ -4,7 +4,9 @@ One result per run (task: the odiag diagnostic; dataset: the run's task), with f
 teacher x algorithm: mean alignment, |g*|-weighted alignment, incorrect-minus-correct and teacher
 advantage (SPEC §5). ``config`` names the teacher and algorithm; ``args`` carries the 95% CI, the
 number of questions, the rank and the run's config hash, so a reader can trace a number to its run.
-Rows without a defined mean are left out (model-index values must be numbers).
+Rows without a defined mean are left out (model-index values must be numbers). The headline
+algorithm (GKD) comes first, its teachers by rank, so the Hub's evaluation widget leads with what
+the leaderboard leads with.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ METRICS = (
 
 def model_index(results: dict, model_name: str | None = None) -> list[dict]:
     """The ``model-index`` list for one ``results.json`` (the student is the model by default)."""
+    from harness.leaderboard.merge import headline_algorithm
+
+    headline = headline_algorithm(sorted({row["algorithm"] for row in results["teachers"]}))
+    rows = sorted(results["teachers"], key=lambda row: (row["algorithm"] != headline, row["algorithm"],
+                                                         row.get("rank") or float("inf"), row["teacher"]))
     metrics = []
-    for row in results["teachers"]:
+    for row in rows:
         for key, metric_type, title in METRICS:
             stat = row.get(key) or {}
             if stat.get("mean") is None:

@@ -53,9 +53,11 @@ def load_tokenizer(name: str, revision: str | None = None):
     """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
     from transformers import AutoTokenizer
 
-    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory (give a local model directory "
-                          "or a hub id such as Qwen/Qwen3-8B)")
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1  # a hub id has one '/' at most
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory under {str(Path.cwd())!r} (give a "
+                          "local model directory, absolute or relative to the current directory, or a hub id such as "
+                          "Qwen/Qwen3-8B)")
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as exc:
