@@ -55,9 +55,9 @@ def load_tokenizer(name: str, revision: str | None = None):
 
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1  # a hub id has one '/' at most
     if looks_local and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory under {str(Path.cwd())!r} (give a "
-                          "local model directory, absolute or relative to the current directory, or a hub id such as "
-                          "Qwen/Qwen3-8B)")
+        where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
+                          "directory, absolute or relative to the current directory, or a hub id such as Qwen/Qwen3-8B)")
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as exc:
