@@ -132,7 +132,7 @@ def _gib(x: float | None) -> str:
     return f"{x / GiB:.1f} GiB" if x >= 0.05 * GiB or x == 0 else f"{x / 2**20:.1f} MiB"
 
 
-def _parameters(n: float) -> str:
+def parameters_text(n: float) -> str:
     """``14.77B``, ``596M``, ``151k``: the unit that shows the figure."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= scale:
@@ -164,7 +164,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
              f"{len(teachers)} teachers, {n_q if n_q is not None else '?'} questions"]
     lines.append("models:")
     for m in [x for x in [student] if x] + list(externals.values()) + list(artefact.values()):
-        size = "size unknown" if m.parameters is None else f"{_parameters(m.parameters)} parameters, {_gib(m.weights)}"
+        size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"
         lines.append(f"  {m.id} ({size}): {m.role}")
 
     # memory per phase ---------------------------------------------------------------------------

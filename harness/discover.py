@@ -109,7 +109,9 @@ def model_size(model: str | None) -> str:
         return ""
     entry = manifest.get(Path(model).name) if Path(model).parent.resolve() == MANIFEST.parent else None
     if entry and entry.get("parameters"):
-        return f"{entry['parameters'] / 1e3:.0f}k"
+        from harness.costplan import parameters_text
+
+        return parameters_text(entry["parameters"])
     return ""
 
 

@@ -81,7 +81,7 @@ def test_run_prints_the_plan_once_its_directory_is_open(tmp_path, capsys):
 
 
 def test_sizes_are_shown_in_the_unit_that_shows_them():
-    from harness.costplan import _gib, _parameters
+    from harness.costplan import _gib, parameters_text
 
-    assert [_parameters(n) for n in (14.77e9, 596e6, 151_360, 12)] == ["14.77B", "596M", "151k", "12"]
+    assert [parameters_text(n) for n in (14.77e9, 596e6, 151_360, 12)] == ["14.77B", "596M", "151k", "12"]
     assert [_gib(x) for x in (None, 0, 3.5 * GiB, 0.6 * 2**20)] == ["?", "0.0 GiB", "3.5 GiB", "0.6 MiB"]

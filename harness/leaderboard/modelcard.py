@@ -30,7 +30,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
     """The ``model-index`` list for one ``results.json`` (the student is the model by default)."""
     from harness.leaderboard.merge import headline_algorithm
 
-    headline = headline_algorithm(sorted({row["algorithm"] for row in results["teachers"]}))
+    headline = headline_algorithm([row["algorithm"] for row in results["teachers"]])
     rows = sorted(results["teachers"], key=lambda row: (row["algorithm"] != headline, row["algorithm"],
                                                          row.get("rank") or float("inf"), row["teacher"]))
     metrics = []
