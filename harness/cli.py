@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -330,6 +332,27 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit or pre-emption, ``kill``), raised in the main thread like
+    Ctrl-C, so the same clean-up runs: open bars close, no half-written file is left, the lock is released."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process at once
+    raise Terminated
+
+
+RESUMABLE = {"run": "out", "demo": "out", "add-teacher": "dir", "rescore": "dir", "validate": "dir"}  # what reruns pick up
+
+
+def _stopped_line(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """The one line for a stop from outside: what stopped it and, for a command that keeps finished work
+    in a directory, that rerunning the same command resumes there."""
+    line = "odiag: terminated (SIGTERM)" if isinstance(exc, Terminated) else "odiag: interrupted"
+    where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
+    return f"{line}; finished work is kept in {where}: run the same command again to resume" if where else line
+
+
 def main(argv: list[str] | None = None) -> int:
     """``odiag``: 0 on success; 2 with one ``odiag: error: ...`` line on stderr for any expected
     failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
@@ -343,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # matplotlib's first-use font cache note is not the user's business
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return args.func(args)
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
@@ -352,14 +377,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"odiag: error: {_one_line(_describe(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("odiag: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(_stopped_line(args, exc), file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception:  # a bug: keep the traceback visible
         traceback.print_exc()
         print("odiag: internal error: the traceback above is a bug in odiag; please report it with the command "
               "that caused it", file=sys.stderr)
         return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -140,21 +140,43 @@ def test_interrupted_runs_resume_to_identical_results(finished, tmp_path, calls)
     assert resumed["counts"]["rollouts_this_invocation"] < reference["counts"]["rollouts"] or calls == 0
 
 
-def test_sigkill_mid_run_then_resume_is_identical(tmp_path):
-    """A real `kill -9` while shards are being written, then the same command again."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=24", "--set", "n_target=300", "--out", str(tmp_path / "a"), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent)
+STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
+         signal.SIGTERM: (143, "odiag: terminated (SIGTERM); finished work is kept in {}: run the same command again to resume"),
+         signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "b"
+    subprocess.run([*STOPPED_RUN, str(out), "--quiet"], check=True, cwd=Path(__file__).parent.parent)
+    return _results(out)
+
+
+STOPPED_RUN = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=24", "--set", "n_target=300", "--out"]
+
+
+@pytest.mark.parametrize("sig", list(STOPS), ids=lambda s: signal.Signals(s).name)
+def test_a_stop_from_outside_mid_run_then_resume_is_identical(tmp_path, uninterrupted, sig):
+    """A real `kill -9`, SIGTERM (a scheduler's time limit) or Ctrl-C while shards are being written, then
+    the same command again. SIGTERM and Ctrl-C say so in one line that names the directory to resume."""
+    out = tmp_path / "a"
+    cmd = [*STOPPED_RUN, str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL) and None)  # Ctrl-C reaches it
     deadline = time.monotonic() + 60
-    shards = tmp_path / "a" / "shards"
+    shards = out / "shards"
     while time.monotonic() < deadline and len(list(shards.glob("*/window0-round0.npz"))) < 3:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "a" / "results.json").exists()
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate()
+    code, line = STOPS[sig]
+    assert proc.returncode == code
+    if line is not None:
+        assert err.splitlines() == [line.format(out)]
+    assert not (out / "results.json").exists()
     subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
-    subprocess.run([*cmd[:-2], str(tmp_path / "b"), "--quiet"], check=True, cwd=Path(__file__).parent.parent)
-    assert _results(tmp_path / "a") == _results(tmp_path / "b")
-    assert not list((tmp_path / "a").rglob("*.tmp"))
+    assert _results(out) == uninterrupted
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_same_config_same_results(finished, tmp_path):
