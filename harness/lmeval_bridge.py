@@ -26,6 +26,7 @@ any other key (``top_p``, ``top_k``, ...) would truncate π and is refused in on
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
 import inspect
@@ -99,8 +100,20 @@ def settings(metadata: Mapping, model_keys: Sequence[str] = (), where: str = "--
             out[key] = value
         elif key not in DECIDED:
             valid = sorted((fields - set(DECIDED)) | set(EXTRA))
-            raise ConfigError(f"{where}: unknown key {key!r}; odiag keys are {valid}")
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}odiag keys are {valid}")
     return out
+
+
+def metadata_config(metadata: Mapping, model_keys: Sequence[str], where: str, complete: bool = True) -> RunConfig:
+    """The odiag keys of ``metadata`` as a RunConfig (lm-eval's own keys filled in later): unknown keys,
+    bad values and, when it is ``complete`` (not only the command line's part), missing teachers are a
+    one-line ConfigError."""
+    run = settings(metadata, model_keys, where)
+    if "teachers" not in run and complete:
+        raise ConfigError(f"{where}: odiag needs its teachers, e.g. --metadata '{{\"teachers\": [\"self-1c\"]}}'")
+    return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
 
 
 class DiagnosticTask(ConfigurableTask):
@@ -151,11 +164,7 @@ class DiagnosticTask(ConfigurableTask):
     @functools.cached_property
     def _run_settings(self) -> RunConfig:
         """The odiag keys of the metadata as a RunConfig (lm-eval's own keys filled in later)."""
-        where = f"task {self.config.task}: --metadata"
-        run = settings(self.config.metadata or {}, _model_argument_names(), where)
-        if "teachers" not in run:
-            raise ConfigError(f"{where}: odiag needs its teachers, e.g. --metadata '{{\"teachers\": [\"self-1c\"]}}'")
-        return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
+        return metadata_config(self.config.metadata or {}, _model_argument_names(), f"task {self.config.task}: --metadata")
 
     def construct_requests(self, doc: dict, ctx, **kwargs) -> Instance:
         kwargs.pop("apply_chat_template", None)  # refused in build_all_requests when set
@@ -182,7 +191,8 @@ class DiagnosticTask(ConfigurableTask):
         return {name: mean for name in self.metric_names()} | {NO_DECISION_POINT: _first}
 
     def higher_is_better(self) -> dict:
-        return {name: not name.startswith("incorrect_minus_correct") for name in self.metric_names()} | {NO_DECISION_POINT: None}
+        # every metric: incorrect-minus-correct above 0 is a teacher aligned best where the student fails
+        return dict.fromkeys(self.metric_names(), True) | {NO_DECISION_POINT: None}
 
 
 def _first(items: list):
@@ -487,6 +497,10 @@ def check_eval_options(argv: Sequence[str]) -> None:
     if getattr(args, "fewshot_as_multiturn", None):
         raise ConfigError(f"{where}: --fewshot_as_multiturn: odiag's prompts are zero-shot")
     generation_settings(args.gen_kwargs or {}, {}, where)  # raises with the key it cannot honour
+    # before a model loads; a task YAML of the user's may add metadata (teachers, say) that lm-eval merges in later
+    cfg = metadata_config(args.metadata or {}, _model_argument_names(), f"{where}: --metadata", complete=False)
+    for teacher in cfg.teachers if "teachers" in (args.metadata or {}) else ():
+        _teacher_name(teacher)  # an unknown name or a bad teacher file
 
 
 def main_eval(argv: list[str]) -> int:

@@ -333,10 +333,31 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
     check_eval_options(lm_eval_argv(["--tasks", "hellaswag", "--model", "hf", *flags]))  # other tasks keep them
 
 
+@pytest.mark.parametrize("metadata, needle", [
+    ({"teachers": ["toy-self-1c"], "n_initail": 8}, "--metadata: unknown key 'n_initail'; did you mean 'n_initial'?"),
+    ({"teachers": ["toy-self-1c"], "n_initial": -8}, "--metadata: key 'n_initial' must be >= 2, got -8"),
+    ({"teachers": ["no-such-teacher"]}, "unknown teacher 'no-such-teacher'"),
+    ({"limit": 3}, "--metadata: key 'limit' is set by"),
+])
+def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "hf", "--metadata", json.dumps(metadata)]))
+    check_eval_options(lm_eval_argv(["--tasks", "hellaswag", "--model", "hf", "--metadata", json.dumps(metadata)]))
+    # the teachers may come from a task YAML's own metadata, merged in later: only the task requires them
+    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--metadata", json.dumps({"n_initial": 8})]))
+
+
 def test_gen_kwargs_odiag_maps_are_accepted():
     assert generation_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 0.5}, {}, "--gen_kwargs") == {
         "max_new_tokens": 64, "temperature": 0.5}
     check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--num_fewshot", "0", "--gen_kwargs", "max_gen_toks=64"]))
+
+
+def test_every_metric_reads_higher_is_better():
+    """Incorrect-minus-correct above 0 is a teacher aligned best where the student fails (README): good."""
+    names = ["alignment/t/gkd", "incorrect_minus_correct/t/gkd", "teacher_advantage/t/gkd"]
+    task = type("Task", (), {"metric_names": lambda self: names})()
+    assert DiagnosticTask.higher_is_better(task) == {**dict.fromkeys(names, True), "no_decision_point": None}
 
 
 def test_responses_are_json_and_read_back():
