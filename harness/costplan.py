@@ -140,6 +140,15 @@ def parameters_text(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _contexts_text(teachers: Sequence, tokens: float) -> str:
+    """What building the teachers' contexts generates, per question."""
+    if tokens:
+        return f"teacher contexts (solutions, summaries) generate <= {tokens:,.0f} tokens"
+    if any(t.correct_solutions or t.wrong_solutions for t in teachers):
+        return "teacher contexts generate nothing (their solutions are the student's own rollouts)"
+    return "no teacher context to build"
+
+
 def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = None, throughput: float | None = None,
               questions: int | None = None) -> Plan:
     """The plan of ``cfg`` with its loaded ``teachers``; ``gpu_memory`` in GiB, ``throughput`` in
@@ -242,7 +251,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     lines.append(f"per question: {cfg.n_initial} initial rollouts (<= {initial_tokens:,.0f} tokens); targeted rollouts "
                  f"<= {targeted:,.0f} ({targets} targets x n_target {cfg.n_target}"
                  f"{'' if cfg.budget is None else ', budget'}; <= {targeted_tokens:,.0f} tokens); {paths} paths x "
-                 f"{len(teachers)} teachers scored; teacher contexts <= {artefact_tokens:,.0f} tokens")
+                 f"{len(teachers)} teacher{'s' if len(teachers) != 1 else ''} scored; "
+                 + _contexts_text(teachers, artefact_tokens))
     total_tokens = per_q * n_q if n_q is not None else None
     if total_tokens is not None:
         lines.append(f"total: <= {(cfg.n_initial + targeted) * n_q:,.0f} rollouts, <= {total_tokens:,.0f} generated tokens "

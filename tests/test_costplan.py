@@ -85,3 +85,14 @@ def test_sizes_are_shown_in_the_unit_that_shows_them():
 
     assert [parameters_text(n) for n in (14.77e9, 596e6, 151_360, 12)] == ["14.77B", "596M", "151k", "12"]
     assert [_gib(x) for x in (None, 0, 3.5 * GiB, 0.6 * 2**20)] == ["?", "0.0 GiB", "3.5 GiB", "0.6 MiB"]
+
+
+@pytest.mark.parametrize("teachers, expected", [
+    ("[self-1c, qwen3-8b]", "2 teachers scored; teacher contexts generate nothing (their solutions are the student's own rollouts)"),
+    ("[qwen3-8b]", "1 teacher scored; no teacher context to build"),
+    ("[self-1c-32b]", "1 teacher scored; teacher contexts (solutions, summaries) generate <= 4,096 tokens"),
+])
+def test_the_per_question_line_says_what_teacher_contexts_generate(teachers, expected):
+    cfg = resolve_run_config(None, ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", f"teachers={teachers}"])
+    (line,) = [x for x in plan_for(cfg).lines if x.startswith("per question:")]
+    assert line.endswith(expected)
