@@ -8,15 +8,13 @@ from pathlib import Path
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
 from harness.plan import ADDED, backend_options, make_plan, resolve_teacher
-from harness.rundir import RunDir, RunDirError
+from harness.rundir import RunDir
 from harness.tasks import Task
 
 
 def _finished(out: str | Path) -> RunConfig:
-    cfg = RunDir.load_config(out)
-    if not (Path(out) / "results.json").exists():
-        raise RunDirError(f"{out}: the run has not finished (no results.json); resume it with odiag run first")
-    return cfg
+    RunDir.finished_results(out)
+    return RunDir.load_config(out)
 
 
 def add_teacher(

@@ -356,6 +356,20 @@ class RunDir:
         return saved
 
     @staticmethod
+    def finished_results(root: str | Path) -> Path:
+        """``results.json`` of a finished run directory; otherwise one line saying what ``root`` is instead."""
+        root = Path(root)
+        if not root.is_dir():
+            raise RunDirError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}; give a run directory "
+                              "(the --out of odiag run or odiag demo)")
+        if (root / "results.json").is_file():
+            return root / "results.json"
+        if not (root / "config.json").exists():
+            raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
+        raise RunDirError(f"{root}: the run has not finished (no results.json); run the command that started it "
+                          f"(odiag run or odiag demo, --out {root}) again to finish it")
+
+    @staticmethod
     def load_config(root: str | Path) -> RunConfig:
         """The config a run directory was made with."""
         path = Path(root) / "config.json"

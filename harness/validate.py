@@ -359,9 +359,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     phases = Phases(on_progress)
     started, cpu_started, load_before = time.monotonic(), time.process_time(), os.getloadavg()
     root = Path(run_dir)
-    results_file = root / "results.json"
-    if not results_file.is_file():
-        raise ConfigError(f"{root}: not a finished odiag run (no results.json); run `odiag run --out {root}` first")
+    results_file = RunDir.finished_results(root)
     results = json.loads(results_file.read_text())
     if results.get("schema_version") != "odiag.results/1":
         raise ConfigError(f"{results_file}: schema_version {results.get('schema_version')!r}, odiag validate reads 'odiag.results/1'")

@@ -447,9 +447,19 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
 
 
 def test_not_a_run_directory(odiag, tmp_path):
-    assert_one_line(odiag("model-card", tmp_path), "not a finished odiag run")
-    assert_one_line(odiag("leaderboard", tmp_path / "nowhere", "--out", tmp_path / "site"), "not a finished odiag run")
-    assert_one_line(odiag("add-teacher", tmp_path, "synthetic-helpful"), "not an odiag run directory")
+    """Each command that reads a finished run says what the directory given is instead: absent, a file, not a
+    run, or a run not finished (and how to finish it)."""
+    (tmp_path / "file").write_text("x\n")
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "config.json").write_text("{}\n")
+    cases = {tmp_path / "nowhere": "no such directory", tmp_path / "file": "not a directory",
+             tmp_path: "not an odiag run directory (no config.json)",
+             tmp_path / "started": "the run has not finished (no results.json); run the command that started it"}
+    for where, needle in cases.items():
+        for cmd in (["model-card", where], ["leaderboard", where, "--out", tmp_path / "site"], ["rescore", where],
+                    ["add-teacher", where, "synthetic-helpful"], ["validate", where]):
+            assert_one_line(odiag(*cmd), f"{where}: {needle}")
+    assert not (tmp_path / "site").exists()
 
 
 # the command line itself ----------------------------------------------------------------------------

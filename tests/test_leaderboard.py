@@ -126,7 +126,7 @@ def test_run_ids_are_short_and_unique():
 
 
 def test_refuses_what_is_not_a_finished_run(tmp_path, run_dir):
-    with pytest.raises(ConfigError, match="no results.json"):
+    with pytest.raises(ConfigError, match="no config.json"):
         load_runs([tmp_path])
     bad = _copy(run_dir, tmp_path / "old", schema_version="odiag.results/0")
     with pytest.raises(ConfigError, match="schema_version"):

@@ -473,7 +473,8 @@ def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
     (out / "results.json").unlink()
     _refused(capsys, ["rescore", str(out)], out, "has not finished")
     _refused(capsys, ["add-teacher", str(out), "self-1c"], out, "has not finished")
-    _refused(capsys, ["rescore", str(tmp_path / "none")], tmp_path, "no config.json")
+    _refused(capsys, ["rescore", str(tmp_path / "none")], tmp_path, "no such directory")
+    _refused(capsys, ["rescore", str(tmp_path)], tmp_path, "no config.json")
 
 
 def test_resume_from_another_directory(tmp_path, monkeypatch):

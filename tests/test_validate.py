@@ -264,7 +264,7 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--teachers", "nope"], "no teacher 'nope'"),
         ([small_run, "--set", "algorithms=[minillm]"], "unknown algorithm 'minillm'"),
         ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
-        ([tmp_path], "not a finished odiag run"),
+        ([tmp_path], "not an odiag run directory (no config.json)"),
     ):
         assert main(["validate", *map(str, args), "--quick"]) == 2
         err = capsys.readouterr().err

@@ -20,6 +20,7 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError
+from harness.rundir import RunDir
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
 from harness.results import PATH_FIELDS
@@ -93,9 +94,7 @@ def read_results(path: str | Path) -> dict:
 def load_run(path: str | Path, run_id: str) -> Run:
     """Read a finished run directory; refuse anything that is not one, saying what is missing or malformed."""
     root = Path(path)
-    results_file = root / "results.json"
-    if not results_file.is_file():
-        raise ConfigError(f"{root}: not a finished odiag run (no results.json); run `odiag run --out {root}` first")
+    results_file = RunDir.finished_results(root)
     results = read_results(results_file)
     missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
     if missing:

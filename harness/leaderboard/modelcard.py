@@ -15,7 +15,6 @@ from pathlib import Path
 
 import yaml
 
-from harness.config import ConfigError
 
 TASK_TYPE = "on-policy-distillation-diagnostic"
 METRICS = (
@@ -65,10 +64,10 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
 
 def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     """``model-index:`` YAML for the run in ``run_dir``, ready to paste into a model card's header."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a finished odiag run (no results.json)")
     from harness.leaderboard.merge import read_results
+    from harness.rundir import RunDir
+
+    path = RunDir.finished_results(run_dir)
 
     results = read_results(path)
     return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)
