@@ -44,7 +44,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,7 @@ from harness.backends.base import ScoreResult
 from harness.config import ConfigError, RunConfig, build
 
 if TYPE_CHECKING:
+    from harness.backends import ModelSpec
     from harness.plan import RunPlan, TeacherRef
 
 log = logging.getLogger(__name__)
@@ -322,11 +323,17 @@ class RunDir:
             from harness.plan import check_against
 
             plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root))
+            # a rescore that redoes no forward pass reads only stored work: its models may have moved on
+            stored = (saved or {}).get("models", {})
+            if not (rescore and not changed):
+                from harness.plan import model_specs
+
+                stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root))
             rundir = RunDir(root, plan, lock, repair)
             rundir.clean()
             for name in changed:  # rescore: a teacher's file changed, its passes are redone
                 rundir.drop_teacher(name)
-            record = plan.record()
+            record = plan.record() | {"models": stored}
             if saved != record:
                 atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
                 write_json(root / "config.json", record)
@@ -353,6 +360,8 @@ class RunDir:
             raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r})")
         if not isinstance(saved["config"], dict) or not isinstance(saved["teachers"], list):
             raise RunDirError(f"{path}: not a valid run config ('config' or 'teachers' has the wrong type)")
+        if not isinstance(saved.get("models", {}), dict):
+            raise RunDirError(f"{path}: not a valid run config ('models' has the wrong type)")
         return saved
 
     @staticmethod
@@ -368,6 +377,17 @@ class RunDir:
             raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
         raise RunDirError(f"{root}: the run has not finished (no results.json); run the command that started it "
                           f"(odiag run or odiag demo, --out {root}) again to finish it")
+
+    @staticmethod
+    def verify_models(root: str | Path) -> None:
+        """Refuse (a RunDirError) when a model the run recorded has other files on this machine now."""
+        from harness.backends import ModelSpec
+        from harness.config import REPOSITORY
+
+        stored = RunDir.read_saved(root).get("models", {})
+        specs = [ModelSpec(str(REPOSITORY / key) if not Path(key).is_absolute() and (REPOSITORY / key).exists() else key,
+                           record.get("revision")) for key, record in stored.items() if isinstance(record, dict)]
+        model_records(specs, stored, str(root))
 
     @staticmethod
     def load_config(root: str | Path) -> RunConfig:
@@ -457,6 +477,33 @@ class RunDir:
 
         for p in (self.root / "shards").glob(f"*/score-p*-{slug(name)}.npz"):
             p.unlink()
+
+
+def model_records(specs: Iterable[ModelSpec], stored: Mapping[str, dict], where: str) -> dict[str, dict]:
+    """``config.json``'s ``models``: every model of ``specs`` whose files are on this machine, by content
+    (`harness.modelfiles`), with ``stored`` (the records of earlier commands) kept. Raises a
+    RunDirError when a model's files differ from those the run recorded: work from two models never
+    shares a tree."""
+    from harness.config import portable
+    from harness.modelfiles import changed_file, fingerprint, model_dir, model_files
+
+    out = dict(stored)
+    for spec in specs:
+        directory = model_dir(spec.id, spec.revision)
+        if directory is None:  # a synthetic model, or a hub model not downloaded yet: recorded once it is
+            continue
+        key = portable(spec.id)
+        before = stored.get(key) if isinstance(stored.get(key), dict) else {}
+        files = model_files(directory, before.get("files"))
+        snapshot = directory.name if directory.parent.name == "snapshots" else None  # the hub commit it resolved to
+        if before and (name := changed_file(before.get("files") or {}, files)):
+            pin = f"pin revision {before['snapshot']} (the snapshot the run used), " if before.get("snapshot") else ""
+            raise RunDirError(
+                f"{where}: model {key} changed since the run used it ({name} differs; fingerprint "
+                f"{before.get('fingerprint')} there, {fingerprint(files)} now): restore its files, {pin}or use another --out"
+            )
+        out[key] = {"revision": spec.revision, "snapshot": snapshot, "fingerprint": fingerprint(files), "files": files}
+    return out
 
 
 class _Bad(Exception):

@@ -360,6 +360,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     started, cpu_started, load_before = time.monotonic(), time.process_time(), os.getloadavg()
     root = Path(run_dir)
     results_file = RunDir.finished_results(root)
+    RunDir.verify_models(root)  # it trains the student the run scored, and reads the contexts the run stored
     results = json.loads(results_file.read_text())
     if results.get("schema_version") != "odiag.results/1":
         raise ConfigError(f"{results_file}: schema_version {results.get('schema_version')!r}, odiag validate reads 'odiag.results/1'")

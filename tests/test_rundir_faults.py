@@ -617,3 +617,100 @@ def test_cli_rescore_and_typo(tmp_path, copy):
 
 def test_load_config_of_a_run(copy):
     assert RunDir.load_config(copy) == CFG
+
+
+# models by content --------------------------------------------------------------------------------
+
+TOY_STUDENT = ROOT / "harness" / "toy_models" / "student"
+
+
+def _retrain(model: Path) -> None:
+    """New weights under the same path: one tensor scaled, saved as training would save it."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(model / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * 1.01
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.skipif(not (TOY_STUDENT / "model.safetensors").exists(), reason="toy models not built")
+def test_a_model_whose_files_changed_is_refused_until_restored(tmp_path, capsys):
+    """Retrained weights under the student's path: every command that would compute with them is refused,
+    a rescore from the stored trees is not, and restoring the files lets the run go on."""
+    pytest.importorskip("torch")
+    student = tmp_path / "student"
+    shutil.copytree(TOY_STUDENT, student)
+    sets = ["task=odiag_toy", "backend=hf", f"student={student}", "teachers=[toy-self-1c]", "limit=1", "n_initial=8",
+            "n_target=10"]
+    argv = ["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "run")]
+    assert main([*argv, "--quiet"]) == 0
+    models = json.loads((tmp_path / "run" / "config.json").read_text())["models"]
+    assert set(models) == {str(student)} and models[str(student)]["files"]["model.safetensors"][0] > 0
+    saved = tmp_path / "saved"
+    shutil.copytree(student, saved)
+    _retrain(student)
+    for cmd in (argv, ["add-teacher", str(tmp_path / "run"), "toy-teacher"], ["validate", str(tmp_path / "run"), "--quick"]):
+        _refused(capsys, cmd, tmp_path / "run", f"model {student} changed since the run used it (model.safetensors differs",
+                 "restore its files, or use another --out")
+    assert main(["rescore", str(tmp_path / "run"), "--set", "algorithms=[gkd]", "--quiet"]) == 0
+    shutil.rmtree(student)
+    shutil.copytree(saved, student)  # the same bytes, new times: read through once, then recorded again
+    assert main([*argv, "--set", "algorithms=[gkd]", "--set", "limit=2", "--quiet"]) == 0
+
+
+def test_model_files_identify_a_model_by_content(tmp_path):
+    from harness.modelfiles import changed_file, fingerprint, model_dir, model_files
+
+    model = tmp_path / "m"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "sub" / "weights.bin").write_bytes(b"\0" * 10_000)
+    (model / "README.md").write_text("docs")
+    (model / ".cache").mkdir()
+    (model / ".cache" / "x").write_text("tmp")
+    files = model_files(model)
+    assert sorted(files) == ["config.json", "sub/weights.bin"]  # docs and hidden files are not the model
+    assert model_dir(str(model)) == model and model_dir("synthetic") is None and model_dir(str(tmp_path / "no")) is None
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    os.utime(copy / "config.json", ns=(1, 1))
+    assert fingerprint(model_files(copy)) == fingerprint(files) and changed_file(files, model_files(copy)) is None
+    (copy / "sub" / "weights.bin").write_bytes(b"\0" * 9_999 + b"\1")
+    assert changed_file(files, model_files(copy)) == "sub/weights.bin"
+    (copy / "extra.py").write_text("code")
+    assert changed_file(files, model_files(copy)) == "extra.py"
+    # a recorded hash is reused while size and time match (only then): the record is a cache, not a trust
+    stale = {name: [size, mtime, "0" * 64] for name, (size, mtime, _) in model_files(model).items()}
+    assert {v[2] for v in model_files(model, stale).values()} == {"0" * 64}
+    os.utime(model / "config.json", ns=(2, 2))
+    assert model_files(model, stale)["config.json"][2] == files["config.json"][2]
+
+
+def test_a_hub_branch_that_moved_is_refused_naming_the_snapshot_to_pin(tmp_path, monkeypatch):
+    """An unpinned hub model resolves through the cache's refs/main; when main moves to another commit,
+    the run names the commit it used."""
+    import huggingface_hub.constants
+
+    from harness.modelfiles import model_dir
+    from harness.backends import ModelSpec
+    from harness.rundir import RunDirError, model_records
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--tiny"
+    for commit, weights in (("a" * 40, b"old"), ("b" * 40, b"new")):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "snapshots" / commit / "model.safetensors").write_bytes(weights)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert model_dir("org/tiny") == repo / "snapshots" / ("a" * 40)
+    assert model_dir("org/tiny", "b" * 40) == repo / "snapshots" / ("b" * 40) and model_dir("org/absent") is None
+    specs = [ModelSpec("org/tiny"), ModelSpec("synthetic")]
+    first = model_records(specs, {}, "run")
+    assert list(first) == ["org/tiny"] and first["org/tiny"]["snapshot"] == "a" * 40
+    assert model_records(specs, first, "run") == first
+    (repo / "refs" / "main").write_text("b" * 40)
+    with pytest.raises(RunDirError, match=f"model org/tiny changed since the run used it .*pin revision {'a' * 40}"):
+        model_records(specs, first, "run")

@@ -1,0 +1,84 @@
+"""A model by content: the files a backend loads it from, hashed.
+
+A run directory records, for every model of its plan whose files are on this machine (a local
+directory, or the Hugging Face cache's snapshot of the hub id at its revision), each file's size and
+sha256 (:func:`model_files`). A later command on the directory is refused when a model's files
+differ (:func:`changed_file`): retrained weights under the same path, or a hub branch that moved
+under an unpinned revision, would otherwise mix two models' work in one tree. A file whose size and
+modification time match the record keeps its recorded hash, so only the first command (and one after
+a copy) reads the weights through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+# not part of what a model computes: docs, licences, VCS and lock files, hidden files and folders
+IGNORED = re.compile(r"(^|/)\.|\.(md|txt|lock)$|(^|/)(LICENSE|NOTICE|USE_POLICY)[^/]*$", re.IGNORECASE)
+CHUNK = 1 << 22  # bytes read at a time while hashing
+
+
+def model_dir(model_id: str, revision: str | None = None) -> Path | None:
+    """The directory a backend loads ``model_id`` from: a local directory, or the hub id's snapshot in
+    the Hugging Face cache at ``revision`` (default ``main``); None when neither is on this machine."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    if model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
+        return None  # not a hub id (a synthetic model's name, a missing path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an id the hub library rejects has no cached files either
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_files(directory: Path, known: Mapping[str, list] | None = None) -> dict[str, list]:
+    """``{relative name: [size, mtime_ns, sha256]}`` of every file under ``directory`` that can change
+    what the model computes (weights, config, tokenizer, code); a file whose size and mtime equal
+    ``known``'s entry reuses its hash."""
+    known = known or {}
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if IGNORED.search(name) or not path.is_file():
+            continue
+        st = path.stat()  # follows the cache's symlinks to their blobs
+        before = known.get(name)
+        same = isinstance(before, list) and len(before) == 3 and before[:2] == [st.st_size, st.st_mtime_ns]
+        out[name] = [st.st_size, st.st_mtime_ns, before[2] if same else _sha256(path)]
+    return out
+
+
+def changed_file(before: Mapping[str, list], now: Mapping[str, list]) -> str | None:
+    """The first file whose content differs between two :func:`model_files` records (by size and
+    sha256, not time), or that only one of them has; None when the model is the same."""
+    for name in sorted({*before, *now}):
+        a, b = before.get(name), now.get(name)
+        if a is None or b is None or [a[0], a[2]] != [b[0], b[2]]:
+            return name
+    return None
+
+
+def fingerprint(files: Mapping[str, list]) -> str:
+    """16 hex digits of the files' names, sizes and hashes: the model's identity by content."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name][0]}\0{files[name][2]}\n".encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["changed_file", "fingerprint", "model_dir", "model_files"]
