@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-# not part of what a model computes: docs, licences, VCS and lock files, hidden files and folders
-IGNORED = re.compile(r"(^|/)\.|\.(md|txt|lock)$|(^|/)(LICENSE|NOTICE|USE_POLICY)[^/]*$", re.IGNORECASE)
+# not part of what a model computes: docs, licences, hidden files (merges.txt and vocab.txt are tokenizers)
+IGNORED = re.compile(r"^\.|\.md$|^(LICENSE|NOTICE|USE_POLICY)", re.IGNORECASE)
 CHUNK = 1 << 22  # bytes read at a time while hashing
 
 
@@ -47,13 +47,14 @@ def _sha256(path: Path) -> str:
 
 
 def model_files(directory: Path, known: Mapping[str, list] | None = None) -> dict[str, list]:
-    """``{relative name: [size, mtime_ns, sha256]}`` of every file under ``directory`` that can change
-    what the model computes (weights, config, tokenizer, code); a file whose size and mtime equal
+    """``{name: [size, mtime_ns, sha256]}`` of every file in ``directory`` (not its folders: transformers
+    and vLLM load a model from its top level, and a training run may keep checkpoints below it) that can
+    change what the model computes (weights, config, tokenizer, code); a file whose size and mtime equal
     ``known``'s entry reuses its hash."""
     known = known or {}
     out = {}
-    for path in sorted(directory.rglob("*")):
-        name = path.relative_to(directory).as_posix()
+    for path in sorted(directory.iterdir()):
+        name = path.name
         if IGNORED.search(name) or not path.is_file():
             continue
         st = path.stat()  # follows the cache's symlinks to their blobs
@@ -68,7 +69,7 @@ def changed_file(before: Mapping[str, list], now: Mapping[str, list]) -> str | N
     sha256, not time), or that only one of them has; None when the model is the same."""
     for name in sorted({*before, *now}):
         a, b = before.get(name), now.get(name)
-        if a is None or b is None or [a[0], a[2]] != [b[0], b[2]]:
+        if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 3) or [a[0], a[2]] != [b[0], b[2]]:
             return name
     return None
 

@@ -494,9 +494,10 @@ def model_records(specs: Iterable[ModelSpec], stored: Mapping[str, dict], where:
             continue
         key = portable(spec.id)
         before = stored.get(key) if isinstance(stored.get(key), dict) else {}
-        files = model_files(directory, before.get("files"))
+        known = before.get("files") if isinstance(before.get("files"), dict) else {}  # a hand-edited record: rehash
+        files = model_files(directory, known)
         snapshot = directory.name if directory.parent.name == "snapshots" else None  # the hub commit it resolved to
-        if before and (name := changed_file(before.get("files") or {}, files)):
+        if before and (name := changed_file(known, files)):
             pin = f"pin revision {before['snapshot']} (the snapshot the run used), " if before.get("snapshot") else ""
             raise RunDirError(
                 f"{where}: model {key} changed since the run used it ({name} differs; fingerprint "

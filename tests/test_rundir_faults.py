@@ -663,23 +663,25 @@ def test_model_files_identify_a_model_by_content(tmp_path):
     from harness.modelfiles import changed_file, fingerprint, model_dir, model_files
 
     model = tmp_path / "m"
-    (model / "sub").mkdir(parents=True)
+    (model / "checkpoint-500").mkdir(parents=True)
     (model / "config.json").write_text("{}")
-    (model / "sub" / "weights.bin").write_bytes(b"\0" * 10_000)
+    (model / "weights.bin").write_bytes(b"\0" * 10_000)
+    (model / "merges.txt").write_text("a b")
     (model / "README.md").write_text("docs")
-    (model / ".cache").mkdir()
-    (model / ".cache" / "x").write_text("tmp")
+    (model / ".gitattributes").write_text("*")
+    (model / "checkpoint-500" / "weights.bin").write_text("an earlier state")
     files = model_files(model)
-    assert sorted(files) == ["config.json", "sub/weights.bin"]  # docs and hidden files are not the model
+    assert sorted(files) == ["config.json", "merges.txt", "weights.bin"]  # docs, hidden files and folders are not the model
     assert model_dir(str(model)) == model and model_dir("synthetic") is None and model_dir(str(tmp_path / "no")) is None
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)
     os.utime(copy / "config.json", ns=(1, 1))
     assert fingerprint(model_files(copy)) == fingerprint(files) and changed_file(files, model_files(copy)) is None
-    (copy / "sub" / "weights.bin").write_bytes(b"\0" * 9_999 + b"\1")
-    assert changed_file(files, model_files(copy)) == "sub/weights.bin"
+    (copy / "weights.bin").write_bytes(b"\0" * 9_999 + b"\1")
+    assert changed_file(files, model_files(copy)) == "weights.bin"
     (copy / "extra.py").write_text("code")
     assert changed_file(files, model_files(copy)) == "extra.py"
+    assert changed_file({**files, "config.json": "edited by hand"}, files) == "config.json"
     # a recorded hash is reused while size and time match (only then): the record is a cache, not a trust
     stale = {name: [size, mtime, "0" * 64] for name, (size, mtime, _) in model_files(model).items()}
     assert {v[2] for v in model_files(model, stale).values()} == {"0" * 64}

@@ -20,11 +20,11 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError
-from harness.rundir import RunDir
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
 from harness.results import PATH_FIELDS
 from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
+from harness.rundir import RunDir
 from harness.safeio import excerpt, read_json, read_parquet
 
 SCHEMA_VERSION = "odiag.leaderboard/1"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import yaml
 
-
 TASK_TYPE = "on-policy-distillation-diagnostic"
 METRICS = (
     ("alignment", "odiag_alignment", "Alignment"),
