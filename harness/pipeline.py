@@ -166,7 +166,7 @@ def run(
     corrupt shards and recomputes them instead of refusing them. ``on_progress`` receives the
     events of `harness.progress` (the command line renders them).
     """
-    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     with RunDir.open(out, plan, repair=repair) as rundir:
         return _execute(rundir, on_progress, backend)
 

@@ -196,8 +196,29 @@ def run_task(cfg: RunConfig) -> Task:
     )
 
 
-def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None) -> RunPlan:
-    """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails."""
+def check_backend_models(cfg: RunConfig, teachers) -> None:
+    """The task, the backend and every model the teachers read go together (a one-line ConfigError
+    otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
+    those models exist nowhere else."""
+    from harness.exact_lm import TEACHERS as SYNTHETIC
+
+    if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
+        raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
+                          "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
+    for t in teachers:
+        for model in models_named(t):
+            if cfg.backend == "synthetic" and model not in SYNTHETIC:
+                raise ConfigError(f"teacher {t.name}: reads model {portable(model)!r}, which backend synthetic does not have "
+                                  f"(its models: the student and {', '.join(SYNTHETIC)}; teachers synthetic-helpful, "
+                                  "synthetic-misleading and self-teachers)")
+            if cfg.backend != "synthetic" and model in SYNTHETIC and not Path(model).exists():
+                raise ConfigError(f"teacher {t.name}: reads the synthetic model {model!r}, which only backend synthetic has")
+
+
+def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None,
+              built: bool = True) -> RunPlan:
+    """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails.
+    ``built``: the backend will be built from ``cfg`` (not handed in), so it must hold the task and teachers."""
     from harness.core import ALGORITHMS
     from harness.core.allocation import STRATEGIES
 
@@ -219,6 +240,8 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)
+    if built:  # before the task loads a tokenizer it may not have
+        check_backend_models(cfg, [r.config for r in refs])
     backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
     task = task or run_task(cfg)
     for r in refs:  # load-time checks: vocabulary, chat template, variables, context length

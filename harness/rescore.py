@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
-from harness.plan import ADDED, backend_options, make_plan, resolve_teacher
+from harness.plan import ADDED, backend_options, check_backend_models, make_plan, resolve_teacher
 from harness.rundir import RunDir
 from harness.tasks import Task
 
@@ -28,7 +28,9 @@ def add_teacher(
     """
     ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
     cfg = _finished(out)
-    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
+    if backend is None:
+        check_backend_models(cfg, [ref.config])
     plan.task.check_teacher(ref.config)
     backend_options(cfg, [*plan.specs, ref.config])  # its model_args against the backend
     with RunDir.open(out, plan, add=ref) as rundir:
@@ -56,7 +58,7 @@ def rescore(
             f"rescore: {moved[0]!r} shapes the rollout tree or its extent; rescore changes only {', '.join(SCORING_FIELDS)} "
             "(grow a run with odiag run, or start another --out)"
         )
-    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out))
+    plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     with RunDir.open(out, plan, rescore=True) as rundir:
         from harness.pipeline import _execute
 

@@ -446,6 +446,27 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
     assert_one_line(odiag("leaderboard", run, "--out", tmp_path / "site"), str(tmp_path / "site"))
 
 
+@pytest.mark.parametrize("sets, needle", [
+    (["backend=synthetic", "task=synthetic", "teachers=[toy-teacher]"],
+     "teacher toy-teacher: reads model 'harness/toy_models/teacher', which backend synthetic does not have"),
+    (["backend=synthetic", "task=odiag_toy", "teachers=[synthetic-helpful]"],
+     "task 'odiag_toy' on backend 'synthetic': the synthetic task runs only on backend synthetic"),
+    (["backend=hf", "task=odiag_toy", "student=harness/toy_models/student", "teachers=[synthetic-helpful]"],
+     "teacher synthetic-helpful: reads the synthetic model 'helpful', which only backend synthetic has"),
+])
+def test_a_teacher_or_task_the_backend_cannot_hold_is_one_line_and_no_directory(odiag, tmp_path, sets, needle):
+    """Refused while planning, before any directory exists: the corrected command then runs."""
+    sets = [s.replace("student=harness", f"student={REPO}/harness") for s in sets]
+    assert_one_line(odiag("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "run"), needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["run", "--set", "limit=1", "--set", "n_target=10", "--out", str(out), "--quiet"]) == 0
+    assert_one_line(odiag("add-teacher", out, "toy-teacher"), "teacher toy-teacher: reads model 'harness/toy_models/teacher'")
+
+
 def test_not_a_run_directory(odiag, tmp_path):
     """Each command that reads a finished run says what the directory given is instead: absent, a file, not a
     run, or a run not finished (and how to finish it)."""
