@@ -467,6 +467,27 @@ def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):
     assert_one_line(odiag("add-teacher", out, "toy-teacher"), "teacher toy-teacher: reads model 'harness/toy_models/teacher'")
 
 
+def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("<html>my own page</html>")
+    assert_one_line(odiag("leaderboard", run, "--out", mine), f"--out {mine}: holds an index.html that is not an odiag leaderboard's")
+    (mine / "leaderboard.json").write_text('{"schema_version": "something else"}')
+    assert_one_line(odiag("leaderboard", run, "--out", mine), "holds an index.html")
+    (mine / "index.html").unlink()
+    assert_one_line(odiag("leaderboard", run, "--out", mine), "holds a leaderboard.json")
+    assert cli.main(["leaderboard", str(run), "--out", str(tmp_path / "site")]) == 0
+    assert cli.main(["leaderboard", str(run), "--out", str(tmp_path / "site")]) == 0  # its own site: rebuilt
+
+
+def test_leaderboard_refuses_a_run_given_twice(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    assert_one_line(odiag("leaderboard", run, f"{run}/", "--out", tmp_path / "site"),
+                    f"leaderboard: run directory {run}/ is given twice")
+    assert not (tmp_path / "site").exists()
+
+
 def test_not_a_run_directory(odiag, tmp_path):
     """Each command that reads a finished run says what the directory given is instead: absent, a file, not a
     run, or a run not finished (and how to finish it)."""

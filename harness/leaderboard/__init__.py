@@ -21,6 +21,25 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def check_site_dir(out: Path) -> None:
+    """Refuse (one line) to write into ``out`` when its page or data are not an odiag leaderboard's: a
+    user's own ``index.html`` or ``leaderboard.json`` is never overwritten."""
+    from harness.config import ConfigError
+    from harness.leaderboard.merge import SCHEMA_VERSION
+    from harness.safeio import read_json
+
+    if not (out / "index.html").exists() and not (out / "leaderboard.json").exists():
+        return
+    try:
+        ours = read_json(out / "leaderboard.json", 1 << 28).get("schema_version", "").startswith("odiag.leaderboard/")
+    except (ConfigError, OSError, AttributeError):
+        ours = False
+    if not ours:
+        held = "an index.html" if (out / "index.html").exists() else "a leaderboard.json"
+        raise ConfigError(f"--out {out}: holds {held} that is not an odiag leaderboard's (no leaderboard.json with "
+                          f"schema_version {SCHEMA_VERSION!r}); choose a new directory, or one odiag wrote")
+
+
 def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | None = None) -> dict:
     """Merge ``run_dirs`` and write the leaderboard site into ``out``; return the leaderboard JSON.
 
@@ -33,6 +52,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     from harness.rundir import atomic_write, write_json
 
     out = Path(out)
+    check_site_dir(out)
     runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
     figures = write_figures(board, runs, out / "figures")

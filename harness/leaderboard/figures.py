@@ -210,7 +210,8 @@ def ranking(entries: list[dict], groups: list[dict], colours: dict[str, str]):
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_xlabel(f"mean alignment ({algorithm})")
         ax.set_title(f"student {_plain(group['student'])}", fontsize=10)
-    axes[0].legend(fontsize=8, loc="lower right", frameon=False)
+    if axes[0].get_legend_handles_labels()[0]:  # no leader's CI (an undefined alignment): no legend
+        axes[0].legend(fontsize=8, loc="lower right", frameon=False)
     fig.suptitle(f"Teacher ranking — {_plain(groups[0]['task'])}\n(mean alignment over questions, 95% t CI; ≈: tied with the leader)",
                  fontsize=10)
     return fig

@@ -127,6 +127,12 @@ def run_ids(paths: Sequence[str | Path]) -> list[str]:
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     if not paths:
         raise ConfigError("leaderboard: give at least one run directory")
+    seen: dict[Path, str | Path] = {}
+    for p in paths:
+        if (key := Path(p).resolve()) in seen:
+            raise ConfigError(f"leaderboard: run directory {p} is given twice (as {str(seen[key])!r} and {str(p)!r}); "
+                              "give each run once")
+        seen[key] = p
     return [load_run(p, i) for p, i in zip(paths, run_ids(paths), strict=True)]
 
 
