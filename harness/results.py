@@ -7,6 +7,8 @@ model card, the lm-eval bridge) check files against it and :data:`SCHEMA_VERSION
 
 from __future__ import annotations
 
+import hashlib
+
 import subprocess
 from pathlib import Path
 
@@ -128,7 +130,9 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
 
 
 def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[dict], paths: list[dict]) -> None:
-    """nodes.parquet, children.parquet, paths.parquet, then results.json (last: a run is finished when it exists)."""
+    """results.json removed, then nodes.parquet, children.parquet, paths.parquet, then results.json with
+    the tables' sha256 (``tables``): a run is finished when it exists, and a reader can tell tables of
+    another invocation (a grow or rescore that was stopped, or is writing now) by their hashes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -137,9 +141,16 @@ def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[d
 
     def write(name, rows, fields):
         table = pa.Table.from_pylist(rows) if rows else pa.table({f: [] for f in fields})
-        atomic_write(root / name, lambda f: pq.write_table(table, f))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+        atomic_write(root / name, lambda f: f.write(data))
+        return hashlib.sha256(data).hexdigest()
 
-    write("nodes.parquet", nodes, NODE_FIELDS)
-    write("children.parquet", children, CHILD_FIELDS)
-    write("paths.parquet", paths, PATH_FIELDS)
+    (root / "results.json").unlink(missing_ok=True)  # from here until the end the run reads as unfinished
+    results["tables"] = {
+        "nodes.parquet": write("nodes.parquet", nodes, NODE_FIELDS),
+        "children.parquet": write("children.parquet", children, CHILD_FIELDS),
+        "paths.parquet": write("paths.parquet", paths, PATH_FIELDS),
+    }
     write_json(root / "results.json", results)

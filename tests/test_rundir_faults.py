@@ -716,3 +716,39 @@ def test_a_hub_branch_that_moved_is_refused_naming_the_snapshot_to_pin(tmp_path,
     (repo / "refs" / "main").write_text("b" * 40)
     with pytest.raises(RunDirError, match=f"model org/tiny changed since the run used it .*pin revision {'a' * 40}"):
         model_records(specs, first, "run")
+
+
+# results.json and its tables --------------------------------------------------------------------------
+
+
+def test_tables_of_another_invocation_are_refused_not_mixed(tmp_path, monkeypatch, capsys):
+    """A grow stopped between its tables and results.json leaves a run that reads as unfinished (not the
+    old results with the new tables), and a table that is not the one results.json was written with is
+    refused by the leaderboard."""
+    import harness.rundir
+
+    out = tmp_path / "run"
+    run(CFG, out)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tables"]) == {"nodes.parquet", "children.parquet", "paths.parquet"}
+    real = harness.rundir.write_json
+
+    def stop_before_results(path, obj):
+        if Path(path).name == "results.json":
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(harness.rundir, "write_json", stop_before_results)
+    with pytest.raises(KeyboardInterrupt):
+        run(RunConfig(**{**SETTINGS, "limit": 3}), out)
+    monkeypatch.undo()
+    assert not (out / "results.json").exists()
+    _refused(capsys, ["leaderboard", str(out), "--out", str(tmp_path / "site")], out, "the run has not finished")
+    run(RunConfig(**{**SETTINGS, "limit": 3}), out)  # the same command again finishes it
+    assert main(["leaderboard", str(out), "--out", str(tmp_path / "site")]) == 0
+
+    other = tmp_path / "other"
+    run(RunConfig(**{**SETTINGS, "seed": 1}), other)
+    shutil.copy(other / "nodes.parquet", out / "nodes.parquet")
+    _refused(capsys, ["leaderboard", str(out), "--out", str(tmp_path / "site2")], out,
+             f"{out / 'nodes.parquet'}: not the table results.json was written with")
