@@ -411,7 +411,7 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
             from harness.leaderboard import build as build_site
 
             build_site([str(out)], str(extra["site"]), None)
-        by_question = question_records(_read_nodes(out), [t.name for t in teachers], cfg.algorithms)
+        by_question = question_records(_read_nodes(out, results), [t.name for t in teachers], cfg.algorithms)
         notes = {q["id"]: q for q in results["questions"]}
         for inst in group:
             qid = f"{inst.doc_id:05d}"
@@ -427,10 +427,12 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
     return [records[id(inst)] for inst in instances]
 
 
-def _read_nodes(out: Path) -> dict[str, np.ndarray]:
+def _read_nodes(out: Path, results: dict) -> dict[str, np.ndarray]:
     from harness.core.records import NODE_COLUMNS
+    from harness.results import check_tables
     from harness.safeio import read_parquet
 
+    check_tables(out, results, ["nodes.parquet"])  # the table of these results, not of a later command's
     table = read_parquet(out / "nodes.parquet", NODE_COLUMNS)
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 

@@ -129,6 +129,18 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
     return portable(json_ready(results))
 
 
+def check_tables(root: Path, results: dict, names) -> None:
+    """Refuse (one line) any of the tables ``names`` in ``root`` that is not the one ``results`` (its
+    results.json) was written with; a run written before the hashes has none to check."""
+    from harness.errors import ConfigError
+
+    for name in names:
+        digest = (results.get("tables") or {}).get(name)
+        if digest is not None and hashlib.sha256((root / name).read_bytes()).hexdigest() != digest:
+            raise ConfigError(f"{root / name}: not the table results.json was written with (another command is "
+                              "writing this run, or one was stopped while writing it); wait for it, or rerun it")
+
+
 def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[dict], paths: list[dict]) -> None:
     """results.json removed, then nodes.parquet, children.parquet, paths.parquet, then results.json with
     the tables' sha256 (``tables``): a run is finished when it exists, and a reader can tell tables of

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import re
 import subprocess
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from harness import __version__
 from harness.config import ConfigError
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
-from harness.results import PATH_FIELDS
+from harness.results import PATH_FIELDS, check_tables
 from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
 from harness.rundir import RunDir
 from harness.safeio import excerpt, read_json, read_parquet
@@ -100,10 +99,7 @@ def load_run(path: str | Path, run_id: str) -> Run:
     missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
     if missing:
         raise ConfigError(f"{root}: missing {', '.join(missing)}; rerun the same `odiag run` command to write them")
-    for name, digest in (results.get("tables") or {}).items():  # runs written before the hashes have none
-        if name in {f"{t}.parquet" for t in TABLES} and hashlib.sha256((root / name).read_bytes()).hexdigest() != digest:
-            raise ConfigError(f"{root / name}: not the table results.json was written with (another command is "
-                              "writing this run, or one was stopped while writing it); wait for it, or rerun it")
+    check_tables(root, results, [f"{t}.parquet" for t in TABLES])
     tables = {t: read_parquet(root / f"{t}.parquet", COLUMNS[t]) for t in TABLES}
     if tables["children"].num_rows and (gone := [c for c in CHILD_VALUES if c not in tables["children"].column_names]):
         raise ConfigError(f"{root / 'children.parquet'}: missing column(s) {', '.join(gone)}; not written by this odiag")
