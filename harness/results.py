@@ -8,7 +8,6 @@ model card, the lm-eval bridge) check files against it and :data:`SCHEMA_VERSION
 from __future__ import annotations
 
 import hashlib
-
 import subprocess
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 error and no network request, the table sorts and filters, the per-token viewer renders a path, and
 model text with markup in it stays text. Screenshots go to tests/artifacts/."""
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ def _evil_copy(run_dir: Path, dest: Path) -> Path:
         row["teacher"] = rename(row["teacher"])
         row["tied_with"] = [rename(t.split("/")[0]) + "/" + t.split("/")[1] for t in row.get("tied_with", [])]
     results["teacher_info"] = {rename(k): v for k, v in results["teacher_info"].items()}
+    # the rewritten tables are this results.json's, as an odiag that wrote such a run would record them
+    results["tables"] = {name: hashlib.sha256((dest / name).read_bytes()).hexdigest() for name in results["tables"]}
     (dest / "results.json").write_text(json.dumps(results))
     return dest
 
