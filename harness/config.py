@@ -242,6 +242,12 @@ def portable(obj: Any) -> Any:
     return obj
 
 
+def local_path(path: str) -> str:
+    """A path as :func:`portable` publishes it (relative to the checkout) back to one that opens here;
+    anything else unchanged."""
+    return str(REPOSITORY / path) if path and not Path(path).is_absolute() and (REPOSITORY / path).exists() else path
+
+
 def to_dict(cfg: Any) -> dict:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -21,14 +21,20 @@ IGNORED = re.compile(r"^\.|\.md$|^(LICENSE|NOTICE|USE_POLICY)", re.IGNORECASE)
 CHUNK = 1 << 22  # bytes read at a time while hashing
 
 
+def is_local_path(name: str) -> bool:
+    """Whether a model name is a path on this machine rather than a hub id (which has one '/' at most)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
 def model_dir(model_id: str, revision: str | None = None) -> Path | None:
     """The directory a backend loads ``model_id`` from: a local directory, or the hub id's snapshot in
-    the Hugging Face cache at ``revision`` (default ``main``); None when neither is on this machine."""
+    the Hugging Face cache at ``revision`` (default ``main``); None when neither is on this machine
+    (a missing path, a hub model not downloaded, a synthetic model's name)."""
     path = Path(model_id).expanduser()
     if path.is_dir():
         return path
-    if model_id.count("/") != 1 or model_id.startswith((".", "/", "~")):
-        return None  # not a hub id (a synthetic model's name, a missing path)
+    if is_local_path(model_id):
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -82,4 +88,4 @@ def fingerprint(files: Mapping[str, list]) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["changed_file", "fingerprint", "model_dir", "model_files"]
+__all__ = ["changed_file", "fingerprint", "is_local_path", "model_dir", "model_files"]

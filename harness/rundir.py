@@ -382,11 +382,10 @@ class RunDir:
     def verify_models(root: str | Path) -> None:
         """Refuse (a RunDirError) when a model the run recorded has other files on this machine now."""
         from harness.backends import ModelSpec
-        from harness.config import REPOSITORY
+        from harness.config import local_path
 
         stored = RunDir.read_saved(root).get("models", {})
-        specs = [ModelSpec(str(REPOSITORY / key) if not Path(key).is_absolute() and (REPOSITORY / key).exists() else key,
-                           record.get("revision")) for key, record in stored.items() if isinstance(record, dict)]
+        specs = [ModelSpec(local_path(key), record.get("revision")) for key, record in stored.items() if isinstance(record, dict)]
         model_records(specs, stored, str(root))
 
     @staticmethod

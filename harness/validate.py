@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import REPOSITORY, ConfigError, RunConfig, build, portable, to_dict
+from harness.config import ConfigError, RunConfig, build, local_path, portable, to_dict
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, write_json
 
@@ -172,11 +172,6 @@ class Teacher:
     model: object  # a torch module (the frozen student for a self-teacher)
     contexts: dict[str, list[np.ndarray]]  # question id -> the context ids the diagnostic scored (one per path)
     skipped: int  # training questions where the diagnostic skipped this teacher
-
-
-def _local(path: str) -> str:
-    """A model path as results publish it (relative to the checkout) back to one that loads here."""
-    return str(REPOSITORY / path) if path and not Path(path).is_absolute() and (REPOSITORY / path).exists() else path
 
 
 def _load_model(model_id: str, revision: str | None, dtype: str, device):
@@ -367,7 +362,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     run_cfg = RunDir.load_config(root)
     if run_cfg.backend != "hf":
         raise ConfigError(f"{root}: odiag validate trains transformers models; this run used backend {run_cfg.backend!r}")
-    run_cfg = dataclasses.replace(run_cfg, student=_local(run_cfg.student))
+    run_cfg = dataclasses.replace(run_cfg, student=local_path(run_cfg.student))
     rundir = RunDir(root, plan=None)  # read only: the stored scoring shards (checksummed on load)
     available = list(results["teacher_info"])
     names = list(cfg.teachers) if cfg.teachers is not None else available
@@ -400,7 +395,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     teachers: dict[str, Teacher] = {}
     for name in names:
         info = results["teacher_info"][name]
-        file = _local(info.get("file") or "")
+        file = local_path(info.get("file") or "")
         spec = load_teacher(file if file and Path(file).is_file() else name)
         model = student if spec.is_self else _load_model(spec.model, spec.revision, spec.dtype, device)
         for p in model.parameters():

@@ -145,14 +145,14 @@ STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
          signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}
 
 
+STOPPED_RUN = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=24", "--set", "n_target=300", "--out"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted") / "b"
     subprocess.run([*STOPPED_RUN, str(out), "--quiet"], check=True, cwd=Path(__file__).parent.parent)
     return _results(out)
-
-
-STOPPED_RUN = [sys.executable, "-m", "harness.cli", "run", "--set", "limit=24", "--set", "n_target=300", "--out"]
 
 
 @pytest.mark.parametrize("sig", list(STOPS), ids=lambda s: signal.Signals(s).name)

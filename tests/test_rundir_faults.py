@@ -660,7 +660,7 @@ def test_a_model_whose_files_changed_is_refused_until_restored(tmp_path, capsys)
 
 
 def test_model_files_identify_a_model_by_content(tmp_path):
-    from harness.modelfiles import changed_file, fingerprint, model_dir, model_files
+    from harness.modelfiles import changed_file, fingerprint, is_local_path, model_dir, model_files
 
     model = tmp_path / "m"
     (model / "checkpoint-500").mkdir(parents=True)
@@ -673,6 +673,7 @@ def test_model_files_identify_a_model_by_content(tmp_path):
     files = model_files(model)
     assert sorted(files) == ["config.json", "merges.txt", "weights.bin"]  # docs, hidden files and folders are not the model
     assert model_dir(str(model)) == model and model_dir("synthetic") is None and model_dir(str(tmp_path / "no")) is None
+    assert [is_local_path(n) for n in ("/abs/m", "./m", "~/m", "a/b/c", "Qwen/Qwen3-8B", "gpt2")] == [True] * 4 + [False] * 2
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)
     os.utime(copy / "config.json", ns=(1, 1))

@@ -53,8 +53,9 @@ def load_tokenizer(name: str, revision: str | None = None):
     """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
     from transformers import AutoTokenizer
 
-    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1  # a hub id has one '/' at most
-    if looks_local and not Path(name).expanduser().is_dir():
+    from harness.modelfiles import is_local_path
+
+    if is_local_path(name) and not Path(name).expanduser().is_dir():
         where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
         raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
                           "directory, absolute or relative to the current directory, or a hub id such as Qwen/Qwen3-8B)")
