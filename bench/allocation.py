@@ -50,6 +50,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py --shapes short,long --row survey:coupled=1         # coupled siblings
     python bench/allocation.py --coupling-noise   # what coupling does to the ideal gradient's noise, per shape
     python bench/allocation.py --resolvability    # how many visits each position's cosine needs, per shape
+    python bench/allocation.py --multilevel       # what multilevel debiasing of the cosine would cost, per shape
 """
 
 from __future__ import annotations
@@ -366,10 +367,15 @@ class ExactNode(NamedTuple):
     cos_T: list[float]
 
 
+def estimand_support(w: World, k: int, state: int) -> np.ndarray:
+    """The estimand's tokens at depth ``k`` in ``state``: exact π ≥ `TAU` or π_T ≥ `TAU` for some teacher."""
+    return (w.pi[k, state] >= TAU) | np.any([t[k, state] >= TAU for t in w.teachers], axis=0)
+
+
 def exact_node(w: World, k: int, state: int) -> ExactNode | None:
     """The estimand at depth ``k`` in ``state``, on the tokens with exact π ≥ `TAU` or π_T ≥ `TAU` for some
     teacher; None where those are fewer than two or the exact ideal gradient is 0 (no alignment)."""
-    support = (w.pi[k, state] >= TAU) | np.any([t[k, state] >= TAU for t in w.teachers], axis=0)
+    support = estimand_support(w, k, state)
     if support.sum() < 2:
         return None
     pi_A, q_A = w.pi[k, state, support], w.exact_q[k, state, support]
@@ -430,6 +436,84 @@ def resolvability(shape: Shape, seeds: int = 3, questions: int = 6, positions: i
             need.append(visits_to_resolve(node.pi_A, node.q_A))
             cos.append(node.cos_T)
     return np.array(need), np.array(cos)
+
+
+class Multilevel(NamedTuple):
+    """`multilevel`'s moments over the estimand's positions ``[N, ...]``, helpful teacher first."""
+
+    exact_N_T: np.ndarray  # exact GKD alignment
+    base_var_N: np.ndarray  # variance of the plug-in cosine at ``base`` visits per child (helpful teacher)
+    delta_N_L: np.ndarray  # E[Δ_l], l = 1..levels (helpful teacher)
+    delta2_N_L: np.ndarray  # E[Δ_l²]
+    base_bias: float  # mean over positions of E[cos at base visits] − exact (helpful teacher)
+    deep_bias: float  # the same at base · 2^levels visits
+    per_seed: float  # positions per seed
+    tokens_per_visit: float  # generated tokens per seed of one visit to every likely child of every position
+
+
+def multilevel(shape: Shape, base: int = 10, levels: int = 5, draws: int = 600, seeds: int = 6,
+               questions: int = 8, positions: int = 200) -> Multilevel:
+    """The moments that decide whether randomised multilevel debiasing (Rhee and Glynn's single-term
+    estimator) can make the plug-in cosine unbiased for the aggregate at a fraction of the visits
+    (``--multilevel``).
+
+    At every position of the estimand, each child's rewards come in 2^levels nested blocks of ``base``
+    binomial draws from its exact Q; level l reads the first 2^l blocks. Its antithetic difference is
+    Δ_l = cos(level l) − ½ (cos(first half) + cos(second half)), the halves being level l − 1 and the
+    next 2^(l−1) blocks (a Q̂ that ties counts 0, as `half_cosines` does). The single-term estimator
+    cos(base) + Δ_N / p_N, with level N drawn with probability p_N, is unbiased for the expected cosine
+    at base · 2^levels visits; its variance is Var cos(base) + Σ_l E[Δ_l²] / p_l − (Σ_l E[Δ_l])².
+    The moments come from about ``positions`` evenly spaced depths per path; ``per_seed`` and
+    ``tokens_per_visit`` count every position (a visit to child a generates a and, after it, the exact
+    expected remaining tokens).
+    """
+    rng = np.random.default_rng(derive_seed("allocation-bench", shape.name, "multilevel"))
+    exact, base_var, delta, delta2, base_gap, deep_gap = [], [], [], [], [], []
+    for _, _, q, j, k in path_positions(shape, seeds, questions, positions):
+        w, state = q.world, q.states[j][k]
+        node = exact_node(w, k, state)
+        if node is None:
+            continue
+        support = estimand_support(w, k, state)
+        g_T_A = np.stack([gkd_gradient(node.pi_A, t[k, state, support]) for t in w.teachers])
+        wins_D_B_A = np.cumsum(rng.binomial(base, node.q_A, size=(draws, 2 ** levels, len(node.q_A))), axis=1)
+
+        def cos_D(wins_D_A: np.ndarray, visits: int) -> np.ndarray:
+            q_D_A = wins_D_A / visits
+            tied_D = (q_D_A == q_D_A[:, :1]).all(axis=1)
+            return np.where(tied_D, 0.0, _cosines(node.pi_A, q_D_A, g_T_A)[:, 0])
+
+        level = [cos_D(wins_D_B_A[:, 2 ** l - 1], base * 2 ** l) for l in range(levels + 1)]
+        d_L_D = np.stack([level[l] - 0.5 * (level[l - 1] + cos_D(wins_D_B_A[:, 2 ** l - 1] - wins_D_B_A[:, 2 ** (l - 1) - 1],
+                                                                  base * 2 ** (l - 1)))
+                          for l in range(1, levels + 1)])
+        exact.append(node.cos_T)
+        base_var.append(level[0].var())
+        delta.append(d_L_D.mean(axis=1))
+        delta2.append((d_L_D ** 2).mean(axis=1))
+        base_gap.append(level[0].mean() - node.cos_T[0])
+        deep_gap.append(level[-1].mean() - node.cos_T[0])
+    counted, tokens = 0, 0.0
+    for _, _, q, j, k in path_positions(shape, seeds, questions, shape.horizon):
+        w, state = q.world, q.states[j][k]
+        if exact_node(w, k, state) is not None:
+            children = np.flatnonzero(estimand_support(w, k, state))
+            after = np.where(children == EOS, 0.0, w.remaining[k + 1][w.transition[state, children]])
+            counted, tokens = counted + 1, tokens + float((1.0 + after).sum())
+    return Multilevel(np.array(exact), np.array(base_var), np.array(delta), np.array(delta2),
+                      float(np.mean(base_gap)), float(np.mean(deep_gap)), counted / seeds, tokens / seeds)
+
+
+def multilevel_error(m: Multilevel, base: int, visits: float) -> tuple[np.ndarray, float]:
+    """The level probabilities p_l ∝ √(E[Δ_l²] / c_l) (c_l = base · 2^l visits per child, the optimum of
+    variance times cost) scaled to spend ``visits`` per child at every position on average, and the
+    standard error of a seed's mean over its positions: √(mean variance / positions per seed)."""
+    d2_L = m.delta2_N_L.mean(axis=0)
+    cost_L = base * 2.0 ** np.arange(1, len(d2_L) + 1)
+    p_L = np.sqrt(d2_L / cost_L)
+    p_L = np.minimum(p_L * (visits - base) / (p_L @ cost_L), 1.0)
+    variance = m.base_var_N.mean() + (d2_L / p_L).sum() - (m.delta_N_L.mean(axis=0).sum()) ** 2
+    return p_L, float(np.sqrt(variance / m.per_seed))
 
 
 ESTIMATORS = ("plain", "split-half", "halves", "shrunk", "shrunk-sqrt")
@@ -718,6 +802,8 @@ def main() -> None:
                         help="only measure how much coupled siblings cut the noise of the ideal gradient (`coupling_noise`)")
     parser.add_argument("--resolvability", action="store_true",
                         help="only measure how many visits per child each position of the estimand needs (`resolvability`)")
+    parser.add_argument("--multilevel", action="store_true",
+                        help="only measure what randomised multilevel debiasing of the cosine would cost (`multilevel`)")
     args = parser.parse_args()
     for row in args.row:
         try:
@@ -747,6 +833,20 @@ def main() -> None:
                 if inside.any():
                     print(f"  {lo:>6,.0f} to {hi:>6,.0f}: {inside.mean():.2f} of positions, exact mean alignment "
                           f"helpful {cos[inside, 0].mean():+.3f}, misleading {cos[inside, 1].mean():+.3f}")
+        return
+    if args.multilevel:
+        for shape in shapes:
+            base = 10
+            m = multilevel(shape, base=base)
+            d2_L = m.delta2_N_L.mean(axis=0)
+            print(f"[{shape.name}] {len(m.exact_N_T)} positions ({m.per_seed:.0f} per seed); bias of the plug-in cosine "
+                  f"(helpful) at {base} visits per child {m.base_bias:+.3f}, at {base * 2 ** len(d2_L):,} {m.deep_bias:+.3f}; "
+                  f"E[Δ²] per level " + " ".join(f"{d:.4f}" for d in d2_L)
+                  + f", falling {(d2_L[0] / d2_L[-1]) ** (1 / (len(d2_L) - 1)):.2f}x per doubling of the visits")
+            for visits in (15, 20, 40, 80):
+                p_L, se = multilevel_error(m, base, visits)
+                print(f"  {visits:>3} visits per child on average ({visits * m.tokens_per_visit:,.0f} tokens per seed): level "
+                      "probabilities " + " ".join(f"{p:.4f}" for p in p_L) + f"; standard error of a seed's mean {se:.3f}")
         return
     start = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

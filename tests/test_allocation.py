@@ -464,3 +464,17 @@ def test_resolvability_reads_every_estimand_position_of_the_paths():
     count = sum(bench.exact_node(x.world, k, s[k]) is not None for x in q if x for p, s in zip(x.paths, x.states) for k in range(len(p)))
     assert len(need) == len(cos) == count > 0
     assert cos.shape[1] == len(bench.TEACHERS) and (need >= 0).all()  # 0 where every child's outcome is certain
+
+
+def test_multilevel_differences_telescope_to_the_deep_cosine_and_spend_the_visits_asked():
+    """E[cos(base)] + Σ_l E[Δ_l] = E[cos(base · 2^levels)]: the antithetic halves are draws of the level
+    below, so the single-term estimator is unbiased for the deepest level (Monte Carlo tolerance)."""
+    m = bench.multilevel(TINY, base=4, levels=3, draws=8000, seeds=1, questions=3, positions=1000)
+    q = [bench.prepare(TINY, 0, i) for i in range(3)]
+    nodes = [(x.world, k, s[k]) for x in q if x for p, s in zip(x.paths, x.states) for k in range(len(p))]
+    assert len(m.exact_N_T) == m.per_seed == sum(bench.exact_node(*n) is not None for n in nodes) > 0
+    assert m.tokens_per_visit >= 2 * m.per_seed  # every position has two likely children, each at least one token
+    assert abs(m.base_bias + m.delta_N_L.sum(axis=1).mean() - m.deep_bias) < 0.01
+    assert abs(m.deep_bias) < abs(m.base_bias)  # more visits, less attenuation
+    p_L, se = bench.multilevel_error(m, base=4, visits=6)
+    assert np.isclose(4 + p_L @ (4 * 2.0 ** np.arange(1, 4)), 6) and se > 0
