@@ -243,7 +243,21 @@ def validate(cfg: TeacherConfig) -> None:
         if shown and not count:
             fail("context_template", f"shows {sorted(shown)[0]} but {kind}_solutions is 0")
     # a dry render catches an index past what the context needs (correct[1] with one correct solution)
-    render(cfg.context_template, f"{where}: key 'context_template'", **_placeholders(cfg, "question"))
+    try:
+        render(cfg.context_template, f"{where}: key 'context_template'", **_placeholders(cfg, "question"))
+    except ConfigError as e:
+        if "UndefinedError" not in str(e):
+            raise
+        has = " and ".join(_solutions_text(kind, getattr(cfg, f"{kind}_solutions")) for kind in ("correct", "wrong"))
+        raise ConfigError(f"{e} (the context has {has}: raise correct_solutions or wrong_solutions, or lower the index)") from None
+
+
+def _solutions_text(kind: str, count: int) -> str:
+    """``1 correct solution (correct[0])``, ``3 wrong solutions (wrong[0] to wrong[2])``, ``no wrong solution``."""
+    if count == 0:
+        return f"no {kind} solution"
+    last = f" to {kind}[{count - 1}]" if count > 1 else ""
+    return f"{count} {kind} solution{'s' if count > 1 else ''} ({kind}[0]{last})"
 
 
 def _placeholders(cfg: TeacherConfig, question: str, solution: str = "solution") -> dict:
