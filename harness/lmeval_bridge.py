@@ -429,11 +429,9 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
 
 def _read_nodes(out: Path, results: dict) -> dict[str, np.ndarray]:
     from harness.core.records import NODE_COLUMNS
-    from harness.results import check_tables
-    from harness.safeio import read_parquet
+    from harness.results import read_tables
 
-    check_tables(out, results, ["nodes.parquet"])  # the table of these results, not of a later command's
-    table = read_parquet(out / "nodes.parquet", NODE_COLUMNS)
+    table = read_tables(out, results, {"nodes.parquet": NODE_COLUMNS})["nodes.parquet"]  # these results' table, not a later command's
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,16 +129,23 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
     return portable(json_ready(results))
 
 
-def check_tables(root: Path, results: dict, names) -> None:
-    """Refuse (one line) any of the tables ``names`` in ``root`` that is not the one ``results`` (its
-    results.json) was written with; a run written before the hashes has none to check."""
+def read_tables(root: Path, results: dict, columns: dict[str, Sequence[str]]) -> dict:
+    """The tables ``columns`` names (file name: required columns) of the run in ``root``, as pyarrow
+    Tables; refuse (one line) any that is not the one ``results`` (its results.json) was written with.
+    Each is parsed from the bytes that were hashed, so a table another command writes meanwhile cannot
+    pass the check and then be read. A run written before the hashes has none to check."""
     from harness.errors import ConfigError
+    from harness.safeio import parquet_bytes, parse_parquet
 
-    for name in names:
+    tables = {}
+    for name, needed in columns.items():
+        data = parquet_bytes(root / name)
         digest = (results.get("tables") or {}).get(name)
-        if digest is not None and hashlib.sha256((root / name).read_bytes()).hexdigest() != digest:
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
             raise ConfigError(f"{root / name}: not the table results.json was written with (another command is "
                               "writing this run, or one was stopped while writing it); wait for it, or rerun it")
+        tables[name] = parse_parquet(root / name, data, needed)
+    return tables
 
 
 def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[dict], paths: list[dict]) -> None:

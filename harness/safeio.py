@@ -8,8 +8,8 @@ Every failure is a :class:`~harness.errors.ConfigError` of one line that names t
   most ``MAX_YAML_DEPTH`` deep (PyYAML's scanner is quadratic in that depth); aliases may not
   expand the document beyond ``MAX_YAML_NODES`` nodes (a "billion laughs" is refused before it is
   built, in time linear in the file) and may not refer to themselves.
-- **JSON and parquet** results (:func:`read_json`, :func:`read_parquet`): a malformed, truncated or
-  empty file, or one without the columns a reader needs, is named in one line.
+- **JSON and parquet** results (:func:`read_json`, :func:`parquet_bytes`, :func:`parse_parquet`): a
+  malformed, truncated or empty file, or one without the columns a reader needs, is named in one line.
 - **Templates** (:func:`render_template`, :func:`template_variables`): Jinja2's immutable sandbox
   (no attribute escapes, no mutation of lists or dicts), undefined variables an error, and limits on
   what a template may cost: ``MAX_TEMPLATE_CHARS`` of source, ``MAX_RENDER_CHARS`` of output and of
@@ -233,22 +233,26 @@ def read_json(path: str | Path, max_bytes: int = 1 << 30) -> Any:
         raise ConfigError(f"{path}: JSON nested too deeply") from None
 
 
-def read_parquet(path: str | Path, columns: Iterable[str] = ()):
-    """A parquet file as a pyarrow Table that has every one of ``columns``; else one line naming it."""
+def parquet_bytes(path: Path) -> bytes:
+    """The bytes of the parquet file ``path``; one line when it is not a file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}, expected a parquet file")
+    return path.read_bytes()
+
+
+def parse_parquet(path: Path, data: bytes, columns: Iterable[str] = ()):
+    """``data``, the bytes read from ``path``, as a pyarrow Table that has every one of ``columns``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}, expected a parquet file")
     try:
-        table = pq.read_table(p)
+        table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        why = str(exc).split(f"'{p}': ", 1)[-1]  # pyarrow repeats the path
-        raise ConfigError(f"{p}: not a readable parquet file ({_one_line(why, 120)})") from None
+        why = str(exc).split(f"'{path}': ", 1)[-1]  # pyarrow repeats the path
+        raise ConfigError(f"{path}: not a readable parquet file ({_one_line(why, 120)})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; not written by this odiag")
+        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; not written by this odiag")
     return table
 
 

@@ -753,3 +753,30 @@ def test_tables_of_another_invocation_are_refused_not_mixed(tmp_path, monkeypatc
     shutil.copy(other / "nodes.parquet", out / "nodes.parquet")
     _refused(capsys, ["leaderboard", str(out), "--out", str(tmp_path / "site2")], out,
              f"{out / 'nodes.parquet'}: not the table results.json was written with")
+
+
+def test_a_table_replaced_after_its_check_is_not_read(tmp_path, monkeypatch):
+    """The leaderboard parses each table from the bytes it hashed: a command that replaces nodes.parquet
+    between the check and the read (simulated by the parser swapping the file on disk first) cannot
+    slip another run's nodes in."""
+    import pyarrow.parquet as pq
+
+    from harness.leaderboard.merge import load_run
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    run(CFG, out)
+    run(RunConfig(**{**SETTINGS, "seed": 1}), other)
+    expected = load_run(out, "run").nodes
+    assert not np.array_equal(expected["alignment"], load_run(other, "other").nodes["alignment"], equal_nan=True)
+    real, swapped = pq.read_table, []
+
+    def swap_then_parse(source, *args, **kwargs):
+        if not swapped:  # nodes.parquet is read first
+            shutil.copy(other / "nodes.parquet", out / "nodes.parquet")
+            swapped.append(True)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", swap_then_parse)
+    got = load_run(out, "run").nodes
+    assert swapped and got.keys() == expected.keys()
+    assert all(np.array_equal(got[k], expected[k], equal_nan=got[k].dtype.kind == "f") for k in expected)

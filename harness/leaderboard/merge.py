@@ -22,10 +22,10 @@ from harness import __version__
 from harness.config import ConfigError
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
-from harness.results import PATH_FIELDS, check_tables
+from harness.results import PATH_FIELDS, read_tables
 from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
 from harness.rundir import RunDir
-from harness.safeio import excerpt, read_json, read_parquet
+from harness.safeio import excerpt, read_json
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
 TABLES = ("nodes", "children", "paths")
@@ -99,8 +99,8 @@ def load_run(path: str | Path, run_id: str) -> Run:
     missing = [f"{t}.parquet" for t in TABLES if not (root / f"{t}.parquet").is_file()]
     if missing:
         raise ConfigError(f"{root}: missing {', '.join(missing)}; rerun the same `odiag run` command to write them")
-    check_tables(root, results, [f"{t}.parquet" for t in TABLES])
-    tables = {t: read_parquet(root / f"{t}.parquet", COLUMNS[t]) for t in TABLES}
+    read = read_tables(root, results, {f"{t}.parquet": COLUMNS[t] for t in TABLES})
+    tables = {t: read[f"{t}.parquet"] for t in TABLES}
     if tables["children"].num_rows and (gone := [c for c in CHILD_VALUES if c not in tables["children"].column_names]):
         raise ConfigError(f"{root / 'children.parquet'}: missing column(s) {', '.join(gone)}; not written by this odiag")
     return Run(
