@@ -170,7 +170,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     length = response_length(cfg)
     n_q = cfg.limit if cfg.limit is not None else questions
     lines = [f"plan: {cfg.task}, student {cfg.student} ({cfg.dtype}), backend {cfg.backend}, "
-             f"{len(teachers)} teachers, {n_q if n_q is not None else '?'} questions"]
+             f"{len(teachers)} teacher{'s' if len(teachers) != 1 else ''}, "
+             f"{n_q if n_q is not None else '?'} question{'s' if n_q != 1 else ''}"]
     lines.append("models:")
     for m in [x for x in [student] if x] + list(externals.values()) + list(artefact.values()):
         size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"

@@ -419,7 +419,8 @@ class Reporter:
 def run_started_line(ev: RunStarted) -> str:
     of = f" of {_count(ev.available)}" if ev.available is not None else ""
     teachers = f"{ev.teachers} teacher{'s' if ev.teachers != 1 else ''}"
-    return f"odiag: diagnosing {_count(ev.questions)}{of} questions of {ev.task} with {teachers} -> {ev.out}"
+    questions = f"{_count(ev.questions)}{of} question{'s' if (ev.available or ev.questions) != 1 else ''}"
+    return f"odiag: diagnosing {questions} of {ev.task} with {teachers} -> {ev.out}"
 
 
 def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) -> list[str]:

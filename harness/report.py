@@ -50,7 +50,8 @@ def summary_table(results: Mapping) -> str:
     """The terminal summary of a run's results."""
     c = results["counts"]
     footer = (
-        f"{c['questions']} questions, {c['paths']} paths, {c['decision_points']} decision points, "
+        f"{c['questions']} question{'s' if c['questions'] != 1 else ''}, {c['paths']} paths, "
+        f"{c['decision_points']} decision points, "
         f"{c['rollouts']:,} rollouts, {c['tokens_generated']:,} tokens generated, "
         f"{c['teacher_forward_passes']} teacher forward passes"
     )

@@ -396,3 +396,17 @@ def test_plain_lm_eval_refuses_from_inside_the_task(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("odiag: error: task odiag_toy: --gen_kwargs top_k=5 would not sample from the student's distribution")
     assert "Traceback" not in done.stderr
+
+
+def test_one_question_and_one_teacher_read_in_the_singular():
+    from harness.config import resolve_run_config
+    from harness.costplan import plan_for
+    from harness.progress import RunStarted, run_started_line
+
+    results = _results([_row("a", "gkd", 0.2, 1)])
+    results["counts"]["questions"] = 1
+    assert summary_table(results).splitlines()[-1].startswith("1 question, 16 paths")
+    assert run_started_line(RunStarted("synthetic", 1, None, 1, "d")) == "odiag: diagnosing 1 question of synthetic with 1 teacher -> d"
+    assert run_started_line(RunStarted("t", 1, 64, 2, "d")) == "odiag: diagnosing 1 of 64 questions of t with 2 teachers -> d"
+    cfg = resolve_run_config(None, ["limit=1", "teachers=[synthetic-helpful]"])
+    assert plan_for(cfg).lines[0].endswith("backend synthetic, 1 teacher, 1 question")
