@@ -272,7 +272,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the field's type hint (FieldError if it fails); tuples accept lists
-    (and one string), floats accept ints and must be finite."""
+    (and one string), floats accept ints and must be finite, ints accept whole floats (``2e5``)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -301,6 +301,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not math.isfinite(value):
             raise FieldError(key, value, "a finite number")
         return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():  # budget: 2e5
+        return int(value)
     if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise FieldError(key, value, _type_name(hint))

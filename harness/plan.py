@@ -198,13 +198,16 @@ def run_task(cfg: RunConfig) -> Task:
 
 def check_backend_models(cfg: RunConfig, teachers) -> None:
     """The task, the backend and every model the teachers read go together (a one-line ConfigError
-    otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
-    those models exist nowhere else."""
+    otherwise): the synthetic backend runs the synthetic task at temperature 1 and holds only its
+    synthetic models, and those models exist nowhere else."""
     from harness.exact_lm import TEACHERS as SYNTHETIC
 
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
+    if cfg.backend == "synthetic" and cfg.temperature != 1.0:
+        raise ConfigError(f"temperature {cfg.temperature:g}: backend synthetic samples its student at temperature 1 only "
+                          "(its exact Q are those of that distribution); leave temperature at 1, or use backend hf or vllm")
     for t in teachers:
         for model in models_named(t):
             if cfg.backend == "synthetic" and model not in SYNTHETIC:

@@ -139,12 +139,24 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: PyYAML (YAML 1.1) reads ``1e-3`` and ``2.5e3`` as
+    strings, which would refuse ``--set temperature=1e-3`` as not a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _load(text: str, where: str) -> Any:
     """One YAML document (safe tags only), its nesting and alias expansion checked before it is
     parsed and constructed."""
     if _bracket_depth(text) > MAX_YAML_DEPTH:
         raise ConfigError(f"{where}: YAML nested deeper than {MAX_YAML_DEPTH} levels")
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

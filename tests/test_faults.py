@@ -125,6 +125,17 @@ def test_config_file_values_name_the_file(odiag, tmp_path):
         resolve_run_config(bad, ["window=3", "tau=7"])
 
 
+def test_numbers_in_exponent_notation_are_numbers_in_files_and_in_set(tmp_path):
+    """YAML 1.2 floats: PyYAML alone reads 1e-3 (no dot) and 2.5e3 (no exponent sign) as strings."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("price: 1e-4\ntolerance: 2.5e-1\n")
+    got = resolve_run_config(cfg, ["confidence=9e-1", "gamma=1E0", "budget=2e5"])
+    assert (got.price, got.tolerance, got.confidence, got.gamma) == (1e-4, 0.25, 0.9, 1.0)
+    assert got.budget == 200_000 and isinstance(got.budget, int)  # a whole float is an int
+    with pytest.raises(ConfigError, match="key 'n_target' must be int"):
+        resolve_run_config(cfg, ["n_target=2.55e1"])
+
+
 # --set syntax ---------------------------------------------------------------------------------------
 
 BAD_SETS = [
@@ -453,6 +464,7 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
      "task 'odiag_toy' on backend 'synthetic': the synthetic task runs only on backend synthetic"),
     (["backend=hf", "task=odiag_toy", "student=harness/toy_models/student", "teachers=[synthetic-helpful]"],
      "teacher synthetic-helpful: reads the synthetic model 'helpful', which only backend synthetic has"),
+    (["temperature=1e-3"], "temperature 0.001: backend synthetic samples its student at temperature 1 only"),
 ])
 def test_a_teacher_or_task_the_backend_cannot_hold_is_one_line_and_no_directory(odiag, tmp_path, sets, needle):
     """Refused while planning, before any directory exists: the corrected command then runs."""
