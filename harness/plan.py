@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
 from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, to_dict, tree_fields
 from harness.tasks import Task, load_task
-from harness.teachers import TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
+from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 
 PLANNER, ADDED = "planner", "added"
 
@@ -196,18 +196,42 @@ def run_task(cfg: RunConfig) -> Task:
     )
 
 
+def sampling_temperatures(cfg: RunConfig, teachers) -> list[tuple[str, float]]:
+    """Every temperature the run samples at, named by the key that sets it: the student's, and the
+    teachers' solution sources and summariser models."""
+    out = [("temperature", cfg.temperature)]
+    for t in teachers:
+        if t.solution_source != STUDENT and t.correct_solutions + t.wrong_solutions:
+            out.append((f"teacher {t.name}: solution_temperature", t.solution_temperature))
+        if t.summarizer is not None and t.summarizer not in TEXT_SUMMARIZERS:
+            out.append((f"teacher {t.name}: summary_temperature", t.summary_temperature))
+    return out
+
+
+def check_temperatures(cfg: RunConfig, teachers) -> None:
+    """Every temperature the run samples at is one the backend draws at exactly (a one-line ConfigError
+    otherwise): the synthetic backend samples at 1 only, vLLM at 0.01 or above (its `MIN_TEMPERATURE`)."""
+    if cfg.backend == "synthetic" and cfg.temperature != 1.0:
+        raise ConfigError(f"temperature {cfg.temperature:g}: backend synthetic samples its student at temperature 1 only "
+                          "(its exact Q are those of that distribution); leave temperature at 1, or use backend hf or vllm")
+    if cfg.backend == "vllm":
+        from harness.backends.vllm import MIN_TEMPERATURE
+
+        for key, value in sampling_temperatures(cfg, teachers):
+            if value < MIN_TEMPERATURE:
+                raise ConfigError(f"{key} {value:g}: vLLM samples at temperatures of at least {MIN_TEMPERATURE:g} (it would "
+                                  "raise this one silently, and draw from another distribution); raise it, or use backend hf")
+
+
 def check_backend_models(cfg: RunConfig, teachers) -> None:
     """The task, the backend and every model the teachers read go together (a one-line ConfigError
-    otherwise): the synthetic backend runs the synthetic task at temperature 1 and holds only its
-    synthetic models, and those models exist nowhere else."""
+    otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
+    those models exist nowhere else."""
     from harness.exact_lm import TEACHERS as SYNTHETIC
 
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
-    if cfg.backend == "synthetic" and cfg.temperature != 1.0:
-        raise ConfigError(f"temperature {cfg.temperature:g}: backend synthetic samples its student at temperature 1 only "
-                          "(its exact Q are those of that distribution); leave temperature at 1, or use backend hf or vllm")
     for t in teachers:
         for model in models_named(t):
             if cfg.backend == "synthetic" and model not in SYNTHETIC:
@@ -243,6 +267,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)
+    check_temperatures(cfg, [r.config for r in refs])  # a backend handed in samples at them too
     if built:  # before the task loads a tokenizer it may not have
         check_backend_models(cfg, [r.config for r in refs])
     backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend

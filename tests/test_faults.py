@@ -465,12 +465,24 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
     (["backend=hf", "task=odiag_toy", "student=harness/toy_models/student", "teachers=[synthetic-helpful]"],
      "teacher synthetic-helpful: reads the synthetic model 'helpful', which only backend synthetic has"),
     (["temperature=1e-3"], "temperature 0.001: backend synthetic samples its student at temperature 1 only"),
+    (["backend=vllm", "task=odiag_toy", "student=harness/toy_models/student", "teachers=[toy-self-1c]", "temperature=0.001"],
+     "temperature 0.001: vLLM samples at temperatures of at least 0.01"),
 ])
 def test_a_teacher_or_task_the_backend_cannot_hold_is_one_line_and_no_directory(odiag, tmp_path, sets, needle):
     """Refused while planning, before any directory exists: the corrected command then runs."""
     sets = [s.replace("student=harness", f"student={REPO}/harness") for s in sets]
     assert_one_line(odiag("run", *[a for s in sets for a in ("--set", s)], "--out", tmp_path / "run"), needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_every_sampled_temperature_is_checked_against_the_backend():
+    """The student's temperature, and those of teachers whose solutions or summaries a model samples."""
+    from harness.plan import sampling_temperatures
+    from harness.teachers import load_teacher
+
+    teachers = [load_teacher(n) for n in ("self-1c", "self-1c-32b", "self-sum-1c", "qwen3-8b")]
+    assert sampling_temperatures(RunConfig(temperature=0.9), teachers) == [
+        ("temperature", 0.9), ("teacher self-1c-32b: solution_temperature", 0.6), ("teacher self-sum-1c: summary_temperature", 0.7)]
 
 
 def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):

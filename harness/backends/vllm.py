@@ -55,7 +55,7 @@ from harness.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-_MIN_TEMPERATURE = 0.01  # vLLM raises lower temperatures to this one (with a warning)
+MIN_TEMPERATURE = 0.01  # vLLM raises lower temperatures to this one (with a warning)
 
 # (attribute, value that leaves π untouched): the sampling options that would change the distribution
 _NEUTRAL = (
@@ -342,8 +342,8 @@ class VLLMBackend:
         top_k_disabled = SamplingParams().top_k  # this version's "no top-k" value
         by_model: dict[str, list] = {}
         for r in requests:
-            if not r.temperature >= _MIN_TEMPERATURE:  # vLLM would silently raise it: not pi
-                raise ValueError(f"vLLM samples at temperatures of at least {_MIN_TEMPERATURE}, got {r.temperature}")
+            if not r.temperature >= MIN_TEMPERATURE:  # vLLM would silently raise it: not pi
+                raise ValueError(f"vLLM samples at temperatures of at least {MIN_TEMPERATURE}, got {r.temperature}")
             if r.max_new_tokens <= 0:
                 continue
             prompt = TokensPrompt(prompt_token_ids=[int(t) for t in r.prefix])
