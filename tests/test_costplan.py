@@ -55,10 +55,22 @@ def test_the_papers_boolq_plan_and_its_refusal():
 
 
 def test_budget_caps_the_rollouts():
-    a = plan_for(resolve_run_config(None, ["task=odiag_toy", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"]))
-    b = plan_for(resolve_run_config(None, ["task=odiag_toy", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]",
-                                           "budget=100"]))
+    toy = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"]
+    a = plan_for(resolve_run_config(None, toy))
+    b = plan_for(resolve_run_config(None, [*toy, "budget=100"]))
     assert b.tokens < a.tokens
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["task=odiag_toy"], "task 'odiag_toy' on backend 'synthetic'"),
+    (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
+    (["temperature=0.5"], "temperature 0.5: backend synthetic samples its student at temperature 1 only"),
+    (["task=odiag_toy", "backend=vllm", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "temperature=0.001"],
+     "temperature 0.001: vLLM samples at temperatures of at least 0.01"),
+])
+def test_plan_refuses_what_run_would_refuse(sets, needle):
+    with pytest.raises(ConfigError, match=needle):
+        plan_for(resolve_run_config(None, sets))
 
 
 def test_cli_refuses_in_one_line_with_exit_2():
