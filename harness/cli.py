@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
     p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     _progress_interval(p)
     p.set_defaults(func=_run)
@@ -246,14 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_rescore)
 
     p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("teacher", help="teacher YAML file or name under teachers/ (odiag ls teachers)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_add_teacher)
 
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
     p.add_argument("--site", type=_path, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_demo)
 
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
     p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.add_argument("--quiet", action="store_true", help="no progress, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_validate)
     return parser
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
         return exc.code if isinstance(exc.code, int) else 0
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # matplotlib's first-use font cache note is not the user's business
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers

@@ -273,6 +273,17 @@ def test_run_rescore_and_add_teacher_report_progress(tmp_path):
 
 
 @needs_toy
+def test_a_quiet_run_prints_nothing(tmp_path):
+    """--quiet: no progress, no summary, and no log line (the model loading note included)."""
+    sets = ["task=odiag_toy", "backend=hf", f"student={STUDENT}", "dtype=float32", "limit=1", "threads=1",
+            "teachers=[toy-self-1c]", "algorithms=[gkd]", "n_initial=8", "budget=100"]
+    cmd = [BIN / "odiag", "run", "--out", tmp_path / "run", "--quiet", *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "run" / "results.json").is_file(), done.stderr[-3000:]
+    assert (done.stdout, done.stderr) == ("", "")
+
+
+@needs_toy
 @pytest.mark.slow
 def test_a_piped_run_prints_periodic_progress_with_rate_and_eta(tmp_path):
     """The toy task on the hf backend, output in a pipe: during the targeted phase, lines with
