@@ -353,6 +353,28 @@ def _stopped_line(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     return f"{line}; finished work is kept in {where}: run the same command again to resume" if where else line
 
 
+def _reader_gone() -> bool:
+    """Whether the reader of stdout or stderr has closed its pipe (as ``head`` does after its lines).
+    Such a stream is pointed at /dev/null, so that Python's last flush cannot fail on it, and the
+    command ends quietly, as Unix tools do."""
+    import os
+    import select
+
+    gone = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            closed = any(events & select.POLLERR for _, events in poll.poll(0))
+        except (AttributeError, OSError, ValueError):  # no file descriptor (a test's capture)
+            continue
+        if closed:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            gone = True
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     """``odiag``: 0 on success; 2 with one ``odiag: error: ...`` line on stderr for any expected
     failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
@@ -372,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
+        if isinstance(exc, BrokenPipeError) and _reader_gone():  # `odiag run | head`: finished work is kept
+            return 128 + signal.SIGPIPE
         if isinstance(exc, OSError) and exc.strerror and not exc.filename:  # a failed write (disk full) names no file
             exc.filename = getattr(args, "out", None) or getattr(args, "dir", None)
         if getattr(args, "debug", False):

@@ -272,6 +272,18 @@ def test_run_rescore_and_add_teacher_report_progress(tmp_path):
     assert finals["teacher passes"].done == finals["teacher passes"].planned > 0
 
 
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    """`odiag run | head -1`: the summary's write fails once the reader is gone; the run is finished and
+    kept, and the command ends with the status of a closed pipe (141), not an error blaming the run."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([BIN / "odiag", "run", "--out", out, "--set", "limit=2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the summary is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "error" not in err and "Exception" not in err and (out / "results.json").is_file()
+
+
 @needs_toy
 def test_a_quiet_run_prints_nothing(tmp_path):
     """--quiet: no progress, no summary, and no log line (the model loading note included)."""
