@@ -368,11 +368,17 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     names = list(cfg.teachers) if cfg.teachers is not None else available
     if unknown := [t for t in names if t not in available]:
         raise ConfigError(f"{root}: no teacher {unknown[0]!r} in this run; its teachers are {', '.join(available)}")
-    missing = [(t, a) for t in names for a in cfg.algorithms if not any(
-        r["teacher"] == t and r["algorithm"] == a and r.get("alignment") for r in results["teachers"])]
-    if missing:
-        raise ConfigError(f"{root}: the run has no {missing[0][1]} alignment for teacher {missing[0][0]!r} "
-                          f"(its algorithms: {', '.join(run_cfg.algorithms)}); drop it with --set algorithms=[...]")
+    if not results["counts"].get("decision_points"):
+        from harness.report import no_decision_reason
+
+        raise ConfigError(f"{root}: nothing to validate, the run has {no_decision_reason(results)}")
+    if unscored := [a for a in cfg.algorithms if a not in run_cfg.algorithms]:
+        raise ConfigError(f"{root}: the run did not score {unscored[0]} (its algorithms: {', '.join(run_cfg.algorithms)}); "
+                          "choose among them with --set algorithms=[...]")
+    aligned = {(r["teacher"], r["algorithm"]) for r in results["teachers"] if (r.get("alignment") or {}).get("mean") is not None}
+    if missing := [(t, a) for t in names for a in cfg.algorithms if (t, a) not in aligned]:
+        raise ConfigError(f"{root}: teacher {missing[0][0]!r} has no {missing[0][1]} alignment in this run (skipped at "
+                          "every decision point); leave it out with --teachers")
 
     import torch  # after the checks: a wrong argument is answered before torch loads
 

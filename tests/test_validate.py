@@ -273,3 +273,18 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
     # the error arrives before torch is needed: through the console script as well
     done = _odiag("validate", small_run, "--teachers", "nope", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("odiag: error:") and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_run_without_decision_points_says_why_there_is_nothing_to_validate(tmp_path, capsys):
+    """Said as such, with the run's own reason, not as an algorithm the run lacks."""
+    from harness.cli import main
+
+    student = ROOT / "harness" / "toy_models" / "student"
+    sets = ["task=odiag_toy", "backend=hf", f"student={student}", "dtype=float32", "limit=1", "threads=1",
+            "teachers=[toy-self-1c]", "algorithms=[gkd]", "n_initial=8", "budget=100", "n_min=1000000"]
+    assert main(["run", "--out", str(tmp_path / "run"), "--quiet", *[x for s in sets for x in ("--set", s)]]) == 0
+    assert main(["validate", str(tmp_path / "run"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"odiag: error: {tmp_path / 'run'}: nothing to validate, the run has no decision point: 1 question"), err
+    assert not (tmp_path / "run" / "validation.json").exists()
