@@ -88,11 +88,12 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.config import REPOSITORY, resolve_run_config
-    from harness.leaderboard import main_leaderboard
+    from harness.leaderboard import check_site_dir, main_leaderboard
     from harness.pipeline import run
     from harness.report import summary_table
 
     cfg = resolve_run_config(Path(__file__).resolve().parent / "demo.yaml", args.set)
+    check_site_dir(Path(args.site), "--site")  # before minutes of work, not after
     # demo.yaml names the toy student relative to the checkout, so the demo runs from any directory
     if (REPOSITORY / cfg.student).exists():
         cfg = dataclasses.replace(cfg, student=str(REPOSITORY / cfg.student))

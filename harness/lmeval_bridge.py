@@ -113,6 +113,10 @@ def metadata_config(metadata: Mapping, model_keys: Sequence[str], where: str, co
     run = settings(metadata, model_keys, where)
     if "teachers" not in run and complete:
         raise ConfigError(f"{where}: odiag needs its teachers, e.g. --metadata '{{\"teachers\": [\"self-1c\"]}}'")
+    if run.get("site"):
+        from harness.leaderboard import check_site_dir
+
+        check_site_dir(Path(str(run["site"])), f"{where}: site")  # before the model loads and the run, not after
     return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
 
 

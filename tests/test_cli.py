@@ -361,6 +361,8 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
     ({"teachers": ["toy-self-1c"], "n_initial": -8}, "--metadata: key 'n_initial' must be >= 2, got -8"),
     ({"teachers": ["no-such-teacher"]}, "unknown teacher 'no-such-teacher'"),
     ({"limit": 3}, "--metadata: key 'limit' is set by"),
+    ({"teachers": ["toy-self-1c"], "site": str(ROOT / "README.md")}, "--metadata: site " + str(ROOT / "README.md")
+     + ": exists and is not a directory"),
 ])
 def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):

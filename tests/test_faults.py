@@ -491,6 +491,18 @@ def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):
     assert_one_line(odiag("add-teacher", out, "toy-teacher"), "teacher toy-teacher: reads model 'harness/toy_models/teacher'")
 
 
+def test_demo_refuses_a_site_it_may_not_write_before_it_runs(odiag, tmp_path):
+    """`odiag demo --site` is checked before minutes of work: nothing of the run is written."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "index.html").write_text("<html>my page</html>")
+    (tmp_path / "afile").write_text("a file\n")
+    for site, needle in (("mine", "--site {}: holds an index.html that is not an odiag leaderboard's"),
+                         ("afile", "--site {}: exists and is not a directory")):
+        assert_one_line(odiag("demo", "--out", tmp_path / "run", "--site", tmp_path / site), needle.format(tmp_path / site))
+        assert not (tmp_path / "run").exists()
+    assert (tmp_path / "mine" / "index.html").read_text() == "<html>my page</html>"
+
+
 def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
     run = _fake_run(tmp_path / "run")
     mine = tmp_path / "mine"

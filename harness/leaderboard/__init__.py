@@ -21,13 +21,16 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def check_site_dir(out: Path) -> None:
-    """Refuse (one line) to write into ``out`` when its page or data are not an odiag leaderboard's: a
-    user's own ``index.html`` or ``leaderboard.json`` is never overwritten."""
+def check_site_dir(out: Path, flag: str = "--out") -> None:
+    """Refuse (one line, naming ``flag``) to write into ``out`` when it is not a directory, or when its page
+    or data are not an odiag leaderboard's: a user's own ``index.html`` or ``leaderboard.json`` is never
+    overwritten. Commands that build a site after long work check it first."""
     from harness.config import ConfigError
     from harness.leaderboard.merge import SCHEMA_VERSION
     from harness.safeio import read_json
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
     if not (out / "index.html").exists() and not (out / "leaderboard.json").exists():
         return
     try:
@@ -36,7 +39,7 @@ def check_site_dir(out: Path) -> None:
         ours = False
     if not ours:
         held = "an index.html" if (out / "index.html").exists() else "a leaderboard.json"
-        raise ConfigError(f"--out {out}: holds {held} that is not an odiag leaderboard's (no leaderboard.json with "
+        raise ConfigError(f"{flag} {out}: holds {held} that is not an odiag leaderboard's (no leaderboard.json with "
                           f"schema_version {SCHEMA_VERSION!r}); choose a new directory, or one odiag wrote")
 
 
