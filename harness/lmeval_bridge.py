@@ -435,7 +435,8 @@ def _read_nodes(out: Path, results: dict) -> dict[str, np.ndarray]:
     from harness.core.records import NODE_COLUMNS
     from harness.results import read_tables
 
-    table = read_tables(out, results, {"nodes.parquet": NODE_COLUMNS})["nodes.parquet"]  # these results' table, not a later command's
+    # the table of these results, not of a later command's
+    table = read_tables(out, results, {"nodes.parquet": NODE_COLUMNS})["nodes.parquet"]
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 

@@ -260,8 +260,7 @@ def parse_parquet(path: Path, data: bytes, columns: Iterable[str] = ()):
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        why = str(exc).split(f"'{path}': ", 1)[-1]  # pyarrow repeats the path
-        raise ConfigError(f"{path}: not a readable parquet file ({_one_line(why, 120)})") from None
+        raise ConfigError(f"{path}: not a readable parquet file ({_one_line(str(exc), 120)})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; not written by this odiag")
