@@ -260,7 +260,8 @@ def parse_parquet(path: Path, data: bytes, columns: Iterable[str] = ()):
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable parquet file ({_one_line(str(exc), 120)})") from None
+        why = str(exc).split("'<Buffer>': ", 1)[-1]  # pyarrow names the in-memory source, not the file
+        raise ConfigError(f"{path}: not a readable parquet file ({_one_line(why, 120)})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; not written by this odiag")
