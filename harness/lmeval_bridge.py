@@ -501,11 +501,17 @@ def check_eval_options(argv: Sequence[str]) -> None:
                           "put the instruction in the task YAML's doc_to_text")
     if getattr(args, "fewshot_as_multiturn", None):
         raise ConfigError(f"{where}: --fewshot_as_multiturn: odiag's prompts are zero-shot")
-    generation_settings(args.gen_kwargs or {}, {}, where)  # raises with the key it cannot honour
+    from harness.teachers import load_teacher
+
+    metadata = args.metadata or {}
+    generation = generation_settings(args.gen_kwargs or {}, metadata, where)  # raises with the key it cannot honour
     # before a model loads; a task YAML of the user's may add metadata (teachers, say) that lm-eval merges in later
-    cfg = metadata_config(args.metadata or {}, _model_argument_names(), f"{where}: --metadata", complete=False)
-    for teacher in cfg.teachers if "teachers" in (args.metadata or {}) else ():
-        _teacher_name(teacher)  # an unknown name or a bad teacher file
+    cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=False)
+    teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
+    if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor
+        from harness.plan import check_temperatures
+
+        check_temperatures(dataclasses.replace(cfg, backend=args.model, **generation), teachers)
 
 
 def main_eval(argv: list[str]) -> int:

@@ -372,6 +372,19 @@ def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, nee
     check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--metadata", json.dumps({"n_initial": 8})]))
 
 
+def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():
+    """vLLM raises temperatures below 0.01 silently; hf samples at any positive one; --metadata's wins."""
+    def argv(model, gen, metadata):
+        return lm_eval_argv(["--tasks", "odiag_toy", "--model", model, "--gen_kwargs", gen, "--metadata", json.dumps(metadata)])
+
+    with pytest.raises(ConfigError, match="temperature 0.001: vLLM samples at temperatures of at least 0.01"):
+        check_eval_options(argv("vllm", "temperature=0.001", {"teachers": ["toy-self-1c"]}))
+    check_eval_options(argv("hf", "temperature=0.001", {"teachers": ["toy-self-1c"]}))
+    check_eval_options(argv("vllm", "temperature=0.001", {"teachers": ["toy-self-1c"], "temperature": 0.5}))
+    with pytest.raises(ConfigError, match="temperature 0.005: vLLM"):
+        check_eval_options(argv("vllm", "temperature=0.9", {"teachers": ["toy-self-1c"], "temperature": 0.005}))
+
+
 def test_gen_kwargs_odiag_maps_are_accepted():
     assert generation_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 0.5}, {}, "--gen_kwargs") == {
         "max_new_tokens": 64, "temperature": 0.5}
