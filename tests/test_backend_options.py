@@ -36,6 +36,22 @@ def test_unknown_keys_are_named(args, message):
         backend_options(resolve_run_config(None, ["backend=hf", f"student_args={args}"]), [])
 
 
+@pytest.mark.parametrize("backend, args, message", [
+    ("hf", "{batch_size: 0}", "student_args: batch_size must be a whole number >= 1, got 0"),
+    ("hf", "{score_chunk: many}", "student_args: score_chunk must be a whole number >= 1, got 'many'"),
+    ("hf", "{device: gpu}", "student_args: device 'gpu' is not a torch device"),
+    ("hf", "{device: 'cuda:999'}", "student_args: device 'cuda:999': this machine's torch"),
+    ("vllm", "{score_with: exact}", "student_args: score_with must be 'hf' or 'vllm', got 'exact'"),
+    ("vllm", "{gpu_memory_utilization: 1.5}", "student_args: gpu_memory_utilization is a share of the device"),
+    ("vllm", "{tensor_parallel_size: 0}", "student_args: tensor_parallel_size must be a whole number >= 1"),
+])
+def test_bad_values_are_named_before_a_model_loads(backend, args, message):
+    """Values too, not only names: the backend's own check runs while planning (it ran in the constructor,
+    after the run directory existed, as a traceback)."""
+    with pytest.raises(ConfigError, match=message):
+        backend_options(resolve_run_config(None, [f"backend={backend}", f"student_args={args}"]), [])
+
+
 def test_vllm_engine_arguments_go_to_the_engines(monkeypatch):
     import harness.backends as backends
 

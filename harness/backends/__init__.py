@@ -48,11 +48,13 @@ def engine_argument_names() -> set[str]:
 
 def check_options(name: str, options: Mapping, where: str = "student_args") -> dict:
     """``options`` for backend ``name``, checked against its constructor (and, for vllm, vLLM's engine
-    arguments, which go to every engine as ``engine_options``); an unknown key is a ValueError naming it."""
+    arguments, which go to every engine as ``engine_options``) and its ``check_option_values``; an unknown
+    key or a bad value is a ValueError naming it."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose one of {sorted(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")
-    params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
+    backend = getattr(importlib.import_module(module), cls)
+    params = inspect.signature(backend.__init__).parameters
     own = {p for p, v in params.items() if p not in ("self", "models", "loaded", "model_args") and v.kind == v.KEYWORD_ONLY}
     engine = engine_argument_names() if name == "vllm" else set()
     out, engine_options = {}, {}
@@ -68,6 +70,11 @@ def check_options(name: str, options: Mapping, where: str = "student_args") -> d
                              + (" and vLLM's EngineArgs" if engine else ""))
     if engine_options:
         out["engine_options"] = {**engine_options, **dict(out.get("engine_options") or {})}
+    if hasattr(backend, "check_option_values"):  # values too, before a model loads
+        try:
+            backend.check_option_values(**out)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return out
 
 

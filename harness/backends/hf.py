@@ -219,8 +219,7 @@ class HFBackend:
         attn_implementation: str | None = None,
         loaded: Mapping[ModelSpec, torch.nn.Module] | None = None,
     ):
-        if batch_size < 1 or score_chunk < 1:
-            raise ValueError(f"batch_size and score_chunk must be positive, got {batch_size} and {score_chunk}")
+        self.check_option_values(device=device, batch_size=batch_size, score_chunk=score_chunk, threads=threads)
         if threads is not None:
             torch.set_num_threads(threads)
         if device == "auto":
@@ -240,6 +239,24 @@ class HFBackend:
         if len(set(vocab.values())) > 1:
             raise ValueError(f"models must share one vocabulary to be compared, got output sizes {vocab}")
         self.vocab_size = next(iter(vocab.values()))
+
+    @staticmethod
+    def check_option_values(*, device: str = "auto", batch_size: int = 64, score_chunk: int = 256,
+                            threads: int | None = None, **_) -> None:
+        """The options' values, before any model loads: a ValueError naming the option and the fix."""
+        for key, value in (("batch_size", batch_size), ("score_chunk", score_chunk), ("threads", threads)):
+            if not (value is None and key == "threads") and not (type(value) is int and value >= 1):
+                raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+        if device == "auto":
+            return
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+        count = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(where.type, 0)
+        if int(str(device).partition(":")[2] or 0) >= count:  # torch.device keeps 8 bits: 'cuda:999' reads as -25
+            raise ValueError(f"device {device!r}: this machine's torch {torch.__version__} has "
+                             f"{count or 'no'} {where.type} device{'s' if count != 1 else ''}; use device: auto or cpu")
 
     def _load(self, spec: ModelSpec) -> _Model:
         if spec.dtype not in _DTYPES:

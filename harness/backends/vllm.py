@@ -265,6 +265,19 @@ class VLLMBackend:
     ``score_chunk``, ``device``; its device defaults to CUDA when there is one, else the CPU).
     """
 
+    @staticmethod
+    def check_option_values(*, score_with: str = "hf", score_logprobs: int = 128, gpu_memory_utilization: float | None = None,
+                            tensor_parallel_size: int = 1, **_) -> None:
+        """The options' values, before any engine starts: a ValueError naming the option and the fix."""
+        if score_with not in ("hf", "vllm"):
+            raise ValueError(f"score_with must be 'hf' or 'vllm', got {score_with!r}")
+        for key, value in (("score_logprobs", score_logprobs), ("tensor_parallel_size", tensor_parallel_size)):
+            if not (type(value) is int and value >= 1):
+                raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+        if gpu_memory_utilization is not None and not (isinstance(gpu_memory_utilization, (int, float))
+                                                       and 0 < gpu_memory_utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization is a share of the device, in (0, 1], got {gpu_memory_utilization!r}")
+
     def __init__(
         self,
         models: Mapping[str, ModelSpec],
@@ -278,8 +291,8 @@ class VLLMBackend:
         model_args: Mapping[str, Mapping] | None = None,
         hf_options: Mapping | None = None,
     ):
-        if score_with not in ("hf", "vllm"):
-            raise ValueError(f"score_with must be 'hf' or 'vllm', got {score_with!r}")
+        self.check_option_values(score_with=score_with, score_logprobs=score_logprobs,
+                                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
         self._specs = dict(models)
         self.score_with = score_with
         self.score_logprobs = score_logprobs
