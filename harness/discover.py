@@ -67,19 +67,33 @@ def task_rows() -> list[dict[str, str]]:
         "description": "the exact synthetic model of SPEC §7: no data, no model (backend synthetic)",
     }]
     for path in sorted(TASKS_DIR.glob("*.yaml")):
-        cfg = yaml.load(path.read_text(), Loader=_TaskLoader) or {}
-        odiag = ((cfg.get("metadata") or {}).get("odiag")) or {}
-        data = cfg.get("dataset_path") or ("generated" if cfg.get("custom_dataset") else "?")
-        if cfg.get("dataset_name"):
-            data += f"/{cfg['dataset_name']}"
-        rows.append({
-            "task": str(cfg.get("task", path.stem)),
-            "data": data,
-            "answer": str(odiag.get("answer_type", "?")) + (", thinking" if odiag.get("thinking") else ""),
-            "max_new_tokens": f"{(cfg.get('generation_kwargs') or {}).get('max_gen_toks', '?'):,}",
-            "description": str(odiag.get("description") or _first_sentence(path)),
-        })
+        try:
+            cfg = yaml.load(path.read_text(), Loader=_TaskLoader) or {}
+            if not isinstance(cfg, dict):
+                raise ValueError(f"expected a mapping at the top level, got a {type(cfg).__name__}")
+            odiag = ((cfg.get("metadata") or {}).get("odiag")) or {}
+            data = str(cfg.get("dataset_path") or ("generated" if cfg.get("custom_dataset") else "?"))
+            if cfg.get("dataset_name"):
+                data += f"/{cfg['dataset_name']}"
+            length = (cfg.get("generation_kwargs") or {}).get("max_gen_toks")
+            rows.append({
+                "task": str(cfg.get("task", path.stem)),
+                "data": data,
+                "answer": str(odiag.get("answer_type", "?")) + (", thinking" if odiag.get("thinking") else ""),
+                "max_new_tokens": f"{length:,}" if isinstance(length, int) else "?",
+                "description": str(odiag.get("description") or _first_sentence(path)),
+            })
+        except (yaml.YAMLError, OSError, ValueError, AttributeError, TypeError) as exc:
+            rows.append(_unreadable({"task": path.stem, "data": "?", "answer": "?", "max_new_tokens": "?"}, path, exc))
     return rows
+
+
+def _unreadable(row: dict[str, str], path: Path, exc: BaseException) -> dict[str, str]:
+    """A listing's row for a file that cannot be read: the others are still listed, this one says why."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        exc = f"not valid YAML: {exc.problem} at line {exc.problem_mark.line + 1}"
+    why = " ".join(str(exc).replace(f"{path}: ", "").replace(str(path), path.name).split())
+    return {**row, "description": f"cannot be read: {why if len(why) <= 100 else why[:97] + '...'}"}
 
 
 def _first_sentence(path: Path) -> str:
@@ -128,11 +142,16 @@ def _model(model: str | None) -> str:
 def teacher_rows() -> list[dict[str, str]]:
     """One row per teacher file in ``teachers/``: what it needs to run."""
     from harness.backends.base import STUDENT
+    from harness.errors import ConfigError
     from harness.teachers import TEACHER_DIR, TEXT_SUMMARIZERS, load_teacher
 
     rows = []
     for path in sorted(TEACHER_DIR.glob("*.yaml")):
-        t = load_teacher(str(path))
+        try:
+            t = load_teacher(str(path))
+        except ConfigError as exc:
+            rows.append(_unreadable({"teacher": path.stem, "model": "?", "solutions": "?", "summariser": "?"}, path, exc))
+            continue
         needs = []
         if t.correct_solutions:
             needs.append(f"{t.correct_solutions} correct")

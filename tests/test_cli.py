@@ -74,6 +74,32 @@ def test_ls_tasks_and_teachers(capsys):
     assert model_size("Qwen/Qwen3-0.6B") == "0.6B" and model_size("gpt2") == ""
 
 
+def test_ls_lists_an_unreadable_task_or_teacher_file_as_such(tmp_path, monkeypatch, capsys):
+    """A user's malformed YAML among the tasks or teachers is listed with why it cannot be read; the
+    others are still listed (it was a traceback, or a refusal of the whole listing)."""
+    import harness.lmeval_bridge
+    import harness.teachers
+
+    tasks, teachers = tmp_path / "tasks", tmp_path / "teachers"
+    tasks.mkdir(), teachers.mkdir()
+    (tasks / "odiag_toy.yaml").write_text((ROOT / "tasks" / "odiag_toy.yaml").read_text())
+    (tasks / "odiag_broken.yaml").write_text("task: odiag_broken\ndataset_path: [\n")
+    (tasks / "odiag_short.yaml").write_text("task: odiag_short\ndataset_path: x\n")  # no max_gen_toks
+    (teachers / "self-1c.yaml").write_text((ROOT / "teachers" / "self-1c.yaml").read_text())
+    (teachers / "typo.yaml").write_text("model: student\ntemprature: 0.5\n")
+    monkeypatch.setattr(harness.lmeval_bridge, "TASKS_DIR", tasks)
+    monkeypatch.setattr(harness.teachers, "TEACHER_DIR", teachers)
+    rows = {r["task"]: r for r in task_rows()}
+    assert rows["odiag_toy"]["max_new_tokens"] != "?" and rows["odiag_short"]["max_new_tokens"] == "?"
+    assert rows["odiag_broken"]["description"].startswith("cannot be read: ")
+    rows = {r["teacher"]: r for r in teacher_rows()}
+    assert rows["self-1c"]["model"] == "the student"
+    assert rows["typo"]["description"].startswith("cannot be read: unknown key 'temprature'")
+    assert main(["ls", "tasks"]) == 0 and main(["ls", "teachers"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^odiag_broken\s.*cannot be read", out, re.M) and re.search(r"^typo\s.*cannot be read", out, re.M)
+
+
 def test_a_teacher_typo_lists_the_teachers():
     from harness.teachers import load_teacher
 
