@@ -509,9 +509,9 @@ def check_eval_options(argv: Sequence[str]) -> None:
     cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=False)
     teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
     if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor
-        from harness.plan import check_temperatures
+        from harness.plan import check_backend
 
-        check_temperatures(dataclasses.replace(cfg, backend=args.model, **generation), teachers)
+        check_backend(dataclasses.replace(cfg, backend=args.model, **generation), teachers, built=False)
 
 
 def main_eval(argv: list[str]) -> int:

@@ -242,6 +242,15 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
                 raise ConfigError(f"teacher {t.name}: reads the synthetic model {model!r}, which only backend synthetic has")
 
 
+def check_backend(cfg: RunConfig, teachers, built: bool = True) -> None:
+    """The backend can run ``teachers`` under ``cfg``: the temperatures it samples at (`check_temperatures`)
+    and, when it is ``built`` from ``cfg`` rather than handed in, the task and models it holds
+    (`check_backend_models`)."""
+    check_temperatures(cfg, teachers)
+    if built:
+        check_backend_models(cfg, teachers)
+
+
 def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None,
               built: bool = True) -> RunPlan:
     """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails.
@@ -267,9 +276,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)
-    check_temperatures(cfg, [r.config for r in refs])  # a backend handed in samples at them too
-    if built:  # before the task loads a tokenizer it may not have
-        check_backend_models(cfg, [r.config for r in refs])
+    check_backend(cfg, [r.config for r in refs], built)  # before the task loads a tokenizer it may not have
     backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
     task = task or run_task(cfg)
     for r in refs:  # load-time checks: vocabulary, chat template, variables, context length

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
-from harness.plan import ADDED, backend_options, check_backend_models, check_temperatures, make_plan, resolve_teacher
+from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
 from harness.rundir import RunDir
 from harness.tasks import Task
 
@@ -29,9 +29,7 @@ def add_teacher(
     ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
     cfg = _finished(out)
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
-    check_temperatures(cfg, [ref.config])
-    if backend is None:
-        check_backend_models(cfg, [ref.config])
+    check_backend(cfg, [ref.config], built=backend is None)
     plan.task.check_teacher(ref.config)
     backend_options(cfg, [*plan.specs, ref.config])  # its model_args against the backend
     with RunDir.open(out, plan, add=ref) as rundir:

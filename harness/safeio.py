@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, meta, nodes, pass_context
+from jinja2 import StrictUndefined, TemplateError, UndefinedError, meta, nodes, pass_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
@@ -554,9 +554,10 @@ def template_variables(source: str, where: str) -> set[str]:
         raise ConfigError(f"{where}: template nested too deeply") from None
 
 
-def render_template(source: str, where: str, **variables: Any) -> str:
+def render_template(source: str, where: str, *, undefined_hint: str = "", **variables: Any) -> str:
     """Render prompt text under the limits; any failure (a missing variable or index, a limit, an
-    error of the template's own arithmetic) is a ConfigError naming ``where``."""
+    error of the template's own arithmetic) is a ConfigError naming ``where``; a missing variable or
+    index also says ``undefined_hint`` (what the variables hold, and the fix)."""
     _check_source(source, where)
     try:
         template = _compiled(source)
@@ -569,6 +570,8 @@ def render_template(source: str, where: str, **variables: Any) -> str:
         return template.render(**variables)
     except TemplateLimit as exc:
         raise ConfigError(f"{where}: template limit: {_one_line(str(exc))}") from None
+    except UndefinedError as exc:
+        raise ConfigError(f"{where}: UndefinedError: {_one_line(str(exc))}{undefined_hint}") from None
     except Exception as exc:  # whatever a template does wrong is the template's error, not odiag's
         raise ConfigError(f"{where}: {type(exc).__name__}: {_one_line(str(exc))}") from None
     finally:

@@ -160,10 +160,10 @@ def _variables(template: str, where: str) -> set[str]:
     return template_variables(template, where)
 
 
-def render(template: str, where: str, **variables) -> str:
+def render(template: str, where: str, *, undefined_hint: str = "", **variables) -> str:
     """Render prompt text in the sandbox, under the resource limits of :mod:`harness.safeio`; a
-    missing variable or index, or a limit, is a ConfigError naming ``where``."""
-    return render_template(template, where, **variables)
+    missing variable or index (with ``undefined_hint``), or a limit, is a ConfigError naming ``where``."""
+    return render_template(template, where, undefined_hint=undefined_hint, **variables)
 
 
 def context_variables(cfg: TeacherConfig) -> tuple[str, ...]:
@@ -243,13 +243,9 @@ def validate(cfg: TeacherConfig) -> None:
         if shown and not count:
             fail("context_template", f"shows {sorted(shown)[0]} but {kind}_solutions is 0")
     # a dry render catches an index past what the context needs (correct[1] with one correct solution)
-    try:
-        render(cfg.context_template, f"{where}: key 'context_template'", **_placeholders(cfg, "question"))
-    except ConfigError as e:
-        if "UndefinedError" not in str(e):
-            raise
-        has = " and ".join(_solutions_text(kind, getattr(cfg, f"{kind}_solutions")) for kind in ("correct", "wrong"))
-        raise ConfigError(f"{e} (the context has {has}: raise correct_solutions or wrong_solutions, or lower the index)") from None
+    has = " and ".join(_solutions_text(kind, getattr(cfg, f"{kind}_solutions")) for kind in ("correct", "wrong"))
+    render(cfg.context_template, f"{where}: key 'context_template'", **_placeholders(cfg, "question"),
+           undefined_hint=f" (the context has {has}: raise correct_solutions or wrong_solutions, or lower the index)")
 
 
 def _solutions_text(kind: str, count: int) -> str:
