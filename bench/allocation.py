@@ -48,6 +48,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py --quick    # 6 seeds x 6 questions per shape, without the slowest rows
     python bench/allocation.py --shapes short,long --row settle:price=0.0000625   # one more setting
     python bench/allocation.py --shapes short,long --row survey:coupled=1         # coupled siblings
+    python bench/allocation.py --shapes aime-like --rows-only --row survey:n_min=2,visits=2,positions=256   # only paper and this
     python bench/allocation.py --coupling-noise   # what coupling does to the ideal gradient's noise, per shape
     python bench/allocation.py --resolvability    # how many visits each position's cosine needs, per shape
     python bench/allocation.py --multilevel       # what multilevel debiasing of the cosine would cost, per shape
@@ -718,6 +719,9 @@ def score(results: list[SeedResult], estimator: str = "plain") -> dict:
         "ranking": float(np.mean(rank)), "rollouts": float(np.mean([r.rollouts for r in results])),
         "tokens": float(np.mean([r.tokens for r in results])), "rounds": float(np.mean([r.rounds for r in results])),
         "exact": float(np.nanmean([r.exact["mean"][:, 0] for r in results])),
+        # the RMSE of an estimate that knows nothing and answers 0 for every teacher: where paper's RMSE is above it,
+        # no RMSE on this shape tells a strategy from an estimate pulled toward 0
+        "rmse_zero": float(np.sqrt(np.nanmean(np.array([r.exact["mean"][:, 0] for r in results]) ** 2))),
     }
 
 
@@ -731,9 +735,11 @@ def shape_knobs(shape: Shape, knobs: dict) -> dict:
 
 def _job(args) -> SeedResult:
     shape, seed, questions, strategy, knobs, extra = args
+    if knobs.get("n_min"):  # the pipeline's A(s) rule, as a user's run sets it: strategy and estimate alike
+        shape = dataclasses.replace(shape, n_min=knobs["n_min"])
     knobs = shape_knobs(shape, knobs)
     coupled = bool(knobs.get("coupled", 0))  # a sampling knob of the bench, not of the strategy
-    knobs = {key: v for key, v in knobs.items() if key != "coupled"}
+    knobs = {key: v for key, v in knobs.items() if key not in ("coupled", "n_min")}
     return run_seed(shape, seed, questions, strategy, AllocationParams(**knobs), _CACHE, extra, coupled)
 
 
@@ -772,7 +778,8 @@ def parse_row(row: str) -> tuple[str, str, dict]:
     strategy, _, spec = row.partition(":")
     if strategy not in SETTINGS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SETTINGS)}")
-    fields = {f.name: f.default for f in dataclasses.fields(AllocationParams) if f.name not in ("n_min", "budget")}  # the shape's, and none
+    fields = {f.name: f.default for f in dataclasses.fields(AllocationParams) if f.name != "budget"}  # none
+    fields["n_min"] = 0  # the visits a child needs to enter A(s), for the strategy and the estimate alike; 0: the shape's
     fields["coupled"] = 0  # 1: siblings share their uniforms (`sample_targets`)
     knobs = {}
     for item in filter(None, spec.split(",")):
@@ -796,8 +803,11 @@ def main() -> None:
     parser.add_argument("--estimators", action="store_true", help="also score the split-half, halves, shrunk and shrunk-sqrt estimators")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
-                        help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields, and "
-                             "coupled=1 for siblings that share their uniforms; repeatable)")
+                        help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields; n_min, "
+                             "the support rule A(s) of the strategy and the estimate alike; coupled=1 for siblings that "
+                             "share their uniforms; repeatable)")
+    parser.add_argument("--rows-only", action="store_true",
+                        help="run only the reference (paper n_target=100) and the --row settings, not the built-in rows")
     parser.add_argument("--coupling-noise", action="store_true",
                         help="only measure how much coupled siblings cut the noise of the ideal gradient (`coupling_noise`)")
     parser.add_argument("--resolvability", action="store_true",
@@ -805,6 +815,10 @@ def main() -> None:
     parser.add_argument("--multilevel", action="store_true",
                         help="only measure what randomised multilevel debiasing of the cosine would cost (`multilevel`)")
     args = parser.parse_args()
+    if args.rows_only:
+        if not args.row:
+            parser.error("--rows-only needs at least one --row")
+        SETTINGS.update({k: [(label, knobs) for label, knobs in rows if (k, label) == REFERENCE] for k, rows in SETTINGS.items()})
     for row in args.row:
         try:
             strategy, label, knobs = parse_row(row)
@@ -860,7 +874,8 @@ def main() -> None:
                     for k, rows in SETTINGS.items()}
         res = run_shape(shape, seeds, questions, settings, args.jobs, args.estimators)
         print(f"\n[{shape.name}] vocab {shape.vocab_size}, states {shape.n_states}, horizon {shape.horizon}, first window "
-              f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[REFERENCE + ('plain',)]['exact']:+.3f}")
+              f"{shape.window}, n_min {shape.n_min}; exact mean alignment {res[REFERENCE + ('plain',)]['exact']:+.3f}; "
+              f"answering 0 for every teacher: RMSE {res[REFERENCE + ('plain',)]['rmse_zero']:.3f}")
         print(f"  {'strategy':<8} {'setting':<24} {'tokens':>12} {'rollouts':>10} {'rounds':>6} {'RMSE':>6} {'bias (helpful/misl.)':>13} "
               f"{'RMSE|g*|':>8} {'RMSE i-c':>8} {'cover':>6} {'cov|g*|':>7} {'rank ok':>7}")
         for (s, label, e), r in res.items():

@@ -1,5 +1,6 @@
 """Targeted-rollout allocation (SPEC §4): the paper's selection exactly, budgets, and unbiasedness."""
 
+import dataclasses
 import importlib.util
 import re
 import sys
@@ -275,6 +276,14 @@ def test_bench_is_deterministic():
     np.testing.assert_array_equal(a.estimates["plain"]["mean"], b.estimates["plain"]["mean"])
 
 
+def test_answering_zero_scores_the_rmse_the_bench_prints_for_it():
+    results = [bench.run_seed(TINY, seed, 3, "survey", AllocationParams()) for seed in range(3)]
+    zero = [dataclasses.replace(r, estimates={"plain": {**r.estimates["plain"], "mean": np.zeros_like(r.estimates["plain"]["mean"])}})
+            for r in results]
+    assert bench.score(results)["rmse_zero"] == pytest.approx(bench.score(zero)["rmse"])
+    assert bench.score(results)["rmse_zero"] > 0.1  # the tiny shape's teachers are far from 0
+
+
 def test_bench_plain_estimate_does_not_depend_on_the_extra_estimators():
     both = bench.run_seed(TINY, 1, 2, "settle", AllocationParams(), extra=True)
     plain = bench.run_seed(TINY, 1, 2, "settle", AllocationParams())
@@ -401,6 +410,19 @@ def test_bench_row_option_reads_allocation_params_and_names_what_is_wrong():
                       ("settle:budget=10", "'budget=10' is not KEY=VALUE"), ("paper:n_target=ten", "n_target takes a number (int)")]:
         with pytest.raises(ValueError, match=re.escape(says)):
             bench.parse_row(row)
+
+
+def test_bench_row_n_min_sets_the_support_rule_of_the_strategy_and_the_estimate_alike():
+    strategy, _, knobs = bench.parse_row("survey:n_min=2,visits=2,positions=100")
+    assert knobs == {"n_min": 2, "visits": 2, "positions": 100}
+    row = bench._job((TINY, 0, 3, strategy, knobs, False))
+    alike = bench.run_seed(dataclasses.replace(TINY, n_min=2), 0, 3, strategy, AllocationParams(visits=2, positions=100))
+    assert row.tokens == alike.tokens and row.rollouts == alike.rollouts
+    np.testing.assert_array_equal(row.estimates["plain"]["mean"], alike.estimates["plain"]["mean"])
+    # at the shape's n_min (20) two visits never make a child of a sampled position count: another estimate
+    shape_rule = bench._job((TINY, 0, 3, strategy, {"visits": 2, "positions": 100}, False))
+    assert shape_rule.tokens == row.tokens
+    assert not np.array_equal(shape_rule.estimates["plain"]["mean"], row.estimates["plain"]["mean"], equal_nan=True)
 
 
 def test_half_cosines_match_the_cosine_without_noise_and_count_tied_halves_as_zero():
