@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     _progress_interval(p)
     p.set_defaults(func=_run)
@@ -247,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_rescore)
 
     p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("teacher", help="teacher YAML file or name under teachers/ (odiag ls teachers)")
-    p.add_argument("--quiet", action="store_true", help="no progress, no summary, no log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_add_teacher)
 
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
     p.add_argument("--site", type=_path, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_demo)
 
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
     p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress, no log lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_validate)
     return parser

@@ -310,6 +310,13 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     assert "error" not in err and "Exception" not in err and (out / "results.json").is_file()
 
 
+@pytest.mark.parametrize("command", [["run", "--out", "x"], ["demo"], ["rescore", "x"], ["add-teacher", "x", "t.yaml"],
+                                     ["validate", "x"]])
+def test_every_quiet_command_takes_q_for_quiet(command):
+    assert build_parser().parse_args([*command, "-q"]).quiet
+    assert not build_parser().parse_args(command).quiet
+
+
 @needs_toy
 def test_a_quiet_run_prints_nothing(tmp_path):
     """--quiet: no progress, no summary, and no log line (the model loading note included)."""
