@@ -115,6 +115,13 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
         raise ConfigError(f"odiag validate: unknown algorithm {unknown[0]!r}; choose from {', '.join(DISTILLATION)}")
     if not cfg.algorithms:
         raise ConfigError("odiag validate: key 'algorithms' needs at least one distillation loss")
+    if cfg.teachers is not None and not cfg.teachers:
+        raise ConfigError("odiag validate: key 'teachers' (--teachers) names no teacher; "
+                          "name at least one of the run's, or leave it out for all")
+    for key in ("teachers", "algorithms"):  # a pair listed twice would count twice in every correlation
+        names = getattr(cfg, key) or ()
+        if twice := next((n for i, n in enumerate(names) if n in names[:i]), None):
+            raise ConfigError(f"odiag validate: key {key!r} lists {twice!r} twice; name each once")
     return cfg
 
 

@@ -159,6 +159,15 @@ def test_settings_resolve_defaults_then_quick_then_flags_then_set():
         resolve_validate_config(False, ["stepz=3"])
     with pytest.raises(ConfigError, match="'heldout' must be >= 1"):
         resolve_validate_config(False, ["heldout=0"])
+    with pytest.raises(ConfigError, match="names no teacher"):
+        resolve_validate_config(False, [], teachers=())  # --teachers ,
+    with pytest.raises(ConfigError, match="names no teacher"):
+        resolve_validate_config(False, ["teachers=[]"])
+    # a pair listed twice would be trained twice and count twice in every correlation
+    with pytest.raises(ConfigError, match="key 'teachers' lists 'a' twice"):
+        resolve_validate_config(False, [], teachers=("a", "b", "a"))
+    with pytest.raises(ConfigError, match="key 'algorithms' lists 'gkd' twice"):
+        resolve_validate_config(False, ["algorithms=[gkd,jsd,gkd]"])
 
 
 def test_statistics_import_with_model_libraries_blocked():
@@ -264,6 +273,8 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--teachers", "nope"], "no teacher 'nope'"),
         ([small_run, "--set", "algorithms=[minillm]"], "unknown algorithm 'minillm'"),
         ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
+        ([small_run, "--teachers", ","], "names no teacher"),
+        ([small_run, "--teachers", "a,a"], "key 'teachers' lists 'a' twice"),
         ([tmp_path], "not an odiag run directory (no config.json)"),
     ):
         assert main(["validate", *map(str, args), "--quick"]) == 2
