@@ -226,13 +226,19 @@ def check_temperatures(cfg: RunConfig, teachers) -> None:
 def check_backend_models(cfg: RunConfig, teachers) -> None:
     """The task, the backend and every model the teachers read go together (a one-line ConfigError
     otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
-    those models exist nowhere else."""
+    those models exist nowhere else; a teacher that shows solutions would have no text to show there."""
     from harness.exact_lm import TEACHERS as SYNTHETIC
 
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
     for t in teachers:
+        if cfg.backend == "synthetic" and (t.correct_solutions or t.wrong_solutions):
+            shown = ", ".join(f"{key} {n}" for key, n in (("correct_solutions", t.correct_solutions),
+                                                           ("wrong_solutions", t.wrong_solutions)) if n)
+            raise ConfigError(f"teacher {t.name}: shows solutions in its context ({shown}), which the synthetic task has no "
+                              "text for: it would be skipped on every question (the synthetic task's teachers read no "
+                              "solutions: synthetic-helpful, synthetic-misleading)")
         for model in models_named(t):
             if cfg.backend == "synthetic" and model not in SYNTHETIC:
                 raise ConfigError(f"teacher {t.name}: reads model {portable(model)!r}, which backend synthetic does not have "

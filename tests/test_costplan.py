@@ -1,5 +1,6 @@
 """``odiag plan``: parameter counts, memory per phase, rollouts and tokens, refusal when it does not fit."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ def test_budget_caps_the_rollouts():
 @pytest.mark.parametrize("sets, needle", [
     (["task=odiag_toy"], "task 'odiag_toy' on backend 'synthetic'"),
     (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
+    (["teachers=[synthetic-helpful,self-1c1w]"],
+     re.escape("teacher self-1c1w: shows solutions in its context (correct_solutions 1")),
     (["temperature=0.5"], "temperature 0.5: backend synthetic samples its student at temperature 1 only"),
     (["task=odiag_toy", "backend=vllm", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "temperature=0.001"],
      "temperature 0.001: vLLM samples at temperatures of at least 0.01"),

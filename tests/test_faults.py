@@ -460,6 +460,9 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
 @pytest.mark.parametrize("sets, needle", [
     (["backend=synthetic", "task=synthetic", "teachers=[toy-teacher]"],
      "teacher toy-teacher: reads model 'harness/toy_models/teacher', which backend synthetic does not have"),
+    (["backend=synthetic", "task=synthetic", "teachers=[synthetic-helpful,toy-self-1c1w]"],
+     "teacher toy-self-1c1w: shows solutions in its context (correct_solutions 1, wrong_solutions 1), which the synthetic "
+     "task has no text for: it would be skipped on every question"),
     (["backend=synthetic", "task=odiag_toy", "teachers=[synthetic-helpful]"],
      "task 'odiag_toy' on backend 'synthetic': the synthetic task runs only on backend synthetic"),
     (["backend=hf", "task=odiag_toy", "student=harness/toy_models/student", "teachers=[synthetic-helpful]"],
@@ -489,6 +492,7 @@ def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):
     out = tmp_path / "run"
     assert cli.main(["run", "--set", "limit=1", "--set", "n_target=10", "--out", str(out), "--quiet"]) == 0
     assert_one_line(odiag("add-teacher", out, "toy-teacher"), "teacher toy-teacher: reads model 'harness/toy_models/teacher'")
+    assert_one_line(odiag("add-teacher", out, "toy-self-1c"), "teacher toy-self-1c: shows solutions in its context")
 
 
 def test_demo_refuses_a_site_it_may_not_write_before_it_runs(odiag, tmp_path):

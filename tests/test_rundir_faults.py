@@ -194,7 +194,7 @@ def test_a_held_directory_is_refused_naming_the_holder(copy, capsys):
     lock.acquire()
     try:
         _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, f"in use by odiag pid {os.getpid()} on", "since")
-        _refused(capsys, ["add-teacher", str(copy), "self-1c"], copy, "in use by odiag pid")
+        _refused(capsys, ["add-teacher", str(copy), str(_teacher(copy.parent, "extra"))], copy, "in use by odiag pid")
         _refused(capsys, ["rescore", str(copy), "--set", "jsd_beta=0.9"], copy, "in use by odiag pid")
     finally:
         lock.release()
@@ -327,7 +327,8 @@ def test_repair_after_many_corrupt_shards_equals_a_clean_run(copy):
 @pytest.mark.parametrize("command", ["run", "add-teacher", "rescore"])
 def test_garbage_config_json_is_one_line(copy, capsys, content, command):
     (copy / "config.json").write_bytes(content)
-    argv = {"run": ["run", *SETS, "--out", str(copy)], "add-teacher": ["add-teacher", str(copy), "self-1c"],
+    extra = str(_teacher(copy.parent, "extra"))
+    argv = {"run": ["run", *SETS, "--out", str(copy)], "add-teacher": ["add-teacher", str(copy), extra],
             "rescore": ["rescore", str(copy)]}[command]
     _refused(capsys, argv, copy, "config.json")
 
@@ -475,7 +476,7 @@ def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
     run(CFG, out)
     (out / "results.json").unlink()
     _refused(capsys, ["rescore", str(out)], out, "has not finished")
-    _refused(capsys, ["add-teacher", str(out), "self-1c"], out, "has not finished")
+    _refused(capsys, ["add-teacher", str(out), str(_teacher(tmp_path, "extra"))], out, "has not finished")
     _refused(capsys, ["rescore", str(tmp_path / "none")], tmp_path, "no such directory")
     _refused(capsys, ["rescore", str(tmp_path)], tmp_path, "no config.json")
 
