@@ -355,9 +355,12 @@ def field_rules(cls: type) -> dict[str, str]:
     return out
 
 
-def build(cls: type[T], data: Mapping[str, Any], where: str, sources: Mapping[str, str] | None = None) -> T:
+def build(cls: type[T], data: Mapping[str, Any], where: str, sources: Mapping[str, str] | None = None,
+          named: Sequence[str] | None = None) -> T:
     """``cls(**data)`` with unknown keys, wrong types and refused values reported in one line as
-    ``SOURCE: key ...``, SOURCE being ``sources[key]`` (where that key was set) or ``where``."""
+    ``SOURCE: key ...``, SOURCE being ``sources[key]`` (where that key was set) or ``where``. ``named``:
+    the keys an unknown key's message offers, when a file is written in other keys than the fields
+    (default: every field)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got a {type(data).__name__}")
 
@@ -370,9 +373,10 @@ def build(cls: type[T], data: Mapping[str, Any], where: str, sources: Mapping[st
         if not isinstance(key, str):
             raise ConfigError(f"{where}: key {excerpt(key)} is not a name")
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+            offered = list(named) if named is not None else fields
+            close = difflib.get_close_matches(key, offered, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{source(key)}: unknown key {excerpt(key)}; {hint}valid keys are {', '.join(fields)}")
+            raise ConfigError(f"{source(key)}: unknown key {excerpt(key)}; {hint}valid keys are {', '.join(offered)}")
     values = {}
     try:
         for key, value in data.items():

@@ -69,6 +69,9 @@ def test_every_teacher_file_validates():
     ("text", "needles"),
     [
         ("model: student\ntemprature: 0.6\n", ("unknown key 'temprature'",)),
+        # the keys offered are those a file is written in: the nested sections, not the loader's 'file'
+        ("model: student\nsolution: {source: x}\n", ("unknown key 'solution'; did you mean 'solutions'?",
+                                                     "model_args, solutions, summary")),
         ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }} {{ solution }}'\n",
          ("'context_template'", "undefined variable 'solution'")),
         ("model: student\ncorrect_solutions: 1\ncontext_template: '{{ question }} {{ correct[1] }}'\n",

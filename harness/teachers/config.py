@@ -113,6 +113,12 @@ NESTED: dict[str, dict[str, str]] = {
 }
 
 
+# the keys a teacher file is written in (its unknown-key message offers these): the nested sections
+# stand for their flat keys, and ``file`` is the loader's
+FILE_KEYS = (*(f.name for f in dataclasses.fields(TeacherConfig)
+               if f.name != "file" and f.name not in {k for keys in NESTED.values() for k in keys.values()}), *NESTED)
+
+
 def _flatten(data: dict, where: str) -> dict:
     """A teacher file's ``solutions:`` and ``summary:`` sections as the flat keys of TeacherConfig."""
     out = {k: v for k, v in data.items() if k not in NESTED}
@@ -148,7 +154,7 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
     for key in ("model", "solution_source", "summarizer"):
         if isinstance(data.get(key), str):
             data[key] = _resolve_model(data[key], path.parent)
-    cfg = build(TeacherConfig, data, str(path))
+    cfg = build(TeacherConfig, data, str(path), named=FILE_KEYS)
     validate(cfg)
     return cfg
 
