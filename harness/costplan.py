@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.config import ConfigError, RunConfig
+from harness.wording import plural
 
 GiB = 2**30
 # hub ids: (parameters, layers, KV heads, head size, vocabulary), from the published checkpoints
@@ -170,8 +171,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     length = response_length(cfg)
     n_q = cfg.limit if cfg.limit is not None else questions
     lines = [f"plan: {cfg.task}, student {cfg.student} ({cfg.dtype}), backend {cfg.backend}, "
-             f"{len(teachers)} teacher{'s' if len(teachers) != 1 else ''}, "
-             f"{n_q if n_q is not None else '?'} question{'s' if n_q != 1 else ''}"]
+             f"{len(teachers)} {plural(len(teachers), 'teacher')}, "
+             f"{n_q if n_q is not None else '?'} {plural(n_q, 'question')}"]
     lines.append("models:")
     for m in [x for x in [student] if x] + list(externals.values()) + list(artefact.values()):
         size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"
@@ -252,7 +253,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     lines.append(f"per question: {cfg.n_initial} initial rollouts (<= {initial_tokens:,.0f} tokens); targeted rollouts "
                  f"<= {targeted:,.0f} ({targets} targets x n_target {cfg.n_target}"
                  f"{'' if cfg.budget is None else ', budget'}; <= {targeted_tokens:,.0f} tokens); {paths} paths x "
-                 f"{len(teachers)} teacher{'s' if len(teachers) != 1 else ''} scored; "
+                 f"{len(teachers)} {plural(len(teachers), 'teacher')} scored; "
                  + _contexts_text(teachers, artefact_tokens))
     total_tokens = per_q * n_q if n_q is not None else None
     if total_tokens is not None:

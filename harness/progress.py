@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
+from harness.wording import plural
+
 OnDone = Callable[[int, int], None]
 
 
@@ -418,8 +420,8 @@ class Reporter:
 
 def run_started_line(ev: RunStarted) -> str:
     of = f" of {_count(ev.available)}" if ev.available is not None else ""
-    teachers = f"{ev.teachers} teacher{'s' if ev.teachers != 1 else ''}"
-    questions = f"{_count(ev.questions)}{of} question{'s' if (ev.available or ev.questions) != 1 else ''}"
+    teachers = f"{ev.teachers} {plural(ev.teachers, 'teacher')}"
+    questions = f"{_count(ev.questions)}{of} {plural(ev.available or ev.questions, 'question')}"
     return f"odiag: diagnosing {questions} of {ev.task} with {teachers} -> {ev.out}"
 
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 
 from harness.leaderboard.merge import HEADLINE_ALGORITHM
+from harness.wording import plural
 
 
 def _num(x, signed: bool = True) -> str:
@@ -31,11 +32,11 @@ def no_decision_reason(results: Mapping) -> str:
     skipped = counts.get("skipped_nodes", {}) or {}
     cfg = results.get("config", {})
     n_min = cfg.get("n_min")
-    parts = [f"{len(questions)} question{'s' if len(questions) != 1 else ''}"]
+    parts = [f"{len(questions)} {plural(len(questions), 'question')}"]
     if only_correct or only_incorrect:
         parts.append(f"{only_correct} with only correct and {only_incorrect} with only incorrect initial rollouts")
     below, equal = skipped.get("below_n_min", 0), skipped.get("equal_q", 0)
-    parts.append(f"{below} node{'s' if below != 1 else ''} with a second child below n_min"
+    parts.append(f"{below} {plural(below, 'node')} with a second child below n_min"
                  + (f"={n_min}" if n_min else "") + " visits")
     if equal:
         parts.append(f"{equal} with equal Q on every child")
@@ -50,7 +51,7 @@ def summary_table(results: Mapping) -> str:
     """The terminal summary of a run's results."""
     c = results["counts"]
     footer = (
-        f"{c['questions']} question{'s' if c['questions'] != 1 else ''}, {c['paths']} paths, "
+        f"{c['questions']} {plural(c['questions'], 'question')}, {c['paths']} paths, "
         f"{c['decision_points']} decision points, "
         f"{c['rollouts']:,} rollouts, {c['tokens_generated']:,} tokens generated, "
         f"{c['teacher_forward_passes']} teacher forward passes"

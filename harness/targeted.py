@@ -23,6 +23,7 @@ from harness.core.records import KEY_BITS, LogprobTable
 from harness.core.tree import Exits, path_common_prefixes
 from harness.questions import QuestionState
 from harness.seeds import derive_seed
+from harness.wording import plural
 
 if TYPE_CHECKING:
     from harness.pipeline import RunContext
@@ -90,7 +91,8 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
                 continue
             if shard is not None:
                 dropped = ctx.rundir.drop_rounds_from(qid, w, r)
-                log.info("%s: %d stored round(s) from window %d round %d planned under another budget: redone", qid, dropped, w, r)
+                log.info("%s: %d stored %s from window %d round %d planned under another budget: redone",
+                         qid, dropped, plural(dropped, "round"), w, r)
             if plan.total == 0:
                 del active[qid]
                 continue

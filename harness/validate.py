@@ -57,6 +57,7 @@ from harness import __version__
 from harness.config import ConfigError, RunConfig, build, local_path, portable, to_dict
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, write_json
+from harness.wording import plural
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "odiag.validation/1"
@@ -531,7 +532,8 @@ def format_report(v: dict) -> str:
         lines.append(f"within {algorithm}: " + "; ".join(
             f"Spearman(gain, {name}) = {fmt(c['spearman'])} {ci(c['ci95'])}" for name, c in corr.items()))
     t = v["timing"]
-    lines.append(f"{t['seconds']:.0f} s ({t.get('cpu_seconds', 0):.0f} CPU s) on {t['threads']} thread(s), {t['device']}; load average {t['load_average_before'][0]:.1f} -> {t['load_average_after'][0]:.1f}")
+    lines.append(f"{t['seconds']:.0f} s ({t.get('cpu_seconds', 0):.0f} CPU s) on {t['threads']} {plural(t['threads'], 'thread')}, "
+                 f"{t['device']}; load average {t['load_average_before'][0]:.1f} -> {t['load_average_after'][0]:.1f}")
     return "\n".join(lines)
 
 

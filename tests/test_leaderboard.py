@@ -219,7 +219,16 @@ def test_figures_are_reproducible(run_dir, site, tmp_path):
 
 def test_main_leaderboard_reports_the_page(run_dir, tmp_path, capsys):
     assert main_leaderboard([str(run_dir)], str(tmp_path / "out")) == 0
-    assert f"page: {tmp_path / 'out' / 'index.html'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"page: {tmp_path / 'out' / 'index.html'}" in out
+    assert out.startswith("1 run, ") and " entries (" in out, out  # words agree with their counts
+
+
+def test_plural_agrees_with_the_count():
+    from harness.wording import plural
+
+    assert [f"{n} {plural(n, 'question')}" for n in (0, 1, 2)] == ["0 questions", "1 question", "2 questions"]
+    assert plural(1, "entry", "entries") == "entry" and plural(3, "entry", "entries") == "entries"
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face

@@ -51,6 +51,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
+from harness.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class HFBackend:
         count = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(where.type, 0)
         if int(str(device).partition(":")[2] or 0) >= count:  # torch.device keeps 8 bits: 'cuda:999' reads as -25
             raise ValueError(f"device {device!r}: this machine's torch {torch.__version__} has "
-                             f"{count or 'no'} {where.type} device{'s' if count != 1 else ''}; use device: auto or cpu")
+                             f"{count or 'no'} {where.type} {plural(count, 'device')}; use device: auto or cpu")
 
     def _load(self, spec: ModelSpec) -> _Model:
         if spec.dtype not in _DTYPES:

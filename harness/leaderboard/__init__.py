@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.wording import plural
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,8 @@ def main_leaderboard(run_dirs: list[str], out: str, viewer_mb: float | None = No
     """``odiag leaderboard RUN_DIR... --out DIR [--viewer-mb MB]``: print where the page is; 0 on success."""
     board = build(run_dirs, out, viewer_mb)
     groups = ", ".join(f"{g['task']} / {g['student']}" for g in board["groups"])
-    print(f"{len(board['runs'])} run(s), {len(board['entries'])} entries ({groups})")
+    runs, entries = len(board["runs"]), len(board["entries"])
+    print(f"{runs} {plural(runs, 'run')}, {entries} {plural(entries, 'entry', 'entries')} ({groups})")
     print(f"page: {Path(out) / 'index.html'}")
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 from harness.backends.base import STUDENT
 from harness.config import portable
 from harness.teachers.config import TEXT_SUMMARIZERS, TeacherConfig, render, text_summarizer
+from harness.wording import plural
 
 if TYPE_CHECKING:
     from harness.backends import Backend
@@ -163,7 +164,8 @@ def build_artefacts(
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
     if todo:
         made = [art.solutions[(key, q.id)] for key, _, q, _ in todo]
-        log.info("sampled %d solutions for %d question(s) from %s: %d correct", sum(map(len, made)), len(todo),
+        log.info("sampled %d solutions for %d %s from %s: %d correct",
+                 sum(map(len, made)), len(todo), plural(len(todo), "question"),
                  ", ".join(sorted({t.solution_source for _, t, _, _ in todo})), sum(s.correct for m in made for s in m))
 
     # 2. model summaries of every solution a summarising teacher may show

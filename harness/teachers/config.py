@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from harness.backends.base import STUDENT
 from harness.config import ConfigError, build, load_yaml
 from harness.safeio import render_template, template_variables
+from harness.wording import plural
 
 if TYPE_CHECKING:
     from harness.backends import ModelSpec
@@ -245,7 +246,8 @@ def validate(cfg: TeacherConfig) -> None:
     for kind, count in (("correct", cfg.correct_solutions), ("wrong", cfg.wrong_solutions)):
         shown = {kind, f"{kind}_summaries"} & used
         if count and not shown:
-            fail("context_template", f"needs {count} {kind} solution(s) but never shows {kind} or {kind}_summaries")
+            fail("context_template",
+                 f"needs {count} {kind} {plural(count, 'solution')} but never shows {kind} or {kind}_summaries")
         if shown and not count:
             fail("context_template", f"shows {sorted(shown)[0]} but {kind}_solutions is 0")
     # a dry render catches an index past what the context needs (correct[1] with one correct solution)
@@ -259,7 +261,7 @@ def _solutions_text(kind: str, count: int) -> str:
     if count == 0:
         return f"no {kind} solution"
     last = f" to {kind}[{count - 1}]" if count > 1 else ""
-    return f"{count} {kind} solution{'s' if count > 1 else ''} ({kind}[0]{last})"
+    return f"{count} {kind} {plural(count, 'solution')} ({kind}[0]{last})"
 
 
 def _placeholders(cfg: TeacherConfig, question: str, solution: str = "solution") -> dict:
