@@ -51,10 +51,11 @@ def summary_table(results: Mapping) -> str:
     """The terminal summary of a run's results."""
     c = results["counts"]
     footer = (
-        f"{c['questions']} {plural(c['questions'], 'question')}, {c['paths']} paths, "
-        f"{c['decision_points']} decision points, "
-        f"{c['rollouts']:,} rollouts, {c['tokens_generated']:,} tokens generated, "
-        f"{c['teacher_forward_passes']} teacher forward passes"
+        f"{c['questions']} {plural(c['questions'], 'question')}, {c['paths']} {plural(c['paths'], 'path')}, "
+        f"{c['decision_points']} decision {plural(c['decision_points'], 'point')}, "
+        f"{c['rollouts']:,} {plural(c['rollouts'], 'rollout')}, "
+        f"{c['tokens_generated']:,} {plural(c['tokens_generated'], 'token')} generated, "
+        f"{c['teacher_forward_passes']} teacher forward {plural(c['teacher_forward_passes'], 'pass', 'passes')}"
     )
     if not c.get("decision_points"):
         return f"{no_decision_reason(results)}\n\n{footer}"
