@@ -180,7 +180,8 @@ def _count(minimum: float, kind: type = int) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
         if not value >= minimum or value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text[:40]!r}")
+            finite = "" if kind is int else " and finite"
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}{finite}, got {text[:40]!r}")
         return value
 
     return parse

@@ -557,6 +557,7 @@ USAGE = [
     (["selfcheck", "--seed", "-1"], ">= 0"),
     (["leaderboard", "r", "--out", "s", "--viewer-mb", "-1"], ">= 0"),
     (["leaderboard", "r", "--out", "s", "--viewer-mb", "nan"], ">= 0"),
+    (["leaderboard", "r", "--out", "s", "--viewer-mb", "inf"], "must be >= 0 and finite, got 'inf'"),
     (["leaderboard", "--out", "s"], "RUN_DIR"),
     (["model-card"], "dir"),
     (["tasks-dir", "extra"], "unrecognized arguments"),
