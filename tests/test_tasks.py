@@ -199,6 +199,35 @@ def test_unknown_task_and_bad_data_files(qwen3):
             load_task("odiag_boolq", tokenizer=missing, data_files=str(FIXTURES / "boolq_validation.jsonl"))
 
 
+def test_an_unreachable_hub_is_one_line_that_says_how_to_work_offline(monkeypatch, caplog):
+    """The retry warnings huggingface_hub logs are not printed; the error says what to do without a network."""
+    import logging
+
+    import transformers
+
+    from harness.config import ConfigError
+    from harness.tasks.lmeval import load_tokenizer
+
+    def unreachable(name, revision=None):
+        logging.getLogger("huggingface_hub.utils._http").warning("'[Errno -2] Name or service not known' thrown")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                      "in the cached files.\nmore")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    load_tokenizer.cache_clear()
+    level = logging.getLogger("huggingface_hub").level
+    for offline, says in (("", "without a network, set HF_HUB_OFFLINE=1"),
+                          ("1", "it is not in the Hugging Face cache: run hf download")):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        caplog.clear()
+        match = f"tokenizer of 'Org/model-x': .*{says}.* Org/model-x"
+        with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match=match):
+            load_tokenizer("Org/model-x")
+        assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert logging.getLogger("huggingface_hub").level == level  # restored
+    load_tokenizer.cache_clear()
+
+
 def test_unreadable_data_is_one_error_naming_the_source_and_the_fix(qwen3, tmp_path, monkeypatch):
     """A malformed local copy and an unreachable hub are input errors (`ConfigError`), not tracebacks."""
     import datasets.config

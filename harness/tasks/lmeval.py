@@ -60,9 +60,37 @@ def load_tokenizer(name: str, revision: str | None = None):
         raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
                           "directory, absolute or relative to the current directory, or a hub id such as Qwen/Qwen3-8B)")
     try:
-        return AutoTokenizer.from_pretrained(name, revision=revision)
+        with _quiet_hub_retries():
+            return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {reason}{_offline_hint(name, reason)}") from None
+
+
+def _offline_hint(name: str, reason: str) -> str:
+    """What to do when the hub cannot be reached for ``name``: cache it, or stop waiting for the network."""
+    import os
+
+    if "couldn't connect" not in reason:
+        return ""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return (f" (it is not in the Hugging Face cache: run hf download {name} where there is a network, "
+                "or give a local model directory)")
+    return (" (without a network, set HF_HUB_OFFLINE=1 to read the Hugging Face cache without waiting on retries, "
+            f"after hf download {name} where there is one; or give a local model directory)")
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries():
+    """huggingface_hub logs a warning for each request it retries; when the load fails anyway the one
+    error line says it all, and when a retry succeeds there is nothing to say."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @functools.lru_cache(maxsize=16)
