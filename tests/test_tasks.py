@@ -228,6 +228,23 @@ def test_an_unreachable_hub_is_one_line_that_says_how_to_work_offline(monkeypatc
     load_tokenizer.cache_clear()
 
 
+def test_an_unreachable_data_set_prints_no_retry_warnings(qwen3, monkeypatch, caplog):
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    from harness.config import ConfigError
+
+    def unreachable(self, spec):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+        raise OSError("Couldn't reach 'aps/super_glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(TaskManager, "load", unreachable)
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match=r"odiag_boolq.*Couldn't reach.*data_files=PATH"):
+        load_task("odiag_boolq", tokenizer=qwen3)
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+
+
 def test_unreadable_data_is_one_error_naming_the_source_and_the_fix(qwen3, tmp_path, monkeypatch):
     """A malformed local copy and an unreachable hub are input errors (`ConfigError`), not tracebacks."""
     import datasets.config

@@ -160,7 +160,8 @@ def _load(manager, spec, name: str, source: str, fix: str):
     from datasets.exceptions import DatasetGenerationError
 
     try:
-        return manager.load(spec)["tasks"][name]
+        with _quiet_hub_retries():
+            return manager.load(spec)["tasks"][name]
     except (OSError, DatasetGenerationError) as exc:  # the hub unreachable; a file missing, unreadable or malformed
         cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) and exc.__cause__ else exc
         reason = " ".join(str(cause).split()) or type(cause).__name__
