@@ -168,7 +168,8 @@ class RunConfig:
     n_max: int = setting(1280, "settle: no child is enriched beyond this many visits", at_least(1))
     price: float = setting(0.001, "settle: least gain in that probability one more rollout must buy", at_least(0))
     gamma: float = setting(0.95, "MiniLLM reward-to-go discount", between(0, 1))
-    jsd_beta: float = setting(0.5, "generalised JSD mixture weight", between(0, 1))
+    jsd_beta: float = setting(0.5, "generalised JSD mixture weight; 0 and 1 only without jsd (TRL's 0 and 1 are "
+                                   "forward_kl and gkd)", between(0, 1))
     score_top_k: int = setting(64, "ids per position kept from each scoring pass (besides the path token)", at_least(1))
     data_files: str | None = setting(None, "a local JSONL copy of the task's data, instead of the hub", non_empty())
     executor: str = setting("local", '"local" or "ray"', one_of(("local", "ray")))
@@ -184,6 +185,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if "jsd" in self.algorithms and self.jsd_beta in (0.0, 1.0):  # JSD(β) vanishes there
+            raise FieldError("jsd_beta", self.jsd_beta, "> 0 and < 1 with algorithm jsd (TRL's beta 0 and 1 "
+                                                        "are the algorithms forward_kl and gkd)")
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that can move a number (not where it runs).

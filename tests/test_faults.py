@@ -115,6 +115,15 @@ def test_direct_construction_and_replace_are_validated():
     assert cfg.hash() == RunConfig(teachers=("synthetic-helpful",), gamma=1.0).hash()
 
 
+def test_jsd_beta_at_an_end_is_refused_only_with_jsd(odiag, tmp_path):
+    """JSD(β) vanishes at β = 0 and 1: with jsd a run would have failed after its rollouts; without it β is unused."""
+    for beta in ("0", "1"):
+        assert_one_line(odiag("run", "--set", "algorithms=[gkd,jsd]", "--set", f"jsd_beta={beta}", "--out", tmp_path / "out"),
+                        "key 'jsd_beta' must be > 0 and < 1 with algorithm jsd", "forward_kl and gkd")
+        assert not (tmp_path / "out").exists()
+        assert RunConfig(algorithms=("gkd",), jsd_beta=float(beta)).jsd_beta == float(beta)
+
+
 def test_config_file_values_name_the_file(odiag, tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("window: 0\n")
