@@ -43,7 +43,9 @@ def no_decision_reason(results: Mapping) -> str:
     missing = skipped.get("missing_student_logprob", 0) + skipped.get("missing_teacher_logprob", 0)
     if missing:
         parts.append(f"{missing} without a scored log-probability")
-    hint = "raise budget or n_target, or lower n_min" if below else "use questions the student sometimes gets right"
+    # what brings a child to n_min visits: settle always tries, within the budget
+    grow = {"survey": "budget or survey_visits", "settle": "budget"}.get(cfg.get("strategy"), "budget or n_target")
+    hint = f"raise {grow}, or lower n_min" if below else "use questions the student sometimes gets right"
     return f"no decision point: {', '.join(parts)} ({hint})"
 
 

@@ -252,6 +252,13 @@ def test_no_decision_point_is_explained_in_one_line_with_counts():
     assert first.startswith("no decision point: 4 questions, 1 with only correct and 1 with only incorrect initial rollouts, "
                             "7 nodes with a second child below n_min=20 visits, 2 with equal Q on every child")
     assert "nan" not in text
+    # the hint names what brings a child to n_min under the run's strategy
+    for strategy, fix in ((None, "raise budget or n_target, or lower n_min"), ("paper", "budget or n_target"),
+                          ("survey", "raise budget or survey_visits, or lower n_min"),
+                          ("settle", "(raise budget, or lower n_min)")):
+        results = _results([], 0, questions)
+        results["config"]["strategy"] = strategy
+        assert fix in no_decision_reason(results), strategy
 
 
 def test_a_run_without_decision_points_counts_why_per_node(tmp_path):
