@@ -293,7 +293,8 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     )
 
 
-def _budget_grows(old: int | None, new: int | None) -> bool:
+def _grows(old: int | None, new: int | None) -> bool:
+    """``new`` is no smaller than ``old``, None being unlimited."""
     return new is None or (old is not None and new >= old)
 
 
@@ -340,12 +341,12 @@ def check_against(
             f"{where}: scoring settings differ ({'; '.join(diffs)}); to rescore the stored trees with zero rollouts "
             f"use odiag rescore {where} --set KEY=VALUE"
         )
-    old_budget = saved["config"].get("budget")
-    if not _budget_grows(old_budget, plan.config.budget):
-        raise RunDirError(
-            f"{where}: budget {plan.config.budget!r} is below the run's {old_budget!r}; a run grows, it never "
-            "shrinks (use another --out for a smaller budget)"
-        )
+    for key, smaller in (("budget", "a smaller budget"), ("limit", "fewer questions")):
+        old, new = saved["config"].get(key), getattr(plan.config, key)
+        if not _grows(old, new):
+            what = (f"{key} {new!r} is below the run's {old!r}" if old is not None
+                    else f"the run has no {key} (unlimited), and {key} {new!r} would shrink it")
+            raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use another --out for {smaller})")
     refs, changed = list(plan.teachers), []
     for t in theirs:
         if t["role"] != ADDED:

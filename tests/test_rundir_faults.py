@@ -439,10 +439,18 @@ def test_a_larger_budget_continues_allocation(tmp_path, strategy):
         assert grown["counts"]["rollouts_this_invocation"] < 0.6 * targeted
 
 
-def test_a_smaller_budget_is_refused(tmp_path, capsys):
+def test_a_smaller_budget_or_limit_is_refused(tmp_path, capsys):
+    """A run grows, it never shrinks: a smaller limit rewrote results.json with fewer questions."""
     out = tmp_path / "run"
     run(RunConfig(**{**SETTINGS, "budget": 300}), out)
-    _refused(capsys, ["run", *SETS, "--set", "budget=200", "--out", str(out)], out, "never shrinks")
+    _refused(capsys, ["run", *SETS, "--set", "budget=200", "--out", str(out)], out, "budget 200 is below the run's 300",
+             "never shrinks")
+    _refused(capsys, ["run", *SETS, "--set", "budget=300", "--set", "limit=1", "--out", str(out)], out,
+             "limit 1 is below the run's 2", "never shrinks", "another --out for fewer questions")
+    unlimited = tmp_path / "unlimited"
+    run(RunConfig(**SETTINGS), unlimited)
+    _refused(capsys, ["run", *SETS, "--set", "budget=200", "--out", str(unlimited)], unlimited,
+             "the run has no budget (unlimited), and budget 200 would shrink it")
 
 
 def test_rescore_new_algorithms_and_beta_with_zero_rollouts(copy, tmp_path):
