@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from harness import cli
 from harness.config import ConfigError, RunConfig, field_docs, field_rules, resolve_run_config, to_dict
@@ -445,19 +446,50 @@ def test_run_out_where_nothing_may_be_written(odiag, tmp_path):
     assert_one_line(odiag("run", "--set", "limit=1", "--out", "/sys/odiag-fault/run"), "/sys/odiag-fault")
 
 
+# a run with one number to publish (a model card of a run without any is refused)
+PUBLISHED = [{"teacher": "t", "algorithm": "gkd", "rank": 1, "n_decision_points": 3,
+              "alignment": {"mean": 0.25, "ci95": [0.1, 0.4], "n_questions": 2}}]
+
+
 def test_model_card_out_on_a_full_disk(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run")
+    run = _fake_run(tmp_path / "run", PUBLISHED)
     assert_one_line(odiag("model-card", run, "--out", "/dev/full"), "/dev/full", "No space left")
 
 
 def test_model_card_out_at_a_directory(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run")
+    run = _fake_run(tmp_path / "run", PUBLISHED)
     assert_one_line(odiag("model-card", run, "--out", tmp_path), str(tmp_path))
 
 
 def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run")
+    run = _fake_run(tmp_path / "run", PUBLISHED)
     assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"), "No such file")
+
+
+def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path):
+    run = _fake_run(tmp_path / "run", PUBLISHED)
+    card, link = tmp_path / "card.yaml", tmp_path / "link.yaml"
+    card.write_text("an older card\n")
+    assert cli.main(["model-card", str(run), "--out", str(card)]) == 0
+    assert yaml.safe_load(card.read_text())["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.25
+    assert not list(tmp_path.glob(".card.yaml.*"))  # no temporary file left
+    card.write_text("an older card\n")
+    link.symlink_to(card)
+    assert cli.main(["model-card", str(run), "--out", str(link)]) == 0
+    assert link.is_symlink() and "model-index" in card.read_text()
+
+
+def test_a_model_card_that_cannot_be_written_whole_leaves_the_old_one(odiag, tmp_path, monkeypatch):
+    run = _fake_run(tmp_path / "run", PUBLISHED)
+    card = tmp_path / "card.yaml"
+    card.write_text("an older card\n")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assert_one_line(odiag("model-card", run, "--out", card), str(card), "No space left")
+    assert card.read_text() == "an older card\n" and not list(tmp_path.glob(".card.yaml.*"))
 
 
 def test_leaderboard_out_at_a_file(odiag, tmp_path):

@@ -234,6 +234,14 @@ def test_plural_agrees_with_the_count():
 # ------------------------------------------------------------------------------------------ Hugging Face
 
 
+def test_a_model_card_of_a_run_without_numbers_is_refused_with_the_runs_reason(tmp_path):
+    """A model-index with no metric publishes nothing: said as such, as odiag validate says it."""
+    out = tmp_path / "run"
+    run(RunConfig(limit=1, n_min=100000, algorithms=("gkd",)), out)
+    with pytest.raises(ConfigError, match=r"nothing to publish, the run has no decision point: 1 question, .*n_min=100000"):
+        main_model_card(str(out))
+
+
 def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
     results = _results(run_dir)
     assert main_model_card(str(run_dir)) == 0

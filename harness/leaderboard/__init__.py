@@ -88,6 +88,15 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
     text = model_card_yaml(run_dir)
     if out is None:
         sys.stdout.write(text)
+        return 0
+    from harness.config import ConfigError
+    from harness.rundir import atomic_write
+
+    target = Path(out)
+    if not target.parent.is_dir():  # a card goes where its folder already is
+        raise ConfigError(f"--out {out}: No such file or directory: {str(target.parent)!r}")
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        target.write_text(text)  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
     else:
-        Path(out).write_text(text)
+        atomic_write(target, lambda f: f.write(text), mode="w")  # a file: whole, or not at all
     return 0

@@ -69,4 +69,12 @@ def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     path = RunDir.finished_results(run_dir)
 
     results = read_results(path)
-    return yaml.safe_dump({"model-index": model_index(results, model_name)}, sort_keys=False, allow_unicode=True)
+    index = model_index(results, model_name)
+    if not index[0]["results"][0]["metrics"]:  # a card without a number would publish nothing
+        from harness.config import ConfigError
+        from harness.report import no_decision_reason
+
+        why = (no_decision_reason(results) if not results["counts"].get("decision_points")
+               else "no teacher with a defined mean (every teacher skipped at every decision point)")
+        raise ConfigError(f"{run_dir}: nothing to publish, the run has {why}")
+    return yaml.safe_dump({"model-index": index}, sort_keys=False, allow_unicode=True)
