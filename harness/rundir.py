@@ -15,9 +15,10 @@ What it guarantees (README "The run directory"):
   tree, and every teacher by name, resolved file and content identity (:mod:`harness.plan`). A config
   whose tree differs, a teacher file edited under its name, or a different teacher under a taken
   name is refused before anything is written.
-- **Growth.** ``limit`` and ``budget`` are outside the tree's hash and never shrink: a run grows to more questions
-  (finished ones are reused) or a larger budget (allocation continues where it stopped); scoring
-  settings (``algorithms``, ``jsd_beta``, ``gamma``) change only through ``odiag rescore``.
+- **Growth.** ``limit`` and ``budget`` are outside the tree's hash and never shrink: a run grows to
+  more questions (finished ones are reused) or a larger budget (allocation continues where it
+  stopped); scoring settings (``algorithms``, ``jsd_beta``, ``gamma``) change only through
+  ``odiag rescore``.
 
 Layout::
 

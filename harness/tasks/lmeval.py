@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def load_tokenizer(name: str, revision: str | None = None):
 
 def _offline_hint(name: str, reason: str) -> str:
     """What to do when the hub cannot be reached for ``name``: cache it, or stop waiting for the network."""
-    import os
-
     if "couldn't connect" not in reason:
         return ""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
