@@ -209,6 +209,28 @@ def test_depth_windows_match_the_pipeline():
     assert np.array_equal(depth_window(np.arange(2000), np.full(2000, width)), expected)
 
 
+def test_a_figure_that_fails_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    """A build stopped inside savefig (a full disk, a kill) leaves no half-written figure for a page to link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.leaderboard import figures
+
+    fig = plt.figure()
+
+    def half_then_fail(self, fname, **kwargs):
+        (open(fname, "wb") if isinstance(fname, (str, Path)) else fname).write(b"<svg half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(fig), "savefig", half_then_fail)
+    with pytest.raises(Exception, match="No space left"):
+        figures._save(fig, tmp_path, "ranking")
+    assert list(tmp_path.iterdir()) == []
+    plt.close(fig)
+
+
 def test_figures_are_reproducible(run_dir, site, tmp_path):
     """Pinned: regenerating from the same runs gives byte-identical SVGs (the committed page diffs cleanly)."""
     out, _ = site

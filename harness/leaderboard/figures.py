@@ -143,11 +143,14 @@ def _v(stat: dict | None, key: str = "mean") -> float:
 
 
 def _save(fig, out: Path, stem: str) -> None:
+    """``stem``.svg and .png, each whole or not at all (a page never links a half-written figure)."""
     from matplotlib import rc_context
 
+    from harness.rundir import atomic_write
+
     with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}):
-        fig.savefig(out / f"{stem}.svg", metadata={"Date": None})
-        fig.savefig(out / f"{stem}.png", dpi=110, metadata={"Software": None})
+        atomic_write(out / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
+        atomic_write(out / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
 
 
 def _fmt_p(p) -> str:
