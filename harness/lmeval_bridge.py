@@ -477,6 +477,14 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     return [argv[0], "--include_path", str(TASKS_DIR), *argv[1:]]
 
 
+def _yaml_metadata(task: str) -> dict | None:
+    """The ``metadata`` mapping of odiag's task YAML ``task`` (as lm-eval merges --metadata into it)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    metadata = load_yaml(TASKS_DIR / f"{task}.yaml", resolve_func=False).get("metadata")
+    return metadata if isinstance(metadata, dict) else None
+
+
 def check_eval_options(argv: Sequence[str]) -> None:
     """Refuse, before a model loads, the ``lm_eval run`` options odiag's tasks cannot honour (the
     tasks refuse them too, under plain ``lm_eval``); other tasks keep every lm-eval option."""
@@ -505,8 +513,12 @@ def check_eval_options(argv: Sequence[str]) -> None:
 
     metadata = args.metadata or {}
     generation = generation_settings(args.gen_kwargs or {}, metadata, where)  # raises with the key it cannot honour
-    # before a model loads; a task YAML of the user's may add metadata (teachers, say) that lm-eval merges in later
-    cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=False)
+    # before a model loads. A task YAML may add metadata (teachers, say) that lm-eval merges in later: with
+    # only odiag's task directory included, its YAMLs are the ones lm-eval reads, so they can be asked now
+    ours_only = [str(p) for p in (args.include_path if isinstance(args.include_path, list) else [args.include_path])
+                 if p] == [str(TASKS_DIR)]
+    complete = ours_only and not any("teachers" in (_yaml_metadata(t) or {}) for t in tasks)
+    cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=complete)
     teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
     if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor
         from harness.plan import check_backend

@@ -413,8 +413,12 @@ def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, nee
     with pytest.raises(ConfigError, match=re.escape(needle)):
         check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "hf", "--metadata", json.dumps(metadata)]))
     check_eval_options(lm_eval_argv(["--tasks", "hellaswag", "--model", "hf", "--metadata", json.dumps(metadata)]))
-    # the teachers may come from a task YAML's own metadata, merged in later: only the task requires them
-    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--metadata", json.dumps({"n_initial": 8})]))
+    # odiag's own task YAMLs name no teachers: without them in --metadata the run is refused before a model loads
+    with pytest.raises(ConfigError, match=re.escape("--metadata: odiag needs its teachers")):
+        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--metadata", json.dumps({"n_initial": 8})]))
+    # a task directory of the user's may add them in its YAML's metadata, merged in later: only the task requires them
+    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--include_path", str(TASKS_DIR.parent / "elsewhere"),
+                                     "--metadata", json.dumps({"n_initial": 8})]))
 
 
 def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():
@@ -433,7 +437,8 @@ def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():
 def test_gen_kwargs_odiag_maps_are_accepted():
     assert generation_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 0.5}, {}, "--gen_kwargs") == {
         "max_new_tokens": 64, "temperature": 0.5}
-    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--num_fewshot", "0", "--gen_kwargs", "max_gen_toks=64"]))
+    check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--num_fewshot", "0", "--gen_kwargs", "max_gen_toks=64",
+                                     "--metadata", json.dumps({"teachers": ["toy-self-1c"]})]))
 
 
 def test_every_metric_reads_higher_is_better():
