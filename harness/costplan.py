@@ -258,7 +258,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     total_tokens = per_q * n_q if n_q is not None else None
     if total_tokens is not None:
         lines.append(f"total: <= {(cfg.n_initial + targeted) * n_q:,.0f} rollouts, <= {total_tokens:,.0f} generated tokens "
-                     f"({length} per response at most; upper bounds: fewer targets qualify in a real run)")
+                     f"({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
     if throughput and total_tokens is not None:
         hours = total_tokens / throughput / 3600
         lines.append(f"wall time: <= {hours:.1f} h at {throughput:,.0f} generated tokens/s (sampling; scoring adds "

@@ -43,6 +43,9 @@ def test_the_papers_boolq_plan_and_its_refusal():
     for model in ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-14B", "Qwen/Qwen3-32B"):
         assert model in text
     assert "wall time" in text and "200 questions" in text
+    assert "(512 per response at most;" in text  # every count grouped by thousands where it has them
+    aime = "\n".join(plan_for(resolve_run_config(None, [*PAPER, "task=odiag_aime25"])).lines)
+    assert "(30,000 per response at most;" in aime
     phases = dict(plan.phases)
     weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
     assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
