@@ -261,8 +261,9 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                      f"({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
     if throughput and total_tokens is not None:
         hours = total_tokens / throughput / 3600
-        lines.append(f"wall time: <= {hours:.1f} h at {throughput:,.0f} generated tokens/s (sampling; scoring adds "
-                     "one forward pass per path and teacher)")
+        days = f" ({hours / 24:,.1f} days)" if hours >= 48 else ""
+        lines.append(f"wall time: <= {hours:,.1f} h{days} at {throughput:,.0f} generated tokens/s "
+                     "(sampling; scoring adds one forward pass per path and teacher)")
     elif total_tokens is not None:
         lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
     if gpu is not None:

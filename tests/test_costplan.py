@@ -46,6 +46,13 @@ def test_the_papers_boolq_plan_and_its_refusal():
     assert "(512 per response at most;" in text  # every count grouped by thousands where it has them
     aime = "\n".join(plan_for(resolve_run_config(None, [*PAPER, "task=odiag_aime25"])).lines)
     assert "(30,000 per response at most;" in aime
+    long = "\n".join(plan_for(resolve_run_config(None, [*PAPER, "task=odiag_aime25", "teachers=[self-1c]"]),
+                               throughput=20000).lines)
+    assert re.search(r"wall time: <= [0-9,]+\.[0-9] h \([0-9,]+\.[0-9] days\) at 20,000 generated tokens/s", long), long
+    assert "(7.6 days) at 5,000" in text  # 182.5 h
+    toy = [f"student={TOY_DIR / 'student'}", "task=odiag_toy", "backend=hf", "teachers=[toy-self-1c]", "limit=8"]
+    short = "\n".join(plan_for(resolve_run_config(None, toy), throughput=1000).lines)
+    assert re.search(r"wall time: <= [0-9.]+ h at 1,000 generated", short), short  # under 48 h: hours alone
     phases = dict(plan.phases)
     weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
     assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
