@@ -85,8 +85,13 @@ def non_empty() -> Rule:
     return Rule(lambda v: len(v) > 0, lambda: "non-empty")
 
 
+def repeated(items: Sequence) -> Any | None:
+    """The first item that ``items`` holds twice, or None."""
+    return next((x for i, x in enumerate(items) if x in items[:i]), None)
+
+
 def distinct() -> Rule:
-    return Rule(lambda v: len(set(v)) == len(v), lambda: "a list without repeats")
+    return Rule(lambda v: repeated(v) is None, lambda: "a list without repeats")
 
 
 def named_keys() -> Rule:

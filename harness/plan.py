@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
-from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, to_dict, tree_fields
+from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, repeated, to_dict, tree_fields
 from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 
@@ -276,8 +276,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
         raise ConfigError(f"algorithms: listed twice in {list(cfg.algorithms)}")
     if not cfg.teachers:
         raise ConfigError("teachers: the run needs at least one teacher")
-    if len(set(cfg.teachers)) != len(cfg.teachers):
-        twice = next(t for t in cfg.teachers if cfg.teachers.count(t) > 1)
+    if (twice := repeated(cfg.teachers)) is not None:
         raise ConfigError(f"teachers: {twice!r} listed twice; each teacher once")
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import ConfigError, RunConfig, build, local_path, portable, to_dict
+from harness.config import ConfigError, RunConfig, build, local_path, portable, repeated, to_dict
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, write_json
 from harness.wording import plural
@@ -120,8 +120,7 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
         raise ConfigError("odiag validate: key 'teachers' (--teachers) names no teacher; "
                           "name at least one of the run's, or leave it out for all")
     for key in ("teachers", "algorithms"):  # a pair listed twice would count twice in every correlation
-        names = getattr(cfg, key) or ()
-        if twice := next((n for i, n in enumerate(names) if n in names[:i]), None):
+        if (twice := repeated(getattr(cfg, key) or ())) is not None:
             raise ConfigError(f"odiag validate: key {key!r} lists {twice!r} twice; name each once")
     return cfg
 
