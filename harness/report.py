@@ -49,6 +49,15 @@ def no_decision_reason(results: Mapping) -> str:
     return f"no decision point: {', '.join(parts)} ({hint})"
 
 
+def _passes(counts: Mapping) -> str:
+    """The forward passes a run's teacher phase made, teachers' and the student's apart: they add up to
+    the closing table's count (a context's sampled solutions are its own row there, not the tree's)."""
+    teacher, student = counts["teacher_forward_passes"], counts.get("student_forward_passes", 0)
+    both = teacher + student if student else teacher
+    who = f"{teacher:,} teacher and {student:,} student" if student else f"{teacher:,} teacher"
+    return f"{who} forward {plural(both, 'pass', 'passes')}"
+
+
 def summary_table(results: Mapping) -> str:
     """The terminal summary of a run's results."""
     c = results["counts"]
@@ -56,8 +65,8 @@ def summary_table(results: Mapping) -> str:
         f"{c['questions']} {plural(c['questions'], 'question')}, {c['paths']} {plural(c['paths'], 'path')}, "
         f"{c['decision_points']} decision {plural(c['decision_points'], 'point')}, "
         f"{c['rollouts']:,} {plural(c['rollouts'], 'rollout')}, "
-        f"{c['tokens_generated']:,} {plural(c['tokens_generated'], 'token')} generated, "
-        f"{c['teacher_forward_passes']} teacher forward {plural(c['teacher_forward_passes'], 'pass', 'passes')}"
+        f"{c['tokens_generated']:,} {plural(c['tokens_generated'], 'token')} generated in the tree, "
+        f"{_passes(c)}"
     )
     if not c.get("decision_points"):
         return f"{no_decision_reason(results)}\n\n{footer}"

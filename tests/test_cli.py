@@ -237,11 +237,15 @@ def test_summary_leads_with_the_headline_algorithm_by_teacher():
     assert lines[2].split()[:3] == ["1", "b", "+0.400"] and lines[3].split()[:3] == ["2", "a", "+0.200"]
     assert "drgrpo: +0.900 for every teacher (it does not read the teacher)" in lines
     assert sum("drgrpo" in x for x in lines) == 1 and any(x.split()[-1:] == ["jsd"] for x in lines)
-    assert lines[-1] == "4 questions, 16 paths, 10 decision points, 1,000 rollouts, 9,000 tokens generated, 32 teacher forward passes"
+    assert lines[-1] == ("4 questions, 16 paths, 10 decision points, 1,000 rollouts, 9,000 tokens generated in the tree, "
+                         "32 teacher forward passes")
     one = _results(rows, decision_points=1)
     one["counts"] |= {"questions": 1, "paths": 1, "rollouts": 1, "tokens_generated": 1, "teacher_forward_passes": 1}
     assert summary_table(one).splitlines()[-1] == (
-        "1 question, 1 path, 1 decision point, 1 rollout, 1 token generated, 1 teacher forward pass")
+        "1 question, 1 path, 1 decision point, 1 rollout, 1 token generated in the tree, 1 teacher forward pass")
+    # the student's passes are named apart, so the footer adds up to the closing table's teacher phase
+    one["counts"] |= {"teacher_forward_passes": 48, "student_forward_passes": 8}
+    assert summary_table(one).splitlines()[-1].endswith("in the tree, 48 teacher and 8 student forward passes")
 
 
 def test_no_decision_point_is_explained_in_one_line_with_counts():
