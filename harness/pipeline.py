@@ -210,7 +210,8 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
             enrich_window(ctx, w, params)
 
     nodes, children, skipped = _records(ctx)
-    results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts)
+    results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts,
+                            plan.n_min)
     paths = [
         {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
          "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}

@@ -31,7 +31,7 @@ def no_decision_reason(results: Mapping) -> str:
     only_incorrect = sum(str(q.get("note", "")).startswith("only incorrect") for q in questions)
     skipped = counts.get("skipped_nodes", {}) or {}
     cfg = results.get("config", {})
-    n_min = cfg.get("n_min")
+    n_min = counts.get("n_min") or cfg.get("n_min")  # the task's default applied, where the run stored it
     parts = [f"{len(questions)} {plural(len(questions), 'question')}"]
     if only_correct or only_incorrect:
         parts.append(f"{only_correct} with only correct and {only_incorrect} with only incorrect initial rollouts")

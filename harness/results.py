@@ -68,7 +68,8 @@ def teacher_rows(nodes: list[dict], teachers, algorithms, seed: int) -> list[dic
     return rows
 
 
-def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backend, artefact_samples: int) -> dict:
+def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backend, artefact_samples: int,
+                  n_min: int) -> dict:
     """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
     import datetime
 
@@ -101,6 +102,7 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
             "rollouts_this_invocation": backend.rollouts,
             "forward_passes_this_invocation": backend.passes,
             "skipped_nodes": skipped,
+            "n_min": n_min,  # what below_n_min counts against: the setting, or the task's default where it is None
             "initial_answers": {k: sum(a[k] for a in answers) for k in answers[0]} if answers else {},
             "path_outcomes": {name: path_outcomes.count(name) for name in OUTCOMES},
             # questions where truncated or unparseable rollouts were kept out of the incorrect paths

@@ -256,6 +256,12 @@ def test_no_decision_point_is_explained_in_one_line_with_counts():
     assert first.startswith("no decision point: 4 questions, 1 with only correct and 1 with only incorrect initial rollouts, "
                             "7 nodes with a second child below n_min=20 visits, 2 with equal Q on every child")
     assert "nan" not in text
+    # a run that left n_min to its task names the value it applied, which it stores with its counts
+    default = _results([], 0, questions)
+    default["config"]["n_min"] = None
+    assert "below n_min visits" in no_decision_reason(default)
+    default["counts"]["n_min"] = 16
+    assert "below n_min=16 visits" in no_decision_reason(default)
     # the hint names what brings a child to n_min under the run's strategy
     for strategy, fix in ((None, "raise budget or n_target, or lower n_min"), ("paper", "budget or n_target"),
                           ("survey", "raise budget or survey_visits, or lower n_min"),
@@ -270,6 +276,7 @@ def test_a_run_without_decision_points_counts_why_per_node(tmp_path):
     unreachable n_min every such node is below it and the summary says so instead of nan rows."""
     from harness.config import resolve_run_config
     from harness.pipeline import run
+    from harness.tasks import load_task
 
     results = run(resolve_run_config(None, ["limit=2", "n_min=1000000", "algorithms=[gkd]"]), tmp_path / "run")
     skipped = results["counts"]["skipped_nodes"]
@@ -277,8 +284,10 @@ def test_a_run_without_decision_points_counts_why_per_node(tmp_path):
     assert skipped["below_n_min"] > 0 and skipped["equal_q"] == 0
     first = summary_table(results).splitlines()[0]
     assert first.startswith("no decision point: 2 questions") and f"{skipped['below_n_min']} nodes with a second child" in first
+    assert "below n_min=1000000 visits" in first and results["counts"]["n_min"] == 1000000
     reached = run(resolve_run_config(None, ["limit=2", "algorithms=[gkd]"]), tmp_path / "reached")
     assert reached["counts"]["decision_points"] > 0 and reached["counts"]["skipped_nodes"]["below_n_min"] > 0
+    assert reached["config"]["n_min"] is None and reached["counts"]["n_min"] == load_task("synthetic").n_min
 
 
 def test_run_rescore_and_add_teacher_report_progress(tmp_path):
