@@ -322,3 +322,33 @@ def test_divergence_labels_name_the_directions_the_core_computes():
         formula = FUNCTIONS[name].__doc__.split("=")[0].replace(" ", "")
         assert DIVERGENCE_NAMES[name].startswith(formula)
         assert re.search(rf'\b{name}: "{re.escape(formula)}"', app)
+
+
+def test_a_build_stopped_while_drawing_leaves_the_previous_page_whole(run_dir, tmp_path, monkeypatch):
+    """Figures are drawn into a staging folder: a build that fails (or is stopped) before the page is
+    written leaves the previous page, its data and every figure it links as they were, and no staging."""
+    from harness.leaderboard import figures
+
+    out = tmp_path / "site"
+    build([run_dir], out)
+    (out / "figures" / "notes.txt").write_text("kept")  # a file odiag did not draw moves along with the figures
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    drawn = []
+
+    def draw_then_stop(fig, where, stem):
+        if drawn:
+            raise KeyboardInterrupt
+        drawn.append(stem)
+        real_save(fig, where, stem)
+
+    real_save = figures._save
+    monkeypatch.setattr(figures, "_save", draw_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        build([run_dir], out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "index.html", "leaderboard.json"]
+    monkeypatch.setattr(figures, "_save", real_save)
+    build([run_dir], out)
+    assert (out / "figures" / "notes.txt").read_text() == "kept" and (out / "index.html").stat().st_mode & 0o777 == 0o644
+    assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}

@@ -14,7 +14,10 @@ Other files in ``out`` (a README, a screenshot) are left alone. ``main_leaderboa
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,21 +57,47 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     from harness.leaderboard.merge import load_runs, merge
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
     from harness.results import json_ready
-    from harness.rundir import atomic_write, write_json
+    from harness.rundir import atomic_write, make_dirs, write_json
 
     out = Path(out)
     check_site_dir(out)
     runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
-    figures = write_figures(board, runs, out / "figures")
-    validations = write_validation_figures(runs, out / "figures")  # `odiag validate` panels, where a run has one
-    html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb, validations)
-    write_json(out / "leaderboard.json", board)
-    atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
+    make_dirs(out)
+    # the figures are drawn into a staging folder beside the page's, so that a build stopped while drawing
+    # (the slow part) leaves the previous page whole, its figures included
+    staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=".tmp", dir=out))
+    try:
+        figures = write_figures(board, runs, staging)
+        validations = write_validation_figures(runs, staging)  # `odiag validate` panels, where a run has one
+        html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb, validations)
+        _swap_figures(staging, out / "figures")
+        write_json(out / "leaderboard.json", board)
+        atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for name in ("leaderboard.json", "index.html"):
         (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
     log.debug("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
     return board
+
+
+def _swap_figures(staging: Path, figures: Path) -> None:
+    """Put the staged figures in place of ``figures`` by two renames; files there that odiag did not draw
+    (anything but SVG and PNG) move along."""
+    from harness.rundir import DIR_MODE
+
+    os.chmod(staging, DIR_MODE)
+    if figures.is_dir():
+        for kept in figures.iterdir():
+            if kept.suffix not in (".svg", ".png") and not (staging / kept.name).exists():
+                kept.rename(staging / kept.name)
+        old = figures.with_name(f".{figures.name}.old.{os.getpid()}")
+        figures.rename(old)
+        staging.rename(figures)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(figures)
 
 
 def main_leaderboard(run_dirs: list[str], out: str, viewer_mb: float | None = None) -> int:
