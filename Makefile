@@ -45,7 +45,7 @@ $(STAMP_VLLM): setup.cfg pyproject.toml .ci/vllm_dist_info.py
 	$(VENV_VLLM)/bin/python -c "import vllm, lm_eval, harness"
 	touch $(STAMP_VLLM)
 
-# the vllm tier on CPU with the toy models (see README, "vLLM on CPU")
+# the vllm tier on CPU with the toy models (see README, "vLLM: a GPU quick start, a memory plan, and the CPU test tier")
 test-vllm: $(STAMP_VLLM)
 	$(VENV_VLLM)/bin/python -m pytest -q -m vllm -p no:cacheprovider tests/vllm_tier
 
