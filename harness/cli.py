@@ -11,6 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -352,7 +353,9 @@ def _stopped_line(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     in a directory, that rerunning the same command resumes there."""
     line = "odiag: terminated (SIGTERM)" if isinstance(exc, Terminated) else "odiag: interrupted"
     where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
-    return f"{line}; finished work is kept in {where}: run the same command again to resume" if where else line
+    if not where or not (Path(where) / "config.json").is_file():  # stopped before the run directory was opened
+        return line
+    return f"{line}; finished work is kept in {where}: run the same command again to resume"
 
 
 def _reader_gone() -> bool:
@@ -387,10 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
         return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:  # Ctrl-C while the command line (and the libraries its help reads) loads
+        print("odiag: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # matplotlib's first-use font cache note is not the user's business
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    # odiag's own lines at the chosen level; a library's notes (torch's cache statistics at exit,
+    # matplotlib's font cache) only with --verbose, their warnings always
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("harness").setLevel(level)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:

@@ -651,3 +651,43 @@ def test_entry_point(tmp_path, argv):
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("odiag: error: "), proc.stderr
     assert snapshot(tmp_path) == before and not proc.stdout
+
+
+def test_a_stop_says_work_is_kept_only_where_a_run_directory_was_opened(odiag, monkeypatch, tmp_path):
+    """Ctrl-C while the command line loads, or before the run directory exists, is one line that claims
+    no kept work; once the directory is open the line says where to resume."""
+    def parse_stopped(argv):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_parse", parse_stopped)
+        assert odiag("run", "--out", "r", "--set", "limit=2") == (130, ["odiag: interrupted"], True)
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", stopped)
+    assert odiag("run", "--out", "r", "--set", "limit=2") == (130, ["odiag: interrupted"], True)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("{}")
+    code, lines, _ = odiag("run", "--out", "r", "--set", "limit=2")
+    assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: run the same command again to resume"])
+
+
+def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
+    """odiag's own INFO lines are the run's log; a library's (torch's cache statistics at exit) are not."""
+    import logging
+
+    def logs(args):
+        logging.getLogger("torch._subclasses.fake_tensor").info("FakeTensor cache stats:")
+        logging.getLogger("torch.x").warning("a library warning")
+        logging.getLogger("harness.pipeline").info("odiag's own line")
+        return 0
+
+    monkeypatch.setattr(cli, "_run", logs)
+    root = logging.getLogger()  # basicConfig configures a root without handlers, as a fresh `odiag` has
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("harness"), "level", logging.getLogger("harness").level)
+    code, lines, _ = odiag("run", "--out", "r")
+    assert code == 0 and lines == ["WARNING torch.x: a library warning", "INFO harness.pipeline: odiag's own line"], lines
