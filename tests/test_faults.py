@@ -679,8 +679,8 @@ def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
     import logging
 
     def logs(args):
-        logging.getLogger("torch._subclasses.fake_tensor").info("FakeTensor cache stats:")
-        logging.getLogger("torch.x").warning("a library warning")
+        logging.getLogger("a_library.cache").info("cache stats:")
+        logging.getLogger("a_library").warning("a library warning")
         logging.getLogger("harness.pipeline").info("odiag's own line")
         return 0
 
@@ -690,4 +690,4 @@ def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
     monkeypatch.setattr(root, "level", root.level)
     monkeypatch.setattr(logging.getLogger("harness"), "level", logging.getLogger("harness").level)
     code, lines, _ = odiag("run", "--out", "r")
-    assert code == 0 and lines == ["WARNING torch.x: a library warning", "INFO harness.pipeline: odiag's own line"], lines
+    assert code == 0 and lines == ["WARNING a_library: a library warning", "INFO harness.pipeline: odiag's own line"], lines
