@@ -254,6 +254,20 @@ class RunLock:
             self.fd = fd
             return
 
+    def held_by(self) -> str | None:
+        """Who holds the lock now (:meth:`holder`), or None; the check takes no lock and writes nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self.holder()
+        finally:
+            os.close(fd)  # closing releases a lock this check took
+        return None
+
     def holder(self) -> str:
         try:
             info = json.loads(self.path.read_text())
@@ -336,6 +350,9 @@ class RunDir:
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
             if saved != record:
+                # results of the settings recorded until now: gone before the record changes, so a command
+                # stopped from here on leaves a run that reads as unfinished, never as finished with other settings
+                (root / "results.json").unlink(missing_ok=True)
                 atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
                 write_json(root / "config.json", record)
         except BaseException:
@@ -376,8 +393,11 @@ class RunDir:
             return root / "results.json"
         if not (root / "config.json").exists():
             raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
+        if holder := RunLock(root).held_by():  # a run, rescore or add-teacher under way there
+            raise RunLocked(f"{root}: in use by {holder}; wait for it to finish")
         raise RunDirError(f"{root}: the run has not finished (no results.json); run the command that started it "
-                          f"(odiag run or odiag demo, --out {root}) again to finish it")
+                          f"again to finish it, or odiag run --config {root / 'config.yaml'} --out {root} (its "
+                          "recorded settings)")
 
     @staticmethod
     def verify_models(root: str | Path) -> None:

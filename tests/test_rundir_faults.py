@@ -487,6 +487,45 @@ def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
     _refused(capsys, ["add-teacher", str(out), str(_teacher(tmp_path, "extra"))], out, "has not finished")
     _refused(capsys, ["rescore", str(tmp_path / "none")], tmp_path, "no such directory")
     _refused(capsys, ["rescore", str(tmp_path)], tmp_path, "no config.json")
+    # while a command holds it, an unfinished run is in use, not abandoned: the same words as odiag run's
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        for argv in (["rescore", str(out)], ["add-teacher", str(out), str(_teacher(tmp_path, "extra"))],
+                     ["model-card", str(out)], ["validate", str(out), "--quick"]):
+            assert f"in use by odiag pid {os.getpid()} on" in _error(capsys, argv), argv
+    finally:
+        lock.release()
+
+
+def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_unfinished(copy, capsys, monkeypatch):
+    """The record of a run's settings and its results never disagree: results.json goes before config.json
+    takes new settings, so a rescore killed between them publishes nothing, and running it again finishes."""
+    import harness.pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "_execute", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            rescore(copy, ["algorithms=[gkd]"])
+    assert json.loads((copy / "config.json").read_text())["config"]["algorithms"] == ["gkd"]
+    assert not (copy / "results.json").exists()
+    err = _error(capsys, ["model-card", str(copy)])
+    assert f"has not finished (no results.json); run the command that started it again to finish it, or odiag run " \
+           f"--config {copy / 'config.yaml'} --out {copy} (its recorded settings)" in err, err
+    # the recorded settings finish it, with the rescore's algorithms and zero new rollouts
+    assert main(["run", "--config", str(copy / "config.yaml"), "--out", str(copy), "--quiet"]) == 0
+    finished = json.loads((copy / "results.json").read_text())
+    assert {r["algorithm"] for r in finished["teachers"]} == {"gkd"} and finished["counts"]["rollouts_this_invocation"] == 0
+    # the same command on an unchanged record keeps the finished results until it rewrites them
+    before = (copy / "results.json").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "_execute", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            rescore(copy, ["algorithms=[gkd]"])
+    assert (copy / "results.json").read_bytes() == before
 
 
 def test_resume_from_another_directory(tmp_path, monkeypatch):
