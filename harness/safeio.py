@@ -129,6 +129,28 @@ def _check_expansion(root: yaml.Node, where: str) -> None:
         stack.extend((c, False) for c in _children(node) if id(c) not in size)
 
 
+def _check_unique_keys(root: yaml.Node, where: str) -> None:
+    """Refuse a mapping that names a key twice: YAML would keep the last value without a word."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: checked where it was defined
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.value == "<<":
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    lines = "" if first[key.tag, key.value] == line else f" (lines {first[key.tag, key.value]} and {line})"
+                    raise ConfigError(f"{where}: key {excerpt(key.value)} appears twice{lines}; keep one")
+                first[key.tag, key.value] = line
+        stack.extend(_children(node))
+
+
 def _bracket_depth(text: str) -> int:
     """How deep ``[`` and ``{`` nest, counted on the raw text (brackets in strings count too: an
     over-estimate that only a text with a hundred unclosed brackets could notice)."""
@@ -162,6 +184,7 @@ def _load(text: str, where: str) -> Any:
         if node is None:
             return None
         _check_expansion(node, where)
+        _check_unique_keys(node, where)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

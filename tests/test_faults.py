@@ -160,6 +160,7 @@ BAD_SETS = [
     ("seed=1" + "0" * 5000, "bad YAML value"),
     ("teachers=" + "a" * 70000, "longer than"),
     ("teachers=[" + "[" * 20000 + "]" * 20000 + "]", "nested deeper"),
+    ("student_args={a: 1, a: 2}", "key 'a' appears twice; keep one"),
 ]
 
 
@@ -193,6 +194,7 @@ CONFIG_TEXTS = {
     "integer key": ("1: 2\n", "is not a name"),
     "unknown key": ("windw: 3\n", "did you mean 'window'"),
     "python tag": ("window: !!python/name:os.system\n", "not valid YAML"),
+    "duplicate key": ("limit: 2\nseed: 1\nlimit: 3\n", "key 'limit' appears twice (lines 1 and 3); keep one"),
 }
 
 
@@ -213,7 +215,7 @@ def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 CONFIG_CASES = ["list", "scalar", "directory", "binary", "latin-1", "too large", "bomb", "recursive alias", "deep nesting",
-                "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "missing", "device"]
+                "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "duplicate key", "missing", "device"]
 
 
 @pytest.mark.parametrize("kind", CONFIG_CASES)

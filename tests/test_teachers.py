@@ -93,6 +93,9 @@ def test_every_teacher_file_validates():
          "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summary_prompt'", "takes no prompt")),
         ("model: student\nchat_template_options: {enable_thinking: [1]}\n", ("'chat_template_options'",)),
         ("- a list\n", ("expected a mapping",)),
+        # an empty file, or one with only words, is the student reading its own prompt: nothing to distil
+        ("", ("this teacher is the student itself", "give it a context")),
+        ("description: the student alone\nmodel: student\n", ("this teacher is the student itself",)),
     ],
 )
 def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, needles):

@@ -210,6 +210,10 @@ def validate(cfg: TeacherConfig) -> None:
     if cfg.model in TEXT_SUMMARIZERS:
         fail("model", f"{cfg.model!r} is a text summariser, not a model")
     needs = cfg.correct_solutions + cfg.wrong_solutions
+    if cfg.is_self and cfg.context_template is None and not cfg.chat_template_options and not needs:
+        raise ConfigError(f"{where}: this teacher is the student itself (model student, the student's own prompt, no "
+                          "solution in context): its distillation gradient is zero at every token; give it a context "
+                          "(context_template, correct_solutions, wrong_solutions) or another model")
     if cfg.solution_source != STUDENT and not needs:
         fail("solution_source", "is set but the context needs no solution (set correct_solutions or wrong_solutions)")
     if cfg.solution_source == STUDENT and cfg.solution_revision is not None:
