@@ -228,10 +228,14 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
     those models exist nowhere else; a teacher that shows solutions would have no text to show there."""
     from harness.exact_lm import TEACHERS as SYNTHETIC
+    from harness.tasks.exact import SyntheticTask
 
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
+    if cfg.task == "synthetic" and cfg.limit is not None and cfg.limit > (most := SyntheticTask.max_questions):
+        raise ConfigError(f"key 'limit' must be <= {most:,} with task synthetic (its questions are generated before the "
+                          f"first rollout), got {cfg.limit:,}")
     for t in teachers:
         if cfg.backend == "synthetic" and (t.correct_solutions or t.wrong_solutions):
             shown = ", ".join(f"{key} {n}" for key, n in (("correct_solutions", t.correct_solutions),

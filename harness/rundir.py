@@ -286,6 +286,18 @@ class RunLock:
 
 # the directory -----------------------------------------------------------------------------------
 
+_RECORD_FILES = {"config.json", "config.yaml", LOCK_NAME}
+
+
+def _holds_work(root: Path) -> bool:
+    """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
+    for p in root.rglob("*"):
+        if p.is_dir() or _TMP.match(p.name) or (p.parent == root and p.name in _RECORD_FILES):
+            continue
+        return True
+    return False
+
+
 
 class RunDir:
     """A run directory held by this process for one :class:`~harness.plan.RunPlan`."""
@@ -335,6 +347,8 @@ class RunDir:
         lock.acquire()
         try:
             saved = RunDir.read_saved(root) if (root / "config.json").exists() else None
+            if saved is not None and not rescore and add is None and not _holds_work(root):
+                saved = None  # stopped before anything was computed: nothing pins its settings, the new ones apply
             from harness.plan import check_against
 
             plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root))

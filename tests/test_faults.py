@@ -693,3 +693,13 @@ def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
     monkeypatch.setattr(logging.getLogger("harness"), "level", logging.getLogger("harness").level)
     code, lines, _ = odiag("run", "--out", "r")
     assert code == 0 and lines == ["WARNING a_library: a library warning", "INFO harness.pipeline: odiag's own line"], lines
+
+
+def test_a_synthetic_limit_past_what_it_generates_is_refused_before_anything(odiag, tmp_path):
+    """The synthetic task makes its questions up front: a limit of 10^23 would fill memory before the first
+    progress line. odiag run and odiag plan refuse it alike, and nothing is written."""
+    for argv in (("plan",), ("run", "--out", tmp_path / "r")):  # plan first: it fails fast where run would fill memory
+        assert_one_line(odiag(*argv, "--set", "limit=99999999999999999999999"),
+                        "key 'limit' must be <= 100,000 with task synthetic", "got 99,999,999,999,999,999,999,999")
+    assert not (tmp_path / "r").exists()
+    assert odiag("plan", "--set", "limit=100000")[0] == 0

@@ -831,3 +831,22 @@ def test_a_table_replaced_after_its_check_is_not_read(tmp_path, monkeypatch):
     got = load_run(out, "run").nodes
     assert swapped and got.keys() == expected.keys()
     assert all(np.array_equal(got[k], expected[k], equal_nan=got[k].dtype.kind == "f") for k in expected)
+
+
+def test_a_run_stopped_before_computing_anything_takes_the_corrected_settings(clean, tmp_path, capsys, monkeypatch):
+    """A directory that holds only its recorded settings (stopped before the first shard) pins nothing:
+    the corrected command, a smaller limit here, runs as on a fresh directory. Once a shard exists the
+    recorded settings hold again."""
+    import harness.pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "_execute", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run(RunConfig(**{**SETTINGS, "limit": 50}), out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "config.yaml"]
+    assert _strip(run(CFG, out)) == _results(clean)
+    _refused(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(out)], out, "a run grows, it never shrinks")

@@ -17,6 +17,7 @@ class SyntheticTask:
 
     name = "synthetic"
     n_min = 20
+    max_questions = 100_000  # limit's ceiling: a day of CPU at the default settings, made in a few seconds
     stop_ids = (EOS,)
 
     def __init__(self, **model_options):
