@@ -268,7 +268,10 @@ def test_aggregate_hand_computed_values():
     assert a["alignment"]["mean"] == pytest.approx(0.25)
     assert a["alignment"]["n_questions"] == 3
     lo, hi = sps.t.interval(0.95, 2, loc=np.mean(q_align), scale=sps.sem(q_align))
-    assert a["alignment"]["ci95"] == pytest.approx([lo, hi])
+    # the t interval reaches past 1, where no mean of cosines lies: it is cut at the range's end
+    assert hi > 1 and a["alignment"]["ci95"] == pytest.approx([lo, 1.0])
+    boot = a["alignment"]["ci95_bootstrap"]
+    assert -1 <= boot[0] <= boot[1] <= 1
     # Weighted by |g*|: q1 paths 0.35, -0.2; q2 0.6, -0.3, -0.05; q3 0.6.
     q_weighted = [(0.35 - 0.2) / 2, (0.6 - 0.3 - 0.05) / 3, 0.6]
     assert a["weighted_alignment"]["mean"] == pytest.approx(np.mean(q_weighted))
@@ -363,3 +366,19 @@ def test_aggregate_rejects_bad_tables():
     with pytest.raises(ValueError, match="path_correct"):
         aggregate(bad)
     assert aggregate({c: v[:0] for c, v in nodes.items()}) == []
+
+
+def test_intervals_stay_within_the_range_of_their_statistic():
+    """Two questions give a t quantile of 12.7: the raw intervals of a cosine mean, a fraction and a
+    difference of cosine means reach far past [-1, 1], [0, 1] and [-2, 2]; each is cut at its range."""
+    rows = aggregate(node_table(), seed=0, n_boot=200)
+    a = next(r for r in rows if (r["teacher"], r["algorithm"]) == ("A", "gkd"))
+    imc = a["incorrect_minus_correct"]
+    diffs = [-0.2 - 0.3, -0.15 - 0.6]
+    lo, hi = sps.t.interval(0.95, 1, loc=np.mean(diffs), scale=sps.sem(diffs))
+    assert lo < -2 and imc["ci95"] == pytest.approx([-2.0, hi])
+    for key, (low, high) in {"alignment": (-1, 1), "weighted_alignment": (-1, 1), "alignment_correct": (-1, 1),
+                             "alignment_incorrect": (-1, 1), "fraction_positive": (0, 1),
+                             "teacher_advantage": (-1, 1)}.items():
+        ci = a[key]["ci95"]
+        assert low <= ci[0] <= a[key]["mean"] <= ci[1] <= high, (key, ci)

@@ -227,10 +227,16 @@ def _group_pearson(group_N, x_N, y_N, n_groups: int) -> np.ndarray:
         return np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
 
 
-def _summary(x, seed, n_boot: int) -> dict:
-    """`{"mean", "ci95", "ci95_bootstrap", "n"}` of the finite entries of x (t and bootstrap)."""
+def _summary(x, seed, n_boot: int, bounds: tuple[float, float] = (-1.0, 1.0)) -> dict:
+    """`{"mean", "ci95", "ci95_bootstrap", "n"}` of the finite entries of x (t and bootstrap).
+
+    The t interval is intersected with `bounds`, the range the mean can take (a cosine's is [-1, 1]):
+    with few questions `mean ± t s/√n` reaches past it, and the intersection still holds the mean
+    whenever the interval did. A percentile bootstrap interval lies within the range already.
+    """
     t, boot = t_ci(x), bootstrap_ci(x, seed, n_boot)
-    return {"mean": t.mean, "ci95": [t.lo, t.hi], "ci95_bootstrap": [boot.lo, boot.hi], "n": t.n}
+    lo, hi = (float(np.clip(v, *bounds)) if np.isfinite(v) else v for v in (t.lo, t.hi))
+    return {"mean": t.mean, "ci95": [lo, hi], "ci95_bootstrap": [boot.lo, boot.hi], "n": t.n}
 
 
 def _renamed(summary: dict, count_key: str) -> dict:
@@ -354,15 +360,15 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
         mask_P = np.ones(n_paths, bool) if mask_P is None else mask_P
         return _group_mean(question_P[mask_P], path_values[mask_P], n_questions)
 
-    def summary(name, question_values):
+    def summary(name, question_values, bounds=(-1.0, 1.0)):
         return _renamed(_summary(question_values, _derived_seed(seed, teacher, algorithm, name),
-                                 n_boot), "n_questions")
+                                 n_boot, bounds), "n_questions")
 
     mean_P = per_path(align)
     positive_P = per_path(np.where(np.isnan(align), np.nan, align > 0))  # undefined stays out
     correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
     diff = _summary(incorrect_Q - correct_Q,
-                    _derived_seed(seed, teacher, algorithm, "incorrect_minus_correct"), n_boot)
+                    _derived_seed(seed, teacher, algorithm, "incorrect_minus_correct"), n_boot, (-2.0, 2.0))
     n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
     return {
         "teacher": teacher,
@@ -378,7 +384,7 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
             "p_clustered": clustered_difference_test(mean_P, ~correct_P, question_P),
             "n_questions": diff["n"],
         },
-        "fraction_positive": summary("fraction_positive", per_question(positive_P)),
+        "fraction_positive": summary("fraction_positive", per_question(positive_P), (0.0, 1.0)),
         "teacher_advantage": summary(
             "teacher_advantage", per_question(per_path(rows["teacher_advantage"]))),
         "divergence_correlations": {
