@@ -188,6 +188,17 @@ def _count(minimum: float, kind: type = int) -> Callable[[str], Any]:
     return parse
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (a rate or a size, where 0 means nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text[:40]!r}")
+    return value
+
+
 def _path(text: str) -> str:
     """An argparse type: a non-empty path (an empty one would mean the current directory)."""
     if not text.strip():
@@ -241,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
     p.add_argument("--config", help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--gpu-memory", type=_count(0, float), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
-    p.add_argument("--throughput", type=_count(0, float), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
+    p.add_argument("--gpu-memory", type=_positive, metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
+    p.add_argument("--throughput", type=_positive, metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
     p.add_argument("--measurements", type=_path, metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
     p.set_defaults(func=_plan)
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.config import ConfigError, RunConfig
+from harness.safeio import excerpt
 from harness.wording import plural
 
 GiB = 2**30
@@ -125,6 +126,14 @@ class Plan:
     lines: list[str]
     phases: list[tuple[str, float | None]]  # (phase, bytes held; None when a size is unknown)
     tokens: float
+
+
+def _figure(x: float, decimals: int = 1) -> str:
+    """A count or a duration grouped by thousands, in powers of ten past a billion or below a thousandth:
+    an extreme --throughput never prints a number of 300 digits."""
+    if x >= 1e9 or 0 < x < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:,.{decimals}f}"
 
 
 def _gib(x: float | None) -> str:
@@ -261,8 +270,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                      f"({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
     if throughput and total_tokens is not None:
         hours = total_tokens / throughput / 3600
-        days = f" ({hours / 24:,.1f} days)" if hours >= 48 else ""
-        lines.append(f"wall time: <= {hours:,.1f} h{days} at {throughput:,.0f} generated tokens/s "
+        days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
+        lines.append(f"wall time: <= {_figure(hours)} h{days} at {_figure(throughput, 0)} generated tokens/s "
                      "(sampling; scoring adds one forward pass per path and teacher)")
     elif total_tokens is not None:
         lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
@@ -293,16 +302,18 @@ def _scorer_working(cfg: RunConfig, models) -> float:
 
 
 def throughput_from(path: str) -> float:
-    """Sampled tokens/s from a bench/gpu_check.py --json file (the best row's ``sampled_tok_s``)."""
+    """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file (the best row's ``sampled_tok_s``)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--measurements {path}: not a readable JSON file ({exc})") from None
-    rows = data.get("rows", data) if isinstance(data, dict) else data
+    rows = data.get("rows", [data]) if isinstance(data, dict) else data  # a file of rows, or one row
     values = [r.get("sampled_tok_s") for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    values = [v for v in values if isinstance(v, (int, float)) and v > 0]
+    found = [v for v in values if v is not None]
+    values = [v for v in found if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf]
     if not values:
-        raise ConfigError(f"--measurements {path}: no sampled_tok_s in it (write it with bench/gpu_check.py --json)")
+        what = f"no positive, finite sampled_tok_s in it (found {excerpt(found[0], 40)})" if found else "no sampled_tok_s in it"
+        raise ConfigError(f"--measurements {path}: {what}; write it with bash bench/gpu_check.sh --json FILE")
     return float(max(values))
 
 
@@ -324,9 +335,7 @@ def main_plan(args) -> int:
     from harness.config import resolve_run_config
 
     cfg = resolve_run_config(args.config, args.set)
-    throughput = args.throughput if args.throughput else (throughput_from(args.measurements) if args.measurements else None)
-    if math.isfinite(args.gpu_memory or 0) and (args.gpu_memory or 1) <= 0:
-        raise ConfigError(f"--gpu-memory must be positive GiB, got {args.gpu_memory}")
+    throughput = args.throughput or (throughput_from(args.measurements) if args.measurements else None)
     try:
         plan = plan_for(cfg, args.gpu_memory, throughput)
     except PlanDoesNotFit as exc:

@@ -1,5 +1,6 @@
 """``odiag plan``: parameter counts, memory per phase, rollouts and tokens, refusal when it does not fit."""
 
+import json
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import ConfigError, resolve_run_config
-from harness.costplan import GiB, KNOWN_MODELS, describe_model, plan_for, windows
+from harness.costplan import GiB, KNOWN_MODELS, describe_model, plan_for, throughput_from, windows
 from harness.toy import TOY_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,10 @@ def test_the_papers_boolq_plan_and_its_refusal():
     toy = [f"student={TOY_DIR / 'student'}", "task=odiag_toy", "backend=hf", "teachers=[toy-self-1c]", "limit=8"]
     short = "\n".join(plan_for(resolve_run_config(None, toy), throughput=1000).lines)
     assert re.search(r"wall time: <= [0-9.]+ h at 1,000 generated", short), short  # under 48 h: hours alone
+    # extreme rates print in powers of ten, never as a number of hundreds of digits
+    for rate, shown in ((1e-9, "(3.80e+13 days) at 1.00e-09 generated"), (1e300, "h at 1.00e+300 generated")):
+        line = next(x for x in plan_for(cfg, throughput=rate).lines if x.startswith("wall time"))
+        assert shown in line and len(line) < 160, line
     phases = dict(plan.phases)
     weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
     assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
@@ -121,3 +126,18 @@ def test_the_per_question_line_says_what_teacher_contexts_generate(teachers, exp
     cfg = resolve_run_config(None, ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", f"teachers={teachers}"])
     (line,) = [x for x in plan_for(cfg).lines if x.startswith("per question:")]
     assert line.endswith(expected)
+
+
+def test_measurements_give_the_best_positive_rate_or_say_what_they_hold(tmp_path):
+    """A gpu_check JSON of rows or of one row; a rate that is not a positive number is named."""
+    path = tmp_path / "m.json"
+    for data, expected in (({"rows": [{"sampled_tok_s": 900}, {"sampled_tok_s": 1200.5}]}, 1200.5),
+                           ({"sampled_tok_s": 3000}, 3000.0)):
+        path.write_text(json.dumps(data))
+        assert throughput_from(str(path)) == expected
+    for data, needle in (({"sampled_tok_s": -5}, "no positive, finite sampled_tok_s in it (found -5)"),
+                         ({"rows": [{"sampled_tok_s": "abc"}]}, "(found 'abc')"),
+                         ({"rows": []}, "no sampled_tok_s in it; write it with bash bench/gpu_check.sh --json FILE")):
+        path.write_text(json.dumps(data))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            throughput_from(str(path))
