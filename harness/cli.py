@@ -343,7 +343,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         flags = set(argv[:head])
         return argparse.Namespace(func=_eval, lm_eval_args=argv[head + 1 :], verbose=bool(flags & {"-v", "--verbose"}),
                                   debug="--debug" in flags)
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named with the command whose help lists what it takes
+        prog = f"odiag {args.command}" if getattr(args, "command", None) else "odiag"
+        parser.exit(2, f"odiag: error: {_one_line('unrecognized arguments: ' + ' '.join(extra))} (see '{prog} --help')\n")
+    return args
 
 
 class Terminated(KeyboardInterrupt):

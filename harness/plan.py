@@ -233,6 +233,8 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
+    if cfg.task == "synthetic" and cfg.data_files is not None:
+        raise ConfigError("task 'synthetic' generates its questions: data_files does not apply")
     if cfg.task == "synthetic" and cfg.limit is not None and cfg.limit > (most := SyntheticTask.max_questions):
         raise ConfigError(f"key 'limit' must be <= {most:,} with task synthetic (its questions are generated before the "
                           f"first rollout), got {cfg.limit:,}")

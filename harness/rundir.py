@@ -333,6 +333,9 @@ class RunDir:
         written; the returned directory's ``plan`` includes them.
         """
         root = Path(root)
+        if root.is_symlink() and not root.exists():
+            raise RunDirError(f"--out {root}: a link to {os.readlink(root)!r}, which does not exist; remove the link or "
+                              "create the directory it names")
         if root.exists() and not root.is_dir():
             raise RunDirError(f"--out {root}: exists and is not a directory")
         if root.is_dir() and not (root / "config.json").exists():

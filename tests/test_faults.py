@@ -593,7 +593,8 @@ USAGE = [
     ([], "required: command"),
     (["nope"], "invalid choice"),
     (["run"], "--out"),
-    (["run", "--out", "x", "--bogus"], "unrecognized arguments"),
+    (["run", "--out", "x", "--bogus"], "unrecognized arguments: --bogus (see 'odiag run --help')"),
+    (["leaderboard", "r", "--out", "s", "extra", "--also"], "unrecognized arguments: extra --also (see 'odiag leaderboard --help')"),
     (["run", "--out", ""], "empty"),
     (["selfcheck", "--questions", "0"], ">= 1"),
     (["selfcheck", "--questions", "many"], "integer"),
@@ -706,3 +707,19 @@ def test_a_synthetic_limit_past_what_it_generates_is_refused_before_anything(odi
                         "key 'limit' must be <= 100,000 with task synthetic", "got 99,999,999,999,999,999,999,999")
     assert not (tmp_path / "r").exists()
     assert odiag("plan", "--set", "limit=100000")[0] == 0
+
+
+def test_outputs_that_cannot_be_what_they_name_are_one_line_each(odiag, tmp_path):
+    """A link to nowhere as a run's --out, a directory as a model card's --out, a run directory as a
+    leaderboard's --out, data files for a task that generates its questions: one line each, naming the
+    flag or key and the fix, and nothing written."""
+    (tmp_path / "nowhere-link").symlink_to(tmp_path / "nowhere")
+    assert_one_line(odiag("run", "--out", "nowhere-link", "--set", "limit=1"),
+                    "--out nowhere-link: a link to", "which does not exist; remove the link or create the directory")
+    assert not (tmp_path / "nowhere").exists()
+    assert odiag("run", "--out", "r", "--set", "limit=1", "--quiet")[0] == 0
+    assert_one_line(odiag("model-card", "r", "--out", "r"), "--out r: is a directory; give a file, e.g. r/README.md")
+    assert_one_line(odiag("leaderboard", "r", "--out", "r"), "--out r: is a run directory; give the site a directory of its own")
+    assert_one_line(odiag("demo", "--site", "r", "--out", "d"), "--site r: is a run directory")
+    for argv in (("run", "--out", "s"), ("plan",)):
+        assert_one_line(odiag(*argv, "--set", "data_files=x.jsonl"), "task 'synthetic' generates its questions: data_files does not apply")

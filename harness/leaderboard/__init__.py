@@ -36,6 +36,8 @@ def check_site_dir(out: Path, flag: str = "--out") -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
+    if (out / "config.json").exists() or (out / "results.json").exists():
+        raise ConfigError(f"{flag} {out}: is a run directory; give the site a directory of its own")
     if not (out / "index.html").exists() and not (out / "leaderboard.json").exists():
         return
     try:
@@ -122,6 +124,8 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
     from harness.rundir import atomic_write
 
     target = Path(out)
+    if target.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give a file, e.g. {target / 'README.md'}")
     if not target.parent.is_dir():  # a card goes where its folder already is
         raise ConfigError(f"--out {out}: No such file or directory: {str(target.parent)!r}")
     if target.is_symlink() or (target.exists() and not target.is_file()):
