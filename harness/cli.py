@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_model_card)
 
     p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
-    p.add_argument("dir", type=_path, help="finished run directory (writes DIR/validation.json and DIR/validation.svg)")
+    p.add_argument("dir", type=_path, help="finished run directory (writes DIR/validation.json, its figure DIR/validation.svg and .png, and "
+                        "every finished training under DIR/validation/ to resume from)")
     p.add_argument("--teachers", help="comma-separated teachers of the run (default: all)")
     p.add_argument("--quick", action="store_true", help="a small budget (2 seeds, 8 steps, 24 held-out questions)")
     p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
