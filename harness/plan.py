@@ -233,6 +233,10 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")
+    if cfg.student_revision is not None and (cfg.task == "synthetic" or Path(cfg.student).is_dir()):
+        what = "the synthetic student has no revisions" if cfg.task == "synthetic" else f"{cfg.student} is a local directory"
+        raise ConfigError(f"key 'student_revision' pins a hub model's revision, and {what}: remove it "
+                          f"(got {cfg.student_revision!r})")
     if cfg.task == "synthetic" and cfg.data_files is not None:
         raise ConfigError("task 'synthetic' generates its questions: data_files does not apply")
     if cfg.task == "synthetic" and cfg.limit is not None and cfg.limit > (most := SyntheticTask.max_questions):

@@ -141,3 +141,11 @@ def test_measurements_give_the_best_positive_rate_or_say_what_they_hold(tmp_path
         path.write_text(json.dumps(data))
         with pytest.raises(ConfigError, match=re.escape(needle)):
             throughput_from(str(path))
+
+
+def test_a_revision_for_a_local_student_is_refused():
+    """A hub revision pins nothing in a local directory: refused rather than silently ignored."""
+    toy = [f"student={TOY_DIR / 'student'}", "task=odiag_toy", "backend=hf", "teachers=[toy-self-1c]", "student_revision=v2"]
+    with pytest.raises(ConfigError, match=f"key 'student_revision' pins a hub model's revision, and {TOY_DIR / 'student'} "
+                                          "is a local directory: remove it"):
+        plan_for(resolve_run_config(None, toy))

@@ -723,3 +723,5 @@ def test_outputs_that_cannot_be_what_they_name_are_one_line_each(odiag, tmp_path
     assert_one_line(odiag("demo", "--site", "r", "--out", "d"), "--site r: is a run directory")
     for argv in (("run", "--out", "s"), ("plan",)):
         assert_one_line(odiag(*argv, "--set", "data_files=x.jsonl"), "task 'synthetic' generates its questions: data_files does not apply")
+        assert_one_line(odiag(*argv, "--set", "student_revision=abc"),
+                        "key 'student_revision' pins a hub model's revision, and the synthetic student has no revisions")
