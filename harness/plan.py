@@ -14,6 +14,7 @@ later with ``odiag add-teacher`` only score the stored tree.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import hashlib
 import json
 import re
@@ -25,6 +26,7 @@ from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 
 PLANNER, ADDED = "planner", "added"
+log = logging.getLogger(__name__)
 
 
 def slug(name: str) -> str:
@@ -379,7 +381,7 @@ def check_against(
     if add is not None:
         same = [r for r in refs if r.name == add.name or r.identity == add.identity]
         if any(r.name == add.name and r.identity == add.identity for r in same):
-            pass  # already in the run: nothing to add
+            log.info("teacher %s is already scored in %s (the same file): nothing to add", add.name, root or "this run")
         elif same:
             r = same[0]
             why = (f"a different teacher named {r.name!r} is in this run ({r.config.file}, identity {r.identity}; "

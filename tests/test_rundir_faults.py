@@ -159,10 +159,13 @@ def test_the_same_teacher_under_another_name_is_refused(tmp_path, capsys):
     _refused(capsys, ["run", *SETS, "--set", f"teachers=[synthetic-helpful,{twin}]", "--out", str(out)], out, "the same teacher")
 
 
-def test_add_teacher_twice_or_of_a_config_teacher_adds_no_row(copy, capsys):
+def test_add_teacher_twice_or_of_a_config_teacher_adds_no_row(copy, capsys, caplog):
     before = _results(copy)
     assert main(["add-teacher", str(copy), "synthetic-helpful", "--quiet"]) == 0
     assert _results(copy) == before
+    with caplog.at_level("INFO", logger="harness"):
+        assert main(["add-teacher", str(copy), "synthetic-helpful"]) == 0  # said, not silent
+    assert f"teacher synthetic-helpful is already scored in {copy} (the same file): nothing to add" in caplog.messages
     twin = copy.parent / "twin.yaml"
     shutil.copy(TEACHERS / "synthetic-misleading.yaml", twin)
     _refused(capsys, ["add-teacher", str(copy), str(twin)], copy, "is the same teacher as 'synthetic-misleading'")
