@@ -58,6 +58,7 @@ class PhaseProgress:
     spent: int = 0  # rollouts counted against that budget, those of earlier invocations included
     step: str = ""  # where within the phase, e.g. "window 2/3"
     final: bool = False  # the phase has ended
+    rounds: bool = False  # planned round by round until a strategy plans nothing: any total is an estimate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,8 @@ class Phase:
     """The counters of one running phase; the backend wrapper feeds them while the phase is bound."""
 
     def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
-                 spent: Callable[[], int] | None, steps: Sequence[float] | None):
-        self.owner, self.name, self.unit = owner, name, unit
+                 spent: Callable[[], int] | None, steps: Sequence[float] | None, rounds: bool = False):
+        self.owner, self.name, self.unit, self.rounds = owner, name, unit, rounds
         self.budget, self._spent_fn = budget, spent
         self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
         self.step_index, self.step_label = 0, ""
@@ -166,7 +167,7 @@ class Phase:
             phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
             expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
             elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
-            step="" if final else step, final=final,
+            step="" if final else step, final=final, rounds=self.rounds,
         )
 
     def emit(self, force: bool = False, final: bool = False) -> None:
@@ -204,9 +205,11 @@ class Phases:
 
     @contextlib.contextmanager
     def phase(self, name: str, backend=None, unit: str = "rollouts", budget: int | None = None,
-              spent: Callable[[], int] | None = None, steps: Sequence[float] | None = None) -> Iterator[Phase]:
-        """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it."""
-        ph = Phase(self, name, unit, budget, spent, steps)
+              spent: Callable[[], int] | None = None, steps: Sequence[float] | None = None,
+              rounds: bool = False) -> Iterator[Phase]:
+        """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it.
+        ``rounds``: the phase plans its work round by round, so its total stays an estimate to the end."""
+        ph = Phase(self, name, unit, budget, spent, steps, rounds)
         previous = getattr(backend, "phase", None)
         if backend is not None:
             backend.phase = ph
@@ -261,10 +264,12 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
             line += f" ({_rate(ev.done / elapsed)} {ev.unit}/s)"
         return line + _budget(ev)
     total = ev.expected if ev.expected is not None else ev.planned
-    estimated = ev.expected is not None and ev.expected > ev.planned
+    projected = ev.expected is not None and ev.expected > ev.planned  # later windows, estimated
+    estimated = projected or ev.rounds  # or later rounds, which no one counts before they are planned
     of = f"{'~' if estimated else ''}{_count(total)}"
     if not ev.done:
-        return f"{name}: {of} {ev.unit} planned" + (" so far" if estimated else "") + _budget(ev)
+        return (f"{name}: {'~' if projected else ''}{_count(total)} {ev.unit} planned" + (" so far" if estimated else "")
+                + _budget(ev))
     line = f"{name}: {_count(ev.done)}/{of} {ev.unit}"
     if total:
         line += f" ({100 * ev.done / total:.0f}%)"

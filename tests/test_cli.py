@@ -124,6 +124,12 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(final=True, budget=None, elapsed=125)).startswith("targeted rollouts: done, 500 rollouts, 25,000 tokens in 2 min 05 s")
     slow = describe(_event(phase="validate", unit="arms", done=3, planned=12, expected=12, tokens=0, elapsed=40.0, budget=None, step=""))
     assert slow == "validate: 3/12 arms (25%), 0.075 arms/s, ETA 2 min 00 s"  # a slow phase's rate is not "0/s"
+    # in its last window a phase planned round by round still cannot count the rounds to come: marked, never exact
+    last = dict(planned=1000, expected=1000, step="window 3/3", rounds=True)
+    assert describe(_event(done=0, **last)).startswith("targeted rollouts (window 3/3): 1,000 rollouts planned so far,")
+    assert describe(_event(done=990, **last)).startswith("targeted rollouts (window 3/3): 990/~1,000 rollouts (99%)")
+    assert ", ETA ~0.1 s," in describe(_event(done=990, **last))
+    assert describe(_event(done=990, planned=1000, expected=1000, step="")).startswith("targeted rollouts: 990/1,000 rollouts")
 
 
 def test_phases_count_plan_and_estimate_later_steps():
@@ -311,6 +317,8 @@ def test_run_rescore_and_add_teacher_report_progress(tmp_path):
     assert finals["teacher passes"].done == finals["teacher passes"].planned > 0
     assert finals["targeted rollouts"].rollouts > 0
     assert any(e.step.startswith("window 1/") for e in progress if e.phase == "targeted rollouts")
+    # its rounds are planned one by one: every total it reports is an estimate, the others' are counts
+    assert all(e.rounds == (e.phase == "targeted rollouts") for e in progress)
 
     _, _, finished = events(rescore, out, ["jsd_beta=0.9"])
     assert sum(e.rollouts + e.done for e in finished.phases) == 0  # everything read from the run directory
