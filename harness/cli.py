@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--gpu-memory", type=_positive, metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
     p.add_argument("--throughput", type=_positive, metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
-    p.add_argument("--measurements", type=_path, metavar="JSON", help="bench/gpu_check.py --json output: its sampled tokens/s")
+    p.add_argument("--measurements", type=_path, metavar="JSON", help="bash bench/gpu_check.sh --json output: its sampled tokens/s")
     p.set_defaults(func=_plan)
 
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")

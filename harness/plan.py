@@ -14,9 +14,9 @@ later with ``odiag add-teacher`` only score the stored tree.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 

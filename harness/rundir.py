@@ -298,7 +298,6 @@ def _holds_work(root: Path) -> bool:
     return False
 
 
-
 class RunDir:
     """A run directory held by this process for one :class:`~harness.plan.RunPlan`."""
 
