@@ -225,6 +225,17 @@ def numeric_options(cfg: RunConfig) -> dict:
 SCORING_FIELDS = ("algorithms", "jsd_beta", "gamma")
 # How far a run goes: a larger value grows a stored run (more questions, more targeted rollouts).
 GROWTH_FIELDS = ("limit", "budget")
+# the allocation settings each strategy reads (harness/core/allocation.py; tau, n_min and budget: all of them)
+STRATEGY_FIELDS = {
+    "paper": ("n_target", "k_window"),
+    "settle": ("n_target", "k_window", "confidence", "tolerance", "n_max", "price"),
+    "survey": ("survey_positions", "survey_visits"),
+}
+
+
+def unread_fields(strategy: str) -> set[str]:
+    """Allocation settings ``strategy`` never reads: another value of one leaves its every round as it was."""
+    return {f for fields in STRATEGY_FIELDS.values() for f in fields} - set(STRATEGY_FIELDS[strategy])
 
 
 def tree_fields(cfg: RunConfig) -> dict:

@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 
 from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
-from harness.config import REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, repeated, to_dict, tree_fields
+from harness.config import (REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, repeated, to_dict, tree_fields,
+                             unread_fields)
 from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 
@@ -326,12 +327,16 @@ def check_against(
     theirs = [t for t in saved["teachers"] if isinstance(t, dict) and {"name", "identity", "file", "role"} <= set(t)]
     if len(theirs) != len(saved["teachers"]):
         raise RunDirError(f"{where}/config.json: not a valid run config (a teacher entry lacks name, identity, file or role)")
-    if saved["tree_hash"] != plan.tree_hash:
-        mine, stored = tree_fields(plan.config), saved.get("tree", {})
-        keys = [*mine, *(k for k in stored if k not in mine)]
-        diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in keys if stored.get(k) != mine.get(k)]
-        old = [t for t in theirs if t["role"] == PLANNER]
-        new = [t for t in plan.teachers if t.role == PLANNER]
+    mine, stored = tree_fields(plan.config), saved.get("tree", {})
+    keys = [*mine, *(k for k in stored if k not in mine)]
+    differ = [k for k in keys if stored.get(k) != mine.get(k)]
+    old = [t for t in theirs if t["role"] == PLANNER]
+    new = [t for t in plan.teachers if t.role == PLANNER]
+    same_planners = [(t["name"], t["identity"]) for t in old] == [(t.name, t.identity) for t in new]
+    # a setting the run's strategy never reads (settle's price under paper) leaves the tree as it is
+    unread = differ and same_planners and set(differ) <= unread_fields(plan.config.strategy)
+    if saved["tree_hash"] != plan.tree_hash and not unread:
+        diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in differ]
         if [t["name"] for t in old] != [t.name for t in new]:
             diffs.append(f"teachers: {[t['name'] for t in old]} there, {[t.name for t in new]} now "
                          "(add a teacher to a finished run with odiag add-teacher)")

@@ -853,3 +853,19 @@ def test_a_run_stopped_before_computing_anything_takes_the_corrected_settings(cl
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "config.yaml"]
     assert _strip(run(CFG, out)) == _results(clean)
     _refused(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(out)], out, "a run grows, it never shrinks")
+
+
+def test_a_setting_the_strategy_never_reads_leaves_the_run_as_it_is(copy, clean, capsys, tmp_path):
+    """settle's and survey's settings under paper shape nothing: the run resumes with zero rollouts and
+    the same numbers, and records the new values. Under settle the same price is its own, and refused."""
+    unread = ["--set", "confidence=0.5", "--set", "price=0.01", "--set", "survey_positions=8"]
+    assert main(["run", *SETS, *unread, "--out", str(copy), "--quiet"]) == 0
+    after = json.loads((copy / "results.json").read_text())
+    assert after["counts"]["rollouts_this_invocation"] == 0
+    assert after["teachers"] == _results(clean)["teachers"] and after["config"]["price"] == 0.01
+    assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0  # and back
+    _refused(capsys, ["run", *SETS, "--set", "n_target=50", "--out", str(copy)], copy, "n_target: 40 there, 50 now")
+    settle = tmp_path / "settle"
+    assert main(["run", *SETS, "--set", "strategy=settle", "--out", str(settle), "--quiet"]) == 0
+    _refused(capsys, ["run", *SETS, "--set", "strategy=settle", "--set", "price=0.01", "--out", str(settle)], settle,
+             "price: 0.001 there, 0.01 now")
