@@ -75,7 +75,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _rescore(args: argparse.Namespace) -> int:
     from harness.pipeline import rescore
 
-    return _reported(args, lambda on_progress: rescore(args.dir, args.set, on_progress=on_progress))
+    return _reported(args, lambda on_progress: rescore(args.dir, args.set, on_progress=on_progress, drop=args.drop_teacher))
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma (repeatable)")
+    p.add_argument("--drop-teacher", action="append", default=[], metavar="NAME",
+                   help="remove a teacher added with add-teacher, its passes and its rows (repeatable; the config's "
+                        "teachers plan the tree and stay)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_rescore)

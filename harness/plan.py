@@ -312,6 +312,7 @@ def _grows(old: int | None, new: int | None) -> bool:
 
 def check_against(
     plan: RunPlan, saved: dict | None, *, rescore: bool = False, add: TeacherRef | None = None, root: str = "",
+    drop: tuple[str, ...] = (),
 ) -> tuple[RunPlan, list[str]]:
     """``plan`` checked against a run directory's ``config.json`` (None: a new run).
 
@@ -363,13 +364,20 @@ def check_against(
             what = (f"{key} {new!r} is below the run's {old!r}" if old is not None
                     else f"the run has no {key} (unlimited), and {key} {new!r} would shrink it")
             raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use another --out for {smaller})")
+    added = [t["name"] for t in theirs if t["role"] == ADDED]
+    for name in drop:
+        if name not in added:
+            planned = " plans the rollout tree and cannot leave it" if name in [t["name"] for t in theirs] else " is not in this run"
+            raise RunDirError(f"--drop-teacher {name}: {name!r}{planned}; teachers added with odiag add-teacher: "
+                              f"{', '.join(added) or 'none'}")
     refs, changed = list(plan.teachers), []
     for t in theirs:
-        if t["role"] != ADDED:
+        if t["role"] != ADDED or t["name"] in drop:
             continue
         file = t["file"] if Path(t["file"]).is_absolute() else str(REPOSITORY / t["file"])
         if not Path(file).is_file():
-            raise RunDirError(f"{where}: teacher {t['name']!r} (added) was loaded from {file}, which no longer exists; restore it")
+            raise RunDirError(f"{where}: teacher {t['name']!r} (added) was loaded from {file}, which no longer exists; restore "
+                              f"it, or remove the teacher with odiag rescore {where} --drop-teacher {t['name']}")
         ref = resolve_teacher(file, ADDED)
         ref = dataclasses.replace(ref, entry=t.get("entry", file))
         if ref.name != t["name"]:

@@ -40,7 +40,7 @@ def add_teacher(
 
 def rescore(
     out: str | Path, overrides: Sequence[str] = (), on_progress=None,
-    backend: Backend | None = None, task: Task | None = None,
+    backend: Backend | None = None, task: Task | None = None, drop: Sequence[str] = (),
 ) -> dict:
     """Rescore a finished run's stored trees under new scoring settings, zero rollouts.
 
@@ -58,7 +58,7 @@ def rescore(
             "(grow a run with odiag run, or start another --out)"
         )
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
-    with RunDir.open(out, plan, rescore=True) as rundir:
+    with RunDir.open(out, plan, rescore=True, drop=tuple(drop)) as rundir:
         from harness.pipeline import _execute
 
         return _execute(rundir, on_progress, backend, frozen=True)

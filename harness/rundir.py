@@ -322,6 +322,7 @@ class RunDir:
     @staticmethod
     def open(
         root: str | Path, plan: RunPlan, *, repair: bool = False, rescore: bool = False, add: TeacherRef | None = None,
+        drop: tuple[str, ...] = (),
     ) -> RunDir:
         """Create ``root`` for a checked ``plan``, or reopen it; hold it until :meth:`close`.
 
@@ -353,7 +354,7 @@ class RunDir:
                 saved = None  # stopped before anything was computed: nothing pins its settings, the new ones apply
             from harness.plan import check_against
 
-            plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root))
+            plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root), drop=drop)
             # a rescore that redoes no forward pass reads only stored work: its models may have moved on
             stored = (saved or {}).get("models", {})
             if not (rescore and not changed):
@@ -362,7 +363,7 @@ class RunDir:
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root))
             rundir = RunDir(root, plan, lock, repair)
             rundir.clean()
-            for name in changed:  # rescore: a teacher's file changed, its passes are redone
+            for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
             if saved != record:

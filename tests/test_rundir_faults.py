@@ -869,3 +869,22 @@ def test_a_setting_the_strategy_never_reads_leaves_the_run_as_it_is(copy, clean,
     assert main(["run", *SETS, "--set", "strategy=settle", "--out", str(settle), "--quiet"]) == 0
     _refused(capsys, ["run", *SETS, "--set", "strategy=settle", "--set", "price=0.01", "--out", str(settle)], settle,
              "price: 0.001 there, 0.01 now")
+
+
+def test_an_added_teacher_whose_file_is_gone_can_be_dropped(copy, clean, tmp_path, capsys):
+    """An added teacher's deleted file blocks the run until it is restored, or the teacher is dropped:
+    then the run is the clean run again, its passes gone. The config's teachers cannot be dropped."""
+    late = _teacher(tmp_path, "late", model="misleading")
+    add_teacher(copy, str(late))
+    late.unlink()
+    err = _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "which no longer exists; restore it, or remove the "
+                   f"teacher with odiag rescore {copy} --drop-teacher late")
+    _refused(capsys, ["rescore", str(copy), "--drop-teacher", "synthetic-helpful"], copy,
+             "--drop-teacher synthetic-helpful: 'synthetic-helpful' plans the rollout tree and cannot leave it; "
+             "teachers added with odiag add-teacher: late")
+    _refused(capsys, ["rescore", str(copy), "--drop-teacher", "nobody"], copy, "'nobody' is not in this run")
+    assert main(["rescore", str(copy), "--drop-teacher", "late", "--quiet"]) == 0, err
+    assert _results(copy) == _results(clean)
+    assert not list(copy.glob("shards/*/score-p*-late.npz"))
+    assert "late" not in {t["name"] for t in json.loads((copy / "config.json").read_text())["teachers"]}
+    assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
