@@ -335,7 +335,7 @@ def check_against(
     new = [t for t in plan.teachers if t.role == PLANNER]
     same_planners = [(t["name"], t["identity"]) for t in old] == [(t.name, t.identity) for t in new]
     # a setting the run's strategy never reads (settle's price under paper) leaves the tree as it is
-    unread = differ and same_planners and set(differ) <= unread_fields(plan.config.strategy)
+    unread = bool(differ) and same_planners and set(differ) <= unread_fields(plan.config.strategy)
     if saved["tree_hash"] != plan.tree_hash and not unread:
         diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in differ]
         if [t["name"] for t in old] != [t.name for t in new]:

@@ -45,8 +45,9 @@ def rescore(
     """Rescore a finished run's stored trees under new scoring settings, zero rollouts.
 
     ``overrides`` (``key=value``) may change only scoring settings (``algorithms``, ``jsd_beta``,
-    ``gamma``); teachers added to the run whose file changed are scored again from the new file.
-    The results equal a fresh run's with the same settings.
+    ``gamma``); teachers added to the run whose file changed are scored again from the new file, and
+    those named in ``drop`` leave the run with their passes. The results equal a fresh run's with the
+    same settings and teachers.
     """
     stored = _finished(out)
     data = to_dict(stored)
