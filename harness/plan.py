@@ -77,7 +77,11 @@ def check_distinct(refs: list[TeacherRef] | tuple[TeacherRef, ...]) -> None:
     """Refuse a teacher listed twice: the same entry, the same name, or the same content under two names."""
     by_name: dict[str, TeacherRef] = {}
     by_identity: dict[str, TeacherRef] = {}
+    by_slug: dict[str, TeacherRef] = {}
     for r in refs:
+        if slug(r.name) == STUDENT:  # the student's own passes are stored under that name
+            raise ConfigError(f"teacher {r.name!r} ({r.config.file}): the name {STUDENT!r} is the student's; give the teacher "
+                              "another (key 'name', or rename the file)")
         if (other := by_name.get(r.name)) is not None:
             same = "listed twice" if other.identity == r.identity else "names two different files"
             raise ConfigError(
@@ -87,7 +91,10 @@ def check_distinct(refs: list[TeacherRef] | tuple[TeacherRef, ...]) -> None:
             raise ConfigError(
                 f"teachers: {other.name!r} and {r.name!r} are the same teacher (identity {r.identity}); list it once"
             )
-        by_name[r.name], by_identity[r.identity] = r, r
+        if (other := by_slug.get(slug(r.name))) is not None:  # their passes would be stored in one file
+            raise ConfigError(f"teachers: {other.name!r} and {r.name!r} differ only in characters a file name cannot hold "
+                              f"(both are stored as {slug(r.name)!r}); rename one (key 'name', or rename the file)")
+        by_name[r.name], by_identity[r.identity], by_slug[slug(r.name)] = r, r, r
 
 
 @dataclasses.dataclass(frozen=True)

@@ -888,3 +888,19 @@ def test_an_added_teacher_whose_file_is_gone_can_be_dropped(copy, clean, tmp_pat
     assert not list(copy.glob("shards/*/score-p*-late.npz"))
     assert "late" not in {t["name"] for t in json.loads((copy / "config.json").read_text())["teachers"]}
     assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
+
+
+def test_teacher_names_that_would_share_stored_passes_are_refused(copy, tmp_path, capsys):
+    """A teacher's passes are stored under its name made file-safe: 'my teacher' and 'my_teacher' would
+    read each other's numbers, and 'student' would be the student's own passes. Refused in one line, at
+    the start of a run and before add-teacher records anything."""
+    spaced, underscored = _teacher(tmp_path, "my teacher"), _teacher(tmp_path, "my_teacher", model="misleading")
+    student = _teacher(tmp_path, "student")
+    both = ["run", *SETS, "--set", f"teachers=['{spaced}', '{underscored}']", "--out", str(tmp_path / "new")]
+    assert "'my teacher' and 'my_teacher' differ only in characters a file name cannot hold" in _error(capsys, both)
+    assert "the name 'student' is the student's" in _error(
+        capsys, ["run", *SETS, "--set", f"teachers=[{student}]", "--out", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
+    _refused(capsys, ["add-teacher", str(copy), str(student)], copy, "the name 'student' is the student's")
+    assert main(["add-teacher", str(copy), str(spaced), "--quiet"]) == 0
+    _refused(capsys, ["add-teacher", str(copy), str(underscored)], copy, "both are stored as 'my_teacher'")
