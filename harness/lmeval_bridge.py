@@ -42,6 +42,7 @@ from lm_eval.api.metrics import mean
 from lm_eval.api.task import ConfigurableTask
 
 from harness.config import ConfigError, RunConfig, build
+from harness.errors import OdiagError
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,12 @@ class DiagnosticTask(ConfigurableTask):
 
     @functools.cached_property
     def _run_settings(self) -> RunConfig:
-        """The odiag keys of the metadata as a RunConfig (lm-eval's own keys filled in later)."""
-        return metadata_config(self.config.metadata or {}, _model_argument_names(), f"task {self.config.task}: --metadata")
+        """The odiag keys of the metadata as a RunConfig (lm-eval's own keys filled in later); a bad key or
+        value is one line and exit code 2 under plain ``lm_eval`` too (``odiag eval`` checks them first)."""
+        try:
+            return metadata_config(self.config.metadata or {}, _model_argument_names(), f"task {self.config.task}: --metadata")
+        except OdiagError as exc:
+            refuse(str(exc))
 
     def construct_requests(self, doc: dict, ctx, **kwargs) -> Instance:
         kwargs.pop("apply_chat_template", None)  # refused in build_all_requests when set
@@ -384,7 +389,16 @@ def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
 
 
 def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
-    """lm-eval model method: run odiag on each task's questions; one record per instance."""
+    """lm-eval model method: run odiag on each task's questions; one record per instance. An expected
+    failure (a run directory that refuses these settings, a teacher the task cannot hold) is one line
+    and exit code 2, under plain ``lm_eval`` as under ``odiag eval``."""
+    try:
+        return _diagnose(self, instances)
+    except OdiagError as exc:
+        refuse(" ".join(str(exc).split()))
+
+
+def _diagnose(self, instances: list[Instance]) -> list[dict]:
     from harness.pipeline import json_ready, run
     from harness.progress import Reporter
     from harness.report import no_decision_reason

@@ -86,3 +86,22 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
             else:
                 assert got[key] == pytest.approx(want, abs=1e-9), (name, key)
                 assert f"{metric_name('alignment', row['teacher'], row['algorithm'])}_stderr,none" in got
+
+
+@needs_toy
+@pytest.mark.slow
+def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
+    """Under plain ``lm_eval`` (not ``odiag eval``, which checks first), metadata odiag cannot run, and a run
+    directory that refuses the settings, end in one ``odiag: error:`` line and exit code 2, no traceback."""
+    common = [BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", "--model", "hf",
+              "--model_args", f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu"]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("someone's")
+    for meta, needle in (({"out": "x"}, "odiag needs its teachers"),
+                         ({**SETTINGS, "budgett": 3}, "unknown key 'budgett'"),
+                         ({**SETTINGS, "out": "taken"}, "a directory that is not an odiag run")):
+        done = subprocess.run([*common, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("odiag: error: ") and needle in last, last
