@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +123,14 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
     for key in ("teachers", "algorithms"):  # a pair listed twice would count twice in every correlation
         if (twice := repeated(getattr(cfg, key) or ())) is not None:
             raise ConfigError(f"odiag validate: key {key!r} lists {twice!r} twice; name each once")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
+        raise ConfigError(f"odiag validate: key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if str(cfg.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"odiag validate: key 'device' is {cfg.device!r}, and torch sees no CUDA device here "
+                              "(use cpu, or auto)")
     return cfg
 
 

@@ -275,6 +275,8 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
         ([small_run, "--teachers", ","], "names no teacher"),
         ([small_run, "--teachers", "a,a"], "key 'teachers' lists 'a' twice"),
+        ([small_run, "--set", "device=tpu"], "key 'device' must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        *([([small_run, "--set", "device=cuda:0"], "torch sees no CUDA device here")] if not _cuda() else []),
         ([tmp_path], "not an odiag run directory (no config.json)"),
     ):
         assert main(["validate", *map(str, args), "--quick"]) == 2
@@ -299,3 +301,9 @@ def test_a_run_without_decision_points_says_why_there_is_nothing_to_validate(tmp
     err = capsys.readouterr().err
     assert err.startswith(f"odiag: error: {tmp_path / 'run'}: nothing to validate, the run has no decision point: 1 question"), err
     assert not (tmp_path / "run" / "validation.json").exists()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
