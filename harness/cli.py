@@ -16,10 +16,12 @@ from typing import Any
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
+    from harness.results import json_ready
     from harness.selfcheck import SelfcheckConfig, format_report, run_selfcheck
 
     summary = run_selfcheck(SelfcheckConfig(questions=args.questions, seed=args.seed))
-    print(json.dumps(summary, indent=2) if args.json else format_report(summary))
+    # strict JSON: an interval over one question is null, never a bare NaN
+    print(json.dumps(json_ready(summary), indent=2, allow_nan=False) if args.json else format_report(summary))
     return 0 if summary["passed"] else 1
 
 

@@ -51,3 +51,14 @@ def test_cli_reports_and_exits_zero(capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["modes"]) == {"paper", "settle", "cascade=paper"}
     assert set(out["modes"]["settle"]["teachers"]["helpful"]) >= {"attenuation", "mean_exact", "mean_estimated"}
+
+
+def test_cli_json_is_strict_where_an_interval_is_undefined(capsys):
+    """One question has no interval: JSON null, which strict parsers read, not a bare NaN."""
+    cli.main(["selfcheck", "--questions", "1", "--json"])
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    out = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert out["modes"]["paper"]["teachers"]["helpful"]["ci95"] == [None, None]
