@@ -174,31 +174,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"odiag: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
-def _count(minimum: float, kind: type = int) -> Callable[[str], Any]:
-    """An argparse type: a number of at least ``minimum`` (``kind`` int or float)."""
+def _count(minimum: float, kind: type = int, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of at least ``minimum`` (``kind`` int or float); ``above``: more than
+    ``minimum`` (a rate or a size, where 0 means nothing)."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
-        if not value >= minimum or value != value or value in (float("inf"), float("-inf")):
+        if not (value > minimum if above else value >= minimum) or value != value or value in (float("inf"), float("-inf")):
             finite = "" if kind is int else " and finite"
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}{finite}, got {text[:40]!r}")
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum}{finite}, got {text[:40]!r}")
         return value
 
     return parse
-
-
-def _positive(text: str) -> float:
-    """An argparse type: a finite number above 0 (a rate or a size, where 0 means nothing)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text[:40]!r}")
-    return value
 
 
 def _path(text: str) -> str:
@@ -254,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
     p.add_argument("--config", help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--gpu-memory", type=_positive, metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
-    p.add_argument("--throughput", type=_positive, metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
+    p.add_argument("--gpu-memory", type=_count(0, float, above=True), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
+    p.add_argument("--throughput", type=_count(0, float, above=True), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
     p.add_argument("--measurements", type=_path, metavar="JSON", help="bash bench/gpu_check.sh --json output: its sampled tokens/s")
     p.set_defaults(func=_plan)
 

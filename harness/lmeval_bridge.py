@@ -211,7 +211,8 @@ def _first(items: list):
 def refuse(message: str) -> None:
     """An lm-eval option odiag cannot honour: one ``odiag: error:`` line and exit code 2, also when
     the task runs under plain ``lm_eval`` (whose own error path would print a traceback)."""
-    print(f"odiag: error: {message}", file=sys.stderr, flush=True)
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"odiag: error: {line}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
@@ -395,7 +396,7 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
     try:
         return _diagnose(self, instances)
     except OdiagError as exc:
-        refuse(" ".join(str(exc).split()))
+        refuse(str(exc))
 
 
 def _diagnose(self, instances: list[Instance]) -> list[dict]:
