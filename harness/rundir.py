@@ -286,6 +286,21 @@ class RunLock:
 
 # the directory -----------------------------------------------------------------------------------
 
+_VALIDATION_FILES = ("validation.json", "validation.svg", "validation.png")
+
+
+def _drop_validation(root: Path) -> None:
+    """Remove ``odiag validate``'s outputs: they measured the results whose settings are about to change.
+
+    Its stored (arm, seed) results stay under ``DIR/validation/``: they are keyed by the results they
+    trained on, so they are reused only if the run comes back to those settings.
+    """
+    if found := [name for name in _VALIDATION_FILES if (root / name).exists()]:
+        for name in found:
+            (root / name).unlink()
+        log.info("%s: removed %s: it validated the run's earlier settings; run odiag validate %s again for these",
+                 root, ", ".join(found), root)
+
 _RECORD_FILES = {"config.json", "config.yaml", LOCK_NAME}
 
 
@@ -370,6 +385,7 @@ class RunDir:
                 # results of the settings recorded until now: gone before the record changes, so a command
                 # stopped from here on leaves a run that reads as unfinished, never as finished with other settings
                 (root / "results.json").unlink(missing_ok=True)
+                _drop_validation(root)
                 atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
                 write_json(root / "config.json", record)
         except BaseException:

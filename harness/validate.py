@@ -57,7 +57,7 @@ import numpy as np
 from harness import __version__
 from harness.config import ConfigError, RunConfig, build, local_path, portable, repeated, to_dict
 from harness.progress import Callback, Phases
-from harness.rundir import RunDir, write_json
+from harness.rundir import RunDir, RunLock, write_json
 from harness.wording import plural
 
 log = logging.getLogger(__name__)
@@ -363,13 +363,24 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
 
     ``on_progress`` receives `harness.progress` events: one phase, "validate", counting arms x seeds.
     """
+    root = Path(run_dir)
+    RunDir.finished_results(root)  # what the directory is instead, before anything is taken
+    lock = RunLock(root)  # held throughout: a run growing meanwhile would leave a validation of results that are gone
+    lock.acquire()
+    try:
+        return _validate(root, cfg, on_progress)
+    finally:
+        lock.release()
+
+
+def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> dict:
+    """:func:`validate` on a run directory this process holds."""
     from harness.core.validation import gain_interval, rank_correlations
     from harness.pipeline import json_ready, run_task
     from harness.teachers import load_teacher
 
     phases = Phases(on_progress)
     started, cpu_started, load_before = time.monotonic(), time.process_time(), os.getloadavg()
-    root = Path(run_dir)
     results_file = RunDir.finished_results(root)
     RunDir.verify_models(root)  # it trains the student the run scored, and reads the contexts the run stored
     results = json.loads(results_file.read_text())

@@ -8,6 +8,7 @@ resume, the leaderboard panel only where a validation exists, and one-line error
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -264,6 +265,17 @@ def test_validate_quick_on_the_toy_models(small_run):
     assert 'id="validation"' in html and "Does alignment predict training?" in html and board["entries"]
     assert (run.parent / "site-after" / "figures" / "run--validation.svg").is_file()
 
+    # new settings make the validation stale: it goes with the results it measured; the stored arms stay
+    import shutil
+
+    copy = run.parent / "rescored"
+    shutil.copytree(run, copy)
+    assert main(["rescore", str(copy), "--set", "algorithms=[gkd]", "--quiet"]) == 0
+    assert not [p.name for p in copy.glob("validation.*")] and len(list((copy / "validation").glob("*/*.json"))) == 7 * 2
+    same = run.parent / "same"  # the same settings again change nothing: the validation still holds
+    shutil.copytree(run, same)
+    assert main(["rescore", str(same), "--quiet"]) == 0 and json.loads((same / "validation.json").read_text()) == v2
+
 
 @pytest.mark.slow
 def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
@@ -283,6 +295,17 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("odiag: error:") and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "validation.json").exists() and not (tmp_path / "validation").exists()
+    # a run another process holds (growing, say) is not validated meanwhile: its results may be gone by the end
+    from harness.rundir import RunLock
+
+    lock = RunLock(small_run)
+    lock.acquire()
+    try:
+        assert main(["validate", str(small_run), "--quick"]) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.startswith("odiag: error:") and f"in use by odiag pid {os.getpid()}" in err, err
     # the error arrives before torch is needed: through the console script as well
     done = _odiag("validate", small_run, "--teachers", "nope", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("odiag: error:") and "Traceback" not in done.stderr
