@@ -10,6 +10,7 @@ Almost every case calls ``harness.cli.main`` in this process; a few run the real
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -548,6 +549,31 @@ def test_demo_refuses_a_site_it_may_not_write_before_it_runs(odiag, tmp_path):
         assert_one_line(odiag("demo", "--out", tmp_path / "run", "--site", tmp_path / site), needle.format(tmp_path / site))
         assert not (tmp_path / "run").exists()
     assert (tmp_path / "mine" / "index.html").read_text() == "<html>my page</html>"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_site_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys, monkeypatch, code):
+    """A read-only folder or file system for the site is found before the run, not after it: the file
+    system is asked (a root user passes every permission bit), and nothing is written."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def deny(*args, dir=None, **kwargs):
+        if str(dir).startswith(str(tmp_path / "ro")):
+            raise OSError(code, os.strerror(code))
+        return real(*args, dir=dir, **kwargs)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", deny)
+    for site in (tmp_path / "ro", tmp_path / "ro" / "new" / "site"):
+        assert cli.main(["demo", "--out", str(tmp_path / "run"), "--site", str(site)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"odiag: error: --site {site}: cannot write in {tmp_path / 'ro'} ({os.strerror(code)}); choose a directory you can write\n"
+        assert not (tmp_path / "run").exists() and not list((tmp_path / "ro").iterdir())
+    (tmp_path / "afile").write_text("a file\n")
+    assert cli.main(["demo", "--out", str(tmp_path / "run"), "--site", str(tmp_path / "afile" / "site")]) == 2
+    assert f"--site {tmp_path / 'afile' / 'site'}: lies under {tmp_path / 'afile'}, which is not a directory" in capsys.readouterr().err
 
 
 def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):

@@ -29,17 +29,24 @@ log = logging.getLogger(__name__)
 def check_site_dir(out: Path, flag: str = "--out") -> None:
     """Refuse (one line, naming ``flag``) to write into ``out`` when it is not a directory, or when its page
     or data are not an odiag leaderboard's: a user's own ``index.html`` or ``leaderboard.json`` is never
-    overwritten. Commands that build a site after long work check it first."""
+    overwritten; or when it cannot be written. Commands that build a site after long work check it first."""
     from harness.config import ConfigError
-    from harness.leaderboard.merge import SCHEMA_VERSION
-    from harness.safeio import read_json
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
     if (out / "config.json").exists() or (out / "results.json").exists():
         raise ConfigError(f"{flag} {out}: is a run directory; give the site a directory of its own")
-    if not (out / "index.html").exists() and not (out / "leaderboard.json").exists():
-        return
+    if (out / "index.html").exists() or (out / "leaderboard.json").exists():
+        _check_ours(out, flag)
+    _check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
+
+
+def _check_ours(out: Path, flag: str) -> None:
+    """Refuse a folder whose page or data another tool wrote."""
+    from harness.config import ConfigError
+    from harness.leaderboard.merge import SCHEMA_VERSION
+    from harness.safeio import read_json
+
     try:
         ours = read_json(out / "leaderboard.json", 1 << 28).get("schema_version", "").startswith("odiag.leaderboard/")
     except (ConfigError, OSError, AttributeError):
@@ -48,6 +55,23 @@ def check_site_dir(out: Path, flag: str = "--out") -> None:
         held = "an index.html" if (out / "index.html").exists() else "a leaderboard.json"
         raise ConfigError(f"{flag} {out}: holds {held} that is not an odiag leaderboard's (no leaderboard.json with "
                           f"schema_version {SCHEMA_VERSION!r}); choose a new directory, or one odiag wrote")
+
+
+def _check_writable(out: Path, flag: str) -> None:
+    """Refuse (one line) a site that cannot be written: ``out`` itself, or the folder it would be made in."""
+    from harness.config import ConfigError
+
+    where = out.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"{flag} {out}: lies under {where}, which is not a directory; choose another directory")
+    try:  # a file made and removed at once: what the build will do, asked of the file system itself
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".odiag-site.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"{flag} {out}: cannot write in {where} ({exc.strerror or exc}); choose a directory you can write") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | None = None) -> dict:
