@@ -153,6 +153,28 @@ def test_vocabulary_mismatch_is_an_error(toy_task, tmp_path):
     _check_error(toy_task, source, "different vocabulary")
 
 
+def test_a_model_that_cannot_be_found_is_named_with_its_file_and_key(toy_task, tmp_path, monkeypatch):
+    """./ is read from the teacher file's folder, and the message says so, not "the current directory"."""
+    import transformers
+
+    from harness.tasks.lmeval import load_tokenizer
+
+    def unreachable(name, revision=None):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    load_tokenizer.cache_clear()
+    message = _check_error(toy_task, _write(tmp_path, "model: ./nosuchdir\n"), "key 'model': no such directory",
+                           repr(str(tmp_path / "nosuchdir")), "read from the teacher file's folder")
+    assert "current directory" not in message
+    _check_error(toy_task, _write(tmp_path, "model: nosuch-org/nosuch-model\n", "hub.yaml"),
+                 "key 'model': cannot load the tokenizer of 'nosuch-org/nosuch-model'")
+    summary = _write(tmp_path, "model: student\ncorrect_solutions: 1\nsummary: {summarizer: ../gone, prompt: '{{ solution }}'}\n"
+                               "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", "sum.yaml")
+    _check_error(toy_task, summary, "key 'summary.summarizer': no such directory", repr(str(tmp_path.parent / "gone")))
+    load_tokenizer.cache_clear()
+
+
 def test_self_teacher_thinking_mode_must_match_the_students_prompt(toy_task, tmp_path):
     """Pinned: a self-teacher reading the response under another template biases its log-probs silently."""
     path = _write(tmp_path, "model: student\nchat_template_options: {enable_thinking: true}\n")

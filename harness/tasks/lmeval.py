@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import ConfigError
+from harness.modelfiles import is_local_path
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
@@ -41,6 +42,7 @@ from harness.teachers import (
     Artefacts,
     TeacherConfig,
     context_or_skip,
+    model_keys,
     models_named,
     placeholder_context,
 )
@@ -53,8 +55,6 @@ STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # single-token stops besides the 
 def load_tokenizer(name: str, revision: str | None = None):
     """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
     from transformers import AutoTokenizer
-
-    from harness.modelfiles import is_local_path
 
     if is_local_path(name) and not Path(name).expanduser().is_dir():
         where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
@@ -316,8 +316,16 @@ class LMEvalTask:
         """Load-time checks of a teacher against this task and student; ConfigError naming file and key."""
         where = teacher.file or teacher.name
         student_vocab = self.tokenizer.get_vocab()
+        keys = model_keys(teacher)
         for model, revision in models_named(teacher).items():
-            vocab = load_tokenizer(model, revision).get_vocab()
+            if is_local_path(model) and not Path(model).expanduser().is_dir():
+                raise ConfigError(f"{where}: key {keys[model]!r}: no such directory {model!r} (a path starting ./ or ../ "
+                                  "is read from the teacher file's folder); give a local model directory or a hub id "
+                                  "such as Qwen/Qwen3-8B")
+            try:
+                vocab = load_tokenizer(model, revision).get_vocab()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: key {keys[model]!r}: {exc}") from None
             if vocab != student_vocab:
                 differ = len(set(vocab.items()) ^ set(student_vocab.items()))
                 raise ConfigError(

@@ -18,6 +18,7 @@ from harness.teachers.config import (
     context_text,
     context_variables,
     load_teacher,
+    model_keys,
     models_named,
     placeholder_context,
     render,
@@ -30,6 +31,6 @@ from harness.teachers.context import context_or_skip
 __all__ = [
     "STUDENT", "SUMMARY_VARIABLES", "TEACHER_DIR", "TEXT_SUMMARIZERS", "Artefacts", "Solution", "TeacherConfig",
     "artefact_models", "build_artefacts", "context_or_skip", "context_text", "context_variables", "load_teacher",
-    "models_named", "placeholder_context", "render", "solution_key", "summary_key", "teacher_path", "text_digest",
+    "model_keys", "models_named", "placeholder_context", "render", "solution_key", "summary_key", "teacher_path", "text_digest",
     "text_summarizer", "validate",
 ]

@@ -314,12 +314,28 @@ def text_summarizer(name: str) -> Callable[[str], str]:
 def models_named(cfg: TeacherConfig) -> dict[str, str | None]:
     """Every model other than the student this teacher needs loaded: {model id: revision}."""
     out: dict[str, str | None] = {}
+    for _, model, revision in _models(cfg):
+        out[model] = revision
+    return out
+
+
+def model_keys(cfg: TeacherConfig) -> dict[str, str]:
+    """The key of the teacher file that names each model of :func:`models_named` (the first, if several)."""
+    out: dict[str, str] = {}
+    for key, model, _ in _models(cfg):
+        out.setdefault(model, key)
+    return out
+
+
+def _models(cfg: TeacherConfig) -> list[tuple[str, str, str | None]]:
+    """(key, model, revision) of every model other than the student the teacher names, in file order."""
+    out = []
     if not cfg.is_self:
-        out[cfg.model] = cfg.revision
+        out.append(("model", cfg.model, cfg.revision))
     if cfg.solution_source != STUDENT:
-        out[cfg.solution_source] = cfg.solution_revision
+        out.append(("solutions.source", cfg.solution_source, cfg.solution_revision))
     if cfg.summarizer is not None and cfg.summarizer not in TEXT_SUMMARIZERS:
-        out[cfg.summarizer] = cfg.summarizer_revision
+        out.append(("summary.summarizer", cfg.summarizer, cfg.summarizer_revision))
     return out
 
 
