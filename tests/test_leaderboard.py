@@ -278,7 +278,10 @@ def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
     for row in results["teachers"]:
         m = metrics[("odiag_alignment", f"{row['teacher']}/{row['algorithm']}")]
         assert m["value"] == round(row["alignment"]["mean"], 4)
-        assert m["args"]["ci95"] == row["alignment"]["ci95"] and m["args"]["config_hash"] == results["config_hash"]
+        assert m["args"]["ci95"] == [round(x, 4) for x in row["alignment"]["ci95"]] and m["args"]["config_hash"] == results["config_hash"]
+        imc, card = row["incorrect_minus_correct"], metrics[("odiag_incorrect_minus_correct", f"{row['teacher']}/{row['algorithm']}")]
+        if imc.get("p_paired") is not None:  # 3 significant digits: a small p keeps its size
+            assert card["args"]["p_paired"] == pytest.approx(imc["p_paired"], rel=5e-3) and len(repr(card["args"]["p_paired"])) <= 9
     repocard_data = pytest.importorskip("huggingface_hub.repocard_data")
     name, evals = repocard_data.model_index_to_eval_results(meta["model-index"])
     assert name == "synthetic" and len(evals) == 4 * len(results["teachers"])

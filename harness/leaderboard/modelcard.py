@@ -38,15 +38,16 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
             if stat.get("mean") is None:
                 continue
             args = {
-                "teacher": row["teacher"], "algorithm": row["algorithm"], "ci95": stat.get("ci95"),
+                "teacher": row["teacher"], "algorithm": row["algorithm"],
+                "ci95": None if stat.get("ci95") is None else [_round(x) for x in stat["ci95"]],
                 "n_questions": stat.get("n_questions"), "rank": row.get("rank"), "config_hash": results["config_hash"],
             }
             if key == "incorrect_minus_correct":
-                args |= {"p_paired": stat.get("p_paired"), "p_clustered": stat.get("p_clustered")}
+                args |= {"p_paired": _significant(stat.get("p_paired")), "p_clustered": _significant(stat.get("p_clustered"))}
             metrics.append({
                 "type": metric_type,
                 "name": f"{title} ({row['teacher']}, {row['algorithm']})",
-                "value": round(float(stat["mean"]), 4),
+                "value": _round(stat["mean"]),
                 "config": f"{row['teacher']}/{row['algorithm']}",
                 "args": args,
                 "verified": False,
@@ -59,6 +60,16 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
             "metrics": metrics,
         }],
     }]
+
+
+def _round(x: float | None) -> float | None:
+    """A mean or interval end as the card shows it: 4 decimals (results.json keeps every digit)."""
+    return None if x is None else round(float(x), 4)
+
+
+def _significant(p: float | None) -> float | None:
+    """A p-value to 3 significant digits: a small one keeps its size (1.23e-08, not 0.0)."""
+    return None if p is None else float(f"{float(p):.3g}")
 
 
 def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
