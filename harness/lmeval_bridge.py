@@ -43,6 +43,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from harness.config import ConfigError, RunConfig, build
 from harness.errors import OdiagError
+from harness.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,8 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         cfg, extra = run_config(task, self, len(doc_ids))
         out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}")
         teachers = [load_teacher(t) for t in cfg.teachers]
-        log.info("odiag: %s, %d questions, teachers %s -> %s", name, len(doc_ids), list(cfg.teachers), out)
+        log.info("odiag: %s, %d %s, teachers %s -> %s", name, len(doc_ids), plural(len(doc_ids), "question"),
+                 list(cfg.teachers), out)
         reporter = Reporter()
         try:
             results = run(cfg, out, on_progress=reporter, backend=_backend(self, cfg, teachers),
