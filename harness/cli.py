@@ -16,9 +16,14 @@ from typing import Any
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
+    from harness.config import ConfigError
     from harness.results import json_ready
     from harness.selfcheck import SelfcheckConfig, format_report, run_selfcheck
+    from harness.tasks.exact import SyntheticTask
 
+    if args.questions > (most := SyntheticTask.max_questions):
+        raise ConfigError(f"--questions must be <= {most:,} (the synthetic questions are generated before the first "
+                          f"rollout), got {args.questions:,}")
     summary = run_selfcheck(SelfcheckConfig(questions=args.questions, seed=args.seed))
     # strict JSON: an interval over one question is null, never a bare NaN
     print(json.dumps(json_ready(summary), indent=2, allow_nan=False) if args.json else format_report(summary))

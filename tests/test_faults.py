@@ -733,6 +733,7 @@ def test_a_synthetic_limit_past_what_it_generates_is_refused_before_anything(odi
                         "key 'limit' must be <= 100,000 with task synthetic", "got 99,999,999,999,999,999,999,999")
     assert not (tmp_path / "r").exists()
     assert odiag("plan", "--set", "limit=100000")[0] == 0
+    assert_one_line(odiag("selfcheck", "--questions", "1000000000"), "--questions must be <= 100,000", "got 1,000,000,000")
 
 
 def test_outputs_that_cannot_be_what_they_name_are_one_line_each(odiag, tmp_path):
