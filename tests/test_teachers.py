@@ -89,6 +89,8 @@ def test_every_teacher_file_validates():
         ("model: student\nsolution_temperature: 0\n", ("'solution_temperature'", "greedy")),
         ("model: student\ncorrect_solutions: 1\nsummarizer: Qwen/Qwen3-32B\n"
          "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summary_prompt'", "needs a prompt")),
+        ("model: student\ncorrect_solutions: 1\nsummarizer: toy-sumary\n"  # a typo of a text summariser's name
+         "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summarizer'", "did you mean the text summariser 'toy-summary'")),
         ("model: student\ncorrect_solutions: 1\nsummarizer: toy-summary\nsummary_prompt: '{{ solution }}'\n"
          "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", ("'summary_prompt'", "takes no prompt")),
         ("model: student\nchat_template_options: {enable_thinking: [1]}\n", ("'chat_template_options'",)),
@@ -171,7 +173,7 @@ def test_a_model_that_cannot_be_found_is_named_with_its_file_and_key(toy_task, t
                  "key 'model': cannot load the tokenizer of 'nosuch-org/nosuch-model'")
     summary = _write(tmp_path, "model: student\ncorrect_solutions: 1\nsummary: {summarizer: ../gone, prompt: '{{ solution }}'}\n"
                                "context_template: '{{ question }} {{ correct_summaries[0] }}'\n", "sum.yaml")
-    _check_error(toy_task, summary, "key 'summary.summarizer': no such directory", repr(str(tmp_path.parent / "gone")))
+    _check_error(toy_task, summary, "key 'summarizer': no such directory", repr(str(tmp_path.parent / "gone")))
     load_tokenizer.cache_clear()
 
 

@@ -23,6 +23,7 @@ Context artefacts (solutions written by another model, summaries) live in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -227,6 +228,9 @@ def validate(cfg: TeacherConfig) -> None:
             fail("summarizer_revision", f"the text summariser {cfg.summarizer!r} has no revision")
     elif cfg.summarizer is not None:
         if not cfg.summary_prompt:
+            if near := difflib.get_close_matches(cfg.summarizer, TEXT_SUMMARIZERS, n=1):
+                fail("summarizer", f"{cfg.summarizer!r} is neither a text summariser nor a model with a prompt; "
+                                   f"did you mean the text summariser {near[0]!r}?")
             fail("summary_prompt", f"the summariser model {cfg.summarizer!r} needs a prompt (variables: question, solution)")
         used = _variables(cfg.summary_prompt, f"{where}: key 'summary_prompt'")
         if unknown := sorted(used - set(SUMMARY_VARIABLES)):
@@ -333,9 +337,9 @@ def _models(cfg: TeacherConfig) -> list[tuple[str, str, str | None]]:
     if not cfg.is_self:
         out.append(("model", cfg.model, cfg.revision))
     if cfg.solution_source != STUDENT:
-        out.append(("solutions.source", cfg.solution_source, cfg.solution_revision))
+        out.append(("solution_source", cfg.solution_source, cfg.solution_revision))
     if cfg.summarizer is not None and cfg.summarizer not in TEXT_SUMMARIZERS:
-        out.append(("summary.summarizer", cfg.summarizer, cfg.summarizer_revision))
+        out.append(("summarizer", cfg.summarizer, cfg.summarizer_revision))
     return out
 
 
