@@ -422,7 +422,7 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         reporter = Reporter()
         try:
             results = run(cfg, out, on_progress=reporter, backend=_backend(self, cfg, teachers),
-                          task=_odiag_task(task, cfg, doc_ids))
+                          task=_odiag_task(task, cfg, doc_ids), out_flag=f"task {name}: --metadata key 'out'")
         finally:
             reporter.close()
         for line in reporter.closing_lines():

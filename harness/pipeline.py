@@ -158,16 +158,16 @@ def _records(ctx: RunContext) -> tuple[list[dict], list[dict], dict[str, int]]:
 
 def run(
     cfg: RunConfig, out: str | Path, on_progress: Callback | None = None, backend: Backend | None = None,
-    task: Task | None = None, repair: bool = False,
+    task: Task | None = None, repair: bool = False, out_flag: str = "--out",
 ) -> dict:
     """Run (or resume, or grow) the diagnostic of ``cfg`` in ``out``; return the results dict also written there.
 
     ``cfg`` is resolved into a checked plan before the directory is touched; ``repair`` drops
     corrupt shards and recomputes them instead of refusing them. ``on_progress`` receives the
-    events of `harness.progress` (the command line renders them).
+    events of `harness.progress` (the command line renders them); ``out_flag`` names ``out`` in a refusal.
     """
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
-    with RunDir.open(out, plan, repair=repair) as rundir:
+    with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
         return _execute(rundir, on_progress, backend)
 
 

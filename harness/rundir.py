@@ -337,7 +337,7 @@ class RunDir:
     @staticmethod
     def open(
         root: str | Path, plan: RunPlan, *, repair: bool = False, rescore: bool = False, add: TeacherRef | None = None,
-        drop: tuple[str, ...] = (),
+        drop: tuple[str, ...] = (), flag: str = "--out",
     ) -> RunDir:
         """Create ``root`` for a checked ``plan``, or reopen it; hold it until :meth:`close`.
 
@@ -345,19 +345,20 @@ class RunDir:
         differs, when a teacher's file changed under its name (``rescore`` rescores teachers that do
         not plan the tree), or when ``add`` is a different teacher under a taken name. Teachers added
         earlier are loaded from their stored files and checked against the task before anything is
-        written; the returned directory's ``plan`` includes them.
+        written; the returned directory's ``plan`` includes them. ``flag`` names ``root`` in a refusal
+        (the option or key the user gave it as).
         """
         root = Path(root)
         if root.is_symlink() and not root.exists():
-            raise RunDirError(f"--out {root}: a link to {os.readlink(root)!r}, which does not exist; remove the link or "
+            raise RunDirError(f"{flag} {root}: a link to {os.readlink(root)!r}, which does not exist; remove the link or "
                               "create the directory it names")
         if root.exists() and not root.is_dir():
-            raise RunDirError(f"--out {root}: exists and is not a directory")
+            raise RunDirError(f"{flag} {root}: exists and is not a directory")
         if root.is_dir() and not (root / "config.json").exists():
             foreign = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not _TMP.match(p.name)]
             if foreign:
                 raise RunDirError(
-                    f"--out {root}: a directory that is not an odiag run (holds {sorted(foreign)[0]!r}); "
+                    f"{flag} {root}: a directory that is not an odiag run (holds {sorted(foreign)[0]!r}); "
                     "choose a new or empty directory"
                 )
         make_dirs(root)

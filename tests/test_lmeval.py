@@ -99,7 +99,8 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("someone's")
     for meta, needle in (({"out": "x"}, "odiag needs its teachers"),
                          ({**SETTINGS, "budgett": 3}, "unknown key 'budgett'"),
-                         ({**SETTINGS, "out": "taken"}, "a directory that is not an odiag run")):
+                         ({**SETTINGS, "out": "taken"},  # named as the user gave it: a metadata key, not --out
+                          "task odiag_toy: --metadata key 'out' taken: a directory that is not an odiag run")):
         done = subprocess.run([*common, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
