@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import ConfigError, RunConfig, build, local_path, portable, repeated, to_dict
+from harness.config import ConfigError, RunConfig, apply_overrides, build, local_path, portable, repeated, to_dict
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, RunLock, write_json
 from harness.wording import plural
@@ -95,16 +95,12 @@ _NOT_IN_KEY = ("teachers", "algorithms", "baseline", "seeds", "n_boot", "threads
 
 def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), **flags) -> ValidateConfig:
     """Defaults, then the ``--quick`` preset, then ``flags`` (``teachers``, ``seeds``; None is unset),
-    then each ``key=value`` override (values parsed as YAML)."""
-    import yaml
-
+    then each ``key=value`` override (values parsed as YAML); a key given both ways is refused."""
     data: dict = dict(QUICK) if quick else {}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        data[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    given = {k: v for k, v in flags.items() if v is not None}
+    data.update(given)
+    if twice := [k for k in apply_overrides(data, overrides) if k in given]:
+        raise ConfigError(f"odiag validate: --{twice[0]} and --set {twice[0]}=... both set key {twice[0]!r}; give it once")
     cfg = build(ValidateConfig, data, "odiag validate")
     for key in ("seeds", "steps", "prompts_per_step", "samples_per_prompt", "eval_samples", "n_boot"):
         if getattr(cfg, key) < 1:

@@ -9,6 +9,7 @@ resume, the leaderboard panel only where a validation exists, and one-line error
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,16 @@ def test_settings_resolve_defaults_then_quick_then_flags_then_set():
         resolve_validate_config(False, [], teachers=("a", "b", "a"))
     with pytest.raises(ConfigError, match="key 'algorithms' lists 'gkd' twice"):
         resolve_validate_config(False, ["algorithms=[gkd,jsd,gkd]"])
+    # a key given as a flag and through --set is refused, not settled silently by the order
+    with pytest.raises(ConfigError, match=r"--seeds and --set seeds=\.\.\. both set key 'seeds'; give it once"):
+        resolve_validate_config(False, ["seeds=3"], seeds=2)
+    with pytest.raises(ConfigError, match="--teachers and --set teachers"):
+        resolve_validate_config(False, ["teachers=[b]"], teachers=("a",))
+    # --set values are read as odiag run reads them: malformed YAML and a key written twice are one line
+    for item, needle in (("steps=[", "--set steps: not valid YAML"), ("steps={a: 1, a: 2}", "key 'a' appears twice"),
+                         ("=3", "expected KEY=VALUE")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            resolve_validate_config(False, [item])
 
 
 def test_statistics_import_with_model_libraries_blocked():
