@@ -187,12 +187,9 @@ class Teacher:
 
 
 def _load_model(model_id: str, revision: str | None, dtype: str, device):
-    import torch
-    from transformers import AutoModelForCausalLM
+    from harness.backends.hf import load_causal_lm
 
-    dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=dtypes[dtype])
-    return model.to(device).eval()
+    return load_causal_lm(model_id, revision, dtype).to(device).eval()
 
 
 def _stored_contexts(rundir: RunDir, question: dict, teacher: str) -> list[np.ndarray]:

@@ -235,6 +235,7 @@ def test_validate_quick_on_the_toy_models(small_run):
     done = _odiag("validate", run, "--quick", "--seeds", "2", *[x for s in TINY for x in ("--set", s)], "--quiet", cwd=run.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Spearman(gain, alignment)" in done.stdout
+    assert "it/s" not in done.stderr and "Loading" not in done.stderr, done.stderr[-2000:]  # --quiet: no library bars
     v = json.loads((run / "validation.json").read_text())
     results = json.loads((run / "results.json").read_text())
     assert v["schema_version"] == "odiag.validation/1" and v["settings"]["steps"] == 3 and v["settings"]["seeds"] == 2

@@ -63,6 +63,18 @@ _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
 
 
+def load_causal_lm(model_id: str, revision: str | None, dtype: str, **kwargs) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` at ``dtype`` (a key of ``_DTYPES``), without transformers'
+    "Loading weights ... it/s" bar: it would sit among odiag's own progress lines, or break ``--quiet``."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=_DTYPES[dtype], **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _mix64(z: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser: a bijection of uint64 whose output bits all depend on every input bit."""
     z = (z ^ (z >> np.uint64(30))) * _MUL1
@@ -262,18 +274,8 @@ class HFBackend:
     def _load(self, spec: ModelSpec) -> _Model:
         if spec.dtype not in _DTYPES:
             raise ValueError(f"{spec.id}: dtype {spec.dtype!r} is not one of {sorted(_DTYPES)}")
-        kwargs = {"revision": spec.revision, "dtype": _DTYPES[spec.dtype]}
-        if self._attn is not None:
-            kwargs["attn_implementation"] = self._attn
-        # transformers' "Loading weights ... it/s" bar would sit among odiag's own progress lines
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(spec.id, **kwargs)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        return self._wrap(spec, model)
+        kwargs = {"attn_implementation": self._attn} if self._attn is not None else {}
+        return self._wrap(spec, load_causal_lm(spec.id, spec.revision, spec.dtype, **kwargs))
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: ModelSpec, models: Mapping[str, ModelSpec] | None = None,
