@@ -317,6 +317,19 @@ def _grows(old: int | None, new: int | None) -> bool:
     return new is None or (old is not None and new >= old)
 
 
+def recorded_teacher(record: dict, where: str, fix: str) -> TeacherRef:
+    """A teacher of a run's ``config.json``, loaded from the file it records (its identity recomputed,
+    for the caller to compare); a file that is gone is a RunDirError ending in ``fix``."""
+    from harness.rundir import RunDirError
+
+    file = record["file"] if Path(record["file"]).is_absolute() else str(REPOSITORY / record["file"])
+    if not Path(file).is_file():
+        role = " (added)" if record.get("role") == ADDED else ""
+        raise RunDirError(f"{where}: teacher {record['name']!r}{role} was loaded from {file}, which no longer exists; "
+                          f"restore it, {fix}")
+    return resolve_teacher(file, record.get("role", ADDED))
+
+
 def check_against(
     plan: RunPlan, saved: dict | None, *, rescore: bool = False, add: TeacherRef | None = None, root: str = "",
     drop: tuple[str, ...] = (),
@@ -381,11 +394,8 @@ def check_against(
     for t in theirs:
         if t["role"] != ADDED or t["name"] in drop:
             continue
-        file = t["file"] if Path(t["file"]).is_absolute() else str(REPOSITORY / t["file"])
-        if not Path(file).is_file():
-            raise RunDirError(f"{where}: teacher {t['name']!r} (added) was loaded from {file}, which no longer exists; restore "
-                              f"it, or remove the teacher with odiag rescore {where} --drop-teacher {t['name']}")
-        ref = resolve_teacher(file, ADDED)
+        ref = recorded_teacher(t, where, f"or remove the teacher with odiag rescore {where} --drop-teacher {t['name']}")
+        file = ref.config.file
         ref = dataclasses.replace(ref, entry=t.get("entry", file))
         if ref.name != t["name"]:
             raise RunDirError(f"{where}: teacher {t['name']!r} (added, {file}) is now named {ref.name!r}; restore its name")

@@ -51,14 +51,18 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError, RunConfig, apply_overrides, build, local_path, portable, repeated, to_dict
 from harness.progress import Callback, Phases
-from harness.rundir import RunDir, RunLock, write_json
+from harness.rundir import RunDir, RunDirError, RunLock, write_json
 from harness.wording import plural
+
+if TYPE_CHECKING:
+    from harness.plan import TeacherRef
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "odiag.validation/1"
@@ -190,6 +194,21 @@ def _load_model(model_id: str, revision: str | None, dtype: str, device):
     from harness.backends.hf import load_causal_lm
 
     return load_causal_lm(model_id, revision, dtype).to(device).eval()
+
+
+def _scored_teacher(root: Path, record: dict | None, name: str) -> TeacherRef:
+    """Teacher ``name`` exactly as the run scored it (``config.json``); refused, as ``odiag run`` refuses
+    it, when its file is gone or holds another teacher now: training would not match the alignment."""
+    from harness.plan import recorded_teacher
+
+    if not isinstance(record, dict) or not {"name", "file", "identity"} <= set(record):
+        raise RunDirError(f"{root}/config.json: no valid record of teacher {name!r}; not a run this odiag can validate")
+    ref = recorded_teacher(record, str(root), "or leave the teacher out with --teachers")
+    if ref.identity != record["identity"]:
+        raise ConfigError(f"{root}: teacher {name!r} changed since it was scored ({ref.config.file}: identity "
+                          f"{record['identity']} there, {ref.identity} now); restore the file, or rescore it with "
+                          f"odiag rescore {root} and validate again")
+    return ref
 
 
 def _stored_contexts(rundir: RunDir, question: dict, teacher: str) -> list[np.ndarray]:
@@ -370,7 +389,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     """:func:`validate` on a run directory this process holds."""
     from harness.core.validation import gain_interval, rank_correlations
     from harness.pipeline import json_ready, run_task
-    from harness.teachers import load_teacher
+    from harness.plan import slug
 
     phases = Phases(on_progress)
     started, cpu_started, load_before = time.monotonic(), time.process_time(), os.getloadavg()
@@ -399,6 +418,8 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     if missing := [(t, a) for t in names for a in cfg.algorithms if (t, a) not in aligned]:
         raise ConfigError(f"{root}: teacher {missing[0][0]!r} has no {missing[0][1]} alignment in this run (skipped at "
                           "every decision point); leave it out with --teachers")
+    recorded = {t.get("name"): t for t in RunDir.read_saved(root)["teachers"] if isinstance(t, dict)}
+    refs = {name: _scored_teacher(root, recorded.get(name), name) for name in names}
 
     import torch  # after the checks: a wrong argument is answered before torch loads
 
@@ -420,9 +441,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
         p.requires_grad_(False)
     teachers: dict[str, Teacher] = {}
     for name in names:
-        info = results["teacher_info"][name]
-        file = local_path(info.get("file") or "")
-        spec = load_teacher(file if file and Path(file).is_file() else name)
+        spec = refs[name].config
         model = student if spec.is_self else _load_model(spec.model, spec.revision, spec.dtype, device)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -440,7 +459,8 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
         for s in range(cfg.seeds):
             for arm in [(None, CONTROL), (None, NOISE), *[a for a in arms if a[1] not in (CONTROL, NOISE)]]:
                 teacher, algorithm = arm
-                path = store / f"{teacher or '-'}--{algorithm}--seed{s}.json"
+                # a teacher by name and identity: another file under the same name is trained anew
+                path = store / (f"{slug(teacher)}-{refs[teacher].identity}" if teacher else "-") / f"{algorithm}--seed{s}.json"
                 if path.exists():
                     saved = json.loads(path.read_text())
                 else:

@@ -264,7 +264,7 @@ def test_validate_quick_on_the_toy_models(small_run):
     assert (run / "validation.svg").stat().st_size > 0 and (run / "validation.png").stat().st_size > 0
 
     # every (arm, seed) was stored: the same command resumes without training again, same numbers
-    stored = list((run / "validation").glob("*/*.json"))
+    stored = list((run / "validation").glob("*/*/*.json"))
     assert len(stored) == 7 * 2
     from harness.cli import main
 
@@ -283,10 +283,55 @@ def test_validate_quick_on_the_toy_models(small_run):
     copy = run.parent / "rescored"
     shutil.copytree(run, copy)
     assert main(["rescore", str(copy), "--set", "algorithms=[gkd]", "--quiet"]) == 0
-    assert not [p.name for p in copy.glob("validation.*")] and len(list((copy / "validation").glob("*/*.json"))) == 7 * 2
+    assert not [p.name for p in copy.glob("validation.*")] and len(list((copy / "validation").glob("*/*/*.json"))) == 7 * 2
     same = run.parent / "same"  # the same settings again change nothing: the validation still holds
     shutil.copytree(run, same)
     assert main(["rescore", str(same), "--quiet"]) == 0 and json.loads((same / "validation.json").read_text()) == v2
+
+
+@pytest.mark.slow
+def test_a_teacher_is_validated_as_the_run_scored_it(small_run, tmp_path, capsys, caplog):
+    """Training uses the teacher file the run scored: an edited or missing file is refused, as odiag run
+    refuses it, and a different teacher under a name used before trains anew (results are stored by
+    the teacher's identity). The leaderboard shows no panel whose alignments are not the run's now."""
+    import shutil
+
+    from harness.cli import main
+    from harness.leaderboard import build
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("validation*"))
+    text = (ROOT / "teachers" / "toy-self-1c.yaml").read_text() + "# its own file, not toy-self-1c's\n"
+    tx = tmp_path / "tx.yaml"
+    tx.write_text(text)
+    assert main(["add-teacher", str(run), str(tx), "--quiet"]) == 0
+    sets = ["--teachers", "tx", "--seeds", "1", *[x for s in TINY for x in ("--set", s)], "--set", "baseline=false", "--quiet"]
+    assert main(["validate", str(run), *sets]) == 0
+    (first,) = {p.parent.name for p in (run / "validation").glob("*/tx-*/*.json")}
+
+    tx.write_text(text + "# edited\n")
+    assert main(["validate", str(run), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "teacher 'tx' changed since it was scored" in err and f"odiag rescore {run}" in err, err
+    tx.unlink()
+    assert main(["validate", str(run), *sets]) == 2
+    assert "which no longer exists; restore it, or leave the teacher out with --teachers" in capsys.readouterr().err
+
+    # another file under the same name: rescored, then validated anew, not from the stored arms of the first
+    tx.write_text(text + "# edited\n")
+    assert main(["rescore", str(run), "--quiet"]) == 0
+    assert main(["validate", str(run), *sets]) == 0
+    assert len({p.parent.name for p in (run / "validation").glob("*/tx-*/*.json")} - {first}) == 1
+
+    # a validation.json whose alignments are not the run's, or that is not JSON, has no panel: a warning says why
+    v = json.loads((run / "validation.json").read_text())
+    next(r for r in v["rows"] if r["teacher"] == "tx")["alignment"]["mean"] += 0.5
+    for bad in (json.dumps(v), "garbage{"):
+        (run / "validation.json").write_text(bad)
+        caplog.clear()
+        build([run], tmp_path / "site")
+        assert 'id="validation"' not in (tmp_path / "site" / "index.html").read_text()
+        assert any("its panel is left out" in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ not outvote a short one. Output is deterministic (fixed SVG hash salt, no dates)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 
 from harness.core.stats import DIVERGENCES, t_ci
 from harness.leaderboard.merge import Run, teacher_labels
+
+log = logging.getLogger(__name__)
 
 CORRECT, INCORRECT = "#1b9e77", "#d95f02"
 DIVERGENCE_NAMES = {"kl": "KL(π_T‖π) forward", "reverse_kl": "KL(π‖π_T) reverse", "js": "Jensen–Shannon", "tv": "total variation",
@@ -386,19 +389,41 @@ def validation_figure(validation: dict):
 def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
     """The ``odiag validate`` figure of every run that has a ``validation.json``, saved under ``out``;
     returns, per such run, ``{"run": id, "stem": figure stem, "validation": the JSON}`` for the page."""
-    import json
+    from harness.config import ConfigError
+    from harness.safeio import read_json
 
     made = []
     for run in runs:
         path = Path(run.path) / "validation.json"
         if not path.is_file():
             continue
-        validation = json.loads(path.read_text())
-        # a validation of another run (the directory was rebuilt since) is not shown
-        if validation.get("schema_version") != "odiag.validation/1" or (validation.get("run") or {}).get(
-                "config_hash") != run.results.get("config_hash"):
+        try:
+            validation = read_json(path)
+            problem = _stale(validation, run.results)
+            if problem is None:
+                figure = validation_figure(validation)
+        except ConfigError as exc:
+            problem = str(exc).removeprefix(f"{path}: ")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            problem = f"malformed ({type(exc).__name__}: {exc})"
+        if problem is not None:  # never a panel of other numbers than the run's
+            log.warning("%s: %s; its panel is left out (odiag validate %s makes a current one)", path, problem, run.path)
             continue
         stem = f"{_slug(run.id)}--validation"
-        _save(validation_figure(validation), out, stem)
+        _save(figure, out, stem)
         made.append({"run": run.id, "stem": stem, "validation": validation})
     return made
+
+
+def _stale(validation: object, results: dict) -> str | None:
+    """Why ``validation`` does not validate ``results`` as they are now, or None when it does: another
+    run or settings (config hash), or a teacher added, dropped or rescored since (its alignment)."""
+    if not isinstance(validation, dict) or validation.get("schema_version") != "odiag.validation/1":
+        return "not an odiag.validation/1 file"
+    if (validation.get("run") or {}).get("config_hash") != results.get("config_hash"):
+        return "it validated other settings of the run (config hash)"
+    now = {(r["teacher"], r["algorithm"]): (r.get("alignment") or {}).get("mean") for r in results["teachers"]}
+    for r in validation["rows"]:
+        if r["kind"] == "distillation" and now.get((r["teacher"], r["algorithm"]), "absent") != r["alignment"]["mean"]:
+            return f"teacher {r['teacher']!r} ({r['algorithm']}) has another alignment in the run now (added, dropped or rescored since)"
+    return None
