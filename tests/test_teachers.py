@@ -98,10 +98,21 @@ def test_every_teacher_file_validates():
         # an empty file, or one with only words, is the student reading its own prompt: nothing to distil
         ("", ("this teacher is the student itself", "give it a context")),
         ("description: the student alone\nmodel: student\n", ("this teacher is the student itself",)),
+        # a name goes into file names, page ids and metric names
+        *[(f"name: {name}\nmodel: other/model\n", ("key 'name'", why)) for name, why in (
+            ("''", "must name the teacher"), ("'..'", "must name the teacher"), ("a/b", "must not hold a slash"),
+            ('"a\\nb"', "a control character"), ("' a'", "leading or trailing space"),
+            ("x" * 300, "must be at most 100 characters (300 here), got 'xxxx"))],
     ],
 )
 def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, needles):
     _one_line_error(_write(tmp_path, text), *needles)
+
+
+def test_a_file_name_that_cannot_be_a_teachers_name_says_to_set_one(tmp_path):
+    path = _write(tmp_path, "model: other/model\n", "t" * 200 + ".yaml")
+    _one_line_error(path, "key 'name': must be at most 100 characters (200 here)", "(the file's name: set key 'name')")
+    assert load_teacher(_write(tmp_path, "name: short\nmodel: other/model\n", "t" * 200 + ".yaml")).name == "short"
 
 
 def test_a_bad_file_stops_odiag_run_with_a_non_zero_exit(tmp_path):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from harness.backends.base import STUDENT
 from harness.config import ConfigError, build, load_yaml
-from harness.safeio import render_template, template_variables
+from harness.safeio import excerpt, render_template, template_variables
 from harness.wording import plural
 
 if TYPE_CHECKING:
@@ -182,6 +182,20 @@ def context_variables(cfg: TeacherConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
+MAX_NAME = 100  # characters of a teacher's name
+
+
+def _name_problem(name: str) -> str | None:
+    """What keeps ``name`` from naming a teacher, or None."""
+    if not name.strip() or name in (".", ".."):
+        return "must name the teacher"
+    if len(name) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters ({len(name)} here)"
+    if any(c in "/\\" or not c.isprintable() for c in name) or name != name.strip():
+        return "must not hold a slash, a control character or a leading or trailing space"
+    return None
+
+
 def validate(cfg: TeacherConfig) -> None:
     """Checks that need only the file; ConfigError naming the file and the key."""
     where = cfg.file or cfg.name
@@ -189,6 +203,9 @@ def validate(cfg: TeacherConfig) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{where}: key {key!r}: {why}")
 
+    if problem := _name_problem(cfg.name):  # the name goes into file names, page ids and lm-eval metric names
+        given = "" if cfg.file is None or cfg.name != Path(cfg.file).stem else " (the file's name: set key 'name')"
+        fail("name", f"{problem}, got {excerpt(cfg.name)}{given}")
     for key in ("correct_solutions", "wrong_solutions"):
         if getattr(cfg, key) < 0:
             fail(key, "must be >= 0")
