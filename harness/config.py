@@ -57,6 +57,15 @@ def at_least(lo: float) -> Rule:
     return Rule(lambda v: v >= lo, lambda: f">= {lo}")
 
 
+MAX_COUNT = 10**9  # any count setting: past it the arithmetic of rollouts and visits leaves 64-bit integers
+MAX_INITIAL = 10**6  # initial rollouts per question: held in memory at once
+
+
+def at_most(most: int = MAX_COUNT) -> Rule:
+    """A count's ceiling (checked after its floor, so a 0 is answered with the floor alone)."""
+    return Rule(lambda v: v <= most, lambda: f"<= {most:,}")
+
+
 def between(lo: float, hi: float, *, low_open: bool = False, high_open: bool = False, hi_text: str | None = None) -> Rule:
     """``lo <= v <= hi``, either end open."""
     return Rule(
@@ -145,45 +154,45 @@ class RunConfig:
         ("gkd", "gkd_single_sample", "drgrpo", "minillm", "forward_kl", "jsd"),
         "distillation algorithms scored (SPEC §3)", each_one_of(_algorithms))
     seed: int = setting(0, "every draw derives from it and from ids", between(0, 2**63, high_open=True, hi_text="2**63"))
-    limit: int | None = setting(8, "questions to run (the first ones of the task); None for all", at_least(1))
+    limit: int | None = setting(8, "questions to run (the first ones of the task); None for all", at_least(1), at_most())
     temperature: float = setting(1.0, "sampling temperature T; pi is the student's distribution at T", positive())
-    max_new_tokens: int | None = setting(None, "response length limit; None takes the task's", at_least(1))
-    n_initial: int = setting(64, "initial rollouts per question (SPEC §4 step 1)", at_least(2))
-    paths_per_outcome: int = setting(2, "representative correct and incorrect paths per question", at_least(1))
+    max_new_tokens: int | None = setting(None, "response length limit; None takes the task's", at_least(1), at_most())
+    n_initial: int = setting(64, "initial rollouts per question (SPEC §4 step 1)", at_least(2), at_most(MAX_INITIAL))
+    paths_per_outcome: int = setting(2, "representative correct and incorrect paths per question", at_least(1), at_most())
     incorrect_outcomes: tuple[str, ...] = setting(
         ("wrong",), "outcomes that may serve as incorrect paths: wrong, and on request truncated, unparseable",
         non_empty(), distinct(), each_one_of(lambda: ("wrong", "truncated", "unparseable")),
     )
-    window: int = setting(50, "first depth window width w: windows [0,w), [w,3w), [3w,7w), ...", at_least(1))
-    k_window: int = setting(10, "top-k per window by GKD gradient magnitude and by |pi_T - pi|", at_least(1))
+    window: int = setting(50, "first depth window width w: windows [0,w), [w,3w), [3w,7w), ...", at_least(1), at_most())
+    k_window: int = setting(10, "top-k per window by GKD gradient magnitude and by |pi_T - pi|", at_least(1), at_most())
     tau: float = setting(0.05, "candidate threshold on pi and |pi_T - pi|", between(0, 1, low_open=True, high_open=True))
-    n_target: int = setting(100, "visits each targeted child is enriched to", at_least(1))
+    n_target: int = setting(100, "visits each targeted child is enriched to", at_least(1), at_most())
     n_min: int | None = setting(
-        None, "visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)", at_least(1))
+        None, "visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)", at_least(1), at_most())
     cascade: str = setting(
         "unbiased", '"unbiased" counting, or "paper" (biased, reproduces the paper)', one_of(("unbiased", "paper")))
     strategy: str = setting(
         "paper", 'targeted-rollout allocation: "paper" (SPEC §4), "settle" or "survey" (harness/core/allocation.py)',
         one_of(_strategies))
-    budget: int | None = setting(None, "most targeted rollouts per question; None: no limit", at_least(1))
+    budget: int | None = setting(None, "most targeted rollouts per question; None: no limit", at_least(1), at_most())
     confidence: float = setting(
         0.95, "settle: posterior probability that each alignment is within tolerance",
         between(0, 1, low_open=True, high_open=True))
     tolerance: float = setting(0.1, "settle: half-width on the alignment score that counts as settled", positive())
-    n_max: int = setting(1280, "settle: no child is enriched beyond this many visits", at_least(1))
+    n_max: int = setting(1280, "settle: no child is enriched beyond this many visits", at_least(1), at_most())
     price: float = setting(0.001, "settle: least gain in that probability one more rollout must buy", at_least(0))
     gamma: float = setting(0.95, "MiniLLM reward-to-go discount", between(0, 1))
     jsd_beta: float = setting(0.5, "generalised JSD mixture weight; 0 and 1 only without jsd (TRL's 0 and 1 are "
                                    "forward_kl and gkd)", between(0, 1))
-    score_top_k: int = setting(64, "ids per position kept from each scoring pass (besides the path token)", at_least(1))
+    score_top_k: int = setting(64, "ids per position kept from each scoring pass (besides the path token)", at_least(1), at_most())
     data_files: str | None = setting(None, "a local JSONL copy of the task's data, instead of the hub", non_empty())
     executor: str = setting("local", '"local" or "ray"', one_of(("local", "ray")))
     ray_address: str | None = setting(None, "an existing Ray cluster to join; None starts a local one", non_empty())
-    num_workers: int = setting(2, "Ray workers (one backend each)", at_least(1))
-    threads: int | None = setting(None, "hf backend: torch CPU threads per process; None keeps torch's default", at_least(1))
-    survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1))
+    num_workers: int = setting(2, "Ray workers (one backend each)", at_least(1), at_most())
+    threads: int | None = setting(None, "hf backend: torch CPU threads per process; None keeps torch's default", at_least(1), at_most())
+    survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1), at_most())
     survey_visits: int | None = setting(
-        None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1))
+        None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1), at_most())
     student_args: dict = setting(
         {}, "backend options, as lm-eval's model_args (e.g. {gpu_memory_utilization: 0.3}); checked against the backend",
         named_keys())

@@ -80,6 +80,8 @@ BAD_VALUES = [
     ("backend", "foo"), ("dtype", "float8"), ("cascade", "biased"), ("strategy", "greedy"), ("executor", "slurm"),
     ("algorithms", "[bogus]"), ("algorithms", "[]"), ("algorithms", "[gkd, gkd]"), ("algorithms", "[gkd, bogus]"),
     ("task", "''"), ("student", "''"), ("student_revision", "''"),
+    # past 64-bit arithmetic, or memory for the initial rollouts: refused, not an overflow after the directory exists
+    ("budget", "1e19"), ("n_target", "1e19"), ("survey_visits", "1e19"), ("n_initial", "1e9"), ("n_max", str(2**64)),
 ]
 BAD_TYPES = [
     ("window", "1.5"), ("window", "true"), ("window", "abc"), ("tau", "fast"), ("tau", "[0.1]"),
@@ -102,7 +104,8 @@ def test_every_field_has_a_doc_and_every_bounded_field_a_rule():
     for name, (type_, default, doc) in docs.items():
         assert doc and "\n" not in doc, name
         assert type_ and default == getattr(RunConfig(), name)
-    assert rules["window"] == ">= 1" and rules["limit"] == "None or >= 1" and "vllm" in rules["backend"]
+    assert rules["window"] == ">= 1; <= 1,000,000,000" and rules["limit"] == "None or >= 1; <= 1,000,000,000" and "vllm" in rules["backend"]
+    assert rules["n_initial"] == ">= 2; <= 1,000,000"
     bounded = {k for k, _ in BAD_VALUES}
     assert all(rules[k] for k in bounded)
 
@@ -730,7 +733,9 @@ def test_a_synthetic_limit_past_what_it_generates_is_refused_before_anything(odi
     progress line. odiag run and odiag plan refuse it alike, and nothing is written."""
     for argv in (("plan",), ("run", "--out", tmp_path / "r")):  # plan first: it fails fast where run would fill memory
         assert_one_line(odiag(*argv, "--set", "limit=99999999999999999999999"),
-                        "key 'limit' must be <= 100,000 with task synthetic", "got 99,999,999,999,999,999,999,999")
+                        "key 'limit' must be <= 1,000,000,000, got 99999999999999999999999")
+        assert_one_line(odiag(*argv, "--set", "limit=200000"),
+                        "key 'limit' must be <= 100,000 with task synthetic", "got 200,000")
     assert not (tmp_path / "r").exists()
     assert odiag("plan", "--set", "limit=100000")[0] == 0
     assert_one_line(odiag("selfcheck", "--questions", "1000000000"), "--questions must be <= 100,000", "got 1,000,000,000")
