@@ -109,8 +109,11 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
     for key in ("seeds", "steps", "prompts_per_step", "samples_per_prompt", "eval_samples", "n_boot"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"odiag validate: key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.heldout is not None and cfg.heldout < 1:
-        raise ConfigError(f"odiag validate: key 'heldout' must be >= 1 or null, got {cfg.heldout}")
+    for key in ("heldout", "threads"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"odiag validate: key {key!r} must be >= 1 or null, got {getattr(cfg, key)}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"odiag validate: key 'seed' must be >= 0 and < 2**63, got {cfg.seed}")
     if not cfg.learning_rate > 0:
         raise ConfigError(f"odiag validate: key 'learning_rate' must be > 0, got {cfg.learning_rate}")
     if unknown := [a for a in cfg.algorithms if a not in DISTILLATION]:

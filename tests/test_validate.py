@@ -161,6 +161,11 @@ def test_settings_resolve_defaults_then_quick_then_flags_then_set():
         resolve_validate_config(False, ["stepz=3"])
     with pytest.raises(ConfigError, match="'heldout' must be >= 1"):
         resolve_validate_config(False, ["heldout=0"])
+    for item, needle in (("threads=-1", "'threads' must be >= 1 or null, got -1"), ("threads=0", "'threads' must be >= 1"),
+                         ("seed=-1", "'seed' must be >= 0 and < 2**63, got -1")):  # torch and numpy raised these later
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            resolve_validate_config(False, [item])
+    assert resolve_validate_config(False, ["heldout=1e3"]).heldout == 1000  # as odiag run reads --set limit=1e3
     with pytest.raises(ConfigError, match="names no teacher"):
         resolve_validate_config(False, [], teachers=())  # --teachers ,
     with pytest.raises(ConfigError, match="names no teacher"):
