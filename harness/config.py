@@ -433,7 +433,18 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
     sources = {key: where for key in data}
     for key in apply_overrides(data, overrides):
         sources[key] = "--set"
-    return build(RunConfig, data, where, sources)
+    cfg = build(RunConfig, data, where, sources)
+    return cfg if cfg.backend == "synthetic" else dataclasses.replace(cfg, student=anchored(cfg.student))
+
+
+def anchored(model: str) -> str:
+    """A model named by a relative path to a directory here, as an absolute path (made :func:`portable`):
+    the same spelling in another working directory names another model, so a run resumed, grown or
+    merged into a leaderboard from elsewhere must not read it anew. Anything else is returned as is."""
+    path = Path(model)
+    if model and not path.is_absolute() and not model.startswith("~") and path.is_dir():
+        return portable(str(path.resolve()))
+    return model
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:

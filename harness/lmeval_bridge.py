@@ -41,7 +41,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.metrics import mean
 from lm_eval.api.task import ConfigurableTask
 
-from harness.config import ConfigError, RunConfig, build
+from harness.config import ConfigError, RunConfig, anchored, build
 from harness.errors import OdiagError
 from harness.wording import plural
 
@@ -329,7 +329,7 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
     data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
                                 _yaml_generation_kwargs(task.config.task))
     data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
-             "student": student, "student_revision": revision, "limit": n_questions}
+             "student": anchored(student), "student_revision": revision, "limit": n_questions}
     return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}
 
 

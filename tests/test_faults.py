@@ -110,6 +110,24 @@ def test_every_field_has_a_doc_and_every_bounded_field_a_rule():
     assert all(rules[k] for k in bounded)
 
 
+def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, monkeypatch):
+    """``student=stud`` in two working directories is two models: recorded as the absolute path, so a run
+    resumed from elsewhere and a leaderboard merging runs never take one for the other. Paths inside the
+    checkout stay relative to it, and names that are no directory here (hub ids) are left alone."""
+    from harness.config import REPOSITORY
+
+    (tmp_path / "stud").mkdir()
+    (tmp_path / "synthetic").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_run_config(None, ["backend=hf", "student=stud"]).student == str(tmp_path / "stud")
+    assert resolve_run_config(None, ["backend=hf", "student=./stud/"]).student == str(tmp_path / "stud")
+    assert resolve_run_config(None, ["backend=hf", "student=Qwen/Qwen3-8B"]).student == "Qwen/Qwen3-8B"
+    assert resolve_run_config(None, []).student == "synthetic"  # the synthetic backend's model, not the folder
+    monkeypatch.chdir(REPOSITORY)
+    toy = "harness/toy_models/student"
+    assert resolve_run_config(None, ["backend=hf", f"student={toy}"]).student == toy
+
+
 def test_direct_construction_and_replace_are_validated():
     with pytest.raises(ConfigError, match="'window' must be >= 1, got 0"):
         RunConfig(window=0)
