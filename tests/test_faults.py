@@ -597,6 +597,25 @@ def test_a_site_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsy
     assert f"--site {tmp_path / 'afile' / 'site'}: lies under {tmp_path / 'afile'}, which is not a directory" in capsys.readouterr().err
 
 
+def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, tmp_path):
+    """Another temperature is another student distribution; another jsd_beta or gamma another loss: ranked
+    together they would mix. Settings an algorithm the runs lack does not read are no reason to refuse."""
+    def run(name: str, algorithm: str = "gkd", **config) -> Path:
+        root = _fake_run(tmp_path / name, [{"teacher": f"t-{name}", "algorithm": algorithm, "rank": None, "n_decision_points": 0}])
+        results = json.loads((root / "results.json").read_text())
+        results["config"].update(config)
+        (root / "results.json").write_text(json.dumps(results))
+        return root
+
+    a, b = run("a", "jsd"), run("b", "jsd", jsd_beta=0.9)
+    assert_one_line(odiag("leaderboard", a, b, "--out", "site"),
+                    f"runs {a} and {b} (synthetic, student synthetic) differ in jsd_beta (0.5 and 0.9), so their jsd rows "
+                    "measure different things", "or rescore one with --set jsd_beta=0.5")
+    assert_one_line(odiag("leaderboard", run("c"), run("d", temperature=0.7), "--out", "site"),
+                    "differ in temperature (1.0 and 0.7), so their rows measure different things; put them on separate")
+    assert cli.main(["leaderboard", str(run("e", gamma=0.5)), str(run("f", jsd_beta=0.9)), "--out", str(tmp_path / "site")]) == 0
+
+
 def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
     run = _fake_run(tmp_path / "run")
     mine = tmp_path / "mine"

@@ -134,7 +134,32 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
             raise ConfigError(f"leaderboard: run directory {p} is given twice (as {str(seen[key])!r} and {str(p)!r}); "
                               "give each run once")
         seen[key] = p
-    return [load_run(p, i) for p, i in zip(paths, run_ids(paths), strict=True)]
+    runs = [load_run(p, i) for p, i in zip(paths, run_ids(paths), strict=True)]
+    check_comparable(runs)
+    return runs
+
+
+# settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row)
+COMPARABLE = (("temperature", None), ("jsd_beta", "jsd"), ("gamma", "minillm"))
+
+
+def check_comparable(runs: Sequence[Run]) -> None:
+    """Refuse runs ranked together (same task and student) whose rows measure different things: another
+    temperature is another student distribution; another jsd_beta or gamma, another jsd or minillm loss."""
+    first: dict[tuple, Run] = {}
+    for run in runs:
+        algorithms = {row["algorithm"] for row in run.results["teachers"]}
+        for key, algorithm in COMPARABLE:
+            if algorithm is not None and algorithm not in algorithms:
+                continue
+            other = first.setdefault((*run.group, key, algorithm), run)
+            mine, theirs = run.results["config"].get(key), other.results["config"].get(key)
+            if mine != theirs:
+                rows = "their rows" if algorithm is None else f"their {algorithm} rows"
+                raise ConfigError(f"leaderboard: runs {other.path} and {run.path} ({run.group[0]}, student {run.group[1]}) "
+                                  f"differ in {key} ({theirs} and {mine}), so {rows} measure different things; put them "
+                                  f"on separate leaderboards" + ("" if algorithm is None else
+                                                                 f", or rescore one with --set {key}={theirs}"))
 
 
 def _git_commit() -> str | None:
