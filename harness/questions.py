@@ -80,9 +80,9 @@ def choose_paths(state: QuestionState, cfg: RunConfig) -> None:
     state.excluded_incorrect = int(np.sum((state.outcomes != CORRECT) & ~np.isin(state.outcomes, incorrect)))
     kinds = set(state.path_correct)
     if kinds != {True, False}:
-        have = "correct" if True in kinds else "incorrect" if kinds else "no"
-        state.note = f"only {have} paths among {len(state.responses)} rollouts"
-        if state.excluded_incorrect and True in kinds and False not in kinds:
+        have = "only correct" if True in kinds else "only incorrect" if kinds else "no"
+        state.note = f"{have} paths among {len(state.responses)} rollouts"
+        if state.excluded_incorrect and False not in kinds:
             state.note += f" ({state.excluded_incorrect} truncated or unparseable, not used as incorrect paths)"
 
 

@@ -29,12 +29,16 @@ def no_decision_reason(results: Mapping) -> str:
     questions = results.get("questions", [])
     only_correct = sum(str(q.get("note", "")).startswith("only correct") for q in questions)
     only_incorrect = sum(str(q.get("note", "")).startswith("only incorrect") for q in questions)
+    # no path at all: every rollout truncated or unparseable, which incorrect_outcomes leaves out by default
+    pathless = sum(str(q.get("note", "")).startswith("no paths") for q in questions)
     skipped = counts.get("skipped_nodes", {}) or {}
     cfg = results.get("config", {})
     n_min = counts.get("n_min") or cfg.get("n_min")  # the task's default applied, where the run stored it
     parts = [f"{len(questions)} {plural(len(questions), 'question')}"]
     if only_correct or only_incorrect:
         parts.append(f"{only_correct} with only correct and {only_incorrect} with only incorrect initial rollouts")
+    if pathless:
+        parts.append(f"{pathless} whose initial rollouts were all truncated or unparseable")
     below, equal = skipped.get("below_n_min", 0), skipped.get("equal_q", 0)
     parts.append(f"{below} {plural(below, 'node')} with a second child below n_min"
                  + (f"={n_min}" if n_min else "") + " visits")
@@ -45,7 +49,9 @@ def no_decision_reason(results: Mapping) -> str:
         parts.append(f"{missing} without a scored log-probability")
     # what brings a child to n_min visits: settle always tries, within the budget
     grow = {"survey": "budget or survey_visits", "settle": "budget"}.get(cfg.get("strategy"), "budget or n_target")
-    hint = f"raise {grow}, or lower n_min" if below else "use questions the student sometimes gets right"
+    hint = (f"raise {grow}, or lower n_min" if below else
+            "raise max_new_tokens, or count truncated and unparseable rollouts as incorrect with incorrect_outcomes"
+            if pathless else "use questions the student sometimes gets right")
     return f"no decision point: {', '.join(parts)} ({hint})"
 
 

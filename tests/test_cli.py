@@ -275,6 +275,13 @@ def test_no_decision_point_is_explained_in_one_line_with_counts():
         results = _results([], 0, questions)
         results["config"]["strategy"] = strategy
         assert fix in no_decision_reason(results), strategy
+    # every rollout cut off: said as such, with what lets such questions have paths (not "use easier questions")
+    cut = _results([], 0, [{"note": "no paths among 4 rollouts (4 truncated or unparseable, not used as incorrect paths)"}] * 2)
+    cut["counts"]["skipped_nodes"] = {}
+    assert no_decision_reason(cut) == (
+        "no decision point: 2 questions, 2 whose initial rollouts were all truncated or unparseable, 0 nodes with a second "
+        "child below n_min=20 visits (raise max_new_tokens, or count truncated and unparseable rollouts as incorrect with "
+        "incorrect_outcomes)")
 
 
 def test_a_run_without_decision_points_counts_why_per_node(tmp_path):
