@@ -85,6 +85,8 @@ def test_budget_caps_the_rollouts():
     (["temperature=0.5"], "temperature 0.5: backend synthetic samples its student at temperature 1 only"),
     (["task=odiag_toy", "backend=vllm", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "temperature=0.001"],
      "temperature 0.001: vLLM samples at temperatures of at least 0.01"),
+    (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "student_args={foo: 1}"],
+     re.escape("student_args: unknown key 'foo' for the hf backend")),
 ])
 def test_plan_refuses_what_run_would_refuse(sets, needle):
     with pytest.raises(ConfigError, match=needle):
