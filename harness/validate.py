@@ -554,7 +554,7 @@ def format_report(v: dict) -> str:
         lines.append(f"{r['teacher'] or '(none)':<22} {r['algorithm']:<20} {fmt(a.get('mean')):>9} {ci(a.get('ci95')):>18} "
                      f"{fmt(r['gain']['mean']):>7} {ci(r['gain']['ci95']):>18} {r['accuracy']['mean']:>8.3f}")
     lines.append(f"\ncontrol accuracy {v['control_accuracy']['mean']:.3f} on {len(v['questions']['heldout'])} held-out questions "
-                 f"x {v['questions']['eval_samples']} samples x {v['settings']['seeds']} seeds")
+                 f"x {v['questions']['eval_samples']} samples x {v['settings']['seeds']} {plural(v['settings']['seeds'], 'seed')}")
     for name, c in v["correlation"].items():
         line = f"Spearman(gain, {name}) = {fmt(c['spearman'])} {ci(c['ci95'])} over {c['n_pairs']} pairs"
         if "minus_alignment" in c:

@@ -26,6 +26,7 @@ import numpy as np
 
 from harness.core.stats import DIVERGENCES, t_ci
 from harness.leaderboard.merge import Run, teacher_labels
+from harness.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ def validation_figure(validation: dict):
     run = validation["run"]
     s = validation["settings"]
     ax.set_title(f"Does alignment predict training? {_plain(run['task'])}, student {_plain(run['student'])}\n"
-                 f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} seeds, "
+                 f"({s['steps']} steps x {s['prompts_per_step'] * s['samples_per_prompt']} samples, {s['seeds']} {plural(s['seeds'], 'seed')}, "
                  f"{len(validation['questions']['heldout'])} held-out questions; Spearman ρ with bootstrap 95% CI)", fontsize=9)
     return fig
 

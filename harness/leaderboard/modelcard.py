@@ -3,10 +3,10 @@
 One result per run (task: the odiag diagnostic; dataset: the run's task), with four metrics per
 teacher x algorithm: mean alignment, |g*|-weighted alignment, incorrect-minus-correct and teacher
 advantage (SPEC §5). ``config`` names the teacher and algorithm; ``args`` carries the 95% CI, the
-number of questions, the rank and the run's config hash, so a reader can trace a number to its run.
-Rows without a defined mean are left out (model-index values must be numbers). The headline
-algorithm (GKD) comes first, its teachers by rank, so the Hub's evaluation widget leads with what
-the leaderboard leads with.
+number of questions, the run's config hash (so a reader can trace a number to its run) and, on the
+alignment metric, the teacher's rank. Rows without a defined mean are left out (model-index values
+must be numbers). The headline algorithm (GKD) comes first, its teachers by rank, so the Hub's
+evaluation widget leads with what the leaderboard leads with.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
             args = {
                 "teacher": row["teacher"], "algorithm": row["algorithm"],
                 "ci95": None if stat.get("ci95") is None else [_round(x) for x in stat["ci95"]],
-                "n_questions": stat.get("n_questions"), "rank": row.get("rank"), "config_hash": results["config_hash"],
+                "n_questions": stat.get("n_questions"), "config_hash": results["config_hash"],
             }
+            if key == "alignment":  # the rank is by mean alignment: on another metric it would read as that one's
+                args["rank"] = row.get("rank")
             if key == "incorrect_minus_correct":
                 args |= {"p_paired": _significant(stat.get("p_paired")), "p_clustered": _significant(stat.get("p_clustered"))}
             metrics.append({
