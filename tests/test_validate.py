@@ -187,6 +187,21 @@ def test_settings_resolve_defaults_then_quick_then_flags_then_set():
             resolve_validate_config(False, [item])
 
 
+def test_quick_help_names_every_setting_quick_changes(capsys):
+    from harness.cli import main
+    from harness.validate import QUICK
+
+    assert main(["validate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.rindex("--quick")  # its help, not the usage line
+    quick = text[start:text.index("--seeds", start)]
+    words = {"seeds": "seeds", "steps": "steps", "prompts_per_step": "questions", "heldout": "held-out questions",
+             "eval_samples": "samples", "n_boot": "bootstrap replicates"}
+    assert set(words) == set(QUICK)
+    for key, word in words.items():
+        assert f"{QUICK[key]:,} {word}" in quick, (key, quick)
+
+
 def test_statistics_import_with_model_libraries_blocked():
     """harness.core.validation is core (numpy, scipy); harness.validate loads torch only when it trains."""
     blocker = (
