@@ -390,6 +390,18 @@ def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
     return out
 
 
+def _doc_index(task: DiagnosticTask, inst: Instance) -> int:
+    """The index of ``inst``'s document in the evaluation split: its ``doc_id``, except under lm-eval's
+    ``--samples``, which numbers the chosen documents 0..k-1 (a question's id must be its own)."""
+    docs = task.eval_docs
+    if inst.doc_id < len(docs) and docs[inst.doc_id] == inst.doc:
+        return inst.doc_id
+    for i, doc in enumerate(docs):
+        if doc == inst.doc:
+            return i
+    raise ConfigError(f"task {task.config.task}: a request's document is not in the evaluation split")
+
+
 def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
     """lm-eval model method: run odiag on each task's questions; one record per instance. An expected
     failure (a run directory that refuses these settings, a teacher the task cannot hold) is one line
@@ -413,7 +425,8 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
     records: dict[int, dict] = {}
     for name, group in by_task.items():
         task = group[0].args[1].task
-        doc_ids = sorted({inst.doc_id for inst in group})
+        index = {id(inst): _doc_index(task, inst) for inst in group}
+        doc_ids = sorted(set(index.values()))
         cfg, extra = run_config(task, self, len(doc_ids))
         out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}")
         teachers = [load_teacher(t) for t in cfg.teachers]
@@ -435,7 +448,7 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         by_question = question_records(_read_nodes(out, results), [t.name for t in teachers], cfg.algorithms)
         notes = {q["id"]: q for q in results["questions"]}
         for inst in group:
-            qid = f"{inst.doc_id:05d}"
+            qid = f"{index[id(inst)]:05d}"
             empty = dict.fromkeys(task.metric_names())
             record = {
                 "question_id": qid, "run_dir": str(out), "metrics": by_question.get(qid, empty),

@@ -106,3 +106,31 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("odiag: error: ") and needle in last, last
+
+
+@needs_toy
+@pytest.mark.slow
+def test_samples_diagnose_the_documents_chosen(tmp_path):
+    """lm-eval's --samples numbers the chosen documents 0..k-1 in its requests: the run must diagnose the
+    chosen document, under its own id, not the split's first."""
+    import pyarrow.parquet as pq
+
+    meta = {"teachers": ["toy-self-1c"], "algorithms": ["gkd"], "n_initial": 8, "budget": 50, "out": str(tmp_path / "run")}
+    done = subprocess.run([BIN / "odiag", "eval", "--tasks", "odiag_toy", "--model", "hf", "--model_args",
+                           f"pretrained={STUDENT},dtype=float32", "--device", "cpu", "--samples", '{"odiag_toy": [3]}',
+                           "--metadata", json.dumps(meta), "--log_samples", "--output_path", tmp_path / "out"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (samples,) = sorted((tmp_path / "out").rglob("samples_odiag_toy_*.jsonl"))
+    (line,) = samples.read_text().splitlines()
+    logged = json.loads(line)
+    record = json.loads(logged["resps"][0][0])
+    assert record["question_id"] == "00003"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [q["id"] for q in results["questions"]] == ["00003"]
+    from harness.tasks import load_task
+
+    task = load_task("odiag_toy", tokenizer=str(STUDENT))
+    (q,) = [q for q in task.questions(None) if q.id == "00003"]
+    assert logged["doc"] == q.doc["record"]  # the document lm-eval logged is the one diagnosed
+    assert set(pq.read_table(tmp_path / "run" / "paths.parquet").column("question_id").to_pylist()) <= {"00003"}
