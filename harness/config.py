@@ -434,17 +434,21 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
     for key in apply_overrides(data, overrides):
         sources[key] = "--set"
     cfg = build(RunConfig, data, where, sources)
-    return cfg if cfg.backend == "synthetic" else dataclasses.replace(cfg, student=anchored(cfg.student))
+    if cfg.backend == "synthetic":
+        return cfg
+    return dataclasses.replace(cfg, student=anchored(cfg.student),
+                               data_files=None if cfg.data_files is None else anchored(cfg.data_files))
 
 
-def anchored(model: str) -> str:
-    """A model named by a relative path to a directory here, as an absolute path (made :func:`portable`):
-    the same spelling in another working directory names another model, so a run resumed, grown or
-    merged into a leaderboard from elsewhere must not read it anew. Anything else is returned as is."""
-    path = Path(model)
-    if model and not path.is_absolute() and not model.startswith("~") and path.is_dir():
+def anchored(name: str) -> str:
+    """A model or data file named by a path relative to the working directory, as an absolute path (made
+    :func:`portable`): the same spelling in another working directory names something else, so a run
+    resumed, grown or merged into a leaderboard from elsewhere must not read it anew. Anything that is
+    no path here (a hub id) is returned as is."""
+    path = Path(name)
+    if name and not path.is_absolute() and not name.startswith("~") and path.exists():
         return portable(str(path.resolve()))
-    return model
+    return name
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:

@@ -36,7 +36,7 @@ from harness.progress import Callback, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import RunDir, ragged, score_arrays, score_result, unragged
+from harness.rundir import RunDir, RunDirError, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
@@ -67,6 +67,25 @@ class RunContext:
 # 1. initial rollouts -----------------------------------------------------------------------------
 
 
+def check_prompts(out: str | Path, plan) -> None:
+    """Refuse, before the run directory changes, a run whose stored rollouts answered other prompts than
+    its questions read now: the task's data changed under it (a data file edited, another revision of
+    the data set, another chat template). Shards written before prompts were stored are not checked."""
+    root = Path(out)
+    if not (root / "shards").is_dir():
+        return
+    reader = RunDir(root, plan=None)
+    for q in plan.task.questions(plan.config.limit):
+        try:
+            shard = reader.load(q.id, "initial")
+        except RunDirError:
+            continue  # a corrupt shard is named, or repaired, once the run holds the directory
+        if shard is not None and "prompt" in shard and not np.array_equal(shard["prompt"], q.prompt_ids):
+            raise RunDirError(f"{root}: question {q.id} reads another prompt now than the one its stored rollouts "
+                              "answered (the task's data changed since: data_files, the data set or the chat template); "
+                              "use another --out for these questions")
+
+
 def _initial_rollouts(ctx: RunContext, questions) -> None:
     cfg, task, todo = ctx.cfg, ctx.task, []
     for q in questions:
@@ -82,7 +101,8 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
     for q, res in zip(todo, ctx.backend.sample(requests), strict=True):
         outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
         tokens, offsets = ragged(res.tokens)
-        ctx.rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, outcome=outcomes)
+        ctx.rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, outcome=outcomes,
+                        prompt=np.asarray(q.prompt_ids, np.int64))
         ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
     ctx.states = {q.id: ctx.states[q.id] for q in questions}
 
@@ -167,6 +187,7 @@ def run(
     events of `harness.progress` (the command line renders them); ``out_flag`` names ``out`` in a refusal.
     """
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
+    check_prompts(out, plan)
     with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
         return _execute(rundir, on_progress, backend)
 

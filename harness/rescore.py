@@ -32,8 +32,10 @@ def add_teacher(
     check_backend(cfg, [ref.config], built=backend is None)
     plan.task.check_teacher(ref.config)
     backend_options(cfg, [*plan.specs, ref.config])  # its model_args against the backend
+    from harness.pipeline import _execute, check_prompts
+
+    check_prompts(out, plan)  # its contexts would read other questions than the tree answered
     with RunDir.open(out, plan, add=ref) as rundir:
-        from harness.pipeline import _execute
 
         return _execute(rundir, on_progress, backend, frozen=True)
 
@@ -59,7 +61,9 @@ def rescore(
             "(grow a run with odiag run, or start another --out)"
         )
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
+    from harness.pipeline import _execute, check_prompts
+
+    check_prompts(out, plan)
     with RunDir.open(out, plan, rescore=True, drop=tuple(drop)) as rundir:
-        from harness.pipeline import _execute
 
         return _execute(rundir, on_progress, backend, frozen=True)

@@ -128,6 +128,37 @@ def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, 
     assert resolve_run_config(None, ["backend=hf", f"student={toy}"]).student == toy
 
 
+@pytest.mark.slow
+def test_a_run_refuses_questions_whose_data_changed_under_it(odiag, tmp_path):
+    """A data file edited between two commands on one run: the stored rollouts answered other prompts, so
+    the grown run is refused in one line, not mixed. The file is recorded by its absolute path, so the
+    run resumes from any directory."""
+    fixture = (Path(__file__).parent / "fixtures" / "boolq_validation.jsonl").read_text().splitlines()
+    (tmp_path / "d.jsonl").write_text("\n".join(fixture[:2]) + "\n")
+    student = Path(__file__).resolve().parents[1] / "harness" / "toy_models" / "student"
+    sets = [x for s in ("task=odiag_boolq", "backend=hf", f"student={student}", "teachers=[toy-self-1c]",
+                        "data_files=d.jsonl", "n_initial=2", "max_new_tokens=4", "budget=1", "threads=1")
+            for x in ("--set", s)]
+    assert odiag("run", "--out", "r", *sets, "--set", "limit=1", "--quiet")[0] == 0
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["data_files"] == str(tmp_path / "d.jsonl")
+    (tmp_path / "d.jsonl").write_text("\n".join(fixture[5:7]) + "\n")
+    for argv in (("run", "--out", "r", *sets, "--set", "limit=2", "--quiet"), ("rescore", "r", "--quiet"),
+                 ("add-teacher", "r", "toy-self-1c1w", "--quiet")):
+        assert_one_line(odiag(*argv), "question 00000 reads another prompt now than the one its stored rollouts answered")
+    # data files that are no data of the task: one line naming the file, before anything is written
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "columns.jsonl").write_text('{"a": 1, "b": 2}\n')
+    for name, needle in (("empty.jsonl", "(no records)"), ("columns.jsonl", "not in the dataset")):
+        assert_one_line(odiag("run", "--out", "e", *sets, "--set", f"data_files={name}", "--quiet"),
+                        f"task 'odiag_boolq': cannot load its data from data_files '{tmp_path / name}'", needle)
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text((Path(__file__).parent / "fixtures" / "mmlu_test.jsonl").read_text().splitlines()[0] + "\n")
+    assert_one_line(odiag("run", "--out", "e", *[x if not x.startswith("task=") else "task=odiag_aime25" for x in sets],
+                          "--set", f"data_files={mmlu}", "--quiet"),
+                    "task 'odiag_aime25': cannot load its data from data_files", "'problem' is undefined")
+    assert not (tmp_path / "e").exists()
+
+
 def test_direct_construction_and_replace_are_validated():
     with pytest.raises(ConfigError, match="'window' must be >= 1, got 0"):
         RunConfig(window=0)

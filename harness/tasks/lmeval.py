@@ -156,15 +156,30 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
 
 def _load(manager, spec, name: str, source: str, fix: str):
     """``manager.load(spec)``'s task ``name``; a data set that cannot be read is a `ConfigError` naming the source and the fix."""
+    import datasets
+    import jinja2
     from datasets.exceptions import DatasetGenerationError
 
+    # datasets' "Generating split" and "Map" bars, and its ERROR lines before a failure the one line below
+    # says, would sit among odiag's own progress lines (or break --quiet)
+    bars, logger = datasets.is_progress_bar_enabled(), logging.getLogger("datasets")
+    level = logger.level
+    datasets.disable_progress_bars()
+    logger.setLevel(logging.CRITICAL)
     try:
         with _quiet_hub_retries():
             return manager.load(spec)["tasks"][name]
-    except (OSError, DatasetGenerationError) as exc:  # the hub unreachable; a file missing, unreadable or malformed
+    # the hub unreachable; a file missing, unreadable, malformed, empty (StopIteration), without the task's
+    # columns, or whose records lack what the task's templates read (lm-eval renders one as it loads)
+    except (OSError, DatasetGenerationError, StopIteration, ValueError, KeyError, jinja2.TemplateError) as exc:
         cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) and exc.__cause__ else exc
-        reason = " ".join(str(cause).split()) or type(cause).__name__
+        reason = "no records" if isinstance(cause, StopIteration) else " ".join(str(cause).split()) or type(cause).__name__
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise ConfigError(f"task {name!r}: cannot load its data from {source} ({reason}); {fix}") from None
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager
