@@ -267,7 +267,8 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
         if key in GEN_KWARGS:
             field = GEN_KWARGS[key]
             if field not in run and not (field == "max_new_tokens" and value == written.get(key)):
-                out[field] = float(value) if field == "temperature" else int(value)
+                # typed and range-checked as the field itself, the error naming the --gen_kwargs key
+                out[field] = getattr(build(RunConfig, {field: value}, where, {field: f"{where}: --gen_kwargs {key}"}), field)
             continue
         neutral = NEUTRAL_GEN_KWARGS.get(key, ())
         if key == "until" or value == neutral or (isinstance(neutral, tuple) and value in neutral):

@@ -7,6 +7,7 @@ questions of each question's record is odiag's per-teacher mean (SPEC §5).
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,22 @@ def test_settings_reject_unknown_keys():
     with pytest.raises(ConfigError, match="--limit"):
         settings({"limit": 3})
     assert settings({"teachers": ["a"], "pretrained": "x", "odiag": {}}, model_keys=["pretrained"]) == {"teachers": ["a"]}
+
+
+def test_gen_kwargs_values_are_checked_as_their_fields_naming_the_gen_kwarg():
+    """lm-eval hands --gen_kwargs values over as parsed text: a word or a fraction for a length was a
+    traceback, or cut silently (1.7 -> 1); each is checked as the RunConfig field it sets."""
+    from harness.lmeval_bridge import generation_settings
+
+    where = "task odiag_toy"
+    for kwargs, needle in (({"max_gen_toks": "abc"}, "--gen_kwargs max_gen_toks: key 'max_new_tokens' must be int"),
+                           ({"max_gen_toks": 1.7}, "must be int | None, got 1.7"),
+                           ({"max_gen_toks": -5}, "--gen_kwargs max_gen_toks: key 'max_new_tokens' must be >= 1, got -5"),
+                           ({"temperature": "abc"}, "--gen_kwargs temperature: key 'temperature' must be float"),
+                           ({"temperature": 0}, "key 'temperature' must be > 0")):
+        with pytest.raises(ConfigError, match=re.escape(f"{where}: {needle}") if needle.startswith("--") else re.escape(needle)):
+            generation_settings(kwargs, {}, where)
+    assert generation_settings({"max_gen_toks": 12, "temperature": 0.7}, {}, where) == {"max_new_tokens": 12, "temperature": 0.7}
 
 
 def test_data_parallel_is_refused_with_a_pointer_to_odiag_run():
