@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from harness.core.gradients import TEACHER_FREE
 from harness.leaderboard.merge import HEADLINE_ALGORITHM
 from harness.wording import plural
 
@@ -111,6 +112,7 @@ def summary_table(results: Mapping) -> str:
                       f"{'':4}  {'teacher':<22} " + " ".join(f"{a:>{width}}" for a in varying)]
             for t in teachers:
                 lines.append(f"{'':4}  {t:<22} " + " ".join(f"{_num(by.get((t, a))):>{width}}" for a in varying))
-        for a in same:
-            lines.append(f"{a}: {_num(by.get((teachers[0], a)))} for every teacher (it does not read the teacher)")
+        for a in same:  # the same for every teacher: by construction (Dr. GRPO) or as measured here
+            why = "it does not read the teacher" if a in TEACHER_FREE else "it reads the teacher; here every teacher scored alike"
+            lines.append(f"{a}: {_num(by.get((teachers[0], a)))} for every teacher ({why})")
     return "\n".join([*lines, "", footer])

@@ -243,6 +243,9 @@ def test_summary_leads_with_the_headline_algorithm_by_teacher():
     assert lines[2].split()[:3] == ["1", "b", "+0.400"] and lines[3].split()[:3] == ["2", "a", "+0.200"]
     assert "drgrpo: +0.900 for every teacher (it does not read the teacher)" in lines
     assert sum("drgrpo" in x for x in lines) == 1 and any(x.split()[-1:] == ["jsd"] for x in lines)
+    # a loss that reads the teacher but measured the same for both is not said to ignore the teacher
+    same = summary_table(_results([*rows[:4], _row("a", "jsd", 1.0, 1), _row("b", "jsd", 1.0, 1)])).splitlines()
+    assert "jsd: +1.000 for every teacher (it reads the teacher; here every teacher scored alike)" in same
     assert lines[-1] == ("4 questions, 16 paths, 10 decision points, 1,000 rollouts, 9,000 tokens generated in the tree, "
                          "32 teacher forward passes")
     one = _results(rows, decision_points=1)

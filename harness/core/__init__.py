@@ -7,6 +7,7 @@ transformers and vllm blocked.
 from harness.core.divergences import DIVERGENCES, all_divergences, topk_tail_divergences
 from harness.core.gradients import (
     ALGORITHMS,
+    TEACHER_FREE,
     NodeInputs,
     alignment_score,
     decision_support,
@@ -35,6 +36,7 @@ from harness.core.tree import ChildTable, Exits, Rollouts, TreeStats
 
 __all__ = [
     "ALGORITHMS",
+    "TEACHER_FREE",
     "DIVERGENCES",
     "ChildTable",
     "Exits",

@@ -227,3 +227,5 @@ ALGORITHMS: dict[str, Callable[[NodeInputs], np.ndarray]] = {
     "jsd": lambda x: jsd_gradient(x.pi, x.pi_teacher, x.jsd_beta),
 }
 """Distillation directions compared against `ideal_gradient`; one pure function per algorithm."""
+TEACHER_FREE = frozenset({"drgrpo"})
+"""Algorithms whose direction reads no teacher (the reward alone): one value for every teacher."""
