@@ -373,6 +373,10 @@ def _stopped_line(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
     if not where or not (Path(where) / "config.json").is_file():  # stopped before the run directory was opened
         return line
+    if args.command in ("add-teacher", "rescore") and not (Path(where) / "results.json").is_file():
+        # they need a finished run, and this one now records their settings: odiag run finishes it with them
+        return (f"{line}; finished work is kept in {where}: finish it with odiag run --config "
+                f"{Path(where) / 'config.yaml'} --out {where}")
     return f"{line}; finished work is kept in {where}: run the same command again to resume"
 
 

@@ -777,6 +777,28 @@ def test_a_stop_says_work_is_kept_only_where_a_run_directory_was_opened(odiag, m
     assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: run the same command again to resume"])
 
 
+def test_a_stopped_add_teacher_or_rescore_names_the_command_that_finishes_it(odiag, monkeypatch, tmp_path):
+    """Once add-teacher or rescore has recorded its settings the run reads as unfinished, and rerunning them
+    is refused (they need a finished run): the stop line names odiag run on the recorded config instead."""
+    import harness.pipeline
+
+    assert odiag("run", "--out", "r", "--set", "limit=1", "--set", "teachers=[synthetic-helpful]", "--quiet")[0] == 0
+    real = harness.pipeline._execute
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for argv in (("add-teacher", "r", "synthetic-misleading"), ("rescore", "r", "--set", "algorithms=[gkd]")):
+        monkeypatch.setattr(harness.pipeline, "_execute", stopped)
+        code, lines, _ = odiag(*argv)
+        assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: finish it with odiag run --config "
+                                       "r/config.yaml --out r"]), argv
+        monkeypatch.setattr(harness.pipeline, "_execute", real)
+        assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {(t["teacher"], t["algorithm"]) for t in results["teachers"]} == {("synthetic-helpful", "gkd"), ("synthetic-misleading", "gkd")}
+
+
 def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
     """odiag's own INFO lines are the run's log; a library's (torch's cache statistics at exit) are not."""
     import logging
