@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_interval(p)
     p.set_defaults(func=_rescore)
 
-    p = command("add-teacher", help="score one more teacher on a finished run: forward passes only, no rollouts")
+    p = command("add-teacher", help="score one more teacher on a finished run: forward passes (and any solutions its "
+                                                  "context shows), no tree rollouts")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("teacher", help="teacher YAML file or name under teachers/ (odiag ls teachers)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")

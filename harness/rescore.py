@@ -21,7 +21,8 @@ def add_teacher(
     out: str | Path, teacher: str, on_progress=None, backend: Backend | None = None,
     task: Task | None = None,
 ) -> dict:
-    """Score one more teacher on a finished run: its forward passes only, zero new rollouts.
+    """Score one more teacher on a finished run: its forward passes, zero new tree rollouts (the solutions
+    or summaries its context shows are sampled if the run has not made them yet).
 
     The teacher is loaded and checked against the task before it is recorded in the run directory
     (by resolved file and identity), so rerunning the original command keeps it, from any directory.
