@@ -267,9 +267,11 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
     projected = ev.expected is not None and ev.expected > ev.planned  # later windows, estimated
     estimated = projected or ev.rounds  # or later rounds, which no one counts before they are planned
     of = f"{'~' if estimated else ''}{_count(total)}"
-    if not ev.done:
-        return (f"{name}: {'~' if projected else ''}{_count(total)} {ev.unit} planned" + (" so far" if estimated else "")
-                + _budget(ev))
+    if not ev.done:  # a batch finishes its rollouts together: meanwhile its tokens are the progress
+        line = f"{name}: {'~' if projected else ''}{_count(total)} {ev.unit} planned" + (" so far" if estimated else "")
+        if ev.tokens and elapsed > 0:
+            line += f", {_count(ev.tokens)} tokens generated ({_rate(ev.tokens / elapsed)} tokens/s)"
+        return line + _budget(ev)
     line = f"{name}: {_count(ev.done)}/{of} {ev.unit}"
     if total:
         line += f" ({100 * ev.done / total:.0f}%)"

@@ -120,7 +120,11 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     line = describe(_event())
     assert line == ("targeted rollouts (window 2/3): 500/~2,000 rollouts (25%), 50 rollouts/s, 2,500 tokens/s, "
                     "ETA ~30 s, 25% of the budget spent (1,000/4,000)")
-    assert describe(_event(done=0)) == "targeted rollouts (window 2/3): ~2,000 rollouts planned so far, 25% of the budget spent (1,000/4,000)"
+    assert describe(_event(done=0, tokens=0)) == ("targeted rollouts (window 2/3): ~2,000 rollouts planned so far, "
+                                                  "25% of the budget spent (1,000/4,000)")
+    # before a batch's first rollout finishes, the tokens its decoding steps reported are the progress
+    assert describe(_event(done=0)) == ("targeted rollouts (window 2/3): ~2,000 rollouts planned so far, 25,000 tokens "
+                                        "generated (2,500 tokens/s), 25% of the budget spent (1,000/4,000)")
     assert describe(_event(final=True, budget=None, elapsed=125)).startswith("targeted rollouts: done, 500 rollouts, 25,000 tokens in 2 min 05 s")
     slow = describe(_event(phase="validate", unit="arms", done=3, planned=12, expected=12, tokens=0, elapsed=40.0, budget=None, step=""))
     assert slow == "validate: 3/12 arms (25%), 0.075 arms/s, ETA 2 min 00 s"  # a slow phase's rate is not "0/s"
