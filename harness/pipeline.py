@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ from harness.teachers import Artefacts, build_artefacts
 
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class RunContext:
@@ -65,6 +68,16 @@ class RunContext:
 
 
 # 1. initial rollouts -----------------------------------------------------------------------------
+
+
+def _warn_below_n_min(cfg: RunConfig, n_min: int) -> None:
+    """Warn (not refuse) when the strategy enriches a child to fewer visits than ``A(s)`` needs: such a
+    child never enters it on its own visits, and its forced rollouts inform only the nodes below it."""
+    key = {"paper": "n_target", "settle": "n_max", "survey": "survey_visits"}.get(cfg.strategy)
+    visits = getattr(cfg, key) if key else None
+    if visits is not None and visits < n_min:
+        log.warning("%s %d is below n_min %d: a child enriched to %d visits never enters A(s) on its own; raise %s, "
+                    "or lower n_min", key, visits, n_min, visits, key)
 
 
 def check_prompts(out: str | Path, plan) -> None:
@@ -188,6 +201,7 @@ def run(
     """
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_prompts(out, plan)
+    _warn_below_n_min(cfg, plan.n_min)
     with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
         return _execute(rundir, on_progress, backend)
 

@@ -799,6 +799,23 @@ def test_a_stopped_add_teacher_or_rescore_names_the_command_that_finishes_it(odi
     assert {(t["teacher"], t["algorithm"]) for t in results["teachers"]} == {("synthetic-helpful", "gkd"), ("synthetic-misleading", "gkd")}
 
 
+def test_enrichment_below_n_min_is_warned_not_refused(odiag, caplog):
+    """A child enriched to fewer visits than A(s) needs never enters it on its own visits (its forced rollouts
+    still inform deeper nodes): the run goes on, with a warning naming the setting and the fix."""
+    import logging
+
+    for strategy, key in (("paper", "n_target"), ("survey", "survey_visits"), ("settle", "n_max")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert odiag("run", "--out", f"r-{strategy}", "--set", "limit=1", "--set", f"strategy={strategy}",
+                         "--set", f"{key}=5", "--set", "n_min=20", "--quiet")[0] == 0
+        assert f"{key} 5 is below n_min 20: a child enriched to 5 visits never enters A(s) on its own; raise {key}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert odiag("run", "--out", "fine", "--set", "limit=1", "--set", "n_target=20", "--set", "n_min=20", "--quiet")[0] == 0
+    assert "below n_min" not in caplog.text
+
+
 def test_a_librarys_info_lines_show_only_with_verbose(odiag, monkeypatch):
     """odiag's own INFO lines are the run's log; a library's (torch's cache statistics at exit) are not."""
     import logging
