@@ -301,6 +301,7 @@ def _drop_validation(root: Path) -> None:
         log.info("%s: removed %s: it validated the run's earlier settings; run odiag validate %s again for these",
                  root, ", ".join(found), root)
 
+
 _RECORD_FILES = {"config.json", "config.yaml", LOCK_NAME}
 
 
