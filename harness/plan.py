@@ -65,7 +65,7 @@ def resolve_teacher(entry: str, role: str, stored_file: str | None = None) -> Te
     path relative to another directory, so a run resumes from any working directory."""
     path = teacher_path(entry)
     if not path.exists() and stored_file:
-        path = Path(stored_file) if Path(stored_file).is_absolute() else REPOSITORY / stored_file
+        path = _stored_path(stored_file)
     if path.is_dir():
         raise ConfigError(f"teacher {entry!r}: {path} is a directory, not a teacher YAML file")
     spec = load_teacher(str(path))
@@ -322,12 +322,17 @@ def recorded_teacher(record: dict, where: str, fix: str) -> TeacherRef:
     for the caller to compare); a file that is gone is a RunDirError ending in ``fix``."""
     from harness.rundir import RunDirError
 
-    file = record["file"] if Path(record["file"]).is_absolute() else str(REPOSITORY / record["file"])
-    if not Path(file).is_file():
+    file = _stored_path(record["file"])
+    if not file.is_file():
         role = " (added)" if record.get("role") == ADDED else ""
         raise RunDirError(f"{where}: teacher {record['name']!r}{role} was loaded from {file}, which no longer exists; "
                           f"restore it, {fix}")
-    return resolve_teacher(file, record.get("role", ADDED))
+    return resolve_teacher(str(file), record.get("role", ADDED))
+
+
+def _stored_path(file: str) -> Path:
+    """A teacher file as ``config.json`` records it (inside the checkout, relative to it) opened here."""
+    return Path(file) if Path(file).is_absolute() else REPOSITORY / file
 
 
 def check_against(

@@ -157,6 +157,12 @@ def test_local_records_map_onto_the_hub_schema(qwen3):
     for q in mmlu.questions(None):
         assert q.doc["target"] == records[q.doc["index"]]["answer"]
         assert "\nA. " in q.doc["prompt"] and "The answer is (X)" in q.doc["prompt"]
+    # built once per limit: a run asks for them before it opens its directory and again to run them
+    first, calls = mmlu.questions(2), []
+    mmlu.chat_ids = lambda *a, **k: calls.append(a) or np.zeros(1, np.int64)
+    again = mmlu.questions(2)
+    assert not calls and again == first and again is not first  # a copy: a caller's edit cannot reach the cache
+    assert len(mmlu.questions(3)) == 3 and len(calls) == 3
 
 
 def _ids(task, text: str) -> np.ndarray:

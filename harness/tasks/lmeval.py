@@ -59,7 +59,7 @@ def load_tokenizer(name: str, revision: str | None = None):
     if is_local_path(name) and not Path(name).expanduser().is_dir():
         where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
         raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
-                          "directory, absolute or relative to the current directory, or a hub id such as Qwen/Qwen3-8B)")
+                          "directory or a hub id such as Qwen/Qwen3-8B)")
     try:
         with _quiet_hub_retries():
             return AutoTokenizer.from_pretrained(name, revision=revision)
@@ -234,6 +234,7 @@ class LMEvalTask:
         self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}
         self._checked: set[str] = set()
         self._texts: dict[int, str] | None = None
+        self._questions: dict[int | None, list[Question]] = {}
 
     # prompts and questions ---------------------------------------------------------------------
 
@@ -261,6 +262,13 @@ class LMEvalTask:
         return len(self._task.eval_docs)
 
     def questions(self, limit: int | None) -> list[Question]:
+        """The first ``limit`` questions (all with None), built once per limit: a run checks their prompts
+        against its stored rollouts before it opens its directory, then runs them."""
+        if limit not in self._questions:
+            self._questions[limit] = self._build_questions(limit)
+        return list(self._questions[limit])
+
+    def _build_questions(self, limit: int | None) -> list[Question]:
         docs = self._task.eval_docs
         order = np.arange(len(docs))
         if self._shuffle_seed is not None:
@@ -333,14 +341,11 @@ class LMEvalTask:
         student_vocab = self.tokenizer.get_vocab()
         keys = model_keys(teacher)
         for model, revision in models_named(teacher).items():
-            if is_local_path(model) and not Path(model).expanduser().is_dir():
-                raise ConfigError(f"{where}: key {keys[model]!r}: no such directory {model!r} (a path starting ./ or ../ "
-                                  "is read from the teacher file's folder); give a local model directory or a hub id "
-                                  "such as Qwen/Qwen3-8B")
             try:
                 vocab = load_tokenizer(model, revision).get_vocab()
             except ConfigError as exc:
-                raise ConfigError(f"{where}: key {keys[model]!r}: {exc}") from None
+                local = "; a path starting ./ or ../ is read from the teacher file's folder" if is_local_path(model) else ""
+                raise ConfigError(f"{where}: key {keys[model]!r}: {exc}{local}") from None
             if vocab != student_vocab:
                 differ = len(set(vocab.items()) ^ set(student_vocab.items()))
                 raise ConfigError(
