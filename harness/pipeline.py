@@ -37,7 +37,7 @@ from harness.progress import Callback, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import RunDir, RunDirError, ragged, score_arrays, score_result, unragged
+from harness.rundir import RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
@@ -80,7 +80,7 @@ def _warn_below_n_min(cfg: RunConfig, n_min: int) -> None:
                     "or lower n_min", key, visits, n_min, visits, key)
 
 
-def check_prompts(out: str | Path, plan) -> None:
+def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
     """Refuse, before the run directory changes, a run whose stored rollouts answered other prompts than
     its questions read now: the task's data changed under it (a data file edited, another revision of
     the data set, another chat template). Shards written before prompts were stored are not checked."""
@@ -96,7 +96,7 @@ def check_prompts(out: str | Path, plan) -> None:
         if shard is not None and "prompt" in shard and not np.array_equal(shard["prompt"], q.prompt_ids):
             raise RunDirError(f"{root}: question {q.id} reads another prompt now than the one its stored rollouts "
                               "answered (the task's data changed since: data_files, the data set or the chat template); "
-                              "use another --out for these questions")
+                              f"use {another(flag)} for these questions")
 
 
 def _initial_rollouts(ctx: RunContext, questions) -> None:
@@ -200,7 +200,7 @@ def run(
     events of `harness.progress` (the command line renders them); ``out_flag`` names ``out`` in a refusal.
     """
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
-    check_prompts(out, plan)
+    check_prompts(out, plan, out_flag)
     _warn_below_n_min(cfg, plan.n_min)
     with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
         return _execute(rundir, on_progress, backend)

@@ -337,7 +337,7 @@ def _stored_path(file: str) -> Path:
 
 def check_against(
     plan: RunPlan, saved: dict | None, *, rescore: bool = False, add: TeacherRef | None = None, root: str = "",
-    drop: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (), flag: str = "--out",
 ) -> tuple[RunPlan, list[str]]:
     """``plan`` checked against a run directory's ``config.json`` (None: a new run).
 
@@ -345,7 +345,7 @@ def check_against(
     teachers whose file changed (only with ``rescore``: their passes are to be redone). Raises a
     RunDirError saying what differs and how to proceed otherwise.
     """
-    from harness.rundir import RunDirError
+    from harness.rundir import RunDirError, another
 
     if saved is None:
         return plan, []
@@ -369,12 +369,12 @@ def check_against(
         else:
             diffs += [
                 f"teacher {n.name!r} changed since the run was made ({n.config.file}: identity {o['identity']} there, "
-                f"{n.identity} now; it plans the targeted rollouts, so restore the file or use another --out)"
+                f"{n.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})"
                 for o, n in zip(old, new, strict=True) if o["identity"] != n.identity
             ]
         raise RunDirError(
             f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
-            "use another --out, or the same settings to resume"
+            f"use {another(flag)}, or the same settings to resume"
         )
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
@@ -388,7 +388,7 @@ def check_against(
         if not _grows(old, new):
             what = (f"{key} {new!r} is below the run's {old!r}" if old is not None
                     else f"the run has no {key} (unlimited), and {key} {new!r} would shrink it")
-            raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use another --out for {smaller})")
+            raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use {another(flag)} for {smaller})")
     added = [t["name"] for t in theirs if t["role"] == ADDED]
     for name in drop:
         if name not in added:

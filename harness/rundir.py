@@ -67,6 +67,12 @@ LOCK_NAME = ".odiag.lock"
 _TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
+def another(flag: str) -> str:
+    """The fix a refusal of a run directory suggests, under the option or key the user gave it as:
+    ``--out`` gives "another --out", lm-eval's "task T: --metadata key 'out'" gives "another --metadata key 'out'"."""
+    return f"another {flag.rpartition(': ')[2]}"
+
+
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked: locked, unwritable, corrupt or of another run."""
 
@@ -366,18 +372,18 @@ class RunDir:
         lock = RunLock(root)
         lock.acquire()
         try:
-            saved = RunDir.read_saved(root) if (root / "config.json").exists() else None
+            saved = RunDir.read_saved(root, flag) if (root / "config.json").exists() else None
             if saved is not None and not rescore and add is None and not _holds_work(root):
                 saved = None  # stopped before anything was computed: nothing pins its settings, the new ones apply
             from harness.plan import check_against
 
-            plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root), drop=drop)
+            plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root), drop=drop, flag=flag)
             # a rescore that redoes no forward pass reads only stored work: its models may have moved on
             stored = (saved or {}).get("models", {})
             if not (rescore and not changed):
                 from harness.plan import model_specs
 
-                stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root))
+                stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
             rundir = RunDir(root, plan, lock, repair)
             rundir.clean()
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
@@ -396,7 +402,7 @@ class RunDir:
         return rundir
 
     @staticmethod
-    def read_saved(root: str | Path) -> dict:
+    def read_saved(root: str | Path, flag: str = "--out") -> dict:
         """``config.json`` of a run directory, checked for shape; a one-line error otherwise."""
         path = Path(root) / "config.json"
         if not path.exists():
@@ -406,7 +412,7 @@ class RunDir:
             found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
             raise RunDirError(
                 f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
-                "a run made by an older odiag cannot be resumed: use another --out"
+                f"a run made by an older odiag cannot be resumed: use {another(flag)}"
             )
         keys = ("config", "config_hash", "tree_hash", "teachers")
         if missing := [k for k in keys if k not in saved]:
@@ -534,7 +540,9 @@ class RunDir:
             p.unlink()
 
 
-def model_records(specs: Iterable[ModelSpec], stored: Mapping[str, dict], where: str) -> dict[str, dict]:
+def model_records(
+    specs: Iterable[ModelSpec], stored: Mapping[str, dict], where: str, flag: str = "--out",
+) -> dict[str, dict]:
     """``config.json``'s ``models``: every model of ``specs`` whose files are on this machine, by content
     (`harness.modelfiles`), with ``stored`` (the records of earlier commands) kept. Raises a
     RunDirError when a model's files differ from those the run recorded: work from two models never
@@ -556,7 +564,7 @@ def model_records(specs: Iterable[ModelSpec], stored: Mapping[str, dict], where:
             pin = f"pin revision {before['snapshot']} (the snapshot the run used), " if before.get("snapshot") else ""
             raise RunDirError(
                 f"{where}: model {key} changed since the run used it ({name} differs; fingerprint "
-                f"{before.get('fingerprint')} there, {fingerprint(files)} now): restore its files, {pin}or use another --out"
+                f"{before.get('fingerprint')} there, {fingerprint(files)} now): restore its files, {pin}or use {another(flag)}"
             )
         out[key] = {"revision": spec.revision, "snapshot": snapshot, "fingerprint": fingerprint(files), "files": files}
     return out

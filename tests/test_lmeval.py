@@ -151,3 +151,12 @@ def test_samples_diagnose_the_documents_chosen(tmp_path):
     (q,) = [q for q in task.questions(None) if q.id == "00003"]
     assert logged["doc"] == q.doc["record"]  # the document lm-eval logged is the one diagnosed
     assert set(pq.read_table(tmp_path / "run" / "paths.parquet").column("question_id").to_pylist()) <= {"00003"}
+    # the same directory with another tree: the refusal's fix names the key the user gave it as, not --out
+    meta["n_initial"] = 16
+    again = subprocess.run([BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", "--model", "hf",
+                            "--model_args", f"pretrained={STUDENT},dtype=float32", "--device", "cpu", "--samples",
+                            '{"odiag_toy": [3]}', "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2, again.stderr[-2000:]
+    last = again.stderr.strip().splitlines()[-1]
+    assert "a different rollout tree (n_initial: 8 there, 16 now)" in last, last
+    assert "use another --metadata key 'out', or the same settings to resume" in last and "--out" not in last, last
