@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest
+from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, ScoreResult
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
 from harness.config import RunConfig
 from harness.core.allocation import AllocationParams
-from harness.core.records import RecordSettings, TeacherPass, path_records
+from harness.core.records import RecordSettings, TeacherPass, path_records, support_children
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.progress import Callback, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
@@ -164,6 +164,64 @@ def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
         ctx.rundir.save(s.question.id, name, **score_arrays(res, req.context))
 
 
+def _fill_passes(ctx: RunContext, phases: Phases) -> None:
+    """Score the ids the records read that a path's passes did not keep (SPEC §4 step 5: every teacher at
+    every decision point). A child enriched for one teacher can lie outside another teacher's top ids
+    and the student's; without its probability that teacher would be scored on fewer decision points.
+
+    A fill is a pass over the path's context and response at those ids only, stored as ``fill-p<j>-<who>``
+    with the ids of any earlier fill kept. Planning never reads fills, so a grown run plans as a fresh one.
+    """
+    cfg, teachers = ctx.cfg, ctx.plan.specs
+    by_name = {t.name: t for t in teachers}
+    pending, requests = [], []
+    for s in ctx.states.values():
+        for j, path in enumerate(s.paths):
+            for key in (STUDENT, *(t.name for t in teachers if isinstance(s.scores.get((j, t.name)), ScoreResult))):
+                if (shard := ctx.rundir.load(s.question.id, _fill_name(j, key))) is not None:
+                    s.fills[(j, key)] = score_result(shard)
+            position, token = support_children(s.tree.children(j), len(path), ctx.plan.n_min)
+            student, _, tables = logprob_tables(s, j, teachers, fills=True)
+            for key, table in ((STUDENT, student), *tables.items()):
+                missing = np.isnan(table.get(position, token))
+                if not missing.any():
+                    continue
+                stored = ctx.rundir.load(s.question.id, f"score-p{j}-{slug(key)}")  # its context, as scored
+                model = STUDENT if key == STUDENT else model_name(by_name[key])
+                extra = _extra_ids(path, position[missing], token[missing], s.fills.get((j, key)))
+                pending.append((s, j, key))
+                requests.append(ScoreRequest(stored["context"], path, model, cfg.temperature, 0, extra_ids=extra))
+    if requests and not ctx.rundir.models_checked:
+        raise RunDirError(
+            f"{ctx.rundir.root}: its stored passes lack {len(requests)} of the log-probabilities its records read "
+            f"(scored by an odiag before this one); score them with odiag run --config {ctx.rundir.root}/config.yaml "
+            f"--out {ctx.rundir.root}, which checks the models first"
+        )
+    if not requests:
+        return
+    with phases.phase("fill passes", ctx.backend, unit="passes"):
+        for (s, j, key), req, res in zip(pending, requests, ctx.backend.score(requests), strict=True):
+            s.fills[(j, key)] = res
+            ctx.rundir.save(s.question.id, _fill_name(j, key), **score_arrays(res, req.context))
+
+
+def _fill_name(j: int, key: str) -> str:
+    return f"fill-p{j}-{slug(key)}"
+
+
+def _extra_ids(path: np.ndarray, position: np.ndarray, token: np.ndarray, before: ScoreResult | None) -> np.ndarray:
+    """``extra_ids`` [P, E] of a fill: the missing tokens and any earlier fill's ids at each position,
+    a short row padded with the path's own token (scored anyway)."""
+    rows = [{int(a)} for a in path]
+    for k, a in zip(position.tolist(), token.tolist(), strict=True):
+        rows[k].add(a)
+    if before is not None:
+        for k in range(len(path)):
+            rows[k].update(before.ids[before.offsets[k]:before.offsets[k + 1]].tolist())
+    width = max(len(r) for r in rows)
+    return np.array([sorted(r) + [int(a)] * (width - len(r)) for r, a in zip(rows, path, strict=True)], dtype=np.int64)
+
+
 # 5. per-node records -----------------------------------------------------------------------------
 
 
@@ -174,7 +232,7 @@ def _records(ctx: RunContext) -> tuple[list[dict], list[dict], dict[str, int]]:
     nodes, children, skipped = [], [], {}
     for s in ctx.states.values():
         for j, path in enumerate(s.paths):
-            student, scored, tabs = logprob_tables(s, j, teachers)
+            student, scored, tabs = logprob_tables(s, j, teachers, fills=True)
             passes = [TeacherPass(t.name, tabs[t.name], scored[t.name].divergences, scored[t.name].approximate)
                       for t in teachers if t.name in scored]
             n, c, sk = path_records(s.question.id, j, path, OUTCOMES[s.path_outcome[j]], s.tree.children(j), student,
@@ -243,6 +301,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
         for w in range(n_windows):
             phase.step(w, f"window {w + 1}/{n_windows}")
             enrich_window(ctx, w, params)
+    _fill_passes(ctx, phases)
 
     nodes, children, skipped = _records(ctx)
     results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts,

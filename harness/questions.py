@@ -30,6 +30,7 @@ class QuestionState:
     solutions: list[tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=list)  # per path: (correct, wrong) it may show
     tree: TreeStats | None = None
     scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
+    fills: dict[tuple[int, str], ScoreResult] = dataclasses.field(default_factory=dict)  # the same: ids records need besides
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
     spans: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # its depth windows
     note: str = ""  # why the question has no paths of one outcome, if so

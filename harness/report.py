@@ -57,12 +57,13 @@ def no_decision_reason(results: Mapping) -> str:
 
 
 def _passes(counts: Mapping) -> str:
-    """The forward passes a run's teacher phase made, teachers' and the student's apart: they add up to
-    the closing table's count (a context's sampled solutions are its own row there, not the tree's)."""
+    """The forward passes a run made, teachers', the student's and fills apart: they add up to the closing
+    table's counts (a context's sampled solutions are its own row there, not the tree's)."""
     teacher, student = counts["teacher_forward_passes"], counts.get("student_forward_passes", 0)
-    both = teacher + student if student else teacher
-    who = f"{teacher:,} teacher and {student:,} student" if student else f"{teacher:,} teacher"
-    return f"{who} forward {plural(both, 'pass', 'passes')}"
+    fill = counts.get("fill_forward_passes", 0)
+    parts = [f"{n:,} {who}" for n, who in ((teacher, "teacher"), (student, "student"), (fill, "fill")) if n or who == "teacher"]
+    who = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"{who} forward {plural(teacher + student + fill, 'pass', 'passes')}"
 
 
 def summary_table(results: Mapping) -> str:

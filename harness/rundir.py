@@ -176,11 +176,13 @@ _ROUND = re.compile(r"^window(\d+)-round(\d+)$")
 
 
 def shard_kinds(name: str) -> tuple[str, ...]:
-    """The kinds a shard called ``name`` may be: ``initial``, ``score``/``skip`` or ``round``."""
+    """The kinds a shard called ``name`` may be: ``initial``, ``score``/``skip``, ``score`` (a fill) or ``round``."""
     if name == "initial":
         return ("initial",)
     if name.startswith("score-"):
         return ("score", "skip")
+    if name.startswith("fill-"):
+        return ("score",)
     if _ROUND.match(name):
         return ("round",)
     raise ValueError(f"unknown shard name {name!r}")
@@ -323,8 +325,11 @@ def _holds_work(root: Path) -> bool:
 class RunDir:
     """A run directory held by this process for one :class:`~harness.plan.RunPlan`."""
 
-    def __init__(self, root: Path, plan: RunPlan, lock: RunLock | None = None, repair: bool = False):
+    def __init__(
+        self, root: Path, plan: RunPlan, lock: RunLock | None = None, repair: bool = False, models_checked: bool = True,
+    ):
         self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
+        self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
 
     @property
@@ -384,7 +389,7 @@ class RunDir:
                 from harness.plan import model_specs
 
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
-            rundir = RunDir(root, plan, lock, repair)
+            rundir = RunDir(root, plan, lock, repair, models_checked=not (rescore and not changed))
             rundir.clean()
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
@@ -536,8 +541,9 @@ class RunDir:
         """Remove a teacher's passes on every path (its file changed; ``rescore`` redoes them)."""
         from harness.plan import slug
 
-        for p in (self.root / "shards").glob(f"*/score-p*-{slug(name)}.npz"):
-            p.unlink()
+        for kind in ("score", "fill"):
+            for p in (self.root / "shards").glob(f"*/{kind}-p*-{slug(name)}.npz"):
+                p.unlink()
 
 
 def model_records(

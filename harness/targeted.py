@@ -31,13 +31,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def logprob_tables(s: QuestionState, j: int, teachers) -> tuple[LogprobTable, dict[str, ScoreResult], dict[str, LogprobTable]]:
-    """The student's and each scored teacher's known log-probabilities along path ``j``."""
+def logprob_tables(
+    s: QuestionState, j: int, teachers, fills: bool = False,
+) -> tuple[LogprobTable, dict[str, ScoreResult], dict[str, LogprobTable]]:
+    """The student's and each scored teacher's known log-probabilities along path ``j``; with ``fills``
+    also those of the passes over ids the records need (planning never reads them: a grown run plans
+    as a fresh one)."""
     own = s.scores[(j, STUDENT)]
     scored = {t.name: r for t in teachers if isinstance(r := s.scores.get((j, t.name)), ScoreResult)}
+
+    def parts(key: str) -> list[tuple]:
+        return [(r.ids, r.offsets, r.logprobs)] if fills and (r := s.fills.get((j, key))) is not None else []
+
     student = LogprobTable.build([(own.ids, own.offsets, own.logprobs)]
-                                 + [(r.ids, r.offsets, r.reference_logprobs) for r in scored.values()])
-    return student, scored, {name: LogprobTable.build([(r.ids, r.offsets, r.logprobs)]) for name, r in scored.items()}
+                                 + [(r.ids, r.offsets, r.reference_logprobs) for r in scored.values()] + parts(STUDENT))
+    tables = {name: LogprobTable.build([(r.ids, r.offsets, r.logprobs), *parts(name)]) for name, r in scored.items()}
+    return student, scored, tables
 
 
 def _scored_tokens(s: QuestionState, j: int, planners) -> ScoredTokens:

@@ -209,6 +209,13 @@ def test_scores_match_a_full_forward_pass(backend, plain, temperature):
         np.testing.assert_array_equal(ids, np.union1d(np.union1d(top(full_s[k]), top(full_t[k])), [response[k]]))
         np.testing.assert_allclose(lp, full_t[k, ids], atol=2e-5)
         np.testing.assert_allclose(ref, full_s[k, ids], atol=2e-5)
+    # a fill pass: no top-k, each position's extra ids (a short row repeats the response token), exactly
+    extra = np.stack([[i, i, response[k]] for k, i in enumerate(np.argmin(full_t, axis=1))])
+    (fill,) = backend.score([ScoreRequest(teacher_context, response, "teacher", temperature, 0, extra_ids=extra)])
+    for k in range(len(response)):
+        ids, lp, _ = fill.at(k)
+        np.testing.assert_array_equal(ids, np.union1d(extra[k], [response[k]]))
+        np.testing.assert_allclose(lp, full_t[k, ids], atol=2e-5)
     expected = all_divergences(full_s, full_t)
     assert set(teacher.divergences) == set(expected)
     for name, value in expected.items():

@@ -211,6 +211,13 @@ def test_score_result_with_top_k():
         assert np.all(res.divergences[name] <= exact_div[name] + 1e-6)
     own = score_result(ScoreRequest(req.context, req.response, "teacher", 1.0, 3), plp_s, None, 3)
     assert own.reference_logprobs is None and own.divergences is None
+    # a fill pass: no top-k, the extra ids at each position (a listed id exact, another its upper bound)
+    extra = np.stack([np.argsort(exact_s[k])[:2] for k in range(len(req.response))])  # each position's least likely
+    fill = score_result(ScoreRequest(req.context, req.response, "teacher", 1.0, 0, extra_ids=extra), plp_s, None, 3)
+    for k in range(len(req.response)):
+        ids, lp, _ = fill.at(k)
+        np.testing.assert_array_equal(ids, np.union1d(extra[k], req.response[k]))
+        assert all(exact_s[k][i] <= v + 1e-9 for i, v in zip(ids, lp, strict=True))
 
 
 # -- the class, against a fake vllm module ------------------------------------------------------------------

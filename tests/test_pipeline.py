@@ -232,3 +232,61 @@ def test_adaptive_strategy_runs_in_rounds_and_resumes_identically(tmp_path):
     with pytest.raises(Crash):
         run(cfg, tmp_path / "cut", backend=CrashingBackend(3))
     assert _strip(run(cfg, tmp_path / "cut")) == reference
+
+
+@pytest.mark.slow
+def test_every_teacher_is_scored_on_every_decision_point_at_its_exact_probabilities(tmp_path):
+    """``score_top_k=1`` keeps one id per model and position, so children enriched for one teacher lie
+    outside another teacher's ids and the student's. Fill passes score them: every teacher is scored on
+    the same decision points, every child's π and π_T equal a full forward pass over the stored context,
+    a resume makes no pass, and a run whose fills are gone is refused by a rescore and mended by a run."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from harness.rescore import rescore
+    from harness.rundir import RunDir
+
+    toy = Path(__file__).resolve().parents[1] / "harness" / "toy_models"
+    teachers = {"toy-self-1c": toy / "student", "harmful-toy-self-1w": toy / "student", "toy-teacher": toy / "teacher"}
+    cfg = RunConfig(task="odiag_toy", backend="hf", student=str(toy / "student"), teachers=tuple(teachers), limit=2,
+                    n_initial=8, budget=100, score_top_k=1)
+    out = tmp_path / "run"
+    results = run(cfg, out)
+    counts = results["counts"]
+    assert counts["fill_forward_passes"] > 0 and counts["decision_points"] > 0
+    assert counts["skipped_nodes"]["missing_teacher_logprob"] == counts["skipped_nodes"]["missing_student_logprob"] == 0
+    nodes = pq.read_table(out / "nodes.parquet").to_pylist()
+    where = {t: {(r["question_id"], r["path_id"], r["position"]) for r in nodes if r["teacher"] == t} for t in teachers}
+    assert len({frozenset(v) for v in where.values()}) == 1 and where["toy-teacher"]
+
+    models = {p: transformers.AutoModelForCausalLM.from_pretrained(p).eval() for p in {str(p) for p in teachers.values()}}
+    reader = RunDir(out, plan=None)
+
+    def full(model, context, path):  # log π(· | context + path[:k]) for every k, from one plain forward pass
+        with torch.inference_mode():
+            logits = models[model](torch.as_tensor(np.concatenate([context, path]))[None]).logits[0].double()
+        return torch.log_softmax(logits, dim=-1).numpy()[len(context) - 1 : -1]
+
+    paths = {(p["question_id"], p["path_id"]): np.asarray(p["tokens"]) for p in pq.read_table(out / "paths.parquet").to_pylist()}
+    children = pq.read_table(out / "children.parquet").to_pylist()
+    for (qid, j), path in paths.items():
+        own = reader.load(qid, f"score-p{j}-student")["context"]
+        student = full(str(toy / "student"), own, path)
+        for t, model in teachers.items():
+            shard, mine = reader.load(qid, f"score-p{j}-{t}"), [c for c in children if (c["question_id"], c["path_id"], c["teacher"]) == (qid, j, t)]
+            if "skip" in shard:  # its context cannot be built on this path (no solution to show)
+                assert not mine
+                continue
+            teacher = full(str(model), shard["context"], path)
+            for c in mine:
+                assert c["pi"] == pytest.approx(np.exp(student[c["position"], c["token"]]), abs=1e-4)
+                assert c["pi_teacher"] == pytest.approx(np.exp(teacher[c["position"], c["token"]]), abs=1e-4)
+
+    again = run(cfg, out)  # resumed: the fills are stored
+    assert again["counts"]["forward_passes_this_invocation"] == {} and again["teachers"] == results["teachers"]
+    for p in (out / "shards").glob("*/fill-*.npz"):  # as a run scored before fills
+        p.unlink()
+    with pytest.raises(ConfigError, match=r"stored passes lack \d+ of the log-probabilities.*odiag run --config"):
+        rescore(out, ["algorithms=[gkd]"])
+    mended = run(RunDir.load_config(out), out)
+    assert mended["counts"]["skipped_nodes"] == counts["skipped_nodes"]
+    assert mended["teachers"] == [r for r in results["teachers"] if r["algorithm"] == "gkd"]

@@ -52,6 +52,7 @@ class ScoreRequest:
     top_k: int = 64  # at every position also return the top_k ids of each model
     reference_model: str | None = None  # a second model for divergences (normally the student)
     reference_context: np.ndarray | None = None  # the reference's own context
+    extra_ids: np.ndarray | None = None  # int [P, E]: ids also scored at each position (a short row repeats response[k])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class ScoreResult:
     """Per-position log-probabilities on a ragged id set, and divergences.
 
     At position ``k`` (the node ``response[:k]``) the id set is ``ids[offsets[k]:offsets[k+1]]``:
-    the union of both models' top-k ids and ``response[k]``, sorted. ``logprobs`` are the scored
+    the union of both models' top-k ids, the request's ``extra_ids[k]`` and ``response[k]``, sorted. ``logprobs`` are the scored
     model's, ``reference_logprobs`` the reference's, on the same ids.
     """
 

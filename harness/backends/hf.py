@@ -489,6 +489,8 @@ class HFBackend:
             candidates_CK = [response[lo:hi, None]]
             if k:
                 candidates_CK.append(logp_CV.topk(k, dim=-1).indices)
+            if r.extra_ids is not None:
+                candidates_CK.append(torch.as_tensor(np.asarray(r.extra_ids[lo:hi], dtype=np.int64), device=self.device))
             if ref is not None:
                 ref_logp_CV = torch.log_softmax(ref.head(ref_hidden_PH[lo:hi]).float() / r.temperature, dim=-1)
                 if k:

@@ -203,8 +203,8 @@ def score_result(
     """A ScoreResult from vLLM ``prompt_logprobs`` over context + response (and the reference's).
 
     Position ``k`` reads entry ``len(context) + k`` (vLLM's entry ``j`` is the distribution of prompt
-    token ``j`` after tokens ``0 .. j-1``). Ids: the union of each model's ``top_k`` listed ids and
-    ``response[k]``; an id one model did not list gets that model's ``unlisted`` value from `temper`
+    token ``j`` after tokens ``0 .. j-1``). Ids: the union of each model's ``top_k`` listed ids,
+    ``extra_ids[k]`` and ``response[k]``; an id one model did not list gets that model's ``unlisted`` value from `temper`
     (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists.
     """
     response = np.asarray(request.response, dtype=np.int64)
@@ -217,7 +217,7 @@ def score_result(
     divergences = {name: np.zeros(count) for name in DIVERGENCES}
     for k in range(count):
         listed = [ids_PK[k] >= 0 for ids_PK, _, _ in lists]  # drop the padding
-        union = {int(response[k])}
+        union = {int(response[k]), *([] if request.extra_ids is None else np.asarray(request.extra_ids[k]).tolist())}
         for (ids_PK, _, _), ok in zip(lists, listed, strict=True):
             union.update(ids_PK[k, :top][ok[:top]].tolist())
         union = np.array(sorted(union), dtype=np.int64)

@@ -116,6 +116,17 @@ class RecordSettings:
     algorithms: tuple[str, ...]
 
 
+def support_children(children: ChildTable, length: int, n_min: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position, token) of every child in A(s) at the decision points of a path of ``length`` tokens:
+    the (position, token) pairs whose student and teacher probabilities `path_records` reads."""
+    bounds = np.flatnonzero(np.diff(children.position, prepend=-1, append=-1))
+    keep = np.zeros(len(children.position), dtype=bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if children.position[lo] < length and (support := decision_support(children.n[lo:hi], children.q()[lo:hi], n_min)) is not None:
+            keep[lo:hi] = support
+    return children.position[keep], children.token[keep]
+
+
 def path_records(
     question_id: str,
     path_id: int,
