@@ -356,3 +356,22 @@ def test_a_build_stopped_while_drawing_leaves_the_previous_page_whole(run_dir, t
     build([run_dir], out)
     assert (out / "figures" / "notes.txt").read_text() == "kept" and (out / "index.html").stat().st_mode & 0o777 == 0o644
     assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}
+
+
+def test_binned_figures_take_their_ci_over_questions_not_paths():
+    """SPEC §5: the paths of one question are not independent. Two questions, each with three paths that
+    agree: the CI is a t interval over the two question means (paths averaged first, then questions)."""
+    from scipy import stats as st
+
+    from harness.leaderboard.figures import _by_bin
+
+    alignment = np.array([0.9, 0.8, 1.0, 1.0, -0.5, -0.4, -0.6, -0.5])  # paths 0-2 of q1 (path 2 twice), q2
+    question = np.array(["r\x00q1"] * 4 + ["r\x00q2"] * 4)
+    path = np.array(["r\x00q1\x000", "r\x00q1\x001", "r\x00q1\x002", "r\x00q1\x002",
+                     "r\x00q2\x000", "r\x00q2\x001", "r\x00q2\x002", "r\x00q2\x002"])
+    nodes = {"alignment": alignment, "question_key": question, "path_key": path}
+    ((mean, lo, hi, count),) = _by_bin(nodes, np.ones(8, bool), np.zeros(8, int), [0])
+    means = np.array([np.mean([0.9, 0.8, 1.0]), np.mean([-0.5, -0.4, -0.55])])
+    half = st.t.ppf(0.975, 1) * means.std(ddof=1) / np.sqrt(2)
+    assert count == 8 and mean == pytest.approx(means.mean())
+    assert (lo, hi) == pytest.approx((means.mean() - half, means.mean() + half))

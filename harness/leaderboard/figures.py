@@ -67,12 +67,14 @@ def teacher_colours(labels: Sequence[str]) -> dict[str, str]:
 
 
 def _nodes(runs: Sequence[Run], labels: dict[tuple[str, str], str]) -> dict[str, np.ndarray]:
-    """The group's node tables stacked, with a ``label`` column and a ``path_key`` unique across runs."""
+    """The group's node tables stacked, with a ``label`` column and ``question_key`` and ``path_key``
+    columns unique across runs."""
     cols: dict[str, list[np.ndarray]] = {}
     for run in runs:
         n = run.nodes
         extra = {
             "label": np.array([labels[(run.id, t)] for t in n["teacher"]], dtype=object),
+            "question_key": np.array([f"{run.id}\x00{q}" for q in n["question_id"]]),
             "path_key": np.array([f"{run.id}\x00{q}\x00{p}" for q, p in zip(n["question_id"], n["path_id"], strict=True)]),
             "window_width": np.full(len(n["teacher"]), run.results["config"].get("window", 50)),
         }
@@ -91,14 +93,15 @@ def _window_label(j: int, w: int) -> str:
 
 
 def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[int]):
-    """Mean alignment per bin with a t CI over per-path means, and the node count, for each value."""
+    """Mean alignment per bin and the node count, for each value: nodes averaged per path, paths per
+    question, with a t CI over questions (SPEC §5: the paths of one question are not independent)."""
     out = []
     for b in values:
         sel = mask & (bins == b) & np.isfinite(nodes["alignment"].astype(float))
-        keys, inv = np.unique(nodes["path_key"][sel], return_inverse=True)
-        per_path = np.bincount(inv, nodes["alignment"][sel].astype(float), len(keys)) / np.maximum(
-            np.bincount(inv, minlength=len(keys)), 1)
-        ci = t_ci(per_path)
+        paths, first, inv = np.unique(nodes["path_key"][sel], return_index=True, return_inverse=True)
+        per_path = np.bincount(inv, nodes["alignment"][sel].astype(float), len(paths)) / np.bincount(inv, minlength=len(paths))
+        questions, of_path = np.unique(nodes["question_key"][sel][first], return_inverse=True)
+        ci = t_ci(np.bincount(of_path, per_path, len(questions)) / np.bincount(of_path, minlength=len(questions)))
         out.append((ci.mean, ci.lo, ci.hi, int(sel.sum())))
     return out
 
@@ -256,7 +259,7 @@ def by_depth(group: dict, nodes: dict, colours: dict[str, str]):
     values = sorted(set(bins.tolist()))
     width = int(nodes["window_width"][0])
     return _binned(group, nodes, colours, bins, values, [_window_label(j, width) for j in values],
-                   "response positions", "Alignment by depth window (mean over paths, 95% t CI)")
+                   "response positions", "Alignment by depth window (mean over questions, 95% t CI)")
 
 
 def by_n_actions(group: dict, nodes: dict, colours: dict[str, str]):
@@ -291,7 +294,7 @@ def divergence_scatter(group: dict, entries: list[dict], nodes: dict, colours: d
         ax.set_ylim(-1.1, 1.1)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, markerscale=1.5)
     fig.suptitle(f"Divergence vs alignment ({algorithm}) — {_plain(group['task'])}, student {_plain(group['student'])}; "
-                 "ρ: within-path Spearman, mean over paths with 95% t CI", fontsize=10)
+                 "ρ: within-path Spearman, mean over questions with 95% t CI", fontsize=10)
     return fig
 
 
@@ -331,7 +334,7 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
                  "construction); n counts decision points x teachers.", g["id"], task)
             save(divergence_scatter(g, entries, nodes, colours), f"{stem}--divergence", "Divergence vs alignment",
                  "Every decision point of the headline algorithm; ρ is the within-path Spearman correlation "
-                 "(SPEC §5), mean over paths with at least 5 decision points.", g["id"], task)
+                 "(SPEC §5) of paths with at least 5 decision points, averaged per question, then over questions.", g["id"], task)
     return made
 
 

@@ -87,7 +87,7 @@
      }},
     {key: "advantage", label: "Teacher advantage", title: "\u03a3 (\u03c0\u0303_T \u2212 \u03c0\u0303) Q over A(s): positive when the teacher knows better",
      value: (e) => mean(e.teacher_advantage), cell: (e) => statCell(e.teacher_advantage, false)},
-    {key: "correlation", label: () => `\u03c1(${divName(state.divergence)}, alignment)`, title: "within-path Spearman correlation, mean over paths",
+    {key: "correlation", label: () => `\u03c1(${divName(state.divergence)}, alignment)`, title: "within-path Spearman correlation, averaged per question, then over questions",
      value: (e) => mean(correlation(e)), cell: (e) => statCell(correlation(e), false)},
     {key: "decision_points", label: "Decision points", value: (e) => e.n_decision_points,
      cell: (e) => h("td", {className: "num", title: `${count(e.n_undefined)} with an undefined score`}, count(e.n_decision_points))},
