@@ -101,7 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
     from harness.report import summary_table
 
     cfg = resolve_run_config(Path(__file__).resolve().parent / "demo.yaml", args.set)
-    check_site_dir(Path(args.site), "--site")  # before minutes of work, not after
+    check_site_dir(Path(args.site), "--site", Path(args.out))  # before minutes of work, not after
     # demo.yaml names the toy student relative to the checkout, so the demo runs from any directory
     if (REPOSITORY / cfg.student).exists():
         cfg = dataclasses.replace(cfg, student=str(REPOSITORY / cfg.student))
@@ -179,6 +179,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"odiag: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+class _Once(argparse.Action):
+    """Store an option that may be given once: a second ``--config`` would silently drop the first file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            hint = " (put every setting in one file, or override keys with --set KEY=VALUE)" if self.dest == "config" else ""
+            raise argparse.ArgumentError(self, f"given twice; give it once{hint}")
+        setattr(namespace, self.dest, values)
+
+
 def _count(minimum: float, kind: type = int, above: bool = False) -> Callable[[str], Any]:
     """An argparse type: a number of at least ``minimum`` (``kind`` int or float); ``above``: more than
     ``minimum`` (a rate or a size, where 0 means nothing)."""
@@ -238,16 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
                + config_help(RunConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="run config YAML (optional: defaults run the synthetic task)")
+    p.add_argument("--config", action=_Once, help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--out", type=_path, required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--out", type=_path, action=_Once, required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     p.add_argument("--repair", action="store_true", help="drop corrupt shards and recompute them instead of refusing them")
     _progress_interval(p)
     p.set_defaults(func=_run)
 
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
-    p.add_argument("--config", help="run config YAML")
+    p.add_argument("--config", action=_Once, help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--gpu-memory", type=_count(0, float, above=True), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
     p.add_argument("--throughput", type=_count(0, float, above=True), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")

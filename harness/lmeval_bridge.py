@@ -118,7 +118,8 @@ def metadata_config(metadata: Mapping, model_keys: Sequence[str], where: str, co
     if run.get("site"):
         from harness.leaderboard import check_site_dir
 
-        check_site_dir(Path(str(run["site"])), f"{where}: site")  # before the model loads and the run, not after
+        out = Path(str(run["out"])) if run.get("out") else None
+        check_site_dir(Path(str(run["site"])), f"{where}: site", out)  # before the model loads and the run, not after
     return build(RunConfig, {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}, where)
 
 

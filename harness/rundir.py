@@ -73,6 +73,16 @@ def another(flag: str) -> str:
     return f"another {flag.rpartition(': ')[2]}"
 
 
+def run_holding(path: str | Path) -> Path | None:
+    """The run directory ``path`` is, or lies in (the nearest folder holding a run's ``config.json`` or
+    ``results.json``); None when it is in none. Pages and cards are never written into a run's files."""
+    here = Path(os.path.abspath(path))
+    for folder in (here, *here.parents):
+        if (folder / "config.json").is_file() or (folder / "results.json").is_file():
+            return folder
+    return None
+
+
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked: locked, unwritable, corrupt or of another run."""
 

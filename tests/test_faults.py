@@ -864,3 +864,20 @@ def test_outputs_that_cannot_be_what_they_name_are_one_line_each(odiag, tmp_path
         assert_one_line(odiag(*argv, "--set", "data_files=x.jsonl"), "task 'synthetic' generates its questions: data_files does not apply")
         assert_one_line(odiag(*argv, "--set", "student_revision=abc"),
                         "key 'student_revision' pins a hub model's revision, and the synthetic student has no revisions")
+
+
+def test_nothing_is_written_into_a_run_directory_but_the_run(odiag, tmp_path):
+    """A model card or a page never replaces a run's files or lands inside its folders; a demo's site is
+    refused before the run when it is the run's own --out or lies in it; --config and --out given twice
+    are refused, not the first silently dropped."""
+    assert odiag("run", "--set", "limit=2", "--out", "r", "--quiet")[0] == 0
+    for out in ("r/config.json", "r/results.json", "r/shards/card.md"):
+        assert_one_line(odiag("model-card", "r", "--out", out), f"--out {out}: lies in the run directory", "outside the run")
+    assert_one_line(odiag("leaderboard", "r", "--out", "r/shards/site"), "--out r/shards/site: lies in the run directory")
+    for site in ("d", "d/site"):
+        assert_one_line(odiag("demo", "--out", "d", "--site", site), f"--site {site}: ", "give the site a directory of its own")
+    (tmp_path / "a.yaml").write_text("limit: 1\n")
+    assert_one_line(odiag("run", "--config", "a.yaml", "--config", "a.yaml", "--out", "x"), "argument --config: given twice")
+    assert_one_line(odiag("plan", "--config", "a.yaml", "--config", "a.yaml"), "argument --config: given twice")
+    assert_one_line(odiag("run", "--out", "x", "--out", "y"), "argument --out: given twice; give it once (see")
+    assert odiag("model-card", "r", "--out", "card.md")[0] == 0 and (tmp_path / "card.md").is_file()

@@ -26,16 +26,22 @@ from harness.wording import plural
 log = logging.getLogger(__name__)
 
 
-def check_site_dir(out: Path, flag: str = "--out") -> None:
-    """Refuse (one line, naming ``flag``) to write into ``out`` when it is not a directory, or when its page
-    or data are not an odiag leaderboard's: a user's own ``index.html`` or ``leaderboard.json`` is never
+def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) -> None:
+    """Refuse (one line, naming ``flag``) to write into ``out`` when it is not a directory, when it is or
+    lies in a run directory (``run_out``: the one the command is about to make), or when its page or data
+    are not an odiag leaderboard's: a user's own ``index.html`` or ``leaderboard.json`` is never
     overwritten; or when it cannot be written. Commands that build a site after long work check it first."""
     from harness.config import ConfigError
+    from harness.rundir import run_holding
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
-    if (out / "config.json").exists() or (out / "results.json").exists():
-        raise ConfigError(f"{flag} {out}: is a run directory; give the site a directory of its own")
+    run = run_holding(out)
+    if run is None and run_out is not None and Path(os.path.abspath(run_out)) in (here := Path(os.path.abspath(out)), *here.parents):
+        run = run_out
+    if run is not None:
+        where = "is a run directory" if Path(os.path.abspath(run)) == Path(os.path.abspath(out)) else f"lies in the run directory {run}"
+        raise ConfigError(f"{flag} {out}: {where}; give the site a directory of its own")
     if (out / "index.html").exists() or (out / "leaderboard.json").exists():
         _check_ours(out, flag)
     _check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
@@ -147,9 +153,14 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
     from harness.config import ConfigError
     from harness.rundir import atomic_write
 
+    from harness.rundir import run_holding
+
     target = Path(out)
     if target.is_dir():
         raise ConfigError(f"--out {out}: is a directory; give a file, e.g. {target / 'README.md'}")
+    if (run := run_holding(target)) is not None:
+        raise ConfigError(f"--out {out}: lies in the run directory {run}, whose files a card must not replace; "
+                          "write it outside the run directory")
     if not target.parent.is_dir():  # a card goes where its folder already is
         raise ConfigError(f"--out {out}: No such file or directory: {str(target.parent)!r}")
     if target.is_symlink() or (target.exists() and not target.is_file()):
