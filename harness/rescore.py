@@ -12,8 +12,12 @@ from harness.rundir import RunDir
 from harness.tasks import Task
 
 
-def _finished(out: str | Path) -> RunConfig:
-    RunDir.finished_results(out)
+def _finished(out: str | Path, stopped: bool = False) -> RunConfig:
+    """The recorded config of a finished run; ``stopped``: of a stopped one too. A rescore that changes no
+    setting (it drops a teacher, or rescores one whose file changed) may finish a stopped add-teacher:
+    ``run`` names it as the way out when the added teacher's file is gone or edited."""
+    if not (stopped and Path(out, "config.json").is_file()):
+        RunDir.finished_results(out)
     return RunDir.load_config(out)
 
 
@@ -52,7 +56,7 @@ def rescore(
     those named in ``drop`` leave the run with their passes. The results equal a fresh run's with the
     same settings and teachers.
     """
-    stored = _finished(out)
+    stored = _finished(out, stopped=not overrides)
     data = to_dict(stored)
     apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")

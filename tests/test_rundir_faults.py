@@ -888,6 +888,18 @@ def test_an_added_teacher_whose_file_is_gone_can_be_dropped(copy, clean, tmp_pat
     assert not list(copy.glob("shards/*/score-p*-late.npz"))
     assert "late" not in {t["name"] for t in json.loads((copy / "config.json").read_text())["teachers"]}
     assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0
+    # an add-teacher stopped before it finished (no results.json), then its file edited: rescored, or gone: dropped
+    late = _teacher(tmp_path, "late", model="misleading")
+    add_teacher(copy, str(late))
+    (copy / "results.json").unlink()
+    late.write_text(late.read_text().replace("misleading", "helpful"))
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, f"rescore it with odiag rescore {copy}")
+    assert main(["rescore", str(copy), "--quiet"]) == 0
+    (copy / "results.json").unlink()
+    late.unlink()
+    _refused(capsys, ["rescore", str(copy), "--set", "gamma=0.5", "--drop-teacher", "late"], copy, "the run has not finished")
+    assert main(["rescore", str(copy), "--drop-teacher", "late", "--quiet"]) == 0
+    assert _results(copy) == _results(clean)
 
 
 def test_teacher_names_that_would_share_stored_passes_are_refused(copy, tmp_path, capsys):
