@@ -238,8 +238,10 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     otherwise): the synthetic backend runs the synthetic task and holds only its synthetic models, and
     those models exist nowhere else; a teacher that shows solutions would have no text to show there."""
     from harness.exact_lm import TEACHERS as SYNTHETIC
+    from harness.tasks import check_task_name
     from harness.tasks.exact import SyntheticTask
 
+    check_task_name(cfg.task)  # an unknown task is named as such, not as one the backend cannot run
     if (cfg.backend == "synthetic") != (cfg.task == "synthetic"):
         raise ConfigError(f"task {cfg.task!r} on backend {cfg.backend!r}: the synthetic task runs only on backend "
                           "synthetic, and backend synthetic runs only the synthetic task (set both, or neither)")

@@ -79,6 +79,8 @@ def test_budget_caps_the_rollouts():
 
 @pytest.mark.parametrize("sets, needle", [
     (["task=odiag_toy"], "task 'odiag_toy' on backend 'synthetic'"),
+    (["task=nosuch"], "unknown task 'nosuch': available tasks are 'synthetic', "),  # not "on backend 'synthetic'"
+    (["task=nosuch", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"], "unknown task 'nosuch'"),
     (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
     (["teachers=[synthetic-helpful,self-1c1w]"],
      re.escape("teacher self-1c1w: shows solutions in its context (correct_solutions 1")),
