@@ -443,6 +443,11 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
     ({"limit": 3}, "--metadata: key 'limit' is set by"),
     ({"teachers": ["toy-self-1c"], "site": str(ROOT / "README.md")}, "--metadata: site " + str(ROOT / "README.md")
      + ": exists and is not a directory"),
+    ({"teachers": ["toy-self-1c"], "out": str(ROOT / "README.md")}, "--metadata: key 'out' " + str(ROOT / "README.md")
+     + ": exists and is not a directory"),
+    ({"teachers": ["toy-self-1c"], "out": ""}, "--metadata: key 'out' must be a directory path, got '' (leave it out for "
+     "the default runs/lmeval/<task>-<config hash>)"),
+    ({"teachers": ["toy-self-1c"], "site": 3}, "--metadata: key 'site' must be a directory path, got 3"),
 ])
 def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
