@@ -114,6 +114,15 @@ def test_scores_equal_transformers_in_float32(engines, temperature):
         np.testing.assert_allclose(lp_g[ig], lp_w[iw], atol=2e-3)
     for name in ("kl", "tv"):
         np.testing.assert_allclose(got.divergences[name], want.divergences[name], atol=2e-3)
+    # a fill pass (no top-k, given ids at each position) reads the same values as transformers
+    fill = ScoreRequest(prompt, req.response, STUDENT, temperature, 0, extra_ids=np.array([[3, 7, 50]] * len(req.response)))
+    (got,), (want,) = backend.score([fill]), exact.score([fill])
+    for k in range(len(req.response)):
+        ids_g, lp_g, _ = got.at(k)
+        ids_w, lp_w, _ = want.at(k)
+        np.testing.assert_array_equal(ids_g, np.union1d([3, 7, 50], [req.response[k]]))
+        np.testing.assert_array_equal(ids_g, ids_w)
+        np.testing.assert_allclose(lp_g, lp_w, atol=2e-3)
     info = backend.describe()
     assert info["score_logprobs"] == VOCAB
     (engine,) = info["engines"].values()
