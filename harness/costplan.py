@@ -166,7 +166,12 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     from harness.teachers import TEXT_SUMMARIZERS
 
     student = describe_model(cfg.student, "student", cfg.dtype) if cfg.task != "synthetic" else None
-    externals = {t.model: describe_model(t.model, f"teacher {t.name}", t.dtype) for t in teachers if not t.is_self}
+    readers: dict[str, list[str]] = {}  # every teacher that reads a model, named once with it
+    for t in teachers:
+        if not t.is_self:
+            readers.setdefault(t.model, []).append(t.name)
+    externals = {t.model: describe_model(t.model, f"{plural(len(readers[t.model]), 'teacher')} {', '.join(readers[t.model])}",
+                                         t.dtype) for t in teachers if not t.is_self}
     artefact = {}
     roles: dict[str, list[str]] = {}
     for t in teachers:

@@ -153,3 +153,11 @@ def test_a_revision_for_a_local_student_is_refused():
     with pytest.raises(ConfigError, match=f"key 'student_revision' pins a hub model's revision, and {TOY_DIR / 'student'} "
                                           "is a local directory: remove it"):
         plan_for(resolve_run_config(None, toy))
+
+
+def test_every_teacher_of_a_shared_model_is_named_with_it(tmp_path):
+    """Two teachers reading one model: one model line (loaded once), naming both readers."""
+    for name in ("tx", "ty"):
+        (tmp_path / f"{name}.yaml").write_text("description: a copy\nmodel: helpful\n")
+    plan = plan_for(resolve_run_config(None, [f"teachers=[{tmp_path / 'tx.yaml'}, {tmp_path / 'ty.yaml'}]"]))
+    assert [line for line in plan.lines if line.startswith("  helpful")] == ["  helpful (size unknown): teachers tx, ty"]
