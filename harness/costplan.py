@@ -325,12 +325,17 @@ def throughput_from(path: str) -> float:
 def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float | None = None) -> Plan:
     """The plan of ``cfg``; refused, as `odiag run` would refuse it, when the backend cannot run its task,
     teachers or temperatures."""
+    from harness.config import local_path
     from harness.plan import backend_options, check_backend
     from harness.teachers import load_teacher
 
     teachers = [load_teacher(t) for t in cfg.teachers]
     check_backend(cfg, teachers)
     backend_options(cfg, teachers)  # student_args and the teachers' model_args, as the run checks them
+    if cfg.task != "synthetic" and Path(local_path(cfg.student)).is_dir():
+        from harness.plan import make_plan as checked_plan
+
+        checked_plan(cfg)  # what run checks with the student's tokenizer at hand: templates, context lengths
     return make_plan(cfg, teachers, gpu_memory, throughput)
 
 

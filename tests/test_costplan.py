@@ -80,6 +80,8 @@ def test_budget_caps_the_rollouts():
 @pytest.mark.parametrize("sets, needle", [
     (["task=odiag_toy"], "task 'odiag_toy' on backend 'synthetic'"),
     (["task=nosuch"], "unknown task 'nosuch': available tasks are 'synthetic', "),  # not "on backend 'synthetic'"
+    (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "max_new_tokens=2000"],
+     "with up to 2000 response tokens it exceeds the model's 512 positions"),  # the tokenizer is at hand: checked as run does
     (["task=nosuch", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"], "unknown task 'nosuch'"),
     (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
     (["teachers=[synthetic-helpful,self-1c1w]"],
