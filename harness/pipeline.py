@@ -42,6 +42,7 @@ from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
 from harness.teachers import Artefacts, build_artefacts
+from harness.wording import plural
 
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
@@ -193,9 +194,9 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
                 requests.append(ScoreRequest(stored["context"], path, model, cfg.temperature, 0, extra_ids=extra))
     if requests and not ctx.rundir.models_checked:
         raise RunDirError(
-            f"{ctx.rundir.root}: its stored passes lack {len(requests)} of the log-probabilities its records read "
-            f"(scored by an odiag before this one); score them with odiag run --config {ctx.rundir.root}/config.yaml "
-            f"--out {ctx.rundir.root}, which checks the models first"
+            f"{ctx.rundir.root}: its stored passes lack log-probabilities its records read ({len(requests)} fill "
+            f"{plural(len(requests), 'pass', 'passes')} to make; scored by an odiag before this one); make them with "
+            f"odiag run --config {ctx.rundir.root}/config.yaml --out {ctx.rundir.root}, which checks the models first"
         )
     if not requests:
         return

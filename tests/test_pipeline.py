@@ -285,7 +285,7 @@ def test_every_teacher_is_scored_on_every_decision_point_at_its_exact_probabilit
     assert again["counts"]["forward_passes_this_invocation"] == {} and again["teachers"] == results["teachers"]
     for p in (out / "shards").glob("*/fill-*.npz"):  # as a run scored before fills
         p.unlink()
-    with pytest.raises(ConfigError, match=r"stored passes lack \d+ of the log-probabilities.*odiag run --config"):
+    with pytest.raises(ConfigError, match=r"stored passes lack log-probabilities its records read \(\d+ fill pass.*odiag run --config"):
         rescore(out, ["algorithms=[gkd]"])
     mended = run(RunDir.load_config(out), out)
     assert mended["counts"]["skipped_nodes"] == counts["skipped_nodes"]

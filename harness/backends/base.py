@@ -60,8 +60,8 @@ class ScoreResult:
     """Per-position log-probabilities on a ragged id set, and divergences.
 
     At position ``k`` (the node ``response[:k]``) the id set is ``ids[offsets[k]:offsets[k+1]]``:
-    the union of both models' top-k ids, the request's ``extra_ids[k]`` and ``response[k]``, sorted. ``logprobs`` are the scored
-    model's, ``reference_logprobs`` the reference's, on the same ids.
+    the union of both models' top-k ids, the request's ``extra_ids[k]`` and ``response[k]``, sorted.
+    ``logprobs`` are the scored model's, ``reference_logprobs`` the reference's, on the same ids.
     """
 
     ids: np.ndarray  # int [N]: ragged id sets, position by position

@@ -204,8 +204,8 @@ def score_result(
 
     Position ``k`` reads entry ``len(context) + k`` (vLLM's entry ``j`` is the distribution of prompt
     token ``j`` after tokens ``0 .. j-1``). Ids: the union of each model's ``top_k`` listed ids,
-    ``extra_ids[k]`` and ``response[k]``; an id one model did not list gets that model's ``unlisted`` value from `temper`
-    (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists.
+    ``extra_ids[k]`` and ``response[k]``; an id one model did not list gets that model's ``unlisted``
+    value from `temper` (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists.
     """
     response = np.asarray(request.response, dtype=np.int64)
     count, top = len(response), max(min(request.top_k, logprobs_listed), 0)

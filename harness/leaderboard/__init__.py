@@ -151,9 +151,7 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
         sys.stdout.write(text)
         return 0
     from harness.config import ConfigError
-    from harness.rundir import atomic_write
-
-    from harness.rundir import run_holding
+    from harness.rundir import atomic_write, run_holding
 
     target = Path(out)
     if target.is_dir():
