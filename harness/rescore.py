@@ -8,17 +8,29 @@ from pathlib import Path
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
 from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
-from harness.rundir import RunDir
+from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.tasks import Task
 
 
 def _finished(out: str | Path, stopped: bool = False) -> RunConfig:
-    """The recorded config of a finished run; ``stopped``: of a stopped one too. A rescore that changes no
-    setting (it drops a teacher, or rescores one whose file changed) may finish a stopped add-teacher:
-    ``run`` names it as the way out when the added teacher's file is gone or edited."""
-    if not (stopped and Path(out, "config.json").is_file()):
+    """The recorded config of a finished run. ``stopped``: also of a run stopped while a teacher was added.
+    A rescore that changes no setting (it drops a teacher, or rescores one whose file changed) finishes it:
+    ``run`` names that rescore as the way out when the added teacher's file is gone or edited."""
+    try:
         RunDir.finished_results(out)
+    except RunLocked:
+        raise
+    except RunDirError:
+        if not (stopped and _has_added_teachers(out)):
+            raise
     return RunDir.load_config(out)
+
+
+def _has_added_teachers(out: str | Path) -> bool:
+    try:
+        return any(t.get("role") == ADDED for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict))
+    except ConfigError:
+        return False
 
 
 def add_teacher(
