@@ -393,13 +393,15 @@ class RunDir:
             from harness.plan import check_against
 
             plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root), drop=drop, flag=flag)
-            # a rescore that redoes no forward pass reads only stored work: its models may have moved on
+            # a rescore of a finished run that redoes no forward pass reads only stored work: its models may have
+            # moved on (a stopped one may still make fill passes: its models are checked)
             stored = (saved or {}).get("models", {})
-            if not (rescore and not changed):
+            checked = not (rescore and not changed and (root / "results.json").is_file())
+            if checked:
                 from harness.plan import model_specs
 
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
-            rundir = RunDir(root, plan, lock, repair, models_checked=not (rescore and not changed))
+            rundir = RunDir(root, plan, lock, repair, models_checked=checked)
             rundir.clean()
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
@@ -513,8 +515,9 @@ class RunDir:
         except Exception as exc:  # noqa: BLE001 - whatever np.load raises on bad bytes, the shard is named
             why = "empty file" if path.stat().st_size == 0 else _why(exc)
             if not self.repair:
-                raise ShardError(
-                    f"{path}: corrupt shard ({why}); rerun the same command with --repair to drop and recompute it"
+                raise ShardError(  # only run has --repair: rescore, add-teacher, validate and lm-eval finish through it
+                    f"{path}: corrupt shard ({why}); drop and recompute it with odiag run --config "
+                    f"{self.root / 'config.yaml'} --out {self.root} --repair"
                 ) from None
             log.warning("%s: corrupt shard (%s): dropped, recomputing", path, why)
             path.unlink()
@@ -551,8 +554,9 @@ class RunDir:
         """Remove a teacher's passes on every path (its file changed; ``rescore`` redoes them)."""
         from harness.plan import slug
 
-        for kind in ("score", "fill"):
-            for p in (self.root / "shards").glob(f"*/{kind}-p*-{slug(name)}.npz"):
+        mine = re.compile(rf"^(score|fill)-p\d+-{re.escape(slug(name))}\.npz$")  # not another name ending in -<name>
+        for p in (self.root / "shards").glob("*/*.npz"):
+            if mine.match(p.name):
                 p.unlink()
 
 

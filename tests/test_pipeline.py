@@ -290,3 +290,12 @@ def test_every_teacher_is_scored_on_every_decision_point_at_its_exact_probabilit
     mended = run(RunDir.load_config(out), out)
     assert mended["counts"]["skipped_nodes"] == counts["skipped_nodes"]
     assert mended["teachers"] == [r for r in results["teachers"] if r["algorithm"] == "gkd"]
+
+    # an add-teacher stopped in its fill passes (results.json gone, its fills not made): a plain rescore finishes it
+    added = add_teacher(out, "toy-self-1c1w")
+    (out / "results.json").unlink()
+    fills = list((out / "shards").glob("*/fill-*-toy-self-1c1w.npz"))
+    assert fills
+    for p in fills:
+        p.unlink()
+    assert rescore(out)["teachers"] == added["teachers"]

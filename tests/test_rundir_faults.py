@@ -306,6 +306,9 @@ def test_a_corrupt_shard_is_named(copy, capsys, kind, how):
     _corrupt(shard, how)
     err = _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, str(shard), "corrupt shard", "--repair")
     assert "pickled" not in err
+    # rescore has no --repair: the fix it is told is the run's, with the recorded settings
+    fix = f"drop and recompute it with odiag run --config {copy / 'config.yaml'} --out {copy} --repair"
+    assert fix in err and fix in _error(capsys, ["rescore", str(copy), "--set", "algorithms=[gkd]"])
 
 
 @pytest.mark.parametrize("how", ["empty", "garbage", "altered"])
@@ -900,6 +903,18 @@ def test_an_added_teacher_whose_file_is_gone_can_be_dropped(copy, clean, tmp_pat
     _refused(capsys, ["rescore", str(copy), "--set", "gamma=0.5", "--drop-teacher", "late"], copy, "the run has not finished")
     assert main(["rescore", str(copy), "--drop-teacher", "late", "--quiet"]) == 0
     assert _results(copy) == _results(clean)
+
+
+def test_dropping_a_teacher_leaves_one_whose_name_ends_in_its_name(copy, tmp_path):
+    """``--drop-teacher late`` removes the passes of 'late' only, not those of 'x-late' (whose shard names
+    end in '-late' too): the run equals the one that never had 'late', with no pass redone."""
+    add_teacher(copy, str(_teacher(tmp_path, "x-late", model="misleading")))
+    before, kept = _results(copy), sorted(copy.glob("shards/*/*-x-late.npz"))
+    add_teacher(copy, str(_teacher(tmp_path, "late")))
+    assert main(["rescore", str(copy), "--drop-teacher", "late", "--quiet"]) == 0
+    after = json.loads((copy / "results.json").read_text())
+    assert _strip(after) == before and sorted(copy.glob("shards/*/*-x-late.npz")) == kept
+    assert after["counts"]["forward_passes_this_invocation"] == {}
 
 
 def test_teacher_names_that_would_share_stored_passes_are_refused(copy, tmp_path, capsys):
