@@ -183,9 +183,11 @@ class _Once(argparse.Action):
     """Store an option that may be given once: a second ``--config`` would silently drop the first file."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest) is not None:
+        given = vars(namespace).setdefault("_given_once", set())  # a default is not a first value
+        if self.dest in given:
             hint = " (put every setting in one file, or override keys with --set KEY=VALUE)" if self.dest == "config" else ""
             raise argparse.ArgumentError(self, f"given twice; give it once{hint}")
+        given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
@@ -283,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_add_teacher)
 
     p = command("demo", help="the offline demo: toy task, tiny models, every toy teacher, a leaderboard")
-    p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
-    p.add_argument("--site", type=_path, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
+    p.add_argument("--out", type=_path, action=_Once, default="runs/demo", help="run directory (default runs/demo; rerun to resume)")
+    p.add_argument("--site", type=_path, action=_Once, default="runs/demo-site", help="leaderboard site directory (default runs/demo-site)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of harness/demo.yaml")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no log lines")
     _progress_interval(p)
@@ -303,14 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument("--out", type=_path, required=True, help="site directory (index.html, leaderboard.json, figures/)")
+    p.add_argument("--out", type=_path, action=_Once, required=True, help="site directory (index.html, leaderboard.json, figures/)")
     p.add_argument("--viewer-mb", type=_count(0, float), default=None,
                    help="size budget of the per-token viewer's data in MB (default 25)")
     p.set_defaults(func=_leaderboard)
 
     p = command("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
     p.add_argument("dir", type=_path, help="run directory")
-    p.add_argument("--out", type=_path, help="write the YAML to this file instead of stdout")
+    p.add_argument("--out", type=_path, action=_Once, help="write the YAML to this file instead of stdout")
     p.set_defaults(func=_model_card)
 
     p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
