@@ -94,7 +94,8 @@ def _window_label(j: int, w: int) -> str:
 
 def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[int]):
     """Mean alignment per bin and the node count, for each value: nodes averaged per path, paths per
-    question, with a t CI over questions (SPEC §5: the paths of one question are not independent)."""
+    question, with a t CI over questions (SPEC §5: the paths of one question are not independent),
+    cut to [-1, 1]."""
     out = []
     for b in values:
         sel = mask & (bins == b) & np.isfinite(nodes["alignment"].astype(float))
@@ -102,7 +103,8 @@ def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[in
         per_path = np.bincount(inv, nodes["alignment"][sel].astype(float), len(paths)) / np.bincount(inv, minlength=len(paths))
         questions, of_path = np.unique(nodes["question_key"][sel][first], return_inverse=True)
         ci = t_ci(np.bincount(of_path, per_path, len(questions)) / np.bincount(of_path, minlength=len(questions)))
-        out.append((ci.mean, ci.lo, ci.hi, int(sel.sum())))
+        lo, hi = np.clip([ci.lo, ci.hi], -1.0, 1.0)  # a cosine's mean lies in [-1, 1], as results.json's intervals
+        out.append((ci.mean, float(lo), float(hi), int(sel.sum())))
     return out
 
 
