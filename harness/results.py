@@ -99,8 +99,8 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
             "tokens_generated": tokens,
             "teacher_forward_passes": sum(isinstance(v, ScoreResult) for v in scored),
             "student_forward_passes": sum(len(s.paths) for s in states),
-            # fill passes the records stand on (pipeline._fill_passes): ids the passes above did not keep; a
-            # grown run's wider fill replaces the one before, so this counts what a fresh run would make
+            # fill passes the records stand on (pipeline._fill_passes), at most one per path and model: ids the
+            # passes above did not keep (a grown run's wider fill replaces the one before, and counts once)
             "fill_forward_passes": sum(len(s.fills) for s in states),
             "rollouts_this_invocation": backend.rollouts,
             "forward_passes_this_invocation": backend.passes,
