@@ -166,6 +166,18 @@ def test_within_path_correlation_excludes_constant_paths():
     assert none["spearman"]["n_paths"] == 0 and math.isnan(none["spearman"]["mean"])
 
 
+def test_within_path_ranks_tie_values_equal_up_to_rounding():
+    """An alignment that is ±1 by construction comes out as ±1 or ±(1 − 2⁻⁵²): both tie, as the exact
+    values do, so the within-path ρ is the exact values' ρ; a path of such values alone is constant."""
+    key = np.repeat([0, 1], 6)
+    x = np.r_[np.arange(6.0), np.arange(6.0)]
+    exact = np.r_[[1.0, -1.0, 1.0, 1.0, -1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
+    residue = exact * np.r_[[1.0, 1 - 2**-52, 1 - 2**-52, 1.0, 1.0, 1 - 2**-53], [1.0, 1 - 2**-52, 1.0, 1.0, 1 - 2**-52, 1.0]]
+    want, got = within_path_correlation(key, key, x, exact), within_path_correlation(key, key, x, residue)
+    assert got["spearman"]["n_paths"] == want["spearman"]["n_paths"] == 1
+    assert got["spearman"]["mean"] == pytest.approx(want["spearman"]["mean"], abs=1e-12)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(-3, 3), st.integers(-3, 3)),
                 min_size=0, max_size=40))

@@ -84,6 +84,10 @@ def test_spearman_rows_matches_scipy_with_ties_and_nan_when_constant():
         assert ours[b] == pytest.approx(sps.spearmanr(x[b], y[b]).statistic)
     assert np.isnan(spearman_rows(np.ones((1, 5)), np.arange(5.0)[None])[0])
     assert np.isnan(spearman_rows(np.arange(2.0)[None], np.arange(2.0)[None])[0])
+    # two losses with the same alignment differ in the last bits: they tie, as their exact values do
+    x = np.array([[-0.11111111111111106, -0.11111111111111115, 0.11111111111111112, 0.11111111111111106]])
+    y = np.array([[0.1, 0.3, 0.2, 0.4]])
+    assert spearman_rows(x, y)[0] == pytest.approx(sps.spearmanr([-1, -1, 1, 1], y[0]).statistic)
 
 
 def test_question_means_leave_undefined_values_out():

@@ -186,6 +186,19 @@ def _group_mean(group_N, values_N, n_groups: int, weights_N=None) -> np.ndarray:
         return np.where(wsum_G > 0, num_G / np.where(wsum_G > 0, wsum_G, 1.0), np.nan)
 
 
+TIE_DIGITS = 12  # significant digits two values must share to tie when ranked
+
+
+def tie_key(v) -> np.ndarray:
+    """``v`` rounded to `TIE_DIGITS` significant digits, for ranking: values equal up to floating-point
+    residue tie, as the exact values do (an alignment that is ±1 by construction, |A(s)| = 2, comes out
+    of the arithmetic as ±1 or ±(1 − 2⁻⁵²); two losses with the same alignment differ in the last bit)."""
+    v = np.asarray(v, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(np.isfinite(v) & (v != 0), 10.0 ** np.floor(np.log10(np.abs(v))), 1.0)
+    return np.where(np.isfinite(v), np.round(v / scale, TIE_DIGITS - 1) * scale, v)
+
+
 def _group_ranks(group_N, v_N) -> np.ndarray:
     """Average ranks (1-based, ties share their mean rank) of `v` within each group, vectorised.
 
@@ -253,7 +266,7 @@ def within_path_correlation(
 
     For each path (rows sharing `path_key`) with at least `min_points` rows where both x and y are
     finite, and with neither x nor y constant there, compute Pearson `r` and Spearman `ρ` (Pearson
-    of within-path average ranks). A question's value is the mean over its eligible paths; each
+    of within-path average ranks; values equal to `TIE_DIGITS` significant digits tie, `tie_key`). A question's value is the mean over its eligible paths; each
     correlation is summarised as the mean over questions with a 95% Student-t CI over questions and
     a seeded percentile bootstrap CI:
     `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}, "pearson": {...}}`.
@@ -268,11 +281,12 @@ def within_path_correlation(
     group, x, y = group.reshape(-1), x[ok], y[ok]
     n_groups = int(group.max()) + 1 if group.size else 0
     count_G = np.bincount(group, minlength=n_groups)
-    eligible_G = (count_G >= min_points) & _group_varies(group, x, n_groups) & _group_varies(
-        group, y, n_groups)
+    xk, yk = tie_key(x), tie_key(y)  # equal up to rounding: tied, and a path of such values is constant
+    eligible_G = (count_G >= min_points) & _group_varies(group, xk, n_groups) & _group_varies(
+        group, yk, n_groups)
     keep = eligible_G[group]
     pearson_G = _group_pearson(group, x, y, n_groups)[eligible_G]
-    rx, ry = _group_ranks(group[keep], x[keep]), _group_ranks(group[keep], y[keep])
+    rx, ry = _group_ranks(group[keep], xk[keep]), _group_ranks(group[keep], yk[keep])
     spearman_G = _group_pearson(group[keep], rx, ry, n_groups)[eligible_G]
     # each path's question (a path lies in one question), then the mean per question
     question_of_G = np.zeros(n_groups, dtype=np.int64)

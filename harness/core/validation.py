@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats as sps
 
-from harness.core.stats import Interval
+from harness.core.stats import Interval, tie_key
 
 
 class Draws(NamedTuple):
@@ -75,14 +75,15 @@ def gain_interval(diff_SQ: np.ndarray, seed=0, n_boot: int = 2000, confidence: f
 
 def spearman_rows(x_BP: np.ndarray, y_BP: np.ndarray) -> np.ndarray:
     """Spearman's ρ of each row pair: Pearson correlation of average ranks (ties share their mean
-    rank, as ``scipy.stats.spearmanr``); nan where a row is constant or has fewer than 3 finite pairs."""
+    rank, as ``scipy.stats.spearmanr``; values equal up to rounding tie, `tie_key`); nan where a row
+    is constant or has fewer than 3 finite pairs."""
     x_BP, y_BP = np.atleast_2d(np.asarray(x_BP, float)), np.atleast_2d(np.asarray(y_BP, float))
     out = np.full(x_BP.shape[0], np.nan)
     for b in range(x_BP.shape[0]):
         ok = np.isfinite(x_BP[b]) & np.isfinite(y_BP[b])
         if ok.sum() < 3:
             continue
-        rx, ry = sps.rankdata(x_BP[b, ok]), sps.rankdata(y_BP[b, ok])
+        rx, ry = sps.rankdata(tie_key(x_BP[b, ok])), sps.rankdata(tie_key(y_BP[b, ok]))
         dx, dy = rx - rx.mean(), ry - ry.mean()
         denom = np.sqrt((dx * dx).sum() * (dy * dy).sum())
         if denom > 0:
