@@ -92,6 +92,7 @@ class ValidateConfig:
 
 
 # what --quick changes: one budget that fits the test suite and a 5-minute check on 2 cores
+MIN_BOOT = 100
 QUICK = {"seeds": 2, "steps": 8, "prompts_per_step": 6, "eval_samples": 8, "heldout": 24, "n_boot": 1000}
 # settings that cannot move a (pair, seed) result: left out of the resume key
 _NOT_IN_KEY = ("teachers", "algorithms", "baseline", "seeds", "n_boot", "threads", "device")
@@ -106,9 +107,12 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
     if twice := [k for k in apply_overrides(data, overrides) if k in given]:
         raise ConfigError(f"odiag validate: --{twice[0]} and --set {twice[0]}=... both set key {twice[0]!r}; give it once")
     cfg = build(ValidateConfig, data, "odiag validate")
-    for key in ("seeds", "steps", "prompts_per_step", "samples_per_prompt", "eval_samples", "n_boot"):
+    for key in ("seeds", "steps", "prompts_per_step", "samples_per_prompt", "eval_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"odiag validate: key {key!r} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.n_boot < MIN_BOOT:  # a percentile interval of a few replicates can exclude its own estimate
+        raise ConfigError(f"odiag validate: key 'n_boot' must be >= {MIN_BOOT} (bootstrap replicates of a 95% "
+                          f"interval), got {cfg.n_boot}")
     for key in ("heldout", "threads"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"odiag validate: key {key!r} must be >= 1 or null, got {getattr(cfg, key)}")

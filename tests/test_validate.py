@@ -366,6 +366,7 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--teachers", "nope"], "no teacher 'nope'"),
         ([small_run, "--set", "algorithms=[minillm]"], "unknown algorithm 'minillm'"),
         ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
+        ([small_run, "--set", "n_boot=1"], "key 'n_boot' must be >= 100 (bootstrap replicates of a 95% interval), got 1"),
         ([small_run, "--teachers", ","], "names no teacher"),
         ([small_run, "--teachers", "a,a"], "key 'teachers' lists 'a' twice"),
         ([small_run, "--set", "device=tpu"], "key 'device' must be auto, cpu, cuda or cuda:N, got 'tpu'"),
