@@ -773,6 +773,37 @@ def ratio_at_equal_error(ref: dict, rows: dict[str, dict], named: bool = False) 
     return "-"
 
 
+# what each --row value may be: (test, the range in words)
+ROW_RANGES = {
+    "n_target": (lambda v: v >= 1, ">= 1"), "n_min": (lambda v: v >= 0, ">= 0 (0: the shape's)"),
+    "tau": (lambda v: 0 < v < 1, "in (0, 1)"), "k_window": (lambda v: v >= 1, ">= 1"),
+    "confidence": (lambda v: 0 < v < 1, "in (0, 1)"), "tolerance": (lambda v: 0 < v < np.inf, "> 0 and finite"),
+    "n_max": (lambda v: v >= 1, ">= 1"), "price": (lambda v: 0 < v < np.inf, "> 0 and finite"),
+    "draws": (lambda v: v >= 1, ">= 1"), "positions": (lambda v: v >= 1, ">= 1"), "visits": (lambda v: v >= 1, ">= 1"),
+    "coupled": (lambda v: v in (0, 1), "0 or 1"),
+}
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (seeds, questions, worker processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def shape_names(text: str) -> list[str]:
+    """An argparse type: comma-separated names of `SHAPES`, each known."""
+    names, known = [n for n in text.split(",") if n], [s.name for s in SHAPES]
+    if not names or (unknown := [n for n in names if n not in known]):
+        what = f"unknown shape {unknown[0]!r}" if names else "names no shape"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(known)}")
+    return names
+
+
 def parse_row(row: str) -> tuple[str, str, dict]:
     """``STRATEGY:KEY=VALUE,...`` as a strategy name, a row label and `AllocationParams` overrides (``--row``)."""
     strategy, _, spec = row.partition(":")
@@ -791,17 +822,20 @@ def parse_row(row: str) -> tuple[str, str, dict]:
             knobs[key] = kind(value)
         except ValueError:
             raise ValueError(f"{key} takes a number ({kind.__name__}), not {value!r}") from None
+        test, words = ROW_RANGES.get(key, (lambda v: True, ""))
+        if not test(knobs[key]):
+            raise ValueError(f"{key} must be {words}, got {value!r}")
     return strategy, spec, knobs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="6 seeds x 6 questions per shape instead of 24 x 8, fewer rows")
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--questions", type=int, default=None)
-    parser.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    parser.add_argument("--seeds", type=count, default=None)
+    parser.add_argument("--questions", type=count, default=None)
+    parser.add_argument("--shapes", type=shape_names, default=None, help="comma-separated shape names (default: all)")
     parser.add_argument("--estimators", action="store_true", help="also score the split-half, halves, shrunk and shrunk-sqrt estimators")
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--jobs", type=count, default=2, help="worker processes (default 2)")
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
                         help="one more setting to measure, e.g. settle:price=0.0000625 (AllocationParams fields; n_min, "
                              "the support rule A(s) of the strategy and the estimate alike; coupled=1 for siblings that "
@@ -827,7 +861,7 @@ def main() -> None:
         SETTINGS[strategy] = [*SETTINGS[strategy], (label, knobs)]
     seeds = args.seeds or (6 if args.quick else 24)
     questions = args.questions or (6 if args.quick else 8)
-    shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes.split(",")]
+    shapes = [s for s in SHAPES if args.shapes is None or s.name in args.shapes]
     if args.coupling_noise:
         for shape in shapes:
             ratio, spread = coupling_noise(shape)

@@ -191,10 +191,10 @@ ROWS = (("paper", "n_target=100", {}), ("paper", "n_target=50", {"n_target": 50}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=24)
-    parser.add_argument("--questions", type=int, default=8)
-    parser.add_argument("--shapes", default="short,long,long-wide", help="comma-separated shape names")
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--seeds", type=bench.count, default=24)
+    parser.add_argument("--questions", type=bench.count, default=8)
+    parser.add_argument("--shapes", type=bench.shape_names, default="short,long,long-wide", help="comma-separated shape names")
+    parser.add_argument("--jobs", type=bench.count, default=2, help="worker processes (default 2)")
     parser.add_argument("--row", action="append", default=[], metavar="STRATEGY:KEY=VALUE[,KEY=VALUE]",
                         help="measure this setting instead of the default rows (after the reference; repeatable)")
     args = parser.parse_args()
@@ -212,7 +212,7 @@ def main() -> None:
     print(f"{args.seeds} seeds x {args.questions} questions per shape; prior grid {len(A_GRID)} x {len(R_GRID)}, "
           f"{DRAWS} direction draws, smoothing {SMOOTH}")
     ratios = {}
-    for shape in (s for s in bench.SHAPES if s.name in args.shapes.split(",")):
+    for shape in (s for s in bench.SHAPES if s.name in args.shapes):
         t0 = time.perf_counter()
         print(f"\n[{shape.name}]  {'strategy':<8} {'setting':<13} {'estimator':<12} {'tokens':>12} {'RMSE':>6} "
               f"{'bias (helpful/misl.)':>20} {'cover':>6}")

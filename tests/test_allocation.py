@@ -405,11 +405,23 @@ def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
 
 def test_bench_row_option_reads_allocation_params_and_names_what_is_wrong():
     assert bench.parse_row("settle:price=0.00025,n_max=640") == ("settle", "price=0.00025,n_max=640", {"price": 0.00025, "n_max": 640})
-    assert bench.parse_row("survey:visits=-4") == ("survey", "visits=-4", {"visits": -4})
+    assert bench.parse_row("survey:visits=4") == ("survey", "visits=4", {"visits": 4})
     for row, says in [("foo:price=1", "unknown strategy 'foo'"), ("settle:prize=1", "'prize=1' is not KEY=VALUE"),
-                      ("settle:budget=10", "'budget=10' is not KEY=VALUE"), ("paper:n_target=ten", "n_target takes a number (int)")]:
+                      ("settle:budget=10", "'budget=10' is not KEY=VALUE"), ("paper:n_target=ten", "n_target takes a number (int)"),
+                      # a value no strategy can run with: named, not run as a row of nan ranked "ok"
+                      ("survey:visits=-4", "visits must be >= 1, got '-4'"), ("paper:n_target=0", "n_target must be >= 1"),
+                      ("paper:tau=2", "tau must be in (0, 1)"), ("settle:price=inf", "price must be > 0 and finite"),
+                      ("settle:confidence=1.5", "confidence must be in (0, 1)"), ("survey:coupled=7", "coupled must be 0 or 1")]:
         with pytest.raises(ValueError, match=re.escape(says)):
             bench.parse_row(row)
+    import argparse
+
+    assert bench.shape_names("short,aime-like") == ["short", "aime-like"] and bench.count("3") == 3
+    for parse, text, says in [(bench.shape_names, "nope", "unknown shape 'nope'; choose from short, long"),
+                              (bench.shape_names, ",", "names no shape"), (bench.count, "0", "must be >= 1, got 0"),
+                              (bench.count, "x", "expected a whole number")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
+            parse(text)
 
 
 def test_bench_row_n_min_sets_the_support_rule_of_the_strategy_and_the_estimate_alike():
