@@ -16,6 +16,7 @@ the backend uses by default; ``--json FILE`` writes the rows for ``odiag plan --
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -101,6 +102,13 @@ def main() -> None:
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="backend to measure (default hf)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON (odiag plan --measurements)")
     args = parser.parse_args()
+    # before minutes of device time, not after: a device torch cannot use, vLLM missing, a --json it cannot write
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: torch here runs on cpu{' or cuda' if torch.cuda.is_available() else ''} only")
+    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        parser.error("--backend vllm: vllm is not installed in this environment (make install-vllm; .venv-vllm/bin/python)")
+    if args.json and not (Path(args.json).parent.is_dir() and os.access(Path(args.json).parent, os.W_OK)):
+        parser.error(f"--json {args.json}: its folder does not exist or cannot be written")
     batches = [16, 64] if args.quick else [16, 64, 256, 1024]
     prefixes = 4 if args.quick else 16
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

@@ -1,5 +1,6 @@
 """``odiag plan``: parameter counts, memory per phase, rollouts and tokens, refusal when it does not fit."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -163,3 +164,18 @@ def test_every_teacher_of_a_shared_model_is_named_with_it(tmp_path):
         (tmp_path / f"{name}.yaml").write_text("description: a copy\nmodel: helpful\n")
     plan = plan_for(resolve_run_config(None, [f"teachers=[{tmp_path / 'tx.yaml'}, {tmp_path / 'ty.yaml'}]"]))
     assert [line for line in plan.lines if line.startswith("  helpful")] == ["  helpful (size unknown): teachers tx, ty"]
+
+
+def test_gpu_check_refuses_what_it_cannot_do_before_measuring(tmp_path):
+    """A device torch cannot use, vLLM missing, or a --json folder that cannot be written: one usage line,
+    before any device time is spent (the measurement would run first, then fail to write)."""
+    script = ROOT / "bench" / "gpu_check.py"
+    cases = [(["--device", "tpu"], "--device tpu: torch here runs on cpu"),
+             (["--json", str(tmp_path / "no" / "x.json")], "its folder does not exist or cannot be written")]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((["--backend", "vllm"], "--backend vllm: vllm is not installed"))
+    for flags, needle in cases:
+        done = subprocess.run([sys.executable, script, "--device", "cpu", "--quick", *flags], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr and needle in done.stderr, done.stderr[-1500:]
+        assert "batch" not in done.stdout  # nothing was measured
