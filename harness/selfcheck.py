@@ -119,10 +119,11 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     for t, short in TEACHERS.items():
         est, exact = _path_means(est_rows[t]), _path_means(exact_rows[t])
         ci = t_ci(est)
+        lo, hi = (float(v) for v in np.clip([ci.lo, ci.hi], -1.0, 1.0))  # a mean of cosines lies in [-1, 1]
         teachers[short] = {
-            "mean_estimated": ci.mean, "ci95": [ci.lo, ci.hi], "mean_exact": float(np.mean(exact)) if exact.size else np.nan,
+            "mean_estimated": ci.mean, "ci95": [lo, hi], "mean_exact": float(np.mean(exact)) if exact.size else np.nan,
             "attenuation": float(np.mean(est - exact)) if est.size else np.nan,
-            "attenuation_ci95": list(t_ci(est - exact)[1:3]),
+            "attenuation_ci95": [float(v) for v in np.clip(t_ci(est - exact)[1:3], -2.0, 2.0)],  # of two means in [-1, 1]
             "ci_covers_exact": bool(ci.lo <= np.mean(exact) <= ci.hi) if exact.size else False,
             "interval_coverage": float(np.mean(node_cover[t])) if node_cover[t] else np.nan,
         }
@@ -193,7 +194,7 @@ def format_report(summary: dict) -> str:
         )
         lines.append(f"  {'teacher':<11} {'mean est':>9} {'95% CI':>18} {'exact':>8} {'est-exact':>10} {'node cov':>9}")
         for t, row in s["teachers"].items():
-            ci = f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]"
+            ci = "n/a" if np.isnan(row["ci95"]).any() else f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]"
             lines.append(
                 f"  {t:<11} {row['mean_estimated']:>+9.3f} {ci:>18} {row['mean_exact']:>+8.3f} "
                 f"{row['attenuation']:>+10.4f} {row['interval_coverage']:>9.3f}"

@@ -62,3 +62,15 @@ def test_cli_json_is_strict_where_an_interval_is_undefined(capsys):
 
     out = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert out["modes"]["paper"]["teachers"]["helpful"]["ci95"] == [None, None]
+    cli.main(["selfcheck", "--questions", "1"])
+    assert "+nan" not in (text := capsys.readouterr().out) and " n/a " in text  # the table says so, not [+nan, +nan]
+
+
+def test_cli_intervals_lie_in_their_statistics_range(capsys):
+    """Two questions give a t interval far wider than [-1, 1]: cut to the range a mean of cosines can take
+    (and [-2, 2] for estimated minus exact), as results.json's intervals are."""
+    cli.main(["selfcheck", "--questions", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    for mode in out["modes"].values():
+        for row in mode["teachers"].values():
+            assert -1 <= row["ci95"][0] <= row["ci95"][1] <= 1 and -2 <= row["attenuation_ci95"][0] <= row["attenuation_ci95"][1] <= 2
