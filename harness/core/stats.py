@@ -266,7 +266,8 @@ def within_path_correlation(
 
     For each path (rows sharing `path_key`) with at least `min_points` rows where both x and y are
     finite, and with neither x nor y constant there, compute Pearson `r` and Spearman `ρ` (Pearson
-    of within-path average ranks; values equal to `TIE_DIGITS` significant digits tie, `tie_key`). A question's value is the mean over its eligible paths; each
+    of within-path average ranks; values equal to `TIE_DIGITS` significant digits tie, `tie_key`).
+    A question's value is the mean over its eligible paths; each
     correlation is summarised as the mean over questions with a 95% Student-t CI over questions and
     a seeded percentile bootstrap CI:
     `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}, "pearson": {...}}`.
