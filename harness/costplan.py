@@ -277,8 +277,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
         hours = total_tokens / throughput / 3600
         days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
         lines.append(f"wall time: <= {_figure(hours)} h{days} at {_figure(throughput, 0)} generated tokens/s "
-                     "(sampling; scoring adds one forward pass per path and teacher, and a fill pass where a "
-                     "decision point's child lies outside a model's kept ids)")
+                     "(sampling; scoring adds 1-2 forward passes per path and teacher)")  # 2: with a fill pass
     elif total_tokens is not None:
         lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
     if gpu is not None:
