@@ -330,12 +330,13 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     from harness.teachers import load_teacher
 
     teachers = [load_teacher(t) for t in cfg.teachers]
-    check_backend(cfg, teachers)
-    backend_options(cfg, teachers)  # student_args and the teachers' model_args, as the run checks them
     if cfg.task != "synthetic" and Path(local_path(cfg.student)).is_dir():
         from harness.plan import make_plan as checked_plan
 
-        checked_plan(cfg)  # what run checks with the student's tokenizer at hand: templates, context lengths
+        checked_plan(cfg)  # every check of run, the task's too with the student's tokenizer at hand
+    else:
+        check_backend(cfg, teachers)
+        backend_options(cfg, teachers)  # student_args and the teachers' model_args, as the run checks them
     return make_plan(cfg, teachers, gpu_memory, throughput)
 
 

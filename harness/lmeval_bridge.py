@@ -118,8 +118,10 @@ def metadata_config(metadata: Mapping, model_keys: Sequence[str], where: str, co
     for key, unset in (("out", "the default runs/lmeval/<task>-<config hash>"), ("site", "no site")):
         if key in run and not (isinstance(run[key], str) and run[key]):  # named now, before the model loads
             raise ConfigError(f"{where}: key {key!r} must be a directory path, got {run[key]!r} (leave it out for {unset})")
-    if run.get("out") and Path(run["out"]).exists() and not Path(run["out"]).is_dir():
-        raise ConfigError(f"{where}: key 'out' {run['out']}: exists and is not a directory")
+    if run.get("out"):
+        from harness.rundir import check_not_a_file
+
+        check_not_a_file(Path(run["out"]), f"{where}: key 'out'")  # as the run would refuse it, before the model loads
     if run.get("site"):
         from harness.leaderboard import check_site_dir
 

@@ -67,6 +67,12 @@ LOCK_NAME = ".odiag.lock"
 _TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
+def check_not_a_file(root: Path, flag: str) -> None:
+    """Refuse a run directory ``root`` that exists as something else (``flag``: how the user gave it)."""
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{flag} {root}: exists and is not a directory")
+
+
 def another(flag: str) -> str:
     """The fix a refusal of a run directory suggests, under the option or key the user gave it as:
     ``--out`` gives "another --out", lm-eval's "task T: --metadata key 'out'" gives "another --metadata key 'out'"."""
@@ -374,8 +380,7 @@ class RunDir:
         if root.is_symlink() and not root.exists():
             raise RunDirError(f"{flag} {root}: a link to {os.readlink(root)!r}, which does not exist; remove the link or "
                               "create the directory it names")
-        if root.exists() and not root.is_dir():
-            raise RunDirError(f"{flag} {root}: exists and is not a directory")
+        check_not_a_file(root, flag)
         if root.is_dir() and not (root / "config.json").exists():
             foreign = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not _TMP.match(p.name)]
             if foreign:
