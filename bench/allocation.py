@@ -52,6 +52,7 @@ about a quarter are noise, and a ratio can flip between ``-`` and 5x.
     python bench/allocation.py --coupling-noise   # what coupling does to the ideal gradient's noise, per shape
     python bench/allocation.py --resolvability    # how many visits each position's cosine needs, per shape
     python bench/allocation.py --multilevel       # what multilevel debiasing of the cosine would cost, per shape
+    python bench/allocation.py --importance       # whether teacher-sampled, reweighted rollouts would cost less, per shape
 """
 
 from __future__ import annotations
@@ -517,6 +518,63 @@ def multilevel_error(m: Multilevel, base: int, visits: float) -> tuple[np.ndarra
     return p_L, float(np.sqrt(variance / m.per_seed))
 
 
+def importance_moments(w: World, proposal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For continuations sampled from ``proposal`` ``[H, S, V]`` instead of the student and weighted by
+    the likelihood ratio ∏ π/q of their tokens: E_q[(w·R)²] and the expected generated tokens from depth
+    t in state s, ``[H + 1, S]`` each (backward induction; a token the proposal never draws but the
+    student does, on a path that can win, makes the second moment infinite)."""
+    h, s, v = w.pi.shape
+    second, tokens = np.zeros((h + 1, s)), np.zeros((h + 1, s))
+    eos = np.arange(v) == EOS
+    for t in range(h - 1, -1, -1):
+        after = np.where(eos, w.success[:, None].astype(float), second[t + 1][w.transition])
+        drawn = proposal[t] > 0
+        ratio = np.where(drawn, w.pi[t] ** 2 / np.where(drawn, proposal[t], 1.0), 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # weights past the float range: an infinite moment
+            second[t] = np.where(~drawn & (w.pi[t] > 0) & (after > 0), np.inf, ratio * after).sum(axis=-1)
+        tokens[t] = (proposal[t] * (1.0 + np.where(eos, 0.0, tokens[t + 1][w.transition]))).sum(axis=-1)
+    return second, tokens
+
+
+IMPORTANCE_PROPOSALS = ("student", "helpful teacher", "half student, half helpful", "posterior π·Q/V")
+"""``--importance``'s proposals for a targeted rollout's continuation: the student itself (plain
+rollouts: the reference), the helpful teacher (which tilts toward high-Q tokens, as a teacher that
+knows the solution does), their even mixture (a defensive proposal), and the student conditioned on
+success, π·Q/V, which needs the exact Q: the zero-variance proposal, as a check of the arithmetic."""
+
+
+def importance(shape: Shape, seeds: int = 3, questions: int = 6, positions: int = 200) -> dict[str, tuple[float, float]]:
+    """Whether importance sampling the continuations of targeted rollouts from a teacher could make
+    Q̂ cheaper (``--importance``): per proposal of `IMPORTANCE_PROPOSALS`, the variance of one weighted
+    rollout's reward summed over every likely child (the estimand's support, EOS aside: its reward is
+    known) of about ``positions`` depths per path, as a ratio to plain rollouts' (above 1: fewer
+    rollouts for the same noise), and the generated tokens per rollout as a ratio to plain rollouts'
+    (above 1: cheaper rollouts). A weighted rollout also needs the student's log-probabilities of the
+    proposal's tokens, a scoring pass these ratios do not count."""
+    plain_var = plain_tokens = 0.0
+    var, tokens = dict.fromkeys(IMPORTANCE_PROPOSALS, 0.0), dict.fromkeys(IMPORTANCE_PROPOSALS, 0.0)
+    cache: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for _, _, q, j, k in path_positions(shape, seeds, questions, positions):
+        w, state = q.world, q.states[j][k]
+        if exact_node(w, k, state) is None:
+            continue
+        if id(w) not in cache:
+            helpful = w.teachers[TEACHERS.index("helpful")]
+            value = w.value[:-1, :, None]
+            posterior = np.where(value > 0, w.pi * w.exact_q / np.where(value > 0, value, 1.0), w.pi)
+            cache = {id(w): {name: importance_moments(w, proposal) for name, proposal in zip(
+                IMPORTANCE_PROPOSALS, (w.pi, helpful, 0.5 * (w.pi + helpful), posterior), strict=True)}}
+        children = np.flatnonzero(estimand_support(w, k, state) & (np.arange(w.pi.shape[2]) != EOS))
+        after = w.transition[state, children]
+        q_A = w.value[k + 1][after]
+        plain_var += float((q_A * (1.0 - q_A)).sum())
+        plain_tokens += float((1.0 + w.remaining[k + 1][after]).sum())
+        for name, (second, tok) in cache[id(w)].items():
+            var[name] += float((second[k + 1][after] - q_A ** 2).sum())
+            tokens[name] += float((1.0 + tok[k + 1][after]).sum())
+    return {name: (plain_var / var[name] if var[name] > 0 else np.inf, plain_tokens / tokens[name]) for name in IMPORTANCE_PROPOSALS}
+
+
 ESTIMATORS = ("plain", "split-half", "halves", "shrunk", "shrunk-sqrt")
 """``plain``: the pipeline's cosine of Q̂ (SPEC §3), weight |ĝ*|. ``split-half``: the cosine with |g*|
 from the product of two independent halves of each child's visits, whose expectation is |g*|²
@@ -848,6 +906,8 @@ def main() -> None:
                         help="only measure how many visits per child each position of the estimand needs (`resolvability`)")
     parser.add_argument("--multilevel", action="store_true",
                         help="only measure what randomised multilevel debiasing of the cosine would cost (`multilevel`)")
+    parser.add_argument("--importance", action="store_true",
+                        help="only measure whether teacher-sampled, reweighted continuations would make Q̂ cheaper (`importance`)")
     args = parser.parse_args()
     if args.rows_only:
         if not args.row:
@@ -895,6 +955,13 @@ def main() -> None:
                 p_L, se = multilevel_error(m, base, visits)
                 print(f"  {visits:>3} visits per child on average ({visits * m.tokens_per_visit:,.0f} tokens per seed): level "
                       "probabilities " + " ".join(f"{p:.4f}" for p in p_L) + f"; standard error of a seed's mean {se:.3f}")
+        return
+    if args.importance:
+        for shape in shapes:
+            print(f"[{shape.name}] per targeted rollout, against plain rollouts: variance ratio (above 1: fewer rollouts "
+                  "for the same noise) and token ratio (above 1: shorter rollouts)")
+            for name, (variance, tokens) in importance(shape).items():
+                print(f"  {name:<28} variance {variance:10.3g}  tokens {tokens:.2f}")
         return
     start = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -512,3 +512,34 @@ def test_multilevel_differences_telescope_to_the_deep_cosine_and_spend_the_visit
     assert abs(m.deep_bias) < abs(m.base_bias)  # more visits, less attenuation
     p_L, se = bench.multilevel_error(m, base=4, visits=6)
     assert np.isclose(4 + p_L @ (4 * 2.0 ** np.arange(1, 4)), 6) and se > 0
+
+
+def test_importance_moments_match_sampled_weighted_rollouts_and_the_posterior_has_no_variance():
+    """`importance_moments` against Monte Carlo: continuations drawn from the even student-helpful
+    mixture, weighted by ∏ π/q, have mean V and second moment E_q[(w·R)²]; the student as its own
+    proposal gives plain rollouts, and π·Q/V gives every weighted reward exactly V."""
+    q = next(x for x in (bench.prepare(TINY, 0, i) for i in range(4)) if x)
+    w = q.world
+    mix = 0.5 * (w.pi + w.teachers[bench.TEACHERS.index("helpful")])
+    second, tokens = bench.importance_moments(w, mix)
+    rng = np.random.default_rng(7)
+    n, depth, start = 200_000, 1, 1
+    state, weight, reward, length = np.full(n, start), np.ones(n), np.zeros(n), np.zeros(n)
+    alive = np.ones(n, bool)
+    for t in range(depth, TINY.horizon):
+        a = (rng.random(n)[:, None] > np.cumsum(mix[t, state], axis=1)).sum(axis=1).clip(max=TINY.vocab_size - 1)
+        weight = np.where(alive, weight * w.pi[t, state, a] / mix[t, state, a], weight)
+        length += alive
+        ended = alive & (a == bench.EOS)
+        reward = np.where(ended, w.success[state], reward)
+        alive &= a != bench.EOS
+        state = np.where(alive, w.transition[state, a], state)
+    est = weight * reward
+    assert abs(est.mean() - w.value[depth, start]) < 4 * est.std() / np.sqrt(n)
+    assert abs((est ** 2).mean() - second[depth, start]) < 0.05 * second[depth, start] + 1e-3
+    assert abs(length.mean() - tokens[depth, start]) < 0.02 * tokens[depth, start]
+    plain, plain_tokens = bench.importance_moments(w, w.pi)
+    assert np.allclose(plain, w.value) and np.allclose(plain_tokens, w.remaining)  # E[R²] = E[R] = V
+    ratios = bench.importance(TINY, seeds=1, questions=3, positions=1000)
+    assert ratios["student"] == (1.0, 1.0)
+    assert ratios["posterior π·Q/V"][0] > 1e6  # zero variance up to rounding
