@@ -524,16 +524,16 @@ def importance_moments(w: World, proposal: np.ndarray) -> tuple[np.ndarray, np.n
     t in state s, ``[H + 1, S]`` each (backward induction; a token the proposal never draws but the
     student does, on a path that can win, makes the second moment infinite)."""
     h, s, v = w.pi.shape
-    second, tokens = np.zeros((h + 1, s)), np.zeros((h + 1, s))
+    second_H_S, tokens_H_S = np.zeros((h + 1, s)), np.zeros((h + 1, s))
     eos = np.arange(v) == EOS
     for t in range(h - 1, -1, -1):
-        after = np.where(eos, w.success[:, None].astype(float), second[t + 1][w.transition])
-        drawn = proposal[t] > 0
-        ratio = np.where(drawn, w.pi[t] ** 2 / np.where(drawn, proposal[t], 1.0), 0.0)
+        after_S_V = np.where(eos, w.success[:, None].astype(float), second_H_S[t + 1][w.transition])
+        drawn_S_V = proposal[t] > 0
+        ratio_S_V = np.where(drawn_S_V, w.pi[t] ** 2 / np.where(drawn_S_V, proposal[t], 1.0), 0.0)
         with np.errstate(over="ignore", invalid="ignore"):  # weights past the float range: an infinite moment
-            second[t] = np.where(~drawn & (w.pi[t] > 0) & (after > 0), np.inf, ratio * after).sum(axis=-1)
-        tokens[t] = (proposal[t] * (1.0 + np.where(eos, 0.0, tokens[t + 1][w.transition]))).sum(axis=-1)
-    return second, tokens
+            second_H_S[t] = np.where(~drawn_S_V & (w.pi[t] > 0) & (after_S_V > 0), np.inf, ratio_S_V * after_S_V).sum(axis=-1)
+        tokens_H_S[t] = (proposal[t] * (1.0 + np.where(eos, 0.0, tokens_H_S[t + 1][w.transition]))).sum(axis=-1)
+    return second_H_S, tokens_H_S
 
 
 IMPORTANCE_PROPOSALS = ("student", "helpful teacher", "half student, half helpful", "posterior π·Q/V")
