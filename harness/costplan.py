@@ -326,7 +326,7 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     """The plan of ``cfg``; refused, as `odiag run` would refuse it, when the backend cannot run its task,
     teachers or temperatures."""
     from harness.config import local_path
-    from harness.plan import backend_options, check_backend
+    from harness.plan import backend_options, check_backend, model_specs
     from harness.teachers import load_teacher
 
     teachers = [load_teacher(t) for t in cfg.teachers]
@@ -335,6 +335,7 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
 
         checked_plan(cfg)  # every check of run, the task's too with the student's tokenizer at hand
     else:
+        model_specs(cfg, teachers)  # one model id, one set of settings
         check_backend(cfg, teachers)
         backend_options(cfg, teachers)  # student_args and the teachers' model_args, as the run checks them
     return make_plan(cfg, teachers, gpu_memory, throughput)

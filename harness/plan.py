@@ -148,12 +148,25 @@ def model_name(teacher: TeacherConfig) -> str:
 
 
 def model_specs(cfg: RunConfig, teachers) -> dict[str, ModelSpec]:
-    """The models the backend loads: the student, every external teacher, solution sources, summarisers."""
-    specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
+    """The models the backend loads: the student, every external teacher, solution sources, summarisers.
+
+    Requests name a model by its id, so a run loads each id once: two teacher files that name one model
+    with a different revision or dtype are a ConfigError, never one of them read with the other's settings.
+    """
+    named: dict[str, tuple[ModelSpec, str]] = {}
     for t in teachers:
-        if not t.is_self:
-            specs[t.model] = ModelSpec(t.model, t.revision, t.dtype)
-    return {**artefact_models(teachers), **specs}
+        own = {t.model: ModelSpec(t.model, t.revision, t.dtype)} if not t.is_self else {}
+        for key, spec in (artefact_models([t]) | own).items():
+            first, where = named.setdefault(key, (spec, t.file or t.name))
+            if first != spec:
+                differ = "; ".join(f"{field} {getattr(first, field)!r} in one, {getattr(spec, field)!r} in the other"
+                                   for field in ("revision", "dtype") if getattr(first, field) != getattr(spec, field))
+                raise ConfigError(f"{where} and {t.file or t.name} both load model {key!r}, with different settings "
+                                  f"({differ}); a run loads each model once: give both files the same revision and dtype")
+    artefacts = {key: spec for key, (spec, _) in named.items()}
+    specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
+    specs |= {t.model: artefacts[t.model] for t in teachers if not t.is_self}
+    return {**artefacts, **specs}
 
 
 def backend_options(cfg: RunConfig, teachers) -> dict:
@@ -166,6 +179,11 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
         options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
         per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
                      for t in teachers if t.model_args and not t.is_self}
+        for t in teachers:
+            other = next((o for o in teachers if o.model == t.model and not o.is_self and o.model_args != t.model_args), None)
+            if not t.is_self and other is not None:
+                raise ValueError(f"{t.file or t.name} and {other.file or other.name} both load model {t.model!r}, with "
+                                 "different model_args; a run loads each model once: give both files the same model_args")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if any(t.model_args and t.is_self for t in teachers):
@@ -303,6 +321,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)
+    model_specs(cfg, [r.config for r in refs])  # one model id, one set of settings
     check_backend(cfg, [r.config for r in refs], built)  # before the task loads a tokenizer it may not have
     backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
     task = task or run_task(cfg)

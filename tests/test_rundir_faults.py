@@ -159,6 +159,32 @@ def test_the_same_teacher_under_another_name_is_refused(tmp_path, capsys):
     _refused(capsys, ["run", *SETS, "--set", f"teachers=[synthetic-helpful,{twin}]", "--out", str(out)], out, "the same teacher")
 
 
+@pytest.mark.parametrize("second", ["dtype: float32\n", "revision: v2\n"])
+def test_two_files_loading_one_model_with_other_settings_are_refused(tmp_path, capsys, second):
+    """A run loads each model id once: the second file's dtype, revision or engine options must not be
+    silently replaced by the first's (both would be scored with one copy)."""
+    one = _teacher(tmp_path, "one")
+    two = _teacher(tmp_path, "two")
+    two.write_text(two.read_text() + second)
+    out = tmp_path / "run"
+    err = _refused(capsys, ["run", *SETS, "--set", f"teachers=[{one},{two}]", "--out", str(out)], out,
+                   str(one), str(two), "'helpful'", "a run loads each model once")
+    assert not out.exists() and second.split(":")[0] in err
+    _refused(capsys, ["plan", *SETS, "--set", f"teachers=[{one},{two}]"], out, "a run loads each model once")
+
+
+def test_two_files_loading_one_model_with_other_engine_options_are_refused(tmp_path):
+    from harness.plan import backend_options
+    from harness.teachers import load_teacher
+
+    one = _teacher(tmp_path, "one", model="/models/teacher")
+    two = _teacher(tmp_path, "two", model="/models/teacher")
+    two.write_text(two.read_text() + "model_args: {max_model_len: 64}\n")
+    with pytest.raises(ConfigError, match="both load model '/models/teacher', with different model_args"):
+        backend_options(RunConfig(backend="vllm"), [load_teacher(str(one)), load_teacher(str(two))])
+    assert backend_options(RunConfig(backend="vllm"), [load_teacher(str(two))])["model_args"] == {"/models/teacher": {"max_model_len": 64}}
+
+
 def test_add_teacher_twice_or_of_a_config_teacher_adds_no_row(copy, capsys, caplog):
     before = _results(copy)
     assert main(["add-teacher", str(copy), "synthetic-helpful", "--quiet"]) == 0
