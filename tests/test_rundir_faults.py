@@ -118,6 +118,33 @@ def test_edited_planner_teacher_is_refused_with_both_hashes(tmp_path, capsys):
     assert new != old and len(new) == 16
 
 
+def test_a_planner_file_edited_before_any_targeted_rollout_takes_over(tmp_path, monkeypatch):
+    """A run stopped before its first targeted rollout (a teacher's template failing on real data, say)
+    stores nothing its planners shaped: the corrected file is the corrected command, not a refusal, and
+    the run equals a fresh one with that file (the edited teacher's passes redone, the rest kept)."""
+    import harness.pipeline
+
+    t = _teacher(tmp_path, "mine")
+    cfg = RunConfig(**SETTINGS, teachers=(str(t), "synthetic-misleading"))
+    out = tmp_path / "run"
+
+    def stop(*args, **kwargs):
+        raise ConfigError("stopped before the targeted rollouts")
+
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "enrich_window", stop)
+        with pytest.raises(ConfigError, match="stopped before"):
+            run(cfg, out)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*/*.npz")}
+    assert "score-p0-mine.npz" in kept and not any(n.startswith("window") for n in kept)
+    t.write_text("description: a copy\nmodel: misleading\n")
+    resumed = run(cfg, out)
+    assert _strip(resumed) == _strip(run(cfg, tmp_path / "fresh"))
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*/*.npz")}
+    assert after["initial.npz"] == kept["initial.npz"] and after["score-p0-mine.npz"] != kept["score-p0-mine.npz"]
+    assert after["score-p0-synthetic-misleading.npz"] == kept["score-p0-synthetic-misleading.npz"]
+
+
 def test_edited_added_teacher_is_refused_then_rescored_on_request(copy, tmp_path, capsys):
     """The same for a teacher added later: refused with both hashes; ``odiag rescore`` scores the new file."""
     t = _teacher(tmp_path, "extra")
