@@ -8,6 +8,7 @@ from pathlib import Path
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
 from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
+from harness.errors import OdiagError
 from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.tasks import Task
 
@@ -53,8 +54,11 @@ def add_teacher(
 
     check_prompts(out, plan)  # its contexts would read other questions than the tree answered
     with RunDir.open(out, plan, add=ref) as rundir:
-
-        return _execute(rundir, on_progress, backend, frozen=True)
+        try:
+            return _execute(rundir, on_progress, backend, frozen=True)
+        except OdiagError:  # a context that fails on real data, say: the finished run stays as it was
+            rundir.undo_add(ref.name)
+            raise
 
 
 def rescore(

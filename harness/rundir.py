@@ -347,6 +347,7 @@ class RunDir:
         self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
+        self.before_add: dict[str, bytes] = {}  # add-teacher: the finished run's record, results and validation
 
     @property
     def config(self) -> RunConfig:
@@ -411,6 +412,9 @@ class RunDir:
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
+            if add is not None and saved != record:
+                rundir.before_add = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
+                                     *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
             if saved != record:
                 # results of the settings recorded until now: gone before the record changes, so a command
                 # stopped from here on leaves a run that reads as unfinished, never as finished with other settings
@@ -554,6 +558,21 @@ class RunDir:
         for w, r in dropped:
             self.shard(question, f"window{w}-round{r}").unlink(missing_ok=True)
         return len(dropped)
+
+    def undo_add(self, name: str) -> None:
+        """Put back the finished run an ``add-teacher`` of ``name`` opened, when it stops on an expected
+        error: its record, results and validation as they were, the teacher's passes gone."""
+        self.drop_teacher(name)
+        before = dict(self.before_add)
+        if "results.json" in before:
+            tables = json.loads(before["results.json"]).get("tables") or {}
+            if any(not (self.root / t).is_file() or hashlib.sha256((self.root / t).read_bytes()).hexdigest() != digest
+                   for t, digest in tables.items()):
+                before = {}  # the tables were rewritten with the teacher: an unfinished run (odiag rescore finishes it)
+        for file, data in before.items():
+            atomic_write(self.root / file, lambda f, data=data: f.write(data), "wb")
+        if before:
+            log.info("%s: teacher %s was not added; the run is as it was", self.root, name)
 
     def drop_teacher(self, name: str) -> None:
         """Remove a teacher's passes on every path (its file changed; ``rescore`` redoes them)."""

@@ -306,6 +306,28 @@ def test_add_teacher_checks_before_recording(copy, tmp_path):
     assert _strip(run(CFG, copy, task=_Picky())) == _results(copy)  # the original run still resumes
 
 
+def test_add_teacher_that_fails_on_real_data_leaves_the_finished_run_as_it_was(copy, tmp_path, monkeypatch, capsys):
+    """A teacher whose context fails only on a real question (found after its passes began) must not
+    take the finished run's results with it: one error line, the directory as it was, the corrected
+    add-teacher adds it."""
+    import harness.pipeline
+
+    extra = _teacher(tmp_path, "extra", model="misleading")
+    before = _digest(copy)
+    records = harness.pipeline._records
+
+    def fail(*args, **kwargs):
+        raise ConfigError(f"{extra}: key 'context_template': fails on question 00001")
+
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "_records", fail)
+        _error(capsys, ["add-teacher", str(copy), str(extra)])
+    assert harness.pipeline._records is records
+    assert _digest(copy) == before
+    after = add_teacher(copy, str(extra))
+    assert "extra" in {r["teacher"] for r in after["teachers"]}
+
+
 @pytest.mark.parametrize("content", ["model: [unclosed\n", "modl: helpful\n", "- a list\n", "\x00\x01binary"])
 def test_add_teacher_with_a_bad_file_records_nothing(copy, tmp_path, capsys, content):
     bad = tmp_path / "bad.yaml"
