@@ -81,6 +81,12 @@ def _warn_below_n_min(cfg: RunConfig, n_min: int) -> None:
                     "or lower n_min", key, visits, n_min, visits, key)
 
 
+def _first(ids: list[str], shown: int = 3) -> str:
+    """``00000, 00001, 00002 and 5 more``: the first few of a list of question ids."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return (", ".join(ids[:shown]) + more) if ids else "no question"
+
+
 def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
     """Refuse, before the run directory changes, a run whose stored rollouts answered other prompts than
     its questions read now: the task's data changed under it (a data file edited, another revision of
@@ -88,8 +94,16 @@ def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
     root = Path(out)
     if not (root / "shards").is_dir():
         return
+    questions = plan.task.questions(plan.config.limit)
+    ids = {q.id for q in questions}
+    if other := sorted(p.name for p in (root / "shards").iterdir() if p.is_dir() and p.name not in ids):
+        # lm-eval's --samples picks documents; the run's record keeps only their number (limit)
+        raise RunDirError(f"{root}: holds rollouts of question {other[0]}, which these settings do not read (they read "
+                          f"{_first(sorted(ids))}): lm_eval --samples picks documents, while odiag run, rescore and "
+                          f"add-teacher read a task's first `limit`; resume it with the same lm_eval command, or use "
+                          f"{another(flag)} for these questions")
     reader = RunDir(root, plan=None)
-    for q in plan.task.questions(plan.config.limit):
+    for q in questions:
         try:
             shard = reader.load(q.id, "initial")
         except RunDirError:

@@ -151,6 +151,14 @@ def test_samples_diagnose_the_documents_chosen(tmp_path):
     (q,) = [q for q in task.questions(None) if q.id == "00003"]
     assert logged["doc"] == q.doc["record"]  # the document lm-eval logged is the one diagnosed
     assert set(pq.read_table(tmp_path / "run" / "paths.parquet").column("question_id").to_pylist()) <= {"00003"}
+    # odiag's own commands read the task's first questions: refused before the finished run changes
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    for argv in (["add-teacher", tmp_path / "run", "toy-teacher"], ["rescore", tmp_path / "run", "--set", "gamma=0.5"],
+                 ["run", "--config", tmp_path / "run" / "config.yaml", "--out", tmp_path / "run"]):
+        refused = subprocess.run([BIN / "odiag", *argv], cwd=tmp_path, capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+        assert "holds rollouts of question 00003, which these settings do not read" in refused.stderr, refused.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
     # the same directory with another tree: the refusal's fix names the key the user gave it as, not --out
     meta["n_initial"] = 16
     again = subprocess.run([BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", "--model", "hf",
