@@ -629,8 +629,8 @@ def test_a_site_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsy
 
 
 def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, tmp_path):
-    """Another temperature is another student distribution; another jsd_beta or gamma another loss: ranked
-    together they would mix. Settings an algorithm the runs lack does not read are no reason to refuse."""
+    """Another temperature is another student distribution; other incorrect_outcomes other incorrect paths;
+    another cascade another count; another jsd_beta or gamma another loss: ranked together they would mix. Settings an algorithm the runs lack does not read are no reason to refuse."""
     def run(name: str, algorithm: str = "gkd", **config) -> Path:
         root = _fake_run(tmp_path / name, [{"teacher": f"t-{name}", "algorithm": algorithm, "rank": None, "n_decision_points": 0}])
         results = json.loads((root / "results.json").read_text())
@@ -644,6 +644,10 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
                     "measure different things", "or rescore one with --set jsd_beta=0.5")
     assert_one_line(odiag("leaderboard", run("c"), run("d", temperature=0.7), "--out", "site"),
                     "differ in temperature (1.0 and 0.7), so their rows measure different things; put them on separate")
+    assert_one_line(odiag("leaderboard", run("g"), run("h", incorrect_outcomes=["wrong", "truncated"]), "--out", "site"),
+                    "differ in incorrect_outcomes (['wrong'] and ['wrong', 'truncated']), so their rows measure different things")
+    assert_one_line(odiag("leaderboard", run("i"), run("j", cascade="paper"), "--out", "site"),
+                    "differ in cascade (unbiased and paper), so their rows measure different things")
     assert cli.main(["leaderboard", str(run("e", gamma=0.5)), str(run("f", jsd_beta=0.9)), "--out", str(tmp_path / "site")]) == 0
 
 

@@ -140,12 +140,15 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
 
 
 # settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row)
-COMPARABLE = (("temperature", None), ("jsd_beta", "jsd"), ("gamma", "minillm"))
+COMPARABLE = (("temperature", None), ("incorrect_outcomes", None), ("cascade", None), ("jsd_beta", "jsd"),
+              ("gamma", "minillm"))
 
 
 def check_comparable(runs: Sequence[Run]) -> None:
     """Refuse runs ranked together (same task and student) whose rows measure different things: another
-    temperature is another student distribution; another jsd_beta or gamma, another jsd or minillm loss."""
+    temperature is another student distribution; other incorrect_outcomes, other incorrect paths (and
+    another incorrect-minus-correct); another cascade, another count of the visits; another jsd_beta or
+    gamma, another jsd or minillm loss."""
     first: dict[tuple, Run] = {}
     for run in runs:
         algorithms = {row["algorithm"] for row in run.results["teachers"]}
