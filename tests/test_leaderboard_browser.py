@@ -218,3 +218,18 @@ def test_a_page_whose_budget_holds_no_path_says_so(browser, sites):
         assert opened.page.locator("#board tbody tr").count() == 2  # the gkd rows: the table does not depend on the viewer
     finally:
         opened.page.close()
+
+
+def test_cell_tooltips_count_questions_and_paths_by_their_names(opened):
+    """A correlation's tooltip gave its question count the word "paths" (it holds both counts)."""
+    page = opened.page
+    board = json.loads(page.locator("#odiag-data").text_content())["board"]
+    entries = {e["key"]: e for e in board["entries"]}
+    row = page.locator("#board tbody tr").first
+    entry = entries[row.get_attribute("data-key")]
+    assert row.locator("td:nth-child(4)").get_attribute("title").endswith(f"; {entry['alignment']['n_questions']} questions")
+    divergence = page.locator("#divergence").input_value()
+    rho = entry["divergence_correlations"][divergence]["spearman"]
+    assert rho["n_paths"] != rho["n_questions"]  # else the test could not tell the two apart
+    title = row.locator("td:nth-child(8)").get_attribute("title")
+    assert title.endswith(f"; {rho['n_questions']} questions, {rho['n_paths']} paths"), title

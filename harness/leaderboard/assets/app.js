@@ -60,7 +60,8 @@
   function statCell(s, withBar) {
     if (!s) return h("td", {className: "num"}, "\u2013");
     const tip = `mean ${signed(s.mean, 4)}; 95% t CI ${interval(s)}; bootstrap ${interval(s, "ci95_bootstrap")}; ` +
-      `${count(s.n_questions ?? s.n_paths)} ${s.n_paths !== undefined ? "paths" : "questions"}`;
+      [isNum(s.n_questions) ? `${count(s.n_questions)} questions` : null, isNum(s.n_paths) ? `${count(s.n_paths)} paths` : null]
+        .filter((x) => x).join(", ");
     return h("td", {className: "num", title: tip}, withBar ? ciBar(s) : null, h("span", {className: "mean-text"}, signed(s.mean)),
              h("span", {className: "ci"}, interval(s)));
   }
