@@ -150,23 +150,26 @@ def model_name(teacher: TeacherConfig) -> str:
 def model_specs(cfg: RunConfig, teachers) -> dict[str, ModelSpec]:
     """The models the backend loads: the student, every external teacher, solution sources, summarisers.
 
-    Requests name a model by its id, so a run loads each id once: two teacher files that name one model
-    with a different revision or dtype are a ConfigError, never one of them read with the other's settings.
+    Requests name a model by its id, so a run loads each id once. Two teacher files that score with one
+    model, or sample solutions or summaries from one, under a different revision or dtype are a
+    ConfigError, never one of them read with the other's settings. A solution source or summariser that
+    a teacher also scores with is sampled from that teacher's copy.
     """
-    named: dict[str, tuple[ModelSpec, str]] = {}
+    scored: dict[str, tuple[ModelSpec, str]] = {}
+    sampled: dict[str, tuple[ModelSpec, str]] = {}
     for t in teachers:
         own = {t.model: ModelSpec(t.model, t.revision, t.dtype)} if not t.is_self else {}
-        for key, spec in (artefact_models([t]) | own).items():
-            first, where = named.setdefault(key, (spec, t.file or t.name))
-            if first != spec:
-                differ = "; ".join(f"{field} {getattr(first, field)!r} in one, {getattr(spec, field)!r} in the other"
-                                   for field in ("revision", "dtype") if getattr(first, field) != getattr(spec, field))
-                raise ConfigError(f"{where} and {t.file or t.name} both load model {key!r}, with different settings "
-                                  f"({differ}); a run loads each model once: give both files the same revision and dtype")
-    artefacts = {key: spec for key, (spec, _) in named.items()}
+        for named, models in ((scored, own), (sampled, artefact_models([t]))):
+            for key, spec in models.items():
+                first, where = named.setdefault(key, (spec, t.file or t.name))
+                if first != spec:
+                    differ = "; ".join(f"{f} {getattr(first, f)!r} in one, {getattr(spec, f)!r} in the other"
+                                       for f in ("revision", "dtype") if getattr(first, f) != getattr(spec, f))
+                    raise ConfigError(f"{where} and {t.file or t.name} both load model {key!r}, with different settings "
+                                      f"({differ}); a run loads each model once: give both files the same revision and dtype")
     specs = {STUDENT: ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)}
-    specs |= {t.model: artefacts[t.model] for t in teachers if not t.is_self}
-    return {**artefacts, **specs}
+    specs |= {key: spec for key, (spec, _) in scored.items()}
+    return {**{key: spec for key, (spec, _) in sampled.items()}, **specs}
 
 
 def backend_options(cfg: RunConfig, teachers) -> dict:

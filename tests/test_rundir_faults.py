@@ -200,6 +200,21 @@ def test_two_files_loading_one_model_with_other_settings_are_refused(tmp_path, c
     _refused(capsys, ["plan", *SETS, "--set", f"teachers=[{one},{two}]"], out, "a run loads each model once")
 
 
+def test_solution_sources_follow_the_teacher_that_scores_with_their_model_and_may_not_disagree(tmp_path):
+    from harness.plan import model_specs
+    from harness.teachers import load_teacher
+
+    specs = model_specs(RunConfig(), [load_teacher("toy-teacher"), load_teacher("toy-self-1c-teacher")])
+    (key,) = [k for k in specs if k.endswith("toy_models/teacher")]
+    assert specs[key].dtype == "float32"  # sampled from the copy toy-teacher scores with, as toy-teacher names it
+    one = _teacher(tmp_path, "one", model="student")
+    one.write_text(one.read_text() + "correct_solutions: 1\nsolution_source: /models/big\ncontext_template: '{{ question }} {{ correct[0] }}'\n")
+    two = tmp_path / "t" / "two.yaml"
+    two.write_text(one.read_text() + "solution_revision: v2\n")
+    with pytest.raises(ConfigError, match=r"both load model '/models/big', with different settings \(revision None in one, 'v2'"):
+        model_specs(RunConfig(), [load_teacher(str(one)), load_teacher(str(two))])
+
+
 def test_two_files_loading_one_model_with_other_engine_options_are_refused(tmp_path):
     from harness.plan import backend_options
     from harness.teachers import load_teacher
