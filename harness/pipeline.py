@@ -96,7 +96,9 @@ def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
         return
     questions = plan.task.questions(plan.config.limit)
     ids = {q.id for q in questions}
-    if other := sorted(p.name for p in (root / "shards").iterdir() if p.is_dir() and p.name not in ids):
+    stored = [p.name for p in (root / "shards").iterdir() if p.is_dir()]
+    # more questions than these settings read is a smaller limit, refused as such once the run is open
+    if (other := sorted(q for q in stored if q not in ids)) and len(stored) <= len(ids):
         # lm-eval's --samples picks documents; the run's record keeps only their number (limit)
         raise RunDirError(f"{root}: holds rollouts of question {other[0]}, which these settings do not read (they read "
                           f"{_first(sorted(ids))}): lm_eval --samples picks documents, while odiag run, rescore and "

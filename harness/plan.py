@@ -409,10 +409,11 @@ def check_against(
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
-        raise RunDirError(
-            f"{where}: scoring settings differ ({'; '.join(diffs)}); to rescore the stored trees with zero rollouts "
-            f"use odiag rescore {where} --set KEY=VALUE"
-        )
+        fix = f"to rescore the stored trees with zero rollouts use odiag rescore {where} --set KEY=VALUE"
+        if root and not (Path(root) / "results.json").is_file():  # rescore reads a finished run only
+            fix = (f"the run has not finished: finish it with the settings it records (odiag run --config {where}/config.yaml "
+                   f"--out {where}), then {fix}")
+        raise RunDirError(f"{where}: scoring settings differ ({'; '.join(diffs)}); {fix}")
     for key, smaller in (("budget", "a smaller budget"), ("limit", "fewer questions")):
         old, new = saved["config"].get(key), getattr(plan.config, key)
         if not _grows(old, new):

@@ -13,18 +13,31 @@ from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.tasks import Task
 
 
-def _finished(out: str | Path, stopped: bool = False) -> RunConfig:
+def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] = ()) -> RunConfig:
     """The recorded config of a finished run. ``stopped``: also of a run stopped while a teacher was added.
     A rescore that changes no setting (it drops a teacher, or rescores one whose file changed) finishes it:
-    ``run`` names that rescore as the way out when the added teacher's file is gone or edited."""
+    ``run`` names that rescore as the way out when the added teacher's file is gone or edited. A rescore
+    whose ``overrides`` are the scoring settings the run records finishes a rescore stopped before its end."""
     try:
         RunDir.finished_results(out)
     except RunLocked:
         raise
     except RunDirError:
-        if not (stopped and _has_added_teachers(out)):
+        if not ((stopped and _has_added_teachers(out)) or (overrides and _records(out, overrides))):
             raise
     return RunDir.load_config(out)
+
+
+def _records(out: str | Path, overrides: Sequence[str]) -> bool:
+    """Whether the run records the scoring settings ``overrides`` set (a stopped rescore of them, rerun)."""
+    try:
+        stored = RunDir.load_config(out)
+        data = to_dict(stored)
+        apply_overrides(data, overrides)
+        cfg = build(RunConfig, data, f"{out}/config.json with --set")
+    except OdiagError:
+        return False
+    return all(getattr(cfg, k) == getattr(stored, k) for k in SCORING_FIELDS)
 
 
 def _has_added_teachers(out: str | Path) -> bool:
@@ -72,7 +85,7 @@ def rescore(
     those named in ``drop`` leave the run with their passes. The results equal a fresh run's with the
     same settings and teachers.
     """
-    stored = _finished(out, stopped=not overrides)
+    stored = _finished(out, stopped=not overrides, overrides=overrides)
     data = to_dict(stored)
     apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")

@@ -329,6 +329,19 @@ def _drop_validation(root: Path) -> None:
 _RECORD_FILES = {"config.json", "config.yaml", LOCK_NAME}
 
 
+def _sync_yaml(root: Path, config: dict) -> None:
+    """``config.yaml`` rewritten from ``config.json``'s config when it says something else: a command
+    stopped between the two writes, so that ``odiag run --config DIR/config.yaml`` reads what the run records."""
+    path = root / "config.yaml"
+    try:
+        same = path.is_file() and yaml.safe_load(path.read_text(encoding="utf-8")) == config
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        same = False
+    if not same:
+        atomic_write(path, lambda f: yaml.safe_dump(config, f, sort_keys=False), "w")
+        log.info("%s: config.yaml rewritten from config.json, the settings the run records", root)
+
+
 def _holds_work(root: Path) -> bool:
     """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
     for p in root.rglob("*"):
@@ -394,6 +407,8 @@ class RunDir:
         lock.acquire()
         try:
             saved = RunDir.read_saved(root, flag) if (root / "config.json").exists() else None
+            if saved is not None:
+                _sync_yaml(root, saved["config"])
             if saved is not None and not rescore and add is None and not _holds_work(root):
                 saved = None  # stopped before anything was computed: nothing pins its settings, the new ones apply
             from harness.plan import check_against

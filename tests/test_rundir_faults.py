@@ -624,6 +624,34 @@ def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_
     assert (copy / "results.json").read_bytes() == before
 
 
+def test_a_stopped_rescore_finishes_when_run_again_and_the_fixes_named_work(copy, tmp_path, capsys, monkeypatch):
+    """The same rescore command finishes a rescore stopped after recording its settings; the original run
+    command is told to finish with the recorded settings (rescore reads finished runs only); and a
+    config.yaml torn from config.json by a kill between the two writes is rewritten from config.json."""
+    import harness.pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(harness.pipeline, "_execute", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            rescore(copy, ["jsd_beta=0.9"])
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "scoring settings differ (jsd_beta: 0.9 there, 0.5 now)",
+             f"the run has not finished: finish it with the settings it records (odiag run --config {copy}/config.yaml --out {copy})")
+    _refused(capsys, ["rescore", str(copy), "--set", "jsd_beta=0.8"], copy, "has not finished")  # other settings: still refused
+    assert main(["rescore", str(copy), "--set", "jsd_beta=0.9", "--quiet"]) == 0
+    fresh = run(RunConfig(**SETTINGS, jsd_beta=0.9), tmp_path / "fresh")
+    assert _results(copy) == _strip(fresh)
+    (copy / "results.json").unlink()
+    (copy / "config.yaml").write_text((copy / "config.yaml").read_text().replace("jsd_beta: 0.9", "jsd_beta: 0.5"))
+    assert main(["run", "--config", str(copy / "config.yaml"), "--out", str(copy), "--quiet"]) == 2
+    assert "jsd_beta: 0.9" in (copy / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["run", "--config", str(copy / "config.yaml"), "--out", str(copy), "--quiet"]) == 0
+    assert _results(copy) == _strip(fresh)
+
+
 def test_resume_from_another_directory(tmp_path, monkeypatch):
     """Teachers are stored resolved: a relative teacher path and an added teacher load from any cwd."""
     home = tmp_path / "home"
