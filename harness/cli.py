@@ -386,10 +386,6 @@ def _stopped_line(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
     if not where or not (Path(where) / "config.json").is_file():  # stopped before the run directory was opened
         return line
-    if args.command in ("add-teacher", "rescore") and not (Path(where) / "results.json").is_file():
-        # they need a finished run, and this one now records their settings: odiag run finishes it with them
-        return (f"{line}; finished work is kept in {where}: finish it with odiag run --config "
-                f"{Path(where) / 'config.yaml'} --out {where}")
     return f"{line}; finished work is kept in {where}: run the same command again to resume"
 
 
@@ -420,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
     from harness.errors import OdiagError
 
+    own = argv is None  # the process's own command line: it ends when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parse(argv)
@@ -448,7 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odiag: error: {_one_line(_describe(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(_stopped_line(args, exc), file=sys.stderr)
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None  # a second Ctrl-C while it stops
+        try:
+            print(_stopped_line(args, exc), file=sys.stderr)
+        finally:
+            if interrupt is not None and not own:  # a caller in this process gets its Ctrl-C back; the process
+                signal.signal(signal.SIGINT, interrupt)  # itself exits ignoring it, not in a library's exit hook
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception:  # a bug: keep the traceback visible
         traceback.print_exc()

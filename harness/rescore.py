@@ -58,7 +58,7 @@ def add_teacher(
     (by resolved file and identity), so rerunning the original command keeps it, from any directory.
     """
     ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
-    cfg = _finished(out)
+    cfg = _finished(out, stopped=True)  # a stopped add-teacher, run again, finishes
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_backend(cfg, [ref.config], built=backend is None)
     plan.task.check_teacher(ref.config)

@@ -781,9 +781,33 @@ def test_a_stop_says_work_is_kept_only_where_a_run_directory_was_opened(odiag, m
     assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: run the same command again to resume"])
 
 
-def test_a_stopped_add_teacher_or_rescore_names_the_command_that_finishes_it(odiag, monkeypatch, tmp_path):
-    """Once add-teacher or rescore has recorded its settings the run reads as unfinished, and rerunning them
-    is refused (they need a finished run): the stop line names odiag run on the recorded config instead."""
+def test_a_second_ctrl_c_while_stopping_is_ignored_not_a_traceback(capsys, monkeypatch, tmp_path):
+    """After the first Ctrl-C the process ignores SIGINT while it prints its line and exits (a second one
+    raised tracebacks in the stop line and in libraries' exit hooks); an in-process caller gets it back."""
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+
+    def stopped(args):
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", stopped)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["run", "--out", "r"]) == 130
+        assert signal.getsignal(signal.SIGINT) is handler  # given back to this process's caller
+        monkeypatch.setattr(sys, "argv", ["odiag", "run", "--out", "r"])
+        assert cli.main() == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the program itself now only exits
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert capsys.readouterr().err.splitlines() == ["odiag: interrupted"] * 2
+
+
+def test_a_stopped_add_teacher_or_rescore_finishes_when_run_again(odiag, monkeypatch, tmp_path):
+    """Once add-teacher or rescore has recorded its settings the run reads as unfinished: the same command,
+    run again, finishes it (as does odiag run on the recorded config), as the stop line says."""
     import harness.pipeline
 
     assert odiag("run", "--out", "r", "--set", "limit=1", "--set", "teachers=[synthetic-helpful]", "--quiet")[0] == 0
@@ -795,12 +819,17 @@ def test_a_stopped_add_teacher_or_rescore_names_the_command_that_finishes_it(odi
     for argv in (("add-teacher", "r", "synthetic-misleading"), ("rescore", "r", "--set", "algorithms=[gkd]")):
         monkeypatch.setattr(harness.pipeline, "_execute", stopped)
         code, lines, _ = odiag(*argv)
-        assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: finish it with odiag run --config "
-                                       "r/config.yaml --out r"]), argv
+        assert (code, lines) == (130, ["odiag: interrupted; finished work is kept in r: run the same command again to "
+                                       "resume"]), argv
         monkeypatch.setattr(harness.pipeline, "_execute", real)
-        assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
+        assert odiag(*argv, "--quiet")[0] == 0
+    monkeypatch.setattr(harness.pipeline, "_execute", stopped)
+    assert odiag("rescore", "r", "--set", "algorithms=[gkd,jsd]")[0] == 130
+    monkeypatch.setattr(harness.pipeline, "_execute", real)
+    assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert {(t["teacher"], t["algorithm"]) for t in results["teachers"]} == {("synthetic-helpful", "gkd"), ("synthetic-misleading", "gkd")}
+    assert {(t["teacher"], t["algorithm"]) for t in results["teachers"]} == {
+        (t, a) for t in ("synthetic-helpful", "synthetic-misleading") for a in ("gkd", "jsd")}
 
 
 def test_enrichment_below_n_min_is_warned_not_refused(odiag, caplog):
