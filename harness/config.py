@@ -59,6 +59,9 @@ def at_least(lo: float) -> Rule:
 
 MAX_COUNT = 10**9  # any count setting: past it the arithmetic of rollouts and visits leaves 64-bit integers
 MAX_INITIAL = 10**6  # initial rollouts per question: held in memory at once
+# sampling temperatures: below the floor float32 logits / T overflow (and a float32 T rounds to 0 near
+# 1e-45), and above the ceiling every distribution is uniform to within float precision
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
 
 
 def at_most(most: int = MAX_COUNT) -> Rule:
@@ -155,7 +158,8 @@ class RunConfig:
         "distillation algorithms scored (SPEC §3)", each_one_of(_algorithms))
     seed: int = setting(0, "every draw derives from it and from ids", between(0, 2**63, high_open=True, hi_text="2**63"))
     limit: int | None = setting(8, "questions to run (the first ones of the task); None for all", at_least(1), at_most())
-    temperature: float = setting(1.0, "sampling temperature T; pi is the student's distribution at T", positive())
+    temperature: float = setting(1.0, "sampling temperature T; pi is the student's distribution at T",
+                                 between(MIN_TEMPERATURE, MAX_TEMPERATURE))
     max_new_tokens: int | None = setting(None, "response length limit; None takes the task's", at_least(1), at_most())
     n_initial: int = setting(64, "initial rollouts per question (SPEC §4 step 1)", at_least(2), at_most(MAX_INITIAL))
     paths_per_outcome: int = setting(2, "representative correct and incorrect paths per question", at_least(1), at_most())

@@ -355,3 +355,28 @@ def test_nested_solution_and_summary_sections_equal_the_flat_keys(tmp_path):
 def test_nested_sections_are_checked(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle):
         load_teacher(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("correct_solutions: 1000000000000\n", "key 'correct_solutions': must be >= 0 and <= 64"),
+    ("wrong_solutions: 65\n", "key 'wrong_solutions': must be >= 0 and <= 64"),
+    ("correct_solutions: 1\nsolution_attempts: 1000000000000\n", "key 'solution_attempts': must be >= 1 and <= 4096"),
+    ("correct_solutions: 1\nsolution_temperature: 1e-300\n", "key 'solution_temperature': must be >= 0.0001 and <= 100"),
+    ("correct_solutions: 1\nsolution_temperature: 1e308\n", "key 'solution_temperature': must be >= 0.0001 and <= 100"),
+    ("correct_solutions: 1\nsummarizer: toy-summary\nsummary_temperature: 1e-50\n", "key 'summary_temperature'"),
+])
+def test_counts_and_temperatures_out_of_range_are_named_at_load(tmp_path, extra, needle):
+    """A count past what a context shows (a memory error on a 10^12) and a temperature float32 sampling
+    cannot divide by (1e-300 rounds to 0: every solution degenerate) are load-time errors."""
+    text = "model: student\ncontext_template: '{{ question }} {{ correct[0] }}'\n" + extra
+    with pytest.raises(ConfigError, match=needle):
+        load_teacher(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", [1e-300, 1e-5, 1e308])
+def test_the_run_temperature_is_one_float32_sampling_can_use(value):
+    from harness.config import RunConfig, build
+
+    with pytest.raises(ConfigError, match="key 'temperature' must be >= 0.0001 and <= 100"):
+        build(RunConfig, {"temperature": value}, "--set")
+    assert build(RunConfig, {"temperature": 0.001}, "--set").temperature == 0.001

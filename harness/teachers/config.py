@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.backends.base import STUDENT
-from harness.config import ConfigError, build, load_yaml
+from harness.config import MAX_COUNT, MAX_TEMPERATURE, MIN_TEMPERATURE, ConfigError, build, load_yaml
 from harness.safeio import excerpt, render_template, template_variables
 from harness.wording import plural
 
@@ -183,6 +183,8 @@ def context_variables(cfg: TeacherConfig) -> tuple[str, ...]:
 
 
 MAX_NAME = 100  # characters of a teacher's name
+MAX_SHOWN = 64  # correct or wrong solutions one context shows (more fit no model's context)
+MAX_ATTEMPTS = 4096  # solutions sampled from a solution_source per question
 
 
 def _name_problem(name: str) -> str | None:
@@ -207,16 +209,19 @@ def validate(cfg: TeacherConfig) -> None:
         given = "" if cfg.file is None or cfg.name != Path(cfg.file).stem else " (the file's name: set key 'name')"
         fail("name", f"{problem}, got {excerpt(cfg.name)}{given}")
     for key in ("correct_solutions", "wrong_solutions"):
-        if getattr(cfg, key) < 0:
-            fail(key, "must be >= 0")
-    for key in ("solution_attempts", "summary_max_new_tokens"):
-        if getattr(cfg, key) < 1:
-            fail(key, "must be >= 1")
-    if cfg.solution_max_new_tokens is not None and cfg.solution_max_new_tokens < 1:
-        fail("solution_max_new_tokens", "must be >= 1")
+        if not 0 <= getattr(cfg, key) <= MAX_SHOWN:
+            fail(key, f"must be >= 0 and <= {MAX_SHOWN} (solutions a context shows), got {getattr(cfg, key)}")
+    if not 1 <= cfg.solution_attempts <= MAX_ATTEMPTS:
+        fail("solution_attempts", f"must be >= 1 and <= {MAX_ATTEMPTS} (solutions sampled per question), got {cfg.solution_attempts}")
+    for key in ("summary_max_new_tokens", "solution_max_new_tokens"):
+        if getattr(cfg, key) is not None and not 1 <= getattr(cfg, key) <= MAX_COUNT:
+            fail(key, f"must be >= 1 and <= {MAX_COUNT:,}, got {getattr(cfg, key)}")
     for key in ("solution_temperature", "summary_temperature"):
         if not getattr(cfg, key) > 0:
             fail(key, "must be > 0 (greedy decoding is not available; the temperature is sampled exactly)")
+        if not MIN_TEMPERATURE <= getattr(cfg, key) <= MAX_TEMPERATURE:
+            fail(key, f"must be >= {MIN_TEMPERATURE} and <= {MAX_TEMPERATURE:g}, got {getattr(cfg, key)!r} (float32 "
+                      "sampling divides logits by it: below, they overflow; above, every token is equally likely)")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         fail("dtype", f"must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     for key in ("chat_template_options", "solution_chat_template_options", "summary_chat_template_options"):
