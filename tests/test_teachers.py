@@ -380,3 +380,18 @@ def test_the_run_temperature_is_one_float32_sampling_can_use(value):
     with pytest.raises(ConfigError, match="key 'temperature' must be >= 0.0001 and <= 100"):
         build(RunConfig, {"temperature": value}, "--set")
     assert build(RunConfig, {"temperature": 0.001}, "--set").temperature == 0.001
+
+
+def test_a_teacher_path_is_read_as_written_and_an_empty_file_is_named(tmp_path, monkeypatch):
+    """A path without .yaml was looked up under teachers/ (and named there in the error), ``~`` was not
+    expanded, and an empty file was read as "the student itself"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^teacher 't/mine': t/mine does not exist \(a teacher is a name under"):
+        load_teacher("t/mine")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.yaml").write_text("model: helpful\n")
+    assert load_teacher("~/mine.yaml").file == str(tmp_path / "mine.yaml")
+    for text in ("", "# a comment only\n", "{}\n"):
+        with pytest.raises(ConfigError, match="an empty teacher file; name at least its model"):
+            load_teacher(_write(tmp_path, text))
+    assert load_teacher("synthetic-helpful").model == "helpful"  # names still read from teachers/

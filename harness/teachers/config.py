@@ -88,11 +88,14 @@ class TeacherConfig:
 
 
 def teacher_path(name_or_path: str) -> Path:
-    """``teachers/<name>.yaml`` for a bare name, else the given path."""
-    p = Path(name_or_path)
+    """``teachers/<name>.yaml`` for a bare name, else the given path (``~`` expanded)."""
+    p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    return TEACHER_DIR / f"{name_or_path}.yaml"
+    under = TEACHER_DIR / f"{name_or_path}.yaml"
+    if ("/" in name_or_path or name_or_path.startswith("~")) and not under.exists():
+        return p  # a path, not a name: its error names it
+    return under
 
 
 def _resolve_model(value: str | None, base: Path) -> str | None:
@@ -147,7 +150,13 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
         available = ", ".join(repr(p.stem) for p in sorted(TEACHER_DIR.glob("*.yaml")))
         raise ConfigError(f"unknown teacher {path.stem!r}: available teachers are {available} "
                           f"(YAMLs under {TEACHER_DIR}; or give the path of a teacher YAML)")
+    if not path.exists() and path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"teacher {name_or_path!r}: {path} does not exist (a teacher is a name under {TEACHER_DIR} "
+                          "or the path of a teacher YAML file)")
     data = load_yaml(path)
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: an empty teacher file; name at least its model, or the context it shows the student "
+                          "(see teachers/*.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of teacher keys")
     if "file" in data:
