@@ -96,7 +96,7 @@ def test_every_teacher_file_validates():
         ("model: student\nchat_template_options: {enable_thinking: [1]}\n", ("'chat_template_options'",)),
         ("- a list\n", ("expected a mapping",)),
         # an empty file, or one with only words, is the student reading its own prompt: nothing to distil
-        ("", ("this teacher is the student itself", "give it a context")),
+        ("", ("an empty teacher file", "name at least its model")),
         ("description: the student alone\nmodel: student\n", ("this teacher is the student itself",)),
         # a name goes into file names, page ids and metric names
         *[(f"name: {name}\nmodel: other/model\n", ("key 'name'", why)) for name, why in (
