@@ -319,3 +319,36 @@ def test_scorer_on_gold_formatted_completions(qwen3, name, path, writing):
         good, bad = writing.format(target=q.doc["target"]), writing.format(target=flip[q.doc["target"]])
         assert task.rewards(q, [_ids(task, good), _ids(task, bad)], np.zeros(2, bool)).tolist() == [1, 0], q.id
     assert task.answer_counts["unparseable"] == 0 and task.answer_counts["scored"] == 600
+
+
+_TOY_TASK = Path(__file__).resolve().parents[1] / "tasks" / "odiag_toy.yaml"
+_TOY_STUDENT = Path(__file__).resolve().parents[1] / "harness" / "toy_models" / "student"
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("    thinking: false", "    thinking: \"no\"", "metadata.odiag.thinking must be true or false, got 'no'"),
+    ("    n_min: 20", "    n_min: 0", "metadata.odiag.n_min must be an integer >= 1"),
+    ("    n_min: 20", "    n_min: 2.7", "metadata.odiag.n_min must be an integer >= 1 and <= 1,000,000,000, got 2.7"),
+    ("    n_min: 20", "    n_min: twenty", "metadata.odiag.n_min must be an integer"),
+    ("  max_gen_toks: 128", "  max_gen_toks: 0", "generation_kwargs.max_gen_toks must be an integer >= 1"),
+    ("  max_gen_toks: 128", "", "generation_kwargs.max_gen_toks is missing"),
+    ("generation_kwargs:", "generation_kwargsx:", "lm-eval cannot build the task"),
+    ("odiag_utils.process_results_integer", "odiag_utils.no_such_function", "lm-eval cannot build the task"),
+    ("    thinking: false", "    thinking: false\n    shuffle_seed: abc", "metadata.odiag.shuffle_seed must be an integer"),
+])
+def test_a_task_yaml_with_a_bad_value_is_one_error_naming_its_file_and_key(tmp_path, monkeypatch, old, new, needle):
+    """A task YAML's odiag settings were read with int() and bool() (a ValueError traceback; "no" read as
+    thinking on) and lm-eval's own TypeError or AttributeError passed through."""
+    import shutil
+
+    import harness.tasks.lmeval as lmeval
+    from harness.config import ConfigError
+
+    text = _TOY_TASK.read_text()
+    assert old in text
+    (tmp_path / "odiag_toy.yaml").write_text(text.replace(old, new))
+    shutil.copy(_TOY_TASK.parent / "odiag_utils.py", tmp_path)
+    monkeypatch.setattr(lmeval, "TASKS_DIR", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_task("odiag_toy", tokenizer=str(_TOY_STUDENT))
+    assert str(err.value).startswith(f"{tmp_path / 'odiag_toy.yaml'}: ") and needle in str(err.value), err.value

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import ConfigError
+from harness.config import MAX_COUNT, ConfigError
 from harness.modelfiles import is_local_path
+from harness.safeio import excerpt
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
@@ -171,6 +172,10 @@ def _load(manager, spec, name: str, source: str, fix: str):
             return manager.load(spec)["tasks"][name]
     # the hub unreachable; a file missing, unreadable, malformed, empty (StopIteration), without the task's
     # columns, or whose records lack what the task's templates read (lm-eval renders one as it loads)
+    except (TypeError, AttributeError) as exc:  # a key lm-eval's TaskConfig does not take, a !function not found
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{TASKS_DIR / name}.yaml: lm-eval cannot build the task ({excerpt(reason, 200)}); check its "
+                          "keys and !function references against lm-eval's task YAML format") from None
     except (OSError, DatasetGenerationError, StopIteration, ValueError, KeyError, jinja2.TemplateError) as exc:
         cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) and exc.__cause__ else exc
         reason = "no records" if isinstance(cause, StopIteration) else " ".join(str(cause).split()) or type(cause).__name__
@@ -196,6 +201,13 @@ def _quiet_custom_dataset_hint():
         logger.removeFilter(hint)
 
 
+def _count(value, where: str) -> int:
+    """A positive integer setting of a task YAML; a ConfigError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ConfigError(f"{where} must be an integer >= 1 and <= {MAX_COUNT:,}, got {value!r}")
+    return value
+
+
 class LMEvalTask:
     """A task YAML under ``tasks/``, its data, the student's chat template and the answer checker."""
 
@@ -213,15 +225,25 @@ class LMEvalTask:
         self.name = name
         self._task = build_lm_eval_task(name, data_files)
         cfg = self._task.config
+        where = f"{TASKS_DIR / name}.yaml"
         odiag = (cfg.metadata or {}).get("odiag") or {}
+        if not isinstance(odiag, dict):
+            raise ConfigError(f"{where}: metadata.odiag must be a mapping of odiag's task options")
         unknown = sorted(set(odiag) - {"answer_type", "n_min", "thinking", "shuffle_seed", "description"})
         if unknown:
-            raise ConfigError(f"{TASKS_DIR / name}.yaml: unknown key metadata.odiag.{unknown[0]}")
+            raise ConfigError(f"{where}: unknown key metadata.odiag.{unknown[0]}")
         self.answer_type = odiag.get("answer_type")
         if self.answer_type not in ANSWER_TYPES:
-            raise ConfigError(f"{TASKS_DIR / name}.yaml: metadata.odiag.answer_type must be one of {ANSWER_TYPES}")
-        self.n_min = int(odiag.get("n_min", 20))
-        self.max_new_tokens = int(max_new_tokens or cfg.generation_kwargs["max_gen_toks"])
+            raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {ANSWER_TYPES}")
+        self.n_min = _count(odiag.get("n_min", 20), f"{where}: metadata.odiag.n_min")
+        generation = cfg.generation_kwargs if isinstance(cfg.generation_kwargs, dict) else {}
+        if "max_gen_toks" not in generation:
+            raise ConfigError(f"{where}: generation_kwargs.max_gen_toks is missing (the response length limit)")
+        self.max_new_tokens = max_new_tokens or _count(generation["max_gen_toks"], f"{where}: generation_kwargs.max_gen_toks")
+        if not isinstance(odiag.get("thinking", False), bool):
+            raise ConfigError(f"{where}: metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
+        if not isinstance(odiag.get("shuffle_seed", 0), int) or isinstance(odiag.get("shuffle_seed"), bool):
+            raise ConfigError(f"{where}: metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
         self.thinking = bool(odiag.get("thinking", False) if thinking is None else thinking)
         self.chat_template_options = {"enable_thinking": self.thinking}
         self._shuffle_seed = odiag.get("shuffle_seed")
