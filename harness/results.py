@@ -75,7 +75,7 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
 
     from harness.backends import STUDENT, ScoreResult
     from harness.config import portable, to_dict
-    from harness.tasks import OUTCOMES, Skip
+    from harness.tasks import OUTCOMES
 
     states = list(states)
     rollouts = sum(len(s.responses) + sum(b["rollouts"] for b in s.budget) for s in states)
@@ -126,12 +126,25 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
                 "excluded_incorrect": s.excluded_incorrect,
                 "note": s.note,
                 "budget": s.budget,
-                "skipped_teachers": {k: v.reason for (j, k), v in s.scores.items() if isinstance(v, Skip) and j == 0},
+                "skipped_teachers": skipped_teachers(s),
             }
             for s in states
         ],
     }
     return portable(json_ready(results))
+
+
+def skipped_teachers(state) -> dict[str, str]:
+    """Each teacher skipped on some path of a question, with the reason, and the paths when not all of
+    them (a context may need more wrong solutions than a wrong path leaves: every path is checked)."""
+    from harness.tasks import Skip
+
+    paths: dict[str, tuple[str, list[int]]] = {}
+    for (j, name), value in sorted(state.scores.items(), key=lambda item: item[0]):
+        if isinstance(value, Skip):
+            paths.setdefault(name, (value.reason, []))[1].append(j)
+    return {name: reason if len(js) == len(state.paths) else f"{reason} (paths {', '.join(map(str, js))} of {len(state.paths)})"
+            for name, (reason, js) in paths.items()}
 
 
 def read_tables(root: Path, results: dict, columns: dict[str, Sequence[str]]) -> dict:

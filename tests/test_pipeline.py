@@ -299,3 +299,19 @@ def test_every_teacher_is_scored_on_every_decision_point_at_its_exact_probabilit
     for p in fills:
         p.unlink()
     assert rescore(out)["teachers"] == added["teachers"]
+
+
+def test_skipped_teachers_name_every_path_a_teacher_was_skipped_on():
+    """results.json kept path 0's skips only: a teacher skipped on the wrong paths alone went unrecorded."""
+    from types import SimpleNamespace
+
+    from harness.results import skipped_teachers
+    from harness.tasks import Skip
+
+    few = Skip("needs 3 wrong solutions, the question has 2")
+    state = SimpleNamespace(paths=[0, 1, 2, 3], scores={
+        (0, "student"): object(), (2, "wrong3"): few, (3, "wrong3"): few, (0, "wrong3"): object(),
+        **{(j, "always"): Skip("no correct solution") for j in range(4)},
+    })
+    assert skipped_teachers(state) == {"wrong3": "needs 3 wrong solutions, the question has 2 (paths 2, 3 of 4)",
+                                       "always": "no correct solution"}
