@@ -325,7 +325,8 @@ def _backend(lm, cfg: RunConfig, teachers):
     from harness.backends.hf import HFBackend
 
     specs.pop(STUDENT)
-    return HFBackend.from_model(lm.model, spec, specs, **options)
+    threads = {"threads": cfg.threads} if cfg.threads else {}  # as plan.build_backend gives it
+    return HFBackend.from_model(lm.model, spec, specs, **threads, **options)
 
 
 def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, dict]:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDENT = ROOT / "harness" / "toy_models" / "student"
 BIN = Path(sys.executable).parent
 SETTINGS = {"teachers": ["toy-teacher", "toy-self-1c"], "algorithms": ["gkd"], "n_initial": 16, "n_target": 20,
-            "k_window": 2, "seed": 3}
+            "k_window": 2, "seed": 3, "threads": 1}
 needs_toy = pytest.mark.skipif(not (STUDENT / "config.json").exists(), reason="toy models not built (python -m harness.toy)")
 
 
@@ -95,6 +95,7 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
             assert record["run_dir"] == meta["out"] and "metrics" in record
         ran = json.loads((tmp_path / f"{name}-run" / "results.json").read_text())
         assert ran["config"] == expected["config"] and ran["config_hash"] == expected["config_hash"]
+        assert ran["versions"]["backend"]["threads"] == expected["versions"]["backend"]["threads"] == 1  # the metadata's
         for row in expected["teachers"]:
             key = metric_name("alignment", row["teacher"], row["algorithm"]) + ",none"
             want = (row.get("alignment") or {}).get("mean")
