@@ -229,6 +229,11 @@ class Phases:
 # the command line's side ---------------------------------------------------------------------------
 
 
+def _unit(unit: str, n: float) -> str:
+    """``passes`` of a phase's count, ``pass`` for one."""
+    return {"passes": "pass", "rollouts": "rollout", "samples": "sample", "arms": "arm"}.get(unit, unit) if n == 1 else unit
+
+
 def _count(n: float) -> str:
     return f"{n:,.0f}"
 
@@ -254,7 +259,7 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
     elapsed = ev.elapsed if elapsed is None else elapsed
     name = f"{ev.phase} ({ev.step})" if ev.step else ev.phase
     if ev.final:
-        line = f"{ev.phase}: done, {_count(ev.done)} {ev.unit}"
+        line = f"{ev.phase}: done, {_count(ev.done)} {_unit(ev.unit, ev.done)}"
         if ev.unit == "passes" and ev.rollouts:
             line += f", {_count(ev.rollouts)} rollouts"
         if ev.tokens:
@@ -268,7 +273,7 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
     estimated = projected or ev.rounds  # or later rounds, which no one counts before they are planned
     of = f"{'~' if estimated else ''}{_count(total)}"
     if not ev.done:  # a batch finishes its rollouts together: meanwhile its tokens are the progress
-        line = f"{name}: {'~' if projected else ''}{_count(total)} {ev.unit} planned" + (" so far" if estimated else "")
+        line = f"{name}: {'~' if projected else ''}{_count(total)} {_unit(ev.unit, total)} planned" + (" so far" if estimated else "")
         if ev.tokens and elapsed > 0:
             line += f", {_count(ev.tokens)} tokens generated ({_rate(ev.tokens / elapsed)} tokens/s)"
         return line + _budget(ev)

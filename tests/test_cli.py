@@ -134,6 +134,9 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(done=990, **last)).startswith("targeted rollouts (window 3/3): 990/~1,000 rollouts (99%)")
     assert ", ETA ~0.1 s," in describe(_event(done=990, **last))
     assert describe(_event(done=990, planned=1000, expected=1000, step="")).startswith("targeted rollouts: 990/1,000 rollouts")
+    one = dict(phase="fill passes", unit="passes", planned=1, expected=None, rollouts=0, tokens=0, budget=None, step="")
+    assert describe(_event(done=0, **one)) == "fill passes: 1 pass planned"  # not "1 passes"
+    assert describe(_event(done=1, final=True, **one)).startswith("fill passes: done, 1 pass in ")
 
 
 def test_phases_count_plan_and_estimate_later_steps():

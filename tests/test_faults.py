@@ -651,6 +651,25 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     assert cli.main(["leaderboard", str(run("e", gamma=0.5)), str(run("f", jsd_beta=0.9)), "--out", str(tmp_path / "site")]) == 0
 
 
+def test_a_leaderboard_build_removes_what_a_killed_build_left(tmp_path):
+    """A build killed part-way (SIGKILL: no clean-up runs) left its staged figures, the figures it was
+    replacing and half-written files in the site for good; the next build removes them, and only them."""
+    run = _fake_run(tmp_path / "run")
+    site = tmp_path / "site"
+    assert cli.main(["leaderboard", str(run), "--out", str(site)]) == 0
+    left = [".figures.abc123.tmp", ".figures.old.4242", ".leaderboard.json.x1y2.tmp", ".index.html.q9.tmp", ".odiag-site.k.tmp"]
+    for name in left:
+        if name.startswith(".figures"):
+            (site / name).mkdir()
+            (site / name / "ranking.svg").write_text("<svg/>")
+        else:
+            (site / name).write_text("half")
+    (site / ".mine.tmp").write_text("a user's file")
+    (site / "notes.txt").write_text("a user's file")
+    assert cli.main(["leaderboard", str(run), "--out", str(site)]) == 0
+    assert sorted(p.name for p in site.iterdir()) == [".mine.tmp", "figures", "index.html", "leaderboard.json", "notes.txt"]
+
+
 def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
     run = _fake_run(tmp_path / "run")
     mine = tmp_path / "mine"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
     make_dirs(out)
+    _drop_leftovers(out)
     # the figures are drawn into a staging folder beside the page's, so that a build stopped while drawing
     # (the slow part) leaves the previous page whole, its figures included
     staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=".tmp", dir=out))
@@ -112,6 +114,21 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
         (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
     log.debug("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
     return board
+
+
+_LEFTOVER = re.compile(r"^\.(figures\..+\.tmp|figures\.old\.\d+|leaderboard\.json\..+\.tmp|index\.html\..+\.tmp|odiag-site\..+\.tmp)$")
+
+
+def _drop_leftovers(out: Path) -> None:
+    """Remove what a build killed part-way left in ``out`` (staged figures, the figures it was replacing,
+    half-written files): only names a build makes. One build at a time writes a site."""
+    for p in out.iterdir():
+        if not _LEFTOVER.match(p.name) or p.is_symlink():
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _swap_figures(staging: Path, figures: Path) -> None:
