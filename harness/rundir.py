@@ -71,6 +71,9 @@ def check_not_a_file(root: Path, flag: str) -> None:
     """Refuse a run directory ``root`` that exists as something else (``flag``: how the user gave it)."""
     if root.exists() and not root.is_dir():
         raise RunDirError(f"{flag} {root}: exists and is not a directory")
+    above = next((p for p in root.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise RunDirError(f"{flag} {root}: lies under {above}, which is not a directory")
 
 
 def another(flag: str) -> str:

@@ -448,6 +448,8 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
      + ": exists and is not a directory"),
     ({"teachers": ["toy-self-1c"], "out": str(ROOT / "README.md")}, "--metadata: key 'out' " + str(ROOT / "README.md")
      + ": exists and is not a directory"),
+    ({"teachers": ["toy-self-1c"], "out": str(ROOT / "README.md" / "run")}, "--metadata: key 'out' "
+     + str(ROOT / "README.md" / "run") + f": lies under {ROOT / 'README.md'}, which is not a directory"),
     ({"teachers": ["toy-self-1c"], "out": ""}, "--metadata: key 'out' must be a directory path, got '' (leave it out for "
      "the default runs/lmeval/<task>-<config hash>)"),
     ({"teachers": ["toy-self-1c"], "site": 3}, "--metadata: key 'site' must be a directory path, got 3"),
