@@ -352,3 +352,24 @@ def test_a_task_yaml_with_a_bad_value_is_one_error_naming_its_file_and_key(tmp_p
     with pytest.raises(ConfigError) as err:
         load_task("odiag_toy", tokenizer=str(_TOY_STUDENT))
     assert str(err.value).startswith(f"{tmp_path / 'odiag_toy.yaml'}: ") and needle in str(err.value), err.value
+
+
+@pytest.mark.parametrize("text", [
+    "model: student\nchat_template_options: {enable_thinking: false}\n",  # the task's own options
+    "model: student\ncontext_template: '{{ question }}'\n",
+    f"model: {_TOY_STUDENT}\n",  # the student's checkpoint named as an external model
+])
+def test_a_teacher_that_reads_the_students_own_prompt_with_its_model_is_refused(tmp_path, text):
+    """The file-only check caught only a self-teacher with no context at all; these read the same tokens
+    with the same model, so every distillation gradient is zero and the run would report "-" throughout."""
+    from harness.config import ConfigError
+    from harness.teachers import load_teacher
+
+    path = tmp_path / "same.yaml"
+    path.write_text(text)
+    task = load_task("odiag_toy", tokenizer=str(_TOY_STUDENT))
+    with pytest.raises(ConfigError, match="this teacher is the student itself, reading the student's own prompt"):
+        task.check_teacher(load_teacher(str(path)))
+    path.write_text(text.replace("{{ question }}", "{{ question }} Think twice.") + "chat_template_options: {}\n"
+                    if "context_template" in text else text + "context_template: '{{ question }} Think twice.'\n")
+    task.check_teacher(load_teacher(str(path)))  # another context: accepted

@@ -208,6 +208,13 @@ def _count(value, where: str) -> int:
     return value
 
 
+def _same_path(a: str, b: str) -> bool:
+    """Whether two model names are one local directory (or one hub id)."""
+    if is_local_path(a) and is_local_path(b):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return a == b
+
+
 class LMEvalTask:
     """A task YAML under ``tasks/``, its data, the student's chat template and the answer checker."""
 
@@ -394,6 +401,12 @@ class LMEvalTask:
                 f"{where}: key 'context_template': the teacher's context does not end with the student's generation "
                 f"prompt {self.tokenizer.decode(suffix)!r}; the response would follow a different template"
             )
+        same_model = teacher.is_self or (_same_path(teacher.model, self.student) and teacher.revision == self.revision)
+        if same_model and np.array_equal(context_ids, student_ids):
+            raise ConfigError(f"{where}: this teacher is the student itself, reading the student's own prompt (its context "
+                              f"and chat options give the same tokens on task {self.name}): its distillation gradient is "
+                              "zero at every token; give it a context (context_template, correct_solutions, "
+                              "wrong_solutions) or another model")
         limit = self._limit(teacher)
         shortest = len(self.chat_ids(placeholder_context(teacher, "", ""), self._teacher_options(teacher)))
         if limit is not None and shortest + self.max_new_tokens > limit:
