@@ -176,8 +176,9 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
     """``student_args`` and the teachers' ``model_args``, checked against the backend (one-line errors)."""
     from harness.backends import check_options
 
-    if cfg.backend != "vllm" and any(t.model_args and not t.is_self for t in teachers):
-        raise ConfigError(f"teachers' model_args are engine options of the vllm backend, not {cfg.backend}")
+    if cfg.backend != "vllm" and (t := next((t for t in teachers if t.model_args and not t.is_self), None)):
+        raise ConfigError(f"{t.file or t.name}: key 'model_args': engine options of the vllm backend, not {cfg.backend} "
+                          "(backend options go in the run's student_args)")
     try:
         options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
         per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
@@ -189,8 +190,9 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
                                  "different model_args; a run loads each model once: give both files the same model_args")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if any(t.model_args and t.is_self for t in teachers):
-        raise ConfigError("a self-teacher reads with the student's model: set its options in student_args")
+    if t := next((t for t in teachers if t.model_args and t.is_self), None):
+        raise ConfigError(f"{t.file or t.name}: key 'model_args': a self-teacher reads with the student's model; set its "
+                          "options in the run's student_args")
     if per_model:
         from harness.backends import engine_argument_names
 

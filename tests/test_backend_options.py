@@ -67,8 +67,11 @@ def test_teacher_model_args_need_vllm(tmp_path):
     path.write_text("model: Qwen/Qwen3-32B\nmodel_args: {tensor_parallel_size: 2}\n")
     teacher = load_teacher(str(path))
     assert teacher.model_args == {"tensor_parallel_size": 2}
-    with pytest.raises(ConfigError, match="model_args are engine options of the vllm backend"):
+    with pytest.raises(ConfigError, match=f"^{path}: key 'model_args': engine options of the vllm backend, not hf"):
         backend_options(resolve_run_config(None, ["backend=hf"]), [teacher])
+    path.write_text("model: student\ncontext_template: '{{ question }} Think.'\nmodel_args: {tensor_parallel_size: 2}\n")
+    with pytest.raises(ConfigError, match=f"^{path}: key 'model_args': a self-teacher reads with the student's model"):
+        backend_options(resolve_run_config(None, ["backend=vllm"]), [load_teacher(str(path))])
 
 
 def test_cli_error_is_one_line_and_leaves_no_directory(tmp_path):
