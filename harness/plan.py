@@ -387,12 +387,14 @@ def check_against(
     same_planners = [(t["name"], t["identity"]) for t in old] == [(t.name, t.identity) for t in new]
     # a setting the run's strategy never reads (settle's price under paper) leaves the tree as it is
     unread = bool(differ) and same_planners and set(differ) <= unread_fields(plan.config.strategy)
+    edited = ([n.name for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
+              if [t["name"] for t in old] == [t.name for t in new] else [])
     replanned = []
-    if (saved["tree_hash"] != plan.tree_hash and not unread and not differ and not rescore and add is None
-            and [t["name"] for t in old] == [t.name for t in new] and root and not _targeted(Path(root))):
+    if (saved["tree_hash"] != plan.tree_hash and not unread and not differ and edited and not rescore and add is None
+            and root and not _targeted(Path(root))):
         # no targeted rollout is stored yet, so nothing a planner shaped is: an edited planner file (a fixed
         # template) takes over, its own passes redone; the initial rollouts and the other teachers' passes stay
-        replanned = [n.name for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
+        replanned = edited
     elif saved["tree_hash"] != plan.tree_hash and not unread:
         diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in differ]
         if [t["name"] for t in old] != [t.name for t in new]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from harness.backends import Backend
 from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunConfig, apply_overrides, build, to_dict
-from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
 from harness.errors import OdiagError
+from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
 from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.tasks import Task
 
