@@ -594,9 +594,8 @@ def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
         lock.release()
 
 
-def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_unfinished(copy, capsys, monkeypatch):
-    """The record of a run's settings and its results never disagree: results.json goes before config.json
-    takes new settings, so a rescore killed between them publishes nothing, and running it again finishes."""
+def _stop_rescore(monkeypatch, out: Path, overrides: list[str]) -> None:
+    """A rescore of ``out`` stopped (Ctrl-C) once it has recorded its settings, before any pass."""
     import harness.pipeline
 
     def stopped(*args, **kwargs):
@@ -605,7 +604,13 @@ def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_
     with monkeypatch.context() as m:
         m.setattr(harness.pipeline, "_execute", stopped)
         with pytest.raises(KeyboardInterrupt):
-            rescore(copy, ["algorithms=[gkd]"])
+            rescore(out, overrides)
+
+
+def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_unfinished(copy, capsys, monkeypatch):
+    """The record of a run's settings and its results never disagree: results.json goes before config.json
+    takes new settings, so a rescore killed between them publishes nothing, and running it again finishes."""
+    _stop_rescore(monkeypatch, copy, ["algorithms=[gkd]"])
     assert json.loads((copy / "config.json").read_text())["config"]["algorithms"] == ["gkd"]
     assert not (copy / "results.json").exists()
     err = _error(capsys, ["model-card", str(copy)])
@@ -617,10 +622,7 @@ def test_a_rescore_stopped_after_recording_its_settings_leaves_a_run_that_reads_
     assert {r["algorithm"] for r in finished["teachers"]} == {"gkd"} and finished["counts"]["rollouts_this_invocation"] == 0
     # the same command on an unchanged record keeps the finished results until it rewrites them
     before = (copy / "results.json").read_bytes()
-    with monkeypatch.context() as m:
-        m.setattr(harness.pipeline, "_execute", stopped)
-        with pytest.raises(KeyboardInterrupt):
-            rescore(copy, ["algorithms=[gkd]"])
+    _stop_rescore(monkeypatch, copy, ["algorithms=[gkd]"])
     assert (copy / "results.json").read_bytes() == before
 
 
@@ -628,15 +630,7 @@ def test_a_stopped_rescore_finishes_when_run_again_and_the_fixes_named_work(copy
     """The same rescore command finishes a rescore stopped after recording its settings; the original run
     command is told to finish with the recorded settings (rescore reads finished runs only); and a
     config.yaml torn from config.json by a kill between the two writes is rewritten from config.json."""
-    import harness.pipeline
-
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(harness.pipeline, "_execute", stopped)
-        with pytest.raises(KeyboardInterrupt):
-            rescore(copy, ["jsd_beta=0.9"])
+    _stop_rescore(monkeypatch, copy, ["jsd_beta=0.9"])
     _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "scoring settings differ (jsd_beta: 0.9 there, 0.5 now)",
              f"the run has not finished: finish it with the settings it records (odiag run --config {copy}/config.yaml --out {copy})")
     _refused(capsys, ["rescore", str(copy), "--set", "jsd_beta=0.8"], copy, "has not finished")  # other settings: still refused
