@@ -926,8 +926,9 @@ def test_nothing_is_written_into_a_run_directory_but_the_run(odiag, tmp_path):
     for out in ("r/config.json", "r/results.json", "r/shards/card.md"):
         assert_one_line(odiag("model-card", "r", "--out", out), f"--out {out}: lies in the run directory", "outside the run")
     assert_one_line(odiag("leaderboard", "r", "--out", "r/shards/site"), "--out r/shards/site: lies in the run directory")
-    for site in ("d", "d/site"):
-        assert_one_line(odiag("demo", "--out", "d", "--site", site), f"--site {site}: ", "give the site a directory of its own")
+    # d does not exist yet: it is the run's own directory, not "a run directory"
+    assert_one_line(odiag("demo", "--out", "d", "--site", "d"), "--site d: is the run's own directory; give the site a")
+    assert_one_line(odiag("demo", "--out", "d", "--site", "d/site"), "--site d/site: lies in the run's own directory d; give")
     (tmp_path / "a.yaml").write_text("limit: 1\n")
     assert_one_line(odiag("run", "--config", "a.yaml", "--config", "a.yaml", "--out", "x"), "argument --config: given twice")
     assert_one_line(odiag("plan", "--config", "a.yaml", "--config", "a.yaml"), "argument --config: given twice")

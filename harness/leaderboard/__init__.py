@@ -37,11 +37,12 @@ def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) 
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
-    run = run_holding(out)
+    run, what = run_holding(out), "the run directory"
     if run is None and run_out is not None and Path(os.path.abspath(run_out)) in (here := Path(os.path.abspath(out)), *here.parents):
-        run = run_out
+        run, what = run_out, "the run's own directory"  # the one this command is about to make, maybe not there yet
     if run is not None:
-        where = "is a run directory" if Path(os.path.abspath(run)) == Path(os.path.abspath(out)) else f"lies in the run directory {run}"
+        same = Path(os.path.abspath(run)) == Path(os.path.abspath(out))
+        where = ("is a run directory" if what == "the run directory" else f"is {what}") if same else f"lies in {what} {run}"
         raise ConfigError(f"{flag} {out}: {where}; give the site a directory of its own")
     if (out / "index.html").exists() or (out / "leaderboard.json").exists():
         _check_ours(out, flag)
