@@ -649,6 +649,14 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     assert_one_line(odiag("leaderboard", run("i"), run("j", cascade="paper"), "--out", "site"),
                     "differ in cascade (unbiased and paper), so their rows measure different things")
     assert cli.main(["leaderboard", str(run("e", gamma=0.5)), str(run("f", jsd_beta=0.9)), "--out", str(tmp_path / "site")]) == 0
+    both = lambda name, **config: _fake_run(tmp_path / name, [  # noqa: E731
+        {"teacher": f"t-{name}", "algorithm": a, "rank": None, "n_decision_points": 0} for a in ("jsd", "minillm")])
+    k, m = both("k"), both("m")
+    results = json.loads((m / "results.json").read_text())
+    results["config"].update(jsd_beta=0.3, gamma=0.9)
+    (m / "results.json").write_text(json.dumps(results))
+    # both loss settings differ: the rescore named is the one that makes them comparable, not the first of two
+    assert_one_line(odiag("leaderboard", k, m, "--out", "new-site"), "or rescore one with --set jsd_beta=0.5 --set gamma=0.95")
 
 
 def test_a_leaderboard_build_removes_what_a_killed_build_left(tmp_path):

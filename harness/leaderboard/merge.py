@@ -159,10 +159,14 @@ def check_comparable(runs: Sequence[Run]) -> None:
             mine, theirs = run.results["config"].get(key), other.results["config"].get(key)
             if mine != theirs:
                 rows = "their rows" if algorithm is None else f"their {algorithm} rows"
+                # every loss setting the two differ in, so that the rescore named is the last one needed
+                both = algorithms & {row["algorithm"] for row in other.results["teachers"]}
+                keys = [key, *(k for k, a in COMPARABLE if a in both and k != key
+                               and run.results["config"].get(k) != other.results["config"].get(k))]
+                fix = " ".join(f"--set {k}={other.results['config'].get(k)}" for k in keys)
                 raise ConfigError(f"leaderboard: runs {other.path} and {run.path} ({run.group[0]}, student {run.group[1]}) "
                                   f"differ in {key} ({theirs} and {mine}), so {rows} measure different things; put them "
-                                  f"on separate leaderboards" + ("" if algorithm is None else
-                                                                 f", or rescore one with --set {key}={theirs}"))
+                                  f"on separate leaderboards" + ("" if algorithm is None else f", or rescore one with {fix}"))
 
 
 def _git_commit() -> str | None:
