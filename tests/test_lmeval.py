@@ -46,7 +46,7 @@ def test_gen_kwargs_values_are_checked_as_their_fields_naming_the_gen_kwarg():
                            ({"max_gen_toks": 1.7}, "must be int | None, got 1.7"),
                            ({"max_gen_toks": -5}, "--gen_kwargs max_gen_toks: key 'max_new_tokens' must be >= 1, got -5"),
                            ({"temperature": "abc"}, "--gen_kwargs temperature: key 'temperature' must be float"),
-                           ({"temperature": 0}, "key 'temperature' must be > 0")):
+                           ({"temperature": 0}, "key 'temperature' must be >= 0.0001 and <= 100.0, got 0")):
         with pytest.raises(ConfigError, match=re.escape(f"{where}: {needle}") if needle.startswith("--") else re.escape(needle)):
             generation_settings(kwargs, {}, where)
     assert generation_settings({"max_gen_toks": 12, "temperature": 0.7}, {}, where) == {"max_new_tokens": 12, "temperature": 0.7}
