@@ -656,7 +656,7 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     results["config"].update(jsd_beta=0.3, gamma=0.9)
     (m / "results.json").write_text(json.dumps(results))
     # both loss settings differ: the rescore named is the one that makes them comparable, not the first of two
-    assert_one_line(odiag("leaderboard", k, m, "--out", "new-site"), "or rescore one with --set jsd_beta=0.5 --set gamma=0.95")
+    assert_one_line(odiag("leaderboard", k, m, "--out", "site"), "or rescore one with --set jsd_beta=0.5 --set gamma=0.95")
 
 
 def test_a_leaderboard_build_removes_what_a_killed_build_left(tmp_path):

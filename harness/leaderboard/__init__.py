@@ -94,8 +94,8 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
     from harness.rundir import atomic_write, make_dirs, write_json
 
     out = Path(out)
+    runs = load_runs(run_dirs)  # first: refusing runs that cannot be ranked together leaves the site untouched
     check_site_dir(out)
-    runs = load_runs(run_dirs)
     board = json_ready(merge(runs))
     make_dirs(out)
     _drop_leftovers(out)
