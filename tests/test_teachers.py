@@ -396,3 +396,18 @@ def test_a_teacher_path_is_read_as_written_and_an_empty_file_is_named(tmp_path, 
         with pytest.raises(ConfigError, match="an empty teacher file; name at least its model"):
             load_teacher(_write(tmp_path, text))
     assert load_teacher("synthetic-helpful").model == "helpful"  # names still read from teachers/
+
+
+def test_a_hub_looking_model_name_with_a_folder_beside_the_file_is_named(tmp_path, monkeypatch):
+    """``model: models/teacher`` with t/models/teacher beside the file was sent to the hub (a minute of
+    retries, then advice to download it), never reading the folder: say to write ./models/teacher."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t" / "models" / "teacher").mkdir(parents=True)
+    path = _write(tmp_path / "t", "model: models/teacher\n", "near.yaml")
+    with pytest.raises(ConfigError, match=r"key 'model': 'models/teacher' reads as a hub id, but .*t/models/teacher is a "
+                                          r"folder beside this file; write './models/teacher' to load that folder"):
+        load_teacher(path)
+    (tmp_path / "t" / "near.yaml").write_text("model: ./models/teacher\n")
+    assert load_teacher(path).model == str(tmp_path / "t" / "models" / "teacher")
+    (tmp_path / "t" / "near.yaml").write_text("model: Qwen/Qwen3-8B\n")  # no such folder: a hub id, as before
+    assert load_teacher(path).model == "Qwen/Qwen3-8B"

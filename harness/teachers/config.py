@@ -105,6 +105,18 @@ def _resolve_model(value: str | None, base: Path) -> str | None:
     return str((base / value).resolve())
 
 
+def _check_beside(value: str, path: Path, key: str) -> None:
+    """Refuse a model name that reads as a hub id while a folder of that name lies beside the teacher file
+    (and none in the working directory): the hub would be asked for it, and the folder never read."""
+    from harness.modelfiles import is_local_path
+
+    if value == STUDENT or value in TEXT_SUMMARIZERS or is_local_path(value) or value.startswith(("./", "../")):
+        return
+    if (path.parent / value).is_dir() and not Path(value).exists():
+        raise ConfigError(f"{path}: key {key!r}: {value!r} reads as a hub id, but {path.parent / value} is a folder beside "
+                          f"this file; write './{value}' to load that folder")
+
+
 # The nested form of a teacher file: where its solutions come from, and how they are summarised.
 #   solutions: {source, revision, attempts, temperature, max_new_tokens, chat_template_options}
 #   summary:   {summarizer, revision, prompt, temperature, max_new_tokens, chat_template_options}
@@ -164,6 +176,7 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
     data = {"name": path.stem, **_flatten(data, str(path)), "file": str(path)}
     for key in ("model", "solution_source", "summarizer"):
         if isinstance(data.get(key), str):
+            _check_beside(data[key], path, key)
             data[key] = _resolve_model(data[key], path.parent)
     cfg = build(TeacherConfig, data, str(path), named=FILE_KEYS)
     validate(cfg)
