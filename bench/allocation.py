@@ -553,23 +553,23 @@ def importance(shape: Shape, seeds: int = 3, questions: int = 6, positions: int 
     proposal's tokens, a scoring pass these ratios do not count."""
     plain_var = plain_tokens = 0.0
     var, tokens = dict.fromkeys(IMPORTANCE_PROPOSALS, 0.0), dict.fromkeys(IMPORTANCE_PROPOSALS, 0.0)
-    cache: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    world, moments = None, {}  # the question whose moments are at hand (positions come question by question)
     for _, _, q, j, k in path_positions(shape, seeds, questions, positions):
         w, state = q.world, q.states[j][k]
         if exact_node(w, k, state) is None:
             continue
-        if id(w) not in cache:
+        if w is not world:
             helpful = w.teachers[TEACHERS.index("helpful")]
             value = w.value[:-1, :, None]
             posterior = np.where(value > 0, w.pi * w.exact_q / np.where(value > 0, value, 1.0), w.pi)
-            cache = {id(w): {name: importance_moments(w, proposal) for name, proposal in zip(
-                IMPORTANCE_PROPOSALS, (w.pi, helpful, 0.5 * (w.pi + helpful), posterior), strict=True)}}
+            world, moments = w, {name: importance_moments(w, proposal) for name, proposal in zip(
+                IMPORTANCE_PROPOSALS, (w.pi, helpful, 0.5 * (w.pi + helpful), posterior), strict=True)}
         children = np.flatnonzero(estimand_support(w, k, state) & (np.arange(w.pi.shape[2]) != EOS))
         after = w.transition[state, children]
         q_A = w.value[k + 1][after]
         plain_var += float((q_A * (1.0 - q_A)).sum())
         plain_tokens += float((1.0 + w.remaining[k + 1][after]).sum())
-        for name, (second, tok) in cache[id(w)].items():
+        for name, (second, tok) in moments.items():
             var[name] += float((second[k + 1][after] - q_A ** 2).sum())
             tokens[name] += float((1.0 + tok[k + 1][after]).sum())
     return {name: (plain_var / var[name] if var[name] > 0 else np.inf, plain_tokens / tokens[name]) for name in IMPORTANCE_PROPOSALS}

@@ -370,6 +370,6 @@ def test_a_teacher_that_reads_the_students_own_prompt_with_its_model_is_refused(
     task = load_task("odiag_toy", tokenizer=str(_TOY_STUDENT))
     with pytest.raises(ConfigError, match="this teacher is the student itself, reading the student's own prompt"):
         task.check_teacher(load_teacher(str(path)))
-    path.write_text(text.replace("{{ question }}", "{{ question }} Think twice.") + "chat_template_options: {}\n"
-                    if "context_template" in text else text + "context_template: '{{ question }} Think twice.'\n")
+    other = "context_template: '{{ question }} Think twice.'\n"
+    path.write_text(text.replace("context_template: '{{ question }}'\n", "") + other)
     task.check_teacher(load_teacher(str(path)))  # another context: accepted
