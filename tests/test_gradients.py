@@ -409,3 +409,27 @@ def test_odiag_algorithms_equal_minus_trl_generalized_jsd_gradient(beta, seed):
     else:
         got = jsd_gradient(pi, pi_teacher, beta)
     np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_a_decision_point_whose_child_the_student_all_but_never_picks_keeps_its_alignment():
+    """A teacher-favoured child with student probability 1e-13 beside a near-certain path token: g* has
+    size ~4e-14, below the residue rule for distillation gradients, yet it is no residue (its Q differ),
+    and its direction is exact. The record keeps the alignment (±1 on two actions) instead of nan."""
+    from harness.core.records import LogprobTable, RecordSettings, TeacherPass, path_records
+    from harness.core.stats import DIVERGENCES
+    from harness.core.tree import ChildTable
+
+    path = np.array([5, 9])
+    children = ChildTable(
+        position=np.array([0, 0]), token=np.array([5, 7]), n=np.array([40, 40]), w=np.array([20, 36]),
+        m=np.array([40, 0]), m_success=np.array([20, 0]),
+    )
+    table = lambda logp: LogprobTable.build([(np.array([5, 7]), np.array([0, 2]), np.log(np.array(logp)))])  # noqa: E731
+    student = table([1.0, 1e-13])
+    teacher = TeacherPass("t", table([0.5, 0.5]), {d: np.zeros(2) for d in DIVERGENCES}, approximate=False)
+    settings = RecordSettings(n_min=20, gamma=0.95, jsd_beta=0.5, algorithms=("gkd", "forward_kl"))
+    nodes, _, _ = path_records("q", 0, path, "correct", children, student, [teacher], settings, lambda t: [str(x) for x in t])
+    g_star = ideal_gradient(np.array([1.0, 1e-13]), np.array([0.5, 0.9]))
+    assert 0 < np.max(np.abs(g_star)) < 2.0**-40
+    assert g_star[0] < 0 < g_star[1]
+    assert [n["alignment"] for n in nodes] == [pytest.approx(1.0), pytest.approx(1.0)]

@@ -46,9 +46,13 @@ def _score_sum(pi_A: np.ndarray, w_A: np.ndarray) -> np.ndarray:
 def ideal_gradient(pi: np.ndarray, q: np.ndarray) -> np.ndarray:
     """g*_a = π̃_a (Q_a − V), V = Σ_a π̃_a Q_a (SPEC.md §3, "Ideal").
 
-    The softmax-Jacobian gradient of the success probability Σ_a π̃_a Q_a.
+    The softmax-Jacobian gradient of the success probability Σ_a π̃_a Q_a, formed as
+    π̃_a Σ_b π̃_b (Q_a − Q_b): every term is a difference of success rates, so g* is exactly 0 only where
+    every Q ties, and keeps its direction at any scale (Q_a − V itself would lose the π̃_b (Q_a − Q_b)
+    of a child with π̃_b below the rounding of V).
     """
-    return _through_softmax(_renormalise(pi), np.asarray(q, dtype=np.float64))
+    pi_A, q_A = _renormalise(pi), np.asarray(q, dtype=np.float64)
+    return pi_A * ((q_A[:, None] - q_A[None, :]) @ pi_A)
 
 
 def gkd_gradient(pi: np.ndarray, pi_teacher: np.ndarray) -> np.ndarray:
@@ -166,7 +170,8 @@ def alignment_score(g_ref: np.ndarray, g: np.ndarray, scale_ref: float = 1.0, sc
 
     "Zero" is relative to the scale of the inputs a vector was computed from (`scale_ref`, `scale`;
     1 for the probability-valued gradients of this module): a vector with max |component| at most
-    `ZERO_RTOL · scale` is treated as the exact zero it rounds. Both vectors are then divided by
+    `ZERO_RTOL · scale` is treated as the exact zero it rounds. A scale of 0 reads only an exact zero
+    as zero: right for `ideal_gradient`'s g*, which has no rounding residue. Both vectors are then divided by
     their largest |component| so that |g|² cannot underflow or overflow; the cosine is unchanged by
     that positive scaling.
     """

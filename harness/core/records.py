@@ -188,7 +188,9 @@ def path_records(
                 **{d: float(t.divergences[d][k]) for d in DIVERGENCES}, approximate=bool(t.approximate),
             )
             for algo in settings.algorithms:
-                record = NodeRecord(**base, algorithm=algo, alignment=alignment_score(g_star, ALGORITHMS[algo](inputs)))
+                # g* is 0 only where every Q ties, never at a decision point: no residue rule for it (scale 0)
+                alignment = alignment_score(g_star, ALGORITHMS[algo](inputs), scale_ref=0.0)
+                record = NodeRecord(**base, algorithm=algo, alignment=alignment)
                 nodes.append({f: getattr(record, f) for f in NODE_FIELDS})
             texts = texts if texts is not None else token_texts(tok)
             for a, text, na, wa, pa, pta in zip(tok, texts, n, w, pi, pit, strict=True):
