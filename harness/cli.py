@@ -62,13 +62,13 @@ def _run(args: argparse.Namespace) -> int:
                      preamble=lambda: _plan_lines(cfg))
 
 
-def _plan_lines(cfg, lines: int = 12) -> list[str]:
-    """The first lines of `odiag plan` before a run (a plan that cannot be made is only mentioned)."""
+def _plan_lines(cfg) -> list[str]:
+    """`odiag plan`'s lines before a run, its totals included (a plan that cannot be made is only mentioned)."""
     from harness.config import ConfigError
     from harness.costplan import plan_for
 
     try:
-        return plan_for(cfg).lines[:lines]
+        return [line for line in plan_for(cfg).lines if not line.startswith("wall time: give")]
     except (ConfigError, OSError, ValueError) as exc:
         return [f"plan: not available ({exc})"]
 
@@ -191,9 +191,9 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _count(minimum: float, kind: type = int, above: bool = False) -> Callable[[str], Any]:
+def _count(minimum: float, kind: type = int, above: bool = False, most: float | None = None) -> Callable[[str], Any]:
     """An argparse type: a number of at least ``minimum`` (``kind`` int or float); ``above``: more than
-    ``minimum`` (a rate or a size, where 0 means nothing)."""
+    ``minimum`` (a rate or a size, where 0 means nothing); ``most``: at most that."""
 
     def parse(text: str):
         try:
@@ -203,6 +203,8 @@ def _count(minimum: float, kind: type = int, above: bool = False) -> Callable[[s
         if not (value > minimum if above else value >= minimum) or value != value or value in (float("inf"), float("-inf")):
             finite = "" if kind is int else " and finite"
             raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum}{finite}, got {text[:40]!r}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most if kind is int else format(most, 'g')}, got {text[:40]!r}")
         return value
 
     return parse
@@ -238,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("selfcheck", help="check the estimators against exact ground truth (synthetic model)")
-    p.add_argument("--questions", type=_count(1), default=12, help="synthetic questions (default 12)")
-    p.add_argument("--seed", type=_count(0), default=0, help="seed of every draw (default 0)")
+    p.add_argument("--questions", type=_count(1), action=_Once, default=12, help="synthetic questions (default 12)")
+    p.add_argument("--seed", type=_count(0, most=2**63 - 1), action=_Once, default=0, help="seed of every draw (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_selfcheck)
 
@@ -261,9 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
     p.add_argument("--config", action=_Once, help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--gpu-memory", type=_count(0, float, above=True), metavar="GIB", help="device memory in GiB: refuse a plan that does not fit")
-    p.add_argument("--throughput", type=_count(0, float, above=True), metavar="TOK/S", help="generated tokens per second, for a wall-time estimate")
-    p.add_argument("--measurements", type=_path, metavar="JSON", help="bash bench/gpu_check.sh --json output: its sampled tokens/s")
+    p.add_argument("--gpu-memory", type=_count(0, float, above=True, most=2.0**20), action=_Once, metavar="GIB",
+                   help="device memory in GiB: refuse a plan that does not fit")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--throughput", type=_count(0, float, above=True), action=_Once, metavar="TOK/S",
+                      help="generated tokens per second, for a wall-time estimate")
+    rate.add_argument("--measurements", type=_path, action=_Once, metavar="JSON",
+                      help="bash bench/gpu_check.sh --json output: its sampled tokens/s")
     p.set_defaults(func=_plan)
 
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")

@@ -15,11 +15,11 @@ as they are:
 
 So nothing is freed before the run ends, and a phase holds everything the earlier phases loaded.
 A plan that does not fit ``--gpu-memory`` is refused, naming the first phase that does not fit.
-Targeted rollouts are bounded as README's "Sizing a run" bounds them: the paper's allocation
-enriches, per path and depth window, at most ``2 k_window`` targets to ``n_target`` visits each
-(existing visits count), over the windows of a response of the full length; a targeted rollout
-generates at most the response length. These are upper bounds (a run enriches fewer nodes and children where fewer
-qualify); ``budget`` caps the rollouts per question.
+Targeted rollouts are bounded as README's "Sizing a run" bounds them, each strategy by its own rule
+(`targeted_bound`); a targeted rollout generates at most the response length. These are upper bounds
+(a run enriches fewer nodes and children where fewer qualify); ``budget`` caps the rollouts per question
+under every strategy, and is ``settle``'s only bound. The hf backend's memory adds the KV cache of a
+decode batch (``batch_size`` rows of the response length) and the scorer's working memory.
 """
 
 from __future__ import annotations
@@ -102,11 +102,13 @@ def describe_model(model_id: str, role: str, dtype: str) -> Model:
 
 
 def response_length(cfg: RunConfig) -> int:
-    """``max_new_tokens``, or the task YAML's ``max_gen_toks`` (the synthetic task: 16)."""
+    """``max_new_tokens``, or the task YAML's ``max_gen_toks`` (the synthetic task: its horizon)."""
     if cfg.max_new_tokens:
         return cfg.max_new_tokens
     if cfg.task == "synthetic":
-        return 16
+        from harness.tasks.exact import SyntheticTask
+
+        return SyntheticTask().max_new_tokens
     from harness.lmeval_bridge import _yaml_generation_kwargs
 
     return int(_yaml_generation_kwargs(cfg.task).get("max_gen_toks") or 512)
@@ -159,36 +161,96 @@ def _contexts_text(teachers: Sequence, tokens: float) -> str:
     return "no teacher context to build"
 
 
+def targeted_bound(cfg: RunConfig, length: int, n_min: int, n_teachers: int) -> tuple[int | None, str]:
+    """Targeted rollouts per question at most under ``cfg.strategy`` (None: no bound), and how the bound is made.
+
+    ``paper``: ``2 k_window`` targets per path and depth window, each to ``n_target`` visits. ``survey``:
+    at most ``survey_positions + 1`` sampled positions per path (its grid's rate makes ``survey_positions``
+    per path on average; no more than the path has), each with at most ``(1 + teachers) floor(1 / tau)``
+    likely children (π ≥ τ or π_T ≥ τ: at most ``1 / τ`` tokens per distribution), to ``survey_visits``.
+    ``settle``: each decision point grows while settling it is worth the price, to at most ``n_max``
+    visits per child, at however many decision points the tree forms: only ``budget`` bounds it.
+    Every strategy stays within ``budget``.
+    """
+    paths = 2 * cfg.paths_per_outcome
+    if cfg.strategy == "survey":
+        visits = cfg.survey_visits or n_min
+        positions = paths * min(cfg.survey_positions + 1, length)
+        likely = (1 + n_teachers) * math.floor(1 / cfg.tau)
+        bound, how = positions * likely * visits, f"{positions:,} positions x {likely:,} likely children x {visits:,} visits"
+    elif cfg.strategy == "settle":
+        bound, how = None, f"settle grows each decision point up to n_max {cfg.n_max:,} visits per child"
+    else:
+        targets = paths * windows(length, cfg.window) * 2 * cfg.k_window
+        bound, how = targets * cfg.n_target, f"{targets:,} targets x n_target {cfg.n_target:,}"
+    if cfg.budget is not None and (bound is None or cfg.budget <= bound):
+        return cfg.budget, f"the budget; {how}"
+    return bound, how
+
+
+def _sampling_cache(model: Model, rows: int, positions: int) -> float | None:
+    """Bytes of the hf backend's KV cache for a decode batch of ``rows`` rows of ``positions`` positions."""
+    if None in (model.layers, model.kv_heads, model.head_dim):
+        return None
+    return float(rows * positions * model.layers * 2 * model.kv_heads * model.head_dim * model.bytes_per_parameter)
+
+
+def _utilisation(teachers: Sequence, model_id: str, default: float) -> float:
+    """The ``gpu_memory_utilization`` of ``model_id``'s engine: its teacher's ``model_args``, else ``default``."""
+    for t in teachers:
+        if not t.is_self and t.model == model_id and t.model_args:
+            args = {**dict(t.model_args.get("engine_options") or {}), **t.model_args}
+            if args.get("gpu_memory_utilization") is not None:
+                return float(args["gpu_memory_utilization"])
+    return default
+
+
+def _raise_where(teachers: Sequence, model_id: str) -> str:
+    """Where a larger ``gpu_memory_utilization`` for ``model_id``'s engine is set."""
+    t = next((t for t in teachers if not t.is_self and t.model == model_id), None)
+    return f"in {t.file or t.name}'s model_args" if t is not None else "in the run's student_args"
+
+
 def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = None, throughput: float | None = None,
-              questions: int | None = None) -> Plan:
+              questions: int | None = None, n_min: int | None = None, length: int | None = None) -> Plan:
     """The plan of ``cfg`` with its loaded ``teachers``; ``gpu_memory`` in GiB, ``throughput`` in
-    generated tokens per second; ``questions`` when ``limit`` is None (else the limit)."""
+    generated tokens per second; ``questions`` the run's count when the task is at hand (else ``limit``),
+    ``n_min`` and ``length`` the task's (else the config's and the task YAML's)."""
     from harness.teachers import TEXT_SUMMARIZERS
 
-    student = describe_model(cfg.student, "student", cfg.dtype) if cfg.task != "synthetic" else None
-    readers: dict[str, list[str]] = {}  # every teacher that reads a model, named once with it
+    roles: dict[str, list[str]] = {}  # model id -> what it is loaded for; a run loads each id once
+    dtypes: dict[str, str] = {}
+
+    def uses(model_id: str, role: str, dtype: str) -> None:
+        roles.setdefault(model_id, []).append(role)
+        dtypes.setdefault(model_id, dtype)
+
+    if cfg.task != "synthetic":
+        uses(cfg.student, "student", cfg.dtype)
+    readers: dict[str, list[str]] = {}
     for t in teachers:
         if not t.is_self:
             readers.setdefault(t.model, []).append(t.name)
-    externals = {t.model: describe_model(t.model, f"{plural(len(readers[t.model]), 'teacher')} {', '.join(readers[t.model])}",
-                                         t.dtype) for t in teachers if not t.is_self}
-    artefact = {}
-    roles: dict[str, list[str]] = {}
+    for model_id, names in readers.items():
+        t = next(t for t in teachers if not t.is_self and t.model == model_id)
+        uses(model_id, f"{plural(len(names), 'teacher')} {', '.join(names)}", t.dtype)
+    artefact_ids: list[str] = []
     for t in teachers:
-        if t.solution_source != "student":
-            roles.setdefault(t.solution_source, []).append(f"solutions of {t.name}")
-            artefact.setdefault(t.solution_source, t.dtype)
-        if t.summarizer is not None and t.summarizer not in TEXT_SUMMARIZERS:
-            roles.setdefault(t.summarizer, []).append(f"summaries of {t.name}")
-            artefact.setdefault(t.summarizer, t.dtype)
-    artefact = {m: describe_model(m, ", ".join(roles[m]), dtype) for m, dtype in artefact.items()}
-    length = response_length(cfg)
-    n_q = cfg.limit if cfg.limit is not None else questions
+        for model_id, role in ((t.solution_source, f"solutions of {t.name}"), (t.summarizer, f"summaries of {t.name}")):
+            if model_id is None or model_id == "student" or model_id in TEXT_SUMMARIZERS:
+                continue
+            uses(model_id, role, t.dtype)
+            artefact_ids += [model_id] if model_id not in artefact_ids else []
+    models = {m: describe_model(m, ", ".join(r), dtypes[m]) for m, r in roles.items()}
+    student = models.get(cfg.student) if cfg.task != "synthetic" else None
+    length = length or response_length(cfg)
+    n_min = n_min or cfg.n_min or 20
+    n_q = questions if questions is not None else cfg.limit
     lines = [f"plan: {cfg.task}, student {cfg.student} ({cfg.dtype}), backend {cfg.backend}, "
              f"{len(teachers)} {plural(len(teachers), 'teacher')}, "
-             f"{n_q if n_q is not None else '?'} {plural(n_q, 'question')}"]
+             f"{f'{n_q:,}' if n_q is not None else '?'} {plural(n_q, 'question')}"]
     lines.append("models:")
-    for m in [x for x in [student] if x] + list(externals.values()) + list(artefact.values()):
+    for m in models.values():
         size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"
         lines.append(f"  {m.id} ({size}): {m.role}")
 
@@ -198,38 +260,42 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     engine_options = dict(options.get("engine_options") or {})
     phases: list[tuple[str, float | None]] = []
     refusals: dict[str, str] = {}  # phase -> why an engine cannot hold its model
-    scored = [m for m in [student, *externals.values()] if m]
-    everything = scored + list(artefact.values())
 
-    def total(models):
-        sizes = [m.weights for m in models]
+    def total(group):
+        sizes = [m.weights for m in group]
         return None if any(s is None for s in sizes) else float(sum(sizes))
 
     if cfg.backend == "vllm":
         score_with = options.get("score_with", "hf")
         util = options.get("gpu_memory_utilization", engine_options.get("gpu_memory_utilization"))
         if util is None:
-            util = 0.5 if score_with == "hf" else 0.85 / max(len(everything), 1)
-        engine = None if gpu is None else util * gpu
-        lines.append(f"layout (vllm, score_with={score_with}): one engine per sampling model, each reserving "
-                     f"gpu_memory_utilization={util:g} of the device ("
-                     + (f"{_gib(engine)} each" if engine else "without --gpu-memory: weights + 1.5 GiB each") + "), held to the end;")
+            util = 0.5 if score_with == "hf" else 0.85 / max(len(models), 1)  # the backend's defaults
+        lines.append(f"layout (vllm, score_with={score_with}): one engine per "
+                     + ("sampling model" if score_with == "hf" else "model (sampling and scoring)")
+                     + f", each reserving gpu_memory_utilization={util:g} of the device ("
+                     + (f"{_gib(util * gpu)} each" if gpu else "without --gpu-memory: weights + 1.5 GiB each")
+                     + "), held to the end;")
         if score_with == "hf":
             lines.append("  the exact scorer loads every model in transformers on the same device at the first "
                          "scoring call, held to the end")
-        held = 0.0
-        order = [("initial rollouts", [student] if student else [], [])]
-        if artefact:
-            order.append(("teacher contexts (solutions, summaries)", list(artefact.values()), []))
-        order.append(("teacher scoring", [], everything if score_with == "hf" else list(externals.values())))
+        scoring_engines = [m for m in models if m in readers] if score_with == "vllm" else []
+        order = [("initial rollouts", [cfg.student] if student else [], [])]
+        if artefact_ids:
+            order.append(("teacher contexts (solutions, summaries)", artefact_ids, []))
+        order.append(("teacher scoring", scoring_engines, list(models.values()) if score_with == "hf" else []))
         order.append(("targeted rollouts", [], []))
-        known = True
+        held, known, started = 0.0, True, set()
         for phase, engines, scorer in order:
-            for m in engines:
-                if gpu is not None and m.weights is not None and m.weights + ENGINE_OVERHEAD > engine:
+            for model_id in engines:
+                if model_id in started:
+                    continue
+                started.add(model_id)
+                m, share = models[model_id], _utilisation(teachers, model_id, util)
+                engine = None if gpu is None else share * gpu
+                if engine is not None and m.weights is not None and m.weights + ENGINE_OVERHEAD > engine:
                     refusals.setdefault(phase, f"plan: phase '{phase}': {m.id} needs {_gib(m.weights + ENGINE_OVERHEAD)} "
-                                        f"but its engine gets {_gib(engine)} (gpu_memory_utilization={util:g} of "
-                                        f"{gpu_memory:g} GiB); raise it in student_args or the teacher's model_args")
+                                        f"but its engine gets {_gib(engine)} (gpu_memory_utilization={share:g} of "
+                                        f"{gpu_memory:g} GiB); raise it {_raise_where(teachers, model_id)}")
                 held += engine if engine is not None else (m.weights or 0) + ENGINE_OVERHEAD
                 known &= engine is not None or m.weights is not None
             if scorer:
@@ -237,13 +303,21 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                 known &= weights is not None
                 held += (weights or 0) + _scorer_working(cfg, scorer)
             phases.append((phase, held if known else None))
+        advice = ("lower gpu_memory_utilization, drop teachers, or use score_with: vllm" if score_with == "hf"
+                  else "lower gpu_memory_utilization or drop teachers")
     else:
-        lines.append(f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end")
-        weights = total(everything)
-        held = None if weights is None else weights + _scorer_working(cfg, everything)
+        rows = int(options.get("batch_size", 64))
+        caches = [_sampling_cache(models[m], rows, length) for m in ([cfg.student] if student else []) + artefact_ids]
+        cache = None if None in caches else max(caches, default=0.0)
+        lines.append(f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
+                     + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {length:,} positions per row "
+                        "(the prompt adds its own)" if cache else ""))
+        weights = total(list(models.values()))
+        held = None if weights is None or cache is None else weights + cache + _scorer_working(cfg, list(models.values()))
         phases = [("initial rollouts", held), ("teacher contexts (solutions, summaries)", held),
-                  ("teacher scoring", held), ("targeted rollouts", held)] if artefact else [
+                  ("teacher scoring", held), ("targeted rollouts", held)] if artefact_ids else [
             ("initial rollouts", held), ("teacher scoring", held), ("targeted rollouts", held)]
+        advice = "drop teachers, lower batch_size in student_args (the KV cache), or use the vllm backend"
     lines.append("memory per phase (held at its end):")
     for phase, size in phases:
         fits = "" if gpu is None or size is None else ("  fits" if size <= gpu else f"  DOES NOT FIT {gpu_memory:g} GiB")
@@ -251,33 +325,38 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
     # rollouts and tokens ------------------------------------------------------------------------
     paths = 2 * cfg.paths_per_outcome
-    targets = paths * windows(length, cfg.window) * 2 * cfg.k_window
-    targeted = targets * cfg.n_target
-    if cfg.budget is not None:
-        targeted = min(targeted, cfg.budget)
-    initial_tokens = cfg.n_initial * length
-    targeted_tokens = targeted * length
-    artefact_tokens = 0.0
+    targeted, how = targeted_bound(cfg, length, n_min, len(teachers))
+    artefact_rollouts, artefact_tokens = 0, 0
     for t in teachers:
         if t.solution_source != "student":
+            artefact_rollouts += t.solution_attempts
             artefact_tokens += t.solution_attempts * (t.solution_max_new_tokens or length)
-        if t.summarizer is not None and t.summarizer in artefact:
+        if t.summarizer is not None and t.summarizer in artefact_ids:
+            artefact_rollouts += t.correct_solutions + t.wrong_solutions
             artefact_tokens += (t.correct_solutions + t.wrong_solutions) * t.summary_max_new_tokens
-    per_q = initial_tokens + targeted_tokens + artefact_tokens
-    lines.append(f"per question: {cfg.n_initial} initial rollouts (<= {initial_tokens:,.0f} tokens); targeted rollouts "
-                 f"<= {targeted:,.0f} ({targets} targets x n_target {cfg.n_target}"
-                 f"{'' if cfg.budget is None else ', budget'}; <= {targeted_tokens:,.0f} tokens); {paths} paths x "
-                 f"{len(teachers)} {plural(len(teachers), 'teacher')} scored; "
+    initial_tokens = cfg.n_initial * length
+    targeted_text = (f"<= {targeted:,} ({how}; <= {targeted * length:,} tokens)" if targeted is not None
+                     else f"not bounded without a budget ({how}; set budget=N to bound them)")
+    lines.append(f"per question: {cfg.n_initial:,} initial rollouts (<= {initial_tokens:,} tokens); targeted rollouts "
+                 f"{targeted_text}; {paths} paths x {len(teachers)} {plural(len(teachers), 'teacher')} scored; "
                  + _contexts_text(teachers, artefact_tokens))
-    total_tokens = per_q * n_q if n_q is not None else None
-    if total_tokens is not None:
-        lines.append(f"total: <= {(cfg.n_initial + targeted) * n_q:,.0f} rollouts, <= {total_tokens:,.0f} generated tokens "
-                     f"({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
+    total_tokens = None
+    if n_q is not None and targeted is not None:
+        total_tokens = (initial_tokens + targeted * length + artefact_tokens) * n_q
+        lines.append(f"total: <= {(cfg.n_initial + targeted + artefact_rollouts) * n_q:,} rollouts, <= {total_tokens:,} "
+                     f"generated tokens ({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
+    elif n_q is not None:
+        lines.append(f"total: targeted rollouts not bounded without a budget; the rest <= "
+                     f"{(cfg.n_initial + artefact_rollouts) * n_q:,} rollouts, "
+                     f"<= {(initial_tokens + artefact_tokens) * n_q:,} generated tokens")
     if throughput and total_tokens is not None:
         hours = total_tokens / throughput / 3600
-        days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
-        lines.append(f"wall time: <= {_figure(hours)} h{days} at {_figure(throughput, 0)} generated tokens/s "
-                     "(sampling; scoring adds 1-2 forward passes per path and teacher)")  # 2: with a fill pass
+        if math.isfinite(hours):
+            days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
+            lines.append(f"wall time: <= {_figure(hours)} h{days} at {_figure(throughput, 0)} generated tokens/s "
+                         "(sampling; scoring adds 1-2 forward passes per path and teacher)")  # 2: with a fill pass
+        else:
+            lines.append(f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s")
     elif total_tokens is not None:
         lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
     if gpu is not None:
@@ -286,9 +365,8 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                 raise PlanDoesNotFit(lines, refusals[phase])
             if size is not None and size > gpu:
                 raise PlanDoesNotFit(lines, f"plan: phase '{phase}' needs {_gib(size)}, more than --gpu-memory "
-                                            f"{gpu_memory:g} GiB (see `odiag plan`; lower gpu_memory_utilization, "
-                                            "drop teachers, or use score_with: vllm)")
-    return Plan(lines, phases, total_tokens or 0.0)
+                                            f"{gpu_memory:g} GiB (see `odiag plan`; {advice})")
+    return Plan(lines, phases, float(total_tokens or 0))
 
 
 class PlanDoesNotFit(ConfigError):
@@ -300,10 +378,11 @@ class PlanDoesNotFit(ConfigError):
 
 
 def _scorer_working(cfg: RunConfig, models) -> float:
-    """Working memory of transformers scoring: float32 logits and log-softmax of a score chunk."""
+    """Working memory of transformers scoring: about ``40 x score_chunk x V`` bytes (the hf backend's
+    logits, log-softmax and divergences of one chunk, in float32 and float64)."""
     vocab = max([m.vocab or 0 for m in models] + [0])
-    chunk = int(dict(cfg.student_args.get("hf_options") or {}).get("score_chunk", 256))
-    return 3.0 * chunk * vocab * 4
+    options = cfg.student_args if cfg.backend == "hf" else dict(cfg.student_args.get("hf_options") or {})
+    return 40.0 * int(options.get("score_chunk", 256)) * vocab
 
 
 def throughput_from(path: str) -> float:
@@ -323,22 +402,42 @@ def throughput_from(path: str) -> float:
 
 
 def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float | None = None) -> Plan:
-    """The plan of ``cfg``; refused, as `odiag run` would refuse it, when the backend cannot run its task,
-    teachers or temperatures."""
+    """The plan of ``cfg``; refused, as `odiag run` would refuse it, for its settings, teachers, models and
+    backend options. Where the task can be loaded here (the synthetic task, or a local student's tokenizer),
+    its checks run too, and its question count, ``n_min`` and response length are the run's."""
     from harness.config import local_path
-    from harness.plan import backend_options, check_backend, model_specs
-    from harness.teachers import load_teacher
+    from harness.plan import check_config, make_plan as checked_plan
 
-    teachers = [load_teacher(t) for t in cfg.teachers]
-    if cfg.task != "synthetic" and Path(local_path(cfg.student)).is_dir():
-        from harness.plan import make_plan as checked_plan
+    if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir():
+        run_plan = checked_plan(cfg)  # every check of run, the task's too with the student's tokenizer at hand
+        task = run_plan.task
+        if cfg.task == "synthetic":  # questions are made, not read: any limit is met; responses end at the horizon
+            questions, length = len(task.questions(cfg.limit)), min(run_plan.max_new_tokens, task.max_new_tokens)
+        else:
+            questions = task.n_available if cfg.limit is None else min(cfg.limit, task.n_available)
+            length = run_plan.max_new_tokens
+        return make_plan(cfg, [r.config for r in run_plan.teachers], gpu_memory, throughput,
+                         questions=questions, n_min=run_plan.n_min, length=length)
+    teachers = [r.config for r in check_config(cfg)]
+    return make_plan(cfg, teachers, gpu_memory, throughput, n_min=cfg.n_min or _yaml_n_min(cfg.task))
 
-        checked_plan(cfg)  # every check of run, the task's too with the student's tokenizer at hand
-    else:
-        model_specs(cfg, teachers)  # one model id, one set of settings
-        check_backend(cfg, teachers)
-        backend_options(cfg, teachers)  # student_args and the teachers' model_args, as the run checks them
-    return make_plan(cfg, teachers, gpu_memory, throughput)
+
+def _yaml_n_min(task: str) -> int:
+    """The task YAML's ``metadata.odiag.n_min`` (20 where it sets none)."""
+    import yaml
+
+    from harness.lmeval_bridge import TASKS_DIR
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(), Loader=Loader) or {}
+        value = ((data.get("metadata") or {}).get("odiag") or {}).get("n_min", 20)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return 20
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 20
 
 
 def main_plan(args) -> int:

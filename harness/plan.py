@@ -306,6 +306,19 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
               built: bool = True) -> RunPlan:
     """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails.
     ``built``: the backend will be built from ``cfg`` (not handed in), so it must hold the task and teachers."""
+    refs = check_config(cfg, stored_files, built)
+    task = task or run_task(cfg)
+    for r in refs:  # load-time checks: vocabulary, chat template, variables, context length
+        task.check_teacher(r.config)
+    return RunPlan(
+        config=cfg, task=task, teachers=tuple(refs),
+        n_min=cfg.n_min or task.n_min, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+    )
+
+
+def check_config(cfg: RunConfig, stored_files: dict[str, str] | None = None, built: bool = True) -> list[TeacherRef]:
+    """Every check of `make_plan` that needs no task loaded (no tokenizer, no data): settings, teachers,
+    models and backend options; the teachers resolved."""
     from harness.core import ALGORITHMS
     from harness.core.allocation import STRATEGIES
 
@@ -329,13 +342,7 @@ def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, 
     model_specs(cfg, [r.config for r in refs])  # one model id, one set of settings
     check_backend(cfg, [r.config for r in refs], built)  # before the task loads a tokenizer it may not have
     backend_options(cfg, [r.config for r in refs])  # student_args and model_args against the backend
-    task = task or run_task(cfg)
-    for r in refs:  # load-time checks: vocabulary, chat template, variables, context length
-        task.check_teacher(r.config)
-    return RunPlan(
-        config=cfg, task=task, teachers=tuple(refs),
-        n_min=cfg.n_min or task.n_min, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
-    )
+    return refs
 
 
 def _grows(old: int | None, new: int | None) -> bool:

@@ -32,6 +32,7 @@ from harness.core import (
 )
 from harness.exact_lm import SyntheticLM
 from harness.seeds import derive_seed
+from harness.wording import plural
 
 log = logging.getLogger(__name__)
 COVERAGE_FLOOR = 0.90
@@ -124,7 +125,8 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
             "mean_estimated": ci.mean, "ci95": [lo, hi], "mean_exact": float(np.mean(exact)) if exact.size else np.nan,
             "attenuation": float(np.mean(est - exact)) if est.size else np.nan,
             "attenuation_ci95": [float(v) for v in np.clip(t_ci(est - exact)[1:3], -2.0, 2.0)],  # of two means in [-1, 1]
-            "ci_covers_exact": bool(ci.lo <= np.mean(exact) <= ci.hi) if exact.size else False,
+            # None where there is no interval (fewer than two questions) or no exact value to cover
+            "ci_covers_exact": bool(ci.lo <= np.mean(exact) <= ci.hi) if exact.size and np.isfinite([ci.lo, ci.hi]).all() else None,
             "interval_coverage": float(np.mean(node_cover[t])) if node_cover[t] else np.nan,
         }
     q_cov = np.concatenate(q_covered) if q_covered else np.zeros(0, bool)
@@ -181,7 +183,8 @@ def run_selfcheck(cfg: SelfcheckConfig, workdir: str | Path | None = None) -> di
 def format_report(summary: dict) -> str:
     """The human-readable table printed by ``odiag selfcheck``."""
     cfg = summary["config"]
-    lines = [f"odiag selfcheck: {cfg['questions']} synthetic questions, the pipeline's own runs (GKD alignment)"]
+    lines = [f"odiag selfcheck: {cfg['questions']} synthetic {plural(cfg['questions'], 'question')}, "
+             "the pipeline's own runs (GKD alignment)"]
     for mode, s in summary["modes"].items():
         bias = s["on_path_q_bias"]
         lines.append(

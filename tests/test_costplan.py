@@ -161,7 +161,7 @@ def test_a_revision_for_a_local_student_is_refused():
 def test_every_teacher_of_a_shared_model_is_named_with_it(tmp_path):
     """Two teachers reading one model: one model line (loaded once), naming both readers."""
     for name in ("tx", "ty"):
-        (tmp_path / f"{name}.yaml").write_text("description: a copy\nmodel: helpful\n")
+        (tmp_path / f"{name}.yaml").write_text(f"description: a copy\nmodel: helpful\nchat_template_options: {{{name}: 1}}\n")
     plan = plan_for(resolve_run_config(None, [f"teachers=[{tmp_path / 'tx.yaml'}, {tmp_path / 'ty.yaml'}]"]))
     assert [line for line in plan.lines if line.startswith("  helpful")] == ["  helpful (size unknown): teachers tx, ty"]
 
@@ -179,3 +179,92 @@ def test_gpu_check_refuses_what_it_cannot_do_before_measuring(tmp_path):
                               timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr and needle in done.stderr, done.stderr[-1500:]
         assert "batch" not in done.stdout  # nothing was measured
+
+
+def _targeted_line(sets) -> str:
+    return next(x for x in plan_for(resolve_run_config(None, sets)).lines if x.startswith("per question:"))
+
+
+@pytest.mark.parametrize("sets", [
+    ["strategy=survey", "n_target=1"],  # n_target bounds paper only
+    ["strategy=settle", "n_target=1", "budget=3000"],
+    ["strategy=paper", "n_target=40"],
+])
+def test_a_run_stays_within_the_targeted_rollouts_its_plan_bounds(tmp_path, sets):
+    """Each strategy's own bound: survey's sampled positions x likely children x visits, settle's budget
+    (settle ignores n_target), paper's targets x n_target. The synthetic run's spend is checked against it."""
+    from harness import cli
+
+    sets = ["limit=2", "n_initial=32", *sets]
+    bound = int(re.search(r"targeted rollouts <= ([0-9,]+)", _targeted_line(sets)).group(1).replace(",", ""))
+    out = tmp_path / "run"
+    assert cli.main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(out), "--quiet"]) == 0
+    spent = json.loads((out / "results.json").read_text())["counts"]["rollouts"] - 2 * 32
+    assert 0 < spent <= 2 * bound
+
+
+def test_settle_without_a_budget_has_no_bound_and_says_how_to_give_one():
+    line = _targeted_line(["strategy=settle", "n_target=1"])
+    assert "not bounded without a budget" in line and "set budget=N" in line
+    text = "\n".join(plan_for(resolve_run_config(None, ["strategy=settle"]), throughput=100).lines)
+    assert "wall time" not in text and "total: targeted rollouts not bounded without a budget" in text
+
+
+def test_a_model_loaded_for_two_roles_is_counted_once_and_the_hf_cache_is_counted(tmp_path):
+    """The hf backend loads one copy per model id: a teacher's model that is also its solution source is one
+    line and one set of weights. A decode batch's KV cache is part of the memory: 64 rows of AIME's 30,000
+    positions do not fit 24 GiB, and the advice names what the hf backend can change."""
+    (tmp_path / "q32.yaml").write_text("description: the 32B as a teacher\nmodel: Qwen/Qwen3-32B\ndtype: bfloat16\n")
+    sets = ["task=odiag_boolq", "backend=hf", "student=Qwen/Qwen3-0.6B", "dtype=bfloat16",
+            f"teachers=[self-1c-32b, {tmp_path / 'q32.yaml'}]"]
+    plan = plan_for(resolve_run_config(None, sets))
+    assert sum(line.startswith("  Qwen/Qwen3-32B") for line in plan.lines) == 1
+    weights = (KNOWN_MODELS["Qwen/Qwen3-32B"][0] + KNOWN_MODELS["Qwen/Qwen3-0.6B"][0]) * 2
+    assert weights < dict(plan.phases)["teacher scoring"] < weights + 12 * GiB  # + the 32B sampler's cache, the scorer's chunk
+    plan_for(resolve_run_config(None, sets), gpu_memory=80)  # fits: one copy of the 32B
+    aime = ["task=odiag_aime25", "backend=hf", "student=Qwen/Qwen3-0.6B", "teachers=[self-1c]"]
+    with pytest.raises(ConfigError, match=r"needs 2\d\d\.\d GiB.*lower batch_size in student_args"):
+        plan_for(resolve_run_config(None, aime), gpu_memory=24)
+    plan_for(resolve_run_config(None, [*aime, "student_args={batch_size: 4}"]), gpu_memory=24)
+
+
+def test_score_with_vllm_starts_an_engine_per_scored_model_and_refuses_one_too_small():
+    sets = ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", "dtype=bfloat16",
+            "teachers=[qwen3-8b, qwen3-14b]", "student_args={score_with: vllm}"]
+    with pytest.raises(ConfigError, match=r"Qwen/Qwen3-14B needs 29\.\d GiB but its engine gets 22\.7 GiB"):
+        plan_for(resolve_run_config(None, sets), gpu_memory=80)
+    plan = plan_for(resolve_run_config(None, [*sets, "teachers=[qwen3-8b]"]), gpu_memory=80)
+    assert dict(plan.phases)["teacher scoring"] == pytest.approx(2 * 0.425 * 80 * GiB)  # two engines, nothing else
+
+
+def test_the_question_count_and_response_length_are_the_tasks_when_it_is_at_hand():
+    toy = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"]
+    text = "\n".join(plan_for(resolve_run_config(None, [*toy, "limit=null"]), throughput=1000).lines)
+    assert "64 questions" in text and "total: <=" in text and "wall time: <=" in text
+    assert "64 questions" in "\n".join(plan_for(resolve_run_config(None, [*toy, "limit=1000"])).lines)
+    synthetic = "\n".join(plan_for(resolve_run_config(None, ["max_new_tokens=40", "window=3"])).lines)
+    assert "(10 per response at most;" in synthetic and "<= 640 tokens" in synthetic  # the horizon, not 40
+
+
+def test_plan_refuses_a_teacher_listed_twice_whatever_the_student(tmp_path):
+    (tmp_path / "h2.yaml").write_text((ROOT / "teachers" / "synthetic-helpful.yaml").read_text())
+    with pytest.raises(ConfigError, match="are the same teacher"):
+        plan_for(resolve_run_config(None, [f"teachers=[synthetic-helpful, {tmp_path / 'h2.yaml'}]"]))
+    (tmp_path / "student.yaml").write_text("description: named like the student\nname: student\nmodel: helpful\n")
+    with pytest.raises(ConfigError, match="the student's"):
+        plan_for(resolve_run_config(None, [f"teachers=[{tmp_path / 'student.yaml'}]"]))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--gpu-memory", "1e308"], "--gpu-memory: must be at most 1.04858e+06"),
+    (["--throughput", "5", "--measurements", "/nonexistent"], "not allowed with argument"),
+    (["--gpu-memory", "80", "--gpu-memory", "40"], "--gpu-memory: given twice"),
+])
+def test_plan_options_out_of_range_or_in_conflict_are_one_line(args, needle):
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plan", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_absurd_measured_rate_prints_no_infinite_wall_time():
+    line = next(x for x in plan_for(resolve_run_config(None, []), throughput=5e-324).lines if x.startswith("wall time"))
+    assert "inf" not in line and line.startswith("wall time: beyond")

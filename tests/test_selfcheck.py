@@ -74,3 +74,20 @@ def test_cli_intervals_lie_in_their_statistics_range(capsys):
     for mode in out["modes"].values():
         for row in mode["teachers"].values():
             assert -1 <= row["ci95"][0] <= row["ci95"][1] <= 1 and -2 <= row["attenuation_ci95"][0] <= row["attenuation_ci95"][1] <= 2
+
+
+def test_a_one_question_selfcheck_has_no_interval_to_cover_and_says_question():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "selfcheck", "--questions", "1", "--json"], cwd=root,
+                         capture_output=True, text=True, check=False)
+    summary = json.loads(out.stdout)
+    rows = [row for mode in summary["modes"].values() for row in mode["teachers"].values()]
+    assert rows and all(row["ci95"] == [None, None] and row["ci_covers_exact"] is None for row in rows)
+    seed = subprocess.run([sys.executable, "-m", "harness.cli", "selfcheck", "--seed", str(2**63)], cwd=root,
+                          capture_output=True, text=True, check=False)
+    assert seed.returncode == 2 and "argument --seed: must be at most 9223372036854775807" in seed.stderr
