@@ -104,16 +104,22 @@ def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
                           f"{_first(sorted(ids))}): lm_eval --samples picks documents, while odiag run, rescore and "
                           f"add-teacher read a task's first `limit`; resume it with the same lm_eval command, or use "
                           f"{another(flag)} for these questions")
-    reader = RunDir(root, plan=None)
+    if (changed := changed_prompt(RunDir(root, plan=None), questions)) is not None:
+        raise RunDirError(f"{root}: question {changed} reads another prompt now than the one its stored rollouts "
+                          "answered (the task's data changed since: data_files, the data set or the chat template); "
+                          f"use {another(flag)} for these questions")
+
+
+def changed_prompt(reader: RunDir, questions) -> str | None:
+    """The first of ``questions`` whose stored initial rollouts answered another prompt than it reads now."""
     for q in questions:
         try:
             shard = reader.load(q.id, "initial")
         except RunDirError:
             continue  # a corrupt shard is named, or repaired, once the run holds the directory
         if shard is not None and "prompt" in shard and not np.array_equal(shard["prompt"], q.prompt_ids):
-            raise RunDirError(f"{root}: question {q.id} reads another prompt now than the one its stored rollouts "
-                              "answered (the task's data changed since: data_files, the data set or the chat template); "
-                              f"use {another(flag)} for these questions")
+            return q.id
+    return None
 
 
 def _initial_rollouts(ctx: RunContext, questions) -> None:

@@ -59,6 +59,8 @@ from harness import __version__
 from harness.config import ConfigError, RunConfig, apply_overrides, build, local_path, portable, repeated, to_dict
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, RunDirError, RunLock, write_json
+from harness.safeio import excerpt
+from harness.seeds import derive_seed
 from harness.wording import plural
 
 if TYPE_CHECKING:
@@ -93,6 +95,9 @@ class ValidateConfig:
 
 # what --quick changes: one budget that fits the test suite and a 5-minute check on 2 cores
 MIN_BOOT = 100
+# ceilings far above any useful value: the bootstrap's draws hold n_boot x questions integers
+MAX_SETTING = {"n_boot": 100_000, "seeds": 1_000, "steps": 1_000_000, "prompts_per_step": 4096,
+               "samples_per_prompt": 4096, "eval_samples": 4096, "heldout": 1_000_000, "threads": 4096}
 QUICK = {"seeds": 2, "steps": 8, "prompts_per_step": 6, "eval_samples": 8, "heldout": 24, "n_boot": 1000}
 # settings that cannot move a (pair, seed) result: left out of the resume key
 _NOT_IN_KEY = ("teachers", "algorithms", "baseline", "seeds", "n_boot", "threads", "device")
@@ -113,6 +118,9 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
     if cfg.n_boot < MIN_BOOT:  # a percentile interval of a few replicates can exclude its own estimate
         raise ConfigError(f"odiag validate: key 'n_boot' must be >= {MIN_BOOT} (bootstrap replicates of a 95% "
                           f"interval), got {cfg.n_boot}")
+    for key, most in MAX_SETTING.items():  # refused now, not after hours of training, when the arrays are made
+        if getattr(cfg, key) is not None and getattr(cfg, key) > most:
+            raise ConfigError(f"odiag validate: key {key!r} must be at most {most:,}, got {getattr(cfg, key):,}")
     for key in ("heldout", "threads"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"odiag validate: key {key!r} must be >= 1 or null, got {getattr(cfg, key)}")
@@ -285,7 +293,6 @@ class _Trainer:
 
     def evaluate(self, model, key: tuple) -> np.ndarray:
         """Share of correct samples per held-out question; draws seeded by ``key`` and the question id."""
-        from harness.seeds import derive_seed
 
         backend = self._backend(model)
         requests = [self._request(q.prompt_ids, self.cfg.eval_samples, derive_seed(self.cfg.seed, *key, q.id))
@@ -297,7 +304,6 @@ class _Trainer:
         """A fresh copy of the student after ``steps`` on-policy updates; the loss's mean per step."""
         import torch
 
-        from harness.seeds import derive_seed
 
         cfg = self.cfg
         model = copy.deepcopy(self.student)
@@ -395,7 +401,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
 def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> dict:
     """:func:`validate` on a run directory this process holds."""
     from harness.core.validation import gain_interval, rank_correlations
-    from harness.pipeline import json_ready, run_task
+    from harness.pipeline import changed_prompt, json_ready, run_task
     from harness.plan import slug
 
     phases = Phases(on_progress)
@@ -437,6 +443,9 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     diagnosed = {q["id"]: q for q in results["questions"]}
     everything = task.questions(None)
     train_q = [q for q in everything if q.id in diagnosed]
+    if (changed := changed_prompt(rundir, train_q)) is not None:  # it trains on what the run diagnosed
+        raise RunDirError(f"{root}: question {changed} reads another prompt now than the one the run's rollouts answered "
+                          "(the task's data changed since: data_files, the data set or the chat template); restore that data")
     seen = {q.prompt_ids.tobytes() for q in train_q}
     heldout_q = [q for q in everything if q.id not in diagnosed and q.prompt_ids.tobytes() not in seen][: cfg.heldout]
     if not heldout_q:
@@ -469,7 +478,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
                 # a teacher by name and identity: another file under the same name is trained anew
                 path = store / (f"{slug(teacher)}-{refs[teacher].identity}" if teacher else "-") / f"{algorithm}--seed{s}.json"
                 if path.exists():
-                    saved = json.loads(path.read_text())
+                    saved = _stored_arm(path, len(heldout_q))
                 else:
                     t0 = time.monotonic()
                     losses = []
@@ -490,10 +499,11 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     control_SQ = np.stack(acc[(None, CONTROL)])
     rows = []
     by_pair = {(r["teacher"], r["algorithm"]): r for r in results["teachers"]}
-    for k, arm in enumerate(arms):
+    for arm in arms:
         teacher, algorithm = arm
         acc_SQ = np.stack(acc[arm])
-        gain = gain_interval(acc_SQ - control_SQ, seed=[cfg.seed, k], n_boot=cfg.n_boot)
+        # each arm's replicates from its own name: the interval does not depend on where --teachers lists it
+        gain = gain_interval(acc_SQ - control_SQ, seed=[cfg.seed, derive_seed("gain", teacher, algorithm)], n_boot=cfg.n_boot)
         kind = "distillation" if teacher else "baseline" if algorithm == BASELINE else "control"
         row = {"teacher": teacher, "algorithm": algorithm, "kind": kind,
                "accuracy": {"mean": float(acc_SQ.mean()), "per_seed": acc_SQ.mean(axis=1).tolist()},
@@ -541,11 +551,30 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
                    "device": str(device), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
     }
     out = portable(json_ready(out))
-    write_json(root / "validation.json", out)
     from harness.leaderboard.figures import _save, validation_figure
 
-    _save(validation_figure(out), root, "validation")
+    figure = validation_figure(out)
+    for old in (root / "validation.svg", root / "validation.png"):  # never the last settings' figure beside these numbers
+        if old.is_file() or old.is_symlink():
+            old.unlink()
+    write_json(root / "validation.json", out)
+    _save(figure, root, "validation")
     return out
+
+
+def _stored_arm(path: Path, heldout: int) -> dict:
+    """A finished (arm, seed) as stored: one line naming the file when it is not one."""
+    try:
+        saved = json.loads(path.read_text())
+        accuracy = np.asarray(saved["accuracy"], float)
+        losses, seconds = saved["losses"], saved["seconds"]
+        if accuracy.shape != (heldout,) or not np.isfinite(accuracy).all() or not isinstance(losses, list) \
+                or not isinstance(seconds, (int, float)):
+            raise ValueError(f"{heldout} held-out accuracies, a list of losses and its seconds expected")
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise RunDirError(f"{path}: not a stored validation arm ({excerpt(str(exc), 80)}); delete it and run the same "
+                          "command again to train that arm anew") from None
+    return saved
 
 
 def format_report(v: dict) -> str:
@@ -557,8 +586,9 @@ def format_report(v: dict) -> str:
         a = r.get("alignment") or {}
         lines.append(f"{r['teacher'] or '(none)':<22} {r['algorithm']:<20} {fmt(a.get('mean')):>9} {ci(a.get('ci95')):>18} "
                      f"{fmt(r['gain']['mean']):>7} {ci(r['gain']['ci95']):>18} {r['accuracy']['mean']:>8.3f}")
-    lines.append(f"\ncontrol accuracy {v['control_accuracy']['mean']:.3f} on {len(v['questions']['heldout'])} held-out questions "
-                 f"x {v['questions']['eval_samples']} samples x {v['settings']['seeds']} {plural(v['settings']['seeds'], 'seed')}")
+    heldout, samples, seeds = len(v["questions"]["heldout"]), v["questions"]["eval_samples"], v["settings"]["seeds"]
+    lines.append(f"\ncontrol accuracy {v['control_accuracy']['mean']:.3f} on {heldout} held-out {plural(heldout, 'question')} "
+                 f"x {samples} {plural(samples, 'sample')} x {seeds} {plural(seeds, 'seed')}")
     for name, c in v["correlation"].items():
         line = f"Spearman(gain, {name}) = {fmt(c['spearman'])} {ci(c['ci95'])} over {c['n_pairs']} pairs"
         if "minus_alignment" in c:

@@ -433,14 +433,32 @@ def _break_results(run: Path, kind: str) -> str:
     if kind == "mean not a number":
         path.write_text(json.dumps({**good, "teachers": [{"teacher": "t", "algorithm": "gkd", "alignment": {"mean": "high"}}]}))
         return "numeric mean"
+    if kind in BAD_FIELDS:
+        field, value, needle = BAD_FIELDS[kind]
+        row = {"teacher": "t", "algorithm": "gkd", "rank": 1, "alignment": {"mean": 0.2, "ci95": [0.1, 0.3], "n_questions": 2}}
+        if field == "rank":
+            row["rank"] = value
+        else:
+            row["alignment"][field] = value
+        path.write_text(json.dumps({**good, "teachers": [row]}))  # NaN as JSON's NaN: what Python reads and odiag never writes
+        return needle
     if kind == "deep nesting":
         path.write_text("[" * 100000 + "]" * 100000)
         return "nested too deeply"
     raise AssertionError(kind)
 
 
+BAD_FIELDS = {
+    "mean NaN": ("mean", float("nan"), "finite numeric mean"),
+    "ci95 a string": ("ci95", "ab", "teachers[0].alignment.ci95"),
+    "ci95 of strings": ("ci95", ["a", "b"], "teachers[0].alignment.ci95"),
+    "ci95 of three": ("ci95", [0.1, 0.2, 0.3], "teachers[0].alignment.ci95"),
+    "rank a word": ("rank", "first", "teachers[0].rank"),
+    "p a word": ("p_paired", "x", "teachers[0].alignment.p_paired"),
+    "n_questions a word": ("n_questions", "many", "teachers[0].alignment.n_questions"),
+}
 RESULTS_CASES = ["garbage bytes", "empty", "truncated", "a list", "old schema", "no teachers", "row not an object",
-                 "counts without rollouts", "mean not a number", "deep nesting"]
+                 "counts without rollouts", "mean not a number", *BAD_FIELDS, "deep nesting"]
 
 
 @pytest.mark.parametrize("command", ["leaderboard", "model-card"])
@@ -532,6 +550,19 @@ def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path
     link.symlink_to(card)
     assert cli.main(["model-card", str(run), "--out", str(link)]) == 0
     assert link.is_symlink() and "model-index" in card.read_text()
+
+
+def test_a_model_card_through_a_link_into_a_run_is_refused_and_a_replaced_file_keeps_its_mode(odiag, tmp_path):
+    run = _fake_run(tmp_path / "run", PUBLISHED)
+    before = (run / "results.json").read_bytes()
+    (tmp_path / "link.yaml").symlink_to(run / "results.json")
+    assert_one_line(odiag("model-card", run, "--out", tmp_path / "link.yaml"), "lies in the run directory")
+    assert (run / "results.json").read_bytes() == before
+    card = tmp_path / "card.yaml"
+    card.write_text("private\n")
+    card.chmod(0o600)
+    assert odiag("model-card", run, "--out", card)[0] == 0
+    assert card.stat().st_mode & 0o777 == 0o600 and "model-index" in card.read_text()
 
 
 def test_a_model_card_that_cannot_be_written_whole_leaves_the_old_one(odiag, tmp_path, monkeypatch):
@@ -917,7 +948,7 @@ def test_outputs_that_cannot_be_what_they_name_are_one_line_each(odiag, tmp_path
                     "--out nowhere-link: a link to", "which does not exist; remove the link or create the directory")
     assert not (tmp_path / "nowhere").exists()
     assert odiag("run", "--out", "r", "--set", "limit=1", "--quiet")[0] == 0
-    assert_one_line(odiag("model-card", "r", "--out", "r"), "--out r: is a directory; give a file, e.g. r/README.md")
+    assert_one_line(odiag("model-card", "r", "--out", "r"), "--out r: is a directory; give a file, e.g. r/model-index.yaml")
     assert_one_line(odiag("leaderboard", "r", "--out", "r"), "--out r: is a run directory; give the site a directory of its own")
     assert_one_line(odiag("demo", "--site", "r", "--out", "d"), "--site r: is a run directory")
     for argv in (("run", "--out", "s"), ("plan",)):

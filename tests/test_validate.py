@@ -359,6 +359,42 @@ def test_a_teacher_is_validated_as_the_run_scored_it(small_run, tmp_path, capsys
 
 
 @pytest.mark.slow
+def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_are_never_read(small_run, tmp_path, capsys):
+    """A gain's bootstrap follows its arm's name, not its place in --teachers; a damaged stored arm is one
+    line naming it; a validation whose figure cannot be written leaves no figure of other settings."""
+    import shutil
+
+    from harness.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("validation*"))
+    sets = ["--seeds", "1", *[x for s in TINY for x in ("--set", s)], "--set", "baseline=false", "--quiet"]
+    gains = {}
+    for order in ("toy-self-1c,toy-teacher", "toy-teacher,toy-self-1c"):
+        assert main(["validate", str(run), "--teachers", order, *sets]) == 0
+        v = json.loads((run / "validation.json").read_text())
+        gains[order] = {(r["teacher"], r["algorithm"]): r["gain"] for r in v["rows"]}
+    assert gains["toy-self-1c,toy-teacher"] == gains["toy-teacher,toy-self-1c"]
+
+    (run / "validation.svg").unlink()
+    (run / "validation.svg").mkdir()  # the figure cannot be written: the earlier one must not stay
+    assert main(["validate", str(run), *sets, "--set", "n_boot=300"]) == 2
+    assert "validation.svg" in capsys.readouterr().err and not (run / "validation.png").exists()
+    assert json.loads((run / "validation.json").read_text())["settings"]["n_boot"] == 300
+    (run / "validation.svg").rmdir()
+
+    arm = next((run / "validation").glob("*/toy-teacher-*/gkd--seed0.json"))
+    for damage in ('{"accuracy": [1', json.dumps({"accuracy": [1.0], "losses": [], "seconds": 1.0})):
+        arm.write_text(damage)
+        assert main(["validate", str(run), *sets]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"odiag: error: {arm}: not a stored validation arm") and len(err.splitlines()) == 1, err
+        assert "delete it and run the same command again" in err
+    arm.unlink()
+    assert main(["validate", str(run), *sets]) == 0 and arm.is_file()
+
+
+@pytest.mark.slow
 def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
     from harness.cli import main
 
@@ -367,6 +403,7 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--set", "algorithms=[minillm]"], "unknown algorithm 'minillm'"),
         ([small_run, "--set", "steps=0"], "'steps' must be >= 1"),
         ([small_run, "--set", "n_boot=1"], "key 'n_boot' must be >= 100 (bootstrap replicates of a 95% interval), got 1"),
+        ([small_run, "--set", "n_boot=1000000000000"], "key 'n_boot' must be at most 100,000, got 1,000,000,000,000"),
         ([small_run, "--teachers", ","], "names no teacher"),
         ([small_run, "--teachers", "a,a"], "key 'teachers' lists 'a' twice"),
         ([small_run, "--set", "device=tpu"], "key 'device' must be auto, cpu, cuda or cuda:N, got 'tpu'"),

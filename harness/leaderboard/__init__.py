@@ -173,8 +173,8 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
 
     target = Path(out)
     if target.is_dir():
-        raise ConfigError(f"--out {out}: is a directory; give a file, e.g. {target / 'README.md'}")
-    if (run := run_holding(target)) is not None:
+        raise ConfigError(f"--out {out}: is a directory; give a file, e.g. {target / 'model-index.yaml'}")
+    if (run := run_holding(target) or run_holding(target.resolve())) is not None:  # a link into a run, too
         raise ConfigError(f"--out {out}: lies in the run directory {run}, whose files a card must not replace; "
                           "write it outside the run directory")
     if not target.parent.is_dir():  # a card goes where its folder already is
@@ -182,5 +182,8 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
     if target.is_symlink() or (target.exists() and not target.is_file()):
         target.write_text(text)  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
     else:
+        kept = target.stat().st_mode & 0o7777 if target.exists() else None
         atomic_write(target, lambda f: f.write(text), mode="w")  # a file: whole, or not at all
+        if kept is not None:
+            target.chmod(kept)  # a file replaced keeps who may read it
     return 0

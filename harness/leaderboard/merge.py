@@ -84,11 +84,33 @@ def read_results(path: str | Path) -> dict:
     for i, row in enumerate(results["teachers"]):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("teacher", "algorithm")):
             raise malformed(f"teachers[{i}] is {excerpt(row, 60)}, expected an object with teacher and algorithm names")
+        if not _count_or_none(row.get("rank")):
+            raise malformed(f"teachers[{i}].rank is {excerpt(row.get('rank'), 40)}, expected an integer or null")
         for key in ROW_STATS:
             stat = row.get(key)
-            if stat is not None and not (isinstance(stat, dict) and isinstance(stat.get("mean"), (int, float, type(None)))):
-                raise malformed(f"teachers[{i}].{key} is {excerpt(stat, 60)}, expected an object with a numeric mean")
+            if stat is None:
+                continue
+            if not (isinstance(stat, dict) and _number_or_none(stat.get("mean"))):
+                raise malformed(f"teachers[{i}].{key} is {excerpt(stat, 60)}, expected an object with a finite numeric mean")
+            ci = stat.get("ci95")
+            if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(map(_number_or_none, ci))):
+                raise malformed(f"teachers[{i}].{key}.ci95 is {excerpt(ci, 40)}, expected [low, high]")
+            for field in ("p_paired", "p_clustered"):
+                if not _number_or_none(stat.get(field)):
+                    raise malformed(f"teachers[{i}].{key}.{field} is {excerpt(stat.get(field), 40)}, expected a number or null")
+            if not _count_or_none(stat.get("n_questions")):
+                raise malformed(f"teachers[{i}].{key}.n_questions is {excerpt(stat.get('n_questions'), 40)}, "
+                                "expected an integer or null")
     return results
+
+
+def _number_or_none(x) -> bool:
+    """A finite number (not a bool), or None: what results.json writes for a statistic."""
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x)))
+
+
+def _count_or_none(x) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool))
 
 
 def load_run(path: str | Path, run_id: str) -> Run:
