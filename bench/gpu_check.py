@@ -1,4 +1,5 @@
-"""GPU check of the hf or vllm backend on the tiny Qwen3 toy student that travels with the repository.
+"""GPU check of the hf or vllm backend on a student: the tiny Qwen3 toy student that travels with the
+repository by default, or ``--student`` (the run's own, whose rate ``odiag plan --measurements`` reads).
 
 For a few batch sizes: sampled tokens/s and rollouts/s with fan-out (requests of ``n`` completions
 of one prefix), scored tokens/s (a teacher pass with the student as reference, full-vocabulary
@@ -10,7 +11,9 @@ backend. One table; a few minutes. Runs on CPU too (``--device cpu``), which is 
     PYTHON=.venv-vllm/bin/python bash bench/gpu_check.sh --backend vllm   # the vLLM engine (its own venv)
 
 ``--backend vllm`` measures one engine (vLLM batches by itself) and scores through the exact scorer
-the backend uses by default; ``--json FILE`` writes the rows for ``odiag plan --measurements``.
+the backend uses by default; ``--json FILE`` writes the rows, with the model and backend measured, for
+``odiag plan --measurements`` (which refuses a file of another student or backend). A student other than
+the toy scores against itself (a teacher pass of its own size).
 """
 
 from __future__ import annotations
@@ -37,14 +40,23 @@ STUDENT_DIR = ROOT / "harness" / "toy_models" / "student"
 TEACHER_DIR = ROOT / "harness" / "toy_models" / "teacher"
 
 
-def measure(device: str, batch_size: int, n: int, new: int, prefixes: int) -> dict:
-    backend = HFBackend(
-        {STUDENT: ModelSpec(str(STUDENT_DIR)), str(TEACHER_DIR): ModelSpec(str(TEACHER_DIR))},
-        device=device, batch_size=batch_size,
-    )
-    rng = np.random.default_rng(0)
-    vocab = 40  # the toy tokenizer's digits and symbols live in the first ids
-    requests = [SampleRequest(rng.integers(5, vocab, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+def _models(student: str, dtype: str | None = None) -> tuple[dict, str]:
+    """The backend's models and the teacher's name: the toy teacher beside the toy student, else the student itself."""
+    toy = Path(student).resolve() == STUDENT_DIR
+    teacher = str(TEACHER_DIR) if toy else STUDENT
+    models = {STUDENT: ModelSpec(student, dtype=dtype or "auto")}
+    return (models | {teacher: ModelSpec(teacher, dtype=dtype or "auto")} if toy else models), teacher
+
+
+def _prefixes(student: str, n: int, new: int, prefixes: int) -> list[SampleRequest]:
+    rng = np.random.default_rng(0)  # ids 5-39: the toy tokenizer's digits and symbols, and in any larger vocabulary
+    return [SampleRequest(rng.integers(5, 40, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+
+
+def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR)) -> dict:
+    models, teacher = _models(student)
+    backend = HFBackend(models, device=device, batch_size=batch_size)
+    requests = _prefixes(student, n, new, prefixes)
     backend.sample(requests[:1])  # warm-up (CUDA kernels, allocator)
     start = time.perf_counter()
     results = backend.sample(requests)
@@ -54,7 +66,7 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int) -> di
     sampled = sum(len(t) for r in results for t in r.tokens)
     paths = [t for r in results[:4] for t in r.tokens[:8]]
     scores = [
-        ScoreRequest(requests[0].prefix, p, str(TEACHER_DIR), reference_model=STUDENT, reference_context=requests[0].prefix)
+        ScoreRequest(requests[0].prefix, p, teacher, reference_model=STUDENT, reference_context=requests[0].prefix)
         for p in paths
     ]
     start = time.perf_counter()
@@ -68,24 +80,23 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int) -> di
     }
 
 
-def measure_vllm(n: int, new: int, prefixes: int) -> dict:
-    """Sampled tokens/s and rollouts/s of one vLLM engine on the toy student; scored tokens/s of its
+def measure_vllm(n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR)) -> dict:
+    """Sampled tokens/s and rollouts/s of one vLLM engine on the student; scored tokens/s of its
     exact scorer (transformers on the engine's device)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # read on CPU only
     from harness.backends.vllm import VLLMBackend
 
-    backend = VLLMBackend({STUDENT: ModelSpec(str(STUDENT_DIR), dtype="float32"),
-                           str(TEACHER_DIR): ModelSpec(str(TEACHER_DIR), dtype="float32")},
-                          max_model_len=512, gpu_memory_utilization=0.3)
-    rng = np.random.default_rng(0)
-    requests = [SampleRequest(rng.integers(5, 40, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+    toy = Path(student).resolve() == STUDENT_DIR
+    models, teacher = _models(student, "float32" if toy else None)
+    backend = VLLMBackend(models, max_model_len=512, gpu_memory_utilization=0.3)
+    requests = _prefixes(student, n, new, prefixes)
     backend.sample(requests[:1])  # warm-up: the engine starts here
     start = time.perf_counter()
     results = backend.sample(requests)
     sample_s = time.perf_counter() - start
     sampled = sum(len(t) for r in results for t in r.tokens)
     paths = [t for r in results[:4] for t in r.tokens[:8]]
-    scores = [ScoreRequest(requests[0].prefix, p, str(TEACHER_DIR), reference_model=STUDENT,
+    scores = [ScoreRequest(requests[0].prefix, p, teacher, reference_model=STUDENT,
                            reference_context=requests[0].prefix) for p in paths]
     backend.score(scores[:1])  # the scorer loads here
     start = time.perf_counter()
@@ -101,6 +112,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two batch sizes, fewer prefixes")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="backend to measure (default hf)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON (odiag plan --measurements)")
+    parser.add_argument("--student", default=str(STUDENT_DIR), metavar="MODEL",
+                        help="the student to measure, as the run names it (default the toy student)")
     args = parser.parse_args()
     # before minutes of device time, not after: a device torch cannot use, vLLM missing, a --json it cannot write
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
@@ -112,17 +125,18 @@ def main() -> None:
     batches = [16, 64] if args.quick else [16, 64, 256, 1024]
     prefixes = 4 if args.quick else 16
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {args.device} ({name}), torch {torch.__version__}, toy student {STUDENT_DIR.name}, backend {args.backend}")
+    print(f"device {args.device} ({name}), torch {torch.__version__}, student {args.student}, backend {args.backend}")
     if args.backend == "vllm":
-        rows = [measure_vllm(100, 64, prefixes)]
+        rows = [measure_vllm(100, 64, prefixes, args.student)]
     else:
-        rows = [measure(args.device, b, 100, 64, prefixes) for b in batches]
+        rows = [measure(args.device, b, 100, 64, prefixes, args.student) for b in batches]
     print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}")
     for r in rows:
         print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "backend": args.backend, "rows": rows}, indent=2) + "\n")
-    if args.backend == "vllm":
+        record = {"device": name, "backend": args.backend, "model": args.student, "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.backend == "vllm" or Path(args.student).resolve() != STUDENT_DIR:  # the run's overhead: on the toy task
         return
     overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)
     print(

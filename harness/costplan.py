@@ -385,12 +385,16 @@ def _scorer_working(cfg: RunConfig, models) -> float:
     return 40.0 * int(options.get("score_chunk", 256)) * vocab
 
 
-def throughput_from(path: str) -> float:
-    """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file (the best row's ``sampled_tok_s``)."""
+def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
+    """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file (the best row's ``sampled_tok_s``); with
+    ``cfg``, refused unless the file measured that run's student on its backend (a 0.6B student samples
+    orders of magnitude slower than the toy one)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--measurements {path}: not a readable JSON file ({exc})") from None
+    if cfg is not None:
+        _check_measured(path, data, cfg)
     rows = data.get("rows", [data]) if isinstance(data, dict) else data  # a file of rows, or one row
     values = [r.get("sampled_tok_s") for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     found = [v for v in values if v is not None]
@@ -399,6 +403,23 @@ def throughput_from(path: str) -> float:
         what = f"no positive, finite sampled_tok_s in it (found {excerpt(found[0], 40)})" if found else "no sampled_tok_s in it"
         raise ConfigError(f"--measurements {path}: {what}; write it with bash bench/gpu_check.sh --json FILE")
     return float(max(values))
+
+
+def _check_measured(path: str, data, cfg: RunConfig) -> None:
+    from harness.config import local_path
+
+    measure = (f"measure it: bash bench/gpu_check.sh --student {cfg.student}"
+               + (" --backend vllm" if cfg.backend == "vllm" else "") + f" --json {path}")
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str):
+        raise ConfigError(f"--measurements {path}: does not name the student it measured; {measure}")
+    same = model == cfg.student or (Path(local_path(model)).is_dir() and Path(local_path(cfg.student)).is_dir()
+                                    and Path(local_path(model)).resolve() == Path(local_path(cfg.student)).resolve())
+    if not same:
+        raise ConfigError(f"--measurements {path}: measured {model}, and this run's student is {cfg.student}; {measure}")
+    if data.get("backend") not in (None, cfg.backend):
+        raise ConfigError(f"--measurements {path}: measured backend {data.get('backend')}, and this run uses {cfg.backend}; "
+                          f"{measure}")
 
 
 def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float | None = None) -> Plan:
@@ -447,7 +468,7 @@ def main_plan(args) -> int:
     from harness.config import resolve_run_config
 
     cfg = resolve_run_config(args.config, args.set)
-    throughput = args.throughput or (throughput_from(args.measurements) if args.measurements else None)
+    throughput = args.throughput or (throughput_from(args.measurements, cfg) if args.measurements else None)
     try:
         plan = plan_for(cfg, args.gpu_memory, throughput)
     except PlanDoesNotFit as exc:

@@ -150,6 +150,28 @@ def test_measurements_give_the_best_positive_rate_or_say_what_they_hold(tmp_path
             throughput_from(str(path))
 
 
+def test_measurements_of_another_student_or_backend_are_refused(tmp_path):
+    """gpu_check measures the toy student by default: its rate says nothing of a Qwen3 student's."""
+    path = tmp_path / "m.json"
+    cfg = resolve_run_config(None, ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", "teachers=[self-1c]"])
+    for data, needle in (
+        ({"rows": [{"sampled_tok_s": 900}]}, "does not name the student it measured; measure it: bash bench/gpu_check.sh "
+                                             f"--student Qwen/Qwen3-0.6B --backend vllm --json {path}"),
+        ({"model": str(TOY_DIR / "student"), "backend": "vllm", "rows": [{"sampled_tok_s": 9e5}]},
+         f"measured {TOY_DIR / 'student'}, and this run's student is Qwen/Qwen3-0.6B"),
+        ({"model": "Qwen/Qwen3-0.6B", "backend": "hf", "rows": [{"sampled_tok_s": 900}]},
+         "measured backend hf, and this run uses vllm"),
+    ):
+        path.write_text(json.dumps(data))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            throughput_from(str(path), cfg)
+    path.write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "rows": [{"sampled_tok_s": 900}]}))
+    assert throughput_from(str(path), cfg) == 900
+    toy = resolve_run_config(None, ["task=odiag_toy", "backend=hf", "student=harness/toy_models/student", "teachers=[toy-self-1c]"])
+    path.write_text(json.dumps({"model": str(TOY_DIR / "student"), "backend": "hf", "rows": [{"sampled_tok_s": 900}]}))
+    assert throughput_from(str(path), toy) == 900  # one directory, named two ways
+
+
 def test_a_revision_for_a_local_student_is_refused():
     """A hub revision pins nothing in a local directory: refused rather than silently ignored."""
     toy = [f"student={TOY_DIR / 'student'}", "task=odiag_toy", "backend=hf", "teachers=[toy-self-1c]", "student_revision=v2"]
