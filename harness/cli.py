@@ -377,9 +377,20 @@ class Terminated(KeyboardInterrupt):
     Ctrl-C, so the same clean-up runs: open bars close, no half-written file is left, the lock is released."""
 
 
+_STOPPING: list[type[KeyboardInterrupt]] = []  # the stop a signal asked for, while a command runs
+
+
 def _terminate(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process at once
+    _STOPPING.append(Terminated)
     raise Terminated
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C as Python raises it, remembered: a library whose own processes got the signal first (vLLM's
+    engine, in the terminal's process group) may fail before the KeyboardInterrupt reaches odiag."""
+    _STOPPING.append(KeyboardInterrupt)
+    raise KeyboardInterrupt
 
 
 RESUMABLE = {"run": "out", "demo": "out", "add-teacher": "dir", "rescore": "dir", "validate": "dir"}  # what reruns pick up
@@ -439,9 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("harness").setLevel(level)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    previous_int = signal.signal(signal.SIGINT, _interrupt) if in_main else None
+    _STOPPING.clear()
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            _shut_ray_down()
     except (OdiagError, OSError) as exc:  # bad input or an unusable path: one line, exit 2
+        if _STOPPING:  # the failure of a library whose processes the same Ctrl-C or SIGTERM stopped first
+            return _stopped(args, _STOPPING[0](), in_main, own)
         if isinstance(exc, BrokenPipeError) and _reader_gone():  # `odiag run | head`: finished work is kept
             return 128 + signal.SIGPIPE
         if isinstance(exc, OSError) and exc.strerror and not exc.filename:  # a failed write (disk full) names no file
@@ -451,14 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"odiag: error: {_one_line(_describe(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None  # a second Ctrl-C while it stops
-        try:
-            print(_stopped_line(args, exc), file=sys.stderr)
-        finally:
-            if interrupt is not None and not own:  # a caller in this process gets its Ctrl-C back; the process
-                signal.signal(signal.SIGINT, interrupt)  # itself exits ignoring it, not in a library's exit hook
-        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        return _stopped(args, exc, in_main, own)
     except Exception:  # a bug: keep the traceback visible
+        if _STOPPING:  # vLLM's engine died of the Ctrl-C it got too: the stop, not a bug
+            return _stopped(args, _STOPPING[0](), in_main, own)
         traceback.print_exc()
         print("odiag: internal error: the traceback above is a bug in odiag; please report it with the command "
               "that caused it", file=sys.stderr)
@@ -466,6 +480,33 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+            # a caller in this process gets its Ctrl-C back; the process itself, once stopped, exits ignoring
+            # a second one (not in a library's exit hook)
+            if not (own and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+                signal.signal(signal.SIGINT, previous_int)
+
+
+def _stopped(args: argparse.Namespace, exc: KeyboardInterrupt, in_main: bool, own: bool) -> int:
+    """The stop line of a Ctrl-C or SIGTERM, and its exit code (130 or 143)."""
+    if in_main:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while it stops
+    print(_stopped_line(args, exc), file=sys.stderr)
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def _shut_ray_down() -> None:
+    """Stop a Ray cluster this command started, here rather than in Ray's exit hook, where a Ctrl-C during
+    its seconds of shutdown ends in a traceback; a Ctrl-C meanwhile is ignored."""
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return
+    in_main = threading.current_thread() is threading.main_thread()
+    held = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        ray.shutdown()
+    finally:
+        if held is not None:
+            signal.signal(signal.SIGINT, held)
 
 
 if __name__ == "__main__":

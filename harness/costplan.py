@@ -319,6 +319,10 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                   ("teacher scoring", held), ("targeted rollouts", held)] if artefact_ids else [
             ("initial rollouts", held), ("teacher scoring", held), ("targeted rollouts", held)]
         advice = "drop teachers, lower batch_size in student_args (the KV cache), or use the vllm backend"
+    workers = cfg.num_workers if cfg.executor == "ray" else 1
+    if cfg.executor == "ray":
+        lines.append(f"executor ray: {workers} {plural(workers, 'worker')}, each a backend of its own holding the models "
+                     "above on its own device: the memory below is per worker")
     lines.append("memory per phase (held at its end):")
     for phase, size in phases:
         fits = "" if gpu is None or size is None else ("  fits" if size <= gpu else f"  DOES NOT FIT {gpu_memory:g} GiB")
@@ -351,10 +355,11 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                      f"{(cfg.n_initial + artefact_rollouts) * n_q:,} rollouts, "
                      f"<= {(initial_tokens + artefact_tokens) * n_q:,} generated tokens")
     if throughput and total_tokens is not None:
-        hours = total_tokens / throughput / 3600
+        hours = total_tokens / (throughput * workers) / 3600
         if math.isfinite(hours):
             days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
-            lines.append(f"wall time: <= {_figure(hours)} h{days} at {_figure(throughput, 0)} generated tokens/s "
+            rate = f"{_figure(throughput, 0)} generated tokens/s" + (f" per worker x {workers}" if workers > 1 else "")
+            lines.append(f"wall time: <= {_figure(hours)} h{days} at {rate} "
                          "(sampling; scoring adds 1-2 forward passes per path and teacher)")  # 2: with a fill pass
         else:
             lines.append(f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s")
@@ -431,7 +436,7 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     from harness.plan import check_config, make_plan as checked_plan
 
     if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir():
-        run_plan = checked_plan(cfg)  # every check of run, the task's too with the student's tokenizer at hand
+        run_plan = checked_plan(cfg, installed=False)  # every check of run, the task's too, the tokenizer at hand
         task = run_plan.task
         if cfg.task == "synthetic":  # questions are made, not read: any limit is met; responses end at the horizon
             questions, length = len(task.questions(cfg.limit)), min(run_plan.max_new_tokens, task.max_new_tokens)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from harness.backends import ModelSpec, SampleRequest, ScoreRequest, load_backend
+from harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,49 @@ def _work(method: str, requests: list, results: list) -> tuple[int, int]:
     return sum(r.n for r in requests), sum(len(t) for res in results for t in res.tokens)
 
 
+MAX_TRIES = 3  # fresh workers one chunk of requests may kill before the run stops
+
+
+def _init(ray, address: str | None) -> None:
+    """``ray.init``: an existing cluster at ``address``, else a local one sized to this machine. An address
+    nothing answers at, or one Ray cannot read, is one line at once (Ray would retry for minutes). Ray's own
+    SIGINT and SIGTERM handlers are replaced by the ones in place before (odiag's clean stop)."""
+    import signal
+    import socket
+    import threading
+
+    if address and address != "auto" and "://" not in address:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"ray_address {address!r}: expected HOST:PORT (the head node's GCS address), 'auto' or "
+                              "ray://HOST:PORT")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as exc:
+            raise ConfigError(f"ray_address {address}: nothing answers there ({exc.strerror or exc}); start the cluster "
+                              "(ray start --head) or correct the address") from None
+    in_main = threading.current_thread() is threading.main_thread()
+    held = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if in_main else None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"ray_address {address}: {_first_line(exc)}") from None
+    finally:
+        if held is not None:
+            signal.signal(signal.SIGINT, held[0])
+            signal.signal(signal.SIGTERM, held[1])
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _cause(exc: BaseException) -> str:
+    """The last line of what killed a Ray actor (its creation error, when that was it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 class RayBackendPool:
     """A Backend spreading each call's requests over ``num_workers`` Ray actors."""
 
@@ -54,13 +98,24 @@ class RayBackendPool:
         chunk_size: int | None = None,
         **options,
     ):
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("executor ray: Ray is not installed in this environment (pip install 'odiag[ray]'), "
+                              "or use executor=local") from None
 
         if not ray.is_initialized():
-            # an existing cluster when an address is given; else a local one sized to this machine
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            _init(ray, address)
         self._ray = ray
-        gpus = ray.cluster_resources().get("GPU", 0)
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+        if num_workers > cpus:
+            where = "this machine's local cluster" if address is None else f"the cluster at {address}"
+            message = (f"num_workers {num_workers}: {where} has {cpus:g} CPUs and each worker takes one, so "
+                       f"{num_workers - int(cpus)} would wait for ever; ask for at most {int(cpus)}")
+            if address is None:
+                raise ConfigError(message)
+            log.warning("%s (unless the cluster scales up)", message)
         per_worker_gpu = 1 if gpus >= num_workers else 0
         self._actor = ray.remote(num_cpus=1, num_gpus=per_worker_gpu)(_Worker)
         self._spec = (backend, dict(models), options)
@@ -68,6 +123,10 @@ class RayBackendPool:
         self.chunk_size = chunk_size
         self.completed_chunks = 0
         self.restarted = 0
+        try:  # every worker loads its models now: a backend that cannot start is one error, not endless restarts
+            ray.get([w.pid.remote() for w in self.workers])
+        except ray.exceptions.RayActorError as exc:
+            raise ConfigError(f"executor ray: a worker could not start its {backend} backend: {_cause(exc)}") from None
 
     def _start(self):
         return self._actor.remote(*self._spec)
@@ -83,6 +142,7 @@ class RayBackendPool:
         results: list = [None] * len(chunks)
         queue = list(range(len(chunks)))
         in_flight: dict = {}
+        failures: dict[int, int] = {}
 
         def submit(slot: int) -> None:
             if queue:
@@ -100,6 +160,10 @@ class RayBackendPool:
                 if on_done is not None:  # progress: a chunk's completions, as it returns
                     on_done(*_work(method, chunks[i], results[i]))
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                failures[i] = failures.get(i, 0) + 1
+                if failures[i] >= MAX_TRIES:  # the chunk itself kills workers: running it again would never end
+                    raise ConfigError(f"executor ray: {MAX_TRIES} workers died running the same requests "
+                                      f"({_cause(exc)}); run with executor=local to see the backend's error") from None
                 log.warning("worker %d died (%s); chunk %d runs again on a fresh worker", slot, type(exc).__name__, i)
                 self.workers[slot] = self._start()
                 self.restarted += 1

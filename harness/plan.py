@@ -302,14 +302,44 @@ def check_backend(cfg: RunConfig, teachers, built: bool = True) -> None:
         check_backend_models(cfg, teachers)
 
 
+def check_installed(cfg: RunConfig) -> None:
+    """The libraries the backend and executor need are installed here (they are optional extras)."""
+    import importlib.util
+
+    if cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("backend vllm: vLLM is not installed in this environment (make install-vllm, then "
+                          ".venv-vllm/bin/odiag; or pip install vllm)")
+    if cfg.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor ray: Ray is not installed in this environment (pip install 'odiag[ray]'), "
+                          "or use executor=local")
+
+
+def check_engine_length(cfg: RunConfig, task: Task) -> None:
+    """A vLLM ``max_model_len`` holds every question's prompt and its ``max_new_tokens``: vLLM would cut
+    the responses short to fit, and a cut response scores 0."""
+    options = dict(cfg.student_args or {})
+    limit = dict(options.get("engine_options") or {}).get("max_model_len", options.get("max_model_len"))
+    if cfg.backend != "vllm" or not isinstance(limit, int) or cfg.task == "synthetic":
+        return
+    response = cfg.max_new_tokens or task.max_new_tokens
+    longest = max((len(q.prompt_ids) for q in task.questions(cfg.limit)), default=0)
+    if longest + response > limit:
+        raise ConfigError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) and "
+                          f"{response} response tokens: raise it to at least {longest + response}, or leave it unset")
+
+
 def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None,
-              built: bool = True) -> RunPlan:
+              built: bool = True, installed: bool = True) -> RunPlan:
     """Resolve and check ``cfg`` as a whole; a ConfigError, with nothing written, if any part fails.
-    ``built``: the backend will be built from ``cfg`` (not handed in), so it must hold the task and teachers."""
+    ``built``: the backend will be built from ``cfg`` (not handed in), so it must hold the task and teachers;
+    ``installed``: and here, so its libraries must be installed (`odiag plan` sizes runs for elsewhere)."""
     refs = check_config(cfg, stored_files, built)
+    if built and installed:
+        check_installed(cfg)
     task = task or run_task(cfg)
     for r in refs:  # load-time checks: vocabulary, chat template, variables, context length
         task.check_teacher(r.config)
+    check_engine_length(cfg, task)
     return RunPlan(
         config=cfg, task=task, teachers=tuple(refs),
         n_min=cfg.n_min or task.n_min, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,

@@ -124,3 +124,44 @@ def test_a_run_directory_refuses_a_changed_scorer_and_resumes_with_new_engine_se
     again = run(resolve_run_config(None, [*base, "student_args={score_with: hf, max_model_len: 512}"]), tmp_path / "run",
                 backend=SyntheticBackend())
     assert again["teachers"] == first["teachers"]
+
+
+def test_backend_vllm_without_vllm_installed_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import importlib.util
+
+    from harness import cli
+    from harness.toy import TOY_DIR
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    sets = ["task=odiag_toy", "backend=vllm", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "limit=1"]
+    assert cli.main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("odiag: error: backend vllm: vLLM is not installed in this environment") and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    assert cli.main(["plan", *[a for s in sets for a in ("--set", s)]]) == 0  # a plan sizes a run for elsewhere
+
+
+def test_a_checkpoint_dtype_of_auto_is_the_checkpoints_own():
+    from harness.backends import ModelSpec
+    from harness.backends.vllm import checkpoint_dtype
+    from harness.toy import TOY_DIR
+
+    assert checkpoint_dtype(ModelSpec(str(TOY_DIR / "student"))) == "float32"  # not vLLM's bfloat16 for "auto"
+    assert checkpoint_dtype(ModelSpec(str(TOY_DIR / "student"), dtype="bfloat16")) == "bfloat16"
+    assert checkpoint_dtype(ModelSpec("/nonexistent/model")) == "auto"
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, capsys):
+    import shutil
+
+    from harness import cli
+    from harness.toy import TOY_DIR
+
+    bad = tmp_path / "student"
+    shutil.copytree(TOY_DIR / "student", bad)
+    (bad / "model.safetensors").write_bytes((TOY_DIR / "student" / "model.safetensors").read_bytes()[:1000])
+    sets = ["task=odiag_toy", "backend=hf", f"student={bad}", "teachers=[toy-self-1c]", "limit=1", "n_initial=4"]
+    assert cli.main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"odiag: error: model {bad}: its weights cannot be read") and len(err.splitlines()) == 1, err

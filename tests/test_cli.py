@@ -543,3 +543,27 @@ def test_one_question_and_one_teacher_read_in_the_singular():
     assert run_started_line(RunStarted("t", 1, 64, 2, "d")) == "odiag: diagnosing 1 of 64 questions of t with 2 teachers -> d"
     cfg = resolve_run_config(None, ["limit=1", "teachers=[synthetic-helpful]"])
     assert plan_for(cfg).lines[0].endswith("backend synthetic, 1 teacher, 1 question")
+
+
+def test_a_library_failing_of_the_ctrl_c_it_got_first_is_the_stop_not_a_bug(monkeypatch, capsys):
+    """vLLM's engine process gets the terminal's Ctrl-C too and may die first: odiag then sees the engine's
+    error (EngineDeadError), not a KeyboardInterrupt. Still the stop line and exit 130."""
+    import argparse
+    import os
+    import signal
+
+    from harness import cli
+
+    def engine_call(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a pending handler runs here at the latest
+        except KeyboardInterrupt:
+            pass  # the library swallows it, then fails of its dead engine
+        raise RuntimeError("EngineCore encountered an issue")
+
+    args = argparse.Namespace(func=engine_call, verbose=False, quiet=True, out="runs/x", debug=False, command="run")
+    monkeypatch.setattr(cli, "_parse", lambda argv: args)
+    assert cli.main(["run"]) == 130
+    err = capsys.readouterr().err
+    assert "odiag: interrupted" in err and "internal error" not in err and "Traceback" not in err, err

@@ -290,3 +290,12 @@ def test_plan_options_out_of_range_or_in_conflict_are_one_line(args, needle):
 def test_an_absurd_measured_rate_prints_no_infinite_wall_time():
     line = next(x for x in plan_for(resolve_run_config(None, []), throughput=5e-324).lines if x.startswith("wall time"))
     assert "inf" not in line and line.startswith("wall time: beyond")
+
+
+def test_a_ray_plan_says_its_memory_is_per_worker_and_divides_the_wall_time():
+    local = plan_for(resolve_run_config(None, ["limit=8"]), throughput=10)
+    spread = plan_for(resolve_run_config(None, ["limit=8", "executor=ray", "num_workers=4"]), throughput=10)
+    assert any(line.startswith("executor ray: 4 workers") for line in spread.lines)
+    hours = [float(re.search(r"wall time: <= ([0-9.]+) h", x).group(1)) for p in (local, spread) for x in p.lines
+             if x.startswith("wall time")]
+    assert hours[0] == pytest.approx(4 * hours[1], rel=0.05) and "per worker x 4" in spread.lines[-1]

@@ -76,3 +76,63 @@ def test_ray_workers_on_the_tiny_hf_model_give_the_local_results(ray_cluster, tm
     distributed = run(dataclasses.replace(toy, executor="ray", num_workers=2), tmp_path / "ray")
     assert local["counts"]["decision_points"] > 0
     _same(distributed, local)
+
+
+def test_more_workers_than_the_local_cluster_has_cpus_is_refused_not_left_waiting(ray_cluster):
+    from harness.errors import ConfigError
+
+    teachers = [load_teacher(t) for t in CFG.teachers]
+    with pytest.raises(ConfigError, match=r"num_workers 3: this machine's local cluster has 2 CPUs .* at most 2"):
+        RayBackendPool("synthetic", model_specs(CFG, teachers), num_workers=3)
+
+
+def test_a_backend_that_cannot_start_is_one_error_not_endless_restarts(ray_cluster, tmp_path):
+    """A corrupt checkpoint: every fresh worker would die loading it."""
+    import shutil
+
+    from harness.backends import STUDENT, ModelSpec
+    from harness.errors import ConfigError
+
+    bad = tmp_path / "student"
+    shutil.copytree(TOY_STUDENT, bad)
+    (bad / "model.safetensors").write_bytes((TOY_STUDENT / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="a worker could not start its hf backend"):
+        RayBackendPool("hf", {STUDENT: ModelSpec(str(bad))}, num_workers=1)
+
+
+def test_a_chunk_that_kills_every_worker_stops_the_run(ray_cluster):
+    """Every fresh worker dies on the chunk: the chunk, not bad luck, so it is not run for ever."""
+    import numpy as np
+
+    from harness.backends import SampleRequest
+    from harness.errors import ConfigError
+
+    teachers = [load_teacher(t) for t in CFG.teachers]
+    pool = RayBackendPool("synthetic", model_specs(CFG, teachers), num_workers=1)
+
+    def doomed():
+        worker = pool._actor.remote(*pool._spec)
+        os.kill(ray.get(worker.pid.remote()), signal.SIGKILL)
+        return worker
+
+    pool._start = doomed
+    os.kill(pool.worker_pids()[0], signal.SIGKILL)
+    with pytest.raises(ConfigError, match="3 workers died running the same requests"):
+        pool.sample([SampleRequest(prefix=np.array([1]), n=1, seed=0, max_new_tokens=2)])
+    assert pool.restarted == 2
+
+
+@pytest.mark.parametrize("address, needle", [
+    ("127.0.0.1:1", "ray_address 127.0.0.1:1: nothing answers there"),
+    ("nonsense", "ray_address 'nonsense': expected HOST:PORT"),
+])
+def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(address, needle):
+    import time
+
+    from harness.distributed import _init
+    from harness.errors import ConfigError
+
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=needle):
+        _init(ray, address)
+    assert time.monotonic() - start < 10

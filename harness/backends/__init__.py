@@ -70,6 +70,16 @@ def check_options(name: str, options: Mapping, where: str = "student_args") -> d
                              + (" and vLLM's EngineArgs" if engine else ""))
     if engine_options:
         out["engine_options"] = {**engine_options, **dict(out.get("engine_options") or {})}
+    nested = out.get("engine_options")
+    if name == "vllm" and nested is not None:  # given as a mapping, they reach every engine: the same check
+        if not isinstance(nested, Mapping):
+            raise ValueError(f"{where}: key 'engine_options' must be a mapping of vLLM engine arguments, got {nested!r}")
+        if engine and (odd := sorted(set(nested) - engine)):
+            raise ValueError(f"{where}: engine_options: unknown vLLM engine argument {odd[0]!r}")
+    if name == "vllm" and out.get("hf_options") is not None:  # the exact scorer's options: the hf backend's keys
+        if not isinstance(out["hf_options"], Mapping):
+            raise ValueError(f"{where}: key 'hf_options' must be a mapping of the hf backend's options, got {out['hf_options']!r}")
+        check_options("hf", out["hf_options"], f"{where}: hf_options")
     if hasattr(backend, "check_option_values"):  # values too, before a model loads
         try:
             backend.check_option_values(**out)

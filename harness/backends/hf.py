@@ -49,6 +49,7 @@ from transformers.utils import logging as hf_logging
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from harness.backends import ModelSpec
+from harness.errors import ConfigError
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
 from harness.wording import plural
@@ -66,10 +67,15 @@ _MUL2 = np.uint64(0x94D049BB133111EB)
 def load_causal_lm(model_id: str, revision: str | None, dtype: str, **kwargs) -> torch.nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` at ``dtype`` (a key of ``_DTYPES``), without transformers'
     "Loading weights ... it/s" bar: it would sit among odiag's own progress lines, or break ``--quiet``."""
+    from safetensors import SafetensorError
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         return AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=_DTYPES[dtype], **kwargs)
+    except SafetensorError as exc:  # a truncated download or a damaged copy: the user's to restore, not a bug
+        raise ConfigError(f"model {model_id}: its weights cannot be read ({exc}); restore the files or download "
+                          "them again") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -51,6 +51,7 @@ import numpy as np
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, topk_tail_divergences
+from harness.errors import ConfigError
 from harness.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -267,16 +268,21 @@ class VLLMBackend:
 
     @staticmethod
     def check_option_values(*, score_with: str = "hf", score_logprobs: int = 128, gpu_memory_utilization: float | None = None,
-                            tensor_parallel_size: int = 1, **_) -> None:
-        """The options' values, before any engine starts: a ValueError naming the option and the fix."""
+                            tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                            engine_options: Mapping | None = None, **_) -> None:
+        """The options' values, before any engine starts: a ValueError naming the option and the fix. The same
+        engine arguments given in ``engine_options`` (or a teacher's ``model_args``) are checked alike."""
         if score_with not in ("hf", "vllm"):
             raise ValueError(f"score_with must be 'hf' or 'vllm', got {score_with!r}")
-        for key, value in (("score_logprobs", score_logprobs), ("tensor_parallel_size", tensor_parallel_size)):
-            if not (type(value) is int and value >= 1):
+        nested = dict(engine_options or {}) if isinstance(engine_options, Mapping) else {}
+        values = {"score_logprobs": score_logprobs, "tensor_parallel_size": nested.get("tensor_parallel_size", tensor_parallel_size),
+                  "max_model_len": nested.get("max_model_len", max_model_len)}
+        for key, value in values.items():
+            if not (value is None and key == "max_model_len") and not (type(value) is int and value >= 1):
                 raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
-        if gpu_memory_utilization is not None and not (isinstance(gpu_memory_utilization, (int, float))
-                                                       and 0 < gpu_memory_utilization <= 1):
-            raise ValueError(f"gpu_memory_utilization is a share of the device, in (0, 1], got {gpu_memory_utilization!r}")
+        share = nested.get("gpu_memory_utilization", gpu_memory_utilization)
+        if share is not None and not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1):
+            raise ValueError(f"gpu_memory_utilization is a share of the device, in (0, 1], got {share!r}")
 
     def __init__(
         self,
@@ -291,8 +297,9 @@ class VLLMBackend:
         model_args: Mapping[str, Mapping] | None = None,
         hf_options: Mapping | None = None,
     ):
-        self.check_option_values(score_with=score_with, score_logprobs=score_logprobs,
-                                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+        self.check_option_values(score_with=score_with, score_logprobs=score_logprobs, gpu_memory_utilization=gpu_memory_utilization,
+                                 tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                                 engine_options=engine_options)
         self._specs = dict(models)
         self.score_with = score_with
         self.score_logprobs = score_logprobs
@@ -343,7 +350,7 @@ class VLLMBackend:
 
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
-            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=spec.dtype, **args)
+            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
         return self._engines[spec]
 
     def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
@@ -364,6 +371,13 @@ class VLLMBackend:
                 params = SamplingParams(**sampling_kwargs(r, i, top_k_disabled))
                 check_untruncated(params)
                 by_model.setdefault(r.model, []).append((prompt, params))
+        for name, todo in by_model.items():  # vLLM would cut max_tokens to fit: a truncated draw, not one from pi
+            limit = _engine_config(self._engine(name), "max_model_len")
+            longest = max(len(p["prompt_token_ids"]) + params.max_tokens for p, params in todo)
+            if isinstance(limit, int) and longest > limit:
+                raise ConfigError(f"max_model_len {limit} of {self._specs[name].id}'s engine is below a prompt and its "
+                                 f"{max(params.max_tokens for _, params in todo)} response tokens ({longest} positions): "
+                                 "raise it (or leave it unset) in student_args or the teacher's model_args")
         bar = completion_bar(on_done) if on_done is not None else False
         outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=bar))
                    for name, todo in by_model.items()}
@@ -509,6 +523,23 @@ def engine_settings(llm) -> dict:
         "device": str(read("device_config", "device_type") or read("device_config", "device") or "") or None,
     }
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def checkpoint_dtype(spec: ModelSpec) -> str:
+    """The dtype an engine runs ``spec`` in: its own, or with "auto" the checkpoint's, as the exact scorer
+    (transformers) loads it. vLLM's "auto" would run a float32 checkpoint in bfloat16: the tree would be
+    drawn from another pi than the one scored."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec.id, revision=spec.revision)
+    except (OSError, ValueError):
+        return "auto"
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(dtype).removeprefix("torch.")
+    return name if name in ("float32", "bfloat16", "float16") else "auto"
 
 
 def _engine_config(llm, field: str):

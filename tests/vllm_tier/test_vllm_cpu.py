@@ -199,11 +199,55 @@ def test_sigkill_under_vllm_then_resume_gives_the_same_results(runs, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_unknown_backend_option_is_one_line(tmp_path):
-    out = _odiag("run", *_sets([*RUN, "backend=vllm", "student_args={gpu_memory_utilisation: 0.1}"]),
-                 "--out", str(tmp_path / "x"), timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("odiag: error: student_args: unknown key 'gpu_memory_utilisation'")
+def test_ctrl_c_to_the_process_group_under_vllm_stops_cleanly_and_resumes(runs, tmp_path):
+    """A terminal's Ctrl-C reaches vLLM's engine process too, which may die before odiag hears of it:
+    still the stop line and exit 130, and the same command resumes to the uninterrupted results."""
+    reference, _, _, _ = runs
+    out = tmp_path / "interrupted"
+    cmd = [str(BIN / "odiag"), "run", *_sets([*RUN, "backend=vllm", "student_args={max_model_len: 512}"]),
+           "--out", str(out), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}  # vLLM's default: an engine process
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not list((out / "shards").glob("*/window0-round0.npz")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "odiag: interrupted" in err and "internal error" not in err, err[-3000:]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["teachers"] == reference["teachers"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    ("{gpu_memory_utilisation: 0.1}", "student_args: unknown key 'gpu_memory_utilisation'"),
+    ("{hf_options: {nope: 1}}", "student_args: hf_options: unknown key 'nope' for the hf backend"),
+    ("{engine_options: {no_such: 1}}", "student_args: engine_options: unknown vLLM engine argument 'no_such'"),
+    ("{max_model_len: x}", "max_model_len must be a whole number >= 1, got 'x'"),
+    ("{gpu_memory_utilization: true}", "gpu_memory_utilization is a share of the device, in (0, 1], got True"),
+    ("{max_model_len: 64}", "student_args: max_model_len 64 is below the longest prompt"),
+])
+def test_a_bad_backend_option_is_one_line_before_anything_is_written(tmp_path, args, needle):
+    """Before an engine starts or the run directory is made: a key or value the engines would refuse
+    later (after the initial rollouts, where a changed hf_options then makes another tree), or a
+    max_model_len that would cut every response short (vLLM shortens max_tokens to fit)."""
+    out = _odiag("run", *_sets([*RUN, "backend=vllm", f"student_args={args}"]), "--out", str(tmp_path / "x"), timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("odiag: error: ") and needle in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
+    """vLLM's own "auto" runs a float32 checkpoint in bfloat16, transformers' in float32: the tree would be
+    drawn from another pi than the one scored."""
+    from harness.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend({STUDENT: ModelSpec(STUDENT_DIR)}, engine_options={"max_model_len": 512})
+    backend.sample([SampleRequest(_prompt(), 1, seed=0, max_new_tokens=2)])
+    assert backend.describe()["engines"][STUDENT_DIR]["dtype"] == "torch.float32"
 
 
 # -- lm-eval -------------------------------------------------------------------------------------
