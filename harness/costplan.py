@@ -269,8 +269,10 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     if cfg.backend == "vllm":
         score_with = options.get("score_with", "hf")
         util = options.get("gpu_memory_utilization", engine_options.get("gpu_memory_utilization"))
-        if util is None:
-            util = 0.5 if score_with == "hf" else 0.85 / max(len(models), 1)  # the backend's defaults
+        if util is None:  # the run's defaults (harness.plan.backend_options, the backend)
+            from harness.plan import sampling_models
+
+            util = round(0.5 / len(sampling_models(cfg, teachers)), 4) if score_with == "hf" else 0.85 / max(len(models), 1)
         lines.append(f"layout (vllm, score_with={score_with}): one engine per "
                      + ("sampling model" if score_with == "hf" else "model (sampling and scoring)")
                      + f", each reserving gpu_memory_utilization={util:g} of the device ("

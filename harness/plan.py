@@ -193,6 +193,8 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
     if t := next((t for t in teachers if t.model_args and t.is_self), None):
         raise ConfigError(f"{t.file or t.name}: key 'model_args': a self-teacher reads with the student's model; set its "
                           "options in the run's student_args")
+    if cfg.backend == "vllm":
+        options |= _engine_shares(cfg, teachers, options)
     if per_model:
         from harness.backends import engine_argument_names
 
@@ -204,6 +206,30 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
                 raise ConfigError(f"teacher {t.name}: model_args key {odd[0]!r} is not a vLLM engine argument "
                                   "(backend-wide options go in student_args)")
     return options
+
+
+def sampling_models(cfg: RunConfig, teachers) -> list[str]:
+    """The models that sample, each in an engine of its own under vllm: the student, then every model a
+    teacher draws solutions or summaries from."""
+    from harness.teachers import TEXT_SUMMARIZERS
+
+    out = [cfg.student]
+    for t in teachers:
+        for model in (t.solution_source, t.summarizer):
+            if model not in (None, STUDENT, *TEXT_SUMMARIZERS, *out):
+                out.append(model)
+    return out
+
+
+def _engine_shares(cfg: RunConfig, teachers, options: dict) -> dict:
+    """With exact scoring and no ``gpu_memory_utilization`` given, the half of the device the sampling
+    engines share by default is split between them (each would otherwise take half, leaving the scorer
+    nothing once a teacher samples solutions from a model of its own)."""
+    given = options.get("gpu_memory_utilization", dict(options.get("engine_options") or {}).get("gpu_memory_utilization"))
+    engines = len(sampling_models(cfg, teachers))
+    if given is not None or options.get("score_with", "hf") != "hf" or engines == 1:
+        return {}
+    return {"gpu_memory_utilization": round(0.5 / engines, 4)}
 
 
 def build_backend(cfg: RunConfig, teachers) -> Backend:

@@ -299,3 +299,20 @@ def test_a_ray_plan_says_its_memory_is_per_worker_and_divides_the_wall_time():
     hours = [float(re.search(r"wall time: <= ([0-9.]+) h", x).group(1)) for p in (local, spread) for x in p.lines
              if x.startswith("wall time")]
     assert hours[0] == pytest.approx(4 * hours[1], rel=0.05) and "per worker x 4" in spread.lines[-1]
+
+
+def test_sampling_engines_share_half_the_device_by_default_under_exact_scoring():
+    """A teacher that samples solutions from a model of its own adds an engine: the two split the half
+    the scorer leaves (each would take half, and the scorer would get nothing)."""
+    from harness.plan import backend_options
+    from harness.teachers import load_teacher
+
+    sets = ["task=odiag_toy", "backend=vllm", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c-teacher]"]
+    cfg = resolve_run_config(None, sets)
+    teachers = [load_teacher(t) for t in cfg.teachers]
+    assert backend_options(cfg, teachers)["gpu_memory_utilization"] == 0.25
+    assert "gpu_memory_utilization=0.25 of the device (20.0 GiB each)" in "\n".join(plan_for(cfg, gpu_memory=80).lines)
+    alone = resolve_run_config(None, [*sets, "teachers=[toy-self-1c]"])
+    assert "gpu_memory_utilization" not in backend_options(alone, [load_teacher("toy-self-1c")])  # the backend's 0.5
+    given = resolve_run_config(None, [*sets, "student_args={gpu_memory_utilization: 0.4}"])
+    assert backend_options(given, teachers)["gpu_memory_utilization"] == 0.4
