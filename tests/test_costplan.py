@@ -62,8 +62,10 @@ def test_the_papers_boolq_plan_and_its_refusal():
     phases = dict(plan.phases)
     weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
     assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
+    with pytest.raises(ConfigError, match="phase 'teacher contexts.*Qwen3-32B needs 62.5 GiB but its engine gets 35.2"):
+        plan_for(cfg, gpu_memory=141)  # by default the two sampling engines share half the device
     with pytest.raises(ConfigError, match="phase 'teacher scoring' needs"):
-        plan_for(cfg, gpu_memory=141)
+        plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.45}"]), gpu_memory=141)
     with pytest.raises(ConfigError, match="phase 'teacher contexts"):  # the 32B engine cannot hold its weights
         plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.3}"]), gpu_memory=141)
     small = plan_for(resolve_run_config(None, [*PAPER, "teachers=[self-1c]", "student_args={score_with: vllm}"]),
