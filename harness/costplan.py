@@ -453,19 +453,11 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
 
 def _yaml_n_min(task: str) -> int:
     """The task YAML's ``metadata.odiag.n_min`` (20 where it sets none)."""
-    import yaml
+    from harness.lmeval_bridge import task_yaml
 
-    from harness.lmeval_bridge import TASKS_DIR
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    try:
-        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(), Loader=Loader) or {}
-        value = ((data.get("metadata") or {}).get("odiag") or {}).get("n_min", 20)
-    except (OSError, yaml.YAMLError, AttributeError):
-        return 20
+    metadata = task_yaml(task).get("metadata")
+    odiag = metadata.get("odiag") if isinstance(metadata, dict) else None
+    value = odiag.get("n_min", 20) if isinstance(odiag, dict) else 20
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 20
 
 

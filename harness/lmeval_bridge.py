@@ -249,19 +249,25 @@ def _model_argument_names(lm=None) -> set[str]:
     return names
 
 
-def _yaml_generation_kwargs(task: str) -> dict:
-    """The ``generation_kwargs`` written in odiag's task YAML ``task`` ({} for another task)."""
+def task_yaml(task: str) -> dict:
+    """odiag's task YAML ``task`` as written, its ``!function`` tags left unread ({} for another task)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    path = TASKS_DIR / f"{task}.yaml"
     try:
-        return dict((yaml.load(path.read_text(), Loader=Loader) or {}).get("generation_kwargs") or {})
-    except (OSError, yaml.YAMLError, AttributeError):
+        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(), Loader=Loader)
+    except (OSError, yaml.YAMLError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _yaml_generation_kwargs(task: str) -> dict:
+    """The ``generation_kwargs`` written in odiag's task YAML ``task`` ({} for another task)."""
+    kwargs = task_yaml(task).get("generation_kwargs")
+    return dict(kwargs) if isinstance(kwargs, dict) else {}
 
 
 def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: str, written: Mapping = ()) -> dict:
