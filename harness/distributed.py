@@ -86,6 +86,24 @@ def _cause(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def gpus_per_worker(backend: str, num_workers: int, gpus: float, address: str | None, options: Mapping) -> int:
+    """1 where every worker can hold a GPU of its own, 0 for CPU workers (the synthetic backend, a cluster without
+    GPUs, an hf backend told ``device: cpu``). A GPU cluster with more workers than GPUs is refused (a local one: Ray cannot
+    give every worker one, and giving none would run on CPU) or warned of (a remote one may scale up)."""
+    if backend == "synthetic" or gpus < 1 or str(options.get("device", "auto")) == "cpu":
+        return 0
+    if num_workers <= gpus:
+        return 1
+    where = "this machine's local cluster" if address is None else f"the cluster at {address}"
+    message = (f"num_workers {num_workers}: {where} has {gpus:g} GPUs and each worker takes a whole one, so with more "
+               f"workers than GPUs every worker would run on CPU; ask for at most {int(gpus)}"
+               + (", or set device: cpu in student_args to run on CPUs" if backend == "hf" else ""))
+    if address is None:
+        raise ConfigError(message)
+    log.warning("%s; the others wait until the cluster has GPUs for them", message)
+    return 1
+
+
 class RayBackendPool:
     """A Backend spreading each call's requests over ``num_workers`` Ray actors."""
 
@@ -116,7 +134,7 @@ class RayBackendPool:
             if address is None:
                 raise ConfigError(message)
             log.warning("%s (unless the cluster scales up)", message)
-        per_worker_gpu = 1 if gpus >= num_workers else 0
+        per_worker_gpu = gpus_per_worker(backend, num_workers, gpus, address, options)
         self._actor = ray.remote(num_cpus=1, num_gpus=per_worker_gpu)(_Worker)
         self._spec = (backend, dict(models), options)
         self.workers = [self._start() for _ in range(num_workers)]

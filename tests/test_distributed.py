@@ -136,3 +136,22 @@ def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(address, needl
     with pytest.raises(ConfigError, match=needle):
         _init(ray, address)
     assert time.monotonic() - start < 10
+
+
+def test_more_workers_than_gpus_is_refused_not_run_on_cpu(caplog):
+    """A worker holds a whole GPU or none; Ray cannot give 3 workers 2, and giving none ran the run on CPU."""
+    from harness.distributed import gpus_per_worker
+    from harness.errors import ConfigError
+
+    assert gpus_per_worker("hf", 2, 2.0, None, {}) == 1
+    with pytest.raises(ConfigError, match=r"num_workers 3: this machine's local cluster has 2 GPUs .* at most 2, or set "
+                                          r"device: cpu in student_args"):
+        gpus_per_worker("hf", 3, 2.0, None, {})
+    with pytest.raises(ConfigError, match="at most 1$"):
+        gpus_per_worker("vllm", 2, 1.0, None, {})
+    assert gpus_per_worker("hf", 3, 2.0, None, {"device": "cpu"}) == 0  # CPU workers asked for
+    assert gpus_per_worker("synthetic", 3, 2.0, None, {}) == 0
+    assert gpus_per_worker("hf", 3, 0.0, None, {}) == 0  # a CPU cluster
+    with caplog.at_level("WARNING"):
+        assert gpus_per_worker("hf", 3, 2.0, "10.0.0.1:6379", {}) == 1  # a remote cluster may add GPUs
+    assert "wait until the cluster has GPUs" in caplog.text
