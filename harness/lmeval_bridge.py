@@ -313,7 +313,7 @@ def _student(lm) -> tuple[str, str | None]:
     return lm.pretrained, None if revision in (None, "main") else revision
 
 
-def _backend(lm, cfg: RunConfig, teachers):
+def _backend(lm, cfg: RunConfig, teachers, task):
     from harness.backends import STUDENT, ModelSpec
     from harness.plan import backend_options, model_specs
 
@@ -321,18 +321,50 @@ def _backend(lm, cfg: RunConfig, teachers):
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
     options = backend_options(cfg, teachers)  # student_args from --metadata, teachers' model_args
     if type(lm).__name__ == "VLLM":
-        from harness.backends.vllm import VLLMBackend
+        from harness.backends.vllm import VLLMBackend, checkpoint_dtype, engine_settings
 
-        if options.get("engine_options"):
-            raise ConfigError(f"student_args {sorted(options['engine_options'])}: lm-eval builds the student's "
-                              "engine; give vLLM's engine arguments in --model_args")
-        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs,
-                                       **{"score_with": "vllm", **options})
+        prompts = [len(q.prompt_ids) for q in task.questions(cfg.limit)]
+        response = cfg.max_new_tokens or task.max_new_tokens
+        check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), max(prompts, default=0) + response)
+        # scored as odiag run scores (exactly, unless student_args says score_with: vllm): one config, one set of numbers
+        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, **options)
     from harness.backends.hf import HFBackend
 
     specs.pop(STUDENT)
     threads = {"threads": cfg.threads} if cfg.threads else {}  # as plan.build_backend gives it
     return HFBackend.from_model(lm.model, spec, specs, **threads, **options)
+
+
+def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) -> None:
+    """lm-eval's vLLM engine (``engine_settings``) against what ``odiag run`` would build for ``cfg``: the
+    same pi, whole responses, the scorer's depth; a ConfigError naming the ``--model_args`` fix. Options of
+    the student's engine in ``student_args`` would reach only the engines odiag starts, so they are refused.
+    ``dtype``: the one odiag reads the student in; ``positions``: the longest prompt plus its response."""
+    from harness.backends import engine_argument_names
+
+    args = dict(cfg.student_args or {})
+    engine_keys = {"engine_options", "gpu_memory_utilization", "tensor_parallel_size", "max_model_len"}
+    if given := sorted(k for k in args if k in engine_keys or k in engine_argument_names()):
+        raise ConfigError(f"student_args {given}: lm-eval builds the student's engine; give vLLM's engine arguments in "
+                          "--model_args (a teacher's engine takes them in its file's model_args)")
+    running = str(engine.get("dtype") or "").removeprefix("torch.")
+    if dtype != "auto" and running and running != dtype:
+        raise ConfigError(f"lm-eval's engine runs {cfg.student} in {running} and odiag scores it in {dtype} (the "
+                          f"{'run' if cfg.dtype != 'auto' else 'checkpoint'}'s dtype): the tree would be drawn from "
+                          f"another pi than the one scored; give --model_args dtype={dtype}")
+    if isinstance(engine.get("max_model_len"), int) and engine["max_model_len"] < positions:
+        raise ConfigError(f"lm-eval's engine has max_model_len {engine['max_model_len']}, below the longest prompt and "
+                          f"its response ({positions} positions): vLLM would cut responses short, and a cut response "
+                          f"scores 0; give --model_args max_model_len={positions} or more")
+    if engine.get("device") == "cpu" and engine.get("enable_chunked_prefill"):
+        raise ConfigError("lm-eval's engine prefills in chunks, which vLLM's CPU build cannot do with seeded requests "
+                          "(\"CPU Generator does not use offset\"); give --model_args enable_chunked_prefill=False")
+    cap, vocab = engine.get("max_logprobs"), engine.get("vocab_size")
+    wanted = min(int(args.get("score_logprobs", 128)), vocab or 1 << 62)
+    if args.get("score_with") == "vllm" and isinstance(cap, int) and 0 <= cap < wanted:
+        raise ConfigError(f"student_args score_with vllm: lm-eval's engine lists at most {cap} log-probabilities per "
+                          f"position (its max_logprobs) and the run asks for {wanted} (score_logprobs): give "
+                          f"--model_args max_logprobs={wanted}, or student_args score_logprobs: {cap}")
 
 
 def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, dict]:
@@ -448,10 +480,12 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         teachers = [load_teacher(t) for t in cfg.teachers]
         log.info("odiag: %s, %d %s, teachers %s -> %s", name, len(doc_ids), plural(len(doc_ids), "question"),
                  list(cfg.teachers), out)
+        odiag_task = _odiag_task(task, cfg, doc_ids)
+        backend = _backend(self, cfg, teachers, odiag_task)  # its checks before the run directory is made
         reporter = Reporter()
         try:
-            results = run(cfg, out, on_progress=reporter, backend=_backend(self, cfg, teachers),
-                          task=_odiag_task(task, cfg, doc_ids), out_flag=f"task {name}: --metadata key 'out'")
+            results = run(cfg, out, on_progress=reporter, backend=backend, task=odiag_task,
+                          out_flag=f"task {name}: --metadata key 'out'")
         finally:
             reporter.close()
         for line in reporter.closing_lines():

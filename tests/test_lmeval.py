@@ -5,6 +5,7 @@ metrics must equal what ``odiag run`` gives for the same config and seed: lm-eva
 questions of each question's record is odiag's per-teacher mean (SPEC §5).
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("lm_eval")
 pytest.importorskip("accelerate")  # lm-eval's hf model needs it
 
-from harness.config import ConfigError  # noqa: E402
+from harness.config import ConfigError, RunConfig  # noqa: E402
 from harness.lmeval_bridge import TASKS_DIR, _check_supported, metric_name, settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,37 @@ def test_data_parallel_is_refused_with_a_pointer_to_odiag_run():
 
     with pytest.raises(ConfigError, match="odiag run"):
         _check_supported(FakeVLLM())
+
+
+GOOD_ENGINE = {"dtype": "torch.float32", "max_model_len": 512, "device": "cpu", "enable_chunked_prefill": False,
+               "max_logprobs": 20, "vocab_size": 52}
+
+
+@pytest.mark.parametrize("engine, student_args, needle", [
+    ({"dtype": "torch.bfloat16"}, {}, r"runs toy in bfloat16 and odiag scores it in float32 \(the checkpoint's dtype\)"
+                                      ": .* give --model_args dtype=float32"),
+    ({"max_model_len": 100}, {}, r"max_model_len 100, below the longest prompt and its response \(164 positions\)"
+                                 ": .* give --model_args max_model_len=164 or more"),
+    ({"enable_chunked_prefill": True}, {}, "give --model_args enable_chunked_prefill=False"),
+    ({}, {"score_with": "vllm"}, "lists at most 20 log-probabilities per position .* asks for 52 .* "
+                                 "--model_args max_logprobs=52, or student_args score_logprobs: 20"),
+    ({}, {"max_model_len": 512}, r"student_args \['max_model_len'\]: lm-eval builds the student's engine"),
+    ({}, {"engine_options": {"enforce_eager": True}}, r"student_args \['engine_options'\]"),
+])
+def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engine, student_args, needle):
+    """lm-eval builds the student's engine: a dtype other than the one scored, a length that cuts responses, a
+    prefill the CPU build cannot seed, a log-prob cap below the scorer's depth, and engine options odiag
+    would not apply are refused, not run with other numbers under the same config."""
+    from harness.lmeval_bridge import check_engine
+
+    cfg = RunConfig(task="odiag_toy", backend="vllm", student="toy", teachers=("toy-self-1c",), student_args=student_args)
+    with pytest.raises(ConfigError, match=needle):
+        check_engine(GOOD_ENGINE | engine, cfg, "float32", 164)
+    check_engine(GOOD_ENGINE, RunConfig(task="odiag_toy", backend="vllm", student="toy", teachers=("toy-self-1c",)),
+                 "float32", 164)
+    # the approximate scorer at the engine's cap, asked for, is what odiag run would read
+    check_engine(GOOD_ENGINE, dataclasses.replace(cfg, student_args={"score_with": "vllm", "score_logprobs": 20}),
+                 "float32", 164)
 
 
 def _results(out: Path) -> dict:

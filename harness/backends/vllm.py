@@ -323,6 +323,7 @@ class VLLMBackend:
         self._model_args = {k: dict(v) for k, v in (model_args or {}).items()}
         self._hf_options = dict(hf_options or {})
         self._engines: dict[ModelSpec, object] = {}
+        self._given: set[ModelSpec] = set()  # engines built elsewhere (lm-eval's), with their own arguments
         self._hf = None
         self.tokenizer = None
 
@@ -338,6 +339,7 @@ class VLLMBackend:
             spec = ModelSpec(id=str(_engine_config(llm, "model") or "unknown"))
         backend = cls({**(models or {}), model: spec}, **options)
         backend._engines[spec] = llm
+        backend._given.add(spec)
         backend.tokenizer = tokenizer
         return backend
 
@@ -375,9 +377,11 @@ class VLLMBackend:
             limit = _engine_config(self._engine(name), "max_model_len")
             longest = max(len(p["prompt_token_ids"]) + params.max_tokens for p, params in todo)
             if isinstance(limit, int) and longest > limit:
+                where = ("the --model_args of lm-eval, which built this engine" if self._specs[name] in self._given
+                         else "student_args or the teacher's model_args")
                 raise ConfigError(f"max_model_len {limit} of {self._specs[name].id}'s engine is below a prompt and its "
                                  f"{max(params.max_tokens for _, params in todo)} response tokens ({longest} positions): "
-                                 "raise it (or leave it unset) in student_args or the teacher's model_args")
+                                 f"raise it (or leave it unset) in {where}")
         bar = completion_bar(on_done) if on_done is not None else False
         outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=bar))
                    for name, todo in by_model.items()}

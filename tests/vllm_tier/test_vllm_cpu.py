@@ -10,6 +10,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,27 +254,54 @@ def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
 # -- lm-eval -------------------------------------------------------------------------------------
 
 
-def test_lm_eval_with_vllm_end_to_end(tmp_path):
-    """vLLM's own engine arguments in --model_args, a temperature in --gen_kwargs, odiag's keys in
-    --metadata: the run directory and lm-eval's metrics agree."""
+LMEVAL_ENGINE = ("gpu_memory_utilization=0.1,enforce_eager=True,max_model_len=512,distributed_executor_backend=uni,"
+                 "enable_chunked_prefill=False")
+
+
+def _lm_eval(tmp_path, model_args: str, metadata: dict, *extra: str):
     tasks = _odiag("tasks-dir").stdout.strip()
-    model_args = (f"pretrained={STUDENT_DIR},dtype=float32,gpu_memory_utilization=0.1,enable_chunked_prefill=False,"
-                  "enforce_eager=True,max_model_len=512,distributed_executor_backend=uni")
-    metadata = {"teachers": ["toy-self-1c"], "algorithms": ["gkd"], "n_initial": 16, "n_target": 8, "n_min": 6, "k_window": 2,
-                "out": str(tmp_path / "run")}
     cmd = [str(BIN / "lm_eval"), "--include_path", tasks, "--tasks", "odiag_toy", "--model", "vllm",
-           "--model_args", model_args, "--limit", "2", "--gen_kwargs", "temperature=0.9",
+           "--model_args", f"pretrained={STUDENT_DIR},{model_args}", *extra,
            "--metadata", json.dumps(metadata), "--output_path", str(tmp_path / "out")]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+
+def test_lm_eval_with_vllm_gives_odiag_runs_numbers(runs, tmp_path):
+    """vLLM's own engine arguments in --model_args, a temperature in --gen_kwargs, odiag's keys in
+    --metadata: lm-eval's engine samples and odiag scores exactly, as ``odiag run --set backend=vllm``
+    does, so the same settings give the same numbers (lm-eval's default scorer was once vLLM's
+    20 listed log-probabilities, under the same config hash)."""
+    settings = dict(item.split("=", 1) for item in RUN)
+    metadata = {"teachers": ["toy-self-1c"], "algorithms": ["gkd"], "out": str(tmp_path / "run"),
+                **{k: int(settings[k]) for k in ("n_initial", "n_target", "n_min", "k_window", "seed")}}
+    out = _lm_eval(tmp_path, f"dtype=float32,{LMEVAL_ENGINE}", metadata,
+                   "--limit", settings["limit"], "--gen_kwargs", "temperature=1.0")
     assert out.returncode == 0, out.stderr[-3000:]
     (path,) = list((tmp_path / "out").rglob("results_*.json"))
     metrics = json.loads(path.read_text())["results"]["odiag_toy"]
-    assert "alignment/toy-self-1c/gkd,none" in metrics
-    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
-    assert config["temperature"] == 0.9 and config["backend"] == "vllm"
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    reference = runs[0]
+    assert results["config_hash"] == reference["config_hash"]
+    assert json.dumps(results["teachers"], sort_keys=True) == json.dumps(reference["teachers"], sort_keys=True)
+    for key in ("questions", "paths", "decision_points", "rollouts", "tokens_generated"):
+        assert results["counts"][key] == reference["counts"][key]
+    (teacher,) = results["teachers"]
+    assert metrics["alignment/toy-self-1c/gkd,none"] == pytest.approx(teacher["alignment"]["mean"])
     backend = results["versions"]["backend"]
-    assert backend["score_logprobs"] == 20  # lm-eval's engine allows 20 log-probs: what odiag read
     (engine,) = backend["engines"].values()
-    assert engine["gpu_memory_utilization"] == 0.1 and engine["enable_chunked_prefill"] is False
-    assert results["counts"]["questions"] == 2
+    assert backend["score_with"] == "hf" and engine["gpu_memory_utilization"] == 0.1
+
+
+@pytest.mark.parametrize("model_args, needle", [
+    (LMEVAL_ENGINE, "lm-eval's engine runs .* in bfloat16 and odiag scores it in float32"),
+    (f"dtype=float32,{LMEVAL_ENGINE.replace(',enable_chunked_prefill=False', '')}",
+     "give --model_args enable_chunked_prefill=False"),
+])
+def test_lm_evals_engine_that_odiag_run_would_not_build_is_one_line_before_the_run(tmp_path, model_args, needle):
+    """vLLM's own dtype auto samples the float32 toy in bfloat16; its CPU build prefills in chunks by default,
+    which kills a seeded request. Both read from the real engine, refused before the run directory is made."""
+    out = _lm_eval(tmp_path, model_args, {"teachers": ["toy-self-1c"], "out": str(tmp_path / "run")}, "--limit", "1")
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("odiag: error:")]
+    assert re.search(needle, line) and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
