@@ -329,10 +329,24 @@ def _backend(lm, cfg: RunConfig, teachers, task):
         # scored as odiag run scores (exactly, unless student_args says score_with: vllm): one config, one set of numbers
         return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, **options)
     from harness.backends.hf import HFBackend
+    from harness.backends.vllm import checkpoint_dtype
 
+    loaded = str(getattr(getattr(lm, "model", None), "dtype", "")).removeprefix("torch.")
+    check_dtype(cfg, loaded, checkpoint_dtype(spec), "lm-eval loaded")
     specs.pop(STUDENT)
     threads = {"threads": cfg.threads} if cfg.threads else {}  # as plan.build_backend gives it
     return HFBackend.from_model(lm.model, spec, specs, **threads, **options)
+
+
+def check_dtype(cfg: RunConfig, running: str, dtype: str, what: str) -> None:
+    """The student as lm-eval holds it (``running``) in the dtype the run records and odiag reads it in
+    (``dtype``: the run's, or with ``auto`` the checkpoint's): lm-eval loads it, so a ``dtype`` in
+    --metadata alone would be recorded and not used, and vLLM's ``auto`` runs a float32 checkpoint in
+    bfloat16."""
+    if dtype != "auto" and running and running != dtype:
+        raise ConfigError(f"{what} {cfg.student} in {running} and odiag reads it in {dtype} (the "
+                          f"{'run' if cfg.dtype != 'auto' else 'checkpoint'}'s dtype): the run would record other "
+                          f"numbers than its settings give; give --model_args dtype={dtype} (lm-eval loads the student)")
 
 
 def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) -> None:
@@ -347,11 +361,7 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) ->
     if given := sorted(k for k in args if k in engine_keys or k in engine_argument_names()):
         raise ConfigError(f"student_args {given}: lm-eval builds the student's engine; give vLLM's engine arguments in "
                           "--model_args (a teacher's engine takes them in its file's model_args)")
-    running = str(engine.get("dtype") or "").removeprefix("torch.")
-    if dtype != "auto" and running and running != dtype:
-        raise ConfigError(f"lm-eval's engine runs {cfg.student} in {running} and odiag scores it in {dtype} (the "
-                          f"{'run' if cfg.dtype != 'auto' else 'checkpoint'}'s dtype): the tree would be drawn from "
-                          f"another pi than the one scored; give --model_args dtype={dtype}")
+    check_dtype(cfg, str(engine.get("dtype") or "").removeprefix("torch."), dtype, "lm-eval's engine runs")
     if isinstance(engine.get("max_model_len"), int) and engine["max_model_len"] < positions:
         raise ConfigError(f"lm-eval's engine has max_model_len {engine['max_model_len']}, below the longest prompt and "
                           f"its response ({positions} positions): vLLM would cut responses short, and a cut response "

@@ -66,7 +66,7 @@ GOOD_ENGINE = {"dtype": "torch.float32", "max_model_len": 512, "device": "cpu", 
 
 
 @pytest.mark.parametrize("engine, student_args, needle", [
-    ({"dtype": "torch.bfloat16"}, {}, r"runs toy in bfloat16 and odiag scores it in float32 \(the checkpoint's dtype\)"
+    ({"dtype": "torch.bfloat16"}, {}, r"engine runs toy in bfloat16 and odiag reads it in float32 \(the checkpoint's dtype\)"
                                       ": .* give --model_args dtype=float32"),
     ({"max_model_len": 100}, {}, r"max_model_len 100, below the longest prompt and its response \(164 positions\)"
                                  ": .* give --model_args max_model_len=164 or more"),
@@ -150,12 +150,17 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
     for meta, needle in (({"out": "x"}, "odiag needs its teachers"),
                          ({**SETTINGS, "budgett": 3}, "unknown key 'budgett'"),
                          ({**SETTINGS, "out": "taken"},  # named as the user gave it: a metadata key, not --out
-                          "task odiag_toy: --metadata key 'out' taken: a directory that is not an odiag run")):
+                          "task odiag_toy: --metadata key 'out' taken: a directory that is not an odiag run"),
+                         # lm-eval loaded the student in float32: a dtype in --metadata alone was recorded, not used
+                         ({**SETTINGS, "dtype": "bfloat16", "out": "bf16"},
+                          "in float32 and odiag reads it in bfloat16 (the run's dtype): the run would record other "
+                          "numbers than its settings give; give --model_args dtype=bfloat16")):
         done = subprocess.run([*common, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("odiag: error: ") and needle in last, last
+    assert not (tmp_path / "bf16").exists()
 
 
 @needs_toy

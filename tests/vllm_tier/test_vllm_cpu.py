@@ -293,7 +293,7 @@ def test_lm_eval_with_vllm_gives_odiag_runs_numbers(runs, tmp_path):
 
 
 @pytest.mark.parametrize("model_args, needle", [
-    (LMEVAL_ENGINE, "lm-eval's engine runs .* in bfloat16 and odiag scores it in float32"),
+    (LMEVAL_ENGINE, "lm-eval's engine runs .* in bfloat16 and odiag reads it in float32"),
     (f"dtype=float32,{LMEVAL_ENGINE.replace(',enable_chunked_prefill=False', '')}",
      "give --model_args enable_chunked_prefill=False"),
 ])
