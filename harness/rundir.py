@@ -85,10 +85,10 @@ def another(flag: str) -> str:
 def run_holding(path: str | Path) -> Path | None:
     """The run directory ``path`` is, or lies in (the nearest folder holding a run's ``config.json`` or
     ``results.json``); None when it is in none. Pages and cards are never written into a run's files."""
-    here = Path(os.path.abspath(path))
-    for folder in (here, *here.parents):
-        if (folder / "config.json").is_file() or (folder / "results.json").is_file():
-            return folder
+    for here in dict.fromkeys((Path(os.path.abspath(path)), Path(path).resolve())):  # as named, and through its links
+        for folder in (here, *here.parents):
+            if (folder / "config.json").is_file() or (folder / "results.json").is_file():
+                return folder
     return None
 
 

@@ -965,6 +965,12 @@ def test_nothing_is_written_into_a_run_directory_but_the_run(odiag, tmp_path):
     for out in ("r/config.json", "r/results.json", "r/shards/card.md"):
         assert_one_line(odiag("model-card", "r", "--out", out), f"--out {out}: lies in the run directory", "outside the run")
     assert_one_line(odiag("leaderboard", "r", "--out", "r/shards/site"), "--out r/shards/site: lies in the run directory")
+    (tmp_path / "into-shards").symlink_to(tmp_path / "r" / "shards")  # a link into the run: where it leads counts
+    assert_one_line(odiag("leaderboard", "r", "--out", "into-shards"), "--out into-shards: lies in the run directory")
+    assert_one_line(odiag("model-card", "r", "--out", "into-shards/card.md"), "lies in the run directory")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "figures").write_text("notes")  # found once the run and its figures were done
+    assert_one_line(odiag("leaderboard", "r", "--out", "site"), "--out site: holds a file named figures")
     # d does not exist yet: it is the run's own directory, not "a run directory"
     assert_one_line(odiag("demo", "--out", "d", "--site", "d"), "--site d: is the run's own directory; give the site a")
     assert_one_line(odiag("demo", "--out", "d", "--site", "d/site"), "--site d/site: lies in the run's own directory d; give")

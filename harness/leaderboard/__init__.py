@@ -46,6 +46,9 @@ def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) 
         raise ConfigError(f"{flag} {out}: {where}; give the site a directory of its own")
     if (out / "index.html").exists() or (out / "leaderboard.json").exists():
         _check_ours(out, flag)
+    if (out / "figures").exists() and not (out / "figures").is_dir():  # found only once the figures are written
+        raise ConfigError(f"{flag} {out}: holds a file named figures where the site's figures go; move it, or choose "
+                          "another directory")
     _check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
 
 
