@@ -37,7 +37,7 @@ from harness.progress import Callback, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
+from harness.rundir import DRAWING, RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
@@ -324,6 +324,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
         for w in range(n_windows):
             phase.step(w, f"window {w + 1}/{n_windows}")
             enrich_window(ctx, w, params)
+    (rundir.root / DRAWING).unlink(missing_ok=True)  # the tree is whole
     _fill_passes(ctx, phases)
 
     nodes, children, skipped = _records(ctx)

@@ -13,18 +13,23 @@ from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.tasks import Task
 
 
-def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] = ()) -> RunConfig:
+def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] = (), dropping: bool = False) -> RunConfig:
     """The recorded config of a finished run. ``stopped``: also of a run stopped while a teacher was added.
     A rescore that changes no setting (it drops a teacher, or rescores one whose file changed) finishes it:
     ``run`` names that rescore as the way out when the added teacher's file is gone or edited. A rescore
-    whose ``overrides`` are the scoring settings the run records finishes a rescore stopped before its end."""
+    whose ``overrides`` are the scoring settings the run records finishes a rescore stopped before its end,
+    and one ``dropping`` teachers a stopped drop. A run stopped while its tree was drawn is none of these."""
     try:
         RunDir.finished_results(out)
     except RunLocked:
         raise
     except RunDirError:
-        if not ((stopped and _has_added_teachers(out)) or (overrides and _records(out, overrides))):
+        recorded = not overrides or _records(out, overrides)
+        if not ((stopped and _has_added_teachers(out)) or (overrides and recorded) or (dropping and recorded)):
             raise
+        if RunDir.stopped_drawing(out):
+            raise RunDirError(f"{out}: odiag run stopped while it drew the rollout tree, which this command needs whole; "
+                              f"finish it first: odiag run --config {Path(out) / 'config.yaml'} --out {out}") from None
     return RunDir.load_config(out)
 
 
@@ -70,7 +75,7 @@ def add_teacher(
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
         except OdiagError:  # a context that fails on real data, say: the finished run stays as it was
-            rundir.undo_add(ref.name)
+            rundir.undo(ref.name)
             raise
 
 
@@ -85,7 +90,10 @@ def rescore(
     those named in ``drop`` leave the run with their passes. The results equal a fresh run's with the
     same settings and teachers.
     """
-    stored = _finished(out, stopped=not overrides, overrides=overrides)
+    stored = _finished(out, stopped=not overrides, overrides=overrides, dropping=bool(drop))
+    if drop and not (Path(out) / "results.json").is_file():  # a stopped drop, run again: the names it already removed
+        recorded = {t.get("name") for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)}
+        drop = [name for name in drop if name in recorded]
     data = to_dict(stored)
     apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")
@@ -99,5 +107,8 @@ def rescore(
 
     check_prompts(out, plan)
     with RunDir.open(out, plan, rescore=True, drop=tuple(drop)) as rundir:
-
-        return _execute(rundir, on_progress, backend, frozen=True)
+        try:
+            return _execute(rundir, on_progress, backend, frozen=True)
+        except OdiagError:  # a backend that cannot start, a corrupt shard: the finished run stays as it was
+            rundir.undo()
+            raise

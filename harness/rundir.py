@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 FORMAT = "odiag.rundir/2"
 FILE_MODE, DIR_MODE = 0o664, 0o775
 LOCK_NAME = ".odiag.lock"
+# present while odiag run draws the tree (from its first rollout to its last): a run stopped then has an
+# incomplete tree, which rescore and add-teacher must not take for the stopped rescore or add they finish
+DRAWING = ".drawing"
 _TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -348,7 +351,7 @@ def _sync_yaml(root: Path, config: dict) -> None:
 def _holds_work(root: Path) -> bool:
     """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
     for p in root.rglob("*"):
-        if p.is_dir() or _TMP.match(p.name) or (p.parent == root and p.name in _RECORD_FILES):
+        if p.is_dir() or _TMP.match(p.name) or (p.parent == root and p.name in (*_RECORD_FILES, DRAWING)):
             continue
         return True
     return False
@@ -363,7 +366,7 @@ class RunDir:
         self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
-        self.before_add: dict[str, bytes] = {}  # add-teacher: the finished run's record, results and validation
+        self.before: dict[str, bytes] = {}  # add-teacher, rescore: the finished run's record, results and validation
 
     @property
     def config(self) -> RunConfig:
@@ -430,10 +433,12 @@ class RunDir:
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
-            if add is not None and saved != record:
-                rundir.before_add = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
-                                     *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
+            if (add is not None or rescore) and saved != record:
+                rundir.before = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
+                                 *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
             if saved != record:
+                if not rescore and add is None:  # odiag run with new settings: a tree to draw, or to grow
+                    atomic_write(root / DRAWING, lambda f: f.write(b""))
                 # results of the settings recorded until now: gone before the record changes, so a command
                 # stopped from here on leaves a run that reads as unfinished, never as finished with other settings
                 (root / "results.json").unlink(missing_ok=True)
@@ -577,11 +582,18 @@ class RunDir:
             self.shard(question, f"window{w}-round{r}").unlink(missing_ok=True)
         return len(dropped)
 
-    def undo_add(self, name: str) -> None:
-        """Put back the finished run an ``add-teacher`` of ``name`` opened, when it stops on an expected
-        error: its record, results and validation as they were, the teacher's passes gone."""
-        self.drop_teacher(name)
-        before = dict(self.before_add)
+    @staticmethod
+    def stopped_drawing(root: str | Path) -> bool:
+        """Whether ``odiag run`` stopped while it drew the run's tree (rescore and add-teacher need it whole)."""
+        return (Path(root) / DRAWING).exists()
+
+    def undo(self, added: str | None = None) -> None:
+        """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore opened, when it stops on an
+        expected error: its record, results and validation as they were, an added teacher's passes gone (a
+        rescore's changed or dropped teachers are scored again when next needed)."""
+        if added is not None:
+            self.drop_teacher(added)
+        before = dict(self.before)
         if "results.json" in before:
             tables = json.loads(before["results.json"]).get("tables") or {}
             if any(not (self.root / t).is_file() or hashlib.sha256((self.root / t).read_bytes()).hexdigest() != digest
@@ -590,7 +602,7 @@ class RunDir:
         for file, data in before.items():
             atomic_write(self.root / file, lambda f, data=data: f.write(data), "wb")
         if before:
-            log.info("%s: teacher %s was not added; the run is as it was", self.root, name)
+            log.info("%s: %s; the run is as it was", self.root, f"teacher {added} was not added" if added else "not rescored")
 
     def drop_teacher(self, name: str) -> None:
         """Remove a teacher's passes on every path (its file changed; ``rescore`` redoes them)."""

@@ -890,6 +890,68 @@ def test_a_stopped_add_teacher_or_rescore_finishes_when_run_again(odiag, monkeyp
         (t, a) for t in ("synthetic-helpful", "synthetic-misleading") for a in ("gkd", "jsd")}
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_rescore_leaves_the_run_as_it_was_and_a_stopped_drop_finishes(odiag, monkeypatch, tmp_path):
+    """A rescore that fails once its settings are recorded (a corrupt shard; a cluster nothing answers at)
+    puts the finished run back: it removed results.json and recorded the refused settings, so the error's own
+    fix then failed. A stopped --drop-teacher, run again, finishes (the teacher was no longer recorded, and
+    the same command was refused)."""
+    import harness.pipeline
+
+    assert odiag("run", "--out", "r", "--set", "limit=2", "--set", "teachers=[synthetic-helpful]", "--quiet")[0] == 0
+    assert odiag("add-teacher", "r", "synthetic-misleading", "--quiet")[0] == 0
+    before = _files(tmp_path / "r")
+    shard = next(p for p in sorted((tmp_path / "r" / "shards").rglob("window*.npz")))
+    good = shard.read_bytes()
+    shard.write_bytes(b"garbage")
+    code, lines, _ = odiag("rescore", "r", "--set", "algorithms=[gkd]")
+    assert code == 2 and lines[-1].startswith("odiag: error: ") and "corrupt shard" in lines[-1], lines
+    shard.write_bytes(good)
+    assert _files(tmp_path / "r") == before
+    code, lines, _ = odiag("rescore", "r", "--set", "executor=ray", "--set", "ray_address=127.0.0.1:1")
+    if code == 2:  # Ray installed: refused when the backend starts, after the settings were recorded
+        assert "nothing answers there" in lines[-1] and _files(tmp_path / "r") == before
+
+    real = harness.pipeline._execute
+    monkeypatch.setattr(harness.pipeline, "_execute", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert odiag("rescore", "r", "--drop-teacher", "synthetic-misleading")[0] == 130
+    monkeypatch.setattr(harness.pipeline, "_execute", real)
+    assert odiag("rescore", "r", "--drop-teacher", "synthetic-misleading", "--quiet")[0] == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful"}
+
+
+def test_rescore_and_add_teacher_refuse_a_run_stopped_while_its_tree_was_drawn_and_change_nothing(odiag, monkeypatch,
+                                                                                                  tmp_path):
+    """A grow stopped during its targeted rollouts leaves an incomplete tree; a run with an added teacher
+    then read as a stopped add-teacher, so rescore --drop-teacher deleted the teacher's passes and its record
+    before refusing. Refused first now, naming the command that finishes the tree."""
+    import harness.pipeline
+
+    assert odiag("run", "--out", "r", "--set", "limit=2", "--set", "teachers=[synthetic-helpful]", "--quiet")[0] == 0
+    assert odiag("add-teacher", "r", "synthetic-misleading", "--quiet")[0] == 0
+    real = harness.pipeline.enrich_window
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness.pipeline, "enrich_window", stopped)
+    assert odiag("run", "--config", "r/config.yaml", "--set", "limit=4", "--out", "r")[0] == 130
+    monkeypatch.setattr(harness.pipeline, "enrich_window", real)
+    (tmp_path / "h2.yaml").write_text("description: another helpful teacher\nmodel: helpful\n")
+    for argv in (("rescore", "r", "--drop-teacher", "synthetic-misleading"), ("rescore", "r"),
+                 ("add-teacher", "r", "h2.yaml")):
+        assert_one_line(odiag(*argv), "r: odiag run stopped while it drew the rollout tree",
+                        "odiag run --config r/config.yaml --out r")
+    assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful", "synthetic-misleading"}
+    assert results["counts"]["questions"] == 4 and not (tmp_path / "r" / ".drawing").exists()
+
+
 def test_enrichment_below_n_min_is_warned_not_refused(odiag, caplog):
     """A child enriched to fewer visits than A(s) needs never enters it on its own visits (its forced rollouts
     still inform deeper nodes): the run goes on, with a warning naming the setting and the fix."""

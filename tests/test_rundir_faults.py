@@ -965,7 +965,7 @@ def test_a_run_stopped_before_computing_anything_takes_the_corrected_settings(cl
         m.setattr(harness.pipeline, "_execute", stopped)
         with pytest.raises(KeyboardInterrupt):
             run(RunConfig(**{**SETTINGS, "limit": 50}), out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [".drawing", "config.json", "config.yaml"]
     assert _strip(run(CFG, out)) == _results(clean)
     _refused(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(out)], out, "a run grows, it never shrinks")
 
