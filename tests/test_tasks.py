@@ -51,6 +51,9 @@ def qwen3():
         ("It is not true that the tax is the same.", None),  # no verdict: unparseable, never "true"
         ("<think>\nThe answer is True, I think", None),  # still thinking when it stopped
         ("I cannot tell.", None),
+        # two statements on one line: the last decides (the first once swallowed the line)
+        ("At first glance the answer is no, but the passage says otherwise, so the answer is True.", True),
+        ("So the answer is not simply yes. The answer is False.", False),
     ],
 )
 def test_boolean_extraction(text, expected):
@@ -69,6 +72,9 @@ def test_boolean_extraction(text, expected):
         ("Options (A) and (C) fail, leaving (B)", "B"),  # lm-eval's flexible-extract fallback
         ("The answer is clear from the text.", None),
         ("The answer is E", None),  # not an option of a 4-choice question
+        ("I thought the answer is (A), but on reflection the answer is (D).", "D"),
+        # a walk through the options that closes in words: unreadable, not the last option it walked past
+        ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", None),
     ],
 )
 def test_choice_extraction(text, expected):
@@ -86,6 +92,8 @@ def test_choice_extraction(text, expected):
         ("answer: 4", "4"),
         ("The answer is 3.5", None),
         ("no number here", None),
+        ("\\boxed{70.0}", "70"), ("The answer is 70.0.", "70"),  # an integer with a zero fraction
+        ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
     ],
 )
 def test_integer_extraction(text, expected):
@@ -96,6 +104,7 @@ def test_helpers():
     assert final_part("<think>a</think>b") == "b" and final_part("<think>a") is None and final_part("b") == "b"
     assert last_boxed("\\boxed{a{b}c} and \\boxed{d}") == "d" and last_boxed("\\boxed{a{b}c}") == "a{b}c"
     assert score("\\boxed{070}", "70", "integer").correct  # integers compare as numbers
+    assert score("\\boxed{70 \\text{ bases}}", "70", "integer").correct  # as lm-eval's aime task scores it
     assert score("The answer is no.", "False", "boolean").correct
     assert not score("The answer is (A)", "(B)", "choice").correct
 

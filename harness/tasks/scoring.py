@@ -67,8 +67,15 @@ def _unwrap(answer: str) -> str:
 
 
 def _statements(text: str) -> list[str]:
-    """What follows every "answer is" / "answer:" statement, in order (up to the end of its line)."""
-    return [m.group(1) for m in re.finditer(_STATEMENT + r"([^\n]*)", text, flags=re.IGNORECASE)]
+    """What follows every "answer is" / "answer:" statement, in order, up to the end of its line or the next
+    statement ("the answer is no, but ... so the answer is True" holds two, and the last decides)."""
+    found = list(re.finditer(_STATEMENT, text, flags=re.IGNORECASE))
+    out = []
+    for i, m in enumerate(found):
+        end = text.find("\n", m.end())
+        end = len(text) if end < 0 else end
+        out.append(text[m.end() : end if i + 1 == len(found) else min(end, found[i + 1].start())])
+    return out
 
 
 def extract_boolean(text: str) -> bool | None:
@@ -91,7 +98,7 @@ def extract_boolean(text: str) -> bool | None:
 
 
 def extract_choice(text: str, n_choices: int = 4) -> str | None:
-    """The option letter from ``\\boxed{B}``, "The answer is (B)", "Answer: B. Paris", or a last ``(B)``."""
+    """The option letter from ``\\boxed{B}``, "The answer is (B)", "Answer: B. Paris", or the closing line's last ``(B)``."""
     final = final_part(text)
     if final is None:
         return None
@@ -104,8 +111,10 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     for cand in candidates:
         if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
             return m.group(1)
-    # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
-    found = re.findall(rf"\(([{letters}])\)", final)
+    # lm-eval's flexible-extract fallback, on the closing line only: the last parenthesised letter there (a
+    # walk through "(A) ... (D) ..." that ends "so the correct option is C" is unreadable, not D)
+    lines = [ln for ln in final.strip().splitlines() if ln.strip()]
+    found = re.findall(rf"\(([{letters}])\)", lines[-1]) if lines else []
     return found[-1] if found else None
 
 
@@ -114,11 +123,11 @@ def extract_integer(text: str) -> str | None:
     final = final_part(text)
     if final is None:
         return None
-    integer = r"[^\d\-]*?(-?\d+)(?![\d.]*\d)"  # the first integer, not the start of "3.5"
+    integer = r"[^\d\-]*?(-?\d+)(?:\.0+)?(?![\d.]*\d)"  # the first integer (70.0 is one), not the start of "3.5"
     if (boxed := last_boxed(final)) is not None:
-        boxed = _unwrap(boxed).replace(",", "").replace("\\!", "")
-        m = re.fullmatch(r"(-?\d+)", boxed)
-        return m.group(1) if m else boxed  # anything else in the box: compared by lm-eval's normalisation
+        m = re.fullmatch(r"(-?\d+)(?:\.0+)?", _unwrap(boxed).replace(",", "").replace("\\!", ""))
+        # anything else in the box as written: lm-eval's normalisation drops units only while they read \text{ ...}
+        return m.group(1) if m else boxed
     for cand in reversed(_statements(final)):
         if (m := re.match(integer, _unwrap(cand).replace(",", ""))) is not None:
             return m.group(1)
