@@ -315,6 +315,37 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
     assert summary_key(summariser) != summary_key(load_teacher("toy-self-sum-1c")) == "toy-summary"
 
 
+def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_one(toy_task, tmp_path):
+    """A wrong solution shown to a teacher is a wrong answer (SPEC §4), as for the student's own: a named
+    model's unreadable response counted as wrong, being not correct, and came first. Also in a cache
+    written before outcomes were stored."""
+    import json
+
+    from harness import toy
+    from harness.backends.base import SampleResult as Result
+
+    cfg = load_teacher(_write(tmp_path, Path(load_teacher("toy-self-1c-teacher").file).read_text().replace(
+        "../harness", str(TOY_STUDENT.parents[2] / "harness")).replace("correct_solutions: 1", "correct_solutions: 1\n"
+        "wrong_solutions: 1").replace("{{ correct[0] }}", "{{ correct[0] }}\n  wrong:\n  {{ wrong[0] }}"), "c1w.yaml"))
+    q = toy_task.questions(1)[0]
+    digits = q.doc["record"]["digits"]
+    texts = ["I cannot tell", toy.solution_text(digits, toy.wrong_sums(digits, np.random.default_rng(0))),
+             toy.solution_text(digits)]
+
+    class Scripted:
+        def sample(self, requests):
+            return [Result([_ids(toy_task, t) for t in texts], np.zeros(len(texts), bool)) for _ in requests]
+
+    for attempt in ("fresh", "older cache"):
+        art = build_artefacts(toy_task, [cfg], [q], Scripted(), tmp_path / "art", {q.id: []})
+        correct, wrong = art.solutions_for(cfg, q.id)
+        assert [s.text for s in correct] == [texts[2]] and [s.text for s in wrong] == [texts[1]], attempt
+        (path,) = (tmp_path / "art" / "solutions").rglob("*.json")
+        stored = json.loads(path.read_text())
+        stored["solutions"] = [{k: v for k, v in s.items() if k != "wrong"} for s in stored["solutions"]]
+        path.write_text(json.dumps(stored))
+
+
 def test_no_correct_solution_from_the_source_skips_that_question(toy_task, tmp_path):
     borrowed = load_teacher("toy-self-1c-teacher")
     q = toy_task.questions(1)[0]

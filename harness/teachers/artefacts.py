@@ -36,6 +36,7 @@ class Solution:
     text: str  # the decoded response, as a context shows it
     correct: bool  # the task's reward
     truncated: bool  # hit the length limit (never shown)
+    wrong: bool = False  # a wrong answer: what a context may show as incorrect (an unreadable one never is)
 
 
 def _digest(obj: object) -> str:
@@ -84,7 +85,7 @@ class Artefacts:
             raise KeyError(f"no solutions generated for teacher {cfg.name!r} on question {question_id!r}: run build_artefacts")
         usable = [s for s in sols if not s.truncated]
         correct = [s for s in usable if s.correct][: cfg.correct_solutions]
-        wrong = [s for s in usable if not s.correct][: cfg.wrong_solutions]
+        wrong = [s for s in usable if s.wrong][: cfg.wrong_solutions]
         return correct, wrong
 
     def summary(self, cfg: TeacherConfig, text: str) -> str | None:
@@ -134,8 +135,15 @@ def build_artefacts(
             path = root / "solutions" / key / f"{q.id}.json"
             if path.exists():
                 stored = json.loads(path.read_text())["solutions"]
+                if any("wrong" not in s for s in stored):  # written before outcomes were kept: read them again
+                    from harness.tasks import WRONG
+
+                    ids = [np.asarray(s["ids"], np.int64) for s in stored]
+                    outcomes = task.outcomes(q, ids, np.array([s["truncated"] for s in stored], bool))
+                    stored = [{**s, "wrong": bool(o == WRONG)} for s, o in zip(stored, outcomes, strict=True)]
                 art.solutions[(key, q.id)] = tuple(
-                    Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"]) for s in stored
+                    Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"], s["wrong"])
+                    for s in stored
                 )
             else:
                 todo.append((key, t, q, path))
@@ -151,15 +159,18 @@ def build_artefacts(
         )
         for key, t, q, path in todo
     ]
+    from harness.tasks import CORRECT, WRONG  # harness.tasks imports harness.teachers
+
     for (key, t, q, path), res in zip(todo, backend.sample(requests) if requests else [], strict=True):
-        rewards = task.rewards(q, res.tokens, res.truncated)
+        # a wrong solution shown to a teacher is a wrong answer, never a cut-off or unreadable response
+        outcomes = task.outcomes(q, res.tokens, res.truncated)
         sols = tuple(
-            Solution(np.asarray(ids, np.int64), task.decode(ids), bool(r), bool(tr))
-            for ids, r, tr in zip(res.tokens, rewards, res.truncated, strict=True)
+            Solution(np.asarray(ids, np.int64), task.decode(ids), bool(o == CORRECT), bool(tr), bool(o == WRONG))
+            for ids, o, tr in zip(res.tokens, outcomes, res.truncated, strict=True)
         )
         _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id,
                      "solutions": [{"ids": s.ids.tolist(), "text": s.text, "correct": s.correct,
-                                    "truncated": s.truncated} for s in sols]})
+                                    "truncated": s.truncated, "wrong": s.wrong} for s in sols]})
         art.solutions[(key, q.id)] = sols
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
     if todo:
