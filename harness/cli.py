@@ -471,9 +471,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return _stopped(args, exc, in_main, own)
-    except Exception:  # a bug: keep the traceback visible
+    except Exception as exc:  # a bug: keep the traceback visible
         if _STOPPING:  # vLLM's engine died of the Ctrl-C it got too: the stop, not a bug
             return _stopped(args, _STOPPING[0](), in_main, own)
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA, MPS, XPU): a run too big for its device
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            print(f"odiag: error: {_one_line(_out_of_memory(args, exc))}", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print("odiag: internal error: the traceback above is a bug in odiag; please report it with the command "
               "that caused it", file=sys.stderr)
@@ -485,6 +490,17 @@ def main(argv: list[str] | None = None) -> int:
             # a second one (not in a library's exit hook)
             if not (own and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
                 signal.signal(signal.SIGINT, previous_int)
+
+
+def _out_of_memory(args: argparse.Namespace, exc: BaseException) -> str:
+    """The line for a device out of memory: what ran out, where finished work is kept, and the settings
+    that size a run to its device."""
+    what = next((line.strip() for line in str(exc).splitlines() if line.strip()), "out of memory")
+    where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
+    kept = f"finished work is kept in {where}; " if where and (Path(where) / "config.json").is_file() else ""
+    return (f"the device ran out of memory ({what.split('. ')[0]}); {kept}size the run with odiag plan --gpu-memory "
+            "GIB, lower student_args batch_size or score_chunk (hf) or gpu_memory_utilization (vllm), and run the "
+            "same command again")
 
 
 def _stopped(args: argparse.Namespace, exc: KeyboardInterrupt, in_main: bool, own: bool) -> int:

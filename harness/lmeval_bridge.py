@@ -468,6 +468,13 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
         return _diagnose(self, instances)
     except OdiagError as exc:
         refuse(str(exc))
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch's: a run too big for its device, not a bug
+            raise
+        first = next((line for line in str(exc).splitlines() if line.strip()), "out of memory").split(". ")[0]
+        refuse(f"the device ran out of memory ({first}); finished work is kept in the run directory: lower "
+               "--model_args gpu_memory_utilization (vllm) or student_args batch_size or score_chunk (hf), and run the "
+               "same command again")
 
 
 def _diagnose(self, instances: list[Instance]) -> list[dict]:

@@ -567,3 +567,27 @@ def test_a_library_failing_of_the_ctrl_c_it_got_first_is_the_stop_not_a_bug(monk
     assert cli.main(["run"]) == 130
     err = capsys.readouterr().err
     assert "odiag: interrupted" in err and "internal error" not in err and "Traceback" not in err, err
+
+
+def test_a_device_out_of_memory_is_one_line_naming_the_settings_that_size_a_run(monkeypatch, capsys, tmp_path):
+    """torch's OutOfMemoryError (a run too big for its GPU) is an expected failure: one line, exit 2, where
+    finished work is kept and what to lower; not a traceback reported as a bug in odiag."""
+    import argparse
+
+    torch = pytest.importorskip("torch")
+    from harness import cli
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("{}")
+
+    def scoring(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.15 GiB of which 1.2 GiB is free.\nOf the allocated memory ...")
+
+    args = argparse.Namespace(func=scoring, verbose=False, quiet=True, out=str(tmp_path / "r"), debug=False, command="run")
+    monkeypatch.setattr(cli, "_parse", lambda argv: args)
+    assert cli.main(["run"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"odiag: error: the device ran out of memory (CUDA out of memory); finished work is kept in "
+                    f"{tmp_path / 'r'}; size the run with odiag plan --gpu-memory GIB, lower student_args batch_size "
+                    "or score_chunk (hf) or gpu_memory_utilization (vllm), and run the same command again")
