@@ -92,6 +92,22 @@ def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engi
                  "float32", 164)
 
 
+def test_a_device_out_of_memory_under_lm_eval_is_one_line(monkeypatch, capsys):
+    """Under plain lm_eval too: torch's OutOfMemoryError is one odiag: error line and exit 2, not lm-eval's traceback."""
+    torch = pytest.importorskip("torch")
+    import harness.lmeval_bridge as bridge
+
+    def scoring(self, instances):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB.")
+
+    monkeypatch.setattr(bridge, "_diagnose", scoring)
+    with pytest.raises(SystemExit) as stop:
+        bridge.odiag_diagnose(object(), [])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("odiag: error: the device ran out of memory (CUDA out of memory); finished work is kept")
+
+
 def _results(out: Path) -> dict:
     (path,) = sorted(out.rglob("results_*.json"))
     return json.loads(path.read_text())["results"]["odiag_toy"]
