@@ -54,6 +54,7 @@ def qwen3():
         # two statements on one line: the last decides (the first once swallowed the line)
         ("At first glance the answer is no, but the passage says otherwise, so the answer is True.", True),
         ("So the answer is not simply yes. The answer is False.", False),
+        ("The answer is yes (the other answer, no, contradicts the passage)", True),
     ],
 )
 def test_boolean_extraction(text, expected):
@@ -73,8 +74,13 @@ def test_boolean_extraction(text, expected):
         ("The answer is clear from the text.", None),
         ("The answer is E", None),  # not an option of a 4-choice question
         ("I thought the answer is (A), but on reflection the answer is (D).", "D"),
-        # a walk through the options that closes in words: unreadable, not the last option it walked past
-        ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", None),
+        # a walk through the options that closes in words: its statement, not the last option it walked past
+        ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", "C"),
+        # a mention of another answer after the statement is not one
+        ("The answer is (B). Answer (A) is a common mistake.", "B"), ("**Answer: B** — answer C confuses mass and weight.", "B"),
+        ("Let me check each answer (A) is wrong, so the answer is (D)", "D"),
+        ("(B) Paris\n\nExplanation: Paris is the capital of France.", "B"),  # the fallback reads the whole final part
+        ("The correct option is (C).\n\nI hope this helps!", "C"),
     ],
 )
 def test_choice_extraction(text, expected):
@@ -93,6 +99,9 @@ def test_choice_extraction(text, expected):
         ("The answer is 3.5", None),
         ("no number here", None),
         ("\\boxed{70.0}", "70"), ("The answer is 70.0.", "70"),  # an integer with a zero fraction
+        ("**Final Answer:** 204 (this answer checks out in all 3 cases)", "204"),
+        ("The answer is 204, which matches the answer from method 2.", "204"),
+        ("The answer is 12, but the question answered 13", "12"),
         ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
     ],
 )

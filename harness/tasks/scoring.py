@@ -20,6 +20,11 @@ _THINK_CLOSE = "</think>"
 _THINK_OPEN = "<think>"
 # "The answer is", "the final answer:", "Answer -", "**Final Answer**:" ... (markdown emphasis allowed)
 _STATEMENT = r"(?:final\s+answer|answer)\s*(?:is|:|=|-|\u2014)?\s*(?:\*\*|__)?\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+# an explicit one: "answer" as a word and a word or sign that the answer follows (not "answers", "the answer
+# from method 2", "answer (A) is a trap"); several on a line are several statements
+_EXPLICIT = r"\b(?:final\s+answer|answer)\b\s*(?:\*\*|__)?\s*(?:is\b|:|=|-|\u2014)"
+# multiple choice also states its answer as "the correct option is C", "the best choice is (B)"
+_CHOICE = r"\b(?:correct|right|best)\s+(?:option|choice)\s*(?:is\b|:)\s*"
 _BOOL_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 
@@ -66,15 +71,22 @@ def _unwrap(answer: str) -> str:
     return answer.strip().strip("*_$ ").rstrip(".").strip()
 
 
-def _statements(text: str) -> list[str]:
-    """What follows every "answer is" / "answer:" statement, in order, up to the end of its line or the next
-    statement ("the answer is no, but ... so the answer is True" holds two, and the last decides)."""
-    found = list(re.finditer(_STATEMENT, text, flags=re.IGNORECASE))
+def _statements(text: str, choice: bool = False) -> list[str]:
+    """What follows every answer statement, in order. A line's explicit statements ("the answer is no, but
+    ... so the answer is True") each run to the next or to the end of the line, and the last decides; a
+    line without one reads from its first "answer" (``**Answer** B``) to its end, as a mention of "answer"
+    after an explicit statement does. ``choice``: "the correct option is C" states one too."""
+    explicit = rf"(?:{_EXPLICIT}|{_CHOICE})" if choice else _EXPLICIT
     out = []
-    for i, m in enumerate(found):
-        end = text.find("\n", m.end())
-        end = len(text) if end < 0 else end
-        out.append(text[m.end() : end if i + 1 == len(found) else min(end, found[i + 1].start())])
+    for line in text.splitlines():
+        starts = [m.start() for m in re.finditer(explicit, line, flags=re.IGNORECASE)]
+        if not starts:
+            if (m := re.search(_STATEMENT, line, flags=re.IGNORECASE)) is not None:
+                out.append(line[m.end() :])
+            continue
+        for start, end in zip(starts, [*starts[1:], len(line)], strict=True):
+            head = re.compile(_CHOICE if re.match(_CHOICE, line[start:], flags=re.IGNORECASE) else _STATEMENT, re.IGNORECASE)
+            out.append(line[head.match(line, start).end() : end])
     return out
 
 
@@ -98,7 +110,7 @@ def extract_boolean(text: str) -> bool | None:
 
 
 def extract_choice(text: str, n_choices: int = 4) -> str | None:
-    """The option letter from ``\\boxed{B}``, "The answer is (B)", "Answer: B. Paris", or the closing line's last ``(B)``."""
+    """The option letter from ``\\boxed{B}``, "The answer is (B)", "the correct option is B", or a last ``(B)``."""
     final = final_part(text)
     if final is None:
         return None
@@ -107,14 +119,12 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     candidates = []
     if (boxed := last_boxed(final)) is not None:
         candidates.append(boxed)
-    candidates += reversed(_statements(final))
+    candidates += reversed(_statements(final, choice=True))
     for cand in candidates:
         if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
             return m.group(1)
-    # lm-eval's flexible-extract fallback, on the closing line only: the last parenthesised letter there (a
-    # walk through "(A) ... (D) ..." that ends "so the correct option is C" is unreadable, not D)
-    lines = [ln for ln in final.strip().splitlines() if ln.strip()]
-    found = re.findall(rf"\(([{letters}])\)", lines[-1]) if lines else []
+    # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
+    found = re.findall(rf"\(([{letters}])\)", final)
     return found[-1] if found else None
 
 
