@@ -135,12 +135,13 @@ def build_artefacts(
             path = root / "solutions" / key / f"{q.id}.json"
             if path.exists():
                 stored = json.loads(path.read_text())["solutions"]
-                if any("wrong" not in s for s in stored):  # written before outcomes were kept: read them again
-                    from harness.tasks import WRONG
+                if any("wrong" not in s for s in stored):  # written before outcomes were kept: read both again
+                    from harness.tasks import CORRECT, WRONG
 
                     ids = [np.asarray(s["ids"], np.int64) for s in stored]
                     outcomes = task.outcomes(q, ids, np.array([s["truncated"] for s in stored], bool))
-                    stored = [{**s, "wrong": bool(o == WRONG)} for s, o in zip(stored, outcomes, strict=True)]
+                    stored = [{**s, "correct": bool(o == CORRECT), "wrong": bool(o == WRONG)}
+                              for s, o in zip(stored, outcomes, strict=True)]
                 art.solutions[(key, q.id)] = tuple(
                     Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"], s["wrong"])
                     for s in stored
