@@ -37,7 +37,7 @@ from harness.progress import Callback, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import DRAWING, RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
+from harness.rundir import DRAWING, DROPPED, RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
@@ -336,6 +336,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
         for s in ctx.states.values() for j, p in enumerate(s.paths)
     ]
     write_outputs(rundir.root, results, nodes, children, paths)
+    (rundir.root / DROPPED).unlink(missing_ok=True)  # a finished run: no stopped drop to finish
     phases.run_finished(rundir.root)
     return results
 

@@ -25,9 +25,10 @@ def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] =
         raise
     except RunDirError:
         recorded = not overrides or _records(out, overrides)
-        if not ((stopped and _has_added_teachers(out)) or (overrides and recorded) or (dropping and recorded)):
+        if not ((stopped and _has_added_teachers(out)) or (overrides and recorded)
+                or (dropping and recorded and RunDir.pending_drop(out))):
             raise
-        if RunDir.stopped_drawing(out):
+        if RunDir.stopped_drawing(out) and not (dropping and not overrides):  # a drop needs no whole tree
             raise RunDirError(f"{out}: odiag run stopped while it drew the rollout tree, which this command needs whole; "
                               f"finish it first: odiag run --config {Path(out) / 'config.yaml'} --out {out}") from None
     return RunDir.load_config(out)
@@ -93,7 +94,7 @@ def rescore(
     stored = _finished(out, stopped=not overrides, overrides=overrides, dropping=bool(drop))
     if drop and not (Path(out) / "results.json").is_file():  # a stopped drop, run again: the names it already removed
         recorded = {t.get("name") for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)}
-        drop = [name for name in drop if name in recorded]
+        drop = [name for name in drop if name in recorded or name not in RunDir.pending_drop(out)]
     data = to_dict(stored)
     apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")
@@ -110,5 +111,6 @@ def rescore(
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
         except OdiagError:  # a backend that cannot start, a corrupt shard: the finished run stays as it was
-            rundir.undo()
+            if not drop:  # a drop stays done: its teacher's file may be gone, and the run must go on without it
+                rundir.undo()
             raise

@@ -67,6 +67,10 @@ LOCK_NAME = ".odiag.lock"
 # present while odiag run draws the tree (from its first rollout to its last): a run stopped then has an
 # incomplete tree, which rescore and add-teacher must not take for the stopped rescore or add they finish
 DRAWING = ".drawing"
+# the teachers a rescore --drop-teacher removes, until a command finishes the run: the same command, run
+# again after a stop, may name teachers the record no longer holds (and only those)
+DROPPED = ".dropped"
+_MARKERS = (LOCK_NAME, DRAWING, DROPPED)
 _TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
@@ -351,7 +355,7 @@ def _sync_yaml(root: Path, config: dict) -> None:
 def _holds_work(root: Path) -> bool:
     """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
     for p in root.rglob("*"):
-        if p.is_dir() or _TMP.match(p.name) or (p.parent == root and p.name in (*_RECORD_FILES, DRAWING)):
+        if p.is_dir() or _TMP.match(p.name) or (p.parent == root and p.name in (*_RECORD_FILES, *_MARKERS)):
             continue
         return True
     return False
@@ -367,6 +371,7 @@ class RunDir:
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
         self.before: dict[str, bytes] = {}  # add-teacher, rescore: the finished run's record, results and validation
+        self.changed: tuple[str, ...] = ()  # rescore: teachers whose file changed, their passes made again
 
     @property
     def config(self) -> RunConfig:
@@ -402,7 +407,7 @@ class RunDir:
                               "create the directory it names")
         check_not_a_file(root, flag)
         if root.is_dir() and not (root / "config.json").exists():
-            foreign = [p.name for p in root.iterdir() if p.name != LOCK_NAME and not _TMP.match(p.name)]
+            foreign = [p.name for p in root.iterdir() if p.name not in _MARKERS and not _TMP.match(p.name)]
             if foreign:
                 raise RunDirError(
                     f"{flag} {root}: a directory that is not an odiag run (holds {sorted(foreign)[0]!r}); "
@@ -430,6 +435,10 @@ class RunDir:
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
             rundir = RunDir(root, plan, lock, repair, models_checked=checked)
             rundir.clean()
+            rundir.changed = tuple(changed)
+            if drop:
+                pending = sorted({*RunDir.pending_drop(root), *drop})
+                atomic_write(root / DROPPED, lambda f: f.write(json.dumps(pending).encode()))
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
@@ -583,6 +592,15 @@ class RunDir:
         return len(dropped)
 
     @staticmethod
+    def pending_drop(root: str | Path) -> list[str]:
+        """The teachers a stopped ``rescore --drop-teacher`` removed (``DROPPED``); empty when none."""
+        try:
+            names = json.loads((Path(root) / DROPPED).read_text())
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+    @staticmethod
     def stopped_drawing(root: str | Path) -> bool:
         """Whether ``odiag run`` stopped while it drew the run's tree (rescore and add-teacher need it whole)."""
         return (Path(root) / DRAWING).exists()
@@ -591,8 +609,8 @@ class RunDir:
         """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore opened, when it stops on an
         expected error: its record, results and validation as they were, an added teacher's passes gone (a
         rescore's changed or dropped teachers are scored again when next needed)."""
-        if added is not None:
-            self.drop_teacher(added)
+        for name in (*([added] if added is not None else []), *self.changed):  # passes of a file the record no longer names
+            self.drop_teacher(name)
         before = dict(self.before)
         if "results.json" in before:
             tables = json.loads(before["results.json"]).get("tables") or {}

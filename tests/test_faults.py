@@ -919,9 +919,29 @@ def test_a_refused_rescore_leaves_the_run_as_it_was_and_a_stopped_drop_finishes(
     monkeypatch.setattr(harness.pipeline, "_execute", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert odiag("rescore", "r", "--drop-teacher", "synthetic-misleading")[0] == 130
     monkeypatch.setattr(harness.pipeline, "_execute", real)
+    # a name the stopped drop never held is still a mistake
+    stopped = _files(tmp_path / "r")
+    code, lines, _ = odiag("rescore", "r", "--drop-teacher", "synthetic-misleadin")
+    assert code == 2 and "'synthetic-misleadin' is not in this run" in lines[-1] and _files(tmp_path / "r") == stopped
     assert odiag("rescore", "r", "--drop-teacher", "synthetic-misleading", "--quiet")[0] == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful"}
+    assert not (tmp_path / "r" / ".dropped").exists()
+
+    # a drop refused by a corrupt shard stays done: its file may be gone, and odiag run --repair then finishes
+    (tmp_path / "late.yaml").write_text("description: late\nmodel: misleading\n")
+    assert odiag("add-teacher", "r", "late.yaml", "--quiet")[0] == 0
+    (tmp_path / "late.yaml").unlink()
+    shard.write_bytes(b"garbage")
+    code, lines, _ = odiag("rescore", "r", "--drop-teacher", "late")
+    assert code == 2 and "corrupt shard" in lines[-1] and "--repair" in lines[-1], lines
+    assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--repair", "--quiet")[0] == 0
+    assert {t["teacher"] for t in json.loads((tmp_path / "r" / "results.json").read_text())["teachers"]} == {
+        "synthetic-helpful"}
+    # killed between its marker and its record, a new run leaves a directory the same command takes
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / ".drawing").write_bytes(b"")
+    assert odiag("run", "--out", "fresh", "--set", "limit=1", "--quiet")[0] == 0
 
 
 def test_rescore_and_add_teacher_refuse_a_run_stopped_while_its_tree_was_drawn_and_change_nothing(odiag, monkeypatch,
@@ -942,14 +962,17 @@ def test_rescore_and_add_teacher_refuse_a_run_stopped_while_its_tree_was_drawn_a
     assert odiag("run", "--config", "r/config.yaml", "--set", "limit=4", "--out", "r")[0] == 130
     monkeypatch.setattr(harness.pipeline, "enrich_window", real)
     (tmp_path / "h2.yaml").write_text("description: another helpful teacher\nmodel: helpful\n")
-    for argv in (("rescore", "r", "--drop-teacher", "synthetic-misleading"), ("rescore", "r"),
-                 ("add-teacher", "r", "h2.yaml")):
+    for argv in (("rescore", "r"), ("add-teacher", "r", "h2.yaml")):
         assert_one_line(odiag(*argv), "r: odiag run stopped while it drew the rollout tree",
                         "odiag run --config r/config.yaml --out r")
+    # a drop needs no whole tree (odiag run names it when the teacher's file is gone): done, then the tree's turn
+    code, lines, _ = odiag("rescore", "r", "--drop-teacher", "synthetic-misleading", "--quiet")
+    assert code == 2 and "the stored rollout tree is incomplete" in lines[-1], lines
     assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful", "synthetic-misleading"}
-    assert results["counts"]["questions"] == 4 and not (tmp_path / "r" / ".drawing").exists()
+    assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful"}
+    assert results["counts"]["questions"] == 4
+    assert not (tmp_path / "r" / ".drawing").exists() and not (tmp_path / "r" / ".dropped").exists()
 
 
 def test_enrichment_below_n_min_is_warned_not_refused(odiag, caplog):
