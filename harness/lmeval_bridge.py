@@ -366,6 +366,12 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) ->
         raise ConfigError(f"lm-eval's engine has max_model_len {engine['max_model_len']}, below the longest prompt and "
                           f"its response ({positions} positions): vLLM would cut responses short, and a cut response "
                           f"scores 0; give --model_args max_model_len={positions} or more")
+    share = engine.get("gpu_memory_utilization")
+    if args.get("score_with", "hf") == "hf" and engine.get("device") == "cuda" and isinstance(share, float) and share > 0.5:
+        raise ConfigError(f"lm-eval's engine reserves {share:g} of the GPU, and the exact scorer (score_with: hf) loads "
+                          "the student and the teachers in transformers beside it: give --model_args "
+                          "gpu_memory_utilization=0.5 or less (odiag plan --gpu-memory sizes it), or student_args "
+                          "score_with: vllm (scores read from the engines)")
     if engine.get("device") == "cpu" and engine.get("enable_chunked_prefill"):
         raise ConfigError("lm-eval's engine prefills in chunks, which vLLM's CPU build cannot do with seeded requests "
                           "(\"CPU Generator does not use offset\"); give --model_args enable_chunked_prefill=False")
@@ -472,9 +478,9 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
         if type(exc).__name__ != "OutOfMemoryError":  # torch's: a run too big for its device, not a bug
             raise
         first = next((line for line in str(exc).splitlines() if line.strip()), "out of memory").split(". ")[0]
-        refuse(f"the device ran out of memory ({first}); finished work is kept in the run directory: lower "
-               "--model_args gpu_memory_utilization (vllm) or student_args batch_size or score_chunk (hf), and run the "
-               "same command again")
+        refuse(f"the device ran out of memory ({first}); finished work is kept in the run directory (--metadata key "
+               "'out'): size the run with odiag plan --gpu-memory GIB, lower --model_args gpu_memory_utilization (--model "
+               "vllm) or student_args batch_size or score_chunk, and run the same command again")
 
 
 def _diagnose(self, instances: list[Instance]) -> list[dict]:

@@ -1059,6 +1059,9 @@ def test_nothing_is_written_into_a_run_directory_but_the_run(odiag, tmp_path):
     # d does not exist yet: it is the run's own directory, not "a run directory"
     assert_one_line(odiag("demo", "--out", "d", "--site", "d"), "--site d: is the run's own directory; give the site a")
     assert_one_line(odiag("demo", "--out", "d", "--site", "d/site"), "--site d/site: lies in the run's own directory d; give")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "real")  # the run named through a link, the site through its target
+    assert_one_line(odiag("demo", "--out", "runs/d", "--site", "real/d/site"), "--site real/d/site: lies in the run's own")
     (tmp_path / "a.yaml").write_text("limit: 1\n")
     assert_one_line(odiag("run", "--config", "a.yaml", "--config", "a.yaml", "--out", "x"), "argument --config: given twice")
     assert_one_line(odiag("plan", "--config", "a.yaml", "--config", "a.yaml"), "argument --config: given twice")

@@ -75,6 +75,9 @@ GOOD_ENGINE = {"dtype": "torch.float32", "max_model_len": 512, "device": "cpu", 
                                  "--model_args max_logprobs=52, or student_args score_logprobs: 20"),
     ({}, {"max_model_len": 512}, r"student_args \['max_model_len'\]: lm-eval builds the student's engine"),
     ({}, {"engine_options": {"enforce_eager": True}}, r"student_args \['engine_options'\]"),
+    # lm-eval's default share of a GPU leaves the exact scorer's transformers copies no room
+    ({"device": "cuda", "gpu_memory_utilization": 0.9}, {}, "reserves 0.9 of the GPU, and the exact scorer .* give "
+                                                            "--model_args gpu_memory_utilization=0.5 or less"),
 ])
 def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engine, student_args, needle):
     """lm-eval builds the student's engine: a dtype other than the one scored, a length that cuts responses, a
@@ -86,6 +89,8 @@ def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engi
     with pytest.raises(ConfigError, match=needle):
         check_engine(GOOD_ENGINE | engine, cfg, "float32", 164)
     check_engine(GOOD_ENGINE, RunConfig(task="odiag_toy", backend="vllm", student="toy", teachers=("toy-self-1c",)),
+                 "float32", 164)
+    check_engine(GOOD_ENGINE | {"device": "cuda", "gpu_memory_utilization": 0.5}, dataclasses.replace(cfg, student_args={}),
                  "float32", 164)
     # the approximate scorer at the engine's cap, asked for, is what odiag run would read
     check_engine(GOOD_ENGINE, dataclasses.replace(cfg, student_args={"score_with": "vllm", "score_logprobs": 20}),

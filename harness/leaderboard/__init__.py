@@ -38,10 +38,14 @@ def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory; choose a new directory, or one odiag wrote")
     run, what = run_holding(out), "the run directory"
-    if run is None and run_out is not None and Path(os.path.abspath(run_out)) in (here := Path(os.path.abspath(out)), *here.parents):
+
+    def forms(path: Path) -> set[Path]:  # as named, and through its links
+        return {Path(os.path.abspath(path)), path.resolve()}
+
+    if run is None and run_out is not None and any(r in (h, *h.parents) for r in forms(run_out) for h in forms(out)):
         run, what = run_out, "the run's own directory"  # the one this command is about to make, maybe not there yet
     if run is not None:
-        same = Path(os.path.abspath(run)) == Path(os.path.abspath(out))
+        same = bool(forms(Path(run)) & forms(out))
         where = ("is a run directory" if what == "the run directory" else f"is {what}") if same else f"lies in {what} {run}"
         raise ConfigError(f"{flag} {out}: {where}; give the site a directory of its own")
     if (out / "index.html").exists() or (out / "leaderboard.json").exists():
