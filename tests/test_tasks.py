@@ -53,8 +53,11 @@ def qwen3():
         ("I cannot tell.", None),
         # two statements on one line: the last decides (the first once swallowed the line)
         ("At first glance the answer is no, but the passage says otherwise, so the answer is True.", True),
-        ("So the answer is not simply yes. The answer is False.", False),
+        ("So the answer is not simply yes, so the answer is False.", False),
         ("The answer is yes (the other answer, no, contradicts the passage)", True),
+        ("**Answer:**\n\nNo\n\nThe passage states the opposite.", False),
+        ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
+        ("Answer: No. The answer is true only if the law applied before 1990.", False),
     ],
 )
 def test_boolean_extraction(text, expected):
@@ -78,9 +81,11 @@ def test_boolean_extraction(text, expected):
         ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", "C"),
         # a mention of another answer after the statement is not one
         ("The answer is (B). Answer (A) is a common mistake.", "B"), ("**Answer: B** — answer C confuses mass and weight.", "B"),
-        ("Let me check each answer (A) is wrong, so the answer is (D)", "D"),
         ("(B) Paris\n\nExplanation: Paris is the capital of France.", "B"),  # the fallback reads the whole final part
         ("The correct option is (C).\n\nI hope this helps!", "C"),
+        ("(A) x\n(B) y\n(C) z\n(D) w\n\n**C**", "C"),  # a bare closing letter before the last (X)
+        ("**Final Answer**\n\nB", "B"), ("Answer:\n(B) Paris\nbecause (A) London is in the UK", "B"),  # on the next line
+        ("Answer: B. (The best choice is A only if we ignore friction.)", "B"),  # an aside, not a correction
     ],
 )
 def test_choice_extraction(text, expected):
@@ -102,6 +107,8 @@ def test_choice_extraction(text, expected):
         ("**Final Answer:** 204 (this answer checks out in all 3 cases)", "204"),
         ("The answer is 204, which matches the answer from method 2.", "204"),
         ("The answer is 12, but the question answered 13", "12"),
+        ("**Final Answer**\n\n42", "42"), ("The answer is 42 (the answer is 41 if we count the empty set).", "42"),
+        ("Final Answer: 42. Note: the answer = 6 * 7.", "42"),
         ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
     ],
 )

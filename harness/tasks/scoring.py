@@ -20,11 +20,13 @@ _THINK_CLOSE = "</think>"
 _THINK_OPEN = "<think>"
 # "The answer is", "the final answer:", "Answer -", "**Final Answer**:" ... (markdown emphasis allowed)
 _STATEMENT = r"(?:final\s+answer|answer)\s*(?:is|:|=|-|\u2014)?\s*(?:\*\*|__)?\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
-# an explicit one: "answer" as a word and a word or sign that the answer follows (not "answers", "the answer
-# from method 2", "answer (A) is a trap"); several on a line are several statements
-_EXPLICIT = r"\b(?:final\s+answer|answer)\b\s*(?:\*\*|__)?\s*(?:is\b|:|=|-|\u2014)"
 # multiple choice also states its answer as "the correct option is C", "the best choice is (B)"
 _CHOICE = r"\b(?:correct|right|best)\s+(?:option|choice)\s*(?:is\b|:)\s*"
+# a correction later on a statement's line ("the answer is no, but ... so the answer is True"): a statement of
+# its own. Only a word that corrects or concludes opens one; an aside ("the answer is 41 if we count the empty
+# set", "note the answer is no longer ambiguous") stays part of the first
+_CORRECTION = (r"\b(?:but|so|thus|therefore|hence|actually|wait|instead|finally)\b[\s,:]*(?:on\s+reflection[\s,:]*)?"
+               r"(?:the\s+)?(?:correct\s+|final\s+|real\s+)?answer\s*(?:is\b|:|=)\s*")
 _BOOL_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
 
@@ -72,21 +74,15 @@ def _unwrap(answer: str) -> str:
 
 
 def _statements(text: str, choice: bool = False) -> list[str]:
-    """What follows every answer statement, in order. A line's explicit statements ("the answer is no, but
-    ... so the answer is True") each run to the next or to the end of the line, and the last decides; a
-    line without one reads from its first "answer" (``**Answer** B``) to its end, as a mention of "answer"
-    after an explicit statement does. ``choice``: "the correct option is C" states one too."""
-    explicit = rf"(?:{_EXPLICIT}|{_CHOICE})" if choice else _EXPLICIT
+    """What follows every "answer is" / "answer:" statement (``choice``: also "the correct option is"), in
+    order, up to the end of its line, or to a correction later on that line, which is the next statement."""
+    head = rf"(?:{_STATEMENT}|{_CHOICE})" if choice else _STATEMENT
     out = []
-    for line in text.splitlines():
-        starts = [m.start() for m in re.finditer(explicit, line, flags=re.IGNORECASE)]
-        if not starts:
-            if (m := re.search(_STATEMENT, line, flags=re.IGNORECASE)) is not None:
-                out.append(line[m.end() :])
-            continue
-        for start, end in zip(starts, [*starts[1:], len(line)], strict=True):
-            head = re.compile(_CHOICE if re.match(_CHOICE, line[start:], flags=re.IGNORECASE) else _STATEMENT, re.IGNORECASE)
-            out.append(line[head.match(line, start).end() : end])
+    for m in re.finditer(head + r"([^\n]*)", text, flags=re.IGNORECASE):
+        rest = m.group(m.lastindex)
+        cuts = list(re.finditer(_CORRECTION, rest, flags=re.IGNORECASE))
+        starts, ends = [0, *(c.end() for c in cuts)], [*(c.start() for c in cuts), len(rest)]
+        out += [rest[a:b] for a, b in zip(starts, ends, strict=True)]
     return out
 
 
@@ -110,7 +106,8 @@ def extract_boolean(text: str) -> bool | None:
 
 
 def extract_choice(text: str, n_choices: int = 4) -> str | None:
-    """The option letter from ``\\boxed{B}``, "The answer is (B)", "the correct option is B", or a last ``(B)``."""
+    """The option letter from ``\\boxed{B}``, "The answer is (B)", "the correct option is B", a closing "**B**",
+    or a last ``(B)``."""
     final = final_part(text)
     if final is None:
         return None
@@ -123,6 +120,9 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     for cand in candidates:
         if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
             return m.group(1)
+    lines = [ln for ln in final.strip().splitlines() if ln.strip()]  # a bare closing letter: "**C**", "(C)."
+    if lines and (m := re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", _unwrap(lines[-1]))) is not None:
+        return m.group(1)
     # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
     found = re.findall(rf"\(([{letters}])\)", final)
     return found[-1] if found else None
