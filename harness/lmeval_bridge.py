@@ -367,7 +367,8 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) ->
                           f"its response ({positions} positions): vLLM would cut responses short, and a cut response "
                           f"scores 0; give --model_args max_model_len={positions} or more")
     share = engine.get("gpu_memory_utilization")
-    if args.get("score_with", "hf") == "hf" and engine.get("device") == "cuda" and isinstance(share, float) and share > 0.5:
+    if (args.get("score_with", "hf") == "hf" and engine.get("device") == "cuda" and isinstance(share, (int, float))
+            and not isinstance(share, bool) and share > 0.5):
         raise ConfigError(f"lm-eval's engine reserves {share:g} of the GPU, and the exact scorer (score_with: hf) loads "
                           "the student and the teachers in transformers beside it: give --model_args "
                           "gpu_memory_utilization=0.5 or less (odiag plan --gpu-memory sizes it), or student_args "

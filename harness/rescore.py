@@ -108,9 +108,14 @@ def rescore(
 
     check_prompts(out, plan)
     with RunDir.open(out, plan, rescore=True, drop=tuple(drop)) as rundir:
+        if drop and RunDir.stopped_drawing(out):  # dropped; the tree is odiag run's to finish
+            raise RunDirError(f"{out}: dropped {', '.join(drop)}; the run stopped while odiag run drew its tree: finish "
+                              f"it with odiag run --config {Path(out) / 'config.yaml'} --out {out}")
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
         except OdiagError:  # a backend that cannot start, a corrupt shard: the finished run stays as it was
-            if not drop:  # a drop stays done: its teacher's file may be gone, and the run must go on without it
+            # but a drop or a changed teacher stays recorded: its file may be gone or edited, and odiag run (its
+            # --repair) must go on without the old one
+            if not drop and not rundir.changed:
                 rundir.undo()
             raise

@@ -606,11 +606,11 @@ class RunDir:
         return (Path(root) / DRAWING).exists()
 
     def undo(self, added: str | None = None) -> None:
-        """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore opened, when it stops on an
-        expected error: its record, results and validation as they were, an added teacher's passes gone (a
-        rescore's changed or dropped teachers are scored again when next needed)."""
-        for name in (*([added] if added is not None else []), *self.changed):  # passes of a file the record no longer names
-            self.drop_teacher(name)
+        """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore of scoring settings opened, when
+        it stops on an expected error: its record, results and validation as they were, an added teacher's passes
+        gone."""
+        if added is not None:
+            self.drop_teacher(added)
         before = dict(self.before)
         if "results.json" in before:
             tables = json.loads(before["results.json"]).get("tables") or {}

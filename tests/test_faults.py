@@ -928,6 +928,15 @@ def test_a_refused_rescore_leaves_the_run_as_it_was_and_a_stopped_drop_finishes(
     assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful"}
     assert not (tmp_path / "r" / ".dropped").exists()
 
+    # a rescore of an edited teacher refused by a corrupt shard keeps the new file: odiag run --repair finishes it
+    (tmp_path / "t3.yaml").write_text("description: t3\nmodel: misleading\n")
+    assert odiag("add-teacher", "r", "t3.yaml", "--quiet")[0] == 0
+    (tmp_path / "t3.yaml").write_text("description: t3, edited\nmodel: helpful\n")
+    shard.write_bytes(b"garbage")
+    code, lines, _ = odiag("rescore", "r")
+    assert code == 2 and "corrupt shard" in lines[-1] and "--repair" in lines[-1], lines
+    assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--repair", "--quiet")[0] == 0
+    assert odiag("rescore", "r", "--drop-teacher", "t3", "--quiet")[0] == 0
     # a drop refused by a corrupt shard stays done: its file may be gone, and odiag run --repair then finishes
     (tmp_path / "late.yaml").write_text("description: late\nmodel: misleading\n")
     assert odiag("add-teacher", "r", "late.yaml", "--quiet")[0] == 0
@@ -967,7 +976,8 @@ def test_rescore_and_add_teacher_refuse_a_run_stopped_while_its_tree_was_drawn_a
                         "odiag run --config r/config.yaml --out r")
     # a drop needs no whole tree (odiag run names it when the teacher's file is gone): done, then the tree's turn
     code, lines, _ = odiag("rescore", "r", "--drop-teacher", "synthetic-misleading", "--quiet")
-    assert code == 2 and "the stored rollout tree is incomplete" in lines[-1], lines
+    assert code == 2 and lines[-1].endswith("r: dropped synthetic-misleading; the run stopped while odiag run drew its "
+                                            "tree: finish it with odiag run --config r/config.yaml --out r"), lines
     assert odiag("run", "--config", "r/config.yaml", "--out", "r", "--quiet")[0] == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert {t["teacher"] for t in results["teachers"]} == {"synthetic-helpful"}
