@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rescore", help="rescore a finished run's stored trees (new algorithms, jsd_beta, gamma): no rollouts")
     p.add_argument("dir", type=_path, help="run directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scoring key: algorithms, jsd_beta, gamma; or where it runs: threads, executor, "
-                   "num_workers, ray_address (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scoring key: algorithms, jsd_beta, gamma; or where it runs: threads, executor, num_workers, "
+                        "ray_address (repeatable)")
     p.add_argument("--drop-teacher", action="append", default=[], metavar="NAME",
                    help="remove a teacher added with add-teacher, its passes and its rows (repeatable; the config's "
                         "teachers plan the tree and stay)")

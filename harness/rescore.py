@@ -18,7 +18,8 @@ def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] =
     A rescore that changes no setting (it drops a teacher, or rescores one whose file changed) finishes it:
     ``run`` names that rescore as the way out when the added teacher's file is gone or edited. A rescore
     whose ``overrides`` are the scoring settings the run records finishes a rescore stopped before its end,
-    and one ``dropping`` teachers a stopped drop. A run stopped while its tree was drawn is none of these."""
+    and one ``dropping`` teachers a stopped drop. A run stopped while its tree was drawn is none of these,
+    except for a drop alone (it needs no whole tree)."""
     try:
         RunDir.finished_results(out)
     except RunLocked:
