@@ -433,7 +433,7 @@ def _reader_gone() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``odiag``: 0 on success; 2 with one ``odiag: error: ...`` line on stderr for any expected
     failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
-    from harness.errors import OdiagError
+    from harness.errors import OdiagError, out_of_memory
 
     own = argv is None  # the process's own command line: it ends when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -475,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: keep the traceback visible
         if _STOPPING:  # vLLM's engine died of the Ctrl-C it got too: the stop, not a bug
             return _stopped(args, _STOPPING[0](), in_main, own)
-        if type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA, MPS, XPU): a run too big for its device
+        if (what := out_of_memory(exc)) is not None:
             if getattr(args, "debug", False):
                 traceback.print_exc()
-            print(f"odiag: error: {_one_line(_out_of_memory(args, exc))}", file=sys.stderr)
+            print(f"odiag: error: {_one_line(_out_of_memory(args, what))}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print("odiag: internal error: the traceback above is a bug in odiag; please report it with the command "
@@ -493,15 +493,13 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGINT, previous_int)
 
 
-def _out_of_memory(args: argparse.Namespace, exc: BaseException) -> str:
-    """The line for a device out of memory: what ran out, where finished work is kept, and the settings
-    that size a run to its device."""
-    what = next((line.strip() for line in str(exc).splitlines() if line.strip()), "out of memory")
+def _out_of_memory(args: argparse.Namespace, what: str) -> str:
+    """The line for a device out of memory (``what``): where finished work is kept, and the settings that
+    size a run to its device."""
     where = getattr(args, RESUMABLE.get(getattr(args, "command", None), ""), None)
     kept = f"finished work is kept in {where}; " if where and (Path(where) / "config.json").is_file() else ""
-    return (f"the device ran out of memory ({what.split('. ')[0]}); {kept}size the run with odiag plan --gpu-memory "
-            "GIB, lower student_args batch_size or score_chunk (hf) or gpu_memory_utilization (vllm), and run the "
-            "same command again")
+    return (f"{what}; {kept}size the run with odiag plan --gpu-memory GIB, lower student_args batch_size or "
+            "score_chunk (hf) or gpu_memory_utilization (vllm), and run the same command again")
 
 
 def _stopped(args: argparse.Namespace, exc: KeyboardInterrupt, in_main: bool, own: bool) -> int:

@@ -92,16 +92,21 @@ def gpus_per_worker(backend: str, num_workers: int, gpus: float, address: str | 
     give every worker one, and giving none would run on CPU) or warned of (a remote one may scale up)."""
     if backend == "synthetic" or gpus < 1 or str(options.get("device", "auto")) == "cpu":
         return 0
-    if num_workers <= gpus:
-        return 1
+    if num_workers > gpus:
+        _too_many(num_workers, address, f"{gpus:g} GPUs and each worker takes a whole one, so with more workers than "
+                  f"GPUs every worker would run on CPU; ask for at most {int(gpus)}"
+                  + (", or set device: cpu in student_args to run on CPUs" if backend == "hf" else ""))
+    return 1
+
+
+def _too_many(num_workers: int, address: str | None, why: str) -> None:
+    """More workers than the cluster holds: refused on this machine's local cluster, warned of on a remote one
+    (an autoscaler may meet them; the others wait until it does)."""
     where = "this machine's local cluster" if address is None else f"the cluster at {address}"
-    message = (f"num_workers {num_workers}: {where} has {gpus:g} GPUs and each worker takes a whole one, so with more "
-               f"workers than GPUs every worker would run on CPU; ask for at most {int(gpus)}"
-               + (", or set device: cpu in student_args to run on CPUs" if backend == "hf" else ""))
+    message = f"num_workers {num_workers}: {where} has {why}"
     if address is None:
         raise ConfigError(message)
-    log.warning("%s; the others wait until the cluster has GPUs for them", message)
-    return 1
+    log.warning("%s (unless the cluster scales up)", message)
 
 
 class RayBackendPool:
@@ -128,12 +133,8 @@ class RayBackendPool:
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
         if num_workers > cpus:
-            where = "this machine's local cluster" if address is None else f"the cluster at {address}"
-            message = (f"num_workers {num_workers}: {where} has {cpus:g} CPUs and each worker takes one, so "
-                       f"{num_workers - int(cpus)} would wait for ever; ask for at most {int(cpus)}")
-            if address is None:
-                raise ConfigError(message)
-            log.warning("%s (unless the cluster scales up)", message)
+            _too_many(num_workers, address, f"{cpus:g} CPUs and each worker takes one, so {num_workers - int(cpus)} "
+                      f"would wait for ever; ask for at most {int(cpus)}")
         per_worker_gpu = gpus_per_worker(backend, num_workers, gpus, address, options)
         self._actor = ray.remote(num_cpus=1, num_gpus=per_worker_gpu)(_Worker)
         self._spec = (backend, dict(models), options)

@@ -13,3 +13,12 @@ class OdiagError(Exception):
 
 class ConfigError(OdiagError, ValueError):
     """A configuration problem, with where it came from and how to fix it, in one line."""
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What ran out, when ``exc`` is torch's OutOfMemoryError (CUDA, MPS, XPU: a run too big for its device, an
+    expected failure, not a bug), else None. Named, not imported: this module never imports torch."""
+    if type(exc).__name__ != "OutOfMemoryError":
+        return None
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "out of memory")
+    return f"the device ran out of memory ({first.split('. ')[0]})"

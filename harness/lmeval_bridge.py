@@ -42,7 +42,7 @@ from lm_eval.api.metrics import mean
 from lm_eval.api.task import ConfigurableTask
 
 from harness.config import ConfigError, RunConfig, anchored, build
-from harness.errors import OdiagError
+from harness.errors import OdiagError, out_of_memory
 from harness.wording import plural
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def _student(lm) -> tuple[str, str | None]:
 
 def _backend(lm, cfg: RunConfig, teachers, task):
     from harness.backends import STUDENT, ModelSpec
-    from harness.plan import backend_options, model_specs
+    from harness.plan import backend_options, engine_positions, model_specs
 
     specs = model_specs(cfg, teachers)
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
@@ -323,26 +323,24 @@ def _backend(lm, cfg: RunConfig, teachers, task):
     if type(lm).__name__ == "VLLM":
         from harness.backends.vllm import VLLMBackend, checkpoint_dtype, engine_settings
 
-        prompts = [len(q.prompt_ids) for q in task.questions(cfg.limit)]
-        response = cfg.max_new_tokens or task.max_new_tokens
-        check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), max(prompts, default=0) + response)
+        check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), sum(engine_positions(cfg, task)))
         # scored as odiag run scores (exactly, unless student_args says score_with: vllm): one config, one set of numbers
         return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, **options)
     from harness.backends.hf import HFBackend
     from harness.backends.vllm import checkpoint_dtype
 
-    loaded = str(getattr(getattr(lm, "model", None), "dtype", "")).removeprefix("torch.")
-    check_dtype(cfg, loaded, checkpoint_dtype(spec), "lm-eval loaded")
+    check_dtype(cfg, getattr(getattr(lm, "model", None), "dtype", ""), checkpoint_dtype(spec), "lm-eval loaded")
     specs.pop(STUDENT)
     threads = {"threads": cfg.threads} if cfg.threads else {}  # as plan.build_backend gives it
     return HFBackend.from_model(lm.model, spec, specs, **threads, **options)
 
 
-def check_dtype(cfg: RunConfig, running: str, dtype: str, what: str) -> None:
+def check_dtype(cfg: RunConfig, running, dtype: str, what: str) -> None:
     """The student as lm-eval holds it (``running``) in the dtype the run records and odiag reads it in
     (``dtype``: the run's, or with ``auto`` the checkpoint's): lm-eval loads it, so a ``dtype`` in
     --metadata alone would be recorded and not used, and vLLM's ``auto`` runs a float32 checkpoint in
     bfloat16."""
+    running = str(running or "").removeprefix("torch.")
     if dtype != "auto" and running and running != dtype:
         raise ConfigError(f"{what} {cfg.student} in {running} and odiag reads it in {dtype} (the "
                           f"{'run' if cfg.dtype != 'auto' else 'checkpoint'}'s dtype): the run would record other "
@@ -361,7 +359,7 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) ->
     if given := sorted(k for k in args if k in engine_keys or k in engine_argument_names()):
         raise ConfigError(f"student_args {given}: lm-eval builds the student's engine; give vLLM's engine arguments in "
                           "--model_args (a teacher's engine takes them in its file's model_args)")
-    check_dtype(cfg, str(engine.get("dtype") or "").removeprefix("torch."), dtype, "lm-eval's engine runs")
+    check_dtype(cfg, engine.get("dtype"), dtype, "lm-eval's engine runs")
     if isinstance(engine.get("max_model_len"), int) and engine["max_model_len"] < positions:
         raise ConfigError(f"lm-eval's engine has max_model_len {engine['max_model_len']}, below the longest prompt and "
                           f"its response ({positions} positions): vLLM would cut responses short, and a cut response "
@@ -476,12 +474,11 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
     except OdiagError as exc:
         refuse(str(exc))
     except Exception as exc:
-        if type(exc).__name__ != "OutOfMemoryError":  # torch's: a run too big for its device, not a bug
+        if (what := out_of_memory(exc)) is None:
             raise
-        first = next((line for line in str(exc).splitlines() if line.strip()), "out of memory").split(". ")[0]
-        refuse(f"the device ran out of memory ({first}); finished work is kept in the run directory (--metadata key "
-               "'out'): size the run with odiag plan --gpu-memory GIB, lower --model_args gpu_memory_utilization (--model "
-               "vllm) or student_args batch_size or score_chunk, and run the same command again")
+        refuse(f"{what}; finished work is kept in the run directory (--metadata key 'out'): size the run with odiag "
+               "plan --gpu-memory GIB, lower --model_args gpu_memory_utilization (--model vllm) or student_args "
+               "batch_size or score_chunk, and run the same command again")
 
 
 def _diagnose(self, instances: list[Instance]) -> list[dict]:

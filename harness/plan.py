@@ -340,15 +340,20 @@ def check_installed(cfg: RunConfig) -> None:
                           "or use executor=local")
 
 
+def engine_positions(cfg: RunConfig, task: Task) -> tuple[int, int]:
+    """(longest prompt, response tokens) of a run's questions: a vLLM engine's ``max_model_len`` must hold
+    their sum, or vLLM cuts the responses short to fit, and a cut response scores 0."""
+    longest = max((len(q.prompt_ids) for q in task.questions(cfg.limit)), default=0)
+    return longest, cfg.max_new_tokens or task.max_new_tokens
+
+
 def check_engine_length(cfg: RunConfig, task: Task) -> None:
-    """A vLLM ``max_model_len`` holds every question's prompt and its ``max_new_tokens``: vLLM would cut
-    the responses short to fit, and a cut response scores 0."""
+    """A ``max_model_len`` in ``student_args`` holds every question's prompt and its response (:func:`engine_positions`)."""
     options = dict(cfg.student_args or {})
     limit = dict(options.get("engine_options") or {}).get("max_model_len", options.get("max_model_len"))
     if cfg.backend != "vllm" or not isinstance(limit, int) or cfg.task == "synthetic":
         return
-    response = cfg.max_new_tokens or task.max_new_tokens
-    longest = max((len(q.prompt_ids) for q in task.questions(cfg.limit)), default=0)
+    longest, response = engine_positions(cfg, task)
     if longest + response > limit:
         raise ConfigError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) and "
                           f"{response} response tokens: raise it to at least {longest + response}, or leave it unset")

@@ -95,7 +95,8 @@ def rescore(
     stored = _finished(out, stopped=not overrides, overrides=overrides, dropping=bool(drop))
     if drop and not (Path(out) / "results.json").is_file():  # a stopped drop, run again: the names it already removed
         recorded = {t.get("name") for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)}
-        drop = [name for name in drop if name in recorded or name not in RunDir.pending_drop(out)]
+        removed = set(RunDir.pending_drop(out))
+        drop = [name for name in drop if name in recorded or name not in removed]
     data = to_dict(stored)
     apply_overrides(data, overrides)
     cfg = build(RunConfig, data, f"{out}/config.json with --set")
@@ -114,9 +115,6 @@ def rescore(
                               f"it with odiag run --config {Path(out) / 'config.yaml'} --out {out}")
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
-        except OdiagError:  # a backend that cannot start, a corrupt shard: the finished run stays as it was
-            # but a drop or a changed teacher stays recorded: its file may be gone or edited, and odiag run (its
-            # --repair) must go on without the old one
-            if not drop and not rundir.changed:
-                rundir.undo()
+        except OdiagError:  # a backend that cannot start, a corrupt shard: the run as it was (RunDir.open says what)
+            rundir.undo()
             raise

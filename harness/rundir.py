@@ -371,7 +371,6 @@ class RunDir:
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
         self.before: dict[str, bytes] = {}  # add-teacher, rescore: the finished run's record, results and validation
-        self.changed: tuple[str, ...] = ()  # rescore: teachers whose file changed, their passes made again
 
     @property
     def config(self) -> RunConfig:
@@ -435,14 +434,16 @@ class RunDir:
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
             rundir = RunDir(root, plan, lock, repair, models_checked=checked)
             rundir.clean()
-            rundir.changed = tuple(changed)
             if drop:
                 pending = sorted({*RunDir.pending_drop(root), *drop})
                 atomic_write(root / DROPPED, lambda f: f.write(json.dumps(pending).encode()))
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
-            if (add is not None or rescore) and saved != record:
+            # what an expected failure puts back: a finished run before an add or a rescore of scoring settings (a
+            # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
+            # --repair, must go on without it)
+            if (add is not None or (rescore and not drop and not changed)) and saved != record:
                 rundir.before = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
                                  *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
             if saved != record:

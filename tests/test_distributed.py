@@ -154,4 +154,4 @@ def test_more_workers_than_gpus_is_refused_not_run_on_cpu(caplog):
     assert gpus_per_worker("hf", 3, 0.0, None, {}) == 0  # a CPU cluster
     with caplog.at_level("WARNING"):
         assert gpus_per_worker("hf", 3, 2.0, "10.0.0.1:6379", {}) == 1  # a remote cluster may add GPUs
-    assert "wait until the cluster has GPUs" in caplog.text
+    assert "unless the cluster scales up" in caplog.text

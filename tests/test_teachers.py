@@ -344,7 +344,8 @@ def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_o
         stored = json.loads(path.read_text())
         # an older cache: no outcome, and its correct flags from an older reading (read again with the outcome,
         # or one solution could be shown as both the correct and the wrong one)
-        stored["solutions"] = [{**{k: v for k, v in s.items() if k != "wrong"}, "correct": True} for s in stored["solutions"]]
+        stored["solutions"] = [{"ids": s["ids"], "text": s["text"], "correct": True, "truncated": False}
+                               for s in stored["solutions"]]
         path.write_text(json.dumps(stored))
 
 

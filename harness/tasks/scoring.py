@@ -73,6 +73,12 @@ def _unwrap(answer: str) -> str:
     return answer.strip().strip("*_$ ").rstrip(".").strip()
 
 
+def _last_line(text: str) -> str | None:
+    """The last non-blank line, its markup stripped (a closing verdict: "**True**", "(C).")."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return _unwrap(lines[-1]) if lines else None
+
+
 def _statements(text: str, choice: bool = False) -> list[str]:
     """What follows every "answer is" / "answer:" statement (``choice``: also "the correct option is"), in
     order, up to the end of its line, or to a correction later on that line, which is the next statement."""
@@ -99,8 +105,7 @@ def extract_boolean(text: str) -> bool | None:
         if (m := re.match(r"\W*(true|false|yes|no)\b", _unwrap(cand), flags=re.IGNORECASE)) is not None:
             return _BOOL_WORDS[m.group(1).lower()]
     # a bare verdict on the last line: "**True**", "No." (never "... is not true.")
-    lines = [ln for ln in final.strip().splitlines() if ln.strip()]
-    if lines and (m := re.fullmatch(r"\W*(true|false|yes|no)\W*", _unwrap(lines[-1]), flags=re.IGNORECASE)):
+    if (last := _last_line(final)) and (m := re.fullmatch(r"\W*(true|false|yes|no)\W*", last, flags=re.IGNORECASE)):
         return _BOOL_WORDS[m.group(1).lower()]
     return None
 
@@ -120,8 +125,7 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
     for cand in candidates:
         if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
             return m.group(1)
-    lines = [ln for ln in final.strip().splitlines() if ln.strip()]  # a bare closing letter: "**C**", "(C)."
-    if lines and (m := re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", _unwrap(lines[-1]))) is not None:
+    if (last := _last_line(final)) and (m := re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", last)) is not None:  # "**C**"
         return m.group(1)
     # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
     found = re.findall(rf"\(([{letters}])\)", final)

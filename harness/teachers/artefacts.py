@@ -34,9 +34,16 @@ class Solution:
 
     ids: np.ndarray  # int [P]: its response ids (the stop id, when hit, is the last)
     text: str  # the decoded response, as a context shows it
-    correct: bool  # the task's reward
-    truncated: bool  # hit the length limit (never shown)
-    wrong: bool = False  # a wrong answer: what a context may show as incorrect (an unreadable one never is)
+    outcome: str  # the task's verdict, a name of ``harness.tasks.OUTCOMES``
+
+    @property
+    def correct(self) -> bool:
+        return self.outcome == "correct"
+
+    @property
+    def wrong(self) -> bool:
+        """A wrong answer: what a context may show as incorrect (never a cut-off or unreadable response)."""
+        return self.outcome == "wrong"
 
 
 def _digest(obj: object) -> str:
@@ -83,9 +90,8 @@ class Artefacts:
         sols = self.solutions.get((solution_key(cfg), question_id))
         if sols is None:
             raise KeyError(f"no solutions generated for teacher {cfg.name!r} on question {question_id!r}: run build_artefacts")
-        usable = [s for s in sols if not s.truncated]
-        correct = [s for s in usable if s.correct][: cfg.correct_solutions]
-        wrong = [s for s in usable if s.wrong][: cfg.wrong_solutions]
+        correct = [s for s in sols if s.correct][: cfg.correct_solutions]
+        wrong = [s for s in sols if s.wrong][: cfg.wrong_solutions]
         return correct, wrong
 
     def summary(self, cfg: TeacherConfig, text: str) -> str | None:
@@ -93,6 +99,13 @@ class Artefacts:
         if cfg.summarizer in TEXT_SUMMARIZERS:
             return text_summarizer(cfg.summarizer)(text)
         return self.summaries.get((summary_key(cfg), text_digest(text)))
+
+
+def _outcomes(task: Task, question: Question, responses: Sequence[np.ndarray], truncated) -> list[str]:
+    """The task's verdict on each response, by name (``harness.tasks.OUTCOMES``)."""
+    from harness.tasks import OUTCOMES  # harness.tasks imports harness.teachers
+
+    return [OUTCOMES[o] for o in task.outcomes(question, responses, np.asarray(truncated, bool))]
 
 
 def _save(path: Path, obj: dict) -> None:
@@ -135,17 +148,12 @@ def build_artefacts(
             path = root / "solutions" / key / f"{q.id}.json"
             if path.exists():
                 stored = json.loads(path.read_text())["solutions"]
-                if any("wrong" not in s for s in stored):  # written before outcomes were kept: read both again
-                    from harness.tasks import CORRECT, WRONG
-
-                    ids = [np.asarray(s["ids"], np.int64) for s in stored]
-                    outcomes = task.outcomes(q, ids, np.array([s["truncated"] for s in stored], bool))
-                    stored = [{**s, "correct": bool(o == CORRECT), "wrong": bool(o == WRONG)}
-                              for s, o in zip(stored, outcomes, strict=True)]
+                ids = [np.asarray(s["ids"], np.int64) for s in stored]
+                if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
+                    names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
+                    stored = [{**s, "outcome": name} for s, name in zip(stored, names, strict=True)]
                 art.solutions[(key, q.id)] = tuple(
-                    Solution(np.asarray(s["ids"], np.int64), s["text"], s["correct"], s["truncated"], s["wrong"])
-                    for s in stored
-                )
+                    Solution(i, s["text"], s["outcome"]) for i, s in zip(ids, stored, strict=True))
             else:
                 todo.append((key, t, q, path))
     requests = [
@@ -160,18 +168,13 @@ def build_artefacts(
         )
         for key, t, q, path in todo
     ]
-    from harness.tasks import CORRECT, WRONG  # harness.tasks imports harness.teachers
-
     for (key, t, q, path), res in zip(todo, backend.sample(requests) if requests else [], strict=True):
         # a wrong solution shown to a teacher is a wrong answer, never a cut-off or unreadable response
-        outcomes = task.outcomes(q, res.tokens, res.truncated)
-        sols = tuple(
-            Solution(np.asarray(ids, np.int64), task.decode(ids), bool(o == CORRECT), bool(tr), bool(o == WRONG))
-            for ids, o, tr in zip(res.tokens, outcomes, res.truncated, strict=True)
-        )
+        names = _outcomes(task, q, res.tokens, res.truncated)
+        sols = tuple(Solution(np.asarray(ids, np.int64), task.decode(ids), name)
+                     for ids, name in zip(res.tokens, names, strict=True))
         _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id,
-                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "correct": s.correct,
-                                    "truncated": s.truncated, "wrong": s.wrong} for s in sols]})
+                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "outcome": s.outcome} for s in sols]})
         art.solutions[(key, q.id)] = sols
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
     if todo:
