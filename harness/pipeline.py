@@ -104,21 +104,31 @@ def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
                           f"{_first(sorted(ids))}): lm_eval --samples picks documents, while odiag run, rescore and "
                           f"add-teacher read a task's first `limit`; resume it with the same lm_eval command, or use "
                           f"{another(flag)} for these questions")
-    if (changed := changed_prompt(RunDir(root, plan=None), questions)) is not None:
-        raise RunDirError(f"{root}: question {changed} reads another prompt now than the one its stored rollouts "
-                          "answered (the task's data changed since: data_files, the data set or the chat template); "
-                          f"use {another(flag)} for these questions")
+    if (changed := changed_question(RunDir(root, plan=None), questions)) is not None:
+        raise RunDirError(f"{root}: {changed} (the task's data changed since: data_files, the data set or the chat "
+                          f"template); use {another(flag)} for these questions")
 
 
-def changed_prompt(reader: RunDir, questions) -> str | None:
-    """The first of ``questions`` whose stored initial rollouts answered another prompt than it reads now."""
+def reference_bytes(question) -> np.ndarray:
+    """A question's reference answer as stored with its initial rollouts (empty for the synthetic task's)."""
+    return np.frombuffer(str(question.doc.get("target", "")).encode(), dtype=np.uint8)
+
+
+def changed_question(reader: RunDir, questions) -> str | None:
+    """How the first of ``questions`` whose stored initial rollouts answered another prompt, or were judged
+    against another reference answer, than it has now differs; None when none does. Shards written before
+    prompts (or reference answers) were stored are not checked for them."""
     for q in questions:
         try:
             shard = reader.load(q.id, "initial")
         except RunDirError:
             continue  # a corrupt shard is named, or repaired, once the run holds the directory
         if shard is not None and "prompt" in shard and not np.array_equal(shard["prompt"], q.prompt_ids):
-            return q.id
+            return f"question {q.id} reads another prompt now than the one its stored rollouts answered"
+        if shard is not None and "reference" in shard and not np.array_equal(shard["reference"], reference_bytes(q)):
+            then = bytes(shard["reference"]).decode(errors="replace")
+            return (f"question {q.id} has another reference answer now ({q.doc.get('target')!r}) than the one its "
+                    f"stored rollouts were judged against ({then!r})")
     return None
 
 
@@ -138,7 +148,7 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
         outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
         tokens, offsets = ragged(res.tokens)
         ctx.rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, outcome=outcomes,
-                        prompt=np.asarray(q.prompt_ids, np.int64))
+                        prompt=np.asarray(q.prompt_ids, np.int64), reference=reference_bytes(q))
         ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
     ctx.states = {q.id: ctx.states[q.id] for q in questions}
 

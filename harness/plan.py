@@ -127,6 +127,11 @@ class RunPlan:
     def scoring(self) -> dict:
         return {k: v for k, v in to_dict(self.config).items() if k in SCORING_FIELDS}
 
+    def task_record(self) -> dict:
+        """What of the task judges and plans beyond the config's fields and each question's prompt and reference
+        answer (those are checked per question): a task file or an answer checker changed under a run shows here."""
+        return {"name": self.task.name, "n_min": self.n_min, "max_new_tokens": self.max_new_tokens, **self.task.identity()}
+
     def record(self) -> dict:
         """What ``config.json`` holds for this plan."""
         from harness.rundir import FORMAT
@@ -138,6 +143,7 @@ class RunPlan:
             "tree_hash": self.tree_hash,
             "tree": tree_fields(self.config),
             "scoring": self.scoring(),
+            "task": self.task_record(),
             "teachers": [t.record() for t in self.teachers],
         }
 
@@ -424,6 +430,27 @@ def recorded_teacher(record: dict, where: str, fix: str) -> TeacherRef:
     return resolve_teacher(str(file), record.get("role", ADDED))
 
 
+# where each entry of a task's record comes from, for a refusal that names it
+_TASK_KEYS = {
+    "answer_checker": "version of odiag's answer extraction (harness/tasks/scoring.py)",
+    "answer_type": "metadata.odiag.answer_type",
+    "n_min": "n_min (metadata.odiag.n_min)",
+    "max_new_tokens": "response length limit (generation_kwargs.max_gen_toks)",
+    "stop_ids": "stop ids (generation_kwargs.until, the tokenizer's end of text)",
+}
+
+
+def _task_changes(then: dict, now: dict) -> str:
+    keys = [*now, *(k for k in then if k not in now)]
+    return "; ".join(f"{_TASK_KEYS.get(k, k)}: {then.get(k)!r} there, {now.get(k)!r} now" for k in keys
+                     if then.get(k) != now.get(k))
+
+
+def task_file(name: str) -> str:
+    """Where a task is defined, as a refusal names it."""
+    return "odiag itself" if name == "synthetic" else f"tasks/{name}.yaml"
+
+
 def _stored_path(file: str) -> Path:
     """A teacher file as ``config.json`` records it (inside the checkout, relative to it) opened here."""
     return Path(file) if Path(file).is_absolute() else REPOSITORY / file
@@ -478,6 +505,12 @@ def check_against(
             f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
             f"use {another(flag)}, or the same settings to resume"
         )
+    if (then := saved.get("task")) is not None and then != (now := plan.task_record()):
+        moved = {k for k in {*then, *now} if then.get(k) != now.get(k)}
+        fix = " and ".join([*([f"restore {task_file(plan.config.task)}"] if moved - {"answer_checker"} else []),
+                            *(["finish it with the odiag version that made it"] if "answer_checker" in moved else [])])
+        raise RunDirError(f"{where}: the task changed since the run was made ({_task_changes(then, now)}), so new "
+                          f"responses would be judged or planned apart from the stored ones; {fix}, or use {another(flag)}")
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]

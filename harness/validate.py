@@ -401,7 +401,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
 def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> dict:
     """:func:`validate` on a run directory this process holds."""
     from harness.core.validation import gain_interval, rank_correlations
-    from harness.pipeline import changed_prompt, json_ready, run_task
+    from harness.pipeline import changed_question, json_ready, run_task
     from harness.plan import slug
 
     phases = Phases(on_progress)
@@ -443,9 +443,9 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     diagnosed = {q["id"]: q for q in results["questions"]}
     everything = task.questions(None)
     train_q = [q for q in everything if q.id in diagnosed]
-    if (changed := changed_prompt(rundir, train_q)) is not None:  # it trains on what the run diagnosed
-        raise RunDirError(f"{root}: question {changed} reads another prompt now than the one the run's rollouts answered "
-                          "(the task's data changed since: data_files, the data set or the chat template); restore that data")
+    if (changed := changed_question(rundir, train_q)) is not None:  # it trains on what the run diagnosed
+        raise RunDirError(f"{root}: {changed} (the task's data changed since: data_files, the data set or the chat "
+                          "template); restore that data")
     seen = {q.prompt_ids.tobytes() for q in train_q}
     heldout_q = [q for q in everything if q.id not in diagnosed and q.prompt_ids.tobytes() not in seen][: cfg.heldout]
     if not heldout_q:

@@ -129,6 +129,62 @@ def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, 
 
 
 @pytest.mark.slow
+def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path, monkeypatch):
+    """The stored rollouts were judged by the task's answer checker against each question's reference answer,
+    cut at its length limit, and the tree planned with its n_min. Any of these changed between two commands
+    on one run (the task file edited, a data file's answer corrected, another version of odiag's answer
+    extraction) would judge or plan new responses apart from the stored ones: refused in one line naming
+    what changed, by run, rescore and add-teacher alike, with nothing changed; put back, the run goes on."""
+    import shutil
+
+    from harness.tasks import lmeval, scoring
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(REPO / "tasks", tasks)
+    monkeypatch.setattr(lmeval, "TASKS_DIR", tasks)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # the copy's odiag_utils.py leaves no __pycache__ in the run's dir
+    fixture = (Path(__file__).parent / "fixtures" / "boolq_validation.jsonl").read_text().splitlines()
+    (tmp_path / "d.jsonl").write_text("\n".join(fixture[:2]) + "\n")
+    student = REPO / "harness" / "toy_models" / "student"
+    sets = [x for s in ("task=odiag_boolq", "backend=hf", f"student={student}", "teachers=[toy-self-1c]",
+                        "data_files=d.jsonl", "n_initial=2", "max_new_tokens=4", "budget=1", "threads=1")
+            for x in ("--set", s)]
+    assert odiag("run", "--out", "r", *sets, "--set", "limit=1", "--quiet")[0] == 0
+
+    def refused(argv, *needles):  # the run's files as they were (the refusal comes with the run's lock held)
+        before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+        code, lines, _ = odiag(*argv)
+        assert_one_line((code, lines, True), *needles)
+        assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before
+
+    commands = (("run", "--out", "r", *sets, "--set", "limit=2", "--quiet"), ("rescore", "r", "--quiet"),
+                ("add-teacher", "r", "toy-self-1c1w", "--quiet"))
+    yaml_text = (tasks / "odiag_boolq.yaml").read_text()
+    edits = {"n_min: 20": ("n_min: 10", "n_min (metadata.odiag.n_min): 20 there, 10 now"),
+             "until: [": ('until: ["<|im_start|>", ', "stop ids"),
+             "answer_type: boolean": ("answer_type: choice", "metadata.odiag.answer_type: 'boolean' there, 'choice' now")}
+    for old, (new, needle) in edits.items():
+        assert old in yaml_text
+        (tasks / "odiag_boolq.yaml").write_text(yaml_text.replace(old, new))
+        for argv in commands:
+            refused(argv, "r: the task changed since the run was made (", needle,
+                            "restore tasks/odiag_boolq.yaml, or use another --out")
+    (tasks / "odiag_boolq.yaml").write_text(yaml_text)
+    monkeypatch.setattr(scoring, "VERSION", scoring.VERSION + 1)
+    for argv in commands:
+        refused(argv, f"version of odiag's answer extraction (harness/tasks/scoring.py): {scoring.VERSION - 1} "
+                        f"there, {scoring.VERSION} now", "finish it with the odiag version that made it, or use another --out")
+    monkeypatch.setattr(scoring, "VERSION", scoring.VERSION - 1)
+    record = json.loads(fixture[0])
+    (tmp_path / "d.jsonl").write_text("\n".join([json.dumps({**record, "answer": not record["answer"]}), fixture[1]]) + "\n")
+    for argv in commands:
+        refused(argv, "question 00000 has another reference answer now ('True') than the one its stored "
+                        "rollouts were judged against ('False')")
+    (tmp_path / "d.jsonl").write_text("\n".join(fixture[:2]) + "\n")
+    assert odiag(*commands[0])[0] == 0
+
+
+@pytest.mark.slow
 def test_a_run_refuses_questions_whose_data_changed_under_it(odiag, tmp_path):
     """A data file edited between two commands on one run: the stored rollouts answered other prompts, so
     the grown run is refused in one line, not mixed. The file is recorded by its absolute path, so the

@@ -6,6 +6,7 @@ TaskManager offline on the committed fixtures (tests/fixtures, see ATTRIBUTION.m
 gold-formatted completions for a few hundred BoolQ and MMLU items.
 """
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -38,82 +39,105 @@ def qwen3():
 # answer extraction (pure) ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("The passage says so. The answer is True.", True),
-        ("Therefore, the answer is false", False),
-        ("**Answer:** No", False),
-        ("Final answer: yes, it does.", True),
-        ("<think>\nMaybe true? The answer is True.\n</think>\n\nThe answer is False.", False),
-        ("Reasoning...\n\\boxed{\\text{True}}", True),
-        ("Reasoning...\n\n**False**", False),
-        ("It is not true that the tax is the same.", None),  # no verdict: unparseable, never "true"
-        ("<think>\nThe answer is True, I think", None),  # still thinking when it stopped
-        ("I cannot tell.", None),
-        # two statements on one line: the last decides (the first once swallowed the line)
-        ("At first glance the answer is no, but the passage says otherwise, so the answer is True.", True),
-        ("So the answer is not simply yes, so the answer is False.", False),
-        ("The answer is yes (the other answer, no, contradicts the passage)", True),
-        ("**Answer:**\n\nNo\n\nThe passage states the opposite.", False),
-        ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
-        ("Answer: No. The answer is true only if the law applied before 1990.", False),
-    ],
-)
+BOOLEAN_CASES = [
+    ("The passage says so. The answer is True.", True),
+    ("Therefore, the answer is false", False),
+    ("**Answer:** No", False),
+    ("Final answer: yes, it does.", True),
+    ("<think>\nMaybe true? The answer is True.\n</think>\n\nThe answer is False.", False),
+    ("Reasoning...\n\\boxed{\\text{True}}", True),
+    ("Reasoning...\n\n**False**", False),
+    ("It is not true that the tax is the same.", None),  # no verdict: unparseable, never "true"
+    ("<think>\nThe answer is True, I think", None),  # still thinking when it stopped
+    ("I cannot tell.", None),
+    # two statements on one line: the last decides (the first once swallowed the line)
+    ("At first glance the answer is no, but the passage says otherwise, so the answer is True.", True),
+    ("So the answer is not simply yes, so the answer is False.", False),
+    ("The answer is yes (the other answer, no, contradicts the passage)", True),
+    ("**Answer:**\n\nNo\n\nThe passage states the opposite.", False),
+    ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
+    ("Answer: No. The answer is true only if the law applied before 1990.", False),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BOOLEAN_CASES)
 def test_boolean_extraction(text, expected):
     assert extract_boolean(text) is expected
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Let's see. (A) is wrong, (C) is wrong. The answer is (B).", "B"),
-        ("The answer is B. Paris is the capital.", "B"),
-        ("**Answer: C**", "C"),
-        ("Final Answer: \\boxed{D}", "D"),
-        ("So \\boxed{(A)}", "A"),
-        ("<think>\nThe answer is (A)\n</think>\n\nThe answer is (D).", "D"),
-        ("Options (A) and (C) fail, leaving (B)", "B"),  # lm-eval's flexible-extract fallback
-        ("The answer is clear from the text.", None),
-        ("The answer is E", None),  # not an option of a 4-choice question
-        ("I thought the answer is (A), but on reflection the answer is (D).", "D"),
-        # a walk through the options that closes in words: its statement, not the last option it walked past
-        ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", "C"),
-        # a mention of another answer after the statement is not one
-        ("The answer is (B). Answer (A) is a common mistake.", "B"), ("**Answer: B** — answer C confuses mass and weight.", "B"),
-        ("(B) Paris\n\nExplanation: Paris is the capital of France.", "B"),  # the fallback reads the whole final part
-        ("The correct option is (C).\n\nI hope this helps!", "C"),
-        ("(A) x\n(B) y\n(C) z\n(D) w\n\n**C**", "C"),  # a bare closing letter before the last (X)
-        ("**Final Answer**\n\nB", "B"), ("Answer:\n(B) Paris\nbecause (A) London is in the UK", "B"),  # on the next line
-        ("Answer: B. (The best choice is A only if we ignore friction.)", "B"),  # an aside, not a correction
-    ],
-)
+CHOICE_CASES = [
+    ("Let's see. (A) is wrong, (C) is wrong. The answer is (B).", "B"),
+    ("The answer is B. Paris is the capital.", "B"),
+    ("**Answer: C**", "C"),
+    ("Final Answer: \\boxed{D}", "D"),
+    ("So \\boxed{(A)}", "A"),
+    ("<think>\nThe answer is (A)\n</think>\n\nThe answer is (D).", "D"),
+    ("Options (A) and (C) fail, leaving (B)", "B"),  # lm-eval's flexible-extract fallback
+    ("The answer is clear from the text.", None),
+    ("The answer is E", None),  # not an option of a 4-choice question
+    ("I thought the answer is (A), but on reflection the answer is (D).", "D"),
+    # a walk through the options that closes in words: its statement, not the last option it walked past
+    ("(A) incorrect.\n(B) incorrect.\n(C) correct.\n(D) incorrect.\n\nTherefore, the correct option is C.", "C"),
+    # a mention of another answer after the statement is not one
+    ("The answer is (B). Answer (A) is a common mistake.", "B"), ("**Answer: B** — answer C confuses mass and weight.", "B"),
+    ("(B) Paris\n\nExplanation: Paris is the capital of France.", "B"),  # the fallback reads the whole final part
+    ("The correct option is (C).\n\nI hope this helps!", "C"),
+    ("(A) x\n(B) y\n(C) z\n(D) w\n\n**C**", "C"),  # a bare closing letter before the last (X)
+    ("**Final Answer**\n\nB", "B"), ("Answer:\n(B) Paris\nbecause (A) London is in the UK", "B"),  # on the next line
+    ("Answer: B. (The best choice is A only if we ignore friction.)", "B"),  # an aside, not a correction
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CHOICE_CASES)
 def test_choice_extraction(text, expected):
     assert extract_choice(text, 4) == expected
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("... so the sum is $70$.\n\n\\boxed{70}", "70"),
-        ("<think>\nlong\n</think>\n\nThus the answer is \\(\\boxed{588}\\).", "588"),
-        ("The answer is 16.", "16"),
-        ("Final answer: 1,024", "1024"),
-        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-        ("answer: 4", "4"),
-        ("The answer is 3.5", None),
-        ("no number here", None),
-        ("\\boxed{70.0}", "70"), ("The answer is 70.0.", "70"),  # an integer with a zero fraction
-        ("**Final Answer:** 204 (this answer checks out in all 3 cases)", "204"),
-        ("The answer is 204, which matches the answer from method 2.", "204"),
-        ("The answer is 12, but the question answered 13", "12"),
-        ("**Final Answer**\n\n42", "42"), ("The answer is 42 (the answer is 41 if we count the empty set).", "42"),
-        ("Final Answer: 42. Note: the answer = 6 * 7.", "42"),
-        ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
-    ],
-)
+INTEGER_CASES = [
+    ("... so the sum is $70$.\n\n\\boxed{70}", "70"),
+    ("<think>\nlong\n</think>\n\nThus the answer is \\(\\boxed{588}\\).", "588"),
+    ("The answer is 16.", "16"),
+    ("Final answer: 1,024", "1024"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("answer: 4", "4"),
+    ("The answer is 3.5", None),
+    ("no number here", None),
+    ("\\boxed{70.0}", "70"), ("The answer is 70.0.", "70"),  # an integer with a zero fraction
+    ("**Final Answer:** 204 (this answer checks out in all 3 cases)", "204"),
+    ("The answer is 204, which matches the answer from method 2.", "204"),
+    ("The answer is 12, but the question answered 13", "12"),
+    ("**Final Answer**\n\n42", "42"), ("The answer is 42 (the answer is 41 if we count the empty set).", "42"),
+    ("Final Answer: 42. Note: the answer = 6 * 7.", "42"),
+    ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), INTEGER_CASES)
 def test_integer_extraction(text, expected):
     assert extract_integer(text) == expected
+
+
+# each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on every text above,
+# under every answer type and a reference answer of each
+VERDICTS = {1: "a193cd06cb05a147"}
+
+
+def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():
+    """A run records the version of the extraction that judged its responses and is never resumed by another
+    (tests/test_faults.py). A change to any verdict on these texts without a new version would let a run mix
+    them: this fails until ``VERSION`` is raised and its verdicts recorded here."""
+    import hashlib
+
+    from harness.tasks import scoring
+
+    texts = [text for cases in (BOOLEAN_CASES, CHOICE_CASES, INTEGER_CASES) for text, _ in cases]
+    verdicts = [[text, kind, target, *dataclasses.astuple(score(text, target, kind))]
+                for text in texts for kind, target in (("boolean", "True"), ("choice", "B"), ("integer", "42"))]
+    digest = hashlib.sha256(json.dumps(verdicts).encode()).hexdigest()[:16]
+    assert len(set(VERDICTS.values())) == len(VERDICTS), "two versions with the same verdicts"
+    assert VERDICTS.get(scoring.VERSION) == digest, (
+        f"the answer extraction's verdicts changed: raise harness.tasks.scoring.VERSION and record "
+        f"VERDICTS[{scoring.VERSION + 1}] = {digest!r} (or, if they did not change for this version, put it back)")
 
 
 def test_helpers():

@@ -59,6 +59,11 @@ class Task(Protocol):
         """int8 codes into ``OUTCOMES``: truncated responses are TRUNCATED whatever they say."""
         ...
 
+    def identity(self) -> dict:
+        """What judges a response besides its question (the answer checker and its version, the stop ids),
+        JSON-ready: recorded with a run, which is then never resumed under another."""
+        ...
+
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         """1 where a response's extracted answer is correct (``outcomes(...) == CORRECT``)."""
         ...

@@ -31,6 +31,9 @@ class SyntheticTask:
         seeds = [derive_seed("synthetic-task", i) % (2**31) for i in range(count)]
         return [Question(id=f"q{i:03d}", prompt_ids=np.array([s]), doc={"seed": s}) for i, s in enumerate(seeds)]
 
+    def identity(self) -> dict:
+        return {"stop_ids": list(self.stop_ids)}  # the exact model judges its own responses
+
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         return (self.outcomes(question, responses, truncated) == CORRECT).astype(np.int64)
 

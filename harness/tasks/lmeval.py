@@ -37,6 +37,7 @@ from harness.config import MAX_COUNT, ConfigError
 from harness.modelfiles import is_local_path
 from harness.safeio import excerpt
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
+from harness.tasks import scoring
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
 from harness.teachers import (
     STUDENT,
@@ -316,6 +317,9 @@ class LMEvalTask:
         return out
 
     # rewards -----------------------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        return {"answer_type": self.answer_type, "answer_checker": scoring.VERSION, "stop_ids": list(self.stop_ids)}
 
     def rewards(self, question: Question, responses: Sequence[np.ndarray], truncated: np.ndarray) -> np.ndarray:
         return (self.outcomes(question, responses, truncated) == CORRECT).astype(np.int64)

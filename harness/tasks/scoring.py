@@ -15,6 +15,11 @@ import dataclasses
 import re
 
 ANSWER_TYPES = ("boolean", "choice", "integer")
+# The version of the extraction below, recorded with every run (harness.plan.RunPlan.task_record): a run
+# is never resumed, grown or rescored by another version, whose verdicts on new responses would sit beside
+# the stored ones. tests/test_tasks.py pins each version's verdicts on a fixed set of completions, so a
+# change to any of them fails there until this is raised.
+VERSION = 1
 
 _THINK_CLOSE = "</think>"
 _THINK_OPEN = "<think>"
