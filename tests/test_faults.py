@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -728,7 +729,7 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     a, b = run("a", "jsd"), run("b", "jsd", jsd_beta=0.9)
     assert_one_line(odiag("leaderboard", a, b, "--out", "site"),
                     f"runs {a} and {b} (synthetic, student synthetic) differ in jsd_beta (0.5 and 0.9), so their jsd rows "
-                    "measure different things", "or rescore one with --set jsd_beta=0.5")
+                    "measure different things", f"or rescore {b} with --set jsd_beta=0.5")
     assert_one_line(odiag("leaderboard", run("c"), run("d", temperature=0.7), "--out", "site"),
                     "differ in temperature (1.0 and 0.7), so their rows measure different things; put them on separate")
     assert_one_line(odiag("leaderboard", run("g"), run("h", incorrect_outcomes=["wrong", "truncated"]), "--out", "site"),
@@ -743,7 +744,37 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     results["config"].update(jsd_beta=0.3, gamma=0.9)
     (m / "results.json").write_text(json.dumps(results))
     # both loss settings differ: the rescore named is the one that makes them comparable, not the first of two
-    assert_one_line(odiag("leaderboard", k, m, "--out", "site"), "or rescore one with --set jsd_beta=0.5 --set gamma=0.95")
+    assert_one_line(odiag("leaderboard", k, m, "--out", "site"), f"or rescore {m} with --set jsd_beta=0.5 --set gamma=0.95")
+    # how a row is estimated: another strategy picks other decision points, another n_min another support, another
+    # budget or window other visits, an approximate scorer other probabilities: the settings would rank the teachers
+    for n, (key, value, shown) in enumerate((("strategy", "settle", "paper and settle"), ("n_min", 5, "None and 5"),
+                                             ("window", 5, "50 and 5"), ("budget", 100, "None and 100"),
+                                             ("student_args", {"score_with": "vllm", "gpu_memory_utilization": 0.5},
+                                              "{} and {'score_with': 'vllm'}"))):
+        assert_one_line(odiag("leaderboard", run(f"p{n}"), run(f"q{n}", **{key: value}), "--out", "site"),
+                        f"differ in {key} ({shown}), so their rows measure different things; put them on separate")
+    # a setting the runs' strategy never reads, a seed, a limit, where it ran: the same measurement
+    assert cli.main(["leaderboard", str(run("r1")), str(run("r2", price=0.5, seed=7, limit=3, threads=2,
+                                                               student_args={"gpu_memory_utilization": 0.5})),
+                     "--out", str(tmp_path / "site")]) == 0
+
+
+def test_leaderboard_refuses_a_teacher_scored_twice_on_the_same_rollouts(odiag, tmp_path):
+    """A run and its copy (or a copy grown, or given a teacher with add-teacher) hold the same rollouts: ranked
+    together each teacher they share counted twice, tied with itself. Another seed draws other rollouts."""
+    rows = [{"teacher": "t", "algorithm": "gkd", "rank": None, "n_decision_points": 0}]
+    a = _fake_run(tmp_path / "a", rows)
+    results = json.loads((a / "results.json").read_text())
+    results["questions"] = [{"id": "q000"}, {"id": "q001"}]
+    (a / "results.json").write_text(json.dumps(results))
+    shutil.copytree(a, tmp_path / "copy")
+    assert_one_line(odiag("leaderboard", a, tmp_path / "copy", "--out", "site"),
+                    f"runs {a} and {tmp_path / 'copy'} both score teacher 't' on the same rollouts (seed 0, question q000 and 1 more)",
+                    "give one of them (odiag add-teacher adds teachers to one run), or draw the other with another --set seed")
+    other = _fake_run(tmp_path / "other", rows)
+    results["config"]["seed"] = 1
+    (other / "results.json").write_text(json.dumps(results))
+    assert cli.main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "site")]) == 0
 
 
 def test_a_leaderboard_build_removes_what_a_killed_build_left(tmp_path):

@@ -51,6 +51,12 @@ def _copy(run_dir: Path, dest: Path, **results_changes) -> Path:
     return dest
 
 
+def _reseed(run: Path) -> None:
+    results = _results(run)
+    results["config"]["seed"] += 1
+    (run / "results.json").write_text(json.dumps(results))
+
+
 def _same(a, b) -> bool:
     """Equality that treats nan and None (JSON null) as the same missing number."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -99,8 +105,10 @@ def test_provenance_of_every_run_is_kept(run_dir, site):
 
 
 def test_runs_of_one_task_and_student_are_ranked_together(run_dir, tmp_path):
-    """Two copies of one run: same numbers, so equal ranks, each tied with its copy; names disambiguated."""
+    """Two runs with the same numbers (the second made to read as drawn from another seed: a copy of one run is
+    refused, it would count each teacher twice): equal ranks, each tied with its twin; names disambiguated."""
     a, b = _copy(run_dir, tmp_path / "a" / "synth"), _copy(run_dir, tmp_path / "b" / "synth")
+    _reseed(b)
     board = merge(load_runs([a, b]))
     assert [r["id"] for r in board["runs"]] == ["synth", "synth-2"]
     assert len(board["groups"]) == 1 and len(board["entries"]) == 24
@@ -119,6 +127,13 @@ def test_students_are_separate_groups(run_dir, tmp_path):
     assert [(g["task"], g["student"]) for g in board["groups"]] == [("synthetic", "synthetic"), ("synthetic", "tiny-student")]
     # a teacher that appears once per group keeps its plain name
     assert {e["label"] for e in board["entries"]} == {"synthetic-helpful", "synthetic-misleading"}
+
+
+def test_students_whose_names_read_alike_as_file_names_keep_their_own_figures(run_dir, tmp_path):
+    """Students m/s and m_s made one group id, so one's figures were written over the other's and the page
+    showed them under both."""
+    board = merge(load_runs([_copy(run_dir, tmp_path / "x", student="/w/m/s"), _copy(run_dir, tmp_path / "y", student="/w/m_s")]))
+    assert [g["id"] for g in board["groups"]] == ["synthetic--_w_m_s", "synthetic--_w_m_s-2"]
 
 
 def test_run_ids_are_short_and_unique():

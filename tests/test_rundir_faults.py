@@ -715,6 +715,18 @@ def _break(root: Path, how: str) -> None:
     elif how == "alignment-not-object":
         rows = [{**r, "alignment": "high"} for r in results["teachers"]]
         (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
+    elif how == "correct-not-number":  # read by the correct-vs-incorrect figure
+        rows = [{**r, "alignment_correct": {"mean": "x"}} for r in results["teachers"]]
+        (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
+    elif how == "window-not-int":  # read by the depth figure
+        (root / "results.json").write_text(json.dumps({**results, "config": {**results["config"], "window": "x"}}))
+    elif how == "correlations-not-object":
+        rows = [{**r, "divergence_correlations": {"kl": [1]}} for r in results["teachers"]]
+        (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
+    elif how == "teacher-rows-removed":  # the tables, untouched, still hold its nodes
+        gone = results["teachers"][0]["teacher"]
+        rows = [r for r in results["teachers"] if r["teacher"] != gone]
+        (root / "results.json").write_text(json.dumps({**results, "teachers": rows}))
     elif how == "no-counts":
         (root / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "counts"}))
     elif how == "nodes-garbage":
@@ -734,8 +746,9 @@ def _break(root: Path, how: str) -> None:
 
 
 RESULTS_BREAKS = ("results-not-json", "results-list", "results-binary", "results-schema", "teachers-not-list",
-                  "row-without-teacher", "alignment-not-object", "no-counts")
-TABLE_BREAKS = ("nodes-garbage", "nodes-truncated", "nodes-missing-column", "children-empty", "paths-garbage")
+                  "row-without-teacher", "alignment-not-object", "no-counts", "correct-not-number", "window-not-int",
+                  "correlations-not-object")
+TABLE_BREAKS = ("teacher-rows-removed", "nodes-garbage", "nodes-truncated", "nodes-missing-column", "children-empty", "paths-garbage")
 
 
 @pytest.mark.parametrize("how", RESULTS_BREAKS + TABLE_BREAKS)

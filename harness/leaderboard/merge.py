@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import ConfigError
+from harness.config import STRATEGY_FIELDS, ConfigError, unread_fields
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
 from harness.results import PATH_FIELDS, read_tables
@@ -61,7 +61,8 @@ CHILD_VALUES = ("n", "w", "q", "pi", "pi_teacher")
 # results.json keys the leaderboard and the model card read, and their JSON types
 RESULTS_KEYS = {"task": str, "student": str, "config": dict, "config_hash": str, "versions": dict, "counts": dict,
                 "teachers": list}
-ROW_STATS = ("alignment", "weighted_alignment", "incorrect_minus_correct", "teacher_advantage")
+ROW_STATS = ("alignment", "weighted_alignment", "alignment_correct", "alignment_incorrect", "incorrect_minus_correct",
+             "teacher_advantage")
 
 
 def read_results(path: str | Path) -> dict:
@@ -81,6 +82,9 @@ def read_results(path: str | Path) -> dict:
     for key in ("questions", "paths", "decision_points", "rollouts", "tokens_generated"):
         if not isinstance(results["counts"].get(key), int):
             raise malformed(f"counts.{key} is {excerpt(results['counts'].get(key), 40)}, expected an integer")
+    window = results["config"].get("window", 50)
+    if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+        raise malformed(f"config.window is {excerpt(window, 40)}, expected an integer >= 1")
     for i, row in enumerate(results["teachers"]):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("teacher", "algorithm")):
             raise malformed(f"teachers[{i}] is {excerpt(row, 60)}, expected an object with teacher and algorithm names")
@@ -101,6 +105,12 @@ def read_results(path: str | Path) -> dict:
             if not _count_or_none(stat.get("n_questions")):
                 raise malformed(f"teachers[{i}].{key}.n_questions is {excerpt(stat.get('n_questions'), 40)}, "
                                 "expected an integer or null")
+        correlations = row.get("divergence_correlations")
+        if correlations is not None and not (isinstance(correlations, dict) and all(
+                isinstance(c, dict) and all(isinstance(c.get(m), dict) and _number_or_none(c[m].get("mean"))
+                                            for m in c) for c in correlations.values())):
+            raise malformed(f"teachers[{i}].divergence_correlations is {excerpt(correlations, 60)}, expected "
+                            "{divergence: {spearman, pearson: {mean, ...}}}")
     return results
 
 
@@ -125,6 +135,10 @@ def load_run(path: str | Path, run_id: str) -> Run:
     tables = {t: read[f"{t}.parquet"] for t in TABLES}
     if tables["children"].num_rows and (gone := [c for c in CHILD_VALUES if c not in tables["children"].column_names]):
         raise ConfigError(f"{root / 'children.parquet'}: missing column(s) {', '.join(gone)}; not written by this odiag")
+    listed = {row["teacher"] for row in results["teachers"]}
+    if unlisted := sorted(set(map(str, tables["nodes"].column("teacher").to_pylist())) - listed):
+        raise ConfigError(f"{results_file}: malformed odiag results (nodes.parquet holds teacher {unlisted[0]!r}, which its "
+                          f"teachers do not list); rerun the same `odiag run` command to write them again")
     return Run(
         id=run_id,
         path=str(path),
@@ -161,24 +175,48 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
-# settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row)
-COMPARABLE = (("temperature", None), ("incorrect_outcomes", None), ("cascade", None), ("jsd_beta", "jsd"),
-              ("gamma", "minillm"))
+# settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row).
+# Another temperature is another student distribution; other incorrect_outcomes, other incorrect paths; the
+# rest decide how a row is estimated (the student's numerics, the paths, the decision points a strategy picks,
+# the support A(s), the visits): measured under two of them, one teacher outranks another by the settings.
+# Another seed, limit or data file is another sample of the same measurement, and ranks with it.
+COMPARABLE = (("temperature", None), ("incorrect_outcomes", None), ("cascade", None), ("dtype", None),
+              ("student_revision", None), ("student_args", None), ("max_new_tokens", None), ("n_initial", None),
+              ("paths_per_outcome", None), ("strategy", None), ("window", None), ("k_window", None), ("tau", None),
+              ("n_target", None), ("n_min", None), ("confidence", None), ("tolerance", None), ("n_max", None),
+              ("price", None), ("survey_positions", None), ("survey_visits", None), ("score_top_k", None),
+              ("budget", None), ("jsd_beta", "jsd"), ("gamma", "minillm"))
+
+
+def _setting(run: Run, key: str):
+    """A run's value of a COMPARABLE key: of ``student_args``, the options that move a number only."""
+    config = run.results["config"]
+    if key == "student_args":
+        from harness.backends import NUMERIC_OPTIONS
+
+        args = config.get(key) if isinstance(config.get(key), dict) else {}
+        return {k: v for k, v in sorted(args.items()) if k in NUMERIC_OPTIONS}
+    return config.get(key)
+
+
+def _question_ids(run: Run) -> set[str]:
+    questions = run.results.get("questions")
+    return {str(q["id"]) for q in questions if isinstance(q, dict) and "id" in q} if isinstance(questions, list) else set()
 
 
 def check_comparable(runs: Sequence[Run]) -> None:
-    """Refuse runs ranked together (same task and student) whose rows measure different things: another
-    temperature is another student distribution; other incorrect_outcomes, other incorrect paths (and
-    another incorrect-minus-correct); another cascade, another count of the visits; another jsd_beta or
-    gamma, another jsd or minillm loss."""
+    """Refuse runs ranked together (same task and student) whose rows measure different things
+    (``COMPARABLE``), or that score one teacher on the same rollouts (a run and its copy)."""
     first: dict[tuple, Run] = {}
     for run in runs:
         algorithms = {row["algorithm"] for row in run.results["teachers"]}
+        strategy = run.results["config"].get("strategy")
+        unread = unread_fields(strategy) if strategy in STRATEGY_FIELDS else set()
         for key, algorithm in COMPARABLE:
-            if algorithm is not None and algorithm not in algorithms:
+            if (algorithm is not None and algorithm not in algorithms) or key in unread:
                 continue
             other = first.setdefault((*run.group, key, algorithm), run)
-            mine, theirs = run.results["config"].get(key), other.results["config"].get(key)
+            mine, theirs = _setting(run, key), _setting(other, key)
             if mine != theirs:
                 rows = "their rows" if algorithm is None else f"their {algorithm} rows"
                 # every loss setting the two differ in, so that the rescore named is the last one needed
@@ -188,7 +226,21 @@ def check_comparable(runs: Sequence[Run]) -> None:
                 fix = " ".join(f"--set {k}={other.results['config'].get(k)}" for k in keys)
                 raise ConfigError(f"leaderboard: runs {other.path} and {run.path} ({run.group[0]}, student {run.group[1]}) "
                                   f"differ in {key} ({theirs} and {mine}), so {rows} measure different things; put them "
-                                  f"on separate leaderboards" + ("" if algorithm is None else f", or rescore one with {fix}"))
+                                  f"on separate leaderboards" + ("" if algorithm is None else f", or rescore {run.path} with {fix}"))
+    for i, run in enumerate(runs):
+        for other in runs[:i]:
+            if other.group != run.group or other.results["config"].get("seed") != run.results["config"].get("seed"):
+                continue
+            shared = sorted(_question_ids(run) & _question_ids(other))
+            teachers = sorted({row["teacher"] for row in run.results["teachers"]} & {row["teacher"] for row in other.results["teachers"]})
+            if shared and teachers:
+                more = f" and {len(shared) - 1} more" if len(shared) > 1 else ""
+                raise ConfigError(
+                    f"leaderboard: runs {other.path} and {run.path} both score teacher {teachers[0]!r} on the same rollouts "
+                    f"(seed {run.results['config'].get('seed')}, question {shared[0]}{more}), as a run and its copy do, so "
+                    f"ranked together it would count twice; give one of them (odiag add-teacher adds teachers to one run), "
+                    f"or draw the other with another --set seed"
+                )
 
 
 def _git_commit() -> str | None:
@@ -281,8 +333,13 @@ def merge(runs: Sequence[Run]) -> dict:
                 # a row without decision points has no score to rank
                 e["rank"] = k if e.get("alignment") else None
                 e["tied_with"] = [block[j]["key"] for j in t]
+        # two students can read alike once made a file name (m/s and m_s): the later one is numbered
+        base = gid = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task}--{student}")
+        k = 2
+        while gid in {g["id"] for g in groups}:
+            gid, k = f"{base}-{k}", k + 1
         groups.append({
-            "id": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task}--{student}"),
+            "id": gid,
             "task": task,
             "student": student,
             "runs": [run.id for run in runs if run.group == (task, student)],
