@@ -59,16 +59,17 @@ def _run(args: argparse.Namespace) -> int:
 
     # the plan's first lines once the run is checked and its directory open (a refused run prints one line)
     return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair),
-                     preamble=lambda: _plan_lines(cfg))
+                     preamble=lambda: _plan_lines(cfg, args.out))
 
 
-def _plan_lines(cfg) -> list[str]:
-    """`odiag plan`'s lines before a run, its totals included (a plan that cannot be made is only mentioned)."""
+def _plan_lines(cfg, out) -> list[str]:
+    """`odiag plan`'s lines before a run, its totals included (a plan that cannot be made is only mentioned),
+    the teachers added to the run directory ``out`` among its teachers."""
     from harness.config import ConfigError
     from harness.costplan import plan_for
 
     try:
-        return [line for line in plan_for(cfg).lines if not line.startswith("wall time: give")]
+        return [line for line in plan_for(cfg, run_dir=out).lines if not line.startswith("wall time: give")]
     except (ConfigError, OSError, ValueError) as exc:
         return [f"plan: not available ({exc})"]
 

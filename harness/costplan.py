@@ -338,9 +338,9 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
         if t.solution_source != "student":
             artefact_rollouts += t.solution_attempts
             artefact_tokens += t.solution_attempts * (t.solution_max_new_tokens or length)
-        if t.summarizer is not None and t.summarizer in artefact_ids:
-            artefact_rollouts += t.correct_solutions + t.wrong_solutions
-            artefact_tokens += (t.correct_solutions + t.wrong_solutions) * t.summary_max_new_tokens
+    for n, max_tokens in summaries(teachers, artefact_ids, paths, cfg.n_initial):
+        artefact_rollouts += n
+        artefact_tokens += n * max_tokens
     initial_tokens = cfg.n_initial * length
     targeted_text = (f"<= {targeted:,} ({how}; <= {targeted * length:,} tokens)" if targeted is not None
                      else f"not bounded without a budget ({how}; set budget=N to bound them)")
@@ -367,6 +367,9 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
             lines.append(f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s")
     elif total_tokens is not None:
         lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
+    elif throughput:
+        lines.append("wall time: not bounded: " + ("set budget=N to bound the targeted rollouts" if n_q is not None
+                                                   else "set limit=N (the task's question count is not known here)"))
     if gpu is not None:
         for phase, size in phases:
             if phase in refusals:
@@ -375,6 +378,28 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
                 raise PlanDoesNotFit(lines, f"plan: phase '{phase}' needs {_gib(size)}, more than --gpu-memory "
                                             f"{gpu_memory:g} GiB (see `odiag plan`; {advice})")
     return Plan(lines, phases, float(total_tokens or 0))
+
+
+def summaries(teachers, artefact_ids: Sequence[str], paths: int, n_initial: int) -> list[tuple[int, int]]:
+    """(summaries at most, tokens each) per summariser setting, per question, as ``build_artefacts`` makes them:
+    one of every solution a teacher of that setting may show. The student's own are those shown on any path,
+    up to the largest counts any teacher shows (``pipeline._artefacts``), distinct ones at most ``n_initial``;
+    a named model's, its first correct and wrong ones."""
+    from harness.teachers.artefacts import solution_key, summary_key
+
+    shown = min(paths * (max((t.correct_solutions for t in teachers), default=0)
+                         + max((t.wrong_solutions for t in teachers), default=0)), n_initial)
+    texts: dict[str, dict[str, int]] = {}  # summariser setting -> solution source -> solutions at most
+    tokens: dict[str, int] = {}
+    for t in teachers:
+        if t.summarizer is None or t.summarizer not in artefact_ids:
+            continue
+        key = summary_key(t)
+        source = "student" if t.solution_source == "student" else solution_key(t)
+        n = shown if source == "student" else t.correct_solutions + t.wrong_solutions
+        texts.setdefault(key, {})[source] = max(texts.get(key, {}).get(source, 0), n)
+        tokens[key] = t.summary_max_new_tokens
+    return [(sum(by_source.values()), tokens[key]) for key, by_source in texts.items()]
 
 
 class PlanDoesNotFit(ConfigError):
@@ -397,10 +422,12 @@ def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
     """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file (the best row's ``sampled_tok_s``); with
     ``cfg``, refused unless the file measured that run's student on its backend (a 0.6B student samples
     orders of magnitude slower than the toy one)."""
+    from harness.safeio import read_json
+
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--measurements {path}: not a readable JSON file ({exc})") from None
+        data = read_json(path, 1 << 20)  # a few rows of figures: a FIFO or a device is refused, not read forever
+    except ConfigError as exc:
+        raise ConfigError(f"--measurements {exc}") from None
     if cfg is not None:
         _check_measured(path, data, cfg)
     rows = data.get("rows", [data]) if isinstance(data, dict) else data  # a file of rows, or one row
@@ -430,12 +457,17 @@ def _check_measured(path: str, data, cfg: RunConfig) -> None:
                           f"{measure}")
 
 
-def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float | None = None) -> Plan:
+def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float | None = None,
+             run_dir: str | Path | None = None) -> Plan:
     """The plan of ``cfg``; refused, as `odiag run` would refuse it, for its settings, teachers, models and
     backend options. Where the task can be loaded here (the synthetic task, or a local student's tokenizer),
-    its checks run too, and its question count, ``n_min`` and response length are the run's."""
+    its checks run too, and its question count, ``n_min`` and response length are the run's. With
+    ``run_dir``, a run directory, the teachers added to it (``odiag add-teacher``) count too: a run scores
+    them on every question it grows by."""
     from harness.config import local_path
     from harness.plan import check_config, make_plan as checked_plan
+
+    added = added_teachers(run_dir) if run_dir is not None else []
 
     if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir():
         run_plan = checked_plan(cfg, installed=False)  # every check of run, the task's too, the tokenizer at hand
@@ -445,10 +477,23 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
         else:
             questions = task.n_available if cfg.limit is None else min(cfg.limit, task.n_available)
             length = run_plan.max_new_tokens
-        return make_plan(cfg, [r.config for r in run_plan.teachers], gpu_memory, throughput,
+        return make_plan(cfg, [r.config for r in run_plan.teachers] + added, gpu_memory, throughput,
                          questions=questions, n_min=run_plan.n_min, length=length)
-    teachers = [r.config for r in check_config(cfg)]
+    teachers = [r.config for r in check_config(cfg)] + added
     return make_plan(cfg, teachers, gpu_memory, throughput, n_min=cfg.n_min or _yaml_n_min(cfg.task))
+
+
+def added_teachers(run_dir: str | Path) -> list:
+    """The teachers added to the run directory ``run_dir`` (none where it holds no run yet)."""
+    from harness.plan import ADDED, recorded_teacher
+    from harness.rundir import RunDir
+
+    root = Path(run_dir)
+    if not (root / "config.json").is_file():
+        return []
+    fix = f"or remove it with odiag rescore {root} --drop-teacher NAME"
+    return [recorded_teacher(t, str(root), fix).config for t in RunDir.read_saved(root)["teachers"]
+            if isinstance(t, dict) and t.get("role") == ADDED]
 
 
 def _yaml_n_min(task: str) -> int:
@@ -469,8 +514,10 @@ def main_plan(args) -> int:
 
     cfg = resolve_run_config(args.config, args.set)
     throughput = args.throughput or (throughput_from(args.measurements, cfg) if args.measurements else None)
+    # a run directory's config.yaml: the run grows with the teachers added to it too
+    run_dir = Path(args.config).parent if args.config and (Path(args.config).parent / "config.json").is_file() else None
     try:
-        plan = plan_for(cfg, args.gpu_memory, throughput)
+        plan = plan_for(cfg, args.gpu_memory, throughput, run_dir)
     except PlanDoesNotFit as exc:
         print("\n".join(exc.lines))
         sys.stdout.flush()

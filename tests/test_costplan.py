@@ -152,6 +152,15 @@ def test_measurements_give_the_best_positive_rate_or_say_what_they_hold(tmp_path
             throughput_from(str(path))
 
 
+def test_measurements_that_are_no_regular_file_are_refused_unread(tmp_path):
+    """A FIFO (or a device) was read until it ended, forever or out of memory."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ConfigError, match=re.escape(f"--measurements {tmp_path / 'fifo'}: not a regular file")):
+        throughput_from(str(tmp_path / "fifo"))
+
+
 def test_measurements_of_another_student_or_backend_are_refused(tmp_path):
     """gpu_check measures the toy student by default: its rate says nothing of a Qwen3 student's."""
     path = tmp_path / "m.json"
@@ -231,7 +240,53 @@ def test_settle_without_a_budget_has_no_bound_and_says_how_to_give_one():
     line = _targeted_line(["strategy=settle", "n_target=1"])
     assert "not bounded without a budget" in line and "set budget=N" in line
     text = "\n".join(plan_for(resolve_run_config(None, ["strategy=settle"]), throughput=100).lines)
-    assert "wall time" not in text and "total: targeted rollouts not bounded without a budget" in text
+    assert "total: targeted rollouts not bounded without a budget" in text
+    assert "wall time: not bounded: set budget=N to bound the targeted rollouts" in text  # not a silently ignored rate
+
+
+def _total_rollouts(lines) -> int:
+    return int(re.search(r"total: <= ([0-9,]+) rollouts", "\n".join(lines)).group(1).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_a_run_with_model_summaries_stays_within_its_plan(tmp_path):
+    """A model summarises every solution shown on any path (the largest counts any teacher shows, on each of
+    the 2 x paths_per_outcome paths), not only the counts of one teacher: the plan bounded 56 rollouts for a
+    run that made 70."""
+    from harness import cli
+
+    teacher = tmp_path / "msum.yaml"
+    teacher.write_text(json.dumps({
+        "description": "the student reading model summaries of one correct and one wrong solution", "model": "student",
+        "correct_solutions": 1, "wrong_solutions": 1, "summarizer": str(TOY_DIR / "teacher"),
+        "summary_prompt": "{{ question }} {{ solution }}", "summary_chat_template_options": {}, "summary_max_new_tokens": 128,
+        "context_template": "{{ question }}\nright: {{ correct_summaries[0] }}\nwrong: {{ wrong_summaries[0] }}"}))
+    sets = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "dtype=float32", f"teachers=[{teacher}]",
+            "limit=2", "n_initial=16", "paths_per_outcome=3", "budget=10", "threads=1"]
+    bound = _total_rollouts(plan_for(resolve_run_config(None, sets)).lines)
+    out = tmp_path / "run"
+    assert cli.main(["run", *[a for x in sets for a in ("--set", x)], "--out", str(out), "--quiet"]) == 0
+    counts = json.loads((out / "results.json").read_text())["counts"]
+    made = counts["rollouts"] + counts["artefact_samples_this_invocation"]
+    assert counts["artefact_samples_this_invocation"] > 2 * 2  # more than one teacher's counts per question
+    assert made <= bound, (made, bound)
+
+
+def test_the_plan_of_a_run_counts_the_teachers_added_to_it(tmp_path, capsys):
+    """Grown or resumed, a run scores the teachers added to it on every new question: the plan it prints, and
+    odiag plan of its config.yaml, count them (their models, memory and contexts), not the config's alone."""
+    from harness import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "--set", "limit=1", "--set", "teachers=[synthetic-helpful]", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["add-teacher", str(out), "synthetic-misleading", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["plan", "--config", str(out / "config.yaml")]) == 0
+    assert "backend synthetic, 2 teachers" in capsys.readouterr().out
+    assert cli.main(["run", "--config", str(out / "config.yaml"), "--set", "limit=2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("plan: synthetic, student synthetic (auto), backend synthetic, 2 teachers, 2 questions"), err[0]
+    assert any("misleading" in line and "synthetic-misleading" in line for line in err[:6]), err[:6]
 
 
 def test_a_model_loaded_for_two_roles_is_counted_once_and_the_hf_cache_is_counted(tmp_path):
