@@ -163,7 +163,7 @@ def _artefacts(ctx: RunContext) -> Artefacts:
     n_wrong = max((t.wrong_solutions for t in teachers), default=0)
     shown = {s.question.id: [x for c, w in s.solutions for x in (*c[:n_correct], *w[:n_wrong])] for s in ctx.states.values()}
     return build_artefacts(ctx.task, teachers, [s.question for s in ctx.states.values()], ctx.artefact_backend,
-                           ctx.rundir.root / "artefacts", student_solutions=shown)
+                           ctx.rundir.root / "artefacts", student_solutions=shown, repair=ctx.rundir.repair)
 
 
 def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:

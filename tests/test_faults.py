@@ -186,6 +186,34 @@ def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path
 
 
 @pytest.mark.slow
+def test_a_corrupt_cached_solution_or_summary_is_one_line_and_repair_makes_it_again(odiag, tmp_path):
+    """A cached solution or summary file that cannot be read was a JSONDecodeError traceback, and --repair
+    could not mend it. Now it is named with the command that mends it, and --repair makes it again from the
+    same seeds: the results are those of the run before."""
+    teacher = tmp_path / "msum.yaml"
+    teacher.write_text(json.dumps({
+        "description": "model summaries of the toy teacher's correct solution", "model": "student",
+        "solution_source": str(REPO / "harness" / "toy_models" / "teacher"), "correct_solutions": 1,
+        "summarizer": str(REPO / "harness" / "toy_models" / "teacher"), "summary_prompt": "{{ question }} {{ solution }}",
+        "summary_chat_template_options": {}, "summary_max_new_tokens": 32,
+        "context_template": "{{ question }}\nright: {{ correct_summaries[0] }}"}))
+    student = REPO / "harness" / "toy_models" / "student"
+    sets = [x for s in ("task=odiag_toy", "backend=hf", f"student={student}", "dtype=float32", f"teachers=[{teacher}]",
+                        "limit=1", "n_initial=8", "budget=20", "threads=1") for x in ("--set", s)]
+    assert odiag("run", "--out", "r", *sets, "--quiet")[0] == 0
+    before = json.loads((tmp_path / "r" / "results.json").read_text())["teachers"]
+    for kind in ("solutions", "summaries"):
+        (cached,) = (tmp_path / "r" / "artefacts" / kind).rglob("*.json")
+        cached.write_text("garbage{")
+        code, lines, _ = odiag("run", "--out", "r", *sets, "--quiet")
+        assert_one_line((code, lines, True), f"{cached.relative_to(tmp_path)}: corrupt cached {kind} (",
+                        "drop and make them again with odiag run --config r/config.yaml --out r --repair")
+        assert odiag("run", "--out", "r", *sets, "--repair", "--quiet")[0] == 0
+        assert json.loads(cached.read_text())[kind]
+        assert json.loads((tmp_path / "r" / "results.json").read_text())["teachers"] == before
+
+
+@pytest.mark.slow
 def test_a_run_refuses_questions_whose_data_changed_under_it(odiag, tmp_path):
     """A data file edited between two commands on one run: the stored rollouts answered other prompts, so
     the grown run is refused in one line, not mixed. The file is recorded by its absolute path, so the

@@ -114,6 +114,35 @@ def _save(path: Path, obj: dict) -> None:
     write_json(path, obj)
 
 
+def _cached(path: Path, field: str, repair: bool):
+    """``field`` of a cached solutions or summaries file, checked for shape; None when there is none or,
+    with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
+    from harness.rundir import ShardError
+
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())[field]
+        if field == "solutions":
+            ok = isinstance(value, list) and all(
+                isinstance(x, dict) and isinstance(x.get("ids"), list) and all(isinstance(i, int) for i in x["ids"])
+                and isinstance(x.get("text"), str) and ("outcome" in x or "truncated" in x) for x in value)
+        else:
+            ok = isinstance(value, dict) and all(isinstance(v, (str, type(None))) for v in value.values())
+        if not ok:
+            raise ValueError(f"its {field} are not as odiag writes them")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
+        run = path.parents[3]  # RUN/artefacts/<kind>/<key>/<question>.json
+        if not repair:
+            raise ShardError(f"{path}: corrupt cached {field} ({why}); drop and make them again with odiag run --config "
+                             f"{run / 'config.yaml'} --out {run} --repair") from None
+        log.warning("%s: corrupt cached %s (%s): dropped, making them again", path, field, why)
+        path.unlink()
+        return None
+    return value
+
+
 def build_artefacts(
     task: Task,
     teachers: Sequence[TeacherConfig],
@@ -121,6 +150,7 @@ def build_artefacts(
     backend: Backend,
     cache_dir: str | Path,
     student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
+    repair: bool = False,
 ) -> Artefacts:
     """Generate (or load from ``cache_dir``) every solution and summary the teachers' contexts need.
 
@@ -131,7 +161,8 @@ def build_artefacts(
     student's own responses the pipeline will show to self-teachers). A model summary is one
     seeded sample; a truncated one is recorded and never shown. Files are written atomically as
     ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
-    so a resumed run reloads them and draws nothing again.
+    so a resumed run reloads them and draws nothing again; one that cannot be read is refused, naming it, or
+    with ``repair`` made again.
     """
     from harness.backends import SampleRequest
     from harness.seeds import derive_seed
@@ -146,8 +177,7 @@ def build_artefacts(
     for key, t in sources.items():
         for q in questions:
             path = root / "solutions" / key / f"{q.id}.json"
-            if path.exists():
-                stored = json.loads(path.read_text())["solutions"]
+            if (stored := _cached(path, "solutions", repair)) is not None:
                 ids = [np.asarray(s["ids"], np.int64) for s in stored]
                 if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
                     names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
@@ -200,7 +230,7 @@ def build_artefacts(
     todo = []
     for (key, qid), (t, q, texts) in wanted.items():
         path = root / "summaries" / key / f"{qid}.json"
-        stored = json.loads(path.read_text())["summaries"] if path.exists() else {}
+        stored = _cached(path, "summaries", repair) or {}
         for digest, summary in stored.items():
             art.summaries[(key, digest)] = summary
         missing = sorted(set(texts) - set(stored))
