@@ -203,6 +203,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        # a set, written in any order: one order, so [truncated, wrong] is the run (and hash) [wrong, truncated] is
+        order = ("wrong", "truncated", "unparseable")
+        object.__setattr__(self, "incorrect_outcomes", tuple(sorted(self.incorrect_outcomes, key=order.index)))
         if "jsd" in self.algorithms and self.jsd_beta in (0.0, 1.0):  # JSD(β) vanishes there
             raise FieldError("jsd_beta", self.jsd_beta, "> 0 and < 1 with algorithm jsd (TRL's beta 0 and 1 "
                                                         "are the algorithms forward_kl and gkd)")
@@ -447,11 +450,14 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
 def anchored(name: str) -> str:
     """A model or data file named by a path relative to the working directory, as an absolute path (made
     :func:`portable`): the same spelling in another working directory names something else, so a run
-    resumed, grown or merged into a leaderboard from elsewhere must not read it anew. Anything that is
-    no path here (a hub id) is returned as is."""
+    resumed, grown or merged into a leaderboard from elsewhere must not read it anew. A model directory
+    that is no path here but one inside the odiag checkout (``harness/toy_models/student``, as odiag's own
+    configs name it) is that one. Anything else (a hub id) is returned as is."""
     path = Path(name)
     if name and not path.is_absolute() and not name.startswith("~") and path.exists():
         return portable(str(path.resolve()))
+    if name and not path.is_absolute() and not name.startswith(("~", "./", "../")) and (REPOSITORY / path).is_dir():
+        return str(REPOSITORY / path)  # as odiag's own configs name its models (harness/demo.yaml): inside the checkout
     return name
 
 

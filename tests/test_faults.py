@@ -124,9 +124,18 @@ def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, 
     assert resolve_run_config(None, ["backend=hf", "student=./stud/"]).student == str(tmp_path / "stud")
     assert resolve_run_config(None, ["backend=hf", "student=Qwen/Qwen3-8B"]).student == "Qwen/Qwen3-8B"
     assert resolve_run_config(None, []).student == "synthetic"  # the synthetic backend's model, not the folder
+    # odiag's own configs name its toy models inside the checkout (harness/demo.yaml), from any directory
+    assert resolve_run_config(REPOSITORY / "harness" / "demo.yaml", []).student == str(REPOSITORY / "harness" / "toy_models" / "student")
     monkeypatch.chdir(REPOSITORY)
     toy = "harness/toy_models/student"
     assert resolve_run_config(None, ["backend=hf", f"student={toy}"]).student == toy
+
+
+def test_incorrect_outcomes_in_another_order_are_the_same_run():
+    """A set written in another order drew the same paths under another hash: a resumed run was refused as
+    another tree, and a leaderboard refused two runs whose tables were byte for byte the same."""
+    a, b = RunConfig(incorrect_outcomes=("truncated", "wrong")), RunConfig(incorrect_outcomes=("wrong", "truncated"))
+    assert a == b and a.hash() == b.hash() and a.incorrect_outcomes == ("wrong", "truncated")
 
 
 @pytest.mark.slow
