@@ -256,8 +256,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 class RunLock:
     """An exclusive ``flock`` on ``DIR/.odiag.lock``, with who holds it written inside."""
 
-    def __init__(self, root: Path):
-        self.path = root / LOCK_NAME
+    def __init__(self, root: Path, name: str = LOCK_NAME):
+        self.path = root / name
         self.fd: int | None = None
 
     def acquire(self) -> None:

@@ -814,6 +814,25 @@ def test_leaderboard_refuses_a_teacher_scored_twice_on_the_same_rollouts(odiag, 
     assert cli.main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "site")]) == 0
 
 
+def test_a_second_leaderboard_build_into_one_site_waits_its_turn(odiag, tmp_path):
+    """Two builds into one site: the second removed the first's staged figures as a killed build's leftovers,
+    and the first failed half-way. While one builds, another is one line naming who holds the site."""
+    import fcntl
+
+    run = _fake_run(tmp_path / "run")
+    assert odiag("leaderboard", run, "--out", "site")[0] == 0
+    held = os.open(tmp_path / "site" / ".odiag-site.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(held, json.dumps({"pid": 4242, "host": "h", "started": "2026-01-01T00:00:00+00:00"}).encode())
+        code, lines, _ = odiag("leaderboard", run, "--out", "site")
+        assert_one_line((code, lines, True), "site: in use by odiag pid 4242 on h since 2026-01-01T00:00:00+00:00; wait for it")
+    finally:
+        os.close(held)
+    assert odiag("leaderboard", run, "--out", "site")[0] == 0
+    assert not (tmp_path / "site" / ".odiag-site.lock").exists()  # nothing of the lock left in the published site
+
+
 def test_a_leaderboard_build_removes_what_a_killed_build_left(tmp_path):
     """A build killed part-way (SIGKILL: no clean-up runs) left its staged figures, the figures it was
     replacing and half-written files in the site for good; the next build removes them, and only them."""

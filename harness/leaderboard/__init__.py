@@ -94,17 +94,33 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
 
     ``viewer_mb`` bounds the per-token viewer's data in the page (default ``VIEWER_BUDGET_MB``).
     """
-    from harness.leaderboard.figures import write_figures, write_validation_figures
     from harness.leaderboard.merge import load_runs, merge
-    from harness.leaderboard.site import VIEWER_BUDGET_MB, render
     from harness.results import json_ready
-    from harness.rundir import atomic_write, make_dirs, write_json
+    from harness.rundir import RunLock, make_dirs
 
     out = Path(out)
     runs = load_runs(run_dirs)  # first: refusing runs that cannot be ranked together leaves the site untouched
     check_site_dir(out)
     board = json_ready(merge(runs))
     make_dirs(out)
+    lock = RunLock(out, SITE_LOCK)  # one build at a time: another's leftovers are removed below, its figures swapped
+    lock.acquire()
+    try:
+        _write_site(out, board, runs, viewer_mb)
+    finally:
+        lock.release()
+    log.debug("leaderboard: %d runs, %d entries -> %s", len(runs), len(board["entries"]), out)
+    return board
+
+
+SITE_LOCK = ".odiag-site.lock"
+
+
+def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
+    from harness.leaderboard.figures import write_figures, write_validation_figures
+    from harness.leaderboard.site import VIEWER_BUDGET_MB, render
+    from harness.rundir import atomic_write, write_json
+
     _drop_leftovers(out)
     # the figures are drawn into a staging folder beside the page's, so that a build stopped while drawing
     # (the slow part) leaves the previous page whole, its figures included
@@ -120,8 +136,6 @@ def build(run_dirs: Sequence[str | Path], out: str | Path, viewer_mb: float | No
         shutil.rmtree(staging, ignore_errors=True)
     for name in ("leaderboard.json", "index.html"):
         (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
-    log.debug("leaderboard: %d runs, %d entries, %d figures -> %s", len(runs), len(board["entries"]), len(figures), out)
-    return board
 
 
 _LEFTOVER = re.compile(r"^\.(figures\..+\.tmp|figures\.old\.\d+|leaderboard\.json\..+\.tmp|index\.html\..+\.tmp|odiag-site\..+\.tmp)$")
