@@ -203,9 +203,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        # a set, written in any order: one order, so [truncated, wrong] is the run (and hash) [wrong, truncated] is
-        order = ("wrong", "truncated", "unparseable")
-        object.__setattr__(self, "incorrect_outcomes", tuple(sorted(self.incorrect_outcomes, key=order.index)))
         if "jsd" in self.algorithms and self.jsd_beta in (0.0, 1.0):  # JSD(β) vanishes there
             raise FieldError("jsd_beta", self.jsd_beta, "> 0 and < 1 with algorithm jsd (TRL's beta 0 and 1 "
                                                         "are the algorithms forward_kl and gkd)")

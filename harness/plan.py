@@ -138,7 +138,7 @@ class RunPlan:
 
         return {
             "format": FORMAT,
-            "config": to_dict(self.config),
+            "config": portable(to_dict(self.config)),  # paths inside the checkout relative to it, from any directory
             "config_hash": self.config.hash(),
             "tree_hash": self.tree_hash,
             "tree": tree_fields(self.config),

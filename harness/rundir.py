@@ -35,6 +35,7 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -53,7 +54,7 @@ import numpy as np
 import yaml
 
 from harness.backends.base import ScoreResult
-from harness.config import ConfigError, RunConfig, build
+from harness.config import ConfigError, RunConfig, anchored, build, portable
 
 if TYPE_CHECKING:
     from harness.backends import ModelSpec
@@ -352,6 +353,15 @@ def _sync_yaml(root: Path, config: dict) -> None:
         log.info("%s: config.yaml rewritten from config.json, the settings the run records", root)
 
 
+def same_settings(saved: dict, record: dict) -> bool:
+    """Two records of a run's ``config.json`` that say the same: paths inside the checkout spelled either way,
+    and a record written before runs recorded their task (taken as it is now: nothing older recorded it)."""
+    a, b = portable(saved), portable(record)
+    if "task" not in a:
+        b = {k: v for k, v in b.items() if k != "task"}
+    return a == b
+
+
 def _holds_work(root: Path) -> bool:
     """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
     for p in root.rglob("*"):
@@ -446,7 +456,9 @@ class RunDir:
             if (add is not None or (rescore and not drop and not changed)) and saved != record:
                 rundir.before = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
                                  *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
-            if saved != record:
+            if saved is not None and saved != record and same_settings(saved, record):  # recorded before a run recorded its task, or
+                write_json(root / "config.json", record)  # a path spelled from elsewhere: nothing of the run changes
+            elif saved != record:
                 if not rescore and add is None:  # odiag run with new settings: a tree to draw, or to grow
                     atomic_write(root / DRAWING, lambda f: f.write(b""))
                 # results of the settings recorded until now: gone before the record changes, so a command
@@ -511,9 +523,13 @@ class RunDir:
 
     @staticmethod
     def load_config(root: str | Path) -> RunConfig:
-        """The config a run directory was made with."""
+        """The config a run directory was made with, its model and data paths opened from here."""
         path = Path(root) / "config.json"
-        return build(RunConfig, RunDir.read_saved(root)["config"], str(path))
+        cfg = build(RunConfig, RunDir.read_saved(root)["config"], str(path))
+        if cfg.backend == "synthetic":
+            return cfg
+        return dataclasses.replace(cfg, student=anchored(cfg.student),
+                                   data_files=None if cfg.data_files is None else anchored(cfg.data_files))
 
     @staticmethod
     def stored_teacher_files(root: str | Path) -> dict[str, str]:

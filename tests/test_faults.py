@@ -131,11 +131,25 @@ def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, 
     assert resolve_run_config(None, ["backend=hf", f"student={toy}"]).student == toy
 
 
-def test_incorrect_outcomes_in_another_order_are_the_same_run():
-    """A set written in another order drew the same paths under another hash: a resumed run was refused as
-    another tree, and a leaderboard refused two runs whose tables were byte for byte the same."""
-    a, b = RunConfig(incorrect_outcomes=("truncated", "wrong")), RunConfig(incorrect_outcomes=("wrong", "truncated"))
-    assert a == b and a.hash() == b.hash() and a.incorrect_outcomes == ("wrong", "truncated")
+def test_a_run_recorded_before_its_task_was_or_from_elsewhere_keeps_its_results_and_validation(tmp_path):
+    """A record that says the same in other words (made before runs recorded their task; a model inside the
+    checkout spelled from another directory) was taken for new settings: the first command on a finished run
+    removed its results and its odiag validate panel."""
+    from harness.config import REPOSITORY
+    from harness.rundir import same_settings
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "--set", "limit=1", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in record.items() if k != "task"}))
+    (out / "validation.json").write_text("{}")
+    for argv in (["run", "--config", str(out / "config.yaml"), "--out", str(out)], ["rescore", str(out)]):
+        assert cli.main([*argv, "--quiet"]) == 0
+        assert (out / "validation.json").exists() and (out / "results.json").exists()
+    assert json.loads((out / "config.json").read_text()) == record  # recorded now, as a new run records it
+    toy = "harness/toy_models/student"
+    assert same_settings({"config": {"student": str(REPOSITORY / toy)}}, {"config": {"student": toy}})
+    assert not same_settings({"config": {"student": "/elsewhere/student"}}, {"config": {"student": toy}})
 
 
 @pytest.mark.slow
