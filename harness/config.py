@@ -227,9 +227,14 @@ EXECUTION_FIELDS = ("executor", "ray_address", "num_workers", "threads", "studen
 def numeric_options(cfg: RunConfig) -> dict:
     """The part of ``student_args`` that moves a number (an approximate scorer, its depth, a weight
     format: ``harness.backends.NUMERIC_OPTIONS``): hashed with the run and part of its tree."""
+    return numeric_part(cfg.student_args)
+
+
+def numeric_part(student_args: dict) -> dict:
+    """The options of ``student_args`` (a dict as a config or results.json holds it) that move a number."""
     from harness.backends import NUMERIC_OPTIONS
 
-    return {k: v for k, v in sorted(portable(cfg.student_args).items()) if k in NUMERIC_OPTIONS}
+    return {k: v for k, v in sorted(portable(student_args).items()) if k in NUMERIC_OPTIONS}
 
 # What a setting changes in a run directory (harness/rundir.py, harness/plan.py). Every other field
 # (not an execution field) shapes the rollout tree: task, student, seed, sampling, allocation, and the

@@ -69,7 +69,7 @@ def teacher_rows(nodes: list[dict], teachers, algorithms, seed: int) -> list[dic
 
 
 def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backend, artefact_samples: int,
-                  n_min: int) -> dict:
+                  n_min: int, task_settings: dict | None = None) -> dict:
     """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
     import datetime
 
@@ -90,6 +90,7 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
         "versions": versions(backend),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task,
+        "task_settings": task_settings,  # what of the task judged and planned (harness.plan.RunPlan.task_record)
         "student": cfg.student,
         "counts": {
             "questions": len(states),

@@ -804,10 +804,22 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
                                               "{} and {'score_with': 'vllm'}"))):
         assert_one_line(odiag("leaderboard", run(f"p{n}"), run(f"q{n}", **{key: value}), "--out", "site"),
                         f"differ in {key} ({shown}), so their rows measure different things; put them on separate")
-    # a setting the runs' strategy never reads, a seed, a limit, where it ran: the same measurement
-    assert cli.main(["leaderboard", str(run("r1")), str(run("r2", price=0.5, seed=7, limit=3, threads=2,
-                                                               student_args={"gpu_memory_utilization": 0.5})),
-                     "--out", str(tmp_path / "site")]) == 0
+    # a setting the runs' strategy never reads, a seed, a limit, where it ran: the same measurement; incorrect
+    # outcomes in another order, and n_min left to the task against the same value given, are the same settings
+    assert cli.main(["leaderboard", str(run("r1", incorrect_outcomes=["wrong", "truncated"])),
+                     str(run("r2", price=0.5, seed=7, limit=3, threads=2, incorrect_outcomes=["truncated", "wrong"],
+                             student_args={"gpu_memory_utilization": 0.5})), "--out", str(tmp_path / "site")]) == 0
+
+    def task(name, checker=1, **config):
+        root = run(name, **config)
+        results = json.loads((root / "results.json").read_text())
+        results["task_settings"] = {"name": "synthetic", "n_min": 20, "max_new_tokens": 10, "answer_checker": checker}
+        (root / "results.json").write_text(json.dumps(results))
+        return root
+
+    assert cli.main(["leaderboard", str(task("s1")), str(task("s2", n_min=20)), "--out", str(tmp_path / "site")]) == 0
+    assert_one_line(odiag("leaderboard", task("s3"), task("s4", checker=2), "--out", "site"),
+                    "differ in answer_checker (1 and 2), so their rows measure different things")
 
 
 def test_leaderboard_refuses_a_teacher_scored_twice_on_the_same_rollouts(odiag, tmp_path):
@@ -822,10 +834,10 @@ def test_leaderboard_refuses_a_teacher_scored_twice_on_the_same_rollouts(odiag, 
     assert_one_line(odiag("leaderboard", a, tmp_path / "copy", "--out", "site"),
                     f"runs {a} and {tmp_path / 'copy'} both score teacher 't' on the same rollouts (seed 0, question q000 and 1 more)",
                     "give one of them (odiag add-teacher adds teachers to one run), or draw the other with another --set seed")
-    other = _fake_run(tmp_path / "other", rows)
-    results["config"]["seed"] = 1
-    (other / "results.json").write_text(json.dumps(results))
-    assert cli.main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "site")]) == 0
+    for name, key, value in (("other", "seed", 1), ("data", "data_files", "/elsewhere/d.jsonl")):
+        other = _fake_run(tmp_path / name, rows)  # other rollouts; other documents under the same question ids
+        (other / "results.json").write_text(json.dumps({**results, "config": {**results["config"], key: value}}))
+        assert cli.main(["leaderboard", str(a), str(other), "--out", str(tmp_path / "site")]) == 0
 
 
 def test_a_second_leaderboard_build_into_one_site_waits_its_turn(odiag, tmp_path):

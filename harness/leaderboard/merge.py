@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import STRATEGY_FIELDS, ConfigError, unread_fields
+from harness.config import STRATEGY_FIELDS, ConfigError, RunConfig, numeric_part, tree_fields, unread_fields
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
 from harness.results import PATH_FIELDS, read_tables
@@ -175,27 +175,39 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
-# settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row).
-# Another temperature is another student distribution; other incorrect_outcomes, other incorrect paths; the
-# rest decide how a row is estimated (the student's numerics, the paths, the decision points a strategy picks,
-# the support A(s), the visits): measured under two of them, one teacher outranks another by the settings.
-# Another seed, limit or data file is another sample of the same measurement, and ranks with it.
-COMPARABLE = (("temperature", None), ("incorrect_outcomes", None), ("cascade", None), ("dtype", None),
-              ("student_revision", None), ("student_args", None), ("max_new_tokens", None), ("n_initial", None),
-              ("paths_per_outcome", None), ("strategy", None), ("window", None), ("k_window", None), ("tau", None),
-              ("n_target", None), ("n_min", None), ("confidence", None), ("tolerance", None), ("n_max", None),
-              ("price", None), ("survey_positions", None), ("survey_visits", None), ("score_top_k", None),
-              ("budget", None), ("jsd_beta", "jsd"), ("gamma", "minillm"))
+# Settings that change what a row of a group measures: (key, the algorithm it defines, or None for every row).
+# Another temperature is another student distribution; other incorrect_outcomes, other incorrect paths; every
+# other field that shapes the rollout tree decides how a row is estimated (the student's numerics, the paths,
+# the decision points a strategy picks, the support A(s), the visits), as does the budget and the task's
+# answer checker: under two of them one teacher would outrank another by the settings. Another seed or data
+# file is another sample of the same measurement, and another backend the same student sampled elsewhere.
+SAMPLE_FIELDS = ("task", "student", "seed", "data_files", "backend")
+TASK_SETTINGS = ("answer_checker", "answer_type", "stop_ids")  # results.json's task_settings, where both have them
+_FIRST = ("temperature", "incorrect_outcomes", "cascade", "strategy")
+COMPARABLE = (
+    *((k, None) for k in _FIRST),
+    *((k, None) for k in (*tree_fields(RunConfig()), "student_args", "budget") if k not in (*SAMPLE_FIELDS, *_FIRST)),
+    *((k, None) for k in TASK_SETTINGS),
+    ("jsd_beta", "jsd"), ("gamma", "minillm"),
+)
 
 
 def _setting(run: Run, key: str):
-    """A run's value of a COMPARABLE key: of ``student_args``, the options that move a number only."""
-    config = run.results["config"]
+    """A run's value of a COMPARABLE key, as it was used: ``student_args``' options that move a number,
+    ``incorrect_outcomes`` as a set, ``n_min`` and the length limit as the task resolved them."""
+    config, task = run.results["config"], run.results.get("task_settings")
+    task = task if isinstance(task, dict) else {}
     if key == "student_args":
-        from harness.backends import NUMERIC_OPTIONS
-
-        args = config.get(key) if isinstance(config.get(key), dict) else {}
-        return {k: v for k, v in sorted(args.items()) if k in NUMERIC_OPTIONS}
+        return numeric_part(config[key] if isinstance(config.get(key), dict) else {})
+    if key == "incorrect_outcomes" and isinstance(config.get(key), list):
+        order = ("wrong", "truncated", "unparseable")
+        return sorted(map(str, config[key]), key=lambda x: (order.index(x) if x in order else len(order), x))
+    if key in TASK_SETTINGS:
+        return task.get(key)
+    if key in ("n_min", "max_new_tokens") and task.get(key) is not None:
+        return task[key]
+    if key == "n_min" and isinstance(run.results["counts"].get("n_min"), int):  # written before task_settings were
+        return run.results["counts"]["n_min"]
     return config.get(key)
 
 
@@ -217,6 +229,8 @@ def check_comparable(runs: Sequence[Run]) -> None:
                 continue
             other = first.setdefault((*run.group, key, algorithm), run)
             mine, theirs = _setting(run, key), _setting(other, key)
+            if key in TASK_SETTINGS and None in (mine, theirs):
+                continue  # judged before runs recorded their answer checker: nothing to compare
             if mine != theirs:
                 rows = "their rows" if algorithm is None else f"their {algorithm} rows"
                 # every loss setting the two differ in, so that the rescore named is the last one needed
@@ -229,8 +243,9 @@ def check_comparable(runs: Sequence[Run]) -> None:
                                   f"on separate leaderboards" + ("" if algorithm is None else f", or rescore {run.path} with {fix}"))
     for i, run in enumerate(runs):
         for other in runs[:i]:
-            if other.group != run.group or other.results["config"].get("seed") != run.results["config"].get("seed"):
-                continue
+            if other.group != run.group or any(other.results["config"].get(k) != run.results["config"].get(k)
+                                               for k in ("seed", "data_files")):
+                continue  # other rollouts, or other documents under the same ids
             shared = sorted(_question_ids(run) & _question_ids(other))
             teachers = sorted({row["teacher"] for row in run.results["teachers"]} & {row["teacher"] for row in other.results["teachers"]})
             if shared and teachers:
