@@ -128,9 +128,7 @@ class RunPlan:
         return {k: v for k, v in to_dict(self.config).items() if k in SCORING_FIELDS}
 
     def task_record(self) -> dict:
-        """What of the task judges and plans beyond the config's fields and each question's prompt and reference
-        answer (those are checked per question): a task file or an answer checker changed under a run shows here."""
-        return {"name": self.task.name, "n_min": self.n_min, "max_new_tokens": self.max_new_tokens, **self.task.identity()}
+        return task_record(self.config, self.task)
 
     def record(self) -> dict:
         """What ``config.json`` holds for this plan."""
@@ -440,10 +438,36 @@ _TASK_KEYS = {
 }
 
 
-def _task_changes(then: dict, now: dict) -> str:
+def task_record(cfg: RunConfig, task: Task) -> dict:
+    """What of the task judges and plans beyond the config's fields and each question's prompt and reference
+    answer (those are checked per question), as a run records it: a task file or an answer checker changed
+    under a run shows here."""
+    return {"name": task.name, "n_min": cfg.n_min or task.n_min, "max_new_tokens": cfg.max_new_tokens or task.max_new_tokens,
+            **task.identity()}
+
+
+def task_changes(then: dict | None, now: dict) -> set[str]:
+    """The keys of a run's task record that differ now (none for a record written before runs kept one)."""
+    return set() if then is None else {k for k in {*then, *now} if then.get(k) != now.get(k)}
+
+
+def check_task(then: dict | None, plan_or_cfg, where: str, other: str, task: Task | None = None) -> None:
+    """Refuse, naming what changed and how to put it back, a run whose task record ``then`` differs from the
+    task's now; ``other`` is the command's way out (another directory)."""
+    from harness.rundir import RunDirError
+
+    cfg = plan_or_cfg.config if isinstance(plan_or_cfg, RunPlan) else plan_or_cfg
+    now = plan_or_cfg.task_record() if isinstance(plan_or_cfg, RunPlan) else task_record(cfg, task)
+    if not (moved := task_changes(then, now)):
+        return
+    odiag_made = "answer_checker" in moved or cfg.task == "synthetic"  # nothing but odiag's code defines these
+    fix = " and ".join([*([f"restore {task_file(cfg.task)}"] if moved - {"answer_checker"} and cfg.task != "synthetic" else []),
+                        *(["use the odiag version that made the run (its results.json names it under versions)"]
+                          if odiag_made else [])])
     keys = [*now, *(k for k in then if k not in now)]
-    return "; ".join(f"{_TASK_KEYS.get(k, k)}: {then.get(k)!r} there, {now.get(k)!r} now" for k in keys
-                     if then.get(k) != now.get(k))
+    changes = "; ".join(f"{_TASK_KEYS.get(k, k)}: {then.get(k)!r} there, {now.get(k)!r} now" for k in keys if k in moved)
+    raise RunDirError(f"{where}: the task changed since the run was made ({changes}), so new responses would be judged "
+                      f"or planned apart from the stored ones; {fix}, or {other}")
 
 
 def task_file(name: str) -> str:
@@ -505,12 +529,11 @@ def check_against(
             f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
             f"use {another(flag)}, or the same settings to resume"
         )
-    if (then := saved.get("task")) is not None and then != (now := plan.task_record()):
-        moved = {k for k in {*then, *now} if then.get(k) != now.get(k)}
-        fix = " and ".join([*([f"restore {task_file(plan.config.task)}"] if moved - {"answer_checker"} else []),
-                            *(["finish it with the odiag version that made it"] if "answer_checker" in moved else [])])
-        raise RunDirError(f"{where}: the task changed since the run was made ({_task_changes(then, now)}), so new "
-                          f"responses would be judged or planned apart from the stored ones; {fix}, or use {another(flag)}")
+    # a rescore of a finished run judges no response: another answer checker leaves its stored outcomes as they are
+    finished = bool(root) and (Path(root) / "results.json").is_file()
+    checker_only = rescore and finished and task_changes(saved.get("task"), plan.task_record()) == {"answer_checker"}
+    if not checker_only:
+        check_task(saved.get("task"), plan, where, f"use {another(flag)}")
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
@@ -564,6 +587,8 @@ def check_against(
             plan.task.check_teacher(add.config)
             refs.append(add)
     check_distinct(refs)
+    if checker_only and changed:  # the changed teachers' named-model solutions would be judged by the new checker
+        check_task(saved.get("task"), plan, where, f"use {another(flag)}")
     return dataclasses.replace(plan, teachers=tuple(refs)), [*replanned, *changed]
 
 

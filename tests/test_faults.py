@@ -195,9 +195,14 @@ def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path
                             "restore tasks/odiag_boolq.yaml, or use another --out")
     (tasks / "odiag_boolq.yaml").write_text(yaml_text)
     monkeypatch.setattr(scoring, "VERSION", scoring.VERSION + 1)
-    for argv in commands:
+    for argv in (commands[0], commands[2]):
         refused(argv, f"version of odiag's answer extraction (harness/tasks/scoring.py): {scoring.VERSION - 1} "
-                        f"there, {scoring.VERSION} now", "finish it with the odiag version that made it, or use another --out")
+                      f"there, {scoring.VERSION} now", "use the odiag version that made the run (its results.json names "
+                      "it under versions), or use another --out")
+    # a rescore of the finished run judges no response: taken, and the run still records the checker that judged it
+    assert odiag("rescore", "r", "--quiet")[0] == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["task"]["answer_checker"] == scoring.VERSION - 1
+    refused(commands[0], f"{scoring.VERSION - 1} there, {scoring.VERSION} now")
     monkeypatch.setattr(scoring, "VERSION", scoring.VERSION - 1)
     record = json.loads(fixture[0])
     (tmp_path / "d.jsonl").write_text("\n".join([json.dumps({**record, "answer": not record["answer"]}), fixture[1]]) + "\n")

@@ -414,6 +414,17 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("odiag: error:") and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "validation.json").exists() and not (tmp_path / "validation").exists()
+    # held-out gains judged by another answer checker than the run's alignments were made under
+    from harness.tasks import scoring
+
+    scoring.VERSION += 1
+    try:
+        assert main(["validate", str(small_run), "--quick"]) == 2
+    finally:
+        scoring.VERSION -= 1
+    err = capsys.readouterr().err
+    assert err.startswith("odiag: error:") and len(err.strip().splitlines()) == 1, err
+    assert f"version of odiag's answer extraction (harness/tasks/scoring.py): {scoring.VERSION} there, {scoring.VERSION + 1} now" in err
     # a run another process holds (growing, say) is not validated meanwhile: its results may be gone by the end
     from harness.rundir import RunLock
 
