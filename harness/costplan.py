@@ -382,13 +382,12 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
 def summaries(teachers, artefact_ids: Sequence[str], paths: int, n_initial: int) -> list[tuple[int, int]]:
     """(summaries at most, tokens each) per summariser setting, per question, as ``build_artefacts`` makes them:
-    one of every solution a teacher of that setting may show. The student's own are those shown on any path,
-    up to the largest counts any teacher shows (``pipeline._artefacts``), distinct ones at most ``n_initial``;
+    one of every solution a teacher of that setting may show. The student's own are those shown on any path
+    (``shown_counts`` of each), distinct ones at most ``n_initial``;
     a named model's, its first correct and wrong ones."""
-    from harness.teachers.artefacts import solution_key, summary_key
+    from harness.teachers.artefacts import shown_counts, solution_key, summary_key
 
-    shown = min(paths * (max((t.correct_solutions for t in teachers), default=0)
-                         + max((t.wrong_solutions for t in teachers), default=0)), n_initial)
+    shown = min(paths * sum(shown_counts(teachers)), n_initial)
     texts: dict[str, dict[str, int]] = {}  # summariser setting -> solution source -> solutions at most
     tokens: dict[str, int] = {}
     for t in teachers:

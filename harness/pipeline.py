@@ -42,6 +42,7 @@ from harness.seeds import derive_seed
 from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
 from harness.teachers import Artefacts, build_artefacts
+from harness.teachers.artefacts import shown_counts
 from harness.wording import plural
 
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
@@ -159,8 +160,7 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
 def _artefacts(ctx: RunContext) -> Artefacts:
     """Solutions by named models and summaries, generated once per question and cached in the run."""
     teachers = ctx.plan.specs
-    n_correct = max((t.correct_solutions for t in teachers), default=0)
-    n_wrong = max((t.wrong_solutions for t in teachers), default=0)
+    n_correct, n_wrong = shown_counts(teachers)
     shown = {s.question.id: [x for c, w in s.solutions for x in (*c[:n_correct], *w[:n_wrong])] for s in ctx.states.values()}
     return build_artefacts(ctx.task, teachers, [s.question for s in ctx.states.values()], ctx.artefact_backend,
                            ctx.rundir.root / "artefacts", student_solutions=shown, repair=ctx.rundir.repair)

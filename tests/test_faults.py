@@ -235,9 +235,13 @@ def test_a_corrupt_cached_solution_or_summary_is_one_line_and_repair_makes_it_ag
         cached.write_text("garbage{")
         code, lines, _ = odiag("run", "--out", "r", *sets, "--quiet")
         assert_one_line((code, lines, True), f"{cached.relative_to(tmp_path)}: corrupt cached {kind} (",
-                        "drop and make them again with odiag run --config r/config.yaml --out r --repair")
+                        "remove it and give the command again (they are made again from the same seeds), or drop and "
+                        "make them again with odiag run --config r/config.yaml --out r --repair")
         assert odiag("run", "--out", "r", *sets, "--repair", "--quiet")[0] == 0
         assert json.loads(cached.read_text())[kind]
+        cached.write_text("garbage{")
+        cached.unlink()  # as the line says: removed, it is made again (add-teacher, which has no --repair, too)
+        assert odiag("run", "--out", "r", *sets, "--quiet")[0] == 0
         assert json.loads((tmp_path / "r" / "results.json").read_text())["teachers"] == before
 
 

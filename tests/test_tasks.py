@@ -117,22 +117,22 @@ def test_integer_extraction(text, expected):
     assert extract_integer(text) == expected
 
 
-# each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on every text above,
-# under every answer type and a reference answer of each
-VERDICTS = {1: "a193cd06cb05a147"}
+# each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
+# completions (tests/fixtures/extraction_corpus.json), each judged under several answer types and references
+VERDICTS = {1: "b4d5a15afb8b52f5"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():
     """A run records the version of the extraction that judged its responses and is never resumed by another
-    (tests/test_faults.py). A change to any verdict on these texts without a new version would let a run mix
+    (tests/test_faults.py). A change to any verdict on the corpus without a new version would let a run mix
     them: this fails until ``VERSION`` is raised and its verdicts recorded here."""
     import hashlib
 
     from harness.tasks import scoring
 
-    texts = [text for cases in (BOOLEAN_CASES, CHOICE_CASES, INTEGER_CASES) for text, _ in cases]
-    verdicts = [[text, kind, target, *dataclasses.astuple(score(text, target, kind))]
-                for text in texts for kind, target in (("boolean", "True"), ("choice", "B"), ("integer", "42"))]
+    corpus = json.loads((FIXTURES / "extraction_corpus.json").read_text())
+    verdicts = [[text, kind, target, n, *dataclasses.astuple(score(text, target, kind, n))]
+                for text in corpus["texts"] for kind, target, n in corpus["judged"]]
     digest = hashlib.sha256(json.dumps(verdicts).encode()).hexdigest()[:16]
     assert len(set(VERDICTS.values())) == len(VERDICTS), "two versions with the same verdicts"
     assert VERDICTS.get(scoring.VERSION) == digest, (

@@ -114,6 +114,12 @@ def _save(path: Path, obj: dict) -> None:
     write_json(path, obj)
 
 
+def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
+    """How many of the student's own correct and wrong solutions of each path the teachers' contexts are
+    built from (and a summarising teacher's summariser summarises): the largest counts any teacher shows."""
+    return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
+
+
 def _cached(path: Path, field: str, repair: bool):
     """``field`` of a cached solutions or summaries file, checked for shape; None when there is none or,
     with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
@@ -135,7 +141,8 @@ def _cached(path: Path, field: str, repair: bool):
         why = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
         run = path.parents[3]  # RUN/artefacts/<kind>/<key>/<question>.json
         if not repair:
-            raise ShardError(f"{path}: corrupt cached {field} ({why}); drop and make them again with odiag run --config "
+            raise ShardError(f"{path}: corrupt cached {field} ({why}); remove it and give the command again (they are "
+                             f"made again from the same seeds), or drop and make them again with odiag run --config "
                              f"{run / 'config.yaml'} --out {run} --repair") from None
         log.warning("%s: corrupt cached %s (%s): dropped, making them again", path, field, why)
         path.unlink()
