@@ -339,7 +339,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
 
     nodes, children, skipped = _records(ctx)
     results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts,
-                            plan.n_min, plan.task_record())
+                            plan.n_min, RunDir.read_saved(ctx.rundir.root).get("task") or plan.task_record())
     paths = [
         {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
          "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}

@@ -136,7 +136,7 @@ class RunPlan:
 
         return {
             "format": FORMAT,
-            "config": portable(to_dict(self.config)),  # paths inside the checkout relative to it, from any directory
+            "config": to_dict(self.config),
             "config_hash": self.config.hash(),
             "tree_hash": self.tree_hash,
             "tree": tree_fields(self.config),
@@ -461,9 +461,10 @@ def check_task(then: dict | None, plan_or_cfg, where: str, other: str, task: Tas
     if not (moved := task_changes(then, now)):
         return
     odiag_made = "answer_checker" in moved or cfg.task == "synthetic"  # nothing but odiag's code defines these
+    version = (f"an odiag whose answer extraction is version {then['answer_checker']}" if "answer_checker" in moved
+               else "the odiag version that made the run")
     fix = " and ".join([*([f"restore {task_file(cfg.task)}"] if moved - {"answer_checker"} and cfg.task != "synthetic" else []),
-                        *(["use the odiag version that made the run (its results.json names it under versions)"]
-                          if odiag_made else [])])
+                        *([f"use {version}"] if odiag_made else [])])
     keys = [*now, *(k for k in then if k not in now)]
     changes = "; ".join(f"{_TASK_KEYS.get(k, k)}: {then.get(k)!r} there, {now.get(k)!r} now" for k in keys if k in moved)
     raise RunDirError(f"{where}: the task changed since the run was made ({changes}), so new responses would be judged "
@@ -490,7 +491,7 @@ def check_against(
     teachers whose file changed (only with ``rescore``: their passes are to be redone). Raises a
     RunDirError saying what differs and how to proceed otherwise.
     """
-    from harness.rundir import RunDirError, another
+    from harness.rundir import DRAWING, RunDirError, another
 
     if saved is None:
         return plan, []
@@ -530,8 +531,9 @@ def check_against(
             f"use {another(flag)}, or the same settings to resume"
         )
     # a rescore of a finished run judges no response: another answer checker leaves its stored outcomes as they are
-    finished = bool(root) and (Path(root) / "results.json").is_file()
-    checker_only = rescore and finished and task_changes(saved.get("task"), plan.task_record()) == {"answer_checker"}
+    # (a tree drawn whole: a rescore stopped part-way, its results gone, is finished by the same command)
+    whole = bool(root) and not (Path(root) / DRAWING).exists()
+    checker_only = rescore and whole and task_changes(saved.get("task"), plan.task_record()) == {"answer_checker"}
     if not checker_only:
         check_task(saved.get("task"), plan, where, f"use {another(flag)}")
     if saved.get("scoring") != plan.scoring() and not rescore:

@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 
 from harness.backends.base import ScoreResult
-from harness.config import ConfigError, RunConfig, anchored, build, portable
+from harness.config import ConfigError, RunConfig, build, local_path, portable
 
 if TYPE_CHECKING:
     from harness.backends import ModelSpec
@@ -530,8 +530,9 @@ class RunDir:
         cfg = build(RunConfig, RunDir.read_saved(root)["config"], str(path))
         if cfg.backend == "synthetic":
             return cfg
-        return dataclasses.replace(cfg, student=anchored(cfg.student),
-                                   data_files=None if cfg.data_files is None else anchored(cfg.data_files))
+        # a relative path in a run's record is one inside the checkout (harness.config.anchored wrote it so)
+        return dataclasses.replace(cfg, student=local_path(cfg.student),
+                                   data_files=None if cfg.data_files is None else local_path(cfg.data_files))
 
     @staticmethod
     def stored_teacher_files(root: str | Path) -> dict[str, str]:

@@ -152,6 +152,17 @@ def test_a_run_recorded_before_its_task_was_or_from_elsewhere_keeps_its_results_
     assert not same_settings({"config": {"student": "/elsewhere/student"}}, {"config": {"student": toy}})
 
 
+def test_a_run_with_a_teacher_named_by_a_path_inside_the_checkout_resumes_from_anywhere(tmp_path, monkeypatch):
+    """A teacher given as an absolute path inside the checkout, the run made elsewhere: rescore and a resume
+    of its config.yaml open it again from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    teachers = f"teachers=[{REPO / 'teachers' / 'synthetic-helpful.yaml'}, synthetic-misleading]"
+    assert cli.main(["run", "--set", "limit=1", "--set", teachers, "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["rescore", str(out), "--set", "gamma=0.9", "--quiet"]) == 0
+    assert cli.main(["run", "--config", str(out / "config.yaml"), "--out", str(out), "--quiet"]) == 0
+
+
 @pytest.mark.slow
 def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path, monkeypatch):
     """The stored rollouts were judged by the task's answer checker against each question's reference answer,
@@ -197,13 +208,18 @@ def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path
     monkeypatch.setattr(scoring, "VERSION", scoring.VERSION + 1)
     for argv in (commands[0], commands[2]):
         refused(argv, f"version of odiag's answer extraction (harness/tasks/scoring.py): {scoring.VERSION - 1} "
-                      f"there, {scoring.VERSION} now", "use the odiag version that made the run (its results.json names "
-                      "it under versions), or use another --out")
+                      f"there, {scoring.VERSION} now", f"use an odiag whose answer extraction is version "
+                      f"{scoring.VERSION - 1}, or use another --out")
     # a rescore of the finished run judges no response: taken, and the run still records the checker that judged it
-    assert odiag("rescore", "r", "--quiet")[0] == 0
+    assert odiag("rescore", "r", "--set", "gamma=0.9", "--quiet")[0] == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["task"]["answer_checker"] == scoring.VERSION - 1
-    refused(commands[0], f"{scoring.VERSION - 1} there, {scoring.VERSION} now")
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["task_settings"]["answer_checker"] == scoring.VERSION - 1
+    (tmp_path / "r" / "results.json").unlink()  # as a rescore stopped part-way leaves it: the same command finishes it
+    assert odiag("rescore", "r", "--set", "gamma=0.9", "--quiet")[0] == 0 and (tmp_path / "r" / "results.json").exists()
+    refused(commands[0], f"{scoring.VERSION - 1} there, {scoring.VERSION} now",
+            f"use an odiag whose answer extraction is version {scoring.VERSION - 1}")
     monkeypatch.setattr(scoring, "VERSION", scoring.VERSION - 1)
+    assert odiag("rescore", "r", "--set", "gamma=0.95", "--quiet")[0] == 0  # the default again
     record = json.loads(fixture[0])
     (tmp_path / "d.jsonl").write_text("\n".join([json.dumps({**record, "answer": not record["answer"]}), fixture[1]]) + "\n")
     for argv in commands:
@@ -827,6 +843,12 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
         return root
 
     assert cli.main(["leaderboard", str(task("s1")), str(task("s2", n_min=20)), "--out", str(tmp_path / "site")]) == 0
+    # results written before task_settings were (n_min resolved in counts, no resolved length limit) beside ones since
+    old = run("s6")
+    results = json.loads((old / "results.json").read_text())
+    results["counts"]["n_min"] = 20
+    (old / "results.json").write_text(json.dumps(results))
+    assert cli.main(["leaderboard", str(task("s5")), str(old), "--out", str(tmp_path / "site")]) == 0
     assert_one_line(odiag("leaderboard", task("s3"), task("s4", checker=2), "--out", "site"),
                     "differ in answer_checker (1 and 2), so their rows measure different things")
 

@@ -204,11 +204,17 @@ def _setting(run: Run, key: str):
         return sorted(map(str, config[key]), key=lambda x: (order.index(x) if x in order else len(order), x))
     if key in TASK_SETTINGS:
         return task.get(key)
-    if key in ("n_min", "max_new_tokens") and task.get(key) is not None:
-        return task[key]
-    if key == "n_min" and isinstance(run.results["counts"].get("n_min"), int):  # written before task_settings were
-        return run.results["counts"]["n_min"]
+    if key == "n_min" and (resolved := task.get(key, run.results["counts"].get(key))) is not None:  # as the task resolved it
+        return resolved
     return config.get(key)
+
+
+def _pair(run: Run, other: Run, key: str) -> tuple:
+    """Two runs' values of a COMPARABLE key; the length limit as the task resolved it where both record it
+    (results written before task_settings: as their configs gave it)."""
+    if key == "max_new_tokens" and all(isinstance(r.results.get("task_settings"), dict) for r in (run, other)):
+        return run.results["task_settings"].get(key), other.results["task_settings"].get(key)
+    return _setting(run, key), _setting(other, key)
 
 
 def _question_ids(run: Run) -> set[str]:
@@ -228,7 +234,7 @@ def check_comparable(runs: Sequence[Run]) -> None:
             if (algorithm is not None and algorithm not in algorithms) or key in unread:
                 continue
             other = first.setdefault((*run.group, key, algorithm), run)
-            mine, theirs = _setting(run, key), _setting(other, key)
+            mine, theirs = _pair(run, other, key)
             if key in TASK_SETTINGS and None in (mine, theirs):
                 continue  # judged before runs recorded their answer checker: nothing to compare
             if mine != theirs:
