@@ -288,7 +288,8 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
         if key == "until" or value == neutral or (isinstance(neutral, tuple) and value in neutral):
             continue
         raise ConfigError(f"{where}: --gen_kwargs {key}={value!r} would not sample from the student's distribution; "
-                          "odiag reads only temperature and max_gen_toks")
+                          "odiag reads only temperature and max_gen_toks (and takes sampling settings that leave the "
+                          "distribution as it is, such as do_sample=true)")
     return out
 
 

@@ -395,3 +395,10 @@ def test_binned_figures_take_their_ci_over_questions_not_paths():
              "path_key": np.array(["a0", "a1", "b0", "b1", "c0", "c1"])}
     ((mean, lo, hi, _),) = _by_bin(nodes, np.ones(6, bool), np.zeros(6, int), [0])
     assert mean == pytest.approx(0.8) and hi == 1.0 and 0 < 0.8 - lo < 1
+
+
+def test_a_model_card_value_that_rounds_to_zero_reads_zero():
+    """A mean of -0.00001 was published as `value: -0.0`."""
+    from harness.leaderboard.modelcard import _round
+
+    assert str(_round(-0.00001)) == "0.0" and _round(-0.12345) == -0.1235 and _round(None) is None

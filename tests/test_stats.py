@@ -211,6 +211,8 @@ def test_rank_with_ties_rule():
     # entry 5 is resolved from all; the nan entry claims nothing.
     assert tied == [[2], [4], [0, 4], [], [1, 2], []]
     assert all(isinstance(r, int) for r in rank)
+    # equal up to rounding is equal: -0.5 and -0.5000000000000001 share a rank (they were ranked 1, 1 and 3)
+    assert rank_with_ties([-0.5, -0.5, -0.5000000000000001], [-1] * 3, [0] * 3)[0] == [1, 1, 1]
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -309,11 +309,15 @@ def within_path_correlation(
 # --------------------------------------------------------------------------- ranking
 
 
+RANK_ATOL = 1e-12  # means of cosines (in [-1, 1]) closer than this are one mean
+
+
 def rank_with_ties(means, lo, hi):
     """Rank entries by mean and list, for each, the others whose confidence intervals overlap.
 
-    Rule (pinned): `rank_i = 1 + #{j : mean_j > mean_i}` — standard competition ranking
-    ("1224"), highest mean first, equal means share a rank; nan means are ranked last, sharing
+    Rule (pinned): `rank_i = 1 + #{j : mean_j > mean_i + RANK_ATOL}` — standard competition ranking
+    ("1224"), highest mean first, equal means share a rank (equal up to rounding: alignments summed in
+    another order differ in the 16th digit); nan means are ranked last, sharing
     `1 + #finite`. Ranks are never merged by CI overlap; instead `tied_with[i]` is the sorted list
     of indices `j != i` whose closed intervals intersect, `lo_i <= hi_j and lo_j <= hi_i`, so a
     reader sees both the order and which differences are not resolved (SPEC §5). An entry with a
@@ -322,7 +326,7 @@ def rank_with_ties(means, lo, hi):
     means = np.asarray(means, dtype=float)
     lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
     finite = np.isfinite(means)
-    above = (means[None, :] > means[:, None]).sum(axis=1)  # comparisons with nan are False
+    above = (means[None, :] > means[:, None] + RANK_ATOL).sum(axis=1)  # comparisons with nan are False
     rank = np.where(finite, 1 + above, 1 + finite.sum()).astype(int)
     overlap = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
     np.fill_diagonal(overlap, False)

@@ -66,7 +66,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
 
 def _round(x: float | None) -> float | None:
     """A mean or interval end as the card shows it: 4 decimals (results.json keeps every digit)."""
-    return None if x is None else round(float(x), 4)
+    return None if x is None else round(float(x), 4) + 0.0  # + 0.0: a mean that rounds to -0 reads 0
 
 
 def _significant(p: float | None) -> float | None:
