@@ -180,7 +180,7 @@ def alignment_score(g_ref: np.ndarray, g: np.ndarray, scale_ref: float = 1.0, sc
     if not (size_ref > ZERO_RTOL * scale_ref and size > ZERO_RTOL * scale):
         return float("nan")
     u, v = g_ref / size_ref, g / size
-    return float(np.clip(u @ v / np.sqrt((u @ u) * (v @ v)), -1.0, 1.0))  # rounding can leave ±(1 + 2⁻⁵²)
+    return float(u @ v / np.sqrt((u @ u) * (v @ v)))
 
 
 def teacher_advantage(pi: np.ndarray, pi_teacher: np.ndarray, q: np.ndarray) -> float:
