@@ -457,7 +457,8 @@ def anchored(name: str) -> str:
     configs name it) is that one. Anything else (a hub id) is returned as is."""
     path = Path(name)
     if name and not path.is_absolute() and not name.startswith("~") and path.exists():
-        return portable(str(path.resolve()))
+        spelled = portable(str(path.resolve()))  # relative to the checkout where that opens from here too
+        return spelled if Path(spelled).exists() else str(path.resolve())
     if name and not path.is_absolute() and not name.startswith(("~", "./", "../")) and (REPOSITORY / path).is_dir():
         return str(REPOSITORY / path)  # as odiag's own configs name its models (harness/demo.yaml): inside the checkout
     return name

@@ -439,7 +439,7 @@ def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
     from harness.tasks.lmeval import LMEvalTask
 
     class ChosenDocs(LMEvalTask):
-        def questions(self, limit):
+        def _build_questions(self, limit):  # built once, as LMEvalTask.questions caches them
             docs = self._task.eval_docs
             return [  # ids as LMEvalTask numbers documents: their index in the evaluation split
                 Question(id=f"{i:05d}", prompt_ids=self.chat_ids(self._task.doc_to_text(docs[i])),

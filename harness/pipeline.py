@@ -163,7 +163,8 @@ def _artefacts(ctx: RunContext) -> Artefacts:
     n_correct, n_wrong = shown_counts(teachers)
     shown = {s.question.id: [x for c, w in s.solutions for x in (*c[:n_correct], *w[:n_wrong])] for s in ctx.states.values()}
     return build_artefacts(ctx.task, teachers, [s.question for s in ctx.states.values()], ctx.artefact_backend,
-                           ctx.rundir.root / "artefacts", student_solutions=shown, repair=ctx.rundir.repair)
+                           ctx.rundir.root / "artefacts", student_solutions=shown, repair=ctx.rundir.repair,
+                           judged_by=ctx.plan.recorded_task)
 
 
 def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
@@ -339,7 +340,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
 
     nodes, children, skipped = _records(ctx)
     results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts,
-                            plan.n_min, RunDir.read_saved(ctx.rundir.root).get("task") or plan.task_record())
+                            plan.n_min, plan.task_record())
     paths = [
         {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
          "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}

@@ -106,6 +106,8 @@ class RunPlan:
     teachers: tuple[TeacherRef, ...]  # the config's (planners) first, then teachers added to the run
     n_min: int  # visits a child needs to enter A(s)
     max_new_tokens: int  # response length limit
+    # the task record a run keeps when a rescore runs under another answer checker (it judges no response)
+    recorded_task: dict | None = None
 
     @property
     def planners(self) -> tuple[TeacherConfig, ...]:
@@ -128,7 +130,7 @@ class RunPlan:
         return {k: v for k, v in to_dict(self.config).items() if k in SCORING_FIELDS}
 
     def task_record(self) -> dict:
-        return task_record(self.config, self.task)
+        return self.recorded_task or task_record(self.config, self.task)
 
     def record(self) -> dict:
         """What ``config.json`` holds for this plan."""
@@ -451,19 +453,17 @@ def task_changes(then: dict | None, now: dict) -> set[str]:
     return set() if then is None else {k for k in {*then, *now} if then.get(k) != now.get(k)}
 
 
-def check_task(then: dict | None, plan_or_cfg, where: str, other: str, task: Task | None = None) -> None:
-    """Refuse, naming what changed and how to put it back, a run whose task record ``then`` differs from the
-    task's now; ``other`` is the command's way out (another directory)."""
+def check_task(then: dict | None, now: dict, task: str, where: str, other: str) -> None:
+    """Refuse, naming what changed and how to put it back, a run whose task record ``then`` differs from
+    ``now``, the task ``task``'s; ``other`` is the command's way out (another directory)."""
     from harness.rundir import RunDirError
 
-    cfg = plan_or_cfg.config if isinstance(plan_or_cfg, RunPlan) else plan_or_cfg
-    now = plan_or_cfg.task_record() if isinstance(plan_or_cfg, RunPlan) else task_record(cfg, task)
     if not (moved := task_changes(then, now)):
         return
-    odiag_made = "answer_checker" in moved or cfg.task == "synthetic"  # nothing but odiag's code defines these
+    odiag_made = "answer_checker" in moved or task == "synthetic"  # nothing but odiag's code defines these
     version = (f"an odiag whose answer extraction is version {then['answer_checker']}" if "answer_checker" in moved
                else "the odiag version that made the run")
-    fix = " and ".join([*([f"restore {task_file(cfg.task)}"] if moved - {"answer_checker"} and cfg.task != "synthetic" else []),
+    fix = " and ".join([*([f"restore {task_file(task)}"] if moved - {"answer_checker"} and task != "synthetic" else []),
                         *([f"use {version}"] if odiag_made else [])])
     keys = [*now, *(k for k in then if k not in now)]
     changes = "; ".join(f"{_TASK_KEYS.get(k, k)}: {then.get(k)!r} there, {now.get(k)!r} now" for k in keys if k in moved)
@@ -491,7 +491,7 @@ def check_against(
     teachers whose file changed (only with ``rescore``: their passes are to be redone). Raises a
     RunDirError saying what differs and how to proceed otherwise.
     """
-    from harness.rundir import DRAWING, RunDirError, another
+    from harness.rundir import RunDir, RunDirError, another
 
     if saved is None:
         return plan, []
@@ -530,12 +530,14 @@ def check_against(
             f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
             f"use {another(flag)}, or the same settings to resume"
         )
-    # a rescore of a finished run judges no response: another answer checker leaves its stored outcomes as they are
-    # (a tree drawn whole: a rescore stopped part-way, its results gone, is finished by the same command)
-    whole = bool(root) and not (Path(root) / DRAWING).exists()
-    checker_only = rescore and whole and task_changes(saved.get("task"), plan.task_record()) == {"answer_checker"}
-    if not checker_only:
-        check_task(saved.get("task"), plan, where, f"use {another(flag)}")
+    # a rescore of a tree drawn whole (a rescore stopped part-way, its results gone, included) judges no response
+    # of the tree: under another answer checker it goes on with the run's record, and a solution it would have to
+    # judge anew is refused where it would be made (harness.teachers.build_artefacts)
+    then, now = saved.get("task"), plan.task_record()
+    if rescore and root and not RunDir.stopped_drawing(root) and task_changes(then, now) == {"answer_checker"}:
+        plan = dataclasses.replace(plan, recorded_task=then)
+    else:
+        check_task(then, now, plan.config.task, where, f"use {another(flag)}")
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
@@ -589,8 +591,6 @@ def check_against(
             plan.task.check_teacher(add.config)
             refs.append(add)
     check_distinct(refs)
-    if checker_only and changed:  # the changed teachers' named-model solutions would be judged by the new checker
-        check_task(saved.get("task"), plan, where, f"use {another(flag)}")
     return dataclasses.replace(plan, teachers=tuple(refs)), [*replanned, *changed]
 
 

@@ -450,8 +450,6 @@ class RunDir:
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
             record = plan.record() | {"models": stored}
-            if rescore and saved is not None and "task" in saved:  # a rescore judges nothing: its record stays
-                record["task"] = saved["task"]
             # what an expected failure puts back: a finished run before an add or a rescore of scoring settings (a
             # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
             # --repair, must go on without it)

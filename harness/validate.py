@@ -444,9 +444,10 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     everything = task.questions(None)
     train_q = [q for q in everything if q.id in diagnosed]
     # held-out gains are judged by the task's checker now: the one the run's alignments were made under
-    from harness.plan import check_task
+    from harness.plan import check_task, task_record
 
-    check_task(RunDir.read_saved(root).get("task"), run_cfg, str(root), "diagnose the task anew with odiag run", task)
+    check_task(RunDir.read_saved(root).get("task"), task_record(run_cfg, task), run_cfg.task, str(root),
+               "diagnose the task anew with odiag run")
     if (changed := changed_question(rundir, train_q)) is not None:  # it trains on what the run diagnosed
         raise RunDirError(f"{root}: {changed} (the task's data changed since: data_files, the data set or the chat "
                           "template); restore that data")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -129,6 +130,9 @@ def test_a_student_named_by_a_relative_directory_is_recorded_absolute(tmp_path, 
     monkeypatch.chdir(REPOSITORY)
     toy = "harness/toy_models/student"
     assert resolve_run_config(None, ["backend=hf", f"student={toy}"]).student == toy
+    # from a folder inside the checkout the checkout-relative spelling would not open: the absolute path
+    monkeypatch.chdir(REPOSITORY / "harness")
+    assert resolve_run_config(None, ["backend=hf", "student=toy_models/student"]).student == str(REPOSITORY / toy)
 
 
 def test_a_run_recorded_before_its_task_was_or_from_elsewhere_keeps_its_results_and_validation(tmp_path):
@@ -230,6 +234,28 @@ def test_a_run_refuses_a_task_or_answer_checker_changed_under_it(odiag, tmp_path
 
 
 @pytest.mark.slow
+def test_a_rescore_under_a_new_answer_checker_judges_no_solution_anew(odiag, tmp_path, monkeypatch):
+    """A rescore under another answer extraction goes on with the run's record: it judges none of the tree's
+    responses. A named model's solution it would have to sample and judge anew (its cache gone, as after an
+    add-teacher stopped before it) is refused where it would be made, not judged by another checker."""
+    from harness.tasks import scoring
+
+    student = REPO / "harness" / "toy_models" / "student"
+    sets = [x for s in ("task=odiag_toy", "backend=hf", f"student={student}", "dtype=float32", "teachers=[toy-self-1c-teacher]",
+                        "limit=1", "n_initial=8", "budget=20", "threads=1") for x in ("--set", s)]
+    assert odiag("run", "--out", "r", *sets, "--quiet")[0] == 0
+    monkeypatch.setattr(scoring, "VERSION", scoring.VERSION + 1)
+    assert odiag("rescore", "r", "--set", "gamma=0.9", "--quiet")[0] == 0  # every solution cached: nothing judged
+    for cached in (tmp_path / "r" / "artefacts" / "solutions").rglob("*.json"):
+        cached.unlink()
+    code, lines, _ = odiag("rescore", "r", "--set", "gamma=0.8", "--quiet")
+    assert_one_line((code, lines, True), "teacher 'toy-self-1c-teacher' needs solutions of", "judged by answer extraction "
+                    f"version {scoring.VERSION - 1}, not this odiag's; use an odiag whose answer extraction is version "
+                    f"{scoring.VERSION - 1}")
+    assert not list((tmp_path / "r" / "artefacts" / "solutions").rglob("*.json"))
+
+
+@pytest.mark.slow
 def test_a_corrupt_cached_solution_or_summary_is_one_line_and_repair_makes_it_again(odiag, tmp_path):
     """A cached solution or summary file that cannot be read was a JSONDecodeError traceback, and --repair
     could not mend it. Now it is named with the command that mends it, and --repair makes it again from the
@@ -255,7 +281,6 @@ def test_a_corrupt_cached_solution_or_summary_is_one_line_and_repair_makes_it_ag
                         "make them again with odiag run --config r/config.yaml --out r --repair")
         assert odiag("run", "--out", "r", *sets, "--repair", "--quiet")[0] == 0
         assert json.loads(cached.read_text())[kind]
-        cached.write_text("garbage{")
         cached.unlink()  # as the line says: removed, it is made again (add-teacher, which has no --repair, too)
         assert odiag("run", "--out", "r", *sets, "--quiet")[0] == 0
         assert json.loads((tmp_path / "r" / "results.json").read_text())["teachers"] == before
@@ -1112,8 +1137,9 @@ def test_a_refused_rescore_leaves_the_run_as_it_was_and_a_stopped_drop_finishes(
     shard.write_bytes(good)
     assert _files(tmp_path / "r") == before
     code, lines, _ = odiag("rescore", "r", "--set", "executor=ray", "--set", "ray_address=127.0.0.1:1")
-    if code == 2:  # Ray installed: refused when the backend starts, after the settings were recorded
-        assert "nothing answers there" in lines[-1] and _files(tmp_path / "r") == before
+    assert code == 2 and _files(tmp_path / "r") == before, lines
+    if importlib.util.find_spec("ray") is not None:  # refused when the backend starts, after the settings were recorded
+        assert "nothing answers there" in lines[-1]
 
     real = harness.pipeline._execute
     monkeypatch.setattr(harness.pipeline, "_execute", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))

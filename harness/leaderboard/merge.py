@@ -26,6 +26,7 @@ from harness.results import PATH_FIELDS, read_tables
 from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
 from harness.rundir import RunDir
 from harness.safeio import excerpt, read_json
+from harness.tasks import OUTCOMES
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
 TABLES = ("nodes", "children", "paths")
@@ -192,29 +193,26 @@ COMPARABLE = (
 )
 
 
-def _setting(run: Run, key: str):
-    """A run's value of a COMPARABLE key, as it was used: ``student_args``' options that move a number,
-    ``incorrect_outcomes`` as a set, ``n_min`` and the length limit as the task resolved them."""
-    config, task = run.results["config"], run.results.get("task_settings")
-    task = task if isinstance(task, dict) else {}
-    if key == "student_args":
-        return numeric_part(config[key] if isinstance(config.get(key), dict) else {})
-    if key == "incorrect_outcomes" and isinstance(config.get(key), list):
-        order = ("wrong", "truncated", "unparseable")
-        return sorted(map(str, config[key]), key=lambda x: (order.index(x) if x in order else len(order), x))
-    if key in TASK_SETTINGS:
-        return task.get(key)
-    if key == "n_min" and (resolved := task.get(key, run.results["counts"].get(key))) is not None:  # as the task resolved it
-        return resolved
-    return config.get(key)
+def _settings(run: Run, other: Run, key: str) -> tuple:
+    """Two runs' values of a COMPARABLE key, as they were used: ``student_args``' options that move a number,
+    ``incorrect_outcomes`` as a set; a key of results.json's ``task_settings`` (the answer checker, ``n_min``
+    and the length limit as the task resolved them) where both runs record it, else as their configs gave it
+    (``n_min`` as resolved either way); a task setting recorded by one run only is not compared (None, None)."""
+    def one(r: Run):
+        config = r.results["config"]
+        if key == "student_args":
+            return numeric_part(config[key] if isinstance(config.get(key), dict) else {})
+        if key == "incorrect_outcomes" and isinstance(config.get(key), list):
+            return sorted(map(str, config[key]), key=lambda x: (OUTCOMES.index(x) if x in OUTCOMES else len(OUTCOMES), x))
+        task = r.results.get("task_settings") if isinstance(r.results.get("task_settings"), dict) else {}
+        if key == "n_min" and isinstance(resolved := task.get(key, r.results["counts"].get(key)), int):
+            return resolved
+        return None if key in TASK_SETTINGS else config.get(key)
 
-
-def _pair(run: Run, other: Run, key: str) -> tuple:
-    """Two runs' values of a COMPARABLE key; the length limit as the task resolved it where both record it
-    (results written before task_settings: as their configs gave it)."""
-    if key == "max_new_tokens" and all(isinstance(r.results.get("task_settings"), dict) for r in (run, other)):
-        return run.results["task_settings"].get(key), other.results["task_settings"].get(key)
-    return _setting(run, key), _setting(other, key)
+    tasks = [r.results.get("task_settings") for r in (run, other)]
+    if all(isinstance(t, dict) and key in t for t in tasks):
+        return tasks[0][key], tasks[1][key]
+    return one(run), one(other)
 
 
 def _question_ids(run: Run) -> set[str]:
@@ -234,9 +232,7 @@ def check_comparable(runs: Sequence[Run]) -> None:
             if (algorithm is not None and algorithm not in algorithms) or key in unread:
                 continue
             other = first.setdefault((*run.group, key, algorithm), run)
-            mine, theirs = _pair(run, other, key)
-            if key in TASK_SETTINGS and None in (mine, theirs):
-                continue  # judged before runs recorded their answer checker: nothing to compare
+            mine, theirs = _settings(run, other, key)
             if mine != theirs:
                 rows = "their rows" if algorithm is None else f"their {algorithm} rows"
                 # every loss setting the two differ in, so that the rescore named is the last one needed

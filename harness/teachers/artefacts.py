@@ -120,9 +120,9 @@ def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
-def _cached(path: Path, field: str, repair: bool):
-    """``field`` of a cached solutions or summaries file, checked for shape; None when there is none or,
-    with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
+def _cached(path: Path, field: str, repair: bool, run: Path):
+    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape; None when there is
+    none or, with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
     from harness.rundir import ShardError
 
     if not path.exists():
@@ -139,7 +139,6 @@ def _cached(path: Path, field: str, repair: bool):
             raise ValueError(f"its {field} are not as odiag writes them")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         why = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
-        run = path.parents[3]  # RUN/artefacts/<kind>/<key>/<question>.json
         if not repair:
             raise ShardError(f"{path}: corrupt cached {field} ({why}); remove it and give the command again (they are "
                              f"made again from the same seeds), or drop and make them again with odiag run --config "
@@ -158,6 +157,7 @@ def build_artefacts(
     cache_dir: str | Path,
     student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
     repair: bool = False,
+    judged_by: Mapping | None = None,
 ) -> Artefacts:
     """Generate (or load from ``cache_dir``) every solution and summary the teachers' contexts need.
 
@@ -169,7 +169,8 @@ def build_artefacts(
     seeded sample; a truncated one is recorded and never shown. Files are written atomically as
     ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
     so a resumed run reloads them and draws nothing again; one that cannot be read is refused, naming it, or
-    with ``repair`` made again.
+    with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
+    this odiag's (a rescore goes on with it), under which no solution may be judged anew.
     """
     from harness.backends import SampleRequest
     from harness.seeds import derive_seed
@@ -184,7 +185,7 @@ def build_artefacts(
     for key, t in sources.items():
         for q in questions:
             path = root / "solutions" / key / f"{q.id}.json"
-            if (stored := _cached(path, "solutions", repair)) is not None:
+            if (stored := _cached(path, "solutions", repair, root.parent)) is not None:
                 ids = [np.asarray(s["ids"], np.int64) for s in stored]
                 if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
                     names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
@@ -193,6 +194,14 @@ def build_artefacts(
                     Solution(i, s["text"], s["outcome"]) for i, s in zip(ids, stored, strict=True))
             else:
                 todo.append((key, t, q, path))
+    if todo and judged_by is not None:
+        from harness.rundir import RunDirError
+
+        key, t, q, _ = todo[0]
+        raise RunDirError(f"{root.parent}: teacher {t.name!r} needs solutions of {t.solution_source} judged on question "
+                          f"{q.id}, and the run's answers were judged by answer extraction version "
+                          f"{judged_by.get('answer_checker')}, not this odiag's; use an odiag whose answer extraction is "
+                          f"version {judged_by.get('answer_checker')}")
     requests = [
         SampleRequest(
             prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
@@ -237,7 +246,7 @@ def build_artefacts(
     todo = []
     for (key, qid), (t, q, texts) in wanted.items():
         path = root / "summaries" / key / f"{qid}.json"
-        stored = _cached(path, "summaries", repair) or {}
+        stored = _cached(path, "summaries", repair, root.parent) or {}
         for digest, summary in stored.items():
             art.summaries[(key, digest)] = summary
         missing = sorted(set(texts) - set(stored))
