@@ -217,9 +217,60 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     """The plan of ``cfg`` with its loaded ``teachers``; ``gpu_memory`` in GiB, ``throughput`` in
     generated tokens per second; ``questions`` the run's count when the task is at hand (else ``limit``),
     ``n_min`` and ``length`` the task's (else the config's and the task YAML's)."""
+    loads = _loads(cfg, teachers)
+    length = length or response_length(cfg)
+    n_min = n_min or cfg.n_min or 20
+    n_q = questions if questions is not None else cfg.limit
+    lines = [f"plan: {cfg.task}, student {cfg.student} ({cfg.dtype}), backend {cfg.backend}, "
+             f"{len(teachers)} {plural(len(teachers), 'teacher')}, "
+             f"{f'{n_q:,}' if n_q is not None else '?'} {plural(n_q, 'question')}"]
+    lines.append("models:")
+    for m in loads.models.values():
+        size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"
+        lines.append(f"  {m.id} ({size}): {m.role}")
+
+    gpu = None if gpu_memory is None else gpu_memory * GiB
+    memory = (_vllm_memory(cfg, teachers, loads, gpu_memory) if cfg.backend == "vllm"
+              else _local_memory(cfg, loads, length))
+    lines += memory.lines
+    workers = cfg.num_workers if cfg.executor == "ray" else 1
+    if cfg.executor == "ray":
+        lines.append(f"executor ray: {workers} {plural(workers, 'worker')}, each a backend of its own holding the models "
+                     "above on its own device: the memory below is per worker")
+    lines.append("memory per phase (held at its end):")
+    for phase, size in memory.phases:
+        fits = "" if gpu is None or size is None else ("  fits" if size <= gpu else f"  DOES NOT FIT {gpu_memory:g} GiB")
+        lines.append(f"  {phase:<40} {_gib(size)}{fits}")
+
+    cost_lines, total_tokens = _generated(cfg, teachers, loads.artefact_ids, length, n_min, n_q)
+    lines += cost_lines
+    lines += _wall_time(total_tokens, throughput, workers, n_q)
+    if gpu is not None:
+        for phase, size in memory.phases:
+            if phase in memory.refusals:
+                raise PlanDoesNotFit(lines, memory.refusals[phase])
+            if size is not None and size > gpu:
+                raise PlanDoesNotFit(lines, f"plan: phase '{phase}' needs {_gib(size)}, more than --gpu-memory "
+                                            f"{gpu_memory:g} GiB (see `odiag plan`; {memory.advice})")
+    return Plan(lines, memory.phases, float(total_tokens or 0))
+
+
+@dataclasses.dataclass
+class _Loads:
+    """The models a run loads (each id once, with everything it is loaded for), the external teachers'
+    models with the teachers that read them, and the models that make teacher contexts."""
+
+    models: dict[str, Model]
+    readers: dict[str, list[str]]
+    artefact_ids: list[str]
+    student: Model | None
+
+
+def _loads(cfg: RunConfig, teachers: Sequence) -> _Loads:
+    """What ``cfg`` with ``teachers`` loads: a run loads each model id once, whatever it is for."""
     from harness.teachers import TEXT_SUMMARIZERS
 
-    roles: dict[str, list[str]] = {}  # model id -> what it is loaded for; a run loads each id once
+    roles: dict[str, list[str]] = {}  # model id -> what it is loaded for
     dtypes: dict[str, str] = {}
 
     def uses(model_id: str, role: str, dtype: str) -> None:
@@ -243,94 +294,95 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
             uses(model_id, role, t.dtype)
             artefact_ids += [model_id] if model_id not in artefact_ids else []
     models = {m: describe_model(m, ", ".join(r), dtypes[m]) for m, r in roles.items()}
-    student = models.get(cfg.student) if cfg.task != "synthetic" else None
-    length = length or response_length(cfg)
-    n_min = n_min or cfg.n_min or 20
-    n_q = questions if questions is not None else cfg.limit
-    lines = [f"plan: {cfg.task}, student {cfg.student} ({cfg.dtype}), backend {cfg.backend}, "
-             f"{len(teachers)} {plural(len(teachers), 'teacher')}, "
-             f"{f'{n_q:,}' if n_q is not None else '?'} {plural(n_q, 'question')}"]
-    lines.append("models:")
-    for m in models.values():
-        size = "size unknown" if m.parameters is None else f"{parameters_text(m.parameters)} parameters, {_gib(m.weights)}"
-        lines.append(f"  {m.id} ({size}): {m.role}")
+    return _Loads(models, readers, artefact_ids, models.get(cfg.student) if cfg.task != "synthetic" else None)
 
-    # memory per phase ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Memory:
+    lines: list[str]  # the layout
+    phases: list[tuple[str, float | None]]  # (phase, bytes held at its end; None when a size is unknown)
+    refusals: dict[str, str]  # phase -> why an engine cannot hold its model
+    advice: str  # what makes a plan that does not fit smaller
+
+
+def _total(models: Sequence[Model]) -> float | None:
+    sizes = [m.weights for m in models]
+    return None if any(s is None for s in sizes) else float(sum(sizes))
+
+
+def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: float | None) -> _Memory:
+    """Memory per phase on the vllm backend: each sampling engine reserves its share of the device when it
+    starts; the exact scorer (``score_with="hf"``) loads every model in transformers at the first scoring call."""
     gpu = None if gpu_memory is None else gpu_memory * GiB
     options = dict(cfg.student_args)
-    engine_options = dict(options.get("engine_options") or {})
+    score_with = options.get("score_with", "hf")
+    util = options.get("gpu_memory_utilization", dict(options.get("engine_options") or {}).get("gpu_memory_utilization"))
+    if util is None:  # the run's defaults (harness.plan.backend_options, the backend)
+        from harness.plan import sampling_models
+
+        util = round(0.5 / len(sampling_models(cfg, teachers)), 4) if score_with == "hf" else 0.85 / max(len(loads.models), 1)
+    lines = [f"layout (vllm, score_with={score_with}): one engine per "
+             + ("sampling model" if score_with == "hf" else "model (sampling and scoring)")
+             + f", each reserving gpu_memory_utilization={util:g} of the device ("
+             + (f"{_gib(util * gpu)} each" if gpu else "without --gpu-memory: weights + 1.5 GiB each")
+             + "), held to the end;"]
+    if score_with == "hf":
+        lines.append("  the exact scorer loads every model in transformers on the same device at the first "
+                     "scoring call, held to the end")
+    scoring_engines = [m for m in loads.models if m in loads.readers] if score_with == "vllm" else []
+    order = [("initial rollouts", [cfg.student] if loads.student else [], [])]
+    if loads.artefact_ids:
+        order.append(("teacher contexts (solutions, summaries)", loads.artefact_ids, []))
+    order.append(("teacher scoring", scoring_engines, list(loads.models.values()) if score_with == "hf" else []))
+    order.append(("targeted rollouts", [], []))
     phases: list[tuple[str, float | None]] = []
-    refusals: dict[str, str] = {}  # phase -> why an engine cannot hold its model
+    refusals: dict[str, str] = {}
+    held, known, started = 0.0, True, set()
+    for phase, engines, scorer in order:
+        for model_id in engines:
+            if model_id in started:
+                continue
+            started.add(model_id)
+            m, share = loads.models[model_id], _utilisation(teachers, model_id, util)
+            engine = None if gpu is None else share * gpu
+            if engine is not None and m.weights is not None and m.weights + ENGINE_OVERHEAD > engine:
+                refusals.setdefault(phase, f"plan: phase '{phase}': {m.id} needs {_gib(m.weights + ENGINE_OVERHEAD)} "
+                                    f"but its engine gets {_gib(engine)} (gpu_memory_utilization={share:g} of "
+                                    f"{gpu_memory:g} GiB); raise it {_raise_where(teachers, model_id)}")
+            held += engine if engine is not None else (m.weights or 0) + ENGINE_OVERHEAD
+            known &= engine is not None or m.weights is not None
+        if scorer:
+            weights = _total(scorer)
+            known &= weights is not None
+            held += (weights or 0) + _scorer_working(cfg, scorer)
+        phases.append((phase, held if known else None))
+    advice = ("lower gpu_memory_utilization, drop teachers, or use score_with: vllm" if score_with == "hf"
+              else "lower gpu_memory_utilization or drop teachers")
+    return _Memory(lines, phases, refusals, advice)
 
-    def total(group):
-        sizes = [m.weights for m in group]
-        return None if any(s is None for s in sizes) else float(sum(sizes))
 
-    if cfg.backend == "vllm":
-        score_with = options.get("score_with", "hf")
-        util = options.get("gpu_memory_utilization", engine_options.get("gpu_memory_utilization"))
-        if util is None:  # the run's defaults (harness.plan.backend_options, the backend)
-            from harness.plan import sampling_models
+def _local_memory(cfg: RunConfig, loads: _Loads, length: int) -> _Memory:
+    """Memory per phase on the hf (or synthetic) backend: every model from the start, with the KV cache of a
+    decode batch and the scorer's working memory."""
+    rows = int(dict(cfg.student_args).get("batch_size", 64))
+    samplers = ([cfg.student] if loads.student else []) + loads.artefact_ids
+    caches = [_sampling_cache(loads.models[m], rows, length) for m in samplers]
+    cache = None if None in caches else max(caches, default=0.0)
+    lines = [f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
+             + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {length:,} positions per row "
+                "(the prompt adds its own)" if cache else "")]
+    weights = _total(list(loads.models.values()))
+    held = None if weights is None or cache is None else weights + cache + _scorer_working(cfg, list(loads.models.values()))
+    names = ["initial rollouts", *(["teacher contexts (solutions, summaries)"] if loads.artefact_ids else []),
+             "teacher scoring", "targeted rollouts"]
+    return _Memory(lines, [(phase, held) for phase in names], {},
+                   "drop teachers, lower batch_size in student_args (the KV cache), or use the vllm backend")
 
-            util = round(0.5 / len(sampling_models(cfg, teachers)), 4) if score_with == "hf" else 0.85 / max(len(models), 1)
-        lines.append(f"layout (vllm, score_with={score_with}): one engine per "
-                     + ("sampling model" if score_with == "hf" else "model (sampling and scoring)")
-                     + f", each reserving gpu_memory_utilization={util:g} of the device ("
-                     + (f"{_gib(util * gpu)} each" if gpu else "without --gpu-memory: weights + 1.5 GiB each")
-                     + "), held to the end;")
-        if score_with == "hf":
-            lines.append("  the exact scorer loads every model in transformers on the same device at the first "
-                         "scoring call, held to the end")
-        scoring_engines = [m for m in models if m in readers] if score_with == "vllm" else []
-        order = [("initial rollouts", [cfg.student] if student else [], [])]
-        if artefact_ids:
-            order.append(("teacher contexts (solutions, summaries)", artefact_ids, []))
-        order.append(("teacher scoring", scoring_engines, list(models.values()) if score_with == "hf" else []))
-        order.append(("targeted rollouts", [], []))
-        held, known, started = 0.0, True, set()
-        for phase, engines, scorer in order:
-            for model_id in engines:
-                if model_id in started:
-                    continue
-                started.add(model_id)
-                m, share = models[model_id], _utilisation(teachers, model_id, util)
-                engine = None if gpu is None else share * gpu
-                if engine is not None and m.weights is not None and m.weights + ENGINE_OVERHEAD > engine:
-                    refusals.setdefault(phase, f"plan: phase '{phase}': {m.id} needs {_gib(m.weights + ENGINE_OVERHEAD)} "
-                                        f"but its engine gets {_gib(engine)} (gpu_memory_utilization={share:g} of "
-                                        f"{gpu_memory:g} GiB); raise it {_raise_where(teachers, model_id)}")
-                held += engine if engine is not None else (m.weights or 0) + ENGINE_OVERHEAD
-                known &= engine is not None or m.weights is not None
-            if scorer:
-                weights = total(scorer)
-                known &= weights is not None
-                held += (weights or 0) + _scorer_working(cfg, scorer)
-            phases.append((phase, held if known else None))
-        advice = ("lower gpu_memory_utilization, drop teachers, or use score_with: vllm" if score_with == "hf"
-                  else "lower gpu_memory_utilization or drop teachers")
-    else:
-        rows = int(options.get("batch_size", 64))
-        caches = [_sampling_cache(models[m], rows, length) for m in ([cfg.student] if student else []) + artefact_ids]
-        cache = None if None in caches else max(caches, default=0.0)
-        lines.append(f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
-                     + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {length:,} positions per row "
-                        "(the prompt adds its own)" if cache else ""))
-        weights = total(list(models.values()))
-        held = None if weights is None or cache is None else weights + cache + _scorer_working(cfg, list(models.values()))
-        phases = [("initial rollouts", held), ("teacher contexts (solutions, summaries)", held),
-                  ("teacher scoring", held), ("targeted rollouts", held)] if artefact_ids else [
-            ("initial rollouts", held), ("teacher scoring", held), ("targeted rollouts", held)]
-        advice = "drop teachers, lower batch_size in student_args (the KV cache), or use the vllm backend"
-    workers = cfg.num_workers if cfg.executor == "ray" else 1
-    if cfg.executor == "ray":
-        lines.append(f"executor ray: {workers} {plural(workers, 'worker')}, each a backend of its own holding the models "
-                     "above on its own device: the memory below is per worker")
-    lines.append("memory per phase (held at its end):")
-    for phase, size in phases:
-        fits = "" if gpu is None or size is None else ("  fits" if size <= gpu else f"  DOES NOT FIT {gpu_memory:g} GiB")
-        lines.append(f"  {phase:<40} {_gib(size)}{fits}")
 
-    # rollouts and tokens ------------------------------------------------------------------------
+def _generated(cfg: RunConfig, teachers: Sequence, artefact_ids: Sequence[str], length: int, n_min: int,
+               n_q: int | None) -> tuple[list[str], int | None]:
+    """The rollouts and tokens a run generates, per question and in all (upper bounds), and the total tokens
+    (None: not bounded)."""
     paths = 2 * cfg.paths_per_outcome
     targeted, how = targeted_bound(cfg, length, n_min, len(teachers))
     artefact_rollouts, artefact_tokens = 0, 0
@@ -344,9 +396,9 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
     initial_tokens = cfg.n_initial * length
     targeted_text = (f"<= {targeted:,} ({how}; <= {targeted * length:,} tokens)" if targeted is not None
                      else f"not bounded without a budget ({how}; set budget=N to bound them)")
-    lines.append(f"per question: {cfg.n_initial:,} initial rollouts (<= {initial_tokens:,} tokens); targeted rollouts "
-                 f"{targeted_text}; {paths} paths x {len(teachers)} {plural(len(teachers), 'teacher')} scored; "
-                 + _contexts_text(teachers, artefact_tokens))
+    lines = [f"per question: {cfg.n_initial:,} initial rollouts (<= {initial_tokens:,} tokens); targeted rollouts "
+             f"{targeted_text}; {paths} paths x {len(teachers)} {plural(len(teachers), 'teacher')} scored; "
+             + _contexts_text(teachers, artefact_tokens)]
     total_tokens = None
     if n_q is not None and targeted is not None:
         total_tokens = (initial_tokens + targeted * length + artefact_tokens) * n_q
@@ -356,28 +408,25 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
         lines.append(f"total: targeted rollouts not bounded without a budget; the rest <= "
                      f"{(cfg.n_initial + artefact_rollouts) * n_q:,} rollouts, "
                      f"<= {(initial_tokens + artefact_tokens) * n_q:,} generated tokens")
+    return lines, total_tokens
+
+
+def _wall_time(total_tokens: int | None, throughput: float | None, workers: int, n_q: int | None) -> list[str]:
+    """The wall-time line: the generated tokens over ``throughput`` per worker, or what is missing for it."""
     if throughput and total_tokens is not None:
         hours = total_tokens / (throughput * workers) / 3600
-        if math.isfinite(hours):
-            days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
-            rate = f"{_figure(throughput, 0)} generated tokens/s" + (f" per worker x {workers}" if workers > 1 else "")
-            lines.append(f"wall time: <= {_figure(hours)} h{days} at {rate} "
-                         "(sampling; scoring adds 1-2 forward passes per path and teacher)")  # 2: with a fill pass
-        else:
-            lines.append(f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s")
-    elif total_tokens is not None:
-        lines.append("wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)")
-    elif throughput:
-        lines.append("wall time: not bounded: " + ("set budget=N to bound the targeted rollouts" if n_q is not None
-                                                   else "set limit=N (the task's question count is not known here)"))
-    if gpu is not None:
-        for phase, size in phases:
-            if phase in refusals:
-                raise PlanDoesNotFit(lines, refusals[phase])
-            if size is not None and size > gpu:
-                raise PlanDoesNotFit(lines, f"plan: phase '{phase}' needs {_gib(size)}, more than --gpu-memory "
-                                            f"{gpu_memory:g} GiB (see `odiag plan`; {advice})")
-    return Plan(lines, phases, float(total_tokens or 0))
+        if not math.isfinite(hours):
+            return [f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s"]
+        days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
+        rate = f"{_figure(throughput, 0)} generated tokens/s" + (f" per worker x {workers}" if workers > 1 else "")
+        return [f"wall time: <= {_figure(hours)} h{days} at {rate} "
+                "(sampling; scoring adds 1-2 forward passes per path and teacher)"]  # 2: with a fill pass
+    if total_tokens is not None:
+        return ["wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)"]
+    if throughput:
+        return ["wall time: not bounded: " + ("set budget=N to bound the targeted rollouts" if n_q is not None
+                                              else "set limit=N (the task's question count is not known here)")]
+    return []
 
 
 def summaries(teachers, artefact_ids: Sequence[str], paths: int, n_initial: int) -> list[tuple[int, int]]:
