@@ -398,14 +398,98 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
         lock.release()
 
 
+@dataclasses.dataclass
+class _Run:
+    """A finished run as validate reads it, checked before torch loads."""
+
+    results: dict  # its results.json
+    config: RunConfig  # its config, the student as a local path where one is
+    rundir: RunDir  # read only: the stored scoring shards (checksummed on load)
+    teachers: list[str]  # the teachers to distil from
+    refs: dict[str, TeacherRef]  # each by the identity the run scored
+
+
 def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> dict:
     """:func:`validate` on a run directory this process holds."""
-    from harness.core.validation import gain_interval, rank_correlations
-    from harness.pipeline import changed_question, json_ready, run_task
-    from harness.plan import slug
+    from harness.core.validation import rank_correlations
 
     phases = Phases(on_progress)
     started, cpu_started, load_before = time.monotonic(), time.process_time(), os.getloadavg()
+    run = _checked_run(root, cfg)
+
+    import torch  # after the checks: a wrong argument is answered before torch loads
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device)
+    task, train_q, heldout_q = _questions(root, run, cfg)
+    diagnosed = {q["id"]: q for q in run.results["questions"]}
+    student = _load_model(run.config.student, run.config.student_revision, run.config.dtype, device)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    teachers: dict[str, Teacher] = {}
+    for name in run.teachers:
+        spec = run.refs[name].config
+        model = student if spec.is_self else _load_model(spec.model, spec.revision, spec.dtype, device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        contexts = {q.id: _stored_contexts(run.rundir, diagnosed[q.id], name) for q in train_q}
+        teachers[name] = Teacher(name, model, contexts, sum(not c for c in contexts.values()))
+    trainer = _Trainer(cfg, run.config, task, train_q, heldout_q, student, device)
+
+    pairs = [(t, a) for t in run.teachers for a in cfg.algorithms]
+    arms = [*pairs, *([(None, BASELINE)] if cfg.baseline else []), (None, CONTROL), (None, NOISE)]
+    acc, train_info = _train_arms(root / "validation" / _key(cfg, run.results["config_hash"]), arms, run.refs,
+                                  teachers, student, trainer, cfg.seeds, phases)
+    control_SQ = np.stack(acc[(None, CONTROL)])
+    diff_PSQ = np.stack([np.stack(acc[p]) - control_SQ for p in pairs])
+    predictors = per_question_predictors(root, pairs, [q.id for q in train_q])
+    correlation = rank_correlations(predictors, diff_PSQ, seed=[cfg.seed, 1], n_boot=cfg.n_boot) if len(pairs) >= 3 else {}
+    # within one loss: does alignment rank the teachers (the choice the diagnostic is meant to inform)?
+    by_algorithm = {}
+    for a in cfg.algorithms:
+        idx = [k for k, (_, algorithm) in enumerate(pairs) if algorithm == a]
+        if len(idx) >= 3:
+            by_algorithm[a] = rank_correlations({n: x[idx] for n, x in predictors.items()}, diff_PSQ[idx],
+                                                seed=[cfg.seed, 2], n_boot=cfg.n_boot)
+    out = {
+        "schema_version": SCHEMA_VERSION,
+        "settings": to_dict(cfg),
+        "settings_hash": _key(cfg, run.results["config_hash"]),
+        "run": {"config_hash": run.results["config_hash"], "created_at": run.results.get("created_at"),
+                "task": run.results["task"], "student": run.results["student"], "temperature": run.config.temperature,
+                "jsd_beta": run.config.jsd_beta},
+        "versions": _versions(device),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "questions": {"training": [q.id for q in train_q], "heldout": [q.id for q in heldout_q],
+                      "eval_samples": cfg.eval_samples},
+        "control_accuracy": {"mean": float(control_SQ.mean()), "per_seed": control_SQ.mean(axis=1).tolist()},
+        "rows": _rows(arms, acc, train_info, run, teachers, cfg),
+        "correlation": correlation,
+        "correlation_by_algorithm": by_algorithm,
+        # on a shared machine wall time measures the neighbours too: CPU seconds of this process beside it
+        "timing": {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(time.process_time() - cpu_started, 1),
+                   # wall seconds of every (arm, seed) when it ran, resumed ones included
+                   "arm_seconds": round(sum(t["seconds"] for arm in arms for t in train_info[arm]), 1),
+                   "threads": torch.get_num_threads(),
+                   "device": str(device), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
+    }
+    from harness.pipeline import json_ready
+
+    out = portable(json_ready(out))
+    from harness.leaderboard.figures import _save, validation_figure
+
+    figure = validation_figure(out)
+    for old in (root / "validation.svg", root / "validation.png"):  # never the last settings' figure beside these numbers
+        if old.is_file() or old.is_symlink():
+            old.unlink()
+    write_json(root / "validation.json", out)
+    _save(figure, root, "validation")
+    return out
+
+
+def _checked_run(root: Path, cfg: ValidateConfig) -> _Run:
+    """The finished run at ``root`` with what ``cfg`` asks of it, or one line saying why it cannot be validated."""
     results_file = RunDir.finished_results(root)
     RunDir.verify_models(root)  # it trains the student the run scored, and reads the contexts the run stored
     results = json.loads(results_file.read_text())
@@ -415,7 +499,6 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     if run_cfg.backend != "hf":
         raise ConfigError(f"{root}: odiag validate trains transformers models; this run used backend {run_cfg.backend!r}")
     run_cfg = dataclasses.replace(run_cfg, student=local_path(run_cfg.student))
-    rundir = RunDir(root, plan=None)  # read only: the stored scoring shards (checksummed on load)
     available = list(results["teacher_info"])
     names = list(cfg.teachers) if cfg.teachers is not None else available
     if unknown := [t for t in names if t not in available]:
@@ -433,57 +516,50 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
                           "every decision point); leave it out with --teachers")
     recorded = {t.get("name"): t for t in RunDir.read_saved(root)["teachers"] if isinstance(t, dict)}
     refs = {name: _scored_teacher(root, recorded.get(name), name) for name in names}
+    return _Run(results, run_cfg, RunDir(root, plan=None), names, refs)
 
-    import torch  # after the checks: a wrong argument is answered before torch loads
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device)
-    task = run_task(run_cfg)
-    diagnosed = {q["id"]: q for q in results["questions"]}
+def _questions(root: Path, run: _Run, cfg: ValidateConfig) -> tuple:
+    """The run's task, its diagnosed questions (to train on) and the first ``cfg.heldout`` others (to evaluate
+    on), refused where the task or its data changed since the run."""
+    from harness.pipeline import changed_question, run_task
+    from harness.plan import check_task, task_record
+
+    task = run_task(run.config)
+    diagnosed = {q["id"] for q in run.results["questions"]}
     everything = task.questions(None)
     train_q = [q for q in everything if q.id in diagnosed]
     # held-out gains are judged by the task's checker now: the one the run's alignments were made under
-    from harness.plan import check_task, task_record
-
-    check_task(RunDir.read_saved(root).get("task"), task_record(run_cfg, task), run_cfg.task, str(root),
+    check_task(RunDir.read_saved(root).get("task"), task_record(run.config, task), run.config.task, str(root),
                "diagnose the task anew with odiag run")
-    if (changed := changed_question(rundir, train_q)) is not None:  # it trains on what the run diagnosed
+    if (changed := changed_question(run.rundir, train_q)) is not None:  # it trains on what the run diagnosed
         raise RunDirError(f"{root}: {changed} (the task's data changed since: data_files, the data set or the chat "
                           "template); restore that data")
     seen = {q.prompt_ids.tobytes() for q in train_q}
     heldout_q = [q for q in everything if q.id not in diagnosed and q.prompt_ids.tobytes() not in seen][: cfg.heldout]
     if not heldout_q:
-        raise ConfigError(f"{root}: task {run_cfg.task} has {len(everything)} questions and the run diagnosed "
+        raise ConfigError(f"{root}: task {run.config.task} has {len(everything)} questions and the run diagnosed "
                           f"{len(diagnosed)} of them: none is left to hold out (run the diagnostic with a smaller limit)")
+    return task, train_q, heldout_q
 
-    student = _load_model(run_cfg.student, run_cfg.student_revision, run_cfg.dtype, device)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    teachers: dict[str, Teacher] = {}
-    for name in names:
-        spec = refs[name].config
-        model = student if spec.is_self else _load_model(spec.model, spec.revision, spec.dtype, device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        contexts = {q.id: _stored_contexts(rundir, diagnosed[q.id], name) for q in train_q}
-        teachers[name] = Teacher(name, model, contexts, sum(not c for c in contexts.values()))
-    trainer = _Trainer(cfg, run_cfg, task, train_q, heldout_q, student, device)
 
-    store = root / "validation" / _key(cfg, results["config_hash"])
-    pairs = [(t, a) for t in names for a in cfg.algorithms]
-    arms = [*pairs, *([(None, BASELINE)] if cfg.baseline else []), (None, CONTROL), (None, NOISE)]
-    acc = {arm: [None] * cfg.seeds for arm in arms}
-    train_info: dict = {arm: [None] * cfg.seeds for arm in arms}
+def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict, teachers: dict[str, Teacher],
+                student, trainer: _Trainer, seeds: int, phases: Phases) -> tuple[dict, dict]:
+    """Held-out accuracies ``[seed][question]`` and training figures per arm: each (arm, seed) trained and
+    evaluated once, stored under ``store`` as soon as it is done, read back on a later command."""
+    from harness.plan import slug
+
+    acc = {arm: [None] * seeds for arm in arms}
+    train_info: dict = {arm: [None] * seeds for arm in arms}
     with phases.phase("validate", unit="arms") as phase:
-        phase.plan(len(arms) * cfg.seeds)
-        for s in range(cfg.seeds):
+        phase.plan(len(arms) * seeds)
+        for s in range(seeds):
             for arm in [(None, CONTROL), (None, NOISE), *[a for a in arms if a[1] not in (CONTROL, NOISE)]]:
                 teacher, algorithm = arm
                 # a teacher by name and identity: another file under the same name is trained anew
                 path = store / (f"{slug(teacher)}-{refs[teacher].identity}" if teacher else "-") / f"{algorithm}--seed{s}.json"
                 if path.exists():
-                    saved = _stored_arm(path, len(heldout_q))
+                    saved = _stored_arm(path, len(trainer.heldout_q))
                 else:
                     t0 = time.monotonic()
                     losses = []
@@ -500,10 +576,18 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
                 train_info[arm][s] = {"seconds": saved["seconds"], "loss_first": (saved["losses"] or [None])[0],
                                       "loss_last": (saved["losses"] or [None])[-1]}
                 phase.advance(1)
+    return acc, train_info
+
+
+def _rows(arms: Sequence[tuple[str | None, str]], acc: dict, train_info: dict, run: _Run, teachers: dict[str, Teacher],
+          cfg: ValidateConfig) -> list[dict]:
+    """One row per arm: held-out accuracy, its gain over the control with a two-way bootstrap CI, its training,
+    and for a teacher the diagnostic's predictors of that gain."""
+    from harness.core.validation import gain_interval
 
     control_SQ = np.stack(acc[(None, CONTROL)])
+    by_pair = {(r["teacher"], r["algorithm"]): r for r in run.results["teachers"]}
     rows = []
-    by_pair = {(r["teacher"], r["algorithm"]): r for r in results["teachers"]}
     for arm in arms:
         teacher, algorithm = arm
         acc_SQ = np.stack(acc[arm])
@@ -520,51 +604,10 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
             row.update({p: {"mean": (diag.get(p) or {}).get("mean"), "ci95": (diag.get(p) or {}).get("ci95")} for p in PREDICTORS})
             row["skipped_training_questions"] = teachers[teacher].skipped
         elif algorithm == BASELINE:
-            row["alignment"] = {k2: (by_pair.get((names[0], BASELINE), {}).get("alignment") or {}).get(k2) for k2 in ("mean", "ci95")}
+            first = run.teachers[0]
+            row["alignment"] = {k2: (by_pair.get((first, BASELINE), {}).get("alignment") or {}).get(k2) for k2 in ("mean", "ci95")}
         rows.append(row)
-
-    diff_PSQ = np.stack([np.stack(acc[p]) - control_SQ for p in pairs])
-    predictors = per_question_predictors(root, pairs, [q.id for q in train_q])
-    correlation = rank_correlations(predictors, diff_PSQ, seed=[cfg.seed, 1], n_boot=cfg.n_boot) if len(pairs) >= 3 else {}
-    # within one loss: does alignment rank the teachers (the choice the diagnostic is meant to inform)?
-    by_algorithm = {}
-    for a in cfg.algorithms:
-        idx = [k for k, (_, algorithm) in enumerate(pairs) if algorithm == a]
-        if len(idx) >= 3:
-            by_algorithm[a] = rank_correlations({n: x[idx] for n, x in predictors.items()}, diff_PSQ[idx],
-                                                seed=[cfg.seed, 2], n_boot=cfg.n_boot)
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "settings": to_dict(cfg),
-        "settings_hash": _key(cfg, results["config_hash"]),
-        "run": {"config_hash": results["config_hash"], "created_at": results.get("created_at"),
-                "task": results["task"], "student": results["student"], "temperature": run_cfg.temperature,
-                "jsd_beta": run_cfg.jsd_beta},
-        "versions": _versions(device),
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "questions": {"training": [q.id for q in train_q], "heldout": [q.id for q in heldout_q],
-                      "eval_samples": cfg.eval_samples},
-        "control_accuracy": {"mean": float(control_SQ.mean()), "per_seed": control_SQ.mean(axis=1).tolist()},
-        "rows": rows,
-        "correlation": correlation,
-        "correlation_by_algorithm": by_algorithm,
-        # on a shared machine wall time measures the neighbours too: CPU seconds of this process beside it
-        "timing": {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(time.process_time() - cpu_started, 1),
-                   # wall seconds of every (arm, seed) when it ran, resumed ones included
-                   "arm_seconds": round(sum(t["seconds"] for arm in arms for t in train_info[arm]), 1),
-                   "threads": torch.get_num_threads(),
-                   "device": str(device), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
-    }
-    out = portable(json_ready(out))
-    from harness.leaderboard.figures import _save, validation_figure
-
-    figure = validation_figure(out)
-    for old in (root / "validation.svg", root / "validation.png"):  # never the last settings' figure beside these numbers
-        if old.is_file() or old.is_symlink():
-            old.unlink()
-    write_json(root / "validation.json", out)
-    _save(figure, root, "validation")
-    return out
+    return rows
 
 
 def _stored_arm(path: Path, heldout: int) -> dict:
