@@ -162,6 +162,9 @@ def test_samples_do_not_depend_on_batching_order_or_threads(paths):
     # completion i does not depend on how many completions the request asks for
     fewer = HFBackend(spec).sample([SampleRequest(REQUESTS[0].prefix, 4, 11, 12, 1.0, (1, 2, 3))])[0]
     assert all(np.array_equal(a, b) for a, b in zip(fewer.tokens, reference[0].tokens[:4], strict=True))
+    # a seed held in a numpy integer (drawn with a Generator) is the number it holds
+    held = HFBackend(spec).sample([SampleRequest(REQUESTS[0].prefix, 4, np.int64(11), 12, 1.0, (1, 2, 3))])[0]
+    assert all(np.array_equal(a, b) for a, b in zip(held.tokens, fewer.tokens, strict=True))
     # different seeds, different completions
     other = HFBackend(spec).sample([SampleRequest(REQUESTS[1].prefix, 5, 99, 7, 0.8)])[0]
     assert not all(np.array_equal(a, b) for a, b in zip(other.tokens, reference[1].tokens, strict=True))
@@ -266,6 +269,16 @@ def test_loading_registry_identity_and_errors(paths, tmp_path):
         backend.sample([SampleRequest(np.array([1]), 1, 0, 1, temperature=0.0)])
     with pytest.raises(ValueError, match="vocabulary"):
         HFBackend({STUDENT: ModelSpec(paths["student"]), "big": ModelSpec(_tiny(tmp_path / "big", 2, vocab=80))})
+    # ids outside the vocabulary are refused by name, wherever a request carries them
+    bad = np.array([1, VOCAB])
+    with pytest.raises(ValueError, match=r"prefix ids must lie in \[0, 64\), got 1 .. 64"):
+        backend.sample([SampleRequest(bad, 1, 0, 1)])
+    with pytest.raises(ValueError, match="context ids"):
+        backend.score([ScoreRequest(bad, np.array([1]))])
+    with pytest.raises(ValueError, match="response ids"):
+        backend.score([ScoreRequest(np.array([1]), np.array([-1]))])
+    with pytest.raises(ValueError, match="extra_ids ids"):
+        backend.score([ScoreRequest(np.array([1]), np.array([2]), extra_ids=np.array([[3, VOCAB]]))])
 
 
 def test_progress_hook_hears_every_completion_and_token_from_inside_the_call(backend):

@@ -68,3 +68,11 @@ def test_batched_rewards_equal_one_by_one():
     toks, rewards, _ = model.sample([], 500, seed=3)
     toks += [np.zeros(0, np.int64), np.array([3, 1])]  # empty and EOS-less responses score 0
     assert model.rewards(toks).tolist() == [model.reward(list(t)) for t in toks]
+
+
+def test_a_seed_from_numpy_scalars_is_the_seed_from_the_numbers_they_hold():
+    """Pins derive_seed on numpy scalars: ids taken from arrays derive the seeds the same ids as Python numbers do."""
+    from harness.seeds import derive_seed
+
+    assert derive_seed(0, "q1", np.int64(5), np.int32(3), np.float64(0.5)) == derive_seed(0, "q1", 5, 3, 0.5)
+    assert derive_seed(0, "q1", 5) != derive_seed(0, "q1", 6)

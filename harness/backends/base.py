@@ -26,7 +26,7 @@ class SampleRequest:
 
     prefix: np.ndarray  # int [L]: prompt ids followed by the forced response prefix
     n: int  # completions to draw
-    seed: int  # completion i draws its randomness from (seed, i, step): batching never changes samples
+    seed: int  # completion i draws its randomness from (seed, i, step): batching never changes the noise
     max_new_tokens: int  # completions reaching this length are truncated
     temperature: float = 1.0  # the sampling temperature T; pi is the distribution at T
     stop_ids: tuple[int, ...] = ()  # a completion ends after emitting one of these (kept in its tokens)

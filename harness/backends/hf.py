@@ -14,10 +14,14 @@ batch costs ``batch_size x (prefix + new tokens)`` cache positions; for long tra
 Randomness is counter-based: token ``step`` of completion ``i`` of a request with seed ``s`` is
 drawn by inverse-CDF sampling with the uniform ``U(s, i, step)`` from a splitmix64 hash
 (`counter_uniforms`). No generator state is shared between rows, so the tokens do not depend on
-batch composition, request order, ``batch_size`` or thread count. On CPU in float32 they are
-identical in practice; the logits themselves can differ in the last bits between batch shapes
-(and do in bfloat16 on a GPU), which changes a token only when its uniform falls within rounding
-of a CDF boundary: still an exact draw from ``π``, not a bit-identical one.
+batch composition, request order, ``batch_size`` or thread count. In float32 the tokens are
+identical in practice: the logits differ between batch shapes in their last bits, which changes a
+token only when its uniform falls within rounding of a CDF boundary. In bfloat16 and float16 they
+are not, on CPU as on a GPU: the incremental decode rounds differently from one batch shape to the
+next (the toy student in bfloat16: half of 48 completions changed between ``batch_size`` 64 and 4,
+and its decode distribution differs from one full forward pass by a total variation of 0.005 per
+token on average). Each token is still a draw from the ``π`` of its own decode, not a bit-identical
+one: a run resumed or spread over workers in those dtypes draws the same noise, not the same tokens.
 
 **score** runs one forward pass of the decoder over ``context + response`` per (model, context)
 and applies the output head chunk by chunk, ``score_chunk`` positions at a time: a 30,000-token
@@ -333,6 +337,7 @@ class HFBackend:
                 raise ValueError(f"temperature must be positive, got {r.temperature}")
             if len(r.prefix) == 0:
                 raise ValueError("a sample request needs a non-empty prefix")
+            self._check_ids("prefix", r.prefix)
             if r.max_new_tokens <= 0:  # nothing may be generated: every completion is cut off at once
                 tokens[j] = [np.zeros(0, dtype=np.int64) for _ in range(r.n)]
                 truncated[j][:] = True
@@ -351,7 +356,7 @@ class HFBackend:
         queue = collections.deque(
             (j, i) for j in sorted(todo, key=lambda j: len(requests[j].prefix)) for i in range(requests[j].n)
         )
-        seed_R = np.array([r.seed % 2**64 for r in requests], dtype=np.uint64)
+        seed_R = np.array([int(r.seed) % 2**64 for r in requests], dtype=np.uint64)
         limit_R = np.array([r.max_new_tokens for r in requests])
         temperature_R = torch.tensor([r.temperature for r in requests], device=dev)
         stop_RS = np.full((len(requests), max([len(r.stop_ids) for r in requests] + [1])), -1, dtype=np.int64)
@@ -444,6 +449,8 @@ class HFBackend:
             if r.reference_model is not None:
                 ref = self._pass_key(r.reference_model, r.reference_context, r.response)
             passes.append((self._pass_key(r.model, r.context, r.response), ref))
+            if r.extra_ids is not None:
+                self._check_ids("extra_ids", r.extra_ids)
         uses = collections.Counter(key for pair in passes for key in pair if key is not None)
         # requests on one response together, so that a shared pass is held only while it is needed
         first: dict[bytes, int] = {}
@@ -463,10 +470,17 @@ class HFBackend:
         response = np.asarray(response, dtype=np.int64)
         if len(context) == 0:
             raise ValueError("a score request needs a non-empty context (its last id predicts response[0])")
-        if len(response) and (response.min() < 0 or response.max() >= self.vocab_size):
-            raise ValueError(f"response ids must lie in [0, {self.vocab_size})")
+        self._check_ids("context", context)
+        self._check_ids("response", response)
         # names of one checkpoint (a teacher that is the student) share their passes
         return self._model(name).spec, context.tobytes(), response.tobytes()
+
+    def _check_ids(self, what: str, ids) -> None:
+        """Token ids outside the vocabulary, refused by name (an embedding lookup would fail without one, or
+        assert on the device)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"{what} ids must lie in [0, {self.vocab_size}), got {int(ids.min())} .. {int(ids.max())}")
 
     def _pass(self, key: tuple[ModelSpec, bytes, bytes], memo: dict, uses: collections.Counter) -> torch.Tensor:
         """Final hidden states [P, H] at the positions predicting each response token (C-1 .. C+P-2)."""
