@@ -499,37 +499,7 @@ def check_against(
     theirs = [t for t in saved["teachers"] if isinstance(t, dict) and {"name", "identity", "file", "role"} <= set(t)]
     if len(theirs) != len(saved["teachers"]):
         raise RunDirError(f"{where}/config.json: not a valid run config (a teacher entry lacks name, identity, file or role)")
-    mine, stored = tree_fields(plan.config), saved.get("tree", {})
-    keys = [*mine, *(k for k in stored if k not in mine)]
-    differ = [k for k in keys if stored.get(k) != mine.get(k)]
-    old = [t for t in theirs if t["role"] == PLANNER]
-    new = [t for t in plan.teachers if t.role == PLANNER]
-    same_planners = [(t["name"], t["identity"]) for t in old] == [(t.name, t.identity) for t in new]
-    # a setting the run's strategy never reads (settle's price under paper) leaves the tree as it is
-    unread = bool(differ) and same_planners and set(differ) <= unread_fields(plan.config.strategy)
-    edited = ([n.name for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
-              if [t["name"] for t in old] == [t.name for t in new] else [])
-    replanned = []
-    if (saved["tree_hash"] != plan.tree_hash and not unread and not differ and edited and not rescore and add is None
-            and root and not _targeted(Path(root))):
-        # no targeted rollout is stored yet, so nothing a planner shaped is: an edited planner file (a fixed
-        # template) takes over, its own passes redone; the initial rollouts and the other teachers' passes stay
-        replanned = edited
-    elif saved["tree_hash"] != plan.tree_hash and not unread:
-        diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in differ]
-        if [t["name"] for t in old] != [t.name for t in new]:
-            diffs.append(f"teachers: {[t['name'] for t in old]} there, {[t.name for t in new]} now "
-                         "(add a teacher to a finished run with odiag add-teacher)")
-        else:
-            diffs += [
-                f"teacher {n.name!r} changed since the run was made ({n.config.file}: identity {o['identity']} there, "
-                f"{n.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})"
-                for o, n in zip(old, new, strict=True) if o["identity"] != n.identity
-            ]
-        raise RunDirError(
-            f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
-            f"use {another(flag)}, or the same settings to resume"
-        )
+    replanned = _check_tree(plan, saved, theirs, rescore=rescore, add=add, root=root, where=where, flag=flag)
     # a rescore of a tree drawn whole (a rescore stopped part-way, its results gone, included) judges no response
     # of the tree: under another answer checker it goes on with the run's record, and a solution it would have to
     # judge anew is refused where it would be made (harness.teachers.build_artefacts)
@@ -552,6 +522,55 @@ def check_against(
             what = (f"{key} {new!r} is below the run's {old!r}" if old is not None
                     else f"the run has no {key} (unlimited), and {key} {new!r} would shrink it")
             raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use {another(flag)} for {smaller})")
+    refs, changed = _added_teachers(plan, theirs, rescore=rescore, add=add, root=root, where=where, drop=drop)
+    check_distinct(refs)
+    return dataclasses.replace(plan, teachers=tuple(refs)), [*replanned, *changed]
+
+
+def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool, add: TeacherRef | None, root: str,
+                where: str, flag: str) -> list[str]:
+    """The run's rollout tree is the one ``plan`` draws, or a RunDirError naming what differs. Returns the planner
+    teachers whose edited file takes over (an edit before any targeted rollout, whose own passes are redone)."""
+    from harness.rundir import RunDirError, another
+
+    mine, stored = tree_fields(plan.config), saved.get("tree", {})
+    keys = [*mine, *(k for k in stored if k not in mine)]
+    differ = [k for k in keys if stored.get(k) != mine.get(k)]
+    old = [t for t in theirs if t["role"] == PLANNER]
+    new = [t for t in plan.teachers if t.role == PLANNER]
+    same_planners = [(t["name"], t["identity"]) for t in old] == [(t.name, t.identity) for t in new]
+    # a setting the run's strategy never reads (settle's price under paper) leaves the tree as it is
+    unread = bool(differ) and same_planners and set(differ) <= unread_fields(plan.config.strategy)
+    if saved["tree_hash"] == plan.tree_hash or unread:
+        return []
+    edited = ([n.name for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
+              if [t["name"] for t in old] == [t.name for t in new] else [])
+    if not differ and edited and not rescore and add is None and root and not _targeted(Path(root)):
+        # no targeted rollout is stored yet, so nothing a planner shaped is: an edited planner file (a fixed
+        # template) takes over, its own passes redone; the initial rollouts and the other teachers' passes stay
+        return edited
+    diffs = [f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} now" for k in differ]
+    if [t["name"] for t in old] != [t.name for t in new]:
+        diffs.append(f"teachers: {[t['name'] for t in old]} there, {[t.name for t in new]} now "
+                     "(add a teacher to a finished run with odiag add-teacher)")
+    else:
+        diffs += [
+            f"teacher {n.name!r} changed since the run was made ({n.config.file}: identity {o['identity']} there, "
+            f"{n.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})"
+            for o, n in zip(old, new, strict=True) if o["identity"] != n.identity
+        ]
+    raise RunDirError(
+        f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
+        f"use {another(flag)}, or the same settings to resume"
+    )
+
+
+def _added_teachers(plan: RunPlan, theirs: list[dict], *, rescore: bool, add: TeacherRef | None, root: str, where: str,
+                    drop: tuple[str, ...]) -> tuple[list[TeacherRef], list[str]]:
+    """``plan``'s teachers with the run's added ones (less ``drop``) and ``add``, each checked against the identity it
+    was scored under, and the added teachers whose file changed (only with ``rescore``: their passes are redone)."""
+    from harness.rundir import RunDirError
+
     added = [t["name"] for t in theirs if t["role"] == ADDED]
     for name in drop:
         if name not in added:
@@ -576,22 +595,22 @@ def check_against(
             changed.append(ref.name)
         plan.task.check_teacher(ref.config)
         refs.append(ref)
-    if add is not None:
-        same = [r for r in refs if r.name == add.name or r.identity == add.identity]
-        if any(r.name == add.name and r.identity == add.identity for r in same):
-            log.info("teacher %s is already scored in %s (the same file): nothing to add", add.name, root or "this run")
-        elif same:
-            r = same[0]
-            why = (f"a different teacher named {r.name!r} is in this run ({r.config.file}, identity {r.identity}; "
-                   f"{add.config.file} has identity {add.identity}); give the new one another name (key 'name')")
-            if r.name != add.name:
-                why = f"{add.config.file} is the same teacher as {r.name!r} (identity {r.identity}), already in this run"
-            raise RunDirError(f"{where}: {why}")
-        else:
-            plan.task.check_teacher(add.config)
-            refs.append(add)
-    check_distinct(refs)
-    return dataclasses.replace(plan, teachers=tuple(refs)), [*replanned, *changed]
+    if add is None:
+        return refs, changed
+    same = [r for r in refs if r.name == add.name or r.identity == add.identity]
+    if any(r.name == add.name and r.identity == add.identity for r in same):
+        log.info("teacher %s is already scored in %s (the same file): nothing to add", add.name, root or "this run")
+    elif same:
+        r = same[0]
+        why = (f"a different teacher named {r.name!r} is in this run ({r.config.file}, identity {r.identity}; "
+               f"{add.config.file} has identity {add.identity}); give the new one another name (key 'name')")
+        if r.name != add.name:
+            why = f"{add.config.file} is the same teacher as {r.name!r} (identity {r.identity}), already in this run"
+        raise RunDirError(f"{where}: {why}")
+    else:
+        plan.task.check_teacher(add.config)
+        refs.append(add)
+    return refs, changed
 
 
 def _targeted(root: Path) -> bool:
