@@ -138,25 +138,41 @@ def make_dirs(path: Path) -> None:
 
 def atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
     """Write ``path`` through ``write(fileobj)`` so that it appears complete or not at all (mode 0o664)."""
+    tmp = staged(path, write, mode)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _oserror(path, exc) from None
+    sync_dir(path.parent)
+
+
+def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_mode: int = FILE_MODE) -> Path:
+    """A complete, synced copy of what ``path`` is to hold, under a hidden temporary name beside it
+    (``.NAME.*.tmp``), for the caller to move into place with ``os.replace``."""
     make_dirs(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _oserror(path, exc) from None
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, file_mode)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise _oserror(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return Path(tmp)
+
+
+def sync_dir(path: Path) -> None:
+    """Make the renames in directory ``path`` durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

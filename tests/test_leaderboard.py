@@ -246,6 +246,37 @@ def test_a_figure_that_fails_mid_write_leaves_nothing(tmp_path, monkeypatch):
     plt.close(fig)
 
 
+def test_a_build_refused_a_write_leaves_the_previous_page_whole(run_dir, tmp_path, monkeypatch):
+    """A full disk while the new page is written leaves the previous page, its JSON and its figures as they
+    were (everything is written before anything is replaced), and nothing of the failed build behind."""
+    from harness import rundir
+
+    other = tmp_path / "other"
+    run(RunConfig(seed=1, limit=2), other)
+    out = tmp_path / "site"
+    build([run_dir], out)
+
+    def files():
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    before, real = files(), rundir.tempfile.mkstemp
+    for last in ("leaderboard.json", "index.html"):
+
+        def full(*args, prefix="", last=last, **kwargs):
+            if prefix.startswith(f".{last}."):
+                raise OSError(28, "No space left on device")
+            return real(*args, prefix=prefix, **kwargs)
+
+        monkeypatch.setattr(rundir.tempfile, "mkstemp", full)
+        with pytest.raises(rundir.RunDirError, match="No space left"):
+            build([other], out)
+        assert files() == before, last
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", real)
+    build([other], out)  # the same command, once there is room, replaces the page whole
+    assert json.loads((out / "leaderboard.json").read_text())["runs"] != json.loads(before[Path("leaderboard.json")])["runs"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_figures_are_reproducible(run_dir, site, tmp_path):
     """Pinned: regenerating from the same runs gives byte-identical SVGs (the committed page diffs cleanly)."""
     out, _ = site

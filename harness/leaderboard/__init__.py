@@ -13,6 +13,7 @@ Other files in ``out`` (a README, a screenshot) are left alone. ``main_leaderboa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -119,23 +120,30 @@ SITE_LOCK = ".odiag-site.lock"
 def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
     from harness.leaderboard.figures import write_figures, write_validation_figures
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
-    from harness.rundir import atomic_write, write_json
+    from harness.rundir import staged, sync_dir
 
     _drop_leftovers(out)
-    # the figures are drawn into a staging folder beside the page's, so that a build stopped while drawing
-    # (the slow part) leaves the previous page whole, its figures included
+    # everything the page shows is written beside it first (the figures into a staging folder, the page and its
+    # JSON under temporary names), then moved into place by renames, which need no space: a build stopped while
+    # drawing (the slow part) or refused a write (a full disk) leaves the previous page whole, figures included
     staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=".tmp", dir=out))
+    page: dict[str, Path] = {}
     try:
         figures = write_figures(board, runs, staging)
         validations = write_validation_figures(runs, staging)  # `odiag validate` panels, where a run has one
         html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb, validations)
+        text = json.dumps(board, indent=2, allow_nan=False) + "\n"
+        for name, content in (("leaderboard.json", text), ("index.html", html)):
+            # a published page: readable by the web server, not only its writer
+            page[name] = staged(out / name, lambda f, content=content: f.write(content), mode="w", file_mode=0o644)
         _swap_figures(staging, out / "figures")
-        write_json(out / "leaderboard.json", board)
-        atomic_write(out / "index.html", lambda f: f.write(html), mode="w")
+        for name, tmp in page.items():
+            os.replace(tmp, out / name)
+        sync_dir(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for name in ("leaderboard.json", "index.html"):
-        (out / name).chmod(0o644)  # a published page: readable by the web server, not only its writer
+        for tmp in page.values():
+            tmp.unlink(missing_ok=True)
 
 
 _LEFTOVER = re.compile(r"^\.(figures\..+\.tmp|figures\.old\.\d+|leaderboard\.json\..+\.tmp|index\.html\..+\.tmp|odiag-site\..+\.tmp)$")
