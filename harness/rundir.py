@@ -297,12 +297,16 @@ class RunLock:
             if not same:
                 os.close(fd)
                 continue
-            os.fchmod(fd, FILE_MODE)
             info = {"pid": os.getpid(), "host": socket.gethostname(),
                     "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(info).encode())
             self.fd = fd
+            try:
+                os.fchmod(fd, FILE_MODE)
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(info).encode())
+            except OSError as exc:  # a full disk: the command stops here, holding nothing and leaving no lock file
+                self.release()
+                raise _oserror(self.path, exc) from None
             return
 
     def held_by(self) -> str | None:

@@ -483,6 +483,23 @@ def test_out_unwritable(tmp_path, capsys, monkeypatch, code):
     assert main(["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
 
 
+def test_a_lock_that_cannot_be_written_is_one_line_and_holds_nothing(tmp_path, capsys, monkeypatch):
+    """A full disk when the lock records its holder: one line naming the lock file, no lock file left in the
+    finished run, and the lock released (the same command in the same process goes on once there is room)."""
+    run_dir = tmp_path / "run"
+    assert main(["run", *SETS, "--set", "limit=1", "--out", str(run_dir), "--quiet"]) == 0
+
+    def full(fd, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    err = _error(capsys, ["rescore", str(run_dir), "--set", "jsd_beta=0.3"])
+    assert f"{run_dir / LOCK_NAME}: cannot write (No space left on device)" in err, err
+    assert not (run_dir / LOCK_NAME).exists()
+    monkeypatch.undo()
+    assert main(["rescore", str(run_dir), "--set", "jsd_beta=0.3", "--quiet"]) == 0
+
+
 def test_an_os_error_without_errno_keeps_its_own_message(tmp_path, capsys, monkeypatch):
     """A library's network error is an OSError with no errno: its message, not "[Errno None] None: DIR"."""
     import harness.cli
