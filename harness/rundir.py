@@ -436,7 +436,9 @@ class RunDir:
                               "create the directory it names")
         check_not_a_file(root, flag)
         if root.is_dir() and not (root / "config.json").exists():
-            foreign = [p.name for p in root.iterdir() if p.name not in _MARKERS and not _TMP.match(p.name)]
+            # beside .drawing, a config.yaml is the one a new run wrote before its config.json could be (a full disk)
+            ours = {*_MARKERS, *(("config.yaml",) if (root / DRAWING).is_file() else ())}
+            foreign = [p.name for p in root.iterdir() if p.name not in ours and not _TMP.match(p.name)]
             if foreign:
                 raise RunDirError(
                     f"{flag} {root}: a directory that is not an odiag run (holds {sorted(foreign)[0]!r}); "

@@ -500,6 +500,29 @@ def test_a_lock_that_cannot_be_written_is_one_line_and_holds_nothing(tmp_path, c
     assert main(["rescore", str(run_dir), "--set", "jsd_beta=0.3", "--quiet"]) == 0
 
 
+def test_a_new_run_stopped_between_its_two_records_does_not_block_the_same_command(tmp_path, capsys, monkeypatch):
+    """A full disk after config.yaml, before config.json, of a new run: the same command runs there once there is
+    room (the two files are the run's own beside .drawing); a config.yaml of the user's own is still refused."""
+    import tempfile as tf
+
+    real = tf.mkstemp
+
+    def full_at_config_json(*args, prefix="", **kwargs):
+        if prefix.startswith(".config.json."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tf, "mkstemp", full_at_config_json)
+    err = _error(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run")])
+    assert "config.json: cannot write (No space left on device)" in err, err
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    monkeypatch.undo()
+    assert main(["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text("limit: 1\n")
+    _refused(capsys, ["run", *SETS, "--out", str(tmp_path / "mine")], tmp_path / "mine", "not an odiag run", "config.yaml")
+
+
 def test_an_os_error_without_errno_keeps_its_own_message(tmp_path, capsys, monkeypatch):
     """A library's network error is an OSError with no errno: its message, not "[Errno None] None: DIR"."""
     import harness.cli
