@@ -65,6 +65,7 @@ def add_teacher(
     (by resolved file and identity), so rerunning the original command keeps it, from any directory.
     """
     ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
+    prepared_from = RunDir.record_bytes(out)
     cfg = _finished(out, stopped=True)  # a stopped add-teacher, run again, finishes
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_backend(cfg, [ref.config], built=backend is None)
@@ -73,7 +74,7 @@ def add_teacher(
     from harness.pipeline import _execute, check_prompts
 
     check_prompts(out, plan)  # its contexts would read other questions than the tree answered
-    with RunDir.open(out, plan, add=ref) as rundir:
+    with RunDir.open(out, plan, add=ref, prepared_from=prepared_from) as rundir:
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
         except OdiagError:  # a context that fails on real data, say: the finished run stays as it was
@@ -92,6 +93,7 @@ def rescore(
     those named in ``drop`` leave the run with their passes. The results equal a fresh run's with the
     same settings and teachers.
     """
+    prepared_from = RunDir.record_bytes(out)
     stored = _finished(out, stopped=not overrides, overrides=overrides, dropping=bool(drop))
     if drop and not (Path(out) / "results.json").is_file():  # a stopped drop, run again: the names it already removed
         recorded = {t.get("name") for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)}
@@ -109,7 +111,7 @@ def rescore(
     from harness.pipeline import _execute, check_prompts
 
     check_prompts(out, plan)
-    with RunDir.open(out, plan, rescore=True, drop=tuple(drop)) as rundir:
+    with RunDir.open(out, plan, rescore=True, drop=tuple(drop), prepared_from=prepared_from) as rundir:
         if drop and RunDir.stopped_drawing(out):  # dropped; the tree is odiag run's to finish
             raise RunDirError(f"{out}: dropped {', '.join(drop)}; the run stopped while odiag run drew its tree: finish "
                               f"it with odiag run --config {Path(out) / 'config.yaml'} --out {out}")

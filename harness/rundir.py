@@ -419,9 +419,13 @@ class RunDir:
     @staticmethod
     def open(
         root: str | Path, plan: RunPlan, *, repair: bool = False, rescore: bool = False, add: TeacherRef | None = None,
-        drop: tuple[str, ...] = (), flag: str = "--out",
+        drop: tuple[str, ...] = (), flag: str = "--out", prepared_from: bytes | None = None,
     ) -> RunDir:
         """Create ``root`` for a checked ``plan``, or reopen it; hold it until :meth:`close`.
+
+        ``prepared_from``: the ``config.json`` a command that reads its settings from the run (``add-teacher``,
+        ``rescore``) was planned from; a run another command changed in the meantime is refused, as the plan
+        would put back the settings that command recorded.
 
         Refused, with nothing written, when another process holds it, when it holds a run whose tree
         differs, when a teacher's file changed under its name (``rescore`` rescores teachers that do
@@ -448,6 +452,9 @@ class RunDir:
         lock = RunLock(root)
         lock.acquire()
         try:
+            if prepared_from is not None and RunDir.record_bytes(root) != prepared_from:
+                raise RunDirError(f"{root}: another odiag command changed the run while this one prepared; "
+                                  "give this command again")
             saved = RunDir.read_saved(root, flag) if (root / "config.json").exists() else None
             if saved is not None:
                 _sync_yaml(root, saved["config"])
@@ -493,6 +500,14 @@ class RunDir:
             lock.release()
             raise
         return rundir
+
+    @staticmethod
+    def record_bytes(root: str | Path) -> bytes | None:
+        """The bytes of ``config.json`` as they are now (None: none), to tell whether the run changed since."""
+        try:
+            return (Path(root) / "config.json").read_bytes()
+        except OSError:
+            return None
 
     @staticmethod
     def read_saved(root: str | Path, flag: str = "--out") -> dict:

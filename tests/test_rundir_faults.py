@@ -596,6 +596,30 @@ def test_rescore_new_algorithms_and_beta_with_zero_rollouts(copy, tmp_path):
     assert _strip(after) == _strip(fresh)
 
 
+def test_a_run_changed_while_a_command_prepared_is_refused(copy, tmp_path, capsys, monkeypatch):
+    """rescore and add-teacher plan from the run's settings before they hold it: another command that changed
+    them in the meantime (here a rescore that finishes while this one checks its prompts) is not undone, the
+    later command is refused in one line, and given again it goes on from what the run records."""
+    import harness.pipeline
+
+    real, other = harness.pipeline.check_prompts, iter([["jsd_beta=0.3"], ["gamma=0.5"]])
+
+    def meanwhile(out, plan):
+        monkeypatch.setattr(harness.pipeline, "check_prompts", real)
+        rescore(out, next(other))
+        return real(out, plan)
+
+    monkeypatch.setattr(harness.pipeline, "check_prompts", meanwhile)
+    assert "changed the run while this one prepared" in _error(capsys, ["rescore", str(copy), "--set", "gamma=0.9"])
+    assert json.loads((copy / "results.json").read_text())["config"]["jsd_beta"] == 0.3
+    monkeypatch.setattr(harness.pipeline, "check_prompts", meanwhile)
+    extra = str(_teacher(tmp_path, "extra", "misleading"))
+    assert "changed the run while this one prepared" in _error(capsys, ["add-teacher", str(copy), extra])
+    assert main(["rescore", str(copy), "--set", "gamma=0.9", "--quiet"]) == 0
+    config = json.loads((copy / "results.json").read_text())["config"]
+    assert (config["jsd_beta"], config["gamma"]) == (0.3, 0.9)
+
+
 def test_rescore_cli_then_the_rescored_command_resumes(copy, capsys):
     assert main(["rescore", str(copy), "--set", "jsd_beta=0.75", "--quiet"]) == 0
     assert json.loads((copy / "results.json").read_text())["config"]["jsd_beta"] == 0.75
