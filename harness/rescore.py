@@ -77,8 +77,8 @@ def add_teacher(
     with RunDir.open(out, plan, add=ref, prepared_from=prepared_from) as rundir:
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
-        except OdiagError:  # a context that fails on real data, say: the finished run stays as it was
-            rundir.undo(ref.name)
+        except OdiagError as exc:  # a context that fails on real data, say: the finished run stays as it was
+            rundir.undo(ref.name, cause=exc)
             raise
 
 
@@ -117,6 +117,6 @@ def rescore(
                               f"it with odiag run --config {Path(out) / 'config.yaml'} --out {out}")
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
-        except OdiagError:  # a backend that cannot start, a corrupt shard: the run as it was (RunDir.open says what)
-            rundir.undo()
+        except OdiagError as exc:  # a backend that cannot start, a corrupt shard: the run as it was (RunDir.open says what)
+            rundir.undo(cause=exc)
             raise

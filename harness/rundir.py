@@ -382,6 +382,36 @@ def same_settings(saved: dict, record: dict) -> bool:
     return a == b
 
 
+def _keep(root: Path, names: Iterable[str], tables: Iterable[str] = ()) -> dict[str, Path | bytes]:
+    """The files ``names`` and ``tables`` of ``root`` as they are, for `RunDir.undo`: each under a second name
+    (``.NAME.before.tmp``, a hard link: no space, and the old file survives being replaced), or, where the file
+    system has no hard links, the bytes of ``names`` (not of the tables: `RunDir.undo` then reads a run whose
+    tables were rewritten as unfinished). A killed command's are removed as its temporary files are."""
+    kept: dict[str, Path | bytes] = {}
+    for name, small in [*((n, True) for n in names), *((t, False) for t in tables)]:
+        path = root / name
+        if not path.is_file():
+            continue
+        link = path.with_name(f".{path.name}.before.tmp")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+            kept[name] = link
+        except OSError:
+            if small:
+                kept[name] = path.read_bytes()
+    return kept
+
+
+def _tables(root: Path) -> list[str]:
+    """The tables a finished run's ``results.json`` lists (none where it cannot be read)."""
+    try:
+        tables = json.loads((root / "results.json").read_text()).get("tables")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [t for t in tables if isinstance(t, str)] if isinstance(tables, dict) else []
+
+
 def _holds_work(root: Path) -> bool:
     """Whether a run directory holds anything computed: a shard, a table, results, a teacher's context."""
     for p in root.rglob("*"):
@@ -400,7 +430,9 @@ class RunDir:
         self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
-        self.before: dict[str, bytes] = {}  # add-teacher, rescore: the finished run's record, results and validation
+        # add-teacher, rescore: the finished run's record, results and validation, each kept as a hard link (a name
+        # for the old file, no space) or, on a file system without links, its bytes (`_keep`)
+        self.before: dict[str, Path | bytes] = {}
 
     @property
     def config(self) -> RunConfig:
@@ -413,6 +445,9 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
+        for kept in self.before.values():  # the command finished, or put them back
+            if isinstance(kept, Path):
+                kept.unlink(missing_ok=True)
         if self.lock is not None:
             self.lock.release()
 
@@ -483,8 +518,8 @@ class RunDir:
             # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
             # --repair, must go on without it)
             if (add is not None or (rescore and not drop and not changed)) and saved != record:
-                rundir.before = {name: (root / name).read_bytes() for name in (*_RECORD_FILES, "results.json",
-                                 *_VALIDATION_FILES) if name != LOCK_NAME and (root / name).is_file()}
+                rundir.before = _keep(root, [name for name in (*_RECORD_FILES, "results.json", *_VALIDATION_FILES)
+                                             if name != LOCK_NAME], tables=_tables(root))
             if saved is not None and saved != record and same_settings(saved, record):  # recorded before a run recorded its task, or
                 write_json(root / "config.json", record)  # a path spelled from elsewhere: nothing of the run changes
             elif saved != record:
@@ -497,7 +532,14 @@ class RunDir:
                 atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
                 write_json(root / "config.json", record)
         except BaseException:
-            lock.release()
+            try:
+                if "rundir" in locals() and rundir.before:  # refused a write (a full disk): the finished run as it was
+                    rundir.undo()
+            finally:
+                if "rundir" in locals():
+                    rundir.close()
+                else:
+                    lock.release()
             raise
         return rundir
 
@@ -660,21 +702,42 @@ class RunDir:
         """Whether ``odiag run`` stopped while it drew the run's tree (rescore and add-teacher need it whole)."""
         return (Path(root) / DRAWING).exists()
 
-    def undo(self, added: str | None = None) -> None:
+    def undo(self, added: str | None = None, cause: Exception | None = None) -> None:
         """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore of scoring settings opened, when
-        it stops on an expected error: its record, results and validation as they were, an added teacher's passes
-        gone."""
+        it stops on an expected error (``cause``): its record, results and validation as they were, an added
+        teacher's passes gone. The kept files move back by renames, which need no space (a full disk is a common
+        cause); where they cannot, the error names both failures and how to finish the run."""
         if added is not None:
             self.drop_teacher(added)
-        before = dict(self.before)
-        if "results.json" in before:
-            tables = json.loads(before["results.json"]).get("tables") or {}
-            if any(not (self.root / t).is_file() or hashlib.sha256((self.root / t).read_bytes()).hexdigest() != digest
+        before, self.before = self.before, {}
+        old = before.get("results.json")
+        if old is not None:
+            tables = json.loads(old.read_bytes() if isinstance(old, Path) else old).get("tables") or {}
+            if any(t not in before and (not (self.root / t).is_file()
+                                        or hashlib.sha256((self.root / t).read_bytes()).hexdigest() != digest)
                    for t, digest in tables.items()):
-                before = {}  # the tables were rewritten with the teacher: an unfinished run (odiag rescore finishes it)
-        for file, data in before.items():
-            atomic_write(self.root / file, lambda f, data=data: f.write(data), "wb")
+                # the tables were rewritten with the teacher: an unfinished run (odiag rescore finishes it)
+                for kept in before.values():
+                    if isinstance(kept, Path):
+                        kept.unlink(missing_ok=True)
+                return
+        try:
+            for name, kept in before.items():
+                if isinstance(kept, bytes):
+                    atomic_write(self.root / name, lambda f, data=kept: f.write(data), "wb")
+                    continue
+                try:
+                    os.replace(kept, self.root / name)
+                except OSError as exc:
+                    raise _oserror(self.root / name, exc) from None
+                kept.unlink(missing_ok=True)  # a rename onto a link of the same file leaves both names (rename(2))
+        except RunDirError as failed:
+            if cause is None:
+                raise
+            raise RunDirError(f"{cause}; the run could not be put back as it was ({failed}): finish it with odiag run "
+                              f"--config {self.root / 'config.yaml'} --out {self.root}") from None
         if before:
+            sync_dir(self.root)
             log.info("%s: %s; the run is as it was", self.root, f"teacher {added} was not added" if added else "not rescored")
 
     def drop_teacher(self, name: str) -> None:

@@ -620,6 +620,32 @@ def test_a_run_changed_while_a_command_prepared_is_refused(copy, tmp_path, capsy
     assert (config["jsd_beta"], config["gamma"]) == (0.3, 0.9)
 
 
+@pytest.mark.parametrize("command", ["add-teacher", "rescore"])
+@pytest.mark.parametrize("first", [".config.yaml.", ".results.json."])
+def test_a_disk_that_fills_during_add_teacher_or_rescore_leaves_the_finished_run_whole(copy, tmp_path, capsys, monkeypatch,
+                                                                                        command, first):
+    """The disk fills at the record's first write or the results' (and stays full): the finished run is put back
+    as it was by renames, which need no space, the line names the write that failed, and the same command
+    finishes once there is room (the run's results were lost, and the corrected command refused as unfinished)."""
+    import tempfile as tf
+
+    real, full = tf.mkstemp, []
+
+    def filling(*args, prefix="", **kwargs):
+        if full or prefix.startswith(first):
+            full.append(prefix)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    argv = ([command, str(copy), str(_teacher(tmp_path, "extra", "misleading"))] if command == "add-teacher"
+            else [command, str(copy), "--set", "jsd_beta=0.3"])
+    monkeypatch.setattr(tf, "mkstemp", filling)
+    err = _refused(capsys, argv, copy, f"{first[1:-1]}: cannot write (No space left on device)")
+    assert full, "the disk never filled"
+    monkeypatch.undo()
+    assert main([*argv, "--quiet"]) == 0
+
+
 def test_rescore_cli_then_the_rescored_command_resumes(copy, capsys):
     assert main(["rescore", str(copy), "--set", "jsd_beta=0.75", "--quiet"]) == 0
     assert json.loads((copy / "results.json").read_text())["config"]["jsd_beta"] == 0.75
