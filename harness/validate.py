@@ -477,15 +477,33 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     from harness.pipeline import json_ready
 
     out = portable(json_ready(out))
-    from harness.leaderboard.figures import _save, validation_figure
-
-    figure = validation_figure(out)
-    for old in (root / "validation.svg", root / "validation.png"):  # never the last settings' figure beside these numbers
-        if old.is_file() or old.is_symlink():
-            old.unlink()
-    write_json(root / "validation.json", out)
-    _save(figure, root, "validation")
+    _write_outputs(root, out)
     return out
+
+
+def _write_outputs(root: Path, out: dict) -> None:
+    """validation.json with its figure (.svg, .png): all written under temporary names first (a full disk leaves the
+    earlier validation as it was), then moved into place by renames; the earlier figure goes first, so that a
+    rename refused (something else at its name) never leaves it beside these numbers."""
+    from harness.leaderboard.figures import staged_figure, validation_figure
+    from harness.rundir import staged, sync_dir
+
+    text = json.dumps(out, indent=2, allow_nan=False) + "\n"
+    files = {root / "validation.json": staged(root / "validation.json", lambda f: f.write(text), mode="w")}
+    try:
+        files.update(staged_figure(validation_figure(out), root, "validation"))
+        for old in (root / "validation.svg", root / "validation.png"):
+            if old.is_file() or old.is_symlink():
+                old.unlink()
+        for final, tmp in files.items():
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise RunDirError(f"{final}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+    sync_dir(root)
 
 
 def _checked_run(root: Path, cfg: ValidateConfig) -> _Run:

@@ -359,9 +359,11 @@ def test_a_teacher_is_validated_as_the_run_scored_it(small_run, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_are_never_read(small_run, tmp_path, capsys):
+def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_are_never_read(small_run, tmp_path, capsys,
+                                                                                             monkeypatch):
     """A gain's bootstrap follows its arm's name, not its place in --teachers; a damaged stored arm is one
-    line naming it; a validation whose figure cannot be written leaves no figure of other settings."""
+    line naming it; a full disk leaves the earlier validation whole, and a validation whose figure cannot be
+    written leaves no figure of other settings."""
     import shutil
 
     from harness.cli import main
@@ -375,6 +377,24 @@ def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_ar
         v = json.loads((run / "validation.json").read_text())
         gains[order] = {(r["teacher"], r["algorithm"]): r["gain"] for r in v["rows"]}
     assert gains["toy-self-1c,toy-teacher"] == gains["toy-teacher,toy-self-1c"]
+
+    import errno
+    import tempfile
+
+    outputs = ("validation.json", "validation.svg", "validation.png")
+    earlier, real = {name: (run / name).read_bytes() for name in outputs}, tempfile.mkstemp
+
+    def full(*args, prefix="", **kwargs):
+        if prefix.startswith(".validation.png."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    assert main(["validate", str(run), *sets, "--set", "n_boot=300"]) == 2
+    assert "validation.png: cannot write (No space left on device)" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in outputs} == earlier
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
 
     (run / "validation.svg").unlink()
     (run / "validation.svg").mkdir()  # the figure cannot be written: the earlier one must not stay

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,13 +154,31 @@ def _v(stat: dict | None, key: str = "mean") -> float:
 
 def _save(fig, out: Path, stem: str) -> None:
     """``stem``.svg and .png, each whole or not at all (a page never links a half-written figure)."""
+    from harness.rundir import sync_dir
+
+    for final, tmp in staged_figure(fig, out, stem).items():
+        os.replace(tmp, final)
+    sync_dir(out)
+
+
+def staged_figure(fig, out: Path, stem: str) -> dict[Path, Path]:
+    """``stem``.svg and .png written whole under temporary names beside them (final path: temporary one), for the
+    caller to move into place with ``os.replace`` together with what they go with."""
     from matplotlib import rc_context
 
-    from harness.rundir import atomic_write
+    from harness.rundir import staged
 
-    with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}):
-        atomic_write(out / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
-        atomic_write(out / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
+    files: dict[Path, Path] = {}
+    try:
+        with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}):
+            files[out / f"{stem}.svg"] = staged(out / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
+            files[out / f"{stem}.png"] = staged(out / f"{stem}.png",
+                                                lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
+    except BaseException:
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return files
 
 
 def _fmt_p(p) -> str:
