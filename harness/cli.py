@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
     p.add_argument("dir", type=_path, help="run directory")
-    p.add_argument("--out", type=_path, action=_Once, help="write the YAML to this file instead of stdout")
+    p.add_argument("--out", type=_path, action=_Once, help="write the YAML to this file instead of stdout (- for stdout)")
     p.set_defaults(func=_model_card)
 
     p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
@@ -438,6 +439,15 @@ def main(argv: list[str] | None = None) -> int:
 
     own = argv is None  # the process's own command line: it ends when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # closed by whoever started odiag (`2>&-`): the work goes on, its lines nowhere
+            setattr(sys, name, open(os.devnull, "w"))
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # relative paths would name nothing, and torch's libraries fail to load from here
+        print("odiag: error: the current directory no longer exists (it was removed); cd to one that does and give "
+              "the command again", file=sys.stderr)
+        return 2
     try:
         args = _parse(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)

@@ -591,3 +591,24 @@ def test_a_device_out_of_memory_is_one_line_naming_the_settings_that_size_a_run(
     assert line == (f"odiag: error: the device ran out of memory (CUDA out of memory); finished work is kept in "
                     f"{tmp_path / 'r'}; size the run with odiag plan --gpu-memory GIB, lower student_args batch_size "
                     "or score_chunk (hf) or gpu_memory_utilization (vllm), and run the same command again")
+
+
+def test_a_deleted_working_directory_closed_stderr_and_a_full_stdout_are_met_plainly(tmp_path):
+    """Where odiag is started matters: from a directory since removed, one line (torch's libraries would fail
+    to load there with a fatal error of their own); with stderr closed (a cron job's `2>&-`), the run goes on;
+    a model card sent to a full standard output says so, not that the run directory failed."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    done = subprocess.run(f"cd {gone} && rmdir {gone} && {BIN / 'odiag'} ls tasks", shell=True, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "odiag: error: the current directory no longer exists (it was removed); cd to one that does and give the "
+        "command again"), done.stderr
+    out = tmp_path / "run"
+    closed = subprocess.run(f"{BIN / 'odiag'} run --set limit=1 --out {out} 2>&-", shell=True, capture_output=True,
+                            text=True, timeout=300)
+    assert closed.returncode == 0 and (out / "results.json").is_file(), closed.stdout
+    full = subprocess.run(f"{BIN / 'odiag'} model-card {out} > /dev/full", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert full.returncode == 2 and full.stderr.strip() == (
+        "odiag: error: standard output: cannot write the model card (No space left on device)"), full.stderr

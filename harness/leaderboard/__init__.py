@@ -193,11 +193,18 @@ def main_model_card(run_dir: str, out: str | None = None) -> int:
     """``odiag model-card RUN_DIR [--out FILE]``: a run's headline numbers as model-index YAML."""
     from harness.leaderboard.modelcard import model_card_yaml
 
-    text = model_card_yaml(run_dir)
-    if out is None:
-        sys.stdout.write(text)
-        return 0
     from harness.config import ConfigError
+
+    text = model_card_yaml(run_dir)
+    if out is None or out == "-":
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a full disk behind `> FILE`: the card's destination, not the run, failed
+            raise ConfigError(f"standard output: cannot write the model card ({exc.strerror or exc})") from None
+        return 0
     from harness.rundir import atomic_write, run_holding
 
     target = Path(out)
