@@ -314,7 +314,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or value in ("None", "none")):  # the docs' "None for all", as typed
             return None
         for arg in args:
             if arg is type(None):
@@ -330,7 +330,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise FieldError(key, value, f"a list ({_type_name(hint)})")
         (item,) = typing.get_args(hint)[:1]
-        return tuple(_coerce(v, item, key) for v in value)
+        try:
+            return tuple(_coerce(v, item, key) for v in value)
+        except FieldError:  # the list's type, not its item's: the key holds a list
+            raise FieldError(key, value, f"a list of {_type_name(item)}") from None
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise FieldError(key, value, "a mapping")
@@ -465,14 +468,17 @@ def anchored(name: str) -> str:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:
-    """Set each ``key=value`` of ``overrides`` in ``data`` (values parsed as YAML, empty means None);
-    return the keys set. A malformed item is one line naming it."""
+    """Set each ``key=value`` of ``overrides`` in ``data`` (values parsed as YAML); return the keys set. A
+    malformed item is one line naming it; so is an empty value (``limit=`` would silently mean every question)."""
     keys = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set n_target=200")
-        data[key] = parse_yaml_value(raw, f"--set {key}") if raw.strip() else None
+        if not raw.strip():
+            raise ConfigError(f"--set {excerpt(item)}: no value; write {key}=null for none (its default: leave "
+                              f"--set {key} out)")
+        data[key] = parse_yaml_value(raw, f"--set {key}")
         keys.append(key)
     return keys

@@ -207,6 +207,14 @@ def test_config_overrides_and_errors(tmp_path):
     assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None
     with pytest.raises(ConfigError, match="unknown key 'n_targt'"):
         resolve_run_config(None, ["n_targt=7"])
+    # None, as the docs write it, is null where a key allows it; an empty value is refused (it meant every question)
+    assert resolve_run_config(None, ["limit=None", "budget=none"]).limit is None
+    with pytest.raises(ConfigError, match=r"--set 'limit=': no value; write limit=null for none"):
+        resolve_run_config(None, ["limit="])
+    with pytest.raises(ConfigError, match=r"key 'n_target' must be int, got 'None'"):
+        resolve_run_config(None, ["n_target=None"])
+    with pytest.raises(ConfigError, match=r"key 'teachers' must be a list of str, got \['x', 3\]"):
+        resolve_run_config(None, ["teachers=[x, 3]"])
     bad = tmp_path / "run.yaml"
     bad.write_text("tau: fast\n")
     with pytest.raises(ConfigError, match=r"run.yaml.*'tau' must be float"):
