@@ -143,7 +143,29 @@ def _eval(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, FileNotFoundError) as exc:
         if _raised_by(exc, "lm_eval"):  # lm_eval refusing its arguments (an unknown task): input, not a bug
             raise OdiagError(f"lm_eval: {exc}") from exc
+        if _below_lm_eval(exc):
+            raise OdiagError(f"lm_eval: {type(exc).__name__}: {exc}") from exc
         raise
+    except (ImportError, OSError, AssertionError, RuntimeError) as exc:
+        if not _below_lm_eval(exc):
+            raise
+        # lm_eval building the model it was given (`--model vllm` without vLLM, a folder that holds no model, a
+        # device this torch cannot use): the user's arguments, not a bug in odiag
+        hint = ("; vLLM runs from its own environment: make install-vllm, then .venv-vllm/bin/odiag eval ..."
+                if isinstance(exc, ImportError) and "vllm" in str(exc) else "")
+        raise OdiagError(f"lm_eval: {type(exc).__name__}: {exc}{hint}") from exc
+
+
+def _below_lm_eval(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside lm_eval's own call stack, below its first frame, with no odiag code
+    (a task of odiag's that lm_eval runs) between: lm_eval or a library it called refused its arguments."""
+    own = str(Path(__file__).resolve().parent) + os.sep
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    first = next((i for i, f in enumerate(frames) if "/lm_eval/" in f), None)
+    return first is not None and not any(str(Path(f).resolve()).startswith(own) for f in frames[first:])
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ and ``odiag eval`` as ``lm_eval`` with odiag's tasks (passthrough and the refusa
 
 import dataclasses
 import io
+import importlib.util
 import json
 import re
 import subprocess
@@ -515,6 +516,24 @@ def test_eval_passes_subcommands_and_help_through():
     refused = _odiag("eval", "run", "--tasks", "odiag_toy", "--model", "hf", "--num_fewshot", "2")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "odiag: error: task odiag_toy: --num_fewshot 2: odiag's prompts are zero-shot (a diagnostic of the student's own prompt)"]
+
+
+@pytest.mark.slow
+def test_a_model_lm_eval_cannot_build_under_odiag_eval_is_one_line(tmp_path):
+    """`odiag eval --model hf` given a folder that holds no model, and `--model vllm` where vLLM is not installed:
+    the user's arguments, refused where lm_eval builds the model (they were a traceback called a bug in odiag)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    metadata = json.dumps({"teachers": ["toy-teacher"]})
+    refused = _odiag("eval", "--tasks", "odiag_toy", "--model", "hf", "--model_args", f"pretrained={empty}",
+                     "--limit", "1", "--metadata", metadata)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"odiag: error: lm_eval: ValueError: Unrecognized model in {empty}")
+    if importlib.util.find_spec("vllm") is None:
+        refused = _odiag("eval", "--tasks", "odiag_toy", "--model", "vllm", "--model_args", f"pretrained={empty}",
+                         "--limit", "1", "--metadata", metadata)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].endswith("make install-vllm, then .venv-vllm/bin/odiag eval ...")
 
 
 @needs_toy
