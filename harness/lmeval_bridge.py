@@ -474,12 +474,28 @@ def odiag_diagnose(self, instances: list[Instance]) -> list[dict]:
         return _diagnose(self, instances)
     except OdiagError as exc:
         refuse(str(exc))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under odiag eval: one line, not lm_eval's traceback
+        from harness.cli import Terminated
+
+        line = "odiag: terminated (SIGTERM)" if isinstance(exc, Terminated) else "odiag: interrupted"
+        print(line + (f"; finished work is kept in {_kept()}: run the same command again to resume"
+                      if _kept() else ""), file=sys.stderr, flush=True)
+        raise SystemExit(128 + (15 if isinstance(exc, Terminated) else 2)) from None
     except Exception as exc:
         if (what := out_of_memory(exc)) is None:
             raise
-        refuse(f"{what}; finished work is kept in the run directory (--metadata key 'out'): size the run with odiag "
-               "plan --gpu-memory GIB, lower --model_args gpu_memory_utilization (--model vllm) or student_args "
-               "batch_size or score_chunk, and run the same command again")
+        where = _kept() or "the run directory (--metadata key 'out')"
+        refuse(f"{what}; finished work is kept in {where}: size the run with odiag plan --gpu-memory GIB, lower "
+               "--model_args gpu_memory_utilization (--model vllm) or student_args batch_size or score_chunk, and "
+               "run the same command again")
+
+
+_OPENED: list[Path] = []  # run directories this process's odiag tasks ran in, the last one's run last
+
+
+def _kept() -> str | None:
+    """The run directory a stop keeps finished work in: the last one a run opened (None: none was)."""
+    return str(_OPENED[-1]) if _OPENED and (_OPENED[-1] / "config.json").is_file() else None
 
 
 def _diagnose(self, instances: list[Instance]) -> list[dict]:
@@ -505,6 +521,7 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         odiag_task = _odiag_task(task, cfg, doc_ids)
         backend = _backend(self, cfg, teachers, odiag_task)  # its checks before the run directory is made
         reporter = Reporter()
+        _OPENED.append(out)
         try:
             results = run(cfg, out, on_progress=reporter, backend=backend, task=odiag_task,
                           out_flag=f"task {name}: --metadata key 'out'")

@@ -113,6 +113,30 @@ def test_a_device_out_of_memory_under_lm_eval_is_one_line(monkeypatch, capsys):
     assert line.startswith("odiag: error: the device ran out of memory (CUDA out of memory); finished work is kept")
 
 
+def test_a_stop_under_lm_eval_is_one_line_naming_where_work_is_kept(monkeypatch, capsys, tmp_path):
+    """Ctrl-C while an odiag task runs under lm_eval: one line saying where finished work is kept (the run
+    directory the task opened), exit 130, not lm-eval's traceback; before any directory is opened, no such claim."""
+    import harness.lmeval_bridge as bridge
+
+    def stopped_after_opening(self, instances):
+        bridge._OPENED.append(tmp_path / "run")
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bridge, "_OPENED", [])
+    monkeypatch.setattr(bridge, "_diagnose", lambda self, instances: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as stop:
+        bridge.odiag_diagnose(object(), [])
+    assert stop.value.code == 130 and capsys.readouterr().err.splitlines() == ["odiag: interrupted"]
+    monkeypatch.setattr(bridge, "_diagnose", stopped_after_opening)
+    with pytest.raises(SystemExit) as stop:
+        bridge.odiag_diagnose(object(), [])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"odiag: interrupted; finished work is kept in {tmp_path / 'run'}: run the same command again to resume"]
+
+
 def _results(out: Path) -> dict:
     (path,) = sorted(out.rglob("results_*.json"))
     return json.loads(path.read_text())["results"]["odiag_toy"]
