@@ -240,7 +240,7 @@ def test_token_texts_join_to_the_response(qwen3):
     assert len(pieces) == len(ids) and "".join(pieces) == text + "<|im_end|>"
 
 
-def test_unknown_task_and_bad_data_files(qwen3):
+def test_unknown_task_and_bad_data_files(qwen3, tmp_path):
     from harness.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown task 'odiag_nope'.*odiag_boolq"):
@@ -252,6 +252,11 @@ def test_unknown_task_and_bad_data_files(qwen3):
     for missing in ("/nonexistent/model", "no/such/model"):
         with pytest.raises(ConfigError, match=f"tokenizer of '{missing}': no such directory"):
             load_task("odiag_boolq", tokenizer=missing, data_files=str(FIXTURES / "boolq_validation.jsonl"))
+    # a folder without a tokenizer: said so (transformers' message stopped at "from one of:")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"tokenizer of '.*weights': the directory holds none of tokenizer.json, "):
+        load_task("odiag_boolq", tokenizer=str(tmp_path / "weights"), data_files=str(FIXTURES / "boolq_validation.jsonl"))
 
 
 def test_an_unreachable_hub_is_one_line_that_says_how_to_work_offline(monkeypatch, caplog):

@@ -53,6 +53,11 @@ TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # single-token stops besides the tokenizer's eos
 
 
+# the files a transformers tokenizer loads from (one is enough): fast, then the slow ones' vocabularies
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.txt")
+
+
 @functools.lru_cache(maxsize=16)
 def load_tokenizer(name: str, revision: str | None = None):
     """``AutoTokenizer`` of a hub id (at ``revision``) or a local model directory."""
@@ -62,6 +67,9 @@ def load_tokenizer(name: str, revision: str | None = None):
         where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
         raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
                           "directory or a hub id such as Qwen/Qwen3-8B)")
+    if is_local_path(name) and not any((Path(name).expanduser() / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: the directory holds none of "
+                          f"{', '.join(TOKENIZER_FILES)} (give the directory a model was saved to, tokenizer included)")
     try:
         with _quiet_hub_retries():
             return AutoTokenizer.from_pretrained(name, revision=revision)
