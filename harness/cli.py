@@ -228,7 +228,7 @@ def _count(minimum: float, kind: type = int, above: bool = False, most: float | 
             finite = "" if kind is int else " and finite"
             raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum}{finite}, got {text[:40]!r}")
         if most is not None and value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most if kind is int else format(most, 'g')}, got {text[:40]!r}")
+            raise argparse.ArgumentTypeError(f"must be at most {most if kind is int else format(most, ',.0f' if float(most).is_integer() else 'g')}, got {text[:40]!r}")
         return value
 
     return parse
@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         p = sub.add_parser(name, **kwargs)
-        if kwargs.get("add_help", True):  # also after the command; SUPPRESS keeps a --debug given before it
+        if kwargs.get("add_help", True):  # also after the command; SUPPRESS keeps a flag given before it
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
 
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("add-teacher", help="score one more teacher on a finished run: forward passes (and any solutions its "
                                                   "context shows), no tree rollouts")
     p.add_argument("dir", type=_path, help="run directory")
-    p.add_argument("teacher", help="teacher YAML file or name under teachers/ (odiag ls teachers)")
+    p.add_argument("teacher", type=_path, help="teacher YAML file or name under teachers/ (odiag ls teachers)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
     _progress_interval(p)
     p.set_defaults(func=_add_teacher)

@@ -631,3 +631,21 @@ def test_a_deleted_working_directory_closed_stderr_and_a_full_stdout_are_met_pla
                           timeout=120)
     assert full.returncode == 2 and full.stderr.strip() == (
         "odiag: error: standard output: cannot write the model card (No space left on device)"), full.stderr
+
+
+def test_small_refusals_read_as_meant(capsys):
+    """-v after the command as before it (as --debug); an empty teacher argument, an option a backend does not
+    take and a limit printed in full each read as what they are."""
+    from harness.cli import _parse, main
+
+    for argv in (["-v", "run", "--out", "x"], ["run", "-v", "--out", "x"], ["run", "--out", "x", "--verbose"]):
+        assert _parse(argv).verbose is True, argv
+    assert _parse(["run", "--out", "x"]).verbose is False
+    for argv, line in (
+        (["add-teacher", "runs/x", ""], "odiag: error: argument teacher: expected a path, got an empty string"),
+        (["plan", "--gpu-memory", "1e9"], "odiag: error: argument --gpu-memory: must be at most 1,048,576, got '1e9'"),
+        (["plan", "--set", "student_args={foo: 1}"], "student_args: unknown key 'foo' for the synthetic backend; it takes no options"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert line in err and "\n" not in err, err

@@ -335,7 +335,7 @@ def test_plan_refuses_a_teacher_listed_twice_whatever_the_student(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--gpu-memory", "1e308"], "--gpu-memory: must be at most 1.04858e+06"),
+    (["--gpu-memory", "1e308"], "--gpu-memory: must be at most 1,048,576"),
     (["--throughput", "5", "--measurements", "/nonexistent"], "not allowed with argument"),
     (["--gpu-memory", "80", "--gpu-memory", "40"], "--gpu-memory: given twice"),
 ])

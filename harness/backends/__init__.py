@@ -66,8 +66,9 @@ def check_options(name: str, options: Mapping, where: str = "student_args") -> d
         else:
             hint = "" if name != "vllm" or engine else " (vLLM's engine arguments are accepted where vllm is importable)"
             what = "model-specific" if key in ("model", "tokenizer", "revision", "dtype") else "unknown"
-            raise ValueError(f"{where}: {what} key {key!r} for the {name} backend{hint}; valid keys are {sorted(own)}"
-                             + (" and vLLM's EngineArgs" if engine else ""))
+            valid = (f"valid keys are {sorted(own)}" + (" and vLLM's EngineArgs" if engine else "") if own or engine
+                     else "it takes no options")
+            raise ValueError(f"{where}: {what} key {key!r} for the {name} backend{hint}; {valid}")
     if engine_options:
         out["engine_options"] = {**engine_options, **dict(out.get("engine_options") or {})}
     nested = out.get("engine_options")
