@@ -351,10 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")
     p.add_argument("dir", type=_path, help="finished run directory (writes DIR/validation.json, its figure DIR/validation.svg and .png, and "
                         "every finished training under DIR/validation/ to resume from)")
-    p.add_argument("--teachers", help="comma-separated teachers of the run (default: all)")
+    p.add_argument("--teachers", action=_Once, help="comma-separated teachers of the run (default: all)")
     p.add_argument("--quick", action="store_true", help="a small budget: 2 seeds, 8 steps of 6 questions, 24 held-out questions x 8 samples, "
                                                          "1,000 bootstrap replicates")
-    p.add_argument("--seeds", type=_count(1), help="training seeds per teacher x algorithm (default 3)")
+    p.add_argument("--seeds", type=_count(1), action=_Once, help="training seeds per teacher x algorithm (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no log lines")
     _progress_interval(p)

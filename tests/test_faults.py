@@ -1303,6 +1303,7 @@ def test_nothing_is_written_into_a_run_directory_but_the_run(odiag, tmp_path):
     assert_one_line(odiag("plan", "--config", "a.yaml", "--config", "a.yaml"), "argument --config: given twice")
     assert_one_line(odiag("run", "--out", "x", "--out", "y"), "argument --out: given twice; give it once (see")
     for argv in (["model-card", "r", "--out", "c1", "--out", "c2"], ["leaderboard", "r", "--out", "s1", "--out", "s2"],
-                 ["demo", "--out", "d1", "--out", "d2"], ["demo", "--site", "s1", "--site", "s2"]):
+                 ["demo", "--out", "d1", "--out", "d2"], ["demo", "--site", "s1", "--site", "s2"],
+                 ["validate", "r", "--seeds", "1", "--seeds", "2"], ["validate", "r", "--teachers", "a", "--teachers", "b"]):
         assert_one_line(odiag(*argv), f"argument {argv[-2]}: given twice")
     assert odiag("model-card", "r", "--out", "card.md")[0] == 0 and (tmp_path / "card.md").is_file()
