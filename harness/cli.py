@@ -140,6 +140,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     try:
         return main_eval(args.lm_eval_args)
+    except ConnectionError as exc:  # the hub, without a network (a task's data set, a model)
+        raise OdiagError(f"{exc}; offline, set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 with what it names already in "
+                         "the Hugging Face cache, or diagnose a local copy with odiag run (--set data_files=PATH, "
+                         "--set student=DIR)") from exc
     except (ValueError, KeyError, FileNotFoundError) as exc:
         if _raised_by(exc, "lm_eval"):  # lm_eval refusing its arguments (an unknown task): input, not a bug
             raise OdiagError(f"lm_eval: {exc}") from exc

@@ -649,3 +649,18 @@ def test_small_refusals_read_as_meant(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert line in err and "\n" not in err, err
+
+
+def test_odiag_eval_without_a_network_says_how_to_work_offline(monkeypatch, capsys):
+    """A data set lm_eval cannot fetch (no network) is one line with what to do offline, under odiag eval as under odiag run."""
+    import harness.lmeval_bridge
+    from harness.cli import main
+
+    def unreachable(argv):
+        raise ConnectionError("Couldn't reach 'aps/super_glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(harness.lmeval_bridge, "main_eval", unreachable)
+    assert main(["eval", "--tasks", "odiag_boolq", "--model", "hf"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("odiag: error: Couldn't reach 'aps/super_glue' on the Hub") and "HF_DATASETS_OFFLINE=1" in line
+    assert "odiag run (--set data_files=PATH" in line
