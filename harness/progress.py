@@ -273,7 +273,8 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
     estimated = projected or ev.rounds  # or later rounds, which no one counts before they are planned
     of = f"{'~' if estimated else ''}{_count(total)}"
     if not ev.done:  # a batch finishes its rollouts together: meanwhile its tokens are the progress
-        line = f"{name}: {'~' if projected else ''}{_count(total)} {_unit(ev.unit, total)} planned" + (" so far" if estimated else "")
+        line = (f"{name}: {'~' if projected else ''}{_count(total)} {_unit(ev.unit, total)} planned" + (" so far" if estimated else "")
+                if total else f"{name}: planning")  # not "0 rollouts planned so far" while the first round is drawn up
         if ev.tokens and elapsed > 0:
             line += f", {_count(ev.tokens)} tokens generated ({_rate(ev.tokens / elapsed)} tokens/s)"
         return line + _budget(ev)

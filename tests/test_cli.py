@@ -137,6 +137,8 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(done=990, planned=1000, expected=1000, step="")).startswith("targeted rollouts: 990/1,000 rollouts")
     one = dict(phase="fill passes", unit="passes", planned=1, expected=None, rollouts=0, tokens=0, budget=None, step="")
     assert describe(_event(done=0, **one)) == "fill passes: 1 pass planned"  # not "1 passes"
+    nothing_yet = dict(planned=0, expected=None, tokens=0, budget=None, rounds=True)
+    assert describe(_event(done=0, **nothing_yet)) == "targeted rollouts (window 2/3): planning"  # not "0 rollouts planned"
     assert describe(_event(done=1, final=True, **one)).startswith("fill passes: done, 1 pass in ")
 
 
