@@ -121,9 +121,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tasks_dir(args: argparse.Namespace) -> int:
-    from harness.lmeval_bridge import main_tasks_dir
+    from harness.tasks import TASKS_DIR  # a path: neither lm_eval nor torch is imported to print it
 
-    return main_tasks_dir()
+    print(TASKS_DIR)
+    return 0
 
 
 def _raised_by(exc: BaseException, package: str) -> bool:

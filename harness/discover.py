@@ -60,7 +60,7 @@ _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: f"!{suffix} 
 
 def task_rows() -> list[dict[str, str]]:
     """One row per task odiag can run: the synthetic task and each ``tasks/odiag_*.yaml``."""
-    from harness.lmeval_bridge import TASKS_DIR
+    from harness.tasks import TASKS_DIR
 
     rows = [{
         "task": "synthetic", "data": "generated", "answer": "exact", "max_new_tokens": "-",

@@ -43,12 +43,12 @@ from lm_eval.api.task import ConfigurableTask
 
 from harness.config import ConfigError, RunConfig, anchored, build
 from harness.errors import OdiagError, out_of_memory
+from harness.tasks import TASKS_DIR
 from harness.wording import plural
 
 log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "odiag_diagnose"
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 # what lm-eval itself decides (the task, the loaded model, the documents), or only `odiag run` does
 DECIDED = {
     "task": "the --tasks argument",
@@ -575,12 +575,6 @@ attach()
 # the command line --------------------------------------------------------------------------------
 
 
-def main_tasks_dir() -> int:
-    """``odiag tasks-dir``: print the directory of odiag's task YAMLs (for ``lm_eval --include_path``)."""
-    print(TASKS_DIR)
-    return 0
-
-
 def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     """``lm_eval``'s arguments for ``odiag eval ARGS``: the same, with odiag's task directory added as
     ``--include_path`` after the subcommand (``run`` when none is given, as ``lm_eval`` itself does)."""
@@ -662,5 +656,5 @@ def main_eval(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["DiagnosticTask", "generation_settings", "lm_eval_argv", "main_eval", "main_tasks_dir", "odiag_diagnose",
+__all__ = ["DiagnosticTask", "generation_settings", "lm_eval_argv", "main_eval", "odiag_diagnose",
            "question_records", "settings"]

@@ -78,7 +78,7 @@ def test_ls_tasks_and_teachers(capsys):
 def test_ls_lists_an_unreadable_task_or_teacher_file_as_such(tmp_path, monkeypatch, capsys):
     """A user's malformed YAML among the tasks or teachers is listed with why it cannot be read; the
     others are still listed (it was a traceback, or a refusal of the whole listing)."""
-    import harness.lmeval_bridge
+    import harness.tasks
     import harness.teachers
 
     tasks, teachers = tmp_path / "tasks", tmp_path / "teachers"
@@ -88,7 +88,7 @@ def test_ls_lists_an_unreadable_task_or_teacher_file_as_such(tmp_path, monkeypat
     (tasks / "odiag_short.yaml").write_text("task: odiag_short\ndataset_path: x\n")  # no max_gen_toks
     (teachers / "self-1c.yaml").write_text((ROOT / "teachers" / "self-1c.yaml").read_text())
     (teachers / "typo.yaml").write_text("model: student\ntemprature: 0.5\n")
-    monkeypatch.setattr(harness.lmeval_bridge, "TASKS_DIR", tasks)
+    monkeypatch.setattr(harness.tasks, "TASKS_DIR", tasks)
     monkeypatch.setattr(harness.teachers, "TEACHER_DIR", teachers)
     rows = {r["task"]: r for r in task_rows()}
     assert rows["odiag_toy"]["max_new_tokens"] != "?" and rows["odiag_short"]["max_new_tokens"] == "?"

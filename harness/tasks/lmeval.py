@@ -36,6 +36,7 @@ import numpy as np
 from harness.config import MAX_COUNT, ConfigError
 from harness.modelfiles import is_local_path
 from harness.safeio import excerpt
+from harness.tasks import TASKS_DIR
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks import scoring
 from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
@@ -49,7 +50,6 @@ from harness.teachers import (
     placeholder_context,
 )
 
-TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # single-token stops besides the tokenizer's eos
 
 
