@@ -433,3 +433,14 @@ def test_a_model_card_value_that_rounds_to_zero_reads_zero():
     from harness.leaderboard.modelcard import _round
 
     assert str(_round(-0.00001)) == "0.0" and _round(-0.12345) == -0.1235 and _round(None) is None
+
+
+def test_error_bars_of_a_mean_rounded_past_minus_one_are_zero_not_negative():
+    """Every node of a bin at alignment −1 − 2⁻⁵² (a cosine in floating point): its interval cut to [−1, 1] lies
+    above the mean, and matplotlib refuses a negative bar (the demo's page build stopped on it)."""
+    from harness.leaderboard.figures import _err
+
+    edge = -1 - 2.0**-52
+    err = _err([edge, 0.2, np.nan], [-1.0, 0.1, np.nan], [-1.0, 0.4, np.nan])
+    assert (err >= 0).all() and err[0, 0] == 0.0
+    assert np.allclose(err, [[0.0, 0.1, 0.0], [0.0, 0.2, 0.0]], rtol=0, atol=1e-15)
