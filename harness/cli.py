@@ -136,12 +136,14 @@ def _raised_by(exc: BaseException, package: str) -> bool:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from harness.errors import OdiagError
+    from harness.errors import OdiagError, out_of_memory
     from harness.lmeval_bridge import main_eval
 
     try:
         return main_eval(args.lm_eval_args)
     except ConnectionError as exc:  # the hub, without a network (a task's data set, a model)
+        if isinstance(exc, BrokenPipeError):  # `odiag eval ... | head`: the reader left, as main handles it
+            raise
         raise OdiagError(f"{exc}; offline, set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 with what it names already in "
                          "the Hugging Face cache, or diagnose a local copy with odiag run (--set data_files=PATH, "
                          "--set student=DIR)") from exc
@@ -152,7 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise OdiagError(f"lm_eval: {type(exc).__name__}: {exc}") from exc
         raise
     except (ImportError, OSError, AssertionError, RuntimeError) as exc:
-        if not _below_lm_eval(exc):
+        if not _below_lm_eval(exc) or out_of_memory(exc) is not None:  # a device out of memory: main's own advice
             raise
         # lm_eval building the model it was given (`--model vllm` without vLLM, a folder that holds no model, a
         # device this torch cannot use): the user's arguments, not a bug in odiag

@@ -477,8 +477,8 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:
         if not sep or not key:
             raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set n_target=200")
         if not raw.strip():
-            raise ConfigError(f"--set {excerpt(item)}: no value; write {key}=null for none (its default: leave "
-                              f"--set {key} out)")
+            raise ConfigError(f"--set {excerpt(item)}: no value; give one ({key}=null where the key takes none; "
+                              f"leave --set {key} out for its default)")
         data[key] = parse_yaml_value(raw, f"--set {key}")
         keys.append(key)
     return keys

@@ -382,13 +382,15 @@ def same_settings(saved: dict, record: dict) -> bool:
     return a == b
 
 
-def _keep(root: Path, names: Iterable[str], tables: Iterable[str] = ()) -> dict[str, Path | bytes]:
-    """The files ``names`` and ``tables`` of ``root`` as they are, for `RunDir.undo`: each under a second name
-    (``.NAME.before.tmp``, a hard link: no space, and the old file survives being replaced), or, where the file
-    system has no hard links, the bytes of ``names`` (not of the tables: `RunDir.undo` then reads a run whose
-    tables were rewritten as unfinished). A killed command's are removed as its temporary files are."""
+def _keep(root: Path, names: Iterable[str], removed: Iterable[str] = (), tables: Iterable[str] = ()) -> dict[str, Path | bytes]:
+    """The files ``names`` (to be replaced), ``removed`` (to be removed) and ``tables`` of ``root`` as they are, for
+    `RunDir.undo`: each under a second name (``.NAME.before.tmp``), a hard link (no space, and the old file survives
+    being replaced). Where the file system has no hard links, a file to be removed is moved there instead, a file
+    to be replaced is kept as its bytes, and a table is not kept (`RunDir.undo` then reads a run whose tables were
+    rewritten as unfinished). A killed command's are removed as its temporary files are."""
+    removed = list(removed)
     kept: dict[str, Path | bytes] = {}
-    for name, small in [*((n, True) for n in names), *((t, False) for t in tables)]:
+    for name in [*names, *removed, *tables]:
         path = root / name
         if not path.is_file():
             continue
@@ -398,7 +400,10 @@ def _keep(root: Path, names: Iterable[str], tables: Iterable[str] = ()) -> dict[
             os.link(path, link)
             kept[name] = link
         except OSError:
-            if small:
+            if name in removed:
+                os.replace(path, link)  # it goes now rather than a moment later: kept, and no space needed
+                kept[name] = link
+            elif name not in tables:
                 kept[name] = path.read_bytes()
     return kept
 
@@ -486,6 +491,7 @@ class RunDir:
         make_dirs(root)
         lock = RunLock(root)
         lock.acquire()
+        rundir: RunDir | None = None
         try:
             if prepared_from is not None and RunDir.record_bytes(root) != prepared_from:
                 raise RunDirError(f"{root}: another odiag command changed the run while this one prepared; "
@@ -517,11 +523,13 @@ class RunDir:
             # what an expected failure puts back: a finished run before an add or a rescore of scoring settings (a
             # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
             # --repair, must go on without it)
+            resets = saved != record and not (saved is not None and same_settings(saved, record))
             if (add is not None or (rescore and not drop and not changed)) and saved != record:
-                rundir.before = _keep(root, [name for name in (*_RECORD_FILES, "results.json", *_VALIDATION_FILES)
-                                             if name != LOCK_NAME], tables=_tables(root))
-            if saved is not None and saved != record and same_settings(saved, record):  # recorded before a run recorded its task, or
-                write_json(root / "config.json", record)  # a path spelled from elsewhere: nothing of the run changes
+                # config.yaml is rewritten from config.json by the next command when it is missing (`_sync_yaml`)
+                rundir.before = _keep(root, ["config.json"], tables=_tables(root),
+                                      removed=["config.yaml", "results.json", *_VALIDATION_FILES] if resets else [])
+            if saved != record and not resets:  # recorded before a run recorded its task, or a path spelled
+                write_json(root / "config.json", record)  # from elsewhere: nothing of the run changes
             elif saved != record:
                 if not rescore and add is None:  # odiag run with new settings: a tree to draw, or to grow
                     atomic_write(root / DRAWING, lambda f: f.write(b""))
@@ -531,12 +539,12 @@ class RunDir:
                 _drop_validation(root)
                 atomic_write(root / "config.yaml", lambda f: yaml.safe_dump(record["config"], f, sort_keys=False), "w")
                 write_json(root / "config.json", record)
-        except BaseException:
+        except BaseException as exc:
             try:
-                if "rundir" in locals() and rundir.before:  # refused a write (a full disk): the finished run as it was
-                    rundir.undo()
+                if rundir is not None and rundir.before:  # refused a write (a full disk): the finished run as it was
+                    rundir.undo(cause=exc)
             finally:
-                if "rundir" in locals():
+                if rundir is not None:
                     rundir.close()
                 else:
                     lock.release()
@@ -722,8 +730,12 @@ class RunDir:
                         kept.unlink(missing_ok=True)
                 return
         try:
-            for name, kept in before.items():
+            # results.json last: until it is back, the run reads as unfinished (a kill meanwhile leaves no finished
+            # run beside another command's tables)
+            for name, kept in sorted(before.items(), key=lambda item: item[0] == "results.json"):
                 if isinstance(kept, bytes):
+                    if (self.root / name).is_file() and (self.root / name).read_bytes() == kept:
+                        continue  # never replaced (the command stopped first): nothing to write, no space needed
                     atomic_write(self.root / name, lambda f, data=kept: f.write(data), "wb")
                     continue
                 try:

@@ -277,6 +277,8 @@ def test_loading_registry_identity_and_errors(paths, tmp_path):
         backend.score([ScoreRequest(bad, np.array([1]))])
     with pytest.raises(ValueError, match="response ids"):
         backend.score([ScoreRequest(np.array([1]), np.array([-1]))])
+    # a width-0 extra_ids ([P, 0]: nothing more to score) is no id at all
+    assert backend.score([ScoreRequest(np.array([1]), np.array([2, 3]), extra_ids=np.zeros((2, 0), dtype=np.int64))])
     with pytest.raises(ValueError, match="extra_ids ids"):
         backend.score([ScoreRequest(np.array([1]), np.array([2]), extra_ids=np.array([[3, VOCAB]]))])
 

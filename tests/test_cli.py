@@ -666,3 +666,29 @@ def test_odiag_eval_without_a_network_says_how_to_work_offline(monkeypatch, caps
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("odiag: error: Couldn't reach 'aps/super_glue' on the Hub") and "HF_DATASETS_OFFLINE=1" in line
     assert "odiag run (--set data_files=PATH" in line
+
+
+def test_odiag_eval_tells_lm_evals_refusals_from_a_closed_pipe_and_a_full_device(monkeypatch, capsys):
+    """What lm_eval (or a library under it) raises while building its model is the user's input, one line; a device
+    out of memory there keeps odiag's sizing advice, and a reader gone from the pipe is not called a network error."""
+    torch = pytest.importorskip("torch")
+    import harness.lmeval_bridge
+    from harness.cli import main
+
+    def raising_inside_lm_eval(exc):
+        frame = {"exc": exc}
+        exec(compile("def build(argv):\n    raise exc\n", "/site-packages/lm_eval/models/fake.py", "exec"), frame)
+        return frame["build"]
+
+    for exc, expected in (
+        (ValueError("Unrecognized model in /tmp/empty."), "odiag: error: lm_eval: Unrecognized model in /tmp/empty."),
+        (AssertionError("Torch not compiled with CUDA enabled"), "odiag: error: lm_eval: AssertionError: Torch not compiled"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "odiag: error: the device ran out of memory"),
+    ):
+        monkeypatch.setattr(harness.lmeval_bridge, "main_eval", raising_inside_lm_eval(exc))
+        assert main(["eval", "--tasks", "odiag_toy", "--model", "hf"]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(expected), line
+    monkeypatch.setattr(harness.lmeval_bridge, "main_eval", raising_inside_lm_eval(BrokenPipeError(32, "Broken pipe")))
+    main(["eval", "ls", "tasks"])
+    assert "offline" not in capsys.readouterr().err

@@ -209,7 +209,7 @@ def test_config_overrides_and_errors(tmp_path):
         resolve_run_config(None, ["n_targt=7"])
     # None, as the docs write it, is null where a key allows it; an empty value is refused (it meant every question)
     assert resolve_run_config(None, ["limit=None", "budget=none"]).limit is None
-    with pytest.raises(ConfigError, match=r"--set 'limit=': no value; write limit=null for none"):
+    with pytest.raises(ConfigError, match=r"--set 'limit=': no value; give one \(limit=null where the key takes none"):
         resolve_run_config(None, ["limit="])
     with pytest.raises(ConfigError, match=r"key 'n_target' must be int, got 'None'"):
         resolve_run_config(None, ["n_target=None"])

@@ -620,13 +620,16 @@ def test_a_run_changed_while_a_command_prepared_is_refused(copy, tmp_path, capsy
     assert (config["jsd_beta"], config["gamma"]) == (0.3, 0.9)
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
 @pytest.mark.parametrize("command", ["add-teacher", "rescore"])
-@pytest.mark.parametrize("first", [".config.yaml.", ".results.json."])
+@pytest.mark.parametrize("first", [".config.yaml.", ".config.json.", ".results.json."])
 def test_a_disk_that_fills_during_add_teacher_or_rescore_leaves_the_finished_run_whole(copy, tmp_path, capsys, monkeypatch,
-                                                                                        command, first):
-    """The disk fills at the record's first write or the results' (and stays full): the finished run is put back
+                                                                                        command, first, links):
+    """The disk fills at a write of the record or of the results (and stays full): the finished run is put back
     as it was by renames, which need no space, the line names the write that failed, and the same command
-    finishes once there is room (the run's results were lost, and the corrected command refused as unfinished)."""
+    finishes once there is room (the run's results were lost, and the corrected command refused as unfinished).
+    Without hard links, the results are moved aside rather than linked; once the tables were rewritten they are
+    not kept, and the same command finishes the run."""
     import tempfile as tf
 
     real, full = tf.mkstemp, []
@@ -637,11 +640,21 @@ def test_a_disk_that_fills_during_add_teacher_or_rescore_leaves_the_finished_run
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(*args, prefix=prefix, **kwargs)
 
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
     argv = ([command, str(copy), str(_teacher(tmp_path, "extra", "misleading"))] if command == "add-teacher"
             else [command, str(copy), "--set", "jsd_beta=0.3"])
     monkeypatch.setattr(tf, "mkstemp", filling)
-    err = _refused(capsys, argv, copy, f"{first[1:-1]}: cannot write (No space left on device)")
+    if not links:
+        monkeypatch.setattr(os, "link", no_link)
+    cause = f"{first[1:-1]}: cannot write (No space left on device)"
+    if links or first != ".results.json.":
+        _refused(capsys, argv, copy, cause)
+    else:
+        assert cause in _error(capsys, argv)
     assert full, "the disk never filled"
+    assert not [p.name for p in copy.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert main([*argv, "--quiet"]) == 0
 

@@ -479,7 +479,7 @@ class HFBackend:
         """Token ids outside the vocabulary, refused by name (an embedding lookup would fail without one, or
         assert on the device)."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"{what} ids must lie in [0, {self.vocab_size}), got {int(ids.min())} .. {int(ids.max())}")
 
     def _pass(self, key: tuple[ModelSpec, bytes, bytes], memo: dict, uses: collections.Counter) -> torch.Tensor:
