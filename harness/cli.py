@@ -127,52 +127,49 @@ def _tasks_dir(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raised_by(exc: BaseException, package: str) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is code of ``package``."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and f"/{package}/" in tb.tb_frame.f_code.co_filename
-
-
 def _eval(args: argparse.Namespace) -> int:
-    from harness.errors import OdiagError, out_of_memory
+    from harness.errors import OdiagError
     from harness.lmeval_bridge import main_eval
 
     try:
         return main_eval(args.lm_eval_args)
+    except BrokenPipeError:  # `odiag eval ... | head`: the reader left, as main handles it
+        raise
     except ConnectionError as exc:  # the hub, without a network (a task's data set, a model)
-        if isinstance(exc, BrokenPipeError):  # `odiag eval ... | head`: the reader left, as main handles it
-            raise
         raise OdiagError(f"{exc}; offline, set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 with what it names already in "
                          "the Hugging Face cache, or diagnose a local copy with odiag run (--set data_files=PATH, "
                          "--set student=DIR)") from exc
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        if _raised_by(exc, "lm_eval"):  # lm_eval refusing its arguments (an unknown task): input, not a bug
-            raise OdiagError(f"lm_eval: {exc}") from exc
-        if _below_lm_eval(exc):
-            raise OdiagError(f"lm_eval: {type(exc).__name__}: {exc}") from exc
-        raise
-    except (ImportError, OSError, AssertionError, RuntimeError) as exc:
-        if not _below_lm_eval(exc) or out_of_memory(exc) is not None:  # a device out of memory: main's own advice
+    except Exception as exc:
+        if (line := _lm_eval_refusal(exc)) is None:
             raise
-        # lm_eval building the model it was given (`--model vllm` without vLLM, a folder that holds no model, a
-        # device this torch cannot use): the user's arguments, not a bug in odiag
-        hint = ("; vLLM runs from its own environment: make install-vllm, then .venv-vllm/bin/odiag eval ..."
-                if isinstance(exc, ImportError) and "vllm" in str(exc) else "")
-        raise OdiagError(f"lm_eval: {type(exc).__name__}: {exc}{hint}") from exc
+        raise OdiagError(line) from exc
 
 
-def _below_lm_eval(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside lm_eval's own call stack, below its first frame, with no odiag code
-    (a task of odiag's that lm_eval runs) between: lm_eval or a library it called refused its arguments."""
-    own = str(Path(__file__).resolve().parent) + os.sep
+def _lm_eval_refusal(exc: BaseException) -> str | None:
+    """The line for what lm_eval refused under ``odiag eval``, or None (a bug keeps its traceback; a device out of
+    memory gets main's advice). Refused: lm_eval's own check of its arguments (an unknown task), and what lm_eval,
+    or a library it called with no odiag code between, raised building what it was given (``--model vllm``
+    without vLLM, a folder that holds no model, a device this torch cannot use)."""
+    from harness.errors import out_of_memory
+    from harness.tasks import TASKS_DIR
+
+    if out_of_memory(exc) is not None:
+        return None
     frames, tb = [], exc.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
+    if frames and "/lm_eval/" in frames[-1] and isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
+        return f"lm_eval: {exc}"
+    ours = tuple(str(d) + os.sep for d in (Path(__file__).resolve().parent, TASKS_DIR))  # harness/, tasks/ (!function)
     first = next((i for i, f in enumerate(frames) if "/lm_eval/" in f), None)
-    return first is not None and not any(str(Path(f).resolve()).startswith(own) for f in frames[first:])
+    if first is None or any(str(Path(f).resolve()).startswith(ours) for f in frames[first:]):
+        return None
+    if not isinstance(exc, (ValueError, KeyError, OSError, ImportError, AssertionError, RuntimeError)):
+        return None
+    hint = ("; vLLM runs from its own environment: make install-vllm, then .venv-vllm/bin/odiag eval ..."
+            if isinstance(exc, ImportError) and "vllm" in str(exc) else "")
+    return f"lm_eval: {type(exc).__name__}: {exc}{hint}"
 
 
 def _ls(args: argparse.Namespace) -> int:

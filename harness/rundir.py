@@ -170,6 +170,19 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
     return Path(tmp)
 
 
+def move_into_place(files: Mapping[Path, Path]) -> None:
+    """Each staged file (final path: temporary one, from :func:`staged`) renamed into place, in order, then its
+    folder synced: renames need no space, so what was written whole appears whole. A refused rename (something
+    else at the name) is one line naming the file."""
+    for final, tmp in files.items():
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise _oserror(final, exc) from None
+    for folder in {final.parent for final in files}:
+        sync_dir(folder)
+
+
 def sync_dir(path: Path) -> None:
     """Make the renames in directory ``path`` durable."""
     dir_fd = os.open(path, os.O_RDONLY)

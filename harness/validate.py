@@ -486,7 +486,7 @@ def _write_outputs(root: Path, out: dict) -> None:
     earlier validation as it was), then moved into place by renames; the earlier figure goes first, so that a
     rename refused (something else at its name) never leaves it beside these numbers."""
     from harness.leaderboard.figures import staged_figure, validation_figure
-    from harness.rundir import staged, sync_dir
+    from harness.rundir import move_into_place, staged
 
     text = json.dumps(out, indent=2, allow_nan=False) + "\n"
     files = {root / "validation.json": staged(root / "validation.json", lambda f: f.write(text), mode="w")}
@@ -495,15 +495,10 @@ def _write_outputs(root: Path, out: dict) -> None:
         for old in (root / "validation.svg", root / "validation.png"):
             if old.is_file() or old.is_symlink():
                 old.unlink()
-        for final, tmp in files.items():
-            try:
-                os.replace(tmp, final)
-            except OSError as exc:
-                raise RunDirError(f"{final}: cannot write ({exc.strerror or exc})") from None
+        move_into_place(files)
     finally:
         for tmp in files.values():
             tmp.unlink(missing_ok=True)
-    sync_dir(root)
 
 
 def _checked_run(root: Path, cfg: ValidateConfig) -> _Run:

@@ -120,7 +120,7 @@ SITE_LOCK = ".odiag-site.lock"
 def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
     from harness.leaderboard.figures import write_figures, write_validation_figures
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
-    from harness.rundir import staged, sync_dir
+    from harness.rundir import move_into_place, staged
 
     _drop_leftovers(out)
     # everything the page shows is written beside it first (the figures into a staging folder, the page and its
@@ -137,9 +137,7 @@ def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
             # a published page: readable by the web server, not only its writer
             page[name] = staged(out / name, lambda f, content=content: f.write(content), mode="w", file_mode=0o644)
         _swap_figures(staging, out / "figures")
-        for name, tmp in page.items():
-            os.replace(tmp, out / name)
-        sync_dir(out)
+        move_into_place({out / name: tmp for name, tmp in page.items()})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for tmp in page.values():

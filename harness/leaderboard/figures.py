@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,11 +154,9 @@ def _v(stat: dict | None, key: str = "mean") -> float:
 
 def _save(fig, out: Path, stem: str) -> None:
     """``stem``.svg and .png, each whole or not at all (a page never links a half-written figure)."""
-    from harness.rundir import sync_dir
+    from harness.rundir import move_into_place
 
-    for final, tmp in staged_figure(fig, out, stem).items():
-        os.replace(tmp, final)
-    sync_dir(out)
+    move_into_place(staged_figure(fig, out, stem))
 
 
 def staged_figure(fig, out: Path, stem: str) -> dict[Path, Path]:
