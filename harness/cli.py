@@ -159,12 +159,12 @@ def _lm_eval_refusal(exc: BaseException) -> str | None:
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    if frames and "/lm_eval/" in frames[-1] and isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
-        return f"lm_eval: {exc}"
     ours = tuple(str(d) + os.sep for d in (Path(__file__).resolve().parent, TASKS_DIR))  # harness/, tasks/ (!function)
     first = next((i for i, f in enumerate(frames) if "/lm_eval/" in f), None)
     if first is None or any(str(Path(f).resolve()).startswith(ours) for f in frames[first:]):
         return None
+    if "/lm_eval/" in frames[-1] and isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
+        return f"lm_eval: {exc}"
     if not isinstance(exc, (ValueError, KeyError, OSError, ImportError, AssertionError, RuntimeError)):
         return None
     hint = ("; vLLM runs from its own environment: make install-vllm, then .venv-vllm/bin/odiag eval ..."

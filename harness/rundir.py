@@ -395,14 +395,15 @@ def same_settings(saved: dict, record: dict) -> bool:
     return a == b
 
 
-def _keep(root: Path, names: Iterable[str], removed: Iterable[str] = (), tables: Iterable[str] = ()) -> dict[str, Path | bytes]:
+def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], removed: Iterable[str] = (),
+          tables: Iterable[str] = ()) -> None:
     """The files ``names`` (to be replaced), ``removed`` (to be removed) and ``tables`` of ``root`` as they are, for
-    `RunDir.undo`: each under a second name (``.NAME.before.tmp``), a hard link (no space, and the old file survives
-    being replaced). Where the file system has no hard links, a file to be removed is moved there instead, a file
-    to be replaced is kept as its bytes, and a table is not kept (`RunDir.undo` then reads a run whose tables were
-    rewritten as unfinished). A killed command's are removed as its temporary files are."""
-    removed = list(removed)
-    kept: dict[str, Path | bytes] = {}
+    `RunDir.undo`, recorded in ``into`` one by one (a stop part-way puts back what was kept): each under a second
+    name (``.NAME.before.tmp``), a hard link (no space, and the old file survives being replaced). Where the file
+    system makes no hard link, a file to be removed is moved there instead, a file to be replaced is kept as its
+    bytes, and a table is not kept (`RunDir.undo` then reads a run whose tables were rewritten as unfinished). A
+    killed command's are removed as its temporary files are."""
+    removed, tables = list(removed), list(tables)
     for name in [*names, *removed, *tables]:
         path = root / name
         if not path.is_file():
@@ -411,14 +412,16 @@ def _keep(root: Path, names: Iterable[str], removed: Iterable[str] = (), tables:
         link.unlink(missing_ok=True)
         try:
             os.link(path, link)
-            kept[name] = link
+            into[name] = link
         except OSError:
             if name in removed:
-                os.replace(path, link)  # it goes now rather than a moment later: kept, and no space needed
-                kept[name] = link
+                try:
+                    os.replace(path, link)  # it goes now rather than a moment later: kept, and no space needed
+                except OSError as exc:
+                    raise _oserror(path, exc) from None
+                into[name] = link
             elif name not in tables:
-                kept[name] = path.read_bytes()
-    return kept
+                into[name] = path.read_bytes()
 
 
 def _tables(root: Path) -> list[str]:
@@ -538,9 +541,9 @@ class RunDir:
             # --repair, must go on without it)
             resets = saved != record and not (saved is not None and same_settings(saved, record))
             if (add is not None or (rescore and not drop and not changed)) and saved != record:
-                # config.yaml is rewritten from config.json by the next command when it is missing (`_sync_yaml`)
-                rundir.before = _keep(root, ["config.json"], tables=_tables(root),
-                                      removed=["config.yaml", "results.json", *_VALIDATION_FILES] if resets else [])
+                outputs = ["results.json", *_VALIDATION_FILES]  # removed here, or rewritten by the command
+                _keep(root, rundir.before, ["config.json", "config.yaml", *([] if resets else outputs)],
+                      removed=outputs if resets else [], tables=_tables(root))
             if saved != record and not resets:  # recorded before a run recorded its task, or a path spelled
                 write_json(root / "config.json", record)  # from elsewhere: nothing of the run changes
             elif saved != record:
@@ -723,7 +726,7 @@ class RunDir:
         """Whether ``odiag run`` stopped while it drew the run's tree (rescore and add-teacher need it whole)."""
         return (Path(root) / DRAWING).exists()
 
-    def undo(self, added: str | None = None, cause: Exception | None = None) -> None:
+    def undo(self, added: str | None = None, cause: BaseException | None = None) -> None:
         """Put back the finished run an ``add-teacher`` (of ``added``) or a rescore of scoring settings opened, when
         it stops on an expected error (``cause``): its record, results and validation as they were, an added
         teacher's passes gone. The kept files move back by renames, which need no space (a full disk is a common
@@ -749,7 +752,14 @@ class RunDir:
                 if isinstance(kept, bytes):
                     if (self.root / name).is_file() and (self.root / name).read_bytes() == kept:
                         continue  # never replaced (the command stopped first): nothing to write, no space needed
-                    atomic_write(self.root / name, lambda f, data=kept: f.write(data), "wb")
+                    try:
+                        atomic_write(self.root / name, lambda f, data=kept: f.write(data), "wb")
+                    except RunDirError:
+                        if name != "config.yaml":
+                            raise
+                        # no room for it (a full disk, no hard links): gone rather than saying other settings than
+                        # config.json; the next command writes it again from config.json (`_sync_yaml`)
+                        (self.root / name).unlink(missing_ok=True)
                     continue
                 try:
                     os.replace(kept, self.root / name)
@@ -759,7 +769,8 @@ class RunDir:
         except RunDirError as failed:
             if cause is None:
                 raise
-            raise RunDirError(f"{cause}; the run could not be put back as it was ({failed}): finish it with odiag run "
+            first = str(cause) or ("stopped" if isinstance(cause, KeyboardInterrupt) else type(cause).__name__)
+            raise RunDirError(f"{first}; the run could not be put back as it was ({failed}): finish it with odiag run "
                               f"--config {self.root / 'config.yaml'} --out {self.root}") from None
         if before:
             sync_dir(self.root)

@@ -649,14 +649,57 @@ def test_a_disk_that_fills_during_add_teacher_or_rescore_leaves_the_finished_run
     if not links:
         monkeypatch.setattr(os, "link", no_link)
     cause = f"{first[1:-1]}: cannot write (No space left on device)"
-    if links or first != ".results.json.":
+    if links:
         _refused(capsys, argv, copy, cause)
-    else:
+    else:  # config.yaml, rewritten, has no room to be put back: it is gone (the next command writes it from config.json)
+        before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
         assert cause in _error(capsys, argv)
+        after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+        if first != ".results.json.":  # once the tables were rewritten, the run is left for the same command to finish
+            assert {k: v for k, v in after.items() if k.name != "config.yaml"} == {
+                k: v for k, v in before.items() if k.name != "config.yaml"}
+            assert after.get(Path("config.yaml"), before[Path("config.yaml")]) == before[Path("config.yaml")]
     assert full, "the disk never filled"
     assert not [p.name for p in copy.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert main([*argv, "--quiet"]) == 0
+
+
+def test_a_rescore_stopped_while_keeping_the_run_or_rewriting_an_old_record_loses_no_results(copy, capsys, monkeypatch):
+    """What add-teacher and rescore keep for putting the run back is recorded file by file: a Ctrl-C part-way (here
+    without hard links, files already moved aside) puts back what was kept. A rescore that only rewrites an older
+    record (no task settings in it) keeps the results too, which the command rewrites; a full disk then leaves
+    them whole."""
+    import tempfile as tf
+
+    files = lambda: {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+
+    def no_link_then_stop(src, dst):
+        if str(dst).endswith(".nodes.parquet.before.tmp"):
+            raise KeyboardInterrupt
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link_then_stop)
+    assert main(["rescore", str(copy), "--set", "jsd_beta=0.3", "--quiet"]) == 130
+    assert files() == before
+    monkeypatch.undo()
+
+    record = json.loads((copy / "config.json").read_text())
+    del record["task"]  # as a run made before the record held its task settings
+    (copy / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    real = tf.mkstemp
+
+    def full_at_results(*args, prefix="", **kwargs):
+        if prefix.startswith(".results.json."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tf, "mkstemp", full_at_results)
+    assert "results.json: cannot write (No space left on device)" in _error(capsys, ["rescore", str(copy)])
+    assert (copy / "results.json").read_bytes() == before[Path("results.json")]
+    monkeypatch.undo()
+    assert main(["rescore", str(copy), "--quiet"]) == 0
 
 
 def test_rescore_cli_then_the_rescored_command_resumes(copy, capsys):

@@ -139,7 +139,8 @@ def _err(mean, lo, hi):
     """Error-bar half-widths from an interval; zero where the interval is undefined, or where a mean of cosines
     rounded past ±1 (−1 − 2⁻⁵², SPEC §3's cosine in floating point) lies outside its interval cut to [−1, 1]."""
     mean, lo, hi = (np.asarray(x, float) for x in (mean, lo, hi))
-    return np.maximum(np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]), 0.0)
+    half = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+    return np.where((half < 0) & (half > -1e-12), 0.0, half)  # an interval truly below its mean stays an error
 
 
 def _v(stat: dict | None, key: str = "mean") -> float:
