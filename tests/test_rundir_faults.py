@@ -71,6 +71,23 @@ def _error(capsys, argv: list[str]) -> str:
     return err
 
 
+def _fill_disk_at(monkeypatch, at: str, stays_full: bool = False) -> list[str]:
+    """A full disk from the first temporary file whose name starts with ``at`` (every write goes through one:
+    `harness.rundir.staged`), for that write alone or, ``stays_full``, every later one; returns the refused names."""
+    import tempfile
+
+    real, refused = tempfile.mkstemp, []
+
+    def filling(*args, prefix="", **kwargs):
+        if (stays_full and refused) or prefix.startswith(at):
+            refused.append(prefix)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", filling)
+    return refused
+
+
 def _refused(capsys, argv: list[str], root: Path, *expected: str) -> str:
     before = _digest(root)
     err = _error(capsys, argv)
@@ -503,16 +520,7 @@ def test_a_lock_that_cannot_be_written_is_one_line_and_holds_nothing(tmp_path, c
 def test_a_new_run_stopped_between_its_two_records_does_not_block_the_same_command(tmp_path, capsys, monkeypatch):
     """A full disk after config.yaml, before config.json, of a new run: the same command runs there once there is
     room (the two files are the run's own beside .drawing); a config.yaml of the user's own is still refused."""
-    import tempfile as tf
-
-    real = tf.mkstemp
-
-    def full_at_config_json(*args, prefix="", **kwargs):
-        if prefix.startswith(".config.json."):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*args, prefix=prefix, **kwargs)
-
-    monkeypatch.setattr(tf, "mkstemp", full_at_config_json)
+    _fill_disk_at(monkeypatch, ".config.json.")
     err = _error(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(tmp_path / "run")])
     assert "config.json: cannot write (No space left on device)" in err, err
     assert (tmp_path / "run" / "config.yaml").is_file()
@@ -630,22 +638,12 @@ def test_a_disk_that_fills_during_add_teacher_or_rescore_leaves_the_finished_run
     finishes once there is room (the run's results were lost, and the corrected command refused as unfinished).
     Without hard links, the results are moved aside rather than linked; once the tables were rewritten they are
     not kept, and the same command finishes the run."""
-    import tempfile as tf
-
-    real, full = tf.mkstemp, []
-
-    def filling(*args, prefix="", **kwargs):
-        if full or prefix.startswith(first):
-            full.append(prefix)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*args, prefix=prefix, **kwargs)
-
     def no_link(src, dst):
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
     argv = ([command, str(copy), str(_teacher(tmp_path, "extra", "misleading"))] if command == "add-teacher"
             else [command, str(copy), "--set", "jsd_beta=0.3"])
-    monkeypatch.setattr(tf, "mkstemp", filling)
+    full = _fill_disk_at(monkeypatch, first, stays_full=True)
     if not links:
         monkeypatch.setattr(os, "link", no_link)
     cause = f"{first[1:-1]}: cannot write (No space left on device)"
@@ -670,7 +668,6 @@ def test_a_rescore_stopped_while_keeping_the_run_or_rewriting_an_old_record_lose
     without hard links, files already moved aside) puts back what was kept. A rescore that only rewrites an older
     record (no task settings in it) keeps the results too, which the command rewrites; a full disk then leaves
     them whole."""
-    import tempfile as tf
 
     files = lambda: {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}  # noqa: E731
     before = files()
@@ -688,14 +685,7 @@ def test_a_rescore_stopped_while_keeping_the_run_or_rewriting_an_old_record_lose
     record = json.loads((copy / "config.json").read_text())
     del record["task"]  # as a run made before the record held its task settings
     (copy / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-    real = tf.mkstemp
-
-    def full_at_results(*args, prefix="", **kwargs):
-        if prefix.startswith(".results.json."):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(*args, prefix=prefix, **kwargs)
-
-    monkeypatch.setattr(tf, "mkstemp", full_at_results)
+    _fill_disk_at(monkeypatch, ".results.json.")
     assert "results.json: cannot write (No space left on device)" in _error(capsys, ["rescore", str(copy)])
     assert (copy / "results.json").read_bytes() == before[Path("results.json")]
     monkeypatch.undo()
