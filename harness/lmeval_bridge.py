@@ -605,7 +605,13 @@ def check_eval_options(argv: Sequence[str]) -> None:
         return
     from lm_eval._cli.harness import HarnessCLI
 
-    args, _ = HarnessCLI()._subparsers.choices["run"].parse_known_args(list(argv[1:]))
+    run = HarnessCLI()._subparsers.choices["run"]
+
+    def refused(message: str):  # lm_eval's own refusal of its arguments, as one line rather than its usage text
+        raise ConfigError(f"lm_eval run: {message} (see 'odiag eval run --help')")
+
+    run.error = refused
+    args = run.parse_args(list(argv[1:]))
     ours = {p.stem for p in TASKS_DIR.glob("*.yaml")}
     tasks = [t for t in (args.tasks or []) if t in ours]
     if not tasks:

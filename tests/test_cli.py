@@ -515,6 +515,12 @@ def test_eval_passes_subcommands_and_help_through():
     assert helped.returncode == 0 and "lm-eval run --model hf" in helped.stdout
     run_help = _odiag("eval", "run", "--help")
     assert run_help.returncode == 0 and "--num_fewshot" in run_help.stdout
+    # lm_eval's own refusal of its arguments: one line, not its usage text
+    for bad, line in ((["--limit", "abc"], "argument --limit/-L: invalid float value: 'abc'"),
+                      (["--bogus"], "unrecognized arguments: --bogus")):
+        refused = _odiag("eval", "--tasks", "odiag_toy", "--model", "hf", *bad)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+            f"odiag: error: lm_eval run: {line} (see 'odiag eval run --help')"], refused.stderr
     refused = _odiag("eval", "run", "--tasks", "odiag_toy", "--model", "hf", "--num_fewshot", "2")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "odiag: error: task odiag_toy: --num_fewshot 2: odiag's prompts are zero-shot (a diagnostic of the student's own prompt)"]
