@@ -140,11 +140,9 @@ def atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") 
     """Write ``path`` through ``write(fileobj)`` so that it appears complete or not at all (mode 0o664)."""
     tmp = staged(path, write, mode)
     try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _oserror(path, exc) from None
-    sync_dir(path.parent)
+        move_into_place({path: tmp})
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once in place; left only by a refused rename
 
 
 def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_mode: int = FILE_MODE) -> Path:
@@ -733,18 +731,14 @@ class RunDir:
         cause); where they cannot, the error names both failures and how to finish the run."""
         if added is not None:
             self.drop_teacher(added)
-        before, self.before = self.before, {}
+        before = self.before  # what is still kept when this returns, close() removes
         old = before.get("results.json")
         if old is not None:
             tables = json.loads(old.read_bytes() if isinstance(old, Path) else old).get("tables") or {}
             if any(t not in before and (not (self.root / t).is_file()
                                         or hashlib.sha256((self.root / t).read_bytes()).hexdigest() != digest)
                    for t, digest in tables.items()):
-                # the tables were rewritten with the teacher: an unfinished run (odiag rescore finishes it)
-                for kept in before.values():
-                    if isinstance(kept, Path):
-                        kept.unlink(missing_ok=True)
-                return
+                return  # the tables were rewritten with the teacher: an unfinished run (odiag rescore finishes it)
         try:
             # results.json last: until it is back, the run reads as unfinished (a kill meanwhile leaves no finished
             # run beside another command's tables)
@@ -761,10 +755,7 @@ class RunDir:
                         # config.json; the next command writes it again from config.json (`_sync_yaml`)
                         (self.root / name).unlink(missing_ok=True)
                     continue
-                try:
-                    os.replace(kept, self.root / name)
-                except OSError as exc:
-                    raise _oserror(self.root / name, exc) from None
+                move_into_place({self.root / name: kept})
                 kept.unlink(missing_ok=True)  # a rename onto a link of the same file leaves both names (rename(2))
         except RunDirError as failed:
             if cause is None:
@@ -773,7 +764,6 @@ class RunDir:
             raise RunDirError(f"{first}; the run could not be put back as it was ({failed}): finish it with odiag run "
                               f"--config {self.root / 'config.yaml'} --out {self.root}") from None
         if before:
-            sync_dir(self.root)
             log.info("%s: %s; the run is as it was", self.root, f"teacher {added} was not added" if added else "not rescored")
 
     def drop_teacher(self, name: str) -> None:
