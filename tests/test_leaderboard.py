@@ -350,6 +350,29 @@ def test_evaluate_metric_gives_the_results_rows(run_dir, tmp_path, monkeypatch):
     assert out["alignment"] == {f"{r['teacher']}/{r['algorithm']}": r["alignment"]["mean"] for r in results["teachers"]}
 
 
+def test_evaluate_metric_refuses_what_it_would_misread(tmp_path, monkeypatch):
+    """A null path_correct once counted as an incorrect path, a misspelt option was ignored, a missing
+    column failed inside ``evaluate`` with "NoneType has no len()"; each is now refused by name."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    evaluate = pytest.importorskip("evaluate")
+    from harness.metrics import ODIAG_ALIGNMENT
+
+    metric = evaluate.load(ODIAG_ALIGNMENT, cache_dir=str(tmp_path / "cache"))
+    base = dict(question_id=["q0", "q0"], path_id=[0, 1], path_correct=[True, False], position=[0, 0],
+                teacher=["t", "t"], algorithm=["gkd", "gkd"], alignment=[0.5, 0.9], ideal_norm=[1.0, 1.0],
+                teacher_advantage=[0.1, 0.2], n_actions=[2, 3], kl=[0.1, 0.2], reverse_kl=[0.1, 0.2],
+                js=[0.0, 0.1], tv=[0.1, 0.2], prob_cosine=[0.9, 0.8])
+    assert metric.compute(**base)["alignment"] == {"t/gkd": pytest.approx(0.7)}
+    for bad, message in ((dict(path_correct=[None, False]), "'path_correct' holds a null at row 0"),
+                         (dict(n_bootstrap=100), r"unknown arguments \['n_bootstrap'\]"),
+                         (dict(kl=None), r"missing input columns \['kl'\]"),
+                         (dict(alignment=[5.0, 0.1]), "outside \\[-1, 1\\]"),
+                         (dict(seed=1.5), "seed must be a whole number")):
+        with pytest.raises(ValueError, match=message):
+            metric.compute(**{**base, **bad})
+
+
 def test_viewer_keeps_a_spread_of_paths_within_its_budget(run_dir):
     """Round-robin over questions: a budget for about one path per question keeps one of each."""
     (r,) = load_runs([run_dir])

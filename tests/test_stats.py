@@ -18,6 +18,7 @@ from harness.core.stats import (
     paired_test,
     rank_with_ties,
     t_ci,
+    tie_key,
     clustered_difference_test,
     wilson_interval,
     within_path_correlation,
@@ -177,6 +178,28 @@ def test_within_path_ranks_tie_values_equal_up_to_rounding():
     assert got["spearman"]["n_paths"] == want["spearman"]["n_paths"] == 1
     assert got["spearman"]["mean"] == pytest.approx(want["spearman"]["mean"], abs=1e-12)
 
+
+
+def test_a_path_key_shared_by_two_questions_is_refused_not_merged():
+    """Path ids restart in every question (``nodes.parquet``'s path_id): passed as the path key they once
+    merged two questions' paths into one path (ρ −0.74 over 1 path instead of 0 over 2)."""
+    x, y = np.arange(12.0), np.r_[np.arange(6.0), -np.arange(6.0)]
+    question = np.repeat(["q0", "q1"], 6)
+    with pytest.raises(ValueError, match="more than one question"):
+        within_path_correlation(np.zeros(12, int), question, x, y)
+    got = within_path_correlation(np.repeat([0, 1], 6), question, x, y)
+    assert got["spearman"]["n_paths"] == 2 and got["spearman"]["mean"] == pytest.approx(0.0)
+
+
+def test_tie_key_keeps_the_smallest_values():
+    """Below ~1e-308 the rounding scale underflowed to 0 and the key became nan: a path holding such a
+    divergence read as constant and left the correlations."""
+    v = np.array([5e-324, 1e-310, -3e-320, 0.0, 1.0, nan])
+    k = tie_key(v)
+    assert np.isfinite(k[:5]).all() and np.isnan(k[5])
+    assert np.array_equal(k[:4], v[:4])
+    x = np.r_[5e-324, 1e-3, 2e-3, 3e-3, 4e-3]
+    assert within_path_correlation(np.zeros(5, int), np.zeros(5, int), x, np.arange(5.0))["spearman"]["n_paths"] == 1
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(-3, 3), st.integers(-3, 3)),
@@ -371,6 +394,45 @@ def test_aggregate_independent_of_row_order():
         assert r["weighted_alignment"]["mean"] == pytest.approx(s["weighted_alignment"]["mean"])
 
 
+def test_equal_values_get_equal_bootstrap_intervals_in_every_row():
+    """A teacher's advantage does not depend on the algorithm, nor a teacher-free algorithm's alignment
+    (Dr. GRPO's) on the teacher. Seeded by the row's name, one teacher advantage once showed six
+    bootstrap intervals on a run of six algorithms; the seed now follows the values (and the name of
+    the statistic), and shuffled rows still give the same intervals."""
+    rng = np.random.default_rng(0)
+    n = 12 * 3 * 4  # 12 questions x 3 paths x 4 decision points
+    base = {"question_id": np.repeat([f"q{i:02d}" for i in range(12)], 12), "path_id": np.tile(np.repeat([0, 1, 2], 4), 12),
+            "path_correct": np.tile(np.repeat([True, False, True], 4), 12), "position": np.tile(np.arange(4), 36),
+            "alignment": rng.uniform(-1, 1, n), "ideal_norm": rng.uniform(0.1, 1, n),
+            "teacher_advantage": rng.normal(0.1, 0.2, n), "n_actions": np.full(n, 3),
+            **{d: rng.uniform(0, 1, n) for d in DIVERGENCES}}
+    blocks = [("A", "gkd", 1.0, 1.0), ("A", "other", 0.3, 1.0), ("A", "free", 1.0, 1.0), ("B", "free", 1.0, -1.0)]
+    table = {c: [] for c in (*base, "teacher", "algorithm")}
+    for teacher, algorithm, align_scale, advantage_scale in blocks:
+        for c, v in base.items():
+            table[c].append(v * align_scale if c == "alignment" else v * advantage_scale if c == "teacher_advantage" else v)
+        table["teacher"].append(np.full(n, teacher))
+        table["algorithm"].append(np.full(n, algorithm))
+    table = {c: np.concatenate(v) for c, v in table.items()}
+    for order in (np.arange(4 * n), rng.permutation(4 * n)):
+        rows = aggregate({c: v[order] for c, v in table.items()}, seed=4, n_boot=400)
+        by = {(r["teacher"], r["algorithm"]): r for r in rows}
+
+        def same(*keys, stat):  # equal up to the order of summation (shuffled rows)
+            first = by[keys[0]][stat]
+            for k in keys[1:]:
+                other = by[k][stat]
+                assert other["n_questions"] == first["n_questions"]
+                for field in ("mean", "ci95", "ci95_bootstrap"):
+                    assert other[field] == pytest.approx(first[field], abs=1e-12), (k, stat, field)
+
+        same(("A", "gkd"), ("A", "other"), ("A", "free"), stat="teacher_advantage")
+        same(("A", "free"), ("B", "free"), ("A", "gkd"), stat="alignment")
+        # other values, or another statistic of the same row, draw other resamples
+        assert by["A", "other"]["alignment"]["ci95_bootstrap"] != pytest.approx(
+            [0.3 * v for v in by["A", "gkd"]["alignment"]["ci95_bootstrap"]], abs=1e-12)
+
+
 def test_aggregate_rejects_bad_tables():
     nodes = node_table()
     with pytest.raises(ValueError, match="lacks columns"):
@@ -380,6 +442,16 @@ def test_aggregate_rejects_bad_tables():
     with pytest.raises(ValueError, match="path_correct"):
         aggregate(bad)
     assert aggregate({c: v[:0] for c, v in nodes.items()}) == []
+    for column, value, message in (("alignment", 1.5, "outside"), ("ideal_norm", -1.0, "negative"),
+                                   ("ideal_norm", np.inf, "infinite")):
+        bad = dict(nodes, **{column: nodes[column].astype(float).copy()})
+        bad[column][0] = value
+        with pytest.raises(ValueError, match=message):
+            aggregate(bad)
+    for options, message in (({"seed": 1.5}, "seed"), ({"seed": -1}, "seed"), ({"seed": True}, "seed"),
+                             ({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot")):
+        with pytest.raises(ValueError, match=message):
+            aggregate(nodes, **options)
 
 
 def test_intervals_stay_within_the_range_of_their_statistic():

@@ -112,6 +112,8 @@ def bootstrap_ci(x, seed, n_boot: int = 2000, confidence: float = 0.95) -> Inter
     (`seed`: anything `default_rng` accepts, e.g. an int or a list of ints); the interval is the
     `(1 ∓ confidence)/2` quantiles of the resampled means. NaNs are dropped; n < 2 gives nan ends.
     """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a whole number of resamples, at least 1; got {n_boot!r}")
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
     if x.size < 2:
@@ -196,7 +198,8 @@ def tie_key(v) -> np.ndarray:
     v = np.asarray(v, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(np.isfinite(v) & (v != 0), 10.0 ** np.floor(np.log10(np.abs(v))), 1.0)
-    return np.where(np.isfinite(v), np.round(v / scale, TIE_DIGITS - 1) * scale, v)
+    # below ~1e-308 the scale underflows to 0: such a value is kept as it is, not turned into nan
+    return np.where(np.isfinite(v) & (scale > 0), np.round(v / np.where(scale > 0, scale, 1.0), TIE_DIGITS - 1) * scale, v)
 
 
 def _group_ranks(group_N, v_N) -> np.ndarray:
@@ -293,6 +296,9 @@ def within_path_correlation(
     question_of_G = np.zeros(n_groups, dtype=np.int64)
     _, question_N = np.unique(question_key, return_inverse=True)
     question_of_G[group] = question_N.reshape(-1)
+    if np.any(question_of_G[group] != question_N.reshape(-1)):
+        raise ValueError("a path_key occurs in more than one question: key each path uniquely across "
+                         "questions, e.g. by (question_id, path_id)")
     _, question_E = np.unique(question_of_G[eligible_G], return_inverse=True)
     question_E = question_E.reshape(-1)
     n_questions = int(question_E.max()) + 1 if question_E.size else 0
@@ -341,6 +347,16 @@ def _derived_seed(seed: int, *names: str) -> list[int]:
     return [int(seed), zlib.crc32("/".join(names).encode())]
 
 
+def _data_seed(seed: int, name: str, values) -> list[int]:
+    """A bootstrap seed from the run seed, the statistic's name and the values it resamples: the same
+    values give the same interval in every row (a teacher's advantage under each algorithm, Dr. GRPO's
+    teacher-free alignment under each teacher), whatever the row is called. Values are keyed as
+    `tie_key` rounds them, so sums taken in another row order key alike; nan keys as one value."""
+    key = tie_key(np.asarray(values, dtype=np.float64))
+    data = np.ascontiguousarray(np.where(np.isnan(key), np.inf, key)).tobytes()
+    return [*_derived_seed(seed, name), zlib.crc32(data)]
+
+
 def _path_index(nodes: Mapping[str, np.ndarray]):
     """Integer path id per row, with each path's question index and correctness.
 
@@ -366,7 +382,8 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
     advantage, each over the path's rows where the value is finite. Per question: the mean over its
     correct paths, over its incorrect paths, and — its overall value — the mean over all its paths
     with a defined value (every path counts once, whatever its outcome). Per teacher: mean over
-    questions with Student-t and bootstrap 95% CIs.
+    questions with Student-t and bootstrap 95% CIs, each bootstrap seeded from the run seed, the
+    statistic's name and the per-question values it resamples (`_data_seed`).
     """
     teacher, algorithm = str(rows["teacher"][0]), str(rows["algorithm"][0])
     n_paths, n_questions = correct_P.size, int(question_P.max()) + 1
@@ -380,14 +397,14 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
         return _group_mean(question_P[mask_P], path_values[mask_P], n_questions)
 
     def summary(name, question_values, bounds=(-1.0, 1.0)):
-        return _renamed(_summary(question_values, _derived_seed(seed, teacher, algorithm, name),
-                                 n_boot, bounds), "n_questions")
+        return _renamed(_summary(question_values, _data_seed(seed, name, question_values), n_boot, bounds),
+                        "n_questions")
 
     mean_P = per_path(align)
     positive_P = per_path(np.where(np.isnan(align), np.nan, align > 0))  # undefined stays out
     correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
-    diff = _summary(incorrect_Q - correct_Q,
-                    _derived_seed(seed, teacher, algorithm, "incorrect_minus_correct"), n_boot, (-2.0, 2.0))
+    diff_Q = incorrect_Q - correct_Q
+    diff = _summary(diff_Q, _data_seed(seed, "incorrect_minus_correct", diff_Q), n_boot, (-2.0, 2.0))
     n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
     return {
         "teacher": teacher,
@@ -434,9 +451,17 @@ def aggregate(nodes: Mapping[str, Sequence], seed: int = 0, n_boot: int = 2000) 
     missing = [c for c in NODE_COLUMNS if c not in nodes]
     if missing:
         raise ValueError(f"node table lacks columns {missing}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0 (the run's seed); got {seed!r}")
     nodes = {c: np.asarray(nodes[c]) for c in NODE_COLUMNS}
     if len({a.shape for a in nodes.values()}) != 1 or nodes["alignment"].ndim != 1:
         raise ValueError("node columns must be 1-D arrays of one length")
+    with np.errstate(invalid="ignore"):
+        if np.any(np.abs(nodes["alignment"].astype(float)) > 1 + 1e-9):
+            raise ValueError("alignment holds values outside [-1, 1]: each is a cosine (nan where undefined)")
+        norm = nodes["ideal_norm"].astype(float)
+        if np.any((norm < 0) | np.isinf(norm)):
+            raise ValueError("ideal_norm holds a negative or infinite value: each is |g*|, finite and >= 0")
     if nodes["alignment"].size == 0:
         return []
     path_N, question_P, correct_P = _path_index(nodes)

@@ -7,7 +7,8 @@ of ``results.json`` whatever computes them. Load it by path (it never comes from
     from harness.metrics import ODIAG_ALIGNMENT
 
     metric = evaluate.load(ODIAG_ALIGNMENT)          # or evaluate.load("harness/metrics/odiag_alignment")
-    scores = metric.compute(**columns, seed=0)       # columns: one list per input, e.g. from nodes.parquet
+    scores = metric.compute(**columns, seed=seed)    # columns: one list per input, e.g. from nodes.parquet;
+                                                     # seed: the run's (results.json config.seed)
     scores["alignment"]["synthetic-helpful/gkd"]     # mean alignment over questions
     scores["teachers"]                               # the full rows: CIs, tests, correlations, ranks
 """
@@ -42,7 +43,8 @@ Args (one value per node record; all lists of equal length):
     alignment (float, nan when undefined), ideal_norm (float, |g*|), teacher_advantage (float),
     n_actions (int, |A(s)|), kl, reverse_kl, js, tv, prob_cosine (float): the node's values.
 Keyword arguments:
-    seed (int, default 0): seed of the bootstrap intervals.
+    seed (int, default 0): seed of the bootstrap intervals; the run's seed (results.json config.seed)
+        gives results.json's intervals.
     n_boot (int, default 2000): bootstrap resamples.
 Returns:
     alignment: {"teacher/algorithm": mean alignment over questions}.
@@ -60,6 +62,26 @@ Example:
 
 # one value per node record: the columns aggregate() reads, typed as the record schema types them
 FEATURES = {c: NODE_DTYPES[c] for c in NODE_COLUMNS}
+OPTIONS = ("seed", "n_boot")
+
+
+def check_inputs(kwargs) -> None:
+    """Refuse, naming the input, what ``compute`` would otherwise misread: a missing column, an unknown
+    keyword (a misspelt option would be ignored), or a null value (Arrow's None: a null ``path_correct``
+    would count as an incorrect path). Values are checked by ``aggregate``."""
+    missing = [c for c in FEATURES if kwargs.get(c) is None]
+    if missing:
+        raise ValueError(f"odiag_alignment: missing input columns {missing}: give one list per column of "
+                         f"nodes.parquet ({', '.join(FEATURES)})")
+    unknown = sorted(set(kwargs) - set(FEATURES) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"odiag_alignment: unknown arguments {unknown}: the inputs are the columns "
+                         f"{', '.join(FEATURES)} and the options {', '.join(OPTIONS)}")
+    for c in FEATURES:
+        nulls = [i for i, v in enumerate(kwargs[c]) if v is None]
+        if nulls:
+            raise ValueError(f"odiag_alignment: column {c!r} holds a null at row {nulls[0]} ({len(nulls)} in all): "
+                             "every node record needs every value (an undefined alignment is nan, not null)")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -73,6 +95,12 @@ class OdiagAlignment(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({k: datasets.Value(v) for k, v in FEATURES.items()}),
         )
+
+    def compute(self, **kwargs):
+        """`evaluate.Metric.compute`, after `check_inputs`: a missing, misspelt or null input is refused
+        by name instead of failing deep inside ``evaluate`` or counting as a value."""
+        check_inputs(kwargs)
+        return super().compute(**kwargs)
 
     def _compute(self, seed: int = 0, n_boot: int = 2000, **columns):
         # Python lists from Arrow, float64 kept (the numpy format would cast floats to float32).
