@@ -187,7 +187,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 def _model_card(args: argparse.Namespace) -> int:
     from harness.leaderboard import main_model_card
 
-    return main_model_card(args.dir, args.out)
+    return main_model_card(args.dir, args.out, args.model_name)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("model-card", help="a run's headline numbers as Hugging Face model-index YAML")
     p.add_argument("dir", type=_path, help="run directory")
     p.add_argument("--out", type=_path, action=_Once, help="write the YAML to this file instead of stdout (- for stdout)")
+    p.add_argument("--model-name", action=_Once, metavar="NAME",
+                   help="the model's name in the card, e.g. its hub id (default: the run's student; a local folder's own name)")
     p.set_defaults(func=_model_card)
 
     p = command("validate", help="distil the student with each teacher of a run: does alignment predict the gain?")

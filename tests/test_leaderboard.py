@@ -451,6 +451,20 @@ def test_binned_figures_take_their_ci_over_questions_not_paths():
     assert mean == pytest.approx(0.8) and hi == 1.0 and 0 < 0.8 - lo < 1
 
 
+def test_a_model_card_names_a_local_student_by_its_folder_not_its_path(run_dir, capsys):
+    """A student loaded from /home/me/ckpts/run-3 once published that path as the model's name."""
+    from harness.leaderboard.modelcard import card_name
+
+    results = _results(run_dir)
+    assert card_name("/home/me/ckpts/run-3/") == "run-3" and card_name("./ckpt") == "ckpt"
+    assert card_name("harness/toy_models/student") == "student" and card_name("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+    assert model_index({**results, "student": "/home/me/ckpts/run-3"})[0]["name"] == "run-3"
+    assert main_model_card(str(run_dir), model_name="my-org/my-student") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model-index"][0]["name"] == "my-org/my-student"
+    with pytest.raises(ConfigError, match="--model-name: empty"):
+        main_model_card(str(run_dir), model_name=" ")
+
+
 def test_a_model_card_value_that_rounds_to_zero_reads_zero():
     """A mean of -0.00001 was published as `value: -0.0`."""
     from harness.leaderboard.modelcard import _round

@@ -187,13 +187,16 @@ def main_leaderboard(run_dirs: list[str], out: str, viewer_mb: float | None = No
     return 0
 
 
-def main_model_card(run_dir: str, out: str | None = None) -> int:
-    """``odiag model-card RUN_DIR [--out FILE]``: a run's headline numbers as model-index YAML."""
+def main_model_card(run_dir: str, out: str | None = None, model_name: str | None = None) -> int:
+    """``odiag model-card RUN_DIR [--out FILE] [--model-name NAME]``: a run's headline numbers as
+    model-index YAML, the model named ``model_name`` (default: `modelcard.card_name` of the student)."""
     from harness.leaderboard.modelcard import model_card_yaml
 
     from harness.config import ConfigError
 
-    text = model_card_yaml(run_dir)
+    if model_name is not None and not model_name.strip():
+        raise ConfigError("--model-name: empty; give the model's name on the Hub, e.g. my-org/my-student")
+    text = model_card_yaml(run_dir, model_name)
     if out is None or out == "-":
         try:
             sys.stdout.write(text)

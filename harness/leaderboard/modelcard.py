@@ -24,8 +24,16 @@ METRICS = (
 )
 
 
+def card_name(student: str) -> str:
+    """The model's name in a card by default: the student's hub id, or a local folder's own name (its
+    path on this machine means nothing to a reader of the card)."""
+    from harness.modelfiles import is_local_path
+
+    return Path(student.rstrip("/")).name or student if is_local_path(student) else student
+
+
 def model_index(results: dict, model_name: str | None = None) -> list[dict]:
-    """The ``model-index`` list for one ``results.json`` (the student is the model by default)."""
+    """The ``model-index`` list for one ``results.json`` (the student, `card_name`, is the model by default)."""
     from harness.leaderboard.merge import headline_algorithm
 
     headline = headline_algorithm([row["algorithm"] for row in results["teachers"]])
@@ -55,7 +63,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
                 "verified": False,
             })
     return [{
-        "name": model_name or results["student"],
+        "name": model_name or card_name(str(results["student"])),
         "results": [{
             "task": {"type": TASK_TYPE, "name": "On-policy distillation gradient alignment (odiag)"},
             "dataset": {"type": str(results["task"]), "name": str(results["task"])},
