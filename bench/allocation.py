@@ -769,7 +769,9 @@ def score(results: list[SeedResult], estimator: str = "plain") -> dict:
     err = np.array([r.estimate["mean"] - r.exact["mean"] for r in results])  # [seeds, T, 2]
     diff = np.array([r.estimate["diff"] - r.exact["diff"] for r in results])
     covered = np.array([(r.estimate["lo"] <= r.exact["mean"]) & (r.exact["mean"] <= r.estimate["hi"]) for r in results])
-    rank = [np.array_equal(np.argsort(-r.estimate["mean"][:, 0]), np.argsort(-r.exact["mean"][:, 0])) for r in results]
+    # a seed without an estimate for some teacher has no ranking (argsort would put its nans in the exact order)
+    rank = [bool(np.isfinite(r.estimate["mean"][:, 0]).all())
+            and np.array_equal(np.argsort(-r.estimate["mean"][:, 0]), np.argsort(-r.exact["mean"][:, 0])) for r in results]
     return {
         "rmse": float(np.sqrt(np.nanmean(err[..., 0] ** 2))), "rmse_weighted": float(np.sqrt(np.nanmean(err[..., 1] ** 2))),
         "bias_T": np.nanmean(err[..., 0], axis=0), "rmse_diff": float(np.sqrt(np.nanmean(diff**2))),
@@ -819,7 +821,7 @@ def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: in
 def ratio_at_equal_error(ref: dict, rows: dict[str, dict], named: bool = False) -> str:
     """Paper's tokens over a strategy's at its default, when its RMSE is no worse and its coverage at least
     COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``, and ``named``: followed by its label
-    in brackets); ``-`` when none is (or none ran)."""
+    in brackets); ``-`` when none is, ``not run`` when the strategy had no row."""
     if not rows:
         return "not run"
     ok = {label: r for label, r in rows.items() if r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}

@@ -208,6 +208,8 @@ def main() -> None:
                 parser.error(f"--row {row!r}: {e}")
             if knobs.pop("coupled", 0):
                 parser.error(f"--row {row!r}: coupled siblings are measured by bench/allocation.py only")
+            if "n_min" in knobs:  # every row here is estimated at the shape's n_min
+                parser.error(f"--row {row!r}: n_min is the shape's here; bench/allocation.py measures other values")
             rows.append((strategy, label, knobs))
     print(f"{args.seeds} seeds x {args.questions} questions per shape; prior grid {len(A_GRID)} x {len(R_GRID)}, "
           f"{DRAWS} direction draws, smoothing {SMOOTH}")

@@ -69,6 +69,7 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, stude
         ScoreRequest(requests[0].prefix, p, teacher, reference_model=STUDENT, reference_context=requests[0].prefix)
         for p in paths
     ]
+    backend.score(scores[:1])  # warm-up of the scoring path, as sampling's above
     start = time.perf_counter()
     backend.score(scores)
     if device.startswith("cuda"):
@@ -120,19 +121,22 @@ def main() -> None:
         parser.error(f"--device {args.device}: torch here runs on cpu{' or cuda' if torch.cuda.is_available() else ''} only")
     if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         parser.error("--backend vllm: vllm is not installed in this environment (make install-vllm; .venv-vllm/bin/python)")
-    if args.json and not (Path(args.json).parent.is_dir() and os.access(Path(args.json).parent, os.W_OK)):
-        parser.error(f"--json {args.json}: its folder does not exist or cannot be written")
+    if args.json and (Path(args.json).is_dir() or not (Path(args.json).parent.is_dir() and os.access(Path(args.json).parent, os.W_OK))):
+        parser.error(f"--json {args.json}: is a folder, or its folder does not exist or cannot be written; give a file")
+    from harness.modelfiles import is_local_path
+
+    if (is_local_path(args.student) or Path(args.student).exists()) and not Path(args.student).expanduser().is_dir():
+        parser.error(f"--student {args.student}: no such model folder")
     batches = [16, 64] if args.quick else [16, 64, 256, 1024]
     prefixes = 4 if args.quick else 16
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device {args.device} ({name}), torch {torch.__version__}, student {args.student}, backend {args.backend}")
-    if args.backend == "vllm":
-        rows = [measure_vllm(100, 64, prefixes, args.student)]
-    else:
-        rows = [measure(args.device, b, 100, 64, prefixes, args.student) for b in batches]
-    print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}")
-    for r in rows:
-        print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}")
+    print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}", flush=True)
+    rows = []
+    for b in ["engine"] if args.backend == "vllm" else batches:  # each row as it is measured: a stopped check keeps them
+        r = measure_vllm(100, 64, prefixes, args.student) if b == "engine" else measure(args.device, b, 100, 64, prefixes, args.student)
+        rows.append(r)
+        print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}", flush=True)
     if args.json:
         record = {"device": name, "backend": args.backend, "model": args.student, "rows": rows}
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

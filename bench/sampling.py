@@ -74,7 +74,11 @@ def sampling_comparison(
                 model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=0, top_p=1.0,
                                temperature=temperature, max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
 
-        backend.sample(fan_out[:1])  # warm-up
+        backend.sample(fan_out[:1])  # warm-up, one of each method: no method pays a first call's cost
+        backend.sample(naive[:1])
+        with torch.inference_mode():
+            model.generate(prompts[:1], attention_mask=torch.ones_like(prompts[:1]), do_sample=True, top_k=0,
+                           temperature=temperature, max_new_tokens=2, min_new_tokens=2, pad_token_id=0)
         seconds = {
             "fan-out": _timed(lambda: backend.sample(fan_out), repeats),
             "naive": _timed(lambda: backend.sample(naive), repeats),
@@ -150,13 +154,25 @@ def print_overhead(rows: dict[str, dict]) -> None:
               f"{r['rollouts']:>9} {r['rollouts'] / r['wall']:>11.0f}")
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="prefixes of 32 and 256 tokens only")
-    parser.add_argument("--n", type=int, default=64, help="completions per prefix")
-    parser.add_argument("--new", type=int, default=32, help="tokens per completion")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per method; the best is kept")
+    parser.add_argument("--quick", action="store_true",
+                        help="prefixes of 32 and 256 tokens only, and pipeline runs of 4 questions (8 without)")
+    parser.add_argument("--n", type=positive, default=64, help="completions per prefix")
+    parser.add_argument("--new", type=positive, default=32, help="tokens per completion")
+    parser.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=positive, default=3, help="timings per method; the best is kept")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()

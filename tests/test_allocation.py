@@ -284,6 +284,17 @@ def test_answering_zero_scores_the_rmse_the_bench_prints_for_it():
     assert bench.score(results)["rmse_zero"] > 0.1  # the tiny shape's teachers are far from 0
 
 
+def test_a_seed_without_an_estimate_is_not_ranked_right():
+    """``argsort`` puts nans in index order: a strategy that estimated nothing once scored "rank ok" 1.00
+    wherever the exact order happened to be the index order."""
+    results = [bench.run_seed(TINY, seed, 3, "survey", AllocationParams()) for seed in range(3)]
+    blank = [dataclasses.replace(r, estimates={"plain": {**r.estimates["plain"], "mean": np.full_like(r.estimates["plain"]["mean"], np.nan)}})
+             for r in results]
+    assert bench.score(blank)["ranking"] == 0.0
+    one = [dataclasses.replace(r, estimates={"plain": {**r.estimates["plain"], "mean": r.exact["mean"]}}) for r in results]
+    assert bench.score(one)["ranking"] == 1.0  # the exact values themselves rank right
+
+
 def test_bench_plain_estimate_does_not_depend_on_the_extra_estimators():
     both = bench.run_seed(TINY, 1, 2, "settle", AllocationParams(), extra=True)
     plain = bench.run_seed(TINY, 1, 2, "settle", AllocationParams())

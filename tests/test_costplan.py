@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -204,7 +205,9 @@ def test_gpu_check_refuses_what_it_cannot_do_before_measuring(tmp_path):
     before any device time is spent (the measurement would run first, then fail to write)."""
     script = ROOT / "bench" / "gpu_check.py"
     cases = [(["--device", "tpu"], "--device tpu: torch here runs on cpu"),
-             (["--json", str(tmp_path / "no" / "x.json")], "its folder does not exist or cannot be written")]
+             (["--json", str(tmp_path / "no" / "x.json")], "its folder does not exist or cannot be written"),
+             (["--json", str(tmp_path)], "is a folder"),
+             (["--student", str(tmp_path / "no-model")], "no such model folder")]
     if importlib.util.find_spec("vllm") is None:
         cases.append((["--backend", "vllm"], "--backend vllm: vllm is not installed"))
     for flags, needle in cases:
@@ -212,6 +215,17 @@ def test_gpu_check_refuses_what_it_cannot_do_before_measuring(tmp_path):
                               timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr and needle in done.stderr, done.stderr[-1500:]
         assert "batch" not in done.stdout  # nothing was measured
+
+
+def test_gpu_check_sh_reads_paths_from_the_folder_it_is_started_in(tmp_path):
+    """gpu_check.sh once changed to the repository first: `--json sub/out.json` given in the user's
+    folder was checked (and would be written) under the repository, and refused there."""
+    (tmp_path / "sub").mkdir()  # --json passes its check here; the missing student is then refused before measuring
+    done = subprocess.run(["bash", ROOT / "bench" / "gpu_check.sh", "--device", "cpu", "--json", "sub/out.json",
+                           "--student", "./no-model"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 2 and "--student ./no-model: no such model folder" in done.stderr, done.stderr[-1500:]
+    assert "--json" not in done.stderr.splitlines()[-1]
 
 
 def _targeted_line(sets) -> str:

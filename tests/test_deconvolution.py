@@ -61,3 +61,14 @@ def test_prior_weights_are_a_distribution_and_a_lone_direction_gives_a_sign():
     assert prior.shape == (len(deconv.A_GRID), len(deconv.R_GRID)) and abs(prior.sum() - 1) < 1e-9 and (prior >= 0).all()
     two = next(t for t, p in zip(terms, positions, strict=True) if len(p.pi_A) == 2)
     assert set(np.unique(np.round(np.abs(two.cos_A_D), 9))) <= {1.0}  # two children: g* and g_T lie on one line
+
+
+def test_a_row_setting_n_min_is_refused_not_ignored():
+    """Every row here is estimated at the shape's n_min: `--row paper:n_min=5` was labelled and printed
+    with numbers identical to the reference row's."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "deconvolution.py"
+    done = subprocess.run([sys.executable, script, "--shapes", "short", "--seeds", "1", "--questions", "1", "--jobs", "1",
+                           "--row", "paper:n_min=5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "n_min is the shape's here" in done.stderr and "Traceback" not in done.stderr
