@@ -76,6 +76,7 @@ import numpy as np  # noqa: E402
 from harness.core import Rollouts, TreeStats, alignment_score, decision_support, gkd_gradient, ideal_gradient, t_ci  # noqa: E402
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, _cosines, _uniform, window_state  # noqa: E402
 from harness.core.tree import ChildTable, path_common_prefixes  # noqa: E402
+from harness.cli import at_least  # noqa: E402
 from harness.exact_lm import EOS, TEACHERS, SyntheticLM, derive_seed  # noqa: E402
 
 TAU = 0.05  # the estimand's support: tokens with exact π ≥ TAU or π_T ≥ TAU for some teacher
@@ -844,15 +845,7 @@ ROW_RANGES = {
 }
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number >= 1 (seeds, questions, worker processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+count = at_least(1)  # an argparse type: a whole number >= 1 (seeds, questions, worker processes)
 
 
 def shape_names(text: str) -> list[str]:

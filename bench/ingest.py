@@ -23,6 +23,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from harness.cli import at_least  # noqa: E402
 from harness.core import Rollouts, TreeStats  # noqa: E402
 
 VOCAB = 151_936  # Qwen3's vocabulary
@@ -122,21 +123,10 @@ def trie_on_path_counts(root: dict, path: np.ndarray) -> np.ndarray:
     return np.array(out + [0] * (len(path) - len(out)))
 
 
-def seed_type(text: str) -> int:
-    """An argparse type: a seed numpy accepts, a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tenth of the rollouts")
-    parser.add_argument("--seed", type=seed_type, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     noise = rng.integers(0, VOCAB, 2_000_000).astype(np.int32)

@@ -30,6 +30,7 @@ import torch
 import transformers
 
 from harness.backends import STUDENT, ModelSpec, SampleRequest
+from harness.cli import at_least
 from harness.backends.hf import HFBackend
 
 VOCAB = 4096
@@ -154,25 +155,14 @@ def print_overhead(rows: dict[str, dict]) -> None:
               f"{r['rollouts']:>9} {r['rollouts'] / r['wall']:>11.0f}")
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="prefixes of 32 and 256 tokens only, and pipeline runs of 4 questions (8 without)")
-    parser.add_argument("--n", type=positive, default=64, help="completions per prefix")
-    parser.add_argument("--new", type=positive, default=32, help="tokens per completion")
-    parser.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=positive, default=3, help="timings per method; the best is kept")
+    parser.add_argument("--n", type=at_least(1), default=64, help="completions per prefix")
+    parser.add_argument("--new", type=at_least(1), default=32, help="tokens per completion")
+    parser.add_argument("--threads", type=at_least(1), default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timings per method; the best is kept")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()

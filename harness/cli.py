@@ -219,9 +219,10 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _count(minimum: float, kind: type = int, above: bool = False, most: float | None = None) -> Callable[[str], Any]:
+def at_least(minimum: float, kind: type = int, above: bool = False, most: float | None = None) -> Callable[[str], Any]:
     """An argparse type: a number of at least ``minimum`` (``kind`` int or float); ``above``: more than
-    ``minimum`` (a rate or a size, where 0 means nothing); ``most``: at most that."""
+    ``minimum`` (a rate or a size, where 0 means nothing); ``most``: at most that. The benchmarks'
+    command lines use it too."""
 
     def parse(text: str):
         try:
@@ -246,7 +247,7 @@ def _path(text: str) -> str:
 
 
 def _progress_interval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress-interval", type=_count(0.1, float), default=30.0, metavar="SECONDS",
+    p.add_argument("--progress-interval", type=at_least(0.1, float), default=30.0, metavar="SECONDS",
                    help="without a terminal, a progress line at least this often (default 30)")
 
 
@@ -269,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("selfcheck", help="check the estimators against exact ground truth (synthetic model)")
-    p.add_argument("--questions", type=_count(1), action=_Once, default=12, help="synthetic questions (default 12)")
-    p.add_argument("--seed", type=_count(0, most=2**63 - 1), action=_Once, default=0, help="seed of every draw (default 0)")
+    p.add_argument("--questions", type=at_least(1), action=_Once, default=12, help="synthetic questions (default 12)")
+    p.add_argument("--seed", type=at_least(0, most=2**63 - 1), action=_Once, default=0, help="seed of every draw (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_selfcheck)
 
@@ -292,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
     p.add_argument("--config", action=_Once, help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--gpu-memory", type=_count(0, float, above=True, most=2.0**20), action=_Once, metavar="GIB",
+    p.add_argument("--gpu-memory", type=at_least(0, float, above=True, most=2.0**20), action=_Once, metavar="GIB",
                    help="device memory in GiB: refuse a plan that does not fit")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--throughput", type=_count(0, float, above=True), action=_Once, metavar="TOK/S",
+    rate.add_argument("--throughput", type=at_least(0, float, above=True), action=_Once, metavar="TOK/S",
                       help="generated tokens per second, for a wall-time estimate")
     rate.add_argument("--measurements", type=_path, action=_Once, metavar="JSON",
                       help="bash bench/gpu_check.sh --json output: its sampled tokens/s")
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("leaderboard", help="merge run directories into a leaderboard JSON and a static page")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
     p.add_argument("--out", type=_path, action=_Once, required=True, help="site directory (index.html, leaderboard.json, figures/)")
-    p.add_argument("--viewer-mb", type=_count(0, float), default=None,
+    p.add_argument("--viewer-mb", type=at_least(0, float), default=None,
                    help="size budget of the per-token viewer's data in MB (default 25)")
     p.set_defaults(func=_leaderboard)
 
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", action=_Once, help="comma-separated teachers of the run (default: all)")
     p.add_argument("--quick", action="store_true", help="a small budget: 2 seeds, 8 steps of 6 questions, 24 held-out questions x 8 samples, "
                                                          "1,000 bootstrap replicates")
-    p.add_argument("--seeds", type=_count(1), action=_Once, help="training seeds per teacher x algorithm (default 3)")
+    p.add_argument("--seeds", type=at_least(1), action=_Once, help="training seeds per teacher x algorithm (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a validate setting (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no log lines")
     _progress_interval(p)

@@ -429,8 +429,8 @@ def test_bench_row_option_reads_allocation_params_and_names_what_is_wrong():
 
     assert bench.shape_names("short,aime-like") == ["short", "aime-like"] and bench.count("3") == 3
     for parse, text, says in [(bench.shape_names, "nope", "unknown shape 'nope'; choose from short, long"),
-                              (bench.shape_names, ",", "names no shape"), (bench.count, "0", "must be >= 1, got 0"),
-                              (bench.count, "x", "expected a whole number")]:
+                              (bench.shape_names, ",", "names no shape"), (bench.count, "0", "must be >= 1, got '0'"),
+                              (bench.count, "x", "expected an integer")]:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
             parse(text)
 

@@ -371,6 +371,11 @@ def test_evaluate_metric_refuses_what_it_would_misread(tmp_path, monkeypatch):
                          (dict(seed=1.5), "seed must be a whole number")):
         with pytest.raises(ValueError, match=message):
             metric.compute(**{**base, **bad})
+    metric.add_batch(**base)  # evaluate's streaming use: the columns come from add_batch
+    assert metric.compute(seed=0)["alignment"] == {"t/gkd": pytest.approx(0.7)}
+    metric.add_batch(**{**base, "path_correct": [None, False]})
+    with pytest.raises(ValueError, match="'path_correct' holds a null at row 0"):
+        metric.compute(seed=0)
 
 
 def test_viewer_keeps_a_spread_of_paths_within_its_budget(run_dir):
@@ -451,13 +456,18 @@ def test_binned_figures_take_their_ci_over_questions_not_paths():
     assert mean == pytest.approx(0.8) and hi == 1.0 and 0 < 0.8 - lo < 1
 
 
-def test_a_model_card_names_a_local_student_by_its_folder_not_its_path(run_dir, capsys):
+def test_a_model_card_names_a_local_student_by_its_folder_not_its_path(run_dir, capsys, tmp_path, monkeypatch):
     """A student loaded from /home/me/ckpts/run-3 once published that path as the model's name."""
     from harness.leaderboard.modelcard import card_name
 
     results = _results(run_dir)
     assert card_name("/home/me/ckpts/run-3/") == "run-3" and card_name("./ckpt") == "ckpt"
     assert card_name("harness/toy_models/student") == "student" and card_name("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+    assert card_name(str(run_dir.parent)) == run_dir.parent.name
+    (tmp_path / "ckpts" / "run-3").mkdir(parents=True)  # a local folder named as a hub id would be
+    monkeypatch.chdir(tmp_path)
+    assert card_name("ckpts/run-3") == "run-3" and card_name("ckpts/elsewhere") == "ckpts/elsewhere"
+    assert card_name(".") == tmp_path.name
     assert model_index({**results, "student": "/home/me/ckpts/run-3"})[0]["name"] == "run-3"
     assert main_model_card(str(run_dir), model_name="my-org/my-student") == 0
     assert yaml.safe_load(capsys.readouterr().out)["model-index"][0]["name"] == "my-org/my-student"

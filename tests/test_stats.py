@@ -187,6 +187,8 @@ def test_a_path_key_shared_by_two_questions_is_refused_not_merged():
     question = np.repeat(["q0", "q1"], 6)
     with pytest.raises(ValueError, match="more than one question"):
         within_path_correlation(np.zeros(12, int), question, x, y)
+    with pytest.raises(ValueError, match="more than one question"):  # also where one question's rows are all undefined
+        within_path_correlation(np.zeros(12, int), question, np.r_[x[:6], np.full(6, nan)], y)
     got = within_path_correlation(np.repeat([0, 1], 6), question, x, y)
     assert got["spearman"]["n_paths"] == 2 and got["spearman"]["mean"] == pytest.approx(0.0)
 
@@ -397,12 +399,14 @@ def test_aggregate_independent_of_row_order():
 def test_equal_values_get_equal_bootstrap_intervals_in_every_row():
     """A teacher's advantage does not depend on the algorithm, nor a teacher-free algorithm's alignment
     (Dr. GRPO's) on the teacher. Seeded by the row's name, one teacher advantage once showed six
-    bootstrap intervals on a run of six algorithms; the seed now follows the values (and the name of
-    the statistic), and shuffled rows still give the same intervals."""
+    bootstrap intervals on a run of six algorithms. Every row now resamples the same questions (the seed
+    follows the statistic's name only), and shuffled rows give the same intervals up to rounding, at a
+    size where sums in another order differ in their last bits."""
     rng = np.random.default_rng(0)
-    n = 12 * 3 * 4  # 12 questions x 3 paths x 4 decision points
-    base = {"question_id": np.repeat([f"q{i:02d}" for i in range(12)], 12), "path_id": np.tile(np.repeat([0, 1, 2], 4), 12),
-            "path_correct": np.tile(np.repeat([True, False, True], 4), 12), "position": np.tile(np.arange(4), 36),
+    q = 300
+    n = q * 3 * 4  # questions x 3 paths x 4 decision points
+    base = {"question_id": np.repeat([f"q{i:03d}" for i in range(q)], 12), "path_id": np.tile(np.repeat([0, 1, 2], 4), q),
+            "path_correct": np.tile(np.repeat([True, False, True], 4), q), "position": np.tile(np.arange(4), 3 * q),
             "alignment": rng.uniform(-1, 1, n), "ideal_norm": rng.uniform(0.1, 1, n),
             "teacher_advantage": rng.normal(0.1, 0.2, n), "n_actions": np.full(n, 3),
             **{d: rng.uniform(0, 1, n) for d in DIVERGENCES}}
@@ -428,8 +432,8 @@ def test_equal_values_get_equal_bootstrap_intervals_in_every_row():
 
         same(("A", "gkd"), ("A", "other"), ("A", "free"), stat="teacher_advantage")
         same(("A", "free"), ("B", "free"), ("A", "gkd"), stat="alignment")
-        # other values, or another statistic of the same row, draw other resamples
-        assert by["A", "other"]["alignment"]["ci95_bootstrap"] != pytest.approx(
+        # the same resamples in every row: values scaled by 0.3 give an interval scaled by 0.3
+        assert by["A", "other"]["alignment"]["ci95_bootstrap"] == pytest.approx(
             [0.3 * v for v in by["A", "gkd"]["alignment"]["ci95_bootstrap"]], abs=1e-12)
 
 
@@ -452,6 +456,8 @@ def test_aggregate_rejects_bad_tables():
                              ({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot")):
         with pytest.raises(ValueError, match=message):
             aggregate(nodes, **options)
+        with pytest.raises(ValueError, match=message):  # an empty table too
+            aggregate({c: v[:0] for c, v in nodes.items()}, **options)
 
 
 def test_intervals_stay_within_the_range_of_their_statistic():

@@ -1,9 +1,9 @@
 """Statistics for odiag: binomial intervals, confidence intervals, tests, aggregation (SPEC.md §5).
 
 Everything here is a pure function of numpy arrays. Randomness (the percentile bootstrap) comes only
-from an explicit seed; the seeds `aggregate` uses are derived from the run seed and the
-teacher/algorithm names with `zlib.crc32`, never Python's salted `hash()`, so results repeat
-across processes.
+from an explicit seed; the seeds `aggregate` uses are derived from the run seed and the statistic's
+name with `zlib.crc32`, never Python's salted `hash()`, so results repeat across processes, and every
+teacher x algorithm row resamples the same questions.
 
 `aggregate` turns the per-node records (one row per decision point x teacher x algorithm) into the
 per-teacher rows of `results.json` (SPEC.md §6). Grouping is done with `np.unique` /
@@ -262,6 +262,18 @@ def _renamed(summary: dict, count_key: str) -> dict:
 # --------------------------------------------------------------------------- correlations
 
 
+def _check_one_question_per_path(path_key: np.ndarray, question_key: np.ndarray) -> None:
+    """Raise ValueError when a path key occurs in more than one question (its rows would be one path)."""
+    if path_key.size == 0:
+        return
+    _, path_N = np.unique(path_key, return_inverse=True)
+    _, question_N = np.unique(question_key, return_inverse=True)
+    pairs = np.unique(np.stack([path_N.reshape(-1), question_N.reshape(-1)]), axis=1)
+    if pairs.shape[1] != np.unique(pairs[0]).size:
+        raise ValueError("a path_key occurs in more than one question: key each path uniquely across "
+                         "questions, e.g. by (question_id, path_id)")
+
+
 def within_path_correlation(
     path_key, question_key, x, y, min_points: int = 5, seed=0, n_boot: int = 2000
 ) -> dict:
@@ -272,7 +284,8 @@ def within_path_correlation(
     of within-path average ranks; values equal to `TIE_DIGITS` significant digits tie, `tie_key`).
     A question's value is the mean over its eligible paths; each
     correlation is summarised as the mean over questions with a 95% Student-t CI over questions and
-    a seeded percentile bootstrap CI:
+    a seeded percentile bootstrap CI (a `path_key` must name one path across all questions, e.g. a
+    global path index: one seen in two questions raises ValueError):
     `{"spearman": {"mean", "ci95", "ci95_bootstrap", "n_paths", "n_questions"}, "pearson": {...}}`.
     Correlating within paths removes between-path differences (e.g. correct vs incorrect paths);
     averaging per question first keeps the interval honest, because paths of one question share the
@@ -280,7 +293,9 @@ def within_path_correlation(
     """
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     ok = np.isfinite(x) & np.isfinite(y)
-    path_key, question_key = np.asarray(path_key).ravel()[ok], np.asarray(question_key).ravel()[ok]
+    path_key, question_key = np.asarray(path_key).ravel(), np.asarray(question_key).ravel()
+    _check_one_question_per_path(path_key, question_key)
+    path_key, question_key = path_key[ok], question_key[ok]
     _, group = np.unique(path_key, return_inverse=True)
     group, x, y = group.reshape(-1), x[ok], y[ok]
     n_groups = int(group.max()) + 1 if group.size else 0
@@ -296,9 +311,6 @@ def within_path_correlation(
     question_of_G = np.zeros(n_groups, dtype=np.int64)
     _, question_N = np.unique(question_key, return_inverse=True)
     question_of_G[group] = question_N.reshape(-1)
-    if np.any(question_of_G[group] != question_N.reshape(-1)):
-        raise ValueError("a path_key occurs in more than one question: key each path uniquely across "
-                         "questions, e.g. by (question_id, path_id)")
     _, question_E = np.unique(question_of_G[eligible_G], return_inverse=True)
     question_E = question_E.reshape(-1)
     n_questions = int(question_E.max()) + 1 if question_E.size else 0
@@ -347,16 +359,6 @@ def _derived_seed(seed: int, *names: str) -> list[int]:
     return [int(seed), zlib.crc32("/".join(names).encode())]
 
 
-def _data_seed(seed: int, name: str, values) -> list[int]:
-    """A bootstrap seed from the run seed, the statistic's name and the values it resamples: the same
-    values give the same interval in every row (a teacher's advantage under each algorithm, Dr. GRPO's
-    teacher-free alignment under each teacher), whatever the row is called. Values are keyed as
-    `tie_key` rounds them, so sums taken in another row order key alike; nan keys as one value."""
-    key = tie_key(np.asarray(values, dtype=np.float64))
-    data = np.ascontiguousarray(np.where(np.isnan(key), np.inf, key)).tobytes()
-    return [*_derived_seed(seed, name), zlib.crc32(data)]
-
-
 def _path_index(nodes: Mapping[str, np.ndarray]):
     """Integer path id per row, with each path's question index and correctness.
 
@@ -382,8 +384,9 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
     advantage, each over the path's rows where the value is finite. Per question: the mean over its
     correct paths, over its incorrect paths, and — its overall value — the mean over all its paths
     with a defined value (every path counts once, whatever its outcome). Per teacher: mean over
-    questions with Student-t and bootstrap 95% CIs, each bootstrap seeded from the run seed, the
-    statistic's name and the per-question values it resamples (`_data_seed`).
+    questions with Student-t and bootstrap 95% CIs, each bootstrap seeded from the run seed and the
+    statistic's name alone: every row resamples the same questions (common random numbers), so equal
+    per-question values give equal intervals in every row, whatever the row's teacher or algorithm.
     """
     teacher, algorithm = str(rows["teacher"][0]), str(rows["algorithm"][0])
     n_paths, n_questions = correct_P.size, int(question_P.max()) + 1
@@ -397,14 +400,12 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
         return _group_mean(question_P[mask_P], path_values[mask_P], n_questions)
 
     def summary(name, question_values, bounds=(-1.0, 1.0)):
-        return _renamed(_summary(question_values, _data_seed(seed, name, question_values), n_boot, bounds),
-                        "n_questions")
+        return _renamed(_summary(question_values, _derived_seed(seed, name), n_boot, bounds), "n_questions")
 
     mean_P = per_path(align)
     positive_P = per_path(np.where(np.isnan(align), np.nan, align > 0))  # undefined stays out
     correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
-    diff_Q = incorrect_Q - correct_Q
-    diff = _summary(diff_Q, _data_seed(seed, "incorrect_minus_correct", diff_Q), n_boot, (-2.0, 2.0))
+    diff = _summary(incorrect_Q - correct_Q, _derived_seed(seed, "incorrect_minus_correct"), n_boot, (-2.0, 2.0))
     n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
     return {
         "teacher": teacher,
@@ -425,7 +426,7 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
             "teacher_advantage", per_question(per_path(rows["teacher_advantage"]))),
         "divergence_correlations": {
             d: within_path_correlation(
-                path_N, question_P[path_N], rows[d], align, seed=_derived_seed(seed, teacher, algorithm, d),
+                path_N, question_P[path_N], rows[d], align, seed=_derived_seed(seed, d),
                 n_boot=n_boot)
             for d in DIVERGENCES
         },
@@ -453,6 +454,7 @@ def aggregate(nodes: Mapping[str, Sequence], seed: int = 0, n_boot: int = 2000) 
         raise ValueError(f"node table lacks columns {missing}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a whole number >= 0 (the run's seed); got {seed!r}")
+    bootstrap_ci([], seed, n_boot)  # refuses a bad n_boot up front, even for a table with no rows
     nodes = {c: np.asarray(nodes[c]) for c in NODE_COLUMNS}
     if len({a.shape for a in nodes.values()}) != 1 or nodes["alignment"].ndim != 1:
         raise ValueError("node columns must be 1-D arrays of one length")

@@ -194,8 +194,10 @@ def main_model_card(run_dir: str, out: str | None = None, model_name: str | None
 
     from harness.config import ConfigError
 
-    if model_name is not None and not model_name.strip():
-        raise ConfigError("--model-name: empty; give the model's name on the Hub, e.g. my-org/my-student")
+    if model_name is not None:
+        model_name = model_name.strip()
+        if not model_name:
+            raise ConfigError("--model-name: empty; give the model's name on the Hub, e.g. my-org/my-student")
     text = model_card_yaml(run_dir, model_name)
     if out is None or out == "-":
         try:

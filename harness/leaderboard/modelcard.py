@@ -29,7 +29,9 @@ def card_name(student: str) -> str:
     path on this machine means nothing to a reader of the card)."""
     from harness.modelfiles import is_local_path
 
-    return Path(student.rstrip("/")).name or student if is_local_path(student) else student
+    if not (is_local_path(student) or Path(student).expanduser().is_dir()):
+        return student
+    return Path(student).expanduser().resolve().name or student
 
 
 def model_index(results: dict, model_name: str | None = None) -> list[dict]:

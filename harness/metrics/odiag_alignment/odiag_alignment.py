@@ -44,7 +44,7 @@ Args (one value per node record; all lists of equal length):
     n_actions (int, |A(s)|), kl, reverse_kl, js, tv, prob_cosine (float): the node's values.
 Keyword arguments:
     seed (int, default 0): seed of the bootstrap intervals; the run's seed (results.json config.seed)
-        gives results.json's intervals.
+        gives the intervals of a results.json written by this version.
     n_boot (int, default 2000): bootstrap resamples.
 Returns:
     alignment: {"teacher/algorithm": mean alignment over questions}.
@@ -65,20 +65,26 @@ FEATURES = {c: NODE_DTYPES[c] for c in NODE_COLUMNS}
 OPTIONS = ("seed", "n_boot")
 
 
-def check_inputs(kwargs) -> None:
-    """Refuse, naming the input, what ``compute`` would otherwise misread: a missing column, an unknown
-    keyword (a misspelt option would be ignored), or a null value (Arrow's None: a null ``path_correct``
-    would count as an incorrect path). Values are checked by ``aggregate``."""
-    missing = [c for c in FEATURES if kwargs.get(c) is None]
-    if missing:
-        raise ValueError(f"odiag_alignment: missing input columns {missing}: give one list per column of "
-                         f"nodes.parquet ({', '.join(FEATURES)})")
+def check_arguments(kwargs) -> None:
+    """Refuse, naming it, an unknown keyword of ``compute`` (a misspelt option would be ignored) and,
+    when columns are given there, a missing one (``evaluate`` would fail on it with "NoneType has no
+    len()"). Columns may instead come from ``add_batch``; their values are checked by `check_columns`."""
     unknown = sorted(set(kwargs) - set(FEATURES) - set(OPTIONS))
     if unknown:
         raise ValueError(f"odiag_alignment: unknown arguments {unknown}: the inputs are the columns "
                          f"{', '.join(FEATURES)} and the options {', '.join(OPTIONS)}")
+    given = [c for c in FEATURES if kwargs.get(c) is not None]
+    if given and len(given) < len(FEATURES):
+        missing = [c for c in FEATURES if c not in given]
+        raise ValueError(f"odiag_alignment: missing input columns {missing}: give one list per column of "
+                         f"nodes.parquet ({', '.join(FEATURES)})")
+
+
+def check_columns(columns) -> None:
+    """Refuse a null value (Arrow's None), naming its column and row: a null ``path_correct`` would count
+    as an incorrect path. Ranges are checked by ``aggregate``."""
     for c in FEATURES:
-        nulls = [i for i, v in enumerate(kwargs[c]) if v is None]
+        nulls = [i for i, v in enumerate(columns[c]) if v is None]
         if nulls:
             raise ValueError(f"odiag_alignment: column {c!r} holds a null at row {nulls[0]} ({len(nulls)} in all): "
                              "every node record needs every value (an undefined alignment is nan, not null)")
@@ -97,12 +103,13 @@ class OdiagAlignment(evaluate.Metric):
         )
 
     def compute(self, **kwargs):
-        """`evaluate.Metric.compute`, after `check_inputs`: a missing, misspelt or null input is refused
-        by name instead of failing deep inside ``evaluate`` or counting as a value."""
-        check_inputs(kwargs)
+        """`evaluate.Metric.compute`, after `check_arguments`: a missing column or a misspelt option is
+        refused by name instead of failing deep inside ``evaluate`` or being ignored."""
+        check_arguments(kwargs)
         return super().compute(**kwargs)
 
     def _compute(self, seed: int = 0, n_boot: int = 2000, **columns):
+        check_columns(columns)
         # Python lists from Arrow, float64 kept (the numpy format would cast floats to float32).
         rows = aggregate({k: np.asarray(v) for k, v in columns.items()}, seed=seed, n_boot=n_boot)
         key = lambda r: f"{r['teacher']}/{r['algorithm']}"  # noqa: E731
