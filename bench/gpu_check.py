@@ -139,7 +139,7 @@ def main() -> None:
         print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}", flush=True)
     if args.json:
         record = {"device": name, "backend": args.backend, "model": args.student, "rows": rows}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.backend == "vllm" or Path(args.student).resolve() != STUDENT_DIR:  # the run's overhead: on the toy task
         return
     overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)

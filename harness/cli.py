@@ -98,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness.config import REPOSITORY, resolve_run_config
-    from harness.leaderboard import check_site_dir, main_leaderboard
+    from harness.leaderboard import build, check_site_dir, main_leaderboard
     from harness.pipeline import run
     from harness.report import summary_table
 
@@ -113,11 +113,14 @@ def _demo(args: argparse.Namespace) -> int:
         results = run(cfg, args.out, on_progress=reporter)
     finally:
         reporter.close()
-    print(summary_table(results))
-    code = main_leaderboard([args.out], args.site, None)
-    print("\n".join(reporter.closing_lines()))
+    if args.quiet:  # the last line only: where the run and its page are
+        build([args.out], args.site)
+    else:
+        print(summary_table(results))
+        main_leaderboard([args.out], args.site, None)
+        print("\n".join(reporter.closing_lines()))
     print(f"demo finished in {time.monotonic() - started:.0f} s: run {args.out}, leaderboard {args.site}/index.html")
-    return code
+    return 0
 
 
 def _tasks_dir(args: argparse.Namespace) -> int:
@@ -462,6 +465,26 @@ def _reader_gone() -> bool:
     return gone
 
 
+def _escape_what_it_cannot_encode(stream) -> None:
+    """A stream in an encoding other than UTF-8 (ASCII under ``LC_ALL=C``) writes what it cannot encode
+    (a section sign, an arrow) as a backslash escape, as Python's stderr does, rather than failing on it;
+    the bytes of a file name that were not UTF-8 are written back as they came (surrogateescape)."""
+    import codecs
+
+    def escape(exc: UnicodeError):
+        try:
+            return codecs.lookup_error("surrogateescape")(exc)
+        except UnicodeError:
+            return codecs.lookup_error("backslashreplace")(exc)
+
+    try:
+        if stream.errors in ("strict", "surrogateescape") and codecs.lookup(stream.encoding).name != "utf-8":
+            codecs.register_error("odiag.escape", escape)
+            stream.reconfigure(errors="odiag.escape")
+    except (AttributeError, LookupError, TypeError, ValueError):  # not a text stream that can be reconfigured
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """``odiag``: 0 on success; 2 with one ``odiag: error: ...`` line on stderr for any expected
     failure (bad input, a path that cannot be written); a bug keeps its traceback (exit 1)."""
@@ -472,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # closed by whoever started odiag (`2>&-`): the work goes on, its lines nowhere
             setattr(sys, name, open(os.devnull, "w"))
+        _escape_what_it_cannot_encode(getattr(sys, name))
     try:
         os.getcwd()
     except FileNotFoundError:  # relative paths would name nothing, and torch's libraries fail to load from here

@@ -69,7 +69,7 @@ class Model:
 
 def _from_config(path: Path) -> tuple | None:
     try:
-        c = json.loads((path / "config.json").read_text())
+        c = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     c = c.get("text_config", c)
@@ -92,8 +92,8 @@ def describe_model(model_id: str, role: str, dtype: str) -> Model:
     stored = None
     if local.is_dir():
         try:
-            stored = json.loads((local / "config.json").read_text()).get("dtype") or json.loads(
-                (local / "config.json").read_text()).get("torch_dtype")
+            stored = json.loads((local / "config.json").read_text(encoding="utf-8")).get("dtype") or json.loads(
+                (local / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
         except (OSError, ValueError):
             stored = None
     width = DTYPE_BYTES.get(dtype) or DTYPE_BYTES.get(str(stored), 2)  # auto: the checkpoint's (Qwen3: bfloat16)

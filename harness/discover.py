@@ -68,7 +68,7 @@ def task_rows() -> list[dict[str, str]]:
     }]
     for path in sorted(TASKS_DIR.glob("*.yaml")):
         try:
-            cfg = yaml.load(path.read_text(), Loader=_TaskLoader) or {}
+            cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
             if not isinstance(cfg, dict):
                 raise ValueError(f"expected a mapping at the top level, got a {type(cfg).__name__}")
             odiag = ((cfg.get("metadata") or {}).get("odiag")) or {}
@@ -98,7 +98,7 @@ def _unreadable(row: dict[str, str], path: Path, exc: BaseException) -> dict[str
 
 def _first_sentence(path: Path) -> str:
     head = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
         head.append(line.lstrip("#").strip())
@@ -118,7 +118,7 @@ def model_size(model: str | None) -> str:
     if match:
         return f"{match.group(1)}{match.group(2).upper()}"
     try:
-        manifest = json.loads(MANIFEST.read_text())
+        manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
     entry = manifest.get(Path(model).name) if Path(model).parent.resolve() == MANIFEST.parent else None

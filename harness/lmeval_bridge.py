@@ -258,7 +258,7 @@ def task_yaml(task: str) -> dict:
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
-        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(), Loader=Loader)
+        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(encoding="utf-8"), Loader=Loader)
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -365,6 +365,6 @@ def _window_weights(states: list[QuestionState], n_windows: int) -> list[float]:
 def _last_backend(root: Path) -> dict | None:
     """The backend description of the run's last results (reported when this invocation loads no model)."""
     try:
-        return json.loads((root / "results.json").read_text())["versions"]["backend"]
+        return json.loads((root / "results.json").read_text(encoding="utf-8"))["versions"]["backend"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

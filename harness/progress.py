@@ -68,6 +68,7 @@ class RunFinished:
     out: str  # the run directory
     phases: tuple[PhaseProgress, ...]  # each phase's final event, in order
     elapsed: float  # seconds since the run started
+    loading: float = 0.0  # of those, seconds spent loading models (counted in no phase)
 
 
 Event = RunStarted | PhaseProgress | RunFinished
@@ -137,6 +138,11 @@ class Phase:
 
     # called by the pipeline ------------------------------------------------------------------------
 
+    def loaded(self, seconds: float) -> None:
+        """``seconds`` went to loading models: not the phase's work, so not in its time, rates or ETA."""
+        self.started += seconds
+        self.owner.loading += seconds
+
     def step(self, index: int, label: str) -> None:
         """Enter step ``index`` of ``steps`` (e.g. a depth window)."""
         self.step_index, self.step_label = index, label
@@ -199,6 +205,7 @@ class Phases:
         self.min_interval = min_interval
         self.started = time.monotonic()
         self.finals: list[PhaseProgress] = []
+        self.loading = 0.0  # seconds spent loading models, in whichever phase first needed them
 
     def run_started(self, task: str, questions: int, available: int | None, teachers: int, out) -> None:
         self.callback(RunStarted(task, questions, available, teachers, str(out)))
@@ -223,7 +230,7 @@ class Phases:
         self.finals.append(ph.last)
 
     def run_finished(self, out) -> None:
-        self.callback(RunFinished(str(out), tuple(self.finals), time.monotonic() - self.started))
+        self.callback(RunFinished(str(out), tuple(self.finals), time.monotonic() - self.started, self.loading))
 
 
 # the command line's side ---------------------------------------------------------------------------
@@ -231,7 +238,7 @@ class Phases:
 
 def _unit(unit: str, n: float) -> str:
     """``passes`` of a phase's count, ``pass`` for one."""
-    return {"passes": "pass", "rollouts": "rollout", "samples": "sample", "arms": "arm"}.get(unit, unit) if n == 1 else unit
+    return {"passes": "pass", "rollouts": "rollout", "samples": "sample", "trainings": "training"}.get(unit, unit) if n == 1 else unit
 
 
 def _count(n: float) -> str:
@@ -320,6 +327,12 @@ class Reporter:
         self._printed = time.monotonic()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._logging = None  # on a terminal, log lines go above the bars rather than through them
+        if self.tty and not quiet:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._logging = logging_redirect_tqdm()
+            self._logging.__enter__()
 
     # events ----------------------------------------------------------------------------------------
 
@@ -425,6 +438,9 @@ class Reporter:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+        if self._logging is not None:
+            self._logging.__exit__(None, None, None)
+            self._logging = None
 
     def closing_lines(self, results_at: str | None = None) -> list[str]:
         """Wall time, rollouts and tokens per phase of the run(s) reported, and where the results are."""
@@ -442,6 +458,8 @@ def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) ->
     if not runs:
         return [f"results: {results_at}"] if results_at else []
     lines = [f"{'phase':<20} {'wall':>10} {'rollouts':>12} {'tokens':>14}  other"]
+    if loading := sum(r.loading for r in runs):
+        lines.append(f"{'loading models':<20} {_duration(loading):>10} {0:>12} {0:>14}")
     for run in runs:
         for ev in run.phases:
             other = f"{_count(ev.done)} forward passes" if ev.unit == "passes" else ""

@@ -155,7 +155,7 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
         raise _oserror(path, exc) from None
     try:
         os.fchmod(fd, file_mode)
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:  # UTF-8 whatever the locale
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -198,7 +198,7 @@ def write_json(path: Path, obj: object) -> None:
 def read_json(path: Path, what: str) -> object:
     """A JSON file, or a one-line RunDirError naming it (missing, unreadable, not JSON)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -336,7 +336,7 @@ class RunLock:
 
     def holder(self) -> str:
         try:
-            info = json.loads(self.path.read_text())
+            info = json.loads(self.path.read_text(encoding="utf-8"))
             return f"odiag pid {info['pid']} on {info['host']} since {info['started']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another odiag process (just starting)"
@@ -425,7 +425,7 @@ def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], remov
 def _tables(root: Path) -> list[str]:
     """The tables a finished run's ``results.json`` lists (none where it cannot be read)."""
     try:
-        tables = json.loads((root / "results.json").read_text()).get("tables")
+        tables = json.loads((root / "results.json").read_text(encoding="utf-8")).get("tables")
     except (OSError, ValueError, AttributeError):
         return []
     return [t for t in tables if isinstance(t, str)] if isinstance(tables, dict) else []
@@ -714,7 +714,7 @@ class RunDir:
     def pending_drop(root: str | Path) -> list[str]:
         """The teachers a stopped ``rescore --drop-teacher`` removed (``DROPPED``); empty when none."""
         try:
-            names = json.loads((Path(root) / DROPPED).read_text())
+            names = json.loads((Path(root) / DROPPED).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return []
         return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

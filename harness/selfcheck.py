@@ -173,7 +173,7 @@ def run_selfcheck(cfg: SelfcheckConfig, workdir: str | Path | None = None) -> di
             results = run(_run_config(cfg, strategy, cascade), out)
             summary["rollouts"][label] = results["counts"]["rollouts"]
             summary["modes"][label] = check_run(out, cfg)
-            log.info("selfcheck %s: %d rollouts", label, results["counts"]["rollouts"])
+            log.info("selfcheck %s: %s rollouts", label, f"{results['counts']['rollouts']:,}")
     summary["passed"] = bool(
         all(summary["modes"][label]["q_coverage"] >= COVERAGE_FLOOR for label, _, cascade in RUNS if cascade == "unbiased")
     )
@@ -188,7 +188,7 @@ def format_report(summary: dict) -> str:
     for mode, s in summary["modes"].items():
         bias = s["on_path_q_bias"]
         lines.append(
-            f"\n[{mode}] {summary['rollouts'][mode]} rollouts, decision points {s['decision_points']}, "
+            f"\n[{mode}] {summary['rollouts'][mode]:,} rollouts, decision points {s['decision_points']}, "
             f"children in A(s) {s['q_children']}\n"
             f"  Q: 95% Wilson coverage {s['q_coverage']:.3f}, mean |error| {s['q_mean_abs_error']:.4f}, "
             f"mean error {s['q_mean_error']:+.4f}\n"

@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     tokenizer = build_tokenizer()
     manifest_path = out / "MANIFEST.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
     manifest["command"] = "python -m harness.toy"
     for name, spec in MODELS.items():
         if args.only and name != args.only:
@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         info["sha256"] = _sha256(weights)
         manifest[name] = info
         log.info("%s: %s", name, json.dumps(info))
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -386,7 +386,8 @@ def _versions(device) -> dict:
 def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | None = None) -> dict:
     """Distil, evaluate, correlate; write ``validation.json`` and the figure into ``run_dir``; return the JSON.
 
-    ``on_progress`` receives `harness.progress` events: one phase, "validate", counting arms x seeds.
+    ``on_progress`` receives `harness.progress` events: one phase, "validate", counting the
+    trainings (arm x seed) this command runs; those stored by an earlier one are read back, not counted.
     """
     root = Path(run_dir)
     RunDir.finished_results(root)  # what the directory is instead, before anything is taken
@@ -505,7 +506,7 @@ def _checked_run(root: Path, cfg: ValidateConfig) -> _Run:
     """The finished run at ``root`` with what ``cfg`` asks of it, or one line saying why it cannot be validated."""
     results_file = RunDir.finished_results(root)
     RunDir.verify_models(root)  # it trains the student the run scored, and reads the contexts the run stored
-    results = json.loads(results_file.read_text())
+    results = json.loads(results_file.read_text(encoding="utf-8"))
     if results.get("schema_version") != "odiag.results/1":
         raise ConfigError(f"{results_file}: schema_version {results.get('schema_version')!r}, odiag validate reads 'odiag.results/1'")
     run_cfg = RunDir.load_config(root)
@@ -564,13 +565,16 @@ def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict,
 
     acc = {arm: [None] * seeds for arm in arms}
     train_info: dict = {arm: [None] * seeds for arm in arms}
-    with phases.phase("validate", unit="arms") as phase:
-        phase.plan(len(arms) * seeds)
+    order = [(None, CONTROL), (None, NOISE), *[a for a in arms if a[1] not in (CONTROL, NOISE)]]
+    # a teacher by name and identity: another file under the same name is trained anew
+    paths = {(arm, s): store / (f"{slug(arm[0])}-{refs[arm[0]].identity}" if arm[0] else "-") / f"{arm[1]}--seed{s}.json"
+             for s in range(seeds) for arm in order}
+    with phases.phase("validate", unit="trainings") as phase:
+        phase.plan(sum(not path.exists() for path in paths.values()))  # what a resumed command still trains
         for s in range(seeds):
-            for arm in [(None, CONTROL), (None, NOISE), *[a for a in arms if a[1] not in (CONTROL, NOISE)]]:
+            for arm in order:
                 teacher, algorithm = arm
-                # a teacher by name and identity: another file under the same name is trained anew
-                path = store / (f"{slug(teacher)}-{refs[teacher].identity}" if teacher else "-") / f"{algorithm}--seed{s}.json"
+                path = paths[arm, s]
                 if path.exists():
                     saved = _stored_arm(path, len(trainer.heldout_q))
                 else:
@@ -585,10 +589,10 @@ def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict,
                              "accuracy": trainer.evaluate(model, key).tolist(), "losses": losses,
                              "seconds": round(time.monotonic() - t0, 2)}
                     write_json(path, saved)
+                    phase.advance(1)
                 acc[arm][s] = np.asarray(saved["accuracy"], float)
                 train_info[arm][s] = {"seconds": saved["seconds"], "loss_first": (saved["losses"] or [None])[0],
                                       "loss_last": (saved["losses"] or [None])[-1]}
-                phase.advance(1)
     return acc, train_info
 
 
@@ -626,7 +630,7 @@ def _rows(arms: Sequence[tuple[str | None, str]], acc: dict, train_info: dict, r
 def _stored_arm(path: Path, heldout: int) -> dict:
     """A finished (arm, seed) as stored: one line naming the file when it is not one."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         accuracy = np.asarray(saved["accuracy"], float)
         losses, seconds = saved["losses"], saved["seconds"]
         if accuracy.shape != (heldout,) or not np.isfinite(accuracy).all() or not isinstance(losses, list) \

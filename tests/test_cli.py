@@ -127,8 +127,8 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(done=0)) == ("targeted rollouts (window 2/3): ~2,000 rollouts planned so far, 25,000 tokens "
                                         "generated (2,500 tokens/s), 25% of the budget spent (1,000/4,000)")
     assert describe(_event(final=True, budget=None, elapsed=125)).startswith("targeted rollouts: done, 500 rollouts, 25,000 tokens in 2 min 05 s")
-    slow = describe(_event(phase="validate", unit="arms", done=3, planned=12, expected=12, tokens=0, elapsed=40.0, budget=None, step=""))
-    assert slow == "validate: 3/12 arms (25%), 0.075 arms/s, ETA 2 min 00 s"  # a slow phase's rate is not "0/s"
+    slow = describe(_event(phase="validate", unit="trainings", done=3, planned=12, expected=12, tokens=0, elapsed=40.0, budget=None, step=""))
+    assert slow == "validate: 3/12 trainings (25%), 0.075 trainings/s, ETA 2 min 00 s"  # a slow phase's rate is not "0/s"
     # in its last window a phase planned round by round still cannot count the rounds to come: marked, never exact
     last = dict(planned=1000, expected=1000, step="window 3/3", rounds=True)
     assert describe(_event(done=0, **last)).startswith("targeted rollouts (window 3/3): 1,000 rollouts planned so far,")
@@ -171,6 +171,39 @@ def test_phases_count_plan_and_estimate_later_steps():
         assert events[-1].expected == 150 and events[-1].spent == 100
     phases.run_finished("somewhere")
     assert [e.phase for e in phases.finals] == ["targeted rollouts"] * 2
+
+
+def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_them():
+    """A backend built on its first request (LazyBackend) loads before the work is planned: the phase's
+    time, rates and ETA leave the loading out; the closing lines show it on a row of its own."""
+    from types import SimpleNamespace
+
+    from harness.backends.wrappers import CountingBackend, LazyBackend
+    from harness.progress import closing_lines
+
+    class Slow:
+        def sample(self, requests):
+            time.sleep(0.05)
+            return [SimpleNamespace(tokens=[[1, 2]] * r.n) for r in requests]
+
+    def build():
+        time.sleep(0.5)
+        return Slow()
+
+    events = []
+    phases = Phases(events.append, min_interval=0)
+    backend = CountingBackend(LazyBackend(build))
+    with phases.phase("initial rollouts", backend):
+        backend.sample([SimpleNamespace(n=4)])
+        backend.sample([SimpleNamespace(n=4)])  # built once
+    phases.run_finished("somewhere")
+    first_planned = next(e for e in events if isinstance(e, PhaseProgress) and e.planned)
+    final, finished = events[-2], events[-1]
+    assert first_planned.elapsed < 0.2  # planned after the loading, on a clock that left it out
+    assert final.final and final.planned == 8 and final.tokens == 16 and 0.1 <= final.elapsed < 0.4
+    assert 0.5 <= finished.loading < 0.8 and finished.elapsed >= 0.6
+    lines = closing_lines([finished])
+    assert lines[1].split()[:2] == ["loading", "models"] and lines[2].startswith("initial rollouts")
 
 
 def test_vllm_completion_bar_reports_each_request_and_draws_nothing(capsys):
@@ -228,6 +261,31 @@ def test_terminal_bars_have_units_and_no_empty_or_prefilled_bar():
     assert "rollouts/s" in text and "it/s" not in text and "done 1/1" not in text
 
 
+def test_a_log_line_on_a_terminal_goes_above_the_bars_not_through_them(monkeypatch):
+    """A log line while a bar is drawn clears the bar's line first (tqdm.write) and the bar is drawn again
+    below it; the console handler is put back when the reporter closes."""
+    import logging
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    handler = logging.StreamHandler(sys.stderr)
+    log = logging.getLogger("harness.test_progress")
+    logging.root.addHandler(handler)
+    try:
+        reporter = Reporter(stream=sys.stderr, tty=True)
+        reporter(_event(done=100))
+        log.warning("a note while the bar is drawn")
+        reporter(_event(done=2000, final=True))
+        reporter.close()
+        assert handler in logging.root.handlers
+    finally:
+        logging.root.removeHandler(handler)
+    text = terminal.getvalue()
+    before = text[: text.index("a note while the bar is drawn")]
+    assert "/2000" in before and before.endswith("\r"), repr(text[-300:])  # the bar's line cleared first
+    assert "100/2000" in text[text.index("a note"):]  # and drawn again below the note
+
+
 # the terminal summary ---------------------------------------------------------------------------
 
 
@@ -258,6 +316,14 @@ def test_summary_leads_with_the_headline_algorithm_by_teacher():
     assert "jsd: +1.000 for every teacher (it reads the teacher; here every teacher scored alike)" in same
     assert lines[-1] == ("4 questions, 16 paths, 10 decision points, 1,000 rollouts, 9,000 tokens generated in the tree, "
                          "32 teacher forward passes")
+    # a teacher named longer than the column: the column widens, every row's numbers stay aligned
+    long = "self-distillation-with-two-correct-solutions"
+    wide = summary_table(_results([_row(long, "gkd", 0.2, 2), _row("b", "gkd", 0.4, 1), _row(long, "jsd", 0.1, 2),
+                                   _row("b", "jsd", 0.3, 1)])).splitlines()
+    header, first, second = wide[1], wide[2], wide[3]
+    assert header.index("alignment") + len("alignment") == first.index("+0.400") + 6 == second.index("+0.200") + 6
+    other = wide.index("other algorithms, mean alignment:")
+    assert wide[other + 1].index("jsd") + 3 == wide[other + 2].index("+0.300") + 6 == wide[other + 3].index("+0.100") + 6
     one = _results(rows, decision_points=1)
     one["counts"] |= {"questions": 1, "paths": 1, "rollouts": 1, "tokens_generated": 1, "teacher_forward_passes": 1}
     assert summary_table(one).splitlines()[-1] == (
@@ -361,6 +427,25 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert "error" not in err and "Exception" not in err and (out / "results.json").is_file()
+
+
+def test_an_ascii_locale_gets_escapes_not_a_traceback(tmp_path):
+    """Under LC_ALL=C (stdout in ASCII) the help, the task list, a run's summary and the leaderboard's files
+    are written: what the terminal cannot show is escaped on it, and files are UTF-8 whatever the locale."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LANG", "LC_CTYPE")}
+    env.update(LC_ALL="C", PYTHONUTF8="0")
+    (tmp_path / "another.yaml").write_text("description: a second misleading teacher, named \u00a7 3\nmodel: misleading\n",
+                                           encoding="utf-8")
+    for command in (["run", "--help"], ["ls", "tasks"], ["run", "--out", "r", "--set", "limit=2"],
+                    ["add-teacher", "r", "another.yaml"], ["leaderboard", "r", "--out", "site"]):
+        done = subprocess.run([BIN / "odiag", *command], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+        assert done.returncode == 0, (command, done.stderr.decode(errors="replace")[-2000:])
+    listed = subprocess.run([BIN / "odiag", "ls", "tasks"], env=env, capture_output=True, timeout=60).stdout
+    assert b"SPEC \\xa7" in listed  # the section sign, escaped
+    html = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert "\u00b1" in html and "\\xb1" not in html  # a plus-minus sign, as itself
 
 
 @pytest.mark.parametrize("command", [["run", "--out", "x"], ["demo"], ["rescore", "x"], ["add-teacher", "x", "t.yaml"],

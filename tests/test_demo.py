@@ -26,7 +26,7 @@ def test_demo_runs_every_toy_teacher_and_publishes_a_leaderboard(tmp_path):
     cmd = [BIN / "odiag", "demo", "--out", tmp_path / "run", "--site", tmp_path / "site", "--quiet"]
     done = subprocess.run([*cmd, *[x for s in small for x in ("--set", s)]], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "demo finished" in done.stdout
+    assert done.stdout.startswith("demo finished") and len(done.stdout.splitlines()) == 1, done.stdout  # --quiet: one line
 
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["task"] == "odiag_toy" and sorted(results["teacher_info"]) == TOY_TEACHERS

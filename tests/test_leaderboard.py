@@ -491,3 +491,34 @@ def test_error_bars_of_a_mean_rounded_past_minus_one_are_zero_not_negative():
     err = _err([edge, 0.2, np.nan], [-1.0, 0.1, np.nan], [-1.0, 0.4, np.nan])
     assert (err >= 0).all() and err[0, 0] == 0.0
     assert np.allclose(err, [[0.0, 0.1, 0.0], [0.0, 0.2, 0.0]], rtol=0, atol=1e-15)
+
+
+def test_a_binned_figure_of_many_teachers_keeps_each_in_its_bin_and_its_own_colour():
+    """60 teachers: each bin's points stay within the bin, every teacher has a colour of its own, and the
+    legend below gets room of its own: the panel keeps its height (it collapsed to 1% of the figure; at 100
+    teachers matplotlib warned that its layout was not applied)."""
+    import io
+    import warnings
+
+    from harness.leaderboard.figures import _binned, teacher_colours
+
+    teachers = [f"teacher-{i:02d}" for i in range(60)]
+    rng = np.random.default_rng(0)
+    n = len(teachers) * 2 * 3 * 2  # teachers x questions x paths x bins
+    label = np.repeat(teachers, 12)
+    question = np.tile(np.repeat(["q1", "q2"], 6), len(teachers))
+    path = np.array([f"{q}-{p}" for q, p in zip(question, np.tile(np.repeat([0, 1, 2], 2), 2 * len(teachers)), strict=True)])
+    bins = np.tile([0, 1], n // 2)
+    nodes = {"algorithm": np.full(n, "gkd"), "label": label, "alignment": rng.uniform(-1, 1, n), "question_key": question,
+             "path_key": path}
+    colours = teacher_colours(teachers)
+    assert len(set(colours.values())) == len(teachers)
+    group = {"algorithms": ["gkd"], "teachers": teachers, "task": "t", "student": "s"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = _binned(group, nodes, colours, bins, [0, 1], ["a", "b"], "bin", "title")
+        fig.savefig(io.BytesIO(), format="png")
+    assert fig.axes[0].get_position().height > 0.3
+    xs = np.concatenate([line.get_xdata() for line in fig.axes[0].lines if line.get_marker() == "o"])
+    assert len(xs) == 2 * len(teachers)
+    assert np.all(np.abs(xs - np.round(xs)) < 0.4), xs  # every point nearer its own bin than the next

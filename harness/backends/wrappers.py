@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from harness.backends.base import Backend
@@ -24,9 +25,17 @@ class CountingBackend:
         self.passes: dict[str, int] = {}
         self.phase: Phase | None = None
 
+    def _ready(self, phase: Phase | None) -> None:
+        """Build a backend still to be built before its work is planned, the seconds that took kept out of
+        the phase's rates and ETA (loading a model is not sampling)."""
+        seconds = self.inner.ready() if hasattr(self.inner, "ready") else 0.0
+        if seconds and phase is not None:
+            phase.loaded(seconds)
+
     def sample(self, requests):
         phase = self.phase
         if phase is not None and requests:
+            self._ready(phase)
             phase.plan(sum(r.n for r in requests))
         on_done = phase.sampled if phase is not None else None
         results = progress_call(self.inner.sample, requests, on_done, _tokens) if requests else []
@@ -46,6 +55,7 @@ class CountingBackend:
             self.passes[r.model] = self.passes.get(r.model, 0) + 1
         phase = self.phase
         if phase is not None and requests:
+            self._ready(phase)
             phase.plan(len(requests))
         on_done = phase.scored if phase is not None else None
         return progress_call(self.inner.score, requests, on_done, _no_tokens) if requests else []
@@ -76,6 +86,14 @@ class LazyBackend:
             self.inner = self.build()
         return self.inner
 
+    def ready(self) -> float:
+        """Build the backend if it is not yet built; the seconds that took (0 when it was built before)."""
+        if self.inner is not None:
+            return 0.0
+        started = time.monotonic()
+        self._get()
+        return time.monotonic() - started
+
     def sample(self, requests, on_done: OnDone | None = None):
         return progress_call(self._get().sample, requests, on_done, _tokens) if requests else []
 
@@ -99,6 +117,9 @@ class NoRollouts:
 
     def score(self, requests, on_done: OnDone | None = None):
         return progress_call(self.inner.score, requests, on_done, _no_tokens)
+
+    def ready(self) -> float:
+        return self.inner.ready() if hasattr(self.inner, "ready") else 0.0
 
     def describe(self):
         return self.inner.describe()

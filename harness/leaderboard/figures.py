@@ -35,6 +35,7 @@ DIVERGENCE_NAMES = {"kl": "KL(π_T‖π) forward", "reverse_kl": "KL(π‖π_T) 
                     "prob_cosine": "cosine(π, π_T)"}
 MAX_SCATTER = 4000  # points per teacher in a scatter panel (a seeded sample beyond that)
 N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin
+LEGEND_COLUMNS = 4  # entries per row of a figure's legend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +59,20 @@ def _slug(text: str) -> str:
 
 
 def teacher_colours(labels: Sequence[str]) -> dict[str, str]:
-    """A stable colour per teacher label (tab10, then tab20), shared by every figure and the table."""
+    """A stable colour per teacher label (tab10, then tab20's lighter half, then hues a golden angle apart),
+    shared by every figure and the table; no two labels share one."""
     from matplotlib import colormaps
+    from matplotlib.colors import hsv_to_rgb
 
-    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](i) for i in range(1, 20, 2)]
-    hexes = ["#%02x%02x%02x" % tuple(int(255 * c) for c in rgba[:3]) for rgba in palette]
-    return {label: hexes[i % len(hexes)] for i, label in enumerate(sorted(labels))}
+    palette = [colormaps["tab10"](i)[:3] for i in range(10)] + [colormaps["tab20"](i)[:3] for i in range(1, 20, 2)]
+    hexes = ["#%02x%02x%02x" % tuple(int(255 * c) for c in rgb) for rgb in palette]
+    i = 0
+    while len(hexes) < len(set(labels)):
+        rgb = hsv_to_rgb((i * 0.618034 % 1.0, 0.55 + 0.3 * (i % 2), 0.85 - 0.25 * (i // 2 % 2)))
+        if (code := "#%02x%02x%02x" % tuple(int(255 * c) for c in rgb)) not in hexes:
+            hexes.append(code)
+        i += 1
+    return {label: hexes[i] for i, label in enumerate(sorted(set(labels)))}
 
 
 def _nodes(runs: Sequence[Run], labels: dict[tuple[str, str], str]) -> dict[str, np.ndarray]:
@@ -108,12 +117,14 @@ def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[in
     return out
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.2, ncols: int = 3):
+def _panels(n: int, width: float = 4.2, height: float = 3.2, ncols: int = 3, legend: int = 0):
+    """``n`` panels, room below them for a legend of ``legend`` entries (`_legend`'s rows of four)."""
     from matplotlib.figure import Figure
 
     ncols = min(n, ncols)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows + 0.6), layout="constrained")
+    rows = -(-legend // LEGEND_COLUMNS)  # a legend row beyond the first takes room of its own
+    fig = Figure(figsize=(width * ncols, height * nrows + 0.6 + 0.2 * max(rows - 1, 0)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -132,7 +143,7 @@ def _style(ax, ylabel: str | None = "alignment") -> None:
 def _legend(fig, ax) -> None:
     """One legend for all panels, below them, where it covers no data."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), LEGEND_COLUMNS), fontsize=8, frameon=False)
 
 
 def _err(mean, lo, hi):
@@ -250,15 +261,16 @@ def ranking(entries: list[dict], groups: list[dict], colours: dict[str, str]):
 def _binned(group: dict, nodes: dict, colours: dict[str, str], bins: np.ndarray, values: list[int],
             tick_labels: list[str], xlabel: str, title: str):
     """Mean alignment per bin, one line per teacher and one panel per algorithm; n: nodes, all teachers."""
-    fig, axes = _panels(len(group["algorithms"]))
-    x = np.arange(len(values))
     teachers = group["teachers"]
+    fig, axes = _panels(len(group["algorithms"]), legend=len(teachers))
+    x = np.arange(len(values))
+    step = min(0.08, 0.6 / max(len(teachers) - 1, 1))  # the teachers of a bin side by side, within its width
     for ax, algorithm in zip(axes, group["algorithms"], strict=True):
         for i, t in enumerate(teachers):
             mask = (nodes["algorithm"] == algorithm) & (nodes["label"] == t)
             stats = _by_bin(nodes, mask, bins, values)
             mean, lo, hi, count = (np.array(c, float) for c in zip(*stats, strict=True))
-            shift = (i - (len(teachers) - 1) / 2) * 0.08
+            shift = (i - (len(teachers) - 1) / 2) * step
             ax.errorbar(x + shift, mean, yerr=_err(mean, lo, hi), fmt="-o", ms=4, lw=1.2, capsize=2,
                         color=colours[t], label=_plain(t))
             counts = count if i == 0 else counts + count

@@ -108,7 +108,7 @@ def max_positions(name: str, revision: str | None = None) -> int | None:
     local = Path(name) / "config.json"
     try:
         if local.exists():
-            config = json.loads(local.read_text())
+            config = json.loads(local.read_text(encoding="utf-8"))
         else:
             from transformers import AutoConfig
 

@@ -128,7 +128,7 @@ def _cached(path: Path, field: str, repair: bool, run: Path):
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text())[field]
+        value = json.loads(path.read_text(encoding="utf-8"))[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
                 isinstance(x, dict) and isinstance(x.get("ids"), list) and all(isinstance(i, int) for i in x["ids"])
