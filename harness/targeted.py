@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from harness.pipeline import RunContext
 
 log = logging.getLogger(__name__)
+# whole responses (path prefix, forced token, continuation) held at once to be scored: 128 MB as int64,
+# however many rollouts a round draws (a round of long traces would otherwise hold each prefix once per rollout)
+SCORE_CHUNK_TOKENS = 1 << 24
 
 
 def logprob_tables(
@@ -124,6 +127,17 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
     """Score one round's rollouts, ingest them, and store them compactly as one shard."""
     task, max_new = ctx.task, ctx.plan.max_new_tokens
     conts, forced, target, forced_tok, truncated = [], [], [], [], []
+    rewards, lengths = [], []
+    full, cut, held = [], [], 0  # whole responses not yet scored: a bounded number of tokens at a time
+
+    def score() -> None:
+        nonlocal held
+        if full:
+            rewards.append(np.asarray(task.rewards(s.question, full, np.concatenate(cut)), dtype=np.int64))
+            lengths.append(np.fromiter(map(len, full), dtype=np.int64, count=len(full)))
+            full.clear(), cut.clear()
+            held = 0
+
     for j, k, a, n in rows:
         if a in task.stop_ids or max_new - (k + 1) <= 0:
             toks, trunc = [np.zeros(0, np.int64)] * n, np.full(n, a not in task.stop_ids)
@@ -136,16 +150,21 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
         forced += [k + 1] * n
         target += [j] * n
         forced_tok += [a] * n
-    full = [np.concatenate([s.paths[j][: f - 1], [a], c]).astype(np.int64)
-            for j, f, a, c in zip(target, forced, forced_tok, conts, strict=True)]
+        head = np.concatenate([s.paths[j][:k], [a]]).astype(np.int64)  # the path to the forced token, and it
+        full += [np.concatenate([head, c]).astype(np.int64) for c in toks]
+        cut.append(trunc)
+        held += n * len(head) + sum(map(len, toks))
+        if held >= SCORE_CHUNK_TOKENS:
+            score()
+    score()
     trunc = np.concatenate(truncated)
-    reward = np.asarray(task.rewards(s.question, full, trunc), dtype=np.int64)
+    reward = np.concatenate(rewards) if rewards else np.zeros(0, np.int64)
     batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
     exits = s.tree.ingest(batch)
     ctx.rundir.save(
         s.question.id, name, forced_len=batch.forced_len, target_path=batch.target_path,
         forced_token=batch.forced_token, reward=reward, truncated=trunc,
-        length=np.array([len(f) for f in full], dtype=np.int64),
+        length=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         exit_lcp=np.stack([e.lcp for e in exits]), exit_token=np.stack([e.token for e in exits]),
         window=np.array(window), plan_key=plan_key,
     )

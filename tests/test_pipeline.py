@@ -183,6 +183,26 @@ def test_same_config_same_results(finished, tmp_path):
     assert _strip(run(CFG, tmp_path)) == _results(finished[0])
 
 
+def test_a_round_scored_a_few_responses_at_a_time_stores_the_same_tree(finished, tmp_path, monkeypatch):
+    """Whole responses are scored in chunks of SCORE_CHUNK_TOKENS (memory bounded however large a round):
+    chunks of a few tokens give the same rewards, shards and results as one chunk per round."""
+    import harness.targeted as targeted
+    from harness.tasks.exact import SyntheticTask
+
+    calls = []
+    rewards = SyntheticTask.rewards
+    monkeypatch.setattr(SyntheticTask, "rewards", lambda self, q, responses, cut: calls.append(len(responses)) or rewards(self, q, responses, cut))
+    run(CFG, tmp_path / "whole")
+    whole, calls[:] = len(calls), []
+    monkeypatch.setattr(targeted, "SCORE_CHUNK_TOKENS", 50)
+    assert _strip(run(CFG, tmp_path / "chunked")) == _results(finished[0])
+    assert len(calls) > 10 * whole and max(calls) <= max(CFG.n_initial, CFG.n_target)  # a row at a time, not a round
+    for shard in sorted((finished[0] / "shards").rglob("*.npz")):
+        mine, theirs = np.load(tmp_path / "chunked" / shard.relative_to(finished[0])), np.load(shard)
+        assert sorted(mine.files) == sorted(theirs.files)
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files), shard
+
+
 def test_a_different_config_on_the_same_directory_is_refused(finished):
     with pytest.raises(ConfigError, match="n_target: 100 there, 50 now"):
         run(RunConfig(limit=6, n_target=50), finished[0])

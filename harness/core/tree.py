@@ -56,12 +56,14 @@ class Rollouts:
         target_path: Sequence[int] | None = None,
         forced_token: Sequence[int] | None = None,
     ) -> Rollouts:
-        """Build a batch from Python lists of continuation token ids (tests, small callers)."""
+        """Build a batch from sequences of continuation token ids (arrays or lists), copied once into one array."""
         r = len(responses)
         lengths = np.fromiter((len(y) for y in responses), dtype=np.int64, count=r)
         offsets = np.zeros(r + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        tokens = np.fromiter((t for y in responses for t in y), dtype=np.int64, count=int(offsets[-1]))
+        tokens = np.empty(int(offsets[-1]), dtype=np.int64)
+        for y, lo, hi in zip(responses, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            tokens[lo:hi] = y
         fill = lambda v, default: np.full(r, default, np.int64) if v is None else np.asarray(v, np.int64)
         return Rollouts(
             tokens=tokens,
