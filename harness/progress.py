@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import sys
 import threading
 import time
@@ -304,6 +305,35 @@ def _budget(ev: PhaseProgress) -> str:
     return f", {100 * ev.spent / ev.budget:.0f}% of the budget spent ({_count(ev.spent)}/{_count(ev.budget)})"
 
 
+class _AboveBars(logging.Filter):
+    """On a console log handler: writes the record with ``tqdm.write`` (which clears the bars' lines and draws
+    them again below it) and keeps the handler from writing it through them. Each reporter removes its own,
+    in whatever order reporters close."""
+
+    def __init__(self, handler: logging.StreamHandler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.handler.format(record), file=self.handler.stream)
+        except Exception:  # as the handler's own emit would: logging never raises into the caller
+            self.handler.handleError(record)
+        return False
+
+    @classmethod
+    def install(cls) -> list[tuple[logging.Handler, logging.Filter]]:
+        """One on each handler of the root logger that writes to stdout or stderr."""
+        installed = []
+        for handler in logging.root.handlers:
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+                handler.addFilter(above := cls(handler))
+                installed.append((handler, above))
+        return installed
+
+
 class Reporter:
     """Renders progress events: tqdm bars on a terminal, plain lines otherwise, nothing when quiet.
 
@@ -327,12 +357,8 @@ class Reporter:
         self._printed = time.monotonic()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
-        self._logging = None  # on a terminal, log lines go above the bars rather than through them
-        if self.tty and not quiet:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            self._logging = logging_redirect_tqdm()
-            self._logging.__enter__()
+        # on a terminal, log lines go above the bars rather than through them
+        self._above_bars = _AboveBars.install() if self.tty and not quiet else []
 
     # events ----------------------------------------------------------------------------------------
 
@@ -438,9 +464,9 @@ class Reporter:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
-        if self._logging is not None:
-            self._logging.__exit__(None, None, None)
-            self._logging = None
+        for handler, above in self._above_bars:
+            handler.removeFilter(above)
+        self._above_bars = []
 
     def closing_lines(self, results_at: str | None = None) -> list[str]:
         """Wall time, rollouts and tokens per phase of the run(s) reported, and where the results are."""
@@ -458,7 +484,7 @@ def closing_lines(runs: Sequence[RunFinished], results_at: str | None = None) ->
     if not runs:
         return [f"results: {results_at}"] if results_at else []
     lines = [f"{'phase':<20} {'wall':>10} {'rollouts':>12} {'tokens':>14}  other"]
-    if loading := sum(r.loading for r in runs):
+    if (loading := sum(r.loading for r in runs)) >= 0.05:  # not the synthetic backend's instant
         lines.append(f"{'loading models':<20} {_duration(loading):>10} {0:>12} {0:>14}")
     for run in runs:
         for ev in run.phases:

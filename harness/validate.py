@@ -646,10 +646,11 @@ def format_report(v: dict) -> str:
     """The per-pair table and the correlations, as ``odiag validate`` prints them."""
     fmt = lambda x: "   n/a" if x is None else f"{x:+.3f}"
     ci = lambda c: "[   n/a,    n/a]" if not c or None in c else f"[{fmt(c[0])}, {fmt(c[1])}]"
-    lines = [f"{'teacher':<22} {'algorithm':<20} {'alignment':>9} {'95% CI':>18} {'gain':>7} {'95% CI':>18} {'accuracy':>8}"]
+    tw = max(22, *(len(r["teacher"] or "") for r in v["rows"]))  # the teacher column holds its longest name
+    lines = [f"{'teacher':<{tw}} {'algorithm':<20} {'alignment':>9} {'95% CI':>18} {'gain':>7} {'95% CI':>18} {'accuracy':>8}"]
     for r in v["rows"]:
         a = r.get("alignment") or {}
-        lines.append(f"{r['teacher'] or '(none)':<22} {r['algorithm']:<20} {fmt(a.get('mean')):>9} {ci(a.get('ci95')):>18} "
+        lines.append(f"{r['teacher'] or '(none)':<{tw}} {r['algorithm']:<20} {fmt(a.get('mean')):>9} {ci(a.get('ci95')):>18} "
                      f"{fmt(r['gain']['mean']):>7} {ci(r['gain']['ci95']):>18} {r['accuracy']['mean']:>8.3f}")
     heldout, samples, seeds = len(v["questions"]["heldout"]), v["questions"]["eval_samples"], v["settings"]["seeds"]
     lines.append(f"\ncontrol accuracy {v['control_accuracy']['mean']:.3f} on {heldout} held-out {plural(heldout, 'question')} "

@@ -194,8 +194,8 @@ def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_the
     phases = Phases(events.append, min_interval=0)
     backend = CountingBackend(LazyBackend(build))
     with phases.phase("initial rollouts", backend):
-        backend.sample([SimpleNamespace(n=4)])
-        backend.sample([SimpleNamespace(n=4)])  # built once
+        backend.sample([SimpleNamespace(n=4, model="student")])
+        backend.sample([SimpleNamespace(n=4, model="student")])  # built once
     phases.run_finished("somewhere")
     first_planned = next(e for e in events if isinstance(e, PhaseProgress) and e.planned)
     final, finished = events[-2], events[-1]
@@ -277,7 +277,12 @@ def test_a_log_line_on_a_terminal_goes_above_the_bars_not_through_them(monkeypat
         log.warning("a note while the bar is drawn")
         reporter(_event(done=2000, final=True))
         reporter.close()
-        assert handler in logging.root.handlers
+        assert handler in logging.root.handlers and not handler.filters
+        # two reporters closed in the order they were opened: each takes back what it put on the handler
+        first, second = Reporter(stream=sys.stderr, tty=True), Reporter(stream=sys.stderr, tty=True)
+        first.close()
+        second.close()
+        assert not handler.filters
     finally:
         logging.root.removeHandler(handler)
     text = terminal.getvalue()

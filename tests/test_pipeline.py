@@ -222,6 +222,21 @@ def test_add_teacher_scores_without_rollouts(tmp_path):
     assert json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
 
 
+def test_a_rescore_of_an_incomplete_tree_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """The stored tree lacks a shard: rescore refuses to draw rollouts, and loads no model to say so."""
+    import harness.pipeline as pipeline
+    from harness.rescore import rescore
+
+    run(RunConfig(limit=2), tmp_path)
+    (tmp_path / "shards" / "q001" / "initial.npz").unlink()
+    built = []
+    real = pipeline.build_backend
+    monkeypatch.setattr(pipeline, "build_backend", lambda *a, **k: built.append(a) or real(*a, **k))
+    with pytest.raises(ConfigError, match="the stored rollout tree is incomplete"):
+        rescore(tmp_path, on_progress=lambda event: None)
+    assert built == []
+
+
 def test_config_overrides_and_errors(tmp_path):
     cfg = resolve_run_config(None, ["n_target=7", "teachers=[synthetic-helpful]", "limit=null"])
     assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None

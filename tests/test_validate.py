@@ -487,3 +487,19 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_the_report_widens_its_teacher_column_to_the_longest_name():
+    from harness.validate import format_report
+
+    long = "self-distillation-with-two-correct-solutions"
+    row = lambda teacher, gain: {"teacher": teacher, "algorithm": "gkd", "alignment": {"mean": 0.3, "ci95": [0.2, 0.4]},  # noqa: E731
+                                 "gain": {"mean": gain, "ci95": [gain - 0.1, gain + 0.1]}, "accuracy": {"mean": 0.5}}
+    v = {"rows": [row(long, 0.25), row("short", -0.125), {**row(None, 0.0), "algorithm": "control"}],
+         "questions": {"heldout": [1, 2], "eval_samples": 4}, "settings": {"seeds": 2}, "control_accuracy": {"mean": 0.5},
+         "correlation": {}, "timing": {"seconds": 1, "threads": 1, "device": "cpu", "load_average_before": [0.0],
+                                       "load_average_after": [0.0]}}
+    header, *rows = format_report(v).splitlines()[:4]
+    end = header.index("accuracy") + len("accuracy")
+    assert [len(r) for r in rows] == [end] * 3, [header, *rows]  # every row ends under the last column's header
+    assert rows[0].startswith(long + " ") and rows[1].index("-0.125") == rows[0].index("+0.250")

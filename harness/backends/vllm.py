@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -354,6 +355,17 @@ class VLLMBackend:
             log.info("starting a vLLM engine for %s", spec.id)
             self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
         return self._engines[spec]
+
+    def ready(self, models: Collection[str], kind: str) -> float:
+        """Start what a ``kind`` call ("sample" or "score") on ``models`` will use, their engines or the hf
+        scorer (otherwise started on first use, inside the call); the seconds that took."""
+        started = time.monotonic()
+        if kind == "score" and self.score_with == "hf":
+            self._scorer()
+        else:
+            for name in sorted(models):
+                self._engine(name)
+        return time.monotonic() - started
 
     def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
         """Completions of every request; ``on_done(completions, tokens)``, if given, hears of each

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from harness.backends.base import Backend
 from harness.config import ConfigError
@@ -25,17 +25,17 @@ class CountingBackend:
         self.passes: dict[str, int] = {}
         self.phase: Phase | None = None
 
-    def _ready(self, phase: Phase | None) -> None:
-        """Build a backend still to be built before its work is planned, the seconds that took kept out of
-        the phase's rates and ETA (loading a model is not sampling)."""
-        seconds = self.inner.ready() if hasattr(self.inner, "ready") else 0.0
-        if seconds and phase is not None:
+    def _ready(self, phase: Phase, requests, kind: str) -> None:
+        """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
+        planned: the seconds that took stay out of the phase's rates and ETA (loading a model is not sampling)."""
+        models = {r.model for r in requests} | {m for r in requests if (m := getattr(r, "reference_model", None))}
+        if hasattr(self.inner, "ready") and (seconds := self.inner.ready(models, kind)):
             phase.loaded(seconds)
 
     def sample(self, requests):
         phase = self.phase
         if phase is not None and requests:
-            self._ready(phase)
+            self._ready(phase, requests, "sample")
             phase.plan(sum(r.n for r in requests))
         on_done = phase.sampled if phase is not None else None
         results = progress_call(self.inner.sample, requests, on_done, _tokens) if requests else []
@@ -55,7 +55,7 @@ class CountingBackend:
             self.passes[r.model] = self.passes.get(r.model, 0) + 1
         phase = self.phase
         if phase is not None and requests:
-            self._ready(phase)
+            self._ready(phase, requests, "score")
             phase.plan(len(requests))
         on_done = phase.scored if phase is not None else None
         return progress_call(self.inner.score, requests, on_done, _no_tokens) if requests else []
@@ -86,12 +86,13 @@ class LazyBackend:
             self.inner = self.build()
         return self.inner
 
-    def ready(self) -> float:
-        """Build the backend if it is not yet built; the seconds that took (0 when it was built before)."""
-        if self.inner is not None:
-            return 0.0
+    def ready(self, models: Collection[str], kind: str) -> float:
+        """Build the backend if it is not yet built, and have it load what a ``kind`` call ("sample" or
+        "score") on ``models`` uses; the seconds that took (0 when all was loaded before)."""
         started = time.monotonic()
-        self._get()
+        inner = self._get()
+        if hasattr(inner, "ready"):
+            inner.ready(models, kind)
         return time.monotonic() - started
 
     def sample(self, requests, on_done: OnDone | None = None):
@@ -118,8 +119,9 @@ class NoRollouts:
     def score(self, requests, on_done: OnDone | None = None):
         return progress_call(self.inner.score, requests, on_done, _no_tokens)
 
-    def ready(self) -> float:
-        return self.inner.ready() if hasattr(self.inner, "ready") else 0.0
+    def ready(self, models: Collection[str], kind: str) -> float:
+        """Nothing to load for a sampling call, which it refuses."""
+        return self.inner.ready(models, kind) if kind != "sample" and hasattr(self.inner, "ready") else 0.0
 
     def describe(self):
         return self.inner.describe()

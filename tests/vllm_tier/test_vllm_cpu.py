@@ -143,8 +143,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     started = time.monotonic()
     out = _odiag("run", *_sets([*RUN, "backend=vllm", "student_args={max_model_len: 512}"]),
-                 "--out", str(root / "vllm"), "--quiet", timeout=900)
+                 "--out", str(root / "vllm"), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    (root / "vllm-closing-lines.txt").write_text(out.stdout)
     vllm_seconds = time.monotonic() - started
     run(resolve_run_config(None, [*RUN, "backend=hf", "threads=1"]), root / "hf")
     load = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
@@ -174,6 +175,23 @@ def test_odiag_run_under_vllm_is_consistent_with_hf(runs):
     assert abs(diff) <= Z_999 * np.hypot(sv, sh), (av["alignment"], ah["alignment"])
     print(json.dumps({"vllm": {"accuracy": [rv, nv], "gkd": av["alignment"]},
                       "hf": {"accuracy": [rh, nh], "gkd": ah["alignment"]}}))
+
+
+def test_starting_vllm_engines_is_counted_apart_from_the_first_phase(runs):
+    """The engine starts before the first phase plans its rollouts: the closing lines give it a row of its
+    own, and the initial rollouts' time is the sampling alone."""
+    _, _, root, _ = runs
+    lines = (root / "vllm-closing-lines.txt").read_text().splitlines()
+    loading = next(line for line in lines if line.startswith("loading models"))
+    initial = next(line for line in lines if line.startswith("initial rollouts"))
+
+    def seconds(line: str) -> float:  # the wall column: "1.5 s", "12 s", "1 min 05 s", "1 h 02 min"
+        words = line[20:31].split()
+        units = {"h": 3600.0, "min": 60.0, "s": 1.0}
+        return sum(float(n) * units[u] for n, u in zip(words[::2], words[1::2], strict=True))
+
+    assert seconds(loading) >= 1.0, lines  # an engine takes seconds to start on CPU
+    assert seconds(initial) < seconds(loading), lines
 
 
 def test_sigkill_under_vllm_then_resume_gives_the_same_results(runs, tmp_path):
