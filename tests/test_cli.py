@@ -173,21 +173,29 @@ def test_phases_count_plan_and_estimate_later_steps():
     assert [e.phase for e in phases.finals] == ["targeted rollouts"] * 2
 
 
-def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_them():
+def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_them(monkeypatch):
     """A backend built on its first request (LazyBackend) loads before the work is planned: the phase's
-    time, rates and ETA leave the loading out; the closing lines show it on a row of its own."""
+    time, rates and ETA leave the loading out; the closing lines show it on a row of its own. On a clock
+    of the test's own: loading takes 30 s, each sampling call 2 s."""
     from types import SimpleNamespace
 
+    import harness.backends.wrappers as wrappers
+    import harness.progress as progress
     from harness.backends.wrappers import CountingBackend, LazyBackend
     from harness.progress import closing_lines
 
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0])
+    monkeypatch.setattr(progress, "time", clock)
+    monkeypatch.setattr(wrappers, "time", clock)
+
     class Slow:
         def sample(self, requests):
-            time.sleep(0.05)
+            now[0] += 2.0
             return [SimpleNamespace(tokens=[[1, 2]] * r.n) for r in requests]
 
     def build():
-        time.sleep(0.5)
+        now[0] += 30.0
         return Slow()
 
     events = []
@@ -199,11 +207,11 @@ def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_the
     phases.run_finished("somewhere")
     first_planned = next(e for e in events if isinstance(e, PhaseProgress) and e.planned)
     final, finished = events[-2], events[-1]
-    assert first_planned.elapsed < 0.2  # planned after the loading, on a clock that left it out
-    assert final.final and final.planned == 8 and final.tokens == 16 and 0.1 <= final.elapsed < 0.4
-    assert 0.5 <= finished.loading < 0.8 and finished.elapsed >= 0.6
+    assert first_planned.elapsed == 0.0  # planned after the loading, on a clock that left it out
+    assert final.final and final.planned == 8 and final.tokens == 16 and final.elapsed == 4.0
+    assert finished.loading == 30.0 and finished.elapsed == 34.0
     lines = closing_lines([finished])
-    assert lines[1].split()[:2] == ["loading", "models"] and lines[2].startswith("initial rollouts")
+    assert lines[1].split() == ["loading", "models", "30", "s", "0", "0"] and lines[2].startswith("initial rollouts")
 
 
 def test_vllm_completion_bar_reports_each_request_and_draws_nothing(capsys):
