@@ -466,9 +466,9 @@ def _reader_gone() -> bool:
 
 
 def _escape_what_it_cannot_encode(stream) -> None:
-    """A stream in an encoding other than UTF-8 (ASCII under ``LC_ALL=C``) writes what it cannot encode
-    (a section sign, an arrow) as a backslash escape, as Python's stderr does, rather than failing on it;
-    the bytes of a file name that were not UTF-8 are written back as they came (surrogateescape)."""
+    """A stream writes the bytes of a file name that were not UTF-8 back as they came (surrogateescape,
+    as ls does), and in an encoding other than UTF-8 (ASCII under ``LC_ALL=C``) writes what it cannot
+    encode (a section sign, an arrow) as a backslash escape, as Python's stderr does, rather than failing."""
     import codecs
 
     def escape(exc: UnicodeError):
@@ -478,7 +478,7 @@ def _escape_what_it_cannot_encode(stream) -> None:
             return codecs.lookup_error("backslashreplace")(exc)
 
     try:
-        if stream.errors in ("strict", "surrogateescape") and codecs.lookup(stream.encoding).name != "utf-8":
+        if stream.errors in ("strict", "surrogateescape", "backslashreplace"):
             codecs.register_error("odiag.escape", escape)
             stream.reconfigure(errors="odiag.escape")
     except (AttributeError, LookupError, TypeError, ValueError):  # not a text stream that can be reconfigured

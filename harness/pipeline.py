@@ -43,7 +43,7 @@ from harness.targeted import enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
 from harness.teachers import Artefacts, build_artefacts
 from harness.teachers.artefacts import shown_counts
-from harness.wording import plural
+from harness.wording import finish_command, plural
 
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
@@ -229,7 +229,7 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
         raise RunDirError(
             f"{ctx.rundir.root}: its stored passes lack log-probabilities its records read ({len(requests)} fill "
             f"{plural(len(requests), 'pass', 'passes')} to make; scored by an odiag before this one); make them with "
-            f"odiag run --config {ctx.rundir.root}/config.yaml --out {ctx.rundir.root}, which checks the models first"
+            f"{finish_command(ctx.rundir.root)}, which checks the models first"
         )
     if not requests:
         return

@@ -25,6 +25,7 @@ from harness.config import (REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, 
                              unread_fields)
 from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
+from harness.wording import finish_command
 
 PLANNER, ADDED = "planner", "added"
 log = logging.getLogger(__name__)
@@ -513,8 +514,7 @@ def check_against(
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
         fix = f"to rescore the stored trees with zero rollouts use odiag rescore {where} --set KEY=VALUE"
         if root and not (Path(root) / "results.json").is_file():  # rescore reads a finished run only
-            fix = (f"the run has not finished: finish it with the settings it records (odiag run --config {where}/config.yaml "
-                   f"--out {where}), then {fix}")
+            fix = f"the run has not finished: finish it with the settings it records ({finish_command(where)}), then {fix}"
         raise RunDirError(f"{where}: scoring settings differ ({'; '.join(diffs)}); {fix}")
     for key, smaller in (("budget", "a smaller budget"), ("limit", "fewer questions")):
         old, new = saved["config"].get(key), getattr(plan.config, key)

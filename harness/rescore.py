@@ -10,6 +10,7 @@ from harness.config import EXECUTION_FIELDS, SCORING_FIELDS, ConfigError, RunCon
 from harness.errors import OdiagError
 from harness.plan import ADDED, backend_options, check_backend, make_plan, resolve_teacher
 from harness.rundir import RunDir, RunDirError, RunLocked
+from harness.wording import finish_command
 from harness.tasks import Task
 
 
@@ -31,7 +32,7 @@ def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] =
             raise
         if RunDir.stopped_drawing(out) and not (dropping and not overrides):  # a drop needs no whole tree
             raise RunDirError(f"{out}: odiag run stopped while it drew the rollout tree, which this command needs whole; "
-                              f"finish it first: odiag run --config {Path(out) / 'config.yaml'} --out {out}") from None
+                              f"finish it first: {finish_command(out)}") from None
     return RunDir.load_config(out)
 
 
@@ -114,7 +115,7 @@ def rescore(
     with RunDir.open(out, plan, rescore=True, drop=tuple(drop), prepared_from=prepared_from) as rundir:
         if drop and RunDir.stopped_drawing(out):  # dropped; the tree is odiag run's to finish
             raise RunDirError(f"{out}: dropped {', '.join(drop)}; the run stopped while odiag run drew its tree: finish "
-                              f"it with odiag run --config {Path(out) / 'config.yaml'} --out {out}")
+                              f"it with {finish_command(out)}")
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
         except OdiagError as exc:  # a backend that cannot start, a corrupt shard: the run as it was (RunDir.open says what)

@@ -55,6 +55,7 @@ import yaml
 
 from harness.backends.base import ScoreResult
 from harness.config import ConfigError, RunConfig, build, local_path, portable
+from harness.wording import finish_command
 
 if TYPE_CHECKING:
     from harness.backends import ModelSpec
@@ -150,12 +151,13 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
     (``.NAME.*.tmp``), for the caller to move into place with ``os.replace``."""
     make_dirs(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
     except OSError as exc:
         raise _oserror(path, exc) from None
     try:
         os.fchmod(fd, file_mode)
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:  # UTF-8 whatever the locale
+        # text in UTF-8 whatever the locale; a file name's bytes that were not UTF-8 written as they came
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -609,7 +611,7 @@ class RunDir:
         if holder := RunLock(root).held_by():  # a run, rescore or add-teacher under way there
             raise RunLocked(f"{root}: in use by {holder}; wait for it to finish")
         raise RunDirError(f"{root}: the run has not finished (no results.json); run the command that started it "
-                          f"again to finish it, or odiag run --config {root / 'config.yaml'} --out {root} (its "
+                          f"again to finish it, or {finish_command(root)} (its "
                           "recorded settings)")
 
     @staticmethod
@@ -676,8 +678,7 @@ class RunDir:
             why = "empty file" if path.stat().st_size == 0 else _why(exc)
             if not self.repair:
                 raise ShardError(  # only run has --repair: rescore, add-teacher, validate and lm-eval finish through it
-                    f"{path}: corrupt shard ({why}); drop and recompute it with odiag run --config "
-                    f"{self.root / 'config.yaml'} --out {self.root} --repair"
+                    f"{path}: corrupt shard ({why}); drop and recompute it with {finish_command(self.root, '--repair')}"
                 ) from None
             log.warning("%s: corrupt shard (%s): dropped, recomputing", path, why)
             path.unlink()
@@ -761,8 +762,8 @@ class RunDir:
             if cause is None:
                 raise
             first = str(cause) or ("stopped" if isinstance(cause, KeyboardInterrupt) else type(cause).__name__)
-            raise RunDirError(f"{first}; the run could not be put back as it was ({failed}): finish it with odiag run "
-                              f"--config {self.root / 'config.yaml'} --out {self.root}") from None
+            raise RunDirError(f"{first}; the run could not be put back as it was ({failed}): finish it with "
+                              f"{finish_command(self.root)}") from None
         if before:
             log.info("%s: %s; the run is as it was", self.root, f"teacher {added} was not added" if added else "not rescored")
 

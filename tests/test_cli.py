@@ -461,6 +461,49 @@ def test_an_ascii_locale_gets_escapes_not_a_traceback(tmp_path):
     assert "\u00b1" in html and "\\xb1" not in html  # a plus-minus sign, as itself
 
 
+def test_a_path_whose_bytes_are_not_utf8_is_written_back_as_it_came(tmp_path):
+    """A run directory named with a byte that is not UTF-8, on a UTF-8 terminal (stdout strict): the run's
+    closing lines, a refusal naming it and a leaderboard of it failed with a traceback."""
+    import os
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "0"}
+    odiag = lambda *a: subprocess.run([BIN / "odiag", *a], cwd=tmp_path, env=env, capture_output=True, timeout=300)  # noqa: E731
+    done = odiag("run", "--out", b"bad\xffrun", "--set", "limit=2")
+    assert done.returncode == 0 and b"bad\xffrun/results.json" in done.stdout, done.stderr[-2000:]
+    refused = odiag("rescore", b"bad\xffmissing")
+    assert refused.returncode == 2 and refused.stderr.startswith(b"odiag: error: ") and b"bad\xffmissing" in refused.stderr, \
+        refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    site = odiag("leaderboard", b"bad\xffrun", "--out", "site")
+    assert site.returncode == 0 and (tmp_path / "site" / "index.html").is_file(), site.stderr[-2000:]
+
+
+def test_a_suggested_command_pastes_into_a_shell_as_it_reads(tmp_path):
+    """A run directory named with a space and a dollar: the command a refusal suggests is quoted, and
+    pasted into a shell it finishes the run (unquoted, the shell split the name and expanded $x)."""
+    import shlex
+
+    done = subprocess.run([BIN / "odiag", "run", "--out", "my run $x", "--set", "limit=2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (tmp_path / "my run $x" / "results.json").unlink()
+    refused = subprocess.run([BIN / "odiag", "rescore", "my run $x"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "odiag run --config 'my run $x/config.yaml' --out 'my run $x'" in refused.stderr, refused.stderr
+    pasted = refused.stderr[refused.stderr.index("odiag run --config"):].split(" (its ")[0]
+    again = subprocess.run(["bash", "-c", f"{shlex.quote(str(BIN / 'odiag'))} {pasted.removeprefix('odiag ')} -q"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "my run $x" / "results.json").is_file(), again.stderr[-2000:]
+
+
+def test_a_home_relative_student_in_a_config_file_is_the_users_home(tmp_path, monkeypatch):
+    """``student: ~/ckpt`` in a YAML file reaches odiag unexpanded (the shell expands only the command line)."""
+    from harness.config import anchored
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert anchored("~/ckpt") == str(tmp_path / "ckpt") and anchored("~") == str(tmp_path)
+    assert anchored("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+
+
 @pytest.mark.parametrize("command", [["run", "--out", "x"], ["demo"], ["rescore", "x"], ["add-teacher", "x", "t.yaml"],
                                      ["validate", "x"]])
 def test_every_quiet_command_takes_q_for_quiet(command):

@@ -138,6 +138,7 @@ def test_students_whose_names_read_alike_as_file_names_keep_their_own_figures(ru
 
 def test_run_ids_are_short_and_unique():
     assert run_ids(["runs/demo", "x/demo", "y/demo/", "a b"]) == ["demo", "demo-2", "demo-3", "a_b"]
+    assert run_ids(["runs/é中文🎓", "x/ü"]) == ["é中文_", "ü"]  # letters of any script kept (they were "_" and "_-2")
 
 
 def test_refuses_what_is_not_a_finished_run(tmp_path, run_dir):
@@ -522,3 +523,71 @@ def test_a_binned_figure_of_many_teachers_keeps_each_in_its_bin_and_its_own_colo
     xs = np.concatenate([line.get_xdata() for line in fig.axes[0].lines if line.get_marker() == "o"])
     assert len(xs) == 2 * len(teachers)
     assert np.all(np.abs(xs - np.round(xs)) < 0.4), xs  # every point nearer its own bin than the next
+
+
+def test_runs_whose_names_slug_alike_keep_their_own_validation_figures(tmp_path, monkeypatch):
+    """`run (copy)` and `run_copy` have the ids run_copy_ and run_copy; their validation figures were both
+    saved as run_copy--validation, so one panel showed the other run's figure."""
+    from matplotlib.figure import Figure
+
+    import harness.leaderboard.figures as figures
+    from harness.leaderboard.merge import load_runs
+
+    dirs = [tmp_path / "run (copy)", tmp_path / "run_copy"]
+    for k, d in enumerate(dirs):
+        run(RunConfig(limit=2, seed=k), d)
+        (d / "validation.json").write_text(json.dumps({"marker": k}))
+
+    def drawn(validation):  # a figure each run's own: 1 or 2 inches wide
+        return Figure(figsize=(1 + validation["marker"], 1))
+
+    monkeypatch.setattr(figures, "_stale", lambda validation, results: None)
+    monkeypatch.setattr(figures, "validation_figure", drawn)
+    (tmp_path / "site").mkdir()
+    made = figures.write_validation_figures(load_runs(dirs), tmp_path / "site")
+    assert len({m["stem"] for m in made}) == 2
+    for m in made:
+        width = ET.parse(tmp_path / "site" / f"{m['stem']}.svg").getroot().get("width")
+        assert width == f"{72 * (1 + m['validation']['marker'])}pt", (m["stem"], width)
+
+
+def test_a_student_with_a_long_local_path_gets_figure_files_the_filesystem_takes(run_dir, tmp_path):
+    """A group id names figure files: a student path of 205 characters made names past 255 and the build failed."""
+    from harness.leaderboard.merge import GROUP_ID_CHARS
+
+    copy = tmp_path / "long"
+    shutil.copytree(run_dir, copy)
+    results = json.loads((copy / "results.json").read_text())
+    long = "/" + "b" * 204
+    results["student"] = results["config"]["student"] = long
+    (copy / "results.json").write_text(json.dumps(results))
+    (group,) = build([copy], tmp_path / "site")["groups"]
+    assert len(group["id"]) <= GROUP_ID_CHARS and group["student"] == long
+    assert all(len(p.name) < 255 for p in (tmp_path / "site" / "figures").iterdir())
+
+
+def test_a_teacher_named_in_another_script_is_drawn_without_a_warning_per_glyph(run_dir, tmp_path, caplog):
+    """A CJK teacher name: matplotlib's font lacks its glyphs and warned once per glyph and figure (60 lines;
+    a traceback under PYTHONWARNINGS=error); one log line now, and the figures are written."""
+    import logging
+    import warnings
+
+    from harness.pipeline import add_teacher
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    teacher = tmp_path / "教师.yaml"
+    teacher.write_text("description: a misleading teacher named in Chinese\nmodel: misleading\n", encoding="utf-8")
+    add_teacher(copy, str(teacher))
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="harness"):
+        warnings.simplefilter("error")
+        build([copy], tmp_path / "site")
+    said = [r.getMessage() for r in caplog.records if "cannot draw" in r.getMessage()]
+    assert len(said) <= 1 and any(p.suffix == ".svg" for p in (tmp_path / "site" / "figures").iterdir())
+    assert "教师" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+
+
+def test_a_model_card_file_named_to_the_filesystems_limit_is_written(run_dir, tmp_path):
+    """A 255-character --out name: the temporary file beside it had 14 more and the write failed."""
+    target = tmp_path / ("c" * 250 + ".yaml")
+    assert main_model_card(str(run_dir), str(target)) == 0 and target.is_file()

@@ -219,7 +219,7 @@ def main_model_card(run_dir: str, out: str | None = None, model_name: str | None
     if not target.parent.is_dir():  # a card goes where its folder already is
         raise ConfigError(f"--out {out}: No such file or directory: {str(target.parent)!r}")
     if target.is_symlink() or (target.exists() and not target.is_file()):
-        target.write_text(text, encoding="utf-8")  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
+        target.write_text(text, encoding="utf-8", errors="surrogateescape")  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
     else:
         kept = target.stat().st_mode & 0o7777 if target.exists() else None
         atomic_write(target, lambda f: f.write(text), mode="w")  # a file: whole, or not at all

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,8 @@ DIVERGENCE_NAMES = {"kl": "KL(π_T‖π) forward", "reverse_kl": "KL(π‖π_T) 
 MAX_SCATTER = 4000  # points per teacher in a scatter panel (a seeded sample beyond that)
 N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin
 LEGEND_COLUMNS = 4  # entries per row of a figure's legend
+GLYPH_MISSING = re.compile(r"Glyph \d+ .* missing from (current )?font")  # matplotlib's warning, once per character
+_MISSING_GLYPHS: set[str] = set()  # said once per process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +183,19 @@ def staged_figure(fig, out: Path, stem: str) -> dict[Path, Path]:
 
     files: dict[Path, Path] = {}
     try:
-        with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}):
+        with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}), warnings.catch_warnings(record=True) as heard:
+            warnings.simplefilter("always")  # heard here, not raised (PYTHONWARNINGS=error) nor printed per glyph
             files[out / f"{stem}.svg"] = staged(out / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
             files[out / f"{stem}.png"] = staged(out / f"{stem}.png",
                                                 lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
+        for w in heard:
+            if GLYPH_MISSING.match(str(w.message)):
+                if not _MISSING_GLYPHS:
+                    log.warning("a teacher or task name has characters the figures' font cannot draw (drawn as boxes "
+                                "in the figures; the page shows them as written)")
+                _MISSING_GLYPHS.add(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except BaseException:
         for tmp in files.values():
             tmp.unlink(missing_ok=True)
@@ -445,7 +457,7 @@ def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
         if problem is not None:  # never a panel of other numbers than the run's
             log.warning("%s: %s; its panel is left out (odiag validate %s makes a current one)", path, problem, run.path)
             continue
-        stem = f"{_slug(run.id)}--validation"
+        stem = f"{run.id}--validation"  # run ids are unique and file-safe; a slug of them need not be
         _save(figure, out, stem)
         made.append({"run": run.id, "stem": stem, "validation": validation})
     return made

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import re
 import subprocess
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from harness.safeio import excerpt, read_json
 from harness.tasks import OUTCOMES
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
+GROUP_ID_CHARS = 100  # a group id names figure files (with "--correct-vs-incorrect.svg" and the like): well under 255
 TABLES = ("nodes", "children", "paths")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
 # pipelines use (the paper's default); a run without it falls back to its first algorithm.
@@ -154,7 +156,7 @@ def run_ids(paths: Sequence[str | Path]) -> list[str]:
     """Short unique ids from directory names: ``runs/demo`` -> ``demo``; repeats get ``-2``, ``-3``."""
     ids: list[str] = []
     for p in paths:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).resolve().name) or "run"
+        base = re.sub(r"[^\w.-]+", "_", Path(p).resolve().name) or "run"  # letters of any script kept
         name, k = base, 2
         while name in ids:
             name, k = f"{base}-{k}", k + 1
@@ -352,6 +354,9 @@ def merge(runs: Sequence[Run]) -> dict:
                 e["tied_with"] = [block[j]["key"] for j in t]
         # two students can read alike once made a file name (m/s and m_s): the later one is numbered
         base = gid = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task}--{student}")
+        if len(base) > GROUP_ID_CHARS:  # a file name stem: a student's long local path cut, told apart by a hash
+            digest = hashlib.sha256(f"{task}--{student}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            base = gid = f"{base[: GROUP_ID_CHARS - 11]}-{digest}"
         k = 2
         while gid in {g["id"] for g in groups}:
             gid, k = f"{base}-{k}", k + 1

@@ -19,7 +19,7 @@ import numpy as np
 from harness.backends.base import STUDENT
 from harness.config import portable
 from harness.teachers.config import TEXT_SUMMARIZERS, TeacherConfig, render, text_summarizer
-from harness.wording import plural
+from harness.wording import finish_command, plural
 
 if TYPE_CHECKING:
     from harness.backends import Backend
@@ -141,8 +141,8 @@ def _cached(path: Path, field: str, repair: bool, run: Path):
         why = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
         if not repair:
             raise ShardError(f"{path}: corrupt cached {field} ({why}); remove it and give the command again (they are "
-                             f"made again from the same seeds), or drop and make them again with odiag run --config "
-                             f"{run / 'config.yaml'} --out {run} --repair") from None
+                             f"made again from the same seeds), or drop and make them again with "
+                             f"{finish_command(run, '--repair')}") from None
         log.warning("%s: corrupt cached %s (%s): dropped, making them again", path, field, why)
         path.unlink()
         return None
