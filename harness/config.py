@@ -457,10 +457,8 @@ def anchored(name: str) -> str:
     :func:`portable`): the same spelling in another working directory names something else, so a run
     resumed, grown or merged into a leaderboard from elsewhere must not read it anew. A model directory
     that is no path here but one inside the odiag checkout (``harness/toy_models/student``, as odiag's own
-    configs name it) is that one. ``~`` is the user's home, as the shell would read it (a YAML file's
-    ``student: ~/ckpt`` reaches odiag unexpanded). Anything else (a hub id) is returned as is."""
-    if name.startswith("~") and (home := Path(name).expanduser()) != Path(name):
-        return str(home)
+    configs name it) is that one. Anything else (a hub id, a path from ``~``, expanded where it is loaded:
+    `harness.modelfiles.loadable`) is returned as is."""
     path = Path(name)
     if name and not path.is_absolute() and not name.startswith("~") and path.exists():
         spelled = portable(str(path.resolve()))  # relative to the checkout where that opens from here too

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from harness.config import ConfigError, RunConfig
 from harness.safeio import excerpt
-from harness.wording import plural
+from harness.wording import plural, shell_word
 
 GiB = 2**30
 # hub ids: (parameters, layers, KV heads, head size, vocabulary), from the published checkpoints; a tied
@@ -539,7 +539,7 @@ def added_teachers(run_dir: str | Path) -> list:
     root = Path(run_dir)
     if not (root / "config.json").is_file():
         return []
-    fix = f"or remove it with odiag rescore {root} --drop-teacher NAME"
+    fix = f"or remove it with odiag rescore {shell_word(root)} --drop-teacher NAME"
     return [recorded_teacher(t, str(root), fix).config for t in RunDir.read_saved(root)["teachers"]
             if isinstance(t, dict) and t.get("role") == ADDED]
 

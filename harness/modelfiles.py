@@ -26,6 +26,12 @@ def is_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
+def loadable(model_id: str) -> str:
+    """``model_id`` as a loader takes it: a path from ``~`` in the user's home (a config file's
+    ``student: ~/ckpt`` reaches odiag unexpanded; it is recorded as written, expanded only to load)."""
+    return str(Path(model_id).expanduser()) if model_id.startswith("~") else model_id
+
+
 def model_dir(model_id: str, revision: str | None = None) -> Path | None:
     """The directory a backend loads ``model_id`` from: a local directory, or the hub id's snapshot in
     the Hugging Face cache at ``revision`` (default ``main``); None when neither is on this machine

@@ -25,7 +25,7 @@ from harness.config import (REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, 
                              unread_fields)
 from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
-from harness.wording import finish_command
+from harness.wording import finish_command, shell_word
 
 PLANNER, ADDED = "planner", "added"
 log = logging.getLogger(__name__)
@@ -512,7 +512,7 @@ def check_against(
     if saved.get("scoring") != plan.scoring() and not rescore:
         stored = saved.get("scoring") or {}
         diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in plan.scoring().items() if stored.get(k) != v]
-        fix = f"to rescore the stored trees with zero rollouts use odiag rescore {where} --set KEY=VALUE"
+        fix = f"to rescore the stored trees with zero rollouts use odiag rescore {shell_word(where)} --set KEY=VALUE"
         if root and not (Path(root) / "results.json").is_file():  # rescore reads a finished run only
             fix = f"the run has not finished: finish it with the settings it records ({finish_command(where)}), then {fix}"
         raise RunDirError(f"{where}: scoring settings differ ({'; '.join(diffs)}); {fix}")
@@ -581,7 +581,7 @@ def _added_teachers(plan: RunPlan, theirs: list[dict], *, rescore: bool, add: Te
     for t in theirs:
         if t["role"] != ADDED or t["name"] in drop:
             continue
-        ref = recorded_teacher(t, where, f"or remove the teacher with odiag rescore {where} --drop-teacher {t['name']}")
+        ref = recorded_teacher(t, where, f"or remove the teacher with odiag rescore {shell_word(where)} --drop-teacher {shell_word(t['name'])}")
         file = ref.config.file
         ref = dataclasses.replace(ref, entry=t.get("entry", file))
         if ref.name != t["name"]:
@@ -590,7 +590,7 @@ def _added_teachers(plan: RunPlan, theirs: list[dict], *, rescore: bool, add: Te
             if not rescore:
                 raise RunDirError(
                     f"{where}: teacher {ref.name!r} changed since it was scored ({file}: identity {t['identity']} there, "
-                    f"{ref.identity} now); restore the file, or rescore it with odiag rescore {where}"
+                    f"{ref.identity} now); restore the file, or rescore it with odiag rescore {shell_word(where)}"
                 )
             changed.append(ref.name)
         plan.task.check_teacher(ref.config)

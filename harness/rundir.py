@@ -55,7 +55,7 @@ import yaml
 
 from harness.backends.base import ScoreResult
 from harness.config import ConfigError, RunConfig, build, local_path, portable
-from harness.wording import finish_command
+from harness.wording import finish_command, shell_word
 
 if TYPE_CHECKING:
     from harness.backends import ModelSpec
@@ -151,7 +151,7 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
     (``.NAME.*.tmp``), for the caller to move into place with ``os.replace``."""
     make_dirs(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{os.fsdecode(os.fsencode(path.name)[:200])}.", suffix=".tmp")
     except OSError as exc:
         raise _oserror(path, exc) from None
     try:
@@ -367,7 +367,7 @@ def _drop_validation(root: Path) -> None:
         for name in found:
             (root / name).unlink()
         log.info("%s: removed %s: it validated the run's earlier settings; run odiag validate %s again for these",
-                 root, ", ".join(found), root)
+                 root, ", ".join(found), shell_word(root))
 
 
 _RECORD_FILES = {"config.json", "config.yaml", LOCK_NAME}

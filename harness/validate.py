@@ -61,7 +61,7 @@ from harness.progress import Callback, Phases
 from harness.rundir import RunDir, RunDirError, RunLock, write_json
 from harness.safeio import excerpt
 from harness.seeds import derive_seed
-from harness.wording import plural
+from harness.wording import plural, shell_word
 
 if TYPE_CHECKING:
     from harness.plan import TeacherRef
@@ -222,7 +222,7 @@ def _scored_teacher(root: Path, record: dict | None, name: str) -> TeacherRef:
     if ref.identity != record["identity"]:
         raise ConfigError(f"{root}: teacher {name!r} changed since it was scored ({ref.config.file}: identity "
                           f"{record['identity']} there, {ref.identity} now); restore the file, or rescore it with "
-                          f"odiag rescore {root} and validate again")
+                          f"odiag rescore {shell_word(root)} and validate again")
     return ref
 
 

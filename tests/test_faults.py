@@ -830,7 +830,7 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     a, b = run("a", "jsd"), run("b", "jsd", jsd_beta=0.9)
     assert_one_line(odiag("leaderboard", a, b, "--out", "site"),
                     f"runs {a} and {b} (synthetic, student synthetic) differ in jsd_beta (0.5 and 0.9), so their jsd rows "
-                    "measure different things", f"or rescore {b} with --set jsd_beta=0.5")
+                    "measure different things", f"or odiag rescore {b} with --set jsd_beta=0.5")
     assert_one_line(odiag("leaderboard", run("c"), run("d", temperature=0.7), "--out", "site"),
                     "differ in temperature (1.0 and 0.7), so their rows measure different things; put them on separate")
     assert_one_line(odiag("leaderboard", run("g"), run("h", incorrect_outcomes=["wrong", "truncated"]), "--out", "site"),
@@ -845,7 +845,7 @@ def test_leaderboard_refuses_to_rank_rows_that_measure_different_things(odiag, t
     results["config"].update(jsd_beta=0.3, gamma=0.9)
     (m / "results.json").write_text(json.dumps(results))
     # both loss settings differ: the rescore named is the one that makes them comparable, not the first of two
-    assert_one_line(odiag("leaderboard", k, m, "--out", "site"), f"or rescore {m} with --set jsd_beta=0.5 --set gamma=0.95")
+    assert_one_line(odiag("leaderboard", k, m, "--out", "site"), f"or odiag rescore {m} with --set jsd_beta=0.5 --set gamma=0.95")
     # how a row is estimated: another strategy picks other decision points, another n_min another support, another
     # budget or window other visits, an approximate scorer other probabilities: the settings would rank the teachers
     for n, (key, value, shown) in enumerate((("strategy", "settle", "paper and settle"), ("n_min", 5, "None and 5"),

@@ -139,6 +139,7 @@ def test_students_whose_names_read_alike_as_file_names_keep_their_own_figures(ru
 def test_run_ids_are_short_and_unique():
     assert run_ids(["runs/demo", "x/demo", "y/demo/", "a b"]) == ["demo", "demo-2", "demo-3", "a_b"]
     assert run_ids(["runs/é中文🎓", "x/ü"]) == ["é中文_", "ü"]  # letters of any script kept (they were "_" and "_-2")
+    assert run_ids(["e\u0301te\u0301"]) == ["\u00e9t\u00e9"]  # an accent typed apart from its letter is one letter
 
 
 def test_refuses_what_is_not_a_finished_run(tmp_path, run_dir):
@@ -546,6 +547,11 @@ def test_runs_whose_names_slug_alike_keep_their_own_validation_figures(tmp_path,
     (tmp_path / "site").mkdir()
     made = figures.write_validation_figures(load_runs(dirs), tmp_path / "site")
     assert len({m["stem"] for m in made}) == 2
+    long = tmp_path / ("日" * 80)  # 240 bytes: its id is cut, and its figure is written
+    run(RunConfig(limit=2, seed=5), long)
+    (long / "validation.json").write_text(json.dumps({"marker": 0}))
+    (made_long,) = figures.write_validation_figures(load_runs([long]), tmp_path / "site")
+    assert (tmp_path / "site" / f"{made_long['stem']}.svg").is_file()
     for m in made:
         width = ET.parse(tmp_path / "site" / f"{m['stem']}.svg").getroot().get("width")
         assert width == f"{72 * (1 + m['validation']['marker'])}pt", (m["stem"], width)
@@ -583,11 +589,27 @@ def test_a_teacher_named_in_another_script_is_drawn_without_a_warning_per_glyph(
         warnings.simplefilter("error")
         build([copy], tmp_path / "site")
     said = [r.getMessage() for r in caplog.records if "cannot draw" in r.getMessage()]
-    assert len(said) <= 1 and any(p.suffix == ".svg" for p in (tmp_path / "site" / "figures").iterdir())
+    assert len(said) == 1 and any(p.suffix == ".svg" for p in (tmp_path / "site" / "figures").iterdir())
     assert "教师" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
 
 
 def test_a_model_card_file_named_to_the_filesystems_limit_is_written(run_dir, tmp_path):
-    """A 255-character --out name: the temporary file beside it had 14 more and the write failed."""
-    target = tmp_path / ("c" * 250 + ".yaml")
-    assert main_model_card(str(run_dir), str(target)) == 0 and target.is_file()
+    """A 255-byte --out name: the temporary file beside it had 14 more and the write failed."""
+    for name in ("c" * 250 + ".yaml", "教" * 80 + ".yaml"):
+        target = tmp_path / name
+        assert main_model_card(str(run_dir), str(target)) == 0 and target.is_file()
+
+
+def test_only_the_missing_glyph_warnings_are_taken_from_the_users_filters():
+    """Glyph warnings become one log line; any other warning while a figure is saved meets the user's own
+    filters (here: error), as before, and is not shown twice."""
+    import warnings
+
+    from harness.leaderboard.figures import _glyphs_missing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _glyphs_missing():
+            warnings.warn("Glyph 25945 (\\N{CJK UNIFIED IDEOGRAPH-6559}) missing from font(s) DejaVu Sans.", UserWarning)
+        with pytest.raises(UserWarning, match="something else"), _glyphs_missing():
+            warnings.warn("something else", UserWarning)

@@ -56,6 +56,7 @@ from harness.backends import ModelSpec
 from harness.errors import ConfigError
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
+from harness.modelfiles import loadable
 from harness.wording import plural
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def load_causal_lm(model_id: str, revision: str | None, dtype: str, **kwargs) ->
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=_DTYPES[dtype], **kwargs)
+        return AutoModelForCausalLM.from_pretrained(loadable(model_id), revision=revision, dtype=_DTYPES[dtype], **kwargs)
     except SafetensorError as exc:  # a truncated download or a damaged copy: the user's to restore, not a bug
         raise ConfigError(f"model {model_id}: its weights cannot be read ({exc}); restore the files or download "
                           "them again") from None

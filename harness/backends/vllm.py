@@ -53,6 +53,7 @@ from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, topk_tail_divergences
 from harness.errors import ConfigError
+from harness.modelfiles import loadable
 from harness.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class VLLMBackend:
 
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
-            self._engines[spec] = LLM(model=spec.id, revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
+            self._engines[spec] = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
         return self._engines[spec]
 
     def ready(self, models: Collection[str], kind: str) -> float:
@@ -550,7 +551,7 @@ def checkpoint_dtype(spec: ModelSpec) -> str:
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(spec.id, revision=spec.revision)
+        config = AutoConfig.from_pretrained(loadable(spec.id), revision=spec.revision)
     except (OSError, ValueError):
         return "auto"
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)

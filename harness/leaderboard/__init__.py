@@ -118,7 +118,7 @@ SITE_LOCK = ".odiag-site.lock"
 
 
 def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
-    from harness.leaderboard.figures import write_figures, write_validation_figures
+    from harness.leaderboard.figures import MISSING_GLYPHS, write_figures, write_validation_figures
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
     from harness.rundir import move_into_place, staged
 
@@ -128,10 +128,14 @@ def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
     # drawing (the slow part) or refused a write (a full disk) leaves the previous page whole, figures included
     staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=".tmp", dir=out))
     page: dict[str, Path] = {}
+    MISSING_GLYPHS.clear()  # said once per build
     try:
         figures = write_figures(board, runs, staging)
         validations = write_validation_figures(runs, staging)  # `odiag validate` panels, where a run has one
         html = render(board, runs, figures, VIEWER_BUDGET_MB if viewer_mb is None else viewer_mb, validations)
+        # a page in valid UTF-8: a run directory's name that was not (bytes as the file system gave them) shows
+        # those bytes escaped (bad\xffrun)
+        html = html.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         text = json.dumps(board, indent=2, allow_nan=False) + "\n"
         for name, content in (("leaderboard.json", text), ("index.html", html)):
             # a published page: readable by the web server, not only its writer

@@ -16,6 +16,7 @@ not outvote a short one. Output is deterministic (fixed SVG hash salt, no dates)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -27,7 +28,7 @@ import numpy as np
 
 from harness.core.stats import DIVERGENCES, t_ci
 from harness.leaderboard.merge import Run, teacher_labels
-from harness.wording import plural
+from harness.wording import plural, shell_word
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ MAX_SCATTER = 4000  # points per teacher in a scatter panel (a seeded sample bey
 N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin
 LEGEND_COLUMNS = 4  # entries per row of a figure's legend
 GLYPH_MISSING = re.compile(r"Glyph \d+ .* missing from (current )?font")  # matplotlib's warning, once per character
-_MISSING_GLYPHS: set[str] = set()  # said once per process
+MISSING_GLYPHS: set[str] = set()  # of this build (emptied as a build starts): said once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,24 +184,36 @@ def staged_figure(fig, out: Path, stem: str) -> dict[Path, Path]:
 
     files: dict[Path, Path] = {}
     try:
-        with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}), warnings.catch_warnings(record=True) as heard:
-            warnings.simplefilter("always")  # heard here, not raised (PYTHONWARNINGS=error) nor printed per glyph
+        with rc_context({"svg.hashsalt": "odiag", "svg.fonttype": "path"}), _glyphs_missing():
             files[out / f"{stem}.svg"] = staged(out / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", metadata={"Date": None}))
             files[out / f"{stem}.png"] = staged(out / f"{stem}.png",
                                                 lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
-        for w in heard:
-            if GLYPH_MISSING.match(str(w.message)):
-                if not _MISSING_GLYPHS:
-                    log.warning("a teacher or task name has characters the figures' font cannot draw (drawn as boxes "
-                                "in the figures; the page shows them as written)")
-                _MISSING_GLYPHS.add(str(w.message))
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except BaseException:
         for tmp in files.values():
             tmp.unlink(missing_ok=True)
         raise
     return files
+
+
+@contextlib.contextmanager
+def _glyphs_missing():
+    """matplotlib's warning for each character its font cannot draw (a teacher named in Chinese: one per
+    glyph and figure; a traceback under PYTHONWARNINGS=error) becomes one log line per leaderboard build;
+    every other warning keeps the user's filters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message=GLYPH_MISSING.pattern, category=UserWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not GLYPH_MISSING.match(str(message)):
+                return shown(message, category, filename, lineno, file, line)
+            if not MISSING_GLYPHS:
+                log.warning("a teacher or task name has characters the figures' font cannot draw (drawn as boxes in "
+                            "the figures; the page shows them as written)")
+            MISSING_GLYPHS.add(str(message))
+
+        warnings.showwarning = show
+        yield
 
 
 def _fmt_p(p) -> str:
@@ -455,7 +468,8 @@ def write_validation_figures(runs: Sequence[Run], out: Path) -> list[dict]:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             problem = f"malformed ({type(exc).__name__}: {exc})"
         if problem is not None:  # never a panel of other numbers than the run's
-            log.warning("%s: %s; its panel is left out (odiag validate %s makes a current one)", path, problem, run.path)
+            log.warning("%s: %s; its panel is left out (odiag validate %s makes a current one)", path, problem,
+                        shell_word(run.path))
             continue
         stem = f"{run.id}--validation"  # run ids are unique and file-safe; a slug of them need not be
         _save(figure, out, stem)

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import re
 import subprocess
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,9 +29,11 @@ from harness.results import SCHEMA_VERSION as RESULTS_SCHEMA
 from harness.rundir import RunDir
 from harness.safeio import excerpt, read_json
 from harness.tasks import OUTCOMES
+from harness.wording import shell_word
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
-GROUP_ID_CHARS = 100  # a group id names figure files (with "--correct-vs-incorrect.svg" and the like): well under 255
+GROUP_ID_CHARS = 200  # a group id names figure files (with "--correct-vs-incorrect.svg" and the like): under 255 bytes
+RUN_ID_BYTES = 100  # a run id too ("--validation.svg")
 TABLES = ("nodes", "children", "paths")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
 # pipelines use (the paper's default); a run without it falls back to its first algorithm.
@@ -156,7 +159,11 @@ def run_ids(paths: Sequence[str | Path]) -> list[str]:
     """Short unique ids from directory names: ``runs/demo`` -> ``demo``; repeats get ``-2``, ``-3``."""
     ids: list[str] = []
     for p in paths:
-        base = re.sub(r"[^\w.-]+", "_", Path(p).resolve().name) or "run"  # letters of any script kept
+        # letters of any script kept (composed first: é typed as e and an accent is one letter)
+        base = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", Path(p).resolve().name)) or "run"
+        if len(base.encode("utf-8", "surrogateescape")) > RUN_ID_BYTES:  # it names figure files: cut, told apart by a hash
+            digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            base = f"{base.encode('utf-8')[: RUN_ID_BYTES - 11].decode('utf-8', 'ignore')}-{digest}"
         name, k = base, 2
         while name in ids:
             name, k = f"{base}-{k}", k + 1
@@ -244,7 +251,7 @@ def check_comparable(runs: Sequence[Run]) -> None:
                 fix = " ".join(f"--set {k}={other.results['config'].get(k)}" for k in keys)
                 raise ConfigError(f"leaderboard: runs {other.path} and {run.path} ({run.group[0]}, student {run.group[1]}) "
                                   f"differ in {key} ({theirs} and {mine}), so {rows} measure different things; put them "
-                                  f"on separate leaderboards" + ("" if algorithm is None else f", or rescore {run.path} with {fix}"))
+                                  f"on separate leaderboards" + ("" if algorithm is None else f", or odiag rescore {shell_word(run.path)} with {fix}"))
     for i, run in enumerate(runs):
         for other in runs[:i]:
             if other.group != run.group or any(other.results["config"].get(k) != run.results["config"].get(k)

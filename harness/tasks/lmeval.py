@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import MAX_COUNT, ConfigError
-from harness.modelfiles import is_local_path
+from harness.modelfiles import is_local_path, loadable
 from harness.safeio import excerpt
 from harness.tasks import TASKS_DIR
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
@@ -72,7 +72,7 @@ def load_tokenizer(name: str, revision: str | None = None):
                           f"{', '.join(TOKENIZER_FILES)} (give the directory a model was saved to, tokenizer included)")
     try:
         with _quiet_hub_retries():
-            return AutoTokenizer.from_pretrained(name, revision=revision)
+            return AutoTokenizer.from_pretrained(loadable(name), revision=revision)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"cannot load the tokenizer of {name!r}: {reason}{_offline_hint(name, reason)}") from None
@@ -105,14 +105,14 @@ def _quiet_hub_retries():
 @functools.lru_cache(maxsize=16)
 def max_positions(name: str, revision: str | None = None) -> int | None:
     """The model's context length (``max_position_embeddings``); None when it cannot be read."""
-    local = Path(name) / "config.json"
+    local = Path(name).expanduser() / "config.json"
     try:
         if local.exists():
             config = json.loads(local.read_text(encoding="utf-8"))
         else:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(name, revision=revision).to_dict()
+            config = AutoConfig.from_pretrained(loadable(name), revision=revision).to_dict()
     except (OSError, ValueError):
         return None
     return config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
