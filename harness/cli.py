@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import os
@@ -465,21 +466,22 @@ def _reader_gone() -> bool:
     return gone
 
 
+def _escape(exc: UnicodeError):
+    """The ``odiag.escape`` error handler: surrogateescape where it applies, else backslashreplace."""
+    import codecs
+
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(exc)
+
+
 def _escape_what_it_cannot_encode(stream) -> None:
     """A stream writes the bytes of a file name that were not UTF-8 back as they came (surrogateescape,
     as ls does), and in an encoding other than UTF-8 (ASCII under ``LC_ALL=C``) writes what it cannot
     encode (a section sign, an arrow) as a backslash escape, as Python's stderr does, rather than failing."""
-    import codecs
-
-    def escape(exc: UnicodeError):
-        try:
-            return codecs.lookup_error("surrogateescape")(exc)
-        except UnicodeError:
-            return codecs.lookup_error("backslashreplace")(exc)
-
     try:
         if stream.errors in ("strict", "surrogateescape", "backslashreplace"):
-            codecs.register_error("odiag.escape", escape)
             stream.reconfigure(errors="odiag.escape")
     except (AttributeError, LookupError, TypeError, ValueError):  # not a text stream that can be reconfigured
         pass
@@ -492,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     own = argv is None  # the process's own command line: it ends when main returns
     argv = sys.argv[1:] if argv is None else list(argv)
+    codecs.register_error("odiag.escape", _escape)
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:  # closed by whoever started odiag (`2>&-`): the work goes on, its lines nowhere
             setattr(sys, name, open(os.devnull, "w"))

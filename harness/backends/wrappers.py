@@ -89,6 +89,8 @@ class LazyBackend:
     def ready(self, models: Collection[str], kind: str) -> float:
         """Build the backend if it is not yet built, and have it load what a ``kind`` call ("sample" or
         "score") on ``models`` uses; the seconds that took (0 when all was loaded before)."""
+        if self.inner is not None and not hasattr(self.inner, "ready"):
+            return 0.0  # built, and nothing more it loads on demand
         started = time.monotonic()
         inner = self._get()
         if hasattr(inner, "ready"):

@@ -33,6 +33,7 @@ from harness.wording import shell_word
 
 SCHEMA_VERSION = "odiag.leaderboard/1"
 GROUP_ID_CHARS = 200  # a group id names figure files (with "--correct-vs-incorrect.svg" and the like): under 255 bytes
+# (group ids are ASCII: characters are bytes)
 RUN_ID_BYTES = 100  # a run id too ("--validation.svg")
 TABLES = ("nodes", "children", "paths")
 # The headline algorithm of figures that show one algorithm: GKD is the distillation loss most
@@ -155,15 +156,23 @@ def load_run(path: str | Path, run_id: str) -> Run:
     )
 
 
+def _cut(name: str, whole: str, limit: int) -> str:
+    """``name`` (a file name stem) within ``limit`` UTF-8 bytes: as it is, or cut and told apart by a hash of
+    ``whole``, what it names."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.sha256(whole.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{raw[: limit - 11].decode('utf-8', 'ignore')}-{digest}"
+
+
 def run_ids(paths: Sequence[str | Path]) -> list[str]:
     """Short unique ids from directory names: ``runs/demo`` -> ``demo``; repeats get ``-2``, ``-3``."""
     ids: list[str] = []
     for p in paths:
         # letters of any script kept (composed first: é typed as e and an accent is one letter)
         base = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", Path(p).resolve().name)) or "run"
-        if len(base.encode("utf-8", "surrogateescape")) > RUN_ID_BYTES:  # it names figure files: cut, told apart by a hash
-            digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-            base = f"{base.encode('utf-8')[: RUN_ID_BYTES - 11].decode('utf-8', 'ignore')}-{digest}"
+        base = _cut(base, base, RUN_ID_BYTES)  # it names figure files
         name, k = base, 2
         while name in ids:
             name, k = f"{base}-{k}", k + 1
@@ -361,9 +370,7 @@ def merge(runs: Sequence[Run]) -> dict:
                 e["tied_with"] = [block[j]["key"] for j in t]
         # two students can read alike once made a file name (m/s and m_s): the later one is numbered
         base = gid = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task}--{student}")
-        if len(base) > GROUP_ID_CHARS:  # a file name stem: a student's long local path cut, told apart by a hash
-            digest = hashlib.sha256(f"{task}--{student}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
-            base = gid = f"{base[: GROUP_ID_CHARS - 11]}-{digest}"
+        base = gid = _cut(base, f"{task}--{student}", GROUP_ID_CHARS)  # a student's long local path
         k = 2
         while gid in {g["id"] for g in groups}:
             gid, k = f"{base}-{k}", k + 1
