@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.backends import STUDENT, SampleRequest, ScoreResult
+from harness.backends import STUDENT, SampleRequest, SampleResult, ScoreResult
 from harness.config import RunConfig
 from harness.core import Rollouts
 from harness.core.allocation import STRATEGIES, AllocationParams, ScoredTokens, window_state
@@ -29,9 +30,14 @@ if TYPE_CHECKING:
     from harness.pipeline import RunContext
 
 log = logging.getLogger(__name__)
-# whole responses (path prefix, forced token, continuation) held at once to be scored: 128 MB as int64,
-# however many rollouts a round draws (a round of long traces would otherwise hold each prefix once per rollout)
+# whole responses (path prefix, forced token, continuation) held at once to be scored and reduced to their
+# exits: 128 MB as int64, however many rollouts a round draws (only the exits of a round are kept)
 SCORE_CHUNK_TOKENS = 1 << 24
+# a backend call of a round samples at most this many rollouts and about this many tokens (judged by the
+# question's initial responses): a round of many questions would otherwise hold all their tokens at once.
+# Large enough that the tail of a call's last long generations is a small share of a GPU's time on it
+CALL_ROLLOUTS = 1 << 20
+CALL_TOKENS = 1 << 26
 
 
 def logprob_tables(
@@ -85,7 +91,7 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
     for s in active.values():
         s.budget.append({"window": list(s.spans[w]), "rollouts": 0, "tokens_generated": 0, "rounds": 0})
     for r in itertools.count():
-        jobs, requests = [], []
+        jobs, requests, expected = [], [], []
         for qid, s in list(active.items()):
             name, key = f"window{w}-round{r}", _plan_key(cfg, s)
             shard = ctx.rundir.load(qid, name)
@@ -110,33 +116,65 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
                 continue
             rows = list(zip(plan.path_R.tolist(), plan.position_R.tolist(), plan.token_R.tolist(), plan.count_R.tolist(), strict=True))
             jobs.append((s, name, rows, key))
+            typical = np.mean([len(y) for y in s.responses]) if s.responses else max_new
             for j, k, a, n in rows:
                 if a in task.stop_ids or max_new - (k + 1) <= 0:
                     continue  # the response is already complete (or at its limit): nothing to sample
                 prefix = np.concatenate([s.question.prompt_ids, s.paths[j][:k], [a]]).astype(np.int64)
                 seed = derive_seed(cfg.seed, qid, "target", j, k, a, w, r)
                 requests.append(SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids))
+                expected.append(n * min(max(typical - (k + 1), 1), max_new - (k + 1)))
         if not active:
             return
-        results = iter(ctx.backend.sample(requests))
+        results = _sampled_in_calls(ctx.backend, requests, expected)
         for s, name, rows, key in jobs:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)
 
 
-def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, window, plan_key) -> None:
-    """Score one round's rollouts, ingest them, and store them compactly as one shard."""
-    task, max_new = ctx.task, ctx.plan.max_new_tokens
-    conts, forced, target, forced_tok, truncated = [], [], [], [], []
-    rewards, lengths = [], []
-    full, cut, held = [], [], 0  # whole responses not yet scored: a bounded number of tokens at a time
+def _sampled_in_calls(backend, requests: list[SampleRequest], expected: list[float]) -> Iterator[SampleResult]:
+    """The results of ``requests`` in order, sampled in calls of at most CALL_ROLLOUTS rollouts and about
+    CALL_TOKENS ``expected`` tokens; each result is let go once it is taken (completion i of a request draws
+    from its own seed, so how requests are split into calls never changes a draw)."""
+    start = 0
+    while start < len(requests):
+        stop, rollouts, tokens = start + 1, requests[start].n, expected[start]
+        while (stop < len(requests) and rollouts + requests[stop].n <= CALL_ROLLOUTS
+               and tokens + expected[stop] <= CALL_TOKENS):
+            rollouts, tokens, stop = rollouts + requests[stop].n, tokens + expected[stop], stop + 1
+        results = backend.sample(requests[start:stop])
+        for i in range(len(results)):
+            result, results[i] = results[i], None
+            yield result
+        start = stop
 
-    def score() -> None:
+
+def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, window, plan_key) -> None:
+    """Score one round's rollouts a bounded number of tokens at a time, keep only their exits, ingest
+    them, and store them compactly as one shard."""
+    task, max_new = ctx.task, ctx.plan.max_new_tokens
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in ("forced_len", "target_path", "forced_token", "reward",
+                                                       "truncated", "length", "generated")}
+    exits: list[list[Exits]] = [[] for _ in s.paths]
+    conts, forced, target, forced_tok, cut, full, held = [], [], [], [], [], [], 0
+
+    def reduce() -> None:
+        """The held responses' rewards and exits; their tokens let go."""
         nonlocal held
-        if full:
-            rewards.append(np.asarray(task.rewards(s.question, full, np.concatenate(cut)), dtype=np.int64))
-            lengths.append(np.fromiter(map(len, full), dtype=np.int64, count=len(full)))
-            full.clear(), cut.clear()
-            held = 0
+        if not conts:
+            return
+        truncated = np.concatenate(cut)
+        reward = np.asarray(task.rewards(s.question, full, truncated), dtype=np.int64)
+        batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
+        for j, path_exits in enumerate(exits):
+            path_exits.append(s.tree.exits(batch, j))
+        for k, v in (("forced_len", batch.forced_len), ("target_path", batch.target_path), ("reward", reward),
+                     ("forced_token", batch.forced_token), ("truncated", truncated),
+                     ("length", np.fromiter(map(len, full), dtype=np.int64, count=len(full))),
+                     ("generated", np.diff(batch.offsets))):
+            kept[k].append(v)
+        for held_list in (conts, forced, target, forced_tok, cut, full):
+            held_list.clear()
+        held = 0
 
     for j, k, a, n in rows:
         if a in task.stop_ids or max_new - (k + 1) <= 0:
@@ -146,29 +184,28 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
             res = next(results)
             toks, trunc = res.tokens, np.asarray(res.truncated)
         conts += toks
-        truncated.append(trunc)
+        cut.append(trunc)
         forced += [k + 1] * n
         target += [j] * n
         forced_tok += [a] * n
         head = np.concatenate([s.paths[j][:k], [a]]).astype(np.int64)  # the path to the forced token, and it
         full += [np.concatenate([head, c]).astype(np.int64) for c in toks]
-        cut.append(trunc)
         held += n * len(head) + sum(map(len, toks))
         if held >= SCORE_CHUNK_TOKENS:
-            score()
-    score()
-    trunc = np.concatenate(truncated)
-    reward = np.concatenate(rewards) if rewards else np.zeros(0, np.int64)
-    batch = Rollouts.from_lists(conts, reward, forced, target, forced_tok)
-    exits = s.tree.ingest(batch)
+            reduce()
+    reduce()
+    none = [np.zeros(0, np.int64)]
+    col = {k: np.concatenate(v or none) for k, v in kept.items()}
+    joined = [Exits(lcp=np.concatenate([e.lcp for e in ex] or none), token=np.concatenate([e.token for e in ex] or none))
+              for ex in exits]
+    s.tree.ingest_all_exits(joined, col["forced_len"], col["reward"])
     ctx.rundir.save(
-        s.question.id, name, forced_len=batch.forced_len, target_path=batch.target_path,
-        forced_token=batch.forced_token, reward=reward, truncated=trunc,
-        length=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
-        exit_lcp=np.stack([e.lcp for e in exits]), exit_token=np.stack([e.token for e in exits]),
+        s.question.id, name, forced_len=col["forced_len"], target_path=col["target_path"],
+        forced_token=col["forced_token"], reward=col["reward"], truncated=col["truncated"].astype(bool),
+        length=col["length"], exit_lcp=np.stack([e.lcp for e in joined]), exit_token=np.stack([e.token for e in joined]),
         window=np.array(window), plan_key=plan_key,
     )
-    _count(s, len(conts), int(sum(len(c) for c in conts)))
+    _count(s, len(col["reward"]), int(col["generated"].sum()))
 
 
 def _count(s: QuestionState, rollouts: int, tokens: int) -> None:

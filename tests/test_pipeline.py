@@ -203,6 +203,33 @@ def test_a_round_scored_a_few_responses_at_a_time_stores_the_same_tree(finished,
         assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files), shard
 
 
+def test_a_round_sampled_in_bounded_calls_stores_the_same_tree(finished, tmp_path, monkeypatch):
+    """A round's rollouts are sampled in calls of at most CALL_ROLLOUTS rollouts and about CALL_TOKENS tokens
+    (a round of many questions would otherwise hold all their tokens at once): calls of a few rollouts give
+    the same shards and results as one call per round, and no call holds more than it may."""
+    import harness.targeted as targeted
+
+    sizes = []
+    sample = SyntheticBackend.sample
+    monkeypatch.setattr(SyntheticBackend, "sample",
+                        lambda self, requests, on_done=None: sizes.append([r.n for r in requests]) or sample(self, requests, on_done))
+    monkeypatch.setattr(targeted, "CALL_ROLLOUTS", 250)
+    monkeypatch.setattr(targeted, "CALL_TOKENS", 10**9)
+    assert _strip(run(CFG, tmp_path / "by-rollouts")) == _results(finished[0])
+    assert sizes[0] == [CFG.n_initial] * CFG.limit  # the initial rollouts, not a targeted round
+    assert all(sum(s) <= 250 or len(s) == 1 for s in sizes[1:]) and max(map(len, sizes[1:])) > 1
+    rounds = sum(1 for _ in (finished[0] / "shards").rglob("window*-round*.npz"))
+    assert len(sizes) > rounds  # questions and rows of one round split across calls
+    for shard in sorted((finished[0] / "shards").rglob("*.npz")):
+        mine, theirs = np.load(tmp_path / "by-rollouts" / shard.relative_to(finished[0])), np.load(shard)
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files), shard
+    sizes.clear()
+    monkeypatch.setattr(targeted, "CALL_ROLLOUTS", 10**9)
+    monkeypatch.setattr(targeted, "CALL_TOKENS", 1)  # every request alone: the cut also follows expected tokens
+    assert _strip(run(CFG, tmp_path / "by-tokens")) == _results(finished[0])
+    assert max(map(len, sizes[1:])) == 1  # after the initial rollouts, one request per call
+
+
 def test_a_different_config_on_the_same_directory_is_refused(finished):
     with pytest.raises(ConfigError, match="n_target: 100 there, 50 now"):
         run(RunConfig(limit=6, n_target=50), finished[0])
