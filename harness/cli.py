@@ -171,7 +171,8 @@ def _lm_eval_refusal(exc: BaseException) -> str | None:
         return f"lm_eval: {exc}"
     if not isinstance(exc, (ValueError, KeyError, OSError, ImportError, AssertionError, RuntimeError)):
         return None
-    hint = ("; vLLM runs from its own environment: make install-vllm, then .venv-vllm/bin/odiag eval ..."
+    hint = ("; vLLM runs from its own environment: pip install vllm there (in a checkout: make install-vllm, "
+            "then .venv-vllm/bin/odiag eval ...)"
             if isinstance(exc, ImportError) and "vllm" in str(exc) else "")
     return f"lm_eval: {type(exc).__name__}: {exc}{hint}"
 

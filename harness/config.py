@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import math
+import subprocess
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -265,7 +266,25 @@ def tree_fields(cfg: RunConfig) -> dict:
     return fields
 
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout, or site-packages when odiag is installed
+# odiag's task and teacher YAMLs: tasks/ and teachers/ of the checkout, copied here when a wheel is built
+BUNDLED = Path(__file__).resolve().parent / "_bundled"
+
+
+def data_dir(name: str) -> Path:
+    """odiag's own ``tasks`` or ``teachers`` folder: the installed copy, else the checkout's."""
+    return BUNDLED / name if (BUNDLED / name).is_dir() else REPOSITORY / name
+
+
+def checkout_commit() -> str | None:
+    """The git commit of the odiag checkout this runs from; None when odiag is installed (the folder around
+    site-packages may be another project's repository) or git cannot say."""
+    try:
+        top, commit = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=REPOSITORY,
+                                     capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+    return commit if Path(top).resolve() == REPOSITORY and not BUNDLED.is_dir() else None
 
 
 def portable(obj: Any) -> Any:

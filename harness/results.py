@@ -8,7 +8,6 @@ model card, the lm-eval bridge) check files against it and :data:`SCHEMA_VERSION
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,14 +36,9 @@ def versions(backend) -> dict:
     import scipy
 
     from harness import __version__
+    from harness.config import checkout_commit
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"odiag": __version__, "git_commit": commit, "numpy": np.__version__, "scipy": scipy.__version__,
+    return {"odiag": __version__, "git_commit": checkout_commit(), "numpy": np.__version__, "scipy": scipy.__version__,
             "backend": backend.describe()}
 
 

@@ -7,6 +7,7 @@ committed tokenizer, whose chat template is Qwen3's.
 """
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,14 @@ def test_a_file_name_that_cannot_be_a_teachers_name_says_to_set_one(tmp_path):
     path = _write(tmp_path, "model: other/model\n", "t" * 200 + ".yaml")
     _one_line_error(path, "key 'name': must be at most 100 characters (200 here)", "(the file's name: set key 'name')")
     assert load_teacher(_write(tmp_path, "name: short\nmodel: other/model\n", "t" * 200 + ".yaml")).name == "short"
+
+
+def test_a_file_name_whose_bytes_are_not_utf8_is_refused_for_that(tmp_path):
+    path = tmp_path / os.fsdecode(b"t\xe9.yaml")  # a Latin-1 name, as an older system wrote it
+    path.write_text("model: other/model\n")
+    _one_line_error(str(path), "key 'name': must be UTF-8 text (it holds a byte that is not)", "(the file's name: set key 'name')")
+    path.write_text("name: te\nmodel: other/model\n")
+    assert load_teacher(str(path)).name == "te"
 
 
 def test_a_bad_file_stops_odiag_run_with_a_non_zero_exit(tmp_path):

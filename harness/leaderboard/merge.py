@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import hashlib
 import re
-import subprocess
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import __version__
-from harness.config import STRATEGY_FIELDS, ConfigError, RunConfig, numeric_part, tree_fields, unread_fields
+from harness.config import STRATEGY_FIELDS, ConfigError, RunConfig, checkout_commit, numeric_part, tree_fields, unread_fields
 from harness.core.records import CHILD_FIELDS, NODE_COLUMNS
 from harness.core.stats import rank_with_ties
 from harness.results import PATH_FIELDS, read_tables
@@ -278,15 +277,6 @@ def check_comparable(runs: Sequence[Run]) -> None:
                 )
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def headline_algorithm(algorithms: Sequence[str]) -> str:
     return HEADLINE_ALGORITHM if HEADLINE_ALGORITHM in algorithms else sorted(algorithms)[0]
 
@@ -387,7 +377,7 @@ def merge(runs: Sequence[Run]) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "generator": {"odiag": __version__, "git_commit": _git_commit(), "results_schema": RESULTS_SCHEMA},
+        "generator": {"odiag": __version__, "git_commit": checkout_commit(), "results_schema": RESULTS_SCHEMA},
         "runs": [_provenance(run) for run in runs],
         "groups": groups,
         "entries": entries,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from harness.config import data_dir
 from harness.teachers import TeacherConfig
 
-TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"  # odiag's task YAMLs (lm_eval --include_path)
+TASKS_DIR = data_dir("tasks")  # odiag's task YAMLs (lm_eval --include_path)
 
 if TYPE_CHECKING:
     from harness.teachers import Artefacts

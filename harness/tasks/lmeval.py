@@ -145,7 +145,8 @@ def build_lm_eval_task(name: str, data_files: str | None = None):
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     if name not in manager.all_subtasks:
-        raise ConfigError(f"unknown task {name!r}: available tasks are 'synthetic', {', '.join(map(repr, task_names()))}")
+        raise ConfigError(f"unknown task {name!r}: available tasks are {', '.join(map(repr, ['synthetic', *task_names()]))} "
+                          f"(YAMLs under {TASKS_DIR})")
     if data_files is None:
         with _quiet_custom_dataset_hint():
             return _load(manager, name, name, "the Hugging Face hub",

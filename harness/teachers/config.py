@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.backends.base import STUDENT
-from harness.config import MAX_COUNT, MAX_TEMPERATURE, MIN_TEMPERATURE, ConfigError, build, load_yaml
+from harness.config import MAX_COUNT, MAX_TEMPERATURE, MIN_TEMPERATURE, BUNDLED, REPOSITORY, ConfigError, build, data_dir, load_yaml
 from harness.safeio import excerpt, render_template, template_variables
 from harness.wording import plural
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from harness.backends import ModelSpec
 
 
-TEACHER_DIR = Path(__file__).resolve().parents[2] / "teachers"
+TEACHER_DIR = data_dir("teachers")
 
 # Summarisers that are deterministic text functions rather than models ("name": "module:function").
 TEXT_SUMMARIZERS: dict[str, str] = {
@@ -99,9 +99,12 @@ def teacher_path(name_or_path: str) -> Path:
 
 
 def _resolve_model(value: str | None, base: Path) -> str | None:
-    """``./dir`` and ``../dir`` are relative to the teacher file; anything else is a hub id or path."""
+    """``./dir`` and ``../dir`` are relative to the teacher file (odiag's own teachers, installed, as from
+    their place in the checkout: ``../harness/toy_models/teacher``); anything else is a hub id or path."""
     if value is None or not value.startswith(("./", "../")):
         return value
+    if base.resolve().is_relative_to(BUNDLED):
+        base = REPOSITORY / base.resolve().relative_to(BUNDLED)
     return str((base / value).resolve())
 
 
@@ -215,6 +218,8 @@ def _name_problem(name: str) -> str | None:
         return "must name the teacher"
     if len(name) > MAX_NAME:
         return f"must be at most {MAX_NAME} characters ({len(name)} here)"
+    if any("\udc80" <= c <= "\udcff" for c in name):  # how a file name's bytes that are not UTF-8 arrive
+        return "must be UTF-8 text (it holds a byte that is not)"
     if any(c in "/\\" or not c.isprintable() for c in name) or name != name.strip():
         return "must not hold a slash, a control character or a leading or trailing space"
     return None
