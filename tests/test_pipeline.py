@@ -230,6 +230,22 @@ def test_a_round_sampled_in_bounded_calls_stores_the_same_tree(finished, tmp_pat
     assert max(map(len, sizes[1:])) == 1  # after the initial rollouts, one request per call
 
 
+def test_a_resumed_run_says_it_replays_its_stored_rounds(finished, tmp_path, caplog):
+    """Reading back a large tree's rounds takes a while and draws nothing: the log says so first."""
+    import shutil
+
+    shutil.copytree(finished[0], tmp_path / "run")
+    (tmp_path / "run" / "results.json").unlink()
+    rounds = sum(1 for _ in (tmp_path / "run" / "shards").rglob("window*-round*.npz"))
+    with caplog.at_level("INFO", logger="harness.pipeline"):
+        assert _strip(run(CFG, tmp_path / "run")) == _results(finished[0])
+    assert f"replaying {rounds} rounds of targeted rollouts stored by an earlier invocation" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="harness.pipeline"):
+        run(CFG, tmp_path / "fresh")
+    assert "replaying" not in caplog.text
+
+
 def test_a_different_config_on_the_same_directory_is_refused(finished):
     with pytest.raises(ConfigError, match="n_target: 100 there, 50 now"):
         run(RunConfig(limit=6, n_target=50), finished[0])
