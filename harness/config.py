@@ -281,7 +281,7 @@ def checkout_commit() -> str | None:
     site-packages may be another project's repository) or git cannot say."""
     try:
         top, commit = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=REPOSITORY,
-                                     capture_output=True, text=True, check=True).stdout.split()
+                                     capture_output=True, text=True, check=True).stdout.splitlines()
     except (OSError, ValueError, subprocess.CalledProcessError):
         return None
     return commit if Path(top).resolve() == REPOSITORY and not BUNDLED.is_dir() else None

@@ -328,7 +328,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     states = list(ctx.states.values())
     n_windows = max((len(s.spans) for s in states), default=0)
     if stored := sum(len(rundir.rounds(s.question.id)) for s in states):  # read back before anything is drawn
-        log.info("replaying %d %s of targeted rollouts stored by an earlier invocation", stored, plural(stored, "round"))
+        log.info("reading back %d stored %s of targeted rollouts (an earlier invocation's)", stored, plural(stored, "round"))
     with phases.phase(
         "targeted rollouts", ctx.backend, budget=cfg.budget * len(states) if cfg.budget else None,
         steps=_window_weights(states, n_windows), rounds=True,

@@ -101,11 +101,12 @@ class Phase:
     def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
                  spent: Callable[[], int] | None, steps: Sequence[float] | None, rounds: bool = False):
         self.owner, self.name, self.unit, self.rounds = owner, name, unit, rounds
-        self.budget, self._spent_fn = budget, spent
+        self.budget = budget
         self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
         self.done = self.planned = self.rollouts = self.tokens = 0
+        # spent from the budget: what was recorded before the phase, rounds read back, and rollouts done in it
         self._spent_base = spent() if spent else 0
         self._since_base = 0
         self.started = time.monotonic()
@@ -114,10 +115,8 @@ class Phase:
 
     # fed by the backend wrapper ----------------------------------------------------------------------
 
-    def plan(self, units: int, new_call: bool = True) -> None:
-        """``units`` more work planned (a backend call starting, or rollouts that need no sampling)."""
-        if new_call and self._spent_fn is not None:
-            self._spent_base, self._since_base = self._spent_fn(), 0
+    def plan(self, units: int) -> None:
+        """``units`` more work planned (a backend call starting, a round planned whole)."""
         self.planned += units
         self.planned_by_step[self.step_index] = self.planned_by_step.get(self.step_index, 0) + units
         self.emit(force=True)
@@ -127,6 +126,11 @@ class Phase:
         self.rollouts += rollouts
         self.tokens += tokens
         self._since_base += rollouts
+        self.emit()
+
+    def replayed(self, rollouts: int) -> None:
+        """``rollouts`` read back from stored rounds: spent from the budget, but no work of this phase."""
+        self._spent_base += rollouts
         self.emit()
 
     def sampled(self, completions: int, tokens: int) -> None:

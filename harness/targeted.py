@@ -91,12 +91,12 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
     for s in active.values():
         s.budget.append({"window": list(s.spans[w]), "rollouts": 0, "tokens_generated": 0, "rounds": 0})
     for r in itertools.count():
-        jobs, requests, expected = [], [], []
+        jobs, wanted, expected = [], [], []  # wanted: the round's sample requests, each built when its call is made
         for qid, s in list(active.items()):
             name, key = f"window{w}-round{r}", _plan_key(cfg, s)
             shard = ctx.rundir.load(qid, name)
             if shard is not None and np.array_equal(shard.get("plan_key", ()), key):
-                _ingest_shard(s, shard)
+                _ingest_shard(ctx, s, shard)
                 continue
             lo, hi = s.spans[w]
             scored = [_scored_tokens(s, j, ctx.plan.planners) for j in range(len(s.paths))]
@@ -105,7 +105,7 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
                                  sum(b["rollouts"] for b in s.budget[:-1]), s.budget[-1]["rollouts"])
             plan = STRATEGIES[cfg.strategy](state, params)
             if shard is not None and _same_plan(plan, shard):
-                _ingest_shard(s, shard)
+                _ingest_shard(ctx, s, shard)
                 continue
             if shard is not None:
                 dropped = ctx.rundir.drop_rounds_from(qid, w, r)
@@ -120,28 +120,34 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
             for j, k, a, n in rows:
                 if a in task.stop_ids or max_new - (k + 1) <= 0:
                     continue  # the response is already complete (or at its limit): nothing to sample
-                prefix = np.concatenate([s.question.prompt_ids, s.paths[j][:k], [a]]).astype(np.int64)
-                seed = derive_seed(cfg.seed, qid, "target", j, k, a, w, r)
-                requests.append(SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids))
+                wanted.append((s, j, k, a, n, derive_seed(cfg.seed, qid, "target", j, k, a, w, r)))
                 expected.append(n * min(max(typical - (k + 1), 1), max_new - (k + 1)))
         if not active:
             return
-        results = _sampled_in_calls(ctx.backend, requests, expected)
+
+        def request(item) -> SampleRequest:
+            state, j, k, a, n, seed = item
+            prefix = np.concatenate([state.question.prompt_ids, state.paths[j][:k], [a]]).astype(np.int64)
+            return SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids)
+
+        ctx.backend.plan_ahead(sum(n for _, _, rows, _ in jobs for *_, n in rows))  # the whole round, in any calls
+        results = _sampled_in_calls(ctx.backend, wanted, expected, request)
         for s, name, rows, key in jobs:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)
 
 
-def _sampled_in_calls(backend, requests: list[SampleRequest], expected: list[float]) -> Iterator[SampleResult]:
-    """The results of ``requests`` in order, sampled in calls of at most CALL_ROLLOUTS rollouts and about
-    CALL_TOKENS ``expected`` tokens; each result is let go once it is taken (completion i of a request draws
-    from its own seed, so how requests are split into calls never changes a draw)."""
+def _sampled_in_calls(backend, wanted: list[tuple], expected: list[float], request) -> Iterator[SampleResult]:
+    """The results of the requests ``wanted`` (``request(item)`` builds one; its rollouts are ``item[4]``) in
+    order, sampled in calls of at most CALL_ROLLOUTS rollouts and about CALL_TOKENS ``expected`` tokens; a
+    call's requests are built when it is made and each result is let go once it is taken (completion i of a
+    request draws from its own seed, so how requests are split into calls never changes a draw)."""
     start = 0
-    while start < len(requests):
-        stop, rollouts, tokens = start + 1, requests[start].n, expected[start]
-        while (stop < len(requests) and rollouts + requests[stop].n <= CALL_ROLLOUTS
+    while start < len(wanted):
+        stop, rollouts, tokens = start + 1, wanted[start][4], expected[start]
+        while (stop < len(wanted) and rollouts + wanted[stop][4] <= CALL_ROLLOUTS
                and tokens + expected[stop] <= CALL_TOKENS):
-            rollouts, tokens, stop = rollouts + requests[stop].n, tokens + expected[stop], stop + 1
-        results = backend.sample(requests[start:stop])
+            rollouts, tokens, stop = rollouts + wanted[stop][4], tokens + expected[stop], stop + 1
+        results = backend.sample([request(item) for item in wanted[start:stop]])
         for i in range(len(results)):
             result, results[i] = results[i], None
             yield result
@@ -214,8 +220,9 @@ def _count(s: QuestionState, rollouts: int, tokens: int) -> None:
     s.budget[-1]["rounds"] += 1
 
 
-def _ingest_shard(s: QuestionState, shard: dict[str, np.ndarray]) -> None:
+def _ingest_shard(ctx: RunContext, s: QuestionState, shard: dict[str, np.ndarray]) -> None:
     """Replay a stored round: the compact exits, never the tokens (SPEC §6)."""
+    ctx.backend.replayed(len(shard["reward"]))
     exits = [Exits(lcp=shard["exit_lcp"][j], token=shard["exit_token"][j]) for j in range(len(s.paths))]
     s.tree.ingest_all_exits(exits, shard["forced_len"], shard["reward"])
     _count(s, len(shard["reward"]), int((shard["length"] - shard["forced_len"]).sum()))

@@ -230,6 +230,28 @@ def test_a_round_sampled_in_bounded_calls_stores_the_same_tree(finished, tmp_pat
     assert max(map(len, sizes[1:])) == 1  # after the initial rollouts, one request per call
 
 
+def test_a_round_sampled_in_several_calls_is_planned_whole_and_its_budget_counted_once(tmp_path, monkeypatch):
+    """The targeted phase's total holds a whole round from its first call, and the budget spent counts every
+    rollout once: sampled, complete at its forced token, or read back from a stored round."""
+    import harness.targeted as targeted
+
+    monkeypatch.setattr(targeted, "CALL_ROLLOUTS", 250)
+    cfg = RunConfig(limit=6, budget=3000)
+    events = []
+    results = run(cfg, tmp_path / "run", on_progress=events.append)
+    targeted_events = [e for e in events if getattr(e, "phase", None) == "targeted rollouts"]
+    spent = sum(b["rollouts"] for q in results["questions"] for b in q["budget"])
+    assert targeted_events[-1].final and targeted_events[-1].spent == spent
+    assert [e.spent for e in targeted_events] == sorted(e.spent for e in targeted_events)  # never goes down
+    first = next(e for e in targeted_events if e.planned)
+    first_round = sum(len(np.load(p)["reward"]) for p in (tmp_path / "run" / "shards").rglob("window0-round0.npz"))
+    assert first.planned == first_round  # not just the first call's 250
+    (tmp_path / "run" / "results.json").unlink()
+    events.clear()
+    run(cfg, tmp_path / "run", on_progress=events.append)
+    assert [e for e in events if getattr(e, "phase", None) == "targeted rollouts"][-1].spent == spent  # read back
+
+
 def test_a_resumed_run_says_it_replays_its_stored_rounds(finished, tmp_path, caplog):
     """Reading back a large tree's rounds takes a while and draws nothing: the log says so first."""
     import shutil
@@ -239,11 +261,11 @@ def test_a_resumed_run_says_it_replays_its_stored_rounds(finished, tmp_path, cap
     rounds = sum(1 for _ in (tmp_path / "run" / "shards").rglob("window*-round*.npz"))
     with caplog.at_level("INFO", logger="harness.pipeline"):
         assert _strip(run(CFG, tmp_path / "run")) == _results(finished[0])
-    assert f"replaying {rounds} rounds of targeted rollouts stored by an earlier invocation" in caplog.text
+    assert f"reading back {rounds} stored rounds of targeted rollouts (an earlier invocation's)" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="harness.pipeline"):
         run(CFG, tmp_path / "fresh")
-    assert "replaying" not in caplog.text
+    assert "reading back" not in caplog.text
 
 
 def test_a_different_config_on_the_same_directory_is_refused(finished):

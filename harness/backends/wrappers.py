@@ -24,6 +24,7 @@ class CountingBackend:
         self.tokens = 0
         self.passes: dict[str, int] = {}
         self.phase: Phase | None = None
+        self._ahead = 0  # rollouts of a round planned whole (plan_ahead) not yet sampled
 
     def _ready(self, phase: Phase, requests, kind: str) -> None:
         """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
@@ -32,11 +33,28 @@ class CountingBackend:
         if hasattr(self.inner, "ready") and (seconds := self.inner.ready(models, kind)):
             phase.loaded(seconds)
 
+    def plan_ahead(self, rollouts: int) -> None:
+        """A round planned whole before its calls: its sampled and complete rollouts plan nothing more, so the
+        phase's total and ETA hold the round from its start, however many calls sample it."""
+        if self.phase is not None and rollouts:
+            self.phase.plan(rollouts)
+            self._ahead += rollouts
+
+    def replayed(self, rollouts: int) -> None:
+        """Rollouts read back from a stored round: spent from the budget, nothing drawn."""
+        if self.phase is not None:
+            self.phase.replayed(rollouts)
+
+    def _plan(self, phase: Phase, rollouts: int) -> None:
+        fresh, self._ahead = max(rollouts - self._ahead, 0), max(self._ahead - rollouts, 0)
+        if fresh:
+            phase.plan(fresh)
+
     def sample(self, requests):
         phase = self.phase
         if phase is not None and requests:
             self._ready(phase, requests, "sample")
-            phase.plan(sum(r.n for r in requests))
+            self._plan(phase, sum(r.n for r in requests))
         on_done = phase.sampled if phase is not None else None
         results = progress_call(self.inner.sample, requests, on_done, _tokens) if requests else []
         self.rollouts += sum(r.n for r in requests)
@@ -47,7 +65,7 @@ class CountingBackend:
         """Rollouts whose forced prefix already ended them (a stop id, or the length limit): no sampling."""
         self.rollouts += n
         if self.phase is not None and n:
-            self.phase.plan(n, new_call=False)
+            self._plan(self.phase, n)
             self.phase.sampled(n, 0)
 
     def score(self, requests):
