@@ -33,7 +33,7 @@ from harness.config import RunConfig
 from harness.core.allocation import AllocationParams
 from harness.core.records import RecordSettings, TeacherPass, path_records, support_children
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
-from harness.progress import Callback, Phases, window_weights
+from harness.progress import Callback, Phase, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
@@ -259,8 +259,9 @@ def _extra_ids(path: np.ndarray, position: np.ndarray, token: np.ndarray, before
 # 5. per-node records -----------------------------------------------------------------------------
 
 
-def _records(ctx: RunContext) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """Every path's node and child records (core/records.py), and what was skipped, summed."""
+def _records(ctx: RunContext, phase: Phase) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Every path's node and child records (core/records.py), and what was skipped, summed; ``phase`` hears of
+    each path done."""
     cfg, teachers = ctx.cfg, ctx.plan.specs
     settings = RecordSettings(ctx.plan.n_min, cfg.gamma, cfg.jsd_beta, tuple(cfg.algorithms))
     nodes, children, skipped = [], [], {}
@@ -275,6 +276,7 @@ def _records(ctx: RunContext) -> tuple[list[dict], list[dict], dict[str, int]]:
             children += c
             for k, v in sk.items():
                 skipped[k] = skipped.get(k, 0) + v
+            phase.advance(1)
     return nodes, children, skipped
 
 
@@ -340,15 +342,18 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     (rundir.root / DRAWING).unlink(missing_ok=True)  # the tree is whole
     _fill_passes(ctx, phases)
 
-    nodes, children, skipped = _records(ctx)
-    results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend, ctx.artefact_backend.rollouts,
-                            plan.n_min, plan.task_record())
-    paths = [
-        {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
-         "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}
-        for s in ctx.states.values() for j, p in enumerate(s.paths)
-    ]
-    write_outputs(rundir.root, results, nodes, children, paths)
+    # node records of every path, then the aggregates and the files: minutes for many questions and teachers
+    with phases.phase("records and results", unit="paths") as phase:
+        phase.plan(sum(len(s.paths) for s in ctx.states.values()))
+        nodes, children, skipped = _records(ctx, phase)
+        results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend,
+                                ctx.artefact_backend.rollouts, plan.n_min, plan.task_record())
+        paths = [
+            {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
+             "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}
+            for s in ctx.states.values() for j, p in enumerate(s.paths)
+        ]
+        write_outputs(rundir.root, results, nodes, children, paths)
     (rundir.root / DROPPED).unlink(missing_ok=True)  # a finished run: no stopped drop to finish
     phases.run_finished(rundir.root)
     return results

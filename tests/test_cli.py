@@ -411,8 +411,11 @@ def test_run_rescore_and_add_teacher_report_progress(tmp_path):
     started, progress, finished = events(run, resolve_run_config(None, ["limit=2", "algorithms=[gkd]"]), out)
     assert (started.questions, started.teachers) == (2, 2)
     finals = {e.phase: e for e in finished.phases}
-    assert list(finals) == ["initial rollouts", "artefacts", "teacher passes", "targeted rollouts"]
+    assert list(finals) == ["initial rollouts", "artefacts", "teacher passes", "targeted rollouts", "records and results"]
     assert finals["initial rollouts"].rollouts == 2 * RunConfig().n_initial
+    # the node records and aggregates (minutes for many questions and teachers) are a phase, path by path
+    paths = json.loads((out / "results.json").read_text())["counts"]["paths"]
+    assert finals["records and results"].done == finals["records and results"].planned == paths > 0
     assert finals["teacher passes"].done == finals["teacher passes"].planned > 0
     assert finals["targeted rollouts"].rollouts > 0
     assert any(e.step.startswith("window 1/") for e in progress if e.phase == "targeted rollouts")
@@ -420,7 +423,8 @@ def test_run_rescore_and_add_teacher_report_progress(tmp_path):
     assert all(e.rounds == (e.phase == "targeted rollouts") for e in progress)
 
     _, _, finished = events(rescore, out, ["jsd_beta=0.9"])
-    assert sum(e.rollouts + e.done for e in finished.phases) == 0  # everything read from the run directory
+    # everything read from the run directory: no rollout, no pass (only its records made anew)
+    assert sum(e.rollouts + e.done for e in finished.phases if e.phase != "records and results") == 0
 
     added = tmp_path / "helpful-copy.yaml"
     added.write_text((ROOT / "teachers" / "synthetic-helpful.yaml").read_text().replace("description:", "description: a copy,", 1))

@@ -495,6 +495,21 @@ def test_error_bars_of_a_mean_rounded_past_minus_one_are_zero_not_negative():
     assert np.allclose(err, [[0.0, 0.1, 0.0], [0.0, 0.2, 0.0]], rtol=0, atol=1e-15)
 
 
+def test_figures_find_each_teachers_rows_in_one_pass_as_a_mask_per_teacher_would():
+    """Rows are grouped by (algorithm, teacher) once: the binned and scatter figures of many teachers and merged
+    runs took time growing with the square of the teachers (a mask over the whole table per teacher)."""
+    from harness.leaderboard.figures import _rows_by
+
+    rng = np.random.default_rng(0)
+    nodes = {"algorithm": rng.choice(["gkd", "jsd", "minillm"], 5000),
+             "label": rng.choice([f"t{i}" for i in range(40)] + ["é中"], 5000).astype(object)}
+    rows = _rows_by(nodes, "algorithm", "label")
+    pairs = {(a, t) for a, t in zip(nodes["algorithm"].tolist(), nodes["label"].tolist(), strict=True)}
+    assert set(rows) == pairs
+    for (a, t), idx in rows.items():
+        assert np.array_equal(idx, np.flatnonzero((nodes["algorithm"] == a) & (nodes["label"] == t)))
+
+
 def test_a_binned_figure_of_many_teachers_keeps_each_in_its_bin_and_its_own_colour():
     """60 teachers: each bin's points stay within the bin, every teacher has a colour of its own, and the
     legend below gets room of its own: the panel keeps its height (it collapsed to 1% of the figure; at 100

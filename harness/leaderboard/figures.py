@@ -105,6 +105,25 @@ def _window_label(j: int, w: int) -> str:
     return f"[{(2**j - 1) * w}, {(2 ** (j + 1) - 1) * w})"
 
 
+def _rows_by(nodes: dict, *keys: str) -> dict[tuple, np.ndarray]:
+    """The row indices of ``nodes`` for each combination of ``keys``' values that occurs, in row order: one
+    pass over the table, however many teachers (a mask per teacher over all of them grows with their square)."""
+    codes, columns = np.zeros(len(nodes[keys[0]]), np.int64), []
+    for k in keys:
+        values, inverse = np.unique(nodes[k], return_inverse=True)
+        codes, columns = codes * len(values) + inverse.reshape(-1), [*columns, values]
+    order = np.argsort(codes, kind="stable")
+    distinct, starts = np.unique(codes[order], return_index=True)
+    out = {}
+    for code, rows in zip(distinct.tolist(), np.split(order, starts[1:]), strict=True):
+        key = []
+        for values in reversed(columns):
+            code, r = divmod(code, len(values))
+            key.append(values[r].item() if hasattr(values[r], "item") else values[r])
+        out[tuple(reversed(key))] = rows
+    return out
+
+
 def _by_bin(nodes: dict, mask: np.ndarray, bins: np.ndarray, values: Sequence[int]):
     """Mean alignment per bin and the node count, for each value: nodes averaged per path, paths per
     question, with a t CI over questions (SPEC §5: the paths of one question are not independent),
@@ -290,10 +309,13 @@ def _binned(group: dict, nodes: dict, colours: dict[str, str], bins: np.ndarray,
     fig, axes = _panels(len(group["algorithms"]), legend=len(teachers))
     x = np.arange(len(values))
     step = min(0.08, 0.6 / max(len(teachers) - 1, 1))  # the teachers of a bin side by side, within its width
+    rows = _rows_by(nodes, "algorithm", "label")
+    none = np.zeros(0, np.int64)
     for ax, algorithm in zip(axes, group["algorithms"], strict=True):
         for i, t in enumerate(teachers):
-            mask = (nodes["algorithm"] == algorithm) & (nodes["label"] == t)
-            stats = _by_bin(nodes, mask, bins, values)
+            idx = rows.get((algorithm, t), none)
+            part = {k: nodes[k][idx] for k in ("alignment", "path_key", "question_key")}
+            stats = _by_bin(part, np.ones(len(idx), bool), bins[idx], values)
             mean, lo, hi, count = (np.array(c, float) for c in zip(*stats, strict=True))
             shift = (i - (len(teachers) - 1) / 2) * step
             ax.errorbar(x + shift, mean, yerr=_err(mean, lo, hi), fmt="-o", ms=4, lw=1.2, capsize=2,
@@ -333,11 +355,11 @@ def divergence_scatter(group: dict, entries: list[dict], nodes: dict, colours: d
     algorithm = group["headline_algorithm"]
     fig, axes = _panels(len(DIVERGENCES), width=4.4, height=3.4)
     rows = {e["label"]: e for e in entries if e["algorithm"] == algorithm}
-    sel = nodes["algorithm"] == algorithm
+    by_teacher = _rows_by(nodes, "algorithm", "label")
     rng = np.random.default_rng(seed)
     for ax, d in zip(axes, DIVERGENCES, strict=True):
         for t in group["teachers"]:
-            idx = np.flatnonzero(sel & (nodes["label"] == t))
+            idx = by_teacher.get((algorithm, t), np.zeros(0, np.int64))
             if idx.size > MAX_SCATTER:
                 idx = np.sort(rng.choice(idx, MAX_SCATTER, replace=False))
             rho = ((rows.get(t, {}).get("divergence_correlations") or {}).get(d) or {}).get("spearman") or {}
