@@ -145,12 +145,14 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
                       cfg.temperature, task.stop_ids)
         for q in todo
     ]
+    shards = []
     for q, res in zip(todo, ctx.backend.sample(requests), strict=True):
         outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
         tokens, offsets = ragged(res.tokens)
-        ctx.rundir.save(q.id, "initial", tokens=tokens, offsets=offsets, outcome=outcomes,
-                        prompt=np.asarray(q.prompt_ids, np.int64), reference=reference_bytes(q))
+        shards.append((q.id, "initial", {"tokens": tokens, "offsets": offsets, "outcome": outcomes,
+                                         "prompt": np.asarray(q.prompt_ids, np.int64), "reference": reference_bytes(q)}))
         ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
+    ctx.rundir.save_all(shards)
     ctx.states = {q.id: ctx.states[q.id] for q in questions}
 
 
@@ -193,9 +195,11 @@ def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
                 pending.append((s, j, t.name, name))
                 requests.append(ScoreRequest(np.asarray(context), path, model_name(t), cfg.temperature, cfg.score_top_k,
                                              reference_model=STUDENT, reference_context=s.question.prompt_ids))
+    shards = []
     for (s, j, key, name), req, res in zip(pending, requests, ctx.backend.score(requests), strict=True):
         s.scores[(j, key)] = res
-        ctx.rundir.save(s.question.id, name, **score_arrays(res, req.context))
+        shards.append((s.question.id, name, score_arrays(res, req.context)))
+    ctx.rundir.save_all(shards)
 
 
 def _fill_passes(ctx: RunContext, phases: Phases) -> None:
@@ -234,9 +238,11 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
     if not requests:
         return
     with phases.phase("fill passes", ctx.backend, unit="passes"):
+        shards = []
         for (s, j, key), req, res in zip(pending, requests, ctx.backend.score(requests), strict=True):
             s.fills[(j, key)] = res
-            ctx.rundir.save(s.question.id, _fill_name(j, key), **score_arrays(res, req.context))
+            shards.append((s.question.id, _fill_name(j, key), score_arrays(res, req.context)))
+        ctx.rundir.save_all(shards)
 
 
 def _fill_name(j: int, key: str) -> str:

@@ -252,6 +252,38 @@ def test_a_round_sampled_in_several_calls_is_planned_whole_and_its_budget_counte
     assert [e for e in events if getattr(e, "phase", None) == "targeted rollouts"][-1].spent == spent  # read back
 
 
+def test_a_phases_pass_shards_are_synced_together_not_one_by_one(tmp_path, monkeypatch):
+    """Thousands of teacher passes each fsynced (file and folder) took most of their phase: a phase's passes and
+    initial rollouts are written, synced once, then moved into place."""
+    import harness.rundir as rundir
+
+    synced, fsynced = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(rundir.os, "sync", lambda: synced.append(1))
+    monkeypatch.setattr(rundir.os, "fsync", lambda fd: fsynced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    run(CFG, tmp_path / "run")
+    shards = {p.name for p in (tmp_path / "run" / "shards").rglob("*.npz")}
+    assert sum(n.startswith("score-") for n in shards) >= 10 and len(synced) == 2  # initial rollouts, teacher passes
+    assert not [f for f in fsynced if Path(f).name.startswith((".score-", ".initial"))]
+
+
+def test_shards_written_together_appear_all_or_none(tmp_path, monkeypatch):
+    from harness.rundir import RunDir
+
+    rundir = RunDir.__new__(RunDir)
+    rundir.root = tmp_path
+    arrays = {"tokens": np.arange(3), "offsets": np.array([0, 3]), "outcome": np.array([1], np.int8),
+              "prompt": np.array([5]), "reference": np.array(b"x")}
+    calls, real = [], np.savez
+    monkeypatch.setattr(np, "savez", lambda f, **kw: calls.append(1) if len(calls) < 2 else (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(Exception, match="No space left"):
+        rundir.save_all([(f"q{i}", "initial", arrays) for i in range(3)])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # neither a shard nor a temporary file
+    monkeypatch.setattr(np, "savez", real)
+    rundir.save_all([(f"q{i}", "initial", arrays) for i in range(3)])
+    assert all(np.array_equal(rundir.load(f"q{i}", "initial")["tokens"], arrays["tokens"]) for i in range(3))
+
+
 def test_a_resumed_run_says_it_replays_its_stored_rounds(finished, tmp_path, caplog):
     """Reading back a large tree's rounds takes a while and draws nothing: the log says so first."""
     import shutil
