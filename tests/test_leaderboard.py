@@ -495,6 +495,22 @@ def test_error_bars_of_a_mean_rounded_past_minus_one_are_zero_not_negative():
     assert np.allclose(err, [[0.0, 0.1, 0.0], [0.0, 0.2, 0.0]], rtol=0, atol=1e-15)
 
 
+def test_the_page_shows_a_heavy_svg_figure_as_its_png(site, run_dir, tmp_path, monkeypatch):
+    """SVGs of many teachers and merged runs reach 10 MB each (a page of ten runs took 20 s to load): past
+    SVG_SHOWN_BYTES the page shows the figure's PNG and links both."""
+    import harness.leaderboard.figures as figures
+
+    page = (site[0] / "index.html").read_text()
+    shown = re.findall(r'<img src="figures/([^"]+)"', page)
+    assert shown and all(name.endswith(".svg") for name in shown)  # the demo's figures are light
+    monkeypatch.setattr(figures, "SVG_SHOWN_BYTES", 1)
+    build([run_dir], tmp_path / "heavy")
+    heavy = (tmp_path / "heavy" / "index.html").read_text()
+    assert re.findall(r'<img src="figures/([^"]+)"', heavy) == [name[:-4] + ".png" for name in shown]
+    assert all((tmp_path / "heavy" / "figures" / name).is_file() for name in shown)  # the SVG still linked
+    assert all(f'href="figures/{name}"' in heavy for name in shown)
+
+
 def test_figures_find_each_teachers_rows_in_one_pass_as_a_mask_per_teacher_would():
     """Rows are grouped by (algorithm, teacher) once: the binned and scatter figures of many teachers and merged
     runs took time growing with the square of the teachers (a mask over the whole table per teacher)."""

@@ -40,6 +40,9 @@ N_ACTIONS_CAP = 6  # |A(s)| of 6 or more share one bin
 LEGEND_COLUMNS = 4  # entries per row of a figure's legend
 GLYPH_MISSING = re.compile(r"Glyph \d+ .* missing from (current )?font")  # matplotlib's warning, once per character
 MISSING_GLYPHS: set[str] = set()  # of this build (emptied as a build starts): said once
+# an SVG figure past this size is linked, and its PNG shown: many teachers and merged runs make SVGs of 10 MB
+# and more (every glyph an outline, every point a path), which took a page of ten runs 20 s to load
+SVG_SHOWN_BYTES = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,7 @@ class FigureFile:
     caption: str
     group: str | None  # a group id, or None for a per-task figure
     task: str
+    shown: str = "svg"  # the file the page shows: the PNG where the SVG is too heavy for a page to load quickly
 
 
 def _plain(text) -> str:
@@ -388,7 +392,8 @@ def write_figures(board: dict, runs: Sequence[Run], out: Path) -> list[FigureFil
 
     def save(fig, stem, title, caption, group, task):
         _save(fig, out, stem)
-        made.append(FigureFile(stem, title, caption, group, task))
+        shown = "svg" if (out / f"{stem}.svg").stat().st_size <= SVG_SHOWN_BYTES else "png"
+        made.append(FigureFile(stem, title, caption, group, task, shown))
 
     for task in sorted({g["task"] for g in board["groups"]}):
         groups = [g for g in board["groups"] if g["task"] == task]
