@@ -557,6 +557,39 @@ def test_a_binned_figure_of_many_teachers_keeps_each_in_its_bin_and_its_own_colo
     assert np.all(np.abs(xs - np.round(xs)) < 0.4), xs  # every point nearer its own bin than the next
 
 
+def test_the_scatter_and_correct_vs_incorrect_figures_of_many_teachers_stay_readable():
+    """50 teachers: the divergence figure drew a 50-entry legend under each panel (cut off after about 22, and
+    matplotlib warned its layout collapsed); it now has one legend of names below the panels. The correct vs
+    incorrect panels were 4.2 in wide whatever the teachers (labels printed over each other); now one per row,
+    wide enough for their bars."""
+    import io
+    import warnings
+
+    from harness.leaderboard.figures import DIVERGENCES, correct_vs_incorrect, divergence_scatter, teacher_colours
+
+    teachers = [f"teacher-{i:02d}" for i in range(50)]
+    rng = np.random.default_rng(0)
+    n = len(teachers) * 20
+    nodes = {"algorithm": np.full(n, "gkd"), "label": np.repeat(teachers, 20), "alignment": rng.uniform(-1, 1, n),
+             **{d: rng.uniform(0, 1, n) for d in DIVERGENCES}}
+    stat = {"mean": 0.1, "lo": -0.1, "hi": 0.3}
+    entries = [{"label": t, "algorithm": a, "alignment_correct": stat, "alignment_incorrect": stat,
+                "incorrect_minus_correct": {"p_paired": 0.5}} for t in teachers for a in ("gkd", "jsd")]
+    group = {"algorithms": ["gkd", "jsd"], "teachers": teachers, "task": "t", "student": "s", "headline_algorithm": "gkd"}
+    colours = teacher_colours(teachers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scatter = divergence_scatter(group, entries, nodes, colours)
+        scatter.savefig(io.BytesIO(), format="png")
+        bars = correct_vs_incorrect(entries, group, colours)
+        bars.savefig(io.BytesIO(), format="png")
+    assert not [ax for ax in scatter.axes if ax.get_legend()] and len(scatter.legends) == 1
+    assert len(scatter.legends[0].get_texts()) == len(teachers)
+    assert scatter.axes[0].get_position().height > 0.2
+    left, right = (ax.get_position() for ax in bars.axes[:2])
+    assert abs(left.x0 - right.x0) < 1e-6 and bars.get_size_inches()[0] > 0.25 * len(teachers)  # one per row, wide
+
+
 def test_runs_whose_names_slug_alike_keep_their_own_validation_figures(tmp_path, monkeypatch):
     """`run (copy)` and `run_copy` have the ids run_copy_ and run_copy; their validation figures were both
     saved as run_copy--validation, so one panel showed the other run's figure."""

@@ -43,6 +43,7 @@ MISSING_GLYPHS: set[str] = set()  # of this build (emptied as a build starts): s
 # an SVG figure past this size is linked, and its PNG shown: many teachers and merged runs make SVGs of 10 MB
 # and more (every glyph an outline, every point a path), which took a page of ten runs 20 s to load
 SVG_SHOWN_BYTES = 2_000_000
+PANEL_LEGEND_TEACHERS = 8  # beyond this many teachers a figure's panels share one legend and lay out one per row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +248,9 @@ def _fmt_p(p) -> str:
 
 def correct_vs_incorrect(entries: list[dict], group: dict, colours: dict[str, str]):
     """Figure 3: alignment on correct vs incorrect paths, per teacher, one panel per algorithm."""
-    fig, axes = _panels(len(group["algorithms"]))
     teachers = group["teachers"]
+    many = len(teachers) > PANEL_LEGEND_TEACHERS  # panels one per row, as wide as their teachers need
+    fig, axes = _panels(len(group["algorithms"]), width=max(4.2, 0.3 * len(teachers) + 1.0), ncols=1 if many else 3)
     x = np.arange(len(teachers))
     for ax, algorithm in zip(axes, group["algorithms"], strict=True):
         rows = {e["label"]: e for e in entries if e["algorithm"] == algorithm}
@@ -262,11 +264,11 @@ def correct_vs_incorrect(entries: list[dict], group: dict, colours: dict[str, st
         for i, t in enumerate(teachers):
             diff = rows.get(t, {}).get("incorrect_minus_correct") or {}
             ax.annotate(_fmt_p(diff.get("p_paired")), (i, 1.02), ha="center", va="bottom", fontsize=7,
-                        xycoords=("data", "axes fraction"), color="#444444")
+                        xycoords=("data", "axes fraction"), color="#444444", rotation=90 if many else 0)
         _style(ax)
         ax.set_xticks(x, [_plain(t) for t in teachers], rotation=25 if len(teachers) > 3 else 0, ha="right" if len(teachers) > 3 else "center",
                       fontsize=8)
-        ax.set_title(algorithm, fontsize=10, pad=14)
+        ax.set_title(algorithm, fontsize=10, pad=40 if many else 14)
         ax.set_ylim(-1.05, 1.05)
     _legend(fig, axes[0])
     fig.suptitle(f"Alignment on correct vs incorrect paths — {_plain(group['task'])}, student {_plain(group['student'])}\n"
@@ -357,7 +359,8 @@ def by_n_actions(group: dict, nodes: dict, colours: dict[str, str]):
 def divergence_scatter(group: dict, entries: list[dict], nodes: dict, colours: dict[str, str], seed: int = 0):
     """Each divergence against alignment (headline algorithm), with the within-path correlation."""
     algorithm = group["headline_algorithm"]
-    fig, axes = _panels(len(DIVERGENCES), width=4.4, height=3.4)
+    many = len(group["teachers"]) > PANEL_LEGEND_TEACHERS  # one legend of names below, not one per panel with ρ
+    fig, axes = _panels(len(DIVERGENCES), width=4.4, height=3.4, legend=len(group["teachers"]) if many else 0)
     rows = {e["label"]: e for e in entries if e["algorithm"] == algorithm}
     by_teacher = _rows_by(nodes, "algorithm", "label")
     rng = np.random.default_rng(seed)
@@ -371,13 +374,19 @@ def divergence_scatter(group: dict, entries: list[dict], nodes: dict, colours: d
             note = "ρ n/a" if rho.get("mean") is None else f"ρ={rho['mean']:+.2f}" + (
                 f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if None not in ci else "") + f", {rho.get('n_paths', 0)} paths"
             ax.scatter(nodes[d][idx].astype(float), nodes["alignment"][idx].astype(float), s=7, alpha=0.55,
-                       color=colours[t], label=_plain(f"{t}: {note}"), rasterized=idx.size > 500, linewidths=0)
+                       color=colours[t], label=_plain(t if many else f"{t}: {note}"), rasterized=idx.size > 500,
+                       linewidths=0)
         _style(ax)
         ax.set_xlabel(DIVERGENCE_NAMES.get(d, d), fontsize=9)
         ax.set_ylim(-1.1, 1.1)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, markerscale=1.5)
+        if not many:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, markerscale=1.5)
+    if many:
+        _legend(fig, axes[0])
+    rho = ("ρ of each teacher: divergence_correlations in leaderboard.json" if many else
+           "ρ: within-path Spearman, mean over questions with 95% t CI")
     fig.suptitle(f"Divergence vs alignment ({algorithm}) — {_plain(group['task'])}, student {_plain(group['student'])}; "
-                 "ρ: within-path Spearman, mean over questions with 95% t CI", fontsize=10)
+                 f"{rho}", fontsize=10)
     return fig
 
 
