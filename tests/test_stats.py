@@ -474,3 +474,19 @@ def test_intervals_stay_within_the_range_of_their_statistic():
                              "teacher_advantage": (-1, 1)}.items():
         ci = a[key]["ci95"]
         assert low <= ci[0] <= a[key]["mean"] <= ci[1] <= high, (key, ci)
+
+
+@pytest.mark.parametrize("size", [2, 37, 5000])
+def test_the_bootstrap_drawn_block_by_block_is_the_bootstrap_drawn_at_once(size, monkeypatch):
+    """Resamples are drawn a block at a time (100,000 questions held 3.2 GB of indices, 8.7 s; now 0.16 GB, 1 s):
+    any block size gives the interval of one draw of n_boot x n indices, so no published interval moves."""
+    import harness.core.stats as stats
+
+    x = np.random.default_rng(size).uniform(-1, 1, size)
+    rng = np.random.default_rng([3, 4])
+    means = x[rng.integers(0, size, size=(500, size))].mean(axis=1)
+    at_once = np.quantile(means, [0.025, 0.975])
+    for block in (1, 7, size * 3 + 1, 10**9):
+        monkeypatch.setattr(stats, "BOOTSTRAP_BLOCK", block)
+        ci = stats.bootstrap_ci(x, [3, 4], 500)
+        assert (ci.lo, ci.hi) == tuple(at_once), block
