@@ -352,6 +352,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     with phases.phase("records and results", unit="paths") as phase:
         phase.plan(sum(len(s.paths) for s in ctx.states.values()))
         nodes, children, skipped = _records(ctx, phase)
+        phase.step(1, "aggregates")  # SPEC §5: the intervals, tests and correlations of every row
         results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend,
                                 ctx.artefact_backend.rollouts, plan.n_min, plan.task_record())
         paths = [
@@ -359,6 +360,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
              "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}
             for s in ctx.states.values() for j, p in enumerate(s.paths)
         ]
+        phase.step(2, "files")
         write_outputs(rundir.root, results, nodes, children, paths)
     (rundir.root / DROPPED).unlink(missing_ok=True)  # a finished run: no stopped drop to finish
     phases.run_finished(rundir.root)

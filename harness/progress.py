@@ -243,7 +243,7 @@ class Phases:
 
 def _unit(unit: str, n: float) -> str:
     """``passes`` of a phase's count, ``pass`` for one."""
-    return {"passes": "pass", "rollouts": "rollout", "samples": "sample", "trainings": "training"}.get(unit, unit) if n == 1 else unit
+    return {"passes": "pass", "rollouts": "rollout", "samples": "sample", "trainings": "training", "paths": "path"}.get(unit, unit) if n == 1 else unit
 
 
 def _count(n: float) -> str:

@@ -6,7 +6,7 @@ What it guarantees (README "The run directory"):
   held until the run ends; a second process is refused with one line naming the holder's pid, host
   and start time. A killed holder releases it (the kernel drops the lock with the process).
 - **Whole files.** Every file is written whole or not at all (a temporary file in the same folder,
-  fsync, rename; the many shards of one phase written first, synced together, then renamed); temporary
+  fsync, rename; the many shards of one phase all written first, then synced and renamed); temporary
   files a killed run left behind are removed when the directory is opened.
   Files are created ``0o664`` and folders ``0o775`` whatever the umask, so a group can read a run.
 - **Checked shards.** Every shard carries its kind and a sha256 of its arrays; an empty, truncated,
@@ -178,13 +178,29 @@ def move_into_place(files: Mapping[Path, Path]) -> None:
     """Each staged file (final path: temporary one, from :func:`staged`) renamed into place, in order, then its
     folder synced: renames need no space, so what was written whole appears whole. A refused rename (something
     else at the name) is one line naming the file."""
-    for final, tmp in files.items():
+    renamed = []
+    try:
+        for final, tmp in files.items():
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise _oserror(final, exc) from None
+            renamed.append(final)
+    finally:  # the renames made, durable even when a later one is refused
+        for folder in dict.fromkeys(final.parent for final in renamed):
+            sync_dir(folder)
+
+
+def fsync_file(path: Path, named: Path) -> None:
+    """Make a written file's bytes durable; an error names ``named`` (the file it is to become)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
         try:
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise _oserror(final, exc) from None
-    for folder in {final.parent for final in files}:
-        sync_dir(folder)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _oserror(named, exc) from None
 
 
 def sync_dir(path: Path) -> None:
@@ -696,17 +712,20 @@ class RunDir:
         atomic_write(self.shard(question, name), lambda f: np.savez(f, **payload))
 
     def save_all(self, shards: Iterable[tuple[str, str, dict[str, np.ndarray]]]) -> None:
-        """Write many shards ((question, name, arrays) each), each whole or not at all, with one sync for all of
-        them before any is moved into place: a sync per file took most of the time of thousands of passes."""
+        """Write many shards ((question, name, arrays) each), each whole or not at all: all written first, then
+        each synced (the kernel writes them back together) and moved into place, each folder synced once. A
+        file and its folder synced one shard at a time took most of the time of thousands of passes."""
         files: dict[Path, Path] = {}
         try:
             for question, name, arrays in shards:
                 payload = self._payload(name, arrays)
                 path = self.shard(question, name)
+                if path in files:
+                    raise ValueError(f"shard {name!r} of {question!r} given twice in one batch")
                 files[path] = staged(path, lambda f: np.savez(f, **payload), sync=False)
-            if files:
-                os.sync()
-                move_into_place(files)
+            for final, tmp in files.items():
+                fsync_file(tmp, final)
+            move_into_place(files)
         finally:
             for tmp in files.values():
                 tmp.unlink(missing_ok=True)  # gone once in place

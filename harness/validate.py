@@ -377,9 +377,9 @@ def _versions(device) -> dict:
     import torch
     import transformers
 
-    from harness.leaderboard.merge import _git_commit
+    from harness.config import checkout_commit
 
-    return {"odiag": __version__, "git_commit": _git_commit(), "numpy": np.__version__, "scipy": scipy.__version__,
+    return {"odiag": __version__, "git_commit": checkout_commit(), "numpy": np.__version__, "scipy": scipy.__version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "device": str(device)}
 
 

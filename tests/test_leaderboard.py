@@ -524,6 +524,7 @@ def test_figures_find_each_teachers_rows_in_one_pass_as_a_mask_per_teacher_would
     assert set(rows) == pairs
     for (a, t), idx in rows.items():
         assert np.array_equal(idx, np.flatnonzero((nodes["algorithm"] == a) & (nodes["label"] == t)))
+    assert _rows_by({"algorithm": np.array([], str), "label": np.array([], object)}, "algorithm", "label") == {}
 
 
 def test_a_binned_figure_of_many_teachers_keeps_each_in_its_bin_and_its_own_colour():

@@ -1,5 +1,6 @@
 """The end-to-end run on the exact synthetic model (SPEC §4, §6): exact values, resume, add-teacher."""
 
+import collections
 import json
 import os
 import signal
@@ -253,18 +254,23 @@ def test_a_round_sampled_in_several_calls_is_planned_whole_and_its_budget_counte
 
 
 def test_a_phases_pass_shards_are_synced_together_not_one_by_one(tmp_path, monkeypatch):
-    """Thousands of teacher passes each fsynced (file and folder) took most of their phase: a phase's passes and
-    initial rollouts are written, synced once, then moved into place."""
+    """Thousands of teacher passes each synced with their folder took most of their phase: a phase's passes and
+    initial rollouts are all written, then each synced and moved into place, each question's folder synced once."""
     import harness.rundir as rundir
 
-    synced, fsynced = [], []
-    real_fsync = os.fsync
-    monkeypatch.setattr(rundir.os, "sync", lambda: synced.append(1))
-    monkeypatch.setattr(rundir.os, "fsync", lambda fd: fsynced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    batches, single, synced_dirs = [], [], []
+    save, save_all, sync_dir = rundir.RunDir.save, rundir.RunDir.save_all, rundir.sync_dir
+    monkeypatch.setattr(rundir.RunDir, "save", lambda self, q, name, **a: single.append(name) or save(self, q, name, **a))
+    monkeypatch.setattr(rundir.RunDir, "save_all", lambda self, shards: batches.append(len(shards)) or save_all(self, shards))
+    monkeypatch.setattr(rundir, "sync_dir", lambda path: synced_dirs.append(path) or sync_dir(path))
     run(CFG, tmp_path / "run")
-    shards = {p.name for p in (tmp_path / "run" / "shards").rglob("*.npz")}
-    assert sum(n.startswith("score-") for n in shards) >= 10 and len(synced) == 2  # initial rollouts, teacher passes
-    assert not [f for f in fsynced if Path(f).name.startswith((".score-", ".initial"))]
+    shards = (tmp_path / "run" / "shards")
+    scores = sum(1 for _ in shards.rglob("score-*.npz"))
+    assert batches == [CFG.limit, scores] and scores > 2 * CFG.limit
+    assert not [name for name in single if name.startswith(("score-", "initial"))]
+    per_folder = collections.Counter(p.name for p in synced_dirs if p.parent == shards)
+    rounds = collections.Counter(p.parent.name for p in shards.rglob("window*-round*.npz"))
+    assert all(per_folder[q] == 2 + rounds[q] for q in per_folder)  # two batches and each targeted round
 
 
 def test_shards_written_together_appear_all_or_none(tmp_path, monkeypatch):
@@ -280,6 +286,9 @@ def test_shards_written_together_appear_all_or_none(tmp_path, monkeypatch):
         rundir.save_all([(f"q{i}", "initial", arrays) for i in range(3)])
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # neither a shard nor a temporary file
     monkeypatch.setattr(np, "savez", real)
+    with pytest.raises(ValueError, match="given twice"):
+        rundir.save_all([("q0", "initial", arrays), ("q0", "initial", arrays)])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
     rundir.save_all([(f"q{i}", "initial", arrays) for i in range(3)])
     assert all(np.array_equal(rundir.load(f"q{i}", "initial")["tokens"], arrays["tokens"]) for i in range(3))
 

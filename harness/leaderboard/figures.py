@@ -114,6 +114,8 @@ def _rows_by(nodes: dict, *keys: str) -> dict[tuple, np.ndarray]:
     """The row indices of ``nodes`` for each combination of ``keys``' values that occurs, in row order: one
     pass over the table, however many teachers (a mask per teacher over all of them grows with their square)."""
     codes, columns = np.zeros(len(nodes[keys[0]]), np.int64), []
+    if not codes.size:
+        return {}
     for k in keys:
         values, inverse = np.unique(nodes[k], return_inverse=True)
         codes, columns = codes * len(values) + inverse.reshape(-1), [*columns, values]
