@@ -469,8 +469,6 @@ def _reader_gone() -> bool:
 
 def _escape(exc: UnicodeError):
     """The ``odiag.escape`` error handler: surrogateescape where it applies, else backslashreplace."""
-    import codecs
-
     try:
         return codecs.lookup_error("surrogateescape")(exc)
     except UnicodeError:

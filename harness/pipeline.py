@@ -340,7 +340,6 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     with phases.phase(
         "targeted rollouts", ctx.backend, budget=cfg.budget * len(states) if cfg.budget else None,
         steps=_window_weights(states, n_windows), rounds=True,
-        spent=lambda: sum(b["rollouts"] for s in states for b in s.budget),
     ) as phase:
         for w in range(n_windows):
             phase.step(w, f"window {w + 1}/{n_windows}")

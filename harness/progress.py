@@ -99,16 +99,14 @@ class Phase:
     """The counters of one running phase; the backend wrapper feeds them while the phase is bound."""
 
     def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
-                 spent: Callable[[], int] | None, steps: Sequence[float] | None, rounds: bool = False):
+                 steps: Sequence[float] | None, rounds: bool = False):
         self.owner, self.name, self.unit, self.rounds = owner, name, unit, rounds
         self.budget = budget
         self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
         self.done = self.planned = self.rollouts = self.tokens = 0
-        # spent from the budget: what was recorded before the phase, rounds read back, and rollouts done in it
-        self._spent_base = spent() if spent else 0
-        self._since_base = 0
+        self._replayed = 0  # rollouts read back from stored rounds: spent from the budget, no work of this phase
         self.started = time.monotonic()
         self._last_emit = -1.0
         self.last: PhaseProgress | None = None
@@ -125,12 +123,11 @@ class Phase:
         self.done += units
         self.rollouts += rollouts
         self.tokens += tokens
-        self._since_base += rollouts
         self.emit()
 
     def replayed(self, rollouts: int) -> None:
         """``rollouts`` read back from stored rounds: spent from the budget, but no work of this phase."""
-        self._spent_base += rollouts
+        self._replayed += rollouts
         self.emit()
 
     def sampled(self, completions: int, tokens: int) -> None:
@@ -170,7 +167,8 @@ class Phase:
         return max(total, self.planned)
 
     def spent(self) -> int:
-        return self._spent_base + self._since_base
+        """Rollouts counted against the budget: those read back, and those drawn or complete in this phase."""
+        return self._replayed + self.rollouts
 
     def event(self, final: bool = False) -> PhaseProgress:
         step = self.step_label
@@ -217,11 +215,11 @@ class Phases:
 
     @contextlib.contextmanager
     def phase(self, name: str, backend=None, unit: str = "rollouts", budget: int | None = None,
-              spent: Callable[[], int] | None = None, steps: Sequence[float] | None = None,
+              steps: Sequence[float] | None = None,
               rounds: bool = False) -> Iterator[Phase]:
         """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it.
         ``rounds``: the phase plans its work round by round, so its total stays an estimate to the end."""
-        ph = Phase(self, name, unit, budget, spent, steps, rounds)
+        ph = Phase(self, name, unit, budget, steps, rounds)
         previous = getattr(backend, "phase", None)
         if backend is not None:
             backend.phase = ph

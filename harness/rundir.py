@@ -151,7 +151,7 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
            sync: bool = True) -> Path:
     """A complete, synced copy of what ``path`` is to hold, under a hidden temporary name beside it
     (``.NAME.*.tmp``), for the caller to move into place with ``os.replace``; ``sync=False`` leaves the
-    sync to the caller (one ``os.sync`` for many files)."""
+    sync to the caller (`RunDir.save_all`: every file written before any is synced)."""
     make_dirs(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{os.fsdecode(os.fsencode(path.name)[:200])}.", suffix=".tmp")

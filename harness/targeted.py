@@ -159,7 +159,7 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
     them, and store them compactly as one shard."""
     task, max_new = ctx.task, ctx.plan.max_new_tokens
     kept: dict[str, list[np.ndarray]] = {k: [] for k in ("forced_len", "target_path", "forced_token", "reward",
-                                                       "truncated", "length", "generated")}
+                                                       "truncated", "length")}
     exits: list[list[Exits]] = [[] for _ in s.paths]
     conts, forced, target, forced_tok, cut, full, held = [], [], [], [], [], [], 0
 
@@ -175,8 +175,7 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
             path_exits.append(s.tree.exits(batch, j))
         for k, v in (("forced_len", batch.forced_len), ("target_path", batch.target_path), ("reward", reward),
                      ("forced_token", batch.forced_token), ("truncated", truncated),
-                     ("length", np.fromiter(map(len, full), dtype=np.int64, count=len(full))),
-                     ("generated", np.diff(batch.offsets))):
+                     ("length", np.fromiter(map(len, full), dtype=np.int64, count=len(full)))):
             kept[k].append(v)
         for held_list in (conts, forced, target, forced_tok, cut, full):
             held_list.clear()
@@ -211,12 +210,13 @@ def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, w
         length=col["length"], exit_lcp=np.stack([e.lcp for e in joined]), exit_token=np.stack([e.token for e in joined]),
         window=np.array(window), plan_key=plan_key,
     )
-    _count(s, len(col["reward"]), int(col["generated"].sum()))
+    _count(s, col)
 
 
-def _count(s: QuestionState, rollouts: int, tokens: int) -> None:
-    s.budget[-1]["rollouts"] += rollouts
-    s.budget[-1]["tokens_generated"] += tokens
+def _count(s: QuestionState, round_: dict[str, np.ndarray]) -> None:
+    """A recorded or replayed round in the question's budget: its rollouts and the tokens they generated."""
+    s.budget[-1]["rollouts"] += len(round_["forced_len"])
+    s.budget[-1]["tokens_generated"] += int((round_["length"] - round_["forced_len"]).sum())
     s.budget[-1]["rounds"] += 1
 
 
@@ -225,4 +225,4 @@ def _ingest_shard(ctx: RunContext, s: QuestionState, shard: dict[str, np.ndarray
     ctx.backend.replayed(len(shard["reward"]))
     exits = [Exits(lcp=shard["exit_lcp"][j], token=shard["exit_token"][j]) for j in range(len(s.paths))]
     s.tree.ingest_all_exits(exits, shard["forced_len"], shard["reward"])
-    _count(s, len(shard["reward"]), int((shard["length"] - shard["forced_len"]).sum()))
+    _count(s, shard)

@@ -163,8 +163,7 @@ def test_phases_count_plan_and_estimate_later_steps():
         ph.plan(300)
         assert events[-1].expected == 400 + round(400 / 20 * 5)
     assert w.phase is None and events[-1].final and events[-1].tokens == 1000 and events[-1].expected == 100
-    spent = [0]
-    with phases.phase("targeted rollouts", w, budget=150, spent=lambda: spent[0], steps=[1, 1, 1]) as ph:
+    with phases.phase("targeted rollouts", w, budget=150, steps=[1, 1, 1]) as ph:
         ph.plan(100)
         ph.sampled(100, 0)
         # uncapped, two more steps at 100 each would make 300; the budget leaves 50
