@@ -31,7 +31,15 @@ from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, Scor
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
 from harness.config import RunConfig
 from harness.core.allocation import AllocationParams
-from harness.core.records import RecordSettings, TeacherPass, path_records, support_children
+from harness.core.records import (
+    CHILD_DTYPES,
+    NODE_DTYPES,
+    RecordSettings,
+    TeacherPass,
+    concat,
+    path_records,
+    support_children,
+)
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.progress import Callback, Phase, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
@@ -265,9 +273,9 @@ def _extra_ids(path: np.ndarray, position: np.ndarray, token: np.ndarray, before
 # 5. per-node records -----------------------------------------------------------------------------
 
 
-def _records(ctx: RunContext, phase: Phase) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """Every path's node and child records (core/records.py), and what was skipped, summed; ``phase`` hears of
-    each path done."""
+def _records(ctx: RunContext, phase: Phase) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
+    """Every path's node and child records (core/records.py), as one table each, and what was skipped,
+    summed; ``phase`` hears of each path done."""
     cfg, teachers = ctx.cfg, ctx.plan.specs
     settings = RecordSettings(ctx.plan.n_min, cfg.gamma, cfg.jsd_beta, tuple(cfg.algorithms))
     nodes, children, skipped = [], [], {}
@@ -278,12 +286,12 @@ def _records(ctx: RunContext, phase: Phase) -> tuple[list[dict], list[dict], dic
                       for t in teachers if t.name in scored]
             n, c, sk = path_records(s.question.id, j, path, OUTCOMES[s.path_outcome[j]], s.tree.children(j), student,
                                     passes, settings, ctx.task.token_texts)
-            nodes += n
-            children += c
+            nodes.append(n)
+            children.append(c)
             for k, v in sk.items():
                 skipped[k] = skipped.get(k, 0) + v
             phase.advance(1)
-    return nodes, children, skipped
+    return concat(nodes, NODE_DTYPES), concat(children, CHILD_DTYPES), skipped
 
 
 # 6. run ------------------------------------------------------------------------------------------

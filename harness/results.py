@@ -47,13 +47,12 @@ def versions(backend) -> dict:
 PATH_FIELDS = ("question_id", "path_id", "correct", "outcome", "tokens", "text", "prompt")
 
 
-def teacher_rows(nodes: list[dict], teachers, algorithms, seed: int) -> list[dict]:
-    """The per-teacher rows of results.json (SPEC §5): ``aggregate`` of the node records, and a row
-    saying so for every teacher x algorithm without a decision point."""
+def teacher_rows(nodes: dict[str, np.ndarray], teachers, algorithms, seed: int) -> list[dict]:
+    """The per-teacher rows of results.json (SPEC §5): ``aggregate`` of the node records (one array per
+    field), and a row saying so for every teacher x algorithm without a decision point."""
     from harness.core import aggregate
-    from harness.core.records import NODE_FIELDS
 
-    rows = aggregate({k: np.array([r[k] for r in nodes]) for k in NODE_FIELDS}, seed=seed) if nodes else []
+    rows = aggregate(nodes, seed=seed) if len(nodes["alignment"]) else []
     found = {(r["teacher"], r["algorithm"]) for r in rows}
     for t in teachers:
         for a in algorithms:
@@ -62,7 +61,7 @@ def teacher_rows(nodes: list[dict], teachers, algorithms, seed: int) -> list[dic
     return rows
 
 
-def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backend, artefact_samples: int,
+def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: dict, backend, artefact_samples: int,
                   n_min: int, task_settings: dict | None = None) -> dict:
     """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
     import datetime
@@ -89,7 +88,7 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
         "counts": {
             "questions": len(states),
             "paths": sum(len(s.paths) for s in states),
-            "decision_points": len({(r["question_id"], r["path_id"], r["position"]) for r in nodes}),
+            "decision_points": _decision_points(nodes),
             "rollouts": rollouts,
             "tokens_generated": tokens,
             "teacher_forward_passes": sum(isinstance(v, ScoreResult) for v in scored),
@@ -129,6 +128,14 @@ def build_results(cfg, teachers, states, nodes: list[dict], skipped: dict, backe
     return portable(json_ready(results))
 
 
+def _decision_points(nodes: dict[str, np.ndarray]) -> int:
+    """How many (question, path, position) the node table has rows for."""
+    if not len(nodes["position"]):
+        return 0
+    _, question = np.unique(nodes["question_id"], return_inverse=True)
+    return len(np.unique(np.stack([question.reshape(-1), nodes["path_id"], nodes["position"]]), axis=1).T)
+
+
 def skipped_teachers(state) -> dict[str, str]:
     """Each teacher skipped on some path of a question, with the reason, and the paths when not all of
     them (a context may need more wrong solutions than a wrong path leaves: every path is checked)."""
@@ -161,28 +168,33 @@ def read_tables(root: Path, results: dict, columns: dict[str, Sequence[str]]) ->
     return tables
 
 
-def write_outputs(root: Path, results: dict, nodes: list[dict], children: list[dict], paths: list[dict]) -> None:
-    """results.json removed, then nodes.parquet, children.parquet, paths.parquet, then results.json with
-    the tables' sha256 (``tables``): a run is finished when it exists, and a reader can tell tables of
-    another invocation (a grow or rescore that was stopped, or is writing now) by their hashes."""
+def write_outputs(root: Path, results: dict, nodes: dict[str, np.ndarray], children: dict[str, np.ndarray],
+                  paths: list[dict]) -> None:
+    """results.json removed, then nodes.parquet, children.parquet (each from one array per field),
+    paths.parquet, then results.json with the tables' sha256 (``tables``): a run is finished when it
+    exists, and a reader can tell tables of another invocation (a grow or rescore that was stopped, or
+    is writing now) by their hashes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from harness.core.records import CHILD_FIELDS, NODE_FIELDS
+    from harness.core.records import CHILD_DTYPES, NODE_DTYPES
     from harness.rundir import atomic_write, write_json
 
-    def write(name, rows, fields):
-        table = pa.Table.from_pylist(rows) if rows else pa.table({f: [] for f in fields})
+    def write(name, table):
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
         atomic_write(root / name, lambda f: f.write(data))
         return hashlib.sha256(data).hexdigest()
 
+    def typed(cols, dtypes):
+        arrow = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
+        return pa.table({f: pa.array(cols[f], type=arrow[t]) for f, t in dtypes.items()})
+
     (root / "results.json").unlink(missing_ok=True)  # from here until the end the run reads as unfinished
     results["tables"] = {
-        "nodes.parquet": write("nodes.parquet", nodes, NODE_FIELDS),
-        "children.parquet": write("children.parquet", children, CHILD_FIELDS),
-        "paths.parquet": write("paths.parquet", paths, PATH_FIELDS),
+        "nodes.parquet": write("nodes.parquet", typed(nodes, NODE_DTYPES)),
+        "children.parquet": write("children.parquet", typed(children, CHILD_DTYPES)),
+        "paths.parquet": write("paths.parquet", pa.Table.from_pylist(paths) if paths else pa.table({f: [] for f in PATH_FIELDS})),
     }
     write_json(root / "results.json", results)

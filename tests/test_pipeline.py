@@ -106,6 +106,28 @@ def test_results_follow_the_contract(finished):
     assert budget and all({"window", "rollouts", "tokens_generated"} <= set(b) for b in budget)
 
 
+def test_node_and_child_tables_are_written_from_columns_with_their_declared_types(finished, tmp_path):
+    """The records are held as one array per field (a dict per row took ~760 B: 1.6 M rows of a 250-question,
+    50-teacher run held 1.2 GB), and written with the types NODE_DTYPES and CHILD_DTYPES declare, also when
+    empty (an empty table was written with untyped columns). decision_points counts distinct positions."""
+    import pyarrow as pa
+
+    from harness.core.records import CHILD_DTYPES, CHILD_FIELDS, NODE_DTYPES, concat
+    from harness.results import write_outputs
+
+    out, results = finished
+    arrow = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
+    nodes, children = pq.read_table(out / "nodes.parquet"), pq.read_table(out / "children.parquet")
+    assert nodes.schema == pa.schema([(f, arrow[t]) for f, t in NODE_DTYPES.items()])
+    assert children.schema == pa.schema([(f, arrow[t]) for f, t in CHILD_DTYPES.items()]) and children.column_names == list(CHILD_FIELDS)
+    rows = nodes.to_pylist()
+    assert results["counts"]["decision_points"] == len({(r["question_id"], r["path_id"], r["position"]) for r in rows})
+    write_outputs(tmp_path, {}, concat([], NODE_DTYPES), concat([], CHILD_DTYPES), [])
+    for name, dtypes in (("nodes.parquet", NODE_DTYPES), ("children.parquet", CHILD_DTYPES)):
+        empty = pq.read_table(tmp_path / name)
+        assert empty.num_rows == 0 and empty.schema == pa.schema([(f, arrow[t]) for f, t in dtypes.items()])
+
+
 class Crash(Exception):
     pass
 

@@ -6,7 +6,8 @@ is the part of it that :func:`harness.core.stats.aggregate` reads.
 
 :func:`path_records` turns one representative path (its children in the tree, the student's and each
 teacher's known log-probabilities along it, and the scoring settings) into one record per decision
-point x teacher x algorithm, plus one row per decision point x teacher x child for the viewer.
+point x teacher x algorithm, plus one row per decision point x teacher x child for the viewer, as
+columns (one array per field: a row of many runs' tables is a few hundred bytes, not a dict).
 """
 
 from __future__ import annotations
@@ -65,8 +66,21 @@ NODE_COLUMNS = (
     "question_id", "path_id", "path_correct", "position", "teacher", "algorithm",
     "alignment", "ideal_norm", "teacher_advantage", "n_actions", *DIVERGENCES,
 )
-CHILD_FIELDS = ("question_id", "path_id", "position", "teacher", "token", "text", "n", "w", "q", "pi", "pi_teacher")
+CHILD_DTYPES = {"question_id": "string", "path_id": "int64", "position": "int64", "teacher": "string", "token": "int64",
+                "text": "string", "n": "int64", "w": "int64", "q": "float64", "pi": "float64", "pi_teacher": "float64"}
+CHILD_FIELDS = tuple(CHILD_DTYPES)
 assert set(NODE_COLUMNS) <= set(NODE_FIELDS) and set(DIVERGENCES) <= set(NODE_FIELDS)
+_NUMPY = {"string": object, "int64": np.int64, "bool": bool, "float64": np.float64}  # strings stay Python str objects
+
+
+def columns(values: Mapping[str, Sequence], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """A table as one 1-D array per field of ``dtypes`` (Arrow type names), from ``values``' lists."""
+    return {f: np.array(values[f], dtype=_NUMPY[t]) if len(values[f]) else np.zeros(0, _NUMPY[t]) for f, t in dtypes.items()}
+
+
+def concat(parts: Sequence[Mapping[str, np.ndarray]], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The tables ``parts`` (each from :func:`columns`) one after another."""
+    return {f: np.concatenate([p[f] for p in parts]) if parts else np.zeros(0, _NUMPY[t]) for f, t in dtypes.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +151,8 @@ def path_records(
     teachers: Sequence[TeacherPass],
     settings: RecordSettings,
     token_texts: Callable[[np.ndarray], list[str]],
-) -> tuple[list[dict], list[dict], dict[str, int]]:
-    """Records of one path: (node rows keyed by NODE_FIELDS, child rows keyed by CHILD_FIELDS, skipped counts).
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
+    """Records of one path: (node table, one array per NODE_FIELDS; child table, one per CHILD_FIELDS; skipped counts).
 
     A position is a decision point when at least two children are in A(s) (``decision_support``);
     one whose student (or teacher) probability is unknown for a child in A(s) is skipped and counted.
@@ -146,8 +160,8 @@ def path_records(
     (fewer than two children with ``n_min`` visits) or ``equal_q`` (enough visits, one Q for all),
     so a run without decision points can say why.
     """
-    nodes: list[dict] = []
-    rows: list[dict] = []
+    nodes: dict[str, list] = {f: [] for f in NODE_FIELDS}
+    rows: dict[str, list] = {f: [] for f in CHILD_FIELDS}
     skipped = {"missing_student_logprob": 0, "missing_teacher_logprob": 0, "below_n_min": 0, "equal_q": 0}
     k_all = np.arange(len(path))
     rtg = {t.name: reward_to_go(t.table.get(k_all, path) - student.get(k_all, path), settings.gamma) for t in teachers}
@@ -190,13 +204,12 @@ def path_records(
             for algo in settings.algorithms:
                 # g* is 0 only where every Q ties, never at a decision point: no residue rule for it (scale 0)
                 alignment = alignment_score(g_star, ALGORITHMS[algo](inputs), scale_ref=0.0)
-                record = NodeRecord(**base, algorithm=algo, alignment=alignment)
-                nodes.append({f: getattr(record, f) for f in NODE_FIELDS})
+                for f, v in NodeRecord(**base, algorithm=algo, alignment=alignment).__dict__.items():
+                    nodes[f].append(v)
             texts = texts if texts is not None else token_texts(tok)
-            for a, text, na, wa, pa, pta in zip(tok, texts, n, w, pi, pit, strict=True):
-                rows.append({
-                    "question_id": question_id, "path_id": path_id, "position": k, "teacher": t.name,
-                    "token": int(a), "text": text, "n": int(na), "w": int(wa), "q": float(wa / na),
-                    "pi": float(pa), "pi_teacher": float(pta),
-                })
-    return nodes, rows, skipped
+            child = dict(question_id=[question_id] * len(tok), path_id=[path_id] * len(tok), position=[k] * len(tok),
+                         teacher=[t.name] * len(tok), token=tok.tolist(), text=texts, n=n.tolist(), w=w.tolist(),
+                         q=(w / n).tolist(), pi=pi.tolist(), pi_teacher=pit.tolist())
+            for f in CHILD_FIELDS:
+                rows[f] += child[f]
+    return columns(nodes, NODE_DTYPES), columns(rows, CHILD_DTYPES), skipped

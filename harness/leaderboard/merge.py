@@ -48,7 +48,7 @@ class Run:
     path: str  # the directory as given
     results: dict  # results.json
     nodes: dict[str, np.ndarray]  # nodes.parquet, column -> values (one row per decision point x teacher x algorithm)
-    children: list[dict]  # children.parquet rows (one per decision point x teacher x child in A(s))
+    children: dict[str, np.ndarray]  # children.parquet, column -> values (one row per decision point x teacher x child in A(s))
     paths: list[dict]  # paths.parquet rows (question_id, path_id, correct, tokens, text)
 
     @property
@@ -149,10 +149,15 @@ def load_run(path: str | Path, run_id: str) -> Run:
         id=run_id,
         path=str(path),
         results=results,
-        nodes={k: np.asarray(v) for k, v in tables["nodes"].to_pydict().items()},
-        children=tables["children"].to_pylist(),
+        nodes=_columns(tables["nodes"]),
+        children=_columns(tables["children"]),
         paths=tables["paths"].to_pylist(),
     )
+
+
+def _columns(table) -> dict[str, np.ndarray]:
+    """A pyarrow Table as one array per column (strings as Python ``str`` objects, read once each)."""
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 
 def _cut(name: str, whole: str, limit: int) -> str:

@@ -24,7 +24,7 @@ import yaml
 
 from harness.core.stats import DIVERGENCES
 from harness.leaderboard.figures import FigureFile, teacher_colours
-from harness.leaderboard.merge import Run, teacher_labels
+from harness.leaderboard.merge import CHILD_VALUES, Run, teacher_labels
 from harness.results import json_ready
 
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -72,17 +72,20 @@ def viewer_data(run: Run, labels: dict[tuple[str, str], str]) -> dict:
             }
         if str(n["algorithm"][i]) in a_index:
             point["align"][a_index[str(n["algorithm"][i])]] = _short(n["alignment"][i])
-    for c in run.children:
-        point = points.get((c["question_id"], int(c["path_id"]), int(c["position"]), c["teacher"]))
+    c = run.children
+    rows = len(c["token"])
+    texts = c["text"].tolist() if "text" in c else [None] * rows
+    for question, j, k, teacher, token, text, *values in zip(
+            *(c[f].tolist() for f in ("question_id", "path_id", "position", "teacher", "token")), texts,
+            *(c[f].tolist() if rows else [] for f in CHILD_VALUES), strict=True):
+        point = points.get((question, j, k, teacher))
         if point is None:
             continue
-        path = paths.get((c["question_id"], int(c["path_id"])))
-        k = int(c["position"])
-        text = c.get("text")
-        if text is None and path is not None and k < len(path["tokens"]) and path["tokens"][k] == c["token"]:
+        path = paths.get((question, j))
+        if text is None and path is not None and k < len(path["tokens"]) and path["tokens"][k] == token:
             text = path["text"][k]
-        point["children"].append([int(c["token"]), text, int(c["n"]), int(c["w"]), _short(c["q"]), _short(c["pi"]),
-                                  _short(c["pi_teacher"])])
+        n, w, q, pi, pi_teacher = values
+        point["children"].append([token, text, n, w, _short(q), _short(pi), _short(pi_teacher)])
     per_path: dict[tuple[str, int], dict[str, list]] = {}
     for (q, j, k, _t), point in sorted(points.items()):
         point["children"].sort(key=lambda ch: -(ch[5] or 0))  # most likely under the student first
