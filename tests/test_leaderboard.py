@@ -678,3 +678,35 @@ def test_only_the_missing_glyph_warnings_are_taken_from_the_users_filters():
             warnings.warn("Glyph 25945 (\\N{CJK UNIFIED IDEOGRAPH-6559}) missing from font(s) DejaVu Sans.", UserWarning)
         with pytest.raises(UserWarning, match="something else"), _glyphs_missing():
             warnings.warn("something else", UserWarning)
+
+
+def test_a_run_of_one_question_ranks_no_teacher_as_resolved(tmp_path):
+    """One question gives a mean and no interval: each ranked entry is marked tied with every other (it was
+    marked resolved from all, and the page said "no CI overlap with another teacher")."""
+    out = tmp_path / "one"
+    run(RunConfig(limit=1), out)
+    board = merge(load_runs([out]))
+    for algorithm in {e["algorithm"] for e in board["entries"]}:
+        block = [e for e in board["entries"] if e["algorithm"] == algorithm and e["rank"] is not None]
+        assert len(block) >= 2
+        for e in block:
+            assert e["alignment"]["ci95"] == [None, None]
+            assert sorted(e["tied_with"]) == sorted(o["key"] for o in block if o is not e)
+
+
+def test_the_pooled_difference_the_clustered_test_is_about_is_published_and_checked(run_dir, tmp_path):
+    """p_clustered tests incorrect minus correct pooled over every path; that estimate is published beside
+    it (results, leaderboard, model card), and a malformed one is refused by name."""
+    row = next(r for r in _results(run_dir)["teachers"] if r.get("incorrect_minus_correct"))
+    pooled = row["incorrect_minus_correct"]["pooled"]
+    assert set(pooled) == {"mean", "ci95", "n_questions"} and pooled["n_questions"] == row["alignment"]["n_questions"]
+    assert pooled["ci95"][0] < pooled["mean"] < pooled["ci95"][1]
+    (entry,) = [e for e in merge(load_runs([run_dir]))["entries"]
+                if (e["teacher"], e["algorithm"]) == (row["teacher"], row["algorithm"])]
+    assert entry["incorrect_minus_correct"]["pooled"] == pooled
+    bad = _copy(run_dir, tmp_path / "bad")
+    results = _results(bad)
+    results["teachers"][0]["incorrect_minus_correct"]["pooled"] = {"mean": "x"}
+    (bad / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match=r"incorrect_minus_correct\.pooled"):
+        load_runs([bad])

@@ -32,9 +32,9 @@ class Interval(NamedTuple):
     mean: float
     """Sample mean (nan when n == 0)."""
     lo: float
-    """Lower end (nan when n < 2)."""
+    """Lower end (nan when n < 2 or every value is equal)."""
     hi: float
-    """Upper end (nan when n < 2)."""
+    """Upper end (nan when n < 2 or every value is equal)."""
     n: int
     """Number of finite observations used."""
 
@@ -91,21 +91,35 @@ def _finite(x) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+SPREAD_RESIDUE = 2.0**-40  # a spread at most this share of the values' scale is rounding: no spread
+
+
+def _no_spread(spread: float, values: np.ndarray) -> bool:
+    """Whether ``spread`` (a standard deviation or error of ``values``) is 0 up to rounding. Values that
+    are all equal (every alignment +1, say) measure no uncertainty, and an interval or test drawn from
+    them would claim certainty: none is given."""
+    return not spread > SPREAD_RESIDUE * max(float(np.max(np.abs(values), initial=0.0)), 1.0)
+
+
 def t_ci(x, confidence: float = 0.95) -> Interval:
     """Student-t interval of the mean over the finite entries of `x` (SPEC §5).
 
     `mean ± t_{n-1}((1 + confidence)/2) * s / sqrt(n)`, `s` the sample standard deviation
-    (ddof = 1). NaNs are dropped and not counted; n < 2 gives lo = hi = nan.
+    (ddof = 1). NaNs are dropped and not counted; n < 2, or values all equal (s 0 up to rounding),
+    give lo = hi = nan: n values that do not vary say nothing of the spread of the mean.
     """
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
-    if x.size < 2:
+    if x.size < 2 or _no_spread(x.std(ddof=1), x):
         return Interval(mean, float("nan"), float("nan"), int(x.size))
     half = sps.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return Interval(mean, float(mean - half), float(mean + half), int(x.size))
 
 
 BOOTSTRAP_BLOCK = 1 << 22  # resampled entries held at once by bootstrap_ci (32 MB of indices)
+# fewest values a percentile bootstrap interval is given for: below, it is about the range of a few values
+# (95% intervals of a normal mean cover 51% of the time at n = 2, 82% at 5, 89% at 8, 93% at 24)
+BOOTSTRAP_MIN_N = 10
 
 
 def bootstrap_ci(x, seed, n_boot: int = 2000, confidence: float = 0.95) -> Interval:
@@ -113,13 +127,14 @@ def bootstrap_ci(x, seed, n_boot: int = 2000, confidence: float = 0.95) -> Inter
 
     Draw `n_boot` resamples of size n with replacement from `numpy.random.default_rng(seed)`
     (`seed`: anything `default_rng` accepts, e.g. an int or a list of ints); the interval is the
-    `(1 ∓ confidence)/2` quantiles of the resampled means. NaNs are dropped; n < 2 gives nan ends.
+    `(1 ∓ confidence)/2` quantiles of the resampled means. NaNs are dropped; fewer than
+    `BOOTSTRAP_MIN_N` values, or values all equal, give nan ends (the t interval is the one to read).
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a whole number of resamples, at least 1; got {n_boot!r}")
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
-    if x.size < 2:
+    if x.size < BOOTSTRAP_MIN_N or _no_spread(x.std(ddof=1), x):
         return Interval(mean, float("nan"), float("nan"), int(x.size))
     rng = np.random.default_rng(seed)
     # resamples drawn a block at a time (the same stream as all at once): n_boot x n indices of 100,000
@@ -138,28 +153,33 @@ def paired_test(a, b) -> float:
     """Two-sided paired t-test p-value (`scipy.stats.ttest_rel`) over pairs where both are finite.
 
     `t = mean(d) / (sd(d) / sqrt(n))`, `d = a - b`, n - 1 degrees of freedom (SPEC §5:
-    incorrect-minus-correct over questions having both). nan with fewer than 2 pairs.
+    incorrect-minus-correct over questions having both). nan with fewer than 2 pairs, or when every
+    `d` is equal (sd 0 up to rounding: no spread to test against, not p = 0).
     """
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     both = np.isfinite(a) & np.isfinite(b)
-    if both.sum() < 2:
+    d = a[both] - b[both]
+    if d.size < 2 or _no_spread(d.std(ddof=1), np.r_[a[both], b[both]]):
         return float("nan")
-    # Identical pairs (common: alignment is ±1 when |A(s)| = 2) make scipy warn about precision.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # scipy warns of precision where d barely varies
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(sps.ttest_rel(a[both], b[both]).pvalue)
 
 
-def clustered_difference_test(values_P, flag_P, cluster_P) -> float:
-    """Two-sided p-value of mean(values | flag) − mean(values | ~flag) with cluster-robust errors.
+def clustered_difference(values_P, flag_P, cluster_P, confidence: float = 0.95) -> tuple[Interval, float]:
+    """mean(values | flag) − mean(values | ~flag) over paths, its cluster-robust interval and p-value.
 
-    The OLS regression `v_p = α + β·flag_p + ε_p` over every path p with a finite value, β̂ the
-    difference of the two path means, and the CR1 sandwich variance clustered by `cluster_P`
-    (questions): `V = c (XᵀX)⁻¹ [Σ_g X_gᵀ e_g e_gᵀ X_g] (XᵀX)⁻¹`, `c = G/(G−1) · (N−1)/(N−2)`,
-    `t = β̂ / sqrt(V_ββ)` against Student t with G − 1 degrees of freedom (SPEC §5). Paths of one
-    question share it and often prefixes; clustering lets their errors correlate arbitrarily, and
-    questions with only one kind of path still count. nan with fewer than 3 clusters, or when a
-    side is empty.
+    The OLS regression `v_p = α + β·flag_p + ε_p` over every path p with a finite value: β̂ is the
+    difference of the two path means, formed as such, with residuals from each side's mean (so equal
+    values leave none), and the CR1 sandwich variance clustered by `cluster_P` (questions):
+    `V = c (XᵀX)⁻¹ [Σ_g X_gᵀ e_g e_gᵀ X_g] (XᵀX)⁻¹`, `c = G/(G−1) · (N−1)/(N−2)`, whose β entry is
+    `c Σ_g (Σ_{p∈g} a_p e_p)²` with `a_p = flag_p/N₁ − (1 − flag_p)/N₀`; `t = β̂ / sqrt(V_ββ)` against
+    Student t with G − 1 degrees of freedom (SPEC §5), the interval `β̂ ± t_{G−1} sqrt(V_ββ)`. Paths of
+    one question share it and often prefixes; clustering lets their errors correlate arbitrarily, and
+    questions with only one kind of path still count. So β is the pooled difference over paths, which
+    also holds differences between questions (hard questions have more incorrect paths), not the
+    within-question contrast of `paired_test`. The interval's `n` is the number of clusters. nan ends
+    and p with fewer than 3 clusters, when a side is empty, or when no residual is above rounding.
     """
     v = np.asarray(values_P, dtype=float).ravel()
     ok = np.isfinite(v)
@@ -167,18 +187,28 @@ def clustered_difference_test(values_P, flag_P, cluster_P) -> float:
     _, cluster = np.unique(np.asarray(cluster_P).ravel()[ok], return_inverse=True)
     cluster = cluster.reshape(-1)
     n, n_clusters = v.size, int(cluster.max()) + 1 if v.size else 0
-    if n_clusters < 3 or flag.all() or not flag.any() or n < 3:
-        return float("nan")
-    x = np.stack([np.ones(n), flag.astype(float)], axis=1)
-    xtx_inv = np.linalg.inv(x.T @ x)
-    beta = xtx_inv @ (x.T @ v)
-    scores_G = np.stack([np.bincount(cluster, x[:, j] * (v - x @ beta), minlength=n_clusters)
-                         for j in range(2)], axis=1)
+    nan = float("nan")
+    if flag.all() or not flag.any():
+        return Interval(nan, nan, nan, n_clusters), nan
+    n1, n0 = int(flag.sum()), int((~flag).sum())
+    m1, m0 = float(v[flag].mean()), float(v[~flag].mean())
+    beta = m1 - m0
+    if n_clusters < 3 or n < 3:
+        return Interval(beta, nan, nan, n_clusters), nan
+    e = v - np.where(flag, m1, m0)
+    a = np.where(flag, 1.0 / n1, -1.0 / n0)
     correction = n_clusters / (n_clusters - 1) * (n - 1) / (n - 2)
-    var = correction * (xtx_inv @ (scores_G.T @ scores_G) @ xtx_inv)[1, 1]
-    if not var > 0:
-        return float("nan")
-    return float(2 * sps.t.sf(abs(beta[1]) / np.sqrt(var), n_clusters - 1))
+    se = float(np.sqrt(correction * np.sum(np.bincount(cluster, a * e, minlength=n_clusters) ** 2)))
+    if _no_spread(float(np.sqrt(np.mean(e**2))), v):
+        return Interval(beta, nan, nan, n_clusters), nan
+    half = float(sps.t.ppf(0.5 + confidence / 2, n_clusters - 1) * se)
+    p = float(2 * sps.t.sf(abs(beta) / se, n_clusters - 1)) if se > 0 else nan
+    return Interval(beta, beta - half, beta + half, n_clusters), p
+
+
+def clustered_difference_test(values_P, flag_P, cluster_P) -> float:
+    """The p-value of :func:`clustered_difference`."""
+    return clustered_difference(values_P, flag_P, cluster_P)[1]
 
 
 # --------------------------------------------------------------------------- grouped helpers
@@ -345,15 +375,18 @@ def rank_with_ties(means, lo, hi):
     another order differ in the 16th digit); nan means are ranked last, sharing
     `1 + #finite`. Ranks are never merged by CI overlap; instead `tied_with[i]` is the sorted list
     of indices `j != i` whose closed intervals intersect, `lo_i <= hi_j and lo_j <= hi_i`, so a
-    reader sees both the order and which differences are not resolved (SPEC §5). An entry with a
-    nan interval end overlaps nothing: without an interval nothing can be claimed.
+    reader sees both the order and which differences are not resolved (SPEC §5). An entry with a mean
+    and no interval (one question, or values that do not vary) is resolved from no other: it overlaps
+    every entry that has a mean. An entry without a mean is not ranked against any.
     """
     means = np.asarray(means, dtype=float)
     lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
     finite = np.isfinite(means)
     above = (means[None, :] > means[:, None] + RANK_ATOL).sum(axis=1)  # comparisons with nan are False
     rank = np.where(finite, 1 + above, 1 + finite.sum()).astype(int)
-    overlap = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
+    unknown = finite & ~(np.isfinite(lo) & np.isfinite(hi))
+    overlap = ((lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])) | unknown[:, None] | unknown[None, :]
+    overlap &= finite[:, None] & finite[None, :]
     np.fill_diagonal(overlap, False)
     return [int(r) for r in rank], [np.flatnonzero(row).tolist() for row in overlap]
 
@@ -413,6 +446,8 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
     positive_P = per_path(np.where(np.isnan(align), np.nan, align > 0))  # undefined stays out
     correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
     diff = _summary(incorrect_Q - correct_Q, _derived_seed(seed, "incorrect_minus_correct"), n_boot, (-2.0, 2.0))
+    pooled, p_clustered = clustered_difference(mean_P, ~correct_P, question_P)
+    pooled_ci = [float(np.clip(v, -2.0, 2.0)) if np.isfinite(v) else v for v in (pooled.lo, pooled.hi)]
     n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
     return {
         "teacher": teacher,
@@ -425,8 +460,11 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
         "incorrect_minus_correct": {
             "mean": diff["mean"], "ci95": diff["ci95"], "ci95_bootstrap": diff["ci95_bootstrap"],
             "p_paired": paired_test(incorrect_Q, correct_Q),
-            "p_clustered": clustered_difference_test(mean_P, ~correct_P, question_P),
+            "p_clustered": p_clustered,
             "n_questions": diff["n"],
+            # what p_clustered tests: incorrect minus correct pooled over every path, questions with one
+            # kind of path included (so it also holds differences between questions), CR1 interval
+            "pooled": {"mean": pooled.mean, "ci95": pooled_ci, "n_questions": pooled.n},
         },
         "fraction_positive": summary("fraction_positive", per_question(positive_P), (0.0, 1.0)),
         "teacher_advantage": summary(

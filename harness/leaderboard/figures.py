@@ -274,7 +274,8 @@ def correct_vs_incorrect(entries: list[dict], group: dict, colours: dict[str, st
         ax.set_ylim(-1.05, 1.05)
     _legend(fig, axes[0])
     fig.suptitle(f"Alignment on correct vs incorrect paths — {_plain(group['task'])}, student {_plain(group['student'])}\n"
-                 "(mean over questions, 95% t CI; p: paired t-test over questions with both)", fontsize=10)
+                 "(bars: mean over the questions with such paths, 95% t CI; p: paired t-test of incorrect − correct "
+                 "over the questions with both)", fontsize=10)
     return fig
 
 

@@ -111,6 +111,10 @@ def read_results(path: str | Path) -> dict:
             if not _count_or_none(stat.get("n_questions")):
                 raise malformed(f"teachers[{i}].{key}.n_questions is {excerpt(stat.get('n_questions'), 40)}, "
                                 "expected an integer or null")
+            pooled = stat.get("pooled")  # incorrect minus correct over every path (what p_clustered tests)
+            if pooled is not None and not (isinstance(pooled, dict) and _number_or_none(pooled.get("mean")) and (
+                    isinstance(pooled.get("ci95"), list) and len(pooled["ci95"]) == 2 and all(map(_number_or_none, pooled["ci95"])))):
+                raise malformed(f"teachers[{i}].{key}.pooled is {excerpt(pooled, 60)}, expected an object with a mean and ci95")
         correlations = row.get("divergence_correlations")
         if correlations is not None and not (isinstance(correlations, dict) and all(
                 isinstance(c, dict) and all(isinstance(c.get(m), dict) and _number_or_none(c[m].get("mean"))

@@ -56,6 +56,8 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
                 args["rank"] = row.get("rank")
             if key == "incorrect_minus_correct":
                 args |= {"p_paired": _significant(stat.get("p_paired")), "p_clustered": _significant(stat.get("p_clustered"))}
+                if isinstance(stat.get("pooled"), dict):  # what p_clustered tests: the difference pooled over paths
+                    args["pooled_mean"] = _round(stat["pooled"].get("mean"))
             metrics.append({
                 "type": metric_type,
                 "name": f"{title} ({row['teacher']}, {row['algorithm']})",

@@ -83,7 +83,8 @@
      cell: (e) => {
        const d = e.incorrect_minus_correct;
        if (!d) return h("td", {className: "num"}, "\u2013");
-       return h("td", {className: "num", title: `95% t CI ${interval(d)}; p paired ${pval(d.p_paired)}, question-clustered ${pval(d.p_clustered)}`},
+       const pooled = d.pooled ? ` (its estimate: ${signed(d.pooled.mean)} ${interval(d.pooled)}, pooled over every path)` : "";
+       return h("td", {className: "num", title: `95% t CI ${interval(d)}; p paired ${pval(d.p_paired)}, question-clustered ${pval(d.p_clustered)}${pooled}`},
                 h("span", {className: "mean-text"}, signed(d.mean)), h("span", {className: "ci"}, `p=${pval(d.p_paired)}`));
      }},
     {key: "advantage", label: "Teacher advantage", title: "\u03a3 (\u03c0\u0303_T \u2212 \u03c0\u0303) Q over A(s): positive when the teacher knows better",
@@ -142,7 +143,10 @@
       e ? [h("div", {className: "card-main"}, h("span", {className: "swatch", style: {background: DATA.colours[e.label] || "#999"}}), e.label),
            h("div", {}, `alignment ${signed(mean(e.alignment))} ${interval(e.alignment)}`), h("div", {className: "muted"}, note(e))]
         : h("div", {className: "muted"}, "no scored teacher"));
-    const tiedNote = (e) => (e.tied_with.length ? `not resolved from ${e.tied_with.length} other(s): CIs overlap` : "no CI overlap with another teacher");
+    const hasCI = (e) => e.alignment && e.alignment.ci95 && e.alignment.ci95.every(isNum);
+    const tiedNote = (e) => (!e.tied_with.length ? "no CI overlap with another teacher"
+      : hasCI(e) ? `not resolved from ${e.tied_with.length} other(s): CIs overlap`
+      : `not resolved from ${e.tied_with.length} other(s): no 95% CI (one question, or no spread)`);
     byId("headline").replaceChildren(
       card(`Most aligned teacher \u00b7 ${g.headline_algorithm}`, scored[0], tiedNote),
       card(`Least aligned teacher \u00b7 ${g.headline_algorithm}`, scored.length > 1 ? scored[scored.length - 1] : null,
