@@ -125,7 +125,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
             "mean_estimated": ci.mean, "ci95": [lo, hi], "mean_exact": float(np.mean(exact)) if exact.size else np.nan,
             "attenuation": float(np.mean(est - exact)) if est.size else np.nan,
             "attenuation_ci95": [float(v) for v in np.clip(t_ci(est - exact)[1:3], -2.0, 2.0)],  # of two means in [-1, 1]
-            # None where there is no interval (fewer than two questions) or no exact value to cover
+            # None where there is no interval (fewer than two questions, or values that do not vary) or no exact value
             "ci_covers_exact": bool(ci.lo <= np.mean(exact) <= ci.hi) if exact.size and np.isfinite([ci.lo, ci.hi]).all() else None,
             "interval_coverage": float(np.mean(node_cover[t])) if node_cover[t] else np.nan,
         }

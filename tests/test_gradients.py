@@ -433,3 +433,6 @@ def test_a_decision_point_whose_child_the_student_all_but_never_picks_keeps_its_
     assert 0 < np.max(np.abs(g_star)) < 2.0**-40
     assert g_star[0] < 0 < g_star[1]
     assert nodes["alignment"].tolist() == [pytest.approx(1.0), pytest.approx(1.0)]
+    # a text per child, or no records: columns of different lengths would only fail when written
+    with pytest.raises(ValueError, match="1 texts for 2 tokens"):
+        path_records("q", 0, path, "correct", children, student, [teacher], settings, lambda t: ["only-one"])

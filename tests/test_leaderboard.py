@@ -710,3 +710,27 @@ def test_the_pooled_difference_the_clustered_test_is_about_is_published_and_chec
     (bad / "results.json").write_text(json.dumps(results))
     with pytest.raises(ConfigError, match=r"incorrect_minus_correct\.pooled"):
         load_runs([bad])
+
+
+def test_a_groups_nodes_share_their_strings_and_number_their_keys_in_string_order(run_dir, tmp_path):
+    """A string column is read as one str object per distinct value (a str per row took most of a large
+    run's memory), and the question and path keys of a group are integers numbering run\\0question and
+    run\\0question\\0path in sorted order: the figures group by them exactly as by the strings."""
+    from harness.leaderboard.figures import _nodes
+    from harness.leaderboard.merge import teacher_labels
+
+    other = tmp_path / "other"
+    run(RunConfig(limit=12, seed=3), other)
+    runs = load_runs([run_dir, other])
+    for r in runs:
+        for name in ("question_id", "teacher", "algorithm"):
+            column = r.nodes[name]
+            assert len({id(x) for x in column}) == len(set(column.tolist())) < len(column)
+    nodes = _nodes(runs, teacher_labels(runs))
+    ids = np.concatenate([[r.id] * len(r.nodes["question_id"]) for r in runs])
+    for key, strings in (
+        ("question_key", [f"{i}\x00{q}" for i, q in zip(ids, nodes["question_id"], strict=True)]),
+        ("path_key", [f"{i}\x00{q}\x00{p}" for i, q, p in zip(ids, nodes["question_id"], nodes["path_id"], strict=True)]),
+    ):
+        assert nodes[key].dtype.kind == "i"
+        assert np.array_equal(np.unique(np.array(strings), return_inverse=True)[1].reshape(-1), nodes[key])

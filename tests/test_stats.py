@@ -158,6 +158,10 @@ def test_equal_values_give_no_test_and_no_interval(value):
     for keep in (slice(None), np.arange(96) != 3):
         pooled, p = clustered_difference(v[keep], flag[keep], cluster[keep])
         assert math.isnan(p) and math.isnan(pooled.lo) and math.isnan(pooled.hi) and abs(pooled.mean) < 1e-15
+    # every question with the same paths: residuals, but each question's cancel, so no spread between clusters
+    for paths in ([0.5, -0.5, 1.0, 0.0], [0.3, -0.1, 0.7, 0.1], [1.0, -1.0, 1.0, -1.0]):
+        pooled, p = clustered_difference(np.tile(paths, 24), flag, cluster)
+        assert math.isnan(p) and math.isnan(pooled.lo) and math.isnan(pooled.hi), paths
     assert math.isnan(paired_test(np.full(5, value), np.full(5, value)))
     assert math.isnan(paired_test([1, 1, 1], [-1, -1, -1]))  # d = 2 three times: scipy says p = 0
     for ci in (t_ci(np.full(12, value)), bootstrap_ci(np.full(12, value), seed=0)):

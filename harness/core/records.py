@@ -207,6 +207,8 @@ def path_records(
                 for f, v in NodeRecord(**base, algorithm=algo, alignment=alignment).__dict__.items():
                     nodes[f].append(v)
             texts = texts if texts is not None else token_texts(tok)
+            if len(texts) != len(tok):
+                raise ValueError(f"token_texts gave {len(texts)} texts for {len(tok)} tokens")
             child = dict(question_id=[question_id] * len(tok), path_id=[path_id] * len(tok), position=[k] * len(tok),
                          teacher=[t.name] * len(tok), token=tok.tolist(), text=texts, n=n.tolist(), w=w.tolist(),
                          q=(w / n).tolist(), pi=pi.tolist(), pi_teacher=pit.tolist())

@@ -199,11 +199,12 @@ def clustered_difference(values_P, flag_P, cluster_P, confidence: float = 0.95) 
     a = np.where(flag, 1.0 / n1, -1.0 / n0)
     correction = n_clusters / (n_clusters - 1) * (n - 1) / (n - 2)
     se = float(np.sqrt(correction * np.sum(np.bincount(cluster, a * e, minlength=n_clusters) ** 2)))
-    if _no_spread(float(np.sqrt(np.mean(e**2))), v):
+    # residuals that are rounding, or questions whose residuals cancel within each (every question with the
+    # same paths): no spread between clusters to measure the difference against
+    if _no_spread(float(np.sqrt(np.mean(e**2))), v) or _no_spread(se, v):
         return Interval(beta, nan, nan, n_clusters), nan
     half = float(sps.t.ppf(0.5 + confidence / 2, n_clusters - 1) * se)
-    p = float(2 * sps.t.sf(abs(beta) / se, n_clusters - 1)) if se > 0 else nan
-    return Interval(beta, beta - half, beta + half, n_clusters), p
+    return Interval(beta, beta - half, beta + half, n_clusters), float(2 * sps.t.sf(abs(beta) / se, n_clusters - 1))
 
 
 def clustered_difference_test(values_P, flag_P, cluster_P) -> float:

@@ -86,19 +86,35 @@ def teacher_colours(labels: Sequence[str]) -> dict[str, str]:
 
 def _nodes(runs: Sequence[Run], labels: dict[tuple[str, str], str]) -> dict[str, np.ndarray]:
     """The group's node tables stacked, with a ``label`` column and ``question_key`` and ``path_key``
-    columns unique across runs."""
+    columns unique across runs: integers numbering the keys ``run\0question`` and ``run\0question\0path``
+    in their sorted order (a string per row took most of a large group's memory here)."""
     cols: dict[str, list[np.ndarray]] = {}
+    keys: dict[str, list] = {"question_key": [], "path_key": []}
     for run in runs:
         n = run.nodes
+        questions, question_N = np.unique(n["question_id"], return_inverse=True)
+        pairs, path_N = np.unique(np.stack([question_N.reshape(-1), np.asarray(n["path_id"], np.int64)]), axis=1,
+                                  return_inverse=True)
+        names = {
+            "question_key": ([f"{run.id}\x00{q}" for q in questions], question_N.reshape(-1)),
+            "path_key": ([f"{run.id}\x00{questions[q]}\x00{p}" for q, p in pairs.T], path_N.reshape(-1)),
+        }
+        for k, v in names.items():
+            keys[k].append(v)
         extra = {
             "label": np.array([labels[(run.id, t)] for t in n["teacher"]], dtype=object),
-            "question_key": np.array([f"{run.id}\x00{q}" for q in n["question_id"]]),
-            "path_key": np.array([f"{run.id}\x00{q}\x00{p}" for q, p in zip(n["question_id"], n["path_id"], strict=True)]),
             "window_width": np.full(len(n["teacher"]), run.results["config"].get("window", 50)),
         }
         for k, v in {**n, **extra}.items():
             cols.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in cols.items()}
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    for k, parts in keys.items():  # each run's keys numbered in the sorted order of all runs' keys
+        _, code = np.unique(np.array([name for names, _ in parts for name in names] + [None], dtype=object)[:-1],
+                            return_inverse=True)
+        starts = np.cumsum([0] + [len(names) for names, _ in parts])
+        out[k] = np.concatenate([code.reshape(-1)[start + index] for (_, index), start in zip(parts, starts, strict=False)]
+                                or [np.zeros(0, np.int64)])
+    return out
 
 
 def depth_window(position: np.ndarray, width: np.ndarray) -> np.ndarray:

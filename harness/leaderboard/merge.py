@@ -160,8 +160,21 @@ def load_run(path: str | Path, run_id: str) -> Run:
 
 
 def _columns(table) -> dict[str, np.ndarray]:
-    """A pyarrow Table as one array per column (strings as Python ``str`` objects, read once each)."""
-    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    """A pyarrow Table as one array per column. A string column is an object array whose rows share one
+    ``str`` per distinct value (a teacher's name repeats on every one of its rows: a string per row took
+    most of a large run's memory here)."""
+    import pyarrow as pa
+
+    out = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_string(column.type) and not column.null_count:
+            coded = column.combine_chunks().dictionary_encode()
+            values = np.array(coded.dictionary.to_pylist() + [None], dtype=object)[:-1]  # a 1-D array even of tuples
+            out[name] = values[coded.indices.to_numpy(zero_copy_only=False)]
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
 
 
 def _cut(name: str, whole: str, limit: int) -> str:

@@ -143,10 +143,14 @@
       e ? [h("div", {className: "card-main"}, h("span", {className: "swatch", style: {background: DATA.colours[e.label] || "#999"}}), e.label),
            h("div", {}, `alignment ${signed(mean(e.alignment))} ${interval(e.alignment)}`), h("div", {className: "muted"}, note(e))]
         : h("div", {className: "muted"}, "no scored teacher"));
-    const hasCI = (e) => e.alignment && e.alignment.ci95 && e.alignment.ci95.every(isNum);
-    const tiedNote = (e) => (!e.tied_with.length ? "no CI overlap with another teacher"
-      : hasCI(e) ? `not resolved from ${e.tied_with.length} other(s): CIs overlap`
-      : `not resolved from ${e.tied_with.length} other(s): no 95% CI (one question, or no spread)`);
+    const hasCI = (e) => Boolean(e && e.alignment && e.alignment.ci95 && e.alignment.ci95.every(isNum));
+    const byKey = new Map(BOARD.entries.map((x) => [x.key, x]));
+    const tiedNote = (e) => {
+      if (!e.tied_with.length) return "no CI overlap with another teacher";
+      const why = !hasCI(e) ? "it has no 95% CI (one question, or no spread)"
+        : e.tied_with.every((k) => hasCI(byKey.get(k))) ? "CIs overlap" : "CIs overlap, or the other has none";
+      return `not resolved from ${e.tied_with.length} other(s): ${why}`;
+    };
     byId("headline").replaceChildren(
       card(`Most aligned teacher \u00b7 ${g.headline_algorithm}`, scored[0], tiedNote),
       card(`Least aligned teacher \u00b7 ${g.headline_algorithm}`, scored.length > 1 ? scored[scored.length - 1] : null,
