@@ -27,8 +27,8 @@ task, disjoint from the diagnosed ones; then ask whether the run's mean alignmen
   Every (pair, seed) result is stored under ``DIR/validation/<settings hash>/`` as soon as it is
   done, so a killed command resumes, and more seeds reuse the earlier ones.
 
-Statistics (:mod:`harness.core.validation`): each gain with a two-way (seeds x held-out
-questions) bootstrap CI; Spearman's ρ between the pairs' mean alignment and their gains, with a
+Statistics (:mod:`harness.core.validation`): each gain with a t CI for seeds and held-out
+questions both drawn at random (none with one seed); Spearman's ρ between the pairs' mean alignment and their gains, with a
 bootstrap CI over seeds, held-out questions and diagnosed questions; the same for incorrect-path
 alignment and teacher advantage, and their ρ minus alignment's.
 
@@ -598,7 +598,7 @@ def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict,
 
 def _rows(arms: Sequence[tuple[str | None, str]], acc: dict, train_info: dict, run: _Run, teachers: dict[str, Teacher],
           cfg: ValidateConfig) -> list[dict]:
-    """One row per arm: held-out accuracy, its gain over the control with a two-way bootstrap CI, its training,
+    """One row per arm: held-out accuracy, its gain over the control with a seeds x questions t CI, its training,
     and for a teacher the diagnostic's predictors of that gain."""
     from harness.core.validation import gain_interval
 
@@ -608,8 +608,7 @@ def _rows(arms: Sequence[tuple[str | None, str]], acc: dict, train_info: dict, r
     for arm in arms:
         teacher, algorithm = arm
         acc_SQ = np.stack(acc[arm])
-        # each arm's replicates from its own name: the interval does not depend on where --teachers lists it
-        gain = gain_interval(acc_SQ - control_SQ, seed=[cfg.seed, derive_seed("gain", teacher, algorithm)], n_boot=cfg.n_boot)
+        gain = gain_interval(acc_SQ - control_SQ)
         kind = "distillation" if teacher else "baseline" if algorithm == BASELINE else "control"
         row = {"teacher": teacher, "algorithm": algorithm, "kind": kind,
                "accuracy": {"mean": float(acc_SQ.mean()), "per_seed": acc_SQ.mean(axis=1).tolist()},

@@ -35,32 +35,46 @@ BIN = Path(sys.executable).parent
 
 
 def test_gain_interval_mean_and_two_way_coverage():
-    """The point is the plain mean; the two-way bootstrap covers the true gain near 95% of the time
-    when both seeds and questions carry noise (pinned to 0.85-0.99: percentile bootstraps with few
-    seeds run a little narrow)."""
+    """The point is the plain mean; the seeds x questions t interval covers the true gain near 95% of the
+    time when both seeds and questions carry noise."""
     rng = np.random.default_rng(0)
     covered, trials = 0, 200
-    for t in range(trials):
+    for _ in range(trials):
         diff = 0.1 + rng.normal(0, 0.03, (8, 1)) + rng.normal(0, 0.1, (1, 40)) + rng.normal(0, 0.05, (8, 40))
-        ci = gain_interval(diff, seed=t, n_boot=400)
+        ci = gain_interval(diff)
         assert ci.mean == pytest.approx(diff.mean()) and ci.lo < ci.mean < ci.hi and ci.n == 320
         covered += ci.lo <= 0.1 <= ci.hi
-    assert 0.85 <= covered / trials <= 0.99
+    assert 0.9 <= covered / trials <= 0.99
+
+
+def test_gain_interval_holds_its_level_where_seeds_vary():
+    """Three seeds whose gains differ by 0.1 (sd), 40 questions: the two-way percentile bootstrap it replaces
+    covered 81% (600 samples; 71% at two seeds); the t interval with Satterthwaite's degrees of freedom
+    keeps near 95% because its few seed degrees of freedom widen it."""
+    rng = np.random.default_rng(31)
+    covered, trials = 0, 600
+    for _ in range(trials):
+        diff = 0.1 * rng.standard_normal((3, 1)) + 0.1 * rng.standard_normal((1, 40)) + 0.135 * rng.standard_normal((3, 40))
+        ci = gain_interval(diff)
+        covered += ci.lo <= 0 <= ci.hi
+    assert covered / trials >= 0.9
 
 
 def test_gain_interval_carries_seed_noise():
     """Seed-to-seed spread widens the interval: the CI is not over questions alone."""
     rng = np.random.default_rng(1)
     questions = rng.normal(0, 0.05, (1, 30))
-    flat = gain_interval(np.repeat(questions, 4, axis=0), seed=0)
-    noisy = gain_interval(np.repeat(questions, 4, axis=0) + np.array([[-0.2], [0.2], [-0.1], [0.1]]), seed=0)
+    flat = gain_interval(np.repeat(questions, 4, axis=0))
+    noisy = gain_interval(np.repeat(questions, 4, axis=0) + np.array([[-0.2], [0.2], [-0.1], [0.1]]))
     assert (noisy.hi - noisy.lo) > 3 * (flat.hi - flat.lo)
 
 
 def test_gain_interval_edge_cases():
-    one_seed = gain_interval(np.linspace(-1, 1, 20)[None], seed=0)
-    assert one_seed.lo < 0 < one_seed.hi
-    assert np.isnan(gain_interval(np.array([[0.3]])).lo)
+    """One seed (training noise unmeasured), one question, one cell, or gains that do not vary (the control's
+    own row, which was published as 0 [0, 0]): no interval."""
+    for diff in (np.linspace(-1, 1, 20)[None], np.linspace(-1, 1, 3)[:, None], np.array([[0.3]]), np.zeros((3, 40))):
+        ci = gain_interval(diff)
+        assert ci.mean == pytest.approx(diff.mean()) and np.isnan(ci.lo) and np.isnan(ci.hi)
     with pytest.raises(ValueError):
         gain_interval(np.array([[0.1, np.nan]]))
 
@@ -271,7 +285,11 @@ def test_validate_quick_on_the_toy_models(small_run, capsys):
     assert arms == {("toy-self-1c", "gkd"), ("toy-self-1c", "forward_kl"), ("toy-teacher", "gkd"),
                     ("toy-teacher", "forward_kl"), (None, "drgrpo"), (None, "control"), (None, "control_fresh_draws")}
     for r in v["rows"]:
-        assert len(r["accuracy"]["per_seed"]) == 2 and r["gain"]["ci95"][0] <= r["gain"]["mean"] <= r["gain"]["ci95"][1]
+        assert len(r["accuracy"]["per_seed"]) == 2
+        if r["algorithm"] == "control":  # its gain over itself is 0 in every cell: no interval
+            assert r["gain"]["ci95"] == [None, None]
+        else:
+            assert r["gain"]["ci95"][0] <= r["gain"]["mean"] <= r["gain"]["ci95"][1]
         if r["kind"] == "distillation":
             row = next(x for x in results["teachers"] if (x["teacher"], x["algorithm"]) == (r["teacher"], r["algorithm"]))
             assert r["alignment"]["mean"] == row["alignment"]["mean"]
@@ -503,3 +521,18 @@ def test_the_report_widens_its_teacher_column_to_the_longest_name():
     end = header.index("accuracy") + len("accuracy")
     assert [len(r) for r in rows] == [end] * 3, [header, *rows]  # every row ends under the last column's header
     assert rows[0].startswith(long + " ") and rows[1].index("-0.125") == rows[0].index("+0.250")
+
+
+def test_a_replicate_missing_a_pairs_only_questions_is_undefined_not_ranked_without_it():
+    """A pair whose predictor is defined on one diagnosed question: a replicate that does not draw it ranked
+    the other pairs alone (median ρ 1.0 there against 0.4 with all four, mixed into one interval). Such
+    replicates are now undefined and counted; with one seed no interval is given at all."""
+    align, diff = _pairs(n_pairs=4, n_diag=24)
+    align[0, 1:] = np.nan  # pair 0 defined on question 0 alone
+    out = rank_correlations({"alignment": align}, diff, seed=2, n_boot=600)["alignment"]
+    draws = bootstrap_draws(diff.shape[1], diff.shape[2], 24, 600, seed=2)
+    assert out["undefined_replicates"] == int((draws.diagnosed_BN[:, 0] == 0).sum()) > 100
+    assert out["n_pairs"] == 4 and np.isfinite(out["ci95"]).all()
+    one_seed = rank_correlations({"alignment": align, "other": -align}, diff[:, :1], seed=2, n_boot=200)
+    assert np.isnan(one_seed["alignment"]["ci95"]).all() and np.isnan(one_seed["other"]["minus_alignment"]["ci95"]).all()
+    assert one_seed["other"]["minus_alignment"]["verdict"] == "not resolved"

@@ -94,7 +94,7 @@ def _finite(x) -> np.ndarray:
 SPREAD_RESIDUE = 2.0**-40  # a spread at most this share of the values' scale is rounding: no spread
 
 
-def _no_spread(spread: float, values: np.ndarray) -> bool:
+def no_spread(spread: float, values: np.ndarray) -> bool:
     """Whether ``spread`` (a standard deviation or error of ``values``) is 0 up to rounding. Values that
     are all equal (every alignment +1, say) measure no uncertainty, and an interval or test drawn from
     them would claim certainty: none is given."""
@@ -110,7 +110,7 @@ def t_ci(x, confidence: float = 0.95) -> Interval:
     """
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
-    if x.size < 2 or _no_spread(x.std(ddof=1), x):
+    if x.size < 2 or no_spread(x.std(ddof=1), x):
         return Interval(mean, float("nan"), float("nan"), int(x.size))
     half = sps.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return Interval(mean, float(mean - half), float(mean + half), int(x.size))
@@ -134,7 +134,7 @@ def bootstrap_ci(x, seed, n_boot: int = 2000, confidence: float = 0.95) -> Inter
         raise ValueError(f"n_boot must be a whole number of resamples, at least 1; got {n_boot!r}")
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
-    if x.size < BOOTSTRAP_MIN_N or _no_spread(x.std(ddof=1), x):
+    if x.size < BOOTSTRAP_MIN_N or no_spread(x.std(ddof=1), x):
         return Interval(mean, float("nan"), float("nan"), int(x.size))
     rng = np.random.default_rng(seed)
     # resamples drawn a block at a time (the same stream as all at once): n_boot x n indices of 100,000
@@ -159,7 +159,7 @@ def paired_test(a, b) -> float:
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     both = np.isfinite(a) & np.isfinite(b)
     d = a[both] - b[both]
-    if d.size < 2 or _no_spread(d.std(ddof=1), np.r_[a[both], b[both]]):
+    if d.size < 2 or no_spread(d.std(ddof=1), np.r_[a[both], b[both]]):
         return float("nan")
     with warnings.catch_warnings():  # scipy warns of precision where d barely varies
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -201,7 +201,7 @@ def clustered_difference(values_P, flag_P, cluster_P, confidence: float = 0.95) 
     se = float(np.sqrt(correction * np.sum(np.bincount(cluster, a * e, minlength=n_clusters) ** 2)))
     # residuals that are rounding, or questions whose residuals cancel within each (every question with the
     # same paths): no spread between clusters to measure the difference against
-    if _no_spread(float(np.sqrt(np.mean(e**2))), v) or _no_spread(se, v):
+    if no_spread(float(np.sqrt(np.mean(e**2))), v) or no_spread(se, v):
         return Interval(beta, nan, nan, n_clusters), nan
     half = float(sps.t.ppf(0.5 + confidence / 2, n_clusters - 1) * se)
     return Interval(beta, beta - half, beta + half, n_clusters), float(2 * sps.t.sf(abs(beta) / se, n_clusters - 1))
