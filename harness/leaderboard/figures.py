@@ -455,7 +455,7 @@ ALGORITHM_MARKERS = {"gkd": "o", "forward_kl": "s", "jsd": "^"}
 
 def validation_figure(validation: dict):
     """``odiag validate``: each teacher x algorithm's mean alignment (x, 95% t CI over questions) against
-    its training gain over the do-nothing control (y, 95% bootstrap CI over seeds and held-out
+    its training gain over the do-nothing control (y, 95% CI over seeds and held-out
     questions), with the Dr. GRPO baseline's gain as a band and Spearman's ρ of every predictor."""
     from matplotlib.figure import Figure
 
@@ -479,7 +479,7 @@ def validation_figure(validation: dict):
     ax.grid(color="#e6e6e6", lw=0.6)
     ax.set_axisbelow(True)
     ax.set_xlabel("mean alignment (diagnostic, 95% t CI over questions)")
-    ax.set_ylabel("accuracy gain over the control (95% bootstrap CI)")
+    ax.set_ylabel("accuracy gain over the control (95% CI, seeds x questions)")
     notes = []
     for name, c in validation.get("correlation", {}).items():
         lo, hi = c["ci95"]
