@@ -87,7 +87,7 @@ class ValidateConfig:
     learning_rate: float = 1e-4  # AdamW, constant, no weight decay; gradients clipped to norm 1
     heldout: int | None = None  # held-out questions to evaluate on; None: every one the task has left
     eval_samples: int = 16  # samples per held-out question (accuracy = share correct)
-    n_boot: int = 2000  # bootstrap replicates of every CI
+    n_boot: int = 2000  # bootstrap replicates of each rank correlation's CI (a gain's is a t interval)
     seed: int = 0  # every draw derives from it
     threads: int | None = 1  # torch CPU threads (one is steadiest on a small shared machine)
     device: str = "auto"  # cpu, cuda, or auto (CUDA when available)

@@ -23,6 +23,7 @@ from harness.leaderboard.figures import depth_window
 from harness.leaderboard.merge import SCHEMA_VERSION, load_runs, merge, run_ids
 from harness.leaderboard.modelcard import model_index
 from harness.leaderboard.site import fit_viewer, script_json, viewer_data
+from harness.results import json_ready
 from harness.pipeline import run, windows
 
 
@@ -199,6 +200,17 @@ def test_script_json_cannot_end_its_element():
     text = script_json(evil)
     assert not re.search(r"[<>&\u2028\u2029]", text)
     assert json.loads(text) == {"t": evil["t"], "x": None}
+
+
+def test_script_json_dumps_plain_data_as_the_strict_json_of_it(run_dir):
+    """Plain data skips the walk that makes JSON strict, and anything that walk would change (nan, numpy
+    numbers) still goes through it: the text is the same either way, for the board and the viewer."""
+    runs = load_runs([run_dir])
+    strict = lambda obj: json.dumps(json_ready(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # noqa: E731
+    for obj in (merge(runs), viewer_data(runs[0], {}), {"n": np.int64(3), "f": np.float64(0.1), "b": np.bool_(True),
+                                                         "x": [float("inf"), (1, "<&>")]}):
+        assert json.loads(script_json(obj)) == json.loads(strict(obj))
+        assert script_json(obj) == strict(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def test_viewer_data_matches_the_node_tables(run_dir):
