@@ -35,7 +35,7 @@ The last line is the cost ratio at equal error: paper's generated tokens at ``n_
 divided by ``settle``'s (the README's recommendation for cheaper runs) at its default setting, when
 that setting's RMSE of the per-teacher mean alignment is no worse than paper's and its coverage is at
 least 0.93 (otherwise the ratio at the cheapest measured setting that is, marked ``*``; ``-`` when
-none is). The lines before it give the same for the other strategies, paper's own other settings
+none is; ``n/a`` on a shape where paper's RMSE is no better than answering 0 for every teacher). The lines before it give the same for the other strategies, paper's own other settings
 included. ``--estimators`` also scores the split-half, halves, shrunk and shrunk-sqrt estimators on every
 tree (`ESTIMATORS`; computed only then: they add 6-15% to a ``--quick`` run on 2 cores), with one more line
 each: the same ratio for that estimate on any strategy's tree, against paper's plain estimate, naming the
@@ -822,9 +822,13 @@ def run_shape(shape: Shape, seeds: int, questions: int, settings: dict, jobs: in
 def ratio_at_equal_error(ref: dict, rows: dict[str, dict], named: bool = False) -> str:
     """Paper's tokens over a strategy's at its default, when its RMSE is no worse and its coverage at least
     COVERAGE_FLOOR; else at its cheapest setting that is (marked ``*``, and ``named``: followed by its label
-    in brackets); ``-`` when none is, ``not run`` when the strategy had no row."""
+    in brackets); ``-`` when none is, ``not run`` when the strategy had no row, ``n/a`` when paper's own RMSE
+    is no better than answering 0 for every teacher (the shape cannot tell an estimate from one pulled to 0,
+    so an RMSE no worse than paper's says nothing of a strategy)."""
     if not rows:
         return "not run"
+    if ref["rmse"] >= ref["rmse_zero"]:
+        return "n/a"
     ok = {label: r for label, r in rows.items() if r["rmse"] <= ref["rmse"] and r["coverage"] >= COVERAGE_FLOOR}
     if "default" in ok:
         return f"{ref['tokens'] / ok['default']['tokens']:.1f}x"

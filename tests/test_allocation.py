@@ -284,6 +284,15 @@ def test_answering_zero_scores_the_rmse_the_bench_prints_for_it():
     assert bench.score(results)["rmse_zero"] > 0.1  # the tiny shape's teachers are far from 0
 
 
+def test_the_ratio_line_says_n_a_where_paper_is_no_better_than_answering_zero():
+    """On a shape where paper's RMSE is at or above answering 0's, an RMSE no worse than paper's says nothing of a
+    strategy (a --quick run printed survey 5.5x on the AIME-like shape so): the ratio reads n/a, not a number."""
+    cheap = {"default": {"rmse": 0.02, "coverage": 0.95, "tokens": 10.0}}
+    assert bench.ratio_at_equal_error({"rmse": 0.05, "rmse_zero": 0.3, "tokens": 100.0}, cheap) == "10.0x"
+    assert bench.ratio_at_equal_error({"rmse": 0.021, "rmse_zero": 0.013, "tokens": 100.0}, cheap) == "n/a"
+    assert bench.ratio_at_equal_error({"rmse": 0.021, "rmse_zero": 0.013, "tokens": 100.0}, {}) == "not run"
+
+
 def test_a_seed_without_an_estimate_is_not_ranked_right():
     """``argsort`` puts nans in index order: a strategy that estimated nothing once scored "rank ok" 1.00
     wherever the exact order happened to be the index order."""

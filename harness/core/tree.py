@@ -220,11 +220,21 @@ class TreeStats:
         self._merge_exits(j, keys[keep], rows[keep])
 
     def _merge_exits(self, j: int, keys: np.ndarray, rows: np.ndarray) -> None:
-        all_keys = np.concatenate([self._exit_keys[j], keys])
-        uniq, inverse = np.unique(all_keys, return_inverse=True)
-        counts = np.zeros((len(uniq), 4), dtype=np.int64)
-        np.add.at(counts, inverse, np.concatenate([self._exit_counts[j], rows]))
-        self._exit_keys[j], self._exit_counts[j] = uniq, counts
+        """Add a batch's exit counts to path ``j``'s sorted table: the batch is sorted and summed on its
+        own, then found in the table or inserted in order, so a batch costs its own sort and one copy of
+        the table, not a sort of the whole table (which grew with every batch ingested)."""
+        if not len(keys):
+            return
+        new, inverse = np.unique(keys, return_inverse=True)
+        add = np.zeros((len(new), 4), dtype=np.int64)
+        np.add.at(add, inverse.reshape(-1), rows)
+        table, counts = self._exit_keys[j], self._exit_counts[j].copy()  # state() may hold the arrays
+        at = np.searchsorted(table, new)
+        found = at < len(table)
+        found[found] = table[at[found]] == new[found]
+        counts[at[found]] += add[found]
+        self._exit_keys[j] = np.insert(table, at[~found], new[~found])
+        self._exit_counts[j] = np.insert(counts, at[~found], add[~found], axis=0)
 
     # queries ----------------------------------------------------------------------------------
 
