@@ -89,7 +89,7 @@ def measure_vllm(n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR
 
     toy = Path(student).resolve() == STUDENT_DIR
     models, teacher = _models(student, "float32" if toy else None)
-    backend = VLLMBackend(models, max_model_len=512, gpu_memory_utilization=0.3)
+    backend = VLLMBackend(models, max_model_len=max(512, 32 + new), gpu_memory_utilization=0.3)
     requests = _prefixes(student, n, new, prefixes)
     backend.sample(requests[:1])  # warm-up: the engine starts here
     start = time.perf_counter()
@@ -115,7 +115,14 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON (odiag plan --measurements)")
     parser.add_argument("--student", default=str(STUDENT_DIR), metavar="MODEL",
                         help="the student to measure, as the run names it (default the toy student)")
+    parser.add_argument("--new-tokens", type=int, default=64, metavar="N",
+                        help="tokens per completion (default 64; a run's response length measures its rate at length)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads on cpu (default torch's)")
     args = parser.parse_args()
+    if args.new_tokens < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--new-tokens and --threads take a whole number >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # before minutes of device time, not after: a device torch cannot use, vLLM missing, a --json it cannot write
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
         parser.error(f"--device {args.device}: torch here runs on cpu{' or cuda' if torch.cuda.is_available() else ''} only")
@@ -134,11 +141,12 @@ def main() -> None:
     print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}", flush=True)
     rows = []
     for b in ["engine"] if args.backend == "vllm" else batches:  # each row as it is measured: a stopped check keeps them
-        r = measure_vllm(100, 64, prefixes, args.student) if b == "engine" else measure(args.device, b, 100, 64, prefixes, args.student)
+        r = (measure_vllm(100, args.new_tokens, prefixes, args.student) if b == "engine"
+             else measure(args.device, b, 100, args.new_tokens, prefixes, args.student))
         rows.append(r)
         print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}", flush=True)
     if args.json:
-        record = {"device": name, "backend": args.backend, "model": args.student, "rows": rows}
+        record = {"device": name, "backend": args.backend, "model": args.student, "new_tokens": args.new_tokens, "rows": rows}
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.backend == "vllm" or Path(args.student).resolve() != STUDENT_DIR:  # the run's overhead: on the toy task
         return

@@ -488,6 +488,28 @@ def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
     return float(max(values))
 
 
+MEASURED_PROMPT_TOKENS = 24  # bench/gpu_check.py's prompts
+MEASURED_NEW_TOKENS = 64  # its completions, unless --new-tokens (files written before it say nothing)
+
+
+def length_note(path: str, cfg: RunConfig) -> str | None:
+    """A line saying the measured rate overstates this run's, when ``path`` measured completions far shorter
+    than the run's responses (each token of a long response attends to a longer context), else None."""
+    from harness.safeio import read_json
+
+    data = read_json(path, 1 << 20)
+    measured = data.get("new_tokens", MEASURED_NEW_TOKENS) if isinstance(data, dict) else MEASURED_NEW_TOKENS
+    if not isinstance(measured, int) or isinstance(measured, bool) or measured < 1:
+        return None
+    length = response_length(cfg)
+    if length <= 4 * (MEASURED_PROMPT_TOKENS + measured):
+        return None
+    return (f"note: {path} measured {measured}-token completions of {MEASURED_PROMPT_TOKENS}-token prompts; this run's "
+            f"responses run to {length:,} tokens, each sampled over a longer context, so the wall time above is a "
+            f"lower bound (measure at length: bash bench/gpu_check.sh --student {cfg.student} --new-tokens {length} "
+            f"--json {path})")
+
+
 def _check_measured(path: str, data, cfg: RunConfig) -> None:
     from harness.config import local_path
 
@@ -571,4 +593,6 @@ def main_plan(args) -> int:
         sys.stdout.flush()
         raise
     print("\n".join(plan.lines))
+    if args.measurements and not args.throughput and (note := length_note(args.measurements, cfg)):
+        print(note)
     return 0

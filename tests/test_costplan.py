@@ -387,3 +387,22 @@ def test_sampling_engines_share_half_the_device_by_default_under_exact_scoring()
     assert "gpu_memory_utilization" not in backend_options(alone, [load_teacher("toy-self-1c")])  # the backend's 0.5
     given = resolve_run_config(None, [*sets, "student_args={gpu_memory_utilization: 0.4}"])
     assert backend_options(given, teachers)["gpu_memory_utilization"] == 0.4
+
+
+def test_a_rate_measured_on_short_completions_is_called_a_lower_bound_for_long_responses(tmp_path):
+    """gpu_check measures 64-token completions unless told otherwise; a plan for responses of thousands of tokens
+    took that rate as theirs. It now says the wall time is a lower bound, and how to measure at length."""
+    from harness.costplan import length_note
+
+    path = tmp_path / "m.json"
+    long = resolve_run_config(None, ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", "teachers=[self-1c]",
+                                     "max_new_tokens=4096"])
+    short = resolve_run_config(None, ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", "teachers=[self-1c]",
+                                      "max_new_tokens=256"])
+    path.write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "rows": [{"sampled_tok_s": 900}]}))
+    note = length_note(str(path), long)
+    assert note and "measured 64-token completions" in note and "responses run to 4,096 tokens" in note
+    assert f"--new-tokens 4096 --json {path}" in note and length_note(str(path), short) is None
+    path.write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "new_tokens": 4096,
+                                "rows": [{"sampled_tok_s": 900}]}))
+    assert length_note(str(path), long) is None  # measured at length
