@@ -140,14 +140,16 @@ def main() -> None:
     print(f"device {args.device} ({name}), torch {torch.__version__}, student {args.student}, backend {args.backend}")
     print(f"{'batch':>6} {'sampled tok/s':>14} {'rollouts/s':>11} {'scored tok/s':>13}", flush=True)
     rows = []
+    n = max(16, min(100, 6400 // args.new_tokens))  # completions per prompt: fewer at length, so a row fits the time limit
     for b in ["engine"] if args.backend == "vllm" else batches:  # each row as it is measured: a stopped check keeps them
-        r = (measure_vllm(100, args.new_tokens, prefixes, args.student) if b == "engine"
-             else measure(args.device, b, 100, args.new_tokens, prefixes, args.student))
+        r = (measure_vllm(n, args.new_tokens, prefixes, args.student) if b == "engine"
+             else measure(args.device, b, n, args.new_tokens, prefixes, args.student))
         rows.append(r)
         print(f"{r['batch']:>6} {r['sampled_tok_s']:>14,.0f} {r['rollouts_s']:>11,.0f} {r['scored_tok_s']:>13,.0f}", flush=True)
-    if args.json:
-        record = {"device": name, "backend": args.backend, "model": args.student, "new_tokens": args.new_tokens, "rows": rows}
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if args.json:  # after every row: a check stopped at its time limit leaves the rows it measured
+            record = {"device": name, "backend": args.backend, "model": args.student, "new_tokens": args.new_tokens,
+                      "rows": rows}
+            Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.backend == "vllm" or Path(args.student).resolve() != STUDENT_DIR:  # the run's overhead: on the toy task
         return
     overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)

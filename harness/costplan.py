@@ -506,8 +506,8 @@ def length_note(path: str, cfg: RunConfig) -> str | None:
         return None
     return (f"note: {path} measured {measured}-token completions of {MEASURED_PROMPT_TOKENS}-token prompts; this run's "
             f"responses run to {length:,} tokens, each sampled over a longer context, so the wall time above is a "
-            f"lower bound (measure at length: bash bench/gpu_check.sh --student {cfg.student} --new-tokens {length} "
-            f"--json {path})")
+            f"lower bound (measure at length: bash bench/gpu_check.sh --quick --student {cfg.student}"
+            + (" --backend vllm" if cfg.backend == "vllm" else "") + f" --new-tokens {length} --json {path})")
 
 
 def _check_measured(path: str, data, cfg: RunConfig) -> None:

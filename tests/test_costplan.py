@@ -402,7 +402,8 @@ def test_a_rate_measured_on_short_completions_is_called_a_lower_bound_for_long_r
     path.write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "rows": [{"sampled_tok_s": 900}]}))
     note = length_note(str(path), long)
     assert note and "measured 64-token completions" in note and "responses run to 4,096 tokens" in note
-    assert f"--new-tokens 4096 --json {path}" in note and length_note(str(path), short) is None
+    assert f"--quick --student Qwen/Qwen3-0.6B --backend vllm --new-tokens 4096 --json {path}" in note  # as it is checked
+    assert length_note(str(path), short) is None
     path.write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "backend": "vllm", "new_tokens": 4096,
                                 "rows": [{"sampled_tok_s": 900}]}))
     assert length_note(str(path), long) is None  # measured at length

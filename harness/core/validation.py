@@ -64,8 +64,8 @@ def gain_interval(diff_SQ: np.ndarray, confidence: float = 0.95) -> Interval:
     Satterthwaite's degrees of freedom ``(MS_s + MS_q)² / (MS_s²/(S − 1) + MS_q²/(Q − 1))``. A
     two-way percentile bootstrap of 2-3 seeds ran narrow: 76-81% coverage where seeds vary by 0.1-0.2.
     nan ends with one seed or one question (that source's variance cannot be measured: an interval
-    over questions alone says nothing of training noise), or when the gains do not vary (the
-    control's own row). ``n`` is the number of (seed, question) cells.
+    over questions alone says nothing of training noise), or when neither the seeds' nor the questions'
+    mean gains vary (the control's own row: every cell 0). ``n`` is the number of (seed, question) cells.
     """
     diff_SQ = np.asarray(diff_SQ, float)
     if diff_SQ.ndim != 2 or not np.all(np.isfinite(diff_SQ)):
