@@ -654,6 +654,8 @@ def format_report(v: dict) -> str:
     heldout, samples, seeds = len(v["questions"]["heldout"]), v["questions"]["eval_samples"], v["settings"]["seeds"]
     lines.append(f"\ncontrol accuracy {v['control_accuracy']['mean']:.3f} on {heldout} held-out {plural(heldout, 'question')} "
                  f"x {samples} {plural(samples, 'sample')} x {seeds} {plural(seeds, 'seed')}")
+    if seeds == 1:
+        lines.append("no intervals with one seed: training noise cannot be measured from one draw (--seeds 2 or more)")
     for name, c in v["correlation"].items():
         line = f"Spearman(gain, {name}) = {fmt(c['spearman'])} {ci(c['ci95'])} over {c['n_pairs']} pairs"
         if "minus_alignment" in c:

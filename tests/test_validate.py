@@ -521,6 +521,9 @@ def test_the_report_widens_its_teacher_column_to_the_longest_name():
     end = header.index("accuracy") + len("accuracy")
     assert [len(r) for r in rows] == [end] * 3, [header, *rows]  # every row ends under the last column's header
     assert rows[0].startswith(long + " ") and rows[1].index("-0.125") == rows[0].index("+0.250")
+    assert "no intervals with one seed" not in format_report(v)
+    one = {**v, "settings": {"seeds": 1}, "rows": [{**r, "gain": {**r["gain"], "ci95": [None, None]}} for r in v["rows"]]}
+    assert "no intervals with one seed: training noise cannot be measured from one draw (--seeds 2 or more)" in format_report(one)
 
 
 def test_a_replicate_missing_a_pairs_only_questions_is_undefined_not_ranked_without_it():
