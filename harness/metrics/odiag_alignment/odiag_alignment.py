@@ -32,7 +32,8 @@ Per decision point of a student's rollouts, the alignment score is the cosine be
 distillation algorithm applies under a teacher and the ideal gradient of the student's success
 probability. This metric aggregates per-node records (one per decision point x teacher x algorithm)
 as SPEC.md section 5 does: per path, per question, then over questions with Student-t and seeded
-bootstrap 95% intervals; incorrect-minus-correct with paired and question-clustered p-values; within-path
+bootstrap 95% intervals (the bootstrap from 10 questions up; none where values do not vary);
+incorrect-minus-correct with paired and question-clustered p-values, and the pooled difference the latter tests; within-path
 correlations of each divergence with alignment; and a ranking of teachers with CI-overlap ties.
 """
 
