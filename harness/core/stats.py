@@ -110,9 +110,10 @@ def t_ci(x, confidence: float = 0.95) -> Interval:
     """
     x = _finite(x)
     mean = float(x.mean()) if x.size else float("nan")
-    if x.size < 2 or no_spread(x.std(ddof=1), x):
+    s = float(x.std(ddof=1)) if x.size >= 2 else 0.0
+    if no_spread(s, x):
         return Interval(mean, float("nan"), float("nan"), int(x.size))
-    half = sps.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    half = sps.t.ppf(0.5 + confidence / 2, x.size - 1) * s / np.sqrt(x.size)
     return Interval(mean, float(mean - half), float(mean + half), int(x.size))
 
 
@@ -289,8 +290,12 @@ def _summary(x, seed, n_boot: int, bounds: tuple[float, float] = (-1.0, 1.0)) ->
     whenever the interval did. A percentile bootstrap interval lies within the range already.
     """
     t, boot = t_ci(x), bootstrap_ci(x, seed, n_boot)
-    lo, hi = (float(np.clip(v, *bounds)) if np.isfinite(v) else v for v in (t.lo, t.hi))
-    return {"mean": t.mean, "ci95": [lo, hi], "ci95_bootstrap": [boot.lo, boot.hi], "n": t.n}
+    return {"mean": t.mean, "ci95": _within(t, bounds), "ci95_bootstrap": [boot.lo, boot.hi], "n": t.n}
+
+
+def _within(interval: Interval, bounds: tuple[float, float]) -> list[float]:
+    """An interval's ends cut to ``bounds``, the range its mean can take; nan ends stay nan."""
+    return [float(np.clip(v, *bounds)) if np.isfinite(v) else v for v in (interval.lo, interval.hi)]
 
 
 def _renamed(summary: dict, count_key: str) -> dict:
@@ -448,7 +453,6 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
     correct_Q, incorrect_Q = per_question(mean_P, correct_P), per_question(mean_P, ~correct_P)
     diff = _summary(incorrect_Q - correct_Q, _derived_seed(seed, "incorrect_minus_correct"), n_boot, (-2.0, 2.0))
     pooled, p_clustered = clustered_difference(mean_P, ~correct_P, question_P)
-    pooled_ci = [float(np.clip(v, -2.0, 2.0)) if np.isfinite(v) else v for v in (pooled.lo, pooled.hi)]
     n_actions = np.bincount(np.asarray(rows["n_actions"], dtype=np.int64))
     return {
         "teacher": teacher,
@@ -465,7 +469,7 @@ def _teacher_row(rows, path_N, question_P, correct_P, seed: int, n_boot: int) ->
             "n_questions": diff["n"],
             # what p_clustered tests: incorrect minus correct pooled over every path, questions with one
             # kind of path included (so it also holds differences between questions), CR1 interval
-            "pooled": {"mean": pooled.mean, "ci95": pooled_ci, "n_questions": pooled.n},
+            "pooled": {"mean": pooled.mean, "ci95": _within(pooled, (-2.0, 2.0)), "n_questions": pooled.n},
         },
         "fraction_positive": summary("fraction_positive", per_question(positive_P), (0.0, 1.0)),
         "teacher_advantage": summary(

@@ -9,8 +9,8 @@ Uncertainty comes from two sources that a CI must carry: which training seeds we
 held-out questions. A gain's interval is a t interval for a grid of both (`gain_interval`). The
 rank correlations resample both at once (a two-way bootstrap: seeds with replacement, questions
 with replacement, independently), and every pair is resampled with the same draws, so the rank
-correlation of the pairs' gains with their alignment is taken on one consistent replicate at a time. The alignment side resamples the diagnosed questions in the same
-replicate. Resampled means are weighted sums (``einsum`` with bootstrap counts), never Python loops.
+correlation of the pairs' gains with their alignment is taken on one consistent replicate at a
+time. The alignment side resamples the diagnosed questions in the same replicate. Resampled means are weighted sums (``einsum`` with bootstrap counts), never Python loops.
 """
 
 from __future__ import annotations

@@ -109,8 +109,7 @@ def _nodes(runs: Sequence[Run], labels: dict[tuple[str, str], str]) -> dict[str,
             cols.setdefault(k, []).append(np.asarray(v))
     out = {k: np.concatenate(v) for k, v in cols.items()}
     for k, parts in keys.items():  # each run's keys numbered in the sorted order of all runs' keys
-        _, code = np.unique(np.array([name for names, _ in parts for name in names] + [None], dtype=object)[:-1],
-                            return_inverse=True)
+        _, code = np.unique(np.array([name for names, _ in parts for name in names], dtype=object), return_inverse=True)
         starts = np.cumsum([0] + [len(names) for names, _ in parts])
         out[k] = np.concatenate([code.reshape(-1)[start + index] for (_, index), start in zip(parts, starts, strict=False)]
                                 or [np.zeros(0, np.int64)])

@@ -170,7 +170,7 @@ def _columns(table) -> dict[str, np.ndarray]:
         column = table.column(name)
         if pa.types.is_string(column.type) and not column.null_count:
             coded = column.combine_chunks().dictionary_encode()
-            values = np.array(coded.dictionary.to_pylist() + [None], dtype=object)[:-1]  # a 1-D array even of tuples
+            values = np.array(coded.dictionary.to_pylist(), dtype=object)
             out[name] = values[coded.indices.to_numpy(zero_copy_only=False)]
         else:
             out[name] = column.to_numpy(zero_copy_only=False)
