@@ -34,6 +34,7 @@ from sampling import TOY, pipeline_overhead  # noqa: E402
 
 from harness.backends import STUDENT, ModelSpec, SampleRequest, ScoreRequest  # noqa: E402
 from harness.backends.hf import HFBackend  # noqa: E402
+from harness.costplan import MEASURED_PROMPT_TOKENS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDENT_DIR = ROOT / "harness" / "toy_models" / "student"
@@ -50,7 +51,7 @@ def _models(student: str, dtype: str | None = None) -> tuple[dict, str]:
 
 def _prefixes(student: str, n: int, new: int, prefixes: int) -> list[SampleRequest]:
     rng = np.random.default_rng(0)  # ids 5-39: the toy tokenizer's digits and symbols, and in any larger vocabulary
-    return [SampleRequest(rng.integers(5, 40, 24), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
+    return [SampleRequest(rng.integers(5, 40, MEASURED_PROMPT_TOKENS), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
 
 
 def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR)) -> dict:

@@ -488,7 +488,7 @@ def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
     return float(max(values))
 
 
-MEASURED_PROMPT_TOKENS = 24  # bench/gpu_check.py's prompts
+MEASURED_PROMPT_TOKENS = 24  # bench/gpu_check.py's prompt length (it reads it from here)
 MEASURED_NEW_TOKENS = 64  # its completions, unless --new-tokens (files written before it say nothing)
 
 
