@@ -170,6 +170,36 @@ def test_samples_do_not_depend_on_batching_order_or_threads(paths):
     assert not all(np.array_equal(a, b) for a, b in zip(other.tokens, reference[1].tokens, strict=True))
 
 
+def test_dropping_and_admitting_rows_frees_the_old_cache_layer_by_layer():
+    """A batch that drops finished rows, or admits new ones, copies its cache into a new one; each old
+    layer is freed as soon as it is copied, so the two caches are never held whole together (a batch
+    of staggered rows would otherwise peak at about 2.5x its cache: bench/kv_memory.py)."""
+    from harness.backends.hf import _GrowingLayer, _left_pad, _Running
+
+    g = torch.Generator().manual_seed(0)
+    kv = [(torch.randn(4, 2, 6, 3, generator=g), torch.randn(4, 2, 6, 3, generator=g)) for _ in range(3)]
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[:2, :2] = 0  # rows 0 and 1 are left-padded by two
+    cache, mask = _left_pad([kv], [mask])  # the batch's cache, as admitting its rows built it
+    run = _Running(np.arange(4), np.zeros(4, dtype=int), [[] for _ in range(4)], cache, mask,
+                   torch.zeros(4, dtype=torch.long), torch.zeros(4, 5))
+    kept = run.select(np.array([0, 1]))
+    assert all(layer.keys.shape[0] == 0 and layer._k.numel() == 0 for layer in cache.layers)  # freed
+    for layer, (k, v) in zip(kept.cache.layers, kv, strict=True):  # the kept rows, their common padding cut
+        assert isinstance(layer, _GrowingLayer) and layer.keys.shape[2] == 4
+        assert torch.equal(layer.keys, k[:2, :, 2:]) and torch.equal(layer.values, v[:2, :, 2:])
+    assert torch.equal(kept.mask_BL, torch.ones(2, 4, dtype=torch.long))
+    new = [(k[2:, :, :3], v[2:, :, :3]) for k, v in kv]
+    joined, joined_mask = _left_pad([[(layer.keys, layer.values) for layer in kept.cache.layers], new],
+                                    [kept.mask_BL, torch.ones(2, 3, dtype=torch.long)], consumed=kept.cache)
+    assert all(layer._k.numel() == 0 for layer in kept.cache.layers)
+    for layer, (k, v) in zip(joined.layers, kv, strict=True):
+        assert torch.equal(layer.keys[:2], k[:2, :, 2:]) and torch.equal(layer.keys[2:, :, 1:], k[2:, :, :3])
+        assert torch.equal(layer.keys[2:, :, :1], torch.zeros(2, 2, 1, 3))  # left padding is zeros
+        assert torch.equal(layer.values[2:, :, 1:], v[2:, :, :3])
+    assert joined_mask.tolist() == [[1] * 4, [1] * 4, [0, 1, 1, 1], [0, 1, 1, 1]]
+
+
 def test_stop_ids_and_truncation(backend):
     """A stop id ends a completion and is its last token; only a completion that reaches
     max_new_tokens without one is truncated (a stop id in the last place is not a truncation)."""

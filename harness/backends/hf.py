@@ -151,31 +151,38 @@ class _Running:
     logits_BV: torch.Tensor  # float32 logits of each row's next token
 
     def select(self, rows: np.ndarray) -> _Running:
-        """The rows ``rows``, without the leading columns that are padding in every one of them."""
+        """The rows ``rows``, without the leading columns that are padding in every one of them. Consumes
+        this batch's cache layer by layer, so the two caches are held together one layer at a time."""
         idx = torch.as_tensor(rows, device=self.mask_BL.device)
         mask_BL = self.mask_BL[idx]
         lead = int((mask_BL.cumsum(dim=1) == 0).sum(dim=1).min())
+        layers = []
+        for layer in self.cache.layers:
+            layers.append(_GrowingLayer.gathered(layer.keys, layer.values, idx, lead))
+            layer.release()
         return _Running(
             self.request_B[rows],
             self.index_B[rows],
             [self.tokens[r] for r in rows],
-            _cache_from([(k[idx, :, lead:], v[idx, :, lead:]) for k, v in _kv_of(self.cache)]),
+            Cache(layers=layers),
             mask_BL[:, lead:],
             self.position_B[idx],
             self.logits_BV[idx],
         )
 
 
-def _left_pad(kv_groups: list[list[tuple[torch.Tensor, torch.Tensor]]], masks: list[torch.Tensor]):
-    """One cache and mask from per-group caches and masks, left-padded to the longest, stacked on the batch."""
+def _left_pad(kv_groups: list[list[tuple[torch.Tensor, torch.Tensor]]], masks: list[torch.Tensor],
+              consumed: Cache | None = None):
+    """One cache and mask from per-group caches and masks, left-padded to the longest, stacked on the batch;
+    each layer of ``consumed`` (the cache the first group reads) is released once it is copied."""
     length = max(m.shape[1] for m in masks)
     layers = []
-    for per_group in zip(*kv_groups, strict=True):
-        keys = [torch.nn.functional.pad(k, (0, 0, length - k.shape[2], 0)) for k, _ in per_group]
-        values = [torch.nn.functional.pad(v, (0, 0, length - v.shape[2], 0)) for _, v in per_group]
-        layers.append((torch.cat(keys), torch.cat(values)))
+    for i, per_group in enumerate(zip(*kv_groups, strict=True)):
+        layers.append(_GrowingLayer.stacked([k for k, _ in per_group], [v for _, v in per_group], length))
+        if consumed is not None:
+            consumed.layers[i].release()
     mask = torch.cat([torch.nn.functional.pad(m, (length - m.shape[1], 0)) for m in masks])
-    return _cache_from(layers), mask
+    return Cache(layers=layers), mask
 
 
 class _GrowingLayer(DynamicLayer):
@@ -185,17 +192,49 @@ class _GrowingLayer(DynamicLayer):
     token; here a step writes one slot, and the cache is copied once per block.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int):
+        """A layer over buffers ``k``, ``v`` of ``[B, heads, capacity, head_dim]`` whose first ``length``
+        positions hold the cache."""
         super().__init__()
-        self.device, self.is_initialized, self._length = keys.device, True, keys.shape[2]
-        self._k, self._v = self._spare(keys), self._spare(values)
+        self.device, self.is_initialized, self._length = k.device, True, length
+        self._k, self._v = k, v
         self._view()
+
+    @classmethod
+    def gathered(cls, keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, lead: int) -> _GrowingLayer:
+        """Rows ``idx`` of a layer, from position ``lead`` on, copied straight into a new buffer."""
+        def gather(x):
+            out = x.new_empty((len(idx), x.shape[1], x.shape[2] - lead + _BLOCK, x.shape[3]))
+            out[:, :, : x.shape[2] - lead] = x[idx, :, lead:]
+            return out
+
+        return cls(gather(keys), gather(values), keys.shape[2] - lead)
+
+    @classmethod
+    def stacked(cls, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> _GrowingLayer:
+        """Groups of rows stacked on the batch, each left-padded with zeros to ``length`` positions."""
+        def stack(xs):
+            x = xs[0]
+            out = x.new_zeros((sum(len(x) for x in xs), x.shape[1], length + _BLOCK, x.shape[3]))
+            row = 0
+            for x in xs:
+                out[row : row + len(x), :, length - x.shape[2] : length] = x
+                row += len(x)
+            return out
+
+        return cls(stack(keys), stack(values), length)
 
     @staticmethod
     def _spare(x: torch.Tensor) -> torch.Tensor:
         out = x.new_empty((*x.shape[:2], x.shape[2] + _BLOCK, x.shape[3]))
         out[:, :, : x.shape[2]] = x
         return out
+
+    def release(self) -> None:
+        """Frees the buffers: the layer's rows have been copied into another cache."""
+        empty = self._k.new_empty((0, *self._k.shape[1:]))
+        self._k, self._v, self._length = empty, empty, 0
+        self._view()
 
     def _view(self) -> None:
         self.keys, self.values = self._k[:, :, : self._length], self._v[:, :, : self._length]
@@ -212,13 +251,6 @@ class _GrowingLayer(DynamicLayer):
 
 
 _BLOCK = 64  # cache positions added at a time while decoding
-
-
-def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Cache:
-    """A cache holding ``kv`` (per layer keys, values), growable; an empty one to prefill when None."""
-    if kv is None:
-        return DynamicCache()
-    return Cache(layers=[_GrowingLayer(k, v) for k, v in kv])
 
 
 def _sha16(text: str) -> str:
@@ -403,7 +435,7 @@ class HFBackend:
         for j in count:
             if j not in prefills:
                 prefix = torch.as_tensor(np.asarray(requests[j].prefix, dtype=np.int64), device=self.device)[None]
-                cache = _cache_from(None)
+                cache = DynamicCache()
                 hidden = m.hidden(prefix, cache=cache)
                 prefills[j] = (_kv_of(cache), m.head(hidden[:, -1]).float())
         # the fan-out: a prefix's cache, computed once, is repeated for each of its completions
@@ -425,7 +457,7 @@ class HFBackend:
         if run is None:
             cache, mask = _left_pad(kv_groups, masks)
             return _Running(cache=cache, mask_BL=mask, **new)
-        cache, mask = _left_pad([_kv_of(run.cache), *kv_groups], [run.mask_BL, *masks])
+        cache, mask = _left_pad([_kv_of(run.cache), *kv_groups], [run.mask_BL, *masks], consumed=run.cache)
         return _Running(
             request_B=np.concatenate([run.request_B, new["request_B"]]),
             index_B=np.concatenate([run.index_B, new["index_B"]]),
