@@ -238,6 +238,10 @@ def test_token_texts_join_to_the_response(qwen3):
     ids = _ids(task, text)
     pieces = task.token_texts(ids)
     assert len(pieces) == len(ids) and "".join(pieces) == text + "<|im_end|>"
+    # an id of the model's padded output rows, past the tokenizer's last token, is sampled too: no text
+    padded = np.insert(np.asarray(ids), 3, len(task.tokenizer) + 5)
+    pieces = task.token_texts(padded)
+    assert len(pieces) == len(padded) and pieces[3] == "" and "".join(pieces) == text + "<|im_end|>"
 
 
 def test_unknown_task_and_bad_data_files(qwen3, tmp_path):

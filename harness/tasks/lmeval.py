@@ -351,8 +351,9 @@ class LMEvalTask:
         return out
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
-        """Each token's text; joined they give the decoded response (byte-level BPE decoded incrementally)."""
-        tokens = self.tokenizer.convert_ids_to_tokens([int(t) for t in ids])
+        """Each token's text; joined they give the decoded response (byte-level BPE decoded incrementally). An id
+        past the tokenizer's last token (a model's output rows are padded beyond it) has none, as in ``decode``."""
+        tokens = ["" if t is None else t for t in self.tokenizer.convert_ids_to_tokens([int(t) for t in ids])]
         special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.added_tokens_encoder)
         table = _byte_decoder()
         byte_level = "ByteLevel" in type(self.tokenizer.backend_tokenizer.decoder).__name__
