@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from harness.backends import ModelSpec, SampleRequest, ScoreRequest, load_backend
-from harness.errors import ConfigError
+from harness.errors import ConfigError, OdiagError, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,14 @@ def _cause(exc: BaseException) -> str:
     """The last line of what killed a Ray actor (its creation error, when that was it)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """What to raise for a worker's error: the worker's own when it is an expected failure (a refused input, a
+    device out of memory), which the command reports in one line as a local run would; else Ray's, with the
+    worker's traceback."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, OdiagError) or (cause is not None and out_of_memory(cause)) else exc
 
 
 def gpus_per_worker(backend: str, num_workers: int, gpus: float, address: str | None, options: Mapping) -> int:
@@ -187,6 +195,10 @@ class RayBackendPool:
                 self.workers[slot] = self._start()
                 self.restarted += 1
                 queue.insert(0, i)
+            except ray.exceptions.RayTaskError as exc:
+                if (own := worker_error(exc)) is not exc:
+                    raise own from None
+                raise
             submit(slot)
         return [r for chunk in results for r in chunk]
 

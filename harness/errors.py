@@ -17,8 +17,11 @@ class ConfigError(OdiagError, ValueError):
 
 def out_of_memory(exc: BaseException) -> str | None:
     """What ran out, when ``exc`` is torch's OutOfMemoryError (CUDA, MPS, XPU: a run too big for its device, an
-    expected failure, not a bug), else None. Named, not imported: this module never imports torch."""
-    if type(exc).__name__ != "OutOfMemoryError":
+    expected failure, not a bug), else None. Named, not imported: this module never imports torch. Ray re-raises
+    a worker's error as a subclass of it (``RayTaskError(OutOfMemoryError)``), so the class's bases are read too."""
+    if not any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
         return None
+    if isinstance(getattr(exc, "cause", None), BaseException):  # Ray's: the worker's own error, whose text is torch's
+        exc = exc.cause
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "out of memory")
     return f"the device ran out of memory ({first.split('. ')[0]})"

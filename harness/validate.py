@@ -211,6 +211,16 @@ def _load_model(model_id: str, revision: str | None, dtype: str, device):
     return load_causal_lm(model_id, revision, dtype).to(device).eval()
 
 
+def in_float32(model) -> tuple[object, bool]:
+    """The student as every arm trains, samples and is evaluated (the control too): in float32, and whether its
+    checkpoint's dtype was another. A bfloat16 weight drops each AdamW update below half its spacing: at lr
+    1e-4, every weight of magnitude 2^-5 and up, the norms' among them, would never move."""
+    import torch
+
+    upcast = next(model.parameters()).dtype != torch.float32
+    return model.float(), upcast
+
+
 def _scored_teacher(root: Path, record: dict | None, name: str) -> TeacherRef:
     """Teacher ``name`` exactly as the run scored it (``config.json``); refused, as ``odiag run`` refuses
     it, when its file is gone or holds another teacher now: training would not match the alignment."""
@@ -367,8 +377,12 @@ def _padded(responses: Sequence[np.ndarray], mask):
 # the command -------------------------------------------------------------------------------------
 
 
-def _key(cfg: ValidateConfig, run_hash: str) -> str:
+def _key(cfg: ValidateConfig, run_hash: str, upcast: bool = False) -> str:
+    """Names the stored trainings of ``cfg`` on a run; ``upcast``: a student whose checkpoint is not float32
+    (trained in float32 since trainings were stored under its key alone)."""
     data = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_KEY}
+    if upcast:
+        data["student_dtype"] = "float32"
     return hashlib.sha256(json.dumps([run_hash, data], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -426,6 +440,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     task, train_q, heldout_q = _questions(root, run, cfg)
     diagnosed = {q["id"]: q for q in run.results["questions"]}
     student = _load_model(run.config.student, run.config.student_revision, run.config.dtype, device)
+    student, upcast = in_float32(student)
     for p in student.parameters():
         p.requires_grad_(False)
     teachers: dict[str, Teacher] = {}
@@ -440,7 +455,8 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
 
     pairs = [(t, a) for t in run.teachers for a in cfg.algorithms]
     arms = [*pairs, *([(None, BASELINE)] if cfg.baseline else []), (None, CONTROL), (None, NOISE)]
-    acc, train_info = _train_arms(root / "validation" / _key(cfg, run.results["config_hash"]), arms, run.refs,
+    key = _key(cfg, run.results["config_hash"], upcast)
+    acc, train_info = _train_arms(root / "validation" / key, arms, run.refs,
                                   teachers, student, trainer, cfg.seeds, phases)
     control_SQ = np.stack(acc[(None, CONTROL)])
     diff_PSQ = np.stack([np.stack(acc[p]) - control_SQ for p in pairs])
@@ -456,7 +472,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     out = {
         "schema_version": SCHEMA_VERSION,
         "settings": to_dict(cfg),
-        "settings_hash": _key(cfg, run.results["config_hash"]),
+        "settings_hash": key,
         "run": {"config_hash": run.results["config_hash"], "created_at": run.results.get("created_at"),
                 "task": run.results["task"], "student": run.results["student"], "temperature": run.config.temperature,
                 "jsd_beta": run.config.jsd_beta},

@@ -11,7 +11,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'odiag[ray]')")
 
 from harness.config import RunConfig  # noqa: E402
-from harness.distributed import RayBackendPool  # noqa: E402
+from harness.distributed import RayBackendPool, worker_error  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.pipeline import model_specs, run  # noqa: E402
 from harness.teachers import load_teacher  # noqa: E402
 
@@ -155,3 +156,37 @@ def test_more_workers_than_gpus_is_refused_not_run_on_cpu(caplog):
     with caplog.at_level("WARNING"):
         assert gpus_per_worker("hf", 3, 2.0, "10.0.0.1:6379", {}) == 1  # a remote cluster may add GPUs
     assert "unless the cluster scales up" in caplog.text
+
+
+def test_a_worker_out_of_device_memory_or_refusing_its_input_is_the_one_line_error_not_a_bug(ray_cluster):
+    """Ray re-raises a worker's error as a class of its own, ``RayTaskError(OutOfMemoryError)``, whose text
+    starts with Ray's header: a device out of memory, or an input a worker refuses, is still the expected
+    failure the command reports in one line (exit 2) with the worker's own words; a bug keeps Ray's error."""
+    torch = pytest.importorskip("torch")
+    from harness.errors import out_of_memory
+
+    @ray.remote(num_cpus=1)
+    def sample():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "139.81 GiB")
+
+    @ray.remote(num_cpus=1)
+    def refused():
+        raise ConfigError("student_args: unknown option 'batch'")
+
+    @ray.remote(num_cpus=1)
+    def broken():
+        raise KeyError("a bug")
+
+    with pytest.raises(Exception) as raised:
+        ray.get(sample.remote())
+    assert type(raised.value).__name__ != "OutOfMemoryError"
+    assert out_of_memory(raised.value) == "the device ran out of memory (CUDA out of memory)"
+    assert type(worker_error(raised.value)) is torch.OutOfMemoryError
+    with pytest.raises(Exception) as raised:
+        ray.get(refused.remote())
+    own = worker_error(raised.value)
+    assert type(own) is ConfigError and str(own) == "student_args: unknown option 'batch'"
+    with pytest.raises(Exception) as raised:
+        ray.get(broken.remote())
+    assert worker_error(raised.value) is raised.value  # a bug keeps Ray's error, with the worker's traceback

@@ -168,6 +168,27 @@ def test_training_losses_descend_along_the_gradients_the_diagnostic_scores(algor
         assert -z.grad.numpy() == pytest.approx(ALGORITHMS[algorithm](inputs), abs=1e-10)
 
 
+def test_a_bfloat16_student_trains_in_float32():
+    """In bfloat16, AdamW's step of about lr = 1e-4 is below half the spacing of a weight of 1.0 (2^-8):
+    a norm's weights would never move. The training check upcasts the student, and so every arm."""
+    torch = pytest.importorskip("torch")
+    from harness.validate import in_float32
+
+    def step(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.0)
+        model(torch.ones(1, 4, dtype=model.weight.dtype)).sum().backward()
+        opt.step()
+        return model.weight.detach().float()
+
+    layer = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.ones_(layer.weight)
+    assert torch.equal(step(layer.to(torch.bfloat16)), torch.ones(1, 4))  # lost in bfloat16
+    model, upcast = in_float32(layer)
+    assert upcast and model.weight.dtype == torch.float32
+    assert (step(model) < 1).all()
+    assert in_float32(torch.nn.Linear(2, 1))[1] is False  # a float32 checkpoint: as it was
+
+
 def test_settings_resolve_defaults_then_quick_then_flags_then_set():
     from harness.config import ConfigError
     from harness.validate import QUICK, ValidateConfig, resolve_validate_config
