@@ -354,7 +354,17 @@ class VLLMBackend:
 
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
-            self._engines[spec] = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
+            try:
+                self._engines[spec] = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec),
+                                          **args)
+            except (RuntimeError, ValueError) as exc:  # the engine's own log above says why
+                if not any(s in str(exc) for s in ("Engine core initialization failed", "memory", "KV cache")):
+                    raise
+                where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
+                raise ConfigError(
+                    f"vLLM could not start an engine for {spec.id} ({str(exc).splitlines()[0][:160]}); most often its "
+                    f"weights and KV cache do not fit its share of the device: raise gpu_memory_utilization or lower "
+                    f"max_model_len in {where}, and size the run with odiag plan --gpu-memory GIB") from None
         return self._engines[spec]
 
     def ready(self, models: Collection[str], kind: str) -> float:
