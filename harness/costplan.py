@@ -35,15 +35,15 @@ from harness.safeio import excerpt
 from harness.wording import plural, shell_word
 
 GiB = 2**30
-# hub ids: (parameters, layers, KV heads, head size, vocabulary), from the published checkpoints; a tied
+# hub ids: (parameters, layers, KV heads, head size, vocabulary, positions), from the published checkpoints; a tied
 # embedding (0.6B to 4B) counted once, as it is held once in memory and as `_from_config` counts it
 KNOWN_MODELS = {
-    "Qwen/Qwen3-0.6B": (0.596e9, 28, 8, 128, 151936),
-    "Qwen/Qwen3-1.7B": (1.72e9, 28, 8, 128, 151936),
-    "Qwen/Qwen3-4B": (4.02e9, 36, 8, 128, 151936),
-    "Qwen/Qwen3-8B": (8.19e9, 36, 8, 128, 151936),
-    "Qwen/Qwen3-14B": (14.77e9, 40, 8, 128, 151936),
-    "Qwen/Qwen3-32B": (32.76e9, 64, 8, 128, 151936),
+    "Qwen/Qwen3-0.6B": (0.596e9, 28, 8, 128, 151936, 40960),
+    "Qwen/Qwen3-1.7B": (1.72e9, 28, 8, 128, 151936, 40960),
+    "Qwen/Qwen3-4B": (4.02e9, 36, 8, 128, 151936, 40960),
+    "Qwen/Qwen3-8B": (8.19e9, 36, 8, 128, 151936, 40960),
+    "Qwen/Qwen3-14B": (14.77e9, 40, 8, 128, 151936, 40960),
+    "Qwen/Qwen3-32B": (32.76e9, 64, 8, 128, 151936, 40960),
 }
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINE_OVERHEAD = 1.5 * GiB  # a vLLM engine's activations and CUDA context beyond weights and KV cache
@@ -61,6 +61,7 @@ class Model:
     kv_heads: int | None = None
     head_dim: int | None = None
     vocab: int | None = None
+    positions: int | None = None  # max_position_embeddings: a vLLM engine's max_model_len unless one is set
 
     @property
     def weights(self) -> float | None:
@@ -82,7 +83,9 @@ def _from_config(path: Path) -> tuple | None:
     attention = h * head_dim * (heads + 2 * kv) + heads * head_dim * h
     per_layer = attention + 3 * h * inter + 2 * h + 2 * head_dim
     embeddings = vocab * h * (1 if c.get("tie_word_embeddings", False) else 2)
-    return float(layers * per_layer + embeddings + h), layers, kv, head_dim, vocab
+    positions = c.get("max_position_embeddings")
+    return (float(layers * per_layer + embeddings + h), layers, kv, head_dim, vocab,
+            positions if isinstance(positions, int) and positions > 0 else None)
 
 
 def describe_model(model_id: str, role: str, dtype: str) -> Model:
@@ -196,14 +199,34 @@ def _sampling_cache(model: Model, rows: int, positions: int) -> float | None:
     return float(rows * positions * model.layers * 2 * model.kv_heads * model.head_dim * model.bytes_per_parameter)
 
 
-def _utilisation(teachers: Sequence, model_id: str, default: float) -> float:
-    """The ``gpu_memory_utilization`` of ``model_id``'s engine: its teacher's ``model_args``, else ``default``."""
+def _engine_arg(teachers: Sequence, model_id: str, key: str, default):
+    """``key`` of ``model_id``'s engine: its teacher's ``model_args``, else ``default``."""
     for t in teachers:
         if not t.is_self and t.model == model_id and t.model_args:
             args = {**dict(t.model_args.get("engine_options") or {}), **t.model_args}
-            if args.get("gpu_memory_utilization") is not None:
-                return float(args["gpu_memory_utilization"])
+            if args.get(key) is not None:
+                return args[key]
     return default
+
+
+def _utilisation(teachers: Sequence, model_id: str, default: float) -> float:
+    """The ``gpu_memory_utilization`` of ``model_id``'s engine: its teacher's ``model_args``, else ``default``."""
+    return float(_engine_arg(teachers, model_id, "gpu_memory_utilization", default))
+
+
+def _engine_need(cfg: RunConfig, teachers: Sequence, model: Model) -> tuple[float | None, str]:
+    """What a vLLM engine of ``model`` needs to start, and how that is counted: its weights, its overhead, and
+    the KV cache of one sequence of ``max_model_len`` positions (vLLM refuses to start without it; the model's
+    own positions where no max_model_len is set)."""
+    if model.weights is None:
+        return None, ""
+    options = dict(cfg.student_args)
+    run_limit = dict(options.get("engine_options") or {}).get("max_model_len", options.get("max_model_len"))
+    positions = _engine_arg(teachers, model.id, "max_model_len", run_limit) or model.positions
+    kv = _sampling_cache(model, 1, positions) if isinstance(positions, int) else None
+    if not kv:
+        return model.weights + ENGINE_OVERHEAD, "weights + 1.5 GiB"
+    return model.weights + ENGINE_OVERHEAD + kv, f"weights + 1.5 GiB + one sequence of max_model_len {positions:,}"
 
 
 def _raise_where(teachers: Sequence, model_id: str) -> str:
@@ -324,7 +347,8 @@ def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: 
     lines = [f"layout (vllm, score_with={score_with}): one engine per "
              + ("sampling model" if score_with == "hf" else "model (sampling and scoring)")
              + f", each reserving gpu_memory_utilization={util:g} of the device ("
-             + (f"{_gib(util * gpu)} each" if gpu else "without --gpu-memory: weights + 1.5 GiB each")
+             + (f"{_gib(util * gpu)} each" if gpu else "without --gpu-memory: weights + 1.5 GiB + one max_model_len "
+                                                         "sequence's KV cache each")
              + "), held to the end;"]
     if score_with == "hf":
         lines.append("  the exact scorer loads every model in transformers on the same device at the first "
@@ -345,11 +369,12 @@ def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: 
             started.add(model_id)
             m, share = loads.models[model_id], _utilisation(teachers, model_id, util)
             engine = None if gpu is None else share * gpu
-            if engine is not None and m.weights is not None and m.weights + ENGINE_OVERHEAD > engine:
-                refusals.setdefault(phase, f"plan: phase '{phase}': {m.id} needs {_gib(m.weights + ENGINE_OVERHEAD)} "
-                                    f"but its engine gets {_gib(engine)} (gpu_memory_utilization={share:g} of "
-                                    f"{gpu_memory:g} GiB); raise it {_raise_where(teachers, model_id)}")
-            held += engine if engine is not None else (m.weights or 0) + ENGINE_OVERHEAD
+            need, how = _engine_need(cfg, teachers, m)
+            if engine is not None and need is not None and need > engine:
+                refusals.setdefault(phase, f"plan: phase '{phase}': {m.id} needs {_gib(need)} ({how}) but its "
+                                    f"engine gets {_gib(engine)} (gpu_memory_utilization={share:g} of {gpu_memory:g} "
+                                    f"GiB); raise it, or lower max_model_len, {_raise_where(teachers, model_id)}")
+            held += engine if engine is not None else (need or 0)
             known &= engine is not None or m.weights is not None
         if scorer:
             weights = _total(scorer)

@@ -63,10 +63,15 @@ def test_the_papers_boolq_plan_and_its_refusal():
     phases = dict(plan.phases)
     weights = sum(KNOWN_MODELS[m][0] for m in KNOWN_MODELS if m not in ("Qwen/Qwen3-0.6B",)) * 2
     assert phases["teacher scoring"] > weights  # the exact scorer holds every model, the engines more
-    with pytest.raises(ConfigError, match="phase 'teacher contexts.*Qwen3-32B needs 62.5 GiB but its engine gets 35.2"):
+    # vLLM starts an engine only where its KV cache holds one sequence of max_model_len (Qwen3: 40,960 positions,
+    # 10 GiB for the 32B: 64 layers x 2 x 8 KV heads x 128 x 2 bytes per position)
+    with pytest.raises(ConfigError, match=r"phase 'teacher contexts.*Qwen3-32B needs 72.5 GiB \(weights \+ 1.5 GiB \+ one "
+                                          r"sequence of max_model_len 40,960\) but its engine gets 35.2"):
         plan_for(cfg, gpu_memory=141)  # by default the two sampling engines share half the device
+    with pytest.raises(ConfigError, match=r"Qwen3-32B needs 63.0 GiB \(weights \+ 1.5 GiB \+ one sequence of max_model_len 2,048"):
+        plan_for(resolve_run_config(None, [*PAPER, "student_args={max_model_len: 2048}"]), gpu_memory=141)
     with pytest.raises(ConfigError, match="phase 'teacher scoring' needs"):
-        plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.45}"]), gpu_memory=141)
+        plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.45, max_model_len: 2048}"]), gpu_memory=141)
     with pytest.raises(ConfigError, match="phase 'teacher contexts"):  # the 32B engine cannot hold its weights
         plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.3}"]), gpu_memory=141)
     small = plan_for(resolve_run_config(None, [*PAPER, "teachers=[self-1c]", "student_args={score_with: vllm}"]),
@@ -324,7 +329,7 @@ def test_a_model_loaded_for_two_roles_is_counted_once_and_the_hf_cache_is_counte
 def test_score_with_vllm_starts_an_engine_per_scored_model_and_refuses_one_too_small():
     sets = ["task=odiag_boolq", "backend=vllm", "student=Qwen/Qwen3-0.6B", "dtype=bfloat16",
             "teachers=[qwen3-8b, qwen3-14b]", "student_args={score_with: vllm}"]
-    with pytest.raises(ConfigError, match=r"Qwen/Qwen3-14B needs 29\.\d GiB but its engine gets 22\.7 GiB"):
+    with pytest.raises(ConfigError, match=r"Qwen/Qwen3-14B needs 35\.3 GiB \(weights \+ 1\.5 GiB \+ one sequence of max_model_len 40,960\) but its engine gets 22\.7 GiB"):
         plan_for(resolve_run_config(None, sets), gpu_memory=80)
     plan = plan_for(resolve_run_config(None, [*sets, "teachers=[qwen3-8b]"]), gpu_memory=80)
     assert dict(plan.phases)["teacher scoring"] == pytest.approx(2 * 0.425 * 80 * GiB)  # two engines, nothing else
