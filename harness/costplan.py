@@ -351,13 +351,14 @@ def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: 
                                                          "sequence's KV cache each")
              + "), held to the end;"]
     if score_with == "hf":
-        lines.append("  the exact scorer loads every model in transformers on the same device at the first "
-                     "scoring call, held to the end")
+        lines.append("  the exact scorer loads the student and every teacher's model in transformers on the same "
+                     "device at the first scoring call, held to the end")
     scoring_engines = [m for m in loads.models if m in loads.readers] if score_with == "vllm" else []
     order = [("initial rollouts", [cfg.student] if loads.student else [], [])]
     if loads.artefact_ids:
         order.append(("teacher contexts (solutions, summaries)", loads.artefact_ids, []))
-    order.append(("teacher scoring", scoring_engines, list(loads.models.values()) if score_with == "hf" else []))
+    scored = [m for model_id, m in loads.models.items() if model_id in loads.readers or model_id == cfg.student]
+    order.append(("teacher scoring", scoring_engines, scored if score_with == "hf" else []))
     order.append(("targeted rollouts", [], []))
     phases: list[tuple[str, float | None]] = []
     refusals: dict[str, str] = {}

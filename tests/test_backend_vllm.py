@@ -329,6 +329,29 @@ def test_backend_scores_exactly_through_hf(tmp_path):
     np.testing.assert_allclose(got.logprobs, want.logprobs)
 
 
+def test_the_exact_scorer_loads_only_the_models_scores_read(tmp_path):
+    """A solution source or summariser only samples (in its engine): the exact scorer never loads it in
+    transformers, and loads a model a later call reads beside those it holds, without loading them again."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    config = transformers.Qwen3Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    for name in ("student", "teacher"):
+        torch.manual_seed(len(name))
+        transformers.Qwen3ForCausalLM(config).save_pretrained(tmp_path / name)
+    specs = {STUDENT: ModelSpec(str(tmp_path / "student")), "teacher": ModelSpec(str(tmp_path / "teacher")),
+             "source": ModelSpec(str(tmp_path / "missing"))}  # would fail to load
+    backend = VLLMBackend(specs, hf_options={"device": "cpu"})
+    plain = ScoreRequest(np.array([1, 2, 3]), np.array([4, 5]), STUDENT, 1.0, 5)
+    backend.score([plain])
+    assert set(backend.describe()["scorer"]["models"]) == {STUDENT}
+    student = backend._hf.loaded()[STUDENT]
+    backend.score([ScoreRequest(np.array([9, 3]), np.array([4, 5]), "teacher", 1.0, 5, STUDENT, np.array([1, 2, 3]))])
+    assert set(backend.describe()["scorer"]["models"]) == {STUDENT, "teacher"}
+    assert backend._hf.loaded()[STUDENT] is student
+
+
 def test_module_imports_without_vllm_or_torch():
     code = """
 import sys

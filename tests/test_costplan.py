@@ -74,6 +74,9 @@ def test_the_papers_boolq_plan_and_its_refusal():
         plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.45, max_model_len: 2048}"]), gpu_memory=141)
     with pytest.raises(ConfigError, match="phase 'teacher contexts"):  # the 32B engine cannot hold its weights
         plan_for(resolve_run_config(None, [*PAPER, "student_args={gpu_memory_utilization: 0.3}"]), gpu_memory=141)
+    # a summariser only samples: the exact scorer holds the student alone beside the engines, not the 32B again
+    summarised = dict(plan_for(resolve_run_config(None, [*PAPER, "teachers=[self-sum-1c]"])).phases)
+    assert 0 < summarised["teacher scoring"] - summarised["teacher contexts (solutions, summaries)"] < 5 * GiB
     small = plan_for(resolve_run_config(None, [*PAPER, "teachers=[self-1c]", "student_args={score_with: vllm}"]),
                      gpu_memory=80)
     assert max(size for _, size in small.phases) <= 80 * GiB

@@ -572,6 +572,10 @@ class HFBackend:
 
     # -- identity -------------------------------------------------------------------------------------
 
+    def loaded(self) -> dict[str, torch.nn.Module]:
+        """Each model name's loaded module (a checkpoint named twice is one module)."""
+        return {name: m.model for name, m in self._models.items()}
+
     def describe(self) -> dict:
         import transformers
 

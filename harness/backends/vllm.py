@@ -372,7 +372,7 @@ class VLLMBackend:
         scorer (otherwise started on first use, inside the call); the seconds that took."""
         started = time.monotonic()
         if kind == "score" and self.score_with == "hf":
-            self._scorer()
+            self._scorer(models)
         else:
             for name in sorted(models):
                 self._engine(name)
@@ -418,7 +418,8 @@ class VLLMBackend:
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         if self.score_with == "hf":
-            return self._scorer().score(requests)
+            named = {r.model for r in requests} | {r.reference_model for r in requests if r.reference_model is not None}
+            return self._scorer(sorted(named)).score(requests)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -460,12 +461,17 @@ class VLLMBackend:
                 caps.append(vocab)
         return min(caps)
 
-    def _scorer(self):
-        if self._hf is None:
-            from harness.backends.hf import HFBackend
+    def _scorer(self, names: Collection[str]):
+        """The exact scorer, holding the models ``names`` (and those it holds already): the models score requests
+        read, never one that only samples (a solution source's, a summariser's: tens of GiB for a 32B)."""
+        from harness.backends.hf import HFBackend
 
+        held = {} if self._hf is None else self._hf.loaded()
+        wanted = {**{n: self._specs[n] for n in held}, **{n: self._specs[n] for n in names}}
+        if self._hf is None or wanted.keys() != held.keys():
+            modules = {} if self._hf is None else {self._specs[n]: m for n, m in held.items()}
             # the engines' device: CUDA where there is one, else the CPU (vLLM's CPU build)
-            self._hf = HFBackend(self._specs, **{"device": "auto", **self._hf_options})
+            self._hf = HFBackend(wanted, loaded=modules, **{"device": "auto", **self._hf_options})
         return self._hf
 
     def describe(self) -> dict:
