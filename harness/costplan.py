@@ -493,9 +493,11 @@ def _scorer_working(cfg: RunConfig, models) -> float:
 
 
 def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
-    """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file (the best row's ``sampled_tok_s``); with
-    ``cfg``, refused unless the file measured that run's student on its backend (a 0.6B student samples
-    orders of magnitude slower than the toy one)."""
+    """Sampled tokens/s from a ``bench/gpu_check.sh --json`` file: the best row's ``sampled_tok_s``, or for an
+    hf run (``cfg``) the row of its ``batch_size``, else of the largest batch measured below it (a larger
+    batch samples faster than the run will), else of the smallest; with ``cfg``, refused unless the file
+    measured that run's student on its backend (a 0.6B student samples orders of magnitude slower than the
+    toy one)."""
     from harness.safeio import read_json
 
     try:
@@ -505,6 +507,8 @@ def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
     if cfg is not None:
         _check_measured(path, data, cfg)
     rows = data.get("rows", [data]) if isinstance(data, dict) else data  # a file of rows, or one row
+    if cfg is not None and cfg.backend == "hf" and isinstance(rows, list):
+        rows = _rows_at_batch(rows, int(dict(cfg.student_args).get("batch_size", 64)))
     values = [r.get("sampled_tok_s") for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     found = [v for v in values if v is not None]
     values = [v for v in found if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf]
@@ -512,6 +516,17 @@ def throughput_from(path: str, cfg: RunConfig | None = None) -> float:
         what = f"no positive, finite sampled_tok_s in it (found {excerpt(found[0], 40)})" if found else "no sampled_tok_s in it"
         raise ConfigError(f"--measurements {path}: {what}; write it with bash bench/gpu_check.sh --json FILE")
     return float(max(values))
+
+
+def _rows_at_batch(rows: list, batch: int) -> list:
+    """The rows measured at ``batch``, else at the largest batch below it, else at the smallest; all rows when
+    none names its batch."""
+    sizes = sorted({r["batch"] for r in rows if isinstance(r, dict) and type(r.get("batch")) is int})
+    if not sizes:
+        return rows
+    below = [b for b in sizes if b <= batch]
+    chosen = below[-1] if below else sizes[0]
+    return [r for r in rows if isinstance(r, dict) and r.get("batch") == chosen]
 
 
 MEASURED_PROMPT_TOKENS = 24  # bench/gpu_check.py's prompt length (it reads it from here)

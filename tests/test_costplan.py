@@ -192,6 +192,19 @@ def test_measurements_of_another_student_or_backend_are_refused(tmp_path):
     assert throughput_from(str(path), toy) == 900  # one directory, named two ways
 
 
+def test_an_hf_runs_rate_is_the_row_of_its_batch_size(tmp_path):
+    """gpu_check measures batches of 16 to 1,024; larger batches sample faster, so the best row overstates
+    the rate of a run decoding 64 rows at a time and understates its wall time."""
+    path = tmp_path / "m.json"
+    rows = [{"batch": b, "sampled_tok_s": rate} for b, rate in ((16, 100.0), (64, 300.0), (256, 800.0), (1024, 1500.0))]
+    path.write_text(json.dumps({"model": str(TOY_DIR / "student"), "backend": "hf", "rows": rows}))
+    toy = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"]
+    for batch, rate in ((None, 300.0), (64, 300.0), (100, 300.0), (256, 800.0), (4096, 1500.0), (8, 100.0)):
+        sets = toy if batch is None else [*toy, f"student_args={{batch_size: {batch}}}"]
+        assert throughput_from(str(path), resolve_run_config(None, sets)) == rate, batch
+    assert throughput_from(str(path)) == 1500.0  # no run to match: the best row
+
+
 def test_a_revision_for_a_local_student_is_refused():
     """A hub revision pins nothing in a local directory: refused rather than silently ignored."""
     toy = [f"student={TOY_DIR / 'student'}", "task=odiag_toy", "backend=hf", "teachers=[toy-self-1c]", "student_revision=v2"]
