@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/allocation.py --quick
 	$(BIN)/python bench/round_memory.py --quick
 	$(BIN)/python bench/kv_memory.py --quick
+	$(BIN)/python bench/divergences.py --quick
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) build *.egg-info .pytest_cache
