@@ -118,6 +118,19 @@ def test_inverse_cdf_sampler_is_exact():
     assert inverse_cdf_sample(torch.tensor([[0.0, -np.inf, 0.0]]), torch.ones(1), torch.zeros(1)).item() == 0
 
 
+def test_logits_that_are_not_finite_are_refused_not_sampled():
+    """A NaN or +inf logit (float16 overflow) made the CDF NaN, and the search then returned the last id."""
+    from harness.errors import ConfigError
+
+    u = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        logits = torch.tensor([[0.0, bad, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0]])
+        with pytest.raises(ConfigError, match="logits are not finite.*bfloat16 or float32"):
+            inverse_cdf_sample(logits, torch.ones(2), u)
+    masked = torch.tensor([[0.0, float("-inf"), 1.0, 2.0]])  # a masked id: probability 0, never drawn
+    assert inverse_cdf_sample(masked, torch.ones(1), torch.tensor([0.0], dtype=torch.float64)).item() == 0
+
+
 def test_counter_uniforms():
     """Uniform on [0, 1), and a different stream for every seed, completion and step."""
     u = counter_uniforms(np.full(50000, 3), np.arange(50000) % 100, np.arange(50000) // 100)

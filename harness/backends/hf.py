@@ -116,6 +116,9 @@ def inverse_cdf_sample(logits_BV: torch.Tensor, temperature_B: torch.Tensor, u_B
     """
     probs_BV = torch.softmax(logits_BV.double() / temperature_B.double()[:, None], dim=-1)
     cdf_BV = probs_BV.cumsum_(dim=-1)
+    if not bool(torch.isfinite(cdf_BV[:, -1]).all()):  # a NaN or +inf logit: any id "sampled" would be made up
+        raise ConfigError("the model's next-token logits are not finite (NaN or inf): it overflows at this dtype "
+                          "(float16 does in many models); run it in bfloat16 or float32 (--set dtype=...)")
     target_B1 = (u_B.double() * cdf_BV[:, -1])[:, None]
     ids_B = torch.searchsorted(cdf_BV, target_B1, right=True)[:, 0]
     return ids_B.clamp_(max=logits_BV.shape[-1] - 1)
@@ -385,6 +388,7 @@ class HFBackend:
     def _decode(self, m: _Model, requests, todo: list[int], tokens_out, truncated_out, on_done=None) -> None:
         """Continuous batching over the completions of requests ``todo`` (see the module docstring)."""
         dev = self.device
+        cdf_dev = torch.device("cpu") if dev.type == "mps" else dev  # the sampler's float64 CDF: MPS has no float64
         # short prefixes together: less left padding
         queue = collections.deque(
             (j, i) for j in sorted(todo, key=lambda j: len(requests[j].prefix)) for i in range(requests[j].n)
@@ -404,8 +408,8 @@ class HFBackend:
             if queue and (run is None or free >= max(1, self.batch_size // 4)):
                 run = self._admit(m, requests, queue, free, pending, prefills, run)
             step_B = np.array([len(t) for t in run.tokens])
-            u_B = torch.as_tensor(counter_uniforms(seed_R[run.request_B], run.index_B, step_B), device=dev)
-            ids_B = inverse_cdf_sample(run.logits_BV, temperature_R[run.request_B], u_B).cpu().numpy()
+            u_B = torch.as_tensor(counter_uniforms(seed_R[run.request_B], run.index_B, step_B), device=cdf_dev)
+            ids_B = inverse_cdf_sample(run.logits_BV.to(cdf_dev), temperature_R[run.request_B].to(cdf_dev), u_B).cpu().numpy()
             for row, t in zip(run.tokens, ids_B.tolist(), strict=True):
                 row.append(t)
             stopped_B = (stop_RS[run.request_B] == ids_B[:, None]).any(axis=1)
