@@ -19,6 +19,7 @@ the toy scores against itself (a teacher pass of its own size).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -54,11 +55,18 @@ def _prefixes(student: str, n: int, new: int, prefixes: int) -> list[SampleReque
     return [SampleRequest(rng.integers(5, 40, MEASURED_PROMPT_TOKENS), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
 
 
+_LOADED: dict[tuple[str, str], HFBackend] = {}
+
+
 def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR)) -> dict:
     models, teacher = _models(student)
-    backend = HFBackend(models, device=device, batch_size=batch_size)
+    if (device, student) not in _LOADED:  # loaded once for every batch size
+        _LOADED[device, student] = HFBackend(models, device=device)
+    backend = _LOADED[device, student]
+    backend.batch_size = batch_size
     requests = _prefixes(student, n, new, prefixes)
-    backend.sample(requests[:1])  # warm-up (CUDA kernels, allocator)
+    # warm-up (CUDA kernels, allocator): a few tokens, not a whole completion of --new-tokens
+    backend.sample([dataclasses.replace(requests[0], max_new_tokens=min(new, 16))])
     start = time.perf_counter()
     results = backend.sample(requests)
     if device.startswith("cuda"):
@@ -92,7 +100,7 @@ def measure_vllm(n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR
     models, teacher = _models(student, "float32" if toy else None)
     backend = VLLMBackend(models, max_model_len=max(512, 32 + new), gpu_memory_utilization=0.3)
     requests = _prefixes(student, n, new, prefixes)
-    backend.sample(requests[:1])  # warm-up: the engine starts here
+    backend.sample([dataclasses.replace(requests[0], max_new_tokens=min(new, 16))])  # warm-up: the engine starts here
     start = time.perf_counter()
     results = backend.sample(requests)
     sample_s = time.perf_counter() - start
