@@ -236,10 +236,12 @@ def _raise_where(teachers: Sequence, model_id: str) -> str:
 
 
 def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = None, throughput: float | None = None,
-              questions: int | None = None, n_min: int | None = None, length: int | None = None) -> Plan:
+              questions: int | None = None, n_min: int | None = None, length: int | None = None,
+              prompt: int | None = None) -> Plan:
     """The plan of ``cfg`` with its loaded ``teachers``; ``gpu_memory`` in GiB, ``throughput`` in
     generated tokens per second; ``questions`` the run's count when the task is at hand (else ``limit``),
-    ``n_min`` and ``length`` the task's (else the config's and the task YAML's)."""
+    ``n_min`` and ``length`` the task's (else the config's and the task YAML's), ``prompt`` its longest
+    prompt in tokens (else unknown: not counted)."""
     loads = _loads(cfg, teachers)
     length = length or response_length(cfg)
     n_min = n_min or cfg.n_min or 20
@@ -254,7 +256,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
     gpu = None if gpu_memory is None else gpu_memory * GiB
     memory = (_vllm_memory(cfg, teachers, loads, gpu_memory) if cfg.backend == "vllm"
-              else _local_memory(cfg, loads, length))
+              else _local_memory(cfg, loads, length, prompt))
     lines += memory.lines
     workers = cfg.num_workers if cfg.executor == "ray" else 1
     if cfg.executor == "ray":
@@ -387,16 +389,18 @@ def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: 
     return _Memory(lines, phases, refusals, advice)
 
 
-def _local_memory(cfg: RunConfig, loads: _Loads, length: int) -> _Memory:
+def _local_memory(cfg: RunConfig, loads: _Loads, length: int, prompt: int | None) -> _Memory:
     """Memory per phase on the hf (or synthetic) backend: every model from the start, with the KV cache of a
-    decode batch and the scorer's working memory."""
+    decode batch (rows left-padded to the longest prompt, plus the response) and the scorer's working memory."""
     rows = int(dict(cfg.student_args).get("batch_size", 64))
     samplers = ([cfg.student] if loads.student else []) + loads.artefact_ids
-    caches = [_sampling_cache(loads.models[m], rows, length) for m in samplers]
+    positions = length + (prompt or 0)
+    caches = [_sampling_cache(loads.models[m], rows, positions) for m in samplers]
     cache = None if None in caches else max(caches, default=0.0)
+    held_at = (f"{positions:,} positions per row (the longest prompt, {prompt:,}, and the response)" if prompt
+               else f"{length:,} positions per row (the prompt adds its own)")
     lines = [f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
-             + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {length:,} positions per row "
-                "(the prompt adds its own)" if cache else "")]
+             + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {held_at}" if cache else "")]
     weights = _total(list(loads.models.values()))
     held = None if weights is None or cache is None else weights + cache + _scorer_working(cfg, list(loads.models.values()))
     names = ["initial rollouts", *(["teacher contexts (solutions, summaries)"] if loads.artefact_ids else []),
@@ -583,13 +587,15 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir():
         run_plan = checked_plan(cfg, installed=False)  # every check of run, the task's too, the tokenizer at hand
         task = run_plan.task
+        prompt = None
         if cfg.task == "synthetic":  # questions are made, not read: any limit is met; responses end at the horizon
             questions, length = len(task.questions(cfg.limit)), min(run_plan.max_new_tokens, task.max_new_tokens)
         else:
             questions = task.n_available if cfg.limit is None else min(cfg.limit, task.n_available)
             length = run_plan.max_new_tokens
+            prompt = max((len(q.prompt_ids) for q in task.questions(cfg.limit)), default=0) or None
         return make_plan(cfg, [r.config for r in run_plan.teachers] + added, gpu_memory, throughput,
-                         questions=questions, n_min=run_plan.n_min, length=length)
+                         questions=questions, n_min=run_plan.n_min, length=length, prompt=prompt)
     teachers = [r.config for r in check_config(cfg)] + added
     return make_plan(cfg, teachers, gpu_memory, throughput, n_min=cfg.n_min or _yaml_n_min(cfg.task))
 

@@ -192,6 +192,23 @@ def test_measurements_of_another_student_or_backend_are_refused(tmp_path):
     assert throughput_from(str(path), toy) == 900  # one directory, named two ways
 
 
+def test_an_hf_decode_batch_counts_the_longest_prompt_in_its_kv_cache():
+    """Rows are left-padded to the longest prompt: each holds it and the response (a BoolQ passage is longer
+    than many responses)."""
+    toy = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "limit=4"]
+    cfg = resolve_run_config(None, toy)
+    from harness.plan import make_plan as run_plan
+
+    task = run_plan(cfg, installed=False).task
+    longest = max(len(q.prompt_ids) for q in task.questions(4))
+    length = task.max_new_tokens
+    layout = next(line for line in plan_for(cfg).lines if line.startswith("layout"))
+    assert f"at {longest + length:,} positions per row (the longest prompt, {longest:,}, and the response)" in layout
+    c = json.loads((TOY_DIR / "student" / "config.json").read_text())
+    kv = 64 * (longest + length) * c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * c["head_dim"] * 4
+    assert f"holds {kv / 2**20:.1f} MiB of KV cache" in layout
+
+
 def test_an_hf_runs_rate_is_the_row_of_its_batch_size(tmp_path):
     """gpu_check measures batches of 16 to 1,024; larger batches sample faster, so the best row overstates
     the rate of a run decoding 64 rows at a time and understates its wall time."""
