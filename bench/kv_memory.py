@@ -2,10 +2,11 @@
 against copying the whole cache before the old one is dropped.
 
 While decoding, rows that finish leave the batch: the cache of the rows that remain is copied into a
-new one (without the padding they no longer need), and new rows are admitted the same way. Copied
+new one (without the padding they no longer need), and queued rows join it the same way. Copied
 whole, the old cache, the gathered rows and their growth buffer are held at once (about 2.5x the cache
 when rows finish at different steps); odiag copies one layer at a time and frees each old layer once
-it is copied. Each run samples the same requests from a random Qwen3 (8 layers, 4 KV heads of 512) in
+it is copied. Each run samples twice as many completions as the batch holds, so rows both leave and
+join, from a random Qwen3 (8 layers, 4 KV heads of 512) in
 a process of its own and prints its peak resident memory above the loaded model, as a multiple of the
 KV cache the plan counts (rows x positions x layers x 2 x KV heads x head dim x bytes), and whether the
 two runs drew the same tokens.
@@ -28,7 +29,21 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from harness.backends import ModelSpec, SampleRequest
 from harness.backends import hf
 rows, new, whole = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-if whole:  # the whole cache gathered, then grown, while the old one is still held
+if whole:  # the whole cache gathered or stacked, then grown, while the old one is still held
+    def left_pad(kv_groups, masks, consumed=None):
+        if consumed is not None:
+            kv_groups = [[(layer.keys, layer.values) for layer in consumed.layers], *kv_groups]
+        length = max(m.shape[1] for m in masks)
+        layers = []
+        for per_group in zip(*kv_groups, strict=True):
+            k, v = (torch.cat([torch.nn.functional.pad(x[n], (0, 0, length - x[n].shape[2], 0)) for x in per_group])
+                    for n in (0, 1))
+            layers.append((k, v))
+        mask = torch.cat([torch.nn.functional.pad(m, (length - m.shape[1], 0)) for m in masks])
+        spare = hf._GrowingLayer._spare
+        return hf.Cache(layers=[hf._GrowingLayer(spare(k), spare(v), k.shape[2]) for k, v in layers]), mask
+    hf._left_pad = left_pad
+
     def select(self, keep):
         idx = torch.as_tensor(keep)
         mask = self.mask_BL[idx]
@@ -44,8 +59,9 @@ layers, kv_heads, head_dim, prefix = 8, 4, 512, 24
 cfg = Qwen3Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=4096, tie_word_embeddings=True)
 backend = hf.HFBackend.from_model(Qwen3ForCausalLM(cfg).eval(), ModelSpec("random"), device="cpu", batch_size=rows)
-# each row stops at its own step near the end, so rows leave the batch one or two at a time
-requests = [SampleRequest(np.arange(1, prefix + 1), 1, seed=j, max_new_tokens=new - j % 32) for j in range(rows)]
+# twice as many completions as rows, each stopping at its own step: rows leave the batch one or two at a time,
+# and queued ones join it as a quarter of it frees
+requests = [SampleRequest(np.arange(1, prefix + 1), 1, seed=j, max_new_tokens=new - j % 32) for j in range(2 * rows)]
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))

@@ -337,7 +337,8 @@ def _total(models: Sequence[Model]) -> float | None:
 
 def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: float | None) -> _Memory:
     """Memory per phase on the vllm backend: each sampling engine reserves its share of the device when it
-    starts; the exact scorer (``score_with="hf"``) loads every model in transformers at the first scoring call."""
+    starts; the exact scorer (``score_with="hf"``) loads the student and every teacher's model in transformers at the
+    first scoring call."""
     gpu = None if gpu_memory is None else gpu_memory * GiB
     options = dict(cfg.student_args)
     score_with = options.get("score_with", "hf")

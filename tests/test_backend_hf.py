@@ -5,6 +5,8 @@ softmax at T, with a check that the same test rejects top-k 50 and the wrong tem
 are a function of (seed, completion, step) alone. Scores equal a plain full forward pass.
 """
 
+import weakref
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -203,9 +205,20 @@ def test_dropping_and_admitting_rows_frees_the_old_cache_layer_by_layer():
         assert torch.equal(layer.keys, k[:2, :, 2:]) and torch.equal(layer.values, v[:2, :, 2:])
     assert torch.equal(kept.mask_BL, torch.ones(2, 4, dtype=torch.long))
     new = [(k[2:, :, :3], v[2:, :, :3]) for k, v in kv]
-    joined, joined_mask = _left_pad([[(layer.keys, layer.values) for layer in kept.cache.layers], new],
-                                    [kept.mask_BL, torch.ones(2, 3, dtype=torch.long)], consumed=kept.cache)
-    assert all(layer._k.numel() == 0 for layer in kept.cache.layers)
+    # while layer i is built, every old layer before it is freed already (no view of it is left anywhere)
+    old = [weakref.ref(layer._k) for layer in kept.cache.layers]
+    built, stacked = [], _GrowingLayer.stacked
+
+    def watched(keys, values, length):
+        built.append(all(ref() is None for ref in old[: len(built)]))
+        return stacked(keys, values, length)
+
+    _GrowingLayer.stacked = watched
+    try:
+        joined, joined_mask = _left_pad([new], [kept.mask_BL, torch.ones(2, 3, dtype=torch.long)], consumed=kept.cache)
+    finally:
+        _GrowingLayer.stacked = stacked
+    assert built == [True] * 3 and all(ref() is None for ref in old)
     for layer, (k, v) in zip(joined.layers, kv, strict=True):
         assert torch.equal(layer.keys[:2], k[:2, :, 2:]) and torch.equal(layer.keys[2:, :, 1:], k[2:, :, :3])
         assert torch.equal(layer.keys[2:, :, :1], torch.zeros(2, 2, 1, 3))  # left padding is zeros

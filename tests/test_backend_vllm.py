@@ -350,6 +350,8 @@ def test_the_exact_scorer_loads_only_the_models_scores_read(tmp_path):
     backend.score([ScoreRequest(np.array([9, 3]), np.array([4, 5]), "teacher", 1.0, 5, STUDENT, np.array([1, 2, 3]))])
     assert set(backend.describe()["scorer"]["models"]) == {STUDENT, "teacher"}
     assert backend._hf.loaded()[STUDENT] is student
+    with pytest.raises(KeyError, match="model 'typo' is not loaded"):
+        backend.score([ScoreRequest(np.array([1]), np.array([4]), "typo", 1.0, 5)])
 
 
 def test_module_imports_without_vllm_or_torch():

@@ -176,13 +176,17 @@ class _Running:
 
 def _left_pad(kv_groups: list[list[tuple[torch.Tensor, torch.Tensor]]], masks: list[torch.Tensor],
               consumed: Cache | None = None):
-    """One cache and mask from per-group caches and masks, left-padded to the longest, stacked on the batch;
-    each layer of ``consumed`` (the cache the first group reads) is released once it is copied."""
+    """One cache and mask from per-group caches and masks, left-padded to the longest, stacked on the batch.
+    With ``consumed`` (the running batch's cache), its rows come first (``masks[0]`` is its mask) and each of
+    its layers is read and released in turn, so the old and new caches are held together one layer at a time."""
     length = max(m.shape[1] for m in masks)
     layers = []
     for i, per_group in enumerate(zip(*kv_groups, strict=True)):
-        layers.append(_GrowingLayer.stacked([k for k, _ in per_group], [v for _, v in per_group], length))
+        first = [] if consumed is None else [(consumed.layers[i].keys, consumed.layers[i].values)]
+        layers.append(_GrowingLayer.stacked([k for k, _ in first + list(per_group)],
+                                            [v for _, v in first + list(per_group)], length))
         if consumed is not None:
+            del first  # the old layer's last references: released below, freed here
             consumed.layers[i].release()
     mask = torch.cat([torch.nn.functional.pad(m, (length - m.shape[1], 0)) for m in masks])
     return Cache(layers=layers), mask
@@ -461,7 +465,7 @@ class HFBackend:
         if run is None:
             cache, mask = _left_pad(kv_groups, masks)
             return _Running(cache=cache, mask_BL=mask, **new)
-        cache, mask = _left_pad([_kv_of(run.cache), *kv_groups], [run.mask_BL, *masks], consumed=run.cache)
+        cache, mask = _left_pad(kv_groups, [run.mask_BL, *masks], consumed=run.cache)
         return _Running(
             request_B=np.concatenate([run.request_B, new["request_B"]]),
             index_B=np.concatenate([run.index_B, new["index_B"]]),

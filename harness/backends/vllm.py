@@ -256,6 +256,12 @@ def _tempered(prompt_logprobs, context_length: int, count: int, temperature: flo
     return ids_PK, tempered_PK, unlisted_P
 
 
+# what vLLM says when an engine cannot start for its memory (its engine process's error, or the parent's word
+# for it): a setting to change, not a bug
+START_REFUSALS = ("Engine core initialization failed", "KV cache", "cache blocks", "GPU memory utilization",
+                  "Free memory on device", "out of memory")
+
+
 class VLLMBackend:
     """Samples with vLLM, scores with transformers or vLLM; see the module docstring.
 
@@ -358,7 +364,7 @@ class VLLMBackend:
                 self._engines[spec] = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec),
                                           **args)
             except (RuntimeError, ValueError) as exc:  # the engine's own log above says why
-                if not any(s in str(exc) for s in ("Engine core initialization failed", "memory", "KV cache")):
+                if not any(s in str(exc) for s in START_REFUSALS):
                     raise
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 raise ConfigError(
@@ -465,6 +471,9 @@ class VLLMBackend:
         """The exact scorer, holding the models ``names`` (and those it holds already): the models score requests
         read, never one that only samples (a solution source's, a summariser's: tens of GiB for a 32B)."""
         from harness.backends.hf import HFBackend
+
+        if unknown := sorted(set(names) - set(self._specs)):
+            raise KeyError(f"model {unknown[0]!r} is not loaded; loaded: {sorted(self._specs)}")
 
         held = {} if self._hf is None else self._hf.loaded()
         wanted = {**{n: self._specs[n] for n in held}, **{n: self._specs[n] for n in names}}

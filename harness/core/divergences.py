@@ -99,7 +99,7 @@ def all_divergences(logp_student: np.ndarray, logp_teacher: np.ndarray) -> dict[
     lead = s_RV.shape[:-1]
     s_RV, t_RV = s_RV.reshape(-1, s_RV.shape[-1]), t_RV.reshape(-1, t_RV.shape[-1])
     out = {name: np.empty(len(s_RV)) for name in DIVERGENCES}
-    starts = list(range(0, len(s_RV), ROWS_AT_ONCE))
+    starts = list(range(0, len(s_RV), ROWS_AT_ONCE)) or [0]  # no rows: one empty block
     if len(starts) > 1 and len(s_RV) - starts[-1] == 1:  # no block of one row among others: numpy's einsum
         starts.pop()  # sums a lone row another way, and a value would depend on the rows beside it
     for lo, hi in zip(starts, [*starts[1:], len(s_RV)], strict=True):
@@ -111,7 +111,7 @@ def all_divergences(logp_student: np.ndarray, logp_teacher: np.ndarray) -> dict[
         out["js"][rows] = _js(lp_V, lq_V, p_V, q_V)
         out["tv"][rows] = 0.5 * np.abs(p_V - q_V).sum(axis=-1)
         out["prob_cosine"][rows] = _prob_cosine(p_V, q_V)
-    return {name: value.reshape(lead) for name, value in out.items()}
+    return {name: value.reshape(lead)[()] for name, value in out.items()}  # one row: a scalar, as each gives
 
 
 def topk_tail_divergences(
