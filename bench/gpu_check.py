@@ -55,6 +55,15 @@ def _prefixes(student: str, n: int, new: int, prefixes: int) -> list[SampleReque
     return [SampleRequest(rng.integers(5, 40, MEASURED_PROMPT_TOKENS), n, seed=i, max_new_tokens=new) for i in range(prefixes)]
 
 
+def _score_requests(prefix: np.ndarray, paths: list[np.ndarray], teacher: str) -> list[ScoreRequest]:
+    """A teacher pass and the student's reference pass over each path, as a run scores it. The teacher reads a
+    context one token longer than the student's prompt (a teacher's context shows more): where the teacher is
+    the student itself (a student other than the toy one), equal passes would be merged into one and the rate
+    would count one pass as two."""
+    context = np.concatenate([prefix[:1], prefix])
+    return [ScoreRequest(context, p, teacher, reference_model=STUDENT, reference_context=prefix) for p in paths]
+
+
 _LOADED: dict[tuple[str, str], HFBackend] = {}
 
 
@@ -74,10 +83,7 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, stude
     sample_s = time.perf_counter() - start
     sampled = sum(len(t) for r in results for t in r.tokens)
     paths = [t for r in results[:4] for t in r.tokens[:8]]
-    scores = [
-        ScoreRequest(requests[0].prefix, p, teacher, reference_model=STUDENT, reference_context=requests[0].prefix)
-        for p in paths
-    ]
+    scores = _score_requests(requests[0].prefix, paths, teacher)
     backend.score(scores[:1])  # warm-up of the scoring path, as sampling's above
     start = time.perf_counter()
     backend.score(scores)
@@ -106,8 +112,7 @@ def measure_vllm(n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR
     sample_s = time.perf_counter() - start
     sampled = sum(len(t) for r in results for t in r.tokens)
     paths = [t for r in results[:4] for t in r.tokens[:8]]
-    scores = [ScoreRequest(requests[0].prefix, p, teacher, reference_model=STUDENT,
-                           reference_context=requests[0].prefix) for p in paths]
+    scores = _score_requests(requests[0].prefix, paths, teacher)
     backend.score(scores[:1])  # the scorer loads here
     start = time.perf_counter()
     backend.score(scores)
