@@ -581,7 +581,7 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     ``run_dir``, a run directory, the teachers added to it (``odiag add-teacher``) count too: a run scores
     them on every question it grows by."""
     from harness.config import local_path
-    from harness.plan import check_config, make_plan as checked_plan
+    from harness.plan import check_config, engine_positions, make_plan as checked_plan
 
     added = added_teachers(run_dir) if run_dir is not None else []
 
@@ -594,7 +594,7 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
         else:
             questions = task.n_available if cfg.limit is None else min(cfg.limit, task.n_available)
             length = run_plan.max_new_tokens
-            prompt = max((len(q.prompt_ids) for q in task.questions(cfg.limit)), default=0) or None
+            prompt = engine_positions(cfg, task)[0] or None
         return make_plan(cfg, [r.config for r in run_plan.teachers] + added, gpu_memory, throughput,
                          questions=questions, n_min=run_plan.n_min, length=length, prompt=prompt)
     teachers = [r.config for r in check_config(cfg)] + added

@@ -182,11 +182,10 @@ def _left_pad(kv_groups: list[list[tuple[torch.Tensor, torch.Tensor]]], masks: l
     length = max(m.shape[1] for m in masks)
     layers = []
     for i, per_group in enumerate(zip(*kv_groups, strict=True)):
-        first = [] if consumed is None else [(consumed.layers[i].keys, consumed.layers[i].values)]
-        layers.append(_GrowingLayer.stacked([k for k, _ in first + list(per_group)],
-                                            [v for _, v in first + list(per_group)], length))
+        group = list(per_group) if consumed is None else [(consumed.layers[i].keys, consumed.layers[i].values), *per_group]
+        layers.append(_GrowingLayer.stacked([k for k, _ in group], [v for _, v in group], length))
+        del group  # the old layer's last references: released below, freed here
         if consumed is not None:
-            del first  # the old layer's last references: released below, freed here
             consumed.layers[i].release()
     mask = torch.cat([torch.nn.functional.pad(m, (length - m.shape[1], 0)) for m in masks])
     return Cache(layers=layers), mask

@@ -60,8 +60,11 @@ def _js(logp_V: np.ndarray, logq_V: np.ndarray, p_V: np.ndarray | None = None, q
 
 def tv(logp_student: np.ndarray, logp_teacher: np.ndarray) -> np.ndarray:
     """TV = ½ Σ_v |π_v − π_T,v|, in [0, 1] (SPEC.md §3)."""
-    diff_V = np.exp(_float64(logp_student))
-    diff_V -= np.exp(_float64(logp_teacher))
+    return _tv(np.exp(_float64(logp_student)), np.exp(_float64(logp_teacher)))
+
+
+def _tv(p_V: np.ndarray, q_V: np.ndarray) -> np.ndarray:
+    diff_V = p_V - q_V
     return 0.5 * np.abs(diff_V, out=diff_V).sum(axis=-1)
 
 
@@ -109,7 +112,7 @@ def all_divergences(logp_student: np.ndarray, logp_teacher: np.ndarray) -> dict[
         out["kl"][rows] = _kl(lq_V, lp_V, q_V)
         out["reverse_kl"][rows] = _kl(lp_V, lq_V, p_V)
         out["js"][rows] = _js(lp_V, lq_V, p_V, q_V)
-        out["tv"][rows] = 0.5 * np.abs(p_V - q_V).sum(axis=-1)
+        out["tv"][rows] = _tv(p_V, q_V)
         out["prob_cosine"][rows] = _prob_cosine(p_V, q_V)
     return {name: value.reshape(lead)[()] for name, value in out.items()}  # one row: a scalar, as each gives
 
