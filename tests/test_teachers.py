@@ -302,11 +302,11 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
     own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
     first = questions[0].doc["record"]["digits"]
     backend = StubBackend(toy_task, cut=first)
-    art = build_artefacts(toy_task, [borrowed, twin, summariser], questions, backend, tmp_path / "art", own)
+    art = build_artefacts(toy_task, [borrowed, twin, summariser], questions, backend, tmp_path / "art", 0, own)
     assert len(backend.calls) == 2 and len(backend.calls[0]) == 3  # one call for solutions, one for summaries
     assert len({r.seed for r in backend.calls[0]}) == 3 and all(r.model == str(TOY_TEACHER) for r in backend.calls[0])
     reloaded = StubBackend(toy_task)
-    again = build_artefacts(toy_task, [borrowed, twin, summariser], questions, reloaded, tmp_path / "art", own)
+    again = build_artefacts(toy_task, [borrowed, twin, summariser], questions, reloaded, tmp_path / "art", 0, own)
     assert reloaded.calls == [] and again.solutions.keys() == art.solutions.keys() and again.summaries == art.summaries
     assert len(list((tmp_path / "art" / "solutions").rglob("*.json"))) == 3
 
@@ -322,6 +322,63 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
         else:
             assert toy_task.tokenizer.decode(ctx).endswith("right: short<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert summary_key(summariser) != summary_key(load_teacher("toy-self-sum-1c")) == "toy-summary"
+
+
+def test_artefact_draws_derive_from_the_run_seed_not_from_the_model_name_or_where_it_lies(toy_task, tmp_path, summariser):
+    """Runs of different seeds, merged on a leaderboard as independent samples, drew the same solutions and
+    summaries (their seeds held no run seed); and a model outside the checkout seeded by its absolute path
+    drew other solutions once its files were moved."""
+    import shutil
+
+    from harness import toy
+
+    borrowed = load_teacher("toy-self-1c-teacher")
+    moved = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(TOY_TEACHER, moved)
+    elsewhere = load_teacher(_write(tmp_path, Path(borrowed.file).read_text().replace(
+        "../harness/toy_models/teacher", str(moved)), "elsewhere.yaml"))
+    assert solution_key(elsewhere) != solution_key(borrowed)  # another model to the run: its own cache
+    summarising = {"moved": load_teacher(_write(tmp_path, Path(summariser.file).read_text().replace(
+        str(TOY_TEACHER), str(moved)), "moved-summariser.yaml")), "here": summariser}
+    questions = toy_task.questions(2)
+    own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
+
+    def seeds(teachers, seed):
+        backend = StubBackend(toy_task)
+        build_artefacts(toy_task, teachers, questions, backend, tmp_path / f"art-{len(os.listdir(tmp_path))}", seed, own)
+        return [[r.seed for r in call] for call in backend.calls]
+
+    assert seeds([borrowed, summarising["here"]], 0) == seeds([elsewhere, summarising["moved"]], 0)
+    first, other = seeds([borrowed, summarising["here"]], 0), seeds([borrowed, summarising["here"]], 1)
+    assert all(not set(a) & set(b) for a, b in zip(first, other, strict=True))
+
+
+def test_a_cache_drawn_under_an_older_seeding_is_used_but_never_mixed_with_new_draws(toy_task, tmp_path, summariser):
+    """A run directory made before draws held the run seed: its cached solutions and summaries stand for the
+    questions it has; a question needing new ones would mix two seedings in one teacher's contexts: refused,
+    naming the file, before anything is drawn."""
+    import json
+
+    from harness import toy
+    from harness.rundir import RunDirError
+
+    borrowed = load_teacher("toy-self-1c-teacher")
+    questions = toy_task.questions(2)
+    own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
+    for teachers, kind in (([borrowed], "solutions"), ([summariser], "summaries")):
+        art = tmp_path / kind
+        build_artefacts(toy_task, teachers, questions[:1], StubBackend(toy_task), art, 0, own)
+        (path,) = (art / kind).rglob("*.json")
+        stored = json.loads(path.read_text())
+        del stored["seed"]  # as an older odiag wrote it
+        path.write_text(json.dumps(stored))
+        again = StubBackend(toy_task)
+        build_artefacts(toy_task, teachers, questions[:1], again, art, 0, own)
+        assert again.calls == []  # nothing new to draw: the cache stands
+        grown = StubBackend(toy_task)
+        with pytest.raises(RunDirError, match=rf"{path}: {kind} drawn by an older odiag .* question {questions[1].id} needs new ones"):
+            build_artefacts(toy_task, teachers, questions, grown, art, 0, own)
+        assert grown.calls == [] and len(list((art / kind).rglob("*.json"))) == 1
 
 
 def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_one(toy_task, tmp_path):
@@ -346,7 +403,7 @@ def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_o
             return [Result([_ids(toy_task, t) for t in texts], np.zeros(len(texts), bool)) for _ in requests]
 
     for attempt in ("fresh", "older cache"):
-        art = build_artefacts(toy_task, [cfg], [q], Scripted(), tmp_path / "art", {q.id: []})
+        art = build_artefacts(toy_task, [cfg], [q], Scripted(), tmp_path / "art", 0, {q.id: []})
         correct, wrong = art.solutions_for(cfg, q.id)
         assert [s.text for s in correct] == [texts[2]] and [s.text for s in wrong] == [texts[1]], attempt
         (path,) = (tmp_path / "art" / "solutions").rglob("*.json")

@@ -56,8 +56,8 @@ def _slug(name: str) -> str:
 
 def solution_key(cfg: TeacherConfig) -> str:
     """Names one set of generated solutions: every teacher with the same settings shares it."""
-    # a model inside the checkout is named relative to it: the key seeds the draws, so it must not
-    # depend on where the checkout lies
+    # a model inside the checkout is named relative to it: the key names the run's cached files, which
+    # must not depend on where the checkout lies (the draws' seeds hold no model name at all)
     source = portable(cfg.solution_source)
     settings = [source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
                 cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
@@ -120,15 +120,17 @@ def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
-def _cached(path: Path, field: str, repair: bool, run: Path):
-    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape; None when there is
-    none or, with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
+def _cached(path: Path, field: str, repair: bool, run: Path) -> tuple[object, object] | None:
+    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape, and the run seed its
+    draws were derived from (None: drawn by an odiag whose seeds held no run seed); None when there is none or,
+    with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
     from harness.rundir import ShardError
 
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))[field]
+        document = json.loads(path.read_text(encoding="utf-8"))
+        value = document[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
                 isinstance(x, dict) and isinstance(x.get("ids"), list) and all(isinstance(i, int) for i in x["ids"])
@@ -146,7 +148,17 @@ def _cached(path: Path, field: str, repair: bool, run: Path):
         log.warning("%s: corrupt cached %s (%s): dropped, making them again", path, field, why)
         path.unlink()
         return None
-    return value
+    return value, document.get("seed")
+
+
+def _refuse_mixed_seeding(path: Path, what: str, question_id: str) -> None:
+    """A run whose cached ``what`` were drawn under another seeding than this odiag's, where new ones must be
+    drawn now: one teacher's contexts would come from two seedings, matching no run of either odiag."""
+    from harness.rundir import RunDirError
+
+    raise RunDirError(f"{path}: {what} drawn by an older odiag (their seeds did not hold the run's seed), and question "
+                      f"{question_id} needs new ones, which this odiag draws otherwise: the run's contexts would mix "
+                      "the two; finish it with the odiag that started it, or run it again into another directory")
 
 
 def build_artefacts(
@@ -155,6 +167,7 @@ def build_artefacts(
     questions: Sequence[Question],
     backend: Backend,
     cache_dir: str | Path,
+    seed: int,
     student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
     repair: bool = False,
     judged_by: Mapping | None = None,
@@ -171,6 +184,12 @@ def build_artefacts(
     so a resumed run reloads them and draws nothing again; one that cannot be read is refused, naming it, or
     with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
     this odiag's (a rescore goes on with it), under which no solution may be judged anew.
+
+    ``seed`` is the run's: every draw derives from it, the kind (solutions or summary) and the question
+    (or the summarised text), never from the model's name or where its files lie, so runs of different
+    seeds draw independent solutions, and the same run with its models elsewhere draws the same ones.
+    Files record it; a cache drawn under an older seeding is used as it is, but refused where new draws
+    would join it.
     """
     from harness.backends import SampleRequest
     from harness.seeds import derive_seed
@@ -181,11 +200,14 @@ def build_artefacts(
 
     # 1. solutions written by named models
     sources = {solution_key(t): t for t in teachers if t.solution_source != STUDENT}
-    todo = []
+    todo, older = [], {}  # older: a source's cache drawn under another seeding
     for key, t in sources.items():
         for q in questions:
             path = root / "solutions" / key / f"{q.id}.json"
-            if (stored := _cached(path, "solutions", repair, root.parent)) is not None:
+            if (cached := _cached(path, "solutions", repair, root.parent)) is not None:
+                stored, seeded = cached
+                if seeded != seed:
+                    older.setdefault(key, path)
                 ids = [np.asarray(s["ids"], np.int64) for s in stored]
                 if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
                     names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
@@ -194,6 +216,9 @@ def build_artefacts(
                     Solution(i, s["text"], s["outcome"]) for i, s in zip(ids, stored, strict=True))
             else:
                 todo.append((key, t, q, path))
+    for key, _, q, _ in todo:
+        if key in older:
+            _refuse_mixed_seeding(older[key], "solutions", q.id)
     if todo and judged_by is not None:
         from harness.rundir import RunDirError
 
@@ -206,7 +231,7 @@ def build_artefacts(
         SampleRequest(
             prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
             n=t.solution_attempts,
-            seed=derive_seed("solutions", key, q.id),
+            seed=derive_seed(seed, "solutions", q.id),
             max_new_tokens=t.solution_max_new_tokens or task.max_new_tokens,
             temperature=t.solution_temperature,
             stop_ids=task.stop_ids,
@@ -219,7 +244,7 @@ def build_artefacts(
         names = _outcomes(task, q, res.tokens, res.truncated)
         sols = tuple(Solution(np.asarray(ids, np.int64), task.decode(ids), name)
                      for ids, name in zip(res.tokens, names, strict=True))
-        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id,
+        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id, "seed": seed,
                      "solutions": [{"ids": s.ids.tolist(), "text": s.text, "outcome": s.outcome} for s in sols]})
         art.solutions[(key, q.id)] = sols
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
@@ -243,15 +268,20 @@ def build_artefacts(
                 texts = [s.text for s in correct + wrong]
             slot = wanted.setdefault((key, q.id), (t, q, {}))
             slot[2].update({text_digest(x): x for x in texts})
-    todo = []
+    todo, older = [], {}
     for (key, qid), (t, q, texts) in wanted.items():
         path = root / "summaries" / key / f"{qid}.json"
-        stored = _cached(path, "summaries", repair, root.parent) or {}
+        stored, seeded = _cached(path, "summaries", repair, root.parent) or ({}, seed)
+        if seeded != seed:
+            older.setdefault(key, path)
         for digest, summary in stored.items():
             art.summaries[(key, digest)] = summary
         missing = sorted(set(texts) - set(stored))
         if missing:
             todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
+    for key, _, q, _, _, _ in todo:
+        if key in older:
+            _refuse_mixed_seeding(older[key], "summaries", q.id)
     requests = [
         SampleRequest(
             prefix=task.chat_ids(
@@ -259,7 +289,7 @@ def build_artefacts(
                 t.summary_chat_template_options,
             ),
             n=1,
-            seed=derive_seed("summary", key, digest),
+            seed=derive_seed(seed, "summary", digest),
             max_new_tokens=t.summary_max_new_tokens,
             temperature=t.summary_temperature,
             stop_ids=task.stop_ids,
@@ -275,5 +305,6 @@ def build_artefacts(
             summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
             stored[digest] = summary
             art.summaries[(key, digest)] = summary
-        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "summaries": stored})
+        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "seed": seed,
+                     "summaries": stored})
     return art
