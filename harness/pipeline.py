@@ -47,7 +47,7 @@ from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
 from harness.rundir import DRAWING, DROPPED, RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
 from harness.seeds import derive_seed
-from harness.targeted import enrich_window, logprob_tables
+from harness.targeted import call_spans, enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
 from harness.teachers import Artefacts, build_artefacts
 from harness.teachers.artefacts import shown_counts
@@ -153,14 +153,17 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
                       cfg.temperature, task.stop_ids)
         for q in todo
     ]
-    shards = []
-    for q, res in zip(todo, ctx.backend.sample(requests), strict=True):
-        outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
-        tokens, offsets = ragged(res.tokens)
-        shards.append((q.id, "initial", {"tokens": tokens, "offsets": offsets, "outcome": outcomes,
-                                         "prompt": np.asarray(q.prompt_ids, np.int64), "reference": reference_bytes(q)}))
-        ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
-    ctx.rundir.save_all(shards)
+    # in calls of a bounded size, each call's questions stored as it returns: a stop loses one call, not the phase
+    ctx.backend.plan_ahead(sum(r.n for r in requests))
+    for start, stop in call_spans([r.n for r in requests], [r.n * r.max_new_tokens for r in requests]):
+        shards = []
+        for q, res in zip(todo[start:stop], ctx.backend.sample(requests[start:stop]), strict=True):
+            outcomes = np.asarray(task.outcomes(q, res.tokens, res.truncated), dtype=np.int8)
+            tokens, offsets = ragged(res.tokens)
+            shards.append((q.id, "initial", {"tokens": tokens, "offsets": offsets, "outcome": outcomes,
+                                             "prompt": np.asarray(q.prompt_ids, np.int64), "reference": reference_bytes(q)}))
+            ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
+        ctx.rundir.save_all(shards)
     ctx.states = {q.id: ctx.states[q.id] for q in questions}
 
 

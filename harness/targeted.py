@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # whole responses (path prefix, forced token, continuation) held at once to be scored and reduced to their
 # exits: 128 MB as int64, however many rollouts a round draws (only the exits of a round are kept)
 SCORE_CHUNK_TOKENS = 1 << 24
-# a backend call of a round samples at most this many rollouts and about this many tokens (judged by the
-# question's initial responses): a round of many questions would otherwise hold all their tokens at once.
+# a backend call of a round (or of the initial rollouts) samples at most this many rollouts and about this many
+# tokens (judged by the question's initial responses; the initial ones by the length limit): a round of many
+# questions would otherwise hold all their tokens at once, and a stop in the initial phase lose all of it.
 # Large enough that the tail of a call's last long generations is a small share of a GPU's time on it
 CALL_ROLLOUTS = 1 << 20
 CALL_TOKENS = 1 << 26
@@ -136,22 +137,29 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)
 
 
+def call_spans(rollouts: list[int], expected: list[float]) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` of consecutive requests (``rollouts[i]`` rollouts, about ``expected[i]`` tokens each)
+    that one backend call samples: at most CALL_ROLLOUTS rollouts and about CALL_TOKENS tokens, at least one
+    request (completion i of a request draws from its own seed, so how requests are split into calls never
+    changes a draw)."""
+    start = 0
+    while start < len(rollouts):
+        stop, n, tokens = start + 1, rollouts[start], expected[start]
+        while stop < len(rollouts) and n + rollouts[stop] <= CALL_ROLLOUTS and tokens + expected[stop] <= CALL_TOKENS:
+            n, tokens, stop = n + rollouts[stop], tokens + expected[stop], stop + 1
+        yield start, stop
+        start = stop
+
+
 def _sampled_in_calls(backend, wanted: list[tuple], expected: list[float], request) -> Iterator[SampleResult]:
     """The results of the requests ``wanted`` (``request(item)`` builds one; its rollouts are ``item[4]``) in
-    order, sampled in calls of at most CALL_ROLLOUTS rollouts and about CALL_TOKENS ``expected`` tokens; a
-    call's requests are built when it is made and each result is let go once it is taken (completion i of a
-    request draws from its own seed, so how requests are split into calls never changes a draw)."""
-    start = 0
-    while start < len(wanted):
-        stop, rollouts, tokens = start + 1, wanted[start][4], expected[start]
-        while (stop < len(wanted) and rollouts + wanted[stop][4] <= CALL_ROLLOUTS
-               and tokens + expected[stop] <= CALL_TOKENS):
-            rollouts, tokens, stop = rollouts + wanted[stop][4], tokens + expected[stop], stop + 1
+    order, sampled in the calls of :func:`call_spans`; a call's requests are built when it is made and each
+    result is let go once it is taken."""
+    for start, stop in call_spans([item[4] for item in wanted], expected):
         results = backend.sample([request(item) for item in wanted[start:stop]])
         for i in range(len(results)):
             result, results[i] = results[i], None
             yield result
-        start = stop
 
 
 def _record_round(ctx: RunContext, s: QuestionState, name: str, rows, results, window, plan_key) -> None:

@@ -163,6 +163,22 @@ def test_interrupted_runs_resume_to_identical_results(finished, tmp_path, calls)
     assert resumed["counts"]["rollouts_this_invocation"] < reference["counts"]["rollouts"] or calls == 0
 
 
+def test_a_stop_in_the_initial_phase_keeps_the_questions_of_its_finished_calls(finished, tmp_path, monkeypatch):
+    """The initial rollouts were one backend call for every question, stored when it returned: a stop (a kill,
+    a device out of memory) late in it lost the whole phase. They are sampled in bounded calls, each call's
+    questions stored as it returns; resumed, nothing stored is drawn again and the results are the same."""
+    from harness import targeted
+
+    reference = _results(finished[0])
+    monkeypatch.setattr(targeted, "CALL_ROLLOUTS", 2 * CFG.n_initial)  # two questions a call
+    with pytest.raises(Crash):
+        run(CFG, tmp_path, backend=CrashingBackend(2))  # the third call of the initial phase fails
+    assert len(list((tmp_path / "shards").glob("*/initial.npz"))) == 4
+    resumed = run(CFG, tmp_path)
+    assert _strip(resumed) == reference
+    assert resumed["counts"]["rollouts_this_invocation"] == reference["counts"]["rollouts"] - 4 * CFG.n_initial
+
+
 STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
          signal.SIGTERM: (143, "odiag: terminated (SIGTERM); finished work is kept in {}: run the same command again to resume"),
          signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}
