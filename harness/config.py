@@ -232,10 +232,15 @@ def numeric_options(cfg: RunConfig) -> dict:
 
 
 def numeric_part(student_args: dict) -> dict:
-    """The options of ``student_args`` (a dict as a config or results.json holds it) that move a number."""
+    """The options of ``student_args`` (a dict as a config or results.json holds it) that move a number. One
+    given inside ``engine_options`` (vLLM's arguments for every engine: ``quantization``, ``kv_cache_dtype``)
+    reaches the same engines as one given beside it, and wins over it as there: it counts as given beside it."""
     from harness.backends import NUMERIC_OPTIONS
 
-    return {k: v for k, v in sorted(portable(student_args).items()) if k in NUMERIC_OPTIONS}
+    args = portable(student_args)
+    nested = args.get("engine_options")
+    given = {**args, **(nested if isinstance(nested, dict) else {})}
+    return {k: v for k, v in sorted(given.items()) if k in NUMERIC_OPTIONS}
 
 # What a setting changes in a run directory (harness/rundir.py, harness/plan.py). Every other field
 # (not an execution field) shapes the rollout tree: task, student, seed, sampling, allocation, and the

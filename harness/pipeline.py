@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, ScoreResult
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
-from harness.config import RunConfig
+from harness.config import RunConfig, numeric_options
 from harness.core.allocation import AllocationParams
 from harness.core.records import (
     CHILD_DTYPES,
@@ -88,6 +88,19 @@ def _warn_below_n_min(cfg: RunConfig, n_min: int) -> None:
     if visits is not None and visits < n_min:
         log.warning("%s %d is below n_min %d: a child enriched to %d visits never enters A(s) on its own; raise %s, "
                     "or lower n_min", key, visits, n_min, visits, key)
+
+
+def _warn_two_students(cfg: RunConfig) -> None:
+    """Warn (not refuse: a checkpoint quantized already loads so in transformers too) when the engines sample
+    a student whose weights or KV cache are quantized while the exact scorer reads the checkpoint's own."""
+    options = numeric_options(cfg)
+    formats = {k: options[k] for k in ("quantization", "kv_cache_dtype") if options.get(k) not in (None, "auto")}
+    if cfg.backend == "vllm" and formats and options.get("score_with", "hf") == "hf":
+        given = ", ".join(f"{k} {v}" for k, v in formats.items())
+        log.warning("student_args: the engines sample the student under %s, while the exact scorer (score_with: hf) "
+                    "scores its checkpoint as transformers loads it: the tree's success rates and the gradients' "
+                    "probabilities then come from two slightly different students; score_with: vllm scores with the "
+                    "engines themselves", given)
 
 
 def _first(ids: list[str], shown: int = 3) -> str:
@@ -313,6 +326,7 @@ def run(
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_prompts(out, plan, out_flag)
     _warn_below_n_min(cfg, plan.n_min)
+    _warn_two_students(cfg)
     with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
         return _execute(rundir, on_progress, backend)
 

@@ -101,6 +101,14 @@ def test_numeric_options_shape_the_tree_the_rest_does_not():
     memory = tree_fields(resolve_run_config(None, ["backend=vllm", "student_args={gpu_memory_utilization: 0.3}"]))
     assert scorer == {**base, "student_args": {"score_with": "vllm"}}
     assert memory == base
+    # a weight or cache format given among the engines' own arguments reaches the same engines: it shaped no
+    # tree there, so a run could resume under another quantization and mix the two students' rollouts
+    nested = resolve_run_config(None, ["backend=vllm", "student_args={engine_options: {quantization: fp8, enforce_eager: true}}"])
+    beside = resolve_run_config(None, ["backend=vllm", "student_args={quantization: fp8}"])
+    assert tree_fields(nested) == tree_fields(beside) == {**base, "student_args": {"quantization": "fp8"}}
+    assert nested.hash() == beside.hash()
+    both = resolve_run_config(None, ["backend=vllm", "student_args={kv_cache_dtype: auto, engine_options: {kv_cache_dtype: fp8}}"])
+    assert tree_fields(both)["student_args"] == {"kv_cache_dtype": "fp8"}  # the nested one reaches the engines
 
 
 def test_the_corrected_command_runs_after_a_bad_option(tmp_path):
@@ -121,9 +129,29 @@ def test_a_run_directory_refuses_a_changed_scorer_and_resumes_with_new_engine_se
     first = run(resolve_run_config(None, [*base, "student_args={score_with: hf}"]), tmp_path / "run", backend=SyntheticBackend())
     with pytest.raises(RunDirError, match="student_args"):
         run(resolve_run_config(None, [*base, "student_args={score_with: vllm}"]), tmp_path / "run", backend=SyntheticBackend())
+    with pytest.raises(RunDirError, match="student_args"):
+        run(resolve_run_config(None, [*base, "student_args={score_with: hf, engine_options: {quantization: fp8}}"]),
+            tmp_path / "run", backend=SyntheticBackend())
     again = run(resolve_run_config(None, [*base, "student_args={score_with: hf, max_model_len: 512}"]), tmp_path / "run",
                 backend=SyntheticBackend())
     assert again["teachers"] == first["teachers"]
+
+
+@pytest.mark.parametrize("student_args, warned", [
+    ("{engine_options: {quantization: fp8}}", "quantization fp8"),  # vLLM's own arguments beside them need vLLM here
+    ("{engine_options: {kv_cache_dtype: fp8_e5m2}}", "kv_cache_dtype fp8_e5m2"),
+    ("{engine_options: {kv_cache_dtype: auto}}", None),
+    ("{score_with: vllm, engine_options: {quantization: fp8}}", None),
+])
+def test_a_quantized_engine_beside_the_exact_scorer_is_warned_of(tmp_path, caplog, student_args, warned):
+    """The engines sample a quantized student while the exact scorer scores the checkpoint: said once, at the start."""
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+
+    cfg = resolve_run_config(None, ["backend=vllm", "limit=1", "n_target=20", f"student_args={student_args}"])
+    run(cfg, tmp_path / "run", backend=SyntheticBackend())
+    said = [r.getMessage() for r in caplog.records if "two slightly different students" in r.getMessage()]
+    assert len(said) == (warned is not None) and all(warned in m for m in said)
 
 
 def test_backend_vllm_without_vllm_installed_is_one_line_and_writes_nothing(tmp_path, capsys):
