@@ -322,9 +322,10 @@ def _backend(lm, cfg: RunConfig, teachers, task):
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
     options = backend_options(cfg, teachers)  # student_args from --metadata, teachers' model_args
     if type(lm).__name__ == "VLLM":
-        from harness.backends.vllm import VLLMBackend, checkpoint_dtype, engine_settings
+        from harness.backends.vllm import VLLMBackend, checkpoint_dtype, checkpoint_quantization, engine_settings
 
-        check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), sum(engine_positions(cfg, task)))
+        check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), sum(engine_positions(cfg, task)),
+                     checkpoint_quantization(spec))
         # scored as odiag run scores (exactly, unless student_args says score_with: vllm): one config, one set of numbers
         return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, **options)
     from harness.backends.hf import HFBackend
@@ -348,11 +349,12 @@ def check_dtype(cfg: RunConfig, running, dtype: str, what: str) -> None:
                           f"numbers than its settings give; give --model_args dtype={dtype} (lm-eval loads the student)")
 
 
-def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) -> None:
+def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int, quantized: str | None = None) -> None:
     """lm-eval's vLLM engine (``engine_settings``) against what ``odiag run`` would build for ``cfg``: the
     same pi, whole responses, the scorer's depth; a ConfigError naming the ``--model_args`` fix. Options of
     the student's engine in ``student_args`` would reach only the engines odiag starts, so they are refused.
-    ``dtype``: the one odiag reads the student in; ``positions``: the longest prompt plus its response."""
+    ``dtype``: the one odiag reads the student in; ``positions``: the longest prompt plus its response;
+    ``quantized``: the checkpoint's own quantization method (None: plain weights)."""
     from harness.backends import engine_argument_names
 
     args = dict(cfg.student_args or {})
@@ -361,6 +363,18 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int) ->
         raise ConfigError(f"student_args {given}: lm-eval builds the student's engine; give vLLM's engine arguments in "
                           "--model_args (a teacher's engine takes them in its file's model_args)")
     check_dtype(cfg, engine.get("dtype"), dtype, "lm-eval's engine runs")
+    # a format the run's settings cannot name under lm-eval: the run directory would hold the rollouts of another
+    # student than its settings give, and an odiag run resuming it would add unquantized ones
+    method, cache = engine.get("quantization"), engine.get("kv_cache_dtype")
+    if method is not None and quantized is None:
+        raise ConfigError(f"lm-eval's engine samples {cfg.student} quantized ({method}), which odiag's settings under "
+                          "lm-eval cannot record: the run would hold other numbers than its settings give; drop "
+                          f"quantization from --model_args, or run it with odiag run --set 'student_args={{quantization: "
+                          f"{method}}}'")
+    if cache not in (None, "auto"):
+        raise ConfigError(f"lm-eval's engine keeps its KV cache in {cache}, which odiag's settings under lm-eval cannot "
+                          "record: the run would hold other numbers than its settings give; drop kv_cache_dtype from "
+                          f"--model_args, or run it with odiag run --set 'student_args={{kv_cache_dtype: {cache}}}'")
     if isinstance(engine.get("max_model_len"), int) and engine["max_model_len"] < positions:
         raise ConfigError(f"lm-eval's engine has max_model_len {engine['max_model_len']}, below the longest prompt and "
                           f"its response ({positions} positions): vLLM would cut responses short, and a cut response "

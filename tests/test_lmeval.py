@@ -71,6 +71,10 @@ GOOD_ENGINE = {"dtype": "torch.float32", "max_model_len": 512, "device": "cpu", 
     ({"max_model_len": 100}, {}, r"max_model_len 100, below the longest prompt and its response \(164 positions\)"
                                  ": .* give --model_args max_model_len=164 or more"),
     ({"enable_chunked_prefill": True}, {}, "give --model_args enable_chunked_prefill=False"),
+    # a quantized engine (weights or KV cache) the run's settings cannot record under lm-eval
+    ({"quantization": "fp8"}, {}, r"samples toy quantized \(fp8\), .* drop quantization from --model_args, or run it "
+                                  r"with odiag run --set 'student_args=\{quantization: fp8\}'"),
+    ({"kv_cache_dtype": "fp8_e4m3"}, {}, r"KV cache in fp8_e4m3, .* drop kv_cache_dtype from --model_args"),
     ({}, {"score_with": "vllm"}, "lists at most 20 log-probabilities per position .* asks for 52 .* "
                                  "--model_args max_logprobs=52, or student_args score_logprobs: 20"),
     ({}, {"max_model_len": 512}, r"student_args \['max_model_len'\]: lm-eval builds the student's engine"),
@@ -92,9 +96,30 @@ def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engi
                  "float32", 164)
     check_engine(GOOD_ENGINE | {"device": "cuda", "gpu_memory_utilization": 0.5}, dataclasses.replace(cfg, student_args={}),
                  "float32", 164)
+    # a checkpoint saved quantized runs quantized in both (vLLM names its method, perhaps a faster kernel's)
+    check_engine(GOOD_ENGINE | {"quantization": "awq_marlin", "kv_cache_dtype": "auto"}, dataclasses.replace(cfg, student_args={}),
+                 "float32", 164, "awq")
     # the approximate scorer at the engine's cap, asked for, is what odiag run would read
     check_engine(GOOD_ENGINE, dataclasses.replace(cfg, student_args={"score_with": "vllm", "score_logprobs": 20}),
                  "float32", 164)
+
+
+def test_a_checkpoint_saved_quantized_is_told_from_one_in_plain_weights(tmp_path):
+    """An engine's quantization is accepted where the checkpoint was saved so (transformers loads it so too)."""
+    import json
+    import shutil
+
+    from harness.backends import ModelSpec
+    from harness.backends.vllm import checkpoint_quantization
+    from harness.toy import TOY_DIR
+
+    assert checkpoint_quantization(ModelSpec(str(TOY_DIR / "student"), None, "auto")) is None
+    saved = tmp_path / "awq"
+    shutil.copytree(TOY_DIR / "student", saved)
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "awq", "bits": 4}}))
+    assert checkpoint_quantization(ModelSpec(str(saved), None, "auto")) == "awq"
+    assert checkpoint_quantization(ModelSpec(str(tmp_path / "absent"), None, "auto")) is None
 
 
 def test_a_device_out_of_memory_under_lm_eval_is_one_line(monkeypatch, capsys):

@@ -562,6 +562,8 @@ def engine_settings(llm) -> dict:
         "enable_prefix_caching": read("cache_config", "enable_prefix_caching"),
         "tensor_parallel_size": read("parallel_config", "tensor_parallel_size"),
         "enable_chunked_prefill": read("scheduler_config", "enable_chunked_prefill"),
+        "quantization": _engine_config(llm, "quantization"),  # given, or the checkpoint's own method
+        "kv_cache_dtype": read("cache_config", "cache_dtype"),
         "device": str(read("device_config", "device_type") or read("device_config", "device") or "") or None,
     }
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -582,6 +584,20 @@ def checkpoint_dtype(spec: ModelSpec) -> str:
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(dtype).removeprefix("torch.")
     return name if name in ("float32", "bfloat16", "float16") else "auto"
+
+
+def checkpoint_quantization(spec: ModelSpec) -> str | None:
+    """The quantization method a checkpoint was saved with (its config's ``quantization_config``), which
+    transformers loads too; None for one in plain weights (or whose config cannot be read here)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(loadable(spec.id), revision=spec.revision)
+    except (OSError, ValueError):
+        return None
+    quantized = getattr(config, "quantization_config", None)
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", None)
+    return str(getattr(method, "value", method)) if method else None
 
 
 def _engine_config(llm, field: str):

@@ -129,6 +129,7 @@ def test_scores_equal_transformers_in_float32(engines, temperature):
     (engine,) = info["engines"].values()
     assert engine["max_logprobs"] == 128 and engine["vocab_size"] == VOCAB
     assert engine["enable_chunked_prefill"] is False and info["vllm"] and "cpu" in info["vllm"]
+    assert engine["quantization"] is None and engine["kv_cache_dtype"] == "auto"  # where lm-eval's engine is checked
 
 
 # -- odiag run end to end ------------------------------------------------------------------------
