@@ -255,8 +255,10 @@ def test_a_round_sampled_in_bounded_calls_stores_the_same_tree(finished, tmp_pat
     monkeypatch.setattr(targeted, "CALL_ROLLOUTS", 250)
     monkeypatch.setattr(targeted, "CALL_TOKENS", 10**9)
     assert _strip(run(CFG, tmp_path / "by-rollouts")) == _results(finished[0])
-    assert sizes[0] == [CFG.n_initial] * CFG.limit  # the initial rollouts, not a targeted round
-    assert all(sum(s) <= 250 or len(s) == 1 for s in sizes[1:]) and max(map(len, sizes[1:])) > 1
+    per_call = 250 // CFG.n_initial
+    initial = -(-CFG.limit // per_call)
+    assert sizes[:initial] == [[CFG.n_initial] * per_call] * initial  # the initial rollouts are bounded alike
+    assert all(sum(s) <= 250 or len(s) == 1 for s in sizes) and max(map(len, sizes[initial:])) > 1
     rounds = sum(1 for _ in (finished[0] / "shards").rglob("window*-round*.npz"))
     assert len(sizes) > rounds  # questions and rows of one round split across calls
     for shard in sorted((finished[0] / "shards").rglob("*.npz")):
