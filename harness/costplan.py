@@ -269,6 +269,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
     cost_lines, total_tokens = _generated(cfg, teachers, loads.artefact_ids, length, n_min, n_q)
     lines += cost_lines
+    lines.append(_held_passes(cfg, len(teachers), length, n_q, loads.student.vocab if loads.student else None))
     lines += _wall_time(total_tokens, throughput, workers, n_q)
     if gpu is not None:
         for phase, size in memory.phases:
@@ -440,6 +441,34 @@ def _generated(cfg: RunConfig, teachers: Sequence, artefact_ids: Sequence[str], 
                      f"{(cfg.n_initial + artefact_rollouts) * n_q:,} rollouts, "
                      f"<= {(initial_tokens + artefact_tokens) * n_q:,} generated tokens")
     return lines, total_tokens
+
+
+def held_pass_bytes(score_top_k: int, n_teachers: int, vocab: int | None = None) -> int:
+    """Bytes one position of a path holds in its scoring passes at most: the student's pass keeps its top
+    ``score_top_k`` ids and the path token (an int64 id, a float32 log-probability each), each teacher's the union
+    of both models' top ids and the path token (an id, two log-probabilities) and the float64 divergences; each
+    pass one int64 offset. No more ids than the ``vocab``, where it is known."""
+    from harness.core.stats import DIVERGENCES
+
+    own, union = score_top_k + 1, 2 * score_top_k + 1
+    if vocab is not None:
+        own, union = min(own, vocab), min(union, vocab)
+    student = own * (8 + 4) + 8
+    teacher = union * (8 + 4 + 4) + 8 + 8 * len(DIVERGENCES)
+    return student + n_teachers * teacher
+
+
+def _held_passes(cfg: RunConfig, n_teachers: int, length: int, n_q: int | None, vocab: int | None) -> str:
+    """Host memory the scoring passes of every path hold from the teacher passes until the records are written
+    (every phase after them reads them): an upper bound, at full-length responses."""
+    paths = 2 * cfg.paths_per_outcome
+    per_question = paths * length * held_pass_bytes(cfg.score_top_k, n_teachers, vocab)
+    ids = 2 * cfg.score_top_k + 1 if vocab is None else min(2 * cfg.score_top_k + 1, vocab)
+    how = (f"{paths} paths x {1 + n_teachers} passes x <= {length:,} positions per question, <= {ids} ids per "
+           f"position (score_top_k {cfg.score_top_k})")
+    if n_q is None:
+        return f"host memory: the scoring passes hold <= {_gib(per_question)} per question until the records are written ({how})"
+    return f"host memory: the scoring passes hold <= {_gib(per_question * n_q)} until the records are written ({how})"
 
 
 def _wall_time(total_tokens: int | None, throughput: float | None, workers: int, n_q: int | None) -> list[str]:

@@ -288,6 +288,32 @@ def test_a_run_stays_within_the_targeted_rollouts_its_plan_bounds(tmp_path, sets
     assert 0 < spent <= 2 * bound
 
 
+def test_the_host_memory_of_the_scoring_passes_is_what_a_run_holds_at_most(tmp_path):
+    """Every path's scoring passes are held from the teacher passes until the records are written: the plan bounds
+    their bytes (a paper-size AIME plan holds tens of GiB on the host). On the toy vocabulary of 52 ids every
+    position keeps every id, so each pass holds exactly its positions times the plan's bytes per position."""
+    import numpy as np
+
+    from harness import cli
+    from harness.costplan import held_pass_bytes
+
+    sets = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "dtype=float32", "teachers=[toy-self-1c]",
+            "limit=2", "n_initial=16", "budget=10", "threads=1"]
+    line = next(x for x in plan_for(resolve_run_config(None, sets)).lines if x.startswith("host memory:"))
+    assert "4 paths x 2 passes x <= 128 positions per question, <= 52 ids per position (score_top_k 64)" in line
+    out = tmp_path / "run"
+    assert cli.main(["run", *[a for x in sets for a in ("--set", x)], "--out", str(out), "--quiet"]) == 0
+    held, student = 0, held_pass_bytes(64, 0, 52)
+    for shard in sorted(out.glob("shards/*/score-p*.npz")):
+        arrays = np.load(shard)
+        size = sum(arrays[k].nbytes for k in arrays.files if k not in ("context", "approximate") and k[0] != "_")
+        per_position = held_pass_bytes(64, 1, 52) - student if "reference_logprobs" in arrays.files else student
+        assert size == (len(arrays["offsets"]) - 1) * per_position + 8, shard  # and the offsets' closing entry
+        held += size
+    bound = 2 * 4 * 128 * held_pass_bytes(64, 1, 52)
+    assert 0 < held <= bound and f"hold <= {bound / 2**20:.1f} MiB until the records are written" in line
+
+
 def test_settle_without_a_budget_has_no_bound_and_says_how_to_give_one():
     line = _targeted_line(["strategy=settle", "n_target=1"])
     assert "not bounded without a budget" in line and "set budget=N" in line
