@@ -324,6 +324,23 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
     assert summary_key(summariser) != summary_key(load_teacher("toy-self-sum-1c")) == "toy-summary"
 
 
+def test_a_teacher_file_reached_through_a_link_reads_its_models_beside_the_file_it_leads_to(tmp_path):
+    """``./model`` read from the link's folder: the model beside the file was not found (the error named the file
+    the link leads to and said paths are read from its folder), or another folder of that name was loaded."""
+    import shutil
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    shutil.copytree(TOY_TEACHER, tmp_path / "real" / "tmodel")
+    shutil.copytree(TOY_STUDENT, tmp_path / "links" / "tmodel")  # another model under the same name beside the link
+    target = _write(tmp_path / "real", "model: ./tmodel\nsolution_source: ./tmodel\ncorrect_solutions: 1\n"
+                    "context_template: '{{ question }} {{ correct[0] }}'\n", "t.yaml")
+    (tmp_path / "links" / "t.yaml").symlink_to(target)
+    through = load_teacher(str(tmp_path / "links" / "t.yaml"))
+    assert through.model == through.solution_source == str((tmp_path / "real" / "tmodel").resolve())
+    assert through.model == load_teacher(target).model
+
+
 def test_artefact_draws_derive_from_the_run_seed_not_from_the_model_name_or_where_it_lies(toy_task, tmp_path, summariser):
     """Runs of different seeds, merged on a leaderboard as independent samples, drew the same solutions and
     summaries (their seeds held no run seed); and a model outside the checkout seeded by its absolute path

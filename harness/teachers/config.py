@@ -99,8 +99,9 @@ def teacher_path(name_or_path: str) -> Path:
 
 
 def _resolve_model(value: str | None, base: Path) -> str | None:
-    """``./dir`` and ``../dir`` are relative to the teacher file (odiag's own teachers, installed, as from
-    their place in the checkout: ``../harness/toy_models/teacher``); anything else is a hub id or path."""
+    """``./dir`` and ``../dir`` are relative to the teacher file's folder ``base`` (of the file a link leads to;
+    odiag's own teachers, installed, as from their place in the checkout: ``../harness/toy_models/teacher``);
+    anything else is a hub id or path."""
     if value is None or not value.startswith(("./", "../")):
         return value
     if base.resolve().is_relative_to(BUNDLED):
@@ -177,10 +178,11 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
     if "file" in data:
         raise ConfigError(f"{path}: unknown key 'file' (it is filled in by the loader)")
     data = {"name": path.stem, **_flatten(data, str(path)), "file": str(path)}
+    home = path.resolve()  # through a link, the file it leads to: its folder holds what ./ and ../ name
     for key in ("model", "solution_source", "summarizer"):
         if isinstance(data.get(key), str):
-            _check_beside(data[key], path, key)
-            data[key] = _resolve_model(data[key], path.parent)
+            _check_beside(data[key], home, key)
+            data[key] = _resolve_model(data[key], home.parent)
     cfg = build(TeacherConfig, data, str(path), named=FILE_KEYS)
     validate(cfg)
     return cfg
