@@ -1,8 +1,8 @@
 """Scale past one machine: a backend whose requests run on Ray actors, one backend instance each.
 
-The pipeline already batches every question's requests of a phase into one ``sample`` or ``score``
-call; ``RayBackendPool`` cuts that call into chunks of requests and feeds them to its workers as
-they free up (questions, and batches of one question's targeted rollouts, spread over workers).
+The pipeline already batches every question's requests of a phase into few large ``sample`` or
+``score`` calls (sampling calls bounded by ``harness.targeted.CALL_ROLLOUTS`` and ``CALL_TOKENS``);
+``RayBackendPool`` cuts each call into chunks of requests and feeds them to its workers as they free up (questions, and batches of one question's targeted rollouts, spread over workers).
 Every request carries its own seed, so which worker runs it changes nothing: results are identical
 to a single-process run. A worker that dies loses only the chunk it was running: finished chunks
 are kept, a fresh worker is started and the lost chunk runs again with the same seeds.

@@ -354,7 +354,8 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int, qu
     same pi, whole responses, the scorer's depth; a ConfigError naming the ``--model_args`` fix. Options of
     the student's engine in ``student_args`` would reach only the engines odiag starts, so they are refused.
     ``dtype``: the one odiag reads the student in; ``positions``: the longest prompt plus its response;
-    ``quantized``: the checkpoint's own quantization method (None: plain weights)."""
+    ``quantized``: the checkpoint's own quantization method (None: plain weights; "unknown": not read, so not
+    held against the engine)."""
     from harness.backends import engine_argument_names
 
     args = dict(cfg.student_args or {})

@@ -30,6 +30,7 @@ import numpy as np
 from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, ScoreResult
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
 from harness.config import RunConfig, numeric_options
+from harness.modelfiles import model_dir
 from harness.core.allocation import AllocationParams
 from harness.core.records import (
     CHILD_DTYPES,
@@ -91,10 +92,17 @@ def _warn_below_n_min(cfg: RunConfig, n_min: int) -> None:
 
 
 def _warn_two_students(cfg: RunConfig) -> None:
-    """Warn (not refuse: a checkpoint quantized already loads so in transformers too) when the engines sample
-    a student whose weights or KV cache are quantized while the exact scorer reads the checkpoint's own."""
+    """Warn (not refuse: the checkpoint may hold what the engines run) when the engines sample a student whose
+    weights or KV cache are quantized while the exact scorer reads the checkpoint's own; not for a checkpoint
+    saved quantized, whose weights transformers loads so too."""
     options = numeric_options(cfg)
     formats = {k: options[k] for k in ("quantization", "kv_cache_dtype") if options.get(k) not in (None, "auto")}
+    if "quantization" in formats and model_dir(cfg.student, cfg.student_revision) is not None:  # its files at hand
+        from harness.backends import ModelSpec
+        from harness.backends.vllm import checkpoint_quantization
+
+        if checkpoint_quantization(ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)) not in (None, "unknown"):
+            del formats["quantization"]
     if cfg.backend == "vllm" and formats and options.get("score_with", "hf") == "hf":
         given = ", ".join(f"{k} {v}" for k, v in formats.items())
         log.warning("student_args: the engines sample the student under %s, while the exact scorer (score_with: hf) "

@@ -543,6 +543,8 @@ def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool
     unread = bool(differ) and same_planners and set(differ) <= unread_fields(plan.config.strategy)
     if saved["tree_hash"] == plan.tree_hash or unread:
         return []
+    if differ == ["student_args"] and same_planners and _numeric_as_now(saved) == (mine.get("student_args") or {}):
+        return []  # recorded before options inside engine_options counted: the same settings, the same tree
     edited = ([n.name for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
               if [t["name"] for t in old] == [t.name for t in new] else [])
     if not differ and edited and not rescore and add is None and root and not _targeted(Path(root)):
@@ -563,6 +565,15 @@ def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool
         f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
         f"use {another(flag)}, or the same settings to resume"
     )
+
+
+def _numeric_as_now(saved: dict) -> dict | None:
+    """The options that move a number of the run's recorded ``student_args``, as this odiag reads them."""
+    from harness.config import numeric_part
+
+    config = saved.get("config")
+    args = config.get("student_args") if isinstance(config, dict) else None
+    return numeric_part(args or {}) if isinstance(args, dict) or args is None else None
 
 
 def _added_teachers(plan: RunPlan, theirs: list[dict], *, rescore: bool, add: TeacherRef | None, root: str, where: str,

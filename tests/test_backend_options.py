@@ -154,6 +154,52 @@ def test_a_quantized_engine_beside_the_exact_scorer_is_warned_of(tmp_path, caplo
     assert len(said) == (warned is not None) and all(warned in m for m in said)
 
 
+def test_a_checkpoint_saved_quantized_is_not_warned_of(tmp_path, caplog):
+    """Its weights are quantized in transformers too: the engines and the scorer read one student."""
+    import json
+    import shutil
+
+    from harness.pipeline import _warn_two_students
+    from harness.toy import TOY_DIR
+
+    saved = tmp_path / "awq"
+    shutil.copytree(TOY_DIR / "student", saved)
+    sets = ["backend=vllm", "student_args={engine_options: {quantization: awq}}"]
+    for student, warned in ((TOY_DIR / "student", True), (saved, False)):
+        if student == saved:
+            config = json.loads((saved / "config.json").read_text())
+            (saved / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "awq"}}))
+        caplog.clear()
+        _warn_two_students(resolve_run_config(None, [*sets, f"student={student}"]))
+        assert any("two slightly different students" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_a_run_recorded_before_nested_engine_options_counted_resumes_with_the_same_settings(tmp_path):
+    """A run whose quantization was given inside engine_options was recorded with a tree that lacked it: the
+    same settings resume it (not "student_args: None there, {'quantization': 'fp8'} now"); others are refused."""
+    import json
+
+    from harness.backends.exact import SyntheticBackend
+    from harness.pipeline import run
+    from harness.rundir import RunDirError
+
+    base = ["backend=vllm", "limit=1", "n_target=20"]
+    nested = resolve_run_config(None, [*base, "student_args={engine_options: {quantization: fp8}}"])
+    first = run(nested, tmp_path / "run", backend=SyntheticBackend())
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    del record["tree"]["student_args"]  # as the earlier rule recorded it
+    record["tree_hash"] = "0" * len(record["tree_hash"])
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    (tmp_path / "run" / "results.json").unlink()
+    assert run(nested, tmp_path / "run", backend=SyntheticBackend())["teachers"] == first["teachers"]
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    del record["tree"]["student_args"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    with pytest.raises(RunDirError, match="student_args"):
+        run(resolve_run_config(None, [*base, "student_args={engine_options: {quantization: awq}}"]), tmp_path / "run",
+            backend=SyntheticBackend())
+
+
 def test_backend_vllm_without_vllm_installed_is_one_line_and_writes_nothing(tmp_path, capsys):
     import importlib.util
 

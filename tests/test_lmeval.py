@@ -99,6 +99,7 @@ def test_lm_evals_vllm_engine_is_checked_against_what_odiag_run_would_build(engi
     # a checkpoint saved quantized runs quantized in both (vLLM names its method, perhaps a faster kernel's)
     check_engine(GOOD_ENGINE | {"quantization": "awq_marlin", "kv_cache_dtype": "auto"}, dataclasses.replace(cfg, student_args={}),
                  "float32", 164, "awq")
+    check_engine(GOOD_ENGINE | {"quantization": "fp8"}, dataclasses.replace(cfg, student_args={}), "float32", 164, "unknown")
     # the approximate scorer at the engine's cap, asked for, is what odiag run would read
     check_engine(GOOD_ENGINE, dataclasses.replace(cfg, student_args={"score_with": "vllm", "score_logprobs": 20}),
                  "float32", 164)
@@ -119,7 +120,7 @@ def test_a_checkpoint_saved_quantized_is_told_from_one_in_plain_weights(tmp_path
     config = json.loads((saved / "config.json").read_text())
     (saved / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "awq", "bits": 4}}))
     assert checkpoint_quantization(ModelSpec(str(saved), None, "auto")) == "awq"
-    assert checkpoint_quantization(ModelSpec(str(tmp_path / "absent"), None, "auto")) is None
+    assert checkpoint_quantization(ModelSpec(str(tmp_path / "absent"), None, "auto")) == "unknown"  # not held against it
 
 
 def test_a_device_out_of_memory_under_lm_eval_is_one_line(monkeypatch, capsys):

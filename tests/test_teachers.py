@@ -370,32 +370,42 @@ def test_artefact_draws_derive_from_the_run_seed_not_from_the_model_name_or_wher
     assert all(not set(a) & set(b) for a, b in zip(first, other, strict=True))
 
 
-def test_a_cache_drawn_under_an_older_seeding_is_used_but_never_mixed_with_new_draws(toy_task, tmp_path, summariser):
-    """A run directory made before draws held the run seed: its cached solutions and summaries stand for the
-    questions it has; a question needing new ones would mix two seedings in one teacher's contexts: refused,
-    naming the file, before anything is drawn."""
+def test_a_run_an_older_odiag_drew_artefacts_into_keeps_its_seeding_when_it_grows(toy_task, tmp_path, summariser):
+    """A run directory made before draws held the run seed: its cached solutions and summaries stand, and the
+    questions a grow adds draw theirs as that odiag drew them (seeded by the settings and the model's name), so
+    one teacher's contexts never mix two seedings; a run made now records its seed and draws from it."""
     import json
 
     from harness import toy
-    from harness.rundir import RunDirError
+    from harness.seeds import derive_seed
+    from harness.teachers.artefacts import text_digest
 
     borrowed = load_teacher("toy-self-1c-teacher")
     questions = toy_task.questions(2)
     own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
-    for teachers, kind in (([borrowed], "solutions"), ([summariser], "summaries")):
+    for teachers, kind, key, older_seed, run_seed in (
+        ([borrowed], "solutions", solution_key(borrowed), lambda key, q, d: derive_seed("solutions", key, q.id),
+         lambda q, d: derive_seed(7, "solutions", q.id)),
+        ([summariser], "summaries", summary_key(summariser), lambda key, q, d: derive_seed("summary", key, d),
+         lambda q, d: derive_seed(7, "summary", d)),
+    ):
         art = tmp_path / kind
-        build_artefacts(toy_task, teachers, questions[:1], StubBackend(toy_task), art, 0, own)
+        first = StubBackend(toy_task)
+        build_artefacts(toy_task, teachers, questions[:1], first, art, 7, own)
+        digests = [text_digest(toy_task.decode(own[q.id][0])) for q in questions]
+        assert [r.seed for r in first.calls[-1]] == [run_seed(questions[0], digests[0])]
         (path,) = (art / kind).rglob("*.json")
         stored = json.loads(path.read_text())
+        assert stored["seed"] == 7
         del stored["seed"]  # as an older odiag wrote it
         path.write_text(json.dumps(stored))
         again = StubBackend(toy_task)
-        build_artefacts(toy_task, teachers, questions[:1], again, art, 0, own)
+        build_artefacts(toy_task, teachers, questions[:1], again, art, 7, own)
         assert again.calls == []  # nothing new to draw: the cache stands
         grown = StubBackend(toy_task)
-        with pytest.raises(RunDirError, match=rf"{path}: {kind} drawn by an older odiag .* question {questions[1].id} needs new ones"):
-            build_artefacts(toy_task, teachers, questions, grown, art, 0, own)
-        assert grown.calls == [] and len(list((art / kind).rglob("*.json"))) == 1
+        build_artefacts(toy_task, teachers, questions, grown, art, 7, own)
+        assert [r.seed for r in grown.calls[-1]] == [older_seed(key, questions[1], digests[1])]
+        assert all("seed" not in json.loads(p.read_text()) for p in (art / kind).rglob("*.json"))
 
 
 def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_one(toy_task, tmp_path):

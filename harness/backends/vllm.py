@@ -588,13 +588,14 @@ def checkpoint_dtype(spec: ModelSpec) -> str:
 
 def checkpoint_quantization(spec: ModelSpec) -> str | None:
     """The quantization method a checkpoint was saved with (its config's ``quantization_config``), which
-    transformers loads too; None for one in plain weights (or whose config cannot be read here)."""
+    transformers loads too; None for one in plain weights; "unknown" where its config cannot be read here (a
+    model with code of its own, say)."""
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(loadable(spec.id), revision=spec.revision)
     except (OSError, ValueError):
-        return None
+        return "unknown"
     quantized = getattr(config, "quantization_config", None)
     method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", None)
     return str(getattr(method, "value", method)) if method else None

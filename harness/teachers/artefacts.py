@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -56,8 +57,9 @@ def _slug(name: str) -> str:
 
 def solution_key(cfg: TeacherConfig) -> str:
     """Names one set of generated solutions: every teacher with the same settings shares it."""
-    # a model inside the checkout is named relative to it: the key names the run's cached files, which
-    # must not depend on where the checkout lies (the draws' seeds hold no model name at all)
+    # a model inside the checkout is named relative to it: the key names the run's cached files (and seeds
+    # the draws of a run an older odiag started, see build_artefacts), which must not depend on where the
+    # checkout lies
     source = portable(cfg.solution_source)
     settings = [source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
                 cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
@@ -120,17 +122,15 @@ def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
-def _cached(path: Path, field: str, repair: bool, run: Path) -> tuple[object, object] | None:
-    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape, and the run seed its
-    draws were derived from (None: drawn by an odiag whose seeds held no run seed); None when there is none or,
-    with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
+def _cached(path: Path, field: str, repair: bool, run: Path):
+    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape; None when there is
+    none or, with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
     from harness.rundir import ShardError
 
     if not path.exists():
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        value = document[field]
+        value = json.loads(path.read_text(encoding="utf-8"))[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
                 isinstance(x, dict) and isinstance(x.get("ids"), list) and all(isinstance(i, int) for i in x["ids"])
@@ -148,17 +148,22 @@ def _cached(path: Path, field: str, repair: bool, run: Path) -> tuple[object, ob
         log.warning("%s: corrupt cached %s (%s): dropped, making them again", path, field, why)
         path.unlink()
         return None
-    return value, document.get("seed")
+    return value
 
 
-def _refuse_mixed_seeding(path: Path, what: str, question_id: str) -> None:
-    """A run whose cached ``what`` were drawn under another seeding than this odiag's, where new ones must be
-    drawn now: one teacher's contexts would come from two seedings, matching no run of either odiag."""
-    from harness.rundir import RunDirError
-
-    raise RunDirError(f"{path}: {what} drawn by an older odiag (their seeds did not hold the run's seed), and question "
-                      f"{question_id} needs new ones, which this odiag draws otherwise: the run's contexts would mix "
-                      "the two; finish it with the odiag that started it, or run it again into another directory")
+def _older_seeding(root: Path) -> bool:
+    """Whether the run's cached solutions and summaries were drawn by an older odiag, from seeds of their settings
+    and the model's name without the run's seed (its files record no ``seed``): the run keeps drawing so, so
+    that growing it never mixes two seedings. Every file of a run records the same seeding; the first readable
+    one tells (none: a run that has drawn none draws from the run's seed)."""
+    for path in itertools.chain(root.glob("solutions/*/*.json"), root.glob("summaries/*/*.json")):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a corrupt file is named (or remade) where it is read
+        if isinstance(document, dict):
+            return "seed" not in document
+    return False
 
 
 def build_artefacts(
@@ -185,11 +190,11 @@ def build_artefacts(
     with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
     this odiag's (a rescore goes on with it), under which no solution may be judged anew.
 
-    ``seed`` is the run's: every draw derives from it, the kind (solutions or summary) and the question
-    (or the summarised text), never from the model's name or where its files lie, so runs of different
-    seeds draw independent solutions, and the same run with its models elsewhere draws the same ones.
-    Files record it; a cache drawn under an older seeding is used as it is, but refused where new draws
-    would join it.
+    ``seed`` is the run's: a draw derives from it, the kind (solutions or summary) and the question (or the
+    summarised text), never from the model's name or where its files lie, so runs of different seeds draw
+    independent ones, and the same run with its models elsewhere the same ones (teachers whose solution
+    settings differ draw from the same seeds: common random numbers, as they share the tree). Files record
+    it. A run an older odiag drew artefacts into keeps its seeding (:func:`_older_seeding`).
     """
     from harness.backends import SampleRequest
     from harness.seeds import derive_seed
@@ -197,17 +202,22 @@ def build_artefacts(
 
     root = Path(cache_dir)
     art = Artefacts()
+    older = _older_seeding(root)
+    recorded = {} if older else {"seed": seed}  # an older run's files record none, as it wrote them
+
+    def solutions_seed(key: str, question_id: str) -> int:
+        return derive_seed("solutions", key, question_id) if older else derive_seed(seed, "solutions", question_id)
+
+    def summary_seed(key: str, digest: str) -> int:
+        return derive_seed("summary", key, digest) if older else derive_seed(seed, "summary", digest)
 
     # 1. solutions written by named models
     sources = {solution_key(t): t for t in teachers if t.solution_source != STUDENT}
-    todo, older = [], {}  # older: a source's cache drawn under another seeding
+    todo = []
     for key, t in sources.items():
         for q in questions:
             path = root / "solutions" / key / f"{q.id}.json"
-            if (cached := _cached(path, "solutions", repair, root.parent)) is not None:
-                stored, seeded = cached
-                if seeded != seed:
-                    older.setdefault(key, path)
+            if (stored := _cached(path, "solutions", repair, root.parent)) is not None:
                 ids = [np.asarray(s["ids"], np.int64) for s in stored]
                 if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
                     names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
@@ -216,9 +226,6 @@ def build_artefacts(
                     Solution(i, s["text"], s["outcome"]) for i, s in zip(ids, stored, strict=True))
             else:
                 todo.append((key, t, q, path))
-    for key, _, q, _ in todo:
-        if key in older:
-            _refuse_mixed_seeding(older[key], "solutions", q.id)
     if todo and judged_by is not None:
         from harness.rundir import RunDirError
 
@@ -231,7 +238,7 @@ def build_artefacts(
         SampleRequest(
             prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
             n=t.solution_attempts,
-            seed=derive_seed(seed, "solutions", q.id),
+            seed=solutions_seed(key, q.id),
             max_new_tokens=t.solution_max_new_tokens or task.max_new_tokens,
             temperature=t.solution_temperature,
             stop_ids=task.stop_ids,
@@ -244,7 +251,7 @@ def build_artefacts(
         names = _outcomes(task, q, res.tokens, res.truncated)
         sols = tuple(Solution(np.asarray(ids, np.int64), task.decode(ids), name)
                      for ids, name in zip(res.tokens, names, strict=True))
-        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id, "seed": seed,
+        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id, **recorded,
                      "solutions": [{"ids": s.ids.tolist(), "text": s.text, "outcome": s.outcome} for s in sols]})
         art.solutions[(key, q.id)] = sols
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
@@ -268,20 +275,15 @@ def build_artefacts(
                 texts = [s.text for s in correct + wrong]
             slot = wanted.setdefault((key, q.id), (t, q, {}))
             slot[2].update({text_digest(x): x for x in texts})
-    todo, older = [], {}
+    todo = []
     for (key, qid), (t, q, texts) in wanted.items():
         path = root / "summaries" / key / f"{qid}.json"
-        stored, seeded = _cached(path, "summaries", repair, root.parent) or ({}, seed)
-        if seeded != seed:
-            older.setdefault(key, path)
+        stored = _cached(path, "summaries", repair, root.parent) or {}
         for digest, summary in stored.items():
             art.summaries[(key, digest)] = summary
         missing = sorted(set(texts) - set(stored))
         if missing:
             todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
-    for key, _, q, _, _, _ in todo:
-        if key in older:
-            _refuse_mixed_seeding(older[key], "summaries", q.id)
     requests = [
         SampleRequest(
             prefix=task.chat_ids(
@@ -289,7 +291,7 @@ def build_artefacts(
                 t.summary_chat_template_options,
             ),
             n=1,
-            seed=derive_seed(seed, "summary", digest),
+            seed=summary_seed(key, digest),
             max_new_tokens=t.summary_max_new_tokens,
             temperature=t.summary_temperature,
             stop_ids=task.stop_ids,
@@ -305,6 +307,6 @@ def build_artefacts(
             summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
             stored[digest] = summary
             art.summaries[(key, digest)] = summary
-        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "seed": seed,
+        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, **recorded,
                      "summaries": stored})
     return art
