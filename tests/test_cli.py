@@ -212,6 +212,17 @@ def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_the
     lines = closing_lines([finished])
     assert lines[1].split() == ["loading", "models", "30", "s", "0", "0"] and lines[2].startswith("initial rollouts")
 
+    # a phase planned whole before its calls (plan_ahead: the initial rollouts in bounded calls) is planned once
+    # its first call has loaded the models, whole: loading is logged before the phase's first line
+    events.clear()
+    backend = CountingBackend(LazyBackend(lambda: events.append("built") or build()))
+    with Phases(events.append, min_interval=0).phase("initial rollouts", backend):
+        backend.plan_ahead(8)
+        backend.sample([SimpleNamespace(n=4, model="student")])
+        backend.sample([SimpleNamespace(n=4, model="student")])
+    planned = [e for e in events if isinstance(e, PhaseProgress) and e.planned]
+    assert events.index("built") < events.index(planned[0]) and {e.planned for e in planned} == {8}
+
 
 def test_vllm_completion_bar_reports_each_request_and_draws_nothing(capsys):
     """Used the way ``vllm.LLM._run_engine`` uses its ``use_tqdm`` callable (vLLM itself is not needed)."""

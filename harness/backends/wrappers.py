@@ -25,6 +25,7 @@ class CountingBackend:
         self.passes: dict[str, int] = {}
         self.phase: Phase | None = None
         self._ahead = 0  # rollouts of a round planned whole (plan_ahead) not yet sampled
+        self._announced = 0  # rollouts given to plan_ahead, planned once the first call has loaded its models
 
     def _ready(self, phase: Phase, requests, kind: str) -> None:
         """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
@@ -35,10 +36,15 @@ class CountingBackend:
 
     def plan_ahead(self, rollouts: int) -> None:
         """A round planned whole before its calls: its sampled and complete rollouts plan nothing more, so the
-        phase's total and ETA hold the round from its start, however many calls sample it."""
+        phase's total and ETA hold the round from its start, however many calls sample it. Planned when its first
+        call has loaded what it uses (or its first complete rollout is counted): loading stays out of the phase."""
         if self.phase is not None and rollouts:
-            self.phase.plan(rollouts)
-            self._ahead += rollouts
+            self._announced += rollouts
+
+    def _plan_announced(self, phase: Phase) -> None:
+        if self._announced:
+            phase.plan(self._announced)
+            self._ahead, self._announced = self._ahead + self._announced, 0
 
     def replayed(self, rollouts: int) -> None:
         """Rollouts read back from a stored round: spent from the budget, nothing drawn."""
@@ -54,6 +60,7 @@ class CountingBackend:
         phase = self.phase
         if phase is not None and requests:
             self._ready(phase, requests, "sample")
+            self._plan_announced(phase)
             self._plan(phase, sum(r.n for r in requests))
         on_done = phase.sampled if phase is not None else None
         results = progress_call(self.inner.sample, requests, on_done, _tokens) if requests else []
@@ -65,6 +72,7 @@ class CountingBackend:
         """Rollouts whose forced prefix already ended them (a stop id, or the length limit): no sampling."""
         self.rollouts += n
         if self.phase is not None and n:
+            self._plan_announced(self.phase)
             self._plan(self.phase, n)
             self.phase.sampled(n, 0)
 
