@@ -212,25 +212,12 @@ class RunConfig:
         """sha256 of the canonical JSON of every field that can move a number (not where it runs).
 
         Paths inside the odiag checkout count relative to it (:func:`portable`), so a run directory
-        keeps its hash when the checkout moves; a teacher counts by the file its entry names, however
-        spelled (:func:`hashed_teacher`), so the same run resumed with another spelling keeps it too.
+        keeps its hash when the checkout moves.
         """
         data = {k: v for k, v in portable(to_dict(self)).items() if k not in EXECUTION_FIELDS}
-        data["teachers"] = [hashed_teacher(t) for t in self.teachers]
         if numeric := numeric_options(self):
             data["student_args"] = numeric
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def hashed_teacher(entry: str) -> str:
-    """A teacher entry as a run's hash counts it: a file of odiag's ``teachers/`` by its name (``self-1c``,
-    ``teachers/self-1c.yaml`` and its absolute path alike), any other file by its path as :func:`portable` gives it."""
-    from harness.teachers.config import TEACHER_DIR, teacher_path
-
-    path = teacher_path(entry).resolve()
-    if path.parent == TEACHER_DIR.resolve() and path.suffix == ".yaml":
-        return path.stem
-    return portable(str(path))
 
 
 # where a run executes never changes its results, so these may differ when a run is resumed
