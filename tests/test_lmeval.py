@@ -121,6 +121,12 @@ def test_a_checkpoint_saved_quantized_is_told_from_one_in_plain_weights(tmp_path
     (saved / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "awq", "bits": 4}}))
     assert checkpoint_quantization(ModelSpec(str(saved), None, "auto")) == "awq"
     assert checkpoint_quantization(ModelSpec(str(tmp_path / "absent"), None, "auto")) == "unknown"  # not held against it
+    # a model with code of its own (transformers cannot read its config without running it) in plain weights:
+    # its config is read as written, so an engine quantizing it is still refused
+    custom = tmp_path / "custom"
+    shutil.copytree(TOY_DIR / "student", custom)
+    (custom / "config.json").write_text(json.dumps({**config, "model_type": "mine", "auto_map": {"AutoConfig": "x.Y"}}))
+    assert checkpoint_quantization(ModelSpec(str(custom), None, "auto")) is None
 
 
 def test_a_device_out_of_memory_under_lm_eval_is_one_line(monkeypatch, capsys):

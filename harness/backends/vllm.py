@@ -43,6 +43,7 @@ log-probabilities are capped at the vocabulary size and the engine's ``max_logpr
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -587,18 +588,22 @@ def checkpoint_dtype(spec: ModelSpec) -> str:
 
 
 def checkpoint_quantization(spec: ModelSpec) -> str | None:
-    """The quantization method a checkpoint was saved with (its config's ``quantization_config``), which
-    transformers loads too; None for one in plain weights; "unknown" where its config cannot be read here (a
-    model with code of its own, say)."""
-    try:
-        from transformers import AutoConfig
+    """The quantization method a checkpoint was saved with (its ``config.json``'s ``quantization_config``, read
+    as written: no model code runs), which transformers loads too; None for one in plain weights; "unknown"
+    where its files are not on this machine or its config cannot be read."""
+    from harness.modelfiles import model_dir
 
-        config = AutoConfig.from_pretrained(loadable(spec.id), revision=spec.revision)
+    directory = model_dir(spec.id, spec.revision)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8")) if directory else None
     except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict):
         return "unknown"
-    quantized = getattr(config, "quantization_config", None)
-    method = quantized.get("quant_method") if isinstance(quantized, dict) else getattr(quantized, "quant_method", None)
-    return str(getattr(method, "value", method)) if method else None
+    quantized = config.get("quantization_config", config.get("text_config", {}).get("quantization_config")
+                           if isinstance(config.get("text_config"), dict) else None)
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+    return str(method) if method else None
 
 
 def _engine_config(llm, field: str):

@@ -155,8 +155,8 @@ def _older_seeding(root: Path) -> bool:
     """Whether the run's cached solutions and summaries were drawn by an older odiag, from seeds of their settings
     and the model's name without the run's seed (its files record no ``seed``): the run keeps drawing so, so
     that growing it never mixes two seedings. Every file of a run records the same seeding; the first readable
-    one tells (none: a run that has drawn none draws from the run's seed)."""
-    for path in itertools.chain(root.glob("solutions/*/*.json"), root.glob("summaries/*/*.json")):
+    one tells, in name order (none: a run that has drawn none draws from the run's seed)."""
+    for path in sorted(itertools.chain(root.glob("solutions/*/*.json"), root.glob("summaries/*/*.json"))):
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
