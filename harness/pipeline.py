@@ -30,7 +30,6 @@ import numpy as np
 from harness.backends import STUDENT, Backend, SampleRequest, ScoreRequest, ScoreResult
 from harness.backends.wrappers import CountingBackend, LazyBackend, NoRollouts
 from harness.config import RunConfig, numeric_options
-from harness.modelfiles import model_dir
 from harness.core.allocation import AllocationParams
 from harness.core.records import (
     CHILD_DTYPES,
@@ -41,6 +40,7 @@ from harness.core.records import (
     path_records,
     support_children,
 )
+from harness.modelfiles import model_dir
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.progress import Callback, Phase, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
