@@ -60,7 +60,6 @@ class PhaseProgress:
     step: str = ""  # where within the phase, e.g. "window 2/3"
     final: bool = False  # the phase has ended
     rounds: bool = False  # planned round by round until a strategy plans nothing: any total is an estimate
-    expected_tokens: float | None = None  # estimated tokens of the expected work, where every plan estimated its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +106,6 @@ class Phase:
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
         self.done = self.planned = self.rollouts = self.tokens = 0
-        self.planned_tokens = 0.0  # estimated tokens of the planned work
-        self.unestimated = 0  # units planned without an estimate of their tokens (then no ETA by tokens)
         self._replayed = 0  # rollouts read back from stored rounds: spent from the budget, no work of this phase
         self.started = time.monotonic()
         self._last_emit = -1.0
@@ -116,14 +113,9 @@ class Phase:
 
     # fed by the backend wrapper ----------------------------------------------------------------------
 
-    def plan(self, units: int, tokens: float | None = None) -> None:
-        """``units`` more work planned (a backend call starting, a round planned whole), generating about
-        ``tokens`` (None: not estimated)."""
+    def plan(self, units: int) -> None:
+        """``units`` more work planned (a backend call starting, a round planned whole)."""
         self.planned += units
-        if tokens is None:
-            self.unestimated += units
-        else:
-            self.planned_tokens += tokens
         self.planned_by_step[self.step_index] = self.planned_by_step.get(self.step_index, 0) + units
         self.emit(force=True)
 
@@ -174,26 +166,17 @@ class Phase:
             total = min(total, self.done + max(self.budget - self.spent(), 0))
         return max(total, self.planned)
 
-    def expected_tokens(self, expected: int | None) -> float | None:
-        """Tokens of the expected work: the planned work's estimate, at its tokens per unit for what later steps
-        will plan; None where some planned work has no estimate."""
-        if self.unestimated or not self.planned or self.planned_tokens <= 0:
-            return None
-        return self.planned_tokens * max(expected or 0, self.planned) / self.planned
-
     def spent(self) -> int:
         """Rollouts counted against the budget: those read back, and those drawn or complete in this phase."""
         return self._replayed + self.rollouts
 
     def event(self, final: bool = False) -> PhaseProgress:
         step = self.step_label
-        expected = self.done if final else self.expected()
         return PhaseProgress(
             phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
-            expected=expected, rollouts=self.rollouts, tokens=self.tokens,
+            expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
             elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
             step="" if final else step, final=final, rounds=self.rounds,
-            expected_tokens=None if final else self.expected_tokens(expected),
         )
 
     def emit(self, force: bool = False, final: bool = False) -> None:
@@ -309,24 +292,13 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
     if total:
         line += f" ({100 * ev.done / total:.0f}%)"
     if elapsed > 0 and ev.done:
-        line += f", {_rate(ev.done / elapsed)} {ev.unit}/s"
+        rate = ev.done / elapsed
+        line += f", {_rate(rate)} {ev.unit}/s"
         if ev.tokens:
             line += f", {_rate(ev.tokens / elapsed)} tokens/s"
-        if (left := eta(ev, elapsed)) is not None:
-            line += f", ETA {'~' if estimated or ev.expected_tokens else ''}{_duration(left)}"
+        if total > ev.done:
+            line += f", ETA {'~' if estimated else ''}{_duration((total - ev.done) / rate)}"
     return line + _budget(ev)
-
-
-def eta(ev: PhaseProgress, elapsed: float) -> float | None:
-    """Seconds left in a running phase: by tokens where its planned work's tokens are estimated (a rollout forced
-    deeper generates fewer tokens, so rollouts per second rise through a window and an ETA by rollouts runs
-    high), else by units; None before any is done, or once the expected total is."""
-    total = ev.expected if ev.expected is not None else ev.planned
-    if elapsed <= 0 or not ev.done or total <= ev.done:
-        return None
-    if ev.expected_tokens and ev.tokens and ev.expected_tokens > ev.tokens:
-        return (ev.expected_tokens - ev.tokens) / (ev.tokens / elapsed)
-    return (total - ev.done) / (ev.done / elapsed)
 
 
 def _budget(ev: PhaseProgress) -> str:
@@ -465,7 +437,7 @@ class Reporter:
             bar = self.bars[ev.phase] = tqdm(
                 total=total, desc=ev.phase, unit=f" {ev.unit}", file=self.stream, dynamic_ncols=True,
                 leave=True, smoothing=0.1,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_noinv_fmt}{postfix}]",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
             )
         if ev.final:
             bar.total = ev.done
@@ -477,8 +449,6 @@ class Reporter:
             postfix["tok/s"] = _count(ev.tokens / ev.elapsed)
         if ev.budget:
             postfix["budget"] = f"{100 * ev.spent / ev.budget:.0f}%"
-        if not ev.final and (left := eta(ev, ev.elapsed)) is not None:  # the lines' ETA, not tqdm's by units
-            postfix["ETA"] = _duration(left)
         bar.set_postfix(postfix, refresh=False)
         bar.update(ev.done - bar.n)
         self._start_timer()

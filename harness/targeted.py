@@ -131,8 +131,7 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
             prefix = np.concatenate([state.question.prompt_ids, state.paths[j][:k], [a]]).astype(np.int64)
             return SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids)
 
-        # the whole round, in any calls, with the tokens it should generate (for an ETA by tokens)
-        ctx.backend.plan_ahead(sum(n for _, _, rows, _ in jobs for *_, n in rows), sum(expected))
+        ctx.backend.plan_ahead(sum(n for _, _, rows, _ in jobs for *_, n in rows))  # the whole round, in any calls
         results = _sampled_in_calls(ctx.backend, wanted, expected, request)
         for s, name, rows, key in jobs:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)

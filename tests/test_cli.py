@@ -142,29 +142,6 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(done=1, final=True, **one)).startswith("fill passes: done, 1 pass in ")
 
 
-def test_the_eta_of_rounds_whose_tokens_are_estimated_goes_by_tokens():
-    """A rollout forced deeper generates fewer tokens, so rollouts per second rise through a window and an ETA by
-    rollouts ran high (the demo at 30 s: 3 min 23 s where 1 min 46 s was left). Where every plan of the phase
-    estimated its tokens, the ETA is the tokens left at the tokens' rate; otherwise by units, as before."""
-    from harness.progress import Phases, eta
-
-    # 25,000 of an expected 100,000 tokens in 10 s: 30 s left (by rollouts: 1,500 left at 50/s, also 30 s here)
-    assert eta(_event(expected_tokens=100_000.0), 10.0) == pytest.approx(30.0)
-    deeper = _event(expected_tokens=40_000.0)  # the rest are short: 15,000 tokens at 2,500/s
-    assert eta(deeper, 10.0) == pytest.approx(6.0) and ", ETA ~6.0 s," in describe(deeper)
-    assert eta(_event(expected_tokens=20_000.0), 10.0) == pytest.approx(30.0)  # an estimate below what ran: by units
-    assert eta(_event(), 10.0) == pytest.approx(30.0) and eta(_event(done=0), 10.0) is None
-
-    events = []
-    phases = Phases(events.append, min_interval=0)
-    with phases.phase("targeted rollouts", None) as phase:
-        phase.plan(100, tokens=5_000.0)
-        phase.plan(100, tokens=1_000.0)
-        assert phase.event().expected_tokens == pytest.approx(6_000.0)
-        phase.plan(10)  # a plan without an estimate: no ETA by tokens for the phase
-        assert phase.event().expected_tokens is None
-
-
 def test_phases_count_plan_and_estimate_later_steps():
     """Work per path seen in planned steps, times the paths of steps not yet entered; capped by the budget."""
     events = []

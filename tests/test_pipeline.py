@@ -179,20 +179,6 @@ def test_a_stop_in_the_initial_phase_keeps_the_questions_of_its_finished_calls(f
     assert resumed["counts"]["rollouts_this_invocation"] == reference["counts"]["rollouts"] - 4 * CFG.n_initial
 
 
-def test_targeted_rounds_plan_the_tokens_they_should_generate_for_their_eta(tmp_path):
-    """Each round announces its rollouts with the tokens it should generate (a rollout forced at depth k about
-    L - k), so the targeted phase's ETA goes by tokens; the initial rollouts, whose lengths nothing predicts,
-    keep an ETA by rollouts."""
-    from harness.progress import PhaseProgress
-
-    events = []
-    run(CFG, tmp_path, on_progress=events.append)
-    running = [e for e in events if isinstance(e, PhaseProgress) and not e.final and e.planned]
-    targeted = [e for e in running if e.phase == "targeted rollouts"]
-    assert targeted and all(e.expected_tokens and e.expected_tokens > 0 for e in targeted)
-    assert all(e.expected_tokens is None for e in running if e.phase == "initial rollouts")
-
-
 STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
          signal.SIGTERM: (143, "odiag: terminated (SIGTERM); finished work is kept in {}: run the same command again to resume"),
          signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}

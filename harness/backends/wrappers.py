@@ -26,7 +26,6 @@ class CountingBackend:
         self.phase: Phase | None = None
         self._ahead = 0  # rollouts of a round planned whole (plan_ahead) not yet sampled
         self._announced = 0  # rollouts given to plan_ahead, planned once the first call has loaded its models
-        self._announced_tokens: float | None = 0.0  # their estimated tokens (None: some not estimated)
 
     def _ready(self, phase: Phase, requests, kind: str) -> None:
         """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
@@ -35,19 +34,17 @@ class CountingBackend:
         if hasattr(self.inner, "ready") and (seconds := self.inner.ready(models, kind)):
             phase.loaded(seconds)
 
-    def plan_ahead(self, rollouts: int, tokens: float | None = None) -> None:
+    def plan_ahead(self, rollouts: int) -> None:
         """A round planned whole before its calls: its sampled and complete rollouts plan nothing more, so the
         phase's total and ETA hold the round from its start, however many calls sample it. Planned when its first
-        call has loaded what it uses (or its first complete rollout is counted): loading stays out of the phase.
-        ``tokens``: about how many they generate (None: not estimated), for an ETA by tokens."""
+        call has loaded what it uses (or its first complete rollout is counted): loading stays out of the phase."""
         if self.phase is not None and rollouts:
             self._announced += rollouts
-            self._announced_tokens = None if tokens is None or self._announced_tokens is None else self._announced_tokens + tokens
 
     def _plan_announced(self, phase: Phase) -> None:
         if self._announced:
-            phase.plan(self._announced, self._announced_tokens)
-            self._ahead, self._announced, self._announced_tokens = self._ahead + self._announced, 0, 0.0
+            phase.plan(self._announced)
+            self._ahead, self._announced = self._ahead + self._announced, 0
 
     def replayed(self, rollouts: int) -> None:
         """Rollouts read back from a stored round: spent from the budget, nothing drawn."""
