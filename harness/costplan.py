@@ -450,12 +450,15 @@ def held_pass_bytes(score_top_k: int, n_teachers: int, vocab: int | None = None)
     pass one int64 offset. No more ids than the ``vocab``, where it is known."""
     from harness.core.stats import DIVERGENCES
 
-    own, union = score_top_k + 1, 2 * score_top_k + 1
-    if vocab is not None:
-        own, union = min(own, vocab), min(union, vocab)
+    own, union = min(score_top_k + 1, vocab or score_top_k + 1), _union_ids(score_top_k, vocab)
     student = own * (8 + 4) + 8
     teacher = union * (8 + 4 + 4) + 8 + 8 * len(DIVERGENCES)
     return student + n_teachers * teacher
+
+
+def _union_ids(score_top_k: int, vocab: int | None) -> int:
+    """Ids a teacher's pass keeps per position at most: both models' top ids and the path token."""
+    return min(2 * score_top_k + 1, vocab or 2 * score_top_k + 1)
 
 
 def _held_passes(cfg: RunConfig, n_teachers: int, length: int, n_q: int | None, vocab: int | None) -> str:
@@ -463,12 +466,10 @@ def _held_passes(cfg: RunConfig, n_teachers: int, length: int, n_q: int | None, 
     (every phase after them reads them): an upper bound, at full-length responses."""
     paths = 2 * cfg.paths_per_outcome
     per_question = paths * length * held_pass_bytes(cfg.score_top_k, n_teachers, vocab)
-    ids = 2 * cfg.score_top_k + 1 if vocab is None else min(2 * cfg.score_top_k + 1, vocab)
-    how = (f"{paths} paths x {1 + n_teachers} passes x <= {length:,} positions per question, <= {ids} ids per "
-           f"position (score_top_k {cfg.score_top_k})")
-    if n_q is None:
-        return f"host memory: the scoring passes hold <= {_gib(per_question)} per question until the records are written ({how})"
-    return f"host memory: the scoring passes hold <= {_gib(per_question * n_q)} until the records are written ({how})"
+    held = _gib(per_question) + " per question" if n_q is None else _gib(per_question * n_q)
+    return (f"host memory: the scoring passes hold <= {held} until the records are written ({paths} paths x "
+            f"{1 + n_teachers} passes x <= {length:,} positions per question, <= {_union_ids(cfg.score_top_k, vocab)} "
+            f"ids per position (score_top_k {cfg.score_top_k}))")
 
 
 def _wall_time(total_tokens: int | None, throughput: float | None, workers: int, n_q: int | None) -> list[str]:

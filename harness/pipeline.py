@@ -40,7 +40,6 @@ from harness.core.records import (
     path_records,
     support_children,
 )
-from harness.modelfiles import model_dir
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.progress import Callback, Phase, Phases, window_weights
 from harness.questions import QuestionState, prepare, windows
@@ -97,7 +96,7 @@ def _warn_two_students(cfg: RunConfig) -> None:
     saved quantized, whose weights transformers loads so too."""
     options = numeric_options(cfg)
     formats = {k: options[k] for k in ("quantization", "kv_cache_dtype") if options.get(k) not in (None, "auto")}
-    if "quantization" in formats and model_dir(cfg.student, cfg.student_revision) is not None:  # its files at hand
+    if "quantization" in formats:
         from harness.backends import ModelSpec
         from harness.backends.vllm import checkpoint_quantization
 

@@ -600,8 +600,8 @@ def checkpoint_quantization(spec: ModelSpec) -> str | None:
         config = None
     if not isinstance(config, dict):
         return "unknown"
-    quantized = config.get("quantization_config", config.get("text_config", {}).get("quantization_config")
-                           if isinstance(config.get("text_config"), dict) else None)
+    text = config.get("text_config")
+    quantized = config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, dict) else None)
     method = quantized.get("quant_method") if isinstance(quantized, dict) else None
     return str(method) if method else None
 
