@@ -52,6 +52,7 @@ import numpy as np
 
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
+from harness.backends.child_stderr import ChildStderr
 from harness.core.divergences import DIVERGENCES, topk_tail_divergences
 from harness.errors import ConfigError
 from harness.modelfiles import loadable
@@ -361,17 +362,27 @@ class VLLMBackend:
 
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
+            relay = ChildStderr(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
             try:
-                self._engines[spec] = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec),
-                                          **args)
-            except (RuntimeError, ValueError) as exc:  # the engine's own log above says why
+                with relay:
+                    engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
+            except (RuntimeError, ValueError) as exc:
                 if not any(s in str(exc) for s in START_REFUSALS):
+                    relay.keep(settle_s=2.0)
                     raise
+                # the engine process's own cause, when it ran apart ("Engine core initialization failed" says
+                # only that it did not start)
+                cause = (relay.refused() or str(exc).splitlines()[0]).split(". ")[0][:300]
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 raise ConfigError(
-                    f"vLLM could not start an engine for {spec.id} ({str(exc).splitlines()[0][:160]}); most often its "
+                    f"vLLM could not start an engine for {spec.id} ({cause}); most often its "
                     f"weights and KV cache do not fit its share of the device: raise gpu_memory_utilization or lower "
                     f"max_model_len in {where}, and size the run with odiag plan --gpu-memory GIB") from None
+            except BaseException:
+                relay.keep(settle_s=2.0)
+                raise
+            relay.keep()
+            self._engines[spec] = engine
         return self._engines[spec]
 
     def ready(self, models: Collection[str], kind: str) -> float:
