@@ -524,7 +524,23 @@ def check_against(
             raise RunDirError(f"{where}: {what}; a run grows, it never shrinks (use {another(flag)} for {smaller})")
     refs, changed = _added_teachers(plan, theirs, rescore=rescore, add=add, root=root, where=where, drop=drop)
     check_distinct(refs)
-    return dataclasses.replace(plan, teachers=tuple(refs)), [*replanned, *changed]
+    return _spelled_as_recorded(dataclasses.replace(plan, teachers=tuple(refs)), saved, theirs), [*replanned, *changed]
+
+
+def _spelled_as_recorded(plan: RunPlan, saved: dict, theirs: list[dict]) -> RunPlan:
+    """``plan`` with the run's own spelling of its teachers, where the same files are named otherwise
+    (``teachers/x.yaml``, or an absolute path, for ``x``). The config hash counts teachers as spelled: a resume
+    in other words would record the run under another hash, its results redone and its validation dropped."""
+    old = [t for t in theirs if t["role"] == PLANNER]
+    new = [t for t in plan.teachers if t.role == PLANNER]
+    entries = saved["config"].get("teachers")
+    if (entries != [t["entry"] for t in old] or tuple(entries) == plan.config.teachers
+            or [(t["name"], t["identity"], t["file"]) for t in old]
+            != [(t.name, t.identity, portable(t.config.file)) for t in new]):
+        return plan
+    spelled = dict(zip((t.name for t in new), entries, strict=True))
+    refs = tuple(dataclasses.replace(t, entry=spelled[t.name]) if t.role == PLANNER else t for t in plan.teachers)
+    return dataclasses.replace(plan, config=dataclasses.replace(plan.config, teachers=tuple(entries)), teachers=refs)
 
 
 def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool, add: TeacherRef | None, root: str,

@@ -156,6 +156,30 @@ def test_a_run_recorded_before_its_task_was_or_from_elsewhere_keeps_its_results_
     assert not same_settings({"config": {"student": "/elsewhere/student"}}, {"config": {"student": toy}})
 
 
+def test_a_run_resumed_with_its_teachers_spelled_otherwise_keeps_its_hash_results_and_validation(tmp_path, monkeypatch):
+    """The config hash counts teachers as spelled: a finished run resumed with ``teachers/x.yaml`` (or an absolute
+    path) for ``x`` was recorded under another hash, its results redone and its odiag validate panel dropped.
+    The same files keep the run's own spelling; another file under the same name is still new settings."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "run"
+    assert cli.main(["run", "--set", "limit=1", "--set", "teachers=[synthetic-helpful, synthetic-misleading]",
+                     "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "config.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    (out / "validation.json").write_text("{}")
+    for spelled in ("teachers/synthetic-helpful.yaml", str(REPO / "teachers" / "synthetic-helpful.yaml")):
+        assert cli.main(["run", "--set", "limit=1", "--set", f"teachers=[{spelled}, synthetic-misleading]",
+                         "--out", str(out), "--quiet"]) == 0
+        assert json.loads((out / "config.json").read_text()) == record
+        assert json.loads((out / "results.json").read_text())["config_hash"] == results["config_hash"]
+        assert (out / "validation.json").exists()
+    copy = tmp_path / "synthetic-helpful.yaml"  # the same content elsewhere: another file, recorded as such
+    copy.write_bytes((REPO / "teachers" / "synthetic-helpful.yaml").read_bytes())
+    assert cli.main(["run", "--set", "limit=1", "--set", f"teachers=[{copy}, synthetic-misleading]", "--out", str(out),
+                     "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["teachers"][0] == str(copy)
+
+
 def test_a_run_with_a_teacher_named_by_a_path_inside_the_checkout_resumes_from_anywhere(tmp_path, monkeypatch):
     """A teacher given as an absolute path inside the checkout, the run made elsewhere: rescore and a resume
     of its config.yaml open it again from any working directory."""
