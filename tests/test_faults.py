@@ -523,8 +523,7 @@ def test_abusive_teacher_template(odiag, tmp_path, name):
     assert time.monotonic() - started < 10
 
 
-def test_abusive_summary_prompt(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run")
+def test_abusive_summary_prompt(tmp_path):
     teacher = tmp_path / "summary.yaml"
     teacher.write_text(json.dumps({
         "correct_solutions": 1, "summarizer": "some/model",
