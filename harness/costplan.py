@@ -462,14 +462,23 @@ def _union_ids(score_top_k: int, vocab: int | None) -> int:
 
 
 def _held_passes(cfg: RunConfig, n_teachers: int, length: int, n_q: int | None, vocab: int | None) -> str:
-    """Host memory the scoring passes of every path hold from the teacher passes until the records are written
-    (every phase after them reads them): an upper bound, at full-length responses."""
+    """Host memory of the forward passes over the paths: every pass is stored, a run holds `HELD_PASS_BYTES` of them
+    at most (reading the others back from their shards when a phase asks for them) and one scoring call's passes
+    besides. Upper bounds, at full-length responses."""
+    from harness.pipeline import CALL_POSITIONS
+    from harness.rundir import HELD_PASS_BYTES
+
     paths = 2 * cfg.paths_per_outcome
     per_question = paths * length * held_pass_bytes(cfg.score_top_k, n_teachers, vocab)
-    held = _gib(per_question) + " per question" if n_q is None else _gib(per_question * n_q)
-    return (f"host memory: the scoring passes hold <= {held} until the records are written ({paths} paths x "
-            f"{1 + n_teachers} passes x <= {length:,} positions per question, <= {_union_ids(cfg.score_top_k, vocab)} "
-            f"ids per position (score_top_k {cfg.score_top_k}))")
+    teacher = held_pass_bytes(cfg.score_top_k, 1, vocab) - held_pass_bytes(cfg.score_top_k, 0, vocab)
+    total = _gib(per_question) + " per question" if n_q is None else _gib(per_question * n_q)
+    held, call = HELD_PASS_BYTES, max(CALL_POSITIONS, length) * teacher
+    if n_q is not None:
+        held, call = min(per_question * n_q, held), min(per_question * n_q, call)
+    return (f"host memory: the passes over the paths take <= {total} ({paths} paths x {1 + n_teachers} passes x "
+            f"<= {length:,} positions per question, <= {_union_ids(cfg.score_top_k, vocab)} ids per position "
+            f"(score_top_k {cfg.score_top_k})); held: <= {_gib(held)} of them (the rest read back from their shards) "
+            f"and one scoring call's <= {_gib(call)}")
 
 
 def _wall_time(total_tokens: int | None, throughput: float | None, workers: int, n_q: int | None) -> list[str]:

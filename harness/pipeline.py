@@ -42,10 +42,11 @@ from harness.core.records import (
 )
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
 from harness.progress import Callback, Phase, Phases, window_weights
-from harness.questions import QuestionState, prepare, windows
+from harness.questions import Passes, QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
-from harness.rundir import DRAWING, DROPPED, RunDir, RunDirError, another, ragged, score_arrays, score_result, unragged
+from harness.rundir import (DRAWING, DROPPED, PassCache, RunDir, RunDirError, another, ragged, score_arrays, score_result,
+                            unragged)
 from harness.seeds import derive_seed
 from harness.targeted import call_spans, enrich_window, logprob_tables
 from harness.tasks import OUTCOMES, Skip, Task
@@ -56,6 +57,9 @@ from harness.wording import finish_command, plural
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
 log = logging.getLogger(__name__)
+# a backend call of the teacher or fill passes scores at most this many positions (about 1 GiB of passes at
+# score_top_k 64; one pass at least), each call's passes stored as it returns
+CALL_POSITIONS = 1 << 19
 
 
 @dataclasses.dataclass
@@ -66,6 +70,7 @@ class RunContext:
     rundir: RunDir
     backend: CountingBackend  # the tree's rollouts and the forward passes, counted
     artefact_backend: CountingBackend  # solutions and summaries for contexts, counted apart
+    passes: PassCache  # the forward passes over the paths, a bounded number held, the rest read from their shards
     states: dict[str, QuestionState] = dataclasses.field(default_factory=dict)
 
     @property
@@ -167,7 +172,7 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
         if (shard := ctx.rundir.load(q.id, "initial")) is None:
             todo.append(q)
         else:
-            ctx.states[q.id] = QuestionState(q, unragged(shard["tokens"], shard["offsets"]), shard["outcome"])
+            ctx.states[q.id] = _state(ctx, q, unragged(shard["tokens"], shard["offsets"]), shard["outcome"])
     requests = [
         SampleRequest(q.prompt_ids, cfg.n_initial, derive_seed(cfg.seed, q.id, "initial"), ctx.plan.max_new_tokens,
                       cfg.temperature, task.stop_ids)
@@ -182,9 +187,14 @@ def _initial_rollouts(ctx: RunContext, questions) -> None:
             tokens, offsets = ragged(res.tokens)
             shards.append((q.id, "initial", {"tokens": tokens, "offsets": offsets, "outcome": outcomes,
                                              "prompt": np.asarray(q.prompt_ids, np.int64), "reference": reference_bytes(q)}))
-            ctx.states[q.id] = QuestionState(q, res.tokens, outcomes)
+            ctx.states[q.id] = _state(ctx, q, res.tokens, outcomes)
         ctx.rundir.save_all(shards)
     ctx.states = {q.id: ctx.states[q.id] for q in questions}
+
+
+def _state(ctx: RunContext, q, responses: list[np.ndarray], outcomes: np.ndarray) -> QuestionState:
+    read = ctx.passes.reader(q.id)
+    return QuestionState(q, responses, outcomes, scores=Passes(read), fills=Passes(read))
 
 
 # 3. teacher passes -------------------------------------------------------------------------------
@@ -208,29 +218,51 @@ def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
         for j, path in enumerate(s.paths):
             name = f"score-p{j}-{STUDENT}"
             if (shard := ctx.rundir.load(s.question.id, name)) is not None:
-                s.scores[(j, STUDENT)] = score_result(shard)
+                _stored(ctx, s, (j, STUDENT), name, score_result(shard))
             else:
-                pending.append((s, j, STUDENT, name))
+                pending.append((s, (j, STUDENT), name))
                 requests.append(ScoreRequest(s.question.prompt_ids, path, STUDENT, cfg.temperature, cfg.score_top_k))
             correct, wrong = s.solutions[j]
             for t in teachers:
                 name = f"score-p{j}-{slug(t.name)}"
                 if (shard := ctx.rundir.load(s.question.id, name)) is not None:
-                    s.scores[(j, t.name)] = Skip(str(shard["skip"])) if "skip" in shard else score_result(shard)
+                    if "skip" in shard:
+                        s.scores[(j, t.name)] = Skip(str(shard["skip"]))
+                    else:
+                        _stored(ctx, s, (j, t.name), name, score_result(shard))
                     continue
                 context = task.teacher_context(t, s.question, correct, wrong, artefacts, response_length=len(path))
                 if isinstance(context, Skip):
                     s.scores[(j, t.name)] = context
                     ctx.rundir.save(s.question.id, name, skip=np.array(context.reason))
                     continue
-                pending.append((s, j, t.name, name))
+                pending.append((s, (j, t.name), name))
                 requests.append(ScoreRequest(np.asarray(context), path, model_name(t), cfg.temperature, cfg.score_top_k,
                                              reference_model=STUDENT, reference_context=s.question.prompt_ids))
-    shards = []
-    for (s, j, key, name), req, res in zip(pending, requests, ctx.backend.score(requests), strict=True):
-        s.scores[(j, key)] = res
-        shards.append((s.question.id, name, score_arrays(res, req.context)))
-    ctx.rundir.save_all(shards)
+    _score_in_calls(ctx, pending, requests)
+
+
+def _score_in_calls(ctx: RunContext, pending: list[tuple], requests: list[ScoreRequest], fill: bool = False) -> None:
+    """Score ``requests`` (``pending``: each one's question state, key and shard name) in calls of at most
+    `CALL_POSITIONS` positions, each call's passes stored as it returns: a stop loses one call, and a run holds
+    one call's passes besides the ones its cache keeps."""
+    ctx.backend.plan_ahead(len(requests))
+    start = 0
+    while start < len(requests):
+        stop, positions = start + 1, len(requests[start].response)
+        while stop < len(requests) and positions + len(requests[stop].response) <= CALL_POSITIONS:
+            positions, stop = positions + len(requests[stop].response), stop + 1
+        results = ctx.backend.score(requests[start:stop])
+        ctx.rundir.save_all([(s.question.id, name, score_arrays(res, req.context))
+                             for (s, _, name), req, res in zip(pending[start:stop], requests[start:stop], results, strict=True)])
+        for (s, key, name), res in zip(pending[start:stop], results, strict=True):
+            _stored(ctx, s, key, name, res, fill)
+        start = stop
+
+
+def _stored(ctx: RunContext, s: QuestionState, key: tuple[int, str], name: str, res: ScoreResult, fill: bool = False) -> None:
+    (s.fills if fill else s.scores).stored(key, name)
+    ctx.passes.put(s.question.id, name, res)
 
 
 def _fill_passes(ctx: RunContext, phases: Phases) -> None:
@@ -246,9 +278,9 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
     pending, requests = [], []
     for s in ctx.states.values():
         for j, path in enumerate(s.paths):
-            for key in (STUDENT, *(t.name for t in teachers if isinstance(s.scores.get((j, t.name)), ScoreResult))):
+            for key in (STUDENT, *(t.name for t in teachers if s.scores.scored((j, t.name)))):
                 if (shard := ctx.rundir.load(s.question.id, _fill_name(j, key))) is not None:
-                    s.fills[(j, key)] = score_result(shard)
+                    _stored(ctx, s, (j, key), _fill_name(j, key), score_result(shard), fill=True)
             position, token = support_children(s.tree.children(j), len(path), ctx.plan.n_min)
             student, _, tables = logprob_tables(s, j, teachers, fills=True)
             for key, table in ((STUDENT, student), *tables.items()):
@@ -258,7 +290,7 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
                 stored = ctx.rundir.load(s.question.id, f"score-p{j}-{slug(key)}")  # its context, as scored
                 model = STUDENT if key == STUDENT else model_name(by_name[key])
                 extra = _extra_ids(path, position[missing], token[missing], s.fills.get((j, key)))
-                pending.append((s, j, key))
+                pending.append((s, (j, key), _fill_name(j, key)))
                 requests.append(ScoreRequest(stored["context"], path, model, cfg.temperature, 0, extra_ids=extra))
     if requests and not ctx.rundir.models_checked:
         raise RunDirError(
@@ -269,11 +301,7 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
     if not requests:
         return
     with phases.phase("fill passes", ctx.backend, unit="passes"):
-        shards = []
-        for (s, j, key), req, res in zip(pending, requests, ctx.backend.score(requests), strict=True):
-            s.fills[(j, key)] = res
-            shards.append((s.question.id, _fill_name(j, key), score_arrays(res, req.context)))
-        ctx.rundir.save_all(shards)
+        _score_in_calls(ctx, pending, requests, fill=True)
 
 
 def _fill_name(j: int, key: str) -> str:
@@ -345,7 +373,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     if backend is None:  # built on its first request: the first progress line comes before the models load
         backend = LazyBackend(lambda: build_backend(cfg, plan.specs), _last_backend(rundir.root))
     ctx = RunContext(plan, rundir, CountingBackend(NoRollouts(backend, str(rundir.root)) if frozen else backend),
-                     CountingBackend(backend))
+                     CountingBackend(backend), PassCache(rundir))
     questions = plan.task.questions(cfg.limit)
     phases.run_started(cfg.task, len(questions), getattr(plan.task, "n_available", None), len(plan.specs), rundir.root)
 

@@ -7,6 +7,7 @@ same choices for the same question whatever else it runs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, MutableMapping
 
 import numpy as np
 
@@ -15,6 +16,43 @@ from harness.config import RunConfig
 from harness.core import Rollouts, TreeStats
 from harness.seeds import derive_seed
 from harness.tasks import CORRECT, OUTCOMES, WRONG, Question, Skip
+
+
+class Passes(MutableMapping):
+    """A question's forward passes over its paths by (path, teacher name or student): each a ScoreResult or a
+    Skip. A pass given by its shard's name (`stored`) is read through ``read`` whenever it is asked for (a run's
+    cache of passes, bounded in bytes), so a run holds a bounded number of them however many questions it has."""
+
+    def __init__(self, read: Callable[[str], ScoreResult] | None = None):
+        self._read = read
+        self._items: dict[tuple[int, str], ScoreResult | Skip | str] = {}
+
+    def stored(self, key: tuple[int, str], name: str) -> None:
+        """The pass of ``key`` is the shard ``name``, read back when asked for."""
+        self._items[key] = name
+
+    def scored(self, key: tuple[int, str]) -> bool:
+        """Whether ``key`` has a pass (not a Skip), without reading it."""
+        return key in self._items and not isinstance(self._items[key], Skip)
+
+    def skips(self) -> dict[tuple[int, str], Skip]:
+        return {k: v for k, v in self._items.items() if isinstance(v, Skip)}
+
+    def __getitem__(self, key: tuple[int, str]) -> ScoreResult | Skip:
+        value = self._items[key]
+        return self._read(value) if isinstance(value, str) else value
+
+    def __setitem__(self, key: tuple[int, str], value: ScoreResult | Skip) -> None:
+        self._items[key] = value
+
+    def __delitem__(self, key: tuple[int, str]) -> None:
+        del self._items[key]
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclasses.dataclass
@@ -29,8 +67,8 @@ class QuestionState:
     path_rollout: list[int] = dataclasses.field(default_factory=list)  # the initial rollout each path is
     solutions: list[tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=list)  # per path: (correct, wrong) it may show
     tree: TreeStats | None = None
-    scores: dict[tuple[int, str], ScoreResult | Skip] = dataclasses.field(default_factory=dict)  # (path, teacher|student)
-    fills: dict[tuple[int, str], ScoreResult] = dataclasses.field(default_factory=dict)  # the same: ids records need besides
+    scores: Passes = dataclasses.field(default_factory=Passes)  # (path, teacher|student): its pass over the path
+    fills: Passes = dataclasses.field(default_factory=Passes)  # the same: passes over ids the records need besides
     budget: list[dict] = dataclasses.field(default_factory=list)  # rollouts and tokens per window
     spans: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # its depth windows
     note: str = ""  # why the question has no paths of one outcome, if so

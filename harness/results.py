@@ -66,14 +66,13 @@ def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: 
     """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
     import datetime
 
-    from harness.backends import STUDENT, ScoreResult
+    from harness.backends import STUDENT
     from harness.config import portable, to_dict
     from harness.tasks import OUTCOMES
 
     states = list(states)
     rollouts = sum(len(s.responses) + sum(b["rollouts"] for b in s.budget) for s in states)
     tokens = sum(int(sum(len(r) for r in s.responses)) + sum(b["tokens_generated"] for b in s.budget) for s in states)
-    scored = [v for s in states for (j, k), v in s.scores.items() if k != STUDENT]
     answers = [s.answers() for s in states]
     path_outcomes = [OUTCOMES[o] for s in states for o in s.path_outcome]
     results = {
@@ -91,7 +90,7 @@ def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: 
             "decision_points": _decision_points(nodes),
             "rollouts": rollouts,
             "tokens_generated": tokens,
-            "teacher_forward_passes": sum(isinstance(v, ScoreResult) for v in scored),
+            "teacher_forward_passes": sum(s.scores.scored(key) for s in states for key in s.scores if key[1] != STUDENT),
             "student_forward_passes": sum(len(s.paths) for s in states),
             # fill passes the records stand on (pipeline._fill_passes), at most one per path and model: ids the
             # passes above did not keep (a grown run's wider fill replaces the one before, and counts once)
@@ -139,12 +138,9 @@ def _decision_points(nodes: dict[str, np.ndarray]) -> int:
 def skipped_teachers(state) -> dict[str, str]:
     """Each teacher skipped on some path of a question, with the reason, and the paths when not all of
     them (a context may need more wrong solutions than a wrong path leaves: every path is checked)."""
-    from harness.tasks import Skip
-
     paths: dict[str, tuple[str, list[int]]] = {}
-    for (j, name), value in sorted(state.scores.items(), key=lambda item: item[0]):
-        if isinstance(value, Skip):
-            paths.setdefault(name, (value.reason, []))[1].append(j)
+    for (j, name), skip in sorted(state.scores.skips().items(), key=lambda item: item[0]):
+        paths.setdefault(name, (skip.reason, []))[1].append(j)
     return {name: reason if len(js) == len(state.paths) else f"{reason} (paths {', '.join(map(str, js))} of {len(state.paths)})"
             for name, (reason, js) in paths.items()}
 

@@ -47,6 +47,7 @@ import os
 import re
 import socket
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,6 +284,53 @@ def score_result(a: dict[str, np.ndarray]) -> ScoreResult:
         reference_logprobs=a.get("reference_logprobs"), divergences=divs or None,
         approximate=bool(a["approximate"]),
     )
+
+
+# the forward passes a run holds in memory at once (least recently used let go first); the others are read back
+# from their shards when asked for. Far above a small run's passes (the demo's: 31 MiB); a long-trace run holds
+# about this much instead of every pass of every question (AIME 2025 with eight teachers: up to 59 GiB)
+HELD_PASS_BYTES = 1 << 31
+
+
+class PassCache:
+    """The ``score`` and ``fill`` shards of a run as passes, at most `HELD_PASS_BYTES` of them held."""
+
+    def __init__(self, rundir: RunDir):
+        self._rundir = rundir
+        self._held: OrderedDict[tuple[str, str], ScoreResult] = OrderedDict()
+        self._bytes = 0
+        self.reads = 0  # passes read back after being let go
+
+    def reader(self, question: str) -> Callable[[str], ScoreResult]:
+        return lambda name: self.get(question, name)
+
+    def get(self, question: str, name: str) -> ScoreResult:
+        key = (question, name)
+        if (res := self._held.get(key)) is not None:
+            self._held.move_to_end(key)
+            return res
+        shard = self._rundir.load(question, name)
+        if shard is None:
+            raise RunDirError(f"{self._rundir.shard(question, name)}: removed while the run read it; "
+                              f"{finish_command(self._rundir.root)} makes it again")
+        self.reads += 1
+        res = score_result(shard)
+        self.put(question, name, res)
+        return res
+
+    def put(self, question: str, name: str, res: ScoreResult) -> None:
+        """A pass just scored (and stored) or read: held while there is room."""
+        if (old := self._held.pop((question, name), None)) is not None:
+            self._bytes -= _nbytes(old)
+        self._held[(question, name)] = res
+        self._bytes += _nbytes(res)
+        while self._bytes > HELD_PASS_BYTES and len(self._held) > 1:
+            self._bytes -= _nbytes(self._held.popitem(last=False)[1])
+
+
+def _nbytes(res: ScoreResult) -> int:
+    arrays = (res.ids, res.offsets, res.logprobs, res.reference_logprobs, *(res.divergences or {}).values())
+    return sum(a.nbytes for a in arrays if a is not None)
 
 
 def checksum(arrays: dict[str, np.ndarray]) -> str:

@@ -289,9 +289,10 @@ def test_a_run_stays_within_the_targeted_rollouts_its_plan_bounds(tmp_path, sets
 
 
 def test_the_host_memory_of_the_scoring_passes_is_what_a_run_holds_at_most(tmp_path):
-    """Every path's scoring passes are held from the teacher passes until the records are written: the plan bounds
-    their bytes (a paper-size AIME plan holds tens of GiB on the host). On the toy vocabulary of 52 ids every
-    position keeps every id, so each pass holds exactly its positions times the plan's bytes per position."""
+    """The plan bounds the bytes of every path's passes (a paper-size AIME plan's take tens of GiB) and what a run
+    holds of them (at most HELD_PASS_BYTES, the rest read back from their shards, and one scoring call's). On the
+    toy vocabulary of 52 ids every position keeps every id, so each pass holds exactly its positions times the
+    plan's bytes per position."""
     import numpy as np
 
     from harness import cli
@@ -311,7 +312,12 @@ def test_the_host_memory_of_the_scoring_passes_is_what_a_run_holds_at_most(tmp_p
         assert size == (len(arrays["offsets"]) - 1) * per_position + 8, shard  # and the offsets' closing entry
         held += size
     bound = 2 * 4 * 128 * held_pass_bytes(64, 1, 52)
-    assert 0 < held <= bound and f"hold <= {bound / 2**20:.1f} MiB until the records are written" in line
+    assert 0 < held <= bound and f"take <= {bound / 2**20:.1f} MiB (" in line
+    assert f"held: <= {bound / 2**20:.1f} MiB of them (the rest read back from their shards)" in line
+    paper = next(x for x in plan_for(resolve_run_config(None, ["task=odiag_aime25", "backend=vllm", "student=Qwen/Qwen3-8B",
+                                                                 "teachers=[self-1c, self-1c1w]"])).lines
+                 if x.startswith("host memory:"))
+    assert "held: <= 2.0 GiB of them" in paper, paper
 
 
 def test_settle_without_a_budget_has_no_bound_and_says_how_to_give_one():

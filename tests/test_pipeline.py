@@ -179,6 +179,49 @@ def test_a_stop_in_the_initial_phase_keeps_the_questions_of_its_finished_calls(f
     assert resumed["counts"]["rollouts_this_invocation"] == reference["counts"]["rollouts"] - 4 * CFG.n_initial
 
 
+def test_a_stop_in_the_teacher_passes_keeps_the_passes_of_its_finished_calls(finished, tmp_path, monkeypatch):
+    """The teacher passes were one backend call for every path of every question, stored when it returned: a stop
+    late in the phase lost all of it, and the call held every pass at once. They are scored in calls of a
+    bounded number of positions, each call's passes stored as it returns; resumed, none is scored again."""
+    import harness.pipeline as pipeline
+
+    reference = _results(finished[0])
+    monkeypatch.setattr(pipeline, "CALL_POSITIONS", 1)  # one pass a call
+    with pytest.raises(Crash):
+        run(CFG, tmp_path, backend=CrashingBackend(1 + 5))  # the initial rollouts, five passes, then a failure
+    assert len(list((tmp_path / "shards").glob("*/score-*.npz"))) == 5
+    resumed = run(CFG, tmp_path)
+    assert _strip(resumed) == reference
+    passes = [sum(r["counts"]["forward_passes_this_invocation"].values()) for r in (resumed, finished[1])]
+    assert passes[0] == passes[1] - 5
+
+
+def test_a_run_holding_one_pass_at_a_time_reads_the_rest_back_to_the_same_results(finished, tmp_path, monkeypatch):
+    """Every path's passes were held in memory from the teacher passes to the records: a run's host memory grew
+    with its questions (AIME 2025 with eight teachers: up to 59 GiB). A run holds at most HELD_PASS_BYTES of them
+    and reads the others back from their shards; held to one pass, it gives the same results."""
+    import harness.rundir as rundir
+
+    held, read_back = [], []
+    put, load = rundir.PassCache.put, rundir.RunDir.load
+
+    def counted_put(self, question, name, res):
+        put(self, question, name, res)
+        held.append(len(self._held))
+
+    def counted_load(self, question, name):
+        shard = load(self, question, name)
+        if shard is not None and name.startswith(("score-", "fill-")):
+            read_back.append(name)
+        return shard
+
+    monkeypatch.setattr(rundir, "HELD_PASS_BYTES", 1)
+    monkeypatch.setattr(rundir.PassCache, "put", counted_put)
+    monkeypatch.setattr(rundir.RunDir, "load", counted_load)
+    assert _strip(run(CFG, tmp_path)) == _results(finished[0])
+    assert max(held) == 1 and len(read_back) > len(list((tmp_path / "shards").glob("*/score-*.npz")))
+
+
 STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
          signal.SIGTERM: (143, "odiag: terminated (SIGTERM); finished work is kept in {}: run the same command again to resume"),
          signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}
@@ -494,11 +537,13 @@ def test_skipped_teachers_name_every_path_a_teacher_was_skipped_on():
     """results.json kept path 0's skips only: a teacher skipped on the wrong paths alone went unrecorded."""
     from types import SimpleNamespace
 
+    from harness.questions import Passes
     from harness.results import skipped_teachers
     from harness.tasks import Skip
 
     few = Skip("needs 3 wrong solutions, the question has 2")
-    state = SimpleNamespace(paths=[0, 1, 2, 3], scores={
+    state = SimpleNamespace(paths=[0, 1, 2, 3], scores=Passes())
+    state.scores.update({
         (0, "student"): object(), (2, "wrong3"): few, (3, "wrong3"): few, (0, "wrong3"): object(),
         **{(j, "always"): Skip("no correct solution") for j in range(4)},
     })

@@ -24,8 +24,8 @@ class CountingBackend:
         self.tokens = 0
         self.passes: dict[str, int] = {}
         self.phase: Phase | None = None
-        self._ahead = 0  # rollouts of a round planned whole (plan_ahead) not yet sampled
-        self._announced = 0  # rollouts given to plan_ahead, planned once the first call has loaded its models
+        self._ahead = 0  # rollouts (or passes) of a round planned whole (plan_ahead) not yet sampled (or scored)
+        self._announced = 0  # rollouts (or passes) given to plan_ahead, planned once the first call has loaded its models
 
     def _ready(self, phase: Phase, requests, kind: str) -> None:
         """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
@@ -35,9 +35,10 @@ class CountingBackend:
             phase.loaded(seconds)
 
     def plan_ahead(self, rollouts: int) -> None:
-        """A round planned whole before its calls: its sampled and complete rollouts plan nothing more, so the
-        phase's total and ETA hold the round from its start, however many calls sample it. Planned when its first
-        call has loaded what it uses (or its first complete rollout is counted): loading stays out of the phase."""
+        """A round (or a phase's forward passes) planned whole before its calls: its sampled and complete rollouts
+        (its scored passes) plan nothing more, so the phase's total and ETA hold the round from its start, however
+        many calls sample it. Planned when its first call has loaded what it uses (or its first complete rollout
+        is counted): loading stays out of the phase."""
         if self.phase is not None and rollouts:
             self._announced += rollouts
 
@@ -82,7 +83,8 @@ class CountingBackend:
         phase = self.phase
         if phase is not None and requests:
             self._ready(phase, requests, "score")
-            phase.plan(len(requests))
+            self._plan_announced(phase)
+            self._plan(phase, len(requests))
         on_done = phase.scored if phase is not None else None
         return progress_call(self.inner.score, requests, on_done, _no_tokens) if requests else []
 
