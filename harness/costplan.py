@@ -472,7 +472,8 @@ def _held_passes(cfg: RunConfig, n_teachers: int, length: int, n_q: int | None, 
     per_question = paths * length * held_pass_bytes(cfg.score_top_k, n_teachers, vocab)
     teacher = held_pass_bytes(cfg.score_top_k, 1, vocab) - held_pass_bytes(cfg.score_top_k, 0, vocab)
     total = _gib(per_question) + " per question" if n_q is None else _gib(per_question * n_q)
-    held, call = HELD_PASS_BYTES, max(CALL_POSITIONS, length) * teacher
+    workers = cfg.num_workers if cfg.executor == "ray" else 1
+    held, call = HELD_PASS_BYTES, max(CALL_POSITIONS * workers, length) * teacher
     if n_q is not None:
         held, call = min(per_question * n_q, held), min(per_question * n_q, call)
     return (f"host memory: the passes over the paths take <= {total} ({paths} paths x {1 + n_teachers} passes x "

@@ -57,8 +57,8 @@ from harness.wording import finish_command, plural
 __all__ = ["add_teacher", "json_ready", "model_specs", "rescore", "run", "run_task", "windows"]
 
 log = logging.getLogger(__name__)
-# a backend call of the teacher or fill passes scores at most this many positions (about 1 GiB of passes at
-# score_top_k 64; one pass at least), each call's passes stored as it returns
+# a backend call of the teacher or fill passes scores at most this many positions per Ray worker (about 1 GiB of
+# passes at score_top_k 64; one pass at least), each call's passes stored as it returns
 CALL_POSITIONS = 1 << 19
 
 
@@ -244,19 +244,21 @@ def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
 
 def _score_in_calls(ctx: RunContext, pending: list[tuple], requests: list[ScoreRequest], fill: bool = False) -> None:
     """Score ``requests`` (``pending``: each one's question state, key and shard name) in calls of at most
-    `CALL_POSITIONS` positions, each call's passes stored as it returns: a stop loses one call, and a run holds
-    one call's passes besides the ones its cache keeps."""
+    `CALL_POSITIONS` positions (per Ray worker), each call's passes stored as it returns: a stop loses one call,
+    and a run holds one call's passes besides the ones its cache keeps."""
     ctx.backend.plan_ahead(len(requests))
+    most = CALL_POSITIONS * (ctx.cfg.num_workers if ctx.cfg.executor == "ray" else 1)
     start = 0
     while start < len(requests):
         stop, positions = start + 1, len(requests[start].response)
-        while stop < len(requests) and positions + len(requests[stop].response) <= CALL_POSITIONS:
+        while stop < len(requests) and positions + len(requests[stop].response) <= most:
             positions, stop = positions + len(requests[stop].response), stop + 1
         results = ctx.backend.score(requests[start:stop])
         ctx.rundir.save_all([(s.question.id, name, score_arrays(res, req.context))
                              for (s, _, name), req, res in zip(pending[start:stop], requests[start:stop], results, strict=True)])
         for (s, key, name), res in zip(pending[start:stop], results, strict=True):
             _stored(ctx, s, key, name, res, fill)
+        del results  # not held through the next call
         start = stop
 
 

@@ -534,7 +534,7 @@ def _spelled_as_recorded(plan: RunPlan, saved: dict, theirs: list[dict]) -> RunP
     old = [t for t in theirs if t["role"] == PLANNER]
     new = [t for t in plan.teachers if t.role == PLANNER]
     entries = saved["config"].get("teachers")
-    if (entries != [t["entry"] for t in old] or tuple(entries) == plan.config.teachers
+    if (entries != [t.get("entry") for t in old] or tuple(entries) == plan.config.teachers
             or [(t["name"], t["identity"], t["file"]) for t in old]
             != [(t.name, t.identity, portable(t.config.file)) for t in new]):
         return plan

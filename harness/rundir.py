@@ -47,7 +47,6 @@ import os
 import re
 import socket
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -286,28 +285,30 @@ def score_result(a: dict[str, np.ndarray]) -> ScoreResult:
     )
 
 
-# the forward passes a run holds in memory at once (least recently used let go first); the others are read back
-# from their shards when asked for. Far above a small run's passes (the demo's: 31 MiB); a long-trace run holds
-# about this much instead of every pass of every question (AIME 2025 with eight teachers: up to 59 GiB)
+# the forward passes a run holds in memory at most; the others are read back from their shards when asked for.
+# Far above a small run's passes (the demo's: 31 MiB); a long-trace run holds about this much instead of every
+# pass of every question (AIME 2025 with eight teachers: up to 59 GiB)
 HELD_PASS_BYTES = 1 << 31
 
 
 class PassCache:
-    """The ``score`` and ``fill`` shards of a run as passes, at most `HELD_PASS_BYTES` of them held."""
+    """The ``score`` and ``fill`` shards of a run as passes, at most `HELD_PASS_BYTES` of them held.
+
+    The first passes that fit stay; the others are read back each time a phase asks for them. Every phase reads
+    the passes in the same order, question by question, and under that order a cache that let the least recently
+    used go would never hold the pass asked for next: it would read back every pass once it held too few."""
 
     def __init__(self, rundir: RunDir):
         self._rundir = rundir
-        self._held: OrderedDict[tuple[str, str], ScoreResult] = OrderedDict()
+        self._held: dict[tuple[str, str], ScoreResult] = {}
         self._bytes = 0
-        self.reads = 0  # passes read back after being let go
+        self.reads = 0  # passes read back, not held
 
     def reader(self, question: str) -> Callable[[str], ScoreResult]:
         return lambda name: self.get(question, name)
 
     def get(self, question: str, name: str) -> ScoreResult:
-        key = (question, name)
-        if (res := self._held.get(key)) is not None:
-            self._held.move_to_end(key)
+        if (res := self._held.get((question, name))) is not None:
             return res
         shard = self._rundir.load(question, name)
         if shard is None:
@@ -319,13 +320,13 @@ class PassCache:
         return res
 
     def put(self, question: str, name: str, res: ScoreResult) -> None:
-        """A pass just scored (and stored) or read: held while there is room."""
-        if (old := self._held.pop((question, name), None)) is not None:
+        """A pass just scored (and stored) or read: held if there is room (a fill scored again replaces its own)."""
+        key = (question, name)
+        if (old := self._held.pop(key, None)) is not None:
             self._bytes -= _nbytes(old)
-        self._held[(question, name)] = res
-        self._bytes += _nbytes(res)
-        while self._bytes > HELD_PASS_BYTES and len(self._held) > 1:
-            self._bytes -= _nbytes(self._held.popitem(last=False)[1])
+        if self._bytes + _nbytes(res) <= HELD_PASS_BYTES:
+            self._held[key] = res
+            self._bytes += _nbytes(res)
 
 
 def _nbytes(res: ScoreResult) -> int:

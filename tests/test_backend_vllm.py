@@ -405,3 +405,38 @@ def test_per_model_engine_arguments_name_loaded_models():
     backend = VLLMBackend({STUDENT: ModelSpec("a"), "t": ModelSpec("big/teacher")},
                           model_args={"big/teacher": {"tensor_parallel_size": 2}})
     assert backend.describe()["model_args"] == {"big/teacher": {"tensor_parallel_size": 2}}
+
+
+ENGINE_PROCESS = r'''
+import sys
+log = "(EngineCore pid=7) ERROR 12-03 18:34:35 [core.py:1510] "
+sys.stdout.write(log + "EngineCore failed to start.\n" + log + "Traceback (most recent call last):\n")
+sys.stdout.write(log + '  File "core.py", line 9, in run\n' + log + "    raise CAUSE\n" + log + "CAUSE_LINE\n")
+sys.stderr.write("Process EngineCore:\nTraceback (most recent call last):\n  File \"core.py\", line 9, in run\n")
+sys.stderr.write("    raise CAUSE\nCAUSE_LINE\n")
+'''
+
+
+@pytest.mark.parametrize("cause, refused", [("ValueError: No available memory for the cache blocks. Try more.", True),
+                                            ("KeyError: 'rotary_dim'", False)])
+def test_an_engine_process_that_fails_to_start_is_judged_by_its_own_cause(fake_vllm, capfd, tmp_path, cause, refused):
+    """vLLM's parent hears "Engine core initialization failed" whatever stopped its engine process: one line
+    naming the cause and the settings when it is memory, the traceback kept (a bug, reported as one) otherwise."""
+    from harness.errors import ConfigError
+
+    class FailingLLM:
+        def __init__(self, **_):
+            subprocess.run([sys.executable, "-c", ENGINE_PROCESS.replace("CAUSE_LINE", cause)], check=True)
+            raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+
+    fake_vllm.LLM = FailingLLM
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
+    backend = VLLMBackend({STUDENT: ModelSpec(str(tmp_path))})
+    with pytest.raises(ConfigError if refused else RuntimeError) as caught:
+        backend.sample([SampleRequest(np.array([1]), 1, 0, 2)])
+    out, err = capfd.readouterr()
+    if refused:
+        assert "(ValueError: No available memory for the cache blocks)" in str(caught.value)
+        assert "Traceback" not in out + err and "EngineCore failed to start." in out
+    else:
+        assert out.count("Traceback") == 1 and err.count("Traceback") == 1 and cause in out and cause in err

@@ -52,7 +52,7 @@ import numpy as np
 
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
-from harness.backends.child_stderr import ChildStderr
+from harness.backends.child_output import ChildOutput
 from harness.core.divergences import DIVERGENCES, topk_tail_divergences
 from harness.errors import ConfigError
 from harness.modelfiles import loadable
@@ -362,20 +362,21 @@ class VLLMBackend:
 
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
-            relay = ChildStderr(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
+            relay = ChildOutput(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
             try:
                 with relay:
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
             except (RuntimeError, ValueError) as exc:
-                if not any(s in str(exc) for s in START_REFUSALS):
-                    relay.keep(settle_s=2.0)
+                # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
+                # that it did not start, and counts as a refusal only where no cause came
+                said = relay.cause() or str(exc).splitlines()[0]
+                if not any(s in said for s in START_REFUSALS):
+                    relay.keep()
                     raise
-                # the engine process's own cause, when it ran apart ("Engine core initialization failed" says
-                # only that it did not start)
-                cause = (relay.refused() or str(exc).splitlines()[0]).split(". ")[0][:300]
+                relay.drop()
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 raise ConfigError(
-                    f"vLLM could not start an engine for {spec.id} ({cause}); most often its "
+                    f"vLLM could not start an engine for {spec.id} ({said.split('. ')[0][:300]}); most often its "
                     f"weights and KV cache do not fit its share of the device: raise gpu_memory_utilization or lower "
                     f"max_model_len in {where}, and size the run with odiag plan --gpu-memory GIB") from None
             except BaseException:
