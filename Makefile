@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/allocation.py --quick
 	$(BIN)/python bench/round_memory.py --quick
 	$(BIN)/python bench/pass_memory.py --quick
+	$(BIN)/python bench/planning.py --quick
 	$(BIN)/python bench/kv_memory.py --quick
 	$(BIN)/python bench/divergences.py --quick
 

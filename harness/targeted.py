@@ -42,26 +42,33 @@ CALL_TOKENS = 1 << 26
 
 
 def logprob_tables(
-    s: QuestionState, j: int, teachers, fills: bool = False,
+    s: QuestionState, j: int, teachers, fills: bool = False, window: tuple[int, int] | None = None,
 ) -> tuple[LogprobTable, dict[str, ScoreResult], dict[str, LogprobTable]]:
-    """The student's and each scored teacher's known log-probabilities along path ``j``; with ``fills``
-    also those of the passes over ids the records need (planning never reads them: a grown run plans
-    as a fresh one)."""
+    """The student's and each scored teacher's known log-probabilities along path ``j`` (``window``: at its
+    positions ``[lo, hi)`` only); with ``fills`` also those of the passes over ids the records need (planning
+    never reads them: a grown run plans as a fresh one)."""
     own = s.scores[(j, STUDENT)]
     scored = {t.name: r for t in teachers if isinstance(r := s.scores.get((j, t.name)), ScoreResult)}
+    n = len(own.offsets) - 1  # the path's positions
+    lo, hi = (min(window[0], n), min(window[1], n)) if window is not None else (0, n)
+
+    def cut(r: ScoreResult, logprobs: np.ndarray) -> tuple:
+        a, b = r.offsets[lo], r.offsets[hi]
+        return r.ids[a:b], r.offsets[lo:hi + 1] - a, logprobs[a:b]
 
     def parts(key: str) -> list[tuple]:
-        return [(r.ids, r.offsets, r.logprobs)] if fills and (r := s.fills.get((j, key))) is not None else []
+        return [cut(r, r.logprobs)] if fills and (r := s.fills.get((j, key))) is not None else []
 
-    student = LogprobTable.build([(own.ids, own.offsets, own.logprobs)]
-                                 + [(r.ids, r.offsets, r.reference_logprobs) for r in scored.values()] + parts(STUDENT))
-    tables = {name: LogprobTable.build([(r.ids, r.offsets, r.logprobs), *parts(name)]) for name, r in scored.items()}
+    student = LogprobTable.build([cut(own, own.logprobs)] + [cut(r, r.reference_logprobs) for r in scored.values()]
+                                 + parts(STUDENT), start=lo)
+    tables = {name: LogprobTable.build([cut(r, r.logprobs), *parts(name)], start=lo) for name, r in scored.items()}
     return student, scored, tables
 
 
-def _scored_tokens(s: QuestionState, j: int, planners) -> ScoredTokens:
-    """What the forward passes say about every (position, token) read along path ``j``."""
-    student, scored, tabs = logprob_tables(s, j, planners)
+def _scored_tokens(s: QuestionState, j: int, planners, window: tuple[int, int]) -> ScoredTokens:
+    """What the forward passes say about every (position, token) read along path ``j`` in ``window`` (``[lo, hi)``:
+    a round plans one window, and the whole path's tokens took minutes and GiB per path of a long trace)."""
+    student, scored, tabs = logprob_tables(s, j, planners, window=window)
     keys = np.unique(np.concatenate([student.keys, *(tab.keys for tab in tabs.values())]))
     pos, tok = keys >> KEY_BITS, keys & ((1 << KEY_BITS) - 1)
     # one column per planning teacher on every path; a teacher skipped on this path stays nan
@@ -100,7 +107,7 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
                 _ingest_shard(ctx, s, shard)
                 continue
             lo, hi = s.spans[w]
-            scored = [_scored_tokens(s, j, ctx.plan.planners) for j in range(len(s.paths))]
+            scored = [_scored_tokens(s, j, ctx.plan.planners, (lo, hi)) for j in range(len(s.paths))]
             children = [s.tree.children(j) for j in range(len(s.paths))]
             state = window_state(w, len(s.spans), lo, hi, scored, children, path_common_prefixes(s.paths),
                                  sum(b["rollouts"] for b in s.budget[:-1]), s.budget[-1]["rollouts"])

@@ -561,3 +561,41 @@ def test_skipped_teachers_name_every_path_a_teacher_was_skipped_on():
     })
     assert skipped_teachers(state) == {"wrong3": "needs 3 wrong solutions, the question has 2 (paths 2, 3 of 4)",
                                        "always": "no correct solution"}
+
+
+def test_a_round_reads_its_windows_tokens_as_the_whole_path_would_give_them():
+    """A round plans one depth window, but built what the passes say of every token of the whole path, each round:
+    on an AIME-length path 13 s and GiB a round (bench/planning.py). Built over the window, its rows are the
+    whole path's rows inside it, a window past a shorter path's end included; fills, which planning never
+    reads, and skipped teachers alike."""
+    from types import SimpleNamespace
+
+    from harness.backends import STUDENT, ScoreResult
+    from harness.questions import Passes
+    from harness.targeted import _scored_tokens
+    from harness.tasks import Skip
+
+    rng = np.random.default_rng(3)
+
+    def one(positions, k, teacher):
+        ids = np.sort(np.argsort(rng.random((positions, 40)), axis=1)[:, :k], axis=1).reshape(-1)  # distinct per row
+        logprobs = rng.normal(-2, 1, positions * k).astype(np.float32)
+        return ScoreResult(ids=ids.astype(np.int64), offsets=np.arange(positions + 1, dtype=np.int64) * k,
+                           logprobs=logprobs, reference_logprobs=logprobs[::-1].copy() if teacher else None,
+                           divergences={"reverse_kl": rng.random(positions)} if teacher else None)
+
+    planners = [SimpleNamespace(name=n) for n in ("a", "b", "skipped")]
+    scores = Passes()
+    scores[(0, STUDENT)], scores[(0, "a")], scores[(0, "b")] = one(37, 5, False), one(37, 9, True), one(37, 7, True)
+    scores[(0, "skipped")] = Skip("no correct solution")
+    fills = Passes()
+    fills[(0, STUDENT)] = one(37, 3, False)
+    state = SimpleNamespace(scores=scores, fills=fills)
+    whole = _scored_tokens(state, 0, planners, (0, 37))
+    for lo, hi in ((0, 1), (1, 3), (3, 7), (7, 15), (15, 31), (31, 63), (63, 127)):
+        part = _scored_tokens(state, 0, planners, (lo, hi))
+        inside = (whole.position_S >= lo) & (whole.position_S < hi)
+        for a, b in zip((whole.position_S, whole.token_S, whole.pi_S, whole.pi_teacher_S_T, whole.reverse_kl_S_T),
+                        (part.position_S, part.token_S, part.pi_S, part.pi_teacher_S_T, part.reverse_kl_S_T), strict=True):
+            assert np.array_equal(a[inside], b, equal_nan=True), (lo, hi)
+        assert inside.any() == (lo < 37)

@@ -92,11 +92,12 @@ class LogprobTable:
     logp: np.ndarray  # float [N]
 
     @staticmethod
-    def build(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> LogprobTable:
-        """From (ids, offsets, logprobs-on-those-ids) triples of scoring passes; the first wins on overlap."""
+    def build(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], start: int = 0) -> LogprobTable:
+        """From (ids, offsets, logprobs-on-those-ids) triples of scoring passes, whose first position is ``start``
+        (a window of the path); the first wins on overlap."""
         keys, vals = [], []
         for ids, offsets, lp in parts:
-            pos = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+            pos = np.repeat(np.arange(start, start + len(offsets) - 1), np.diff(offsets))
             keys.append((pos << KEY_BITS) | np.asarray(ids).astype(np.int64))
             vals.append(lp)
         allk = np.concatenate(keys) if keys else np.zeros(0, np.int64)
