@@ -96,6 +96,32 @@ def measure(device: str, batch_size: int, n: int, new: int, prefixes: int, stude
     }
 
 
+def divergence_placement(device: str, student: str = str(STUDENT_DIR)) -> tuple[float, float]:
+    """Scored tokens/s of the same passes with the divergences computed on the device (what the scorer does off
+    the CPU) and on the host in numpy (what it did): at Qwen3's vocabulary the host's float64 dominated."""
+    import harness.backends.hf as hf
+    from harness.core import all_divergences
+
+    models, teacher = _models(student)
+    backend = _LOADED.get((device, student)) or HFBackend(models, device=device)
+    requests = _prefixes(student, 8, 64, 2)
+    paths = [t for r in backend.sample(requests) for t in r.tokens]
+    scores = _score_requests(requests[0].prefix, paths, teacher)
+    rates, on_device = [], hf.device_divergences
+    for divergences in (on_device, lambda a, b: all_divergences(a.cpu().numpy(), b.cpu().numpy())):
+        hf.device_divergences = divergences
+        try:
+            backend.score(scores[:1])
+            start = time.perf_counter()
+            backend.score(scores)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            rates.append(sum(len(p) for p in paths) / (time.perf_counter() - start))
+        finally:
+            hf.device_divergences = on_device
+    return rates[0], rates[1]
+
+
 def measure_vllm(n: int, new: int, prefixes: int, student: str = str(STUDENT_DIR)) -> dict:
     """Sampled tokens/s and rollouts/s of one vLLM engine on the student; scored tokens/s of its
     exact scorer (transformers on the engine's device)."""
@@ -164,6 +190,10 @@ def main() -> None:
             record = {"device": name, "backend": args.backend, "model": args.student, "new_tokens": args.new_tokens,
                       "rows": rows}
             Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.backend == "hf" and args.device != "cpu":  # on the CPU the scorer keeps them on the host
+        device_rate, host_rate = divergence_placement(args.device, args.student)
+        print(f"scoring with the divergences on the device: {device_rate:,.0f} scored tok/s; on the host (numpy): "
+              f"{host_rate:,.0f} ({device_rate / host_rate:.1f}x)", flush=True)
     if args.backend == "vllm" or Path(args.student).resolve() != STUDENT_DIR:  # the run's overhead: on the toy task
         return
     overhead = pipeline_overhead([*TOY, "limit=4" if args.quick else "limit=16"], device=args.device)

@@ -353,3 +353,34 @@ def test_progress_hook_hears_every_completion_and_token_from_inside_the_call(bac
     passes = []
     backend.score([ScoreRequest(np.array([1, 2]), np.array([3, 4, 5]))] * 3, on_done=lambda n, _: passes.append(n))
     assert passes == [1, 1, 1]
+
+
+def test_the_devices_divergences_are_the_cores_on_every_kind_of_row():
+    """On a GPU the exact scorer computes the five divergences on the device in torch (the host's float64 numpy
+    took about a thousand times the forward pass's time); they are `all_divergences`, to the order of float64
+    sums, zeros and disjoint supports included. Checked on CPU tensors: this machine has no GPU."""
+    from harness.backends.hf import DEVICE_DIVERGENCE_ROWS, device_divergences
+
+    rng = np.random.default_rng(5)
+
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    wide = log_softmax(rng.normal(0, 3, (2, DEVICE_DIVERGENCE_ROWS + 5, 151_936))).astype(np.float32)  # two blocks
+    narrow = log_softmax(rng.normal(0, 2, (2, 9, 6)))
+    narrow[0, 0], narrow[1, 0] = narrow[1, 0], narrow[1, 0]  # identical rows
+    narrow[0, 1, :3] = -np.inf  # zeros on one side: KL one way +inf, the other finite
+    narrow[0, 1] = log_softmax(narrow[0, 1])
+    narrow[:, 2] = -np.inf
+    narrow[0, 2, 0] = narrow[1, 2, 5] = 0.0  # one-hot on disjoint ids: both KLs +inf, JS log 2, TV 1
+    narrow[0, 3, 2:] = narrow[1, 3, 2:] = -np.inf  # zeros shared by both
+    narrow[:, 3] = log_softmax(narrow[:, 3])
+    for student, teacher in (wide, narrow):
+        got = device_divergences(torch.as_tensor(student), torch.as_tensor(teacher))
+        want = all_divergences(student, teacher)
+        for name, value in want.items():
+            assert np.array_equal(np.isinf(got[name]), np.isinf(value)), name
+            np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-13, err_msg=name)
+    assert np.isinf(got["kl"][1]) != np.isinf(got["reverse_kl"][1]) and np.isinf(got["kl"][2])
+    assert got["js"][2] == pytest.approx(np.log(2)) and got["tv"][2] == pytest.approx(1.0) and got["kl"][0] == 0

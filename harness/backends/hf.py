@@ -27,8 +27,10 @@ one: a run resumed or spread over workers in those dtypes draws the same noise, 
 and applies the output head chunk by chunk, ``score_chunk`` positions at a time: a 30,000-token
 path never materialises a positions x vocabulary array, only ``score_chunk x V`` (a few such arrays
 in float32 and float64 while the divergences are computed: about ``40 * score_chunk * V`` bytes,
-~1.6 GB for 256 positions of a 152k vocabulary). Within one call a pass shared by several requests
-(the student reference of every teacher on a path) runs once.
+~1.6 GB for 256 positions of a 152k vocabulary). The five divergences are computed in float64 where
+the log-probabilities are: on a GPU in torch (`device_divergences`, 64 rows at a time), on the CPU by
+`harness.core.divergences` (the two agree to the order of float64 sums). Within one call a pass shared
+by several requests (the student reference of every teacher on a path) runs once.
 
 Options: ``device`` ("auto": CUDA when available), ``batch_size`` (rows decoded together, default
 64), ``score_chunk`` (positions per head application, default 256), ``threads`` (torch CPU threads
@@ -265,6 +267,35 @@ def _sha16(text: str) -> str:
 
 def _kv_of(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+# rows of the device's divergences computed together: a few float64 temporaries of ROWS x V (64 x 151,936: 78 MB
+# each), against the float32 head's chunk of score_chunk x V
+DEVICE_DIVERGENCE_ROWS = 64
+
+
+def device_divergences(logp_student_CV: torch.Tensor, logp_teacher_CV: torch.Tensor) -> dict[str, np.ndarray]:
+    """`harness.core.divergences.all_divergences` in torch, float64, on the tensors' device: the same formulas
+    (0·log 0 = 0; KL +inf exactly where one side has mass the other lacks), equal to them up to the order of
+    float64 sums. The exact scorer on a GPU computes them where the log-probabilities are, not on the host."""
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in DIVERGENCES}
+    for lo in range(0, max(len(logp_student_CV), 1), DEVICE_DIVERGENCE_ROWS):
+        lp, lq = (x[lo:lo + DEVICE_DIVERGENCE_ROWS].double() for x in (logp_student_CV, logp_teacher_CV))
+        p, q = lp.exp(), lq.exp()
+        logm = torch.logaddexp(lp, lq) - np.log(2.0)
+        out["kl"].append(_device_kl(lq, lp, q))
+        out["reverse_kl"].append(_device_kl(lp, lq, p))
+        out["js"].append(0.5 * (_device_kl(lp, logm, p) + _device_kl(lq, logm, q)))
+        out["tv"].append(0.5 * (p - q).abs().sum(-1))
+        out["prob_cosine"].append((p * q).sum(-1) / torch.sqrt((p * p).sum(-1) * (q * q).sum(-1)))
+    return {name: torch.cat(parts).cpu().numpy() for name, parts in out.items()}
+
+
+def _device_kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row, as `harness.core.divergences._kl`."""
+    terms = torch.where(torch.isneginf(logp), 0.0, (logp - logq) * p)
+    mass_where_q_is_zero = (torch.isneginf(logq) & torch.isfinite(logp)).any(-1)
+    return torch.where(mass_where_q_is_zero, torch.inf, terms.sum(-1))
 
 
 class HFBackend:
@@ -555,8 +586,11 @@ class HFBackend:
                 ref_logp_CV = torch.log_softmax(ref.head(ref_hidden_PH[lo:hi]).float() / r.temperature, dim=-1)
                 if k:
                     candidates_CK.append(ref_logp_CV.topk(k, dim=-1).indices)
-                # the reference plays π (the student), the scored model π_T (SPEC §3, divergences)
-                for name, value in all_divergences(ref_logp_CV.cpu().numpy(), logp_CV.cpu().numpy()).items():
+                # the reference plays π (the student), the scored model π_T (SPEC §3, divergences); on a GPU on the
+                # device, where the host's float64 numpy took about a thousand times the forward pass's time
+                on_host = self.device.type == "cpu"
+                for name, value in (all_divergences(ref_logp_CV.cpu().numpy(), logp_CV.cpu().numpy()) if on_host
+                                    else device_divergences(ref_logp_CV, logp_CV)).items():
                     divergences[name].append(value)
             sorted_CK = torch.cat(candidates_CK, dim=1).sort(dim=1).values
             keep_CK = torch.ones_like(sorted_CK, dtype=torch.bool)
