@@ -48,19 +48,20 @@ def _child_alone() -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
-def test_a_refused_start_drops_the_childs_tracebacks_and_answers_the_first_cause():
+def test_a_refused_start_drops_the_childs_tracebacks_and_answers_their_exception_lines():
     done = _run("""
         relay = ChildOutput()
         with relay:
             sys.stderr.write("parent inside\\n"); sys.stderr.flush()
             subprocess.run([sys.executable, "-c", CHILD])
-        cause = relay.cause()
+        causes = relay.causes()
         relay.drop()
-        sys.stdout.write("cause: " + cause + "\\n")
+        sys.stdout.write("causes: " + " | ".join(causes) + "\\n")
         sys.stderr.write("odiag: error: ...\\n")
         """)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == LEFT_OUT + "cause: ValueError: No available memory for the cache blocks. Try more.\n"
+    memory = "ValueError: No available memory for the cache blocks. Try more."
+    assert done.stdout == LEFT_OUT + f"causes: KeyError: 'blocks' | {memory} | {memory}\n"  # standard error's first
     assert done.stderr == "parent inside\n" + LEFT_ERR + "odiag: error: ...\n"
 
 
@@ -96,14 +97,14 @@ def test_a_child_that_keeps_running_passes_its_later_tracebacks_once_the_start_i
     assert (done.stdout, done.stderr) == (alone.stdout, alone.stderr)
 
 
-def test_a_start_with_nothing_printed_answers_no_cause():
+def test_a_start_with_nothing_printed_answers_no_exception_line():
     done = _run("""
         relay = ChildOutput()
         with relay:
             subprocess.run([sys.executable, "-c", "pass"])
-        print(relay.cause())
+        print(relay.causes())
         """)
-    assert done.returncode == 0 and done.stdout.strip() == "None" and done.stderr == ""
+    assert done.returncode == 0 and done.stdout.strip() == "[]" and done.stderr == ""
 
 
 def test_with_no_standard_error_the_children_write_where_we_do():
@@ -118,3 +119,37 @@ def test_with_no_standard_error_the_children_write_where_we_do():
         print("after")
         """)
     assert done.returncode == 0 and done.stdout == "child out\nafter\n"
+
+
+def test_a_logged_traceback_split_between_reads_at_its_line_ends_is_still_one():
+    """vLLM's logger ends each line of a record with "\r\n": a read that ends between the two must not send the
+    line out as a progress bar's, which would let the traceback through."""
+    child = "\n".join([
+        "import sys, time",
+        "log = '(EngineCore pid=7) ERROR 12-03 18:34:35 [core.py:1510] '",
+        "for part in (log + 'Traceback (most recent call last):\\r', '\\n' + log + '  File \"kv.py\", line 9\\r',",
+        "             '\\n' + log + 'ValueError: No available memory for the cache blocks.\\r\\n'):",
+        "    sys.stdout.write(part); sys.stdout.flush(); time.sleep(0.3)",
+    ])
+    done = _run(f"""
+        relay = ChildOutput()
+        with relay:
+            subprocess.run([sys.executable, "-c", {child!r}])
+        causes = relay.causes()
+        relay.drop()
+        print(causes)
+        """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "['ValueError: No available memory for the cache blocks.']\n"
+
+
+def test_with_nothing_held_the_tracebacks_pass_as_they_come_and_their_exception_lines_are_still_read():
+    """odiag -v: vLLM's tracebacks shown as they come; the error still names the cause."""
+    done = _run("""
+        relay = ChildOutput(hold=False)
+        with relay:
+            subprocess.run([sys.executable, "-c", CHILD])
+        print(len(relay.causes()))
+        """)
+    alone = _child_alone()
+    assert done.returncode == 0 and done.stderr == alone.stderr and done.stdout == alone.stdout + "3\n"

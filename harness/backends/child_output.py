@@ -6,8 +6,8 @@ standard error, and exits; the parent is told only "Engine core initialization f
 above". `ChildOutput` gives the processes started while it is open pipes as their standard output and error
 (they inherit descriptors 1 and 2 when they start; ours are restored as the engine returns), and a thread
 per pipe copies it to ours as it comes. Tracebacks printed while the engine starts are held back, with
-everything after them: `cause` answers the first one's own line (``ValueError: No available memory...``),
-`drop` lets go of the tracebacks and prints the rest, `keep` prints it all. Later output, tracebacks
+everything after them: `causes` answers their exception lines (``ValueError: No available memory...``), `drop`
+lets go of the tracebacks and prints the rest, `keep` prints it all. Later output, tracebacks
 included, passes at once: a crash mid-run is a bug and its report needs them.
 
 A traceback is told by its lines, with whatever a logger puts before each (vLLM: ``(EngineCore pid=7)
@@ -45,14 +45,14 @@ class ChildOutput:
         for relay in self._relays:
             relay.restore()
 
-    def cause(self, settle_s: float = 2.0) -> str | None:
-        """The first held traceback's own exception line, once the children's output has been read (the pipes
-        closed, or empty and quiet for a moment, within ``settle_s``); None if none came."""
+    def causes(self, settle_s: float = 2.0) -> list[str]:
+        """The exception lines of every traceback the children printed (each link of a chain, in order;
+        standard error's first), once their output has been read: the pipes closed, or empty and quiet for a
+        moment, within ``settle_s``."""
         deadline = time.monotonic() + settle_s
         for relay in self._relays:
             relay.settle(deadline)
-        causes = [c for relay in self._relays if (c := relay.first_cause()) is not None]
-        return causes[0].decode(errors="replace").strip() if causes else None
+        return [c.decode(errors="replace").strip() for relay in reversed(self._relays) for c in relay.exception_lines()]
 
     def drop(self) -> None:
         """Print what was held back but its tracebacks, and hold nothing from here on."""
@@ -76,10 +76,9 @@ class _Relay:
         self._saved: int | None = None  # ours, put back by `restore`
         self._read_fd = -1
         self._held: list[tuple[bool, bytes]] = []  # (a traceback block?, its bytes), in order: once one is held, all is
-        self._causes: list[bytes] = []
+        self._causes: list[bytes] = []  # the exception line of each link of each traceback read
         self._block: list[bytes] | None = None  # a traceback block being read
         self._prefix = b""  # what a logger put before each of its lines
-        self._block_cause: bytes | None = None
         self._after_cause = False  # the block's exception line was read; a chained one may follow
         self._pending = b""  # a "Process NAME:" line, held until the next says whether a traceback follows
         self._partial = b""
@@ -132,10 +131,10 @@ class _Relay:
                     return
             self._done.wait(0.05)
 
-    def first_cause(self) -> bytes | None:
+    def exception_lines(self) -> list[bytes]:
         with self._lock:
             self._close_block()
-            return self._causes[0] if self._causes else None
+            return list(self._causes)
 
     def release(self, tracebacks: bool) -> None:
         with self._lock:
@@ -190,10 +189,12 @@ class _Relay:
         *lines, self._partial = (self._partial + chunk).split(b"\n")
         for line in lines:
             self._line(line + b"\n")
-        if b"\r" in self._partial and self._block is None and not self._pending and not self._held:
-            cut = self._partial.rindex(b"\r") + 1  # a progress bar's line, shown as it comes
-            self._write(self._partial[:cut])
-            self._partial = self._partial[cut:]
+        # a progress bar's "\r" line, shown as it comes; not one that ends at its "\r", which may be half of a
+        # "\r\n" that vLLM's logger ends lines with (a traceback's among them) and the next read completes
+        if b"\r" in self._partial and not self._partial.endswith(b"\r") and self._block is None \
+                and not self._pending and not self._held:
+            self._write(self._partial)
+            self._partial = b""
 
     def _line(self, line: bytes) -> None:
         text = line.rstrip(b"\r\n")
@@ -208,16 +209,20 @@ class _Relay:
                 self._line(line)
                 return
             self._block.append(line)
+            if not self.hold:
+                self._write(line)  # read for its exception lines, shown as it comes
             if own == _TRACEBACK:
                 self._after_cause = False
             elif own and not own[:1].isspace() and not own.startswith(_CHAINED):
-                if not self._after_cause and self._block_cause is None:
-                    self._block_cause = own  # a chain prints its first cause first
+                if not self._after_cause:
+                    self._causes.append(own)  # each link of a chain: its first cause first
                 self._after_cause = True
             return
-        if self.hold and text.endswith(_TRACEBACK):
+        if text.endswith(_TRACEBACK):
             self._prefix = text[: -len(_TRACEBACK)]
             self._block = [self._pending, line]
+            if not self.hold:
+                self._write(self._pending + line)
             self._pending = b""
             return
         self._emit(self._pending)
@@ -228,12 +233,9 @@ class _Relay:
             self._emit(line)
 
     def _close_block(self) -> None:
-        if self._block is not None:
+        if self._block is not None and self.hold:
             self._held.append((True, b"".join(self._block)))
-            if self._block_cause is not None:
-                self._causes.append(self._block_cause)
-            self._block = None
-            self._block_cause = None
+        self._block = None
         self._after_cause = False
 
     def _emit(self, data: bytes) -> None:

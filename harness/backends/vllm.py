@@ -258,10 +258,11 @@ def _tempered(prompt_logprobs, context_length: int, count: int, temperature: flo
     return ids_PK, tempered_PK, unlisted_P
 
 
-# what vLLM says when an engine cannot start for its memory (its engine process's error, or the parent's word
-# for it): a setting to change, not a bug
-START_REFUSALS = ("Engine core initialization failed", "KV cache", "cache blocks", "GPU memory utilization",
-                  "Free memory on device", "out of memory")
+# what vLLM says when an engine cannot start for its memory: a setting to change, not a bug
+START_REFUSALS = ("KV cache", "cache blocks", "GPU memory utilization", "Free memory on device", "out of memory")
+# the parent's word for an engine process that did not start, whatever stopped it: a refusal only where the
+# process's own output says nothing of why
+ENGINE_DID_NOT_START = "Engine core initialization failed"
 
 
 class VLLMBackend:
@@ -369,11 +370,14 @@ class VLLMBackend:
             except (RuntimeError, ValueError) as exc:
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
-                said = relay.cause() or str(exc).splitlines()[0]
-                if not any(s in said for s in START_REFUSALS):
+                causes = relay.causes()  # every exception line its tracebacks named, links of chains included
+                said = [*causes, *str(exc).splitlines()[:1]]
+                memory = next((c for c in said if any(s in c for s in START_REFUSALS)), None)
+                if memory is None and (causes or ENGINE_DID_NOT_START not in str(exc)):
                     relay.keep()
                     raise
                 relay.drop()
+                said = memory or str(exc).splitlines()[0]
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 raise ConfigError(
                     f"vLLM could not start an engine for {spec.id} ({said.split('. ')[0][:300]}); most often its "
