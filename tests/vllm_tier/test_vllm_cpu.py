@@ -275,6 +275,16 @@ def test_an_engine_that_cannot_start_for_memory_is_one_line_and_the_corrected_co
     assert fixed.returncode == 0 and (out / "results.json").is_file(), fixed.stderr[-3000:]
 
 
+def test_an_engine_in_its_own_process_runs_with_its_output_relayed(tmp_path):
+    """vLLM's default runs the engine core in a process of its own, whose output odiag relays while the engine
+    starts (to hold back a refused start's tracebacks): a run there goes through, the engine process's log lines
+    reach standard output, and the command exits."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    done = _odiag("run", *_sets([*RUN, "limit=1", "backend=vllm"]), "--out", str(tmp_path / "x"), timeout=600, env=env)
+    assert done.returncode == 0 and (tmp_path / "x" / "results.json").is_file(), done.stderr[-3000:]
+    assert "(EngineCore" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
 def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
     """vLLM's own "auto" runs a float32 checkpoint in bfloat16, transformers' in float32: the tree would be
     drawn from another pi than the one scored."""
