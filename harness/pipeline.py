@@ -248,18 +248,13 @@ def _score_in_calls(ctx: RunContext, pending: list[tuple], requests: list[ScoreR
     and a run holds one call's passes besides the ones its cache keeps."""
     ctx.backend.plan_ahead(len(requests))
     most = CALL_POSITIONS * (ctx.cfg.num_workers if ctx.cfg.executor == "ray" else 1)
-    start = 0
-    while start < len(requests):
-        stop, positions = start + 1, len(requests[start].response)
-        while stop < len(requests) and positions + len(requests[stop].response) <= most:
-            positions, stop = positions + len(requests[stop].response), stop + 1
+    for start, stop in call_spans([1] * len(requests), [len(r.response) for r in requests], most_tokens=most):
         results = ctx.backend.score(requests[start:stop])
         ctx.rundir.save_all([(s.question.id, name, score_arrays(res, req.context))
                              for (s, _, name), req, res in zip(pending[start:stop], requests[start:stop], results, strict=True)])
         for (s, key, name), res in zip(pending[start:stop], results, strict=True):
             _stored(ctx, s, key, name, res, fill)
         del results  # not held through the next call
-        start = stop
 
 
 def _stored(ctx: RunContext, s: QuestionState, key: tuple[int, str], name: str, res: ScoreResult, fill: bool = False) -> None:

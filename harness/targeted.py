@@ -144,15 +144,16 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)
 
 
-def call_spans(rollouts: list[int], expected: list[float]) -> Iterator[tuple[int, int]]:
+def call_spans(rollouts: list[int], expected: list[float], most_tokens: float | None = None) -> Iterator[tuple[int, int]]:
     """``[start, stop)`` of consecutive requests (``rollouts[i]`` rollouts, about ``expected[i]`` tokens each)
-    that one backend call samples: at most CALL_ROLLOUTS rollouts and about CALL_TOKENS tokens, at least one
-    request (completion i of a request draws from its own seed, so how requests are split into calls never
-    changes a draw)."""
+    that one backend call samples: at most CALL_ROLLOUTS rollouts and about ``most_tokens`` (CALL_TOKENS)
+    tokens, at least one request (completion i of a request draws from its own seed, so how requests are split
+    into calls never changes a draw)."""
+    most_tokens = CALL_TOKENS if most_tokens is None else most_tokens
     start = 0
     while start < len(rollouts):
         stop, n, tokens = start + 1, rollouts[start], expected[start]
-        while stop < len(rollouts) and n + rollouts[stop] <= CALL_ROLLOUTS and tokens + expected[stop] <= CALL_TOKENS:
+        while stop < len(rollouts) and n + rollouts[stop] <= CALL_ROLLOUTS and tokens + expected[stop] <= most_tokens:
             n, tokens, stop = n + rollouts[stop], tokens + expected[stop], stop + 1
         yield start, stop
         start = stop

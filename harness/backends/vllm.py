@@ -371,8 +371,8 @@ class VLLMBackend:
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
                 causes = relay.causes()  # every exception line its tracebacks named, links of chains included
-                said = [*causes, *str(exc).splitlines()[:1]]
-                memory = next((c for c in said if any(s in c for s in START_REFUSALS)), None)
+                memory = next((c for c in [*causes, *str(exc).splitlines()[:1]] if any(s in c for s in START_REFUSALS)),
+                              None)
                 if memory is None and (causes or ENGINE_DID_NOT_START not in str(exc)):
                     relay.keep()
                     raise
