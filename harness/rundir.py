@@ -310,9 +310,12 @@ class PassCache:
     def get(self, question: str, name: str) -> ScoreResult:
         if (res := self._held.get((question, name))) is not None:
             return res
+        repaired = len(self._rundir.repaired)
         shard = self._rundir.load(question, name)
-        if shard is None:
-            raise RunDirError(f"{self._rundir.shard(question, name)}: removed while the run read it; "
+        if shard is None:  # sound when this run stored or first read it
+            what = ("corrupt when read back, and dropped (--repair)" if len(self._rundir.repaired) > repaired
+                    else "removed while the run read it")
+            raise RunDirError(f"{self._rundir.shard(question, name)}: {what}; "
                               f"{finish_command(self._rundir.root)} makes it again")
         self.reads += 1
         res = score_result(shard)

@@ -234,6 +234,34 @@ def test_a_run_holding_part_of_its_passes_reads_the_rest_back_to_the_same_result
     assert reads[total // 2] < 0.6 * reads[0], reads
 
 
+def test_a_pass_corrupt_when_read_back_under_repair_is_named_as_such_and_made_again(finished, tmp_path, monkeypatch):
+    """A pass shard sound when stored can be corrupt when the run reads it back (held passes are bounded). With
+    --repair it is dropped, and the run stops naming it as corrupt, not as removed by someone else; the same
+    command then scores it again, to the same results."""
+    import harness.rundir as rundir
+    from harness.rundir import RunDirError
+
+    save_all = rundir.RunDir.save_all
+    spoiled = []
+
+    def spoiling_save_all(self, shards):
+        shards = list(shards)
+        save_all(self, shards)
+        for question, name, _ in shards:
+            if name.startswith("score-") and not spoiled:
+                self.shard(question, name).write_bytes(b"not a shard")
+                spoiled.append(self.shard(question, name))
+
+    monkeypatch.setattr(rundir, "HELD_PASS_BYTES", 0)
+    monkeypatch.setattr(rundir.RunDir, "save_all", spoiling_save_all)
+    with pytest.raises(RunDirError) as err:
+        run(CFG, tmp_path, repair=True)
+    assert str(err.value).startswith(f"{spoiled[0]}: corrupt when read back, and dropped (--repair); odiag run ")
+    assert not spoiled[0].exists()
+    monkeypatch.setattr(rundir.RunDir, "save_all", save_all)
+    assert _strip(run(CFG, tmp_path, repair=True)) == _results(finished[0])
+
+
 STOPS = {signal.SIGKILL: (-signal.SIGKILL, None),
          signal.SIGTERM: (143, "odiag: terminated (SIGTERM); finished work is kept in {}: run the same command again to resume"),
          signal.SIGINT: (130, "odiag: interrupted; finished work is kept in {}: run the same command again to resume")}
