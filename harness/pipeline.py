@@ -41,7 +41,7 @@ from harness.core.records import (
     support_children,
 )
 from harness.plan import RunPlan, build_backend, make_plan, model_name, model_specs, run_task, slug
-from harness.progress import Callback, Phase, Phases, window_weights
+from harness.progress import Callback, Phase, Phases, window_tokens, window_weights
 from harness.questions import Passes, QuestionState, prepare, windows
 from harness.rescore import add_teacher, rescore
 from harness.results import build_results, json_ready, write_outputs
@@ -394,9 +394,10 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     n_windows = max((len(s.spans) for s in states), default=0)
     if stored := sum(len(rundir.rounds(s.question.id)) for s in states):  # read back before anything is drawn
         log.info("reading back %d stored %s of targeted rollouts (an earlier invocation's)", stored, plural(stored, "round"))
+    weights, costs = _window_weights(states, n_windows)
     with phases.phase(
         "targeted rollouts", ctx.backend, budget=cfg.budget * len(states) if cfg.budget else None,
-        steps=_window_weights(states, n_windows), rounds=True,
+        steps=weights, costs=costs, rounds=True,
     ) as phase:
         for w in range(n_windows):
             phase.step(w, f"window {w + 1}/{n_windows}")
@@ -423,14 +424,17 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     return results
 
 
-def _window_weights(states: list[QuestionState], n_windows: int) -> list[float]:
-    """Each depth window's expected share of the targeted work, summed over the questions that reach it
-    (every question has its own windows, from its longest path)."""
-    weights = [0.0] * n_windows
+def _window_weights(states: list[QuestionState], n_windows: int) -> tuple[list[float], list[float]]:
+    """Each depth window's expected share of the targeted rollouts, summed over the questions that reach it
+    (every question has its own windows, from its longest path), and the tokens a rollout there generates
+    on average (about a path's length less the depth), for the ETA."""
+    weights, tokens = [0.0] * n_windows, [0.0] * n_windows
     for s in states:
-        for w, x in enumerate(window_weights([len(p) for p in s.paths], s.spans)):
+        lengths = [len(p) for p in s.paths]
+        for w, (x, t) in enumerate(zip(window_weights(lengths, s.spans), window_tokens(lengths, s.spans))):
             weights[w] += x
-    return weights
+            tokens[w] += t
+    return weights, [t / x if x > 0 else 0.0 for x, t in zip(weights, tokens)]
 
 
 def _last_backend(root: Path) -> dict | None:

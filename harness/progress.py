@@ -60,6 +60,7 @@ class PhaseProgress:
     step: str = ""  # where within the phase, e.g. "window 2/3"
     final: bool = False  # the phase has ended
     rounds: bool = False  # planned round by round until a strategy plans nothing: any total is an estimate
+    expected_tokens: int | None = None  # estimated tokens the whole phase generates; None: not estimated (ETA by units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +100,15 @@ class Phase:
     """The counters of one running phase; the backend wrapper feeds them while the phase is bound."""
 
     def __init__(self, owner: Phases, name: str, unit: str, budget: int | None,
-                 steps: Sequence[float] | None, rounds: bool = False):
+                 steps: Sequence[float] | None, rounds: bool = False, costs: Sequence[float] | None = None):
         self.owner, self.name, self.unit, self.rounds = owner, name, unit, rounds
         self.budget = budget
         self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
+        self.costs = list(costs) if costs is not None else None  # tokens of one unit in each step (window_tokens)
+        self.planned_tokens = 0.0  # estimated tokens of the units planned (their requests' own estimates)
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
+        self.done_by_step: dict[int, int] = {}
         self.done = self.planned = self.rollouts = self.tokens = 0
         self._replayed = 0  # rollouts read back from stored rounds: spent from the budget, no work of this phase
         self.started = time.monotonic()
@@ -113,14 +117,17 @@ class Phase:
 
     # fed by the backend wrapper ----------------------------------------------------------------------
 
-    def plan(self, units: int) -> None:
-        """``units`` more work planned (a backend call starting, a round planned whole)."""
+    def plan(self, units: int, tokens: float = 0.0) -> None:
+        """``units`` more work planned (a backend call starting, a round planned whole), generating about
+        ``tokens`` tokens."""
         self.planned += units
+        self.planned_tokens += tokens
         self.planned_by_step[self.step_index] = self.planned_by_step.get(self.step_index, 0) + units
         self.emit(force=True)
 
     def advance(self, units: int, rollouts: int = 0, tokens: int = 0) -> None:
         self.done += units
+        self.done_by_step[self.step_index] = self.done_by_step.get(self.step_index, 0) + units
         self.rollouts += rollouts
         self.tokens += tokens
         self.emit()
@@ -154,17 +161,41 @@ class Phase:
 
     def expected(self) -> int | None:
         """Planned work, plus for steps not yet planned the work per unit of weight seen so far."""
+        if (by_step := self._expected_by_step()) is None:
+            return None if self.steps is not None else self.planned
+        return max(round(sum(by_step.values())), self.planned)
+
+    def _expected_by_step(self) -> dict[int, float] | None:
+        """Each step's units: planned, or for a later step not yet planned, its weight times the units per
+        unit of weight of the steps planned so far; under a budget, what it leaves shared in proportion."""
         if self.steps is None:
-            return self.planned
+            return None
         seen = [i for i, n in self.planned_by_step.items() if n > 0 and i < len(self.steps)]
         weight = sum(self.steps[i] for i in seen)
         if not seen or weight <= 0:
             return None
-        later = sum(w for i, w in enumerate(self.steps) if i >= self.step_index and not self.planned_by_step.get(i))
-        total = self.planned + round(sum(self.planned_by_step[i] for i in seen) / weight * later)
+        per_weight = sum(self.planned_by_step[i] for i in seen) / weight
+        by_step = {i: float(n) for i, n in self.planned_by_step.items()}
+        for i, w in enumerate(self.steps):
+            if i >= self.step_index and not self.planned_by_step.get(i):
+                by_step[i] = per_weight * w
         if self.budget is not None:
-            total = min(total, self.done + max(self.budget - self.spent(), 0))
-        return max(total, self.planned)
+            cap = self.done + max(self.budget - self.spent(), 0)
+            later = {i: n for i, n in by_step.items() if not self.planned_by_step.get(i)}
+            room = max(cap - self.planned, 0)
+            if sum(later.values()) > room:
+                by_step.update({i: n * room / sum(later.values()) for i, n in later.items()})
+        return by_step
+
+    def expected_tokens(self) -> int | None:
+        """Tokens the phase should generate: the planned units' own estimates, plus each later step's estimated
+        units at ``costs`` tokens each. A rollout forced deep into a path generates fewer tokens than one near
+        its start, so rollouts go faster in later windows than in the first, while tokens/s holds: the ETA is
+        the tokens left at the tokens/s so far. None without costs or estimates."""
+        if self.costs is None or not self.planned_tokens or (by_step := self._expected_by_step()) is None:
+            return None
+        later = sum(n * self.costs[i] for i, n in by_step.items() if not self.planned_by_step.get(i) and i < len(self.costs))
+        return round(self.planned_tokens + later)
 
     def spent(self) -> int:
         """Rollouts counted against the budget: those read back, and those drawn or complete in this phase."""
@@ -176,7 +207,7 @@ class Phase:
             phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
             expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
             elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
-            step="" if final else step, final=final, rounds=self.rounds,
+            step="" if final else step, final=final, rounds=self.rounds, expected_tokens=None if final else self.expected_tokens(),
         )
 
     def emit(self, force: bool = False, final: bool = False) -> None:
@@ -194,6 +225,18 @@ def window_weights(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]
     covers (a strategy picks a fixed number of targets per path and window, fewer on a short tail)."""
     width = max(spans[0][1] - spans[0][0], 1) if spans else 1
     return [sum(min(1.0, max(0, min(hi, n) - lo) / width) for n in path_lengths) for lo, hi in spans]
+
+
+def window_tokens(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[float]:
+    """`window_weights` with each path's share weighted by the tokens a rollout forced at a position of the
+    window generates after its forced token: about the path's length less the position's depth and one, on
+    average over the positions the path covers. Divided by the weights: each window's tokens per rollout."""
+    width = max(spans[0][1] - spans[0][0], 1) if spans else 1
+    out = []
+    for lo, hi in spans:
+        covered = [(n, min(hi, n)) for n in path_lengths if n > lo]
+        out.append(sum(min(1.0, (end - lo) / width) * (n - (lo + end - 1) / 2 - 1) for n, end in covered))
+    return out
 
 
 class Phases:
@@ -215,11 +258,12 @@ class Phases:
 
     @contextlib.contextmanager
     def phase(self, name: str, backend=None, unit: str = "rollouts", budget: int | None = None,
-              steps: Sequence[float] | None = None,
-              rounds: bool = False) -> Iterator[Phase]:
+              steps: Sequence[float] | None = None, rounds: bool = False,
+              costs: Sequence[float] | None = None) -> Iterator[Phase]:
         """A phase; while it runs, ``backend`` (a counting wrapper with a ``phase`` slot) reports into it.
-        ``rounds``: the phase plans its work round by round, so its total stays an estimate to the end."""
-        ph = Phase(self, name, unit, budget, steps, rounds)
+        ``rounds``: the phase plans its work round by round, so its total stays an estimate to the end.
+        ``steps``: each step's share of the units; ``costs``: each step's tokens per unit, for the ETA."""
+        ph = Phase(self, name, unit, budget, steps, rounds, costs)
         previous = getattr(backend, "phase", None)
         if backend is not None:
             backend.phase = ph
@@ -279,7 +323,7 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
             line += f" ({_rate(ev.done / elapsed)} {ev.unit}/s)"
         return line + _budget(ev)
     total = ev.expected if ev.expected is not None else ev.planned
-    projected = ev.expected is not None and ev.expected > ev.planned  # later windows, estimated
+    projected = _projected(ev)
     estimated = projected or ev.rounds  # or later rounds, which no one counts before they are planned
     of = f"{'~' if estimated else ''}{_count(total)}"
     if not ev.done:  # a batch finishes its rollouts together: meanwhile its tokens are the progress
@@ -296,9 +340,31 @@ def describe(ev: PhaseProgress, elapsed: float | None = None) -> str:
         line += f", {_rate(rate)} {ev.unit}/s"
         if ev.tokens:
             line += f", {_rate(ev.tokens / elapsed)} tokens/s"
-        if total > ev.done:
-            line += f", ETA {'~' if estimated else ''}{_duration((total - ev.done) / rate)}"
+        if (left := eta(ev, elapsed)) is not None:
+            line += f", ETA {'~' if estimated else ''}{_duration(left)}"
     return line + _budget(ev)
+
+
+def _projected(ev: PhaseProgress) -> bool:
+    """The phase's total counts later windows, estimated."""
+    return ev.expected is not None and ev.expected > ev.planned
+
+
+ETA_FROM = 0.01  # share of a phase's units done before its rate says anything of the rest (vLLM ramps up)
+
+
+def eta(ev: PhaseProgress, elapsed: float | None = None) -> float | None:
+    """Seconds the phase has left, ``elapsed`` seconds into it (``ev.elapsed`` when None): its estimated tokens
+    left at its tokens/s so far where it estimates its tokens (see `Phase.expected_tokens`) and has not yet
+    generated more, otherwise its units left at its units/s so far. None when it has nothing left, or has done
+    less than `ETA_FROM` of its units."""
+    elapsed = ev.elapsed if elapsed is None else elapsed
+    total = ev.expected if ev.expected is not None else ev.planned
+    if not ev.done or total <= ev.done or ev.done < ETA_FROM * total or elapsed <= 0:
+        return None
+    if ev.expected_tokens is not None and ev.tokens and ev.elapsed > 0 and ev.expected_tokens > ev.tokens:
+        return (ev.expected_tokens - ev.tokens) / (ev.tokens / ev.elapsed) - (elapsed - ev.elapsed)
+    return (total - ev.done) / (ev.done / elapsed)
 
 
 def _budget(ev: PhaseProgress) -> str:
@@ -437,7 +503,7 @@ class Reporter:
             bar = self.bars[ev.phase] = tqdm(
                 total=total, desc=ev.phase, unit=f" {ev.unit}", file=self.stream, dynamic_ncols=True,
                 leave=True, smoothing=0.1,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_noinv_fmt}{postfix}]",
             )
         if ev.final:
             bar.total = ev.done
@@ -445,6 +511,8 @@ class Reporter:
             bar.total = total
         bar.set_description(f"{ev.phase} ({ev.step})" if ev.step else ev.phase, refresh=False)
         postfix = {}
+        if not ev.final and (left := eta(ev)) is not None:  # the phase's own ETA: tqdm's would count units alike
+            postfix["ETA"] = ("~" if _projected(ev) or ev.rounds else "") + _duration(left)
         if ev.tokens and ev.elapsed > 0:
             postfix["tok/s"] = _count(ev.tokens / ev.elapsed)
         if ev.budget:

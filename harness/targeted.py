@@ -124,12 +124,12 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
                 continue
             rows = list(zip(plan.path_R.tolist(), plan.position_R.tolist(), plan.token_R.tolist(), plan.count_R.tolist(), strict=True))
             jobs.append((s, name, rows, key))
-            typical = np.mean([len(y) for y in s.responses]) if s.responses else max_new
             for j, k, a, n in rows:
                 if a in task.stop_ids or max_new - (k + 1) <= 0:
                     continue  # the response is already complete (or at its limit): nothing to sample
                 wanted.append((s, j, k, a, n, derive_seed(cfg.seed, qid, "target", j, k, a, w, r)))
-                expected.append(n * min(max(typical - (k + 1), 1), max_new - (k + 1)))
+                # the path itself is one continuation of the prefix: its length, less the depth, is one draw of theirs
+                expected.append(n * min(max(len(s.paths[j]) - (k + 1), 1), max_new - (k + 1)))
         if not active:
             return
 
@@ -138,7 +138,7 @@ def enrich_window(ctx: RunContext, w: int, params: AllocationParams) -> None:
             prefix = np.concatenate([state.question.prompt_ids, state.paths[j][:k], [a]]).astype(np.int64)
             return SampleRequest(prefix, n, seed, max_new - (k + 1), cfg.temperature, task.stop_ids)
 
-        ctx.backend.plan_ahead(sum(n for _, _, rows, _ in jobs for *_, n in rows))  # the whole round, in any calls
+        ctx.backend.plan_ahead(sum(n for _, _, rows, _ in jobs for *_, n in rows), sum(expected))  # the whole round, in any calls
         results = _sampled_in_calls(ctx.backend, wanted, expected, request)
         for s, name, rows, key in jobs:
             _record_round(ctx, s, name, rows, results, (w, *s.spans[w]), key)

@@ -18,7 +18,7 @@ from harness import __version__
 from harness.cli import build_parser, main
 from harness.config import ConfigError, RunConfig, field_docs, field_rules
 from harness.discover import model_size, task_rows, teacher_rows
-from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe, window_weights
+from harness.progress import Phases, PhaseProgress, Reporter, RunFinished, RunStarted, describe, eta, window_tokens, window_weights
 from harness.report import no_decision_reason, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,9 @@ def test_a_progress_line_has_rates_eta_and_budget_share():
     assert describe(_event(done=0)) == ("targeted rollouts (window 2/3): ~2,000 rollouts planned so far, 25,000 tokens "
                                         "generated (2,500 tokens/s), 25% of the budget spent (1,000/4,000)")
     assert describe(_event(final=True, budget=None, elapsed=125)).startswith("targeted rollouts: done, 500 rollouts, 25,000 tokens in 2 min 05 s")
+    # a rate from the first 1% of a phase says nothing of the rest (a vLLM engine ramps up): no ETA yet
+    assert describe(_event(done=19)).endswith("rollouts/s, 2,500 tokens/s, 25% of the budget spent (1,000/4,000)")
+    assert "ETA" in describe(_event(done=20))
     slow = describe(_event(phase="validate", unit="trainings", done=3, planned=12, expected=12, tokens=0, elapsed=40.0, budget=None, step=""))
     assert slow == "validate: 3/12 trainings (25%), 0.075 trainings/s, ETA 2 min 00 s"  # a slow phase's rate is not "0/s"
     # in its last window a phase planned round by round still cannot count the rounds to come: marked, never exact
@@ -224,27 +227,81 @@ def test_loading_the_models_is_counted_apart_from_the_phase_that_first_needs_the
     assert events.index("built") < events.index(planned[0]) and {e.planned for e in planned} == {8}
 
 
-def test_vllm_completion_bar_reports_each_request_and_draws_nothing(capsys):
-    """Used the way ``vllm.LLM._run_engine`` uses its ``use_tqdm`` callable (vLLM itself is not needed)."""
+def test_vllm_completion_bar_reports_each_request_with_its_tokens_and_draws_nothing(capsys):
+    """Used the way vLLM's ``_run_engine`` uses its ``use_tqdm`` callable (vLLM itself is not needed): it gives the
+    bar its running count of output tokens only as that count over the bar's elapsed seconds, rounded to two
+    decimals. The bar hears each request's own tokens, and the call's last report settles what it did not."""
     from harness.backends.vllm import completion_bar
 
-    heard = []
-    bar = completion_bar(lambda n, tokens: heard.append((n, tokens)))(
-        total=3, desc="Processed prompts", dynamic_ncols=True, postfix="est. speed input: 0.00 toks/s")
-    for _ in range(3):
-        assert bar.format_dict["elapsed"] >= 0
-        bar.postfix = "est. speed input: 1.00 toks/s, output: 2.00 toks/s"
-        bar.update(1)
+    heard, reported = [], [0]
+    bar = completion_bar(lambda n, tokens: heard.append((n, tokens)), reported)(
+        total=3, desc="Processed prompts", dynamic_ncols=True, postfix=f"est. speed input: {0:.2f} toks/s, output: {0:.2f} toks/s")
+    total_in, total_out = 0, 0
+    for n, prompt, out in [(1, 40, 17), (2, 40, 1234), (1, 3, 5)]:
+        total_in, total_out = total_in + prompt * n, total_out + out
+        in_spd, out_spd = total_in / bar.format_dict["elapsed"], total_out / bar.format_dict["elapsed"]
+        bar.postfix = f"est. speed input: {in_spd:.2f} toks/s, output: {out_spd:.2f} toks/s"
+        bar.update(n)
     if bar.n == 3:
         bar.refresh()
     bar.close()
-    assert heard == [(1, 0)] * 3
+    assert heard == [(1, 17), (2, 1234), (1, 5)] and reported == [1256]
+    # a bar told no speed reports completions alone, and the call's end reports the tokens
+    heard.clear()
+    silent = completion_bar(lambda n, tokens: heard.append((n, tokens)))(total=1, desc="Processed prompts")
+    silent.update(1)
+    silent.close()
+    assert heard == [(1, 0)]
     assert capsys.readouterr() == ("", "")
 
 
 def test_window_weights_count_paths_by_the_share_of_a_first_window_they_cover():
     spans = [(0, 50), (50, 150), (150, 350)]
     assert window_weights([66, 300, 20], spans) == [2 + 20 / 50, 16 / 50 + 1, 1]
+    # weighted by a rollout's tokens there: the path's length less the mean depth of the positions it covers, less
+    # the forced token
+    assert window_tokens([66, 300, 20], spans) == pytest.approx([
+        (66 - 49 / 2 - 1) + (300 - 49 / 2 - 1) + 20 / 50 * (20 - 19 / 2 - 1),
+        16 / 50 * (66 - (50 + 65) / 2 - 1) + (300 - (50 + 149) / 2 - 1),
+        300 - (150 + 299) / 2 - 1,
+    ])
+
+
+def test_the_eta_counts_the_tokens_left_at_the_tokens_per_second_so_far(monkeypatch):
+    """A rollout forced deep into a path generates fewer tokens than one near its start: rollouts/s rises through
+    the targeted phase while tokens/s holds, and an ETA by rollouts ran about twice too long. The ETA is the
+    tokens left at the tokens/s so far: the planned round's own estimate (here 200 rollouts, 20,000 tokens), and
+    for a window not yet planned its estimated rollouts at its tokens per rollout (100 at 20)."""
+    import harness.progress as progress
+    from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    events = []
+    with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[2, 1], costs=[100, 20], rounds=True) as ph:
+        ph.step(0, "window 1/2")
+        ph.plan(200, 20_000)
+        now[0] = 10.0
+        ph.sampled(100, 10_000)
+        ev = events[-1]
+        assert ev.expected == 300 and ev.expected_tokens == 20_000 + 100 * 20
+        assert eta(ev) == pytest.approx(12.0)  # by rollouts alone: 200 more at 10/s, 20 s
+        assert describe(ev).endswith("ETA ~12 s")
+        assert eta(ev, 15.0) == pytest.approx(7.0)  # counted down between events
+        ph.sampled(100, 10_000)
+        ph.step(1, "window 2/2")
+        ph.plan(100, 3_000)  # planned: its own estimate replaces the window's
+        now[0] = 22.0
+        ph.sampled(50, 1_000)
+        assert events[-1].expected_tokens == 23_000 and eta(events[-1]) == pytest.approx(2_000 / (21_000 / 22.0))
+        ph.sampled(49, 3_000)  # more tokens than estimated, one rollout left: by rollouts
+        assert eta(events[-1]) == pytest.approx(1 / (299 / 22.0))
+    # without estimates, by rollouts
+    with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[2, 1], rounds=True) as ph:
+        ph.plan(200)
+        now[0] = 32.0
+        ph.sampled(100, 10_000)
+        assert events[-1].expected_tokens is None and eta(events[-1]) == pytest.approx(20.0)
 
 
 def test_plain_lines_come_at_least_every_interval_even_without_events():
@@ -252,14 +309,14 @@ def test_plain_lines_come_at_least_every_interval_even_without_events():
     reporter = Reporter(interval=0.3, stream=stream, tty=False)
     reporter(RunStarted("odiag_toy", 8, 64, 6, "runs/x"))
     reporter(_event(done=0, elapsed=0.0))
-    reporter(_event(done=10, elapsed=0.1))  # within the interval: no line
+    reporter(_event(done=100, elapsed=0.1))  # within the interval: no line
     time.sleep(1.2)  # no event at all: the timer writes the running phase's state
     reporter(_event(final=True))
     reporter(RunFinished("runs/x", (_event(final=True),), 12.0))
     reporter.close()
     lines = stream.getvalue().splitlines()
     assert "odiag: diagnosing 8 of 64 questions of odiag_toy with 6 teachers -> runs/x" in lines[0]
-    assert len([x for x in lines if "10/~2,000 rollouts" in x and "ETA" in x]) >= 2
+    assert len([x for x in lines if "100/~2,000 rollouts" in x and "ETA" in x]) >= 2
     assert "targeted rollouts: done" in lines[-1]
     closing = reporter.closing_lines()
     assert closing[-1] == "results: runs/x/results.json" and closing[1].startswith("targeted rollouts")

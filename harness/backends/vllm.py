@@ -45,6 +45,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import re
 import time
 from collections.abc import Collection, Mapping, Sequence
 
@@ -138,10 +139,19 @@ def sample_results(requests: Sequence[SampleRequest], outputs: Sequence) -> list
     return results
 
 
-def completion_bar(on_done):
+_OUTPUT_SPEED = re.compile(r"output: ([0-9]+(?:\.[0-9]*)?) toks/s")
+
+
+def completion_bar(on_done, reported: list[int] | None = None):
     """A tqdm class for ``LLM.generate(use_tqdm=...)`` that draws nothing and reports each finished
-    request to ``on_done(1, 0)``: progress from inside a vLLM call, in the caller's own reporting."""
+    request to ``on_done(completions, tokens)``: progress from inside a vLLM call, in the caller's own
+    reporting. vLLM tells a bar its tokens only as a speed, its running count of output tokens over the bar's
+    ``format_dict["elapsed"]``; this bar's elapsed is always 1 s, so the speed is the count. The tokens
+    reported are added to ``reported[0]`` (a call's last report settles the rest; if a vLLM version sets no
+    such speed, every token comes then)."""
     from tqdm import tqdm
+
+    reported = [0] if reported is None else reported
 
     class _Silent:
         def write(self, text):
@@ -152,10 +162,19 @@ def completion_bar(on_done):
 
     class CompletionBar(tqdm):
         def __init__(self, *args, **kwargs):
+            self._tokens_seen = 0  # vLLM's running count of output tokens at the last update
             super().__init__(*args, **{**kwargs, "file": _Silent(), "mininterval": 3600.0})
 
+        @property
+        def format_dict(self):
+            return {**super().format_dict, "elapsed": 1.0}
+
         def update(self, n=1):
-            on_done(int(n or 0), 0)
+            found = _OUTPUT_SPEED.search(str(self.postfix or ""))
+            tokens = max(round(float(found.group(1))) - self._tokens_seen, 0) if found else 0
+            self._tokens_seen += tokens
+            reported[0] += tokens
+            on_done(int(n or 0), tokens)
             return super().update(n)
 
     return CompletionBar
@@ -403,7 +422,7 @@ class VLLMBackend:
 
     def sample(self, requests: Sequence[SampleRequest], on_done=None) -> list[SampleResult]:
         """Completions of every request; ``on_done(completions, tokens)``, if given, hears of each
-        finished vLLM request as it completes (tokens are reported when the call returns)."""
+        finished vLLM request as it completes, with its tokens (see `completion_bar`)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -428,7 +447,8 @@ class VLLMBackend:
                 raise ConfigError(f"max_model_len {limit} of {self._specs[name].id}'s engine is below a prompt and its "
                                  f"{max(params.max_tokens for _, params in todo)} response tokens ({longest} positions): "
                                  f"raise it (or leave it unset) in {where}")
-        bar = completion_bar(on_done) if on_done is not None else False
+        reported = [0]  # tokens the bar reported as requests finished
+        bar = completion_bar(on_done, reported) if on_done is not None else False
         outputs = {name: iter(self._engine(name).generate([p for p, _ in todo], [s for _, s in todo], use_tqdm=bar))
                    for name, todo in by_model.items()}
         # back in request order: each model's outputs arrive in the order its prompts were given
@@ -436,7 +456,7 @@ class VLLMBackend:
         results = sample_results(requests, ordered)
         if on_done is not None:
             skipped = sum(r.n for r in requests if r.max_new_tokens <= 0)
-            on_done(skipped, sum(len(t) for res in results for t in res.tokens))
+            on_done(skipped, max(sum(len(t) for res in results for t in res.tokens) - reported[0], 0))
         return results
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:

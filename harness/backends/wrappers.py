@@ -26,6 +26,7 @@ class CountingBackend:
         self.phase: Phase | None = None
         self._ahead = 0  # rollouts (or passes) of a round planned whole (plan_ahead) not yet sampled (or scored)
         self._announced = 0  # rollouts (or passes) given to plan_ahead, planned once the first call has loaded its models
+        self._announced_tokens = 0.0  # the tokens plan_ahead was told those rollouts generate
 
     def _ready(self, phase: Phase, requests, kind: str) -> None:
         """Load what the call will use (a backend not yet built, an engine not yet started) before its work is
@@ -34,18 +35,19 @@ class CountingBackend:
         if hasattr(self.inner, "ready") and (seconds := self.inner.ready(models, kind)):
             phase.loaded(seconds)
 
-    def plan_ahead(self, rollouts: int) -> None:
+    def plan_ahead(self, rollouts: int, tokens: float = 0.0) -> None:
         """A round (or a phase's forward passes) planned whole before its calls: its sampled and complete rollouts
         (its scored passes) plan nothing more, so the phase's total and ETA hold the round from its start, however
         many calls sample it. Planned when its first call has loaded what it uses (or its first complete rollout
-        is counted): loading stays out of the phase."""
+        is counted): loading stays out of the phase. ``tokens``: about how many the round generates, for the ETA."""
         if self.phase is not None and rollouts:
             self._announced += rollouts
+            self._announced_tokens += tokens
 
     def _plan_announced(self, phase: Phase) -> None:
         if self._announced:
-            phase.plan(self._announced)
-            self._ahead, self._announced = self._ahead + self._announced, 0
+            phase.plan(self._announced, self._announced_tokens)
+            self._ahead, self._announced, self._announced_tokens = self._ahead + self._announced, 0, 0.0
 
     def replayed(self, rollouts: int) -> None:
         """Rollouts read back from a stored round: spent from the budget, nothing drawn."""
