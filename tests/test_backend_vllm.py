@@ -25,7 +25,7 @@ from harness.backends.vllm import (
     score_result,
     temper,
 )
-from harness.core import all_divergences
+from harness.core import DIVERGENCES, all_divergences
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -218,6 +218,56 @@ def test_score_result_with_top_k():
         ids, lp, _ = fill.at(k)
         np.testing.assert_array_equal(ids, np.union1d(extra[k], req.response[k]))
         assert all(exact_s[k][i] <= v + 1e-9 for i, v in zip(ids, lp, strict=True))
+
+
+def _position_by_position():
+    """The conversion as odiag wrote it before, one position at a time (kept in bench/vllm_scoring.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_vllm_scoring", Path(__file__).parents[1] / "bench" / "vllm_scoring.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module.position_by_position
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_score_result_converts_every_position_at_once_as_one_at_a_time_would(seed):
+    """Short and long lists, ids listed by one model only, tied
+    log-probabilities, extra ids, a temperature: the same ids, values and divergences as position by position."""
+    rng = np.random.default_rng(seed)
+    vocab, listed = 40, int(rng.integers(2, 9))
+    context, prompt, response = rng.integers(0, vocab, 5), rng.integers(0, vocab, 3), rng.integers(0, vocab, 30)
+
+    def plp(before):
+        """Up to ``listed`` ids and the response token itself (vLLM always lists the prompt's own token)."""
+        out = [None] * before
+        for token in response:
+            others = rng.choice(np.setdiff1d(np.arange(vocab), [token]), int(rng.integers(0, listed + 1)), replace=False)
+            ids = np.concatenate([[token], others])
+            lp = np.log(rng.dirichlet(np.ones(len(ids) + 1))[:-1])
+            if len(ids) > 2:
+                lp[1] = lp[2]  # a tie, broken by id as vLLM's dict order would not
+            out.append({int(i): Logprob(float(v), rank=1) for i, v in zip(rng.permutation(ids), lp)})
+        return out
+
+    extra = rng.integers(0, vocab, (len(response), 3)) if seed % 2 else None
+    temperature = (1.0, 0.7, 1.3)[seed % 3]
+    req = ScoreRequest(context, response, "teacher", temperature, top_k=int(rng.integers(0, listed + 1)), reference_model=STUDENT,
+                       reference_context=prompt, extra_ids=extra)
+    teacher, student = plp(len(context)), plp(len(prompt))
+    for request in (req, dataclasses.replace(req, reference_model=None, reference_context=None)):
+        got = score_result(request, teacher, student, listed)
+        want = _position_by_position()(request, teacher, student, listed)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=1e-12)
+        if request.reference_model is None:
+            assert got.reference_logprobs is None and got.divergences is None
+            continue
+        np.testing.assert_allclose(got.reference_logprobs, want.reference_logprobs, rtol=1e-12)
+        for name in DIVERGENCES:
+            np.testing.assert_allclose(got.divergences[name], want.divergences[name], rtol=1e-9, atol=1e-15)
 
 
 # -- the class, against a fake vllm module ------------------------------------------------------------------

@@ -43,6 +43,7 @@ log-probabilities are capped at the vocabulary size and the engine's ``max_logpr
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import logging
 import re
@@ -54,7 +55,7 @@ import numpy as np
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.backends.child_output import ChildOutput
-from harness.core.divergences import DIVERGENCES, topk_tail_divergences
+from harness.core.divergences import DIVERGENCES, topk_tail_divergences_rows
 from harness.errors import ConfigError
 from harness.modelfiles import loadable
 from harness.seeds import derive_seed
@@ -182,16 +183,19 @@ def completion_bar(on_done, reported: list[int] | None = None):
 
 def prompt_logprob_rows(prompt_logprobs: Sequence, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. start+count-1`` of vLLM's ``prompt_logprobs`` (per prompt token: ``None`` or a
-    dict id -> ``Logprob``) as padded arrays (ids -1, log-probs -inf), each row in decreasing order."""
+    dict id -> ``Logprob``) as padded arrays (ids -1, log-probs -inf), each row in decreasing order (of
+    log-probability, then id)."""
     rows = [prompt_logprobs[start + k] or {} for k in range(count)]
-    width = max([len(row) for row in rows] + [1])
+    sizes = np.fromiter(map(len, rows), dtype=np.int64, count=count)
+    width, total = max(int(sizes.max(initial=0)), 1), int(sizes.sum())
+    ids_flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+    logp_flat = np.fromiter((getattr(v, "logprob", v) for row in rows for v in row.values()), dtype=np.float64, count=total)
+    at = (np.repeat(np.arange(count), sizes), np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes))
     ids_PK = np.full((count, width), -1, dtype=np.int64)
     logp_PK = np.full((count, width), -np.inf)
-    for k, row in enumerate(rows):
-        pairs = sorted(((getattr(v, "logprob", v), int(i)) for i, v in row.items()), reverse=True)
-        ids_PK[k, : len(pairs)] = [i for _, i in pairs]
-        logp_PK[k, : len(pairs)] = [lp for lp, _ in pairs]
-    return ids_PK, logp_PK
+    ids_PK[at], logp_PK[at] = ids_flat, logp_flat
+    order = np.lexsort((-ids_PK, -logp_PK), axis=-1)
+    return np.take_along_axis(ids_PK, order, axis=1), np.take_along_axis(logp_PK, order, axis=1)
 
 
 def temper(logp_PK: np.ndarray, temperature: float, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +233,8 @@ def score_result(
     Position ``k`` reads entry ``len(context) + k`` (vLLM's entry ``j`` is the distribution of prompt
     token ``j`` after tokens ``0 .. j-1``). Ids: the union of each model's ``top_k`` listed ids,
     ``extra_ids[k]`` and ``response[k]``; an id one model did not list gets that model's ``unlisted``
-    value from `temper` (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists.
+    value from `temper` (an upper bound). Divergences: `topk_tail_divergences` of the tempered lists,
+    every position at once.
     """
     response = np.asarray(request.response, dtype=np.int64)
     count, top = len(response), max(min(request.top_k, logprobs_listed), 0)
@@ -237,36 +242,46 @@ def score_result(
     if request.reference_model is not None:
         lists.append(_tempered(reference_prompt_logprobs, len(request.reference_context), count,
                                request.temperature, logprobs_listed))
-    ids, values, counts = [], [[] for _ in lists], []
-    divergences = {name: np.zeros(count) for name in DIVERGENCES}
-    for k in range(count):
-        listed = [ids_PK[k] >= 0 for ids_PK, _, _ in lists]  # drop the padding
-        union = {int(response[k]), *([] if request.extra_ids is None else np.asarray(request.extra_ids[k]).tolist())}
-        for (ids_PK, _, _), ok in zip(lists, listed, strict=True):
-            union.update(ids_PK[k, :top][ok[:top]].tolist())
-        union = np.array(sorted(union), dtype=np.int64)
-        ids.append(union)
-        counts.append(len(union))
-        for out, (ids_PK, logp_PK, unlisted_P), ok in zip(values, lists, listed, strict=True):
-            known = dict(zip(ids_PK[k][ok].tolist(), logp_PK[k][ok].tolist(), strict=True))
-            out.append(np.array([known.get(i, unlisted_P[k]) for i in union.tolist()]))
-        if len(lists) == 2:  # the reference plays π (the student), the scored model π_T (SPEC §3)
-            (ids_s, logp_s, _), (ids_r, logp_r, _) = lists
-            values_k = topk_tail_divergences(ids_r[k][listed[1]], logp_r[k][listed[1]],
-                                             ids_s[k][listed[0]], logp_s[k][listed[0]])
-            for name in DIVERGENCES:
-                divergences[name][k] = values_k[name]
+    columns = [response[:, None], *(ids_PK[:, :top] for ids_PK, _, _ in lists)]
+    if request.extra_ids is not None:
+        columns.append(np.asarray(request.extra_ids, dtype=np.int64).reshape(count, -1))
+    candidates_PC = np.sort(np.concatenate(columns, axis=1), axis=1)  # the padding, -1, first
+    union_PC = candidates_PC >= 0
+    union_PC[:, 1:] &= candidates_PC[:, 1:] != candidates_PC[:, :-1]
+    counts = union_PC.sum(axis=1)
+    ids, rows = candidates_PC[union_PC], np.repeat(np.arange(count), counts)  # each position's ids in order
+    width = int(max([ids.max(initial=0), *(ids_PK.max(initial=0) for ids_PK, _, _ in lists)])) + 1
+    values = [_listed_values(ids_PK, logp_PK, rows, ids, width, unlisted_P[rows]) for ids_PK, logp_PK, unlisted_P in lists]
+    divergences = None
+    if len(lists) == 2:  # the reference plays π (the student), the scored model π_T (SPEC §3)
+        (ids_t, logp_t, _), (ids_r, logp_r, _) = lists
+        listed_PK = ids_r >= 0
+        rows_PK = np.broadcast_to(np.arange(count)[:, None], ids_r.shape)
+        teacher_PK = np.full(ids_r.shape, np.nan)
+        teacher_PK[listed_PK] = _listed_values(ids_t, logp_t, rows_PK[listed_PK], ids_r[listed_PK], width, np.nan)
+        common_PK = ~np.isnan(teacher_PK)  # ids both models listed, aligned on the reference's
+        divergences = topk_tail_divergences_rows(np.where(common_PK, logp_r, -np.inf), np.where(common_PK, teacher_PK, -np.inf))
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    flat = [np.concatenate(v) if v else np.zeros(0) for v in values]
     return ScoreResult(
-        ids=np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64),
-        offsets=offsets,
-        logprobs=flat[0],
-        reference_logprobs=flat[1] if len(lists) == 2 else None,
-        divergences=divergences if len(lists) == 2 else None,
-        approximate=True,
+        ids=ids, offsets=offsets, logprobs=values[0], reference_logprobs=values[1] if len(lists) == 2 else None,
+        divergences=divergences, approximate=True,
     )
+
+
+def _listed_values(ids_PK: np.ndarray, logp_PK: np.ndarray, rows: np.ndarray, ids: np.ndarray, width: int,
+                   unlisted) -> np.ndarray:
+    """The log-probability each (``rows[i]``, ``ids[i]``) has in the padded lists ``ids_PK``/``logp_PK`` (ids
+    below ``width``, padding -1), or ``unlisted`` (a scalar or one value per pair) where that row does not
+    list it: every position's lookup in one sorted search."""
+    listed_PK = ids_PK >= 0
+    keys = (np.arange(len(ids_PK))[:, None] * width + ids_PK)[listed_PK]
+    order = np.argsort(keys, kind="stable")
+    keys, found_logp = keys[order], logp_PK[listed_PK][order]
+    wanted = rows * width + ids
+    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    hit = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    return np.where(hit, found_logp[at] if len(keys) else 0.0, unlisted)
 
 
 def _tempered(prompt_logprobs, context_length: int, count: int, temperature: float, top: int):

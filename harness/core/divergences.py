@@ -137,10 +137,17 @@ def topk_tail_divergences(
     _, student_idx, teacher_idx = np.intersect1d(
         ids_student_K, ids_teacher_K, assume_unique=True, return_indices=True
     )
+    rows = topk_tail_divergences_rows(_float64(logp_student_K)[student_idx][None], _float64(logp_teacher_K)[teacher_idx][None])
+    return {**{name: float(value[0]) for name, value in rows.items()}, "approximate": True}
+
+
+def topk_tail_divergences_rows(common_student_RK: np.ndarray, common_teacher_RK: np.ndarray) -> dict[str, np.ndarray]:
+    """`topk_tail_divergences` of many rows at once, from their common ids already aligned: entry ``[r, i]`` of
+    each side is its log-probability of the ``i``-th id both lists of row ``r`` hold, and ``-inf`` on both sides
+    where there is none (padding). Each side's tail bucket is 1 − Σ of its common probabilities, floored at
+    1e-12; {name: float64 [R]} for every entry of `DIVERGENCES`."""
     coarse = []
-    for logp_K, idx in ((_float64(logp_student_K), student_idx), (_float64(logp_teacher_K), teacher_idx)):
-        logp_common = logp_K[idx]
-        tail = max(1.0 - np.exp(logp_common).sum(), _TAIL_FLOOR)
-        coarse.append(np.append(logp_common, np.log(tail)))
-    values = {name: float(value) for name, value in all_divergences(*coarse).items()}
-    return {**values, "approximate": True}
+    for common_RK in (_float64(common_student_RK), _float64(common_teacher_RK)):
+        tail_R = np.maximum(1.0 - np.exp(common_RK).sum(axis=-1), _TAIL_FLOOR)
+        coarse.append(np.concatenate([common_RK, np.log(tail_R)[..., None]], axis=-1))
+    return {name: np.asarray(value, dtype=np.float64).reshape(len(coarse[0])) for name, value in all_divergences(*coarse).items()}
