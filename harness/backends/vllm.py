@@ -55,7 +55,7 @@ import numpy as np
 from harness.backends import ModelSpec
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.backends.child_output import ChildOutput
-from harness.core.divergences import DIVERGENCES, topk_tail_divergences_rows
+from harness.core.divergences import topk_tail_divergences_rows
 from harness.errors import ConfigError
 from harness.modelfiles import loadable
 from harness.seeds import derive_seed
