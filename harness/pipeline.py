@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -239,19 +240,22 @@ def _score_paths(ctx: RunContext, artefacts: Artefacts) -> None:
                 pending.append((s, (j, t.name), name))
                 requests.append(ScoreRequest(np.asarray(context), path, model_name(t), cfg.temperature, cfg.score_top_k,
                                              reference_model=STUDENT, reference_context=s.question.prompt_ids))
-    _score_in_calls(ctx, pending, requests)
+    _score_in_calls(ctx, pending, [len(r.response) for r in requests], requests.__getitem__)
 
 
-def _score_in_calls(ctx: RunContext, pending: list[tuple], requests: list[ScoreRequest], fill: bool = False) -> None:
-    """Score ``requests`` (``pending``: each one's question state, key and shard name) in calls of at most
+def _score_in_calls(ctx: RunContext, pending: list[tuple], positions: list[int], request: Callable[[int], ScoreRequest],
+                    fill: bool = False) -> None:
+    """Score the passes ``pending`` (each one's question state, key and shard name; ``positions[i]`` its
+    response's length; ``request(i)`` builds its request when its call is made) in calls of at most
     `CALL_POSITIONS` positions (per Ray worker), each call's passes stored as it returns: a stop loses one call,
-    and a run holds one call's passes besides the ones its cache keeps."""
-    ctx.backend.plan_ahead(len(requests))
+    and a run holds one call's requests and passes besides the passes its cache keeps."""
+    ctx.backend.plan_ahead(len(pending))
     most = CALL_POSITIONS * (ctx.cfg.num_workers if ctx.cfg.executor == "ray" else 1)
-    for start, stop in call_spans([1] * len(requests), [len(r.response) for r in requests], most_tokens=most):
-        results = ctx.backend.score(requests[start:stop])
+    for start, stop in call_spans([1] * len(pending), positions, most_tokens=most):
+        requests = [request(i) for i in range(start, stop)]
+        results = ctx.backend.score(requests)
         ctx.rundir.save_all([(s.question.id, name, score_arrays(res, req.context))
-                             for (s, _, name), req, res in zip(pending[start:stop], requests[start:stop], results, strict=True)])
+                             for (s, _, name), req, res in zip(pending[start:stop], requests, results, strict=True)])
         for (s, key, name), res in zip(pending[start:stop], results, strict=True):
             _stored(ctx, s, key, name, res, fill)
         del results  # not held through the next call
@@ -272,7 +276,7 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
     """
     cfg, teachers = ctx.cfg, ctx.plan.specs
     by_name = {t.name: t for t in teachers}
-    pending, requests = [], []
+    pending, missing_ids = [], []  # each fill's missing (positions, tokens): its request is built when its call is made
     for s in ctx.states.values():
         for j, path in enumerate(s.paths):
             for key in (STUDENT, *(t.name for t in teachers if s.scores.scored((j, t.name)))):
@@ -284,21 +288,27 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
                 missing = np.isnan(table.get(position, token))
                 if not missing.any():
                     continue
-                stored = ctx.rundir.load(s.question.id, f"score-p{j}-{slug(key)}")  # its context, as scored
-                model = STUDENT if key == STUDENT else model_name(by_name[key])
-                extra = _extra_ids(path, position[missing], token[missing], s.fills.get((j, key)))
                 pending.append((s, (j, key), _fill_name(j, key)))
-                requests.append(ScoreRequest(stored["context"], path, model, cfg.temperature, 0, extra_ids=extra))
-    if requests and not ctx.rundir.models_checked:
+                missing_ids.append((position[missing], token[missing]))
+    if pending and not ctx.rundir.models_checked:
         raise RunDirError(
-            f"{ctx.rundir.root}: its stored passes lack log-probabilities its records read ({len(requests)} fill "
-            f"{plural(len(requests), 'pass', 'passes')} to make; scored by an odiag before this one); make them with "
+            f"{ctx.rundir.root}: its stored passes lack log-probabilities its records read ({len(pending)} fill "
+            f"{plural(len(pending), 'pass', 'passes')} to make; scored by an odiag before this one); make them with "
             f"{finish_command(ctx.rundir.root)}, which checks the models first"
         )
-    if not requests:
+    if not pending:
         return
+
+    def request(i: int) -> ScoreRequest:
+        """Fill ``i``: over the context its path's pass was scored with, at the missing ids and any earlier fill's."""
+        (s, (j, key), _), (position, token) = pending[i], missing_ids[i]
+        stored = ctx.rundir.load(s.question.id, f"score-p{j}-{slug(key)}")
+        model = STUDENT if key == STUDENT else model_name(by_name[key])
+        extra = _extra_ids(s.paths[j], position, token, s.fills.get((j, key)))
+        return ScoreRequest(stored["context"], s.paths[j], model, cfg.temperature, 0, extra_ids=extra)
+
     with phases.phase("fill passes", ctx.backend, unit="passes"):
-        _score_in_calls(ctx, pending, requests, fill=True)
+        _score_in_calls(ctx, pending, [len(s.paths[j]) for s, (j, _), _ in pending], request, fill=True)
 
 
 def _fill_name(j: int, key: str) -> str:

@@ -1,6 +1,7 @@
 """The end-to-end run on the exact synthetic model (SPEC §4, §6): exact values, resume, add-teacher."""
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from harness.backends import ScoreRequest, ScoreResult
 from harness.backends.exact import SyntheticBackend
 from harness.config import ConfigError, RunConfig, resolve_run_config
 from harness.core import aggregate, alignment_score, gkd_gradient, ideal_gradient
@@ -194,6 +196,54 @@ def test_a_stop_in_the_teacher_passes_keeps_the_passes_of_its_finished_calls(fin
     assert _strip(resumed) == reference
     passes = [sum(r["counts"]["forward_passes_this_invocation"].values()) for r in (resumed, finished[1])]
     assert passes[0] == passes[1] - 5
+
+
+class TopIdsOnly(SyntheticBackend):
+    """The exact scores, keeping at each position what a top-1 backend would: the response token, each model's
+    most likely id, and a fill's extra ids. Children enriched for one teacher lie outside the others' ids."""
+
+    def score(self, requests):
+        out = []
+        for r, res in zip(requests, super().score(requests), strict=True):
+            keep = []
+            for k in range(len(r.response)):
+                ids, lp, ref = res.at(k)
+                wanted = {int(r.response[k]), *(np.asarray(r.extra_ids[k]).tolist() if r.extra_ids is not None else
+                                                 [int(ids[np.argmax(lp)])] + ([] if ref is None else [int(ids[np.argmax(ref)])]))}
+                keep.append(res.offsets[k] + np.flatnonzero(np.isin(ids, sorted(wanted))))
+            at = np.concatenate(keep)
+            out.append(ScoreResult(ids=res.ids[at], offsets=np.concatenate([[0], np.cumsum([len(x) for x in keep])]),
+                                   logprobs=res.logprobs[at], divergences=res.divergences,
+                                   reference_logprobs=None if res.reference_logprobs is None else res.reference_logprobs[at]))
+        return out
+
+
+def test_a_fill_pass_request_is_built_when_its_call_is_made(tmp_path, monkeypatch):
+    """A fill's request holds a [positions x ids] array of the ids it scores: built for every path and model
+    before the first call, they all stayed in memory through the phase. Each is now built when its call is
+    made, and the results are the same."""
+    import harness.pipeline as pipeline
+
+    built, calls = [], []
+
+    class Counted(ScoreRequest):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            if self.extra_ids is not None:
+                built.append(self)
+
+    class Watching(TopIdsOnly):
+        def score(self, requests):
+            if any(r.extra_ids is not None for r in requests):
+                calls.append((len(built), len(requests)))
+            return super().score(requests)
+
+    reference = run(CFG, tmp_path / "reference", backend=TopIdsOnly())
+    assert reference["counts"]["fill_forward_passes"] > 2
+    monkeypatch.setattr(pipeline, "ScoreRequest", Counted)
+    monkeypatch.setattr(pipeline, "CALL_POSITIONS", 1)  # one pass a call
+    assert _strip(run(CFG, tmp_path / "run", backend=Watching())) == _strip(reference)
+    assert len(calls) == reference["counts"]["fill_forward_passes"] and calls == [(i + 1, 1) for i in range(len(calls))]
 
 
 def test_a_run_holding_part_of_its_passes_reads_the_rest_back_to_the_same_results(finished, tmp_path, monkeypatch):
