@@ -1,7 +1,6 @@
 """The end-to-end run on the exact synthetic model (SPEC §4, §6): exact values, resume, add-teacher."""
 
 import collections
-import dataclasses
 import json
 import os
 import signal
