@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/planning.py --quick
 	$(BIN)/python bench/kv_memory.py --quick
 	$(BIN)/python bench/divergences.py --quick
+	$(BIN)/python bench/vllm_scoring.py --quick
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) build *.egg-info .pytest_cache
