@@ -302,7 +302,7 @@ def _fill_passes(ctx: RunContext, phases: Phases) -> None:
     def request(i: int) -> ScoreRequest:
         """Fill ``i``: over the context its path's pass was scored with, at the missing ids and any earlier fill's."""
         (s, (j, key), _), (position, token) = pending[i], missing_ids[i]
-        stored = ctx.rundir.load(s.question.id, f"score-p{j}-{slug(key)}")
+        stored = ctx.rundir.load_again(s.question.id, f"score-p{j}-{slug(key)}")  # read when the fill was found missing
         model = STUDENT if key == STUDENT else model_name(by_name[key])
         extra = _extra_ids(s.paths[j], position, token, s.fills.get((j, key)))
         return ScoreRequest(stored["context"], s.paths[j], model, cfg.temperature, 0, extra_ids=extra)

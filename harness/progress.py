@@ -60,7 +60,7 @@ class PhaseProgress:
     step: str = ""  # where within the phase, e.g. "window 2/3"
     final: bool = False  # the phase has ended
     rounds: bool = False  # planned round by round until a strategy plans nothing: any total is an estimate
-    expected_tokens: int | None = None  # estimated tokens the whole phase generates; None: not estimated (ETA by units)
+    tokens_left: float | None = None  # estimated tokens the phase has still to generate; None: not estimated (ETA by units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +105,11 @@ class Phase:
         self.budget = budget
         self.steps = list(steps) if steps is not None else None  # weight of each step (e.g. window_weights)
         self.costs = list(costs) if costs is not None else None  # tokens of one unit in each step (window_tokens)
-        self.planned_tokens = 0.0  # estimated tokens of the units planned (their requests' own estimates)
         self.step_index, self.step_label = 0, ""
         self.planned_by_step: dict[int, int] = {}
         self.done_by_step: dict[int, int] = {}
+        self.estimated_by_step: dict[int, float] = {}  # tokens the units planned should generate, by their own estimates
+        self.tokens_by_step: dict[int, int] = {}  # tokens they generated
         self.done = self.planned = self.rollouts = self.tokens = 0
         self._replayed = 0  # rollouts read back from stored rounds: spent from the budget, no work of this phase
         self.started = time.monotonic()
@@ -121,13 +122,14 @@ class Phase:
         """``units`` more work planned (a backend call starting, a round planned whole), generating about
         ``tokens`` tokens."""
         self.planned += units
-        self.planned_tokens += tokens
         self.planned_by_step[self.step_index] = self.planned_by_step.get(self.step_index, 0) + units
+        self.estimated_by_step[self.step_index] = self.estimated_by_step.get(self.step_index, 0.0) + tokens
         self.emit(force=True)
 
     def advance(self, units: int, rollouts: int = 0, tokens: int = 0) -> None:
         self.done += units
         self.done_by_step[self.step_index] = self.done_by_step.get(self.step_index, 0) + units
+        self.tokens_by_step[self.step_index] = self.tokens_by_step.get(self.step_index, 0) + tokens
         self.rollouts += rollouts
         self.tokens += tokens
         self.emit()
@@ -187,15 +189,28 @@ class Phase:
                 by_step.update({i: n * room / sum(later.values()) for i, n in later.items()})
         return by_step
 
-    def expected_tokens(self) -> int | None:
-        """Tokens the phase should generate: the planned units' own estimates, plus each later step's estimated
-        units at ``costs`` tokens each. A rollout forced deep into a path generates fewer tokens than one near
-        its start, so rollouts go faster in later windows than in the first, while tokens/s holds: the ETA is
-        the tokens left at the tokens/s so far. None without costs or estimates."""
-        if self.costs is None or not self.planned_tokens or (by_step := self._expected_by_step()) is None:
+    def tokens_left(self) -> float | None:
+        """Tokens the phase has still to generate. A rollout forced deep into a path generates fewer tokens than
+        one near its start, so rollouts go faster through a window and in later windows while tokens/s holds: the
+        ETA is these tokens at the tokens/s so far. The estimates (each request's own, ``costs`` per unit for a
+        step not yet planned) are scaled by what the finished steps generated against theirs. In the current step,
+        what its estimate leaves gives way, as its units finish, to its units left at its mean estimate per unit,
+        so a wrong estimate fades out by the step's end. None without costs or estimates."""
+        i = self.step_index
+        if self.costs is None or not any(self.estimated_by_step.values()) or (by_step := self._expected_by_step()) is None:
             return None
-        later = sum(n * self.costs[i] for i, n in by_step.items() if not self.planned_by_step.get(i) and i < len(self.costs))
-        return round(self.planned_tokens + later)
+        finished = [k for k in self.estimated_by_step if k < i and self.estimated_by_step[k] > 0]
+        scale = (sum(self.tokens_by_step.get(k, 0) for k in finished) / sum(self.estimated_by_step[k] for k in finished)
+                 if finished else 1.0)
+        current = 0.0
+        if estimate := scale * self.estimated_by_step.get(i, 0.0):
+            planned, done = self.planned_by_step[i], self.done_by_step.get(i, 0)
+            share = min(done / planned, 1.0)
+            current = ((1 - share**2) * max(estimate - self.tokens_by_step.get(i, 0), 0.0)
+                       + share**2 * max(planned - done, 0) * estimate / planned)
+        later = sum(n * self.costs[k] for k, n in by_step.items()
+                    if k >= i and not self.estimated_by_step.get(k) and k < len(self.costs))
+        return current + scale * later
 
     def spent(self) -> int:
         """Rollouts counted against the budget: those read back, and those drawn or complete in this phase."""
@@ -207,7 +222,7 @@ class Phase:
             phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
             expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
             elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
-            step="" if final else step, final=final, rounds=self.rounds, expected_tokens=None if final else self.expected_tokens(),
+            step="" if final else step, final=final, rounds=self.rounds, tokens_left=None if final else self.tokens_left(),
         )
 
     def emit(self, force: bool = False, final: bool = False) -> None:
@@ -355,15 +370,14 @@ ETA_FROM = 0.01  # share of a phase's units done before its rate says anything o
 
 def eta(ev: PhaseProgress, elapsed: float | None = None) -> float | None:
     """Seconds the phase has left, ``elapsed`` seconds into it (``ev.elapsed`` when None): its estimated tokens
-    left at its tokens/s so far where it estimates its tokens (see `Phase.expected_tokens`) and has not yet
-    generated more, otherwise its units left at its units/s so far. None when it has nothing left, or has done
-    less than `ETA_FROM` of its units."""
+    left at its tokens/s so far where it estimates them (`Phase.tokens_left`), otherwise its units left at its
+    units/s so far. None when it has nothing left, or has done less than `ETA_FROM` of its units."""
     elapsed = ev.elapsed if elapsed is None else elapsed
     total = ev.expected if ev.expected is not None else ev.planned
     if not ev.done or total <= ev.done or ev.done < ETA_FROM * total or elapsed <= 0:
         return None
-    if ev.expected_tokens is not None and ev.tokens and ev.elapsed > 0 and ev.expected_tokens > ev.tokens:
-        return (ev.expected_tokens - ev.tokens) / (ev.tokens / ev.elapsed) - (elapsed - ev.elapsed)
+    if ev.tokens_left is not None and ev.tokens:
+        return ev.tokens_left / (ev.tokens / elapsed)
     return (total - ev.done) / (ev.done / elapsed)
 
 

@@ -310,13 +310,7 @@ class PassCache:
     def get(self, question: str, name: str) -> ScoreResult:
         if (res := self._held.get((question, name))) is not None:
             return res
-        repaired = len(self._rundir.repaired)
-        shard = self._rundir.load(question, name)
-        if shard is None:  # sound when this run stored or first read it
-            what = ("corrupt when read back, and dropped (--repair)" if len(self._rundir.repaired) > repaired
-                    else "removed while the run read it")
-            raise RunDirError(f"{self._rundir.shard(question, name)}: {what}; "
-                              f"{finish_command(self._rundir.root)} makes it again")
+        shard = self._rundir.load_again(question, name)
         self.reads += 1
         res = score_result(shard)
         self.put(question, name, res)
@@ -757,6 +751,15 @@ class RunDir:
             self.repaired.append(str(path.relative_to(self.root)))
             return None
         return arrays
+
+    def load_again(self, question: str, name: str) -> dict[str, np.ndarray]:
+        """A shard this run stored or has read already, read again: gone or (with ``repair``) dropped as corrupt
+        since, it is a :class:`RunDirError` naming it and the command that makes it again."""
+        repaired = len(self.repaired)
+        if (shard := self.load(question, name)) is not None:
+            return shard
+        what = "corrupt when read back, and dropped (--repair)" if len(self.repaired) > repaired else "removed while the run read it"
+        raise RunDirError(f"{self.shard(question, name)}: {what}; {finish_command(self.root)} makes it again")
 
     def save(self, question: str, name: str, **arrays: np.ndarray) -> None:
         """Write a shard with its kind and checksum."""

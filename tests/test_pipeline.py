@@ -245,6 +245,31 @@ def test_a_fill_pass_request_is_built_when_its_call_is_made(tmp_path, monkeypatc
     assert len(calls) == reference["counts"]["fill_forward_passes"] and calls == [(i + 1, 1) for i in range(len(calls))]
 
 
+def test_a_pass_corrupt_when_its_fill_reads_its_context_under_repair_is_named_as_such(tmp_path, monkeypatch):
+    """A fill pass reads the context its path's pass was scored with from that pass's shard, when its call is
+    made. Corrupt by then, under --repair it is dropped and named, as when a pass is read back (it was a
+    TypeError); the same command scores it again, to the same results."""
+    import harness.rundir as rundir
+    from harness.rundir import RunDirError
+
+    reference = _strip(run(CFG, tmp_path / "reference", backend=TopIdsOnly()))
+    save_all, spoiled = rundir.RunDir.save_all, []
+
+    def spoiling_save_all(self, shards):
+        shards = list(shards)
+        save_all(self, shards)
+        for question, name, _ in shards:
+            if name.startswith("score-"):  # held in memory: the run reads none of them back before the fills
+                self.shard(question, name).write_bytes(b"not a shard")
+                spoiled.append(self.shard(question, name))
+
+    monkeypatch.setattr(rundir.RunDir, "save_all", spoiling_save_all)
+    with pytest.raises(RunDirError, match=r"score-p\d+-[\w-]+\.npz: corrupt when read back, and dropped \(--repair\); odiag run "):
+        run(CFG, tmp_path / "run", backend=TopIdsOnly(), repair=True)
+    monkeypatch.setattr(rundir.RunDir, "save_all", save_all)
+    assert _strip(run(CFG, tmp_path / "run", backend=TopIdsOnly(), repair=True)) == reference
+
+
 def test_a_run_holding_part_of_its_passes_reads_the_rest_back_to_the_same_results(finished, tmp_path, monkeypatch):
     """Every path's passes were held in memory from the teacher passes to the records: a run's host memory grew
     with its questions (AIME 2025 with eight teachers: up to 59 GiB). A run holds at most HELD_PASS_BYTES of them

@@ -244,22 +244,22 @@ def score_result(
                                request.temperature, logprobs_listed))
     columns = [response[:, None], *(ids_PK[:, :top] for ids_PK, _, _ in lists)]
     if request.extra_ids is not None:
-        columns.append(np.asarray(request.extra_ids, dtype=np.int64).reshape(count, -1))
+        columns.append(np.asarray(request.extra_ids, dtype=np.int64).reshape(count, -1) if count else np.zeros((0, 0), np.int64))
     candidates_PC = np.sort(np.concatenate(columns, axis=1), axis=1)  # the padding, -1, first
     union_PC = candidates_PC >= 0
     union_PC[:, 1:] &= candidates_PC[:, 1:] != candidates_PC[:, :-1]
     counts = union_PC.sum(axis=1)
     ids, rows = candidates_PC[union_PC], np.repeat(np.arange(count), counts)  # each position's ids in order
     width = int(max([ids.max(initial=0), *(ids_PK.max(initial=0) for ids_PK, _, _ in lists)])) + 1
-    values = [_listed_values(ids_PK, logp_PK, rows, ids, width, unlisted_P[rows]) for ids_PK, logp_PK, unlisted_P in lists]
+    values = [np.where(*_listed_values(ids_PK, logp_PK, rows, ids, width), unlisted_P[rows]) for ids_PK, logp_PK, unlisted_P in lists]
     divergences = None
     if len(lists) == 2:  # the reference plays π (the student), the scored model π_T (SPEC §3)
         (ids_t, logp_t, _), (ids_r, logp_r, _) = lists
         listed_PK = ids_r >= 0
         rows_PK = np.broadcast_to(np.arange(count)[:, None], ids_r.shape)
-        teacher_PK = np.full(ids_r.shape, np.nan)
-        teacher_PK[listed_PK] = _listed_values(ids_t, logp_t, rows_PK[listed_PK], ids_r[listed_PK], width, np.nan)
-        common_PK = ~np.isnan(teacher_PK)  # ids both models listed, aligned on the reference's
+        common_PK, teacher_PK = np.zeros(ids_r.shape, dtype=bool), np.full(ids_r.shape, -np.inf)
+        common_PK[listed_PK], teacher_PK[listed_PK] = _listed_values(ids_t, logp_t, rows_PK[listed_PK], ids_r[listed_PK], width)
+        # ids both models listed, aligned on the reference's
         divergences = topk_tail_divergences_rows(np.where(common_PK, logp_r, -np.inf), np.where(common_PK, teacher_PK, -np.inf))
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -269,19 +269,20 @@ def score_result(
     )
 
 
-def _listed_values(ids_PK: np.ndarray, logp_PK: np.ndarray, rows: np.ndarray, ids: np.ndarray, width: int,
-                   unlisted) -> np.ndarray:
-    """The log-probability each (``rows[i]``, ``ids[i]``) has in the padded lists ``ids_PK``/``logp_PK`` (ids
-    below ``width``, padding -1), or ``unlisted`` (a scalar or one value per pair) where that row does not
-    list it: every position's lookup in one sorted search."""
+def _listed_values(ids_PK: np.ndarray, logp_PK: np.ndarray, rows: np.ndarray, ids: np.ndarray,
+                   width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Whether row ``rows[i]`` of the padded lists ``ids_PK``/``logp_PK`` (ids below ``width``, padding -1)
+    lists ``ids[i]``, and its log-probability there (-inf where not): every lookup in one sorted search."""
     listed_PK = ids_PK >= 0
     keys = (np.arange(len(ids_PK))[:, None] * width + ids_PK)[listed_PK]
     order = np.argsort(keys, kind="stable")
     keys, found_logp = keys[order], logp_PK[listed_PK][order]
+    if not len(keys):
+        return np.zeros(len(ids), dtype=bool), np.full(len(ids), -np.inf)
     wanted = rows * width + ids
-    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-    hit = keys[at] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
-    return np.where(hit, found_logp[at] if len(keys) else 0.0, unlisted)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    hit = keys[at] == wanted
+    return hit, np.where(hit, found_logp[at], -np.inf)
 
 
 def _tempered(prompt_logprobs, context_length: int, count: int, temperature: float, top: int):
