@@ -194,22 +194,27 @@ class Phase:
         one near its start, so rollouts go faster through a window and in later windows while tokens/s holds: the
         ETA is these tokens at the tokens/s so far. The estimates (each request's own, ``costs`` per unit for a
         step not yet planned) are scaled by what the finished steps generated against theirs. In the current step,
-        what its estimate leaves gives way, as its units finish, to its units left at its mean estimate per unit,
-        so a wrong estimate fades out by the step's end. None without costs or estimates."""
+        what its estimate leaves (the estimate less the tokens generated) gives way, as its units finish, to its
+        units left at its mean estimate per unit: weighted (1 − s)² and 1 − (1 − s)² at a share s done, an
+        estimate wrong by ε errs by at most 1.25ε on the tokens left, and by ε at the step's end, where the
+        first alone would err by ε/(1 − s). None without costs or estimates."""
         i = self.step_index
         if self.costs is None or not any(self.estimated_by_step.values()) or (by_step := self._expected_by_step()) is None:
             return None
+        cost = lambda k: self.costs[k] if k < len(self.costs) else 0.0  # noqa: E731
         finished = [k for k in self.estimated_by_step if k < i and self.estimated_by_step[k] > 0]
         scale = (sum(self.tokens_by_step.get(k, 0) for k in finished) / sum(self.estimated_by_step[k] for k in finished)
                  if finished else 1.0)
         current = 0.0
-        if estimate := scale * self.estimated_by_step.get(i, 0.0):
-            planned, done = self.planned_by_step[i], self.done_by_step.get(i, 0)
-            share = min(done / planned, 1.0)
-            current = ((1 - share**2) * max(estimate - self.tokens_by_step.get(i, 0), 0.0)
-                       + share**2 * max(planned - done, 0) * estimate / planned)
-        later = sum(n * self.costs[k] for k, n in by_step.items()
-                    if k >= i and not self.estimated_by_step.get(k) and k < len(self.costs))
+        if planned := self.planned_by_step.get(i, 0):
+            done = self.done_by_step.get(i, 0)
+            left, share = max(planned - done, 0), min(done / planned, 1.0)
+            if estimate := scale * self.estimated_by_step.get(i, 0.0):
+                weight = (1 - share) ** 2
+                current = weight * max(estimate - self.tokens_by_step.get(i, 0), 0.0) + (1 - weight) * left * estimate / planned
+            else:  # planned without an estimate (rollouts complete before any token): at the step's tokens per unit
+                current = left * scale * cost(i)
+        later = sum(n * cost(k) for k, n in by_step.items() if k >= i and not self.planned_by_step.get(k))
         return current + scale * later
 
     def spent(self) -> int:
@@ -376,7 +381,7 @@ def eta(ev: PhaseProgress, elapsed: float | None = None) -> float | None:
     total = ev.expected if ev.expected is not None else ev.planned
     if not ev.done or total <= ev.done or ev.done < ETA_FROM * total or elapsed <= 0:
         return None
-    if ev.tokens_left is not None and ev.tokens:
+    if ev.tokens_left is not None and ev.tokens and ev.tokens_left > 0:
         return ev.tokens_left / (ev.tokens / elapsed)
     return (total - ev.done) / (ev.done / elapsed)
 

@@ -270,6 +270,25 @@ def test_score_result_converts_every_position_at_once_as_one_at_a_time_would(see
             np.testing.assert_allclose(got.divergences[name], want.divergences[name], rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the -inf row, both ways
+def test_score_result_edge_rows_convert_as_one_at_a_time_would():
+    """An empty response with fill ids gives an empty result; a row whose listed log-probabilities are all -inf
+    at T < 1 (temper's Z is 0) gives NaN, as position by position, not a divergence of "identical"."""
+    empty = ScoreRequest(np.array([1, 2]), np.zeros(0, dtype=np.int64), "teacher", 1.0, 0, STUDENT, np.array([3]),
+                         extra_ids=np.zeros((0, 2), dtype=np.int64))
+    res = score_result(empty, [None, {}], [None], 4)
+    assert len(res.ids) == 0 and res.offsets.tolist() == [0] and all(len(v) == 0 for v in res.divergences.values())
+    teacher = [None, {5: Logprob(-np.inf, rank=1), 6: Logprob(-np.inf, rank=2)}, {5: Logprob(-0.1, rank=1)}]
+    student = [None, {5: Logprob(-0.5, rank=1), 6: Logprob(-1.0, rank=2)}, {5: Logprob(-0.2, rank=1)}]
+    req = ScoreRequest(np.array([1]), np.array([5, 5]), "teacher", 0.7, 2, STUDENT, np.array([1]))
+    got, want = score_result(req, teacher, student, 2), _position_by_position()(req, teacher, student, 2)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(np.isnan(got.logprobs), np.isnan(want.logprobs))
+    for name in DIVERGENCES:
+        np.testing.assert_array_equal(np.isnan(got.divergences[name]), np.isnan(want.divergences[name]))
+        assert np.isnan(got.divergences[name][0]) and not np.isnan(got.divergences[name][1])
+
+
 # -- the class, against a fake vllm module ------------------------------------------------------------------
 
 

@@ -270,10 +270,10 @@ def test_window_weights_count_paths_by_the_share_of_a_first_window_they_cover():
 def test_the_eta_counts_the_tokens_left_at_the_tokens_per_second_so_far(monkeypatch):
     """A rollout forced deep into a path generates fewer tokens than one near its start: rollouts/s rises through
     the targeted phase while tokens/s holds, and an ETA by rollouts ran about twice too long. The ETA is the
-    tokens left at the tokens/s so far: of the planned round, its own estimate (here 200 rollouts, 20,000 tokens),
-    giving way to its rollouts left at its mean estimate as they finish; of a window not yet planned, its
-    estimated rollouts at its tokens per rollout (100 at 20); each scaled by what finished windows generated
-    against their estimates."""
+    tokens left at the tokens/s so far: of the planned round, its own estimate less the tokens generated (here
+    200 rollouts, 20,000 tokens), giving way as they finish to its rollouts left at its mean estimate; of a window
+    not yet planned, its estimated rollouts at its tokens per rollout (100 at 20); each scaled by what finished
+    windows generated against their estimates."""
     import harness.progress as progress
     from types import SimpleNamespace
 
@@ -286,7 +286,7 @@ def test_the_eta_counts_the_tokens_left_at_the_tokens_per_second_so_far(monkeypa
         now[0] = 10.0
         ph.sampled(100, 10_000)
         ev = events[-1]
-        assert ev.expected == 300 and ev.tokens_left == pytest.approx(0.75 * 10_000 + 0.25 * 100 * 100 + 100 * 20)
+        assert ev.expected == 300 and ev.tokens_left == pytest.approx(0.25 * 10_000 + 0.75 * 100 * 100 + 100 * 20)
         assert eta(ev) == pytest.approx(12.0)  # by rollouts alone: 200 more at 10/s, 20 s
         assert describe(ev).endswith("ETA ~12 s")
         assert eta(ev, 15.0) == pytest.approx(18.0)  # nothing heard for 5 s: the rate so far falls
@@ -296,18 +296,35 @@ def test_the_eta_counts_the_tokens_left_at_the_tokens_per_second_so_far(monkeypa
         ph.plan(100, 3_000)
         now[0] = 22.0
         ph.sampled(50, 1_000)
-        left = 0.75 * (1.1 * 3_000 - 1_000) + 0.25 * 50 * 33
+        left = 0.25 * (1.1 * 3_000 - 1_000) + 0.75 * 50 * 33
         assert events[-1].tokens_left == pytest.approx(left) and eta(events[-1]) == pytest.approx(left / (23_000 / 22.0))
-    # an estimate 10% too high fades out as the round's rollouts finish: about 1.3 s left at the last 1%, 1 s true
-    with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[1], costs=[1000], rounds=True) as ph:
-        ph.plan(1000, 1_100_000)
-        now[0] = 121.0
-        ph.sampled(990, 990_000)
-        assert eta(events[-1]) == pytest.approx((0.0199 * 110_000 + 0.9801 * 10 * 1_100) / 10_000)
+
+    def ratios(wrong: float) -> list[float]:
+        """ETA over the true time left through one round whose estimate is ``wrong`` times its tokens."""
+        out = []
+        with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[1], costs=[1000], rounds=True) as ph:
+            ph.plan(1000, wrong * 1_000_000)
+            for done in range(100, 1000, 100):
+                now[0] += 10.0
+                ph.sampled(100, 100_000)
+                out.append(eta(events[-1]) / ((1000 - done) / 10))
+        return out
+
+    for wrong in (1.1, 0.8, 1.5):  # never worse than 1.25 times the estimate's error; that error alone at the end
+        assert all(abs(r - 1) <= 1.25 * abs(wrong - 1) + 1e-9 for r in ratios(wrong))
+        assert ratios(wrong)[-1] == pytest.approx(wrong, abs=0.1 * abs(wrong - 1))
+    # a round planned without an estimate (every rollout complete before any token) costs its step's tokens each
+    with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[1, 1], costs=[100, 50], rounds=True) as ph:
+        ph.plan(100, 10_000)
+        ph.sampled(100, 10_000)
+        ph.step(1, "window 2/2")
+        ph.plan(100, 0.0)
+        ph.sampled(60, 0)
+        assert events[-1].tokens_left == pytest.approx(40 * 50)
     # without estimates, by rollouts
     with Phases(events.append, min_interval=0).phase("targeted rollouts", steps=[2, 1], rounds=True) as ph:
         ph.plan(200)
-        now[0] = 131.0
+        now[0] += 10.0
         ph.sampled(100, 10_000)
         assert events[-1].tokens_left is None and eta(events[-1]) == pytest.approx(20.0)
 
