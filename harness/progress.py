@@ -161,9 +161,10 @@ class Phase:
 
     # -----------------------------------------------------------------------------------------------
 
-    def expected(self) -> int | None:
-        """Planned work, plus for steps not yet planned the work per unit of weight seen so far."""
-        if (by_step := self._expected_by_step()) is None:
+    def expected(self, by_step: dict[int, float] | None = None) -> int | None:
+        """Planned work, plus for steps not yet planned the work per unit of weight seen so far (``by_step``:
+        `_expected_by_step`, when at hand)."""
+        if (by_step := by_step or self._expected_by_step()) is None:
             return None if self.steps is not None else self.planned
         return max(round(sum(by_step.values())), self.planned)
 
@@ -189,7 +190,7 @@ class Phase:
                 by_step.update({i: n * room / sum(later.values()) for i, n in later.items()})
         return by_step
 
-    def tokens_left(self) -> float | None:
+    def tokens_left(self, by_step: dict[int, float] | None = None) -> float | None:
         """Tokens the phase has still to generate. A rollout forced deep into a path generates fewer tokens than
         one near its start, so rollouts go faster through a window and in later windows while tokens/s holds: the
         ETA is these tokens at the tokens/s so far. The estimates (each request's own, ``costs`` per unit for a
@@ -197,9 +198,11 @@ class Phase:
         what its estimate leaves (the estimate less the tokens generated) gives way, as its units finish, to its
         units left at its mean estimate per unit: weighted (1 − s)² and 1 − (1 − s)² at a share s done, an
         estimate wrong by ε errs by at most 1.25ε on the tokens left, and by ε at the step's end, where the
-        first alone would err by ε/(1 − s). None without costs or estimates."""
+        first alone would err by ε/(1 − s). None without costs or estimates. ``by_step``: as in `expected`."""
         i = self.step_index
-        if self.costs is None or not any(self.estimated_by_step.values()) or (by_step := self._expected_by_step()) is None:
+        if self.costs is None or not any(self.estimated_by_step.values()):
+            return None
+        if (by_step := by_step or self._expected_by_step()) is None:
             return None
         cost = lambda k: self.costs[k] if k < len(self.costs) else 0.0  # noqa: E731
         finished = [k for k in self.estimated_by_step if k < i and self.estimated_by_step[k] > 0]
@@ -222,12 +225,13 @@ class Phase:
         return self._replayed + self.rollouts
 
     def event(self, final: bool = False) -> PhaseProgress:
-        step = self.step_label
+        by_step = None if final else self._expected_by_step()  # read by both estimates
         return PhaseProgress(
             phase=self.name, unit=self.unit, done=self.done, planned=self.planned,
-            expected=self.done if final else self.expected(), rollouts=self.rollouts, tokens=self.tokens,
+            expected=self.done if final else self.expected(by_step), rollouts=self.rollouts, tokens=self.tokens,
             elapsed=time.monotonic() - self.started, budget=self.budget, spent=self.spent(),
-            step="" if final else step, final=final, rounds=self.rounds, tokens_left=None if final else self.tokens_left(),
+            step="" if final else self.step_label, final=final, rounds=self.rounds,
+            tokens_left=None if final else self.tokens_left(by_step),
         )
 
     def emit(self, force: bool = False, final: bool = False) -> None:
@@ -239,24 +243,26 @@ class Phase:
         self.owner.callback(self.last)
 
 
+def _covered(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, float]]]:
+    """Per depth window, each path reaching it as (length, end of what it covers, share of a first-window width
+    covered)."""
+    width = max(spans[0][1] - spans[0][0], 1) if spans else 1
+    return [[(n, min(hi, n), min(1.0, (min(hi, n) - lo) / width)) for n in path_lengths if n > lo] for lo, hi in spans]
+
+
 def window_weights(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[float]:
     """How much targeted work each depth window should take, relative to the others, for the
     estimate of windows not yet planned: per path reaching it, the share of a first-window width it
     covers (a strategy picks a fixed number of targets per path and window, fewer on a short tail)."""
-    width = max(spans[0][1] - spans[0][0], 1) if spans else 1
-    return [sum(min(1.0, max(0, min(hi, n) - lo) / width) for n in path_lengths) for lo, hi in spans]
+    return [sum(share for *_, share in paths) for paths in _covered(path_lengths, spans)]
 
 
 def window_tokens(path_lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[float]:
     """`window_weights` with each path's share weighted by the tokens a rollout forced at a position of the
     window generates after its forced token: about the path's length less the position's depth and one, on
     average over the positions the path covers. Divided by the weights: each window's tokens per rollout."""
-    width = max(spans[0][1] - spans[0][0], 1) if spans else 1
-    out = []
-    for lo, hi in spans:
-        covered = [(n, min(hi, n)) for n in path_lengths if n > lo]
-        out.append(sum(min(1.0, (end - lo) / width) * (n - (lo + end - 1) / 2 - 1) for n, end in covered))
-    return out
+    return [sum(share * (n - (lo + end - 1) / 2 - 1) for n, end, share in paths)
+            for (lo, _), paths in zip(spans, _covered(path_lengths, spans), strict=True)]
 
 
 class Phases:
