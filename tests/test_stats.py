@@ -296,20 +296,20 @@ def test_within_path_correlation_matches_scipy_per_path(rows):
 
 
 def test_rank_with_ties_rule():
-    """Pins the tie rule: competition ranking by mean, nan last; ties = overlapping CIs."""
+    """Pins the tie rule: competition ranking by mean, no rank for a nan mean; ties = overlapping CIs."""
     means = [0.50, 0.10, 0.45, nan, 0.10, -0.5]
     lo = [0.40, 0.00, 0.30, nan, 0.05, -0.6]
     hi = [0.60, 0.20, 0.42, nan, 0.35, -0.4]
     rank, tied = rank_with_ties(means, lo, hi)
-    assert rank == [1, 3, 2, 6, 3, 5]
+    assert rank == [1, 3, 2, None, 3, 5]
     # [0.30, 0.42] meets [0.40, 0.60] and [0.05, 0.35]; equal means 1 and 4 also overlap;
     # entry 5 is resolved from all; the nan entry claims nothing.
     assert tied == [[2], [4], [0, 4], [], [1, 2], []]
-    assert all(isinstance(r, int) for r in rank)
+    assert all(isinstance(r, int) for r in rank if r is not None)
     # a mean without an interval (one question; values that do not vary) is resolved from no other
     # entry with a mean, and every such entry from it; an entry without a mean is not ranked against any
     rank, tied = rank_with_ties([0.68, -0.40, 0.1, nan], [nan, -0.5, 0.0, nan], [nan, -0.3, 0.2, nan])
-    assert rank == [1, 3, 2, 4] and tied == [[1, 2], [0], [0], []]
+    assert rank == [1, 3, 2, None] and tied == [[1, 2], [0], [0], []]
     # equal up to rounding is equal: -0.5 and -0.5000000000000001 share a rank (they were ranked 1, 1 and 3)
     assert rank_with_ties([-0.5, -0.5, -0.5000000000000001], [-1] * 3, [0] * 3)[0] == [1, 1, 1]
 
@@ -423,6 +423,21 @@ def test_aggregate_ranking_and_order():
     assert rows[0]["tied_with"] == ["B/fkl"] and rows[1]["tied_with"] == ["A/fkl"]
     # With 3 questions the gkd CIs are wide and overlap, so the ranks come with a tie mark.
     assert rows[2]["tied_with"] == ["B/gkd"] and rows[3]["tied_with"] == ["A/gkd"]
+
+
+def test_a_teacher_whose_alignments_are_all_undefined_has_no_rank():
+    """A row without a mean has no place in a ranking by mean: rank None, listed after the ranked."""
+    nodes = node_table()
+    c_teacher = nodes["teacher"] == "C"
+    assert not c_teacher.any()
+    block = (nodes["teacher"] == "A") & (nodes["algorithm"] == "gkd")
+    extra = {c: v[block].copy() for c, v in nodes.items()}
+    extra["teacher"][:] = "C"
+    extra["alignment"][:] = nan
+    rows = aggregate({c: np.concatenate([nodes[c], extra[c]]) for c in nodes}, n_boot=200)
+    gkd = [(r["teacher"], r["rank"]) for r in rows if r["algorithm"] == "gkd"]
+    assert gkd == [("A", 1), ("B", 2), ("C", None)]
+    assert math.isnan([r for r in rows if r["teacher"] == "C"][0]["alignment"]["mean"])
 
 
 def test_aggregate_schema_json_and_determinism():

@@ -378,8 +378,8 @@ def rank_with_ties(means, lo, hi):
 
     Rule (pinned): `rank_i = 1 + #{j : mean_j > mean_i + RANK_ATOL}` — standard competition ranking
     ("1224"), highest mean first, equal means share a rank (equal up to rounding: alignments summed in
-    another order differ in the 16th digit); nan means are ranked last, sharing
-    `1 + #finite`. Ranks are never merged by CI overlap; instead `tied_with[i]` is the sorted list
+    another order differ in the 16th digit); an entry with a nan mean has no rank (None): there is
+    no score to place it by. Ranks are never merged by CI overlap; instead `tied_with[i]` is the sorted list
     of indices `j != i` whose closed intervals intersect, `lo_i <= hi_j and lo_j <= hi_i`, so a
     reader sees both the order and which differences are not resolved (SPEC §5). An entry with a mean
     and no interval (one question, or values that do not vary) is resolved from no other: it overlaps
@@ -389,12 +389,12 @@ def rank_with_ties(means, lo, hi):
     lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
     finite = np.isfinite(means)
     above = (means[None, :] > means[:, None] + RANK_ATOL).sum(axis=1)  # comparisons with nan are False
-    rank = np.where(finite, 1 + above, 1 + finite.sum()).astype(int)
+    rank = [int(1 + a) if f else None for a, f in zip(above, finite, strict=True)]
     unknown = finite & ~(np.isfinite(lo) & np.isfinite(hi))
     overlap = ((lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])) | unknown[:, None] | unknown[None, :]
     overlap &= finite[:, None] & finite[None, :]
     np.fill_diagonal(overlap, False)
-    return [int(r) for r in rank], [np.flatnonzero(row).tolist() for row in overlap]
+    return rank, [np.flatnonzero(row).tolist() for row in overlap]
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -539,4 +539,4 @@ def aggregate(nodes: Mapping[str, Sequence], seed: int = 0, n_boot: int = 2000) 
             # Identity and rank lead each row so results.json reads top-down.
             ranked.append({"teacher": r["teacher"], "algorithm": algorithm, "rank": k,
                            "tied_with": names, **r})
-    return sorted(ranked, key=lambda r: (r["algorithm"], r["rank"], r["teacher"]))
+    return sorted(ranked, key=lambda r: (r["algorithm"], r["rank"] is None, r["rank"] or 0, r["teacher"]))

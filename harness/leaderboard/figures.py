@@ -311,7 +311,7 @@ def ranking(entries: list[dict], groups: list[dict], colours: dict[str, str]):
             ax.errorbar(_v(a), yi, xerr=_err([_v(a)], [_v(a, "lo")], [_v(a, "hi")]), fmt="o",
                         color=colours.get(e["label"], "#333333"), capsize=3, lw=1.2)
             tie = " ≈" if rows[0]["key"] in e["tied_with"] else ""
-            ax.annotate(f"#{e['rank']}{tie}", (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
+            ax.annotate(f"#{e['rank']}{tie}" if e["rank"] is not None else "–", (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize=8)
         ax.set_yticks(y, [_plain(e["label"]) for e in rows], fontsize=8)
         ax.set_ylim(-0.6, max(len(rows), 1) - 0.4)
