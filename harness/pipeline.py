@@ -207,7 +207,7 @@ def _artefacts(ctx: RunContext) -> Artefacts:
     n_correct, n_wrong = shown_counts(teachers)
     shown = {s.question.id: [x for c, w in s.solutions for x in (*c[:n_correct], *w[:n_wrong])] for s in ctx.states.values()}
     return build_artefacts(ctx.task, teachers, [s.question for s in ctx.states.values()], ctx.artefact_backend,
-                           ctx.rundir.root / "artefacts", ctx.cfg.seed, student_solutions=shown, repair=ctx.rundir.repair,
+                           ctx.rundir.root / "artefacts", ctx.cfg.seed, ctx.rundir.run_id, student_solutions=shown, repair=ctx.rundir.repair,
                            judged_by=ctx.plan.recorded_task)
 
 

@@ -9,9 +9,10 @@ What it guarantees (README "The run directory"):
   fsync, rename; the many shards of one phase all written first, then synced and renamed); temporary
   files a killed run left behind are removed when the directory is opened.
   Files are created ``0o664`` and folders ``0o775`` whatever the umask, so a group can read a run.
-- **Checked shards.** Every shard carries its kind and a sha256 of its arrays; an empty, truncated,
-  garbage or altered shard is named in a one-line error, and ``odiag run --repair`` drops it and
-  recomputes it (every draw is seeded from ids, so the recomputed shard is the one that was lost).
+- **Checked shards.** Every shard carries its kind, its place (the run's id, its question and its name) and a
+  sha256 of both and its arrays; an empty, truncated, garbage or altered shard, or one copied from another run,
+  question or name, is named in a one-line error, and ``odiag run --repair`` drops it and recomputes it (every
+  draw is seeded from ids, so the recomputed shard is the one that was lost).
 - **Identity by content.** ``config.json`` holds the config, the hash of what shapes the rollout
   tree, and every teacher by name, resolved file and content identity (:mod:`harness.plan`). A config
   whose tree differs, a teacher file edited under its name, or a different teacher under a taken
@@ -47,6 +48,7 @@ import os
 import re
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = "odiag.rundir/2"
+FORMAT = "odiag.rundir/3"  # 3: shards bound to their place (a run id in config.json)
 FILE_MODE, DIR_MODE = 0o664, 0o775
 LOCK_NAME = ".odiag.lock"
 # present while odiag run draws the tree (from its first rollout to its last): a run stopped then has an
@@ -331,9 +333,9 @@ def _nbytes(res: ScoreResult) -> int:
     return sum(a.nbytes for a in arrays if a is not None)
 
 
-def checksum(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over every array's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
+def checksum(arrays: dict[str, np.ndarray], place: str) -> str:
+    """sha256 over a shard's place and every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256(f"{place}|".encode())
     for k in sorted(arrays):
         a = np.ascontiguousarray(arrays[k])
         h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
@@ -517,6 +519,7 @@ class RunDir:
         self.root, self.plan, self.lock, self.repair = root, plan, lock, repair
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
+        self._run_id: str | None = None
         # add-teacher, rescore: the finished run's record, results and validation, each kept as a hard link (a name
         # for the old file, no space) or, on a file system without links, its bytes (`_keep`)
         self.before: dict[str, Path | bytes] = {}
@@ -524,6 +527,13 @@ class RunDir:
     @property
     def config(self) -> RunConfig:
         return self.plan.config
+
+    @property
+    def run_id(self) -> str:
+        """The id ``config.json`` gave this run when it was made: every shard it writes is bound to it."""
+        if self._run_id is None:
+            self._run_id = str(RunDir.read_saved(self.root)["run"])
+        return self._run_id
 
     def __enter__(self) -> RunDir:
         return self
@@ -601,7 +611,9 @@ class RunDir:
                 atomic_write(root / DROPPED, lambda f: f.write(json.dumps(pending).encode()))
             for name in (*changed, *drop):  # rescore: a teacher's file changed (passes redone) or it leaves the run
                 rundir.drop_teacher(name)
-            record = plan.record() | {"models": stored}
+            # a new run gets an id; a run keeps its id whatever its settings become (its shards are bound to it)
+            record = plan.record() | {"run": (saved or {}).get("run") or uuid.uuid4().hex[:16], "models": stored}
+            rundir._run_id = record["run"]
             # what an expected failure puts back: a finished run before an add or a rescore of scoring settings (a
             # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
             # --repair, must go on without it)
@@ -654,11 +666,13 @@ class RunDir:
                 f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
                 f"a run made by an older odiag cannot be resumed: use {another(flag)}"
             )
-        keys = ("config", "config_hash", "tree_hash", "teachers")
+        keys = ("config", "config_hash", "tree_hash", "teachers", "run")
         if missing := [k for k in keys if k not in saved]:
             raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r})")
         if not isinstance(saved["config"], dict) or not isinstance(saved["teachers"], list):
             raise RunDirError(f"{path}: not a valid run config ('config' or 'teachers' has the wrong type)")
+        if not isinstance(saved["run"], str) or not saved["run"]:
+            raise RunDirError(f"{path}: not a valid run config ('run' is not the run's id)")
         if not isinstance(saved.get("models", {}), dict):
             raise RunDirError(f"{path}: not a valid run config ('models' has the wrong type)")
         return saved
@@ -724,21 +738,25 @@ class RunDir:
     def load(self, question: str, name: str) -> dict[str, np.ndarray] | None:
         """A shard's arrays, or None when it was never completed (or, with ``repair``, was corrupt).
 
-        A shard that cannot be read, is of the wrong kind, lacks an array or fails its checksum is a
-        :class:`ShardError` naming it.
+        A shard that cannot be read, is of the wrong kind, was written for another run, question or name, lacks an
+        array or fails its checksum is a :class:`ShardError` naming it.
         """
         path = self.shard(question, name)
         if not path.exists():
             return None
+        expected = self._place(question, name)  # read before the shard: a bad config.json is not a bad shard
         try:
             arrays = _read_npz(path)
             kind = str(arrays.pop("_kind", ""))
             stored = str(arrays.pop("_sha256", ""))
+            place = str(arrays.pop("_place", ""))
             if kind not in shard_kinds(name):
                 raise _Bad(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
+            if place != expected:
+                raise _Bad(_misplaced(place, self.run_id, question, name))
             if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
                 raise _Bad(f"no array {missing[0]!r}")
-            if checksum(arrays) != stored:
+            if checksum(arrays, place) != stored:
                 raise _Bad("checksum mismatch: its arrays changed after it was written")
         except Exception as exc:  # noqa: BLE001 - whatever np.load raises on bad bytes, the shard is named
             why = "empty file" if path.stat().st_size == 0 else _why(exc)
@@ -763,7 +781,7 @@ class RunDir:
 
     def save(self, question: str, name: str, **arrays: np.ndarray) -> None:
         """Write a shard with its kind and checksum."""
-        payload = self._payload(name, arrays)
+        payload = self._payload(question, name, arrays)
         atomic_write(self.shard(question, name), lambda f: np.savez(f, **payload))
 
     def save_all(self, shards: Iterable[tuple[str, str, dict[str, np.ndarray]]]) -> None:
@@ -773,7 +791,7 @@ class RunDir:
         files: dict[Path, Path] = {}
         try:
             for question, name, arrays in shards:
-                payload = self._payload(name, arrays)
+                payload = self._payload(question, name, arrays)
                 path = self.shard(question, name)
                 if path in files:
                     raise ValueError(f"shard {name!r} of {question!r} given twice in one batch")
@@ -785,14 +803,18 @@ class RunDir:
             for tmp in files.values():
                 tmp.unlink(missing_ok=True)  # gone once in place
 
-    @staticmethod
-    def _payload(name: str, arrays: dict) -> dict[str, np.ndarray]:
+    def _place(self, question: str, name: str) -> str:
+        """Where a shard belongs: this run, its question, its name (a shard elsewhere is not this run's work)."""
+        return f"{self.run_id}/{question}/{name}"
+
+    def _payload(self, question: str, name: str, arrays: dict) -> dict[str, np.ndarray]:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         kinds = shard_kinds(name)
         kind = "skip" if "skip" in arrays else kinds[0]
         if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
             raise ValueError(f"shard {name!r} of kind {kind!r} lacks {missing}")
-        return {**arrays, "_kind": np.array(kind), "_sha256": np.array(checksum(arrays))}
+        place = self._place(question, name)
+        return {**arrays, "_kind": np.array(kind), "_place": np.array(place), "_sha256": np.array(checksum(arrays, place))}
 
     def rounds(self, question: str) -> list[tuple[int, int]]:
         """(window, round) of every stored targeted-rollout shard of a question, in order."""
@@ -907,6 +929,16 @@ def model_records(
 
 class _Bad(Exception):
     """A shard that reads but is not what was written."""
+
+
+def _misplaced(place: str, run_id: str, question: str, name: str) -> str:
+    """Why a shard whose recorded place is ``place`` is not this run's ``question``/``name``."""
+    run, _, rest = place.partition("/")
+    if not place:
+        return "no place recorded: not written by this odiag"
+    if run != run_id:
+        return f"written by another run (id {run}, this run's is {run_id}): a shard copied in"
+    return f"written as {rest}.npz of this run, not as {question}/{name}.npz: a shard copied or renamed"
 
 
 def _why(exc: Exception) -> str:

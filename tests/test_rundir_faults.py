@@ -435,6 +435,42 @@ def test_repair_after_many_corrupt_shards_equals_a_clean_run(copy):
     assert _strip(run(CFG, copy, repair=True)) == reference
 
 
+@pytest.fixture(scope="module")
+def other_seed(tmp_path_factory) -> Path:
+    """A finished run of another seed: every shard of it is well formed, and none is the reference run's."""
+    out = tmp_path_factory.mktemp("other") / "run"
+    run(RunConfig(**{**SETTINGS, "seed": 2}), out)
+    return out
+
+
+# (shard copied in from, to): another run's at the same place, another question's, another teacher's or path's
+MOVES = {
+    "another run's round": ("other:q000/window0-round0.npz", "q000/window0-round0.npz"),
+    "another run's question": ("other:q001/initial.npz", "q001/initial.npz"),
+    "another question's round": ("q001/window0-round0.npz", "q000/window0-round0.npz"),
+    "another teacher's pass": ("q000/score-p0-synthetic-helpful.npz", "q000/score-p0-synthetic-misleading.npz"),
+    "another path's pass": ("q000/score-p0-student.npz", "q000/score-p1-student.npz"),
+}
+
+
+@pytest.mark.parametrize("move", list(MOVES))
+def test_a_well_formed_shard_of_another_place_is_refused_then_repaired(copy, other_seed, capsys, move):
+    source, target = MOVES[move]
+    source = other_seed / "shards" / source[6:] if source.startswith("other:") else copy / "shards" / source
+    reference = _results(copy)
+    shutil.copyfile(source, copy / "shards" / target)
+    why = "written by another run" if "another run" in move else "a shard copied or renamed"
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, str(copy / "shards" / target), why, "--repair")
+    assert main(["run", *SETS, "--out", str(copy), "--repair", "--quiet"]) == 0
+    assert _results(copy) == reference
+
+
+def test_a_run_keeps_its_id_when_it_grows(copy):
+    before = json.loads((copy / "config.json").read_text())["run"]
+    assert main(["run", *SETS, "--set", "limit=3", "--out", str(copy), "--quiet"]) == 0
+    assert json.loads((copy / "config.json").read_text())["run"] == before
+
+
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"format": "odiag.rundir/1"}',
                                      b'{"format": "odiag.rundir/2", "config": {}}', b"\xff\xfe\x00binary"])
 @pytest.mark.parametrize("command", ["run", "add-teacher", "rescore"])

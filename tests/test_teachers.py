@@ -302,11 +302,11 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
     own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
     first = questions[0].doc["record"]["digits"]
     backend = StubBackend(toy_task, cut=first)
-    art = build_artefacts(toy_task, [borrowed, twin, summariser], questions, backend, tmp_path / "art", 0, own)
+    art = build_artefacts(toy_task, [borrowed, twin, summariser], questions, backend, tmp_path / "art", 0, "r", own)
     assert len(backend.calls) == 2 and len(backend.calls[0]) == 3  # one call for solutions, one for summaries
     assert len({r.seed for r in backend.calls[0]}) == 3 and all(r.model == str(TOY_TEACHER) for r in backend.calls[0])
     reloaded = StubBackend(toy_task)
-    again = build_artefacts(toy_task, [borrowed, twin, summariser], questions, reloaded, tmp_path / "art", 0, own)
+    again = build_artefacts(toy_task, [borrowed, twin, summariser], questions, reloaded, tmp_path / "art", 0, "r", own)
     assert reloaded.calls == [] and again.solutions.keys() == art.solutions.keys() and again.summaries == art.summaries
     assert len(list((tmp_path / "art" / "solutions").rglob("*.json"))) == 3
 
@@ -362,7 +362,7 @@ def test_artefact_draws_derive_from_the_run_seed_not_from_the_model_name_or_wher
 
     def seeds(teachers, seed):
         backend = StubBackend(toy_task)
-        build_artefacts(toy_task, teachers, questions, backend, tmp_path / f"art-{len(os.listdir(tmp_path))}", seed, own)
+        build_artefacts(toy_task, teachers, questions, backend, tmp_path / f"art-{len(os.listdir(tmp_path))}", seed, "r", own)
         return [[r.seed for r in call] for call in backend.calls]
 
     assert seeds([borrowed, summarising["here"]], 0) == seeds([elsewhere, summarising["moved"]], 0)
@@ -370,50 +370,51 @@ def test_artefact_draws_derive_from_the_run_seed_not_from_the_model_name_or_wher
     assert all(not set(a) & set(b) for a, b in zip(first, other, strict=True))
 
 
-def test_a_run_an_older_odiag_drew_artefacts_into_keeps_its_seeding_when_it_grows(toy_task, tmp_path, summariser):
-    """A run directory made before draws held the run seed: its cached solutions and summaries stand, and the
-    questions a grow adds draw theirs as that odiag drew them (seeded by the settings and the model's name), so
-    one teacher's contexts never mix two seedings; a run made now records its seed and draws from it."""
+@pytest.mark.parametrize("fault", ["edited", "another question's", "another run's"])
+def test_a_cached_solution_or_summary_edited_or_from_another_place_is_refused_then_made_again(toy_task, tmp_path,
+                                                                                               summariser, fault):
+    """A cached file edited by hand, or a well-formed one copied from another question or run, was read as this
+    question's: a context showed a solution the run never drew. Now it is named, and ``repair`` makes it again."""
     import json
+    import shutil
 
     from harness import toy
-    from harness.seeds import derive_seed
-    from harness.teachers.artefacts import text_digest
+    from harness.rundir import ShardError
 
     borrowed = load_teacher("toy-self-1c-teacher")
     questions = toy_task.questions(2)
     own = {q.id: [_ids(toy_task, toy.solution_text(q.doc["record"]["digits"]))] for q in questions}
-    for teachers, kind, key, older_seed, run_seed in (
-        ([borrowed], "solutions", solution_key(borrowed), lambda key, q, d: derive_seed("solutions", key, q.id),
-         lambda q, d: derive_seed(7, "solutions", q.id)),
-        ([summariser], "summaries", summary_key(summariser), lambda key, q, d: derive_seed("summary", key, d),
-         lambda q, d: derive_seed(7, "summary", d)),
-    ):
-        art = tmp_path / kind
-        first = StubBackend(toy_task)
-        build_artefacts(toy_task, teachers, questions[:1], first, art, 7, own)
-        digests = [text_digest(toy_task.decode(own[q.id][0])) for q in questions]
-        assert [r.seed for r in first.calls[-1]] == [run_seed(questions[0], digests[0])]
-        (path,) = (art / kind).rglob("*.json")
-        stored = json.loads(path.read_text())
-        assert stored["seed"] == 7
-        del stored["seed"]  # as an older odiag wrote it
-        path.write_text(json.dumps(stored))
-        again = StubBackend(toy_task)
-        build_artefacts(toy_task, teachers, questions[:1], again, art, 7, own)
-        assert again.calls == []  # nothing new to draw: the cache stands
-        grown = StubBackend(toy_task)
-        build_artefacts(toy_task, teachers, questions, grown, art, 7, own)
-        assert [r.seed for r in grown.calls[-1]] == [older_seed(key, questions[1], digests[1])]
-        assert all("seed" not in json.loads(p.read_text()) for p in (art / kind).rglob("*.json"))
+
+    def build(art, run_id="r", repair=False):
+        return build_artefacts(toy_task, [borrowed, summariser], questions, StubBackend(toy_task), art, 0, run_id, own,
+                               repair=repair)
+
+    reference = build(tmp_path / "art")
+    build(tmp_path / "other", run_id="another")
+    for kind in ("solutions", "summaries"):
+        first, second = sorted((tmp_path / "art" / kind).rglob("*.json"))
+        if fault == "edited":
+            document = json.loads(first.read_text())
+            if kind == "solutions":
+                document[kind][0]["text"] = "a solution the run never drew"
+            else:
+                document[kind] = {digest: "a summary never made" for digest in document[kind]}
+            first.write_text(json.dumps(document))
+        elif fault == "another question's":
+            shutil.copyfile(second, first)
+        else:
+            shutil.copyfile(tmp_path / "other" / first.relative_to(tmp_path / "art"), first)
+        with pytest.raises(ShardError, match=rf"{first}: corrupt cached {kind} \(.*(checksum mismatch|written for)"):
+            build(tmp_path / "art")
+        again = build(tmp_path / "art", repair=True)
+        assert again.summaries == reference.summaries
+        assert {k: [(s.text, s.outcome) for s in v] for k, v in again.solutions.items()} == \
+            {k: [(s.text, s.outcome) for s in v] for k, v in reference.solutions.items()}
 
 
 def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_one(toy_task, tmp_path):
     """A wrong solution shown to a teacher is a wrong answer (SPEC §4), as for the student's own: a named
-    model's unreadable response counted as wrong, being not correct, and came first. Also in a cache
-    written before outcomes were stored."""
-    import json
-
+    model's unreadable response counted as wrong, being not correct, and came first."""
     from harness import toy
     from harness.backends.base import SampleResult as Result
 
@@ -429,17 +430,10 @@ def test_an_unreadable_solution_from_a_named_model_is_never_shown_as_the_wrong_o
         def sample(self, requests):
             return [Result([_ids(toy_task, t) for t in texts], np.zeros(len(texts), bool)) for _ in requests]
 
-    for attempt in ("fresh", "older cache"):
-        art = build_artefacts(toy_task, [cfg], [q], Scripted(), tmp_path / "art", 0, {q.id: []})
+    for attempt in ("fresh", "cached"):
+        art = build_artefacts(toy_task, [cfg], [q], Scripted(), tmp_path / "art", 0, "r", {q.id: []})
         correct, wrong = art.solutions_for(cfg, q.id)
         assert [s.text for s in correct] == [texts[2]] and [s.text for s in wrong] == [texts[1]], attempt
-        (path,) = (tmp_path / "art" / "solutions").rglob("*.json")
-        stored = json.loads(path.read_text())
-        # an older cache: no outcome, and its correct flags from an older reading (read again with the outcome,
-        # or one solution could be shown as both the correct and the wrong one)
-        stored["solutions"] = [{"ids": s["ids"], "text": s["text"], "correct": True, "truncated": False}
-                               for s in stored["solutions"]]
-        path.write_text(json.dumps(stored))
 
 
 def test_no_correct_solution_from_the_source_skips_that_question(toy_task, tmp_path):

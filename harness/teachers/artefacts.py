@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -57,9 +56,8 @@ def _slug(name: str) -> str:
 
 def solution_key(cfg: TeacherConfig) -> str:
     """Names one set of generated solutions: every teacher with the same settings shares it."""
-    # a model inside the checkout is named relative to it: the key names the run's cached files (and seeds
-    # the draws of a run an older odiag started, see build_artefacts), which must not depend on where the
-    # checkout lies
+    # a model inside the checkout is named relative to it: the key names the run's cached files, which must not
+    # depend on where the checkout lies
     source = portable(cfg.solution_source)
     settings = [source, cfg.solution_revision, cfg.dtype, cfg.solution_attempts,
                 cfg.solution_temperature, cfg.solution_max_new_tokens, cfg.solution_chat_template_options]
@@ -110,10 +108,16 @@ def _outcomes(task: Task, question: Question, responses: Sequence[np.ndarray], t
     return [OUTCOMES[o] for o in task.outcomes(question, responses, np.asarray(truncated, bool))]
 
 
-def _save(path: Path, obj: dict) -> None:
+def _save(path: Path, obj: dict, place: str) -> None:
+    """Write a cached file with its place (the run's id, its kind, key and question) and a sha256 of both."""
     from harness.rundir import write_json
 
-    write_json(path, obj)
+    body = {**obj, "place": place}
+    write_json(path, {**body, "sha256": _sha256(body)})
+
+
+def _sha256(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
@@ -122,19 +126,29 @@ def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
-def _cached(path: Path, field: str, repair: bool, run: Path):
-    """``field`` of a cached solutions or summaries file of the run ``run``, checked for shape; None when there is
-    none or, with ``repair``, when it cannot be read (removed: it is made again, from the same seeds)."""
+def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
+    """``field`` of a cached solutions or summaries file of the run ``run``, checked for its place, checksum and
+    shape; None when there is none or, with ``repair``, when it cannot be read, was written for another place or
+    was edited (removed: it is made again, from the same seeds)."""
     from harness.rundir import ShardError
+    from harness.tasks import OUTCOMES  # harness.tasks imports harness.teachers
 
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))[field]
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        stored = document.pop("sha256", None)
+        if document.get("place") != place:
+            raise ValueError(f"written for {document.get('place')!r}, not for {place!r}: a file copied or renamed")
+        if stored != _sha256(document):
+            raise ValueError("checksum mismatch: edited after it was written")
+        value = document[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
                 isinstance(x, dict) and isinstance(x.get("ids"), list) and all(isinstance(i, int) for i in x["ids"])
-                and isinstance(x.get("text"), str) and ("outcome" in x or "truncated" in x) for x in value)
+                and isinstance(x.get("text"), str) and x.get("outcome") in OUTCOMES for x in value)
         else:
             ok = isinstance(value, dict) and all(isinstance(v, (str, type(None))) for v in value.values())
         if not ok:
@@ -151,21 +165,6 @@ def _cached(path: Path, field: str, repair: bool, run: Path):
     return value
 
 
-def _older_seeding(root: Path) -> bool:
-    """Whether the run's cached solutions and summaries were drawn by an older odiag, from seeds of their settings
-    and the model's name without the run's seed (its files record no ``seed``): the run keeps drawing so, so
-    that growing it never mixes two seedings. Every file of a run records the same seeding; the first readable
-    one tells, in name order (none: a run that has drawn none draws from the run's seed)."""
-    for path in sorted(itertools.chain(root.glob("solutions/*/*.json"), root.glob("summaries/*/*.json"))):
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a corrupt file is named (or remade) where it is read
-        if isinstance(document, dict):
-            return "seed" not in document
-    return False
-
-
 def build_artefacts(
     task: Task,
     teachers: Sequence[TeacherConfig],
@@ -173,6 +172,7 @@ def build_artefacts(
     backend: Backend,
     cache_dir: str | Path,
     seed: int,
+    run_id: str,
     student_solutions: Mapping[str, Sequence[np.ndarray]] | None = None,
     repair: bool = False,
     judged_by: Mapping | None = None,
@@ -186,15 +186,15 @@ def build_artefacts(
     student's own responses the pipeline will show to self-teachers). A model summary is one
     seeded sample; a truncated one is recorded and never shown. Files are written atomically as
     ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
-    so a resumed run reloads them and draws nothing again; one that cannot be read is refused, naming it, or
-    with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
+    so a resumed run reloads them and draws nothing again; one that cannot be read, was edited or was written for
+    another run (``run_id``), kind, key or question is refused, naming it, or with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
     this odiag's (a rescore goes on with it), under which no solution may be judged anew.
 
     ``seed`` is the run's: a draw derives from it, the kind (solutions or summary) and the question (or the
     summarised text), never from the model's name or where its files lie, so runs of different seeds draw
     independent ones, and the same run with its models elsewhere the same ones (teachers whose solution
     settings differ draw from the same seeds: common random numbers, as they share the tree). Files record
-    it. A run an older odiag drew artefacts into keeps its seeding (:func:`_older_seeding`).
+    it.
     """
     from harness.backends import SampleRequest
     from harness.seeds import derive_seed
@@ -202,14 +202,9 @@ def build_artefacts(
 
     root = Path(cache_dir)
     art = Artefacts()
-    older = _older_seeding(root)
-    recorded = {} if older else {"seed": seed}  # an older run's files record none, as it wrote them
 
-    def solutions_seed(key: str, question_id: str) -> int:
-        return derive_seed("solutions", key, question_id) if older else derive_seed(seed, "solutions", question_id)
-
-    def summary_seed(key: str, digest: str) -> int:
-        return derive_seed("summary", key, digest) if older else derive_seed(seed, "summary", digest)
+    def place(kind: str, key: str, question_id: str) -> str:
+        return f"{run_id}/{kind}/{key}/{question_id}"
 
     # 1. solutions written by named models
     sources = {solution_key(t): t for t in teachers if t.solution_source != STUDENT}
@@ -217,11 +212,8 @@ def build_artefacts(
     for key, t in sources.items():
         for q in questions:
             path = root / "solutions" / key / f"{q.id}.json"
-            if (stored := _cached(path, "solutions", repair, root.parent)) is not None:
+            if (stored := _cached(path, "solutions", repair, root.parent, place("solutions", key, q.id))) is not None:
                 ids = [np.asarray(s["ids"], np.int64) for s in stored]
-                if any("outcome" not in s for s in stored):  # written before outcomes were kept: read them again
-                    names = _outcomes(task, q, ids, [s["truncated"] for s in stored])
-                    stored = [{**s, "outcome": name} for s, name in zip(stored, names, strict=True)]
                 art.solutions[(key, q.id)] = tuple(
                     Solution(i, s["text"], s["outcome"]) for i, s in zip(ids, stored, strict=True))
             else:
@@ -238,7 +230,7 @@ def build_artefacts(
         SampleRequest(
             prefix=task.chat_ids(q.doc["prompt"], t.solution_chat_template_options),
             n=t.solution_attempts,
-            seed=solutions_seed(key, q.id),
+            seed=derive_seed(seed, "solutions", q.id),
             max_new_tokens=t.solution_max_new_tokens or task.max_new_tokens,
             temperature=t.solution_temperature,
             stop_ids=task.stop_ids,
@@ -251,8 +243,9 @@ def build_artefacts(
         names = _outcomes(task, q, res.tokens, res.truncated)
         sols = tuple(Solution(np.asarray(ids, np.int64), task.decode(ids), name)
                      for ids, name in zip(res.tokens, names, strict=True))
-        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id, **recorded,
-                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "outcome": s.outcome} for s in sols]})
+        _save(path, {"source": t.solution_source, "revision": t.solution_revision, "question_id": q.id, "seed": seed,
+                     "solutions": [{"ids": s.ids.tolist(), "text": s.text, "outcome": s.outcome} for s in sols]},
+              place("solutions", key, q.id))
         art.solutions[(key, q.id)] = sols
         log.debug("%s: %d/%d solutions from %s are correct", q.id, sum(s.correct for s in sols), len(sols), t.solution_source)
     if todo:
@@ -278,7 +271,7 @@ def build_artefacts(
     todo = []
     for (key, qid), (t, q, texts) in wanted.items():
         path = root / "summaries" / key / f"{qid}.json"
-        stored = _cached(path, "summaries", repair, root.parent) or {}
+        stored = _cached(path, "summaries", repair, root.parent, place("summaries", key, qid)) or {}
         for digest, summary in stored.items():
             art.summaries[(key, digest)] = summary
         missing = sorted(set(texts) - set(stored))
@@ -291,7 +284,7 @@ def build_artefacts(
                 t.summary_chat_template_options,
             ),
             n=1,
-            seed=summary_seed(key, digest),
+            seed=derive_seed(seed, "summary", digest),
             max_new_tokens=t.summary_max_new_tokens,
             temperature=t.summary_temperature,
             stop_ids=task.stop_ids,
@@ -307,6 +300,6 @@ def build_artefacts(
             summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
             stored[digest] = summary
             art.summaries[(key, digest)] = summary
-        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, **recorded,
-                     "summaries": stored})
+        _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "seed": seed,
+                     "summaries": stored}, place("summaries", key, q.id))
     return art
