@@ -621,11 +621,13 @@ def plan_for(cfg: RunConfig, gpu_memory: float | None = None, throughput: float 
     ``run_dir``, a run directory, the teachers added to it (``odiag add-teacher``) count too: a run scores
     them on every question it grows by."""
     from harness.config import local_path
+    from harness.modelfiles import is_local_path
     from harness.plan import check_config, engine_positions, make_plan as checked_plan
 
     added = added_teachers(run_dir) if run_dir is not None else []
 
-    if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir():
+    # a student named by a path that is no directory here is refused as run refuses it (a hub id is planned unread)
+    if cfg.task == "synthetic" or Path(local_path(cfg.student)).is_dir() or is_local_path(cfg.student):
         run_plan = checked_plan(cfg, installed=False)  # every check of run, the task's too, the tokenizer at hand
         task = run_plan.task
         prompt = None

@@ -367,9 +367,9 @@ def run(
     """
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_prompts(out, plan, out_flag)
-    _warn_below_n_min(cfg, plan.n_min)
-    _warn_two_students(cfg)
     with RunDir.open(out, plan, repair=repair, flag=out_flag) as rundir:
+        _warn_below_n_min(cfg, plan.n_min)  # once the directory is held: a refused command prints its error alone
+        _warn_two_students(cfg)
         return _execute(rundir, on_progress, backend)
 
 
@@ -378,7 +378,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     plan, cfg = rundir.plan, rundir.plan.config
     phases = Phases(on_progress)
     if backend is None:  # built on its first request: the first progress line comes before the models load
-        backend = LazyBackend(lambda: build_backend(cfg, plan.specs), _last_backend(rundir.root))
+        backend = LazyBackend(lambda: build_backend(cfg, plan.specs), _last_backend(rundir))
     ctx = RunContext(plan, rundir, CountingBackend(NoRollouts(backend, str(rundir.root)) if frozen else backend),
                      CountingBackend(backend), PassCache(rundir))
     questions = plan.task.questions(cfg.limit)
@@ -447,9 +447,12 @@ def _window_weights(states: list[QuestionState], n_windows: int) -> tuple[list[f
     return weights, [t / x if x > 0 else 0.0 for x, t in zip(weights, tokens)]
 
 
-def _last_backend(root: Path) -> dict | None:
-    """The backend description of the run's last results (reported when this invocation loads no model)."""
+def _last_backend(rundir: RunDir) -> dict | None:
+    """The backend description of the run's last results (reported when this invocation loads no model): a
+    rescore or add-teacher keeps them aside while it runs (`RunDir.before`)."""
+    kept = rundir.before.get("results.json", rundir.root / "results.json")
     try:
-        return json.loads((root / "results.json").read_text(encoding="utf-8"))["versions"]["backend"]
+        text = kept.decode("utf-8") if isinstance(kept, bytes) else kept.read_text(encoding="utf-8")
+        return json.loads(text)["versions"]["backend"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -659,7 +659,11 @@ class RunDir:
         path = Path(root) / "config.json"
         if not path.exists():
             raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
-        saved = read_json(path, "run config (config.json)")
+        fix = f"the run cannot be read without it: restore it from a copy, or start afresh with {another(flag)}"
+        try:
+            saved = read_json(path, "run config")
+        except RunDirError as exc:
+            raise RunDirError(f"{exc}; {fix}") from None
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
             raise RunDirError(
@@ -668,13 +672,13 @@ class RunDir:
             )
         keys = ("config", "config_hash", "tree_hash", "teachers", "run")
         if missing := [k for k in keys if k not in saved]:
-            raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r})")
+            raise RunDirError(f"{path}: not a valid run config (no {missing[0]!r}); {fix}")
         if not isinstance(saved["config"], dict) or not isinstance(saved["teachers"], list):
-            raise RunDirError(f"{path}: not a valid run config ('config' or 'teachers' has the wrong type)")
+            raise RunDirError(f"{path}: not a valid run config ('config' or 'teachers' has the wrong type); {fix}")
         if not isinstance(saved["run"], str) or not saved["run"]:
-            raise RunDirError(f"{path}: not a valid run config ('run' is not the run's id)")
+            raise RunDirError(f"{path}: not a valid run config ('run' is not the run's id); {fix}")
         if not isinstance(saved.get("models", {}), dict):
-            raise RunDirError(f"{path}: not a valid run config ('models' has the wrong type)")
+            raise RunDirError(f"{path}: not a valid run config ('models' has the wrong type); {fix}")
         return saved
 
     @staticmethod

@@ -103,6 +103,9 @@ def test_budget_caps_the_rollouts():
      "temperature 0.001: vLLM samples at temperatures of at least 0.01"),
     (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "student_args={foo: 1}"],
      re.escape("student_args: unknown key 'foo' for the hf backend")),
+    # a path that is no directory here is no hub id: it was planned as one, "size unknown", and run refused it
+    (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'nosuch'}", "teachers=[toy-self-1c]"],
+     re.escape(f"cannot load the tokenizer of '{TOY_DIR / 'nosuch'}': no such directory")),
 ])
 def test_plan_refuses_what_run_would_refuse(sets, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -717,7 +717,11 @@ def test_model_card_out_at_a_directory(odiag, tmp_path):
 
 def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
     run = _fake_run(tmp_path / "run", PUBLISHED)
-    assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"), "No such file")
+    assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"),
+                    f"its folder {tmp_path / 'no'} does not exist; create it first")
+    (tmp_path / "file").write_text("")
+    assert_one_line(odiag("model-card", run, "--out", tmp_path / "file" / "card.yaml"),
+                    f"its folder {tmp_path / 'file'} is not a directory")
 
 
 def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path):
@@ -1054,10 +1058,15 @@ def test_help_exits_zero(odiag, capsys):
     ["run", "--config", "BOMB", "--out", "OUT"],
     ["run", "--set", "window", "--out", "OUT"],
     ["nope"],
-], ids=["bad value", "yaml bomb", "bad --set", "usage"])
+    # transformers' note on a text longer than the tokenizer's limit came before odiag's own line
+    ["plan", "--set", "task=odiag_toy", "--set", "backend=hf", "--set", f"student={REPO / 'harness' / 'toy_models' / 'student'}",
+     "--set", "teachers=[LONG]"],
+], ids=["bad value", "yaml bomb", "bad --set", "usage", "context too long"])
 def test_entry_point(tmp_path, argv):
     (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "long.yaml").write_text(f"model: student\ncontext_template: '{'word ' * 800}{{{{ question }}}}'\n")
     argv = [str(tmp_path / "out") if a == "OUT" else str(tmp_path / "bomb.yaml") if a == "BOMB" else a for a in argv]
+    argv = [a.replace("LONG", str(tmp_path / "long.yaml")) for a in argv]
     before = snapshot(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "harness.cli", *argv], capture_output=True, text=True, timeout=60, env=env)

@@ -544,6 +544,24 @@ def test_a_rescore_of_an_incomplete_tree_is_refused_before_any_model_loads(tmp_p
     assert built == []
 
 
+def test_a_rescore_of_scoring_settings_loads_no_model(tmp_path, monkeypatch):
+    """A rescore that only re-aggregates reads every pass from the run: it built the backend all the same, to
+    describe it in results.json, as the run's last results (which it reports) were set aside while it ran."""
+    import harness.pipeline as pipeline
+    from harness.rescore import rescore
+
+    sets = {"task": "odiag_toy", "backend": "hf", "student": str(Path(__file__).resolve().parents[1] / "harness" / "toy_models" / "student"), "teachers": ("toy-self-1c",),
+            "limit": 1, "n_initial": 8, "budget": 20, "threads": 1}
+    run(RunConfig(**sets), tmp_path)
+    described = json.loads((tmp_path / "results.json").read_text())["versions"]["backend"]
+    built = []
+    real = pipeline.build_backend
+    monkeypatch.setattr(pipeline, "build_backend", lambda *a, **k: built.append(a) or real(*a, **k))
+    results = rescore(tmp_path, ["algorithms=[gkd,forward_kl]"], on_progress=lambda event: None)
+    assert built == [] and results["versions"]["backend"] == described
+    assert {row["algorithm"] for row in results["teachers"]} == {"gkd", "forward_kl"}
+
+
 def test_config_overrides_and_errors(tmp_path):
     cfg = resolve_run_config(None, ["n_target=7", "teachers=[synthetic-helpful]", "limit=null"])
     assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -479,7 +480,8 @@ def test_garbage_config_json_is_one_line(copy, capsys, content, command):
     extra = str(_teacher(copy.parent, "extra"))
     argv = {"run": ["run", *SETS, "--out", str(copy)], "add-teacher": ["add-teacher", str(copy), extra],
             "rescore": ["rescore", str(copy)]}[command]
-    _refused(capsys, argv, copy, "config.json")
+    err = _refused(capsys, argv, copy, "config.json")
+    assert "restore it from a copy, or start afresh with another --out" in err or "cannot be resumed" in err, err
 
 
 def test_stale_temporary_files_are_removed(copy):
@@ -743,8 +745,12 @@ def test_run_with_other_scoring_settings_points_to_rescore(copy, capsys):
     _refused(capsys, ["run", *SETS, "--set", "jsd_beta=0.9", "--out", str(copy)], copy, "scoring settings differ", "odiag rescore")
 
 
-def test_run_with_another_tree_is_refused(copy, capsys):
+def test_run_with_another_tree_is_refused(copy, capsys, caplog):
     _refused(capsys, ["run", *SETS, "--set", "n_target=50", "--out", str(copy)], copy, "n_target: 40 there, 50 now")
+    # settings a run warns about (n_target below n_min) and then refuses: the error alone, no warning before it
+    caplog.clear()
+    _refused(capsys, ["run", *SETS, "--set", "n_target=5", "--out", str(copy)], copy, "n_target: 40 there, 5 now")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_rescore_and_add_teacher_need_a_finished_run(tmp_path, capsys):
@@ -1165,6 +1171,8 @@ def test_a_setting_the_strategy_never_reads_leaves_the_run_as_it_is(copy, clean,
     assert after["teachers"] == _results(clean)["teachers"] and after["config"]["price"] == 0.01
     assert main(["run", *SETS, "--out", str(copy), "--quiet"]) == 0  # and back
     _refused(capsys, ["run", *SETS, "--set", "n_target=50", "--out", str(copy)], copy, "n_target: 40 there, 50 now")
+    # settings a run warns about (n_target below n_min) and then refuses: the error alone, no warning before it
+    _refused(capsys, ["run", *SETS, "--set", "n_target=5", "--out", str(copy)], copy, "n_target: 40 there, 5 now")
     settle = tmp_path / "settle"
     assert main(["run", *SETS, "--set", "strategy=settle", "--out", str(settle), "--quiet"]) == 0
     _refused(capsys, ["run", *SETS, "--set", "strategy=settle", "--set", "price=0.01", "--out", str(settle)], settle,

@@ -221,7 +221,8 @@ def main_model_card(run_dir: str, out: str | None = None, model_name: str | None
         raise ConfigError(f"--out {out}: lies in the run directory {run}, whose files a card must not replace; "
                           "write it outside the run directory")
     if not target.parent.is_dir():  # a card goes where its folder already is
-        raise ConfigError(f"--out {out}: No such file or directory: {str(target.parent)!r}")
+        what = "is not a directory" if target.parent.exists() else "does not exist"
+        raise ConfigError(f"--out {out}: its folder {target.parent} {what}; create it first, or give a file in an existing folder")
     if target.is_symlink() or (target.exists() and not target.is_file()):
         target.write_text(text, encoding="utf-8", errors="surrogateescape")  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
     else:

@@ -283,7 +283,9 @@ class LMEvalTask:
         text = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True, **options
         )
-        return np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        # verbose=False: odiag checks lengths against the model's positions itself, in one line (transformers'
+        # note on a text longer than the tokenizer's model_max_length came before it)
+        return np.asarray(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
 
     def decode(self, ids: Sequence[int]) -> str:
         """A response's text (special tokens such as the stop id dropped; ``<think>`` tags kept)."""
@@ -437,7 +439,8 @@ class LMEvalTask:
         without = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **options)
         if not with_prompt.startswith(without):
             raise ConfigError(f"the chat template of {self.student!r} does not extend a conversation with its generation prompt")
-        return np.asarray(self.tokenizer(with_prompt[len(without) :], add_special_tokens=False)["input_ids"], dtype=np.int64)
+        return np.asarray(self.tokenizer(with_prompt[len(without) :], add_special_tokens=False, verbose=False)["input_ids"],
+                          dtype=np.int64)
 
     def teacher_context(
         self,
