@@ -55,7 +55,7 @@ class NodeRecord:
     js: float
     tv: float
     prob_cosine: float
-    approximate: bool  # the divergences come from top-k tails (the backend could not read full rows)
+    approximate: bool  # read from top-k lists (score_with: vllm): divergences from top-k tails, an unlisted child at its bound
 
 
 NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeRecord))
