@@ -1151,9 +1151,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_a_refused_rescore_leaves_the_run_as_it_was_and_a_stopped_drop_finishes(odiag, monkeypatch, tmp_path):
-    """A rescore that fails once its settings are recorded (a corrupt shard) puts the finished run back: it removed results.json and recorded the refused settings, so the error's own
-    fix then failed. A stopped --drop-teacher, run again, finishes (the teacher was no longer recorded, and
-    the same command was refused)."""
+    """A rescore that fails once its settings are recorded (a corrupt shard) puts the finished run back: it
+    removed results.json and recorded the refused settings, so the error's own fix then failed. A stopped
+    --drop-teacher, run again, finishes (the teacher was no longer recorded, and the same command was refused)."""
     import harness.pipeline
 
     assert odiag("run", "--out", "r", "--set", "limit=2", "--set", "teachers=[synthetic-helpful]", "--quiet")[0] == 0
