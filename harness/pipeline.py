@@ -21,7 +21,6 @@ window), fed from inside backend calls by the counting wrapper, and the run's en
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -378,7 +377,7 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
     plan, cfg = rundir.plan, rundir.plan.config
     phases = Phases(on_progress)
     if backend is None:  # built on its first request: the first progress line comes before the models load
-        backend = LazyBackend(lambda: build_backend(cfg, plan.specs), _last_backend(rundir))
+        backend = LazyBackend(lambda: build_backend(cfg, plan.specs), rundir.last_backend)
     ctx = RunContext(plan, rundir, CountingBackend(NoRollouts(backend, str(rundir.root)) if frozen else backend),
                      CountingBackend(backend), PassCache(rundir))
     questions = plan.task.questions(cfg.limit)
@@ -445,14 +444,3 @@ def _window_weights(states: list[QuestionState], n_windows: int) -> tuple[list[f
             weights[w] += x
             tokens[w] += t
     return weights, [t / x if x > 0 else 0.0 for x, t in zip(weights, tokens)]
-
-
-def _last_backend(rundir: RunDir) -> dict | None:
-    """The backend description of the run's last results (reported when this invocation loads no model): a
-    rescore or add-teacher keeps them aside while it runs (`RunDir.before`)."""
-    kept = rundir.before.get("results.json", rundir.root / "results.json")
-    try:
-        text = kept.decode("utf-8") if isinstance(kept, bytes) else kept.read_text(encoding="utf-8")
-        return json.loads(text)["versions"]["backend"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

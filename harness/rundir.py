@@ -492,6 +492,15 @@ def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], remov
                 into[name] = path.read_bytes()
 
 
+def _described(root: Path) -> dict | None:
+    """The backend description in a run's ``results.json`` (None: no results, or none readable)."""
+    try:
+        described = json.loads((root / "results.json").read_text(encoding="utf-8"))["versions"]["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return described if isinstance(described, dict) else None
+
+
 def _tables(root: Path) -> list[str]:
     """The tables a finished run's ``results.json`` lists (none where it cannot be read)."""
     try:
@@ -520,6 +529,9 @@ class RunDir:
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
         self._run_id: str | None = None
+        # the backend description of the run's last results, read when it was opened (before a rescore or an add
+        # set them aside or removed them): what a command that loads no model reports
+        self.last_backend: dict | None = None
         # add-teacher, rescore: the finished run's record, results and validation, each kept as a hard link (a name
         # for the old file, no space) or, on a file system without links, its bytes (`_keep`)
         self.before: dict[str, Path | bytes] = {}
@@ -605,6 +617,7 @@ class RunDir:
 
                 stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
             rundir = RunDir(root, plan, lock, repair, models_checked=checked)
+            rundir.last_backend = _described(root)
             rundir.clean()
             if drop:
                 pending = sorted({*RunDir.pending_drop(root), *drop})

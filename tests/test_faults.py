@@ -717,10 +717,10 @@ def test_model_card_out_at_a_directory(odiag, tmp_path):
 def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
     run = _fake_run(tmp_path / "run", PUBLISHED)
     assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"),
-                    f"its folder {tmp_path / 'no'} does not exist; create it first")
+                    f"{tmp_path / 'no'} does not exist; create it first")
     (tmp_path / "file").write_text("")
     assert_one_line(odiag("model-card", run, "--out", tmp_path / "file" / "card.yaml"),
-                    f"its folder {tmp_path / 'file'} is not a directory")
+                    f"{tmp_path / 'file'} is a file, not a folder; give a path in a folder")
 
 
 def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path):

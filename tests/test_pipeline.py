@@ -562,6 +562,21 @@ def test_a_rescore_of_scoring_settings_loads_no_model(tmp_path, monkeypatch):
     assert {row["algorithm"] for row in results["teachers"]} == {"gkd", "forward_kl"}
 
 
+def test_a_rescore_that_drops_a_teacher_loads_no_model(tmp_path, monkeypatch):
+    """A drop removes the last results before it re-aggregates: the backend was built to describe itself."""
+    import harness.pipeline as pipeline
+    from harness.rescore import add_teacher, rescore
+
+    run(RunConfig(limit=1, teachers=("synthetic-helpful",)), tmp_path)
+    add_teacher(tmp_path, "synthetic-misleading", on_progress=lambda event: None)
+    described = json.loads((tmp_path / "results.json").read_text())["versions"]["backend"]
+    built = []
+    monkeypatch.setattr(pipeline, "build_backend", lambda *a, **k: built.append(a))
+    results = rescore(tmp_path, drop=("synthetic-misleading",), on_progress=lambda event: None)
+    assert built == [] and results["versions"]["backend"] == described
+    assert {row["teacher"] for row in results["teachers"]} == {"synthetic-helpful"}
+
+
 def test_config_overrides_and_errors(tmp_path):
     cfg = resolve_run_config(None, ["n_target=7", "teachers=[synthetic-helpful]", "limit=null"])
     assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None

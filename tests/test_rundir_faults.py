@@ -25,7 +25,7 @@ import pytest
 from harness.cli import main
 from harness.config import ConfigError, RunConfig
 from harness.pipeline import add_teacher, rescore, run
-from harness.rundir import LOCK_NAME, RunDir, RunLock
+from harness.rundir import FORMAT, LOCK_NAME, RunDir, RunLock
 from harness.tasks.exact import SyntheticTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -473,7 +473,8 @@ def test_a_run_keeps_its_id_when_it_grows(copy):
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"format": "odiag.rundir/1"}',
-                                     b'{"format": "odiag.rundir/2", "config": {}}', b"\xff\xfe\x00binary"])
+                                     b'{"format": "odiag.rundir/2", "config": {}}', f'{{"format": "{FORMAT}", "config": {{}}}}'.encode(),
+                                     b"\xff\xfe\x00binary"])
 @pytest.mark.parametrize("command", ["run", "add-teacher", "rescore"])
 def test_garbage_config_json_is_one_line(copy, capsys, content, command):
     (copy / "config.json").write_bytes(content)
@@ -482,6 +483,17 @@ def test_garbage_config_json_is_one_line(copy, capsys, content, command):
             "rescore": ["rescore", str(copy)]}[command]
     err = _refused(capsys, argv, copy, "config.json")
     assert "restore it from a copy, or start afresh with another --out" in err or "cannot be resumed" in err, err
+
+
+@pytest.mark.parametrize("run_id", [None, 5, ""], ids=["no id", "a number", "empty"])
+def test_a_config_json_without_the_runs_id_is_one_line(copy, capsys, run_id):
+    """Every shard is bound to the run's id: without it none can be read, and the line says how to go on."""
+    record = json.loads((copy / "config.json").read_text())
+    record.pop("run") if run_id is None else record.update(run=run_id)
+    (copy / "config.json").write_text(json.dumps(record))
+    err = _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, "config.json: not a valid run config",
+                   "restore it from a copy, or start afresh with another --out")
+    assert ("no 'run'" if run_id is None else "'run' is not the run's id") in err
 
 
 def test_stale_temporary_files_are_removed(copy):

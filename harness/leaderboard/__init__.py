@@ -221,8 +221,9 @@ def main_model_card(run_dir: str, out: str | None = None, model_name: str | None
         raise ConfigError(f"--out {out}: lies in the run directory {run}, whose files a card must not replace; "
                           "write it outside the run directory")
     if not target.parent.is_dir():  # a card goes where its folder already is
-        what = "is not a directory" if target.parent.exists() else "does not exist"
-        raise ConfigError(f"--out {out}: its folder {target.parent} {what}; create it first, or give a file in an existing folder")
+        what = ("is a file, not a folder; give a path in a folder" if target.parent.exists()
+                else "does not exist; create it first, or give a path in an existing folder")
+        raise ConfigError(f"--out {out}: {target.parent} {what}")
     if target.is_symlink() or (target.exists() and not target.is_file()):
         target.write_text(text, encoding="utf-8", errors="surrogateescape")  # a link, a device or a pipe (/dev/stdout) is written through, never replaced
     else:

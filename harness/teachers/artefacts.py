@@ -126,6 +126,10 @@ def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
+class _Bad(ValueError):
+    """A cached file that reads but is not what this run wrote there."""
+
+
 def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
     """``field`` of a cached solutions or summaries file of the run ``run``, checked for its place, checksum and
     shape; None when there is none or, with ``repair``, when it cannot be read, was written for another place or
@@ -138,12 +142,12 @@ def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
+            raise _Bad("not a JSON object")
         stored = document.pop("sha256", None)
         if document.get("place") != place:
-            raise ValueError(f"written for {document.get('place')!r}, not for {place!r}: a file copied or renamed")
+            raise _Bad(f"written for {document.get('place')!r}, not for {place!r}: a file copied or renamed")
         if stored != _sha256(document):
-            raise ValueError("checksum mismatch: edited after it was written")
+            raise _Bad("checksum mismatch: edited after it was written")
         value = document[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
@@ -152,9 +156,11 @@ def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
         else:
             ok = isinstance(value, dict) and all(isinstance(v, (str, type(None))) for v in value.values())
         if not ok:
-            raise ValueError(f"its {field} are not as odiag writes them")
+            raise _Bad(f"its {field} are not as odiag writes them")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        why = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
+        # a library's message cut to one short line; odiag's own whole
+        why = ("empty file" if path.is_file() and path.stat().st_size == 0 else str(exc) if isinstance(exc, _Bad)
+               else str(exc).splitlines()[0][:120])
         if not repair:
             raise ShardError(f"{path}: corrupt cached {field} ({why}); remove it and give the command again (they are "
                              f"made again from the same seeds), or drop and make them again with "
