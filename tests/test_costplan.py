@@ -106,6 +106,8 @@ def test_budget_caps_the_rollouts():
     # a path that is no directory here is no hub id: it was planned as one, "size unknown", and run refused it
     (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'nosuch'}", "teachers=[toy-self-1c]"],
      re.escape(f"cannot load the tokenizer of '{TOY_DIR / 'nosuch'}': no such directory")),
+    (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student' / 'config.json'}", "teachers=[toy-self-1c]"],
+     re.escape(f"cannot load the tokenizer of '{TOY_DIR / 'student' / 'config.json'}': a file, not a directory")),
 ])
 def test_plan_refuses_what_run_would_refuse(sets, needle):
     with pytest.raises(ConfigError, match=needle):

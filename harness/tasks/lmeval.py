@@ -65,7 +65,8 @@ def load_tokenizer(name: str, revision: str | None = None):
 
     if is_local_path(name) and not Path(name).expanduser().is_dir():
         where = "" if Path(name).expanduser().is_absolute() else f" under {str(Path.cwd())!r}"
-        raise ConfigError(f"cannot load the tokenizer of {name!r}: no such directory{where} (give a local model "
+        what = "a file, not a directory" if Path(name).expanduser().exists() else f"no such directory{where}"
+        raise ConfigError(f"cannot load the tokenizer of {name!r}: {what} (give a local model "
                           "directory or a hub id such as Qwen/Qwen3-8B)")
     if is_local_path(name) and not any((Path(name).expanduser() / f).is_file() for f in TOKENIZER_FILES):
         raise ConfigError(f"cannot load the tokenizer of {name!r}: the directory holds none of "
