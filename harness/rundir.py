@@ -768,15 +768,15 @@ class RunDir:
             stored = str(arrays.pop("_sha256", ""))
             place = str(arrays.pop("_place", ""))
             if kind not in shard_kinds(name):
-                raise _Bad(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
+                raise NotAsWritten(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
             if place != expected:
-                raise _Bad(_misplaced(place, self.run_id, question, name))
+                raise NotAsWritten(_misplaced(place, self.run_id, question, name))
             if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
-                raise _Bad(f"no array {missing[0]!r}")
+                raise NotAsWritten(f"no array {missing[0]!r}")
             if checksum(arrays, place) != stored:
-                raise _Bad("checksum mismatch: its arrays changed after it was written")
+                raise NotAsWritten("checksum mismatch: its arrays changed after it was written")
         except Exception as exc:  # noqa: BLE001 - whatever np.load raises on bad bytes, the shard is named
-            why = "empty file" if path.stat().st_size == 0 else _why(exc)
+            why = "empty file" if path.stat().st_size == 0 else why_unreadable(exc)
             if not self.repair:
                 raise ShardError(  # only run has --repair: rescore, add-teacher, validate and lm-eval finish through it
                     f"{path}: corrupt shard ({why}); drop and recompute it with {finish_command(self.root, '--repair')}"
@@ -944,8 +944,8 @@ def model_records(
     return out
 
 
-class _Bad(Exception):
-    """A shard that reads but is not what was written."""
+class NotAsWritten(Exception):
+    """A stored file (a shard, a cached solution or summary) that reads but is not what was written there."""
 
 
 def _misplaced(place: str, run_id: str, question: str, name: str) -> str:
@@ -958,8 +958,9 @@ def _misplaced(place: str, run_id: str, question: str, name: str) -> str:
     return f"written as {rest}.npz of this run, not as {question}/{name}.npz: a shard copied or renamed"
 
 
-def _why(exc: Exception) -> str:
-    if isinstance(exc, _Bad):
+def why_unreadable(exc: Exception) -> str:
+    """Why a stored file could not be taken, in one short line: odiag's own reason whole, a library's cut."""
+    if isinstance(exc, NotAsWritten):
         return str(exc)
     if isinstance(exc, ValueError) and "pickled" in str(exc):
         return "not an npz archive"

@@ -46,8 +46,12 @@ class Solution:
         return self.outcome == "wrong"
 
 
+def _sha256(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+    return _sha256(obj)[:12]
 
 
 def _slug(name: str) -> str:
@@ -116,25 +120,17 @@ def _save(path: Path, obj: dict, place: str) -> None:
     write_json(path, {**body, "sha256": _sha256(body)})
 
 
-def _sha256(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def shown_counts(teachers: Sequence[TeacherConfig]) -> tuple[int, int]:
     """How many of the student's own correct and wrong solutions of each path the teachers' contexts are
     built from (and a summarising teacher's summariser summarises): the largest counts any teacher shows."""
     return (max((t.correct_solutions for t in teachers), default=0), max((t.wrong_solutions for t in teachers), default=0))
 
 
-class _Bad(ValueError):
-    """A cached file that reads but is not what this run wrote there."""
-
-
 def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
     """``field`` of a cached solutions or summaries file of the run ``run``, checked for its place, checksum and
     shape; None when there is none or, with ``repair``, when it cannot be read, was written for another place or
     was edited (removed: it is made again, from the same seeds)."""
-    from harness.rundir import ShardError
+    from harness.rundir import NotAsWritten, ShardError, why_unreadable
     from harness.tasks import OUTCOMES  # harness.tasks imports harness.teachers
 
     if not path.exists():
@@ -142,12 +138,12 @@ def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(document, dict):
-            raise _Bad("not a JSON object")
+            raise NotAsWritten("not a JSON object")
         stored = document.pop("sha256", None)
         if document.get("place") != place:
-            raise _Bad(f"written for {document.get('place')!r}, not for {place!r}: a file copied or renamed")
+            raise NotAsWritten(f"written for {document.get('place')!r}, not for {place!r}: a file copied or renamed")
         if stored != _sha256(document):
-            raise _Bad("checksum mismatch: edited after it was written")
+            raise NotAsWritten("checksum mismatch: edited after it was written")
         value = document[field]
         if field == "solutions":
             ok = isinstance(value, list) and all(
@@ -156,11 +152,9 @@ def _cached(path: Path, field: str, repair: bool, run: Path, place: str):
         else:
             ok = isinstance(value, dict) and all(isinstance(v, (str, type(None))) for v in value.values())
         if not ok:
-            raise _Bad(f"its {field} are not as odiag writes them")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        # a library's message cut to one short line; odiag's own whole
-        why = ("empty file" if path.is_file() and path.stat().st_size == 0 else str(exc) if isinstance(exc, _Bad)
-               else str(exc).splitlines()[0][:120])
+            raise NotAsWritten(f"its {field} are not as odiag writes them")
+    except (OSError, ValueError, KeyError, TypeError, NotAsWritten) as exc:
+        why = "empty file" if path.is_file() and path.stat().st_size == 0 else why_unreadable(exc)
         if not repair:
             raise ShardError(f"{path}: corrupt cached {field} ({why}); remove it and give the command again (they are "
                              f"made again from the same seeds), or drop and make them again with "
@@ -193,8 +187,9 @@ def build_artefacts(
     seeded sample; a truncated one is recorded and never shown. Files are written atomically as
     ``cache_dir/solutions/<key>/<question>.json`` and ``cache_dir/summaries/<key>/<question>.json``,
     so a resumed run reloads them and draws nothing again; one that cannot be read, was edited or was written for
-    another run (``run_id``), kind, key or question is refused, naming it, or with ``repair`` made again. ``judged_by``: the task record of a run judged by another answer checker than
-    this odiag's (a rescore goes on with it), under which no solution may be judged anew.
+    another run (``run_id``), kind, key or question is refused, naming it, or with ``repair`` made again.
+    ``judged_by``: the task record of a run judged by another answer checker than this odiag's (a rescore goes
+    on with it), under which no solution may be judged anew.
 
     ``seed`` is the run's: a draw derives from it, the kind (solutions or summary) and the question (or the
     summarised text), never from the model's name or where its files lie, so runs of different seeds draw
