@@ -54,14 +54,15 @@ def _reported(args: argparse.Namespace, work: Callable[[Any], dict], preamble: C
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.config import resolve_run_config
+    from harness.config import naming_where_set, resolve_run_config
 
     cfg = resolve_run_config(args.config, args.set)  # every value checked before anything heavy is imported
     from harness.pipeline import run
 
     # the plan's first lines once the run is checked and its directory open (a refused run prints one line)
-    return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair),
-                     preamble=lambda: _plan_lines(cfg, args.out))
+    with naming_where_set(args.config, args.set):
+        return _reported(args, lambda on_progress: run(cfg, args.out, on_progress=on_progress, repair=args.repair),
+                         preamble=lambda: _plan_lines(cfg, args.out))
 
 
 def _plan_lines(cfg, out) -> list[str]:
@@ -83,9 +84,12 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _rescore(args: argparse.Namespace) -> int:
+    from harness.config import naming_where_set
     from harness.pipeline import rescore
 
-    return _reported(args, lambda on_progress: rescore(args.dir, args.set, on_progress=on_progress, drop=args.drop_teacher))
+    with naming_where_set(Path(args.dir) / "config.json", args.set):
+        return _reported(args, lambda on_progress: rescore(args.dir, args.set, on_progress=on_progress,
+                                                           drop=args.drop_teacher))
 
 
 def _add_teacher(args: argparse.Namespace) -> int:
@@ -98,12 +102,13 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from harness.config import REPOSITORY, resolve_run_config
+    from harness.config import REPOSITORY, naming_where_set, resolve_run_config
     from harness.leaderboard import build, check_site_dir, main_leaderboard
     from harness.pipeline import run
     from harness.report import summary_table
 
-    cfg = resolve_run_config(Path(__file__).resolve().parent / "demo.yaml", args.set)
+    defaults = Path(__file__).resolve().parent / "demo.yaml"
+    cfg = resolve_run_config(defaults, args.set)
     check_site_dir(Path(args.site), "--site", Path(args.out))  # before minutes of work, not after
     # demo.yaml names the toy student relative to the checkout, so the demo runs from any directory
     if (REPOSITORY / cfg.student).exists():
@@ -111,7 +116,8 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     reporter = _reporter(args)
     try:
-        results = run(cfg, args.out, on_progress=reporter)
+        with naming_where_set(defaults, args.set):
+            results = run(cfg, args.out, on_progress=reporter)
     finally:
         reporter.close()
     if args.quiet:  # the last line only: where the run and its page are

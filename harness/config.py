@@ -12,6 +12,7 @@ values) when it is constructed, so a bad value is refused before anything runs o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -474,6 +475,23 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
         return cfg
     return dataclasses.replace(cfg, student=anchored(cfg.student),
                                data_files=None if cfg.data_files is None else anchored(cfg.data_files))
+
+
+@contextlib.contextmanager
+def naming_where_set(path: str | Path | None, overrides: Sequence[str]):
+    """Name the file (or ``--set``) in a refusal of the run config's ``student_args``, which is checked
+    against its backend only once a plan imports it, long after :func:`resolve_run_config`."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if not text.startswith("student_args:"):
+            raise
+        given = "student_args" in {item.partition("=")[0].strip() for item in overrides}
+        where = "--set" if given else str(path) if path else None
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {text}") from None
 
 
 def anchored(name: str) -> str:

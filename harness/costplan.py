@@ -670,14 +670,15 @@ def main_plan(args) -> int:
     """``odiag plan``: print the plan; exit 2 with one line when it does not fit ``--gpu-memory``."""
     import sys
 
-    from harness.config import resolve_run_config
+    from harness.config import naming_where_set, resolve_run_config
 
     cfg = resolve_run_config(args.config, args.set)
     throughput = args.throughput or (throughput_from(args.measurements, cfg) if args.measurements else None)
     # a run directory's config.yaml: the run grows with the teachers added to it too
     run_dir = Path(args.config).parent if args.config and (Path(args.config).parent / "config.json").is_file() else None
     try:
-        plan = plan_for(cfg, args.gpu_memory, throughput, run_dir)
+        with naming_where_set(args.config, args.set):
+            plan = plan_for(cfg, args.gpu_memory, throughput, run_dir)
     except PlanDoesNotFit as exc:
         print("\n".join(exc.lines))
         sys.stdout.flush()

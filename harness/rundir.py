@@ -667,12 +667,15 @@ class RunDir:
             return None
 
     @staticmethod
-    def read_saved(root: str | Path, flag: str = "--out") -> dict:
-        """``config.json`` of a run directory, checked for shape; a one-line error otherwise."""
+    def read_saved(root: str | Path, flag: str | None = None) -> dict:
+        """``config.json`` of a run directory, checked for shape; a one-line error otherwise. ``flag``: the
+        option that named the directory to a command that would write the run afresh (``--out``); None for a
+        command that only reads or grows it (rescore, add-teacher, validate, plan)."""
         path = Path(root) / "config.json"
         if not path.exists():
             raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
-        fix = f"the run cannot be read without it: restore it from a copy, or start afresh with {another(flag)}"
+        afresh = another(flag) if flag else "odiag run and another --out"
+        fix = f"the run cannot be read without it: restore it from a copy, or start afresh with {afresh}"
         try:
             saved = read_json(path, "run config")
         except RunDirError as exc:
@@ -681,7 +684,8 @@ class RunDir:
             found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
             raise RunDirError(
                 f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
-                f"a run made by an older odiag cannot be resumed: use {another(flag)}"
+                f"a run made by an older odiag cannot be {'resumed' if flag else 'read'}: "
+                f"{'use ' + another(flag) if flag else 'run it afresh with ' + afresh}"
             )
         keys = ("config", "config_hash", "tree_hash", "teachers", "run")
         if missing := [k for k in keys if k not in saved]:

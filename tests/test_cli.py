@@ -905,6 +905,32 @@ def test_small_refusals_read_as_meant(capsys):
         assert line in err and "\n" not in err, err
 
 
+def test_a_refused_student_args_names_the_file_or_set_that_gave_it(tmp_path, capsys):
+    """student_args is checked against its backend only once a plan loads it; its refusal still names where it
+    was set, under run, plan and demo alike, and the refused run leaves no directory behind."""
+    from harness.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("limit: 1\nstudent_args:\n  bogus_key: 3\n")
+    out = tmp_path / "run"
+    said = "student_args: unknown key 'bogus_key' for the synthetic backend; it takes no options"
+    for argv, where in (
+        (["plan", "--config", str(config)], str(config)),
+        (["run", "--config", str(config), "--out", str(out), "-q"], str(config)),
+        (["plan", "--config", str(config), "--set", "student_args={bogus_key: 3}"], "--set"),
+        (["run", "--set", "student_args={bogus_key: 3}", "--out", str(out), "-q"], "--set"),
+    ):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.strip() == f"odiag: error: {where}: {said}", argv
+        assert not out.exists()
+    assert main(["run", "--set", "limit=1", "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["rescore", str(out), "--set", "student_args={bogus_key: 3}"]) == 2
+    assert capsys.readouterr().err.strip() == f"odiag: error: --set: {said}"
+    assert main(["demo", "--set", "student_args={bogus_key: 3}", "--out", str(out), "--site", str(tmp_path / "site")]) == 2
+    assert capsys.readouterr().err.strip().startswith("odiag: error: --set: student_args: unknown key 'bogus_key' for the hf")
+
+
 def test_odiag_eval_without_a_network_says_how_to_work_offline(monkeypatch, capsys):
     """A data set lm_eval cannot fetch (no network) is one line with what to do offline, under odiag eval as under odiag run."""
     import harness.lmeval_bridge

@@ -475,14 +475,18 @@ def test_a_run_keeps_its_id_when_it_grows(copy):
 @pytest.mark.parametrize("content", [b"", b"{not json", b"[1, 2]", b'{"format": "odiag.rundir/1"}',
                                      b'{"format": "odiag.rundir/2", "config": {}}', f'{{"format": "{FORMAT}", "config": {{}}}}'.encode(),
                                      b"\xff\xfe\x00binary"])
-@pytest.mark.parametrize("command", ["run", "add-teacher", "rescore"])
+@pytest.mark.parametrize("command", ["run", "add-teacher", "rescore", "validate"])
 def test_garbage_config_json_is_one_line(copy, capsys, content, command):
     (copy / "config.json").write_bytes(content)
     extra = str(_teacher(copy.parent, "extra"))
     argv = {"run": ["run", *SETS, "--out", str(copy)], "add-teacher": ["add-teacher", str(copy), extra],
-            "rescore": ["rescore", str(copy)]}[command]
+            "rescore": ["rescore", str(copy)], "validate": ["validate", str(copy), "--quick"]}[command]
     err = _refused(capsys, argv, copy, "config.json")
-    assert "restore it from a copy, or start afresh with another --out" in err or "cannot be resumed" in err, err
+    if command == "run":
+        assert "restore it from a copy, or start afresh with another --out" in err or "cannot be resumed: use another --out" in err, err
+    else:  # a command that takes no --out is not told to give another
+        assert ("restore it from a copy, or start afresh with odiag run and another --out" in err
+                or "cannot be read: run it afresh with odiag run and another --out" in err), err
 
 
 @pytest.mark.parametrize("run_id", [None, 5, ""], ids=["no id", "a number", "empty"])
