@@ -9,9 +9,9 @@ What it guarantees (README "The run directory"):
   fsync, rename; the many shards of one phase all written first, then synced and renamed); temporary
   files a killed run left behind are removed when the directory is opened.
   Files are created ``0o664`` and folders ``0o775`` whatever the umask, so a group can read a run.
-- **Checked shards.** Every shard carries its kind, its place (the run's id, its question and its name) and a
-  sha256 of both and its arrays; an empty, truncated, garbage or altered shard, or one copied from another run,
-  question or name, is named in a one-line error, and ``odiag run --repair`` drops it and recomputes it (every
+- **Checked shards.** Every shard carries its kind, its place (the run's id, its question, its name and, for a
+  teacher's pass, that teacher's identity) and a sha256 of both and its arrays; an empty, truncated, garbage or
+  altered shard, or one copied from another run, question, name or teacher file, is named in a one-line error, and ``odiag run --repair`` drops it and recomputes it (every
   draw is seeded from ids, so the recomputed shard is the one that was lost).
 - **Identity by content.** ``config.json`` holds the config, the hash of what shapes the rollout
   tree, and every teacher by name, resolved file and content identity (:mod:`harness.plan`). A config
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = "odiag.rundir/3"  # 3: shards bound to their place (a run id in config.json)
+FORMAT = "odiag.rundir/4"  # 3: shards bound to their place (a run id in config.json); 4: a teacher's passes to its identity
 FILE_MODE, DIR_MODE = 0o664, 0o775
 LOCK_NAME = ".odiag.lock"
 # present while odiag run draws the tree (from its first rollout to its last): a run stopped then has an
@@ -251,6 +251,7 @@ SHARD_KINDS: dict[str, tuple[str, ...]] = {
     "round": ("forced_len", "target_path", "forced_token", "reward", "truncated", "length", "exit_lcp", "exit_token", "window"),
 }
 _ROUND = re.compile(r"^window(\d+)-round(\d+)$")
+_PASS = re.compile(r"^(?:score|fill)-p\d+-(.+)$")  # a pass over a path: its model (a teacher's name, or the student)
 
 
 def shard_kinds(name: str) -> tuple[str, ...]:
@@ -529,6 +530,7 @@ class RunDir:
         self.models_checked = models_checked  # False: a rescore that redoes no pass, its models not checked against the run's
         self.repaired: list[str] = []
         self._run_id: str | None = None
+        self._identities: dict[str, str] | None = None  # {teacher name as in shard names: identity}
         # the backend description of the run's last results, read when it was opened (before a rescore or an add
         # set them aside or removed them): what a command that loads no model reports
         self.last_backend: dict | None = None
@@ -546,6 +548,14 @@ class RunDir:
         if self._run_id is None:
             self._run_id = str(RunDir.read_saved(self.root)["run"])
         return self._run_id
+
+    @property
+    def identities(self) -> dict[str, str]:
+        """{a teacher's name as shard names spell it: its identity} as ``config.json`` records them: a teacher's
+        passes are bound to the file they were made with (two copies of a run may each add their own)."""
+        if self._identities is None:
+            self._identities = _identities(RunDir.read_saved(self.root)["teachers"])
+        return self._identities
 
     def __enter__(self) -> RunDir:
         return self
@@ -626,7 +636,7 @@ class RunDir:
                 rundir.drop_teacher(name)
             # a new run gets an id; a run keeps its id whatever its settings become (its shards are bound to it)
             record = plan.record() | {"run": (saved or {}).get("run") or uuid.uuid4().hex[:16], "models": stored}
-            rundir._run_id = record["run"]
+            rundir._run_id, rundir._identities = record["run"], _identities(record["teachers"])
             # what an expected failure puts back: a finished run before an add or a rescore of scoring settings (a
             # drop, or a teacher whose file changed, stays recorded: the old file may be gone, and odiag run, with
             # --repair, must go on without it)
@@ -774,7 +784,7 @@ class RunDir:
             if kind not in shard_kinds(name):
                 raise NotAsWritten(f"kind {kind!r}, expected {' or '.join(shard_kinds(name))}")
             if place != expected:
-                raise NotAsWritten(_misplaced(place, self.run_id, question, name))
+                raise NotAsWritten(_misplaced(place, expected, question, name))
             if missing := [k for k in SHARD_KINDS[kind] if k not in arrays]:
                 raise NotAsWritten(f"no array {missing[0]!r}")
             if checksum(arrays, place) != stored:
@@ -825,8 +835,12 @@ class RunDir:
                 tmp.unlink(missing_ok=True)  # gone once in place
 
     def _place(self, question: str, name: str) -> str:
-        """Where a shard belongs: this run, its question, its name (a shard elsewhere is not this run's work)."""
-        return f"{self.run_id}/{question}/{name}"
+        """Where a shard belongs: this run, its question, its name and, for a teacher's pass, that teacher's
+        identity (a shard elsewhere, or of another file under the same name, is not this run's work)."""
+        place = f"{self.run_id}/{question}/{name}"
+        teacher = _PASS.match(name)
+        identity = self.identities.get(teacher[1]) if teacher else None
+        return f"{place}#{identity}" if identity else place
 
     def _payload(self, question: str, name: str, arrays: dict) -> dict[str, np.ndarray]:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
@@ -952,14 +966,28 @@ class NotAsWritten(Exception):
     """A stored file (a shard, a cached solution or summary) that reads but is not what was written there."""
 
 
-def _misplaced(place: str, run_id: str, question: str, name: str) -> str:
-    """Why a shard whose recorded place is ``place`` is not this run's ``question``/``name``."""
+def _misplaced(place: str, expected: str, question: str, name: str) -> str:
+    """Why a shard whose recorded place is ``place`` is not this run's ``question``/``name`` (its place ``expected``)."""
     run, _, rest = place.partition("/")
+    run_id = expected.partition("/")[0]
     if not place:
         return "no place recorded: not written by this odiag"
     if run != run_id:
         return f"written by another run (id {run}, this run's is {run_id}): a shard copied in"
-    return f"written as {rest}.npz of this run, not as {question}/{name}.npz: a shard copied or renamed"
+    rest, _, identity = rest.partition("#")
+    if rest != f"{question}/{name}":
+        return f"written as {rest}.npz of this run, not as {question}/{name}.npz: a shard copied or renamed"
+    ours = expected.partition("#")[2]
+    return (f"written for another file of its teacher (identity {identity or 'none'}; this run's is {ours or 'none'}): "
+            "a pass copied from another copy of this run")
+
+
+def _identities(teachers: Iterable) -> dict[str, str]:
+    """{slug of a teacher's name: its identity} of ``config.json``'s teacher records."""
+    from harness.plan import slug
+
+    return {slug(str(t["name"])): str(t["identity"]) for t in teachers
+            if isinstance(t, dict) and "name" in t and "identity" in t}
 
 
 def why_unreadable(exc: Exception) -> str:

@@ -466,6 +466,23 @@ def test_a_well_formed_shard_of_another_place_is_refused_then_repaired(copy, oth
     assert _results(copy) == reference
 
 
+def test_a_pass_of_another_copy_of_the_run_is_refused_then_repaired(copy, tmp_path, capsys):
+    """Two copies of one run share its id; each adds its own file under one teacher name. A pass of one moved into
+    the other is bound to the other file, and is refused (then recomputed) as a shard of another place is."""
+    twin = tmp_path / "twin"
+    shutil.copytree(copy, twin)
+    assert main(["add-teacher", str(copy), str(_teacher(tmp_path, "extra", "helpful", "a")), "--quiet"]) == 0
+    reference = _results(copy)
+    assert main(["add-teacher", str(twin), str(_teacher(tmp_path, "extra", "misleading", "b")), "--quiet"]) == 0
+    target = copy / "shards" / "q000" / "score-p0-extra.npz"
+    shutil.copyfile(twin / "shards" / "q000" / "score-p0-extra.npz", target)
+    (copy / "results.json").unlink()
+    _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, str(target), "written for another file of its teacher",
+             "a pass copied from another copy of this run", "--repair")
+    assert main(["run", *SETS, "--out", str(copy), "--repair", "--quiet"]) == 0
+    assert _results(copy) == reference
+
+
 def test_a_run_keeps_its_id_when_it_grows(copy):
     before = json.loads((copy / "config.json").read_text())["run"]
     assert main(["run", *SETS, "--set", "limit=3", "--out", str(copy), "--quiet"]) == 0
