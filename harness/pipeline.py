@@ -420,7 +420,8 @@ def _execute(rundir: RunDir, on_progress: Callback | None, backend: Backend | No
         nodes, children, skipped = _records(ctx, phase)
         phase.step(1, "aggregates")  # SPEC §5: the intervals, tests and correlations of every row
         results = build_results(cfg, plan.specs, ctx.states.values(), nodes, skipped, ctx.backend,
-                                ctx.artefact_backend.rollouts, plan.n_min, plan.task_record())
+                                ctx.artefact_backend.rollouts, plan.n_min, plan.task_record(),
+                                {t.name: t.identity for t in plan.teachers}, rundir.fingerprints())
         paths = [
             {"question_id": s.question.id, "path_id": j, "correct": s.path_correct[j], "outcome": OUTCOMES[s.path_outcome[j]],
              "tokens": p.tolist(), "text": plan.task.token_texts(p), "prompt": "".join(plan.task.token_texts(s.question.prompt_ids))}

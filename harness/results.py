@@ -62,8 +62,12 @@ def teacher_rows(nodes: dict[str, np.ndarray], teachers, algorithms, seed: int) 
 
 
 def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: dict, backend, artefact_samples: int,
-                  n_min: int, task_settings: dict | None = None) -> dict:
-    """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable."""
+                  n_min: int, task_settings: dict | None = None, identities: dict[str, str] | None = None,
+                  models: dict[str, str] | None = None) -> dict:
+    """results.json (SPEC §6 contract) from the run's question states and node records; strict JSON, portable.
+    ``identities``: each teacher's identity (its file and models, by content); ``models``: each local model's
+    fingerprint, as ``config.json`` records them, so that a leaderboard never ranks two files as one teacher or
+    student."""
     import datetime
 
     from harness.backends import STUDENT
@@ -84,6 +88,7 @@ def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: 
         "task": cfg.task,
         "task_settings": task_settings,  # what of the task judged and planned (harness.plan.RunPlan.task_record)
         "student": cfg.student,
+        "models": dict(models or {}),  # {model: fingerprint of its files}, for the models on this machine
         "counts": {
             "questions": len(states),
             "paths": sum(len(s.paths) for s in states),
@@ -106,7 +111,8 @@ def build_results(cfg, teachers, states, nodes: dict[str, np.ndarray], skipped: 
             # context artefacts are not rollouts of the tree: counted apart, so add-teacher can prove it drew none
             "artefact_samples_this_invocation": artefact_samples,
         },
-        "teacher_info": {t.name: {"description": t.description, "model": t.model, "file": t.file} for t in teachers},
+        "teacher_info": {t.name: {"description": t.description, "model": t.model, "file": t.file,
+                                  "identity": (identities or {}).get(t.name)} for t in teachers},
         "teachers": teacher_rows(nodes, teachers, cfg.algorithms, cfg.seed),
         "questions": [
             {

@@ -725,6 +725,12 @@ class RunDir:
                           f"again to finish it, or {finish_command(root)} (its "
                           "recorded settings)")
 
+    def fingerprints(self) -> dict[str, str]:
+        """{model: the fingerprint of its files} of every local model ``config.json`` records."""
+        stored = RunDir.read_saved(self.root).get("models")
+        return {str(k): str(r["fingerprint"]) for k, r in (stored if isinstance(stored, dict) else {}).items()
+                if isinstance(r, dict) and r.get("fingerprint")}
+
     @staticmethod
     def verify_models(root: str | Path) -> None:
         """Refuse (a RunDirError) when a model the run recorded has other files on this machine now."""

@@ -974,6 +974,47 @@ def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
     assert cli.main(["leaderboard", str(run), "--out", str(tmp_path / "site")]) == 0  # its own site: rebuilt
 
 
+def test_leaderboard_never_replaces_a_figures_folder_it_did_not_write(odiag, tmp_path):
+    """A build replaces its site's figures folder: a user's own (no odiag leaderboard.json beside it), a run directory
+    there, a link there, and a page that is a folder are refused before anything is written."""
+    run = _fake_run(tmp_path / "run")
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "figures" / "plot.png").write_bytes(b"a user's figure")
+    assert_one_line(odiag("leaderboard", run, "--out", mine), f"--out {mine}: holds a figures folder but no leaderboard.json")
+    parent = tmp_path / "parent"
+    shutil.copytree(run, parent / "figures")
+    assert_one_line(odiag("leaderboard", parent / "figures", "--out", parent), "its figures folder is a run directory")
+    site = tmp_path / "site"
+    assert cli.main(["leaderboard", str(run), "--out", str(site)]) == 0
+    shutil.rmtree(site / "figures")
+    (tmp_path / "elsewhere").mkdir()
+    (site / "figures").symlink_to(tmp_path / "elsewhere")
+    assert_one_line(odiag("leaderboard", run, "--out", site), f"--out {site}: holds a link named figures")
+    (site / "figures").unlink()
+    (site / "index.html").unlink()
+    (site / "index.html").mkdir()
+    assert_one_line(odiag("leaderboard", run, "--out", site), f"--out {site}: holds index.html that is not a file")
+    (site / "index.html").rmdir()
+    assert cli.main(["leaderboard", str(run), "--out", str(site)]) == 0
+
+
+def test_a_first_build_stopped_between_its_page_and_figures_leaves_a_site_it_rebuilds(odiag, tmp_path, monkeypatch):
+    """A first build puts its page in place before its figures: stopped between the two, its folder reads as odiag's
+    and the next build goes on (the other order left a figures folder that the next build could not tell from a user's)."""
+    import harness.leaderboard as leaderboard
+
+    run, site = _fake_run(tmp_path / "run"), tmp_path / "site"
+    swap = leaderboard._swap_figures
+    monkeypatch.setattr(leaderboard, "_swap_figures", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        leaderboard.build([run], site)
+    assert (site / "leaderboard.json").is_file() and not (site / "figures").exists()
+    monkeypatch.setattr(leaderboard, "_swap_figures", swap)
+    assert cli.main(["leaderboard", str(run), "--out", str(site)]) == 0
+    assert (site / "figures").is_dir() and not [p for p in site.iterdir() if p.name.startswith(".figures")]
+
+
 def test_leaderboard_refuses_a_run_given_twice(odiag, tmp_path):
     run = _fake_run(tmp_path / "run")
     assert_one_line(odiag("leaderboard", run, f"{run}/", "--out", tmp_path / "site"),

@@ -137,6 +137,45 @@ def test_students_whose_names_read_alike_as_file_names_keep_their_own_figures(ru
     assert [g["id"] for g in board["groups"]] == ["synthetic--_w_m_s", "synthetic--_w_m_s-2"]
 
 
+def test_runs_naming_two_teacher_files_alike_are_not_ranked_as_one_teacher(tmp_path):
+    """Two runs of one group, each with its own file named extra.yaml: one name, two teachers. Ranked together they read
+    as one teacher sampled twice; refused, naming both identities (the same file in both runs ranks together)."""
+    files = []
+    for sub, model in (("a", "helpful"), ("b", "misleading")):
+        (tmp_path / sub).mkdir()
+        files.append(tmp_path / sub / "extra.yaml")
+        files[-1].write_text(f"description: a copy\nmodel: {model}\n")
+    runs = [tmp_path / "one", tmp_path / "two", tmp_path / "three"]
+    for out, file, seed in zip(runs, (files[0], files[1], files[0]), (0, 1, 2)):
+        run(RunConfig(limit=2, seed=seed, teachers=(str(file),)), out)
+    identities = [_results(out)["teacher_info"]["extra"]["identity"] for out in runs[:2]]
+    with pytest.raises(ConfigError, match=rf"runs {runs[0]} and {runs[1]} .* name two different teachers 'extra' "
+                                          rf"\(identities {identities[0]} and {identities[1]}"):
+        load_runs(runs[:2])
+    assert len(merge(load_runs([runs[0], runs[2]]))["entries"]) == 2 * len(RunConfig().algorithms)
+
+
+def test_runs_drawn_from_two_files_of_one_student_path_are_not_ranked_together(tmp_path):
+    """The student's folder changed between two runs (retrained in place): one path, two models; refused by their
+    fingerprints, as every other command refuses a run whose model files changed."""
+    from safetensors.numpy import load_file, save_file
+
+    from harness.toy import TOY_DIR
+
+    student = tmp_path / "student"
+    shutil.copytree(TOY_DIR / "student", student)
+    config = dict(task="odiag_toy", backend="hf", student=str(student), teachers=("toy-teacher",), limit=1, budget=100)
+    run(RunConfig(**config), tmp_path / "before")
+    weights = load_file(student / "model.safetensors")
+    name = next(k for k, v in weights.items() if v.dtype.kind == "f")
+    save_file({**weights, name: weights[name] * 1.01}, student / "model.safetensors", metadata={"format": "pt"})
+    run(RunConfig(**config, seed=1), tmp_path / "after")
+    prints = [_results(tmp_path / out)["models"][str(student)] for out in ("before", "after")]
+    assert prints[0] != prints[1]
+    with pytest.raises(ConfigError, match=rf"were drawn from different files of the student \(fingerprints {prints[0]} and {prints[1]}\)"):
+        load_runs([tmp_path / "before", tmp_path / "after"])
+
+
 def test_run_ids_are_short_and_unique():
     assert run_ids(["runs/demo", "x/demo", "y/demo/", "a b"]) == ["demo", "demo-2", "demo-3", "a_b"]
     assert run_ids(["runs/é中文🎓", "x/ü"]) == ["é中文_", "ü"]  # letters of any script kept (they were "_" and "_-2")
@@ -322,6 +361,21 @@ def test_a_model_card_of_a_run_without_numbers_is_refused_with_the_runs_reason(t
     run(RunConfig(limit=1, n_min=100000, algorithms=("gkd",)), out)
     with pytest.raises(ConfigError, match=r"nothing to publish, the run has no decision point: 1 question, .*n_min=100000"):
         main_model_card(str(out))
+
+
+def test_a_model_card_refuses_a_run_the_leaderboard_refuses(run_dir, tmp_path):
+    """A card reads a finished run as the leaderboard does: a missing table, or results.json of another run beside
+    these tables, is refused, not published."""
+    missing = _copy(run_dir, tmp_path / "missing")
+    (missing / "nodes.parquet").unlink()
+    with pytest.raises(ConfigError, match="missing nodes.parquet"):
+        main_model_card(str(missing))
+    other = tmp_path / "other"
+    run(RunConfig(limit=2, seed=3), other)
+    mixed = _copy(run_dir, tmp_path / "mixed")
+    shutil.copyfile(other / "results.json", mixed / "results.json")
+    with pytest.raises(ConfigError, match="not the table results.json was written with"):
+        main_model_card(str(mixed))
 
 
 def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):

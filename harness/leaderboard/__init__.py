@@ -51,9 +51,21 @@ def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) 
         raise ConfigError(f"{flag} {out}: {where}; give the site a directory of its own")
     if (out / "index.html").exists() or (out / "leaderboard.json").exists():
         _check_ours(out, flag)
-    if (out / "figures").exists() and not (out / "figures").is_dir():  # found only once the figures are written
-        raise ConfigError(f"{flag} {out}: holds a file named figures where the site's figures go; move it, or choose "
-                          "another directory")
+    for name in ("index.html", "leaderboard.json"):  # found only once the figures are in place
+        if (out / name).exists() and not (out / name).is_file():
+            raise ConfigError(f"{flag} {out}: holds {name} that is not a file, where the site's {name} goes; move it, "
+                              "or choose another directory")
+    figures = out / "figures"
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):  # found only once the figures are written
+        what = "a link named figures" if figures.is_symlink() else "a file named figures"
+        raise ConfigError(f"{flag} {out}: holds {what} where the site's figures folder goes (a build replaces that "
+                          "folder); move it, or choose another directory")
+    if figures.is_dir():  # a build replaces the folder's figures: only a site odiag wrote may hold one
+        if (figures / "config.json").is_file() or (figures / "results.json").is_file():
+            raise ConfigError(f"{flag} {out}: its figures folder is a run directory; give the site a directory of its own")
+        if not (out / "leaderboard.json").is_file():
+            raise ConfigError(f"{flag} {out}: holds a figures folder but no leaderboard.json, so odiag did not write it "
+                              "(a build replaces its figures); move it, or choose a new directory or one odiag wrote")
     _check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
 
 
@@ -140,8 +152,12 @@ def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
         for name, content in (("leaderboard.json", text), ("index.html", html)):
             # a published page: readable by the web server, not only its writer
             page[name] = staged(out / name, lambda f, content=content: f.write(content), mode="w", file_mode=0o644)
-        _swap_figures(staging, out / "figures")
-        move_into_place({out / name: tmp for name, tmp in page.items()})
+        if (out / "leaderboard.json").is_file():  # the figures first: a build stopped between leaves the old page whole
+            _swap_figures(staging, out / "figures")
+            move_into_place({out / name: tmp for name, tmp in page.items()})
+        else:  # a first build: its page first, so that one stopped between leaves a folder that reads as odiag's
+            move_into_place({out / name: tmp for name, tmp in page.items()})
+            _swap_figures(staging, out / "figures")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for tmp in page.values():

@@ -284,6 +284,8 @@ def check_comparable(runs: Sequence[Run]) -> None:
                                   f"on separate leaderboards" + ("" if algorithm is None else f", or odiag rescore {shell_word(run.path)} with {fix}"))
     for i, run in enumerate(runs):
         for other in runs[:i]:
+            if other.group == run.group:
+                _check_same_models(other, run)
             if other.group != run.group or any(other.results["config"].get(k) != run.results["config"].get(k)
                                                for k in ("seed", "data_files")):
                 continue  # other rollouts, or other documents under the same ids
@@ -297,6 +299,31 @@ def check_comparable(runs: Sequence[Run]) -> None:
                     f"ranked together it would count twice; give one of them (odiag add-teacher adds teachers to one run), "
                     f"or draw the other with another --set seed"
                 )
+
+
+def _check_same_models(run: Run, other: Run) -> None:
+    """Refuse two runs of one group drawn from different files of the student, or naming different teacher files
+    alike: ranked together, two models would read as one. Each is compared where both runs record it (a run of an
+    older odiag records neither)."""
+    def fingerprint(r: Run) -> str | None:
+        models = r.results.get("models")
+        return models.get(r.group[1]) if isinstance(models, dict) else None
+
+    def identity(r: Run, teacher: str) -> str | None:
+        info = r.results.get("teacher_info")
+        return (info.get(teacher) or {}).get("identity") if isinstance(info, dict) and isinstance(info.get(teacher), dict) else None
+
+    where = f"leaderboard: runs {run.path} and {other.path} ({run.group[0]}, student {run.group[1]})"
+    if None not in (mine := fingerprint(run), theirs := fingerprint(other)) and mine != theirs:
+        raise ConfigError(f"{where} were drawn from different files of the student (fingerprints {mine} and {theirs}), "
+                          "so their rows measure different models; put them on separate leaderboards")
+    for teacher in sorted({row["teacher"] for row in run.results["teachers"]} & {row["teacher"] for row in other.results["teachers"]}):
+        if None not in (mine := identity(run, teacher), theirs := identity(other, teacher)) and mine != theirs:
+            raise ConfigError(
+                f"{where} name two different teachers {teacher!r} (identities {mine} and {theirs}: another file, "
+                "or other models), which would be ranked as one; put them on separate leaderboards, or give one file "
+                "another name and add it to its run with odiag add-teacher (then odiag rescore RUN --drop-teacher "
+                f"{shell_word(teacher)})")
 
 
 def headline_algorithm(algorithms: Sequence[str]) -> str:

@@ -88,12 +88,9 @@ def _significant(p: float | None) -> float | None:
 
 def model_card_yaml(run_dir: str | Path, model_name: str | None = None) -> str:
     """``model-index:`` YAML for the run in ``run_dir``, ready to paste into a model card's header."""
-    from harness.leaderboard.merge import read_results
-    from harness.rundir import RunDir
+    from harness.leaderboard.merge import load_run
 
-    path = RunDir.finished_results(run_dir)
-
-    results = read_results(path)
+    results = load_run(run_dir, "run").results  # a finished run whose tables are the ones its results were written with
     index = model_index(results, model_name)
     if not index[0]["results"][0]["metrics"]:  # a card without a number would publish nothing
         from harness.config import ConfigError
