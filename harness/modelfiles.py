@@ -32,6 +32,18 @@ def loadable(model_id: str) -> str:
     return str(Path(model_id).expanduser()) if model_id.startswith("~") else model_id
 
 
+# what a model's weights are saved as (transformers' and vLLM's formats, whole or sharded): a folder holding none
+# of them has no model to load, whatever else it holds
+WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth|h5|msgpack|gguf)$|\.ckpt|\.index\.json$")
+
+
+def holds_no_weights(model_id: str) -> bool:
+    """Whether ``model_id`` is a local directory that holds no weights file (a folder of a tokenizer and a
+    config only, or one whose weights were not copied): what a backend would refuse, but only once it loads."""
+    path = Path(model_id).expanduser()
+    return is_local_path(model_id) and path.is_dir() and not any(WEIGHTS.search(p.name) for p in path.iterdir())
+
+
 def model_dir(model_id: str, revision: str | None = None) -> Path | None:
     """The directory a backend loads ``model_id`` from: a local directory, or the hub id's snapshot in
     the Hugging Face cache at ``revision`` (default ``main``); None when neither is on this machine

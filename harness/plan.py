@@ -310,6 +310,15 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     if cfg.task == "synthetic" and cfg.limit is not None and cfg.limit > (most := SyntheticTask.max_questions):
         raise ConfigError(f"key 'limit' must be <= {most:,} with task synthetic (its questions are generated before the "
                           f"first rollout), got {cfg.limit:,}")
+    if cfg.backend != "synthetic":
+        from harness.modelfiles import holds_no_weights
+
+        fix = "(no *.safetensors, *.bin or their shard index): give the directory a model was saved to, weights included"
+        if holds_no_weights(cfg.student):
+            raise ConfigError(f"student {cfg.student!r}: the directory holds no weights {fix}")
+        for t in teachers:
+            if model := next((m for m in models_named(t) if holds_no_weights(m)), None):
+                raise ConfigError(f"teacher {t.name} ({t.file}): model {model!r} holds no weights {fix}")
     for t in teachers:
         if cfg.backend == "synthetic" and (t.correct_solutions or t.wrong_solutions):
             shown = ", ".join(f"{key} {n}" for key, n in (("correct_solutions", t.correct_solutions),

@@ -78,8 +78,8 @@ def add_teacher(
     with RunDir.open(out, plan, add=ref, prepared_from=prepared_from) as rundir:
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
-        except OdiagError as exc:  # a context that fails on real data, say: the finished run stays as it was
-            rundir.undo(ref.name, cause=exc)
+        except Exception as exc:  # a context that fails on real data, a model that will not load: the finished run
+            rundir.undo(ref.name, cause=exc)  # stays as it was (a stop, rerun, finishes the add instead)
             raise
 
 
@@ -118,6 +118,6 @@ def rescore(
                               f"it with {finish_command(out)}")
         try:
             return _execute(rundir, on_progress, backend, frozen=True)
-        except OdiagError as exc:  # a backend that cannot start, a corrupt shard: the run as it was (RunDir.open says what)
-            rundir.undo(cause=exc)
+        except Exception as exc:  # a backend or model that cannot start, a corrupt shard: the run as it was (RunDir.open
+            rundir.undo(cause=exc)  # says what)
             raise

@@ -974,6 +974,35 @@ def test_leaderboard_never_overwrites_a_page_it_did_not_write(odiag, tmp_path):
     assert cli.main(["leaderboard", str(run), "--out", str(tmp_path / "site")]) == 0  # its own site: rebuilt
 
 
+def test_a_model_folder_without_weights_is_refused_by_the_plan_and_an_add_that_fails_to_load_leaves_the_run(odiag, tmp_path):
+    """A student or teacher folder whose weights were not copied is named by the plan, before a run directory opens;
+    a teacher model that passes the plan and still fails to load (a library's OSError, not odiag's own error) leaves
+    the finished run as it was, so the corrected add-teacher goes on."""
+    from harness.config import REPOSITORY
+
+    demo = REPOSITORY / "harness" / "demo.yaml"
+    empty = tmp_path / "empty"
+    shutil.copytree(REPOSITORY / "harness" / "toy_models" / "teacher", empty, ignore=shutil.ignore_patterns("*.safetensors"))
+    teacher = tmp_path / "t" / "unweighted.yaml"
+    teacher.parent.mkdir()
+    teacher.write_text(f"model: {empty}\n")
+    fix = "holds no weights (no *.safetensors, *.bin or their shard index): give the directory a model was saved to"
+    assert_one_line(odiag("plan", "--config", demo, "--set", f"student={empty}"), f"student '{empty}': the directory {fix}")
+    assert_one_line(odiag("run", "--config", demo, "--set", f"teachers=[{teacher}]", "--out", "r"),
+                    f"teacher unweighted ({teacher}): model '{empty}' {fix}")
+    assert not (tmp_path / "r").exists()
+    assert odiag("run", "--config", demo, "--set", "limit=1", "--set", "teachers=[toy-teacher]", "--set", "budget=100",
+                 "--out", "r", "--quiet")[0] == 0
+    assert_one_line(odiag("add-teacher", "r", teacher), f"model '{empty}' {fix}")
+    (empty / "weights.pt").write_bytes(b"not a model")  # weights by name: the plan passes, transformers refuses
+    files = lambda: {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file()}  # noqa: E731
+    before = files()
+    code, lines, _ = odiag("add-teacher", "r", teacher, "--quiet")
+    assert code == 2 and lines[-1].startswith("odiag: error: ") and str(empty) in lines[-1], lines
+    assert files() == before  # the run's files as they were (its folder's time stamp moves: a lock was taken)
+    assert odiag("add-teacher", "r", "toy-self-1c", "--quiet")[0] == 0
+
+
 def test_leaderboard_never_replaces_a_figures_folder_it_did_not_write(odiag, tmp_path):
     """A build replaces its site's figures folder: a user's own (no odiag leaderboard.json beside it), a run directory
     there, a link there, and a page that is a folder are refused before anything is written."""
