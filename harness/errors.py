@@ -15,6 +15,10 @@ class ConfigError(OdiagError, ValueError):
     """A configuration problem, with where it came from and how to fix it, in one line."""
 
 
+class NonFiniteLogits(ConfigError):
+    """A model's next-token logits are NaN or inf: it overflows at its dtype, or training made it diverge."""
+
+
 def out_of_memory(exc: BaseException) -> str | None:
     """What ran out, when ``exc`` is torch's OutOfMemoryError (CUDA, MPS, XPU: a run too big for its device, an
     expected failure, not a bug), else None. Named, not imported: this module never imports torch. Ray re-raises

@@ -57,6 +57,7 @@ import numpy as np
 
 from harness import __version__
 from harness.config import ConfigError, RunConfig, apply_overrides, build, local_path, portable, repeated, to_dict
+from harness.errors import NonFiniteLogits
 from harness.progress import Callback, Phases
 from harness.rundir import RunDir, RunDirError, RunLock, write_json
 from harness.safeio import excerpt
@@ -126,8 +127,8 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
             raise ConfigError(f"odiag validate: key {key!r} must be >= 1 or null, got {getattr(cfg, key)}")
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"odiag validate: key 'seed' must be >= 0 and < 2**63, got {cfg.seed}")
-    if not cfg.learning_rate > 0:
-        raise ConfigError(f"odiag validate: key 'learning_rate' must be > 0, got {cfg.learning_rate}")
+    if not 0 < cfg.learning_rate <= 1:  # AdamW moves every weight by about the learning rate at each step
+        raise ConfigError(f"odiag validate: key 'learning_rate' must be > 0 and <= 1, got {cfg.learning_rate}")
     if unknown := [a for a in cfg.algorithms if a not in DISTILLATION]:
         raise ConfigError(f"odiag validate: unknown algorithm {unknown[0]!r}; choose from {', '.join(DISTILLATION)}")
     if not cfg.algorithms:
@@ -296,6 +297,11 @@ class _Trainer:
 
         return HFBackend.from_model(model, ModelSpec(self.run_cfg.student, self.run_cfg.student_revision, self.run_cfg.dtype))
 
+    def _diverged(self, after: str) -> ConfigError:
+        """The refusal of a student whose logits training made NaN or inf (the untrained one's were finite)."""
+        return ConfigError(f"odiag validate: the student's logits became NaN or inf after {after} at learning_rate "
+                           f"{self.cfg.learning_rate:g}: training diverged; lower it (--set learning_rate=..., default 1e-4)")
+
     def _request(self, prompt, n, seed):
         from harness.backends import SampleRequest
 
@@ -307,7 +313,12 @@ class _Trainer:
         backend = self._backend(model)
         requests = [self._request(q.prompt_ids, self.cfg.eval_samples, derive_seed(self.cfg.seed, *key, q.id))
                     for q in self.heldout_q]
-        results = backend.sample(requests)
+        try:
+            results = backend.sample(requests)
+        except NonFiniteLogits:
+            if model is self.student:  # untrained (the control): its dtype, not training
+                raise
+            raise self._diverged(f"its {self.cfg.steps} training steps") from None
         return np.array([np.mean(self.task.rewards(q, r.tokens, r.truncated)) for q, r in zip(self.heldout_q, results, strict=True)])
 
     def train(self, algorithm: str, teacher: Teacher | None, seed_index: int):
@@ -332,7 +343,12 @@ class _Trainer:
             chosen = [usable[i] for i in pick]
             requests = [self._request(q.prompt_ids, cfg.samples_per_prompt, derive_seed(cfg.seed, "train", seed_index, step, k))
                         for k, q in enumerate(chosen)]
-            results = backend.sample(requests)
+            try:
+                results = backend.sample(requests)
+            except NonFiniteLogits:
+                if step == 0:  # the student as the run read it: its dtype, not the training
+                    raise
+                raise self._diverged(f"{step} training {plural(step, 'step')}") from None
             prompts, responses, contexts, advantages = [], [], [], []
             for q, res in zip(chosen, results, strict=True):
                 rewards = np.asarray(self.task.rewards(q, res.tokens, res.truncated), float)

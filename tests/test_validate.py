@@ -473,6 +473,7 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
         ([small_run, "--teachers", ","], "names no teacher"),
         ([small_run, "--teachers", "a,a"], "key 'teachers' lists 'a' twice"),
         ([small_run, "--set", "device=tpu"], "key 'device' must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ([small_run, "--set", "learning_rate=1e300"], "key 'learning_rate' must be > 0 and <= 1, got 1e+300"),
         *([([small_run, "--set", "device=cuda:0"], "torch sees no CUDA device here")] if not _cuda() else []),
         ([tmp_path], "not an odiag run directory (no config.json)"),
     ):
@@ -505,6 +506,28 @@ def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
     # the error arrives before torch is needed: through the console script as well
     done = _odiag("validate", small_run, "--teachers", "nope", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("odiag: error:") and "Traceback" not in done.stderr
+
+
+def test_a_student_that_training_made_diverge_is_named_as_such_not_as_its_dtype(small_run, monkeypatch, capsys):
+    """Logits that turn NaN or inf once training began point at the learning rate (the student as the run read it had
+    finite ones): the dtype advice, for a key validate does not take, was wrong there."""
+    from harness.backends.hf import HFBackend
+    from harness.cli import main
+    from harness.errors import NonFiniteLogits
+
+    sample, calls = HFBackend.sample, []
+
+    def diverging(self, requests):
+        calls.append(1)
+        if len(calls) > 3:  # the control's and fresh draws' evaluations, the first training step, then this
+            raise NonFiniteLogits("the model's next-token logits are not finite (NaN or inf)")
+        return sample(self, requests)
+
+    monkeypatch.setattr(HFBackend, "sample", diverging)
+    assert main(["validate", str(small_run), "--quick", "--set", "seeds=1", "--set", "learning_rate=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err == ("odiag: error: odiag validate: the student's logits became NaN or inf after 1 training step at "
+                   "learning_rate 0.5: training diverged; lower it (--set learning_rate=..., default 1e-4)"), err
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ from transformers.utils import logging as hf_logging
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from harness.backends import ModelSpec
-from harness.errors import ConfigError
+from harness.errors import ConfigError, NonFiniteLogits
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
 from harness.modelfiles import loadable
@@ -119,7 +119,7 @@ def inverse_cdf_sample(logits_BV: torch.Tensor, temperature_B: torch.Tensor, u_B
     probs_BV = torch.softmax(logits_BV.double() / temperature_B.double()[:, None], dim=-1)
     cdf_BV = probs_BV.cumsum_(dim=-1)
     if not bool(torch.isfinite(cdf_BV[:, -1]).all()):  # a NaN or +inf logit: any id "sampled" would be made up
-        raise ConfigError("the model's next-token logits are not finite (NaN or inf): it overflows at this dtype "
+        raise NonFiniteLogits("the model's next-token logits are not finite (NaN or inf): it overflows at this dtype "
                           "(float16 does in many models); run it in bfloat16 or float32 (--set dtype=...)")
     target_B1 = (u_B.double() * cdf_BV[:, -1])[:, None]
     ids_B = torch.searchsorted(cdf_BV, target_B1, right=True)[:, 0]
