@@ -60,7 +60,7 @@ _TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: f"!{suffix} 
 
 def task_rows() -> list[dict[str, str]]:
     """One row per task odiag can run: the synthetic task and each ``tasks/odiag_*.yaml``."""
-    from harness.tasks import TASKS_DIR
+    from harness.tasks import TASKS_DIR, task_file_problem
 
     rows = [{
         "task": "synthetic", "data": "generated", "answer": "exact", "max_new_tokens": "-",
@@ -68,6 +68,8 @@ def task_rows() -> list[dict[str, str]]:
     }]
     for path in sorted(TASKS_DIR.glob("*.yaml")):
         try:
+            if (problem := task_file_problem(path)) is not None:
+                raise ValueError(problem)
             cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
             if not isinstance(cfg, dict):
                 raise ValueError(f"expected a mapping at the top level, got a {type(cfg).__name__}")

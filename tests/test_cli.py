@@ -101,6 +101,39 @@ def test_ls_lists_an_unreadable_task_or_teacher_file_as_such(tmp_path, monkeypat
     assert re.search(r"^odiag_broken\s.*cannot be read", out, re.M) and re.search(r"^typo\s.*cannot be read", out, re.M)
 
 
+def test_a_task_file_that_is_not_read_as_its_task_says_why_under_run_and_ls_alike(tmp_path, monkeypatch, capsys):
+    """A task YAML lm-eval would not index under its name (not valid YAML, not UTF-8, empty, another task: key, or
+    a file not named odiag_*) is named with its problem by run and plan, and listed with it by ls tasks: it was
+    "unknown task" with its own name among the tasks offered, or listed by ls as a task run refused."""
+    import harness.tasks
+    import harness.tasks.lmeval
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    toy = (ROOT / "tasks" / "odiag_toy.yaml").read_text()
+    (tasks / "odiag_toy.yaml").write_text(toy)
+    files = {  # name: (content, the refusal's problem, the start of ls's description)
+        "odiag_synerr": ("task: odiag_synerr\nfoo: [1,\n", "not valid YAML: expected the node content, but found "
+                         "'<stream end>' at line 3", "not valid YAML"),
+        "odiag_binary": (b"task: \xff\n", "not UTF-8 text (byte 6)", "not UTF-8 text (byte 6)"),
+        "odiag_empty": ("", "empty", "empty"),
+        "odiag_mismatch": ("task: odiag_other\n", "task: is 'odiag_other', not 'odiag_mismatch' (a task is "
+                           "tasks/odiag_<name>.yaml, its task: key the file's name)", "task: is 'odiag_other'"),
+        "mytask": (toy.replace("task: odiag_toy", "task: mytask"), "not read as a task (a task is tasks/odiag_<name>.yaml, "
+                   "its task: key the file's name): rename it odiag_mytask.yaml, with task: odiag_mytask", "not read as a task"),
+    }
+    for name, (content, _, _) in files.items():
+        (tasks / f"{name}.yaml").write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.setattr(harness.tasks, "TASKS_DIR", tasks)
+    monkeypatch.setattr(harness.tasks.lmeval, "TASKS_DIR", tasks)
+    rows = {r["task"]: r["description"] for r in task_rows()}
+    for name, (_, problem, listed) in files.items():
+        assert main(["plan", "--config", str(ROOT / "harness" / "demo.yaml"), "--set", f"task={name}"]) == 2
+        assert capsys.readouterr().err.strip() == f"odiag: error: task {name!r}: {tasks / name}.yaml: {problem}"
+        assert rows[name].startswith(f"cannot be read: {listed}"), rows[name]
+    assert rows["odiag_toy"].startswith("toy running sum")
+
+
 def test_a_teacher_typo_lists_the_teachers():
     from harness.teachers import load_teacher
 

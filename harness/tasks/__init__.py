@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from harness.config import data_dir
+from harness.safeio import excerpt
 from harness.teachers import TeacherConfig
 
 TASKS_DIR = data_dir("tasks")  # odiag's task YAMLs (lm_eval --include_path)
@@ -119,12 +121,54 @@ def load_task(name: str, **options) -> Task:
     return LMEvalTask(name, **options)
 
 
+# the one rule odiag (run, plan, ls tasks) and lm-eval's index read tasks by
+TASK_FILE_RULE = "a task is tasks/odiag_<name>.yaml, its task: key the file's name"
+
+
+def task_file_problem(path: Path) -> str | None:
+    """Why the task YAML ``path`` is not the task its file name says (lm-eval would not index it under that
+    name), in a few words; None when nothing is found. lm-eval's ``!function`` tags are not resolved."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    if not path.stem.startswith("odiag_"):
+        return f"not read as a task ({TASK_FILE_RULE}): rename it odiag_{path.stem}.yaml, with task: odiag_{path.stem}"
+    try:
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except yaml.MarkedYAMLError as exc:
+        where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        return f"not valid YAML: {exc.problem}{where}"
+    except yaml.YAMLError as exc:
+        return f"not valid YAML: {' '.join(str(exc).split())}"
+    if cfg is None:
+        return "empty"
+    if not isinstance(cfg, dict):
+        return f"expected a mapping at the top level, got a {type(cfg).__name__}"
+    if cfg.get("task") != path.stem:
+        got = f"task: is {excerpt(cfg['task'], 40)}" if "task" in cfg else "no task: key"
+        return f"{got}, not {path.stem!r} ({TASK_FILE_RULE})"
+    return None
+
+
 def check_task_name(name: str) -> None:
-    """A one-line ConfigError naming the tasks there are, unless ``name`` is one of them."""
+    """A one-line ConfigError naming the tasks there are, unless ``name`` is one of them; a task file that is
+    there but is not read as that task (not valid YAML, another ``task:``, not named odiag_*) says why."""
     from harness.tasks.lmeval import TASKS_DIR, task_names
 
-    if name != "synthetic" and name not in task_names():
-        from harness.config import ConfigError
+    if name == "synthetic":
+        return
+    from harness.config import ConfigError
 
+    path = TASKS_DIR / f"{name}.yaml"
+    if path.is_file() and (problem := task_file_problem(path)) is not None:
+        raise ConfigError(f"task {name!r}: {path}: {problem}")
+    if name not in task_names():
         available = ", ".join(repr(n) for n in ["synthetic", *task_names()])
         raise ConfigError(f"unknown task {name!r}: available tasks are {available} (YAMLs under {TASKS_DIR})")
