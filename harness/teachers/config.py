@@ -134,10 +134,9 @@ NESTED: dict[str, dict[str, str]] = {
 }
 
 
-# the keys a teacher file is written in (its unknown-key message offers these): the nested sections
-# stand for their flat keys, and ``file`` is the loader's
-FILE_KEYS = (*(f.name for f in dataclasses.fields(TeacherConfig)
-               if f.name != "file" and f.name not in {k for keys in NESTED.values() for k in keys.values()}), *NESTED)
+# the keys a teacher file is written in (its unknown-key message offers these): every field but ``file`` (the
+# loader's), the flat keys odiag's own teachers use included, and the nested sections that stand for them
+FILE_KEYS = (*(f.name for f in dataclasses.fields(TeacherConfig) if f.name != "file"), *NESTED)
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -151,7 +150,10 @@ def _flatten(data: dict, where: str) -> dict:
             raise ConfigError(f"{where}: key {section!r} must be a mapping of {', '.join(keys)}")
         for key, value in block.items():
             if key not in keys:
-                raise ConfigError(f"{where}: unknown key {section}.{key!s:.40}; valid keys are {sorted(keys)}")
+                close = difflib.get_close_matches(str(key), list(keys), n=1)
+                hint = f"did you mean {section}.{close[0]}? " if close else ""
+                raise ConfigError(f"{where}: unknown key {excerpt(f'{section}.{key}', 60)}; {hint}valid keys are "
+                                  f"{', '.join(sorted(keys))}")
             if keys[key] in data:
                 raise ConfigError(f"{where}: {section}.{key} and {keys[key]} both given; keep one")
             out[keys[key]] = value
