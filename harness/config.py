@@ -471,6 +471,12 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
     for key in apply_overrides(data, overrides):
         sources[key] = "--set"
     cfg = build(RunConfig, data, where, sources)
+    from harness.tasks import check_task_name  # a glob of tasks/ and one YAML read: nothing heavy
+
+    try:
+        check_task_name(cfg.task)
+    except ConfigError as exc:
+        raise ConfigError(f"{sources.get('task', where)}: {exc}") from None
     if cfg.backend == "synthetic":
         return cfg
     return dataclasses.replace(cfg, student=anchored(cfg.student),
@@ -510,15 +516,16 @@ def anchored(name: str) -> str:
     return name
 
 
-def apply_overrides(data: dict, overrides: Sequence[str]) -> list[str]:
+def apply_overrides(data: dict, overrides: Sequence[str], example: str = "n_target=200") -> list[str]:
     """Set each ``key=value`` of ``overrides`` in ``data`` (values parsed as YAML); return the keys set. A
-    malformed item is one line naming it; so is an empty value (``limit=`` would silently mean every question)."""
+    malformed item is one line naming it, with ``example`` (a setting of the command's own); so is an empty value
+    (``limit=`` would silently mean every question)."""
     keys = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set n_target=200")
+            raise ConfigError(f"--set {excerpt(item)}: expected KEY=VALUE, e.g. --set {example}")
         if not raw.strip():
             raise ConfigError(f"--set {excerpt(item)}: no value; give one ({key}=null where the key takes none; "
                               f"leave --set {key} out for its default)")

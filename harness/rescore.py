@@ -101,8 +101,9 @@ def rescore(
         removed = set(RunDir.pending_drop(out))
         drop = [name for name in drop if name in recorded or name not in removed]
     data = to_dict(stored)
-    apply_overrides(data, overrides)
-    cfg = build(RunConfig, data, f"{out}/config.json with --set")
+    given = apply_overrides(data, overrides, "jsd_beta=0.9")
+    # a key --set gives is named as --set's; the keys offered are the ones a rescore may change
+    cfg = build(RunConfig, data, f"{out}/config.json", dict.fromkeys(given, "--set"), named=(*SCORING_FIELDS, *EXECUTION_FIELDS))
     if moved := [k for k in data if getattr(cfg, k) != getattr(stored, k) and k not in (*SCORING_FIELDS, *EXECUTION_FIELDS)]:
         raise ConfigError(
             f"rescore: {moved[0]!r} shapes the rollout tree or its extent; rescore changes only {', '.join(SCORING_FIELDS)} "

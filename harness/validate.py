@@ -110,7 +110,7 @@ def resolve_validate_config(quick: bool = False, overrides: Sequence[str] = (), 
     data: dict = dict(QUICK) if quick else {}
     given = {k: v for k, v in flags.items() if v is not None}
     data.update(given)
-    if twice := [k for k in apply_overrides(data, overrides) if k in given]:
+    if twice := [k for k in apply_overrides(data, overrides, "steps=32") if k in given]:
         raise ConfigError(f"odiag validate: --{twice[0]} and --set {twice[0]}=... both set key {twice[0]!r}; give it once")
     cfg = build(ValidateConfig, data, "odiag validate")
     for key in ("seeds", "steps", "prompts_per_step", "samples_per_prompt", "eval_samples"):

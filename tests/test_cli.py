@@ -129,9 +129,13 @@ def test_a_task_file_that_is_not_read_as_its_task_says_why_under_run_and_ls_alik
     rows = {r["task"]: r["description"] for r in task_rows()}
     for name, (_, problem, listed) in files.items():
         assert main(["plan", "--config", str(ROOT / "harness" / "demo.yaml"), "--set", f"task={name}"]) == 2
-        assert capsys.readouterr().err.strip() == f"odiag: error: task {name!r}: {tasks / name}.yaml: {problem}"
+        assert capsys.readouterr().err.strip() == f"odiag: error: --set: task {name!r}: {tasks / name}.yaml: {problem}"
         assert rows[name].startswith(f"cannot be read: {listed}"), rows[name]
     assert rows["odiag_toy"].startswith("toy running sum")
+    config = tmp_path / "run.yaml"  # the file that named the task, as for any other key it sets
+    config.write_text("task: odiag_nope\n")
+    assert main(["plan", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.startswith(f"odiag: error: {config}: unknown task 'odiag_nope': available tasks are")
 
 
 def test_a_teacher_typo_lists_the_teachers():

@@ -1003,6 +1003,18 @@ def test_a_model_folder_without_weights_is_refused_by_the_plan_and_an_add_that_f
     assert odiag("add-teacher", "r", "toy-self-1c", "--quiet")[0] == 0
 
 
+def test_rescore_and_validate_refusals_name_their_own_keys_and_where_a_value_came_from(odiag, tmp_path):
+    """A rescore offers the keys it may change (not every run key) and blames --set for a value --set gave (not the
+    run's config.json); a malformed --set is shown a setting of the command's own."""
+    assert odiag("run", "--set", "limit=2", "--out", "r", "--quiet")[0] == 0
+    assert_one_line(odiag("rescore", "r", "--set", "algorithmz=[gkd]"),
+                    "odiag: error: --set: unknown key 'algorithmz'; did you mean 'algorithms'? valid keys are algorithms, "
+                    "jsd_beta, gamma, executor, ray_address, num_workers, threads, student_args")
+    assert_one_line(odiag("rescore", "r", "--set", "algorithms=[gkdd]"), "odiag: error: --set: key 'algorithms' must be")
+    assert_one_line(odiag("rescore", "r", "--set", "jsd_beta"), "--set 'jsd_beta': expected KEY=VALUE, e.g. --set jsd_beta=0.9")
+    assert_one_line(odiag("validate", "r", "--set", "steps"), "--set 'steps': expected KEY=VALUE, e.g. --set steps=32")
+
+
 def test_leaderboard_never_replaces_a_figures_folder_it_did_not_write(odiag, tmp_path):
     """A build replaces its site's figures folder: a user's own (no odiag leaderboard.json beside it), a run directory
     there, a link there, and a page that is a folder are refused before anything is written."""
