@@ -566,13 +566,19 @@ def _check_source(source: Any, where: str) -> None:
         raise ConfigError(f"{where}: template of {len(source)} characters; at most {MAX_TEMPLATE_CHARS}")
 
 
+def _template_error(exc: TemplateError) -> str:
+    """A template's syntax error in a few words, with the template's line where Jinja2 gives one."""
+    line = getattr(exc, "lineno", None)
+    return _one_line(str(exc), 120) + (f", at line {line} of the template" if isinstance(line, int) else "")
+
+
 def template_variables(source: str, where: str) -> set[str]:
     """The undeclared variables of a template; a syntax error is one line naming ``where``."""
     _check_source(source, where)
     try:
         return meta.find_undeclared_variables(PROMPTS.parse(source))
     except TemplateError as exc:
-        raise ConfigError(f"{where}: not a valid Jinja2 template ({_one_line(str(exc), 120)})") from None
+        raise ConfigError(f"{where}: not a valid Jinja2 template ({_template_error(exc)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: template nested too deeply") from None
 
@@ -585,7 +591,7 @@ def render_template(source: str, where: str, *, undefined_hint: str = "", **vari
     try:
         template = _compiled(source)
     except TemplateError as exc:
-        raise ConfigError(f"{where}: not a valid Jinja2 template ({_one_line(str(exc), 120)})") from None
+        raise ConfigError(f"{where}: not a valid Jinja2 template ({_template_error(exc)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: template nested too deeply") from None
     token = _BUDGET.set(_Budget())

@@ -7,6 +7,7 @@ import io
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -138,11 +139,33 @@ def test_a_task_file_that_is_not_read_as_its_task_says_why_under_run_and_ls_alik
     assert capsys.readouterr().err.startswith(f"odiag: error: {config}: unknown task 'odiag_nope': available tasks are")
 
 
+def test_a_task_files_odiag_metadata_is_refused_with_its_value_and_a_close_key(tmp_path, monkeypatch, capsys):
+    import harness.tasks
+    import harness.tasks.lmeval
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(ROOT / "tasks", tasks)
+    toy = (tasks / "odiag_toy.yaml").read_text()
+    monkeypatch.setattr(harness.tasks, "TASKS_DIR", tasks)
+    monkeypatch.setattr(harness.tasks.lmeval, "TASKS_DIR", tasks)
+    for edit, said in (
+        (("answer_type: integer", "answer_type: int"), "metadata.odiag.answer_type must be one of boolean, choice, integer, "
+                                                       "got 'int'"),
+        (("n_min: 20", "n_mn: 20"), "unknown key 'metadata.odiag.n_mn'; did you mean 'n_min'? valid keys are answer_type, "
+                                    "n_min, thinking, shuffle_seed, description"),
+    ):
+        (tasks / "odiag_toy.yaml").write_text(toy.replace(*edit))
+        assert main(["plan", "--config", str(ROOT / "harness" / "demo.yaml")]) == 2
+        assert capsys.readouterr().err.strip() == f"odiag: error: {tasks / 'odiag_toy.yaml'}: {said}"
+
+
 def test_a_teacher_typo_lists_the_teachers():
     from harness.teachers import load_teacher
 
     with pytest.raises(ConfigError, match=r"unknown teacher 'self-1cc': available teachers are .*'self-1c'.*'toy-teacher'"):
         load_teacher("self-1cc")
+    with pytest.raises(ConfigError, match=re.escape("; several teachers are a list: teachers=[self-1c, toy-teacher]")):
+        load_teacher("self-1c,toy-teacher")  # --set teachers=self-1c,toy-teacher: one name to YAML
 
 
 # progress ---------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def test_every_teacher_file_validates():
         ("model: student\ncorrect_solutions: 1\n", ("'context_template'", "no template shows them")),
         ("model: student\ncontext_template: '{{ question.__class__.__mro__ }}'\n", ("'context_template'",)),
         ("model: student\ncontext_template: '{% for %}'\n", ("not a valid Jinja2 template",)),
+        ("model: student\ncontext_template: |\n  {{ question }}\n  {{ question }\n", ("not a valid Jinja2 template (unexpected '}', at line 2 of the template)",)),
         ("model: student\nrevision: abc\n", ("'revision'",)),
         ("model: student\nsolution_temperature: 0\n", ("'solution_temperature'", "greedy")),
         ("model: student\ncorrect_solutions: 1\nsummarizer: Qwen/Qwen3-32B\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import difflib
 import functools
 import json
 import logging
@@ -247,12 +248,16 @@ class LMEvalTask:
         odiag = (cfg.metadata or {}).get("odiag") or {}
         if not isinstance(odiag, dict):
             raise ConfigError(f"{where}: metadata.odiag must be a mapping of odiag's task options")
-        unknown = sorted(set(odiag) - {"answer_type", "n_min", "thinking", "shuffle_seed", "description"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key metadata.odiag.{unknown[0]}")
+        keys = ("answer_type", "n_min", "thinking", "shuffle_seed", "description")
+        if unknown := sorted(map(str, set(odiag) - set(keys))):
+            close = difflib.get_close_matches(unknown[0], keys, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{where}: unknown key {excerpt('metadata.odiag.' + unknown[0], 60)}; {hint}valid keys are "
+                              f"{', '.join(keys)}")
         self.answer_type = odiag.get("answer_type")
         if self.answer_type not in ANSWER_TYPES:
-            raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {ANSWER_TYPES}")
+            raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {', '.join(ANSWER_TYPES)}, "
+                              f"got {excerpt(self.answer_type, 40)}")
         self.n_min = _count(odiag.get("n_min", 20), f"{where}: metadata.odiag.n_min")
         generation = cfg.generation_kwargs if isinstance(cfg.generation_kwargs, dict) else {}
         if "max_gen_toks" not in generation:

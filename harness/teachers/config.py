@@ -166,8 +166,9 @@ def load_teacher(name_or_path: str) -> TeacherConfig:
     if not path.exists() and path.suffix == ".yaml" and path.parent.resolve() == TEACHER_DIR.resolve():
         # a name (or a file under teachers/) that names no teacher: say which ones there are
         available = ", ".join(repr(p.stem) for p in sorted(TEACHER_DIR.glob("*.yaml")))
+        listed = f"; several teachers are a list: teachers=[{', '.join(path.stem.split(','))}]" if "," in path.stem else ""
         raise ConfigError(f"unknown teacher {path.stem!r}: available teachers are {available} "
-                          f"(YAMLs under {TEACHER_DIR}; or give the path of a teacher YAML)")
+                          f"(YAMLs under {TEACHER_DIR}; or give the path of a teacher YAML){listed}")
     if not path.exists() and path.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"teacher {name_or_path!r}: {path} does not exist (a teacher is a name under {TEACHER_DIR} "
                           "or the path of a teacher YAML file)")
