@@ -695,7 +695,8 @@ class RunDir:
             raise RunDirError(
                 f"{path}: not a run config of this odiag (format {found!r}, expected {FORMAT!r}); "
                 f"a run made by an older odiag cannot be {'resumed' if flag else 'read'}: "
-                f"{'use ' + another(flag) if flag else 'run it afresh with ' + afresh}"
+                + (f"use {another(flag)}, or remove the directory to start afresh there" if flag
+                   else f"run it afresh with {afresh}")
             )
         keys = ("config", "config_hash", "tree_hash", "teachers", "run")
         if missing := [k for k in keys if k not in saved]:
