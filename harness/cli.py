@@ -175,6 +175,8 @@ def _lm_eval_refusal(exc: BaseException) -> str | None:
         return None
     if "/lm_eval/" in frames[-1] and isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
         return f"lm_eval: {exc}"
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):  # a --model_args key the model lacks
+        return f"lm_eval: {exc}: --model_args takes only the model class's own arguments"
     if not isinstance(exc, (ValueError, KeyError, OSError, ImportError, AssertionError, RuntimeError)):
         return None
     hint = ("; vLLM runs from its own environment: pip install vllm there (in a checkout: make install-vllm, "

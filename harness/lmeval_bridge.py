@@ -72,6 +72,10 @@ NEUTRAL_GEN_KWARGS = {"until": None, "do_sample": True, "top_p": 1.0, "top_k": (
 METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
 NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision points has: why, in one line
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
+# why lm-eval's request cache is refused: a cached request carries the task, and its settings, of the command that
+# wrote it
+CACHED = ("odiag's requests carry the run's settings, which cached ones would take from an earlier command; leave it "
+          "out (the same command run again resumes from its run directory)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +123,11 @@ def metadata_config(metadata: Mapping, model_keys: Sequence[str], where: str, co
         if key in run and not (isinstance(run[key], str) and run[key]):  # named now, before the model loads
             raise ConfigError(f"{where}: key {key!r} must be a directory path, got {run[key]!r} (leave it out for {unset})")
     if run.get("out"):
+        from harness.leaderboard import check_writable
         from harness.rundir import check_not_a_file
 
         check_not_a_file(Path(run["out"]), f"{where}: key 'out'")  # as the run would refuse it, before the model loads
+        check_writable(Path(run["out"]), f"{where}: key 'out'")
     if run.get("site"):
         from harness.leaderboard import check_site_dir
 
@@ -165,6 +171,8 @@ class DiagnosticTask(ConfigurableTask):
 
     def build_all_requests(self, *args, **kwargs):
         where = f"task {self.config.task}"
+        if kwargs.get("cache_requests") or kwargs.get("rewrite_requests_cache"):
+            refuse(f"{where}: --cache_requests: {CACHED}")
         if kwargs.get("apply_chat_template"):
             refuse(f"{where}: --apply_chat_template: odiag renders every prompt with the student's own "
                    "chat template already (tasks/*.yaml metadata.odiag.thinking sets its thinking mode)")
@@ -400,10 +408,24 @@ def check_engine(engine: Mapping, cfg: RunConfig, dtype: str, positions: int, qu
 
 def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, dict]:
     """The `RunConfig` of ``task`` under ``lm`` (metadata merged), and the extra settings."""
+    from harness.tasks.lmeval import task_names
+
+    if task.config.task not in task_names():
+        raise ConfigError(f"task {task.config.task}: not one of odiag's task YAMLs ({TASKS_DIR}): odiag diagnoses the "
+                          "tasks whose answer checking it knows; add yours there as odiag_<name>.yaml (odiag ls tasks)")
     where = f"task {task.config.task}: --metadata"
     task._run_settings  # noqa: B018 - the same checks as the task's, before a model call
-    run = settings(task.config.metadata or {}, _model_argument_names(lm), where)
+    metadata = task.config.metadata or {}
+    run = settings(metadata, _model_argument_names(lm), where)
     student, revision = _student(lm)
+    for key in ("pretrained", "model"):  # lm-eval merges --model_args into the metadata, --metadata last
+        if key in metadata and str(metadata[key]) != student:
+            raise ConfigError(f"{where}: key {key!r} is {metadata[key]!r}, but lm-eval loaded {student!r} from "
+                              "--model_args: give the model in --model_args alone")
+    yaml_block = (task_yaml(task.config.task).get("metadata") or {}).get("odiag")
+    if metadata.get("odiag") != yaml_block:
+        raise ConfigError(f"{where}: key 'odiag': the task's own settings are its YAML's "
+                          f"({TASKS_DIR / task.config.task}.yaml), not --metadata's")
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
     data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
                                 _yaml_generation_kwargs(task.config.task))
@@ -463,8 +485,18 @@ def _odiag_task(task: DiagnosticTask, cfg: RunConfig, doc_ids: Sequence[int]):
                 for i in doc_ids
             ]
 
-    out = ChosenDocs(task.config.task, tokenizer=cfg.student, revision=cfg.student_revision,
-                     max_new_tokens=cfg.max_new_tokens)
+    name = task.config.task
+    out = ChosenDocs(name, tokenizer=cfg.student, revision=cfg.student_revision, max_new_tokens=cfg.max_new_tokens)
+
+    def question(t, i: int):
+        docs = t.eval_docs
+        return (t.doc_to_text(docs[i]), t.doc_to_target(docs[i])) if i < len(docs) else None
+
+    # a YAML of another --include_path under odiag's task name: its questions would be recorded as odiag's task's
+    if (i := next((i for i in doc_ids if question(out._task, i) != question(task, i)), None)) is not None:
+        raise ConfigError(f"task {name}: the YAML lm-eval read gives document {i} another question than odiag's "
+                          f"{TASKS_DIR / name}.yaml (another --include_path's task under its name?): odiag diagnoses the "
+                          "task YAMLs of its own tasks directory; add yours there under another name, or use odiag's")
     out._task = task  # the documents and prompts lm-eval itself built the requests from
     return out
 
@@ -632,6 +664,17 @@ def check_eval_options(argv: Sequence[str]) -> None:
     if not tasks:
         return
     where = f"task {tasks[0]}"
+    if any((args.cache_requests or {}).get(k) for k in ("cache_requests", "rewrite_requests_cache")):
+        raise ConfigError(f"{where}: --cache_requests: {CACHED}")
+    from lm_eval.api.registry import get_model
+
+    try:
+        model_class = get_model(args.model) if args.model else None
+    except ValueError:
+        model_class = None  # lm-eval names an unknown model itself
+    if model_class is not None and not hasattr(model_class, REQUEST_TYPE):
+        raise ConfigError(f"{where}: --model {args.model}: odiag's diagnostic runs under lm-eval's hf and vllm models "
+                          "only (they load the student it samples and scores)")
     if args.num_fewshot not in (None, 0):
         raise ConfigError(f"{where}: --num_fewshot {args.num_fewshot}: odiag's prompts are zero-shot "
                           "(a diagnostic of the student's own prompt)")
@@ -646,6 +689,13 @@ def check_eval_options(argv: Sequence[str]) -> None:
     from harness.teachers import load_teacher
 
     metadata = args.metadata or {}
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    if misplaced := sorted(k for k in metadata if k in _model_argument_names() and k not in fields and k not in EXTRA):
+        raise ConfigError(f"{where}: --metadata key {misplaced[0]!r} is an argument of the model: give it in --model_args "
+                          "(lm-eval builds the model from those alone)")
+    if "odiag" in metadata:
+        raise ConfigError(f"{where}: --metadata key 'odiag': the task's own settings (answer type, n_min, ...) are its "
+                          f"YAML's ({TASKS_DIR / tasks[0]}.yaml); give odiag's run settings as top-level keys")
     generation = generation_settings(args.gen_kwargs or {}, metadata, where)  # raises with the key it cannot honour
     # before a model loads. A task YAML may add metadata (teachers, say) that lm-eval merges in later: with
     # only odiag's task directory included, its YAMLs are the ones lm-eval reads, so they can be asked now
@@ -654,10 +704,15 @@ def check_eval_options(argv: Sequence[str]) -> None:
     complete = ours_only and not any("teachers" in (_yaml_metadata(t) or {}) for t in tasks)
     cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=complete)
     teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
-    if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor
-        from harness.plan import check_backend
+    if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor; its options
+        from harness.plan import backend_options, check_backend
 
-        check_backend(dataclasses.replace(cfg, backend=args.model, **generation), teachers, built=False)
+        checked = dataclasses.replace(cfg, backend=args.model, **generation)
+        check_backend(checked, teachers, built=False)
+        try:
+            backend_options(checked, teachers)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: --metadata key {exc}") from None
 
 
 def main_eval(argv: list[str]) -> int:

@@ -741,6 +741,8 @@ def test_eval_arguments_gain_the_include_path_after_the_subcommand():
     (["--system_instruction", "be brief"], "--system_instruction"),
     (["--gen_kwargs", "top_p=0.9"], "--gen_kwargs top_p=0.9"),
     (["--gen_kwargs", "do_sample=False"], "--gen_kwargs do_sample=False"),
+    # a cached request carries the settings of the command that wrote it: a second command ran the first's
+    (["--cache_requests", "true"], "--cache_requests: odiag's requests carry the run's settings"),
 ])
 def test_options_odiag_cannot_honour_are_refused(flags, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
@@ -762,6 +764,15 @@ def test_options_odiag_cannot_honour_are_refused(flags, needle):
     ({"teachers": ["toy-self-1c"], "out": ""}, "--metadata: key 'out' must be a directory path, got '' (leave it out for "
      "the default runs/lmeval/<task>-<config hash>)"),
     ({"teachers": ["toy-self-1c"], "site": 3}, "--metadata: key 'site' must be a directory path, got 3"),
+    # a model's argument is read from --model_args alone: in --metadata it was recorded by lm-eval, and not used
+    ({"teachers": ["toy-self-1c"], "pretrained": "/x"}, "--metadata key 'pretrained' is an argument of the model: give "
+     "it in --model_args"),
+    ({"teachers": ["toy-self-1c"], "odiag": {"answer_type": "boolean"}}, "--metadata key 'odiag': the task's own "
+     "settings (answer type, n_min, ...) are its YAML's"),
+    ({"teachers": ["toy-self-1c"], "student_args": {"bogus": 1}}, "--metadata key student_args: unknown key 'bogus' for "
+     "the hf backend"),
+    ({"teachers": ["toy-self-1c"], "out": "/proc/odiag-run"}, "--metadata: key 'out' /proc/odiag-run: cannot write in "
+     "/proc"),
 ])
 def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
@@ -773,6 +784,12 @@ def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, nee
     # a task directory of the user's may add them in its YAML's metadata, merged in later: only the task requires them
     check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--include_path", str(TASKS_DIR.parent / "elsewhere"),
                                      "--metadata", json.dumps({"n_initial": 8})]))
+
+
+def test_a_model_lm_eval_has_but_odiag_cannot_run_under_is_refused_before_it_loads():
+    with pytest.raises(ConfigError, match=re.escape("task odiag_toy: --model dummy: odiag's diagnostic runs under "
+                                                    "lm-eval's hf and vllm models only")):
+        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "dummy", "--metadata", '{"teachers": ["x"]}']))
 
 
 def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():
@@ -1021,6 +1038,9 @@ def test_odiag_eval_tells_lm_evals_refusals_from_a_closed_pipe_and_a_full_device
     for exc, expected in (
         (ValueError("Unrecognized model in /tmp/empty."), "odiag: error: lm_eval: Unrecognized model in /tmp/empty."),
         (AssertionError("Torch not compiled with CUDA enabled"), "odiag: error: lm_eval: AssertionError: Torch not compiled"),
+        # a --model_args key the model class lacks (it was a traceback called a bug in odiag)
+        (TypeError("Qwen3ForCausalLM.__init__() got an unexpected keyword argument 'foo'"), "odiag: error: lm_eval: "
+         "Qwen3ForCausalLM.__init__() got an unexpected keyword argument 'foo': --model_args takes only the model class's"),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "odiag: error: the device ran out of memory"),
     ):
         monkeypatch.setattr(harness.lmeval_bridge, "main_eval", raising_inside_lm_eval(exc))

@@ -93,7 +93,10 @@ def test_budget_caps_the_rollouts():
     (["task=odiag_toy"], "task 'odiag_toy' on backend 'synthetic'"),
     (["task=nosuch"], "unknown task 'nosuch': available tasks are 'synthetic', "),  # not "on backend 'synthetic'"
     (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "max_new_tokens=2000"],
-     "with up to 2000 response tokens it exceeds the model's 512 positions"),  # the tokenizer is at hand: checked as run does
+     re.escape("max_new_tokens 2000 (the response length limit: --set max_new_tokens, or lm-eval's --gen_kwargs "
+               "max_gen_toks) is not below the 512 positions of teacher toy-self-1c's model: lower it to at most")),
+    (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "max_new_tokens=500"],
+     "with up to 500 response tokens it exceeds the model's 512 positions"),  # the tokenizer is at hand: checked as run does
     (["task=nosuch", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"], "unknown task 'nosuch'"),
     (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
     (["teachers=[synthetic-helpful,self-1c1w]"],

@@ -8,6 +8,7 @@ questions of each question's record is odiag's per-teacher mean (SPEC §5).
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -231,13 +232,45 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
                          # lm-eval loaded the student in float32: a dtype in --metadata alone was recorded, not used
                          ({**SETTINGS, "dtype": "bfloat16", "out": "bf16"},
                           "in float32 and odiag reads it in bfloat16 (the run's dtype): the run would record other "
-                          "numbers than its settings give; give --model_args dtype=bfloat16")):
-        done = subprocess.run([*common, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True, text=True)
+                          "numbers than its settings give; give --model_args dtype=bfloat16"),
+                         # lm-eval merges --metadata over --model_args: recorded, not loaded
+                         ({**SETTINGS, "pretrained": "/x"}, f"key 'pretrained' is '/x', but lm-eval loaded '{STUDENT}'"),
+                         ({**SETTINGS, "odiag": {"answer_type": "boolean"}}, "key 'odiag': the task's own settings are "
+                          "its YAML's"),
+                         # a cached request would carry an earlier command's settings
+                         ({**SETTINGS, "out": "cached", "cache": True}, "--cache_requests: odiag's requests carry")):
+        cache = ["--cache_requests", "true"] if meta.pop("cache", False) else []
+        done = subprocess.run([*common, *cache, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "LM_HARNESS_CACHE_PATH": str(tmp_path / "cache")})
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("odiag: error: ") and needle in last, last
-    assert not (tmp_path / "bf16").exists()
+    assert not (tmp_path / "bf16").exists() and not (tmp_path / "cached").exists()
+
+
+@needs_toy
+@pytest.mark.slow
+def test_a_task_of_another_include_path_is_refused_not_recorded_as_odiags(tmp_path):
+    """A YAML under odiag's task name that asks other questions was run and recorded as odiag's task (same config hash,
+    other questions); one under a name of its own failed as an unknown task after the model loaded."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "odiag_utils.py").write_text((TASKS_DIR / "odiag_utils.py").read_text())
+    toy = (TASKS_DIR / "odiag_toy.yaml").read_text()
+    assert "toy_digits: 7" in toy
+    (mine / "odiag_toy.yaml").write_text(toy.replace("toy_digits: 7", "toy_digits: 3"))
+    (mine / "odiag_mine.yaml").write_text(toy.replace("task: odiag_toy", "task: odiag_mine"))
+    for task, needle in (("odiag_toy", "task odiag_toy: the YAML lm-eval read gives document 0 another question than "
+                                       f"odiag's {TASKS_DIR / 'odiag_toy.yaml'}"),
+                         ("odiag_mine", f"task odiag_mine: not one of odiag's task YAMLs ({TASKS_DIR})")):
+        done = subprocess.run([BIN / "odiag", "eval", "--include_path", mine, "--tasks", task, "--model", "hf",
+                               "--model_args", f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu",
+                               "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / task)})],
+                              cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith(f"odiag: error: {needle}"), done.stderr[-1000:]
+        assert not (tmp_path / task).exists()
 
 
 @needs_toy

@@ -66,7 +66,7 @@ def check_site_dir(out: Path, flag: str = "--out", run_out: Path | None = None) 
         if not (out / "leaderboard.json").is_file():
             raise ConfigError(f"{flag} {out}: holds a figures folder but no leaderboard.json, so odiag did not write it "
                               "(a build replaces its figures); move it, or choose a new directory or one odiag wrote")
-    _check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
+    check_writable(out, flag)  # last: a refusal above leaves even the folder's time stamp as it was
 
 
 def _check_ours(out: Path, flag: str) -> None:
@@ -85,7 +85,7 @@ def _check_ours(out: Path, flag: str) -> None:
                           f"schema_version {SCHEMA_VERSION!r}); choose a new directory, or one odiag wrote")
 
 
-def _check_writable(out: Path, flag: str) -> None:
+def check_writable(out: Path, flag: str) -> None:
     """Refuse (one line) a site that cannot be written: ``out`` itself, or the folder it would be made in."""
     from harness.config import ConfigError
 

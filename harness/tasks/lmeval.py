@@ -431,6 +431,12 @@ class LMEvalTask:
                               "wrong_solutions) or another model")
         limit = self._limit(teacher)
         shortest = len(self.chat_ids(placeholder_context(teacher, "", ""), self._teacher_options(teacher)))
+        if limit is not None and self.max_new_tokens >= limit:  # the length alone: no context could fit
+            raise ConfigError(
+                f"max_new_tokens {self.max_new_tokens} (the response length limit: --set max_new_tokens, or lm-eval's "
+                f"--gen_kwargs max_gen_toks) is not below the {limit} positions of teacher {teacher.name}'s model: "
+                f"lower it to at most {limit - shortest} (its context takes {shortest})"
+            )
         if limit is not None and shortest + self.max_new_tokens > limit:
             raise ConfigError(
                 f"{where}: key 'context_template': the context alone is {shortest} tokens, and with up to "
