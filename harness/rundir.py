@@ -11,8 +11,9 @@ What it guarantees (README "The run directory"):
   Files are created ``0o664`` and folders ``0o775`` whatever the umask, so a group can read a run.
 - **Checked shards.** Every shard carries its kind, its place (the run's id, its question, its name and, for a
   teacher's pass, that teacher's identity) and a sha256 of both and its arrays; an empty, truncated, garbage or
-  altered shard, or one copied from another run, question, name or teacher file, is named in a one-line error, and ``odiag run --repair`` drops it and recomputes it (every
-  draw is seeded from ids, so the recomputed shard is the one that was lost).
+  altered shard, or one copied from another run, question, name or teacher file, is named in a one-line error,
+  and ``odiag run --repair`` drops it and recomputes it (every draw is seeded from ids, so the recomputed shard
+  is the one that was lost).
 - **Identity by content.** ``config.json`` holds the config, the hash of what shapes the rollout
   tree, and every teacher by name, resolved file and content identity (:mod:`harness.plan`). A config
   whose tree differs, a teacher file edited under its name, or a different teacher under a taken
