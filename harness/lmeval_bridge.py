@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
 import importlib
 import inspect
 import json
@@ -62,7 +63,7 @@ DECIDED = {
     "num_workers": "a single process (use `odiag run` on a Ray cluster)",
 }
 EXTRA = {
-    "out": "run directory (default runs/lmeval/<task>-<config hash>)",
+    "out": "run directory (default runs/lmeval/<task>-<config hash>, with -docs<digest> for --samples)",
     "site": "leaderboard site directory to (re)build from the run directory; none by default",
 }
 LM_EVAL_KEYS = {"version", "config_source", "odiag"}  # lm-eval's own and the YAML's metadata
@@ -561,7 +562,7 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         index = {id(inst): _doc_index(task, inst) for inst in group}
         doc_ids = sorted(set(index.values()))
         cfg, extra = run_config(task, self, len(doc_ids))
-        out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}")
+        out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}{_documents(doc_ids)}")
         teachers = [load_teacher(t) for t in cfg.teachers]
         log.info("odiag: %s, %d %s, teachers %s -> %s", name, len(doc_ids), plural(len(doc_ids), "question"),
                  list(cfg.teachers), out)
@@ -595,6 +596,14 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
             # a JSON string: lm-eval writes responses into --log_samples with str()
             records[id(inst)] = json.dumps(json_ready(record), sort_keys=True)
     return [records[id(inst)] for inst in instances]
+
+
+def _documents(doc_ids: Sequence[int]) -> str:
+    """How a default run directory's name tells documents chosen with ``--samples`` from the first ``--limit``
+    ones (the same count, the same config hash): ``-docs<digest>``, or nothing for the first ones."""
+    if list(doc_ids) == list(range(len(doc_ids))):
+        return ""
+    return "-docs" + hashlib.sha256(json.dumps(list(map(int, doc_ids))).encode()).hexdigest()[:8]
 
 
 def _read_nodes(out: Path, results: dict) -> dict[str, np.ndarray]:

@@ -273,6 +273,16 @@ def test_a_task_of_another_include_path_is_refused_not_recorded_as_odiags(tmp_pa
         assert not (tmp_path / task).exists()
 
 
+def test_default_run_directories_tell_documents_chosen_by_samples_from_the_first_ones():
+    """--limit 1 and --samples '{"t": [5]}' have one config hash (one question each): the default run directory of
+    the second was the first's, refused as holding another question."""
+    from harness.lmeval_bridge import _documents
+
+    assert _documents([0]) == _documents([0, 1, 2]) == ""
+    assert _documents([5]).startswith("-docs") and len(_documents([5])) == 13
+    assert len({_documents([5]), _documents([4]), _documents([4, 5]), _documents([1, 0])}) == 4
+
+
 @needs_toy
 @pytest.mark.slow
 def test_samples_diagnose_the_documents_chosen(tmp_path):
