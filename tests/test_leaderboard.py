@@ -95,7 +95,8 @@ def test_provenance_of_every_run_is_kept(run_dir, site):
     _, board = site
     results = _results(run_dir)
     (prov,) = board["runs"]
-    for key in ("schema_version", "task", "student", "config", "config_hash", "versions", "counts", "created_at"):
+    for key in ("schema_version", "task", "student", "config", "config_hash", "versions", "counts", "created_at",
+                "models", "teacher_info"):
         assert prov[key] == results[key], key
     assert board["generator"]["odiag"] == results["versions"]["odiag"]
     assert board["groups"] == [{

@@ -343,6 +343,7 @@ def _provenance(run: Run) -> dict:
         "config_hash": r["config_hash"],
         "versions": r["versions"],
         "counts": r["counts"],
+        "models": r.get("models", {}),  # each local model's fingerprint (none from an older odiag, or synthetic ones)
         "teacher_info": r.get("teacher_info", {}),
     }
 
