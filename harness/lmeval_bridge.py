@@ -30,6 +30,7 @@ import difflib
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -73,6 +74,10 @@ NEUTRAL_GEN_KWARGS = {"until": None, "do_sample": True, "top_p": 1.0, "top_k": (
 METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
 NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision points has: why, in one line
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
+# lm-eval's model classes odiag runs under (its aliases of them too), and the backend each is
+SUPPORTED = {"HFLM": "hf", "VLLM": "vllm"}
+UNSUPPORTED = ("odiag's diagnostic runs under lm-eval's hf and vllm models only (they load the student it samples "
+               "and scores), not a model class of its own")
 # why lm-eval's request cache is refused: a cached request carries the task, and its settings, of the command that
 # wrote it
 CACHED = ("odiag's requests carry the run's settings, which cached ones would take from an earlier command; leave it "
@@ -311,6 +316,8 @@ def _check_supported(lm) -> None:
             f"{type(lm).__name__}: odiag's diagnostic under lm-eval runs on one process and one engine "
             "(no data parallelism); use `odiag run --set executor=ray` to spread a run"
         )
+    if type(lm).__name__ not in SUPPORTED:  # a subclass of lm-eval's hf model (steered, multimodal, ...) inherits the method
+        raise ConfigError(f"{type(lm).__name__}: {UNSUPPORTED}")
 
 
 def _student(lm) -> tuple[str, str | None]:
@@ -424,9 +431,10 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
             raise ConfigError(f"{where}: key {key!r} is {metadata[key]!r}, but lm-eval loaded {student!r} from "
                               "--model_args: give the model in --model_args alone")
     yaml_block = (task_yaml(task.config.task).get("metadata") or {}).get("odiag")
-    if metadata.get("odiag") != yaml_block:
-        raise ConfigError(f"{where}: key 'odiag': the task's own settings are its YAML's "
-                          f"({TASKS_DIR / task.config.task}.yaml), not --metadata's")
+    if metadata.get("odiag") != yaml_block:  # from --metadata, or from a copy of the YAML under another --include_path
+        raise ConfigError(f"task {task.config.task}: metadata.odiag differs from odiag's own "
+                          f"{TASKS_DIR / task.config.task}.yaml (given in --metadata, or by the YAML lm-eval read): odiag "
+                          "reads its own; give run settings such as n_min as --metadata keys")
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
     data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
                                 _yaml_generation_kwargs(task.config.task))
@@ -681,9 +689,12 @@ def check_eval_options(argv: Sequence[str]) -> None:
         model_class = get_model(args.model) if args.model else None
     except ValueError:
         model_class = None  # lm-eval names an unknown model itself
-    if model_class is not None and not hasattr(model_class, REQUEST_TYPE):
-        raise ConfigError(f"{where}: --model {args.model}: odiag's diagnostic runs under lm-eval's hf and vllm models "
-                          "only (they load the student it samples and scores)")
+    except ImportError:  # its library is not installed here (vLLM): lm-eval says so once it builds the model
+        model_class = None
+    kind = (SUPPORTED.get(model_class.__name__) if model_class is not None
+            else "vllm" if args.model == "vllm" else None)
+    if model_class is not None and (kind is None or not hasattr(model_class, REQUEST_TYPE)):
+        raise ConfigError(f"{where}: --model {args.model}: {UNSUPPORTED}")
     if args.num_fewshot not in (None, 0):
         raise ConfigError(f"{where}: --num_fewshot {args.num_fewshot}: odiag's prompts are zero-shot "
                           "(a diagnostic of the student's own prompt)")
@@ -713,15 +724,16 @@ def check_eval_options(argv: Sequence[str]) -> None:
     complete = ours_only and not any("teachers" in (_yaml_metadata(t) or {}) for t in tasks)
     cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=complete)
     teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
-    if args.model in ("hf", "vllm"):  # the temperatures that backend samples at: vLLM's floor; its options
+    if kind is not None:  # the temperatures that backend samples at: vLLM's floor; its options
         from harness.plan import backend_options, check_backend
 
-        checked = dataclasses.replace(cfg, backend=args.model, **generation)
+        checked = dataclasses.replace(cfg, backend=kind, **generation)
         check_backend(checked, teachers, built=False)
-        try:
-            backend_options(checked, teachers)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: --metadata key {exc}") from None
+        if kind == "hf" or importlib.util.find_spec("vllm") is not None:  # without vLLM, lm-eval refuses its model
+            try:
+                backend_options(checked, teachers)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: --metadata key {exc}") from None
 
 
 def main_eval(argv: list[str]) -> int:

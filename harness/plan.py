@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -414,11 +413,6 @@ def check_config(cfg: RunConfig, stored_files: dict[str, str] | None = None, bui
         raise ConfigError("teachers: the run needs at least one teacher")
     if (twice := repeated(cfg.teachers)) is not None:
         raise ConfigError(f"teachers: {twice!r} listed twice; each teacher once")
-    if cfg.executor == "ray" and cfg.ray_address is None and cfg.num_workers > (cpus := os.cpu_count() or 1):
-        # the local cluster Ray would start holds at most this machine's CPUs (what RayBackendPool finds once it has)
-        raise ConfigError(f"num_workers {cfg.num_workers}: this machine's local cluster has at most {cpus} CPUs and each "
-                          f"worker takes one, so {cfg.num_workers - cpus} would wait for ever; ask for at most {cpus}, or "
-                          "give a ray_address")
     stored_files = stored_files or {}
     refs = [resolve_teacher(t, PLANNER, stored_files.get(t)) for t in cfg.teachers]
     check_distinct(refs)

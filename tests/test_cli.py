@@ -787,9 +787,15 @@ def test_metadata_odiag_cannot_use_is_refused_before_a_model_loads(metadata, nee
 
 
 def test_a_model_lm_eval_has_but_odiag_cannot_run_under_is_refused_before_it_loads():
-    with pytest.raises(ConfigError, match=re.escape("task odiag_toy: --model dummy: odiag's diagnostic runs under "
-                                                    "lm-eval's hf and vllm models only")):
-        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "dummy", "--metadata", '{"teachers": ["x"]}']))
+    """Another model class, or a subclass of lm-eval's hf model (which inherits the diagnostic's method); the hf
+    model's own aliases are lm-eval's hf model, whose student_args are checked as hf's."""
+    for model in ("dummy", "steered"):
+        with pytest.raises(ConfigError, match=re.escape(f"task odiag_toy: --model {model}: odiag's diagnostic runs under "
+                                                        "lm-eval's hf and vllm models only")):
+            check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", model, "--metadata", '{"teachers": ["x"]}']))
+    with pytest.raises(ConfigError, match=re.escape("--metadata key student_args: unknown key 'bogus' for the hf backend")):
+        check_eval_options(lm_eval_argv(["--tasks", "odiag_toy", "--model", "hf-auto", "--metadata",
+                                         '{"teachers": ["toy-self-1c"], "student_args": {"bogus": 1}}']))
 
 
 def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():

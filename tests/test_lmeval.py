@@ -62,6 +62,19 @@ def test_data_parallel_is_refused_with_a_pointer_to_odiag_run():
         _check_supported(FakeVLLM())
 
 
+def test_a_model_class_built_on_lm_evals_hf_model_is_refused_under_plain_lm_eval():
+    """It inherits the diagnostic's method (lm-eval's steered or multimodal models), but not the model odiag samples."""
+    from lm_eval.models.huggingface import HFLM
+
+    class SteeredModel(HFLM):
+        def __init__(self):  # not loaded: only its class is asked
+            pass
+
+    with pytest.raises(ConfigError, match=re.escape("SteeredModel: odiag's diagnostic runs under lm-eval's hf and vllm "
+                                                    "models only")):
+        _check_supported(SteeredModel())
+
+
 GOOD_ENGINE = {"dtype": "torch.float32", "max_model_len": 512, "device": "cpu", "enable_chunked_prefill": False,
                "max_logprobs": 20, "vocab_size": 52}
 
@@ -235,8 +248,8 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
                           "numbers than its settings give; give --model_args dtype=bfloat16"),
                          # lm-eval merges --metadata over --model_args: recorded, not loaded
                          ({**SETTINGS, "pretrained": "/x"}, f"key 'pretrained' is '/x', but lm-eval loaded '{STUDENT}'"),
-                         ({**SETTINGS, "odiag": {"answer_type": "boolean"}}, "key 'odiag': the task's own settings are "
-                          "its YAML's"),
+                         ({**SETTINGS, "odiag": {"answer_type": "boolean"}}, "task odiag_toy: metadata.odiag differs "
+                          "from odiag's own"),
                          # a cached request would carry an earlier command's settings
                          ({**SETTINGS, "out": "cached", "cache": True}, "--cache_requests: odiag's requests carry")):
         cache = ["--cache_requests", "true"] if meta.pop("cache", False) else []
@@ -261,10 +274,19 @@ def test_a_task_of_another_include_path_is_refused_not_recorded_as_odiags(tmp_pa
     assert "toy_digits: 7" in toy
     (mine / "odiag_toy.yaml").write_text(toy.replace("toy_digits: 7", "toy_digits: 3"))
     (mine / "odiag_mine.yaml").write_text(toy.replace("task: odiag_toy", "task: odiag_mine"))
-    for task, needle in (("odiag_toy", "task odiag_toy: the YAML lm-eval read gives document 0 another question than "
-                                       f"odiag's {TASKS_DIR / 'odiag_toy.yaml'}"),
-                         ("odiag_mine", f"task odiag_mine: not one of odiag's task YAMLs ({TASKS_DIR})")):
-        done = subprocess.run([BIN / "odiag", "eval", "--include_path", mine, "--tasks", task, "--model", "hf",
+    other = tmp_path / "other"  # the same questions, its own metadata.odiag: recorded by lm-eval, not read by odiag
+    other.mkdir()
+    (other / "odiag_utils.py").write_text((TASKS_DIR / "odiag_utils.py").read_text())
+    assert "n_min: 20" in toy
+    (other / "odiag_toy.yaml").write_text(toy.replace("n_min: 20", "n_min: 10"))
+    for where, task, needle in (
+        (mine, "odiag_toy", f"task odiag_toy: the YAML lm-eval read gives document 0 another question than odiag's "
+                            f"{TASKS_DIR / 'odiag_toy.yaml'}"),
+        (mine, "odiag_mine", f"task odiag_mine: not one of odiag's task YAMLs ({TASKS_DIR})"),
+        (other, "odiag_toy", f"task odiag_toy: metadata.odiag differs from odiag's own {TASKS_DIR / 'odiag_toy.yaml'} "
+                             "(given in --metadata, or by the YAML lm-eval read)"),
+    ):
+        done = subprocess.run([BIN / "odiag", "eval", "--include_path", where, "--tasks", task, "--model", "hf",
                                "--model_args", f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu",
                                "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / task)})],
                               cwd=tmp_path, capture_output=True, text=True)

@@ -321,9 +321,8 @@ def _check_same_models(run: Run, other: Run) -> None:
         if None not in (mine := identity(run, teacher), theirs := identity(other, teacher)) and mine != theirs:
             raise ConfigError(
                 f"{where} name two different teachers {teacher!r} (identities {mine} and {theirs}: another file, "
-                "or other models), which would be ranked as one; put them on separate leaderboards, or give one file "
-                "another name and add it to its run with odiag add-teacher (then odiag rescore RUN --drop-teacher "
-                f"{shell_word(teacher)})")
+                "or other models), which would be ranked as one; put them on separate leaderboards, or score one of "
+                "them under another name (a renamed copy of its file: odiag add-teacher adds it to a finished run)")
 
 
 def headline_algorithm(algorithms: Sequence[str]) -> str:
