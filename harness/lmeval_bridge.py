@@ -284,16 +284,21 @@ def _yaml_generation_kwargs(task: str) -> dict:
     return dict(kwargs) if isinstance(kwargs, dict) else {}
 
 
-def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: str, written: Mapping = ()) -> dict:
+def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: str, written: Mapping = (),
+                        warn: bool = False) -> dict:
     """RunConfig keys from the task's ``generation_kwargs`` (the YAML's, updated by ``--gen_kwargs``):
     ``temperature`` and ``max_gen_toks`` unless ``run`` (the metadata) sets them (a length equal to
     the YAML's own, ``written``, is left to the task, as ``odiag run`` leaves it); anything that
-    would reshape π is a one-line ConfigError."""
+    would reshape π is a one-line ConfigError. ``warn``: say when the metadata's value is taken over another
+    generation_kwargs value (lm-eval's own results record that one)."""
     out = {}
     written = dict(written)
     for key, value in (generation_kwargs or {}).items():
         if key in GEN_KWARGS:
             field = GEN_KWARGS[key]
+            if warn and field in run and value != run[field]:
+                log.warning("%s: odiag runs with --metadata's %s %s; lm-eval's generation_kwargs, which its results "
+                            "record, say %s %s", where, field, run[field], key, value)
             if field not in run and not (field == "max_new_tokens" and value == written.get(key)):
                 # typed and range-checked as the field itself, the error naming the --gen_kwargs key
                 out[field] = getattr(build(RunConfig, {field: value}, where, {field: f"{where}: --gen_kwargs {key}"}), field)
@@ -437,7 +442,7 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
                           "reads its own; give run settings such as n_min as --metadata keys")
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
     data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
-                                _yaml_generation_kwargs(task.config.task))
+                                _yaml_generation_kwargs(task.config.task), warn=True)
     data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
              "student": anchored(student), "student_revision": revision, "limit": n_questions}
     return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}

@@ -54,6 +54,23 @@ def test_gen_kwargs_values_are_checked_as_their_fields_naming_the_gen_kwarg():
     assert generation_settings({"max_gen_toks": 12, "temperature": 0.7}, {}, where) == {"max_new_tokens": 12, "temperature": 0.7}
 
 
+def test_a_metadata_temperature_taken_over_gen_kwargs_says_so(caplog):
+    """--metadata's temperature and length win (README); lm-eval's results record its generation_kwargs' ones, so the
+    run says which it sampled with. The same value says nothing."""
+    from harness.lmeval_bridge import generation_settings
+
+    with caplog.at_level("WARNING", logger="harness.lmeval_bridge"):
+        assert generation_settings({"temperature": 0.5}, {"temperature": 0.8}, "task odiag_toy", warn=True) == {}
+        generation_settings({"temperature": 0.8, "max_gen_toks": 96}, {"temperature": 0.8, "max_new_tokens": 50},
+                            "task odiag_toy", {"max_gen_toks": 96}, warn=True)
+        generation_settings({"temperature": 0.5}, {"temperature": 0.8}, "task odiag_toy")  # odiag eval's early check
+    assert [r.getMessage() for r in caplog.records] == [
+        "task odiag_toy: odiag runs with --metadata's temperature 0.8; lm-eval's generation_kwargs, which its results "
+        "record, say temperature 0.5",
+        "task odiag_toy: odiag runs with --metadata's max_new_tokens 50; lm-eval's generation_kwargs, which its results "
+        "record, say max_gen_toks 96"]
+
+
 def test_data_parallel_is_refused_with_a_pointer_to_odiag_run():
     class FakeVLLM:
         world_size, data_parallel_size = 1, 2

@@ -203,6 +203,9 @@ def test_self_teacher_thinking_mode_must_match_the_students_prompt(toy_task, tmp
     """Pinned: a self-teacher reading the response under another template biases its log-probs silently."""
     path = _write(tmp_path, "model: student\nchat_template_options: {enable_thinking: true}\n")
     _check_error(toy_task, path, "'chat_template_options'", "enable_thinking=True", "enable_thinking=False")
+    typo = _write(tmp_path, "model: student\nchat_template_options: {enable_thinkng: true}\n", "typo.yaml")
+    _check_error(toy_task, typo, "key 'chat_template_options': 'enable_thinkng' is no option of the student's prompt; "
+                 "did you mean 'enable_thinking'?")
     toy_task.check_teacher(load_teacher(_write(tmp_path, "model: student\nchat_template_options: {enable_thinking: false}\n"
                                                           "context_template: '{{ question }} Think twice.'\n", "ok.yaml")))
 

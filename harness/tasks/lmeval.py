@@ -405,6 +405,10 @@ class LMEvalTask:
                 )
         if teacher.is_self:
             for key, value in teacher.chat_template_options.items():
+                if key not in self.chat_template_options and (close := difflib.get_close_matches(
+                        str(key), list(self.chat_template_options), n=1)):
+                    raise ConfigError(f"{where}: key 'chat_template_options': {excerpt(key, 40)} is no option of the "
+                                      f"student's prompt; did you mean {close[0]!r}?")
                 if self.chat_template_options.get(key, None) != value:
                     raise ConfigError(
                         f"{where}: key 'chat_template_options': {key}={value!r} but the student's prompt uses "
