@@ -267,13 +267,11 @@ def task_yaml(task: str) -> dict:
     """odiag's task YAML ``task`` as written, its ``!function`` tags left unread ({} for another task)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
+    from harness.tasks import read_task_yaml
 
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
     try:
-        data = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(encoding="utf-8"), Loader=Loader)
-    except (OSError, yaml.YAMLError):
+        data = read_task_yaml(TASKS_DIR / f"{task}.yaml")
+    except (OSError, ValueError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -714,8 +712,8 @@ def check_eval_options(argv: Sequence[str]) -> None:
     from harness.teachers import load_teacher
 
     metadata = args.metadata or {}
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    if misplaced := sorted(k for k in metadata if k in _model_argument_names() and k not in fields and k not in EXTRA):
+    fields, model_keys = {f.name for f in dataclasses.fields(RunConfig)}, _model_argument_names()
+    if misplaced := sorted(k for k in metadata if k in model_keys and k not in fields and k not in EXTRA):
         raise ConfigError(f"{where}: --metadata key {misplaced[0]!r} is an argument of the model: give it in --model_args "
                           "(lm-eval builds the model from those alone)")
     if "odiag" in metadata:
@@ -727,7 +725,7 @@ def check_eval_options(argv: Sequence[str]) -> None:
     ours_only = [str(p) for p in (args.include_path if isinstance(args.include_path, list) else [args.include_path])
                  if p] == [str(TASKS_DIR)]
     complete = ours_only and not any("teachers" in (_yaml_metadata(t) or {}) for t in tasks)
-    cfg = metadata_config(metadata, _model_argument_names(), f"{where}: --metadata", complete=complete)
+    cfg = metadata_config(metadata, model_keys, f"{where}: --metadata", complete=complete)
     teachers = [load_teacher(t) for t in cfg.teachers] if "teachers" in metadata else []  # unknown names, bad files
     if kind is not None:  # the temperatures that backend samples at: vLLM's floor; its options
         from harness.plan import backend_options, check_backend

@@ -311,7 +311,8 @@ def _check_same_models(run: Run, other: Run) -> None:
 
     def identity(r: Run, teacher: str) -> str | None:
         info = r.results.get("teacher_info")
-        return (info.get(teacher) or {}).get("identity") if isinstance(info, dict) and isinstance(info.get(teacher), dict) else None
+        info = info.get(teacher) if isinstance(info, dict) else None
+        return info.get("identity") if isinstance(info, dict) else None
 
     where = f"leaderboard: runs {run.path} and {other.path} ({run.group[0]}, student {run.group[1]})"
     if None not in (mine := fingerprint(run), theirs := fingerprint(other)) and mine != theirs:

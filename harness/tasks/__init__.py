@@ -125,19 +125,27 @@ def load_task(name: str, **options) -> Task:
 TASK_FILE_RULE = "a task is tasks/odiag_<name>.yaml, its task: key the file's name"
 
 
-def task_file_problem(path: Path) -> str | None:
-    """Why the task YAML ``path`` is not the task its file name says (lm-eval would not index it under that
-    name), in a few words; None when nothing is found. lm-eval's ``!function`` tags are not resolved."""
+def read_task_yaml(path: Path):
+    """A task YAML as written, lm-eval's ``!function`` tags left unread (None); raises what reading or parsing
+    raises (OSError, UnicodeDecodeError, yaml.YAMLError)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+
+
+def task_file_problem(path: Path) -> str | None:
+    """Why the task YAML ``path`` is not the task its file name says (lm-eval would not index it under that
+    name), in a few words; None when nothing is found. lm-eval's ``!function`` tags are not resolved."""
+    import yaml
+
     if not path.stem.startswith("odiag_"):
         return f"not read as a task ({TASK_FILE_RULE}): rename it odiag_{path.stem}.yaml, with task: odiag_{path.stem}"
     try:
-        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+        cfg = read_task_yaml(path)
     except UnicodeDecodeError as exc:
         return f"not UTF-8 text (byte {exc.start})"
     except OSError as exc:
