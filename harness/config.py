@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from harness.errors import ConfigError, OdiagError
+from harness.errors import ConfigError, OdiagError, StudentArgsError
 from harness.safeio import excerpt, load_yaml_file, parse_yaml_value
 
 T = TypeVar("T")
@@ -489,10 +489,8 @@ def naming_where_set(path: str | Path | None, overrides: Sequence[str]):
     against its backend only once a plan imports it, long after :func:`resolve_run_config`."""
     try:
         yield
-    except ConfigError as exc:
+    except StudentArgsError as exc:
         text = str(exc)
-        if not text.startswith("student_args:"):
-            raise
         given = "student_args" in {item.partition("=")[0].strip() for item in overrides}
         where = "--set" if given else str(path) if path else None
         if where is None:

@@ -15,6 +15,11 @@ class ConfigError(OdiagError, ValueError):
     """A configuration problem, with where it came from and how to fix it, in one line."""
 
 
+class StudentArgsError(ConfigError):
+    """A refusal of the run's ``student_args``, checked against the backend when a plan forms, long after the
+    file or ``--set`` that gave them was read: whoever read them names where they came from."""
+
+
 class NonFiniteLogits(ConfigError):
     """A model's next-token logits are NaN or inf: it overflows at its dtype, or training made it diverge."""
 

@@ -44,7 +44,7 @@ from lm_eval.api.metrics import mean
 from lm_eval.api.task import ConfigurableTask
 
 from harness.config import ConfigError, RunConfig, anchored, build
-from harness.errors import OdiagError, out_of_memory
+from harness.errors import OdiagError, StudentArgsError, out_of_memory
 from harness.tasks import TASKS_DIR
 from harness.wording import plural
 
@@ -735,8 +735,10 @@ def check_eval_options(argv: Sequence[str]) -> None:
         if kind == "hf" or importlib.util.find_spec("vllm") is not None:  # without vLLM, lm-eval refuses its model
             try:
                 backend_options(checked, teachers)
-            except ConfigError as exc:
+            except StudentArgsError as exc:
                 raise ConfigError(f"{where}: --metadata key {exc}") from None
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: --metadata: {exc}") from None
 
 
 def main_eval(argv: list[str]) -> int:

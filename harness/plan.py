@@ -23,6 +23,7 @@ from pathlib import Path
 from harness.backends import BACKENDS, STUDENT, Backend, ModelSpec, load_backend
 from harness.config import (REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, portable, repeated, to_dict, tree_fields,
                              unread_fields)
+from harness.errors import StudentArgsError
 from harness.tasks import Task, load_task
 from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
 from harness.wording import finish_command, shell_word
@@ -188,6 +189,9 @@ def backend_options(cfg: RunConfig, teachers) -> dict:
                           "(backend options go in the run's student_args)")
     try:
         options = check_options(cfg.backend, cfg.student_args) if cfg.student_args else {}
+    except ValueError as exc:
+        raise StudentArgsError(str(exc)) from None
+    try:
         per_model = {t.model: check_options(cfg.backend, t.model_args, f"teacher {t.name}: model_args")
                      for t in teachers if t.model_args and not t.is_self}
         for t in teachers:
@@ -371,7 +375,7 @@ def check_engine_length(cfg: RunConfig, task: Task) -> None:
         return
     longest, response = engine_positions(cfg, task)
     if longest + response > limit:
-        raise ConfigError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) and "
+        raise StudentArgsError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) and "
                           f"{response} response tokens: raise it to at least {longest + response}, or leave it unset")
 
 
