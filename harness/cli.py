@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                + config_help(RunConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", action=_Once, help="run config YAML (optional: defaults run the synthetic task)")
+    p.add_argument("--config", type=_path, action=_Once, help="run config YAML (optional: defaults run the synthetic task)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", type=_path, action=_Once, required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary, no log lines")
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = command("plan", help="models, device memory per phase, rollouts, tokens and time of a run, before it runs")
-    p.add_argument("--config", action=_Once, help="run config YAML")
+    p.add_argument("--config", type=_path, action=_Once, help="run config YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--gpu-memory", type=at_least(0, float, above=True, most=2.0**20), action=_Once, metavar="GIB",
                    help="device memory in GiB: refuse a plan that does not fit")

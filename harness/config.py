@@ -466,6 +466,8 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
     before a run directory exists; the error names the file or ``--set`` that set the key.
     """
     data = load_yaml(path) if path else {}
+    if path and not data:  # a file emptied or commented out by mistake would otherwise run every default
+        raise ConfigError(f"{path}: holds no settings (empty, or only comments); leave out --config to run the defaults")
     where = str(path) if path else "defaults"
     sources = {key: where for key in data}
     for key in apply_overrides(data, overrides):

@@ -128,6 +128,12 @@ def check_prompts(out: str | Path, plan, flag: str = "--out") -> None:
     root = Path(out)
     if not (root / "shards").is_dir():
         return
+    try:
+        recorded = RunDir.read_saved(root)["config"].get("task")
+    except RunDirError:
+        recorded = None  # unreadable or absent: the run directory names that once it opens
+    if recorded is not None and recorded != plan.config.task:
+        return  # another task's questions: refused as a different rollout tree once the run opens
     questions = plan.task.questions(plan.config.limit)
     ids = {q.id for q in questions}
     stored = [p.name for p in (root / "shards").iterdir() if p.is_dir()]

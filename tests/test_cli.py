@@ -988,6 +988,35 @@ def test_small_refusals_read_as_meant(capsys):
         assert line in err and "\n" not in err, err
 
 
+def test_an_empty_config_and_another_tasks_run_are_refused_as_such(tmp_path, capsys):
+    """--config '' (an unset shell variable) and a config file with no settings are refused, not run as every
+    default (a run that then blocked the corrected command); a run directory of another task is refused as a
+    different rollout tree, not as lm-eval documents these settings do not read."""
+    from harness.cli import main
+
+    out = tmp_path / "run"
+    empty, commented = tmp_path / "empty.yaml", tmp_path / "commented.yaml"
+    empty.write_text("")
+    commented.write_text("# limit: 2\n")
+    for argv, line in (
+        (["run", "--config", "", "--out", str(out)], "odiag: error: argument --config: expected a path, got an empty string"),
+        (["plan", "--config", " "], "odiag: error: argument --config: expected a path, got an empty string"),
+        (["run", "--config", str(empty), "--out", str(out)],
+         f"odiag: error: {empty}: holds no settings (empty, or only comments); leave out --config to run the defaults"),
+        (["plan", "--config", str(commented)],
+         f"odiag: error: {commented}: holds no settings (empty, or only comments); leave out --config to run the defaults"),
+    ):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.strip().startswith(line), argv
+        assert not out.exists()
+    assert main(["run", "--out", str(out), "-q"]) == 0  # the synthetic task's 8 questions
+    capsys.readouterr()
+    assert main(["run", "--config", str(ROOT / "harness" / "demo.yaml"), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"odiag: error: {out} holds a run with a different rollout tree (task: 'synthetic' there, "
+                          "'odiag_toy' now;") and "lm_eval" not in err, err
+
+
 def test_a_refused_student_args_names_the_file_or_set_that_gave_it(tmp_path, capsys):
     """student_args is checked against its backend only once a plan loads it; its refusal still names where it
     was set, under run, plan and demo alike, and the refused run leaves no directory behind."""
