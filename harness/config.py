@@ -481,8 +481,15 @@ def resolve_run_config(path: str | Path | None, overrides: Sequence[str]) -> Run
         raise ConfigError(f"{sources.get('task', where)}: {exc}") from None
     if cfg.backend == "synthetic":
         return cfg
-    return dataclasses.replace(cfg, student=anchored(cfg.student),
-                               data_files=None if cfg.data_files is None else anchored(cfg.data_files))
+
+    def placed(key: str, name: str) -> str:
+        try:
+            return anchored(name)
+        except OSError as exc:  # a name no file system holds (too long), refused as the value it is
+            raise ConfigError(f"{sources.get(key, where)}: {key} {excerpt(name, 80)}: {exc.strerror or exc}") from None
+
+    return dataclasses.replace(cfg, student=placed("student", cfg.student),
+                               data_files=None if cfg.data_files is None else placed("data_files", cfg.data_files))
 
 
 @contextlib.contextmanager

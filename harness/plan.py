@@ -314,6 +314,9 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
     if cfg.task == "synthetic" and cfg.limit is not None and cfg.limit > (most := SyntheticTask.max_questions):
         raise ConfigError(f"key 'limit' must be <= {most:,} with task synthetic (its questions are generated before the "
                           f"first rollout), got {cfg.limit:,}")
+    if cfg.backend != "synthetic" and cfg.student == "synthetic" and not Path(cfg.student).exists():
+        raise ConfigError("student 'synthetic' is the synthetic model, which only backend synthetic has: set student to a "
+                          "model directory or hub id (the toy task's: harness/toy_models/student)")
     if cfg.backend != "synthetic":
         from harness.modelfiles import holds_no_weights
 

@@ -1017,6 +1017,31 @@ def test_an_empty_config_and_another_tasks_run_are_refused_as_such(tmp_path, cap
                           "'odiag_toy' now;") and "lm_eval" not in err, err
 
 
+def test_names_no_file_system_holds_are_refused_as_the_setting_they_are(tmp_path, capsys):
+    """A task, teacher, student or data file named past the file system's limit (255 bytes a name) is one line
+    naming the setting with the value shortened, not the OS's 'File name too long' with the whole name; the
+    synthetic student on another backend is named as such, not looked for on the hub."""
+    from harness.cli import main
+
+    long = "x" * 300
+    shown = f"'{long[:37]}...{long[:38]}' (300 characters)"
+    toy = ["--set", "backend=hf", "--set", "task=odiag_toy", "--set", "teachers=[toy-teacher]"]
+    for argv, line in (
+        (["plan", "--set", f"task={long}"], f"--set: unknown task {shown}: available tasks are 'synthetic', "),
+        (["plan", "--set", f"teachers=[{long}]"], f"teacher {shown}: File name too long (a teacher is a name under "),
+        (["plan", *toy, "--set", f"student={long}"], f"--set: student {shown}: File name too long"),
+        (["plan", *toy, "--set", f"data_files={long}/a.jsonl"], "--set: data_files 'xxx"),
+        (["plan", *toy], "student 'synthetic' is the synthetic model, which only backend synthetic has: set student to "),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"odiag: error: {line}") and "\n" not in err and len(err) < 400, err
+    out = tmp_path / "run"
+    assert main(["run", "--set", "limit=1", "--out", str(out), "-q"]) == 0
+    assert main(["add-teacher", str(out), long]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"odiag: error: teacher {shown}: File name too long")
+
+
 def test_a_refused_student_args_names_the_file_or_set_that_gave_it(tmp_path, capsys):
     """student_args is checked against its backend only once a plan loads it; its refusal still names where it
     was set, under run, plan and demo alike, and the refused run leaves no directory behind."""

@@ -175,8 +175,12 @@ def check_task_name(name: str) -> None:
     from harness.config import ConfigError
 
     path = TASKS_DIR / f"{name}.yaml"
-    if path.is_file() and (problem := task_file_problem(path)) is not None:
+    try:
+        there = path.is_file()
+    except OSError:  # a name no file system holds (too long): no task's
+        there = False
+    if there and (problem := task_file_problem(path)) is not None:
         raise ConfigError(f"task {name!r}: {path}: {problem}")
     if name not in task_names():
         available = ", ".join(repr(n) for n in ["synthetic", *task_names()])
-        raise ConfigError(f"unknown task {name!r}: available tasks are {available} (YAMLs under {TASKS_DIR})")
+        raise ConfigError(f"unknown task {excerpt(name, 80)}: available tasks are {available} (YAMLs under {TASKS_DIR})")

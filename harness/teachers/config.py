@@ -89,6 +89,16 @@ class TeacherConfig:
 
 def teacher_path(name_or_path: str) -> Path:
     """``teachers/<name>.yaml`` for a bare name, else the given path (``~`` expanded)."""
+    try:
+        path = _teacher_path(name_or_path)
+        path.exists()  # a name no file system holds (too long) is refused here, not in each caller
+        return path
+    except OSError as exc:
+        raise ConfigError(f"teacher {excerpt(name_or_path, 80)}: {exc.strerror or exc} (a teacher is a name under "
+                          f"{TEACHER_DIR} or the path of a teacher YAML file)") from None
+
+
+def _teacher_path(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
