@@ -122,6 +122,13 @@ def test_a_task_file_that_is_not_read_as_its_task_says_why_under_run_and_ls_alik
                            "tasks/odiag_<name>.yaml, its task: key the file's name)", "task: is 'odiag_other'"),
         "mytask": (toy.replace("task: odiag_toy", "task: mytask"), "not read as a task (a task is tasks/odiag_<name>.yaml, "
                    "its task: key the file's name): rename it odiag_mytask.yaml, with task: odiag_mytask", "not read as a task"),
+        # lm-eval indexes these; odiag's own settings in them are wrong (ls listed them as runnable)
+        "odiag_nometa": (re.sub(r"\n +answer_type: integer", "", toy.replace("task: odiag_toy", "task: odiag_nometa")),
+                         "metadata.odiag.answer_type must be one of boolean, choice, integer, got None",
+                         "metadata.odiag.answer_type must be"),
+        "odiag_typo": (toy.replace("task: odiag_toy", "task: odiag_typo").replace("n_min:", "n_mim:"),
+                       "unknown key 'metadata.odiag.n_mim'; did you mean 'n_min'? valid keys are answer_type, n_min, "
+                       "thinking, shuffle_seed, description", "unknown key 'metadata.odiag.n_mim'"),
     }
     for name, (content, _, _) in files.items():
         (tasks / f"{name}.yaml").write_bytes(content if isinstance(content, bytes) else content.encode())

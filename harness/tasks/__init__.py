@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from harness.config import data_dir
+from harness.config import MAX_COUNT, ConfigError, data_dir
 from harness.safeio import excerpt
 from harness.teachers import TeacherConfig
 
@@ -137,6 +137,46 @@ def read_task_yaml(path: Path):
     return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
 
 
+ODIAG_KEYS = ("answer_type", "n_min", "thinking", "shuffle_seed", "description")  # a task YAML's metadata.odiag
+
+
+def task_count(value, where: str) -> int:
+    """A positive integer setting of a task YAML; a ConfigError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ConfigError(f"{where} must be an integer >= 1 and <= {MAX_COUNT:,}, got {value!r}")
+    return value
+
+
+def odiag_options(metadata, generation_kwargs, where: str) -> dict:
+    """A task YAML's own settings, checked (a one-line ConfigError naming the key otherwise): ``metadata.odiag``'s
+    answer_type, n_min (default 20), thinking and shuffle_seed, and ``generation_kwargs.max_gen_toks``."""
+    import difflib
+
+    from harness.tasks.scoring import ANSWER_TYPES
+
+    odiag = (metadata if isinstance(metadata, dict) else {}).get("odiag") or {}
+    if not isinstance(odiag, dict):
+        raise ConfigError(f"{where}: metadata.odiag must be a mapping of odiag's task options")
+    if unknown := sorted(map(str, set(odiag) - set(ODIAG_KEYS))):
+        close = difflib.get_close_matches(unknown[0], ODIAG_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{where}: unknown key {excerpt('metadata.odiag.' + unknown[0], 60)}; {hint}valid keys are "
+                          f"{', '.join(ODIAG_KEYS)}")
+    if odiag.get("answer_type") not in ANSWER_TYPES:
+        raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {', '.join(ANSWER_TYPES)}, "
+                          f"got {excerpt(odiag.get('answer_type'), 40)}")
+    generation = generation_kwargs if isinstance(generation_kwargs, dict) else {}
+    if "max_gen_toks" not in generation:
+        raise ConfigError(f"{where}: generation_kwargs.max_gen_toks is missing (the response length limit)")
+    if not isinstance(odiag.get("thinking", False), bool):
+        raise ConfigError(f"{where}: metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
+    if not isinstance(odiag.get("shuffle_seed", 0), int) or isinstance(odiag.get("shuffle_seed"), bool):
+        raise ConfigError(f"{where}: metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
+    return {"answer_type": odiag["answer_type"], "n_min": task_count(odiag.get("n_min", 20), f"{where}: metadata.odiag.n_min"),
+            "max_gen_toks": task_count(generation["max_gen_toks"], f"{where}: generation_kwargs.max_gen_toks"),
+            "thinking": odiag.get("thinking", False), "shuffle_seed": odiag.get("shuffle_seed")}
+
+
 def task_file_problem(path: Path) -> str | None:
     """Why the task YAML ``path`` is not the task its file name says (lm-eval would not index it under that
     name), in a few words; None when nothing is found. lm-eval's ``!function`` tags are not resolved."""
@@ -162,6 +202,11 @@ def task_file_problem(path: Path) -> str | None:
     if cfg.get("task") != path.stem:
         got = f"task: is {excerpt(cfg['task'], 40)}" if "task" in cfg else "no task: key"
         return f"{got}, not {path.stem!r} ({TASK_FILE_RULE})"
+    if "include" not in cfg:  # settings an included file gives are read once lm-eval builds the task
+        try:
+            odiag_options(cfg.get("metadata"), cfg.get("generation_kwargs"), "")
+        except ConfigError as exc:
+            return str(exc).removeprefix(": ")
     return None
 
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import MAX_COUNT, ConfigError
+from harness.config import ConfigError
 from harness.modelfiles import is_local_path, loadable
 from harness.safeio import excerpt
-from harness.tasks import TASKS_DIR
+from harness.tasks import TASKS_DIR, odiag_options
 from harness.tasks import CORRECT, TRUNCATED, UNPARSEABLE, WRONG, Question, Skip
 from harness.tasks import scoring
-from harness.tasks.scoring import ANSWER_TYPES, Verdict, score
+from harness.tasks.scoring import Verdict, score
 from harness.teachers import (
     STUDENT,
     Artefacts,
@@ -213,13 +213,6 @@ def _quiet_custom_dataset_hint():
         logger.removeFilter(hint)
 
 
-def _count(value, where: str) -> int:
-    """A positive integer setting of a task YAML; a ConfigError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-        raise ConfigError(f"{where} must be an integer >= 1 and <= {MAX_COUNT:,}, got {value!r}")
-    return value
-
-
 def _same_path(a: str, b: str) -> bool:
     """Whether two model names are one local directory (or one hub id)."""
     if is_local_path(a) and is_local_path(b):
@@ -244,32 +237,12 @@ class LMEvalTask:
         self.name = name
         self._task = build_lm_eval_task(name, data_files)
         cfg = self._task.config
-        where = f"{TASKS_DIR / name}.yaml"
-        odiag = (cfg.metadata or {}).get("odiag") or {}
-        if not isinstance(odiag, dict):
-            raise ConfigError(f"{where}: metadata.odiag must be a mapping of odiag's task options")
-        keys = ("answer_type", "n_min", "thinking", "shuffle_seed", "description")
-        if unknown := sorted(map(str, set(odiag) - set(keys))):
-            close = difflib.get_close_matches(unknown[0], keys, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{where}: unknown key {excerpt('metadata.odiag.' + unknown[0], 60)}; {hint}valid keys are "
-                              f"{', '.join(keys)}")
-        self.answer_type = odiag.get("answer_type")
-        if self.answer_type not in ANSWER_TYPES:
-            raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {', '.join(ANSWER_TYPES)}, "
-                              f"got {excerpt(self.answer_type, 40)}")
-        self.n_min = _count(odiag.get("n_min", 20), f"{where}: metadata.odiag.n_min")
-        generation = cfg.generation_kwargs if isinstance(cfg.generation_kwargs, dict) else {}
-        if "max_gen_toks" not in generation:
-            raise ConfigError(f"{where}: generation_kwargs.max_gen_toks is missing (the response length limit)")
-        self.max_new_tokens = max_new_tokens or _count(generation["max_gen_toks"], f"{where}: generation_kwargs.max_gen_toks")
-        if not isinstance(odiag.get("thinking", False), bool):
-            raise ConfigError(f"{where}: metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
-        if not isinstance(odiag.get("shuffle_seed", 0), int) or isinstance(odiag.get("shuffle_seed"), bool):
-            raise ConfigError(f"{where}: metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
-        self.thinking = bool(odiag.get("thinking", False) if thinking is None else thinking)
+        options = odiag_options(cfg.metadata, cfg.generation_kwargs, f"{TASKS_DIR / name}.yaml")
+        self.answer_type, self.n_min = options["answer_type"], options["n_min"]
+        self.max_new_tokens = max_new_tokens or options["max_gen_toks"]
+        self.thinking = bool(options["thinking"] if thinking is None else thinking)
         self.chat_template_options = {"enable_thinking": self.thinking}
-        self._shuffle_seed = odiag.get("shuffle_seed")
+        self._shuffle_seed = options["shuffle_seed"]
         self.student, self.revision = tokenizer, revision
         self.tokenizer = load_tokenizer(tokenizer, revision)
         vocab = self.tokenizer.get_vocab()
