@@ -145,7 +145,14 @@ def _figure(x: float, decimals: int = 1) -> str:
 def _gib(x: float | None) -> str:
     if x is None:
         return "?"
-    return f"{x / GiB:.1f} GiB" if x >= 0.05 * GiB or x == 0 else f"{x / 2**20:.1f} MiB"
+    return f"{x / GiB:.1f} GiB" if x >= GiB or x == 0 else f"{x / 2**20:.1f} MiB"
+
+
+def _duration(hours: float) -> str:
+    """A wall time in hours, or in minutes or seconds when under one (never "0.0 h")."""
+    if hours >= 1:
+        return f"{_figure(hours)} h"
+    return f"{_figure(hours * 60)} min" if hours >= 1 / 60 else f"{_figure(hours * 3600, 0 if hours >= 1 / 3600 else 1)} s"
 
 
 def parameters_text(n: float) -> str:
@@ -490,7 +497,7 @@ def _wall_time(total_tokens: int | None, throughput: float | None, workers: int,
             return [f"wall time: beyond {_figure(1.7e308)} h at {_figure(throughput, 0)} generated tokens/s"]
         days = f" ({_figure(hours / 24)} days)" if hours >= 48 else ""
         rate = f"{_figure(throughput, 0)} generated tokens/s" + (f" per worker x {workers}" if workers > 1 else "")
-        return [f"wall time: <= {_figure(hours)} h{days} at {rate} "
+        return [f"wall time: <= {_duration(hours)}{days} at {rate} "
                 "(sampling; scoring adds 1-2 forward passes per path and teacher)"]  # 2: with a fill pass
     if total_tokens is not None:
         return ["wall time: give --throughput TOK/S or --measurements (bench/gpu_check.sh's JSON)"]

@@ -57,7 +57,7 @@ def test_the_papers_boolq_plan_and_its_refusal():
     short = "\n".join(plan_for(resolve_run_config(None, toy), throughput=1000).lines)
     assert re.search(r"wall time: <= [0-9.]+ h at 1,000 generated", short), short  # under 48 h: hours alone
     # extreme rates print in powers of ten, never as a number of hundreds of digits
-    for rate, shown in ((1e-9, "(3.80e+13 days) at 1.00e-09 generated"), (1e300, "h at 1.00e+300 generated")):
+    for rate, shown in ((1e-9, "(3.80e+13 days) at 1.00e-09 generated"), (1e300, "s at 1.00e+300 generated")):
         line = next(x for x in plan_for(cfg, throughput=rate).lines if x.startswith("wall time"))
         assert shown in line and len(line) < 160, line
     phases = dict(plan.phases)
@@ -137,10 +137,11 @@ def test_run_prints_the_plan_once_its_directory_is_open(tmp_path, capsys):
 
 
 def test_sizes_are_shown_in_the_unit_that_shows_them():
-    from harness.costplan import _gib, parameters_text
+    from harness.costplan import _duration, _gib, parameters_text
 
     assert [parameters_text(n) for n in (14.77e9, 596e6, 151_360, 12)] == ["14.77B", "596M", "151k", "12"]
-    assert [_gib(x) for x in (None, 0, 3.5 * GiB, 0.6 * 2**20)] == ["?", "0.0 GiB", "3.5 GiB", "0.6 MiB"]
+    assert [_gib(x) for x in (None, 0, 3.5 * GiB, 0.6 * 2**20, 69.3 * 2**20)] == ["?", "0.0 GiB", "3.5 GiB", "0.6 MiB", "69.3 MiB"]
+    assert [_duration(h) for h in (182.5, 0.5, 154 / 3600, 54 / 3600, 0.2 / 3600)] == ["182.5 h", "30.0 min", "2.6 min", "54 s", "0.2 s"]
 
 
 @pytest.mark.parametrize("teachers, expected", [
