@@ -378,8 +378,8 @@ def check_engine_length(cfg: RunConfig, task: Task) -> None:
         return
     longest, response = engine_positions(cfg, task)
     if longest + response > limit:
-        raise StudentArgsError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) and "
-                          f"{response} response tokens: raise it to at least {longest + response}, or leave it unset")
+        raise StudentArgsError(f"student_args: max_model_len {limit} is below the longest prompt ({longest} tokens) "
+                               f"and {response} response tokens: raise it to at least {longest + response}, or leave it unset")
 
 
 def make_plan(cfg: RunConfig, task: Task | None = None, stored_files: dict[str, str] | None = None,

@@ -8,6 +8,7 @@ a task YAML under ``tasks/`` read through lm-eval (:mod:`harness.tasks.lmeval`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -150,8 +151,6 @@ def task_count(value, where: str) -> int:
 def odiag_options(metadata, generation_kwargs, where: str) -> dict:
     """A task YAML's own settings, checked (a one-line ConfigError naming the key otherwise): ``metadata.odiag``'s
     answer_type, n_min (default 20), thinking and shuffle_seed, and ``generation_kwargs.max_gen_toks``."""
-    import difflib
-
     from harness.tasks.scoring import ANSWER_TYPES
 
     odiag = (metadata if isinstance(metadata, dict) else {}).get("odiag") or {}
@@ -217,8 +216,6 @@ def check_task_name(name: str) -> None:
 
     if name == "synthetic":
         return
-    from harness.config import ConfigError
-
     path = TASKS_DIR / f"{name}.yaml"
     try:
         there = path.is_file()
