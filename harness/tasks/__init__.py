@@ -177,8 +177,9 @@ def odiag_options(metadata, generation_kwargs, where: str) -> dict:
 
 
 def task_file_problem(path: Path) -> str | None:
-    """Why the task YAML ``path`` is not the task its file name says (lm-eval would not index it under that
-    name), in a few words; None when nothing is found. lm-eval's ``!function`` tags are not resolved."""
+    """Why the task YAML ``path`` is not a task odiag runs under its file's name (lm-eval would not index it
+    under that name, or odiag's own settings in it are wrong: :func:`odiag_options`), in a few words; None when
+    nothing is found. lm-eval's ``!function`` tags are not resolved."""
     import yaml
 
     if not path.stem.startswith("odiag_"):
