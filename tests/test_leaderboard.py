@@ -379,6 +379,31 @@ def test_a_model_card_refuses_a_run_the_leaderboard_refuses(run_dir, tmp_path):
         main_model_card(str(mixed))
 
 
+def test_a_results_json_whose_rows_are_not_its_node_records_is_refused(run_dir, tmp_path):
+    """The leaderboard and a model card aggregate each run's rows again from nodes.parquet: a results.json whose
+    numbers were edited by hand (the tables' hashes unchanged) was published as it read; the fix it names
+    writes the true rows again."""
+    results = _results(run_dir)
+    cases = {  # what is edited: the refusal's words
+        "mean": (lambda rows: rows[1]["alignment"].update(mean=rows[1]["alignment"]["mean"] + 0.05),
+                 "alignment: mean is "),
+        "bound": (lambda rows: rows[0]["incorrect_minus_correct"]["ci95"].__setitem__(0, -0.9), "incorrect_minus_correct: ci95[0] is -0.9 there"),
+        "rank": (lambda rows: rows[0].update(rank=7), "rank is 7 there"),
+        "gone": (lambda rows: rows.pop(2), "no row for "),
+    }
+    for name, (edit, said) in cases.items():
+        rows = json.loads(json.dumps(results["teachers"]))
+        edit(rows)
+        edited = _copy(run_dir, tmp_path / name, teachers=rows)
+        with pytest.raises(ConfigError, match=re.escape(said)) as err:
+            build([edited], tmp_path / f"site-{name}")
+        assert str(err.value).startswith(f"{edited / 'results.json'}: ") and not (tmp_path / f"site-{name}").exists()
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            main_model_card(str(edited))
+    assert "remove it and run odiag run --config " in str(err.value)
+    build([_copy(run_dir, tmp_path / "as-written")], tmp_path / "site")  # rows as the run wrote them: taken
+
+
 def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
     results = _results(run_dir)
     assert main_model_card(str(run_dir)) == 0

@@ -149,14 +149,63 @@ def load_run(path: str | Path, run_id: str) -> Run:
     if unlisted := sorted(set(map(str, tables["nodes"].column("teacher").to_pylist())) - listed):
         raise ConfigError(f"{results_file}: malformed odiag results (nodes.parquet holds teacher {unlisted[0]!r}, which its "
                           f"teachers do not list); rerun the same `odiag run` command to write them again")
+    nodes = _columns(tables["nodes"])
+    check_rows(root, results, nodes)
     return Run(
         id=run_id,
         path=str(path),
         results=results,
-        nodes=_columns(tables["nodes"]),
+        nodes=nodes,
         children=_columns(tables["children"]),
         paths=tables["paths"].to_pylist(),
     )
+
+
+def check_rows(root: Path, results: dict, nodes: dict[str, np.ndarray]) -> None:
+    """Refuse (one line) a results.json whose teacher rows are not what its node records give: every row is
+    aggregated again from nodes.parquet (SPEC §5, the run's seed) and compared, so a results.json edited by hand,
+    or put beside another run's tables, is never published. Numbers agree to 1e-9 (another numpy may differ
+    in the last bits)."""
+    from types import SimpleNamespace
+
+    from harness.results import json_ready, teacher_rows
+    from harness.wording import finish_command
+
+    seed = (results.get("config") or {}).get("seed", 0)
+    teachers = [SimpleNamespace(name=n) for n in sorted({str(row.get("teacher")) for row in results["teachers"]})]
+    algorithms = sorted({str(row.get("algorithm")) for row in results["teachers"]})
+    rows = json_ready(teacher_rows(nodes, teachers, algorithms, seed))
+    computed = {(r["teacher"], r["algorithm"]): r for r in rows}
+    fix = (f"remove it and run {finish_command(root)} to write it again from the run's records"
+           if (root / "config.yaml").is_file() else "rerun the odiag command that made the run")
+    for row in results["teachers"]:
+        key = (row.get("teacher"), row.get("algorithm"))
+        if (differs := _differs(row, computed.pop(key, None), f"{key[0]}/{key[1]}")) is not None:
+            raise ConfigError(f"{root / 'results.json'}: {differs}; {fix}")
+    if computed:
+        raise ConfigError(f"{root / 'results.json'}: no row for {'/'.join(next(iter(computed)))}, which nodes.parquet "
+                          f"holds; {fix}")
+
+
+def _differs(recorded, computed, where: str) -> str | None:
+    """Where ``recorded`` (results.json's) and ``computed`` first differ, in words; None when they agree."""
+    if isinstance(recorded, dict) and isinstance(computed, dict):
+        for key in [*recorded, *(k for k in computed if k not in recorded)]:
+            if (found := _differs(recorded.get(key), computed.get(key), f"{where}: {key}")) is not None:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(computed, list) and len(recorded) == len(computed):
+        for i, (a, b) in enumerate(zip(recorded, computed, strict=True)):
+            if (found := _differs(a, b, f"{where}[{i}]")) is not None:
+                return found
+        return None
+    numbers = (int, float)
+    if (isinstance(recorded, numbers) and isinstance(computed, numbers) and not isinstance(recorded, bool)
+            and not isinstance(computed, bool) and np.isclose(recorded, computed, rtol=1e-9, atol=1e-12)):
+        return None
+    if recorded == computed:
+        return None
+    return f"{where} is {excerpt(recorded, 40)} there and {excerpt(computed, 40)} from nodes.parquet"
 
 
 def _columns(table) -> dict[str, np.ndarray]:
