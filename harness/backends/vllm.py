@@ -300,6 +300,21 @@ START_REFUSALS = ("KV cache", "cache blocks", "GPU memory utilization", "Free me
 ENGINE_DID_NOT_START = "Engine core initialization failed"
 
 
+def _refused_argument(exc: BaseException) -> str | None:
+    """What vLLM's validation of an engine's arguments refused (pydantic's ValidationError of its configs, a
+    ValueError, raised before any engine starts: a max_model_len above what the model holds), in one line;
+    None for any other error."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    try:
+        first = errors()[0]
+    except Exception:  # not pydantic's after all
+        return None
+    said = " ".join(str(first.get("msg", "")).removeprefix("Value error, ").split()).split(". ")[0]  # its first sentence
+    return (said if len(said) <= 300 else said[:297] + "...") or None
+
+
 class VLLMBackend:
     """Samples with vLLM, scores with transformers or vLLM; see the module docstring.
 
@@ -403,6 +418,10 @@ class VLLMBackend:
                 with relay:
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
             except (RuntimeError, ValueError) as exc:
+                where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
+                if (refused := _refused_argument(exc)) is not None:  # checked before any engine process starts
+                    relay.drop()
+                    raise ConfigError(f"{where}: vLLM refused the engine arguments for {spec.id}: {refused}") from None
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
                 causes = relay.causes()  # every exception line its tracebacks named, links of chains included
@@ -413,7 +432,6 @@ class VLLMBackend:
                     raise
                 relay.drop()
                 said = memory or str(exc).splitlines()[0]
-                where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 raise ConfigError(
                     f"vLLM could not start an engine for {spec.id} ({said.split('. ')[0][:300]}); most often its "
                     f"weights and KV cache do not fit its share of the device: raise gpu_memory_utilization or lower "
