@@ -425,6 +425,9 @@ class VLLMBackend:
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
                 causes = relay.causes()  # every exception line its tracebacks named, links of chains included
+                if causes and all("KeyboardInterrupt" in c for c in causes):
+                    relay.drop()  # its process stopped by the Ctrl-C that stops odiag: odiag says so, in one line
+                    raise
                 memory = next((c for c in [*causes, *str(exc).splitlines()[:1]] if any(s in c for s in START_REFUSALS)),
                               None)
                 if memory is None and (causes or ENGINE_DID_NOT_START not in str(exc)):
@@ -436,6 +439,10 @@ class VLLMBackend:
                     f"vLLM could not start an engine for {spec.id} ({said.split('. ')[0][:300]}); most often its "
                     f"weights and KV cache do not fit its share of the device: raise gpu_memory_utilization or lower "
                     f"max_model_len in {where}, and size the run with odiag plan --gpu-memory GIB") from None
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while it started: its processes' tracebacks of the same
+                relay.causes()  # stop are no news (odiag says it stopped, in one line); read them, then let go
+                relay.drop()
+                raise
             except BaseException:
                 relay.keep(settle_s=2.0)
                 raise
