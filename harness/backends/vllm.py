@@ -52,7 +52,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from harness.backends import ModelSpec
+from harness.backends import ModelSpec, reaper
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.backends.child_output import ChildOutput
 from harness.core.divergences import topk_tail_divergences_rows
@@ -414,6 +414,7 @@ class VLLMBackend:
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
             relay = ChildOutput(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
+            reaper.watch()  # its own processes end with odiag, a kill -9 included
             try:
                 with relay:
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)

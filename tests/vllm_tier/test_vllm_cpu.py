@@ -8,6 +8,7 @@
 - a real SIGKILL mid-run under vLLM, then the same command resumes to the uninterrupted results.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -296,6 +297,37 @@ def test_an_engine_in_its_own_process_runs_with_its_output_relayed(tmp_path):
     done = _odiag("run", *_sets([*RUN, "limit=1", "backend=vllm"]), "--out", str(tmp_path / "x"), timeout=600, env=env)
     assert done.returncode == 0 and (tmp_path / "x" / "results.json").is_file(), done.stderr[-3000:]
     assert "(EngineCore" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_kill_9_of_odiag_alone_ends_its_engines_processes(tmp_path):
+    """vLLM's engine core and worker run in processes of their own (its default); a kill -9 of odiag alone (not its
+    process group) left them running, holding their share of the device, so the resume found no memory for its
+    engines. A watcher odiag starts with its first engine ends them."""
+    import psutil
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    log = tmp_path / "err"
+    with log.open("w") as err:
+        proc = subprocess.Popen([str(BIN / "odiag"), "run", *_sets([*RUN, "backend=vllm"]), "--out", str(tmp_path / "x")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    engines = []
+    try:
+        deadline = time.monotonic() + 300
+        while not engines and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM::" in " ".join(p.cmdline())]
+        assert engines, log.read_text()[-3000:]
+        time.sleep(15)  # started and sampling (an engine still starting ends when its parent does)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.kill()
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(engines, timeout=20)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        for p in [*engines, *psutil.Process().children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                if "VLLM::" in " ".join(p.cmdline()):
+                    p.kill()
 
 
 def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
