@@ -145,14 +145,17 @@ def _figure(x: float, decimals: int = 1) -> str:
 def _gib(x: float | None) -> str:
     if x is None:
         return "?"
-    return f"{x / GiB:.1f} GiB" if x >= GiB or x == 0 else f"{x / 2**20:.1f} MiB"
+    return f"{x / GiB:.1f} GiB" if x >= GiB - 0.05 * 2**20 or x == 0 else f"{x / 2**20:.1f} MiB"  # never "1024.0 MiB"
 
 
 def _duration(hours: float) -> str:
     """A wall time in hours, or in minutes or seconds when under one (never "0.0 h")."""
     if hours >= 1:
         return f"{_figure(hours)} h"
-    return f"{_figure(hours * 60)} min" if hours >= 1 / 60 else f"{_figure(hours * 3600, 0 if hours >= 1 / 3600 else 1)} s"
+    if hours >= 1 / 60:
+        return f"{_figure(hours * 60)} min"
+    seconds = hours * 3600
+    return f"{_figure(seconds, 0 if seconds >= 1 else 1)} s"
 
 
 def parameters_text(n: float) -> str:

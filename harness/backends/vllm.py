@@ -300,10 +300,10 @@ START_REFUSALS = ("KV cache", "cache blocks", "GPU memory utilization", "Free me
 ENGINE_DID_NOT_START = "Engine core initialization failed"
 
 
-def _refused_argument(exc: BaseException) -> str | None:
-    """What vLLM's validation of an engine's arguments refused (pydantic's ValidationError of its configs, a
-    ValueError, raised before any engine starts: a max_model_len above what the model holds), in one line;
-    None for any other error."""
+def _refused_configuration(exc: BaseException) -> str | None:
+    """What vLLM's validation of an engine's configuration refused (pydantic's ValidationError of its configs, a
+    ValueError raised before any engine starts: a max_model_len above what the model holds, a model it cannot
+    read), its first sentence; None for any other error."""
     errors = getattr(exc, "errors", None)
     if type(exc).__name__ != "ValidationError" or not callable(errors):
         return None
@@ -420,9 +420,11 @@ class VLLMBackend:
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
             except (RuntimeError, ValueError) as exc:
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
-                if (refused := _refused_argument(exc)) is not None:  # checked before any engine process starts
+                if (refused := _refused_configuration(exc)) is not None:  # checked before any engine process starts
                     relay.drop()
-                    raise ConfigError(f"{where}: vLLM refused the engine arguments for {spec.id}: {refused}") from None
+                    options = "student_args" if name == STUDENT else f"student_args and {name}'s teacher file (model_args)"
+                    raise ConfigError(f"vLLM refused the engine configuration for {spec.id} ({refused}); check the "
+                                      f"model and the engine options in {options}") from None
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
                 causes = relay.causes()  # every exception line its tracebacks named, links of chains included

@@ -161,51 +161,61 @@ def load_run(path: str | Path, run_id: str) -> Run:
     )
 
 
-def check_rows(root: Path, results: dict, nodes: dict[str, np.ndarray]) -> None:
-    """Refuse (one line) a results.json whose teacher rows are not what its node records give: every row is
-    aggregated again from nodes.parquet (SPEC §5, the run's seed) and compared, so a results.json edited by hand,
-    or put beside another run's tables, is never published. Numbers agree to 1e-9 (another numpy may differ
-    in the last bits)."""
-    from types import SimpleNamespace
+# the headline numbers check_rows recomputes: their definitions have stayed put across odiag's versions, while the
+# intervals and tests beside them gained fields and rules (a results.json written earlier reads otherwise there)
+CHECKED = ("alignment", "weighted_alignment", "alignment_correct", "alignment_incorrect", "fraction_positive",
+           "teacher_advantage")
 
-    from harness.results import json_ready, teacher_rows
+
+def check_rows(root: Path, results: dict, nodes: dict[str, np.ndarray]) -> None:
+    """Refuse (one line) a results.json whose headline numbers are not what its node records give: each
+    teacher row's means (`CHECKED`, with their question counts) and decision points are aggregated again
+    from nodes.parquet and compared to 1e-9, so a number edited by hand, the tables' hashes unchanged, is
+    never published. The intervals are not recomputed (no bootstrap: one resample suffices for the means)."""
+    from harness.core import aggregate
     from harness.wording import finish_command
 
-    seed = (results.get("config") or {}).get("seed", 0)
-    teachers = [SimpleNamespace(name=n) for n in sorted({str(row.get("teacher")) for row in results["teachers"]})]
-    algorithms = sorted({str(row.get("algorithm")) for row in results["teachers"]})
-    rows = json_ready(teacher_rows(nodes, teachers, algorithms, seed))
-    computed = {(r["teacher"], r["algorithm"]): r for r in rows}
+    try:
+        computed = {(r["teacher"], r["algorithm"]): r for r in aggregate(nodes, seed=0, n_boot=1)} if len(
+            nodes["alignment"]) else {}
+    except ValueError as exc:  # node records no odiag writes
+        raise ConfigError(f"{root / 'nodes.parquet'}: its node records cannot be aggregated ({exc}); rerun the odiag "
+                          "command that made the run") from None
     fix = (f"remove it and run {finish_command(root)} to write it again from the run's records"
            if (root / "config.yaml").is_file() else "rerun the odiag command that made the run")
     for row in results["teachers"]:
         key = (row.get("teacher"), row.get("algorithm"))
-        if (differs := _differs(row, computed.pop(key, None), f"{key[0]}/{key[1]}")) is not None:
-            raise ConfigError(f"{root / 'results.json'}: {differs}; {fix}")
+        mine = computed.pop(key, None)
+        if mine is None:
+            if row.get("n_decision_points"):
+                raise ConfigError(f"{root / 'results.json'}: {key[0]}/{key[1]} has {row['n_decision_points']} decision "
+                                  f"points there and none in nodes.parquet; {fix}")
+            continue
+        pairs = [("n_decision_points", row.get("n_decision_points"), mine["n_decision_points"])]
+        for stat in CHECKED:
+            given = row.get(stat) if isinstance(row.get(stat), dict) else {}
+            pairs += [(f"{stat}: {k}", given.get(k), mine[stat][k]) for k in ("mean", "n_questions")]
+        for what, recorded, own in pairs:
+            if not _same(recorded, own):
+                raise ConfigError(f"{root / 'results.json'}: {key[0]}/{key[1]}: {what} is {excerpt(recorded, 40)} there "
+                                  f"and {excerpt(_plain(own), 40)} from nodes.parquet; {fix}")
     if computed:
         raise ConfigError(f"{root / 'results.json'}: no row for {'/'.join(next(iter(computed)))}, which nodes.parquet "
                           f"holds; {fix}")
 
 
-def _differs(recorded, computed, where: str) -> str | None:
-    """Where ``recorded`` (results.json's) and ``computed`` first differ, in words; None when they agree."""
-    if isinstance(recorded, dict) and isinstance(computed, dict):
-        for key in [*recorded, *(k for k in computed if k not in recorded)]:
-            if (found := _differs(recorded.get(key), computed.get(key), f"{where}: {key}")) is not None:
-                return found
-        return None
-    if isinstance(recorded, list) and isinstance(computed, list) and len(recorded) == len(computed):
-        for i, (a, b) in enumerate(zip(recorded, computed, strict=True)):
-            if (found := _differs(a, b, f"{where}[{i}]")) is not None:
-                return found
-        return None
-    numbers = (int, float)
-    if (isinstance(recorded, numbers) and isinstance(computed, numbers) and not isinstance(recorded, bool)
-            and not isinstance(computed, bool) and np.isclose(recorded, computed, rtol=1e-9, atol=1e-12)):
-        return None
-    if recorded == computed:
-        return None
-    return f"{where} is {excerpt(recorded, 40)} there and {excerpt(computed, 40)} from nodes.parquet"
+def _plain(value):
+    """A recomputed number as results.json writes it (nan as None)."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _same(recorded, computed) -> bool:
+    computed = _plain(computed)
+    if isinstance(recorded, bool) or isinstance(computed, bool) or None in (recorded, computed):
+        return recorded is computed or recorded == computed
+    if isinstance(recorded, (int, float)) and isinstance(computed, (int, float, np.number)):
+        return bool(np.isclose(recorded, computed, rtol=1e-9, atol=1e-12))
+    return False
 
 
 def _columns(table) -> dict[str, np.ndarray]:

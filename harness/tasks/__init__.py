@@ -148,31 +148,33 @@ def task_count(value, where: str) -> int:
     return value
 
 
-def odiag_options(metadata, generation_kwargs, where: str) -> dict:
+def odiag_options(metadata, generation_kwargs, where: str | None = None) -> dict:
     """A task YAML's own settings, checked (a one-line ConfigError naming the key otherwise): ``metadata.odiag``'s
-    answer_type, n_min (default 20), thinking and shuffle_seed, and ``generation_kwargs.max_gen_toks``."""
+    answer_type, n_min (default 20), thinking and shuffle_seed, and ``generation_kwargs.max_gen_toks``; ``where``, the
+    file, begins each message."""
     from harness.tasks.scoring import ANSWER_TYPES
 
+    at = f"{where}: " if where else ""
     odiag = (metadata if isinstance(metadata, dict) else {}).get("odiag") or {}
     if not isinstance(odiag, dict):
-        raise ConfigError(f"{where}: metadata.odiag must be a mapping of odiag's task options")
+        raise ConfigError(f"{at}metadata.odiag must be a mapping of odiag's task options")
     if unknown := sorted(map(str, set(odiag) - set(ODIAG_KEYS))):
         close = difflib.get_close_matches(unknown[0], ODIAG_KEYS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"{where}: unknown key {excerpt('metadata.odiag.' + unknown[0], 60)}; {hint}valid keys are "
+        raise ConfigError(f"{at}unknown key {excerpt('metadata.odiag.' + unknown[0], 60)}; {hint}valid keys are "
                           f"{', '.join(ODIAG_KEYS)}")
     if odiag.get("answer_type") not in ANSWER_TYPES:
-        raise ConfigError(f"{where}: metadata.odiag.answer_type must be one of {', '.join(ANSWER_TYPES)}, "
+        raise ConfigError(f"{at}metadata.odiag.answer_type must be one of {', '.join(ANSWER_TYPES)}, "
                           f"got {excerpt(odiag.get('answer_type'), 40)}")
     generation = generation_kwargs if isinstance(generation_kwargs, dict) else {}
     if "max_gen_toks" not in generation:
-        raise ConfigError(f"{where}: generation_kwargs.max_gen_toks is missing (the response length limit)")
+        raise ConfigError(f"{at}generation_kwargs.max_gen_toks is missing (the response length limit)")
     if not isinstance(odiag.get("thinking", False), bool):
-        raise ConfigError(f"{where}: metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
+        raise ConfigError(f"{at}metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
     if not isinstance(odiag.get("shuffle_seed", 0), int) or isinstance(odiag.get("shuffle_seed"), bool):
-        raise ConfigError(f"{where}: metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
-    return {"answer_type": odiag["answer_type"], "n_min": task_count(odiag.get("n_min", 20), f"{where}: metadata.odiag.n_min"),
-            "max_gen_toks": task_count(generation["max_gen_toks"], f"{where}: generation_kwargs.max_gen_toks"),
+        raise ConfigError(f"{at}metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
+    return {"answer_type": odiag["answer_type"], "n_min": task_count(odiag.get("n_min", 20), f"{at}metadata.odiag.n_min"),
+            "max_gen_toks": task_count(generation["max_gen_toks"], f"{at}generation_kwargs.max_gen_toks"),
             "thinking": odiag.get("thinking", False), "shuffle_seed": odiag.get("shuffle_seed")}
 
 
@@ -204,15 +206,16 @@ def task_file_problem(path: Path) -> str | None:
         return f"{got}, not {path.stem!r} ({TASK_FILE_RULE})"
     if "include" not in cfg:  # settings an included file gives are read once lm-eval builds the task
         try:
-            odiag_options(cfg.get("metadata"), cfg.get("generation_kwargs"), "")
+            odiag_options(cfg.get("metadata"), cfg.get("generation_kwargs"))
         except ConfigError as exc:
-            return str(exc).removeprefix(": ")
+            return str(exc)
     return None
 
 
 def check_task_name(name: str) -> None:
     """A one-line ConfigError naming the tasks there are, unless ``name`` is one of them; a task file that is
-    there but is not read as that task (not valid YAML, another ``task:``, not named odiag_*) says why."""
+    there but is not read as that task (not valid YAML, another ``task:``, not named odiag_*, odiag's own settings
+    in it wrong: :func:`task_file_problem`) says why."""
     from harness.tasks.lmeval import TASKS_DIR, task_names
 
     if name == "synthetic":

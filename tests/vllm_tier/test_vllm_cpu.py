@@ -278,14 +278,15 @@ def test_an_engine_that_cannot_start_for_memory_is_one_line_and_the_corrected_co
 
 def test_engine_arguments_vllm_refuses_are_one_line_naming_them(tmp_path):
     """A max_model_len above what the model holds passes odiag's checks (which bound it from below) and vLLM's
-    validation of its config refuses it as the engine is built: one line naming student_args and vLLM's reason,
+    validation of its config refuses it as the engine is built: one line with vLLM's reason, naming student_args,
     not a traceback called a bug in odiag."""
     out = _odiag("run", *_sets([*RUN, "limit=1", "backend=vllm", "student_args={max_model_len: 100000}"]),
                  "--out", str(tmp_path / "x"), timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("odiag: error: student_args: vLLM refused the engine arguments for ") and (
-        "max_model_len (100000) is greater than the derived max_model_len") in line, line
+    assert line.startswith("odiag: error: vLLM refused the engine configuration for ") and (
+        "max_model_len (100000) is greater than the derived max_model_len") in line and line.endswith(
+        "check the model and the engine options in student_args"), line
     assert "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
 
 
