@@ -162,8 +162,9 @@ def test_a_task_files_odiag_metadata_is_refused_with_its_value_and_a_close_key(t
                                     "n_min, thinking, shuffle_seed, description"),
     ):
         (tasks / "odiag_toy.yaml").write_text(toy.replace(*edit))
-        assert main(["plan", "--config", str(ROOT / "harness" / "demo.yaml")]) == 2
-        assert capsys.readouterr().err.strip() == f"odiag: error: {tasks / 'odiag_toy.yaml'}: {said}"
+        config = ROOT / "harness" / "demo.yaml"  # names the task: its file's settings are read as the config resolves
+        assert main(["plan", "--config", str(config)]) == 2
+        assert capsys.readouterr().err.strip() == f"odiag: error: {config}: task 'odiag_toy': {tasks / 'odiag_toy.yaml'}: {said}"
 
 
 def test_a_teacher_typo_lists_the_teachers():

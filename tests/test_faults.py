@@ -699,23 +699,30 @@ def test_run_out_where_nothing_may_be_written(odiag, tmp_path):
     assert_one_line(odiag("run", "--set", "limit=1", "--out", "/sys/odiag-fault/run"), "/sys/odiag-fault")
 
 
-# a run with one number to publish (a model card of a run without any is refused)
-PUBLISHED = [{"teacher": "t", "algorithm": "gkd", "rank": 1, "n_decision_points": 3,
-              "alignment": {"mean": 0.25, "ci95": [0.1, 0.4], "n_questions": 2}}]
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    """A finished synthetic run, with numbers to publish and the tables that give them (the leaderboard and a
+    model card recompute a run's headline numbers from its node records; a model card of a run without any
+    number is refused)."""
+    from harness.pipeline import run
+
+    out = tmp_path_factory.mktemp("published") / "run"
+    run(RunConfig(limit=2, algorithms=("gkd",)), out)
+    return out
 
 
-def test_model_card_out_on_a_full_disk(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_model_card_out_on_a_full_disk(odiag, tmp_path, published):
+    run = shutil.copytree(published, tmp_path / "run")
     assert_one_line(odiag("model-card", run, "--out", "/dev/full"), "/dev/full", "No space left")
 
 
-def test_model_card_out_at_a_directory(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_model_card_out_at_a_directory(odiag, tmp_path, published):
+    run = shutil.copytree(published, tmp_path / "run")
     assert_one_line(odiag("model-card", run, "--out", tmp_path), str(tmp_path))
 
 
-def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_model_card_out_in_a_missing_directory(odiag, tmp_path, published):
+    run = shutil.copytree(published, tmp_path / "run")
     assert_one_line(odiag("model-card", run, "--out", tmp_path / "no" / "card.yaml"),
                     f"{tmp_path / 'no'} does not exist; create it first")
     (tmp_path / "file").write_text("")
@@ -723,12 +730,15 @@ def test_model_card_out_in_a_missing_directory(odiag, tmp_path):
                     f"{tmp_path / 'file'} is a file, not a folder; give a path in a folder")
 
 
-def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path, published):
+    run = shutil.copytree(published, tmp_path / "run")
     card, link = tmp_path / "card.yaml", tmp_path / "link.yaml"
     card.write_text("an older card\n")
     assert cli.main(["model-card", str(run), "--out", str(card)]) == 0
-    assert yaml.safe_load(card.read_text())["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.25
+    from harness.leaderboard.modelcard import model_index
+
+    first = model_index(json.loads((run / "results.json").read_text()))[0]["results"][0]["metrics"][0]["value"]
+    assert yaml.safe_load(card.read_text())["model-index"][0]["results"][0]["metrics"][0]["value"] == first
     assert not list(tmp_path.glob(".card.yaml.*"))  # no temporary file left
     card.write_text("an older card\n")
     link.symlink_to(card)
@@ -736,8 +746,8 @@ def test_model_card_out_replaces_a_file_whole_and_writes_through_a_link(tmp_path
     assert link.is_symlink() and "model-index" in card.read_text()
 
 
-def test_a_model_card_through_a_link_into_a_run_is_refused_and_a_replaced_file_keeps_its_mode(odiag, tmp_path):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_a_model_card_through_a_link_into_a_run_is_refused_and_a_replaced_file_keeps_its_mode(odiag, tmp_path, published):
+    run = shutil.copytree(published, tmp_path / "run")
     before = (run / "results.json").read_bytes()
     (tmp_path / "link.yaml").symlink_to(run / "results.json")
     assert_one_line(odiag("model-card", run, "--out", tmp_path / "link.yaml"), "lies in the run directory")
@@ -749,8 +759,8 @@ def test_a_model_card_through_a_link_into_a_run_is_refused_and_a_replaced_file_k
     assert card.stat().st_mode & 0o777 == 0o600 and "model-index" in card.read_text()
 
 
-def test_a_model_card_that_cannot_be_written_whole_leaves_the_old_one(odiag, tmp_path, monkeypatch):
-    run = _fake_run(tmp_path / "run", PUBLISHED)
+def test_a_model_card_that_cannot_be_written_whole_leaves_the_old_one(odiag, tmp_path, published, monkeypatch):
+    run = shutil.copytree(published, tmp_path / "run")
     card = tmp_path / "card.yaml"
     card.write_text("an older card\n")
 
