@@ -421,10 +421,10 @@ class VLLMBackend:
             except (RuntimeError, ValueError) as exc:
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
                 if (refused := _refused_configuration(exc)) is not None:  # checked before any engine process starts
-                    relay.drop()
-                    options = "student_args" if name == STUDENT else f"student_args and {name}'s teacher file (model_args)"
+                    relay.drop()  # student_args' engine options reach every engine, a teacher's model_args its own
                     raise ConfigError(f"vLLM refused the engine configuration for {spec.id} ({refused}); check the "
-                                      f"model and the engine options in {options}") from None
+                                      f"model and the engine options in student_args"
+                                      + ("" if name == STUDENT else f" and {where}")) from None
                 # the engine process's own cause, when it ran apart: "Engine core initialization failed" says only
                 # that it did not start, and counts as a refusal only where no cause came
                 causes = relay.causes()  # every exception line its tracebacks named, links of chains included
