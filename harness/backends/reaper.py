@@ -2,17 +2,20 @@
 
 vLLM runs an engine's core (and its workers) in processes of their own. odiag's clean stops (a finished
 run, Ctrl-C, SIGTERM) end them; a ``kill -9`` of odiag alone does not, and they go on holding their share
-of the device, so the same command, run again to resume, finds no memory for its engines. `watch` starts,
-once per process and before its first engine, a small watcher process that notes the process's descendants
-(four times a second) and, once the process has ended in any way (its pipe to the watcher closed, or it is
-gone or a zombie: an engine forked from it holds the pipe too), kills those it noted that still run,
-multiprocessing's resource tracker aside (it cleans up after itself). The watcher ignores Ctrl-C and SIGTERM
-sent to the whole process group: odiag's own clean stop runs, and ends the engines first. Run inside another
-program (a notebook, lm-eval), what it ends are that program's descendants once that program ends.
+of the device, so the same command, run again to resume, finds no memory for its engines. `starting`
+marks an engine's start: once per process it starts a small watcher process, then tells it which of the
+process's descendants already run. The watcher notes (four times a second) every other descendant that
+appears while an engine starts, and from then on their own descendants; once the process has ended in any
+way (its pipe to the watcher closed, or it is gone or a zombie: an engine forked from it holds the pipe
+too), it kills those it noted that still run, multiprocessing's resource tracker aside (it cleans up after
+itself). What the process started otherwise (inside a notebook or lm-eval: that program's own children)
+is not the engines' and is left alone. The watcher ignores Ctrl-C and SIGTERM sent to the whole process
+group: odiag's own clean stop runs, and ends the engines first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,22 +26,57 @@ import psutil
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 fd, me = int(sys.argv[1]), os.getpid()
-host, seen = psutil.Process(int(sys.argv[2])), {}
-while not select.select([fd], [], [], 0.25)[0]:  # readable: every holder of the write end has exited
+host, noted, maybe, before, pending = psutil.Process(int(sys.argv[2])), {}, {}, None, b""
+
+def note(p, into):
+    if p.pid != me and p.pid not in noted:
+        try:
+            if "multiprocessing.resource_tracker" not in " ".join(p.cmdline()):
+                into[p.pid] = p
+        except psutil.Error:
+            pass
+
+def look():  # False once the host has ended
     try:
         if host.status() == psutil.STATUS_ZOMBIE:
-            break
+            return False
         children = host.children(recursive=True)
     except psutil.Error:
-        break
+        return False
     for p in children:
-        if p.pid != me and p.pid not in seen:
-            try:
-                if "multiprocessing.resource_tracker" not in " ".join(p.cmdline()):
-                    seen[p.pid] = p
-            except psutil.Error:
-                pass
-for p in seen.values():
+        if before is not None and p.pid not in before:  # while an engine starts, what is new may be its own;
+            note(p, maybe)  # which is, odiag says once the start has ended
+    for p in list(noted.values()):
+        try:
+            for q in p.children(recursive=True):
+                note(q, noted)
+        except psutil.Error:
+            pass
+    return True
+
+def hear(wait):  # False once every holder of the write end has exited
+    global before, maybe, pending
+    if not select.select([fd], [], [], wait)[0]:
+        return True
+    said = os.read(fd, 65536)
+    *lines, pending = (pending + said).split(b"\n")
+    for line in lines:
+        word, *pids = line.split()
+        if word == b"open":
+            before, maybe = {int(p) for p in pids}, {}
+        else:  # "close": the start has ended, and these are what it started
+            for pid in {int(p) for p in pids} - before:
+                try:
+                    note(psutil.Process(pid), noted)
+                except psutil.Error:
+                    pass
+            before, maybe = None, {}
+    return bool(said)
+
+while look() and hear(0.25):
+    pass
+hear(0)  # a start that ended just before the host did
+for p in [*noted.values(), *maybe.values()]:
     try:
         p.kill()  # psutil's Process refuses a pid another process has taken since
     except psutil.Error:
@@ -62,3 +100,28 @@ def watch() -> None:
     finally:
         os.close(read)
     _watcher.append((write, started))
+
+
+def _tell(line: str) -> None:
+    if _watcher:
+        with contextlib.suppress(OSError):
+            os.write(_watcher[0][0], line.encode() + b"\n")
+
+
+@contextlib.contextmanager
+def starting():
+    """Inside, an engine starts: the processes that appear are its own, ended with this process."""
+    try:
+        import psutil
+    except ImportError:  # no watcher without it (vLLM depends on it)
+        yield
+        return
+    watch()
+    running = [str(p.pid) for p in psutil.Process().children(recursive=True)]
+    if _watcher:
+        running.append(str(_watcher[0][1].pid))
+    _tell(" ".join(["open", *running]))
+    try:
+        yield
+    finally:
+        _tell(" ".join(["close", *(str(p.pid) for p in psutil.Process().children(recursive=True))]))

@@ -414,9 +414,8 @@ class VLLMBackend:
             args = {**self._engine_args, **self._model_args.get(spec.id, {}), **self._model_args.get(name, {})}
             log.info("starting a vLLM engine for %s", spec.id)
             relay = ChildOutput(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
-            reaper.watch()  # its own processes end with odiag, a kill -9 included
             try:
-                with relay:
+                with relay, reaper.starting():  # its own processes end with odiag, a kill -9 included
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
             except (RuntimeError, ValueError) as exc:
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"
