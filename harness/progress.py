@@ -417,11 +417,17 @@ class _AboveBars(logging.Filter):
         return False
 
     @classmethod
-    def install(cls) -> list[tuple[logging.Handler, logging.Filter]]:
-        """One on each handler of the root logger that writes to stdout or stderr."""
+    def install(cls, present: Sequence[tuple[logging.Handler, logging.Filter]] = ()) -> list[tuple[logging.Handler, logging.Filter]]:
+        """One on each handler that writes to stdout or stderr, of the root logger and of every other logger
+        configured so far (a library's own, such as vLLM's, which does not pass its records to the root),
+        but those in ``present``."""
+        have = {id(handler) for handler, _ in present}
         installed = []
-        for handler in logging.root.handlers:
-            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+        loggers = [logging.root, *(v for v in list(logging.Logger.manager.loggerDict.values()) if isinstance(v, logging.Logger))]
+        for handler in (h for logger in loggers for h in logger.handlers):
+            if (type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)
+                    and id(handler) not in have):
+                have.add(id(handler))
                 handler.addFilter(above := cls(handler))
                 installed.append((handler, above))
         return installed
@@ -525,6 +531,7 @@ class Reporter:
         if bar is None:
             if not ev.planned:  # nothing to do yet (or at all): no empty or pre-filled bar
                 return
+            self._above_bars += _AboveBars.install(self._above_bars)  # loggers configured since: vLLM's, as it loads
             bar = self.bars[ev.phase] = tqdm(
                 total=total, desc=ev.phase, unit=f" {ev.unit}", file=self.stream, dynamic_ncols=True,
                 leave=True, smoothing=0.1,

@@ -459,6 +459,32 @@ def test_a_log_line_on_a_terminal_goes_above_the_bars_not_through_them(monkeypat
     assert "100/2000" in text[text.index("a note"):]  # and drawn again below the note
 
 
+
+def test_a_librarys_own_log_handler_configured_after_the_reporter_goes_above_the_bars_too(monkeypatch):
+    """vLLM logs through a handler of its own logger (not passed to the root), configured when it is imported,
+    which may be after the reporter started: its lines too clear the bar's line first."""
+    import logging
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    log = logging.getLogger("harness.test_progress_library")
+    log.propagate = False
+    try:
+        reporter = Reporter(stream=sys.stderr, tty=True)
+        log.addHandler(handler := logging.StreamHandler(sys.stderr))
+        reporter(_event(done=100))
+        log.warning("a library's note while the bar is drawn")
+        reporter(_event(done=2000, final=True))
+        reporter.close()
+        assert not handler.filters
+    finally:
+        log.handlers.clear()
+        log.propagate = True
+    text = terminal.getvalue()
+    before = text[: text.index("a library's note")]
+    assert "/2000" in before and before.endswith("\r"), repr(text[-300:])
+    assert "100/2000" in text[text.index("a library's note"):]
+
 # the terminal summary ---------------------------------------------------------------------------
 
 
