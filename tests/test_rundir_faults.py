@@ -48,6 +48,14 @@ def _results(out: Path) -> dict:
     return _strip(json.loads((out / "results.json").read_text()))
 
 
+def _recomputed(out: Path) -> dict:
+    """The results a plain run computes from the run directory's shards alone (results.json removed first): a
+    shard still corrupt is refused, so these are the shards' numbers, not a results.json kept from before."""
+    (out / "results.json").unlink()
+    assert main(["run", *SETS, "--out", str(out), "--quiet"]) == 0
+    return _results(out)
+
+
 def _digest(root: Path) -> str:
     """Every path under ``root`` with its mode and bytes: equal digests, an unchanged directory."""
     h = hashlib.sha256()
@@ -297,7 +305,8 @@ def test_a_killed_holder_releases_the_lock(copy):
     proc.kill()
     proc.wait()
     assert (copy / LOCK_NAME).exists()  # left behind, but no longer held
-    assert _strip(run(CFG, copy)) == _results(copy)
+    reference = _results(copy)
+    assert _strip(run(CFG, copy)) == reference
     assert not (copy / LOCK_NAME).exists()
 
 
@@ -336,7 +345,9 @@ def test_add_teacher_checks_before_recording(copy, tmp_path):
     with pytest.raises(ConfigError, match="vocabulary differs"):
         add_teacher(copy, str(picky), task=_Picky())
     assert _digest(copy) == before
-    assert _strip(run(CFG, copy, task=_Picky())) == _results(copy)  # the original run still resumes
+    reference = _results(copy)
+    (copy / "results.json").unlink()
+    assert _strip(run(CFG, copy, task=_Picky())) == reference  # the original run still resumes
 
 
 def test_add_teacher_that_fails_on_real_data_leaves_the_finished_run_as_it_was(copy, tmp_path, monkeypatch, capsys):
@@ -424,8 +435,10 @@ def test_a_corrupt_shard_is_named(copy, capsys, kind, how):
 def test_repair_drops_and_recomputes_a_corrupt_shard(copy, capsys, kind, how):
     reference = _results(copy)
     _corrupt(copy / "shards" / SHARDS[kind], how)
+    (copy / "results.json").unlink()
     assert main(["run", *SETS, "--out", str(copy), "--repair", "--quiet"]) == 0
     assert _results(copy) == reference
+    assert _recomputed(copy) == reference
 
 
 def test_repair_after_many_corrupt_shards_equals_a_clean_run(copy):
@@ -433,7 +446,9 @@ def test_repair_after_many_corrupt_shards_equals_a_clean_run(copy):
     for i, shard in enumerate(sorted((copy / "shards").rglob("*.npz"))):
         if i % 3 == 0:
             _corrupt(shard, HOWS[i % len(HOWS)])
+    (copy / "results.json").unlink()
     assert _strip(run(CFG, copy, repair=True)) == reference
+    assert _recomputed(copy) == reference
 
 
 @pytest.fixture(scope="module")
@@ -462,8 +477,10 @@ def test_a_well_formed_shard_of_another_place_is_refused_then_repaired(copy, oth
     shutil.copyfile(source, copy / "shards" / target)
     why = "written by another run" if "another run" in move else "a shard copied or renamed"
     _refused(capsys, ["run", *SETS, "--out", str(copy)], copy, str(copy / "shards" / target), why, "--repair")
+    (copy / "results.json").unlink()
     assert main(["run", *SETS, "--out", str(copy), "--repair", "--quiet"]) == 0
     assert _results(copy) == reference
+    assert _recomputed(copy) == reference
 
 
 def test_a_pass_of_another_copy_of_the_run_is_refused_then_repaired(copy, tmp_path, capsys):
@@ -992,8 +1009,10 @@ def test_cli_corrupt_shard_then_repair(copy):
     cmd = [sys.executable, "-m", "harness.cli", "run", *SETS, "--out", str(copy), "--quiet"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "corrupt shard" in out.stderr
+    (copy / "results.json").unlink()
     subprocess.run([*cmd, "--repair"], cwd=ROOT, check=True)
     assert _results(copy) == reference
+    assert _recomputed(copy) == reference
 
 
 def test_cli_rescore_and_typo(tmp_path, copy):
