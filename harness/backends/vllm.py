@@ -45,8 +45,12 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import json
+import contextlib
 import logging
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 
@@ -315,6 +319,54 @@ def _refused_configuration(exc: BaseException) -> str | None:
     return (said if len(said) <= 300 else said[:297] + "...") or None
 
 
+
+@contextlib.contextmanager
+def _stops_reach_the_start():
+    """While an engine starts, a stop (Ctrl-C, SIGTERM) vLLM lost is raised again where it waits.
+
+    vLLM catches a KeyboardInterrupt raised while it waits for its engine process's handshake (its
+    ``zmq_socket_ctx``), then waits up to minutes for the engine's ready message: a stop asked for then would
+    be lost. The first stop is raised as the handler in place raises it (odiag's: KeyboardInterrupt, or
+    Terminated for SIGTERM). From then on, every half second while the main thread waits in zmq's poll, the
+    same is raised there again; elsewhere (vLLM ending its engine, once the stop got through) it is not, and
+    a further Ctrl-C raises it wherever it lands. Only in the main thread, where signal handlers run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main, done, insisted, stop = threading.main_thread().ident, threading.Event(), threading.Event(), []
+
+    def waiting(frame) -> bool:
+        return frame is not None and frame.f_code.co_name == "poll" and "zmq" in frame.f_code.co_filename
+
+    def insist() -> None:
+        while not done.wait(0.5):
+            if waiting(sys._current_frames().get(main)):
+                insisted.set()
+                signal.pthread_kill(main, signal.SIGINT)  # interrupts the wait; the handler below raises
+
+    def handler(signum, frame):
+        ours, _ = insisted.is_set(), insisted.clear()
+        if stop:
+            if ours and not waiting(frame):
+                return
+            raise stop[0]()
+        try:
+            previous[signum](signum, frame)
+        except BaseException as exc:
+            stop.append(type(exc))
+            threading.Thread(target=insist, name="odiag-stop", daemon=True).start()
+            raise
+
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(s))}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        done.set()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
 class VLLMBackend:
     """Samples with vLLM, scores with transformers or vLLM; see the module docstring.
 
@@ -415,7 +467,7 @@ class VLLMBackend:
             log.info("starting a vLLM engine for %s", spec.id)
             relay = ChildOutput(hold=not log.isEnabledFor(logging.DEBUG))  # -v: vLLM's tracebacks as they come
             try:
-                with relay, reaper.starting():  # its own processes end with odiag, a kill -9 included
+                with relay, reaper.starting(), _stops_reach_the_start():  # its processes end with odiag, a kill -9 included
                     engine = LLM(model=loadable(spec.id), revision=spec.revision, dtype=checkpoint_dtype(spec), **args)
             except (RuntimeError, ValueError) as exc:
                 where = "student_args" if name == STUDENT else f"the model_args of {name}'s teacher file"

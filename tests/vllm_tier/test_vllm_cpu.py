@@ -331,6 +331,40 @@ def test_a_kill_9_of_odiag_alone_ends_its_engines_processes(tmp_path):
                     p.kill()
 
 
+
+@pytest.mark.parametrize("how", ["Ctrl-C of odiag alone", "SIGTERM"])
+def test_a_stop_while_an_engine_starts_stops_odiag(tmp_path, how):
+    """vLLM catches a KeyboardInterrupt raised while it waits for its engine's handshake, then waits up to minutes
+    for the engine's ready message: a Ctrl-C then was lost (the run went on). It now stops odiag in seconds, with
+    its one line, the engine ended with it."""
+    import psutil
+
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    log = tmp_path / "err"
+    with log.open("w") as err:
+        proc = subprocess.Popen([str(BIN / "odiag"), "run", *_sets([*RUN, "backend=vllm"]), "--out", str(tmp_path / "x")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "starting a vLLM engine" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(8)  # within its start (about 30 s on 2 cores)
+        assert proc.poll() is None and not (tmp_path / "x" / "results.json").exists(), log.read_text()[-3000:]
+        engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM::" in " ".join(p.cmdline())]
+        proc.send_signal(signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM)
+        assert proc.wait(30) == (130 if how.startswith("Ctrl-C") else 143), log.read_text()[-3000:]
+        lines = log.read_text().splitlines()
+        assert lines[-1].startswith("odiag: interrupted" if how.startswith("Ctrl-C") else "odiag: terminated"), lines[-5:]
+        assert "Traceback" not in log.read_text()
+        gone, alive = psutil.wait_procs(engines, timeout=20)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        proc.kill()
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "VLLM::" in " ".join(p.cmdline()):
+                    p.kill()
+
 def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
     """vLLM's own "auto" runs a float32 checkpoint in bfloat16, transformers' in float32: the tree would be
     drawn from another pi than the one scored."""
