@@ -98,6 +98,32 @@ def test_paper_selects_spec_targets_and_enriches_them_to_n_target():
     assert STRATEGIES["paper"](_one_path_state(pi, pi_t, kl, n=n, w=n // 2), params).total == 0
 
 
+def test_paper_plans_the_union_of_the_two_lists_where_they_disagree():
+    """Pins SPEC §4's union where the lists differ: a low-π token the teacher raises from 0.03 to 0.20
+    is second by probability gap, a likelier token is second by GKD magnitude; both are planned, and
+    each list alone falls short of the plan."""
+    pi = np.array([[0.50, 0.30, 0.12, 0.05, 0.03]])
+    pi_t = np.array([[0.30, 0.38, 0.08, 0.04, 0.20]])[..., None]
+    ell = np.log(pi_t[..., 0]) - np.log(pi)
+    kl = -(pi * ell).sum(axis=1, keepdims=True)
+    state = _one_path_state(pi, pi_t, kl)
+    params = AllocationParams(k_window=2, n_target=100, tau=0.05)
+    gkd = np.abs(pi * (ell - (pi * ell).sum(axis=1, keepdims=True)))  # full-vocabulary g_a, SPEC §3
+    gap = np.abs(pi_t[..., 0] - pi)
+    cand = (pi > 0.05) | (gap > 0.05)
+    assert cand.tolist() == [[True, True, True, False, True]]
+
+    def top(score):  # the k_window = 2 candidates of highest score, ties by place
+        ranked = sorted(zip(*np.nonzero(cand)), key=lambda kt: (-score[kt], kt))
+        return {(0, int(k), int(a)) for k, a in ranked[:2]}
+
+    by_gkd, by_gap = top(gkd), top(gap)
+    assert by_gkd == {(0, 0, 0), (0, 0, 1)} and by_gap == {(0, 0, 0), (0, 0, 4)}
+    planned = _plan_set(STRATEGIES["paper"](state, params))
+    assert planned == {key: 100 for key in by_gkd | by_gap}
+    assert by_gkd < set(planned) and by_gap < set(planned)
+
+
 def test_paper_picks_top_k_per_path_and_plans_a_shared_child_once():
     """Pins: top-k is per path and window; a child on a common prefix is enriched once, under the lowest path."""
     paths = [np.array([0, 1, 2, 3]), np.array([0, 1, 4, 4])]  # common prefix of length 2

@@ -81,6 +81,28 @@ def test_mean_alignment_ci_contains_the_exact_value(finished):
     assert means["synthetic-helpful"] > 0.2 > -0.2 > means["synthetic-misleading"]
 
 
+def test_node_columns_follow_the_spec_formulas_from_the_child_table(finished):
+    """Every node row's |g*|, teacher advantage, V, |A(s)| and visits equal SPEC §3 written out over its
+    rows of children.parquet (π̃, π̃_T renormalised on A(s)): |g*| weighs the weighted alignment (SPEC §5)
+    and the teacher advantage is published per teacher, so both must be the node's own."""
+    out, _ = finished
+    nodes = pq.read_table(out / "nodes.parquet").to_pylist()
+    by_node = collections.defaultdict(list)
+    for c in pq.read_table(out / "children.parquet").to_pylist():
+        by_node[(c["question_id"], c["path_id"], c["position"], c["teacher"])].append(c)
+    assert len(nodes) > 50 and max(abs(r["teacher_advantage"]) for r in nodes) > 0.01
+    for r in nodes:
+        kids = by_node[(r["question_id"], r["path_id"], r["position"], r["teacher"])]
+        pi, pit = np.array([c["pi"] for c in kids]), np.array([c["pi_teacher"] for c in kids])
+        q = np.array([c["w"] / c["n"] for c in kids])
+        pi, pit = pi / pi.sum(), pit / pit.sum()
+        value = pi @ q
+        assert r["ideal_norm"] == pytest.approx(np.sqrt(((pi * (q - value)) ** 2).sum()), rel=1e-9, abs=1e-15)
+        assert r["teacher_advantage"] == pytest.approx(pit @ q - value, rel=1e-9, abs=1e-12)
+        assert r["value"] == pytest.approx(value, rel=1e-12)
+        assert r["n_actions"] == len(kids) and r["visits"] == sum(c["n"] for c in kids)
+
+
 def test_one_forward_pass_per_teacher_per_path(finished):
     _, results = finished
     c = results["counts"]

@@ -69,6 +69,21 @@ def test_unvisited_children_have_zero_visits():
     assert tree.visits(0, [0, 2, 2, 5], [1, 3, 0, 1]).tolist() == [1, 0, 1, 0]
 
 
+def test_a_rollout_forced_past_where_its_path_leaves_another_is_no_child_of_the_other():
+    """Paths 0 and 1 share two tokens. A rollout forced three tokens down path 1 passed path 0's exit
+    child ``(2, path1[2])`` on given tokens, so it is no visit there (SPEC §2): path 0 lists no child at
+    all, not one with n = 0 and Q = 0/0, and path 1 has the forced child alone."""
+    paths = [[0, 1, 2, 3], [0, 1, 5, 6]]
+    tree = TreeStats(paths)
+    batch = Rollouts.from_lists([[]], [1], forced_len=[4], target_path=[1], forced_token=[7])
+    tree.ingest(batch)
+    full = [[0, 1, 5, 7]]
+    for j, path in enumerate(paths):
+        assert _as_dict(tree.children(j)) == _brute_force(path, full, batch.reward, batch.forced_len, "unbiased")
+    assert _as_dict(tree.children(0)) == {} and _as_dict(tree.children(1)) == {(3, 7): [1, 1, 0, 0]}
+    assert tree.visits(0, [2], [5]).tolist() == [0]
+
+
 def _subset(batch, idx):
     conts = [batch.tokens[batch.offsets[i] : batch.offsets[i + 1]] for i in idx]
     return Rollouts.from_lists(conts, batch.reward[idx], batch.forced_len[idx], batch.target_path[idx], batch.forced_token[idx])

@@ -79,6 +79,23 @@ def test_gain_interval_edge_cases():
         gain_interval(np.array([[0.1, np.nan]]))
 
 
+def test_gain_interval_uses_satterthwaite_degrees_of_freedom():
+    """Pins the t quantile's degrees of freedom on a grid worked by hand: 4 seeds x 3 questions, gains
+    ``0.05 + a_s + b_q``. MS_s = 3 (0.01 + 0.01 + 0.04 + 0.04) / 3 = 0.1 and MS_q = 4 (0.01 + 0 + 0.01) / 2
+    = 0.04, so df = 0.14² / (0.1²/3 + 0.04²/2) = 147/31, not the 3 of the seeds alone."""
+    a, b = np.array([-0.1, 0.1, -0.2, 0.2]), np.array([-0.1, 0.0, 0.1])
+    diff = 0.05 + a[:, None] + b[None, :]
+    n_seeds, n_questions = diff.shape
+    ms_seed = n_questions * sum(x * x for x in a) / (n_seeds - 1)
+    ms_question = n_seeds * sum(x * x for x in b) / (n_questions - 1)
+    df = (ms_seed + ms_question) ** 2 / (ms_seed**2 / (n_seeds - 1) + ms_question**2 / (n_questions - 1))
+    assert (ms_seed, ms_question, df) == pytest.approx((0.1, 0.04, 147 / 31), abs=1e-12)
+    half = sps.t.ppf(0.975, 147 / 31) * np.sqrt((0.1 + 0.04) / 12)
+    ci = gain_interval(diff)
+    assert ci.mean == pytest.approx(0.05, abs=1e-12) and ci.n == 12
+    assert ci.lo == pytest.approx(0.05 - half, abs=1e-9) and ci.hi == pytest.approx(0.05 + half, abs=1e-9)
+
+
 def test_gain_replicates_are_weighted_means_of_the_resampled_grid():
     diff = np.random.default_rng(2).normal(size=(2, 3, 5))
     draws = bootstrap_draws(3, 5, 0, 4, seed=3)
@@ -146,6 +163,24 @@ def test_rank_correlations_compare_predictors_on_shared_replicates():
     assert out["alignment_incorrect"]["minus_alignment"]["verdict"] == "better"
     same = out["teacher_advantage"]["minus_alignment"]
     assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0] and same["verdict"] == "not resolved"
+
+
+def test_rank_correlations_call_a_difference_worse_only_when_its_interval_lies_below_zero():
+    """A noisy predictor against an exact reference is ``worse`` (its interval below 0). Two predictors that
+    each tie one pair of neighbouring gains, one at the bottom and one at the top, differ by -δ, 0 or +δ
+    from replicate to replicate: the interval holds 0 strictly inside and the difference is ``not resolved``,
+    not ``worse`` for its negative lower end."""
+    align, diff = _pairs()
+    noisy = align + np.random.default_rng(6).normal(0, 0.6, (8, 1))
+    worse = rank_correlations({"alignment": align, "noisy": noisy}, diff, seed=2, n_boot=500)["noisy"]["minus_alignment"]
+    assert worse["mean"] < 0 and worse["ci95"][1] < 0 and worse["verdict"] == "worse"
+    bottom, top = align.copy(), align.copy()
+    bottom[1] -= align[1].mean() - align[0].mean()
+    top[7] -= align[7].mean() - align[6].mean()
+    out = rank_correlations({"alignment": bottom, "top": top}, diff, seed=2, n_boot=500)
+    tied = out["top"]["minus_alignment"]
+    assert out["alignment"]["spearman"] == out["top"]["spearman"] < 1
+    assert tied["ci95"][0] < 0 < tied["ci95"][1] and tied["verdict"] == "not resolved"
 
 
 @pytest.mark.parametrize("algorithm", ["gkd", "forward_kl", "jsd"])
