@@ -588,16 +588,24 @@ def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool
         diffs.append(f"teachers: {[t['name'] for t in old]} there, {[t.name for t in new]} now "
                      "(add a teacher to a finished run with odiag add-teacher)")
     else:
-        diffs += [
-            f"teacher {n.name!r} changed since the run was made ({n.config.file}: identity {o['identity']} there, "
-            f"{n.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})"
-            for o, n in zip(old, new, strict=True) if o["identity"] != n.identity
-        ]
+        diffs += [_teacher_differs(o, n, flag) for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
     raise RunDirError(
         f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
         f"use {another(flag)}, or the same settings to resume"
     )
 
+
+def _teacher_differs(recorded: dict, now: TeacherRef, flag: str) -> str:
+    """Why a teacher's identity differs from the run's: its file was edited, or its entry, a relative path, names
+    another file from this working directory."""
+    from harness.rundir import another
+
+    if "file" in recorded and (was := _stored_path(recorded["file"])).resolve() != Path(now.config.file).resolve():
+        return (f"teacher {now.name!r} is another file from this working directory: {now.entry!r} reads "
+                f"{now.config.file} here, the run read {was}; give the run's file, or run from the directory the "
+                "run was started in")
+    return (f"teacher {now.name!r} changed since the run was made ({now.config.file}: identity {recorded['identity']} "
+            f"there, {now.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})")
 
 def _numeric_as_now(saved: dict) -> dict | None:
     """The options that move a number of the run's recorded ``student_args``, as this odiag reads them."""

@@ -131,6 +131,35 @@ def _teacher(tmp_path: Path, name: str, model: str = "helpful", sub: str = "t") 
 # 1. the five silent corruptions --------------------------------------------------------------------
 
 
+def test_a_run_named_after_its_teacher_reruns_from_where_it_was_started(tmp_path, monkeypatch):
+    """``--out synthetic-helpful`` makes a folder of the teacher's name in the working directory: the same command
+    again once read that folder as the teacher ("a directory, not a teacher YAML file"); a bare name is the
+    shipped teacher unless a file of that name is there."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--set", "limit=1", "--set", "n_initial=16", "--set", "teachers=[synthetic-helpful]",
+            "--out", "synthetic-helpful", "--quiet"]
+    assert main(argv) == 0
+    reference = _results(tmp_path / "synthetic-helpful")
+    (tmp_path / "synthetic-helpful" / "results.json").unlink()
+    assert main(argv) == 0
+    assert _results(tmp_path / "synthetic-helpful") == reference
+
+
+def test_a_relative_teacher_path_naming_another_file_here_is_refused_as_such(tmp_path, capsys, monkeypatch):
+    """A run's config.yaml keeps a teacher's path as written; resumed from another directory where that relative
+    path names another file, the refusal says so (not that the run's teacher "changed", to be restored)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    _teacher(first, "mine", sub="t")
+    _teacher(second, "mine", model="misleading", sub="t")
+    out = tmp_path / "run"
+    monkeypatch.chdir(first)
+    assert main(["run", *SETS, "--set", "limit=1", "--set", "teachers=[t/mine.yaml]", "--out", str(out), "--quiet"]) == 0
+    monkeypatch.chdir(second)
+    err = _refused(capsys, ["run", "--config", str(out / "config.yaml"), "--out", str(out)], out,
+                   f"'t/mine.yaml' reads {second / 't' / 'mine.yaml'} here, the run read {first / 't' / 'mine.yaml'}",
+                   "run from the directory the run was started in")
+    assert "changed since" not in err
+
 def test_edited_planner_teacher_is_refused_with_both_hashes(tmp_path, capsys):
     """Silent corruption 1: an edited teacher YAML under its old name must not reuse the old scores."""
     t = _teacher(tmp_path, "mine")

@@ -100,7 +100,7 @@ def teacher_path(name_or_path: str) -> Path:
 
 def _teacher_path(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder of the same name (a run's --out) is no teacher
         return p
     under = TEACHER_DIR / f"{name_or_path}.yaml"
     if ("/" in name_or_path or name_or_path.startswith("~")) and not under.exists():
