@@ -61,6 +61,7 @@ def at_least(lo: float) -> Rule:
 
 MAX_COUNT = 10**9  # any count setting: past it the arithmetic of rollouts and visits leaves 64-bit integers
 MAX_INITIAL = 10**6  # initial rollouts per question: held in memory at once
+MAX_VISITS = 10**6  # visits per child: a child's rollouts of a round are one request, held in memory at once
 # sampling temperatures: below the floor float32 logits / T overflow (and a float32 T rounds to 0 near
 # 1e-45), and above the ceiling every distribution is uniform to within float precision
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
@@ -172,9 +173,10 @@ class RunConfig:
     window: int = setting(50, "first depth window width w: windows [0,w), [w,3w), [3w,7w), ...", at_least(1), at_most())
     k_window: int = setting(10, "top-k per window by GKD gradient magnitude and by |pi_T - pi|", at_least(1), at_most())
     tau: float = setting(0.05, "candidate threshold on pi and |pi_T - pi|", between(0, 1, low_open=True, high_open=True))
-    n_target: int = setting(100, "visits each targeted child is enriched to", at_least(1), at_most())
+    n_target: int = setting(100, "visits each targeted child is enriched to", at_least(1), at_most(MAX_VISITS))
     n_min: int | None = setting(
-        None, "visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)", at_least(1), at_most())
+        None, "visits a child needs to enter A(s); None takes the task's (20, 10 for AIME)", at_least(1),
+        at_most(MAX_VISITS))
     cascade: str = setting(
         "unbiased", '"unbiased" counting, or "paper" (biased, reproduces the paper)', one_of(("unbiased", "paper")))
     strategy: str = setting(
@@ -185,7 +187,7 @@ class RunConfig:
         0.95, "settle: posterior probability that each alignment is within tolerance",
         between(0, 1, low_open=True, high_open=True))
     tolerance: float = setting(0.1, "settle: half-width on the alignment score that counts as settled", positive())
-    n_max: int = setting(1280, "settle: no child is enriched beyond this many visits", at_least(1), at_most())
+    n_max: int = setting(1280, "settle: no child is enriched beyond this many visits", at_least(1), at_most(MAX_VISITS))
     price: float = setting(0.001, "settle: least gain in that probability one more rollout must buy", at_least(0))
     gamma: float = setting(0.95, "MiniLLM reward-to-go discount", between(0, 1))
     jsd_beta: float = setting(0.5, "generalised JSD mixture weight; 0 and 1 only without jsd (TRL's 0 and 1 are "
@@ -198,7 +200,8 @@ class RunConfig:
     threads: int | None = setting(None, "hf backend: torch CPU threads per process; None keeps torch's default", at_least(1), at_most())
     survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1), at_most())
     survey_visits: int | None = setting(
-        None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1), at_most())
+        None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1),
+        at_most(MAX_VISITS))
     student_args: dict = setting(
         {}, "backend options, as lm-eval's model_args (e.g. {gpu_memory_utilization: 0.3}); checked against the backend",
         named_keys())

@@ -107,6 +107,12 @@ def test_every_field_has_a_doc_and_every_bounded_field_a_rule():
         assert type_ and default == getattr(RunConfig(), name)
     assert rules["window"] == ">= 1; <= 1,000,000,000" and rules["limit"] == "None or >= 1; <= 1,000,000,000" and "vllm" in rules["backend"]
     assert rules["n_initial"] == ">= 2; <= 1,000,000"
+    # one child's rollouts of a round are one request, held in memory at once (n_target 1e9 once failed
+    # allocating 60 GiB inside the run, leaving a directory its corrected command was refused by)
+    for visits in ("n_target", "n_max"):
+        assert rules[visits] == ">= 1; <= 1,000,000", visits
+    for visits in ("n_min", "survey_visits"):
+        assert rules[visits] == "None or >= 1; <= 1,000,000", visits
     bounded = {k for k, _ in BAD_VALUES}
     assert all(rules[k] for k in bounded)
 

@@ -386,7 +386,7 @@ _TOY_STUDENT = Path(__file__).resolve().parents[1] / "harness" / "toy_models" / 
 @pytest.mark.parametrize("old, new, needle", [
     ("    thinking: false", "    thinking: \"no\"", "metadata.odiag.thinking must be true or false, got 'no'"),
     ("    n_min: 20", "    n_min: 0", "metadata.odiag.n_min must be an integer >= 1"),
-    ("    n_min: 20", "    n_min: 2.7", "metadata.odiag.n_min must be an integer >= 1 and <= 1,000,000,000, got 2.7"),
+    ("    n_min: 20", "    n_min: 2.7", "metadata.odiag.n_min must be an integer >= 1 and <= 1,000,000, got 2.7"),
     ("    n_min: 20", "    n_min: twenty", "metadata.odiag.n_min must be an integer"),
     ("  max_gen_toks: 128", "  max_gen_toks: 0", "generation_kwargs.max_gen_toks must be an integer >= 1"),
     ("  max_gen_toks: 128", "", "generation_kwargs.max_gen_toks is missing"),

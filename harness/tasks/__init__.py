@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from harness.config import MAX_COUNT, ConfigError, data_dir
+from harness.config import MAX_COUNT, MAX_VISITS, ConfigError, data_dir
 from harness.safeio import excerpt
 from harness.teachers import TeacherConfig
 
@@ -141,10 +141,10 @@ def read_task_yaml(path: Path):
 ODIAG_KEYS = ("answer_type", "n_min", "thinking", "shuffle_seed", "description")  # a task YAML's metadata.odiag
 
 
-def task_count(value, where: str) -> int:
-    """A positive integer setting of a task YAML; a ConfigError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-        raise ConfigError(f"{where} must be an integer >= 1 and <= {MAX_COUNT:,}, got {value!r}")
+def task_count(value, where: str, most: int = MAX_COUNT) -> int:
+    """A positive integer setting of a task YAML, at most ``most``; a ConfigError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"{where} must be an integer >= 1 and <= {most:,}, got {value!r}")
     return value
 
 
@@ -173,7 +173,7 @@ def odiag_options(metadata, generation_kwargs, where: str | None = None) -> dict
         raise ConfigError(f"{at}metadata.odiag.thinking must be true or false, got {odiag['thinking']!r}")
     if not isinstance(odiag.get("shuffle_seed", 0), int) or isinstance(odiag.get("shuffle_seed"), bool):
         raise ConfigError(f"{at}metadata.odiag.shuffle_seed must be an integer, got {odiag['shuffle_seed']!r}")
-    return {"answer_type": odiag["answer_type"], "n_min": task_count(odiag.get("n_min", 20), f"{at}metadata.odiag.n_min"),
+    return {"answer_type": odiag["answer_type"], "n_min": task_count(odiag.get("n_min", 20), f"{at}metadata.odiag.n_min", MAX_VISITS),
             "max_gen_toks": task_count(generation["max_gen_toks"], f"{at}generation_kwargs.max_gen_toks"),
             "thinking": odiag.get("thinking", False), "shuffle_seed": odiag.get("shuffle_seed")}
 
