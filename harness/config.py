@@ -370,12 +370,20 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not math.isfinite(value):
             raise FieldError(key, value, "a finite number")
         return float(value)
+    if hint is float and isinstance(value, str) and _not_finite(value):  # "nan", "inf": numbers YAML reads as words
+        raise FieldError(key, value, "a finite number")
     if hint is int and isinstance(value, float) and value.is_integer():  # budget: 2e5
         return int(value)
     if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise FieldError(key, value, _type_name(hint))
 
+
+def _not_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 def check_fields(obj: Any) -> None:
     """Check every field of a config dataclass against its type and its rules, in declaration order;

@@ -83,6 +83,10 @@ BAD_VALUES = [
     ("task", "''"), ("student", "''"), ("student_revision", "''"),
     # past 64-bit arithmetic, or memory for the initial rollouts: refused, not an overflow after the directory exists
     ("budget", "1e19"), ("n_target", "1e19"), ("survey_visits", "1e19"), ("n_initial", "1e9"), ("n_max", str(2**64)),
+    # visits of one child, held in memory at once
+    ("n_target", "1000001"), ("n_min", "1e9"), ("survey_visits", "1e7"), ("n_max", "2000000"),
+    # what YAML reads as words, not as its .nan and .inf
+    ("temperature", "nan"), ("temperature", "-inf"), ("jsd_beta", "NaN"),
 ]
 BAD_TYPES = [
     ("window", "1.5"), ("window", "true"), ("window", "abc"), ("tau", "fast"), ("tau", "[0.1]"),
@@ -90,6 +94,13 @@ BAD_TYPES = [
     ("n_min", "1.5"), ("student", "[a]"), ("backend", "1"), ("gamma", "2024-01-01"),
 ]
 
+
+@pytest.mark.parametrize("value", ["nan", "-inf", ".nan", "Infinity"])
+def test_a_number_that_is_not_finite_is_refused_as_such(odiag, tmp_path, value):
+    """YAML reads "nan" and "inf" as words and ".nan" as a float: either way the line says a finite number is
+    wanted (a NaN is a float, so "must be float" misled)."""
+    assert_one_line(odiag("run", "--set", f"temperature={value}", "--out", tmp_path / "out"),
+                    "key 'temperature' must be a finite number")
 
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES + BAD_TYPES, ids=[f"{k}={v}" for k, v in BAD_VALUES + BAD_TYPES])
 def test_bad_set_value_is_refused_before_the_run_directory_exists(odiag, tmp_path, key, value):
