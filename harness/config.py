@@ -197,7 +197,7 @@ class RunConfig:
     executor: str = setting("local", '"local" or "ray"', one_of(("local", "ray")))
     ray_address: str | None = setting(None, "an existing Ray cluster to join; None starts a local one", non_empty())
     num_workers: int = setting(2, "Ray workers (one backend each)", at_least(1), at_most())
-    threads: int | None = setting(None, "hf backend: torch CPU threads per process; None keeps torch's default", at_least(1), at_most())
+    threads: int | None = setting(None, "torch CPU threads per process (hf backend; vllm's exact scorer); None keeps torch's default", at_least(1), at_most())
     survey_positions: int = setting(64, "survey: positions sampled per path, on average (a systematic grid over depth)", at_least(1), at_most())
     survey_visits: int | None = setting(
         None, "survey: visits each likely child of a sampled position gets; None: n_min", at_least(1),

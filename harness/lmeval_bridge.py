@@ -335,7 +335,7 @@ def _student(lm) -> tuple[str, str | None]:
 
 def _backend(lm, cfg: RunConfig, teachers, task):
     from harness.backends import STUDENT, ModelSpec
-    from harness.plan import backend_options, engine_positions, model_specs
+    from harness.plan import backend_options, engine_positions, model_specs, with_threads
 
     specs = model_specs(cfg, teachers)
     spec = ModelSpec(cfg.student, cfg.student_revision, cfg.dtype)
@@ -346,14 +346,14 @@ def _backend(lm, cfg: RunConfig, teachers, task):
         check_engine(engine_settings(lm.model), cfg, checkpoint_dtype(spec), sum(engine_positions(cfg, task)),
                      checkpoint_quantization(spec))
         # scored as odiag run scores (exactly, unless student_args says score_with: vllm): one config, one set of numbers
-        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs, **options)
+        return VLLMBackend.from_engine(lm.model, lm.tokenizer, spec=spec, models=specs,
+                                       **with_threads(cfg.threads, "vllm", options))
     from harness.backends.hf import HFBackend
     from harness.backends.vllm import checkpoint_dtype
 
     check_dtype(cfg, getattr(getattr(lm, "model", None), "dtype", ""), checkpoint_dtype(spec), "lm-eval loaded")
     specs.pop(STUDENT)
-    threads = {"threads": cfg.threads} if cfg.threads else {}  # as plan.build_backend gives it
-    return HFBackend.from_model(lm.model, spec, specs, **threads, **options)
+    return HFBackend.from_model(lm.model, spec, specs, **with_threads(cfg.threads, "hf", options))
 
 
 def check_dtype(cfg: RunConfig, running, dtype: str, what: str) -> None:

@@ -243,12 +243,23 @@ def _engine_shares(cfg: RunConfig, teachers, options: dict) -> dict:
     return {"gpu_memory_utilization": round(0.5 / engines, 4)}
 
 
+def with_threads(threads: int | None, backend: str, options: dict) -> dict:
+    """Backend ``options`` with ``threads`` where torch runs: the hf backend, and the vllm backend's exact scorer
+    (in transformers); a ``threads`` the options set themselves (student_args, its hf_options) first."""
+    if not threads:
+        return options
+    if backend == "hf":
+        return {"threads": threads, **options}
+    if backend == "vllm":
+        return {**options, "hf_options": {"threads": threads, **(options.get("hf_options") or {})}}
+    return options
+
+
 def build_backend(cfg: RunConfig, teachers) -> Backend:
     """The configured backend, in this process or spread over Ray workers (options as :func:`make_plan`
     checked them)."""
     # hf draws from counter-based randomness, so its thread count never moves a number
-    options = {"threads": cfg.threads} if cfg.backend == "hf" and cfg.threads else {}
-    options |= backend_options(cfg, teachers)
+    options = with_threads(cfg.threads, cfg.backend, backend_options(cfg, teachers))
     if cfg.executor == "ray":
         from harness.distributed import RayBackendPool
 

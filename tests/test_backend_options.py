@@ -239,3 +239,18 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, capsys):
     assert cli.main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"odiag: error: model {bad}: its weights cannot be read") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("hf_options, threads", [(None, 3), ("{threads: 5}", 5)])
+def test_threads_reach_the_vllm_backends_exact_scorer_and_stay_out_of_the_hash(monkeypatch, hf_options, threads):
+    """The vllm backend scores exactly in transformers: ``threads`` sets its torch threads, as the hf backend's
+    (it reached nothing there); a ``threads`` in student_args' hf_options is the more specific, and wins."""
+    import harness.plan as plan
+
+    built = {}
+    monkeypatch.setattr(plan, "load_backend", lambda name, models, **options: built.update(options) or object())
+    sets = ["backend=vllm", "threads=3", *([f"student_args={{hf_options: {hf_options}}}"] if hf_options else [])]
+    cfg = resolve_run_config(None, sets)
+    plan.build_backend(cfg, [])
+    assert built["hf_options"]["threads"] == threads
+    assert cfg.hash() == resolve_run_config(None, [s for s in sets if not s.startswith("threads")]).hash()
