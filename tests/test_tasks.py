@@ -390,7 +390,8 @@ _TOY_STUDENT = Path(__file__).resolve().parents[1] / "harness" / "toy_models" / 
     ("    n_min: 20", "    n_min: twenty", "metadata.odiag.n_min must be an integer"),
     ("  max_gen_toks: 128", "  max_gen_toks: 0", "generation_kwargs.max_gen_toks must be an integer >= 1"),
     ("  max_gen_toks: 128", "", "generation_kwargs.max_gen_toks is missing"),
-    ("generation_kwargs:", "generation_kwargsx:", "generation_kwargs.max_gen_toks is missing"),
+    ("generation_kwargs:", "generation_kwargsx:", "no generation_kwargs: key, but 'generation_kwargsx' (misspelt?)"),
+    ("metadata:", "metadta:", "no metadata: key, but 'metadta' (misspelt?)"),
     ("odiag_utils.process_results_integer", "odiag_utils.no_such_function", "lm-eval cannot build the task"),
     ("    thinking: false", "    thinking: false\n    shuffle_seed: abc", "metadata.odiag.shuffle_seed must be an integer"),
 ])

@@ -205,6 +205,9 @@ def task_file_problem(path: Path) -> str | None:
         got = f"task: is {excerpt(cfg['task'], 40)}" if "task" in cfg else "no task: key"
         return f"{got}, not {path.stem!r} ({TASK_FILE_RULE})"
     if "include" not in cfg:  # settings an included file gives are read once lm-eval builds the task
+        for key in ("generation_kwargs", "metadata"):
+            if key not in cfg and (close := difflib.get_close_matches(key, [str(k) for k in cfg], n=1, cutoff=0.8)):
+                return f"no {key}: key, but {excerpt(close[0], 40)} (misspelt?)"
         try:
             odiag_options(cfg.get("metadata"), cfg.get("generation_kwargs"))
         except ConfigError as exc:
