@@ -120,8 +120,18 @@ class RunLocked(RunDirError):
 # files -------------------------------------------------------------------------------------------
 
 
+_WRITE_FIXES = {  # what to do about a failed write, by its errno (the command again resumes: nothing is half-written)
+    errno.EACCES: "make its folder writable for you (chmod u+w) or name a folder you can write",
+    errno.EPERM: "make its folder writable for you (chmod u+w) or name a folder you can write",
+    errno.EROFS: "a read-only file system: name a folder on a writable one",
+    errno.ENOSPC: "free some space and give the same command again",
+    errno.EDQUOT: "free some of your quota and give the same command again",
+}
+
+
 def _oserror(path: Path, exc: OSError) -> RunDirError:
-    return RunDirError(f"{path}: cannot write ({exc.strerror or exc})")
+    fix = _WRITE_FIXES.get(exc.errno)
+    return RunDirError(f"{path}: cannot write ({exc.strerror or exc})" + (f"; {fix}" if fix else ""))
 
 
 def make_dirs(path: Path) -> None:

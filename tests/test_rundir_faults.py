@@ -628,10 +628,27 @@ def test_a_lock_that_cannot_be_written_is_one_line_and_holds_nothing(tmp_path, c
 
     monkeypatch.setattr(os, "ftruncate", full)
     err = _error(capsys, ["rescore", str(run_dir), "--set", "jsd_beta=0.3"])
-    assert f"{run_dir / LOCK_NAME}: cannot write (No space left on device)" in err, err
+    assert f"{run_dir / LOCK_NAME}: cannot write (No space left on device); free some space and give the same command again" in err, err
     assert not (run_dir / LOCK_NAME).exists()
     monkeypatch.undo()
     assert main(["rescore", str(run_dir), "--set", "jsd_beta=0.3", "--quiet"]) == 0
+
+
+def test_a_run_directory_odiag_may_not_write_is_one_line_saying_what_to_do(tmp_path, capsys, monkeypatch):
+    """A run copied from another user (or a read-only mount): the lock cannot be opened; the line says how to go
+    on, not only that it cannot write."""
+    run_dir = tmp_path / "run"
+    assert main(["run", *SETS, "--set", "limit=1", "--out", str(run_dir), "--quiet"]) == 0
+    real = os.open
+
+    def denied(path, flags, *args, **kwargs):
+        if str(path).endswith(LOCK_NAME):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    err = _error(capsys, ["run", *SETS, "--set", "limit=1", "--out", str(run_dir)])
+    assert f"{run_dir / LOCK_NAME}: cannot write (Permission denied); make its folder writable for you" in err, err
 
 
 def test_a_new_run_stopped_between_its_two_records_does_not_block_the_same_command(tmp_path, capsys, monkeypatch):
