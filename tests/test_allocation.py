@@ -414,6 +414,66 @@ def test_settle_visits_stops_when_settled_or_near_a_tie_and_grows_otherwise():
     assert grown is not None and (grown >= 20).all() and grown.sum() > 40 and (grown <= params.n_max).all()
 
 
+def test_settle_pairs_a_lone_target_with_the_likeliest_other_child_so_its_node_is_a_decision_point():
+    """Pins `_pairs`: a target alone in its node's A(s) is worth nothing (no decision point), so the node's
+    likeliest other child (the path's own token 0 here) is planned to ``n_min`` with it, topped up from
+    what it has; a node that already holds a second child in A(s) gets no partner."""
+    pi = np.array([[0.6, 0.3, 0.1]])
+    pi_t = np.array([[0.3, 0.1, 0.6]])[..., None]  # the teacher moves mass to token 2
+    kl = (pi * np.log(pi / pi_t[..., 0])).sum(axis=1, keepdims=True)
+    params = AllocationParams(k_window=1, n_min=20, tau=0.05)
+    # token 2 tops both lists (|g| 0.24 vs 0.16, 0.08; |π_T − π| 0.5 vs 0.3, 0.2): the only target
+    assert np.argmax(gkd_magnitude(pi[0], pi_t[0, :, 0], kl[0, 0])) == np.argmax(np.abs(pi_t[0, :, 0] - pi[0])) == 2
+    assert _plan_set(STRATEGIES["settle"](_one_path_state(pi, pi_t, kl), params)) == {(0, 0, 2): 20, (0, 0, 0): 20}
+    n = np.array([[5, 0, 0]])
+    assert _plan_set(STRATEGIES["settle"](_one_path_state(pi, pi_t, kl, n=n, w=n // 2), params)) == {(0, 0, 2): 20, (0, 0, 0): 15}
+    n = np.array([[0, 20, 0]])  # token 1 already in A(s): the target completes the pair
+    assert _plan_set(STRATEGIES["settle"](_one_path_state(pi, pi_t, kl, n=n, w=n // 2), params)) == {(0, 0, 2): 20}
+
+
+def test_settle_grows_a_node_whose_children_show_one_q_to_n_target_and_stops_there():
+    """Pins `_growth` on a tie at the start: equal Q̂ (at a win-or-lose node every child reads 1 at first)
+    leave no alignment to settle yet, so the node is grown to ``n_target`` (capped by ``n_max``), where
+    the paper would find a small difference; still tied at ``n_target``, it asks for nothing more."""
+    pi = np.array([[0.6, 0.4]])
+    pi_t = np.array([[0.2, 0.8]])[..., None]
+    kl = (pi * np.log(pi / pi_t[..., 0])).sum(axis=1, keepdims=True)
+    for w in ([[20, 20]], [[10, 10]]):
+        state = _one_path_state(pi, pi_t, kl, n=[[20, 20]], w=w)  # both targets already hold n_min visits
+        assert _plan_set(STRATEGIES["settle"](state, AllocationParams(n_target=100))) == {(0, 0, 0): 80, (0, 0, 1): 80}
+        assert _plan_set(STRATEGIES["settle"](state, AllocationParams(n_target=100, n_max=60))) == {(0, 0, 0): 40, (0, 0, 1): 40}
+    tied = _one_path_state(pi, pi_t, kl, n=[[100, 100]], w=[[50, 50]])
+    assert STRATEGIES["settle"](tied, AllocationParams(n_target=100)).total == 0
+
+
+def test_settle_visits_leaves_alone_a_spread_that_sampling_noise_explains():
+    """Pins the positive-part James–Stein shrinkage of the projected Q. Q̂ 0.55 vs 0.45 is unsettled
+    (its sign flips in about a quarter of the Jeffreys draws) but no larger than binomial noise
+    (π-weighted spread 0.0024 against noise 0.006 at 20 visits, 0.003 at 40): projected at V̂, no
+    count of visits settles it, so it is left alone. 0.6 vs 0.4 at 20 visits (spread 0.0096, 1.7 times
+    the noise) is grown; projected at Q̂ itself, both would look settleable."""
+    pi, pi_t = np.array([0.6, 0.4]), np.array([[0.2], [0.8]])
+    params = AllocationParams()
+    rng = np.random.default_rng(0)
+    for n, w in ((20, 11), (40, 22)):
+        flip = np.mean(rng.beta(w + 0.5, n - w + 0.5, 100_000) < rng.beta(n - w + 0.5, w + 0.5, 100_000))
+        assert flip > 0.15  # two children: the cosine is ±1, settled only if the sign is
+        assert settle_visits(pi, pi_t, [n, n], [w, n - w], params) is None
+    assert settle_visits(pi, pi_t, [20, 20], [12, 8], params) is not None
+
+
+def test_settle_visits_gives_the_children_neyman_shares_by_their_sway_on_the_alignment():
+    """Pins the Neyman shares of growth: n_a ∝ σ_a √n_a, σ_a the spread of the cosine when only Q_a is
+    drawn. A child holding 2% of π barely moves g* = π ⊙ (Q − V), so it gets (next to) no new visits
+    while its likelier siblings, whose Q decide the alignment, are grown; equal shares would not tell them apart."""
+    pi, pi_t = np.array([0.55, 0.43, 0.02]), np.array([[0.3], [0.6], [0.1]])
+    n = np.array([20, 20, 20])
+    grown = settle_visits(pi, pi_t, n, [12, 8, 10], AllocationParams())
+    assert grown is not None and (grown >= n).all()
+    extra = grown - n
+    assert extra[:2].min() > 0 and extra[2] <= 0.1 * extra[:2].min()
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_q_intervals_keep_nominal_coverage_of_exact_values(name):
     """Each strategy's Q = w/n against exact Q on the synthetic model: 95% Wilson coverage stays near nominal.
