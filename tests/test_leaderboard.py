@@ -531,6 +531,37 @@ def test_a_build_stopped_while_drawing_leaves_the_previous_page_whole(run_dir, t
     assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}
 
 
+def test_a_build_stopped_between_its_renames_of_the_figures_keeps_a_file_odiag_did_not_draw(run_dir, tmp_path, monkeypatch):
+    """The swap moves a file odiag did not draw into the staged figures, then renames twice. Stopped between the
+    renames (Ctrl-C), it puts the previous figures and the file back; killed there (no clean-up ran), the next
+    build does, instead of removing the staged folder with the file in it (it was lost)."""
+    from pathlib import Path
+
+    out = tmp_path / "site"
+    build([run_dir], out)
+    (out / "figures" / "notes.txt").write_text("kept")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_rename = Path.rename
+
+    def stop_at_the_second(self, target):
+        if self.name.startswith(".figures.") and self.name.endswith(".tmp") and Path(target).name == "figures":
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        build([run_dir], out)
+    monkeypatch.undo()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # as a kill -9 there leaves it: no figures/, the old ones and the staged ones (with the file) beside the page
+    (out / "figures").rename(out / ".figures.old.4242")
+    staged = out / ".figures.x1y2.tmp"
+    staged.mkdir()
+    (out / ".figures.old.4242" / "notes.txt").rename(staged / "notes.txt")
+    build([run_dir], out)
+    assert (out / "figures" / "notes.txt").read_text() == "kept"
+    assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}
+
 def test_binned_figures_take_their_ci_over_questions_not_paths():
     """SPEC §5: the paths of one question are not independent. Two questions, each with three paths that
     agree: the CI is a t interval over the two question means (paths averaged first, then questions)."""

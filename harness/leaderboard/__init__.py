@@ -169,7 +169,9 @@ _LEFTOVER = re.compile(r"^\.(figures\..+\.tmp|figures\.old\.\d+|leaderboard\.jso
 
 def _drop_leftovers(out: Path) -> None:
     """Remove what a build killed part-way left in ``out`` (staged figures, the figures it was replacing,
-    half-written files): only names a build makes. One build at a time writes a site."""
+    half-written files): only names a build makes, once `_recover_figures` has put back what is not its own.
+    One build at a time writes a site."""
+    _recover_figures(out)
     for p in out.iterdir():
         if not _LEFTOVER.match(p.name) or p.is_symlink():
             continue
@@ -179,22 +181,43 @@ def _drop_leftovers(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _recover_figures(out: Path) -> None:
+    """After a build stopped while it swapped ``figures/``: the figures it was replacing back where none are (the
+    page there is the one they were drawn for), and files odiag did not draw, moved along into a staging folder,
+    back into ``figures/``."""
+    figures = out / "figures"
+    leftovers = sorted(p for p in out.iterdir() if _LEFTOVER.match(p.name) and p.is_dir() and not p.is_symlink())
+    if not figures.exists() and (old := next((p for p in leftovers if p.name.startswith(".figures.old.")), None)):
+        old.rename(figures)
+        leftovers.remove(old)
+    if not figures.is_dir() or figures.is_symlink():
+        return
+    for staged_dir in leftovers:
+        for kept in staged_dir.iterdir():
+            if kept.suffix not in (".svg", ".png") and not (figures / kept.name).exists():
+                kept.rename(figures / kept.name)
+
+
 def _swap_figures(staging: Path, figures: Path) -> None:
     """Put the staged figures in place of ``figures`` by two renames; files there that odiag did not draw
-    (anything but SVG and PNG) move along."""
+    (anything but SVG and PNG) move along. Stopped part-way, it puts back what it moved."""
     from harness.rundir import DIR_MODE
 
     os.chmod(staging, DIR_MODE)
-    if figures.is_dir():
+    if not figures.is_dir():
+        staging.rename(figures)
+        return
+    old = figures.with_name(f".{figures.name}.old.{os.getpid()}")
+    try:
         for kept in figures.iterdir():
             if kept.suffix not in (".svg", ".png") and not (staging / kept.name).exists():
                 kept.rename(staging / kept.name)
-        old = figures.with_name(f".{figures.name}.old.{os.getpid()}")
         figures.rename(old)
         staging.rename(figures)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(figures)
+    except BaseException:
+        _recover_figures(figures.parent)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main_leaderboard(run_dirs: list[str], out: str, viewer_mb: float | None = None) -> int:
