@@ -11,6 +11,7 @@ import dataclasses
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ from harness.backends.vllm import (
     temper,
 )
 from harness.core import DIVERGENCES, all_divergences
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -514,3 +517,62 @@ def test_an_engine_process_that_fails_to_start_is_judged_by_its_own_cause(fake_v
         assert "Traceback" not in out + err and "EngineCore failed to start." in out
     else:
         assert out.count("Traceback") == 2 and err.count("Traceback") == 1 and cause in out and cause in err
+
+
+_SWALLOWING_START = '''
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from zmq_stand_in import poll  # a wait in zmq's poll, as the frame a signal interrupts shows it
+from harness.backends.vllm import _stops_reach_the_start
+
+def start(ready_s):  # vLLM's engine start: the handshake wait swallows a KeyboardInterrupt, the ready wait follows
+    try:
+        poll(3)
+    except KeyboardInterrupt:
+        pass
+    poll(ready_s)
+
+def raise_stop(signum, frame):
+    raise KeyboardInterrupt
+
+mode = sys.argv[2]
+if mode == "term":  # SIGINT left at its default, SIGTERM raising: a batch script's setting
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminate)
+else:
+    signal.signal(signal.SIGINT, raise_stop)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM if mode == "term" else signal.SIGINT)).start()
+began = time.monotonic()
+try:
+    with _stops_reach_the_start():
+        start(4 if mode == "term" else 60)
+    print("went on", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+except KeyboardInterrupt:
+    print("stopped after", round(time.monotonic() - began, 1), signal.getsignal(signal.SIGINT) is raise_stop, flush=True)
+'''
+
+
+def test_a_stop_a_library_swallows_while_an_engine_starts_is_raised_again_where_it_waits(tmp_path):
+    """vLLM catches the KeyboardInterrupt of a Ctrl-C during its engine's handshake and goes on waiting for the
+    engine: odiag raises it again, in seconds, where the main thread waits in zmq's poll, and puts its handler back."""
+    (tmp_path / "zmq_stand_in.py").write_text(
+        "import time\n\ndef poll(seconds):\n    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n        time.sleep(0.05)\n")
+    done = subprocess.run([sys.executable, "-c", _SWALLOWING_START, str(tmp_path), "int"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    said = done.stdout.split()
+    assert said[:2] == ["stopped", "after"] and float(said[2]) < 3 and said[3] == "True", done.stdout + done.stderr
+
+
+def test_a_swallowed_sigterm_is_not_raised_again_by_a_sigint_that_would_end_the_process(tmp_path):
+    """With SIGINT at its default, raising the stop again by a SIGINT would kill the process, clean-up unrun: a
+    SIGTERM vLLM swallowed is then left swallowed, and the handler the stop put in place (SIG_DFL) stays."""
+    (tmp_path / "zmq_stand_in.py").write_text(
+        "import time\n\ndef poll(seconds):\n    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n        time.sleep(0.05)\n")
+    done = subprocess.run([sys.executable, "-c", _SWALLOWING_START, str(tmp_path), "term"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["went", "on", "True"], (done.returncode, done.stdout, done.stderr)

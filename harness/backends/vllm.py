@@ -42,10 +42,10 @@ log-probabilities are capped at the vocabulary size and the engine's ``max_logpr
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import itertools
 import json
-import contextlib
 import logging
 import re
 import signal
@@ -319,7 +319,6 @@ def _refused_configuration(exc: BaseException) -> str | None:
     return (said if len(said) <= 300 else said[:297] + "...") or None
 
 
-
 @contextlib.contextmanager
 def _stops_reach_the_start():
     """While an engine starts, a stop (Ctrl-C, SIGTERM) vLLM lost is raised again where it waits.
@@ -328,8 +327,11 @@ def _stops_reach_the_start():
     ``zmq_socket_ctx``), then waits up to minutes for the engine's ready message: a stop asked for then would
     be lost. The first stop is raised as the handler in place raises it (odiag's: KeyboardInterrupt, or
     Terminated for SIGTERM). From then on, every half second while the main thread waits in zmq's poll, the
-    same is raised there again; elsewhere (vLLM ending its engine, once the stop got through) it is not, and
-    a further Ctrl-C raises it wherever it lands. Only in the main thread, where signal handlers run."""
+    same is raised there again, by a SIGINT to the main thread where SIGINT has a Python handler (elsewhere
+    nothing is sent: it would end the process); not elsewhere (vLLM ending its engine, once the stop got
+    through), where a further Ctrl-C raises it wherever it lands. Only in the main thread, where signal
+    handlers run; a handler the stop's own handler put in place (odiag's second SIGTERM ends the process at
+    once) stays."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -340,7 +342,7 @@ def _stops_reach_the_start():
 
     def insist() -> None:
         while not done.wait(0.5):
-            if waiting(sys._current_frames().get(main)):
+            if waiting(sys._current_frames().get(main)) and signal.getsignal(signal.SIGINT) is handler:
                 insisted.set()
                 signal.pthread_kill(main, signal.SIGINT)  # interrupts the wait; the handler below raises
 
@@ -365,7 +367,9 @@ def _stops_reach_the_start():
     finally:
         done.set()
         for s, h in previous.items():
-            signal.signal(s, h)
+            if signal.getsignal(s) is handler:
+                signal.signal(s, h)
+
 
 class VLLMBackend:
     """Samples with vLLM, scores with transformers or vLLM; see the module docstring.

@@ -351,11 +351,14 @@ def test_a_stop_while_an_engine_starts_stops_odiag(tmp_path, how):
         time.sleep(8)  # within its start (about 30 s on 2 cores)
         assert proc.poll() is None and not (tmp_path / "x" / "results.json").exists(), log.read_text()[-3000:]
         engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM::" in " ".join(p.cmdline())]
+        assert engines, log.read_text()[-3000:]
         proc.send_signal(signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM)
         assert proc.wait(30) == (130 if how.startswith("Ctrl-C") else 143), log.read_text()[-3000:]
         lines = log.read_text().splitlines()
         assert lines[-1].startswith("odiag: interrupted" if how.startswith("Ctrl-C") else "odiag: terminated"), lines[-5:]
         assert "Traceback" not in log.read_text()
+        # stopped while the engine started: no phase ever planned its first rollouts
+        assert not any(re.match(r"\[ *[0-9.]+s\] initial rollouts", line) for line in lines), lines[-10:]
         gone, alive = psutil.wait_procs(engines, timeout=20)
         assert not alive, [p.pid for p in alive]
     finally:
