@@ -40,18 +40,32 @@ def look():  # False once the host has ended
     try:
         if host.status() == psutil.STATUS_ZOMBIE:
             return False
-        children = host.children(recursive=True)
     except psutil.Error:
         return False
-    for p in children:
-        if before is not None and p.pid not in before:  # while an engine starts, what is new may be its own;
-            note(p, maybe)  # which is, odiag says once the start has ended
-    for p in list(noted.values()):
-        try:
-            for q in p.children(recursive=True):
-                note(q, noted)
-        except psutil.Error:
-            pass
+    if before is None and not noted:
+        return True
+    kids = {}  # one scan of the process table per look
+    for p in psutil.process_iter(["ppid"]):
+        kids.setdefault(p.info["ppid"], []).append(p)
+
+    def below(pid):
+        found, todo = [], [pid]
+        while todo:
+            for q in kids.get(todo.pop(), ()):
+                found.append(q)
+                todo.append(q.pid)
+        return found
+
+    if before is not None:
+        for p in below(host.pid):
+            if p.pid not in before:  # while an engine starts, what is new may be its own;
+                note(p, maybe)  # which is, odiag says once the start has ended
+    for pid, p in list(noted.items()):
+        if not p.is_running():
+            del noted[pid]
+            continue
+        for q in below(pid):
+            note(q, noted)
     return True
 
 def hear(wait):  # False once every holder of the write end has exited
@@ -65,7 +79,7 @@ def hear(wait):  # False once every holder of the write end has exited
         if word == b"open":
             before, maybe = {int(p) for p in pids}, {}
         else:  # "close": the start has ended, and these are what it started
-            for pid in {int(p) for p in pids} - before:
+            for pid in {int(p) for p in pids} - (before or set()):
                 try:
                     note(psutil.Process(pid), noted)
                 except psutil.Error:
