@@ -385,6 +385,7 @@ def _not_finite(text: str) -> bool:
     except ValueError:
         return False
 
+
 def check_fields(obj: Any) -> None:
     """Check every field of a config dataclass against its type and its rules, in declaration order;
     normalise lists to tuples and ints to floats where the type says so. Raises FieldError."""

@@ -607,16 +607,21 @@ def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool
 
 
 def _teacher_differs(recorded: dict, now: TeacherRef, flag: str) -> str:
-    """Why a teacher's identity differs from the run's: its file was edited, or its entry, a relative path, names
-    another file from this working directory."""
+    """Why a teacher's identity differs from the run's: its file was edited, or its entry names another file (a
+    relative path, from another working directory)."""
     from harness.rundir import another
 
     if "file" in recorded and (was := _stored_path(recorded["file"])).resolve() != Path(now.config.file).resolve():
-        return (f"teacher {now.name!r} is another file from this working directory: {now.entry!r} reads "
-                f"{now.config.file} here, the run read {was}; give the run's file, or run from the directory the "
-                "run was started in")
+        entry = Path(now.entry)
+        if not entry.is_absolute() and not now.entry.startswith("~") and ("/" in now.entry or entry.suffix in (".yaml", ".yml")):
+            return (f"teacher {now.name!r} is another file from this working directory: {now.entry!r} reads "
+                    f"{now.config.file} here, the run read {was}; give the run's file, or run from the directory the "
+                    "run was started in")
+        return (f"teacher {now.name!r} is another file than the run's: {now.entry!r} reads {now.config.file}, the run "
+                f"read {was}; give the run's file, or use {another(flag)}")
     return (f"teacher {now.name!r} changed since the run was made ({now.config.file}: identity {recorded['identity']} "
             f"there, {now.identity} now; it plans the targeted rollouts, so restore the file or use {another(flag)})")
+
 
 def _numeric_as_now(saved: dict) -> dict | None:
     """The options that move a number of the run's recorded ``student_args``, as this odiag reads them."""
