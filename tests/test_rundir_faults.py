@@ -160,6 +160,15 @@ def test_a_relative_teacher_path_naming_another_file_here_is_refused_as_such(tmp
                    "run from the directory the run was started in")
     assert "changed since" not in err
 
+def test_a_teacher_given_by_another_absolute_path_is_refused_as_another_file(tmp_path, capsys):
+    """Not "from this working directory" (an absolute path reads the same from any), nor "changed since"."""
+    first, second = _teacher(tmp_path / "a", "mine"), _teacher(tmp_path / "b", "mine", model="misleading")
+    out = tmp_path / "run"
+    assert main(["run", *SETS, "--set", "limit=1", "--set", f"teachers=[{first}]", "--out", str(out), "--quiet"]) == 0
+    err = _refused(capsys, ["run", *SETS, "--set", "limit=1", "--set", f"teachers=[{second}]", "--out", str(out)], out,
+                   f"teacher 'mine' is another file than the run's: {str(second)!r} reads {second}, the run read {first}")
+    assert "working directory" not in err and "changed since" not in err
+
 def test_edited_planner_teacher_is_refused_with_both_hashes(tmp_path, capsys):
     """Silent corruption 1: an edited teacher YAML under its old name must not reuse the old scores."""
     t = _teacher(tmp_path, "mine")
