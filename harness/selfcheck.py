@@ -10,8 +10,14 @@ teacher with the values computed from the exact ``Q`` on the same support.
 Reported per run: the coverage of the Wilson intervals of ``Q``; per teacher the mean alignment
 (per path, then per question, as the leaderboard averages) estimated and exact, their difference
 (the *attenuation*: noise in ``Q̂`` pulls every cosine toward 0), and the coverage of each node's
-posterior interval; and the on-path ``Q`` bias on correct and on incorrect paths. The check fails
-when the Wilson intervals of ``Q`` cover the exact values less than 90% of the time (default counting).
+posterior interval; and the on-path ``Q`` bias on correct and on incorrect paths. Two checks do not
+lean on the code they check: at every decision point, the ideal and GKD gradients against central
+finite differences of their definitions (the success probability Σ π̃ Q, minus KL(π̃ ‖ π̃_T)) in the
+student's logits; and the run's published numbers (each node's alignment in ``nodes.parquet``, each
+teacher's mean in ``results.json``) against this check's own recomputation from ``children.parquet``,
+averaged here. The check fails when the Wilson intervals of ``Q`` cover the exact values less than 90%
+of the time (default counting), a gradient departs from its definition, or a published number from
+its recomputation.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from harness.wording import plural
 
 log = logging.getLogger(__name__)
 COVERAGE_FLOOR = 0.90
+GRADIENT_TOLERANCE = 1e-6  # central differences at step 1e-6 err by about 1e-10
+PUBLISHED_TOLERANCE = 1e-9  # the same sums in another order
 TEACHERS = {"synthetic-helpful": "helpful", "synthetic-misleading": "misleading"}
 # (label, strategy, cascade): the two strategies users choose between, and the paper's counting
 RUNS = (("paper", "paper", "unbiased"), ("settle", "settle", "unbiased"), ("cascade=paper", "paper", "paper"))
@@ -75,6 +83,54 @@ def _path_means(rows: list[tuple[str, int, float]]) -> np.ndarray:
     return np.array([np.mean(v) for v in by_question.values()])
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def _logit_gradient(objective, pi: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """Central differences of ``objective(π̃)`` in the student's logits at z = log π̃ (π renormalised)."""
+    z = np.log(pi / pi.sum())
+    out = np.empty_like(z)
+    for a in range(z.size):
+        dz = np.zeros_like(z)
+        dz[a] = step
+        out[a] = (objective(_softmax(z + dz)) - objective(_softmax(z - dz))) / (2 * step)
+    return out
+
+
+def _gradient_errors(pi: np.ndarray, pit: np.ndarray, q: np.ndarray) -> tuple[float, float]:
+    """Largest departures of `ideal_gradient` and `gkd_gradient` from their definitions' own gradients."""
+    teacher = pit / pit.sum()
+    ideal = _logit_gradient(lambda p: p @ q, pi)
+    gkd = _logit_gradient(lambda p: -(p * np.log(p / teacher)).sum(), pi)
+    return float(np.abs(ideal_gradient(pi, q) - ideal).max()), float(np.abs(gkd_gradient(pi, pit) - gkd).max())
+
+
+def _published_differences(out: Path, est_rows: dict) -> dict:
+    """The run's own GKD alignments against this check's recomputation: per node (``nodes.parquet``) and per
+    teacher mean (``results.json``); the largest absolute difference of each, inf where one is missing."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    mine = {(q, j, k, t): v for t, rows in est_rows.items() for q, j, k, v in rows}
+    published = {(r["question_id"], r["path_id"], r["position"], r["teacher"]): r["alignment"]
+                 for r in pq.read_table(out / "nodes.parquet").to_pylist() if r["algorithm"] == "gkd"}
+    node = max((abs(published[k] - v) if k in published else np.inf for k, v in mine.items()
+                if np.isfinite(v) or np.isfinite(published.get(k, np.nan))), default=0.0)
+    if set(published) != set(mine):
+        node = np.inf
+    rows = {r["teacher"]: r for r in json.loads((out / "results.json").read_text())["teachers"] if r["algorithm"] == "gkd"}
+    mean = 0.0
+    for t, values in est_rows.items():
+        means = _path_means([(q, j, v) for q, j, _, v in values])
+        said = rows.get(t, {}).get("alignment", {}).get("mean")
+        if means.size:
+            mean = max(mean, abs(said - float(np.mean(means))) if said is not None else np.inf)
+    return {"nodes": float(node), "means": float(mean)}
+
+
 def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     """Compare one finished synthetic run directory with the exact model."""
     import pyarrow.parquet as pq
@@ -89,7 +145,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     for c in children:
         nodes.setdefault((c["question_id"], c["path_id"], c["position"], c["teacher"]), []).append(c)
     rng = np.random.default_rng(derive_seed("selfcheck", cfg.seed))
-    q_covered, q_error, ideal_cos = [], [], []
+    q_covered, q_error, ideal_cos, gradient_errors = [], [], [], []
     est_rows = {t: [] for t in TEACHERS}
     exact_rows = {t: [] for t in TEACHERS}
     node_cover = {t: [] for t in TEACHERS}
@@ -102,8 +158,9 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         q_hat, q_true = w / n, model.exact_q[k, state, tok]
         g_hat, g_true, g_t = ideal_gradient(pi, q_hat), ideal_gradient(pi, q_true), gkd_gradient(pi, pit)
         estimated, exact = alignment_score(g_hat, g_t), alignment_score(g_true, g_t)
-        est_rows[teacher].append((qid, j, estimated))
+        est_rows[teacher].append((qid, j, k, estimated))
         exact_rows[teacher].append((qid, j, exact))
+        gradient_errors.append(_gradient_errors(pi, pit, q_true))
         # posterior draws of Q give an interval for the alignment score (Jeffreys prior)
         draws = rng.beta(w + 0.5, n - w + 0.5, size=(cfg.posterior_draws, len(n)))
         scores = np.array([alignment_score(ideal_gradient(pi, d), g_t) for d in draws])
@@ -118,7 +175,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
             ideal_cos.append(alignment_score(g_hat, g_true))
     teachers = {}
     for t, short in TEACHERS.items():
-        est, exact = _path_means(est_rows[t]), _path_means(exact_rows[t])
+        est, exact = _path_means([(q, j, v) for q, j, _, v in est_rows[t]]), _path_means(exact_rows[t])
         ci = t_ci(est)
         lo, hi = (float(v) for v in np.clip([ci.lo, ci.hi], -1.0, 1.0))  # a mean of cosines lies in [-1, 1]
         teachers[short] = {
@@ -140,7 +197,15 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         "ideal_cosine_mean": float(np.nanmean(ideal_cos)) if ideal_cos else np.nan,
         "on_path_q_bias": _on_path_bias(children, models, paths),
         "teachers": teachers,
+        # largest |formula − finite differences of its definition| over decision points: ideal, GKD
+        "gradient_error": [max((e[i] for e in gradient_errors), default=0.0) for i in (0, 1)],
+        "published_difference": _published_differences(out, est_rows),
     }
+
+
+def _mode_passes(s: dict) -> bool:
+    """A run's gradients follow their definitions and its published numbers its children."""
+    return max(s["gradient_error"]) <= GRADIENT_TOLERANCE and max(s["published_difference"].values()) <= PUBLISHED_TOLERANCE
 
 
 def _on_path_bias(children: list[dict], models: dict, paths: dict) -> dict:
@@ -176,6 +241,7 @@ def run_selfcheck(cfg: SelfcheckConfig, workdir: str | Path | None = None) -> di
             log.info("selfcheck %s: %s rollouts", label, f"{results['counts']['rollouts']:,}")
     summary["passed"] = bool(
         all(summary["modes"][label]["q_coverage"] >= COVERAGE_FLOOR for label, _, cascade in RUNS if cascade == "unbiased")
+        and all(_mode_passes(s) for s in summary["modes"].values())
     )
     return summary
 
@@ -193,7 +259,11 @@ def format_report(summary: dict) -> str:
             f"  Q: 95% Wilson coverage {s['q_coverage']:.3f}, mean |error| {s['q_mean_abs_error']:.4f}, "
             f"mean error {s['q_mean_error']:+.4f}\n"
             f"  on-path Q bias: correct paths {bias['correct']['mean']:+.4f}, incorrect paths {bias['incorrect']['mean']:+.4f}\n"
-            f"  ideal gradient: mean cos(estimated, exact) {s['ideal_cosine_mean']:.4f}"
+            f"  ideal gradient: mean cos(estimated, exact) {s['ideal_cosine_mean']:.4f}\n"
+            f"  formulas: ideal and GKD gradients against finite differences of their definitions, largest error "
+            f"{max(s['gradient_error']):.1e}\n"
+            f"  published: nodes.parquet and results.json against this recomputation, largest difference "
+            f"{max(s['published_difference'].values()):.1e}"
         )
         lines.append(f"  {'teacher':<11} {'mean est':>9} {'95% CI':>18} {'exact':>8} {'est-exact':>10} {'node cov':>9}")
         for t, row in s["teachers"].items():
@@ -205,5 +275,9 @@ def format_report(summary: dict) -> str:
     verdict = "PASS" if summary["passed"] else "FAIL"
     coverage = ", ".join(f"{m} {s['q_coverage']:.3f}" for m, s in summary["modes"].items() if not m.startswith("cascade"))
     lines.append("\nest-exact: estimated minus exact mean alignment (noise in Q pulls cosines toward 0)")
-    lines.append(f"{verdict}: Q coverage {coverage} (floor {COVERAGE_FLOOR:.2f}) with the default counting")
+    formulas = max(max(s["gradient_error"]) for s in summary["modes"].values())
+    published = max(max(s["published_difference"].values()) for s in summary["modes"].values())
+    lines.append(f"{verdict}: Q coverage {coverage} (floor {COVERAGE_FLOOR:.2f}) with the default counting; gradients "
+                 f"against their definitions {formulas:.1e} (at most {GRADIENT_TOLERANCE:.0e}); published numbers against "
+                 f"their recomputation {published:.1e} (at most {PUBLISHED_TOLERANCE:.0e})")
     return "\n".join(lines)

@@ -91,3 +91,47 @@ def test_a_one_question_selfcheck_has_no_interval_to_cover_and_says_question():
     seed = subprocess.run([sys.executable, "-m", "harness.cli", "selfcheck", "--seed", str(2**63)], cwd=root,
                           capture_output=True, text=True, check=False)
     assert seed.returncode == 2 and "argument --seed: must be at most 9223372036854775807" in seed.stderr
+
+
+def test_gradients_follow_their_definitions_and_published_numbers_their_children(summary):
+    for mode, s in summary["modes"].items():
+        assert max(s["gradient_error"]) < 1e-8, mode
+        assert s["published_difference"] == {"nodes": 0.0, "means": 0.0}, mode
+
+
+def test_a_gradient_formula_that_departs_from_its_definition_fails_the_check(monkeypatch):
+    """Estimated and exact alignments both come from the same formulas, so a wrong one moved both alike and the
+    check passed with the helpful teacher anti-aligned: finite differences of the definition catch it."""
+    import harness.selfcheck as selfcheck
+
+    real = selfcheck.gkd_gradient
+    monkeypatch.setattr(selfcheck, "gkd_gradient", lambda pi, pit: -real(pi, pit))
+    summary = run_selfcheck(SelfcheckConfig(questions=2))
+    assert not summary["passed"]
+    assert all(s["gradient_error"][1] > 0.01 and s["gradient_error"][0] < 1e-8 for s in summary["modes"].values())
+
+
+@pytest.mark.parametrize("where", ["nodes.parquet", "results.json"])
+def test_a_published_alignment_other_than_its_recomputation_fails_the_check(tmp_path, where):
+    """A wrong sign (or any number) between the children and the published alignment, in a node or in a teacher's
+    mean, is found: the check recomputes both from children.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.pipeline import run
+    from harness.selfcheck import PUBLISHED_TOLERANCE, _run_config, check_run
+
+    cfg = SelfcheckConfig(questions=2)
+    out = tmp_path / "run"
+    run(_run_config(cfg, "paper", "unbiased"), out)
+    assert max(check_run(out, cfg)["published_difference"].values()) == 0.0
+    if where == "nodes.parquet":
+        table = pq.read_table(out / where)
+        i = table.schema.get_field_index("alignment")
+        pq.write_table(table.set_column(i, "alignment", pa.compute.negate(table["alignment"])), out / where)
+    else:
+        results = json.loads((out / where).read_text())
+        results["teachers"][0]["alignment"]["mean"] += 0.01
+        (out / where).write_text(json.dumps(results))
+    said = check_run(out, cfg)["published_difference"]
+    assert said["nodes" if where == "nodes.parquet" else "means"] > PUBLISHED_TOLERANCE
