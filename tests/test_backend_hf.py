@@ -384,3 +384,15 @@ def test_the_devices_divergences_are_the_cores_on_every_kind_of_row():
             np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-13, err_msg=name)
     assert np.isinf(got["kl"][1]) != np.isinf(got["reverse_kl"][1]) and np.isinf(got["kl"][2])
     assert got["js"][2] == pytest.approx(np.log(2)) and got["tv"][2] == pytest.approx(1.0) and got["kl"][0] == 0
+
+
+def test_a_model_handed_over_is_not_said_to_be_loaded_again(paths, plain, caplog):
+    """`odiag validate` hands its training model to a new backend at every step, lm-eval its own: "loaded ... on
+    cpu" at INFO once per step drowned the progress lines, and nothing was read from disk."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="harness.backends.hf"):
+        HFBackend.from_model(plain["student"], ModelSpec(paths["student"]))
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO and "loaded" in r.getMessage()]
+        HFBackend({STUDENT: ModelSpec(paths["student"])})
+        assert [r for r in caplog.records if r.levelno == logging.INFO and "loaded" in r.getMessage()]

@@ -325,7 +325,7 @@ class HFBackend:
         self._models: dict[str, _Model] = {}
         for name, spec in models.items():
             if spec not in by_spec:  # a teacher that is the student's checkpoint is loaded once
-                by_spec[spec] = self._wrap(spec, loaded[spec]) if spec in (loaded or {}) else self._load(spec)
+                by_spec[spec] = self._wrap(spec, loaded[spec], given=True) if spec in (loaded or {}) else self._load(spec)
             self._models[name] = by_spec[spec]
         self._by_spec = by_spec
         vocab = {name: m.head.weight.shape[0] for name, m in self._models.items()}
@@ -368,13 +368,14 @@ class HFBackend:
         options.setdefault("device", str(next(model.parameters()).device))
         return cls({**(models or {}), name: spec}, loaded={spec: model}, **options)
 
-    def _wrap(self, spec: ModelSpec, model: torch.nn.Module) -> _Model:
+    def _wrap(self, spec: ModelSpec, model: torch.nn.Module, given: bool = False) -> _Model:
         model = model.to(self.device).eval()
         decoder, head = model.base_model, model.get_output_embeddings()
         params = inspect.signature(decoder.forward).parameters
         loaded = _Model(spec, model, decoder, head, "cache" if "cache" in params else "past_key_values")
         self._check_head(loaded)
-        log.info("loaded %s (%s) on %s", spec.id, model.dtype, self.device)
+        # a model handed over (lm-eval's, validate's in training) was loaded by its owner: said once there, not here
+        log.log(logging.DEBUG if given else logging.INFO, "loaded %s (%s) on %s", spec.id, model.dtype, self.device)
         return loaded
 
     @torch.inference_mode()
