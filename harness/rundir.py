@@ -134,6 +134,13 @@ def _oserror(path: Path, exc: OSError) -> RunDirError:
     return RunDirError(f"{path}: cannot write ({exc.strerror or exc})" + (f"; {fix}" if fix else ""))
 
 
+def remove_temporaries(root: Path) -> None:
+    """Remove the temporary files (``.NAME.*.tmp``) a killed command left under ``root`` (only while holding its
+    lock: then no other command is writing them)."""
+    for p in root.rglob("*.tmp"):
+        if _TMP.match(p.name):
+            p.unlink(missing_ok=True)
+
 def make_dirs(path: Path) -> None:
     """``mkdir -p`` with every folder it creates made ``0o775`` (umask-independent)."""
     missing = []
@@ -775,9 +782,7 @@ class RunDir:
 
     def clean(self) -> None:
         """Remove temporary files a killed run left behind (only while holding the lock)."""
-        for p in self.root.rglob("*.tmp"):
-            if _TMP.match(p.name):
-                p.unlink(missing_ok=True)
+        remove_temporaries(self.root)
 
     # shards
 

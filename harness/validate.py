@@ -59,7 +59,7 @@ from harness import __version__
 from harness.config import ConfigError, RunConfig, apply_overrides, build, local_path, portable, repeated, to_dict
 from harness.errors import NonFiniteLogits
 from harness.progress import Callback, Phases
-from harness.rundir import RunDir, RunDirError, RunLock, write_json
+from harness.rundir import RunDir, RunDirError, RunLock, remove_temporaries, write_json
 from harness.safeio import excerpt
 from harness.seeds import derive_seed
 from harness.wording import plural, shell_word
@@ -424,6 +424,7 @@ def validate(run_dir: str | Path, cfg: ValidateConfig, on_progress: Callback | N
     lock = RunLock(root)  # held throughout: a run growing meanwhile would leave a validation of results that are gone
     lock.acquire()
     try:
+        remove_temporaries(root)  # what a killed validate (or run) left half-written
         return _validate(root, cfg, on_progress)
     finally:
         lock.release()

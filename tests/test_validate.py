@@ -492,7 +492,11 @@ def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_ar
         assert err.startswith(f"odiag: error: {arm}: not a stored validation arm") and len(err.splitlines()) == 1, err
         assert "delete it and run the same command again" in err
     arm.unlink()
+    left = [run / ".validation.json.k1ll3d.tmp", arm.with_name(f".{arm.name}.k1ll3d.tmp")]  # as a kill -9 leaves them
+    for p in left:
+        p.write_text("{half")
     assert main(["validate", str(run), *sets]) == 0 and arm.is_file()
+    assert not [p for p in left if p.exists()]
 
 
 @pytest.mark.slow
