@@ -141,6 +141,7 @@ def remove_temporaries(root: Path) -> None:
         if _TMP.match(p.name):
             p.unlink(missing_ok=True)
 
+
 def make_dirs(path: Path) -> None:
     """``mkdir -p`` with every folder it creates made ``0o775`` (umask-independent)."""
     missing = []

@@ -114,11 +114,14 @@ def _published_differences(out: Path, est_rows: dict) -> dict:
 
     import pyarrow.parquet as pq
 
+    def apart(a, b) -> float:  # undefined on both sides agrees; on one side only, it does not
+        a, b = (np.nan if x is None else float(x) for x in (a, b))
+        return 0.0 if np.isnan(a) and np.isnan(b) else np.inf if np.isnan(a) or np.isnan(b) else abs(a - b)
+
     mine = {(q, j, k, t): v for t, rows in est_rows.items() for q, j, k, v in rows}
     published = {(r["question_id"], r["path_id"], r["position"], r["teacher"]): r["alignment"]
                  for r in pq.read_table(out / "nodes.parquet").to_pylist() if r["algorithm"] == "gkd"}
-    node = max((abs(published[k] - v) if k in published else np.inf for k, v in mine.items()
-                if np.isfinite(v) or np.isfinite(published.get(k, np.nan))), default=0.0)
+    node = max((apart(published[k], v) for k, v in mine.items() if k in published), default=0.0)
     if set(published) != set(mine):
         node = np.inf
     rows = {r["teacher"]: r for r in json.loads((out / "results.json").read_text())["teachers"] if r["algorithm"] == "gkd"}
@@ -126,8 +129,7 @@ def _published_differences(out: Path, est_rows: dict) -> dict:
     for t, values in est_rows.items():
         means = _path_means([(q, j, v) for q, j, _, v in values])
         said = rows.get(t, {}).get("alignment", {}).get("mean")
-        if means.size:
-            mean = max(mean, abs(said - float(np.mean(means))) if said is not None else np.inf)
+        mean = max(mean, apart(said, float(np.mean(means)) if means.size else None))
     return {"nodes": float(node), "means": float(mean)}
 
 
