@@ -145,7 +145,9 @@ def _check_unique_keys(root: yaml.Node, where: str) -> None:
                     continue
                 line = key.start_mark.line + 1
                 if (key.tag, key.value) in first:
-                    lines = "" if first[key.tag, key.value] == line else f" (lines {first[key.tag, key.value]} and {line})"
+                    earlier = first[key.tag, key.value]
+                    lines = (f" (lines {earlier} and {line})" if earlier != line
+                             else f" (line {line})" if root.end_mark.line > root.start_mark.line else "")  # a --set: one line
                     raise ConfigError(f"{where}: key {excerpt(key.value)} appears twice{lines}; keep one")
                 first[key.tag, key.value] = line
         stack.extend(_children(node))

@@ -446,6 +446,8 @@ CONFIG_TEXTS = {
     "unknown key": ("windw: 3\n", "did you mean 'window'"),
     "python tag": ("window: !!python/name:os.system\n", "not valid YAML"),
     "duplicate key": ("limit: 2\nseed: 1\nlimit: 3\n", "key 'limit' appears twice (lines 1 and 3); keep one"),
+    "duplicate key on one line": ("limit: 2\nstudent_args: {batch_size: 2, batch_size: 4}\n",
+                                  "key 'batch_size' appears twice (line 2); keep one"),
 }
 
 
