@@ -468,7 +468,8 @@ def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 CONFIG_CASES = ["list", "scalar", "directory", "binary", "latin-1", "too large", "bomb", "recursive alias", "deep nesting",
-                "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "duplicate key", "missing", "device"]
+                "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "duplicate key",
+                "duplicate key on one line", "missing", "device"]
 
 
 @pytest.mark.parametrize("kind", CONFIG_CASES)
