@@ -5,6 +5,7 @@ saying why, with the counts, instead of rows of nan."""
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 
 from harness.core.gradients import TEACHER_FREE
@@ -16,6 +17,16 @@ def _num(x, signed: bool = True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (East Asian) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """``text`` left-aligned in ``width`` terminal columns."""
+    return text + " " * max(width - _columns(text), 0)
 
 
 def _p(x) -> str:
@@ -82,7 +93,7 @@ def summary_table(results: Mapping) -> str:
     configured = list(results.get("config", {}).get("algorithms") or [])
     algorithms = [a for a in dict.fromkeys([*configured, *(r["algorithm"] for r in rows)]) if any(r["algorithm"] == a for r in rows)]
     headline = HEADLINE_ALGORITHM if HEADLINE_ALGORITHM in algorithms else algorithms[0]
-    tw = max(22, *(len(r["teacher"]) for r in rows))  # the teacher column holds its longest name
+    tw = max(22, *(_columns(r["teacher"]) for r in rows))  # the teacher column holds its longest name
     lines = [f"{headline}: teachers by mean gradient alignment (95% CI over questions)",
              f"{'rank':>4}  {'teacher':<{tw}} {'alignment':>9} {'95% CI':>18}  {'incorrect-correct (p)':>21}  "
              f"{'teacher adv.':>12} {'n_q':>4}"]
@@ -91,13 +102,13 @@ def summary_table(results: Mapping) -> str:
     for r in head:
         a = r.get("alignment") or {}
         if not r.get("n_decision_points"):
-            lines.append(f"{'-':>4}  {r['teacher']:<{tw}} no decision point (skipped: see results.json questions[].skipped_teachers)")
+            lines.append(f"{'-':>4}  {_pad(r['teacher'], tw)} no decision point (skipped: see results.json questions[].skipped_teachers)")
             continue
         ci = a.get("ci95") or [None, None]
         imc = r.get("incorrect_minus_correct") or {}
         ta = (r.get("teacher_advantage") or {}).get("mean")
         lines.append(
-            f"{r.get('rank') or '-':>4}  {r['teacher']:<{tw}} {_num(a.get('mean')):>9} "
+            f"{r.get('rank') or '-':>4}  {_pad(r['teacher'], tw)} {_num(a.get('mean')):>9} "
             f"{'[' + _num(ci[0]) + ', ' + _num(ci[1]) + ']':>18}  "
             f"{_num(imc.get('mean')) + ' (' + _p(imc.get('p_paired')) + ')':>21}  {_num(ta):>12} {a.get('n_questions', 0):>4}"
         )
@@ -113,7 +124,7 @@ def summary_table(results: Mapping) -> str:
             lines += ["", "other algorithms, mean alignment:",
                       f"{'':4}  {'teacher':<{tw}} " + " ".join(f"{a:>{width}}" for a in varying)]
             for t in teachers:
-                lines.append(f"{'':4}  {t:<{tw}} " + " ".join(f"{_num(by.get((t, a))):>{width}}" for a in varying))
+                lines.append(f"{'':4}  {_pad(t, tw)} " + " ".join(f"{_num(by.get((t, a))):>{width}}" for a in varying))
         for a in same:  # the same for every teacher: by construction (Dr. GRPO) or as measured here
             why = "it does not read the teacher" if a in TEACHER_FREE else "it reads the teacher; here every teacher scored alike"
             lines.append(f"{a}: {_num(by.get((teachers[0], a)))} for every teacher ({why})")

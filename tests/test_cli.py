@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -523,6 +524,11 @@ def test_summary_leads_with_the_headline_algorithm_by_teacher():
     assert header.index("alignment") + len("alignment") == first.index("+0.400") + 6 == second.index("+0.200") + 6
     other = wide.index("other algorithms, mean alignment:")
     assert wide[other + 1].index("jsd") + 3 == wide[other + 2].index("+0.300") + 6 == wide[other + 3].index("+0.100") + 6
+    # wide characters take two columns on a terminal: the numbers after them stay in their column
+    cjk = "hélpful teacher 名字"
+    wide = summary_table(_results([_row(cjk, "gkd", 0.2, 2), _row("b", "gkd", 0.4, 1)])).splitlines()
+    columns = [sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index("+0.")]) for line in wide[2:4]]
+    assert columns[0] == columns[1], wide[1:4]
     one = _results(rows, decision_points=1)
     one["counts"] |= {"questions": 1, "paths": 1, "rollouts": 1, "tokens_generated": 1, "teacher_forward_passes": 1}
     assert summary_table(one).splitlines()[-1] == (
