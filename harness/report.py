@@ -20,8 +20,10 @@ def _num(x, signed: bool = True) -> str:
 
 
 def _columns(text: str) -> int:
-    """Terminal columns ``text`` takes: wide (East Asian) characters two, combining marks none."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    """Terminal columns ``text`` takes: wide (East Asian) characters two, marks and format characters (combining
+    accents, vowel signs, variation selectors, zero-width joiners) none; emoji sequences may take fewer."""
+    return sum(0 if unicodedata.category(c) in ("Mn", "Me", "Cf") else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
 
 
 def _pad(text: str, width: int) -> str:

@@ -129,8 +129,9 @@ def _check_expansion(root: yaml.Node, where: str) -> None:
         stack.extend((c, False) for c in _children(node) if id(c) not in size)
 
 
-def _check_unique_keys(root: yaml.Node, where: str) -> None:
-    """Refuse a mapping that names a key twice: YAML would keep the last value without a word."""
+def _check_unique_keys(root: yaml.Node, where: str, lines: bool = True) -> None:
+    """Refuse a mapping that names a key twice: YAML would keep the last value without a word; ``lines``: name
+    their lines (a file's; a ``--set`` value has one)."""
     seen_nodes: set[int] = set()
     stack = [root]
     while stack:
@@ -146,9 +147,8 @@ def _check_unique_keys(root: yaml.Node, where: str) -> None:
                 line = key.start_mark.line + 1
                 if (key.tag, key.value) in first:
                     earlier = first[key.tag, key.value]
-                    lines = (f" (lines {earlier} and {line})" if earlier != line
-                             else f" (line {line})" if root.end_mark.line > root.start_mark.line else "")  # a --set: one line
-                    raise ConfigError(f"{where}: key {excerpt(key.value)} appears twice{lines}; keep one")
+                    said = "" if not lines else f" (lines {earlier} and {line})" if earlier != line else f" (line {line})"
+                    raise ConfigError(f"{where}: key {excerpt(key.value)} appears twice{said}; keep one")
                 first[key.tag, key.value] = line
         stack.extend(_children(node))
 
@@ -175,9 +175,9 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _load(text: str, where: str) -> Any:
+def _load(text: str, where: str, lines: bool = True) -> Any:
     """One YAML document (safe tags only), its nesting and alias expansion checked before it is
-    parsed and constructed."""
+    parsed and constructed; ``lines``: refusals name lines (a file's)."""
     if _bracket_depth(text) > MAX_YAML_DEPTH:
         raise ConfigError(f"{where}: YAML nested deeper than {MAX_YAML_DEPTH} levels")
     loader = _Loader(text)
@@ -186,7 +186,7 @@ def _load(text: str, where: str) -> Any:
         if node is None:
             return None
         _check_expansion(node, where)
-        _check_unique_keys(node, where)
+        _check_unique_keys(node, where, lines)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -251,7 +251,7 @@ def parse_yaml_value(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: value longer than {MAX_SET_BYTES} bytes")
     if "\0" in text:
         raise ConfigError(f"{where}: value contains a NUL character")
-    return _load(text, where)
+    return _load(text, where, lines=False)
 
 
 # JSON and parquet ----------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ finite differences of their definitions (the success probability Σ π̃ Q, minu
 student's logits; and the run's published numbers (each node's alignment in ``nodes.parquet``, each
 teacher's mean in ``results.json``) against this check's own recomputation from ``children.parquet``,
 averaged here. The check fails when the Wilson intervals of ``Q`` cover the exact values less than 90%
-of the time (default counting), a gradient departs from its definition, or a published number from
-its recomputation.
+of the time (default counting), a gradient departs from its definition, a published number from its
+recomputation, or an exact mean alignment has the wrong sign for how its synthetic teacher is built
+(the alignment score itself is shared by both sides of every other comparison).
 """
 
 from __future__ import annotations
@@ -200,14 +201,19 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         "on_path_q_bias": _on_path_bias(children, models, paths),
         "teachers": teachers,
         # largest |formula − finite differences of its definition| over decision points: ideal, GKD
-        "gradient_error": [max((e[i] for e in gradient_errors), default=0.0) for i in (0, 1)],
+        "gradient_error": [float(np.max([e[i] for e in gradient_errors])) if gradient_errors else 0.0 for i in (0, 1)],
         "published_difference": _published_differences(out, est_rows),
     }
 
 
 def _mode_passes(s: dict) -> bool:
-    """A run's gradients follow their definitions and its published numbers its children."""
-    return max(s["gradient_error"]) <= GRADIENT_TOLERANCE and max(s["published_difference"].values()) <= PUBLISHED_TOLERANCE
+    """A run's gradients follow their definitions (a NaN does not), its published numbers its children, and its
+    exact alignments have the signs the synthetic teachers are built with: the helpful one tilts the student toward
+    the exact ``Q``, the misleading one away, so a cosine of the wrong sign shows on both sides alike."""
+    exact = {t: row["mean_exact"] for t, row in s["teachers"].items()}
+    return bool(np.max(s["gradient_error"]) <= GRADIENT_TOLERANCE
+                and np.max(list(s["published_difference"].values())) <= PUBLISHED_TOLERANCE
+                and exact["helpful"] > 0 > exact["misleading"])
 
 
 def _on_path_bias(children: list[dict], models: dict, paths: dict) -> dict:
@@ -263,9 +269,9 @@ def format_report(summary: dict) -> str:
             f"  on-path Q bias: correct paths {bias['correct']['mean']:+.4f}, incorrect paths {bias['incorrect']['mean']:+.4f}\n"
             f"  ideal gradient: mean cos(estimated, exact) {s['ideal_cosine_mean']:.4f}\n"
             f"  formulas: ideal and GKD gradients against finite differences of their definitions, largest error "
-            f"{max(s['gradient_error']):.1e}\n"
+            f"{np.max(s['gradient_error']):.1e}\n"
             f"  published: nodes.parquet and results.json against this recomputation, largest difference "
-            f"{max(s['published_difference'].values()):.1e}"
+            f"{np.max(list(s['published_difference'].values())):.1e}"
         )
         lines.append(f"  {'teacher':<11} {'mean est':>9} {'95% CI':>18} {'exact':>8} {'est-exact':>10} {'node cov':>9}")
         for t, row in s["teachers"].items():
@@ -277,9 +283,12 @@ def format_report(summary: dict) -> str:
     verdict = "PASS" if summary["passed"] else "FAIL"
     coverage = ", ".join(f"{m} {s['q_coverage']:.3f}" for m, s in summary["modes"].items() if not m.startswith("cascade"))
     lines.append("\nest-exact: estimated minus exact mean alignment (noise in Q pulls cosines toward 0)")
-    formulas = max(max(s["gradient_error"]) for s in summary["modes"].values())
-    published = max(max(s["published_difference"].values()) for s in summary["modes"].values())
+    formulas = np.max([s["gradient_error"] for s in summary["modes"].values()])
+    published = np.max([list(s["published_difference"].values()) for s in summary["modes"].values()])
+    signs = all(s["teachers"]["helpful"]["mean_exact"] > 0 > s["teachers"]["misleading"]["mean_exact"]
+                for s in summary["modes"].values())
     lines.append(f"{verdict}: Q coverage {coverage} (floor {COVERAGE_FLOOR:.2f}) with the default counting; gradients "
                  f"against their definitions {formulas:.1e} (at most {GRADIENT_TOLERANCE:.0e}); published numbers against "
-                 f"their recomputation {published:.1e} (at most {PUBLISHED_TOLERANCE:.0e})")
+                 f"their recomputation {published:.1e} (at most {PUBLISHED_TOLERANCE:.0e}); exact alignment of the helpful "
+                 f"teacher above 0 and of the misleading one below: {'yes' if signs else 'no'}")
     return "\n".join(lines)

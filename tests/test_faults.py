@@ -448,6 +448,7 @@ CONFIG_TEXTS = {
     "duplicate key": ("limit: 2\nseed: 1\nlimit: 3\n", "key 'limit' appears twice (lines 1 and 3); keep one"),
     "duplicate key on one line": ("limit: 2\nstudent_args: {batch_size: 2, batch_size: 4}\n",
                                   "key 'batch_size' appears twice (line 2); keep one"),
+    "one line, no newline": ("student_args: {batch_size: 2, batch_size: 4}", "key 'batch_size' appears twice (line 1)"),
 }
 
 
@@ -469,7 +470,7 @@ def _config_case(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 CONFIG_CASES = ["list", "scalar", "directory", "binary", "latin-1", "too large", "bomb", "recursive alias", "deep nesting",
                 "syntax", "tab", "two documents", "integer key", "unknown key", "python tag", "duplicate key",
-                "duplicate key on one line", "missing", "device"]
+                "duplicate key on one line", "one line, no newline", "missing", "device"]
 
 
 @pytest.mark.parametrize("kind", CONFIG_CASES)

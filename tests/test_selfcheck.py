@@ -138,3 +138,29 @@ def test_a_published_alignment_other_than_its_recomputation_fails_the_check(tmp_
         (out / where).write_text(json.dumps(results))
     said = check_run(out, cfg)["published_difference"]
     assert said["nodes" if where.startswith("nodes.parquet") else "means"] > PUBLISHED_TOLERANCE
+
+
+def test_an_alignment_score_of_the_wrong_sign_fails_the_check(monkeypatch):
+    """Both sides of every other comparison share the cosine: the signs the synthetic teachers are built with (the
+    helpful one toward the exact Q, the misleading one away) are what a flipped one cannot keep."""
+    import harness.selfcheck as selfcheck
+
+    real = selfcheck.alignment_score
+    monkeypatch.setattr(selfcheck, "alignment_score", lambda g, h: -real(g, h))
+    summary = run_selfcheck(SelfcheckConfig(questions=2))
+    assert not summary["passed"] and summary["modes"]["paper"]["teachers"]["helpful"]["mean_exact"] < 0
+
+
+def test_a_gradient_error_that_is_not_a_number_fails_the_check(monkeypatch):
+    """A formula giving NaN at some decision points is no departure below the tolerance (Python's max skipped it)."""
+    import harness.selfcheck as selfcheck
+
+    real, calls = selfcheck._gradient_errors, []
+
+    def sometimes_nan(*args):
+        calls.append(1)
+        return (float("nan"), float("nan")) if len(calls) % 10 == 5 else real(*args)
+
+    monkeypatch.setattr(selfcheck, "_gradient_errors", sometimes_nan)
+    summary = run_selfcheck(SelfcheckConfig(questions=2))
+    assert not summary["passed"] and np.isnan(summary["modes"]["paper"]["gradient_error"][0])
