@@ -300,10 +300,11 @@ def test_an_engine_in_its_own_process_runs_with_its_output_relayed(tmp_path):
     assert "(EngineCore" in done.stdout and "Traceback" not in done.stdout + done.stderr
 
 
-def test_a_kill_9_of_odiag_alone_ends_its_engines_processes(tmp_path):
-    """vLLM's engine core and worker run in processes of their own (its default); a kill -9 of odiag alone (not its
-    process group) left them running, holding their share of the device, so the resume found no memory for its
-    engines. A watcher odiag starts with its first engine ends them."""
+@contextlib.contextmanager
+def _engine_starting(tmp_path):
+    """``odiag run`` on vLLM with its engine in processes of their own (vLLM's default), once those processes
+    exist (spawned as the engine's start begins; the start takes about 20 s more): the run, its engines' processes
+    and its standard error's file. Whatever is left of them is killed at the end."""
     import psutil
 
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
@@ -315,20 +316,31 @@ def test_a_kill_9_of_odiag_alone_ends_its_engines_processes(tmp_path):
     try:
         deadline = time.monotonic() + 300
         while not engines and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.2)
             engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM::" in " ".join(p.cmdline())]
         assert engines, log.read_text()[-3000:]
+        yield proc, engines, log
+    finally:
+        proc.kill()
+        for p in [*engines, *psutil.Process().children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                if "VLLM::" in " ".join(p.cmdline()):
+                    p.kill()
+
+
+def test_a_kill_9_of_odiag_alone_ends_its_engines_processes(tmp_path):
+    """vLLM's engine core and worker run in processes of their own (its default); a kill -9 of odiag alone (not its
+    process group) left them running, holding their share of the device, so the resume found no memory for its
+    engines. A watcher odiag starts with its first engine ends them."""
+    import psutil
+
+    with _engine_starting(tmp_path) as (proc, engines, log):
         time.sleep(15)  # started and sampling (an engine still starting ends when its parent does)
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.kill()
         proc.wait(30)
         gone, alive = psutil.wait_procs(engines, timeout=20)
         assert not alive, [p.pid for p in alive]
-    finally:
-        for p in [*engines, *psutil.Process().children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                if "VLLM::" in " ".join(p.cmdline()):
-                    p.kill()
 
 
 @pytest.mark.parametrize("how", ["Ctrl-C of odiag alone", "SIGTERM"])
@@ -338,18 +350,7 @@ def test_a_stop_while_an_engine_starts_stops_odiag(tmp_path, how):
     its one line, the engine ended with it."""
     import psutil
 
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    log = tmp_path / "err"
-    with log.open("w") as err:
-        proc = subprocess.Popen([str(BIN / "odiag"), "run", *_sets([*RUN, "backend=vllm"]), "--out", str(tmp_path / "x")],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-    engines = []
-    try:
-        deadline = time.monotonic() + 300
-        while not engines and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)  # the engine's own process, spawned as its start begins (its start takes 20 s more)
-            engines = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM::" in " ".join(p.cmdline())]
-        assert engines, log.read_text()[-3000:]
+    with _engine_starting(tmp_path) as (proc, engines, log):
         time.sleep(3)  # waiting for the engine's handshake or its ready message: checked below, by no phase line
         assert proc.poll() is None and not (tmp_path / "x" / "results.json").exists(), log.read_text()[-3000:]
         proc.send_signal(signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM)
@@ -361,12 +362,7 @@ def test_a_stop_while_an_engine_starts_stops_odiag(tmp_path, how):
         assert not any(re.match(r"\[ *[0-9.]+s\] initial rollouts", line) for line in lines), lines[-10:]
         gone, alive = psutil.wait_procs(engines, timeout=20)
         assert not alive, [p.pid for p in alive]
-    finally:
-        proc.kill()
-        for p in [*engines, *psutil.Process().children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                if "VLLM::" in " ".join(p.cmdline()):
-                    p.kill()
+
 
 def test_a_float32_checkpoint_runs_in_float32_when_its_dtype_is_auto():
     """vLLM's own "auto" runs a float32 checkpoint in bfloat16, transformers' in float32: the tree would be
