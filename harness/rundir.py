@@ -120,9 +120,10 @@ class RunLocked(RunDirError):
 # files -------------------------------------------------------------------------------------------
 
 
+_NOT_YOURS = "make its folder writable for you (chmod u+w) or name a folder you can write"
 _WRITE_FIXES = {  # what to do about a failed write, by its errno (the command again resumes: nothing is half-written)
-    errno.EACCES: "make its folder writable for you (chmod u+w) or name a folder you can write",
-    errno.EPERM: "make its folder writable for you (chmod u+w) or name a folder you can write",
+    errno.EACCES: _NOT_YOURS,
+    errno.EPERM: _NOT_YOURS,
     errno.EROFS: "a read-only file system: name a folder on a writable one",
     errno.ENOSPC: "free some space and give the same command again",
     errno.EDQUOT: "free some of your quota and give the same command again",

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from harness.core import (
     alignment_score,
@@ -84,11 +85,6 @@ def _path_means(rows: list[tuple[str, int, float]]) -> np.ndarray:
     return np.array([np.mean(v) for v in by_question.values()])
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
 def _logit_gradient(objective, pi: np.ndarray, step: float = 1e-6) -> np.ndarray:
     """Central differences of ``objective(π̃)`` in the student's logits at z = log π̃ (π renormalised)."""
     z = np.log(pi / pi.sum())
@@ -96,16 +92,19 @@ def _logit_gradient(objective, pi: np.ndarray, step: float = 1e-6) -> np.ndarray
     for a in range(z.size):
         dz = np.zeros_like(z)
         dz[a] = step
-        out[a] = (objective(_softmax(z + dz)) - objective(_softmax(z - dz))) / (2 * step)
+        out[a] = (objective(softmax(z + dz)) - objective(softmax(z - dz))) / (2 * step)
     return out
 
 
-def _gradient_errors(pi: np.ndarray, pit: np.ndarray, q: np.ndarray) -> tuple[float, float]:
-    """Largest departures of `ideal_gradient` and `gkd_gradient` from their definitions' own gradients."""
+def _ideal_error(pi: np.ndarray, q: np.ndarray) -> float:
+    """Largest departure of `ideal_gradient` from the logit gradient of the success probability Σ π̃ Q."""
+    return float(np.abs(ideal_gradient(pi, q) - _logit_gradient(lambda p: p @ q, pi)).max())
+
+
+def _gkd_error(pi: np.ndarray, pit: np.ndarray) -> float:
+    """Largest departure of `gkd_gradient` from the logit gradient of minus KL(π̃ ‖ π̃_T)."""
     teacher = pit / pit.sum()
-    ideal = _logit_gradient(lambda p: p @ q, pi)
-    gkd = _logit_gradient(lambda p: -(p * np.log(p / teacher)).sum(), pi)
-    return float(np.abs(ideal_gradient(pi, q) - ideal).max()), float(np.abs(gkd_gradient(pi, pit) - gkd).max())
+    return float(np.abs(gkd_gradient(pi, pit) - _logit_gradient(lambda p: -(p * np.log(p / teacher)).sum(), pi)).max())
 
 
 def _published_differences(out: Path, est_rows: dict) -> dict:
@@ -148,7 +147,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
     for c in children:
         nodes.setdefault((c["question_id"], c["path_id"], c["position"], c["teacher"]), []).append(c)
     rng = np.random.default_rng(derive_seed("selfcheck", cfg.seed))
-    q_covered, q_error, ideal_cos, gradient_errors = [], [], [], []
+    q_covered, q_error, ideal_cos, ideal_errors, gkd_errors = [], [], [], [], []
     est_rows = {t: [] for t in TEACHERS}
     exact_rows = {t: [] for t in TEACHERS}
     node_cover = {t: [] for t in TEACHERS}
@@ -163,7 +162,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         estimated, exact = alignment_score(g_hat, g_t), alignment_score(g_true, g_t)
         est_rows[teacher].append((qid, j, k, estimated))
         exact_rows[teacher].append((qid, j, exact))
-        gradient_errors.append(_gradient_errors(pi, pit, q_true))
+        gkd_errors.append(_gkd_error(pi, pit))
         # posterior draws of Q give an interval for the alignment score (Jeffreys prior)
         draws = rng.beta(w + 0.5, n - w + 0.5, size=(cfg.posterior_draws, len(n)))
         scores = np.array([alignment_score(ideal_gradient(pi, d), g_t) for d in draws])
@@ -176,6 +175,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
             q_covered.append((lo_q <= q_true) & (q_true <= hi_q))
             q_error.append(q_hat - q_true)
             ideal_cos.append(alignment_score(g_hat, g_true))
+            ideal_errors.append(_ideal_error(pi, q_true))
     teachers = {}
     for t, short in TEACHERS.items():
         est, exact = _path_means([(q, j, v) for q, j, _, v in est_rows[t]]), _path_means(exact_rows[t])
@@ -201,7 +201,7 @@ def check_run(out: Path, cfg: SelfcheckConfig) -> dict:
         "on_path_q_bias": _on_path_bias(children, models, paths),
         "teachers": teachers,
         # largest |formula − finite differences of its definition| over decision points: ideal, GKD
-        "gradient_error": [float(np.max([e[i] for e in gradient_errors])) if gradient_errors else 0.0 for i in (0, 1)],
+        "gradient_error": [float(np.max(e)) if e else 0.0 for e in (ideal_errors, gkd_errors)],
         "published_difference": _published_differences(out, est_rows),
     }
 

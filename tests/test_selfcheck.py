@@ -155,12 +155,12 @@ def test_a_gradient_error_that_is_not_a_number_fails_the_check(monkeypatch):
     """A formula giving NaN at some decision points is no departure below the tolerance (Python's max skipped it)."""
     import harness.selfcheck as selfcheck
 
-    real, calls = selfcheck._gradient_errors, []
+    real, calls = selfcheck._ideal_error, []
 
     def sometimes_nan(*args):
         calls.append(1)
-        return (float("nan"), float("nan")) if len(calls) % 10 == 5 else real(*args)
+        return float("nan") if len(calls) % 10 == 5 else real(*args)
 
-    monkeypatch.setattr(selfcheck, "_gradient_errors", sometimes_nan)
+    monkeypatch.setattr(selfcheck, "_ideal_error", sometimes_nan)
     summary = run_selfcheck(SelfcheckConfig(questions=2))
     assert not summary["passed"] and np.isnan(summary["modes"]["paper"]["gradient_error"][0])

@@ -181,6 +181,10 @@ def _drop_leftovers(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _drawn(path: Path) -> bool:
+    """A file odiag draws into ``figures/`` (SVG, PNG); any other there is kept across builds."""
+    return path.suffix in (".svg", ".png")
+
 def _recover_figures(out: Path) -> None:
     """After a build stopped while it swapped ``figures/``: the figures it was replacing back where none are (the
     page there is the one they were drawn for), and files odiag did not draw, moved along into a staging folder,
@@ -194,7 +198,7 @@ def _recover_figures(out: Path) -> None:
         return
     for staged_dir in leftovers:
         for kept in staged_dir.iterdir():
-            if kept.suffix not in (".svg", ".png") and not (figures / kept.name).exists():
+            if not _drawn(kept) and not (figures / kept.name).exists():
                 kept.rename(figures / kept.name)
 
 
@@ -210,7 +214,7 @@ def _swap_figures(staging: Path, figures: Path) -> None:
     old = figures.with_name(f".{figures.name}.old.{os.getpid()}")
     try:
         for kept in figures.iterdir():
-            if kept.suffix not in (".svg", ".png") and not (staging / kept.name).exists():
+            if not _drawn(kept) and not (staging / kept.name).exists():
                 kept.rename(staging / kept.name)
         figures.rename(old)
         staging.rename(figures)
