@@ -100,7 +100,8 @@ MIN_BOOT = 100
 MAX_SETTING = {"n_boot": 100_000, "seeds": 1_000, "steps": 1_000_000, "prompts_per_step": 4096,
                "samples_per_prompt": 4096, "eval_samples": 4096, "heldout": 1_000_000, "threads": 4096}
 QUICK = {"seeds": 2, "steps": 8, "prompts_per_step": 6, "eval_samples": 8, "heldout": 24, "n_boot": 1000}
-# settings that cannot move a (pair, seed) result: left out of the resume key
+# settings that cannot move a (pair, seed) result: left out of the resume key (threads and device round it
+# differently: each stored result records them, and a resume that would mix them is refused, `_same_numerics`)
 _NOT_IN_KEY = ("teachers", "algorithms", "baseline", "seeds", "n_boot", "threads", "device")
 
 
@@ -474,7 +475,7 @@ def _validate(root: Path, cfg: ValidateConfig, on_progress: Callback | None) -> 
     arms = [*pairs, *([(None, BASELINE)] if cfg.baseline else []), (None, CONTROL), (None, NOISE)]
     key = _key(cfg, run.results["config_hash"], upcast)
     acc, train_info = _train_arms(root / "validation" / key, arms, run.refs,
-                                  teachers, student, trainer, cfg.seeds, phases)
+                                  teachers, student, trainer, cfg.seeds, phases, _numerics(device))
     control_SQ = np.stack(acc[(None, CONTROL)])
     diff_PSQ = np.stack([np.stack(acc[p]) - control_SQ for p in pairs])
     predictors = per_question_predictors(root, pairs, [q.id for q in train_q])
@@ -590,10 +591,37 @@ def _questions(root: Path, run: _Run, cfg: ValidateConfig) -> tuple:
     return task, train_q, heldout_q
 
 
+def _numerics(device) -> dict:
+    """What decides how a training rounds: the device, and on a CPU the threads its sums are split over (another
+    count adds in another order, and losses drift apart by about 1e-8 per step)."""
+    import torch
+
+    if device.type == "cuda":
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(device)}
+    return {"device": device.type, "threads": torch.get_num_threads()}
+
+
+def _same_numerics(stored: dict[Path, dict], numerics: dict, store: Path) -> None:
+    """Refuse to add trainings that round differently from those stored (arms stored before odiag recorded
+    this are taken as they are)."""
+    for path, saved in stored.items():
+        then = saved.get("numerics")
+        if then is None or then == numerics:
+            continue
+        where = lambda n: (f"{n['device']} with {n['threads']} {plural(n['threads'], 'thread')}" if "threads" in n
+                           else f"{n['device']} ({n.get('gpu')})")
+        fix = {"device": then["device"], **({"threads": then["threads"]} if "threads" in then else {})}
+        fix = " ".join(f"--set {k}={v}" for k, v in fix.items() if numerics.get(k) != v)
+        raise ConfigError(f"odiag validate: {path} was trained on {where(then)}, and this command runs on {where(numerics)}, "
+                          f"which rounds differently: its gains would mix the two; resume with {fix or 'the same device'}, "
+                          f"or delete {store} to train every arm anew")
+
+
 def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict, teachers: dict[str, Teacher],
-                student, trainer: _Trainer, seeds: int, phases: Phases) -> tuple[dict, dict]:
+                student, trainer: _Trainer, seeds: int, phases: Phases, numerics: dict) -> tuple[dict, dict]:
     """Held-out accuracies ``[seed][question]`` and training figures per arm: each (arm, seed) trained and
-    evaluated once, stored under ``store`` as soon as it is done, read back on a later command."""
+    evaluated once, stored under ``store`` as soon as it is done, read back on a later command, where it was
+    trained with the same ``numerics`` (`_numerics`)."""
     from harness.plan import slug
 
     acc = {arm: [None] * seeds for arm in arms}
@@ -602,14 +630,16 @@ def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict,
     # a teacher by name and identity: another file under the same name is trained anew
     paths = {(arm, s): store / (f"{slug(arm[0])}-{refs[arm[0]].identity}" if arm[0] else "-") / f"{arm[1]}--seed{s}.json"
              for s in range(seeds) for arm in order}
+    stored = {path: _stored_arm(path, len(trainer.heldout_q)) for path in paths.values() if path.exists()}
+    _same_numerics(stored, numerics, store)
     with phases.phase("validate", unit="trainings") as phase:
-        phase.plan(sum(not path.exists() for path in paths.values()))  # what a resumed command still trains
+        phase.plan(len(paths) - len(stored))  # what a resumed command still trains
         for s in range(seeds):
             for arm in order:
                 teacher, algorithm = arm
                 path = paths[arm, s]
-                if path.exists():
-                    saved = _stored_arm(path, len(trainer.heldout_q))
+                if path in stored:
+                    saved = stored[path]
                 else:
                     t0 = time.monotonic()
                     losses = []
@@ -620,7 +650,7 @@ def _train_arms(store: Path, arms: Sequence[tuple[str | None, str]], refs: dict,
                     key = ("eval-fresh", s) if algorithm == NOISE else ("eval", s)
                     saved = {"teacher": teacher, "algorithm": algorithm, "seed": s,
                              "accuracy": trainer.evaluate(model, key).tolist(), "losses": losses,
-                             "seconds": round(time.monotonic() - t0, 2)}
+                             "seconds": round(time.monotonic() - t0, 2), "numerics": numerics}
                     write_json(path, saved)
                     phase.advance(1)
                 acc[arm][s] = np.asarray(saved["accuracy"], float)

@@ -498,6 +498,23 @@ def test_gains_do_not_depend_on_the_teachers_order_and_damaged_or_stale_files_ar
     assert main(["validate", str(run), *sets]) == 0 and arm.is_file()
     assert not [p for p in left if p.exists()]
 
+    # trainings that would round differently are not mixed with those stored: another thread count is refused
+    capsys.readouterr()
+    assert main(["validate", str(run), *sets, "--set", "threads=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("odiag: error: odiag validate: ") and len(err.splitlines()) == 1, err
+    assert "was trained on cpu with 1 thread, and this command runs on cpu with 2 threads" in err
+    assert "resume with --set threads=1, or delete" in err, err
+    saved = json.loads(arm.read_text())
+    assert saved["numerics"] == {"device": "cpu", "threads": 1}
+    saved["numerics"]["threads"] = 3
+    arm.write_text(json.dumps(saved))
+    assert main(["validate", str(run), *sets]) == 2
+    assert f"{arm} was trained on cpu with 3 threads" in capsys.readouterr().err
+    del saved["numerics"]  # an arm stored before odiag recorded how it rounded is read as it is
+    arm.write_text(json.dumps(saved))
+    assert main(["validate", str(run), *sets]) == 0
+
 
 @pytest.mark.slow
 def test_validate_errors_are_one_line(small_run, tmp_path, capsys):
