@@ -66,11 +66,18 @@ def _init(ray, address: str | None) -> None:
                               "(ray start --head) or correct the address") from None
     in_main = threading.current_thread() is threading.main_thread()
     held = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) if in_main else None
+    # Ray warns that the local cluster it starts uses token authentication and how to opt out: that cluster is
+    # this process's own, and the line would precede odiag's output (an error's one line among it); kept with -v
+    auth = logging.getLogger("ray._private.authentication")
+    level = auth.level
+    if not log.isEnabledFor(logging.DEBUG):
+        auth.setLevel(logging.ERROR)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"ray_address {address}: {_first_line(exc)}") from None
     finally:
+        auth.setLevel(level)
         if held is not None:
             signal.signal(signal.SIGINT, held[0])
             signal.signal(signal.SIGTERM, held[1])

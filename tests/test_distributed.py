@@ -87,6 +87,20 @@ def test_more_workers_than_the_local_cluster_has_cpus_is_refused_not_left_waitin
         RayBackendPool("synthetic", model_specs(CFG, teachers), num_workers=3)
 
 
+def test_too_many_workers_on_the_command_line_is_the_error_line_alone(tmp_path):
+    """The local cluster odiag starts is its own: Ray's advice on its token authentication, printed as it
+    starts, does not precede the refusal."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([Path(sys.executable).parent / "odiag", "run", "--out", tmp_path / "run", "--set", "limit=1",
+                           "--set", "executor=ray", "--set", "num_workers=4096", "--quiet"],
+                          capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("odiag: error: num_workers 4096: this machine's local cluster has ") \
+        and len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
+
+
 def test_a_backend_that_cannot_start_is_one_error_not_endless_restarts(ray_cluster, tmp_path):
     """A corrupt checkpoint: every fresh worker would die loading it."""
     import shutil
