@@ -57,6 +57,11 @@ BOOLEAN_CASES = [
     ("**Answer:**\n\nNo\n\nThe passage states the opposite.", False),
     ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
     ("Answer: No. The answer is true only if the law applied before 1990.", False),
+    # a later mention of an answer is no statement: "answer" needs its verb or mark (version 2)
+    ("Corn ethanol returns 1.3 units.\n\nThe answer is False.\n\n(Answer yes would need a negative balance.)", False),
+    ("The passage says so.\n\nSo, no.", False), ("Hence no.", False), ("Therefore: False", False),
+    ("The passage says more.\n\nNo, because it produces more energy than it takes.", False),
+    ("No one knows.", None),  # a verdict word that is not a verdict
 ]
 
 
@@ -85,6 +90,18 @@ CHOICE_CASES = [
     ("(A) x\n(B) y\n(C) z\n(D) w\n\n**C**", "C"),  # a bare closing letter before the last (X)
     ("**Final Answer**\n\nB", "B"), ("Answer:\n(B) Paris\nbecause (A) London is in the UK", "B"),  # on the next line
     ("Answer: B. (The best choice is A only if we ignore friction.)", "B"),  # an aside, not a correction
+    # version 2: a later "Answer (X) ..." is no statement; options, adverbs, lower case and full width are read
+    ("The answer is (C).\n\n- Answer (A) is wrong: silence on fire is not the reason.\n- Answer (D) is irrelevant.", "C"),
+    ("The answer is (C)\n\nAnswer A is tempting but ignores the lease.", "C"),
+    ("(C) makes sense.\n(A) is about fire.\n(D) conveyance is not the issue.\n\nThe answer is option C.", "C"),
+    ("(C) makes sense.\n(D) is not the issue.\n\nThe answer is definitely C.", "C"),
+    ("(C) makes sense.\n(D) is not the issue.\n\nThe correct answer is option **C**.", "C"),
+    ("(C) makes sense.\n(D) is not the issue.\n\nThe answer is choice C.", "C"),
+    ("(C) makes sense.\n(D) is not the issue.\n\nThe answer is (c)", "C"), ("(D) is not it.\n\nc", "C"),
+    ("(D) is not the issue.\n\nC) the jurisdiction has rejected the common law view", "C"),
+    ("The answer is \uff23", "C"), ("The answer would be (C).", "C"),
+    ("The answer is A. Wait, no, the answer is C.", "C"),
+    ("The answer is a matter of law.", None),  # an article, not the letter a
 ]
 
 
@@ -109,6 +126,13 @@ INTEGER_CASES = [
     ("**Final Answer**\n\n42", "42"), ("The answer is 42 (the answer is 41 if we count the empty set).", "42"),
     ("Final Answer: 42. Note: the answer = 6 * 7.", "42"),
     ("\\boxed{70 \\text{ bases}}", "70 \\text{ bases}"),  # as written: lm-eval's comparison strips the unit
+    # version 2
+    ("The answer is 70.\n\nNote: the answer = 21 + 49.", "70"),  # an expression is not a value
+    ("The answer is $21+49 = 70$.", "70"), ("The answer is 16 - the smallest of them.", "16"),
+    ("\\boxed{70}\n\nSo the answer goes in \\boxed{}.", "70"),  # an empty box is passed over
+    ("\\boxed{{70}}", "70"), ("\\boxed{(70)}", "70"), ("\\boxed{\\,70}", "70"), ("\\boxed{70\\,}", "70"),
+    ("\\boxed{\\displaystyle 70}", "70"), ("\\boxed{\\textbf{(70)}}", "70"),
+    ("Reasoning.\n\n**70**", "70"), ("Reasoning.\n\n$$70$$", "70"),  # a closing line that is the number alone
 ]
 
 
@@ -117,9 +141,20 @@ def test_integer_extraction(text, expected):
     assert extract_integer(text) == expected
 
 
+@pytest.mark.parametrize(("text", "correct"), [
+    ("\\boxed{70 \\text{ or } 64}", False), ("\\boxed{64 \\text{ or } 70}", False),  # a hedge, whichever comes first
+    ("\\boxed{70\\text{ or }64}", False), ("\\boxed{70 \\text{ and } 49}", False),
+    ("\\boxed{70 \\text{ (or 64 if b=9 allowed)}}", False), ("\\boxed{7_0}", False),  # not Python's int("7_0")
+    ("\\boxed{70 \\text{ bases}}", True), ("\\boxed{70^\\circ}", True), ("\\boxed{070}", True),
+])
+def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
+    assert score(text, "70", "integer").correct is correct
+
+
 # each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
-# completions (tests/fixtures/extraction_corpus.json), each judged under several answer types and references
-VERDICTS = {1: "b4d5a15afb8b52f5"}
+# completions (tests/fixtures/extraction_corpus.json, appended to for each version), each judged under several
+# answer types and references
+VERDICTS = {1: "b4d5a15afb8b52f5", 2: "65fca185ce035062"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():

@@ -2,35 +2,46 @@
 
 A completion's *final part* is what follows its last ``</think>``; a completion that opens a
 ``<think>`` block and never closes it has no final part (it never answered). Inside the final part
-the answer is, in order of preference, the last ``\\boxed{...}``, the last explicit statement
-("The answer is (B)", "Final answer: 42", "**Answer:** True"), and for yes/no questions a bare
-closing verdict ("... so, no."). Anything else is unparseable: it scores 0 and is counted
-(:class:`Verdict`). The AIME comparison reuses lm-eval's ``hendrycks_math`` normalisation
-(``strip_string``) after comparing integers exactly.
+the answer is, in order of preference, the last non-empty ``\\boxed{...}``, the last explicit statement
+("The answer is (B)", "Final answer: 42", "**Answer:** True"), and a closing line that is the answer alone
+("**C**", "$70$", "So, no.", "No, because ..."). A statement needs its verb or mark after "answer" (is,
+would be, a colon, an equals sign, a heading's closing ``**``): a later mention of an answer ("Answer (A)
+is a common mistake", "the answer = 21 + 49" with no value) is not one. Anything else is unparseable: it
+scores 0 and is counted (:class:`Verdict`). The AIME comparison reuses lm-eval's ``hendrycks_math``
+normalisation (``strip_string``) after comparing integers exactly, for a box that holds one value only
+(``\\boxed{70 \\text{ or } 64}`` hedges, and is wrong whichever value comes first).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 
 ANSWER_TYPES = ("boolean", "choice", "integer")
 # The version of the extraction below, recorded with every run (harness.plan.RunPlan.task_record): a run
 # is never resumed, grown or rescored by another version, whose verdicts on new responses would sit beside
 # the stored ones. tests/test_tasks.py pins each version's verdicts on a fixed set of completions, so a
 # change to any of them fails there until this is raised.
-VERSION = 1
+VERSION = 2
 
 _THINK_CLOSE = "</think>"
 _THINK_OPEN = "<think>"
-# "The answer is", "the final answer:", "Answer -", "**Final Answer**:" ... (markdown emphasis allowed)
-_STATEMENT = r"(?:final\s+answer|answer)\s*(?:is|:|=|-|\u2014)?\s*(?:\*\*|__)?\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+# "The answer is", "the final answer:", "Answer -", "**Final Answer**:", "the answer would be" ... (markdown
+# emphasis allowed): a verb or a mark must follow "answer", or a heading's closing emphasis ("**Final Answer**"),
+# so that a later mention ("Answer (A) is a common mistake", "(Answer yes would need ...)") is no statement
+_MARK = r"(?:is|was|(?:would|should|must|will)\s+be|:|=|-|\u2014)"
+_STATEMENT = (r"(?:final\s+answer|answer)(?:\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__))\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+              # "is definitely C", "is option C", "is clearly the letter (B)"
+              r"(?:(?:definitely|clearly|therefore|thus|probably|most\s+likely)\s+)?"
+              r"(?:(?:the\s+)?(?:option|choice|letter)\s+)?")
 # multiple choice also states its answer as "the correct option is C", "the best choice is (B)"
 _CHOICE = r"\b(?:correct|right|best)\s+(?:option|choice)\s*(?:is\b|:)\s*"
 # a correction later on a statement's line ("the answer is no, but ... so the answer is True"): a statement of
 # its own. Only a word that corrects or concludes opens one; an aside ("the answer is 41 if we count the empty
 # set", "note the answer is no longer ambiguous") stays part of the first
-_CORRECTION = (r"\b(?:but|so|thus|therefore|hence|actually|wait|instead|finally)\b[\s,:]*(?:on\s+reflection[\s,:]*)?"
+_CORRECTION = (r"\b(?:but|so|thus|therefore|hence|actually|wait|instead|finally)\b[\s,:]*(?:no\b[\s,:!]*)?"
+               r"(?:on\s+reflection[\s,:]*)?"
                r"(?:the\s+)?(?:correct\s+|final\s+|real\s+)?answer\s*(?:is\b|:|=)\s*")
 _BOOL_WORDS = {"true": True, "yes": True, "false": False, "no": False}
 
@@ -54,11 +65,18 @@ def final_part(text: str) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    rest = text[start:]
+    r"""The content of the last non-empty ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if none
+    (an empty box, "the answer goes in \boxed{}", is passed over)."""
+    end = len(text)
+    while (start := max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))) >= 0:
+        if (content := _box_content(text[start:])):
+            return content
+        end = start
+    return None
+
+
+def _box_content(rest: str) -> str | None:
+    """The content of the box ``rest`` opens with (None, or empty, when it has none)."""
     if rest.startswith("\\boxed ") and "{" not in rest.split(" ", 1)[1][:1]:
         return rest[len("\\boxed ") :].split("$")[0].strip()  # \boxed 5
     open_at = rest.find("{")
@@ -97,6 +115,11 @@ def _statements(text: str, choice: bool = False) -> list[str]:
     return out
 
 
+# a closing line that is a verdict: "**True**", "No.", "So, no.", "Therefore: False", "No, because ..." (never
+# "... is not true.", nor "No one knows")
+_CLOSING_VERDICT = r"\W*(?:(?:so|thus|hence|therefore)\b[\s,:]*)?(true|false|yes|no)(?:\W*|[,.;:!]\s.*)"
+
+
 def extract_boolean(text: str) -> bool | None:
     """True/False from ``\\boxed{yes}``, "The answer is False", "**Answer:** No", or a last-line verdict."""
     final = final_part(text)
@@ -109,29 +132,34 @@ def extract_boolean(text: str) -> bool | None:
     for cand in candidates:
         if (m := re.match(r"\W*(true|false|yes|no)\b", _unwrap(cand), flags=re.IGNORECASE)) is not None:
             return _BOOL_WORDS[m.group(1).lower()]
-    # a bare verdict on the last line: "**True**", "No." (never "... is not true.")
-    if (last := _last_line(final)) and (m := re.fullmatch(r"\W*(true|false|yes|no)\W*", last, flags=re.IGNORECASE)):
+    if (last := _last_line(final)) and (m := re.fullmatch(_CLOSING_VERDICT, last, flags=re.IGNORECASE | re.DOTALL)):
         return _BOOL_WORDS[m.group(1).lower()]
     return None
 
 
 def extract_choice(text: str, n_choices: int = 4) -> str | None:
-    """The option letter from ``\\boxed{B}``, "The answer is (B)", "the correct option is B", a closing "**B**",
-    or a last ``(B)``."""
+    """The option letter from ``\\boxed{B}``, "The answer is (B)", "the correct option is B", a closing "**B**"
+    or "C) text", or a last ``(B)``. A lower-case letter counts in parentheses or alone ("(c)", "answer: c."), never
+    as a word ("the answer is a matter of law"); full-width letters count as theirs."""
     final = final_part(text)
     if final is None:
         return None
+    final = unicodedata.normalize("NFKC", final)
     letters = "ABCDEFGHIJ"[:n_choices]
-    one = rf"\(?([{letters}])\)?(?![A-Za-z0-9])"
+    one = rf"\(?([{letters}])\)?(?![A-Za-z0-9])|\(([{letters.lower()}])\)|([{letters.lower()}])\W*$"
     candidates = []
     if (boxed := last_boxed(final)) is not None:
         candidates.append(boxed)
     candidates += reversed(_statements(final, choice=True))
     for cand in candidates:
-        if (m := re.match(r"\W*" + one, _unwrap(cand))) is not None:
+        if (m := re.match(r"\W*(?:" + one + ")", _unwrap(cand))) is not None:
+            return next(g for g in m.groups() if g).upper()
+    if (last := _last_line(final)) is not None:
+        # "**C**", "(c)", or the option written out: "C) the jurisdiction has rejected ..."
+        if (m := re.fullmatch(rf"\W*\(?([{letters}{letters.lower()}])\)?\W*", last)) is not None:
+            return m.group(1).upper()
+        if (m := re.match(rf"\W*\(?([{letters}])[).:]\s", last)) is not None:
             return m.group(1)
-    if (last := _last_line(final)) and (m := re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", last)) is not None:  # "**C**"
-        return m.group(1)
     # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
     found = re.findall(rf"\(([{letters}])\)", final)
     return found[-1] if found else None
@@ -142,22 +170,45 @@ def extract_integer(text: str) -> str | None:
     final = final_part(text)
     if final is None:
         return None
-    integer = r"[^\d\-]*?(-?\d+)(?:\.0+)?(?![\d.]*\d)"  # the first integer (70.0 is one), not the start of "3.5"
+    # the first integer (70.0 is one), not the start of "3.5", nor of "21 + 49" (an expression, not its value)
+    integer = r"[^\d\-]*?(-?\d+)(?:\.0+)?(?![\d.]*\d)(?!\s*[-+*/×·^]\s*\d)"
     if (boxed := last_boxed(final)) is not None:
-        m = re.fullmatch(r"(-?\d+)(?:\.0+)?", _unwrap(boxed).replace(",", "").replace("\\!", ""))
+        m = re.fullmatch(r"(-?\d+)(?:\.0+)?", _bare_box(boxed))
         # anything else in the box as written: lm-eval's normalisation drops units only while they read \text{ ...}
         return m.group(1) if m else boxed
     for cand in reversed(_statements(final)):
-        if (m := re.match(integer, _unwrap(cand).replace(",", ""))) is not None:
+        cand = _unwrap(cand).replace(",", "")
+        # "$21 + 49 = 70$": an expression's value, after its last =
+        if (m := re.match(integer, cand) or re.match(integer, cand.rsplit("=", 1)[-1])) is not None:
             return m.group(1)
+    # a closing line that is the number alone: "**70**", "$70$", "$$70$$"
+    if (last := _last_line(final)) and (m := re.fullmatch(r"[^\w\-]*(-?\d+)[^\w]*", last)) is not None:
+        return m.group(1)
     return None
 
 
-def _same_integer(answer: str, target: str) -> bool:
-    try:
-        return int(answer) == int(target)
-    except ValueError:
+def _bare_box(boxed: str) -> str:
+    """A box's content without markup that cannot change its value: spacing commands (``\\,``, ``\\!``),
+    ``\\displaystyle``, font commands, thousands separators, and braces or parentheses around it all."""
+    text = re.sub(r"\\(?:[,;:! ]|displaystyle\b|quad\b)", "", _unwrap(boxed)).replace(",", "").strip()
+    while (m := re.fullmatch(r"\{(.*)\}|\((.*)\)", text)) is not None:
+        text = _unwrap(m.group(1) if m.group(1) is not None else m.group(2))
+    return text
+
+
+def _one_value(answer: str) -> bool:
+    """A box that states one value: not a hedge (``70 \\text{ or } 64``, ``70 \\text{ and } 49``). lm-eval's
+    normalisation reads everything after a ``\\text{ `` as a unit and drops it, numbers included."""
+    if re.search(r"\b(?:or|and)\b", answer, flags=re.IGNORECASE):
         return False
+    return "\\text{ " not in answer or not re.search(r"\d", answer.split("\\text{ ", 1)[1])
+
+
+def _same_integer(answer: str, target: str) -> bool:
+    """Both plain integers (digits, an optional sign: never Python's ``7_0``), and equal."""
+    if not all(re.fullmatch(r"\s*-?\d+\s*", x) for x in (answer, target)):
+        return False
+    return int(answer) == int(target)
 
 
 def _math_equiv(answer: str, target: str) -> bool:
@@ -189,5 +240,5 @@ def score(text: str, target: str, answer_type: str, n_choices: int = 4) -> Verdi
         if got is None:
             return Verdict(False, None)
         gold = str(target).strip()
-        return Verdict(_same_integer(got, gold) or _math_equiv(got, gold), got)
+        return Verdict(_same_integer(got, gold) or (_one_value(got) and _math_equiv(got, gold)), got)
     raise ValueError(f"unknown answer type {answer_type!r}: choose one of {ANSWER_TYPES}")
