@@ -296,6 +296,11 @@ def parse_parquet(path: Path, data: bytes, columns: Iterable[str] = ()):
 # templates -----------------------------------------------------------------------------------------
 
 
+class RenderLimit(ConfigError):
+    """A template rendered past a limit (its output, or a value it built): the template's fault, or, where its
+    variables hold data of any size (a teacher's solutions), the data's."""
+
+
 class TemplateLimit(SecurityError):
     """A template exceeded one of the resource limits."""
 
@@ -600,7 +605,7 @@ def render_template(source: str, where: str, *, undefined_hint: str = "", **vari
     try:
         return template.render(**variables)
     except TemplateLimit as exc:
-        raise ConfigError(f"{where}: template limit: {_one_line(str(exc))}") from None
+        raise RenderLimit(f"{where}: template limit: {_one_line(str(exc))}") from None
     except UndefinedError as exc:
         raise ConfigError(f"{where}: UndefinedError: {_one_line(str(exc))}{undefined_hint}") from None
     except Exception as exc:  # whatever a template does wrong is the template's error, not odiag's

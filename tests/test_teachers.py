@@ -254,6 +254,12 @@ def test_missing_solutions_and_long_contexts_are_skipped_with_a_reason(toy_task)
     assert isinstance(skip, Skip) and "needs 1 wrong" in skip.reason
     skip = toy_task.teacher_context(load_teacher("toy-self-1c"), q, some, [], response_length=500)
     assert isinstance(skip, Skip) and "exceeds the model's 512 positions" in skip.reason
+    # solutions past what any context may render (long traces, many shown): that question is skipped, not the run
+    # stopped by an error blaming the teacher's template
+    huge = [_ids(toy_task, "1+1=2\n" * 170_000 + "answer: 2")]
+    skip = toy_task.teacher_context(load_teacher("toy-self-1c"), q, huge, [])
+    assert isinstance(skip, Skip) and skip.reason.startswith("context longer than 1,000,000 characters"), skip
+
 
 
 # artefacts ---------------------------------------------------------------------------------------

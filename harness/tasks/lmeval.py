@@ -251,6 +251,7 @@ class LMEvalTask:
         self.stop_ids = tuple(sorted(s for s in stops if s is not None))
         self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}
         self._checked: set[str] = set()
+        self._controls: dict[tuple, np.ndarray] = {}  # (teacher, template, question): its placeholder context's control tokens
         self._texts: dict[int, str] | None = None
         self._questions: dict[int | None, list[Question]] = {}
 
@@ -265,6 +266,18 @@ class LMEvalTask:
         # verbose=False: odiag checks lengths against the model's positions itself, in one line (transformers'
         # note on a text longer than the tokenizer's model_max_length came before it)
         return np.asarray(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
+
+    def _spelt_controls(self, teacher: TeacherConfig, question: Question, ids: np.ndarray) -> str | None:
+        """A control token (``<|im_end|>``, ...) that ``ids``, the teacher's context, holds more often than the same
+        context with placeholder solutions does: a shown text spelt it out in ordinary tokens, and the chat
+        template's tokenisation made it the control token. None when there is none."""
+        special = np.asarray(sorted(self.tokenizer.all_special_ids), dtype=np.int64)
+        key = (teacher.name, teacher.context_template, question.id)
+        if (bare := self._controls.get(key)) is None:  # once per teacher and question: its paths share the prompt
+            placeholder = self.chat_ids(placeholder_context(teacher, question.doc["prompt"], "x"), self._teacher_options(teacher))
+            bare = self._controls[key] = (placeholder[:, None] == special).sum(axis=0)
+        more = np.flatnonzero((ids[:, None] == special).sum(axis=0) > bare)
+        return self.tokenizer.convert_ids_to_tokens(int(special[more[0]])) if len(more) else None
 
     def decode(self, ids: Sequence[int]) -> str:
         """A response's text (special tokens such as the stop id dropped; ``<think>`` tags kept)."""
@@ -456,6 +469,9 @@ class LMEvalTask:
         if text is None:
             return Skip(why)
         ids = self.chat_ids(text, self._teacher_options(teacher))
+        if (spelt := self._spelt_controls(teacher, question, ids)) is not None:
+            return Skip(f"a solution it shows spells the control token {spelt!r}, which would end or open a turn "
+                        "of the teacher's chat; skipped rather than shown otherwise than its file says")
         follow = self.max_new_tokens if response_length is None else response_length
         limit = self._limit(teacher)
         if limit is not None and len(ids) + follow > limit:

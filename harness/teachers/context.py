@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness.backends.base import STUDENT
+from harness.safeio import MAX_RENDER_CHARS, RenderLimit
 from harness.teachers.artefacts import Artefacts
 from harness.teachers.config import TeacherConfig, context_text
 
@@ -49,5 +50,12 @@ def context_or_skip(
             summaries[kind] = [art.summary(teacher, t) for t in texts]
             if any(s is None for s in summaries[kind]):
                 return None, f"no summary of a {kind} solution by {teacher.summarizer} (truncated or not generated)"
-    text = context_text(teacher, prompt, correct_texts, wrong_texts, summaries.get("correct"), summaries.get("wrong"))
+    try:
+        text = context_text(teacher, prompt, correct_texts, wrong_texts, summaries.get("correct"), summaries.get("wrong"))
+    except RenderLimit:
+        # the template rendered within its limits on placeholders when the teacher was loaded: what it shows made it
+        # too long, so this question is skipped, as a context over the model's positions is
+        shown = sum(map(len, [prompt, *correct_texts, *wrong_texts, *(x for v in summaries.values() for x in v)]))
+        return None, (f"context longer than {MAX_RENDER_CHARS:,} characters (the question and the solutions it shows "
+                      f"are {shown:,})")
     return text, None
