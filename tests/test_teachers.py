@@ -335,6 +335,24 @@ def test_artefacts_are_generated_once_cached_and_shared(toy_task, tmp_path, summ
     assert summary_key(summariser) != summary_key(load_teacher("toy-self-sum-1c")) == "toy-summary"
 
 
+def test_a_solution_too_long_for_the_summary_prompt_skips_that_question_not_the_run(toy_task, tmp_path, summariser):
+    """The summary prompt rendered within its limits on a placeholder when the teacher was loaded: a solution that
+    makes it too long leaves that solution without a summary (the question skipped, saying why), and the others are
+    summarised as before."""
+    from harness import toy
+
+    questions = toy_task.questions(2)
+    huge, fine = questions
+    own = {huge.id: [_ids(toy_task, "1+1=2\n" * 170_000 + "answer: 2")],
+           fine.id: [_ids(toy_task, toy.solution_text(fine.doc["record"]["digits"]))]}
+    backend = StubBackend(toy_task)
+    art = build_artefacts(toy_task, [summariser], questions, backend, tmp_path / "art", 0, "r", own)
+    assert [len(call) for call in backend.calls] == [1]  # the one solution a prompt could hold
+    skip = toy_task.teacher_context(summariser, huge, own[huge.id], [], artefacts=art)
+    assert isinstance(skip, Skip) and "too long for the summary prompt" in skip.reason, skip
+    assert not isinstance(toy_task.teacher_context(summariser, fine, own[fine.id], [], artefacts=art), Skip)
+
+
 def test_a_teacher_file_reached_through_a_link_reads_its_models_beside_the_file_it_leads_to(tmp_path):
     """``./model`` read from the link's folder: the model beside the file was not found (the error named the file
     the link leads to and said paths are read from its folder), or another folder of that name was loaded."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from harness.backends.base import STUDENT
 from harness.config import portable
+from harness.safeio import RenderLimit
 from harness.teachers.config import TEXT_SUMMARIZERS, TeacherConfig, render, text_summarizer
 from harness.wording import finish_command, plural
 
@@ -278,12 +279,17 @@ def build_artefacts(
         missing = sorted(set(texts) - set(stored))
         if missing:
             todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
+    prompts = {}  # (key, digest): the summariser's prompt; none for a solution too long for any prompt to hold
+    for key, t, q, path, stored, items in todo:
+        for digest, text in items:
+            try:
+                prompt = render(t.summary_prompt, f"{t.file}: key 'summary_prompt'", question=q.doc["prompt"], solution=text)
+            except RenderLimit:  # the template rendered on a placeholder when loaded: this solution made it too long
+                continue
+            prompts[key, digest] = task.chat_ids(prompt, t.summary_chat_template_options)
     requests = [
         SampleRequest(
-            prefix=task.chat_ids(
-                render(t.summary_prompt, f"{t.file}: key 'summary_prompt'", question=q.doc["prompt"], solution=text),
-                t.summary_chat_template_options,
-            ),
+            prefix=prompts[key, digest],
             n=1,
             seed=derive_seed(seed, "summary", digest),
             max_new_tokens=t.summary_max_new_tokens,
@@ -293,12 +299,16 @@ def build_artefacts(
         )
         for key, t, q, path, stored, items in todo
         for digest, text in items
+        if (key, digest) in prompts
     ]
     results = iter(backend.sample(requests) if requests else [])
     for key, t, q, path, stored, items in todo:
         for digest, _ in items:
-            res = next(results)
-            summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
+            if (key, digest) not in prompts:  # no summary: the teacher skips the question, saying so
+                summary = None
+            else:
+                res = next(results)
+                summary = None if res.truncated[0] else (final_part(task.decode(res.tokens[0])) or "").strip() or None
             stored[digest] = summary
             art.summaries[(key, digest)] = summary
         _save(path, {"summarizer": t.summarizer, "revision": t.summarizer_revision, "question_id": q.id, "seed": seed,
