@@ -513,13 +513,27 @@ def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], remov
                 into[name] = path.read_bytes()
 
 
-def _described(root: Path) -> dict | None:
-    """The backend description in a run's ``results.json`` (None: no results, or none readable)."""
+def _described(root: Path, specs: Mapping[str, ModelSpec]) -> dict | None:
+    """The backend description in a run's ``results.json`` (None: no results, or none readable), without the
+    models the run no longer reads (``specs`` are those it does: a teacher dropped since takes its own along)."""
     try:
         described = json.loads((root / "results.json").read_text(encoding="utf-8"))["versions"]["backend"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return described if isinstance(described, dict) else None
+    if not isinstance(described, dict):
+        return None
+    ids = {spec.id for spec in specs.values()}
+    if isinstance(described.get("models"), dict):
+        described["models"] = {k: v for k, v in described["models"].items() if k in specs}
+    if isinstance(described.get("engines"), dict):  # vLLM's, by model id
+        described["engines"] = {k: v for k, v in described["engines"].items() if k in ids}
+    return described
+
+
+def _only(specs: Mapping[str, ModelSpec], records: Mapping[str, dict]) -> dict[str, dict]:
+    """``config.json``'s model records of the models ``specs`` reads (records are by portable id)."""
+    ids = {portable(spec.id) for spec in specs.values()}
+    return {key: record for key, record in records.items() if key in ids} if isinstance(records, dict) else records
 
 
 def _tables(root: Path) -> list[str]:
@@ -640,14 +654,17 @@ class RunDir:
             plan, changed = check_against(plan, saved, rescore=rescore, add=add, root=str(root), drop=drop, flag=flag)
             # a rescore of a finished run that redoes no forward pass reads only stored work: its models may have
             # moved on (a stopped one may still make fill passes: its models are checked)
-            stored = (saved or {}).get("models", {})
+            from harness.plan import model_specs
+
+            specs = model_specs(plan.config, plan.specs)
+            # the models the run reads now: a dropped teacher's model leaves the record with it, as in a run that
+            # never had it (its files may change, or go, without concerning this run)
+            stored = _only(specs, (saved or {}).get("models", {}))
             checked = not (rescore and not changed and (root / "results.json").is_file())
             if checked:
-                from harness.plan import model_specs
-
-                stored = model_records(model_specs(plan.config, plan.specs).values(), stored, str(root), flag)
+                stored = model_records(specs.values(), stored, str(root), flag)
             rundir = RunDir(root, plan, lock, repair, models_checked=checked)
-            rundir.last_backend = _described(root)
+            rundir.last_backend = _described(root, specs)
             rundir.clean()
             if drop:
                 pending = sorted({*RunDir.pending_drop(root), *drop})
@@ -760,7 +777,7 @@ class RunDir:
 
         stored = RunDir.read_saved(root).get("models", {})
         specs = [ModelSpec(local_path(key), record.get("revision")) for key, record in stored.items() if isinstance(record, dict)]
-        model_records(specs, stored, str(root))
+        model_records(specs, stored, str(root), flag=None)
 
     @staticmethod
     def load_config(root: str | Path) -> RunConfig:
@@ -958,12 +975,13 @@ class RunDir:
 
 
 def model_records(
-    specs: Iterable[ModelSpec], stored: Mapping[str, dict], where: str, flag: str = "--out",
+    specs: Iterable[ModelSpec], stored: Mapping[str, dict], where: str, flag: str | None = "--out",
 ) -> dict[str, dict]:
     """``config.json``'s ``models``: every model of ``specs`` whose files are on this machine, by content
     (`harness.modelfiles`), with ``stored`` (the records of earlier commands) kept. Raises a
     RunDirError when a model's files differ from those the run recorded: work from two models never
-    shares a tree."""
+    shares a tree. ``flag``: the option naming the run directory, whose fix is another one (None: a command
+    that only reads the run, whose fix is the files)."""
     from harness.config import portable
     from harness.modelfiles import changed_file, fingerprint, model_dir, model_files
 
@@ -978,10 +996,12 @@ def model_records(
         files = model_files(directory, known)
         snapshot = directory.name if directory.parent.name == "snapshots" else None  # the hub commit it resolved to
         if before and (name := changed_file(known, files)):
-            pin = f"pin revision {before['snapshot']} (the snapshot the run used), " if before.get("snapshot") else ""
+            pin = f"pin revision {before['snapshot']} (the snapshot the run used)" if before.get("snapshot") else ""
+            fixes = ["restore its files", *([pin] if pin else []), *([f"use {another(flag)}"] if flag else [])]
             raise RunDirError(
                 f"{where}: model {key} changed since the run used it ({name} differs; fingerprint "
-                f"{before.get('fingerprint')} there, {fingerprint(files)} now): restore its files, {pin}or use {another(flag)}"
+                f"{before.get('fingerprint')} there, {fingerprint(files)} now): "
+                f"{', '.join(fixes[:-1]) + ', or ' + fixes[-1] if len(fixes) > 1 else fixes[0]}"
             )
         out[key] = {"revision": spec.revision, "snapshot": snapshot, "fingerprint": fingerprint(files), "files": files}
     return out

@@ -1089,6 +1089,7 @@ def test_load_config_of_a_run(copy):
 # models by content --------------------------------------------------------------------------------
 
 TOY_STUDENT = ROOT / "harness" / "toy_models" / "student"
+TOY_TEACHER = ROOT / "harness" / "toy_models" / "teacher"
 
 
 def _retrain(model: Path) -> None:
@@ -1117,13 +1118,41 @@ def test_a_model_whose_files_changed_is_refused_until_restored(tmp_path, capsys)
     saved = tmp_path / "saved"
     shutil.copytree(student, saved)
     _retrain(student)
-    for cmd in (argv, ["add-teacher", str(tmp_path / "run"), "toy-teacher"], ["validate", str(tmp_path / "run"), "--quick"]):
+    for cmd in (argv, ["add-teacher", str(tmp_path / "run"), "toy-teacher"]):
         _refused(capsys, cmd, tmp_path / "run", f"model {student} changed since the run used it (model.safetensors differs",
                  "restore its files, or use another --out")
+    # validate only reads the run: its fix is the files (it has no --out)
+    err = _refused(capsys, ["validate", str(tmp_path / "run"), "--quick"], tmp_path / "run",
+                   f"model {student} changed since the run used it (model.safetensors differs", "now): restore its files")
+    assert "--out" not in err
     assert main(["rescore", str(tmp_path / "run"), "--set", "algorithms=[gkd]", "--quiet"]) == 0
     shutil.rmtree(student)
     shutil.copytree(saved, student)  # the same bytes, new times: read through once, then recorded again
     assert main([*argv, "--set", "algorithms=[gkd]", "--set", "limit=2", "--quiet"]) == 0
+
+
+@pytest.mark.skipif(not (TOY_STUDENT / "model.safetensors").exists(), reason="toy models not built")
+def test_a_dropped_teachers_model_leaves_the_runs_record(tmp_path, capsys):
+    """A run with a teacher dropped records only the models it reads, as a run that never had it: the dropped
+    teacher's model may then change, or go, and validate does not refuse the run for it."""
+    pytest.importorskip("torch")
+    model = tmp_path / "tm"
+    shutil.copytree(TOY_TEACHER, model)
+    teacher = tmp_path / "mine.yaml"
+    teacher.write_text(f"model: {model}\ndtype: float32\n")
+    sets = ["task=odiag_toy", "backend=hf", f"student={TOY_STUDENT}", "teachers=[toy-self-1c]", "limit=1", "n_initial=8",
+            "n_target=10", "dtype=float32"]
+    run = tmp_path / "run"
+    assert main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(run), "--quiet"]) == 0
+    before = json.loads((run / "results.json").read_text())
+    assert main(["add-teacher", str(run), str(teacher), "--quiet"]) == 0
+    assert str(model) in json.loads((run / "config.json").read_text())["models"]
+    assert main(["rescore", str(run), "--drop-teacher", "mine", "--quiet"]) == 0
+    after = json.loads((run / "results.json").read_text())
+    assert set(json.loads((run / "config.json").read_text())["models"]) == set(after["models"]) == set(before["models"])
+    assert after["versions"]["backend"]["models"].keys() == before["versions"]["backend"]["models"].keys()
+    _retrain(model)
+    RunDir.verify_models(run)  # not refused for a model the run no longer reads
 
 
 def test_model_files_identify_a_model_by_content(tmp_path):
