@@ -68,6 +68,8 @@ def add_teacher(
     ref = resolve_teacher(teacher, ADDED)  # the file alone first: a bad teacher is named before the run is read
     prepared_from = RunDir.record_bytes(out)
     cfg = _finished(out, stopped=True)  # a stopped add-teacher, run again, finishes
+    if (done := _already_scored(out, ref)) is not None:
+        return done
     plan = make_plan(cfg, task, RunDir.stored_teacher_files(out), built=backend is None)
     check_backend(cfg, [ref.config], built=backend is None)
     plan.task.check_teacher(ref.config)
@@ -81,6 +83,20 @@ def add_teacher(
         except Exception as exc:  # a context that fails on real data, a model that will not load: the finished run
             rundir.undo(ref.name, cause=exc)  # stays as it was (a stop, rerun, finishes the add instead)
             raise
+
+
+def _already_scored(out: str | Path, ref) -> dict | None:
+    """A finished run's results when ``ref`` (the same name and file) is already scored in it: adding it again
+    changes nothing, and writes nothing (results.json, and a validation of it, stay as they are). None otherwise."""
+    import json
+    import logging
+
+    results = Path(out) / "results.json"
+    saved = [t for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)]
+    if not results.is_file() or not any(t.get("name") == ref.name and t.get("identity") == ref.identity for t in saved):
+        return None
+    logging.getLogger(__name__).info("teacher %s is already scored in %s (the same file): nothing to add", ref.name, out)
+    return json.loads(results.read_text(encoding="utf-8"))
 
 
 def rescore(

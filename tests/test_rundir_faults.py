@@ -293,8 +293,10 @@ def test_two_files_loading_one_model_with_other_engine_options_are_refused(tmp_p
 
 def test_add_teacher_twice_or_of_a_config_teacher_adds_no_row(copy, capsys, caplog):
     before = _results(copy)
+    files = _digest(copy)
     assert main(["add-teacher", str(copy), "synthetic-helpful", "--quiet"]) == 0
     assert _results(copy) == before
+    assert _digest(copy) == files  # nothing written: results.json (and a validation of it) stay as they were
     with caplog.at_level("INFO", logger="harness"):
         assert main(["add-teacher", str(copy), "synthetic-helpful"]) == 0  # said, not silent
     assert f"teacher synthetic-helpful is already scored in {copy} (the same file): nothing to add" in caplog.messages
