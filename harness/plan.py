@@ -600,10 +600,9 @@ def _check_tree(plan: RunPlan, saved: dict, theirs: list[dict], *, rescore: bool
                      "(add a teacher to a finished run with odiag add-teacher)")
     else:
         diffs += [_teacher_differs(o, n, flag) for o, n in zip(old, new, strict=True) if o["identity"] != n.identity]
-    raise RunDirError(
-        f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); "
-        f"use {another(flag)}, or the same settings to resume"
-    )
+    fix = (f"odiag rescore changes only {', '.join(SCORING_FIELDS)} and options that move no number: give the run's own "
+           "value, or start a new run under another --out" if rescore else f"use {another(flag)}, or the same settings to resume")
+    raise RunDirError(f"{where} holds a run with a different rollout tree ({'; '.join(diffs) or 'tree hash differs'}); {fix}")
 
 
 def _teacher_differs(recorded: dict, now: TeacherRef, flag: str) -> str:

@@ -1155,6 +1155,11 @@ def test_a_dropped_teachers_model_leaves_the_runs_record(tmp_path, capsys):
     assert after["versions"]["backend"]["models"].keys() == before["versions"]["backend"]["models"].keys()
     _retrain(model)
     RunDir.verify_models(run)  # not refused for a model the run no longer reads
+    # an option that moves a number is the tree's: rescore's refusal says what rescore changes (it has no --out)
+    err = _refused(capsys, ["rescore", str(run), "--set", "student_args={attn_implementation: eager}"], run,
+                   "holds a run with a different rollout tree (", "odiag rescore changes only algorithms, jsd_beta, gamma "
+                   "and options that move no number: give the run's own value, or start a new run under another --out")
+    assert "or the same settings to resume" not in err
 
 
 def test_model_files_identify_a_model_by_content(tmp_path):
