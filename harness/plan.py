@@ -25,7 +25,8 @@ from harness.config import (REPOSITORY, SCORING_FIELDS, ConfigError, RunConfig, 
                              unread_fields)
 from harness.errors import StudentArgsError
 from harness.tasks import Task, load_task
-from harness.teachers import TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, models_named, teacher_path
+from harness.teachers import (TEXT_SUMMARIZERS, TeacherConfig, artefact_models, load_teacher, model_keys, models_named,
+                              teacher_path)
 from harness.wording import finish_command, shell_word
 
 PLANNER, ADDED = "planner", "added"
@@ -344,11 +345,13 @@ def check_backend_models(cfg: RunConfig, teachers) -> None:
             raise ConfigError(f"teacher {t.name}: shows solutions in its context ({shown}), which the synthetic task has no "
                               "text for: it would be skipped on every question (the synthetic task's teachers read no "
                               "solutions: synthetic-helpful, synthetic-misleading)")
+        keys = model_keys(t)
         for model in models_named(t):
             if cfg.backend == "synthetic" and model not in SYNTHETIC:
-                raise ConfigError(f"teacher {t.name}: reads model {portable(model)!r}, which backend synthetic does not have "
-                                  f"(its models: the student and {', '.join(SYNTHETIC)}; teachers synthetic-helpful, "
-                                  "synthetic-misleading and self-teachers)")
+                raise ConfigError(f"{t.file or 'teacher ' + t.name}: key {keys.get(model, 'model')!r}: model "
+                                  f"{portable(model)!r} is not one backend synthetic has (its models: the student and "
+                                  f"{', '.join(SYNTHETIC)}; teachers synthetic-helpful, synthetic-misleading and "
+                                  "self-teachers); score this teacher in a run on backend hf or vllm")
             if cfg.backend != "synthetic" and model in SYNTHETIC and not Path(model).exists():
                 raise ConfigError(f"teacher {t.name}: reads the synthetic model {model!r}, which only backend synthetic has")
 

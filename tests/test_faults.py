@@ -801,7 +801,7 @@ def test_leaderboard_out_at_a_file(odiag, tmp_path):
 
 @pytest.mark.parametrize("sets, needle", [
     (["backend=synthetic", "task=synthetic", "teachers=[toy-teacher]"],
-     "teacher toy-teacher: reads model 'harness/toy_models/teacher', which backend synthetic does not have"),
+     "teachers/toy-teacher.yaml: key 'model': model 'harness/toy_models/teacher' is not one backend synthetic has"),
     (["backend=synthetic", "task=synthetic", "teachers=[synthetic-helpful,toy-self-1c1w]"],
      "teacher toy-self-1c1w: shows solutions in its context (correct_solutions 1, wrong_solutions 1), which the synthetic "
      "task has no text for: it would be skipped on every question"),
@@ -833,7 +833,7 @@ def test_every_sampled_temperature_is_checked_against_the_backend():
 def test_add_teacher_the_backend_cannot_hold_is_one_line(odiag, tmp_path):
     out = tmp_path / "run"
     assert cli.main(["run", "--set", "limit=1", "--set", "n_target=10", "--out", str(out), "--quiet"]) == 0
-    assert_one_line(odiag("add-teacher", out, "toy-teacher"), "teacher toy-teacher: reads model 'harness/toy_models/teacher'")
+    assert_one_line(odiag("add-teacher", out, "toy-teacher"), "toy-teacher.yaml: key 'model': model 'harness/toy_models/teacher' is not one backend synthetic has")
     assert_one_line(odiag("add-teacher", out, "toy-self-1c"), "teacher toy-self-1c: shows solutions in its context")
 
 

@@ -276,7 +276,7 @@ def validate(cfg: TeacherConfig) -> None:
         fail("model", f"{cfg.model!r} is a text summariser, not a model")
     needs = cfg.correct_solutions + cfg.wrong_solutions
     if cfg.is_self and cfg.context_template is None and not cfg.chat_template_options and not needs:
-        raise ConfigError(f"{where}: this teacher is the student itself (model student, the student's own prompt, no "
+        raise ConfigError(f"{where}: this teacher is the student itself (key 'model' is student, its default; the student's own prompt, no "
                           "solution in context): its distillation gradient is zero at every token; give it a context "
                           "(context_template, correct_solutions, wrong_solutions) or another model")
     if cfg.solution_source != STUDENT and not needs:
