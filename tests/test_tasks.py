@@ -102,6 +102,7 @@ CHOICE_CASES = [
     ("The answer is \uff23", "C"), ("The answer would be (C).", "C"),
     ("The answer is A. Wait, no, the answer is C.", "C"),
     ("The answer is a matter of law.", None),  # an article, not the letter a
+    ("Final answer (C).", "C"),
 ]
 
 
@@ -133,6 +134,8 @@ INTEGER_CASES = [
     ("\\boxed{{70}}", "70"), ("\\boxed{(70)}", "70"), ("\\boxed{\\,70}", "70"), ("\\boxed{70\\,}", "70"),
     ("\\boxed{\\displaystyle 70}", "70"), ("\\boxed{\\textbf{(70)}}", "70"),
     ("Reasoning.\n\n**70**", "70"), ("Reasoning.\n\n$$70$$", "70"),  # a closing line that is the number alone
+    ("1+5=6\n6+1=7\n7 + ", None), ("So x =\n70 =", None),  # not a line cut short
+    ("1+5=6\n6+1=7\nanswer 7", "7"),  # a statement without its mark, where the value closes the line
 ]
 
 
@@ -154,7 +157,7 @@ def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
 # each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
 # completions (tests/fixtures/extraction_corpus.json, appended to for each version), each judged under several
 # answer types and references
-VERDICTS = {1: "b4d5a15afb8b52f5", 2: "65fca185ce035062"}
+VERDICTS = {1: "b4d5a15afb8b52f5", 2: "852e188350d09cf7"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():

@@ -31,7 +31,9 @@ _THINK_OPEN = "<think>"
 # emphasis allowed): a verb or a mark must follow "answer", or a heading's closing emphasis ("**Final Answer**"),
 # so that a later mention ("Answer (A) is a common mistake", "(Answer yes would need ...)") is no statement
 _MARK = r"(?:is|was|(?:would|should|must|will)\s+be|:|=|-|\u2014)"
-_STATEMENT = (r"(?:final\s+answer|answer)(?:\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__))\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+_STATEMENT = (r"(?:final\s+answer|answer)(?:\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__)"
+              # or nothing, where the value closes its line ("answer 7", "Final answer (C)."), not "Answer (A) is wrong"
+              r"|[ \t]+(?=[(\[]?[\w.,-]+[)\]]?[.!*]*[ \t]*(?:\n|\Z)))\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
               # "is definitely C", "is option C", "is clearly the letter (B)"
               r"(?:(?:definitely|clearly|therefore|thus|probably|most\s+likely)\s+)?"
               r"(?:(?:the\s+)?(?:option|choice|letter)\s+)?")
@@ -181,8 +183,8 @@ def extract_integer(text: str) -> str | None:
         # "$21 + 49 = 70$": an expression's value, after its last =
         if (m := re.match(integer, cand) or re.match(integer, cand.rsplit("=", 1)[-1])) is not None:
             return m.group(1)
-    # a closing line that is the number alone: "**70**", "$70$", "$$70$$"
-    if (last := _last_line(final)) and (m := re.fullmatch(r"[^\w\-]*(-?\d+)[^\w]*", last)) is not None:
+    # a closing line that is the number alone: "**70**", "$70$", "$$70$$", "\\(70\\)" (never "7 +", a line cut short)
+    if (last := _last_line(final)) and (m := re.fullmatch(r"[\s*$_(\[{\\]*(-?\d+)[\s.*$_)\]}\\!]*", last)) is not None:
         return m.group(1)
     return None
 
