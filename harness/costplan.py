@@ -266,7 +266,7 @@ def make_plan(cfg: RunConfig, teachers: Sequence, gpu_memory: float | None = Non
 
     gpu = None if gpu_memory is None else gpu_memory * GiB
     memory = (_vllm_memory(cfg, teachers, loads, gpu_memory) if cfg.backend == "vllm"
-              else _local_memory(cfg, loads, length, prompt))
+              else _local_memory(cfg, teachers, loads, length, prompt))
     lines += memory.lines
     workers = cfg.num_workers if cfg.executor == "ray" else 1
     if cfg.executor == "ray":
@@ -401,16 +401,52 @@ def _vllm_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, gpu_memory: 
     return _Memory(lines, phases, refusals, advice)
 
 
-def _local_memory(cfg: RunConfig, loads: _Loads, length: int, prompt: int | None) -> _Memory:
+def _row_positions(cfg: RunConfig, teachers: Sequence, loads: _Loads, length: int, prompt: int | None) -> dict[str, tuple[int, str]]:
+    """Each sampling model's longest decode row, in positions, and what it holds: the student's the longest prompt
+    and a response; a solution source's the prompt and its ``solution_max_new_tokens``; a model summariser's the
+    question, a whole solution and the summary prompt's own text (its characters: no fewer than its tokens), then
+    its ``summary_max_new_tokens``."""
+    from harness.backends.base import STUDENT
+
+    head = prompt or 0
+    rows: dict[str, tuple[int, str]] = {}
+
+    def longest(model: str, n: int, what: str) -> None:
+        if model in loads.models and n > rows.get(model, (0, ""))[0]:
+            rows[model] = (n, what)
+
+    if loads.student:
+        longest(cfg.student, head + length, "the longest prompt" + (f", {prompt:,}," if prompt else "") + " and the response")
+    for t in teachers:
+        shown = length if t.solution_source == STUDENT else (t.solution_max_new_tokens or length)
+        if t.solution_source != STUDENT:
+            longest(t.solution_source, head + shown, f"a prompt and a solution of {shown:,} tokens")
+        if t.summarizer in loads.artefact_ids:
+            template = len(t.summary_prompt or "")
+            longest(t.summarizer, head + shown + template + t.summary_max_new_tokens,
+                    f"the question, a solution of {shown:,} tokens, the summary prompt's {template:,} characters and "
+                    f"a summary of {t.summary_max_new_tokens:,}")
+    return rows
+
+
+def _local_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, length: int, prompt: int | None) -> _Memory:
     """Memory per phase on the hf (or synthetic) backend: every model from the start, with the KV cache of a
-    decode batch (rows left-padded to the longest prompt, plus the response) and the scorer's working memory."""
+    decode batch (rows left-padded to the longest prompt, plus what is generated: `_row_positions`) and the
+    scorer's working memory."""
     rows = int(dict(cfg.student_args).get("batch_size", 64))
-    samplers = ([cfg.student] if loads.student else []) + loads.artefact_ids
-    positions = length + (prompt or 0)
-    caches = [_sampling_cache(loads.models[m], rows, positions) for m in samplers]
-    cache = None if None in caches else max(caches, default=0.0)
-    held_at = (f"{positions:,} positions per row (the longest prompt, {prompt:,}, and the response)" if prompt
-               else f"{length:,} positions per row (the prompt adds its own)")
+    positions = _row_positions(cfg, teachers, loads, length, prompt)
+    caches = {m: _sampling_cache(loads.models[m], rows, n) for m, (n, _) in positions.items()}
+    cache = None if None in caches.values() else max(caches.values(), default=0.0)
+    largest = max(caches, key=lambda m: caches[m] or 0.0, default=None)
+    if largest is None or largest == cfg.student and not loads.artefact_ids:
+        n = length + (prompt or 0)
+        held_at = (f"{n:,} positions per row (the longest prompt, {prompt:,}, and the response)" if prompt
+                   else f"{length:,} positions per row (the prompt adds its own)")
+    else:
+        n, what = positions[largest]
+        held_at = f"{n:,} positions per row of {largest} ({what})"
+        if not prompt:
+            held_at += "; the prompt adds its own"
     lines = [f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
              + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {held_at}" if cache else "")]
     weights = _total(list(loads.models.values()))

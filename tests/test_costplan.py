@@ -98,7 +98,7 @@ def test_budget_caps_the_rollouts():
     (["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "max_new_tokens=500"],
      "with up to 500 response tokens it exceeds the model's 512 positions"),  # the tokenizer is at hand: checked as run does
     (["task=nosuch", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]"], "unknown task 'nosuch'"),
-    (["teachers=[toy-teacher]"], "teacher toy-teacher: reads model"),
+    (["teachers=[toy-teacher]"], "toy-teacher.yaml: key 'model': model"),
     (["teachers=[synthetic-helpful,self-1c1w]"],
      re.escape("teacher self-1c1w: shows solutions in its context (correct_solutions 1")),
     (["temperature=0.5"], "temperature 0.5: backend synthetic samples its student at temperature 1 only"),
@@ -216,6 +216,29 @@ def test_an_hf_decode_batch_counts_the_longest_prompt_in_its_kv_cache():
     c = json.loads((TOY_DIR / "student" / "config.json").read_text())
     kv = 64 * (longest + length) * c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * c["head_dim"] * 4
     assert f"holds {kv / 2**20:.1f} MiB of KV cache" in layout
+
+
+def test_an_hf_decode_batch_of_solutions_or_summaries_counts_their_own_row_length(tmp_path):
+    """A solution source writes up to its solution_max_new_tokens, and a model summariser reads the question, a whole
+    solution and its prompt before it writes: rows longer than the student's, whose KV cache the plan must hold."""
+    from harness.plan import make_plan as run_plan
+
+    teacher = TOY_DIR / "teacher"
+    (tmp_path / "src.yaml").write_text(f"model: student\nsolution_source: {teacher}\ndtype: float32\ncorrect_solutions: 1\n"
+                                       "solution_max_new_tokens: 400\ncontext_template: '{{ question }} {{ correct[0] }}'\n")
+    (tmp_path / "sum.yaml").write_text(f"model: student\ncorrect_solutions: 1\nsummarizer: {teacher}\ndtype: float32\n"
+                                       "summary_prompt: 'say {{ question }}: {{ solution }}'\nsummary_max_new_tokens: 300\n"
+                                       "context_template: '{{ question }} {{ correct_summaries[0] }}'\n")
+    base = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "limit=4"]
+    task = run_plan(resolve_run_config(None, [*base, "teachers=[toy-self-1c]"]), installed=False).task
+    longest, length = max(len(q.prompt_ids) for q in task.questions(4)), task.max_new_tokens
+    c = json.loads((teacher / "config.json").read_text())
+    for name, row in (("src", longest + 400), ("sum", longest + length + len("say {{ question }}: {{ solution }}") + 300)):
+        cfg = resolve_run_config(None, [*base, f"teachers=[{tmp_path / (name + '.yaml')}]"])
+        layout = next(line for line in plan_for(cfg).lines if line.startswith("layout"))
+        assert f"at {row:,} positions per row of {teacher} (" in layout, layout
+        kv = 64 * row * c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * c["head_dim"] * 4
+        assert f"holds {kv / 2**20:.1f} MiB of KV cache" in layout, layout
 
 
 def test_an_hf_runs_rate_is_the_row_of_its_batch_size(tmp_path):
