@@ -41,6 +41,8 @@ def test_unknown_keys_are_named(args, message):
     ("hf", "{score_chunk: many}", "student_args: score_chunk must be a whole number >= 1, got 'many'"),
     ("hf", "{device: gpu}", "student_args: device 'gpu' is not a torch device"),
     ("hf", "{device: 'cuda:999'}", "student_args: device 'cuda:999': this machine's torch"),
+    ("hf", "{attn_implementation: nosuch}", "student_args: attn_implementation 'nosuch' is not one this transformers .* has; "
+                                            "choose eager, .*sdpa"),
     ("vllm", "{score_with: exact}", "student_args: score_with must be 'hf' or 'vllm', got 'exact'"),
     ("vllm", "{gpu_memory_utilization: 1.5}", "student_args: gpu_memory_utilization is a share of the device"),
     ("vllm", "{tensor_parallel_size: 0}", "student_args: tensor_parallel_size must be a whole number >= 1"),
@@ -239,6 +241,26 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, capsys):
     assert cli.main(["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"odiag: error: model {bad}: its weights cannot be read") and len(err.splitlines()) == 1, err
+
+
+def test_an_attention_implementation_this_machine_lacks_is_one_line_and_the_corrected_command_runs(tmp_path, capsys):
+    """flash_attention_2 is one transformers knows; without its package the model cannot load: one line naming
+    the option (it was a traceback, after the run directory was written), and the same run with sdpa goes on."""
+    import importlib.util
+
+    from harness import cli
+    from harness.toy import TOY_DIR
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here: flash_attention_2 may load")
+    sets = ["task=odiag_toy", "backend=hf", f"student={TOY_DIR / 'student'}", "teachers=[toy-self-1c]", "limit=1",
+            "n_initial=4", "n_target=10"]
+    argv = ["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r"), "--quiet"]
+    assert cli.main([*argv, "--set", "student_args={attn_implementation: flash_attention_2}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("odiag: error: student_args: attn_implementation 'flash_attention_2' cannot load ") \
+        and len(err.splitlines()) == 1, err
+    assert cli.main([*argv, "--set", "student_args={attn_implementation: sdpa}"]) == 0
 
 
 @pytest.mark.parametrize("hf_options, threads", [(None, 3), ("{threads: 5}", 5)])

@@ -335,11 +335,21 @@ class HFBackend:
 
     @staticmethod
     def check_option_values(*, device: str = "auto", batch_size: int = 64, score_chunk: int = 256,
-                            threads: int | None = None, **_) -> None:
+                            threads: int | None = None, attn_implementation: str | None = None, **_) -> None:
         """The options' values, before any model loads: a ValueError naming the option and the fix."""
         for key, value in (("batch_size", batch_size), ("score_chunk", score_chunk), ("threads", threads)):
             if not (value is None and key == "threads") and not (type(value) is int and value >= 1):
                 raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+        if attn_implementation is not None:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            known = ["eager", *ALL_ATTENTION_FUNCTIONS.keys()]
+            # a hub kernel ("kernels-community/flash-attn") is transformers' to fetch and check
+            if not isinstance(attn_implementation, str) or attn_implementation not in known and "/" not in attn_implementation:
+                import transformers
+
+                raise ValueError(f"attn_implementation {attn_implementation!r} is not one this transformers "
+                                 f"{transformers.__version__} has; choose {', '.join(known)}")
         if device == "auto":
             return
         try:
@@ -355,7 +365,16 @@ class HFBackend:
         if spec.dtype not in _DTYPES:
             raise ValueError(f"{spec.id}: dtype {spec.dtype!r} is not one of {sorted(_DTYPES)}")
         kwargs = {"attn_implementation": self._attn} if self._attn is not None else {}
-        return self._wrap(spec, load_causal_lm(spec.id, spec.revision, spec.dtype, **kwargs))
+        try:
+            model = load_causal_lm(spec.id, spec.revision, spec.dtype, **kwargs)
+        except (ImportError, ValueError) as exc:
+            if self._attn is None or "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
+                raise
+            # an implementation transformers knows, whose package or device this machine lacks (flash_attention_2)
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ConfigError(f"student_args: attn_implementation {self._attn!r} cannot load {spec.id} here ({first}); "
+                              "use sdpa or eager, or install what it needs") from None
+        return self._wrap(spec, model)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: ModelSpec, models: Mapping[str, ModelSpec] | None = None,
