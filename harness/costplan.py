@@ -480,7 +480,8 @@ def _generated(cfg: RunConfig, teachers: Sequence, artefact_ids: Sequence[str], 
     total_tokens = None
     if n_q is not None and targeted is not None:
         total_tokens = (initial_tokens + targeted * length + artefact_tokens) * n_q
-        lines.append(f"total: <= {(cfg.n_initial + targeted + artefact_rollouts) * n_q:,} rollouts, <= {total_tokens:,} "
+        contexts = f" ({artefact_rollouts * n_q:,} of them solutions and summaries for teacher contexts)" if artefact_rollouts else ""
+        lines.append(f"total: <= {(cfg.n_initial + targeted + artefact_rollouts) * n_q:,} rollouts{contexts}, <= {total_tokens:,} "
                      f"generated tokens ({length:,} per response at most; upper bounds: fewer targets qualify in a real run)")
     elif n_q is not None:
         lines.append(f"total: targeted rollouts not bounded without a budget; the rest <= "
