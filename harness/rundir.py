@@ -522,9 +522,11 @@ def _described(root: Path, specs: Mapping[str, ModelSpec]) -> dict | None:
         return None
     if not isinstance(described, dict):
         return None
-    ids = {spec.id for spec in specs.values()}
+    # results.json writes a path inside the checkout relative to it (`portable`): compared both ways
+    names = {*specs, *map(portable, specs)}
+    ids = {*(spec.id for spec in specs.values()), *(portable(spec.id) for spec in specs.values())}
     if isinstance(described.get("models"), dict):
-        described["models"] = {k: v for k, v in described["models"].items() if k in specs}
+        described["models"] = {k: v for k, v in described["models"].items() if k in names}
     if isinstance(described.get("engines"), dict):  # vLLM's, by model id
         described["engines"] = {k: v for k, v in described["engines"].items() if k in ids}
     return described

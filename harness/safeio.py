@@ -297,12 +297,17 @@ def parse_parquet(path: Path, data: bytes, columns: Iterable[str] = ()):
 
 
 class RenderLimit(ConfigError):
-    """A template rendered past a limit (its output, or a value it built): the template's fault, or, where its
-    variables hold data of any size (a teacher's solutions), the data's."""
+    """A template rendered past its size limit (its output, or a value it built, `SizeLimit`): the template's fault,
+    or, where its variables hold data of any size (a teacher's solutions), the data's."""
 
 
 class TemplateLimit(SecurityError):
     """A template exceeded one of the resource limits."""
+
+
+class SizeLimit(TemplateLimit):
+    """A template's output, or a value it built, past ``MAX_RENDER_CHARS``: what its variables hold may be the
+    cause (never so for its time, loops, ranges or integers, which are the template's alone)."""
 
 
 class _Budget:
@@ -350,13 +355,13 @@ def _check_value(value: Any, what: str) -> Any:
     if _int_bits(value) > MAX_INT_BITS:
         raise TemplateLimit(f"{what} gives an integer of {_int_bits(value)} bits; at most {MAX_INT_BITS}")
     if isinstance(value, (str, list, tuple, dict)) and _size(value) > MAX_RENDER_CHARS:
-        raise TemplateLimit(f"{what} gives a value of {_size(value)} characters/items; at most {MAX_RENDER_CHARS}")
+        raise SizeLimit(f"{what} gives a value of {_size(value)} characters/items; at most {MAX_RENDER_CHARS}")
     return value
 
 
 def _check_estimate(estimate: int, what: str) -> None:
     if estimate > MAX_RENDER_CHARS:
-        raise TemplateLimit(f"{what} would make about {estimate} characters/items; at most {MAX_RENDER_CHARS}")
+        raise SizeLimit(f"{what} would make about {estimate} characters/items; at most {MAX_RENDER_CHARS}")
 
 
 def _check_args(args: Iterable[Any], what: str) -> None:
@@ -491,7 +496,7 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
         text = _text(value)
         budget.output += len(text)
         if budget.output > MAX_RENDER_CHARS:
-            raise TemplateLimit(f"output longer than {MAX_RENDER_CHARS} characters")
+            raise SizeLimit(f"output longer than {MAX_RENDER_CHARS} characters")
         return text
 
     def odiag_loop(self, iterable: Any) -> Iterator[Any]:
@@ -604,8 +609,10 @@ def render_template(source: str, where: str, *, undefined_hint: str = "", **vari
     token = _BUDGET.set(_Budget())
     try:
         return template.render(**variables)
-    except TemplateLimit as exc:
+    except SizeLimit as exc:
         raise RenderLimit(f"{where}: template limit: {_one_line(str(exc))}") from None
+    except TemplateLimit as exc:
+        raise ConfigError(f"{where}: template limit: {_one_line(str(exc))}") from None
     except UndefinedError as exc:
         raise ConfigError(f"{where}: UndefinedError: {_one_line(str(exc))}{undefined_hint}") from None
     except Exception as exc:  # whatever a template does wrong is the template's error, not odiag's

@@ -1162,6 +1162,22 @@ def test_a_dropped_teachers_model_leaves_the_runs_record(tmp_path, capsys):
     assert "or the same settings to resume" not in err
 
 
+def test_the_last_backend_description_keeps_a_model_recorded_relative_to_the_checkout(tmp_path):
+    """results.json writes a model inside the checkout relative to it: the description a rescore reuses keeps it
+    (compared with the plan's absolute path), and leaves out only a model the run no longer reads."""
+    from harness.backends import ModelSpec
+    from harness.rundir import _described
+
+    inside = ROOT / "harness" / "toy_models" / "teacher"
+    (tmp_path / "results.json").write_text(json.dumps({"versions": {"backend": {"backend": "vllm", "models": {
+        "student": {}, "harness/toy_models/teacher": {}, "/gone/teacher": {}},
+        "engines": {"harness/toy_models/teacher": {}, "/gone/teacher": {}}}}}))
+    specs = {"student": ModelSpec(str(ROOT / "harness" / "toy_models" / "student")), str(inside): ModelSpec(str(inside))}
+    described = _described(tmp_path, specs)
+    assert set(described["models"]) == {"student", "harness/toy_models/teacher"}
+    assert set(described["engines"]) == {"harness/toy_models/teacher"}
+
+
 def test_model_files_identify_a_model_by_content(tmp_path):
     from harness.modelfiles import changed_file, fingerprint, is_local_path, model_dir, model_files
 

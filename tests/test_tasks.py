@@ -57,6 +57,7 @@ BOOLEAN_CASES = [
     ("**Answer:**\n\nNo\n\nThe passage states the opposite.", False),
     ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
     ("Answer: No. The answer is true only if the law applied before 1990.", False),
+    ("### Final Answer\nYes\n\nThe passage states it clearly.", True), ("Final Answer\nNo\n\nThe passage says otherwise.", False),
     # a later mention of an answer is no statement: "answer" needs its verb or mark (version 2)
     ("Corn ethanol returns 1.3 units.\n\nThe answer is False.\n\n(Answer yes would need a negative balance.)", False),
     ("The passage says so.\n\nSo, no.", False), ("Hence no.", False), ("Therefore: False", False),
@@ -103,6 +104,9 @@ CHOICE_CASES = [
     ("The answer is A. Wait, no, the answer is C.", "C"),
     ("The answer is a matter of law.", None),  # an article, not the letter a
     ("Final answer (C).", "C"),
+    ("Answer choices: (A) x (B) y\n\nThe answer is (C).", "C"),  # the options echoed are no statement
+    # a looping response that opens boxes it never closes: the last closed one, read in one pass
+    ("The answer is \\boxed{C}" + "\\boxed{" * 2000, "C"),
 ]
 
 
@@ -136,6 +140,10 @@ INTEGER_CASES = [
     ("Reasoning.\n\n**70**", "70"), ("Reasoning.\n\n$$70$$", "70"),  # a closing line that is the number alone
     ("1+5=6\n6+1=7\n7 + ", None), ("So x =\n70 =", None),  # not a line cut short
     ("1+5=6\n6+1=7\nanswer 7", "7"),  # a statement without its mark, where the value closes the line
+    # words between "answer" and its verb, a heading line
+    ("Therefore, the answer to this problem is 70.", "70"), ("So the answer then is 70.", "70"),
+    ("The answer, then, is 70.", "70"), ("The answer must therefore be 70.", "70"), ("Hence the answer comes out to 70.", "70"),
+    ("### Final Answer\nThe number of ways is 70.", "70"),
 ]
 
 
@@ -149,6 +157,8 @@ def test_integer_extraction(text, expected):
     ("\\boxed{70\\text{ or }64}", False), ("\\boxed{70 \\text{ and } 49}", False),
     ("\\boxed{70 \\text{ (or 64 if b=9 allowed)}}", False), ("\\boxed{7_0}", False),  # not Python's int("7_0")
     ("\\boxed{70 \\text{ bases}}", True), ("\\boxed{70^\\circ}", True), ("\\boxed{070}", True),
+    ("\\boxed{70 \\text{ red and blue marbles}}", True), ("\\boxed{70 \\text{ (mod 1000)}}", True),  # one value, a unit
+    ("\\boxed{70 \\text{ for } n=3}", True),
 ])
 def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
     assert score(text, "70", "integer").correct is correct
@@ -157,7 +167,7 @@ def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
 # each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
 # completions (tests/fixtures/extraction_corpus.json, appended to for each version), each judged under several
 # answer types and references
-VERDICTS = {1: "b4d5a15afb8b52f5", 2: "852e188350d09cf7"}
+VERDICTS = {1: "b4d5a15afb8b52f5", 2: "08001eb998dd5f95"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():
@@ -249,6 +259,38 @@ def test_a_solution_that_spells_a_control_token_is_skipped_not_shown_as_another_
     plain = np.array(task.tokenizer("Fine. The answer is False.", add_special_tokens=False)["input_ids"])
     ids = task.teacher_context(load_teacher("self-1c"), q, [plain], [])
     assert not isinstance(ids, Skip) and task.tokenizer.decode(ids).count("<|im_end|>") == 1
+
+
+def test_a_solution_that_spells_a_control_token_is_never_sent_to_a_summariser(qwen3, tmp_path):
+    """The summariser would read the spelt <|im_end|> as the end of its turn: that solution gets no summary (the
+    teacher skips the question, saying why), and the others are summarised."""
+    from harness.backends import SampleResult
+    from harness.tasks import Skip
+    from harness.teachers import build_artefacts, load_teacher
+
+    task = load_task("odiag_boolq", tokenizer=qwen3, data_files=str(FIXTURES / "boolq_validation.jsonl"))
+    spelt_q, plain_q = task.questions(2)
+    (tmp_path / "sum.yaml").write_text(f"model: student\ncorrect_solutions: 1\nsummarizer: {qwen3}\n"
+                                       "summary_prompt: 'Summarise: {{ solution }}'\nsummary_max_new_tokens: 8\n"
+                                       "context_template: '{{ question }} Hint: {{ correct_summaries[0] }}'\n")
+    teacher = load_teacher(str(tmp_path / "sum.yaml"))
+    encode = lambda text: np.array(task.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    own = {spelt_q.id: [encode("Fine. <|im_end|>\n<|im_start|>assistant\nThe answer is False.")],
+           plain_q.id: [encode("Fine. The answer is False.")]}
+
+    class Summariser:
+        calls: list = []
+
+        def sample(self, requests):
+            self.calls.append(list(requests))
+            return [SampleResult([encode("short")], np.array([False])) for _ in requests]
+
+    backend = Summariser()
+    art = build_artefacts(task, [teacher], [spelt_q, plain_q], backend, tmp_path / "art", 0, "r", own)
+    assert [len(call) for call in backend.calls] == [1]
+    skip = task.teacher_context(teacher, spelt_q, own[spelt_q.id], [], artefacts=art)
+    assert isinstance(skip, Skip) and "spelling a control token" in skip.reason, skip
+    assert not isinstance(task.teacher_context(teacher, plain_q, own[plain_q.id], [], artefacts=art), Skip)
 
 
 def test_local_records_map_onto_the_hub_schema(qwen3):

@@ -261,6 +261,19 @@ def test_missing_solutions_and_long_contexts_are_skipped_with_a_reason(toy_task)
     assert isinstance(skip, Skip) and skip.reason.startswith("context longer than 1,000,000 characters"), skip
 
 
+def test_a_template_out_of_time_is_its_error_not_a_skip(toy_task, monkeypatch):
+    """Only size limits may come from what a template shows; its time is the template's (and the machine's load):
+    skipping on it would make a question's fate depend on the load."""
+    import harness.safeio as safeio
+
+    q = toy_task.questions(1)[0]
+    teacher = load_teacher("toy-self-1c")
+    toy_task.check_teacher(teacher)
+    monkeypatch.setattr(safeio, "RENDER_SECONDS", -1.0)
+    with pytest.raises(ConfigError, match="template limit: rendering took longer than"):
+        toy_task.teacher_context(teacher, q, [_ids(toy_task, "1+1=2\nanswer: 2")], [])
+
+
 
 # artefacts ---------------------------------------------------------------------------------------
 
@@ -349,7 +362,7 @@ def test_a_solution_too_long_for_the_summary_prompt_skips_that_question_not_the_
     art = build_artefacts(toy_task, [summariser], questions, backend, tmp_path / "art", 0, "r", own)
     assert [len(call) for call in backend.calls] == [1]  # the one solution a prompt could hold
     skip = toy_task.teacher_context(summariser, huge, own[huge.id], [], artefacts=art)
-    assert isinstance(skip, Skip) and "too long for the summary prompt" in skip.reason, skip
+    assert isinstance(skip, Skip) and "unfit for the summary prompt: too long" in skip.reason, skip
     assert not isinstance(toy_task.teacher_context(summariser, fine, own[fine.id], [], artefacts=art), Skip)
 
 

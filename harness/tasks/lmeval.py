@@ -251,7 +251,7 @@ class LMEvalTask:
         self.stop_ids = tuple(sorted(s for s in stops if s is not None))
         self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}
         self._checked: set[str] = set()
-        self._controls: dict[tuple, np.ndarray] = {}  # (teacher, template, question): its placeholder context's control tokens
+        self._controls: dict[tuple, np.ndarray] = {}  # (teacher, template, question): its context with placeholders
         self._texts: dict[int, str] | None = None
         self._questions: dict[int | None, list[Question]] = {}
 
@@ -271,12 +271,17 @@ class LMEvalTask:
         """A control token (``<|im_end|>``, ...) that ``ids``, the teacher's context, holds more often than the same
         context with placeholder solutions does: a shown text spelt it out in ordinary tokens, and the chat
         template's tokenisation made it the control token. None when there is none."""
-        special = np.asarray(sorted(self.tokenizer.all_special_ids), dtype=np.int64)
         key = (teacher.name, teacher.context_template, question.id)
         if (bare := self._controls.get(key)) is None:  # once per teacher and question: its paths share the prompt
-            placeholder = self.chat_ids(placeholder_context(teacher, question.doc["prompt"], "x"), self._teacher_options(teacher))
-            bare = self._controls[key] = (placeholder[:, None] == special).sum(axis=0)
-        more = np.flatnonzero((ids[:, None] == special).sum(axis=0) > bare)
+            bare = self._controls[key] = self.chat_ids(placeholder_context(teacher, question.doc["prompt"], "x"),
+                                                       self._teacher_options(teacher))
+        return self.spelt_control(ids, bare)
+
+    def spelt_control(self, ids: np.ndarray, bare: np.ndarray) -> str | None:
+        """The first control token ``ids`` holds more often than ``bare``, the same chat with placeholders where
+        texts were shown (None when none): a shown text spelt it out, and tokenising made it the real one."""
+        special = np.asarray(sorted(self.tokenizer.all_special_ids), dtype=np.int64)
+        more = np.flatnonzero((ids[:, None] == special).sum(axis=0) > (bare[:, None] == special).sum(axis=0))
         return self.tokenizer.convert_ids_to_tokens(int(special[more[0]])) if len(more) else None
 
     def decode(self, ids: Sequence[int]) -> str:

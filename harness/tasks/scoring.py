@@ -14,6 +14,7 @@ normalisation (``strip_string``) after comparing integers exactly, for a box tha
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import unicodedata
@@ -29,11 +30,15 @@ _THINK_CLOSE = "</think>"
 _THINK_OPEN = "<think>"
 # "The answer is", "the final answer:", "Answer -", "**Final Answer**:", "the answer would be" ... (markdown
 # emphasis allowed): a verb or a mark must follow "answer", or a heading's closing emphasis ("**Final Answer**"),
-# so that a later mention ("Answer (A) is a common mistake", "(Answer yes would need ...)") is no statement
-_MARK = r"(?:is|was|(?:would|should|must|will)\s+be|:|=|-|\u2014)"
-_STATEMENT = (r"(?:final\s+answer|answer)(?:\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__)"
+# so that a later mention ("Answer (A) is a common mistake", "(Answer yes would need ...)") is no statement.
+# Up to four words may come between ("the answer to this problem is", "the answer, then, is"), never a value
+_FILLER = r"(?:,?\s+(?!(?:yes|no|true|false|choices?|options?)\b)[a-z]{2,}){0,4}?,?"
+_MARK = r"(?:is|was|(?:would|should|must|will|can|could)\s+(?:[a-z]+\s+)?be|comes?\s+out\s+to|:|=|-|\u2014)"
+_STATEMENT = (r"(?:final\s+answer[ \t]*(?:\*\*|__)?[ \t]*:?[ \t]*(?=\n)"  # a heading line ("### Final Answer")
+              r"|(?:final\s+answer|answer)(?:" + _FILLER + r"\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__)"
               # or nothing, where the value closes its line ("answer 7", "Final answer (C)."), not "Answer (A) is wrong"
-              r"|[ \t]+(?=[(\[]?[\w.,-]+[)\]]?[.!*]*[ \t]*(?:\n|\Z)))\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+              r"|[ \t]+(?=[(\[]?[\w,-]+(?:\.[\w,-]+)*[)\]]?[.!*]*[ \t]*(?:\n|\Z))))"
+              r"\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
               # "is definitely C", "is option C", "is clearly the letter (B)"
               r"(?:(?:definitely|clearly|therefore|thus|probably|most\s+likely)\s+)?"
               r"(?:(?:the\s+)?(?:option|choice|letter)\s+)?")
@@ -68,27 +73,29 @@ def final_part(text: str) -> str | None:
 
 def last_boxed(text: str) -> str | None:
     r"""The content of the last non-empty ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if none
-    (an empty box, "the answer goes in \boxed{}", is passed over)."""
-    end = len(text)
-    while (start := max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))) >= 0:
-        if (content := _box_content(text[start:])):
-            return content
-        end = start
-    return None
-
-
-def _box_content(rest: str) -> str | None:
-    """The content of the box ``rest`` opens with (None, or empty, when it has none)."""
-    if rest.startswith("\\boxed ") and "{" not in rest.split(" ", 1)[1][:1]:
-        return rest[len("\\boxed ") :].split("$")[0].strip()  # \boxed 5
-    open_at = rest.find("{")
-    if open_at < 0:
+    (an empty box, "the answer goes in \boxed{}", and one never closed are passed over). One pass over the text,
+    however many boxes a looping response opens."""
+    starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)", text)]
+    if not starts:
         return None
-    depth = 0
-    for i in range(open_at, len(rest)):
-        depth += {"{": 1, "}": -1}.get(rest[i], 0)
-        if depth == 0:
-            return rest[open_at + 1 : i].strip()
+    closing, stack = {}, []  # each "{" at its matching "}"
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
+    opens = sorted(closing.keys() | set(stack))
+    for start in reversed(starts):
+        rest = text[start : start + 7]
+        if rest == "\\boxed " and text[start + 7 : start + 8] != "{":
+            end = text.find("$", start + 7)
+            content = text[start + 7 : end if end >= 0 else len(text)].strip()  # \boxed 5
+        else:
+            k = bisect.bisect_left(opens, start)
+            at = opens[k] if k < len(opens) else None
+            content = text[at + 1 : closing[at]].strip() if at is not None and at in closing else None
+        if content:
+            return content
     return None
 
 
@@ -199,11 +206,10 @@ def _bare_box(boxed: str) -> str:
 
 
 def _one_value(answer: str) -> bool:
-    """A box that states one value: not a hedge (``70 \\text{ or } 64``, ``70 \\text{ and } 49``). lm-eval's
-    normalisation reads everything after a ``\\text{ `` as a unit and drops it, numbers included."""
-    if re.search(r"\b(?:or|and)\b", answer, flags=re.IGNORECASE):
-        return False
-    return "\\text{ " not in answer or not re.search(r"\d", answer.split("\\text{ ", 1)[1])
+    """A box that states one value: not a hedge, two numbers joined by or/and (``70 \\text{ or } 64``,
+    ``70 \\text{ and } 49``), which lm-eval's normalisation would read as its first, everything after a
+    ``\\text{ `` being a unit to it (``70 \\text{ red and blue marbles}`` is one value)."""
+    return not re.search(r"\d[^\d]*\b(?:or|and)\b[^\d]*\d", answer, flags=re.IGNORECASE)
 
 
 def _same_integer(answer: str, target: str) -> bool:

@@ -279,14 +279,21 @@ def build_artefacts(
         missing = sorted(set(texts) - set(stored))
         if missing:
             todo.append((key, t, q, path, stored, [(d, texts[d]) for d in missing]))
-    prompts = {}  # (key, digest): the summariser's prompt; none for a solution too long for any prompt to hold
+    # (key, digest): the summariser's prompt; none for a solution too long for any prompt to hold, or one that spells a
+    # control token (<|im_end|>), which tokenising would make the real one, ending the summariser's turn
+    prompts = {}
+    spelt = getattr(task, "spelt_control", None)
     for key, t, q, path, stored, items in todo:
+        where = f"{t.file}: key 'summary_prompt'"
+        bare = task.chat_ids(render(t.summary_prompt, where, question=q.doc["prompt"], solution="x"), t.summary_chat_template_options)
         for digest, text in items:
             try:
-                prompt = render(t.summary_prompt, f"{t.file}: key 'summary_prompt'", question=q.doc["prompt"], solution=text)
+                ids = task.chat_ids(render(t.summary_prompt, where, question=q.doc["prompt"], solution=text),
+                                    t.summary_chat_template_options)
             except RenderLimit:  # the template rendered on a placeholder when loaded: this solution made it too long
                 continue
-            prompts[key, digest] = task.chat_ids(prompt, t.summary_chat_template_options)
+            if spelt is None or spelt(ids, bare) is None:
+                prompts[key, digest] = ids
     requests = [
         SampleRequest(
             prefix=prompts[key, digest],

@@ -49,7 +49,7 @@ def context_or_skip(
         for kind, texts in (("correct", correct_texts), ("wrong", wrong_texts)):
             summaries[kind] = [art.summary(teacher, t) for t in texts]
             if any(s is None for s in summaries[kind]):
-                return None, f"no summary of a {kind} solution by {teacher.summarizer} (truncated, not generated, or its solution too long for the summary prompt)"
+                return None, f"no summary of a {kind} solution by {teacher.summarizer} (truncated, not generated, or its solution unfit for the summary prompt: too long, or spelling a control token)"
     try:
         text = context_text(teacher, prompt, correct_texts, wrong_texts, summaries.get("correct"), summaries.get("wrong"))
     except RenderLimit:
