@@ -4,9 +4,10 @@ A completion's *final part* is what follows its last ``</think>``; a completion 
 ``<think>`` block and never closes it has no final part (it never answered). Inside the final part
 the answer is, in order of preference, the last non-empty ``\\boxed{...}``, the last explicit statement
 ("The answer is (B)", "Final answer: 42", "**Answer:** True"), and a closing line that is the answer alone
-("**C**", "$70$", "So, no.", "No, because ..."). A statement needs its verb or mark after "answer" (is,
-would be, a colon, an equals sign, a heading's closing ``**``): a later mention of an answer ("Answer (A)
-is a common mistake", "the answer = 21 + 49" with no value) is not one. Anything else is unparseable: it
+("**C**", "$70$", "So, no.", "No, because ..."). A statement needs its verb or mark after "answer", at most
+four words on (is, would be, a colon, an equals sign, a heading's closing ``**`` or line end), or a value that
+closes its line: a later mention of an answer ("Answer (A) is a common mistake") is not one, and "the answer
+= 21 + 49" states no value. Anything else is unparseable: it
 scores 0 and is counted (:class:`Verdict`). The AIME comparison reuses lm-eval's ``hendrycks_math``
 normalisation (``strip_string``) after comparing integers exactly, for a box that holds one value only
 (``\\boxed{70 \\text{ or } 64}`` hedges, and is wrong whichever value comes first).
