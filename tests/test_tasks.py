@@ -58,6 +58,9 @@ BOOLEAN_CASES = [
     ("Answer: True. Note the answer is no longer ambiguous.", True),  # an aside: only a correction opens a statement
     ("Answer: No. The answer is true only if the law applied before 1990.", False),
     ("### Final Answer\nYes\n\nThe passage states it clearly.", True), ("Final Answer\nNo\n\nThe passage says otherwise.", False),
+    ("Answer (yes/no): No", False),
+    ("So the answer is yes.\n\nIf the passage had said otherwise, the answer would be no.", True),
+    ("No, wait - actually, yes: the passage says it was renewed.", None),  # a verdict taken back on its line
     # a later mention of an answer is no statement: "answer" needs its verb or mark (version 2)
     ("Corn ethanol returns 1.3 units.\n\nThe answer is False.\n\n(Answer yes would need a negative balance.)", False),
     ("The passage says so.\n\nSo, no.", False), ("Hence no.", False), ("Therefore: False", False),
@@ -105,6 +108,13 @@ CHOICE_CASES = [
     ("The answer is a matter of law.", None),  # an article, not the letter a
     ("Final answer (C).", "C"),
     ("Answer choices: (A) x (B) y\n\nThe answer is (C).", "C"),  # the options echoed are no statement
+    ("Answer \u2192 C", "C"), ("The answer? C.", "C"),
+    ("Final Answer: The final answer is C. I hope it is correct.", "C"),
+    ("Final answer: C\n\nNote that if the memo were unsigned, the answer would be D.", "C"),  # a condition, no statement
+    ("The answer is (A).\n\nThe answer would be (C) only if the memo were unsigned.", "A"),  # a firm one comes first
+    # a closing option that is rejected, or the last of a list, is not the answer
+    ("I'd pick B.\n\nC) is tempting, but it ignores the signed memo.", None),
+    ("The best fit is B, since it is signed.\n\nA) Estoppel\nC) Laches\nD) Promissory estoppel", None),
     # a looping response that opens boxes it never closes: the last closed one, read in one pass
     ("The answer is \\boxed{C}" + "\\boxed{" * 2000, "C"),
 ]
@@ -144,6 +154,10 @@ INTEGER_CASES = [
     ("Therefore, the answer to this problem is 70.", "70"), ("So the answer then is 70.", "70"),
     ("The answer, then, is 70.", "70"), ("The answer must therefore be 70.", "70"), ("Hence the answer comes out to 70.", "70"),
     ("### Final Answer\nThe number of ways is 70.", "70"),
+    ("The answer I get is 70.", "70"), ("The answer (after simplification) is 70.", "70"), ("Answer (integer): 70", "70"),
+    ("The answer, expressed as m+n, is 70.", "70"), ("The answer's 70.", "70"),
+    ("The answer is $7 \\times 10 = 70$.", "70"), ("The answer is $\\binom{8}{4} = 70$.", "70"),  # after the last =
+    ("The answer is 70.\n\n(If order mattered the answer would be 140.)", "70"),  # a condition is no statement
 ]
 
 
@@ -167,7 +181,7 @@ def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
 # each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
 # completions (tests/fixtures/extraction_corpus.json, appended to for each version), each judged under several
 # answer types and references
-VERDICTS = {1: "b4d5a15afb8b52f5", 2: "08001eb998dd5f95"}
+VERDICTS = {1: "b4d5a15afb8b52f5", 2: "ad0d30d5ca1a9620"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():

@@ -5,9 +5,9 @@ A completion's *final part* is what follows its last ``</think>``; a completion 
 the answer is, in order of preference, the last non-empty ``\\boxed{...}``, the last explicit statement
 ("The answer is (B)", "Final answer: 42", "**Answer:** True"), and a closing line that is the answer alone
 ("**C**", "$70$", "So, no.", "No, because ..."). A statement needs its verb or mark after "answer", at most
-four words on (is, would be, a colon, an equals sign, a heading's closing ``**`` or line end), or a value that
-closes its line: a later mention of an answer ("Answer (A) is a common mistake") is not one, and "the answer
-= 21 + 49" states no value. Anything else is unparseable: it
+five words or asides on (is, would be, a colon, an equals sign, a heading's closing ``**`` or line end), or a
+value that closes its line: a later mention of an answer ("Answer (A) is a common mistake") is not one, and
+"the answer = 21 + 49" states no value; "the answer would be D" counts only where no firm statement does. Anything else is unparseable: it
 scores 0 and is counted (:class:`Verdict`). The AIME comparison reuses lm-eval's ``hendrycks_math``
 normalisation (``strip_string``) after comparing integers exactly, for a box that holds one value only
 (``\\boxed{70 \\text{ or } 64}`` hedges, and is wrong whichever value comes first).
@@ -32,16 +32,21 @@ _THINK_OPEN = "<think>"
 # "The answer is", "the final answer:", "Answer -", "**Final Answer**:", "the answer would be" ... (markdown
 # emphasis allowed): a verb or a mark must follow "answer", or a heading's closing emphasis ("**Final Answer**"),
 # so that a later mention ("Answer (A) is a common mistake", "(Answer yes would need ...)") is no statement.
-# Up to four words may come between ("the answer to this problem is", "the answer, then, is"), never a value
-_FILLER = r"(?:,?\s+(?!(?:yes|no|true|false|choices?|options?)\b)[a-z]{2,}){0,4}?,?"
-_MARK = r"(?:is|was|(?:would|should|must|will|can|could)\s+(?:[a-z]+\s+)?be|comes?\s+out\s+to|:|=|-|\u2014)"
+# Up to five words or asides may come between ("the answer to this problem is", "the answer, then, is", "the answer I
+# get is", "the answer (after simplification) is", "Answer (integer):"), never a value
+_FILLER = (r"(?:,?\s*(?!(?:yes|no|true|false|choices?|options?)\b)"
+           r"(?:I\b|I'[a-z]+|[a-z]{2,}|[a-z]{1,3}(?:[-+*/^][a-z0-9]{1,3})+|\$[^$\n]{1,40}\$|\([^()\n]{0,40}\)"
+           r"|\[[^\[\]\n]{0,40}\])){0,5}?,?")
+_SOFT = r"(?:would|should|could|might)\s+(?:[a-z]+\s+)?be"  # "the answer would be D": below a firm statement
+_MARK = (r"(?:is|was|'s|(?:must|will|can)\s+(?:[a-z]+\s+)?be|" + _SOFT
+         + r"|comes?\s+out\s+to|:|=|=>|\u2192|\u2261|\?|-|\u2014)")
 _STATEMENT = (r"(?:final\s+answer[ \t]*(?:\*\*|__)?[ \t]*:?[ \t]*(?=\n)"  # a heading line ("### Final Answer")
               r"|(?:final\s+answer|answer)(?:" + _FILLER + r"\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__)"
               # or nothing, where the value closes its line ("answer 7", "Final answer (C)."), not "Answer (A) is wrong"
               r"|[ \t]+(?=[(\[]?[\w,-]+(?:\.[\w,-]+)*[)\]]?[.!*]*[ \t]*(?:\n|\Z))))"
               r"\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
               # "is definitely C", "is option C", "is clearly the letter (B)"
-              r"(?:(?:definitely|clearly|therefore|thus|probably|most\s+likely)\s+)?"
+              r"(?:(?:definitely|clearly|therefore|thus|probably|actually|indeed|simply|really|most\s+likely)\s+)?"
               r"(?:(?:the\s+)?(?:option|choice|letter)\s+)?")
 # multiple choice also states its answer as "the correct option is C", "the best choice is (B)"
 _CHOICE = r"\b(?:correct|right|best)\s+(?:option|choice)\s*(?:is\b|:)\s*"
@@ -116,18 +121,30 @@ def _statements(text: str, choice: bool = False) -> list[str]:
     """What follows every "answer is" / "answer:" statement (``choice``: also "the correct option is"), in
     order, up to the end of its line, or to a correction later on that line, which is the next statement."""
     head = rf"(?:{_STATEMENT}|{_CHOICE})" if choice else _STATEMENT
-    out = []
+    firm, soft = [], []  # a conditional "the answer would be D" counts only where no firm statement does
     for m in re.finditer(head + r"([^\n]*)", text, flags=re.IGNORECASE):
         rest = m.group(m.lastindex)
+        # "Final Answer: The final answer is C. I hope it is correct.": the statement the heading opens
+        rest = re.sub(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b|:)\s*", "", rest, flags=re.IGNORECASE)
         cuts = list(re.finditer(_CORRECTION, rest, flags=re.IGNORECASE))
         starts, ends = [0, *(c.end() for c in cuts)], [*(c.start() for c in cuts), len(rest)]
-        out += [rest[a:b] for a, b in zip(starts, ends, strict=True)]
-    return out
+        parts = [rest[a:b] for a, b in zip(starts, ends, strict=True)]
+        if re.search(_SOFT, m.group(0)[: m.start(m.lastindex) - m.start()], flags=re.IGNORECASE):
+            # and none in a condition or an aside: "(If the memo were unsigned, the answer would be D.)"
+            before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+            aside = re.search(r"^\W*\(|^\W*note\b|\b(?:if|unless|otherwise|were)\b", before, flags=re.IGNORECASE)
+            soft += [] if aside else parts[:1]
+            firm += parts[1:]
+        else:
+            firm += parts
+    return soft + firm
 
 
 # a closing line that is a verdict: "**True**", "No.", "So, no.", "Therefore: False", "No, because ..." (never
 # "... is not true.", nor "No one knows")
 _CLOSING_VERDICT = r"\W*(?:(?:so|thus|hence|therefore)\b[\s,:]*)?(true|false|yes|no)(?:\W*|[,.;:!]\s.*)"
+# ... unless the line takes it back: "No, wait - actually, yes: ..."
+_TAKEN_BACK = r"\b(?:wait|actually|rather|instead)\b.*\b(?:true|false|yes|no)\b"
 
 
 def extract_boolean(text: str) -> bool | None:
@@ -142,7 +159,8 @@ def extract_boolean(text: str) -> bool | None:
     for cand in candidates:
         if (m := re.match(r"\W*(true|false|yes|no)\b", _unwrap(cand), flags=re.IGNORECASE)) is not None:
             return _BOOL_WORDS[m.group(1).lower()]
-    if (last := _last_line(final)) and (m := re.fullmatch(_CLOSING_VERDICT, last, flags=re.IGNORECASE | re.DOTALL)):
+    if (last := _last_line(final)) and (m := re.fullmatch(_CLOSING_VERDICT, last, flags=re.IGNORECASE | re.DOTALL)) \
+            and not re.search(_TAKEN_BACK, last[m.end(1):], flags=re.IGNORECASE):
         return _BOOL_WORDS[m.group(1).lower()]
     return None
 
@@ -168,7 +186,13 @@ def extract_choice(text: str, n_choices: int = 4) -> str | None:
         # "**C**", "(c)", or the option written out: "C) the jurisdiction has rejected ..."
         if (m := re.fullmatch(rf"\W*\(?([{letters}{letters.lower()}])\)?\W*", last)) is not None:
             return m.group(1).upper()
-        if (m := re.match(rf"\W*\(?([{letters}])[).:]\s", last)) is not None:
+        # ... unless it is the last of a list of options, or one the line rejects ("C) is tempting, but ...")
+        lines = [ln for ln in final.strip().splitlines() if ln.strip()]
+        shape = lambda line: (m.group(2) if (m := re.match(rf"[*_\s]*([{letters}])([).:])\s", line)) else None)
+        listed = len(lines) > 1 and shape(lines[-2]) is not None and shape(lines[-2]) == shape(lines[-1])
+        rejected = re.search(r"\b(?:wrong|incorrect|tempting|not|fails?|false|none|would|unless|only\s+if)\b", last,
+                             flags=re.IGNORECASE)
+        if (m := re.match(rf"\W*\(?([{letters}])[).:]\s", last)) is not None and not listed and not rejected:
             return m.group(1)
     # lm-eval's flexible-extract fallback: the last parenthesised letter in the final part
     found = re.findall(rf"\(([{letters}])\)", final)
@@ -181,7 +205,8 @@ def extract_integer(text: str) -> str | None:
     if final is None:
         return None
     # the first integer (70.0 is one), not the start of "3.5", nor of "21 + 49" (an expression, not its value)
-    integer = r"[^\d\-]*?(-?\d+)(?:\.0+)?(?![\d.]*\d)(?!\s*[-+*/×·^]\s*\d)"
+    integer = (r"[^\d\-]*?(-?\d+)(?:\.0+)?(?![\d.]*\d)"
+               r"(?!\s*(?:[-+*/×·^−–]|\\times|\\cdot|\\div)\s*\d)(?!\s*\}\s*\{)")  # nor \binom{8}{4}
     if (boxed := last_boxed(final)) is not None:
         m = re.fullmatch(r"(-?\d+)(?:\.0+)?", _bare_box(boxed))
         # anything else in the box as written: lm-eval's normalisation drops units only while they read \text{ ...}
