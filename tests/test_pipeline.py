@@ -585,17 +585,20 @@ def test_a_rescore_of_scoring_settings_loads_no_model(tmp_path, monkeypatch):
 
 
 def test_a_rescore_that_drops_a_teacher_loads_no_model(tmp_path, monkeypatch):
-    """A drop removes the last results before it re-aggregates: the backend was built to describe itself."""
+    """A drop removes the last results before it re-aggregates: the backend was built to describe itself. Its
+    description is the run's last, less the dropped teacher's model (the models the run reads)."""
     import harness.pipeline as pipeline
     from harness.rescore import add_teacher, rescore
 
     run(RunConfig(limit=1, teachers=("synthetic-helpful",)), tmp_path)
     add_teacher(tmp_path, "synthetic-misleading", on_progress=lambda event: None)
     described = json.loads((tmp_path / "results.json").read_text())["versions"]["backend"]
+    assert "misleading" in described["models"]
     built = []
     monkeypatch.setattr(pipeline, "build_backend", lambda *a, **k: built.append(a))
     results = rescore(tmp_path, drop=("synthetic-misleading",), on_progress=lambda event: None)
-    assert built == [] and results["versions"]["backend"] == described
+    expected = {**described, "models": {k: v for k, v in described["models"].items() if k != "misleading"}}
+    assert built == [] and results["versions"]["backend"] == expected
     assert {row["teacher"] for row in results["teachers"]} == {"synthetic-helpful"}
 
 
