@@ -61,6 +61,7 @@ BOOLEAN_CASES = [
     ("Answer (yes/no): No", False),
     ("So the answer is yes.\n\nIf the passage had said otherwise, the answer would be no.", True),
     ("No, wait - actually, yes: the passage says it was renewed.", None),  # a verdict taken back on its line
+    ("So, no.\n\nI hope this helps!", False),
     # a later mention of an answer is no statement: "answer" needs its verb or mark (version 2)
     ("Corn ethanol returns 1.3 units.\n\nThe answer is False.\n\n(Answer yes would need a negative balance.)", False),
     ("The passage says so.\n\nSo, no.", False), ("Hence no.", False), ("Therefore: False", False),
@@ -158,6 +159,9 @@ INTEGER_CASES = [
     ("The answer, expressed as m+n, is 70.", "70"), ("The answer's 70.", "70"),
     ("The answer is $7 \\times 10 = 70$.", "70"), ("The answer is $\\binom{8}{4} = 70$.", "70"),  # after the last =
     ("The answer is 70.\n\n(If order mattered the answer would be 140.)", "70"),  # a condition is no statement
+    ("Final answer: 70\n\nNote: the answer for the smaller case is 16", "70"),  # a note after it, only where no other
+    ("(Answer: 70)", "70"), ("**Final Answer**\n\\[\n70\n\\]", "70"),  # a display opened on its own line
+    ("Reasoning.\n\n**70**\n\nHope this helps!", "70"),  # a closing pleasantry is not the closing line
 ]
 
 
@@ -181,7 +185,7 @@ def test_a_hedged_box_is_wrong_and_a_unit_is_not(text, correct):
 # each version of the answer extraction (harness.tasks.scoring.VERSION) by its verdicts on a fixed corpus of
 # completions (tests/fixtures/extraction_corpus.json, appended to for each version), each judged under several
 # answer types and references
-VERDICTS = {1: "b4d5a15afb8b52f5", 2: "ad0d30d5ca1a9620"}
+VERDICTS = {1: "b4d5a15afb8b52f5", 2: "2c5b4f704a137426"}
 
 
 def test_a_change_to_any_verdict_is_a_new_version_of_the_answer_extraction():

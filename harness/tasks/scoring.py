@@ -44,7 +44,7 @@ _STATEMENT = (r"(?:final\s+answer[ \t]*(?:\*\*|__)?[ \t]*:?[ \t]*(?=\n)"  # a he
               r"|(?:final\s+answer|answer)(?:" + _FILLER + r"\s*" + _MARK + r"\s*(?:\*\*|__)?|\s*(?:\*\*|__)"
               # or nothing, where the value closes its line ("answer 7", "Final answer (C)."), not "Answer (A) is wrong"
               r"|[ \t]+(?=[(\[]?[\w,-]+(?:\.[\w,-]+)*[)\]]?[.!*]*[ \t]*(?:\n|\Z))))"
-              r"\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*"
+              r"\s*(?:is\s*)?(?:\*\*|__)?\s*[:\-]?\s*(?:\\\[|\$\$)?\s*"  # a display opened on its own line
               # "is definitely C", "is option C", "is clearly the letter (B)"
               r"(?:(?:definitely|clearly|therefore|thus|probably|actually|indeed|simply|really|most\s+likely)\s+)?"
               r"(?:(?:the\s+)?(?:option|choice|letter)\s+)?")
@@ -111,9 +111,15 @@ def _unwrap(answer: str) -> str:
     return answer.strip().strip("*_$ ").rstrip(".").strip()
 
 
+_PLEASANTRY = r"\W*(?:i\s+)?(?:hope\s+(?:this|that|it)\s+helps|let\s+me\s+know|feel\s+free|good\s+luck)\b"
+
+
 def _last_line(text: str) -> str | None:
-    """The last non-blank line, its markup stripped (a closing verdict: "**True**", "(C).")."""
+    """The last non-blank line, its markup stripped (a closing verdict: "**True**", "(C)."); a closing pleasantry
+    ("Hope this helps!") is not it."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    while len(lines) > 1 and re.match(_PLEASANTRY, lines[-1], flags=re.IGNORECASE):
+        lines.pop()
     return _unwrap(lines[-1]) if lines else None
 
 
@@ -129,11 +135,14 @@ def _statements(text: str, choice: bool = False) -> list[str]:
         cuts = list(re.finditer(_CORRECTION, rest, flags=re.IGNORECASE))
         starts, ends = [0, *(c.end() for c in cuts)], [*(c.start() for c in cuts), len(rest)]
         parts = [rest[a:b] for a, b in zip(starts, ends, strict=True)]
+        before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]  # what its line holds before it
         if re.search(_SOFT, m.group(0)[: m.start(m.lastindex) - m.start()], flags=re.IGNORECASE):
             # and none in a condition or an aside: "(If the memo were unsigned, the answer would be D.)"
-            before = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
             aside = re.search(r"^\W*\(|^\W*note\b|\b(?:if|unless|otherwise|were)\b", before, flags=re.IGNORECASE)
             soft += [] if aside else parts[:1]
+            firm += parts[1:]
+        elif re.match(r"\W*\(|\W*(?:note|n\.b\.|remark|p\.s\.)\b", before, flags=re.IGNORECASE):
+            soft += parts[:1]  # a note or an aside after the answer: "Note: the answer for the smaller case is 16"
             firm += parts[1:]
         else:
             firm += parts
