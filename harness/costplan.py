@@ -416,7 +416,7 @@ def _row_positions(cfg: RunConfig, teachers: Sequence, loads: _Loads, length: in
             rows[model] = (n, what)
 
     if loads.student:
-        longest(cfg.student, head + length, "the longest prompt" + (f", {prompt:,}," if prompt else "") + " and the response")
+        longest(cfg.student, head + length, f"the longest prompt, {prompt:,}, and the response" if prompt else "")
     for t in teachers:
         shown = length if t.solution_source == STUDENT else (t.solution_max_new_tokens or length)
         if t.solution_source != STUDENT:
@@ -437,16 +437,10 @@ def _local_memory(cfg: RunConfig, teachers: Sequence, loads: _Loads, length: int
     positions = _row_positions(cfg, teachers, loads, length, prompt)
     caches = {m: _sampling_cache(loads.models[m], rows, n) for m, (n, _) in positions.items()}
     cache = None if None in caches.values() else max(caches.values(), default=0.0)
-    largest = max(caches, key=lambda m: caches[m] or 0.0, default=None)
-    if largest is None or largest == cfg.student and not loads.artefact_ids:
-        n = length + (prompt or 0)
-        held_at = (f"{n:,} positions per row (the longest prompt, {prompt:,}, and the response)" if prompt
-                   else f"{length:,} positions per row (the prompt adds its own)")
-    else:
-        n, what = positions[largest]
-        held_at = f"{n:,} positions per row of {largest} ({what})"
-        if not prompt:
-            held_at += "; the prompt adds its own"
+    largest = max(caches, key=lambda m: caches[m] or 0.0, default=cfg.student)
+    n, what = positions.get(largest, (length, ""))
+    what = "; ".join(x for x in (what, "" if prompt else "the prompt adds its own") if x)
+    held_at = f"{n:,} positions per row" + ("" if largest == cfg.student else f" of {largest}") + f" ({what})"
     lines = [f"layout ({cfg.backend}): every model loaded at the start on one device, held to the end"
              + (f"; a decode batch of {rows} rows holds {_gib(cache)} of KV cache at {held_at}" if cache else "")]
     weights = _total(list(loads.models.values()))

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from harness.backends import ModelSpec, SampleRequest, ScoreRequest, load_backend
-from harness.errors import ConfigError, OdiagError, out_of_memory
+from harness.errors import ConfigError, OdiagError, first_line, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,12 @@ def _init(ray, address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"ray_address {address}: {_first_line(exc)}") from None
+        raise ConfigError(f"ray_address {address}: {first_line(exc)}") from None
     finally:
         auth.setLevel(level)
         if held is not None:
             signal.signal(signal.SIGINT, held[0])
             signal.signal(signal.SIGTERM, held[1])
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _cause(exc: BaseException) -> str:

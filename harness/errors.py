@@ -24,6 +24,11 @@ class NonFiniteLogits(ConfigError):
     """A model's next-token logits are NaN or inf: it overflows at its dtype, or training made it diverge."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its class name when it has none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def out_of_memory(exc: BaseException) -> str | None:
     """What ran out, when ``exc`` is torch's OutOfMemoryError (CUDA, MPS, XPU: a run too big for its device, an
     expected failure, not a bug), else None. Named, not imported: this module never imports torch. Ray re-raises

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from harness.plan import ADDED, backend_options, check_backend, make_plan, resol
 from harness.rundir import RunDir, RunDirError, RunLocked
 from harness.wording import finish_command
 from harness.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] = (), dropping: bool = False) -> RunConfig:
@@ -88,14 +92,11 @@ def add_teacher(
 def _already_scored(out: str | Path, ref) -> dict | None:
     """A finished run's results when ``ref`` (the same name and file) is already scored in it: adding it again
     changes nothing, and writes nothing (results.json, and a validation of it, stay as they are). None otherwise."""
-    import json
-    import logging
-
     results = Path(out) / "results.json"
     saved = [t for t in RunDir.read_saved(out)["teachers"] if isinstance(t, dict)]
     if not results.is_file() or not any(t.get("name") == ref.name and t.get("identity") == ref.identity for t in saved):
         return None
-    logging.getLogger(__name__).info("teacher %s is already scored in %s (the same file): nothing to add", ref.name, out)
+    log.info("teacher %s is already scored in %s (the same file): nothing to add", ref.name, out)
     return json.loads(results.read_text(encoding="utf-8"))
 
 

@@ -55,7 +55,7 @@ from transformers.utils import logging as hf_logging
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from harness.backends import ModelSpec
-from harness.errors import ConfigError, NonFiniteLogits
+from harness.errors import ConfigError, NonFiniteLogits, first_line
 from harness.backends.base import STUDENT, SampleRequest, SampleResult, ScoreRequest, ScoreResult
 from harness.core.divergences import DIVERGENCES, all_divergences
 from harness.modelfiles import loadable
@@ -371,8 +371,7 @@ class HFBackend:
             if self._attn is None or "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
                 raise
             # an implementation transformers knows, whose package or device this machine lacks (flash_attention_2)
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ConfigError(f"student_args: attn_implementation {self._attn!r} cannot load {spec.id} here ({first}); "
+            raise ConfigError(f"student_args: attn_implementation {self._attn!r} cannot load {spec.id} here ({first_line(exc)}); "
                               "use sdpa or eager, or install what it needs") from None
         return self._wrap(spec, model)
 

@@ -252,6 +252,7 @@ class LMEvalTask:
         self.answer_counts = {"scored": 0, "correct": 0, "unparseable": 0, "truncated": 0}
         self._checked: set[str] = set()
         self._controls: dict[tuple, np.ndarray] = {}  # (teacher, template, question): its context with placeholders
+        self._special = np.asarray(sorted(self.tokenizer.all_special_ids), dtype=np.int64)  # the control tokens
         self._texts: dict[int, str] | None = None
         self._questions: dict[int | None, list[Question]] = {}
 
@@ -280,7 +281,7 @@ class LMEvalTask:
     def spelt_control(self, ids: np.ndarray, bare: np.ndarray) -> str | None:
         """The first control token ``ids`` holds more often than ``bare``, the same chat with placeholders where
         texts were shown (None when none): a shown text spelt it out, and tokenising made it the real one."""
-        special = np.asarray(sorted(self.tokenizer.all_special_ids), dtype=np.int64)
+        special = self._special
         more = np.flatnonzero((ids[:, None] == special).sum(axis=0) > (bare[:, None] == special).sum(axis=0))
         return self.tokenizer.convert_ids_to_tokens(int(special[more[0]])) if len(more) else None
 

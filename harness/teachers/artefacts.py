@@ -285,7 +285,8 @@ def build_artefacts(
     spelt = getattr(task, "spelt_control", None)
     for key, t, q, path, stored, items in todo:
         where = f"{t.file}: key 'summary_prompt'"
-        bare = task.chat_ids(render(t.summary_prompt, where, question=q.doc["prompt"], solution="x"), t.summary_chat_template_options)
+        bare = None if spelt is None else task.chat_ids(render(t.summary_prompt, where, question=q.doc["prompt"], solution="x"),
+                                                        t.summary_chat_template_options)
         for digest, text in items:
             try:
                 ids = task.chat_ids(render(t.summary_prompt, where, question=q.doc["prompt"], solution=text),
