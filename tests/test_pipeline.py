@@ -602,6 +602,33 @@ def test_a_rescore_that_drops_a_teacher_loads_no_model(tmp_path, monkeypatch):
     assert {row["teacher"] for row in results["teachers"]} == {"synthetic-helpful"}
 
 
+def test_a_resumed_run_still_describes_the_engines_whose_rollouts_it_holds():
+    """vLLM starts an engine per model it runs: a resume that needed only the teacher's names only it. Its
+    description keeps the engines (and the exact scorer) of the run's last description that it did not start
+    again; one it started again is described as now. Another backend's last description is not mixed in."""
+    from harness.backends.wrappers import LazyBackend
+
+    class Started:
+        def __init__(self, described):
+            self.described = described
+
+        def describe(self):
+            return self.described
+
+    last = {"backend": "vllm", "vllm": "0.1", "engines": {"student": {"seed": 1}, "teacher": {"seed": 1}},
+            "scorer": {"backend": "hf"}, "models": {"student": {}, "teacher": {}}}
+    now = {"backend": "vllm", "vllm": "0.2", "engines": {"teacher": {"seed": 2}}, "scorer": None,
+           "models": {"student": {}, "teacher": {}}}
+    def resumed(described):
+        backend = LazyBackend(lambda: Started(now), described)
+        backend.ready(["teacher"], "sample")  # the resume's work built it
+        return backend.describe()
+
+    assert resumed(last) == {**now, "engines": {"student": {"seed": 1}, "teacher": {"seed": 2}}, "scorer": {"backend": "hf"}}
+    assert resumed(None) == now and resumed({**last, "backend": "hf"}) == now
+    assert LazyBackend(lambda: Started(now), last).describe() == last  # never built: the last, as it is
+
+
 def test_config_overrides_and_errors(tmp_path):
     cfg = resolve_run_config(None, ["n_target=7", "teachers=[synthetic-helpful]", "limit=null"])
     assert cfg.n_target == 7 and cfg.teachers == ("synthetic-helpful",) and cfg.limit is None

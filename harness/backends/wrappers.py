@@ -105,7 +105,10 @@ def _no_tokens(result) -> int:
 class LazyBackend:
     """A backend built on its first request: a rescore that needs no forward pass loads no model.
 
-    ``described``: what to report as the backend's description if it is never built (the run's last).
+    ``described``: the run's last description of its backend, reported as it is if the backend is never built.
+    A backend built now describes itself; the engines it did not start this time (vLLM starts an engine per
+    model it runs), and its exact scorer if it made none, are kept from the last description, so a resumed run
+    still names the engines whose rollouts it holds.
     """
 
     def __init__(self, build: Callable[[], Backend], described: dict | None = None):
@@ -134,7 +137,18 @@ class LazyBackend:
         return progress_call(self._get().score, requests, on_done, _no_tokens) if requests else []
 
     def describe(self):
-        return self.described if self.inner is None and self.described is not None else self._get().describe()
+        last = self.described
+        if self.inner is None and last is not None:
+            return last
+        now = self._get().describe()
+        if not isinstance(last, dict) or not isinstance(now, dict) or last.get("backend") != now.get("backend"):
+            return now
+        merged = dict(now)
+        if isinstance(last.get("engines"), dict) and isinstance(now.get("engines"), dict):
+            merged["engines"] = {**last["engines"], **now["engines"]}
+        if now.get("scorer") is None and last.get("scorer") is not None:
+            merged["scorer"] = last["scorer"]
+        return merged
 
 
 class NoRollouts:
