@@ -123,6 +123,26 @@ def test_runs_of_one_task_and_student_are_ranked_together(run_dir, tmp_path):
                    "synthetic-misleading/gkd@synth": 3, "synthetic-misleading/gkd@synth-2": 3}
 
 
+def test_no_two_teachers_of_a_group_share_a_label():
+    """A teacher whose own name reads as another's label (``t @ r`` beside teacher ``t`` repeated in run ``r``)
+    gets its run too; the figures and colours, keyed by label, would otherwise show one teacher's numbers
+    under the other's name. Where nothing collides, labels are the names (and ``t @ run`` for a repeated t)."""
+    from types import SimpleNamespace
+
+    from harness.leaderboard.merge import teacher_labels
+
+    def fake(run_id, *teachers, group=("task", "student")):
+        return SimpleNamespace(id=run_id, group=group, results={"teachers": [
+            {"teacher": t, "algorithm": a} for t in teachers for a in ("gkd", "forward_kl")]})
+
+    runs = [fake("lab", "t", "t @ s1", "t @ s1 @ lab"), fake("s1", "t"), fake("other", "t @ s1", group=("task", "x"))]
+    labels = teacher_labels(runs)
+    assert labels == {("lab", "t"): "t @ lab", ("s1", "t"): "t @ s1", ("lab", "t @ s1"): "t @ s1 @ lab (2)",
+                      ("lab", "t @ s1 @ lab"): "t @ s1 @ lab", ("other", "t @ s1"): "t @ s1"}
+    assert teacher_labels([fake("a", "t", "u"), fake("b", "u")]) == {
+        ("a", "t"): "t", ("a", "u"): "u @ a", ("b", "u"): "u @ b"}
+
+
 def test_students_are_separate_groups(run_dir, tmp_path):
     other = _copy(run_dir, tmp_path / "other", student="tiny-student")
     board = merge(load_runs([run_dir, other]))

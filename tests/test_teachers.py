@@ -105,6 +105,7 @@ def test_every_teacher_file_validates():
         *[(f"name: {name}\nmodel: other/model\n", ("key 'name'", why)) for name, why in (
             ("''", "must name the teacher"), ("'..'", "must name the teacher"), ("a/b", "must not hold a slash"),
             ('"a\\nb"', "a control character"), ("' a'", "leading or trailing space"),
+            ("'a,b'", "must not hold a comma (lm-eval's metric names end at one)"),
             ("x" * 300, "must be at most 100 characters (300 here), got 'xxxx"))],
     ],
 )

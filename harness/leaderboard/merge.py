@@ -408,17 +408,38 @@ def _provenance(run: Run) -> dict:
 
 
 def teacher_labels(runs: Sequence[Run]) -> dict[tuple[str, str], str]:
-    """Display name of each (run, teacher): the teacher, or ``teacher @ run`` where a group repeats it."""
+    """Display name of each (run, teacher): the teacher, or ``teacher @ run`` where a group repeats it. No two
+    teachers of a group share a label: a teacher whose own name reads as another's label (one named ``t @ r``
+    beside teacher ``t`` of run ``r``) gets its run too, and then a number if that is taken as well."""
     seen: dict[tuple[str, str, str], int] = {}
     for run in runs:
         for t in {row["teacher"] for row in run.results["teachers"]}:
             key = (*run.group, t)
             seen[key] = seen.get(key, 0) + 1
-    return {
-        (run.id, row["teacher"]): row["teacher"] if seen[(*run.group, row["teacher"])] == 1 else f"{row['teacher']} @ {run.id}"
-        for run in runs
-        for row in run.results["teachers"]
-    }
+    pairs = [(run, t) for run in runs for t in dict.fromkeys(row["teacher"] for row in run.results["teachers"])]
+    natural = {(run.id, t): t if seen[(*run.group, t)] == 1 else f"{t} @ {run.id}" for run, t in pairs}
+    claims: dict[tuple[str, str, str], int] = {}
+    for run, t in pairs:
+        claim = (*run.group, natural[(run.id, t)])
+        claims[claim] = claims.get(claim, 0) + 1
+    labels: dict[tuple[str, str], str] = {}
+    taken = {claim for claim, n in claims.items() if n == 1}
+    # a name claimed twice: a repeated teacher's ``t @ r`` keeps it, a plain name takes its run
+    clashing = sorted((p for p in pairs if claims[(*p[0].group, natural[(p[0].id, p[1])])] > 1),
+                      key=lambda p: seen[(*p[0].group, p[1])] == 1)
+    for run, t in pairs:
+        if claims[(*run.group, natural[(run.id, t)])] == 1:
+            labels[(run.id, t)] = natural[(run.id, t)]
+    for run, t in clashing:
+        label = natural[(run.id, t)]
+        if (*run.group, label) in taken:
+            label = f"{t} @ {run.id}"
+        base, n = label, 2
+        while (*run.group, label) in taken:
+            label, n = f"{base} ({n})", n + 1
+        taken.add((*run.group, label))
+        labels[(run.id, t)] = label
+    return labels
 
 
 def _entry(run: Run, row: dict, label: str) -> dict:

@@ -237,6 +237,8 @@ def _name_problem(name: str) -> str | None:
         return "must be UTF-8 text (it holds a byte that is not)"
     if any(c in "/\\" or not c.isprintable() for c in name) or name != name.strip():
         return "must not hold a slash, a control character or a leading or trailing space"
+    if "," in name:  # lm-eval reads what follows a metric name's first comma as the name of a filter
+        return "must not hold a comma (lm-eval's metric names end at one)"
     return None
 
 
