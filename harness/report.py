@@ -79,6 +79,9 @@ def _passes(counts: Mapping) -> str:
     return f"{who} forward {plural(teacher + student + fill, 'pass', 'passes')}"
 
 
+TIED = "\u2248"  # after a rank: tied with another teacher (CIs overlap), as the leaderboard page marks it
+
+
 def summary_table(results: Mapping) -> str:
     """The terminal summary of a run's results."""
     c = results["counts"]
@@ -109,11 +112,14 @@ def summary_table(results: Mapping) -> str:
         ci = a.get("ci95") or [None, None]
         imc = r.get("incorrect_minus_correct") or {}
         ta = (r.get("teacher_advantage") or {}).get("mean")
+        rank = f"{r['rank']}{TIED if r.get('tied_with') else ''}" if r.get("rank") else "-"
         lines.append(
-            f"{r.get('rank') or '-':>4}  {_pad(r['teacher'], tw)} {_num(a.get('mean')):>9} "
+            f"{rank:>4}  {_pad(r['teacher'], tw)} {_num(a.get('mean')):>9} "
             f"{'[' + _num(ci[0]) + ', ' + _num(ci[1]) + ']':>18}  "
             f"{_num(imc.get('mean')) + ' (' + _p(imc.get('p_paired')) + ')':>21}  {_num(ta):>12} {a.get('n_questions', 0):>4}"
         )
+    if any(r.get("rank") and r.get("tied_with") for r in head):
+        lines.append(f"{TIED}: its 95% CI overlaps another teacher's (or it has none): the order between them is not resolved")
     others = [a for a in algorithms if a != headline]
     if others:
         by = {(r["teacher"], r["algorithm"]): (r.get("alignment") or {}).get("mean") for r in rows}

@@ -509,6 +509,12 @@ def test_summary_leads_with_the_headline_algorithm_by_teacher():
     lines = summary_table(_results(rows)).splitlines()
     assert lines[0].startswith("gkd: teachers by mean gradient alignment")
     assert lines[2].split()[:3] == ["1", "b", "+0.400"] and lines[3].split()[:3] == ["2", "a", "+0.200"]
+    assert not any(line.startswith("\u2248") for line in lines)  # no tie: no mark, no legend
+    # a rank whose CI overlaps another's is marked as the leaderboard page marks it, with a legend
+    tied = [{**r, "tied_with": ["a/gkd" if r["teacher"] == "b" else "b/gkd"]} if r["algorithm"] == "gkd" else r for r in rows]
+    marked = summary_table(_results(tied)).splitlines()
+    assert marked[2].split()[:2] == ["1\u2248", "b"] and marked[3].split()[:2] == ["2\u2248", "a"]
+    assert marked[4].startswith("\u2248: its 95% CI overlaps another teacher's") and marked[2].index("+0.400") == lines[2].index("+0.400")
     assert "drgrpo: +0.900 for every teacher (it does not read the teacher)" in lines
     assert sum("drgrpo" in x for x in lines) == 1 and any(x.split()[-1:] == ["jsd"] for x in lines)
     # a loss that reads the teacher but measured the same for both is not said to ignore the teacher

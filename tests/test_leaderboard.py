@@ -446,6 +446,7 @@ def test_model_index_round_trips_through_huggingface_hub(run_dir, capsys):
         assert m["args"]["ci95"] == [round(x, 4) for x in row["alignment"]["ci95"]] and m["args"]["config_hash"] == results["config_hash"]
         imc, card = row["incorrect_minus_correct"], metrics[("odiag_incorrect_minus_correct", f"{row['teacher']}/{row['algorithm']}")]
         assert m["args"]["rank"] == row["rank"] and "rank" not in card["args"]  # the rank is by alignment
+        assert m["args"]["tied_with"] == row["tied_with"] and "tied_with" not in card["args"]  # ties as SPEC §5 marks them
         if imc.get("p_paired") is not None:  # 3 significant digits: a small p keeps its size
             assert card["args"]["p_paired"] == pytest.approx(imc["p_paired"], rel=5e-3) and len(repr(card["args"]["p_paired"])) <= 9
     repocard_data = pytest.importorskip("huggingface_hub.repocard_data")

@@ -54,6 +54,7 @@ def model_index(results: dict, model_name: str | None = None) -> list[dict]:
             }
             if key == "alignment":  # the rank is by mean alignment: on another metric it would read as that one's
                 args["rank"] = row.get("rank")
+                args["tied_with"] = list(row.get("tied_with") or [])  # teachers/algorithms whose CIs overlap it
             if key == "incorrect_minus_correct":
                 args |= {"p_paired": _significant(stat.get("p_paired")), "p_clustered": _significant(stat.get("p_clustered"))}
                 if isinstance(stat.get("pooled"), dict):  # what p_clustered tests: the difference pooled over paths
