@@ -70,12 +70,19 @@ EXTRA = {
 LM_EVAL_KEYS = {"version", "config_source", "odiag"}  # lm-eval's own and the YAML's metadata
 # --gen_kwargs keys odiag reads (as these RunConfig keys) or that leave π untouched; others are refused
 GEN_KWARGS = {"temperature": "temperature", "max_gen_toks": "max_new_tokens"}
+LM_EVAL_SEEDS = [0, 1234, 1234, 1234]  # lm-eval's --seed by default: Python's, numpy's, torch's, the few-shot sampler's
+LM_EVAL_FEWSHOT_SEED = LM_EVAL_SEEDS[3]
+UNSEEDED = ("odiag's draws are seeded by its own run seed, which lm-eval's --seed does not reach (it seeds lm-eval's "
+            "few-shot sampler and the libraries' global generators), and lm-eval would record a seed the run never "
+            "used; give the run's seed as --metadata key 'seed' (--metadata '{\"seed\": N, ...}')")
 NEUTRAL_GEN_KWARGS = {"until": None, "do_sample": True, "top_p": 1.0, "top_k": (None, 0, -1), "min_p": 0.0}
 METRICS = ("alignment", "incorrect_minus_correct", "teacher_advantage")
 NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision points has: why, in one line
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
 # lm-eval's model classes odiag runs under (its aliases of them too), and the backend each is
 SUPPORTED = {"HFLM": "hf", "VLLM": "vllm"}
+OUT_FOR_EACH = ("leave 'out' out (each task's run goes to runs/lmeval/<task>-<config hash>) or run one task per "
+                "command")
 UNSUPPORTED = ("odiag's diagnostic runs under lm-eval's hf and vllm models only (they load the student it samples "
                "and scores), not a model class of its own")
 # why lm-eval's request cache is refused: a cached request carries the task, and its settings, of the command that
@@ -160,13 +167,17 @@ class DiagnosticTask(ConfigurableTask):
         if key == "generation_kwargs" and update:  # lm-eval's --gen_kwargs
             # checked here, before any request; the values are read from generation_kwargs in run_config
             try:
-                generation_settings(value, {}, f"task {self.config.task}")
+                generation_settings(value, {}, f"task {self.config.task}", _yaml_generation_kwargs(self.config.task))
             except ConfigError as exc:
                 refuse(str(exc))
         if key == "num_fewshot" and value not in (None, 0):
             refuse(f"task {self.config.task}: --num_fewshot {value}: odiag's prompts are zero-shot "
                    "(a diagnostic of the student's own prompt)")
         super().set_config(key, value, update)
+
+    def set_fewshot_seed(self, seed: int | None = None) -> None:
+        self.lm_eval_seed = seed  # lm-eval's --seed reaches a task only as this: read in run_config
+        super().set_fewshot_seed(seed)
 
     def get_config(self, key: str):
         # lm-eval skips --num_fewshot without a word for a task whose YAML says 0; reporting no
@@ -301,8 +312,14 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
                 # typed and range-checked as the field itself, the error naming the --gen_kwargs key
                 out[field] = getattr(build(RunConfig, {field: value}, where, {field: f"{where}: --gen_kwargs {key}"}), field)
             continue
+        if key == "until":
+            if value is None or value == written.get("until"):
+                continue
+            raise ConfigError(f"{where}: --gen_kwargs until={value!r}: odiag ends a response at the student's own "
+                              "end-of-turn tokens and judges it whole (a stop string would cut it short); leave until "
+                              "to the task's YAML")
         neutral = NEUTRAL_GEN_KWARGS.get(key, ())
-        if key == "until" or value == neutral or (isinstance(neutral, tuple) and value in neutral):
+        if value == neutral or (isinstance(neutral, tuple) and value in neutral):
             continue
         raise ConfigError(f"{where}: --gen_kwargs {key}={value!r} would not sample from the student's distribution; "
                           "odiag reads only temperature and max_gen_toks (and takes sampling settings that leave the "
@@ -352,6 +369,11 @@ def _backend(lm, cfg: RunConfig, teachers, task):
     from harness.backends.vllm import checkpoint_dtype
 
     check_dtype(cfg, getattr(getattr(lm, "model", None), "dtype", ""), checkpoint_dtype(spec), "lm-eval loaded")
+    given, positions = getattr(lm, "_max_length", None), sum(engine_positions(cfg, task))
+    if isinstance(given, int) and not isinstance(given, bool) and given < positions:
+        raise ConfigError(f"--model_args max_length={given}: below the longest prompt and its response ({positions} "
+                          "positions), which odiag samples and scores whole (lm-eval would cut its own inputs at "
+                          f"max_length, odiag does not): give max_length={positions} or more, or leave it out")
     specs.pop(STUDENT)
     return HFBackend.from_model(lm.model, spec, specs, **with_threads(cfg.threads, "hf", options))
 
@@ -427,6 +449,9 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
     where = f"task {task.config.task}: --metadata"
     task._run_settings  # noqa: B018 - the same checks as the task's, before a model call
     metadata = task.config.metadata or {}
+    seed = getattr(task, "lm_eval_seed", LM_EVAL_FEWSHOT_SEED)
+    if seed not in (None, LM_EVAL_FEWSHOT_SEED) and "seed" not in metadata:
+        raise ConfigError(f"task {task.config.task}: lm-eval's --seed {seed}: {UNSEEDED}")
     run = settings(metadata, _model_argument_names(lm), where)
     student, revision = _student(lm)
     for key in ("pretrained", "model"):  # lm-eval merges --model_args into the metadata, --metadata last
@@ -568,11 +593,18 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
     for inst in instances:
         by_task.setdefault(inst.task_name, []).append(inst)
     records: dict[int, dict] = {}
-    for name, group in by_task.items():
+    planned = {}
+    for name, group in by_task.items():  # every task's settings checked before the first one runs
         task = group[0].args[1].task
         index = {id(inst): _doc_index(task, inst) for inst in group}
+        planned[name] = (group, task, index, *run_config(task, self, len(set(index.values()))))
+    named = [name for name, (*_, extra) in planned.items() if extra.get("out")]
+    if len(named) > 1 and len({str(planned[name][-1]["out"]) for name in named}) < len(named):
+        raise ConfigError(f"tasks {', '.join(named)}: --metadata key 'out' names one run directory for {len(named)} "
+                          f"odiag tasks, and each task is a run of its own: {OUT_FOR_EACH}")
+    sites: dict[str, list[str]] = {}
+    for name, (group, task, index, cfg, extra) in planned.items():
         doc_ids = sorted(set(index.values()))
-        cfg, extra = run_config(task, self, len(doc_ids))
         out = Path(extra.get("out") or Path("runs") / "lmeval" / f"{name}-{cfg.hash()}{_documents(doc_ids)}")
         teachers = [load_teacher(t) for t in cfg.teachers]
         log.info("odiag: %s, %d %s, teachers %s -> %s", name, len(doc_ids), plural(len(doc_ids), "question"),
@@ -589,10 +621,11 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         for line in reporter.closing_lines():
             print(line, file=sys.stderr, flush=True)
         reason = None if results["counts"]["decision_points"] else no_decision_reason(results)
-        if extra.get("site"):
+        if extra.get("site"):  # the site shows every task of this command that names it
             from harness.leaderboard import build as build_site
 
-            build_site([str(out)], str(extra["site"]), None)
+            sites.setdefault(str(extra["site"]), []).append(str(out))
+            build_site(sites[str(extra["site"])], str(extra["site"]), None)
         by_question = question_records(_read_nodes(out, results), [t.name for t in teachers], cfg.algorithms)
         notes = {q["id"]: q for q in results["questions"]}
         for inst in group:
@@ -626,8 +659,18 @@ def _read_nodes(out: Path, results: dict) -> dict[str, np.ndarray]:
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 
+def _unsupported(self, instances: list[Instance]) -> list[dict]:
+    """lm-eval's other model classes: odiag's tasks refused in one line (lm-eval would fail on a missing method)."""
+    refuse(f"{type(self).__name__}: {UNSUPPORTED}")
+
+
 def attach() -> None:
-    """Give lm-eval's ``hf`` and ``vllm`` models the ``odiag_diagnose`` method (vLLM only when importable)."""
+    """Give lm-eval's ``hf`` and ``vllm`` models the ``odiag_diagnose`` method (vLLM only when importable), and
+    every other model class one that refuses odiag's tasks in one line."""
+    from lm_eval.api.model import LM
+
+    if not hasattr(LM, REQUEST_TYPE):
+        LM.odiag_diagnose = _unsupported
     for module, cls in (("huggingface", "HFLM"), ("vllm_causallms", "VLLM")):
         try:
             model = getattr(importlib.import_module(f"lm_eval.models.{module}"), cls)
@@ -719,7 +762,14 @@ def check_eval_options(argv: Sequence[str]) -> None:
     if "odiag" in metadata:
         raise ConfigError(f"{where}: --metadata key 'odiag': the task's own settings (answer type, n_min, ...) are its "
                           f"YAML's ({TASKS_DIR / tasks[0]}.yaml); give odiag's run settings as top-level keys")
-    generation = generation_settings(args.gen_kwargs or {}, metadata, where)  # raises with the key it cannot honour
+    for task in tasks:  # raises with the key it cannot honour (an until other than the task YAML's own)
+        generation = generation_settings(args.gen_kwargs or {}, metadata, f"task {task}", _yaml_generation_kwargs(task))
+    if args.seed not in (None, LM_EVAL_SEEDS) and "seed" not in metadata:
+        raise ConfigError(f"{where}: --seed {','.join(map(str, args.seed))}: {UNSEEDED}")
+    if len(tasks) > 1 and metadata.get("out"):
+        raise ConfigError(f"tasks {', '.join(tasks)}: --metadata key 'out' names one run directory for {len(tasks)} "
+                          f"odiag tasks, and each task is a run of its own: {OUT_FOR_EACH}")
+    _check_model_args(args.model_args if isinstance(args.model_args, dict) else {}, kind, where)
     # before a model loads. A task YAML may add metadata (teachers, say) that lm-eval merges in later: with
     # only odiag's task directory included, its YAMLs are the ones lm-eval reads, so they can be asked now
     ours_only = [str(p) for p in (args.include_path if isinstance(args.include_path, list) else [args.include_path])
@@ -739,6 +789,25 @@ def check_eval_options(argv: Sequence[str]) -> None:
                 raise ConfigError(f"{where}: --metadata key {exc}") from None
             except ConfigError as exc:
                 raise ConfigError(f"{where}: --metadata: {exc}") from None
+
+
+def _check_model_args(model_args: Mapping, kind: str | None, where: str) -> None:
+    """What lm-eval would fail on with a traceback while it builds the student: a local model folder that does
+    not exist, a dtype torch does not have (the hf model; vLLM names its own)."""
+    from harness.modelfiles import is_local_path
+
+    for key in ("pretrained", "model"):
+        name = model_args.get(key)
+        if isinstance(name, str) and is_local_path(name) and not Path(name).expanduser().exists():
+            raise ConfigError(f"{where}: --model_args {key}={name}: no such directory (a local model is a folder "
+                              "holding its config and weights; a hub model is named org/name)")
+    dtype = model_args.get("dtype")
+    if kind == "hf" and isinstance(dtype, str) and dtype != "auto":
+        import torch
+
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ConfigError(f"{where}: --model_args dtype={dtype}: not a torch dtype; give auto, float32, bfloat16 "
+                              "or float16")
 
 
 def main_eval(argv: list[str]) -> int:

@@ -857,6 +857,70 @@ def test_a_temperature_vllm_cannot_sample_at_is_refused_before_a_model_loads():
         check_eval_options(argv("vllm", "temperature=0.9", {"teachers": ["toy-self-1c"], "temperature": 0.005}))
 
 
+def test_lm_eval_options_that_would_be_recorded_and_not_used_are_refused_before_a_model_loads(tmp_path):
+    """lm-eval's --seed (odiag's draws follow the run seed), a stop string of --gen_kwargs (responses are judged
+    whole), one run directory named for several odiag tasks, and a student lm-eval would fail to build with a
+    traceback (a local folder that is not there, a dtype torch lacks) are refused in one line, not ignored."""
+    def check(*args, metadata=None):
+        check_eval_options(lm_eval_argv(["--model", "hf", *args, "--metadata",
+                                         json.dumps({"teachers": ["toy-self-1c"], **(metadata or {})})]))
+
+    for args, metadata, needle in (
+        (["--tasks", "odiag_toy", "--seed", "7"], None, "task odiag_toy: --seed 7,7,7,7: odiag's draws are seeded by its "
+         "own run seed"),
+        (["--tasks", "odiag_toy", "--seed", "3,1234,1234,1234"], None, "--seed 3,1234,1234,1234: "),
+        (["--tasks", "odiag_toy", "--gen_kwargs", "until=5"], None, "task odiag_toy: --gen_kwargs until=5: odiag ends a "
+         "response at the student's own end-of-turn tokens"),
+        (["--tasks", "odiag_boolq", "--gen_kwargs", "until=<|im_end|>"], None, "--gen_kwargs until='<|im_end|>'"),
+        (["--tasks", "odiag_toy,odiag_boolq"], {"out": "runs/x"}, "tasks odiag_toy, odiag_boolq: --metadata key 'out' "
+         "names one run directory for 2 odiag tasks"),
+        (["--tasks", "odiag_toy", "--model_args", f"pretrained={tmp_path / 'gone'}"], None,
+         f"--model_args pretrained={tmp_path / 'gone'}: no such directory"),
+        (["--tasks", "odiag_toy", "--model_args", "pretrained=org/model,dtype=float33"], None,
+         "--model_args dtype=float33: not a torch dtype; give auto, float32, bfloat16 or float16"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            check(*args, metadata=metadata)
+    check("--tasks", "odiag_toy", "--seed", "7", metadata={"seed": 7})  # the run's own seed given
+    check("--tasks", "odiag_toy", "--seed", "0,1234,1234,1234")  # lm-eval's default, spelt out
+    check("--tasks", "odiag_boolq", "--gen_kwargs", "max_gen_toks=64")  # the YAML's own stop strings, untouched
+    check("--tasks", "odiag_toy,odiag_boolq", "--model_args", "pretrained=org/model,dtype=bfloat16")
+
+
+def test_several_odiag_tasks_under_one_lm_eval_command_are_planned_before_any_runs(monkeypatch, tmp_path):
+    """lm-eval hands every odiag task's requests to one call: one --metadata 'out' for two tasks was found only once
+    the first task had run (and the fix it named could not be given); one 'site' showed the last task alone."""
+    from types import SimpleNamespace
+
+    import harness.lmeval_bridge as bridge
+    import harness.leaderboard
+    import harness.pipeline
+    import harness.teachers
+
+    runs, sites = [], []
+    task = SimpleNamespace(config=SimpleNamespace(task="t"), metric_names=lambda: [])
+    instances = [SimpleNamespace(task_name=name, args=(None, SimpleNamespace(task=task))) for name in ("a", "b")]
+    monkeypatch.setattr(bridge, "_doc_index", lambda task, inst: 0)
+    monkeypatch.setattr(bridge, "_odiag_task", lambda *a: None)
+    monkeypatch.setattr(bridge, "_backend", lambda *a: None)
+    monkeypatch.setattr(bridge, "_read_nodes", lambda *a: {})
+    monkeypatch.setattr(bridge, "question_records", lambda *a: {})
+    monkeypatch.setattr(harness.teachers, "load_teacher", lambda name: SimpleNamespace(name=name))
+    monkeypatch.setattr(harness.pipeline, "run", lambda cfg, out, **k: runs.append(str(out)) or {
+        "counts": {"decision_points": 1}, "questions": []})
+    monkeypatch.setattr(harness.leaderboard, "build", lambda outs, site, _: sites.append((list(outs), site)))
+    lm = type("HFLM", (), {})()
+    cfg = RunConfig(teachers=("x",))
+
+    monkeypatch.setattr(bridge, "run_config", lambda task, lm, n: (cfg, {"out": str(tmp_path / "one")}))
+    with pytest.raises(ConfigError, match=re.escape("tasks a, b: --metadata key 'out' names one run directory for 2")):
+        bridge._diagnose(lm, instances)
+    assert runs == []
+    monkeypatch.setattr(bridge, "run_config", lambda task, lm, n: (cfg, {"site": str(tmp_path / "site")}))
+    bridge._diagnose(lm, instances)
+    assert [outs for outs, _ in sites] == [runs[:1], runs] and len(set(runs)) == 2
+
+
 def test_gen_kwargs_odiag_maps_are_accepted():
     assert generation_settings({"max_gen_toks": 64, "do_sample": True, "temperature": 0.5}, {}, "--gen_kwargs") == {
         "max_new_tokens": 64, "temperature": 0.5}

@@ -279,6 +279,49 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
     assert not (tmp_path / "bf16").exists() and not (tmp_path / "cached").exists()
 
 
+def test_the_task_refuses_lm_evals_seed_and_stop_strings_under_plain_lm_eval(capsys):
+    """Under plain ``lm_eval`` (``odiag eval`` refuses them before a model loads) --seed reaches the task only as its
+    few-shot seed, and --gen_kwargs until as its generation_kwargs: each ran, recorded by lm-eval and unused."""
+    from types import SimpleNamespace
+
+    from harness.lmeval_bridge import DiagnosticTask, run_config
+
+    task = object.__new__(DiagnosticTask)  # as lm-eval's evaluator hands it over: only what these calls read
+    task._config = SimpleNamespace(task="odiag_toy", metadata={"teachers": ["toy-self-1c"]})
+    task._run_settings = RunConfig()
+    task.set_fewshot_seed(7)  # lm-eval's --seed 7 sets all four of its seeds
+    with pytest.raises(ConfigError, match=re.escape("task odiag_toy: lm-eval's --seed 7: odiag's draws are seeded by "
+                                                    "its own run seed")):
+        run_config(task, None, 1)
+    task._config.metadata["seed"] = 7  # the run's seed given: lm-eval's is its own business
+    with pytest.raises(ConfigError, match="needs --model_args pretrained"):  # past the seed, to the (absent) model
+        run_config(task, None, 1)
+    with pytest.raises(SystemExit) as stopped:
+        task.set_config("generation_kwargs", {"until": 5}, update=True)
+    assert stopped.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "odiag: error: task odiag_toy: --gen_kwargs until=5: odiag ends a response at the student's own end-of-turn "
+        "tokens and judges it whole (a stop string would cut it short); leave until to the task's YAML"]
+
+
+@needs_toy
+@pytest.mark.slow
+def test_plain_lm_eval_refuses_a_model_odiag_cannot_run_or_would_cut(tmp_path):
+    """A hf max_length below a response was recorded by lm-eval and not applied; a model class with no diagnostic
+    method of its own failed with a traceback. One line each, exit code 2, no run directory."""
+    for args, needle in (
+        (["--model", "hf", "--model_args", f"pretrained={STUDENT},dtype=float32,max_length=40"],
+         "--model_args max_length=40: below the longest prompt and its response (164 positions)"),
+        (["--model", "dummy"], "DummyLM: odiag's diagnostic runs under lm-eval's hf and vllm models only"),
+    ):
+        done = subprocess.run([BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", *args, "--limit", "1",
+                               "--device", "cpu", "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / "run")})],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("odiag: error: ") and needle in last, last
+        assert not (tmp_path / "run").exists()
+
+
 @needs_toy
 @pytest.mark.slow
 def test_a_task_of_another_include_path_is_refused_not_recorded_as_odiags(tmp_path):
