@@ -38,6 +38,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -47,8 +48,10 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -194,6 +197,25 @@ def staged(path: Path, write: Callable[[object], None], mode: str = "wb", file_m
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held back while the block runs, then delivered to the handlers they had: the few
+    renames of one change (a site's figures, its data and its page) are made all or none by such a stop.
+    Only the main thread sets handlers; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def move_into_place(files: Mapping[Path, Path]) -> None:

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import html as html_lib
 import json
+import os
 import math
 import re
 import shutil
@@ -582,6 +583,34 @@ def test_a_build_stopped_between_its_renames_of_the_figures_keeps_a_file_odiag_d
     build([run_dir], out)
     assert (out / "figures" / "notes.txt").read_text() == "kept"
     assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}
+
+def test_a_ctrl_c_while_a_build_moves_its_site_into_place_waits_for_the_whole_site(run_dir, tmp_path, monkeypatch):
+    """The figures, the data and the page are three renames: a Ctrl-C between them left the new figures beside
+    the old table. It now waits for the last rename: the site is the new one whole, and the build still stops."""
+    import signal
+
+    import harness.leaderboard as leaderboard
+
+    out = tmp_path / "site"
+    build([run_dir], out)
+    other = _copy(run_dir, tmp_path / "other" / "synth")
+    _reseed(other)
+    real_swap = leaderboard._swap_figures
+
+    def swap_then_ctrl_c(staging, figures):
+        real_swap(staging, figures)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(leaderboard, "_swap_figures", swap_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        build([run_dir, other], out)
+    monkeypatch.undo()
+    assert len(json.loads((out / "leaderboard.json").read_text())["runs"]) == 2
+    page = (out / "index.html").read_text()
+    assert json.dumps(json.loads((out / "leaderboard.json").read_text())["runs"][1]["id"]) in page
+    assert {p.name for p in out.iterdir()} == {"figures", "index.html", "leaderboard.json"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler it had, back
+
 
 def test_binned_figures_take_their_ci_over_questions_not_paths():
     """SPEC §5: the paths of one question are not independent. Two questions, each with three paths that

@@ -132,7 +132,7 @@ SITE_LOCK = ".odiag-site.lock"
 def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
     from harness.leaderboard.figures import MISSING_GLYPHS, write_figures, write_validation_figures
     from harness.leaderboard.site import VIEWER_BUDGET_MB, render
-    from harness.rundir import move_into_place, staged
+    from harness.rundir import move_into_place, signals_held, staged
 
     _drop_leftovers(out)
     # everything the page shows is written beside it first (the figures into a staging folder, the page and its
@@ -152,12 +152,15 @@ def _write_site(out: Path, board: dict, runs, viewer_mb: float | None) -> None:
         for name, content in (("leaderboard.json", text), ("index.html", html)):
             # a published page: readable by the web server, not only its writer
             page[name] = staged(out / name, lambda f, content=content: f.write(content), mode="w", file_mode=0o644)
-        if (out / "leaderboard.json").is_file():  # the figures first: a build stopped between leaves the old page whole
-            _swap_figures(staging, out / "figures")
-            move_into_place({out / name: tmp for name, tmp in page.items()})
-        else:  # a first build: its page first, so that one stopped between leaves a folder that reads as odiag's
-            move_into_place({out / name: tmp for name, tmp in page.items()})
-            _swap_figures(staging, out / "figures")
+        # the renames of the figures, the data and the page: a Ctrl-C or SIGTERM meanwhile waits for the last one,
+        # so the site is the old one or the new one whole (a kill -9 between them is put right by the next build)
+        with signals_held():
+            if (out / "leaderboard.json").is_file():
+                _swap_figures(staging, out / "figures")
+                move_into_place({out / name: tmp for name, tmp in page.items()})
+            else:  # a first build: its page first, so that one killed between leaves a folder that reads as odiag's
+                move_into_place({out / name: tmp for name, tmp in page.items()})
+                _swap_figures(staging, out / "figures")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for tmp in page.values():
