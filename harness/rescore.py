@@ -30,6 +30,8 @@ def _finished(out: str | Path, stopped: bool = False, overrides: Sequence[str] =
     except RunLocked:
         raise
     except RunDirError:
+        if RunDir.set_aside_unrecorded(out):  # killed before it recorded a thing: finished, as RunDir.open finds it
+            return RunDir.load_config(out)
         recorded = not overrides or _records(out, overrides)
         if not ((stopped and _has_added_teachers(out)) or (overrides and recorded)
                 or (dropping and recorded and RunDir.pending_drop(out))):

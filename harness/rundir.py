@@ -535,6 +535,27 @@ def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], remov
                 into[name] = path.read_bytes()
 
 
+def _set_aside_unrecorded(root: Path) -> bool:
+    """Whether an ``add-teacher`` or a rescore of scoring settings was killed (no clean-up ran) after it set the
+    finished run's results aside and before it recorded its own settings: the run as it was is whole in the
+    files it kept (`_keep`), its record unchanged."""
+    try:
+        return (not (root / "results.json").exists() and (root / ".results.json.before.tmp").is_file()
+                and (root / ".config.json.before.tmp").read_bytes() == (root / "config.json").read_bytes())
+    except OSError:
+        return False
+
+
+def _restore_set_aside(root: Path) -> None:
+    """The finished run's results and validation outputs back where such a killed command set them aside (the
+    same command, run again, then finds the run finished, as it found it the first time)."""
+    for name in ("results.json", *_VALIDATION_FILES):
+        kept = root / f".{name}.before.tmp"
+        if kept.is_file() and not (root / name).exists():
+            os.replace(kept, root / name)
+    sync_dir(root)
+
+
 def _described(root: Path, specs: Mapping[str, ModelSpec]) -> dict | None:
     """The backend description in a run's ``results.json`` (None: no results, or none readable), without the
     models the run no longer reads (``specs`` are those it does: a teacher dropped since takes its own along)."""
@@ -665,6 +686,8 @@ class RunDir:
         lock.acquire()
         rundir: RunDir | None = None
         try:
+            if _set_aside_unrecorded(root):  # held now: no command that set them aside is still running
+                _restore_set_aside(root)
             if prepared_from is not None and RunDir.record_bytes(root) != prepared_from:
                 raise RunDirError(f"{root}: another odiag command changed the run while this one prepared; "
                                   "give this command again")
@@ -940,6 +963,12 @@ class RunDir:
         except (OSError, ValueError):
             return []
         return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+    @staticmethod
+    def set_aside_unrecorded(root: str | Path) -> bool:
+        """Whether the run is finished but for the results a killed ``add-teacher`` or rescore set aside before it
+        recorded its settings (the next command to open it puts them back)."""
+        return _set_aside_unrecorded(Path(root))
 
     @staticmethod
     def stopped_drawing(root: str | Path) -> bool:

@@ -931,6 +931,40 @@ def test_a_stopped_rescore_finishes_when_run_again_and_the_fixes_named_work(copy
     assert _results(copy) == _strip(fresh)
 
 
+KILLED_BEFORE_RECORDING = """
+import os, sys
+import harness.rundir as rundir
+real = rundir.write_json
+def killed(path, obj):  # kill -9 there: no clean-up, no undo
+    if path.name == "config.json":
+        os._exit(137)
+    return real(path, obj)
+rundir.write_json = killed
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rescore_or_add_teacher_killed_before_it_recorded_its_settings_is_finished_by_the_same_command(clean, tmp_path):
+    """Killed (kill -9) after it set the finished run's results aside and before its settings were recorded, the
+    run read as unfinished under its old settings: the same command refused it ("run the command that started it
+    again") and only odiag run put it right. The same command now finds the run finished, and finishes."""
+    late = _teacher(tmp_path, "late", model="misleading")
+    for command, fresh in ((["rescore", "{run}", "--set", "jsd_beta=0.9", "--quiet"],
+                            lambda out: run(RunConfig(**SETTINGS, jsd_beta=0.9), out)),
+                           (["add-teacher", "{run}", str(late), "--quiet"],
+                            lambda out: (shutil.copytree(clean, out), add_teacher(out, str(late)))[1])):
+        out = tmp_path / command[0]
+        shutil.copytree(clean, out)
+        argv = [a.format(run=out) for a in command]
+        killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, *argv], capture_output=True, text=True)
+        assert killed.returncode == 137, killed.stderr[-2000:]
+        assert not (out / "results.json").exists() and (out / ".results.json.before.tmp").is_file()
+        assert main(argv) == 0
+        assert _results(out) == _strip(fresh(tmp_path / f"{command[0]}-fresh"))
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".before.tmp")]
+
+
 def test_resume_from_another_directory(tmp_path, monkeypatch):
     """Teachers are stored resolved: a relative teacher path and an added teacher load from any cwd."""
     home = tmp_path / "home"
