@@ -212,8 +212,8 @@ def signals_held():
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, handler in previous.items():  # None: a handler set outside Python, which it cannot put back
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if caught:
             signal.raise_signal(caught[0])
 
