@@ -164,8 +164,12 @@ def read_tables(root: Path, results: dict, columns: dict[str, Sequence[str]]) ->
         data = parquet_bytes(root / name)
         digest = (results.get("tables") or {}).get(name)
         if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            from harness.wording import finish_command
+
             raise ConfigError(f"{root / name}: not the table results.json was written with (another command is "
-                              "writing this run, or one was stopped while writing it); wait for it, or rerun it")
+                              "writing this run, one was stopped while writing it, or the file was edited or replaced "
+                              "since); wait for that command, or write the run's tables again with "
+                              f"{finish_command(root)}")
         tables[name] = parse_parquet(root / name, data, needed)
     return tables
 
