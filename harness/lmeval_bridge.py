@@ -816,10 +816,13 @@ def main_eval(argv: list[str]) -> int:
 
     argv = lm_eval_argv(argv)
     check_eval_options(argv)
+    from harness.tasks.lmeval import quiet_hub_retries
+
     saved = sys.argv
     sys.argv = ["lm_eval", *argv]
     try:
-        cli_evaluate()
+        with quiet_hub_retries():  # a data set the hub cannot serve is one line, as under odiag run
+            cli_evaluate()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:

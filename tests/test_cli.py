@@ -1193,6 +1193,28 @@ def test_odiag_eval_without_a_network_says_how_to_work_offline(monkeypatch, caps
     assert "odiag run (--set data_files=PATH" in line
 
 
+def test_odiag_eval_keeps_the_hubs_retry_warnings_out_of_its_one_line(monkeypatch, caplog):
+    """lm_eval loading a data set the hub cannot serve logged each of huggingface_hub's retries (22 lines before
+    the error, about 45 s); odiag run logs none. The hub's errors still reach the log."""
+    import logging
+
+    import lm_eval.__main__
+
+    from harness.lmeval_bridge import main_eval
+
+    def evaluate():
+        hub = logging.getLogger("huggingface_hub.utils._http")
+        hub.warning("Retrying in 1s [Retry 1/5].")
+        hub.error("gave up")
+        raise SystemExit(2)
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", evaluate)
+    with caplog.at_level(logging.INFO):
+        assert main_eval(["ls", "tasks"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")] == ["gave up"]
+    assert logging.getLogger("huggingface_hub").level == logging.NOTSET or logging.getLogger("huggingface_hub").level < logging.ERROR
+
+
 def test_odiag_eval_tells_lm_evals_refusals_from_a_closed_pipe_and_a_full_device(monkeypatch, capsys):
     """What lm_eval (or a library under it) raises while building its model is the user's input, one line; a device
     out of memory there keeps odiag's sizing advice, and a reader gone from the pipe is not called a network error."""

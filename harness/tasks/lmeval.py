@@ -73,7 +73,7 @@ def load_tokenizer(name: str, revision: str | None = None):
         raise ConfigError(f"cannot load the tokenizer of {name!r}: the directory holds none of "
                           f"{', '.join(TOKENIZER_FILES)} (give the directory a model was saved to, tokenizer included)")
     try:
-        with _quiet_hub_retries():
+        with quiet_hub_retries():
             return AutoTokenizer.from_pretrained(loadable(name), revision=revision)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0]
@@ -92,7 +92,7 @@ def _offline_hint(name: str, reason: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_hub_retries():
+def quiet_hub_retries():
     """huggingface_hub logs a warning for each request it retries; when the load fails anyway the one
     error line says it all, and when a retry succeeds there is nothing to say."""
     logger = logging.getLogger("huggingface_hub")
@@ -180,7 +180,7 @@ def _load(manager, spec, name: str, source: str, fix: str):
     datasets.disable_progress_bars()
     logger.setLevel(logging.CRITICAL)
     try:
-        with _quiet_hub_retries():
+        with quiet_hub_retries():
             return manager.load(spec)["tasks"][name]
     # the hub unreachable; a file missing, unreadable, malformed, empty (StopIteration), without the task's
     # columns, or whose records lack what the task's templates read (lm-eval renders one as it loads)
