@@ -294,12 +294,13 @@ def _yaml_generation_kwargs(task: str) -> dict:
 
 
 def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: str, written: Mapping = (),
-                        warn: bool = False) -> dict:
+                        warn: bool = False, given: bool = True) -> dict:
     """RunConfig keys from the task's ``generation_kwargs`` (the YAML's, updated by ``--gen_kwargs``):
     ``temperature`` and ``max_gen_toks`` unless ``run`` (the metadata) sets them (a length equal to
     the YAML's own, ``written``, is left to the task, as ``odiag run`` leaves it); anything that
     would reshape π is a one-line ConfigError. ``warn``: say when the metadata's value is taken over another
-    generation_kwargs value (lm-eval's own results record that one)."""
+    generation_kwargs value (lm-eval's own results record that one). ``given``: the values are --gen_kwargs' own
+    (False: the task's merged ones, whose ``until`` lm-eval fills in itself where the YAML names none)."""
     out = {}
     written = dict(written)
     for key, value in (generation_kwargs or {}).items():
@@ -312,8 +313,8 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
                 # typed and range-checked as the field itself, the error naming the --gen_kwargs key
                 out[field] = getattr(build(RunConfig, {field: value}, where, {field: f"{where}: --gen_kwargs {key}"}), field)
             continue
-        if key == "until":
-            if value is None or value == written.get("until"):
+        if key == "until":  # from --gen_kwargs (``given``): lm-eval fills in its own for a YAML that names none
+            if not given or value is None or _stops(value) == _stops(written.get("until")):
                 continue
             raise ConfigError(f"{where}: --gen_kwargs until={value!r}: odiag ends a response at the student's own "
                               "end-of-turn tokens and judges it whole (a stop string would cut it short); leave until "
@@ -325,6 +326,11 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
                           "odiag reads only temperature and max_gen_toks (and takes sampling settings that leave the "
                           "distribution as it is, such as do_sample=true)")
     return out
+
+
+def _stops(until) -> list | None:
+    """Stop strings as lm-eval reads them: one string is a list of one."""
+    return [until] if isinstance(until, str) else until
 
 
 # the model side ----------------------------------------------------------------------------------
@@ -371,7 +377,7 @@ def _backend(lm, cfg: RunConfig, teachers, task):
     check_dtype(cfg, getattr(getattr(lm, "model", None), "dtype", ""), checkpoint_dtype(spec), "lm-eval loaded")
     given, positions = getattr(lm, "_max_length", None), sum(engine_positions(cfg, task))
     if isinstance(given, int) and not isinstance(given, bool) and given < positions:
-        raise ConfigError(f"--model_args max_length={given}: below the longest prompt and its response ({positions} "
+        raise ConfigError(f"task {cfg.task}: --model_args max_length={given}: below the longest prompt and its response ({positions} "
                           "positions), which odiag samples and scores whole (lm-eval would cut its own inputs at "
                           f"max_length, odiag does not): give max_length={positions} or more, or leave it out")
     specs.pop(STUDENT)
@@ -465,7 +471,7 @@ def run_config(task: DiagnosticTask, lm, n_questions: int) -> tuple[RunConfig, d
                           "reads its own; give run settings such as n_min as --metadata keys")
     data = {k: v for k, v in run.items() if k not in EXTRA and k not in DECIDED}
     data |= generation_settings(task.config.generation_kwargs, data, f"task {task.config.task}",
-                                _yaml_generation_kwargs(task.config.task), warn=True)
+                                _yaml_generation_kwargs(task.config.task), warn=True, given=False)
     data |= {"task": task.config.task, "backend": "vllm" if type(lm).__name__ == "VLLM" else "hf",
              "student": anchored(student), "student_revision": revision, "limit": n_questions}
     return build(RunConfig, data, where), {k: run[k] for k in EXTRA if k in run}

@@ -538,11 +538,19 @@ def _keep(root: Path, into: dict[str, Path | bytes], names: Iterable[str], remov
 def _set_aside_unrecorded(root: Path) -> bool:
     """Whether an ``add-teacher`` or a rescore of scoring settings was killed (no clean-up ran) after it set the
     finished run's results aside and before it recorded its own settings: the run as it was is whole in the
-    files it kept (`_keep`), its record unchanged."""
+    files it kept (`_keep`), its record unchanged (the record it kept is the record now; where the file system
+    made no link, the results name the recorded settings and teachers)."""
+    kept = root / ".results.json.before.tmp"
+    if (root / "results.json").exists() or not kept.is_file():
+        return False
     try:
-        return (not (root / "results.json").exists() and (root / ".results.json.before.tmp").is_file()
-                and (root / ".config.json.before.tmp").read_bytes() == (root / "config.json").read_bytes())
-    except OSError:
+        record = (root / "config.json").read_bytes()
+        if (root / ".config.json.before.tmp").is_file():
+            return (root / ".config.json.before.tmp").read_bytes() == record
+        results, saved = json.loads(kept.read_bytes()), json.loads(record)
+        return (results["config_hash"] == saved["config_hash"]
+                and set(results["teacher_info"]) == {t["name"] for t in saved["teachers"]})
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -806,6 +814,10 @@ class RunDir:
             raise RunDirError(f"{root}: not an odiag run directory (no config.json)")
         if holder := RunLock(root).held_by():  # a run, rescore or add-teacher under way there
             raise RunLocked(f"{root}: in use by {holder}; wait for it to finish")
+        if _set_aside_unrecorded(root):
+            raise RunDirError(f"{root}: an odiag add-teacher or rescore that was killed set the finished results aside "
+                              "before it recorded its settings; give that command again, or "
+                              f"{finish_command(root)}: either puts them back first")
         raise RunDirError(f"{root}: the run has not finished (no results.json); run the command that started it "
                           f"again to finish it, or {finish_command(root)} (its "
                           "recorded settings)")

@@ -882,6 +882,11 @@ def test_lm_eval_options_that_would_be_recorded_and_not_used_are_refused_before_
         with pytest.raises(ConfigError, match=re.escape(needle)):
             check(*args, metadata=metadata)
     check("--tasks", "odiag_toy", "--seed", "7", metadata={"seed": 7})  # the run's own seed given
+    check("--tasks", "odiag_toy", "--gen_kwargs", "until=<|im_end|>")  # the YAML's one stop string, as lm-eval reads it
+    # a task YAML that names no stop string: lm-eval fills in its own, which the user did not give
+    assert generation_settings({"until": ["\n\n"], "max_gen_toks": 8}, {}, "task t", {}, given=False) == {"max_new_tokens": 8}
+    with pytest.raises(ConfigError, match=re.escape("task t: --gen_kwargs until=['\\n\\n']")):
+        generation_settings({"until": ["\n\n"]}, {}, "task t", {})
     check("--tasks", "odiag_toy", "--seed", "0,1234,1234,1234")  # lm-eval's default, spelt out
     check("--tasks", "odiag_boolq", "--gen_kwargs", "max_gen_toks=64")  # the YAML's own stop strings, untouched
     check("--tasks", "odiag_toy,odiag_boolq", "--model_args", "pretrained=org/model,dtype=bfloat16")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -934,6 +935,10 @@ def test_a_stopped_rescore_finishes_when_run_again_and_the_fixes_named_work(copy
 KILLED_BEFORE_RECORDING = """
 import os, sys
 import harness.rundir as rundir
+if os.environ.get("NO_LINKS"):  # a file system that makes no hard link: the record is kept as bytes in memory
+    def no_link(src, dst, **kwargs):
+        raise OSError(1, "Operation not permitted")
+    rundir.os.link = no_link
 real = rundir.write_json
 def killed(path, obj):  # kill -9 there: no clean-up, no undo
     if path.name == "config.json":
@@ -945,23 +950,28 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_rescore_or_add_teacher_killed_before_it_recorded_its_settings_is_finished_by_the_same_command(clean, tmp_path):
+def test_a_rescore_or_add_teacher_killed_before_it_recorded_its_settings_is_finished_by_the_same_command(clean, tmp_path, capsys):
     """Killed (kill -9) after it set the finished run's results aside and before its settings were recorded, the
     run read as unfinished under its old settings: the same command refused it ("run the command that started it
     again") and only odiag run put it right. The same command now finds the run finished, and finishes."""
     late = _teacher(tmp_path, "late", model="misleading")
-    for command, fresh in ((["rescore", "{run}", "--set", "jsd_beta=0.9", "--quiet"],
-                            lambda out: run(RunConfig(**SETTINGS, jsd_beta=0.9), out)),
-                           (["add-teacher", "{run}", str(late), "--quiet"],
-                            lambda out: (shutil.copytree(clean, out), add_teacher(out, str(late)))[1])):
-        out = tmp_path / command[0]
+    for links, (command, fresh) in itertools.product(("", "1"), (
+            (["rescore", "{run}", "--set", "jsd_beta=0.9", "--quiet"], lambda out: run(RunConfig(**SETTINGS, jsd_beta=0.9), out)),
+            (["add-teacher", "{run}", str(late), "--quiet"],
+             lambda out: (shutil.copytree(clean, out), add_teacher(out, str(late)))[1]))):
+        out = tmp_path / f"{command[0]}{links}"
         shutil.copytree(clean, out)
         argv = [a.format(run=out) for a in command]
-        killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, *argv], capture_output=True, text=True)
+        killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RECORDING, *argv], capture_output=True, text=True,
+                                env={**os.environ, "NO_LINKS": links})
         assert killed.returncode == 137, killed.stderr[-2000:]
         assert not (out / "results.json").exists() and (out / ".results.json.before.tmp").is_file()
+        # a command that only reads the run says what happened and what puts it back
+        assert _error(capsys, ["model-card", str(out)]).startswith(
+            f"odiag: error: {out}: an odiag add-teacher or rescore that was killed set the finished results aside before "
+            f"it recorded its settings; give that command again, or odiag run --config {out / 'config.yaml'} --out {out}")
         assert main(argv) == 0
-        assert _results(out) == _strip(fresh(tmp_path / f"{command[0]}-fresh"))
+        assert _results(out) == _strip(fresh(tmp_path / f"{command[0]}{links}-fresh"))
         assert not [p.name for p in out.iterdir() if p.name.endswith(".before.tmp")]
 
 
