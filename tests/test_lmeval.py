@@ -296,6 +296,13 @@ def test_the_task_refuses_lm_evals_seed_and_stop_strings_under_plain_lm_eval(cap
     task._config.metadata["seed"] = 7  # the run's seed given: lm-eval's is its own business
     with pytest.raises(ConfigError, match="needs --model_args pretrained"):  # past the seed, to the (absent) model
         run_config(task, None, 1)
+    # a YAML that names no stop string: lm-eval fills in its own ("\n\n"), which no user gave
+    from harness.lmeval_bridge import task_yaml
+
+    task._config.metadata["odiag"] = task_yaml("odiag_toy")["metadata"]["odiag"]
+    task._config.generation_kwargs = {"until": ["\n\n"], "do_sample": True}
+    cfg, _ = run_config(task, SimpleNamespace(pretrained=str(STUDENT)), 1)
+    assert cfg.task == "odiag_toy" and cfg.seed == 7
     with pytest.raises(SystemExit) as stopped:
         task.set_config("generation_kwargs", {"until": 5}, update=True)
     assert stopped.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
