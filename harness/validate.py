@@ -545,7 +545,8 @@ def _checked_run(root: Path, cfg: ValidateConfig) -> _Run:
         raise ConfigError(f"{results_file}: schema_version {results.get('schema_version')!r}, odiag validate reads 'odiag.results/1'")
     run_cfg = RunDir.load_config(root)
     if run_cfg.backend != "hf":
-        raise ConfigError(f"{root}: odiag validate trains transformers models; this run used backend {run_cfg.backend!r}")
+        raise ConfigError(f"{root}: odiag validate trains transformers models; this run used backend {run_cfg.backend!r}: "
+                          "validate a run made with backend hf (odiag demo makes one)")
     run_cfg = dataclasses.replace(run_cfg, student=local_path(run_cfg.student))
     available = list(results["teacher_info"])
     names = list(cfg.teachers) if cfg.teachers is not None else available
@@ -584,10 +585,14 @@ def _questions(root: Path, run: _Run, cfg: ValidateConfig) -> tuple:
         raise RunDirError(f"{root}: {changed} (the task's data changed since: data_files, the data set or the chat "
                           "template); restore that data")
     seen = {q.prompt_ids.tobytes() for q in train_q}
-    heldout_q = [q for q in everything if q.id not in diagnosed and q.prompt_ids.tobytes() not in seen][: cfg.heldout]
-    if not heldout_q:
+    left = [q for q in everything if q.id not in diagnosed and q.prompt_ids.tobytes() not in seen]
+    if not left:
         raise ConfigError(f"{root}: task {run.config.task} has {len(everything)} questions and the run diagnosed "
                           f"{len(diagnosed)} of them: none is left to hold out (run the diagnostic with a smaller limit)")
+    if cfg.heldout is not None and cfg.heldout > len(left):  # a cap: every question left is held out
+        log.warning("odiag validate: heldout %d: task %s leaves %d %s after the %d the run diagnosed; all %d are held out",
+                    cfg.heldout, run.config.task, len(left), plural(len(left), "question"), len(diagnosed), len(left))
+    heldout_q = left[: cfg.heldout]
     return task, train_q, heldout_q
 
 

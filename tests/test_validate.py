@@ -315,6 +315,38 @@ def small_run(tmp_path_factory):
     return tmp / "run"
 
 
+def test_a_run_of_another_backend_is_refused_naming_the_run_to_validate(tmp_path, capsys):
+    from harness.cli import main
+    from harness.config import RunConfig
+    from harness.pipeline import run
+
+    run(RunConfig(limit=2), tmp_path / "run")
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "run"), "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"odiag: error: {tmp_path / 'run'}: odiag validate trains transformers models; this run used backend "
+        "'synthetic': validate a run made with backend hf (odiag demo makes one)")
+
+
+@pytest.mark.slow
+def test_heldout_above_the_questions_left_holds_out_all_of_them_and_says_so(small_run, caplog):
+    """heldout is a cap: above what the task leaves it ran silently, with every question left held out."""
+    from harness.validate import _checked_run, _questions, resolve_validate_config
+
+    cfg = resolve_validate_config(False, ["heldout=1000"])
+    run = _checked_run(small_run, cfg)
+    with caplog.at_level("WARNING", logger="harness.validate"):
+        _, train_q, heldout_q = _questions(small_run, run, cfg)
+    assert len(train_q) + len(heldout_q) == 64
+    assert [r.getMessage() for r in caplog.records] == [
+        f"odiag validate: heldout 1000: task odiag_toy leaves {len(heldout_q)} questions after the {len(train_q)} the run "
+        f"diagnosed; all {len(heldout_q)} are held out"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harness.validate"):
+        assert len(_questions(small_run, run, resolve_validate_config(False, ["heldout=8"]))[2]) == 8
+    assert not caplog.records
+
+
 @pytest.mark.slow
 def test_validate_quick_on_the_toy_models(small_run, capsys):
     from harness.leaderboard import build
