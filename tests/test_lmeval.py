@@ -200,15 +200,6 @@ def test_a_stop_under_lm_eval_is_one_line_naming_where_work_is_kept(monkeypatch,
         f"odiag: interrupted; finished work is kept in {tmp_path / 'run'}: run the same command again to resume"]
 
 
-def _concurrently(calls: list[tuple[list, dict]]) -> list[subprocess.CompletedProcess]:
-    """``subprocess.run(args, **kwargs)`` of each call, two at a time (each is mostly one core's imports and model
-    load); the results in the calls' order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda call: subprocess.run(call[0], **call[1]), calls))
-
-
 def _results(out: Path) -> dict:
     (path,) = sorted(out.rglob("results_*.json"))
     return json.loads(path.read_text())["results"]["odiag_toy"]
@@ -226,12 +217,13 @@ def test_lm_eval_and_odiag_eval_match_odiag_run(tmp_path):
     expected = json.loads((tmp_path / "run" / "results.json").read_text())
     common = ["--tasks", "odiag_toy", "--model", "hf", "--model_args", f"pretrained={STUDENT},dtype=float32",
               "--limit", "2", "--device", "cpu", "--log_samples"]
-    commands = (("lm_eval", [BIN / "lm_eval", "--include_path", TASKS_DIR]), ("odiag_eval", [BIN / "odiag", "eval"]))
-    calls = [([*cmd, *common, "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / f"{name}-run")}),
-               "--output_path", tmp_path / name], {"cwd": tmp_path, "capture_output": True, "text": True})
-             for name, cmd in commands]
-    for (name, _), done in zip(commands, _concurrently(calls), strict=True):
+    for name, cmd in (
+        ("lm_eval", [BIN / "lm_eval", "--include_path", TASKS_DIR]),
+        ("odiag_eval", [BIN / "odiag", "eval"]),
+    ):
         meta = {**SETTINGS, "out": str(tmp_path / f"{name}-run")}
+        done = subprocess.run([*cmd, *common, "--metadata", json.dumps(meta), "--output_path", tmp_path / name],
+                              cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         # the run's progress and closing lines, as under odiag run
         assert "odiag: diagnosing 2 of 64 questions of odiag_toy with 2 teachers" in done.stderr
@@ -263,24 +255,23 @@ def test_plain_lm_eval_refuses_bad_metadata_in_one_line(tmp_path):
               "--model_args", f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu"]
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("someone's")
-    cases = (({"out": "x"}, "odiag needs its teachers"),
-             ({**SETTINGS, "budgett": 3}, "unknown key 'budgett'"),
-             ({**SETTINGS, "out": "taken"},  # named as the user gave it: a metadata key, not --out
-              "task odiag_toy: --metadata key 'out' taken: a directory that is not an odiag run"),
-             # lm-eval loaded the student in float32: a dtype in --metadata alone was recorded, not used
-             ({**SETTINGS, "dtype": "bfloat16", "out": "bf16"},
-              "in float32 and odiag reads it in bfloat16 (the run's dtype): the run would record other "
-              "numbers than its settings give; give --model_args dtype=bfloat16"),
-             # lm-eval merges --metadata over --model_args: recorded, not loaded
-             ({**SETTINGS, "pretrained": "/x"}, f"key 'pretrained' is '/x', but lm-eval loaded '{STUDENT}'"),
-             ({**SETTINGS, "odiag": {"answer_type": "boolean"}}, "task odiag_toy: metadata.odiag differs "
-              "from odiag's own"),
-             # a cached request would carry an earlier command's settings
-             ({**SETTINGS, "out": "cached", "cache": True}, "--cache_requests: odiag's requests carry"))
-    calls = [([*common, *(["--cache_requests", "true"] if meta.pop("cache", False) else []), "--metadata", json.dumps(meta)],
-              {"cwd": tmp_path, "capture_output": True, "text": True,
-               "env": {**os.environ, "LM_HARNESS_CACHE_PATH": str(tmp_path / "cache")}}) for meta, _ in cases]
-    for (_, needle), done in zip(cases, _concurrently(calls), strict=True):
+    for meta, needle in (({"out": "x"}, "odiag needs its teachers"),
+                         ({**SETTINGS, "budgett": 3}, "unknown key 'budgett'"),
+                         ({**SETTINGS, "out": "taken"},  # named as the user gave it: a metadata key, not --out
+                          "task odiag_toy: --metadata key 'out' taken: a directory that is not an odiag run"),
+                         # lm-eval loaded the student in float32: a dtype in --metadata alone was recorded, not used
+                         ({**SETTINGS, "dtype": "bfloat16", "out": "bf16"},
+                          "in float32 and odiag reads it in bfloat16 (the run's dtype): the run would record other "
+                          "numbers than its settings give; give --model_args dtype=bfloat16"),
+                         # lm-eval merges --metadata over --model_args: recorded, not loaded
+                         ({**SETTINGS, "pretrained": "/x"}, f"key 'pretrained' is '/x', but lm-eval loaded '{STUDENT}'"),
+                         ({**SETTINGS, "odiag": {"answer_type": "boolean"}}, "task odiag_toy: metadata.odiag differs "
+                          "from odiag's own"),
+                         # a cached request would carry an earlier command's settings
+                         ({**SETTINGS, "out": "cached", "cache": True}, "--cache_requests: odiag's requests carry")):
+        cache = ["--cache_requests", "true"] if meta.pop("cache", False) else []
+        done = subprocess.run([*common, *cache, "--metadata", json.dumps(meta)], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "LM_HARNESS_CACHE_PATH": str(tmp_path / "cache")})
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
@@ -324,15 +315,14 @@ def test_the_task_refuses_lm_evals_seed_and_stop_strings_under_plain_lm_eval(cap
 def test_plain_lm_eval_refuses_a_model_odiag_cannot_run_or_would_cut(tmp_path):
     """A hf max_length below a response was recorded by lm-eval and not applied; a model class with no diagnostic
     method of its own failed with a traceback. One line each, exit code 2, no run directory."""
-    cases = (
+    for args, needle in (
         (["--model", "hf", "--model_args", f"pretrained={STUDENT},dtype=float32,max_length=40"],
          "--model_args max_length=40: below the longest prompt and its response (164 positions)"),
         (["--model", "dummy"], "DummyLM: odiag's diagnostic runs under lm-eval's hf and vllm models only"),
-    )
-    calls = [([BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", *args, "--limit", "1", "--device", "cpu",
-               "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / "run")})],
-              {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}) for args, _ in cases]
-    for (_, needle), done in zip(cases, _concurrently(calls), strict=True):
+    ):
+        done = subprocess.run([BIN / "lm_eval", "--include_path", TASKS_DIR, "--tasks", "odiag_toy", *args, "--limit", "1",
+                               "--device", "cpu", "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / "run")})],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("odiag: error: ") and needle in last, last
@@ -356,21 +346,20 @@ def test_a_task_of_another_include_path_is_refused_not_recorded_as_odiags(tmp_pa
     (other / "odiag_utils.py").write_text((TASKS_DIR / "odiag_utils.py").read_text())
     assert "n_min: 20" in toy
     (other / "odiag_toy.yaml").write_text(toy.replace("n_min: 20", "n_min: 10"))
-    cases = (
+    for where, task, needle in (
         (mine, "odiag_toy", f"task odiag_toy: the YAML lm-eval read gives document 0 another question than odiag's "
                             f"{TASKS_DIR / 'odiag_toy.yaml'}"),
         (mine, "odiag_mine", f"task odiag_mine: not one of odiag's task YAMLs ({TASKS_DIR})"),
         (other, "odiag_toy", f"task odiag_toy: metadata.odiag differs from odiag's own {TASKS_DIR / 'odiag_toy.yaml'} "
                              "(given in --metadata, or by the YAML lm-eval read)"),
-    )
-    calls = [([BIN / "odiag", "eval", "--include_path", where, "--tasks", task, "--model", "hf", "--model_args",
-               f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu",
-               "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / f"{task}-{where.name}")})],
-              {"cwd": tmp_path, "capture_output": True, "text": True}) for where, task, _ in cases]
-    for (where, task, needle), done in zip(cases, _concurrently(calls), strict=True):
+    ):
+        done = subprocess.run([BIN / "odiag", "eval", "--include_path", where, "--tasks", task, "--model", "hf",
+                               "--model_args", f"pretrained={STUDENT},dtype=float32", "--limit", "1", "--device", "cpu",
+                               "--metadata", json.dumps({**SETTINGS, "out": str(tmp_path / task)})],
+                              cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1].startswith(f"odiag: error: {needle}"), done.stderr[-1000:]
-        assert not (tmp_path / f"{task}-{where.name}").exists()
+        assert not (tmp_path / task).exists()
 
 
 def test_default_run_directories_tell_documents_chosen_by_samples_from_the_first_ones():
