@@ -81,8 +81,6 @@ NO_DECISION_POINT = "no_decision_point"  # a metric only a run without decision 
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
 # lm-eval's model classes odiag runs under (its aliases of them too), and the backend each is
 SUPPORTED = {"HFLM": "hf", "VLLM": "vllm"}
-OUT_FOR_EACH = ("leave 'out' out (each task's run goes to runs/lmeval/<task>-<config hash>) or run one task per "
-                "command")
 UNSUPPORTED = ("odiag's diagnostic runs under lm-eval's hf and vllm models only (they load the student it samples "
                "and scores), not a model class of its own")
 # why lm-eval's request cache is refused: a cached request carries the task, and its settings, of the command that
@@ -326,6 +324,13 @@ def generation_settings(generation_kwargs: Mapping | None, run: Mapping, where: 
                           "odiag reads only temperature and max_gen_toks (and takes sampling settings that leave the "
                           "distribution as it is, such as do_sample=true)")
     return out
+
+
+def _one_out(tasks: Sequence[str]) -> ConfigError:
+    """One --metadata 'out' for several odiag tasks, each a run of its own."""
+    return ConfigError(f"tasks {', '.join(tasks)}: --metadata key 'out' names one run directory for {len(tasks)} odiag "
+                       "tasks, and each task is a run of its own: leave 'out' out (each task's run goes to "
+                       "runs/lmeval/<task>-<config hash>) or run one task per command")
 
 
 def _stops(until) -> list | None:
@@ -606,8 +611,7 @@ def _diagnose(self, instances: list[Instance]) -> list[dict]:
         planned[name] = (group, task, index, *run_config(task, self, len(set(index.values()))))
     named = [name for name, (*_, extra) in planned.items() if extra.get("out")]
     if len(named) > 1 and len({str(planned[name][-1]["out"]) for name in named}) < len(named):
-        raise ConfigError(f"tasks {', '.join(named)}: --metadata key 'out' names one run directory for {len(named)} "
-                          f"odiag tasks, and each task is a run of its own: {OUT_FOR_EACH}")
+        raise _one_out(named)
     sites: dict[str, list[str]] = {}
     for name, (group, task, index, cfg, extra) in planned.items():
         doc_ids = sorted(set(index.values()))
@@ -773,8 +777,7 @@ def check_eval_options(argv: Sequence[str]) -> None:
     if args.seed not in (None, LM_EVAL_SEEDS) and "seed" not in metadata:
         raise ConfigError(f"{where}: --seed {','.join(map(str, args.seed))}: {UNSEEDED}")
     if len(tasks) > 1 and metadata.get("out"):
-        raise ConfigError(f"tasks {', '.join(tasks)}: --metadata key 'out' names one run directory for {len(tasks)} "
-                          f"odiag tasks, and each task is a run of its own: {OUT_FOR_EACH}")
+        raise _one_out(tasks)
     _check_model_args(args.model_args if isinstance(args.model_args, dict) else {}, kind, where)
     # before a model loads. A task YAML may add metadata (teachers, say) that lm-eval merges in later: with
     # only odiag's task directory included, its YAMLs are the ones lm-eval reads, so they can be asked now
